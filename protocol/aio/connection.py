@@ -1,0 +1,347 @@
+"""MuxSession: drives a sans-IO MuxConnection from an asyncio transport.
+
+One loop does everything: bytes arrive in `buffer_updated` (read in place into the decoder's
+buffer), events are drained and dispatched to streams, output is flushed once per event-loop
+iteration (small frames coalesce into one write), and one timer handle is re-armed for
+keepalive. Backpressure: when the connection's transport is above its write high-water mark,
+every attached local socket stops reading until it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from ..errors import ErrorCode, LocalProtocolError
+from ..events import (
+    ConnectionTerminated,
+    DatagramReceived,
+    DataReceived,
+    GoAwayReceived,
+    MessageReceived,
+    PingAcknowledged,
+    SendWindowOpened,
+    StreamAccepted,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from ..messages import Message, StreamHeader
+from ..mux import MuxConnection, Role
+from ..settings import MuxSettings
+from .stream import MuxStream
+
+logger = logging.getLogger(__name__)
+
+# The connection's transport pauses local readers above this many buffered bytes.
+CONN_WRITE_HIGH_WATER_BYTES: Final = 4 * 1024 * 1024
+CONN_WRITE_LOW_WATER_BYTES: Final = 1024 * 1024
+# Control messages received but not yet taken by the application; more is a protocol abuse.
+MAX_QUEUED_MESSAGES: Final = 1024
+# Output chunks up to this total are joined into one write (one TLS record burst).
+_JOIN_LIMIT_BYTES: Final = 256 * 1024
+
+
+class SessionClosedError(ConnectionError):
+    """The session ended; `code` and `reason` say why."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+StreamHandler = Callable[[MuxStream], None]
+DatagramHandler = Callable[[int, bytes], None]
+
+
+class MuxSession(asyncio.BufferedProtocol):
+    """The asyncio protocol of the mux link, and the application's handle on it."""
+
+    def __init__(
+        self,
+        role: Role,
+        settings: MuxSettings | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.mux = MuxConnection(role, settings, now=self.loop.time())
+        self.transport: asyncio.Transport | None = None
+        self.peername: tuple[str, int] | None = None
+        self.on_stream: StreamHandler | None = None
+        self.on_datagram: DatagramHandler | None = None
+        self.on_go_away: Callable[[int, str], None] | None = None
+        self._streams: dict[int, MuxStream] = {}
+        self._messages: asyncio.Queue[Message] = asyncio.Queue(MAX_QUEUED_MESSAGES)
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.writing_paused = False
+        self._connected: asyncio.Future[None] = self.loop.create_future()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.rtt_s: float | None = None
+
+    # -- asyncio.BufferedProtocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(CONN_WRITE_HIGH_WATER_BYTES, CONN_WRITE_LOW_WATER_BYTES)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peername = (str(peer[0]), int(peer[1]))
+        self._arm_timer()
+        if not self._connected.done():
+            self._connected.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.mux.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.mux.buffer_updated(nbytes)
+        self._dispatch()
+        self._flush()
+
+    def eof_received(self) -> bool:
+        self.mux.receive_eof()
+        self._dispatch()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.mux.terminated:
+            reason = f"connection lost: {exc}" if exc else "connection closed"
+            self.mux.close(ErrorCode.NORMAL, reason)
+            self.mux.data_to_send()  # nowhere to send it
+        self._dispatch()
+        self._shutdown(ErrorCode.NORMAL, "connection lost")
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        for stream in list(self._streams.values()):
+            stream._on_session_paused()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        for stream in list(self._streams.values()):
+            stream._on_session_writable()
+
+    # -- application API ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    async def wait_connected(self) -> None:
+        await self._connected
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def open_stream(self, header: StreamHeader) -> MuxStream:
+        """Open a stream now; data may be sent before the peer accepts it."""
+        if self.mux.terminated:
+            raise SessionClosedError(self.close_code or 0, self.close_reason or "session closed")
+        stream_id = self.mux.open_stream(header)
+        stream = MuxStream(self, stream_id, header, local=True)
+        self._streams[stream_id] = stream
+        self._schedule_flush()
+        return stream
+
+    def accept_stream(self, stream: MuxStream) -> None:
+        self.mux.accept_stream(stream.stream_id)
+        stream._on_accepted()
+        self._schedule_flush()
+
+    async def next_message(self) -> Message:
+        """The next control message; raises SessionClosedError once the session is over."""
+        if self._messages.empty() and self._closed.done():
+            raise SessionClosedError(self.close_code or 0, self.close_reason)
+        getter = asyncio.ensure_future(self._messages.get())
+        try:
+            done, _ = await asyncio.wait(
+                {getter, self._closed}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter in done:
+            return getter.result()
+        raise SessionClosedError(self.close_code or 0, self.close_reason)
+
+    def send_message(self, message: Message) -> None:
+        if self.mux.terminated:
+            raise SessionClosedError(self.close_code or 0, self.close_reason or "session closed")
+        self.mux.send_message(message)
+        self._schedule_flush()
+
+    def send_datagram(self, flow_id: int, data: bytes) -> bool:
+        """Queue a datagram; False means it was dropped (congested or too large)."""
+        if self.writing_paused:
+            return False
+        ok = self.mux.send_datagram(flow_id, data)
+        if ok:
+            self._schedule_flush()
+        return ok
+
+    def go_away(self, code: int, reason: str) -> None:
+        self.mux.go_away(code, reason)
+        self._flush()
+
+    def close(self, code: int = ErrorCode.NORMAL, reason: str = "closed") -> None:
+        """End the session now: GO_AWAY, flush, close the transport. Idempotent."""
+        if self._closed.done():
+            return
+        self.mux.close(code, reason)
+        self._flush()
+        self._dispatch()
+        self._shutdown(code, reason)
+
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def streams(self) -> list[MuxStream]:
+        return list(self._streams.values())
+
+    # -- used by MuxStream ------------------------------------------------------------------------
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        n = self.mux.send_data(stream_id, data)
+        if n:
+            self._schedule_flush()
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        try:
+            self.mux.end_stream(stream_id)
+        except LocalProtocolError:
+            return  # already finished or reset: nothing to end
+        self._schedule_flush()
+        self._dispatch()
+
+    def reset(self, stream_id: int, code: int, reason: str) -> None:
+        if not self.mux.terminated:
+            self.mux.reset_stream(stream_id, code, reason)
+            self._schedule_flush()
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        if not self.mux.terminated:
+            self.mux.acknowledge_data(stream_id, nbytes)
+            if self.mux.pending_output_bytes:
+                self._schedule_flush()
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        mux = self.mux
+        streams = self._streams
+        while (event := mux.next_event()) is not None:
+            if type(event) is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_data(event.data)
+            elif type(event) is SendWindowOpened:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_window()
+            elif type(event) is StreamOpened:
+                self._on_stream_opened(event)
+            elif type(event) is StreamAccepted:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_accepted()
+            elif type(event) is StreamEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_eof()
+            elif type(event) is StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_reset(event.code, event.reason)
+            elif type(event) is StreamClosed:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_closed()
+            elif type(event) is MessageReceived:
+                self._on_message(event.message)
+            elif type(event) is DatagramReceived:
+                if self.on_datagram is not None:
+                    self.on_datagram(event.flow_id, event.data)
+            elif type(event) is PingAcknowledged:
+                self.rtt_s = self.loop.time() - event.sent_at
+            elif type(event) is GoAwayReceived:
+                logger.info("peer is going away (code %s): %s", event.code, event.reason)
+                if self.on_go_away is not None:
+                    self.on_go_away(event.code, event.reason)
+            elif type(event) is ConnectionTerminated:
+                self._flush()
+                self._shutdown(event.code, event.reason)
+
+    def _on_stream_opened(self, event: StreamOpened) -> None:
+        stream = MuxStream(self, event.stream_id, event.header, local=False)
+        self._streams[event.stream_id] = stream
+        if self.on_stream is None:
+            stream.abort(ErrorCode.REFUSED, "this side accepts no streams")
+            return
+        self.on_stream(stream)
+
+    def _on_message(self, message: Message) -> None:
+        try:
+            self._messages.put_nowait(message)
+        except asyncio.QueueFull:
+            self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        chunks = self.mux.data_to_send()
+        transport = self.transport
+        if not chunks or transport is None or transport.is_closing():
+            return
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        elif sum(map(len, chunks)) <= _JOIN_LIMIT_BYTES:
+            transport.write(b"".join(chunks))
+        else:
+            transport.writelines(chunks)
+
+    def _arm_timer(self) -> None:
+        deadline = self.mux.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.mux.handle_timer(self.loop.time())
+        self._dispatch()
+        self._flush()
+        if not self._closed.done():
+            self._arm_timer()
+
+    def _shutdown(self, code: int, reason: str) -> None:
+        if self._closed.done():
+            return
+        self.close_code = code
+        self.close_reason = reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for stream in list(self._streams.values()):
+            stream._on_reset(ErrorCode.CANCELLED, f"session closed: {reason}")
+        self._streams.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._closed.set_result(None)
+        if not self._connected.done():
+            self._connected.set_exception(SessionClosedError(code, reason))
+            self._connected.exception()

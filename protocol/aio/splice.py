@@ -1,0 +1,114 @@
+"""Splice a MuxStream with a local TCP socket using asyncio.Protocol callbacks (the hot path).
+
+Bytes from the socket go to `MuxStream.send`; when the stream's window or the connection is
+full, the stream pauses this socket's reading and resumes it when credit returns. Bytes from
+the stream are written to this socket; when its buffer passes high water the stream stops
+crediting the peer. EOF passes through in both directions (half-close), and a reset on either
+side closes the other at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from ..errors import ErrorCode
+from .connection import MuxSession
+from .stream import MuxStream
+
+logger = logging.getLogger(__name__)
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the socket may already be closing; nothing to tune then
+
+
+class SpliceProtocol(asyncio.Protocol):
+    """The local socket's side of a splice."""
+
+    def __init__(
+        self,
+        stream: MuxStream | None = None,
+        on_connect: Callable[[SpliceProtocol, asyncio.Transport], MuxStream | None] | None = None,
+        on_close: Callable[[MuxStream], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self._on_connect = on_connect
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        if self.stream is None and self._on_connect is not None:
+            self.stream = self._on_connect(self, transport)
+            if self.stream is None:
+                transport.close()
+                return
+        if self.stream is not None:
+            self.stream.attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.send(data)
+
+    def eof_received(self) -> bool:
+        if self.stream is not None:
+            self.stream.send_eof()
+        return True  # keep our write side open: half-close passes through
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        stream.detach(exc)
+        if self._on_close is not None:
+            self._on_close(stream)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.sink_paused()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.sink_resumed()
+
+
+async def dial_and_splice(
+    session: MuxSession,
+    stream: MuxStream,
+    host: str,
+    port: int,
+    timeout_s: float,
+    on_close: Callable[[MuxStream], None] | None = None,
+) -> bool:
+    """Dial the local service for a stream the peer opened; accept on success, reset on
+    failure with a reason the far user's side can log. Returns whether it connected."""
+    loop = session.loop
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.create_connection(
+                lambda: SpliceProtocol(stream, on_close=on_close), host, port
+            )
+    except (OSError, TimeoutError) as exc:
+        reason = (
+            f"dial {host}:{port} failed: {exc.strerror or exc}"
+            if isinstance(exc, OSError)
+            else f"dial {host}:{port} timed out after {timeout_s:g}s"
+        )
+        logger.debug("stream %d: %s", stream.stream_id, reason)
+        stream.abort(ErrorCode.DIAL_FAILED, reason)
+        return False
+    if stream.is_closed:
+        return False
+    session.accept_stream(stream)
+    return True

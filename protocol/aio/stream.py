@@ -1,0 +1,339 @@
+"""MuxStream: one multiplexed stream as an asyncio object.
+
+Theory of operation
+-------------------
+A stream is driven from two sides. The session (connection.py) delivers what the peer did:
+`_on_data`, `_on_eof`, `_on_reset`, `_on_window`, `_on_accepted`. The application uses one
+of two styles:
+
+* Spliced (the TCP hot path): `attach(transport)` joins the stream to a local socket.
+  Incoming DATA is written straight to the transport and acknowledged (credited to the peer)
+  only while that transport is below its write high-water mark; when it pauses, credit stops,
+  so the peer's window runs out and backpressure reaches the far socket. Outgoing, the local
+  protocol calls `write`; what the send window does not take is kept (at most one read) and
+  the local transport's reading is paused until the window opens again.
+* Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
+  `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
+  credited as `read` consumes it.
+
+Memory per stream is bounded by the receive window plus the local transport's high-water
+mark on one side, and by one read on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from ..errors import ErrorCode, LocalProtocolError
+from ..messages import StreamHeader
+
+if TYPE_CHECKING:
+    from .connection import MuxSession
+
+logger = logging.getLogger(__name__)
+
+# A local transport pauses our reads of the stream above this many buffered bytes.
+LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
+LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
+
+
+class StreamResetError(ConnectionResetError):
+    """The stream was reset; `code` is an ErrorCode and `reason` the peer's words."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
+        super().__init__(f"stream reset ({name}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class MuxStream:
+    def __init__(
+        self, session: MuxSession, stream_id: int, header: StreamHeader, *, local: bool
+    ) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.header = header
+        self.opened_locally = local
+        loop = session.loop
+        # receive side
+        self._rx: deque[bytes] = deque()
+        self._rx_bytes = 0
+        self._rx_eof = False
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self._discard_rx = False
+        self._sink: asyncio.Transport | None = None
+        self._sink_paused = False
+        self._unacked = 0  # bytes written to the sink but not credited yet
+        # send side
+        self._tx_backlog: memoryview | None = None
+        self._tx_eof_pending = False
+        self._tx_ended = False
+        self._tx_waiter: asyncio.Future[None] | None = None
+        self._source: asyncio.BaseTransport | None = None
+        self._source_paused = False
+        # lifecycle
+        self._accepted: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self.reset_code: int | None = None
+        self.reset_reason = ""
+        self.bytes_in = 0  # from the peer
+        self.bytes_out = 0  # to the peer
+
+    def __repr__(self) -> str:
+        return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    # -- splice style ---------------------------------------------------------------------------
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Join this stream with a local socket's transport (both directions)."""
+        self._sink = transport
+        self._source = transport
+        transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)
+        if self._rx:
+            pending, self._rx = self._rx, deque()
+            self._rx_bytes = 0
+            for chunk in pending:
+                self._deliver(chunk)
+        if self._rx_eof and transport.can_write_eof():
+            transport.write_eof()
+        if self._tx_backlog is not None or self.session.writing_paused:
+            self._pause_source()
+
+    def sink_paused(self) -> None:
+        """The local transport's write buffer went above high water."""
+        self._sink_paused = True
+
+    def sink_resumed(self) -> None:
+        self._sink_paused = False
+        if self._unacked:
+            n, self._unacked = self._unacked, 0
+            self.session.acknowledge(self.stream_id, n)
+
+    def _deliver(self, data: bytes) -> None:
+        assert self._sink is not None
+        self._sink.write(data)
+        if self._sink_paused:
+            self._unacked += len(data)
+        else:
+            self.session.acknowledge(self.stream_id, len(data))
+
+    def _pause_source(self) -> None:
+        if self._source is not None and not self._source_paused:
+            self._source_paused = True
+            pause = getattr(self._source, "pause_reading", None)
+            if pause is not None:
+                pause()
+
+    def _resume_source(self) -> None:
+        if self._source is not None and self._source_paused and not self.session.writing_paused:
+            self._source_paused = False
+            resume = getattr(self._source, "resume_reading", None)
+            if resume is not None and not self._source.is_closing():
+                resume()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, data: bytes | memoryview) -> bool:
+        """Send what the window allows and keep the rest. False means: stop producing (the
+        caller pauses); the stream resumes its source itself when the backlog drains."""
+        if self._closed.done() or self._tx_ended:
+            return True  # dropped: the stream is gone; the caller learns via close
+        if self._tx_backlog is not None:
+            raise LocalProtocolError("send() while a backlog is pending; wait for drain")
+        n = self.session.send_data(self.stream_id, data)
+        self.bytes_out += n
+        if n < len(data):
+            self._tx_backlog = memoryview(data)[n:]
+            self._pause_source()
+            return False
+        if self.session.writing_paused:
+            self._pause_source()
+            return False
+        return True
+
+    def send_eof(self) -> None:
+        """Half-close our direction once everything before it is sent."""
+        if self._tx_ended or self._closed.done():
+            return
+        if self._tx_backlog is not None:
+            self._tx_eof_pending = True
+            return
+        self._tx_ended = True
+        self.session.end_stream(self.stream_id)
+
+    def _flush_backlog(self) -> None:
+        backlog = self._tx_backlog
+        if backlog is not None:
+            n = self.session.send_data(self.stream_id, backlog)
+            self.bytes_out += n
+            if n < len(backlog):
+                self._tx_backlog = backlog[n:]
+                return
+            self._tx_backlog = None
+        if self._tx_eof_pending:
+            self._tx_eof_pending = False
+            self._tx_ended = True
+            self.session.end_stream(self.stream_id)
+        self._wake_tx()
+        self._resume_source()
+
+    def _wake_tx(self) -> None:
+        if self._tx_waiter is not None and not self._tx_waiter.done():
+            self._tx_waiter.set_result(None)
+
+    # -- async style ------------------------------------------------------------------------
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
+        while not self._rx:
+            if self.reset_code is not None:
+                raise StreamResetError(self.reset_code, self.reset_reason)
+            if self._rx_eof or self._closed.done():
+                return b""
+            self._rx_waiter = self.session.loop.create_future()
+            try:
+                await self._rx_waiter
+            finally:
+                self._rx_waiter = None
+        chunk = self._rx[0]
+        if len(chunk) <= max_bytes:
+            self._rx.popleft()
+        else:
+            self._rx[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        self._rx_bytes -= len(chunk)
+        self.session.acknowledge(self.stream_id, len(chunk))
+        return chunk
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Send all of `data`, waiting while the peer's window or the connection is full."""
+        if self.reset_code is not None:
+            raise StreamResetError(self.reset_code, self.reset_reason)
+        if self._tx_ended or self._closed.done():
+            raise BrokenPipeError("stream closed for writing")
+        self.send(data)
+        await self.drain()
+
+    async def drain(self) -> None:
+        while self._tx_backlog is not None or self.session.writing_paused:
+            if self.reset_code is not None:
+                raise StreamResetError(self.reset_code, self.reset_reason)
+            if self._closed.done():
+                raise BrokenPipeError("stream closed for writing")
+            self._tx_waiter = self.session.loop.create_future()
+            try:
+                await self._tx_waiter
+            finally:
+                self._tx_waiter = None
+
+    def write_eof(self) -> None:
+        self.send_eof()
+
+    async def wait_accepted(self) -> None:
+        """Wait for the peer's ACK; raises StreamResetError if it refused."""
+        await asyncio.shield(self._accepted)
+
+    def abort(self, code: int = ErrorCode.CANCELLED, reason: str = "aborted") -> None:
+        """Reset the stream in both directions."""
+        if self._closed.done():
+            return
+        self.session.reset(self.stream_id, code, reason)
+        self._finish(code, reason, notify_sink=False)
+
+    def close(self) -> None:
+        """Finish our direction and stop caring about the peer's (its data is discarded)."""
+        self._discard_rx = True
+        if self._rx:
+            self.session.acknowledge(self.stream_id, self._rx_bytes)
+            self._rx.clear()
+            self._rx_bytes = 0
+        self.send_eof()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    # -- from the session ---------------------------------------------------------------------
+    def _on_accepted(self) -> None:
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def _on_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._sink is not None:
+            self._deliver(data)
+        elif self._discard_rx:
+            self.session.acknowledge(self.stream_id, len(data))
+        else:
+            self._rx.append(data)
+            self._rx_bytes += len(data)
+            self._wake_rx()
+
+    def _on_eof(self) -> None:
+        self._rx_eof = True
+        if self._sink is not None and not self._sink.is_closing():
+            if self._sink.can_write_eof():
+                self._sink.write_eof()
+            else:
+                self._sink.close()
+        self._wake_rx()
+
+    def _on_window(self) -> None:
+        if self._tx_backlog is not None or self._tx_eof_pending:
+            self._flush_backlog()
+
+    def _on_session_writable(self) -> None:
+        if self._tx_backlog is None:
+            self._wake_tx()
+            self._resume_source()
+
+    def _on_session_paused(self) -> None:
+        self._pause_source()
+
+    def _on_reset(self, code: int, reason: str) -> None:
+        self._finish(code, reason, notify_sink=True)
+
+    def _on_closed(self) -> None:
+        """Both directions ended cleanly: release the local socket after its buffer drains."""
+        self._finish(None, "", notify_sink=True)
+
+    def detach(self, exc: BaseException | None) -> None:
+        """The local socket is gone. A clean close ends our direction; an error resets."""
+        self._sink = None
+        self._source = None
+        if self._closed.done():
+            return
+        if exc is not None:
+            self.abort(ErrorCode.CANCELLED, f"local connection lost: {exc}")
+            return
+        self._discard_rx = True
+        self.send_eof()
+
+    def _finish(self, code: int | None, reason: str, *, notify_sink: bool) -> None:
+        if self._closed.done():
+            return
+        if code is not None:
+            self.reset_code = code
+            self.reset_reason = reason
+        self._tx_backlog = None
+        if not self._accepted.done():
+            if code is None:
+                self._accepted.set_result(None)
+            else:
+                self._accepted.set_exception(StreamResetError(code, reason))
+                self._accepted.exception()  # retrieved: a refused stream is not an error here
+        self._closed.set_result(None)
+        self.session.forget(self.stream_id)
+        self._wake_rx()
+        self._wake_tx()
+        if notify_sink and self._sink is not None:
+            # The peer reset: end the local connection now so its user sees it at once.
+            self._sink.close()
+
+    def _wake_rx(self) -> None:
+        if self._rx_waiter is not None and not self._rx_waiter.done():
+            self._rx_waiter.set_result(None)

@@ -1,0 +1,264 @@
+"""Frame codec: every frame is one msgpack array `[type, flags, stream_id, payload]`.
+
+DATA and DATAGRAM frames use one canonical fixed-width encoding so the hot path never goes
+through a general msgpack packer or unpacker:
+
+    94          fixarray(4)
+    TT          type, positive fixint
+    FF          flags, positive fixint
+    ce XXXXXXXX uint32 stream id (flow id for DATAGRAM)
+    c6 LLLLLLLL bin32 payload length, then the payload
+
+That is a constant 13-byte header and still valid msgpack, so any decoder can read the stream.
+Every other frame is small and rare and goes through msgpack with a hard size limit.
+
+This is the only module that imports msgpack.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any, Final
+
+import msgpack
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+# The canonical DATA/DATAGRAM header: fixarray(4), type, flags, uint32 marker, id, bin32 marker,
+# length.
+_FAST_HEADER: Final = struct.Struct(">BBBBIBI")
+FAST_HEADER_BYTES: Final = _FAST_HEADER.size  # 13
+_FIXARRAY4: Final = 0x94
+_UINT32: Final = 0xCE
+_BIN32: Final = 0xC6
+_SMALL_FRAME_GUESS: Final = 512  # bytes tried first for a msgpack-encoded frame
+
+MAX_STREAM_ID: Final = 0xFFFF_FFFF
+
+
+class FrameType(IntEnum):
+    DATA = 0
+    WINDOW_UPDATE = 1
+    PING = 2
+    GO_AWAY = 3
+    MESSAGE = 4
+    DATAGRAM = 5
+
+
+class Flag(IntFlag):
+    NONE = 0
+    SYN = 0x1
+    ACK = 0x2
+    FIN = 0x4
+    RST = 0x8
+
+
+_ALL_FLAGS: Final = int(Flag.SYN | Flag.ACK | Flag.FIN | Flag.RST)
+_FAST_TYPES: Final = frozenset({int(FrameType.DATA), int(FrameType.DATAGRAM)})
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame. `payload` is bytes for DATA/DATAGRAM, an int for WINDOW_UPDATE and
+    PING, a list for GO_AWAY and a dict for MESSAGE."""
+
+    type: FrameType
+    flags: Flag
+    stream_id: int
+    payload: Any
+
+
+def encode_fast(
+    frame_type: FrameType, flags: int, stream_id: int, payload: bytes | memoryview
+) -> bytes:
+    """Encode a DATA or DATAGRAM frame: the 13-byte header and the payload in one bytes."""
+    header = _FAST_HEADER.pack(
+        _FIXARRAY4, frame_type, flags, _UINT32, stream_id, _BIN32, len(payload)
+    )
+    return header + payload
+
+
+def encode_frame(frame_type: FrameType, flags: int, stream_id: int, payload: Any) -> bytes:
+    """Encode any non-DATA frame with msgpack."""
+    if not 0 <= stream_id <= MAX_STREAM_ID:
+        raise LocalProtocolError(f"stream id {stream_id} out of range")
+    packed: bytes = msgpack.packb(
+        [int(frame_type), int(flags), stream_id, payload], use_bin_type=True
+    )
+    return packed
+
+
+def pack_value(value: Any) -> bytes:
+    """msgpack-encode a plain value (used by tests and the spec examples)."""
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+class FrameDecoder:
+    """Streaming frame decoder with hard limits.
+
+    The owner writes received bytes straight into `get_buffer()` and reports them with
+    `buffer_updated(n)` (the asyncio BufferedProtocol contract), or calls `feed(data)`. Frames
+    come out of `frames()`. Anything malformed or over a limit raises RemoteProtocolError.
+
+    Limits: a DATA/DATAGRAM payload above `max_payload_bytes` and a msgpack frame above
+    `max_control_bytes` are protocol errors. The read buffer holds at most one maximal frame plus
+    one read, so memory per connection is bounded by about 2 x (max payload + header).
+    """
+
+    def __init__(self, max_payload_bytes: int, max_control_bytes: int, read_size: int) -> None:
+        self._max_payload = max_payload_bytes
+        self._max_control = max_control_bytes
+        self._read_size = read_size
+        capacity = max(max_payload_bytes + FAST_HEADER_BYTES, max_control_bytes) + read_size
+        self._buf = bytearray(capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # one past the last received byte
+
+    # -- input -----------------------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        """A writable window of at least one read at the end of the buffer."""
+        if len(self._buf) - self._end < self._read_size:
+            self._compact()
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+
+    def feed(self, data: bytes | memoryview) -> int:
+        """Copy as much of `data` as fits; return how many bytes were taken.
+
+        The caller drains `frames()` and feeds the rest; one read's worth always fits.
+        """
+        buf = self.get_buffer()
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        self.buffer_updated(n)
+        return n
+
+    def _compact(self) -> None:
+        if self._start == 0:
+            return
+        remaining = self._end - self._start
+        self._buf[:remaining] = self._buf[self._start : self._end]
+        self._start = 0
+        self._end = remaining
+
+    # -- output ----------------------------------------------------------------------------
+    def frames(self) -> Iterator[Frame]:
+        """Yield every complete frame in the buffer."""
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                if self._start == self._end:
+                    self._start = self._end = 0
+                return
+            yield frame
+
+    def _next_frame(self) -> Frame | None:
+        start, end = self._start, self._end
+        available = end - start
+        if available == 0:
+            return None
+        buf = self._buf
+        if (
+            available >= FAST_HEADER_BYTES
+            and buf[start] == _FIXARRAY4
+            and buf[start + 1] in _FAST_TYPES
+            and buf[start + 3] == _UINT32
+            and buf[start + 8] == _BIN32
+        ):
+            _, ftype, flags, _, stream_id, _, length = _FAST_HEADER.unpack_from(buf, start)
+            if length > self._max_payload:
+                raise RemoteProtocolError(
+                    f"frame payload of {length} bytes exceeds the limit of {self._max_payload}"
+                )
+            if flags & ~_ALL_FLAGS:
+                raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
+            total = FAST_HEADER_BYTES + length
+            if available < total:
+                return None
+            payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
+            self._start = start + total
+            return Frame(FrameType(ftype), Flag(flags), stream_id, payload)
+        return self._next_generic_frame(start, end)
+
+    def _next_generic_frame(self, start: int, end: int) -> Frame | None:
+        # Most control frames are tiny: try a short prefix first so a burst of small frames
+        # does not copy the whole read buffer once per frame.
+        hard_limit = min(end, start + max(self._max_control, self._max_payload + 32))
+        window = min(hard_limit, start + _SMALL_FRAME_GUESS)
+        while True:
+            result = self._try_unpack(start, window)
+            if result is not None:
+                obj, consumed = result
+                self._start = start + consumed
+                return _validate_frame(obj, self._max_payload)
+            if window >= hard_limit:
+                break
+            window = hard_limit
+        if end - start >= self._max_control and not self._could_be_data(start):
+            raise RemoteProtocolError(
+                f"control frame larger than the limit of {self._max_control} bytes"
+            )
+        return None
+
+    def _try_unpack(self, start: int, stop: int) -> tuple[Any, int] | None:
+        unpacker = msgpack.Unpacker(
+            raw=False,
+            max_buffer_size=max(self._max_control, self._max_payload + 32),
+            max_bin_len=self._max_payload,
+            max_str_len=self._max_control,
+            max_array_len=64,
+            max_map_len=256,
+            strict_map_key=True,
+        )
+        unpacker.feed(self._view[start:stop])
+        try:
+            obj = unpacker.unpack()
+        except msgpack.OutOfData:
+            return None
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise RemoteProtocolError(f"malformed frame: {exc}") from None
+        return obj, unpacker.tell()
+
+    def _could_be_data(self, start: int) -> bool:
+        # A DATA frame encoded by a non-canonical msgpack encoder may legitimately be larger
+        # than the control limit.
+        return self._end - start > 1 and self._buf[start + 1] in _FAST_TYPES
+
+
+def _validate_frame(obj: Any, max_payload: int) -> Frame:
+    if not isinstance(obj, list) or len(obj) != 4:
+        raise RemoteProtocolError("a frame must be a msgpack array of 4 items")
+    ftype, flags, stream_id, payload = obj
+    if type(ftype) is not int or ftype not in FrameType._value2member_map_:
+        raise RemoteProtocolError(f"unknown frame type {ftype!r}")
+    if type(flags) is not int or flags & ~_ALL_FLAGS or flags < 0:
+        raise RemoteProtocolError(f"bad frame flags {flags!r}")
+    if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
+        raise RemoteProtocolError(f"bad stream id {stream_id!r}")
+    kind = FrameType(ftype)
+    if kind in (FrameType.DATA, FrameType.DATAGRAM):
+        if not isinstance(payload, bytes):
+            raise RemoteProtocolError(f"{kind.name} payload must be binary")
+        if len(payload) > max_payload:
+            raise RemoteProtocolError(f"{kind.name} payload exceeds {max_payload} bytes")
+    elif kind in (FrameType.WINDOW_UPDATE, FrameType.PING):
+        if type(payload) is not int or not 0 <= payload <= 0xFFFF_FFFF:
+            raise RemoteProtocolError(f"{kind.name} payload must be an unsigned 32-bit integer")
+    elif kind is FrameType.GO_AWAY:
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 2
+            or type(payload[0]) is not int
+            or not isinstance(payload[1], str)
+        ):
+            raise RemoteProtocolError("GO_AWAY payload must be [code, reason]")
+    elif kind is FrameType.MESSAGE and not isinstance(payload, dict):
+        raise RemoteProtocolError("MESSAGE payload must be a map")
+    return Frame(kind, Flag(flags), stream_id, payload)

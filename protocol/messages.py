@@ -1,0 +1,273 @@
+"""Typed control messages.
+
+A MESSAGE frame's payload is a msgpack map `{"t": <tag>, <field>: <value>, ...}`. Each message is
+a frozen, slotted dataclass with a stable wire tag in `_WIRE` below. Decoding checks every field
+against the table and raises RemoteProtocolError on anything unexpected: missing or unknown
+fields, wrong types, oversize strings. Replies are named `...Result`.
+
+Stream-lifecycle payloads (`StreamHeader` on SYN, `StreamResetInfo` on RST) use the same codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .errors import RemoteProtocolError
+from .proxytype import ProxyType
+
+MAX_NAME_CHARS: Final = 256
+MAX_TEXT_CHARS: Final = 4096
+MAX_LIST_ITEMS: Final = 64
+MAX_BYTES_FIELD: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Server -> client, first frame on a new connection: who we are and a login nonce."""
+
+    server_version: str
+    protocol_version: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Client -> server: answer to Hello. `proof` is HMAC(token, nonce, client_id, version)."""
+
+    protocol_version: int
+    client_version: str
+    client_id: str
+    user: str
+    hostname: str
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    ok: bool
+    error: str
+    session_id: str
+    server_version: str
+    udp_packet_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewProxy:
+    name: str
+    type: str
+    remote_port: int = 0
+    custom_domains: tuple[str, ...] = ()
+    subdomain: str = ""
+    locations: tuple[str, ...] = ()
+    http_user: str = ""
+    http_password: str = ""
+    host_header_rewrite: str = ""
+    request_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewProxyResult:
+    name: str
+    ok: bool
+    error: str
+    public_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseProxy:
+    """Either side: this proxy is gone (client removed it, or the server closed it)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UDPFlowOpened:
+    """Server -> client: datagrams with this flow id come from `peer` to proxy `proxy`."""
+
+    flow_id: int
+    proxy: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class UDPFlowClosed:
+    """Either side: forget this flow (idle expiry, proxy closed)."""
+
+    flow_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    """Payload of a SYN: which proxy the stream is for and who the user is."""
+
+    proxy: str
+    src_addr: str
+    src_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResetInfo:
+    """Payload of an RST: a code (ErrorCode) and a human-readable reason."""
+
+    code: int
+    reason: str
+
+
+Message = (
+    Hello
+    | Login
+    | LoginResult
+    | NewProxy
+    | NewProxyResult
+    | CloseProxy
+    | UDPFlowOpened
+    | UDPFlowClosed
+    | StreamHeader
+    | StreamResetInfo
+)
+
+
+# -- field checkers ------------------------------------------------------------------------
+Checker = Callable[[str, Any], Any]
+
+
+def _text(limit: int) -> Checker:
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise RemoteProtocolError(f"field {name!r} must be a string of at most {limit} chars")
+        return value
+
+    return check
+
+
+def _int(lo: int, hi: int) -> Checker:
+    def check(name: str, value: Any) -> int:
+        if type(value) is not int or not lo <= value <= hi:
+            raise RemoteProtocolError(f"field {name!r} must be an integer in [{lo}, {hi}]")
+        return value
+
+    return check
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise RemoteProtocolError(f"field {name!r} must be a boolean")
+    return value
+
+
+def _bytes(name: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > MAX_BYTES_FIELD:
+        raise RemoteProtocolError(f"field {name!r} must be at most {MAX_BYTES_FIELD} bytes")
+    return value
+
+
+def _text_list(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
+        raise RemoteProtocolError(f"field {name!r} must be a list of at most {MAX_LIST_ITEMS}")
+    return tuple(_text(MAX_NAME_CHARS)(name, item) for item in value)
+
+
+def _text_map(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_LIST_ITEMS:
+        raise RemoteProtocolError(f"field {name!r} must be a map of at most {MAX_LIST_ITEMS}")
+    check = _text(MAX_TEXT_CHARS)
+    return {check(name, k): check(name, v) for k, v in value.items()}
+
+
+def _proxy_type(name: str, value: Any) -> str:
+    if value not in ProxyType._value2member_map_:
+        raise RemoteProtocolError(f"field {name!r}: unknown proxy type {value!r}")
+    return str(value)
+
+
+_NAME = _text(MAX_NAME_CHARS)
+_TEXT = _text(MAX_TEXT_CHARS)
+_PORT = _int(0, 65535)
+_U32 = _int(0, 0xFFFF_FFFF)
+
+# tag -> (class, {field: checker}). The tags are the wire format: never renumber or rename.
+_WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
+    "hello": (Hello, {"server_version": _NAME, "protocol_version": _U32, "nonce": _bytes}),
+    "login": (
+        Login,
+        {
+            "protocol_version": _U32,
+            "client_version": _NAME,
+            "client_id": _NAME,
+            "user": _NAME,
+            "hostname": _NAME,
+            "proof": _bytes,
+        },
+    ),
+    "login_result": (
+        LoginResult,
+        {
+            "ok": _bool,
+            "error": _TEXT,
+            "session_id": _NAME,
+            "server_version": _NAME,
+            "udp_packet_size": _int(0, 65535),
+        },
+    ),
+    "new_proxy": (
+        NewProxy,
+        {
+            "name": _NAME,
+            "type": _proxy_type,
+            "remote_port": _PORT,
+            "custom_domains": _text_list,
+            "subdomain": _NAME,
+            "locations": _text_list,
+            "http_user": _NAME,
+            "http_password": _NAME,
+            "host_header_rewrite": _NAME,
+            "request_headers": _text_map,
+            "response_headers": _text_map,
+        },
+    ),
+    "new_proxy_result": (
+        NewProxyResult,
+        {"name": _NAME, "ok": _bool, "error": _TEXT, "public_urls": _text_list},
+    ),
+    "close_proxy": (CloseProxy, {"name": _NAME, "reason": _TEXT}),
+    "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),
+    "udp_flow_closed": (UDPFlowClosed, {"flow_id": _U32, "reason": _TEXT}),
+    "stream_header": (StreamHeader, {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT}),
+    "stream_reset": (StreamResetInfo, {"code": _U32, "reason": _TEXT}),
+}
+_TAG_OF: Final[dict[type[Any], str]] = {cls: tag for tag, (cls, _) in _WIRE.items()}
+
+
+def encode_message(message: Message) -> dict[str, Any]:
+    """The msgpack-ready map for `message`."""
+    tag = _TAG_OF[type(message)]
+    _, fields = _WIRE[tag]
+    out: dict[str, Any] = {"t": tag}
+    for name in fields:
+        value = getattr(message, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def decode_message(payload: dict[str, Any]) -> Message:
+    """Validate a received map into its message class."""
+    tag = payload.get("t")
+    entry = _WIRE.get(tag) if isinstance(tag, str) else None
+    if entry is None:
+        raise RemoteProtocolError(f"unknown message type {tag!r}")
+    cls, fields = entry
+    extra = payload.keys() - fields.keys() - {"t"}
+    if extra:
+        raise RemoteProtocolError(f"{tag}: unexpected fields {sorted(map(str, extra))}")
+    kwargs: dict[str, Any] = {}
+    for name, check in fields.items():
+        if name not in payload:
+            raise RemoteProtocolError(f"{tag}: missing field {name!r}")
+        kwargs[name] = check(name, payload[name])
+    result: Message = cls(**kwargs)
+    return result

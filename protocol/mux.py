@@ -1,0 +1,469 @@
+"""MuxConnection: the sans-IO session that multiplexes streams over one byte stream.
+
+Theory of operation
+-------------------
+Inputs are bytes (`receive_data`, or `get_buffer`/`buffer_updated` for zero-copy reads), EOF
+(`receive_eof`) and time (`handle_timer(now)`). Commands are method calls. Outputs are events
+(`next_event`), bytes to write (`data_to_send`) and the next deadline (`get_timer`). Nothing
+here blocks, sleeps or touches a socket, so the whole protocol is testable with bytes in and
+bytes out.
+
+Ownership: the MuxConnection owns every StreamRecord. Stream ids are allocated here: the
+client opens odd ids and the server even ones; id 0 is the session itself. Ids only grow, so
+a frame for an id at or below the highest one we have seen but no longer in the table is a
+late frame for a finished stream and is dropped; a frame for a higher id without SYN is a
+protocol error.
+
+Errors: anything the peer does wrong raises RemoteProtocolError inside the receive path; we
+answer GO_AWAY(code), stop reading, and emit ConnectionTerminated(remote=True). Misuse by the
+caller raises LocalProtocolError straight out of the command.
+
+Bounds: the read buffer (FrameDecoder), streams per session, pending accepts and every
+window are limited by MuxSettings. The event queue holds only what one read produced. The
+output queue is drained by the adapter after every command; datagrams are refused when it
+is above `datagram_high_water_bytes`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+from typing import Final
+
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .events import (
+    ConnectionTerminated,
+    DatagramReceived,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    MessageReceived,
+    PingAcknowledged,
+    SendWindowOpened,
+    StreamAccepted,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from .frames import Flag, Frame, FrameDecoder, FrameType, encode_fast, encode_frame
+from .messages import Message, StreamHeader, StreamResetInfo, decode_message, encode_message
+from .settings import INITIAL_STREAM_WINDOW_BYTES, MuxSettings
+from .stream import Handshake, StreamEvent, StreamRecord, StreamState
+
+MAX_WINDOW_BYTES: Final = 0xFFFF_FFFF
+
+
+class Role(Enum):
+    CLIENT = 1  # opens odd stream ids
+    SERVER = 2  # opens even stream ids
+
+
+class MuxConnection:
+    def __init__(self, role: Role, settings: MuxSettings | None = None, now: float = 0.0):
+        self.role = role
+        self.settings = settings or MuxSettings()
+        s = self.settings
+        self._decoder = FrameDecoder(
+            s.max_frame_payload_bytes, s.max_control_frame_bytes, s.read_size_bytes
+        )
+        self._streams: dict[int, StreamRecord] = {}
+        self._next_id = 1 if role is Role.CLIENT else 2
+        self._peer_parity = 0 if role is Role.CLIENT else 1
+        self._highest_peer_id = 0
+        self._pending_accepts = 0
+        self._events: deque[Event] = deque()
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._terminated = False
+        self._local_going_away = False
+        self._remote_going_away = False
+        # keepalive
+        self._last_input = now
+        self._saw_input = False
+        self._next_ping = now + s.keepalive_interval_s
+        self._ping_seq = 0
+        self._ping_sent: dict[int, float] = {}
+        self.late_frames_dropped = 0
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    @property
+    def going_away(self) -> bool:
+        return self._local_going_away or self._remote_going_away
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    @property
+    def pending_output_bytes(self) -> int:
+        return self._out_bytes
+
+    def stream_ids(self) -> list[int]:
+        return list(self._streams)
+
+    def send_window(self, stream_id: int) -> int:
+        rec = self._streams.get(stream_id)
+        return rec.send_window if rec is not None and rec.can_send else 0
+
+    # -- input ------------------------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._terminated:
+            return
+        self._decoder.buffer_updated(nbytes)
+        self._saw_input = True
+        self._process_frames()
+
+    def receive_data(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._terminated:
+            taken = self._decoder.feed(view)
+            view = view[taken:]
+            self._saw_input = True
+            self._process_frames()
+
+    def receive_eof(self) -> None:
+        if not self._terminated:
+            self._terminate(ErrorCode.NORMAL, "connection closed by peer", remote=True)
+
+    def handle_timer(self, now: float) -> None:
+        if self._terminated:
+            return
+        if self._saw_input:
+            self._last_input = now
+            self._saw_input = False
+        if now - self._last_input >= self.settings.keepalive_timeout_s:
+            reason = f"no frame from peer for {self.settings.keepalive_timeout_s:g}s"
+            self._emit_go_away(ErrorCode.KEEPALIVE_TIMEOUT, reason)
+            self._terminate(ErrorCode.KEEPALIVE_TIMEOUT, reason, remote=True)
+            return
+        if now >= self._next_ping:
+            self.ping(now)
+
+    def get_timer(self) -> float | None:
+        if self._terminated:
+            return None
+        return min(self._next_ping, self._last_input + self.settings.keepalive_timeout_s)
+
+    # -- output -----------------------------------------------------------------------------
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        return out
+
+    # -- commands ---------------------------------------------------------------------------
+    def open_stream(self, header: StreamHeader) -> int:
+        """Open a stream; data may be sent at once within the initial window."""
+        self._check_usable()
+        if self.going_away:
+            raise LocalProtocolError("the session is going away: no new streams")
+        if len(self._streams) >= self.settings.max_streams:
+            raise LocalProtocolError(
+                f"too many streams: the limit is {self.settings.max_streams} per session"
+            )
+        stream_id = self._next_id
+        if stream_id > MAX_WINDOW_BYTES:
+            raise LocalProtocolError("stream ids exhausted; reconnect")
+        self._next_id += 2
+        rec = StreamRecord(
+            stream_id,
+            Handshake.SYN_SENT,
+            INITIAL_STREAM_WINDOW_BYTES,
+            self.settings.stream_window_bytes,
+        )
+        self._streams[stream_id] = rec
+        self._write(encode_frame(FrameType.MESSAGE, Flag.SYN, stream_id, encode_message(header)))
+        self._grant(rec, rec.owed_credit(), Flag.NONE)
+        return stream_id
+
+    def accept_stream(self, stream_id: int) -> None:
+        rec = self._require(stream_id)
+        if rec.handshake is not Handshake.SYN_RECEIVED:
+            raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
+        rec.handshake = Handshake.ESTABLISHED
+        self._pending_accepts -= 1
+        credit = rec.owed_credit()
+        self._write(encode_frame(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, credit))
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> int:
+        """Send as much of `data` as the window allows; return the number of bytes taken.
+
+        With `end`, FIN goes with the last byte, but only if every byte was taken."""
+        rec = self._require(stream_id)
+        total = len(data)
+        n = min(total, rec.send_window)
+        finish = end and n == total
+        if n == 0 and not finish:
+            if not rec.can_send:
+                rec.apply(StreamEvent.SEND_DATA)  # raises the right error
+            return 0
+        rec.apply(StreamEvent.SEND_DATA)
+        rec.send_window -= n
+        step = self.settings.max_frame_payload_bytes
+        view = memoryview(data)
+        pos = 0
+        while True:
+            stop = min(pos + step, n)
+            last = stop >= n
+            flags = Flag.FIN if (last and finish) else Flag.NONE
+            self._write(encode_fast(FrameType.DATA, flags, stream_id, view[pos:stop]))
+            pos = stop
+            if last:
+                break
+        if finish:
+            self._finish_local(rec)
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        """Send FIN: no more data from us on this stream."""
+        rec = self._require(stream_id)
+        self._write(encode_fast(FrameType.DATA, Flag.FIN, stream_id, b""))
+        self._finish_local(rec)
+
+    def reset_stream(self, stream_id: int, code: int, reason: str = "") -> None:
+        """Abort a stream in both directions. Resetting an unknown stream is a no-op, since
+        the peer may have reset it first."""
+        rec = self._streams.get(stream_id)
+        if rec is None or self._terminated:
+            return
+        rec.apply(StreamEvent.SEND_RST)
+        self._forget(rec)
+        info = encode_message(StreamResetInfo(int(code), reason[:512]))
+        self._write(encode_frame(FrameType.MESSAGE, Flag.RST, stream_id, info))
+
+    def acknowledge_data(self, stream_id: int, nbytes: int) -> None:
+        """The application consumed `nbytes` of this stream's data: credit the peer."""
+        rec = self._streams.get(stream_id)
+        if rec is None or nbytes == 0:
+            return
+        self._grant(rec, rec.consume(nbytes), Flag.NONE)
+
+    def send_message(self, message: Message) -> None:
+        self._check_usable()
+        frame = encode_frame(FrameType.MESSAGE, Flag.NONE, 0, encode_message(message))
+        if len(frame) > self.settings.max_control_frame_bytes:
+            raise LocalProtocolError(f"message {type(message).__name__} is too large")
+        self._write(frame)
+
+    def send_datagram(self, flow_id: int, data: bytes) -> bool:
+        """Queue one datagram; False (drop) if it is too large or the output is congested."""
+        if self._terminated:
+            return False
+        if len(data) > self.settings.max_frame_payload_bytes:
+            return False
+        if self._out_bytes > self.settings.datagram_high_water_bytes:
+            return False
+        self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
+        return True
+
+    def ping(self, now: float) -> None:
+        self._check_usable()
+        self._ping_seq = (self._ping_seq + 1) & 0xFFFF_FFFF
+        if len(self._ping_sent) >= 16:  # bounded: forget the oldest unanswered ping
+            self._ping_sent.pop(next(iter(self._ping_sent)))
+        self._ping_sent[self._ping_seq] = now
+        self._next_ping = now + self.settings.keepalive_interval_s
+        self._write(encode_frame(FrameType.PING, Flag.NONE, 0, self._ping_seq))
+
+    def pong_time(self, seq: int) -> float | None:
+        return self._ping_sent.get(seq)
+
+    def go_away(self, code: int, reason: str = "") -> None:
+        """Tell the peer we accept no new streams. Existing streams may finish."""
+        if self._terminated or self._local_going_away:
+            return
+        self._local_going_away = True
+        self._emit_go_away(code, reason)
+
+    def close(self, code: int = ErrorCode.NORMAL, reason: str = "closed") -> None:
+        """End the session now (after GO_AWAY if not sent yet)."""
+        if self._terminated:
+            return
+        self.go_away(code, reason)
+        self._terminate(code, reason, remote=False)
+
+    # -- internals: sending -------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    def _check_usable(self) -> None:
+        if self._terminated:
+            raise LocalProtocolError("the session is terminated")
+
+    def _require(self, stream_id: int) -> StreamRecord:
+        self._check_usable()
+        rec = self._streams.get(stream_id)
+        if rec is None:
+            raise LocalProtocolError(f"unknown stream {stream_id}")
+        return rec
+
+    def _grant(self, rec: StreamRecord, credit: int, flags: Flag) -> None:
+        if credit > 0 and rec.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
+            self._write(encode_frame(FrameType.WINDOW_UPDATE, flags, rec.stream_id, credit))
+
+    def _finish_local(self, rec: StreamRecord) -> None:
+        rec.apply(StreamEvent.SEND_FIN)
+        if rec.state is StreamState.CLOSED:
+            self._forget(rec)
+            self._events.append(StreamClosed(rec.stream_id))
+
+    def _forget(self, rec: StreamRecord) -> None:
+        if self._streams.pop(rec.stream_id, None) is not None:
+            if rec.handshake is Handshake.SYN_RECEIVED:
+                self._pending_accepts -= 1
+
+    def _emit_go_away(self, code: int, reason: str) -> None:
+        self._write(encode_frame(FrameType.GO_AWAY, Flag.NONE, 0, [int(code), reason[:512]]))
+
+    def _terminate(self, code: int, reason: str, remote: bool) -> None:
+        self._terminated = True
+        self._streams.clear()
+        self._pending_accepts = 0
+        self._events.append(ConnectionTerminated(int(code), reason, remote))
+
+    # -- internals: receiving -----------------------------------------------------------------
+    def _process_frames(self) -> None:
+        try:
+            for frame in self._decoder.frames():
+                self._handle_frame(frame)
+                if self._terminated:
+                    return
+        except RemoteProtocolError as exc:
+            code = exc.code if exc.code else ErrorCode.PROTOCOL_ERROR
+            self._emit_go_away(code, str(exc))
+            self._terminate(code, str(exc), remote=True)
+
+    def _handle_frame(self, frame: Frame) -> None:
+        kind = frame.type
+        if kind is FrameType.DATA:
+            self._on_data(frame)
+        elif kind is FrameType.WINDOW_UPDATE:
+            self._on_window_update(frame)
+        elif kind is FrameType.MESSAGE:
+            if frame.stream_id == 0:
+                self._events.append(MessageReceived(decode_message(frame.payload)))
+            elif frame.flags & Flag.SYN:
+                self._on_syn(frame)
+            elif frame.flags & Flag.RST:
+                self._on_rst(frame)
+            else:
+                raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
+        elif kind is FrameType.DATAGRAM:
+            self._events.append(DatagramReceived(frame.stream_id, frame.payload))
+        elif kind is FrameType.PING:
+            self._on_ping(frame)
+        elif kind is FrameType.GO_AWAY:
+            code, reason = frame.payload
+            if code in (ErrorCode.PROTOCOL_ERROR, ErrorCode.FLOW_CONTROL_ERROR):
+                self._terminate(code, f"peer reported: {reason}", remote=False)
+                return
+            self._remote_going_away = True
+            self._events.append(GoAwayReceived(code, reason))
+
+    def _lookup(self, stream_id: int) -> StreamRecord | None:
+        """The record for a stream frame, None for a late frame, or a protocol error."""
+        rec = self._streams.get(stream_id)
+        if rec is not None:
+            return rec
+        if stream_id == 0:
+            raise RemoteProtocolError("stream frame on stream 0")
+        is_peers = stream_id % 2 == self._peer_parity
+        if (is_peers and stream_id > self._highest_peer_id) or (
+            not is_peers and stream_id >= self._next_id
+        ):
+            raise RemoteProtocolError(f"frame for stream {stream_id}, which was never opened")
+        self.late_frames_dropped += 1
+        return None
+
+    def _on_syn(self, frame: Frame) -> None:
+        sid = frame.stream_id
+        if sid % 2 != self._peer_parity or sid <= self._highest_peer_id:
+            raise RemoteProtocolError(f"SYN with invalid stream id {sid}")
+        header = decode_message(frame.payload)
+        if not isinstance(header, StreamHeader):
+            raise RemoteProtocolError("SYN payload must be a stream header")
+        self._highest_peer_id = sid
+        s = self.settings
+        refusal = ""
+        if self.going_away:
+            refusal = "session is going away"
+        elif len(self._streams) >= s.max_streams:
+            refusal = f"too many streams (limit {s.max_streams})"
+        elif self._pending_accepts >= s.max_pending_accepts:
+            refusal = f"accept backlog full (limit {s.max_pending_accepts})"
+        if refusal:
+            info = encode_message(StreamResetInfo(ErrorCode.REFUSED, refusal))
+            self._write(encode_frame(FrameType.MESSAGE, Flag.RST, sid, info))
+            return
+        rec = StreamRecord(
+            sid, Handshake.SYN_RECEIVED, INITIAL_STREAM_WINDOW_BYTES, s.stream_window_bytes
+        )
+        self._streams[sid] = rec
+        self._pending_accepts += 1
+        self._events.append(StreamOpened(sid, header))
+
+    def _on_rst(self, frame: Frame) -> None:
+        info = decode_message(frame.payload)
+        if not isinstance(info, StreamResetInfo):
+            raise RemoteProtocolError("RST payload must be a stream reset")
+        rec = self._lookup(frame.stream_id)
+        if rec is None:
+            return
+        rec.apply(StreamEvent.RECV_RST)
+        self._forget(rec)
+        self._events.append(StreamReset(rec.stream_id, info.code, info.reason))
+
+    def _on_data(self, frame: Frame) -> None:
+        rec = self._lookup(frame.stream_id)
+        if rec is None:
+            return
+        payload: bytes = frame.payload
+        if payload:
+            rec.apply(StreamEvent.RECV_DATA)
+            rec.receive(len(payload))
+            self._events.append(DataReceived(rec.stream_id, payload))
+        if frame.flags & Flag.FIN:
+            rec.apply(StreamEvent.RECV_FIN)
+            self._events.append(StreamEnded(rec.stream_id))
+            if rec.state is StreamState.CLOSED:
+                self._forget(rec)
+                self._events.append(StreamClosed(rec.stream_id))
+
+    def _on_window_update(self, frame: Frame) -> None:
+        rec = self._lookup(frame.stream_id)
+        if rec is None:
+            return
+        if frame.flags & Flag.ACK:
+            if rec.handshake is not Handshake.SYN_SENT:
+                raise RemoteProtocolError(f"unexpected ACK on stream {rec.stream_id}")
+            rec.handshake = Handshake.ESTABLISHED
+            self._events.append(StreamAccepted(rec.stream_id))
+        increment: int = frame.payload
+        if rec.send_window + increment > MAX_WINDOW_BYTES:
+            raise RemoteProtocolError(
+                f"window overflow on stream {rec.stream_id}", code=ErrorCode.FLOW_CONTROL_ERROR
+            )
+        if increment:
+            rec.send_window += increment
+            if rec.can_send:
+                self._events.append(SendWindowOpened(rec.stream_id, rec.send_window))
+
+    def _on_ping(self, frame: Frame) -> None:
+        if frame.flags & Flag.ACK:
+            # The adapter turns this into an RTT with its own clock (see pong_time).
+            sent = self._ping_sent.pop(frame.payload, None)
+            if sent is not None:
+                self._events.append(PingAcknowledged(sent))
+            return
+        self._write(encode_frame(FrameType.PING, Flag.ACK, 0, frame.payload))

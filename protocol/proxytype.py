@@ -1,0 +1,10 @@
+"""The one list of proxy types, shared by config, messages and both registries."""
+
+from enum import StrEnum
+
+
+class ProxyType(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    HTTP = "http"
+    HTTPS = "https"

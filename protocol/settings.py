@@ -1,0 +1,39 @@
+"""Every limit of a mux session, with its unit in the name and its overflow policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+# The window both sides assume a new stream starts with, before any WINDOW_UPDATE. Fixed by the
+# protocol (docs/protocol.md) so no settings exchange is needed.
+INITIAL_STREAM_WINDOW_BYTES: Final = 256 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class MuxSettings:
+    # Largest DATA/DATAGRAM payload we send and accept; larger is a protocol error.
+    max_frame_payload_bytes: int = 64 * KiB
+    # Largest msgpack-encoded non-DATA frame; larger is a protocol error.
+    max_control_frame_bytes: int = 64 * KiB
+    # Bytes read from the connection per read (the BufferedProtocol buffer size).
+    read_size_bytes: int = 256 * KiB
+    # Receive window we grant each stream. The peer may have at most this many bytes in flight
+    # plus unconsumed per stream: it bounds receive-side memory per stream. Going past it is a
+    # FLOW_CONTROL_ERROR (session ends).
+    stream_window_bytes: int = 4 * MiB
+    # Concurrent streams per session. A SYN beyond it is answered with RST(REFUSED).
+    max_streams: int = 1024
+    # Streams opened by the peer that the application has not accepted or refused yet. A SYN
+    # beyond it is answered with RST(REFUSED).
+    max_pending_accepts: int = 256
+    # Keepalive: ping after this much silence; the peer is dead after `keepalive_timeout_s`
+    # without any frame from it.
+    keepalive_interval_s: float = 30.0
+    keepalive_timeout_s: float = 90.0
+    # Outgoing bytes queued in the mux (not yet handed to the transport) above which
+    # datagrams are dropped (and counted) instead of queued.
+    datagram_high_water_bytes: int = 1 * MiB

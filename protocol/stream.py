@@ -1,0 +1,146 @@
+"""Per-stream state: the transition table and the flow-control windows.
+
+Theory of operation
+-------------------
+A stream has two independent halves and a handshake:
+
+* The handshake: the opener sends SYN (a MESSAGE frame carrying a StreamHeader) and may send
+  data at once, within the initial window. The acceptor answers ACK (a WINDOW_UPDATE with the
+  ACK flag) or RST. The acceptor may not send data before its ACK.
+* Each direction is OPEN until FIN; the stream is CLOSED when both directions have finished,
+  or at once on RST from either side.
+
+All legal transitions are in `_TRANSITIONS`. A transition not in the table is a
+LocalProtocolError when we cause it and a RemoteProtocolError when the peer does.
+
+Windows (yamux style): `send_window` is the credit the peer gave us; `send_data` never sends
+past it. On the receive side, `recv_credit` is what the peer may still send, and `unconsumed` is
+what arrived but the application has not consumed yet. The receiver grants more credit once the
+credit it could add reaches half of the target window, so WINDOW_UPDATE frames stay rare.
+DATA beyond `recv_credit` is a flow-control error.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Final
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+
+class StreamState(Enum):
+    OPEN = auto()
+    HALF_CLOSED_LOCAL = auto()  # we sent FIN
+    HALF_CLOSED_REMOTE = auto()  # they sent FIN
+    CLOSED = auto()
+
+
+class StreamEvent(Enum):
+    SEND_DATA = auto()
+    RECV_DATA = auto()
+    SEND_FIN = auto()
+    RECV_FIN = auto()
+    SEND_RST = auto()
+    RECV_RST = auto()
+
+
+S, E = StreamState, StreamEvent
+_TRANSITIONS: Final[dict[tuple[StreamState, StreamEvent], StreamState]] = {
+    (S.OPEN, E.SEND_DATA): S.OPEN,
+    (S.OPEN, E.RECV_DATA): S.OPEN,
+    (S.OPEN, E.SEND_FIN): S.HALF_CLOSED_LOCAL,
+    (S.OPEN, E.RECV_FIN): S.HALF_CLOSED_REMOTE,
+    (S.OPEN, E.SEND_RST): S.CLOSED,
+    (S.OPEN, E.RECV_RST): S.CLOSED,
+    (S.HALF_CLOSED_LOCAL, E.RECV_DATA): S.HALF_CLOSED_LOCAL,
+    (S.HALF_CLOSED_LOCAL, E.RECV_FIN): S.CLOSED,
+    (S.HALF_CLOSED_LOCAL, E.SEND_RST): S.CLOSED,
+    (S.HALF_CLOSED_LOCAL, E.RECV_RST): S.CLOSED,
+    (S.HALF_CLOSED_REMOTE, E.SEND_DATA): S.HALF_CLOSED_REMOTE,
+    (S.HALF_CLOSED_REMOTE, E.SEND_FIN): S.CLOSED,
+    (S.HALF_CLOSED_REMOTE, E.SEND_RST): S.CLOSED,
+    (S.HALF_CLOSED_REMOTE, E.RECV_RST): S.CLOSED,
+}
+del S, E
+
+_LOCAL_EVENTS: Final = frozenset(
+    {StreamEvent.SEND_DATA, StreamEvent.SEND_FIN, StreamEvent.SEND_RST}
+)
+
+
+class Handshake(Enum):
+    SYN_SENT = auto()  # we opened; waiting for ACK
+    SYN_RECEIVED = auto()  # they opened; we have not accepted yet
+    ESTABLISHED = auto()
+
+
+class StreamRecord:
+    """The mux's bookkeeping for one stream. Owned by MuxConnection; never shared."""
+
+    __slots__ = (
+        "handshake",
+        "recv_credit",
+        "send_window",
+        "state",
+        "stream_id",
+        "target_window",
+        "unconsumed",
+    )
+
+    def __init__(
+        self,
+        stream_id: int,
+        handshake: Handshake,
+        initial_window: int,
+        target_window: int,
+    ) -> None:
+        self.stream_id = stream_id
+        self.state = StreamState.OPEN
+        self.handshake = handshake
+        self.send_window = initial_window
+        self.recv_credit = initial_window
+        self.unconsumed = 0
+        self.target_window = target_window
+
+    def apply(self, event: StreamEvent) -> None:
+        """Move to the next state, or raise the right protocol error."""
+        new = _TRANSITIONS.get((self.state, event))
+        if new is None:
+            message = f"stream {self.stream_id}: {event.name} not allowed in {self.state.name}"
+            if event in _LOCAL_EVENTS:
+                raise LocalProtocolError(message)
+            raise RemoteProtocolError(message)
+        if event is StreamEvent.SEND_DATA and self.handshake is Handshake.SYN_RECEIVED:
+            raise LocalProtocolError(f"stream {self.stream_id}: accept it before sending data")
+        self.state = new
+
+    @property
+    def can_send(self) -> bool:
+        return self.state in (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+
+    def receive(self, nbytes: int) -> None:
+        """Account for `nbytes` of DATA that arrived."""
+        if nbytes > self.recv_credit:
+            raise RemoteProtocolError(
+                f"stream {self.stream_id}: {nbytes} bytes sent past a window of {self.recv_credit}",
+                code=3,  # ErrorCode.FLOW_CONTROL_ERROR
+            )
+        self.recv_credit -= nbytes
+        self.unconsumed += nbytes
+
+    def consume(self, nbytes: int) -> int:
+        """The application consumed `nbytes`; return the credit to grant now (0 = not yet)."""
+        if nbytes > self.unconsumed:
+            raise LocalProtocolError(
+                f"stream {self.stream_id}: acknowledged {nbytes} bytes but only "
+                f"{self.unconsumed} are unconsumed"
+            )
+        self.unconsumed -= nbytes
+        return self.owed_credit()
+
+    def owed_credit(self) -> int:
+        owed = self.target_window - self.recv_credit - self.unconsumed
+        if owed >= self.target_window // 2:
+            self.recv_credit += owed
+            return owed
+        return 0
