@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from ..errors import ErrorCode, LocalProtocolError
 from ..events import (
@@ -76,7 +77,8 @@ class MuxSession(asyncio.BufferedProtocol):
         self.on_datagram: DatagramHandler | None = None
         self.on_go_away: Callable[[int, str], None] | None = None
         self._streams: dict[int, MuxStream] = {}
-        self._messages: asyncio.Queue[Message] = asyncio.Queue(MAX_QUEUED_MESSAGES)
+        self._messages: deque[Message] = deque()
+        self._message_waiter: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.writing_paused = False
@@ -88,7 +90,8 @@ class MuxSession(asyncio.BufferedProtocol):
 
     # -- asyncio.BufferedProtocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not subclass asyncio.Transport but implement it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(CONN_WRITE_HIGH_WATER_BYTES, CONN_WRITE_LOW_WATER_BYTES)
         peer = transport.get_extra_info("peername")
@@ -157,19 +160,15 @@ class MuxSession(asyncio.BufferedProtocol):
 
     async def next_message(self) -> Message:
         """The next control message; raises SessionClosedError once the session is over."""
-        if self._messages.empty() and self._closed.done():
-            raise SessionClosedError(self.close_code or 0, self.close_reason)
-        getter = asyncio.ensure_future(self._messages.get())
-        try:
-            done, _ = await asyncio.wait(
-                {getter, self._closed}, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            return getter.result()
-        raise SessionClosedError(self.close_code or 0, self.close_reason)
+        while not self._messages:
+            if self._closed.done():
+                raise SessionClosedError(self.close_code or 0, self.close_reason)
+            self._message_waiter = self.loop.create_future()
+            try:
+                await self._message_waiter
+            finally:
+                self._message_waiter = None
+        return self._messages.popleft()
 
     def send_message(self, message: Message) -> None:
         if self.mux.terminated:
@@ -289,10 +288,15 @@ class MuxSession(asyncio.BufferedProtocol):
         self.on_stream(stream)
 
     def _on_message(self, message: Message) -> None:
-        try:
-            self._messages.put_nowait(message)
-        except asyncio.QueueFull:
+        if len(self._messages) >= MAX_QUEUED_MESSAGES:
             self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
+            return
+        self._messages.append(message)
+        self._wake_messages()
+
+    def _wake_messages(self) -> None:
+        if self._message_waiter is not None and not self._message_waiter.done():
+            self._message_waiter.set_result(None)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -342,6 +346,7 @@ class MuxSession(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._closed.set_result(None)
+        self._wake_messages()
         if not self._connected.done():
             self._connected.set_exception(SessionClosedError(code, reason))
             self._connected.exception()

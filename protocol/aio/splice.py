@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from ..errors import ErrorCode
 from .connection import MuxSession
@@ -45,7 +46,8 @@ class SpliceProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not subclass asyncio.Transport but implement it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         set_nodelay(transport)
         if self.stream is None and self._on_connect is not None:

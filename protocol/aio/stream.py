@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ..errors import ErrorCode, LocalProtocolError
 from ..messages import StreamHeader
@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 # A local transport pauses our reads of the stream above this many buffered bytes.
 LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
 LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
+
+
+class TrafficCounters(Protocol):
+    bytes_in: int
+    bytes_out: int
 
 
 class StreamResetError(ConnectionResetError):
@@ -82,6 +87,9 @@ class MuxStream:
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
         self.bytes_out = 0  # to the peer
+        # Optional live traffic counters (the server's per-proxy ones): bytes the local socket
+        # sends into the tunnel count as `bytes_in`, bytes the tunnel delivers as `bytes_out`.
+        self.counters: TrafficCounters | None = None
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
@@ -148,6 +156,8 @@ class MuxStream:
             raise LocalProtocolError("send() while a backlog is pending; wait for drain")
         n = self.session.send_data(self.stream_id, data)
         self.bytes_out += n
+        if self.counters is not None:
+            self.counters.bytes_in += n
         if n < len(data):
             self._tx_backlog = memoryview(data)[n:]
             self._pause_source()
@@ -172,6 +182,8 @@ class MuxStream:
         if backlog is not None:
             n = self.session.send_data(self.stream_id, backlog)
             self.bytes_out += n
+            if self.counters is not None:
+                self.counters.bytes_in += n
             if n < len(backlog):
                 self._tx_backlog = backlog[n:]
                 return
@@ -264,6 +276,8 @@ class MuxStream:
 
     def _on_data(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self.counters is not None:
+            self.counters.bytes_out += len(data)
         if self._sink is not None:
             self._deliver(data)
         elif self._discard_rx:

@@ -1,0 +1,246 @@
+"""`tunnelc`: the client behind NAT. The only place that handles signals and prints to users."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol import __version__
+from protocol.aio.runner import run as run_loop
+from protocol.configfile import Secret
+from protocol.errors import TunnelError
+from protocol.logs import setup_logging
+from protocol.proxytype import ProxyType
+
+from .client import TunnelClient
+from .config import ClientConfig, load_client_config, make_oneliner_config
+from .proxyconfig import make_oneliner_proxy
+
+logger = logging.getLogger(__name__)
+
+
+def fail(message: str) -> None:
+    click.echo(f"tunnelc: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _load(path: Path) -> ClientConfig:
+    try:
+        return load_client_config(path)
+    except TunnelError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="frpc.toml-style config file.",
+)
+
+
+def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None
+    )(f)
+    f = click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False))(f)
+    f = click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")(f)
+    return f
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@CONFIG_OPTION
+@log_options
+@click.version_option(__version__, "-v", "--version", prog_name="tunnelc")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config_path: Path | None,
+    log_level: str | None,
+    log_file: Path | None,
+    no_uvloop: bool,
+) -> None:
+    """Run the tunnel client (frpc-compatible config keys), or a one-line proxy."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None:
+        click.echo(ctx.get_help())
+        fail("give a config file with -c, or a one-liner such as: tunnelc http 8000")
+    run_client(_load(config_path), log_level, log_file, no_uvloop)
+
+
+def run_client(
+    config: ClientConfig, log_level: str | None, log_file: Path | None, no_uvloop: bool
+) -> None:
+    try:
+        setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
+    except OSError as exc:
+        fail(f"cannot open the log file: {exc}")
+    try:
+        code = run_loop(_run(config), use_uvloop=not no_uvloop)
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+async def _run(config: ClientConfig) -> int:
+    loop = asyncio.get_running_loop()
+    client = TunnelClient(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, client.request_stop)
+    try:
+        code = await client.run()
+    except TunnelError as exc:
+        logger.error("tunnelc: error: %s", exc)
+        return 1
+    except Exception as exc:
+        # A bug, not a user error: one line for the user, the traceback at debug level.
+        logger.error(
+            "tunnelc: internal error: %s: %s (run with --log-level debug)", type(exc).__name__, exc
+        )
+        logger.debug("tunnelc: internal error", exc_info=True)
+        return 1
+    logger.info("tunnelc: stopped")
+    return code
+
+
+@main.command()
+@CONFIG_OPTION
+def verify(config_path: Path | None) -> None:
+    """Check a config file without starting anything."""
+    if config_path is None:
+        fail("verify needs -c FILE")
+    assert config_path is not None
+    config = _load(config_path)
+    click.echo(
+        f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
+    )
+
+
+# -- one-liners ---------------------------------------------------------------------------------
+def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--server",
+            "-s",
+            default="127.0.0.1:7000",
+            show_default=True,
+            help="tunneld address, host:port.",
+        ),
+        click.option("--token", "-t", default=None, envvar="TUNNELKIT_TOKEN", help="auth.token"),
+        click.option("--name", default=None, help="Proxy name (default: TYPE-PORT)."),
+        click.option("--local-ip", default="127.0.0.1", show_default=True),
+        click.option("--server-fingerprint", default=None, help="Pin the server certificate."),
+        click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None),
+        click.option("--server-name", default=None, help="TLS name to check (with --ca-file)."),
+        click.option(
+            "--insecure-skip-verify", is_flag=True, help="Do not verify the server (unsafe)."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return log_options(f)
+
+
+def _oneliner(
+    proxy_type: ProxyType,
+    local_port: int,
+    opts: dict[str, Any],
+    **proxy_fields: Any,
+) -> None:
+    extra = {k: v for k, v in proxy_fields.items() if k not in ("http_user", "http_password")}
+    try:
+        proxy = make_oneliner_proxy(
+            proxy_type, local_port, name=opts["name"], local_ip=opts["local_ip"], **extra
+        )
+        if proxy_fields.get("http_user"):
+            proxy = dataclasses.replace(
+                proxy,
+                http_user=proxy_fields["http_user"],
+                http_password=Secret(proxy_fields["http_password"]),
+            )
+        config = make_oneliner_config(
+            opts["server"],
+            opts["token"],
+            proxy,
+            server_name=opts["server_name"],
+            trusted_ca_file=opts["ca_file"],
+            server_fingerprint=opts["server_fingerprint"],
+            insecure_skip_verify=opts["insecure_skip_verify"],
+        )
+    except TunnelError as exc:
+        fail(str(exc))
+        return
+    run_client(config, opts["log_level"], opts["log_file"], opts["no_uvloop"])
+
+
+@main.command()
+@click.argument("local_port", type=click.IntRange(1, 65535))
+@click.option("--remote-port", "-r", type=click.IntRange(0, 65535), default=0, show_default=True)
+@server_options
+def tcp(local_port: int, remote_port: int, **opts: Any) -> None:
+    """Expose a local TCP port, e.g. `tunnelc tcp 22 -r 6000`."""
+    _oneliner(ProxyType.TCP, local_port, opts, remote_port=remote_port)
+
+
+@main.command()
+@click.argument("local_port", type=click.IntRange(1, 65535))
+@click.option("--remote-port", "-r", type=click.IntRange(0, 65535), default=0, show_default=True)
+@server_options
+def udp(local_port: int, remote_port: int, **opts: Any) -> None:
+    """Expose a local UDP port, e.g. `tunnelc udp 53 -r 6053`."""
+    _oneliner(ProxyType.UDP, local_port, opts, remote_port=remote_port)
+
+
+def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
+    def command(
+        local_port: int,
+        subdomain: str | None,
+        domain: tuple[str, ...],
+        basic_auth: str | None,
+        **opts: Any,
+    ) -> None:
+        if not subdomain and not domain:
+            subdomain = f"{proxy_type}-{local_port}"
+        user = password = None
+        if basic_auth is not None:
+            if proxy_type is not ProxyType.HTTP:
+                fail("--basic-auth works only with http")
+            user, sep, password = basic_auth.partition(":")
+            if not sep or not user or not password:
+                fail("--basic-auth must look like user:password")
+        _oneliner(
+            proxy_type,
+            local_port,
+            opts,
+            subdomain=subdomain,
+            custom_domains=domain,
+            http_user=user,
+            http_password=password,
+        )
+
+    return command
+
+
+for _type in (ProxyType.HTTP, ProxyType.HTTPS):
+    _cmd = _http_like(_type)
+    _cmd.__doc__ = (
+        f"Expose a local {_type.upper()} service by domain, e.g. `tunnelc {_type} 8000 "
+        "--subdomain wx`."
+    )
+    _cmd = server_options(_cmd)
+    _cmd = click.option("--basic-auth", default=None, help="user:password (http only).")(_cmd)
+    _cmd = click.option("--domain", "-d", multiple=True, help="A custom domain.")(_cmd)
+    _cmd = click.option("--subdomain", default=None, help="Subdomain of subDomainHost.")(_cmd)
+    _cmd = click.argument("local_port", type=click.IntRange(1, 65535))(_cmd)
+    main.command(name=str(_type))(_cmd)

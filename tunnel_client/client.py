@@ -1,0 +1,278 @@
+"""TunnelClient: keep one verified TLS session to the server and serve its proxies.
+
+The client logs in with an HMAC answer to the server's nonce, registers every proxy, and then
+serves streams and datagrams until the session ends. It reconnects with capped, jittered
+exponential backoff, keeping its client id so that the server replaces the stale session
+instead of refusing the proxies as already taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from typing import Final
+
+from protocol import PROTOCOL_VERSION, __version__
+from protocol.aio.connection import MuxSession, SessionClosedError
+from protocol.aio.stream import MuxStream
+from protocol.auth import login_proof
+from protocol.errors import ErrorCode, TunnelError
+from protocol.messages import (
+    CloseProxy,
+    Hello,
+    Login,
+    LoginResult,
+    NewProxyResult,
+    UDPFlowClosed,
+    UDPFlowOpened,
+)
+from protocol.mux import Role
+from protocol.settings import MuxSettings
+
+from .backoff import Backoff
+from .config import ClientConfig, ProxyConfig
+from .proxies import CLIENT_PROXIES
+from .proxies.base import ClientProxy, ProxyStatus
+from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
+
+logger = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT_S: Final = 10.0
+
+
+class LoginFailed(TunnelError):
+    """The server refused the login (wrong token, version mismatch, full)."""
+
+
+class TunnelClient:
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        # Kept across reconnects, so the server can replace our stale session.
+        self.client_id = config.client_id or secrets.token_hex(8)
+        self.proxies: dict[str, ClientProxy] = {}
+        self.status: dict[str, ProxyStatus] = {}
+        self.session: MuxSession | None = None
+        self.logged_in_once = False
+        self._stop = asyncio.Event()
+        self._backoff = Backoff()
+        self.mux_settings = MuxSettings(
+            keepalive_interval_s=config.heartbeat_interval,
+            keepalive_timeout_s=config.heartbeat_timeout,
+        )
+        self._set_proxies(config.proxies)
+
+    # -- proxies --------------------------------------------------------------------------------
+    def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
+        for pc in configs:
+            self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc)
+            self.status[pc.name] = ProxyStatus(
+                pc.name, str(pc.type), "pending", local=f"{pc.local_ip}:{pc.local_port}"
+            )
+
+    def add_proxy(self, pc: ProxyConfig) -> None:
+        self._set_proxies((pc,))
+        if self.session is not None and not self.session.closed:
+            self.session.send_message(self.proxies[pc.name].new_proxy_request())
+
+    def remove_proxy(self, name: str) -> None:
+        proxy = self.proxies.pop(name, None)
+        self.status.pop(name, None)
+        if proxy is None:
+            return
+        proxy.close()
+        if self.session is not None and not self.session.closed:
+            self.session.send_message(CloseProxy(name, "removed by the client"))
+        logger.info("tunnelc: proxy %s removed", name)
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.session is not None:
+            self.session.close(ErrorCode.NORMAL, "client stopping")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        cfg = self.config
+        where = f"{cfg.server_addr}:{cfg.server_port}"
+        try:
+            while not self.stopping:
+                try:
+                    session = await self._connect()
+                except (LoginFailed, TrustError) as exc:
+                    logger.error("tunnelc: login to %s failed: %s", where, exc)
+                    if cfg.login_fail_exit and not self.logged_in_once:
+                        return 1
+                except (OSError, TimeoutError, SessionClosedError) as exc:
+                    reason = _describe_network_error(exc)
+                    logger.error("tunnelc: cannot reach the server at %s: %s", where, reason)
+                    if cfg.login_fail_exit and not self.logged_in_once:
+                        logger.error(
+                            "tunnelc: exiting because loginFailExit = true (set it to false "
+                            "to keep retrying at startup)"
+                        )
+                        return 1
+                else:
+                    self.logged_in_once = True
+                    self._backoff.reset()
+                    await self._serve(session)
+                if self.stopping:
+                    break
+                delay = self._backoff.next_delay()
+                logger.info("tunnelc: reconnecting in %.1fs", delay)
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass  # time to try again
+            return 0
+        finally:
+            for proxy in self.proxies.values():
+                proxy.close()
+            await asyncio.gather(
+                *(p.wait_closed() for p in self.proxies.values()), return_exceptions=True
+            )
+
+    async def _connect(self) -> MuxSession:
+        cfg = self.config
+        tls = cfg.tls
+        params = TLSParams(
+            server_name=tls.server_name,
+            trusted_ca_file=tls.trusted_ca_file,
+            server_fingerprint=tls.server_fingerprint,
+            insecure_skip_verify=tls.insecure_skip_verify,
+            known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+        )
+        _, session, mode = await connect_tls(
+            lambda: MuxSession(Role.CLIENT, self.mux_settings),
+            cfg.server_addr,
+            cfg.server_port,
+            params,
+            timeout=cfg.dial_server_timeout,
+        )
+        logger.debug("tunnelc: TLS to the server verified (%s)", mode)
+        try:
+            await self._login(session)
+        except BaseException:
+            session.close(ErrorCode.NORMAL, "login failed")
+            raise
+        return session
+
+    async def _login(self, session: MuxSession) -> None:
+        cfg = self.config
+        async with asyncio.timeout(LOGIN_TIMEOUT_S):
+            hello = await session.next_message()
+            if not isinstance(hello, Hello):
+                raise LoginFailed(f"the server sent {type(hello).__name__} instead of Hello")
+            if hello.protocol_version != PROTOCOL_VERSION:
+                raise LoginFailed(
+                    f"protocol version mismatch: the server (tunnelkit {hello.server_version}) "
+                    f"speaks protocol {hello.protocol_version} and this client (tunnelkit "
+                    f"{__version__}) speaks {PROTOCOL_VERSION}; install matching versions"
+                )
+            token = cfg.auth_token.reveal() if cfg.auth_token else ""
+            session.send_message(
+                Login(
+                    protocol_version=PROTOCOL_VERSION,
+                    client_version=__version__,
+                    client_id=self.client_id,
+                    user=cfg.user,
+                    hostname=socket.gethostname()[:255],
+                    proof=login_proof(token, hello.nonce, self.client_id, PROTOCOL_VERSION),
+                )
+            )
+            result = await session.next_message()
+        if not isinstance(result, LoginResult):
+            raise LoginFailed(f"the server sent {type(result).__name__} instead of LoginResult")
+        if not result.ok:
+            raise LoginFailed(result.error)
+        logger.info(
+            "tunnelc: logged in to %s:%d as %s", cfg.server_addr, cfg.server_port, self.client_id
+        )
+
+    async def _serve(self, session: MuxSession) -> None:
+        self.session = session
+        session.on_stream = self._on_stream
+        session.on_datagram = self._on_datagram
+        for proxy in self.proxies.values():
+            session.send_message(proxy.new_proxy_request())
+        try:
+            while True:
+                message = await session.next_message()
+                if isinstance(message, NewProxyResult):
+                    self._on_proxy_result(message)
+                elif isinstance(message, CloseProxy):
+                    status = self.status.get(message.name)
+                    if status is not None:
+                        status.state, status.error = "offline", message.reason
+                    logger.warning(
+                        "tunnelc: proxy %s closed by the server: %s", message.name, message.reason
+                    )
+                elif isinstance(message, UDPFlowOpened | UDPFlowClosed):
+                    self._on_flow_message(message)
+                else:
+                    logger.warning("tunnelc: ignoring unexpected %s", type(message).__name__)
+        except SessionClosedError:
+            pass
+        finally:
+            self.session = None
+            for name, status in self.status.items():
+                status.state = "offline" if status.state == "running" else status.state
+                proxy = self.proxies.get(name)
+                if proxy is not None:
+                    proxy.session_ended()
+        if not self.stopping:
+            code = session.close_code
+            reason = session.close_reason
+            logger.warning("tunnelc: disconnected from the server (%s): %s", code, reason)
+
+    def _on_proxy_result(self, result: NewProxyResult) -> None:
+        status = self.status.get(result.name)
+        if status is None:
+            return
+        if not result.ok:
+            status.state, status.error, status.public_urls = "refused", result.error, ()
+            logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
+            return
+        urls = tuple(self._localize(url) for url in result.public_urls)
+        status.state, status.error, status.public_urls = "running", "", urls
+        logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
+
+    def _localize(self, url: str) -> str:
+        """Show our serverAddr where the server reports a wildcard bind address."""
+        for wildcard in ("0.0.0.0", "[::]"):
+            marker = f"://{wildcard}:"
+            if marker in url:
+                host = self.config.server_addr
+                host = f"[{host}]" if ":" in host else host
+                return url.replace(marker, f"://{host}:")
+        return url
+
+    def _on_stream(self, stream: MuxStream) -> None:
+        session = stream.session
+        proxy = self.proxies.get(stream.header.proxy)
+        if proxy is None:
+            stream.abort(ErrorCode.REFUSED, f"no proxy named {stream.header.proxy!r} here")
+            return
+        proxy.handle_stream(session, stream)
+
+    def _on_datagram(self, flow_id: int, data: bytes) -> None:
+        return None
+
+    def _on_flow_message(self, message: UDPFlowOpened | UDPFlowClosed) -> None:
+        return None
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is tunneld running and is serverPort right?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,65 @@
+"""Public port allocation: allowPorts, maxPortsPerClient and "who holds which port"."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Final
+
+from .config import PortRange
+from .proxies.base import ProxyRefused
+
+# How many random ports to try when the client asks for "any port" (remotePort = 0).
+PICK_ATTEMPTS: Final = 64
+EPHEMERAL_START: Final = 20000
+EPHEMERAL_END: Final = 60999
+
+
+class PortAllocator:
+    """Decides which port numbers a client may hold; the listener bind is the final word on
+    whether the OS lets us have it."""
+
+    def __init__(self, allow: tuple[PortRange, ...], max_per_client: int) -> None:
+        self._allow = allow
+        self._max_per_client = max_per_client
+        self._held: dict[tuple[str, int], str] = {}  # (proto, port) -> client id
+        self._per_client: Counter[str] = Counter()
+
+    def check(self, client_id: str, proto: str, port: int) -> None:
+        """Raise ProxyRefused if `port` may not be claimed by this client."""
+        if self._max_per_client and self._per_client[client_id] >= self._max_per_client:
+            raise ProxyRefused(
+                f"client already holds {self._max_per_client} ports (maxPortsPerClient)"
+            )
+        if port and self._allow and not any(r.start <= port <= r.end for r in self._allow):
+            raise ProxyRefused(f"port {port} is not allowed by the server (allowPorts)")
+        if port and (proto, port) in self._held:
+            raise ProxyRefused(f"port {port} is already in use by another proxy")
+
+    def candidates(self, rng: random.Random | None = None) -> list[int]:
+        """Ports to try, in order, for remotePort = 0."""
+        rng = rng or random.Random()
+        if not self._allow:
+            return [0]  # let the OS pick
+        ranges = [(r.start, r.end) for r in self._allow]
+        total = sum(end - start + 1 for start, end in ranges)
+        picks: list[int] = []
+        for _ in range(min(PICK_ATTEMPTS, total * 2)):
+            k = rng.randrange(total)
+            for start, end in ranges:
+                size = end - start + 1
+                if k < size:
+                    picks.append(start + k)
+                    break
+                k -= size
+        return picks
+
+    def hold(self, client_id: str, proto: str, port: int) -> None:
+        self._held[(proto, port)] = client_id
+        self._per_client[client_id] += 1
+
+    def release(self, client_id: str, proto: str, port: int) -> None:
+        if self._held.pop((proto, port), None) is not None:
+            self._per_client[client_id] -= 1
+            if self._per_client[client_id] <= 0:
+                del self._per_client[client_id]

@@ -1,0 +1,14 @@
+"""The server's proxy registry: one module per proxy type, one entry per ProxyType."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from protocol.proxytype import ProxyType
+
+from .base import ProxyFactory
+from .tcp import TCPProxy
+
+SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
+    ProxyType.TCP: TCPProxy,
+}

@@ -1,0 +1,59 @@
+"""What every server-side proxy is, and what it gets from the server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from protocol.aio.connection import MuxSession
+from protocol.errors import TunnelError
+from protocol.messages import NewProxy
+from protocol.proxytype import ProxyType
+
+from ..stats import ProxyCounters
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+    from ..ports import PortAllocator
+    from ..vhost.routing import VhostRouter
+
+logger = logging.getLogger(__name__)
+
+
+class ProxyRefused(TunnelError):
+    """A proxy request was refused; the message is shown to the client as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyContext:
+    """Everything a proxy needs from the server and from its client's session."""
+
+    config: ServerConfig
+    session: MuxSession
+    client_id: str
+    counters: ProxyCounters
+    ports: PortAllocator
+    http_router: VhostRouter | None
+    https_router: VhostRouter | None
+    http_port: int | None  # the vhost ports as actually bound (for public URLs)
+    https_port: int | None
+    public_host: str
+
+
+class ServerProxy(Protocol):
+    name: str
+    type: ProxyType
+    public_urls: tuple[str, ...]
+
+    async def start(self) -> None:
+        """Claim the port/domains and start serving; raise ProxyRefused with a reason."""
+
+    def close(self) -> None:
+        """Release everything at once (sync, idempotent)."""
+
+    async def wait_closed(self) -> None: ...
+
+
+class ProxyFactory(Protocol):
+    def __call__(self, ctx: ProxyContext, request: NewProxy, name: str) -> ServerProxy: ...

@@ -1,0 +1,92 @@
+"""TCP proxy: a public port whose connections are spliced to the client's local service."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+
+from protocol.aio.splice import SpliceProtocol
+from protocol.aio.stream import MuxStream
+from protocol.errors import LocalProtocolError
+from protocol.messages import NewProxy, StreamHeader
+from protocol.proxytype import ProxyType
+
+from .base import ProxyContext, ProxyRefused
+
+logger = logging.getLogger(__name__)
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class TCPProxy:
+    type = ProxyType.TCP
+
+    def __init__(self, ctx: ProxyContext, request: NewProxy, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.requested_port = request.remote_port
+        self.port = 0
+        self.public_urls: tuple[str, ...] = ()
+        self._server: asyncio.Server | None = None
+        self._streams: set[MuxStream] = set()
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        ctx.ports.check(ctx.client_id, "tcp", self.requested_port)
+        loop = asyncio.get_running_loop()
+        candidates = [self.requested_port] if self.requested_port else ctx.ports.candidates()
+        last_error: OSError | None = None
+        for port in candidates:
+            try:
+                self._server = await loop.create_server(
+                    lambda: SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed),
+                    ctx.config.proxy_bind_addr,
+                    port,
+                    reuse_address=True,
+                )
+                break
+            except OSError as exc:
+                last_error = exc
+        if self._server is None:
+            if self.requested_port and last_error and last_error.errno == errno.EADDRINUSE:
+                raise ProxyRefused(f"port {self.requested_port} is already in use on the server")
+            raise ProxyRefused(f"cannot listen on a public port: {last_error}")
+        self.port = self._server.sockets[0].getsockname()[1]
+        ctx.ports.hold(ctx.client_id, "tcp", self.port)
+        self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
+
+    def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
+        peer = transport.get_extra_info("peername") or ("", 0)
+        try:
+            stream = self.ctx.session.open_stream(
+                StreamHeader(self.name, str(peer[0]), int(peer[1]))
+            )
+        except (LocalProtocolError, ConnectionError) as exc:
+            logger.warning("[proxy=%s] refusing a connection from %s: %s", self.name, peer, exc)
+            return None
+        counters = self.ctx.counters
+        stream.counters = counters
+        counters.connections_total += 1
+        counters.connections_active += 1
+        self._streams.add(stream)
+        return stream
+
+    def _on_closed(self, stream: MuxStream) -> None:
+        if stream in self._streams:
+            self._streams.discard(stream)
+            self.ctx.counters.connections_active -= 1
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.ctx.ports.release(self.ctx.client_id, "tcp", self.port)
+            self._server = None
+        for stream in list(self._streams):
+            stream.abort(reason="proxy closed")
+            self._on_closed(stream)
+
+    async def wait_closed(self) -> None:
+        return None

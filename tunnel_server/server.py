@@ -1,0 +1,197 @@
+"""TunnelServer: the control listener, the sessions, and everything shared between them.
+
+Shutdown order (aiohttp/asyncssh style): stop listeners, tell every client GO_AWAY, let open
+streams drain until a deadline, then close what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from protocol.aio.connection import MuxSession
+from protocol.errors import ErrorCode
+from protocol.messages import UDPFlowClosed
+from protocol.mux import Role
+from protocol.settings import MuxSettings
+
+from .authlimit import FailureLimiter
+from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
+from .config import ServerConfig
+from .ports import PortAllocator
+from .proxies.base import ProxyContext
+from .session import ServerSession
+from .stats import ServerStats
+
+logger = logging.getLogger(__name__)
+
+TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
+# Connections that have not logged in yet; more are closed at once (a cheap flood guard).
+MAX_PENDING_LOGINS: Final = 128
+DRAIN_TIMEOUT_S: Final = 5.0
+
+
+def display_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class TunnelServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stats = ServerStats()
+        self.auth_limiter = FailureLimiter()
+        self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
+        self.cert: ServerCert | None = None
+        self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending_logins = 0
+        self._control: asyncio.Server | None = None
+        self.control_port = 0
+        self._closing = False
+        self._closed = asyncio.Event()
+        self.mux_settings = MuxSettings(
+            keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
+            keepalive_timeout_s=config.heartbeat_timeout,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
+        logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
+        ssl_ctx = server_ssl_context(self.cert)
+        loop = asyncio.get_running_loop()
+        self._control = await loop.create_server(
+            self._new_connection,
+            cfg.bind_addr,
+            cfg.bind_port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
+            reuse_address=True,
+            backlog=512,
+        )
+        sock = self._control.sockets[0]
+        self.control_port = sock.getsockname()[1]
+        logger.info(
+            "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
+        )
+
+    def _new_connection(self) -> asyncio.BaseProtocol:
+        mux = MuxSession(Role.SERVER, self.mux_settings)
+        if self._closing or self._pending_logins >= MAX_PENDING_LOGINS:
+            # Accept-then-close: the TLS layer completes, the session ends at once.
+            asyncio.get_running_loop().call_soon(mux.close, ErrorCode.REFUSED, "server busy")
+            return mux
+        self._pending_logins += 1
+        session_task = asyncio.get_running_loop().create_task(self._run_session(mux))
+        self._tasks.add(session_task)
+        session_task.add_done_callback(self._tasks.discard)
+        return mux
+
+    async def _run_session(self, mux: MuxSession) -> None:
+        try:
+            await mux.wait_connected()
+        except ConnectionError:
+            self.login_finished()
+            return
+        session = ServerSession(self, mux)
+        try:
+            await session.run()
+        except Exception:
+            logger.exception("tunneld: session %r failed", session)
+
+    def login_finished(self) -> None:
+        """A connection's login attempt is over (either way): free its pending-login slot."""
+        self._pending_logins -= 1
+
+    def close(self) -> None:
+        """Stop accepting (sync, idempotent)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._control is not None:
+            self._control.close()
+
+    async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
+        self.close()
+        for session in list(self.sessions.values()):
+            session.mux.go_away(ErrorCode.SHUTDOWN, "server shutting down")
+        try:
+            async with asyncio.timeout(drain_timeout_s):
+                while any(s.mux.stream_count() for s in self.sessions.values()):
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            logger.info("tunneld: drain deadline reached; closing remaining streams")
+        for session in list(self.sessions.values()):
+            session.release_all("server shutting down")
+            session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closed.set()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def session_started(self, session: ServerSession) -> str:
+        """Register a logged-in session; replace a stale one of the same client id. Returns a
+        refusal reason, or "" when accepted."""
+        old = self.sessions.get(session.client_id)
+        if old is not None:
+            logger.info(
+                "tunneld: client %s reconnected from %s; replacing its old session from %s",
+                session.client_id,
+                session.address,
+                old.address,
+            )
+            old.release_all("replaced by a new session")
+            old.mux.close(ErrorCode.SESSION_REPLACED, "replaced by a new session")
+            del self.sessions[session.client_id]
+        elif len(self.sessions) >= self.config.max_clients:
+            return f"the server is full ({self.config.max_clients} clients, maxClients)"
+        self.sessions[session.client_id] = session
+        self.stats.sessions_total += 1
+        return ""
+
+    def session_ended(self, session: ServerSession) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+            logger.info("tunneld: client %s disconnected", session.client_id)
+
+    def proxy_owner(self, name: str) -> ServerSession | None:
+        for session in self.sessions.values():
+            if name in session.proxies:
+                return session
+        return None
+
+    def proxy_context(self, session: ServerSession, name: str) -> ProxyContext:
+        return ProxyContext(
+            config=self.config,
+            session=session.mux,
+            client_id=session.client_id,
+            counters=self.stats.proxy(name),
+            ports=self.ports,
+            http_router=None,
+            https_router=None,
+            http_port=None,
+            https_port=None,
+            public_host=self.public_host(),
+        )
+
+    def public_host(self) -> str:
+        """The host in public URLs. A wildcard address stays as it is: the client shows its
+        own serverAddr in its place."""
+        return self.config.proxy_bind_addr or "0.0.0.0"
+
+    def udp_flow_closed(self, session: ServerSession, message: UDPFlowClosed) -> None:
+        return None
+
+    def kick(self, client_id: str) -> bool:
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        logger.info("tunneld: kicking client %s", client_id)
+        session.release_all("kicked by an administrator")
+        session.mux.close(ErrorCode.KICKED, "kicked by an administrator")
+        return True

@@ -1,0 +1,243 @@
+"""One client's control session on the server: login, then proxy requests until it ends.
+
+Nothing is allocated for a peer before its login succeeds: before that it can only send the
+Login message (other frames are refused or ignored), within LOGIN_TIMEOUT_S, in frames no
+larger than the mux's control-frame limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Final
+
+from protocol import PROTOCOL_VERSION, __version__
+from protocol.aio.connection import MuxSession, SessionClosedError
+from protocol.auth import new_nonce, verify_login_proof
+from protocol.errors import ErrorCode, TunnelError
+from protocol.messages import (
+    CloseProxy,
+    Hello,
+    Login,
+    LoginResult,
+    NewProxy,
+    NewProxyResult,
+    UDPFlowClosed,
+)
+from protocol.proxytype import ProxyType
+
+from .proxies import SERVER_PROXIES
+from .proxies.base import ProxyRefused, ServerProxy
+
+if TYPE_CHECKING:
+    from .server import TunnelServer
+
+logger = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT_S: Final = 10.0
+MAX_PROXIES_PER_CLIENT: Final = 256
+
+
+class ServerSession:
+    """Owns one MuxSession after TLS: the login, the client's proxies and their release."""
+
+    def __init__(self, server: TunnelServer, mux: MuxSession) -> None:
+        self.server = server
+        self.mux = mux
+        self.client_id = ""
+        self.user = ""
+        self.hostname = ""
+        self.client_version = ""
+        self.session_id = secrets.token_hex(8)
+        self.since = time.time()
+        peer = mux.peername or ("?", 0)
+        self.address = f"{peer[0]}:{peer[1]}"
+        self.peer_ip = str(peer[0])
+        self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
+        self.logged_in = False
+
+    def __repr__(self) -> str:
+        return f"<ServerSession client={self.client_id or '?'} addr={self.address}>"
+
+    async def run(self) -> None:
+        """Serve the session until it ends; release everything it held on the way out."""
+        try:
+            try:
+                ok = await self._login()
+            finally:
+                self.server.login_finished()
+            if ok:
+                await self._serve()
+        except SessionClosedError:
+            pass  # the peer went away; cleanup below
+        finally:
+            self.release_all("session ended")
+            if self.logged_in:
+                self.server.session_ended(self)
+            self.mux.close(ErrorCode.NORMAL, "session ended")
+
+    # -- login --------------------------------------------------------------------------------
+    async def _login(self) -> bool:
+        nonce = new_nonce()
+        self.mux.send_message(Hello(__version__, PROTOCOL_VERSION, nonce))
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT_S):
+                message = await self.mux.next_message()
+        except TimeoutError:
+            logger.warning("tunneld: no login from %s within %gs", self.address, LOGIN_TIMEOUT_S)
+            self.mux.close(ErrorCode.PROTOCOL_ERROR, "login timed out")
+            return False
+        if not isinstance(message, Login):
+            self._refuse(ErrorCode.PROTOCOL_ERROR, "expected a login message first")
+            return False
+        limiter = self.server.auth_limiter
+        now = time.monotonic()
+        if limiter.is_blocked(self.peer_ip, now):
+            self.server.stats.auth_failures += 1
+            logger.warning("tunneld: login from %s refused: too many failures", self.address)
+            self._refuse(
+                ErrorCode.AUTH_FAILED,
+                "too many failed logins from your address; wait a minute and try again",
+            )
+            return False
+        if message.protocol_version != PROTOCOL_VERSION:
+            logger.warning(
+                "tunneld: client %s at %s speaks protocol %d, this server speaks %d",
+                message.client_id,
+                self.address,
+                message.protocol_version,
+                PROTOCOL_VERSION,
+            )
+            self._refuse(
+                ErrorCode.VERSION_MISMATCH,
+                f"protocol version mismatch: the server (tunnelkit {__version__}) speaks "
+                f"protocol {PROTOCOL_VERSION} and the client speaks "
+                f"{message.protocol_version}; install matching versions",
+            )
+            return False
+        token = self.server.config.auth_token
+        secret = token.reveal() if token is not None else ""
+        if not verify_login_proof(
+            secret, nonce, message.client_id, message.protocol_version, message.proof
+        ):
+            limiter.record_failure(self.peer_ip, now)
+            self.server.stats.auth_failures += 1
+            logger.warning(
+                "tunneld: login failed from %s (client %s): wrong token",
+                self.address,
+                message.client_id or "?",
+            )
+            self._refuse(ErrorCode.AUTH_FAILED, "authentication failed: the token is wrong")
+            return False
+        if not message.client_id:
+            self._refuse(ErrorCode.PROTOCOL_ERROR, "login without a client id")
+            return False
+        limiter.record_success(self.peer_ip)
+        self.client_id = message.client_id
+        self.user = message.user
+        self.hostname = message.hostname
+        self.client_version = message.client_version
+        refusal = self.server.session_started(self)
+        if refusal:
+            self._refuse(ErrorCode.REFUSED, refusal)
+            return False
+        self.logged_in = True
+        self.mux.send_message(
+            LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
+        )
+        logger.info(
+            "tunneld: client %s logged in from %s (tunnelkit %s, user %r)",
+            self.client_id,
+            self.address,
+            self.client_version,
+            self.user,
+        )
+        return True
+
+    def _refuse(self, code: ErrorCode, error: str) -> None:
+        self.mux.send_message(LoginResult(False, error, "", __version__, 0))
+        self.mux.close(code, error)
+
+    # -- serving --------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        while True:
+            message = await self.mux.next_message()
+            if isinstance(message, NewProxy):
+                await self._new_proxy(message)
+            elif isinstance(message, CloseProxy):
+                self.close_proxy(self.qualified(message.name), message.reason, notify=False)
+            elif isinstance(message, UDPFlowClosed):
+                self.server.udp_flow_closed(self, message)
+            else:
+                logger.warning(
+                    "tunneld: [client=%s] unexpected %s; closing the session",
+                    self.client_id,
+                    type(message).__name__,
+                )
+                self.mux.close(ErrorCode.PROTOCOL_ERROR, f"unexpected {type(message).__name__}")
+                return
+
+    def qualified(self, name: str) -> str:
+        """Proxy names are global on a server; a user prefix keeps teams apart, as in frp."""
+        return f"{self.user}.{name}" if self.user else name
+
+    async def _new_proxy(self, request: NewProxy) -> None:
+        name = self.qualified(request.name)
+        try:
+            proxy = await self._start_proxy(request, name)
+        except ProxyRefused as exc:
+            logger.info(
+                "tunneld: [client=%s proxy=%s] refused: %s", self.client_id, request.name, exc
+            )
+            self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
+            return
+        self.proxies[name] = proxy
+        self.mux.send_message(NewProxyResult(request.name, True, "", proxy.public_urls))
+        logger.info(
+            "tunneld: [client=%s proxy=%s] %s proxy online at %s",
+            self.client_id,
+            name,
+            proxy.type,
+            ", ".join(proxy.public_urls),
+        )
+
+    async def _start_proxy(self, request: NewProxy, name: str) -> ServerProxy:
+        if name in self.proxies:
+            raise ProxyRefused(f"proxy name {request.name!r} is already used by this client")
+        if len(self.proxies) >= MAX_PROXIES_PER_CLIENT:
+            raise ProxyRefused(f"too many proxies for one client (limit {MAX_PROXIES_PER_CLIENT})")
+        owner = self.server.proxy_owner(name)
+        if owner is not None and owner is not self:
+            raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+        factory = SERVER_PROXIES.get(ProxyType(request.type))
+        if factory is None:
+            raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
+        ctx = self.server.proxy_context(self, name)
+        proxy = factory(ctx, request, name)
+        try:
+            await proxy.start()
+        except ProxyRefused:
+            proxy.close()
+            raise
+        except (OSError, TunnelError) as exc:
+            proxy.close()
+            raise ProxyRefused(str(exc)) from exc
+        return proxy
+
+    def close_proxy(self, name: str, reason: str, *, notify: bool) -> bool:
+        proxy = self.proxies.pop(name, None)
+        if proxy is None:
+            return False
+        proxy.close()
+        logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
+        if notify and not self.mux.closed:
+            local_name = name[len(self.user) + 1 :] if self.user else name
+            self.mux.send_message(CloseProxy(local_name, reason))
+        return True
+
+    def release_all(self, reason: str) -> None:
+        """Release every proxy now (sync), so a reconnecting client can claim them again."""
+        for name in list(self.proxies):
+            self.close_proxy(name, reason, notify=False)
