@@ -20,7 +20,8 @@ from .proxytype import ProxyType
 MAX_NAME_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 64
-MAX_BYTES_FIELD: Final = 1024
+NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
+PROOF_BYTES: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +161,13 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
-def _bytes(name: str, value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) > MAX_BYTES_FIELD:
-        raise RemoteProtocolError(f"field {name!r} must be at most {MAX_BYTES_FIELD} bytes")
-    return value
+def _bytes_of(size: int) -> Checker:
+    def check(name: str, value: Any) -> bytes:
+        if not isinstance(value, bytes) or len(value) != size:
+            raise RemoteProtocolError(f"field {name!r} must be exactly {size} bytes")
+        return value
+
+    return check
 
 
 def _text_list(name: str, value: Any) -> tuple[str, ...]:
@@ -192,7 +196,10 @@ _U32 = _int(0, 0xFFFF_FFFF)
 
 # tag -> (class, {field: checker}). The tags are the wire format: never renumber or rename.
 _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
-    "hello": (Hello, {"server_version": _NAME, "protocol_version": _U32, "nonce": _bytes}),
+    "hello": (
+        Hello,
+        {"server_version": _NAME, "protocol_version": _U32, "nonce": _bytes_of(NONCE_BYTES)},
+    ),
     "login": (
         Login,
         {
@@ -201,7 +208,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "client_id": _NAME,
             "user": _NAME,
             "hostname": _NAME,
-            "proof": _bytes,
+            "proof": _bytes_of(PROOF_BYTES),
         },
     ),
     "login_result": (

@@ -76,6 +76,7 @@ def main(
     if config_path is None:
         click.echo(ctx.get_help())
         fail("give a config file with -c, or a one-liner such as: tunnelc http 8000")
+        return
     run_client(_load(config_path), log_level, log_file, no_uvloop)
 
 

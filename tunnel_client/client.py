@@ -24,6 +24,7 @@ from protocol.messages import (
     Hello,
     Login,
     LoginResult,
+    Message,
     NewProxyResult,
     UDPFlowClosed,
     UDPFlowOpened,
@@ -35,11 +36,13 @@ from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
+from .proxies.udp import UDPProxy
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
 
 logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
+MAX_FLOWS_PER_CLIENT: Final = 4096
 
 
 class LoginFailed(TunnelError):
@@ -61,6 +64,8 @@ class TunnelClient:
             keepalive_interval_s=config.heartbeat_interval,
             keepalive_timeout_s=config.heartbeat_timeout,
         )
+        self.packet_size = config.udp_packet_size
+        self._flow_owner: dict[int, UDPProxy] = {}
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -199,6 +204,8 @@ class TunnelClient:
         self.session = session
         session.on_stream = self._on_stream
         session.on_datagram = self._on_datagram
+        session.message_filter = self._filter_message
+        self._flow_owner.clear()
         for proxy in self.proxies.values():
             session.send_message(proxy.new_proxy_request())
         try:
@@ -213,19 +220,17 @@ class TunnelClient:
                     logger.warning(
                         "tunnelc: proxy %s closed by the server: %s", message.name, message.reason
                     )
-                elif isinstance(message, UDPFlowOpened | UDPFlowClosed):
-                    self._on_flow_message(message)
                 else:
                     logger.warning("tunnelc: ignoring unexpected %s", type(message).__name__)
         except SessionClosedError:
             pass
         finally:
             self.session = None
-            for name, status in self.status.items():
+            self._flow_owner.clear()
+            for status in self.status.values():
                 status.state = "offline" if status.state == "running" else status.state
-                proxy = self.proxies.get(name)
-                if proxy is not None:
-                    proxy.session_ended()
+            for ended in self.proxies.values():
+                ended.session_ended()
         if not self.stopping:
             code = session.close_code
             reason = session.close_reason
@@ -261,11 +266,36 @@ class TunnelClient:
             return
         proxy.handle_stream(session, stream)
 
-    def _on_datagram(self, flow_id: int, data: bytes) -> None:
-        return None
+    def _filter_message(self, message: Message) -> bool:
+        """UDP flow messages are handled at once, before the datagrams that follow them."""
+        session = self.session
+        if isinstance(message, UDPFlowOpened) and session is not None:
+            proxy = self.proxies.get(message.proxy)
+            if not isinstance(proxy, UDPProxy):
+                session.send_message(UDPFlowClosed(message.flow_id, "no such udp proxy"))
+                return True
+            if len(self._flow_owner) >= MAX_FLOWS_PER_CLIENT:
+                session.send_message(UDPFlowClosed(message.flow_id, "client flow table full"))
+                return True
+            self._flow_owner[message.flow_id] = proxy
+            proxy.flow_opened(session, message, self.packet_size)
+            if message.flow_id not in proxy.flows:
+                self._flow_owner.pop(message.flow_id, None)
+            return True
+        if isinstance(message, UDPFlowClosed):
+            owner = self._flow_owner.pop(message.flow_id, None)
+            if owner is not None:
+                owner.close_flow(message.flow_id, message.reason, notify=False)
+            return True
+        return False
 
-    def _on_flow_message(self, message: UDPFlowOpened | UDPFlowClosed) -> None:
-        return None
+    def _on_datagram(self, flow_id: int, data: bytes) -> None:
+        owner = self._flow_owner.get(flow_id)
+        if owner is not None:
+            if flow_id in owner.flows:
+                owner.datagram(flow_id, data)
+            else:
+                del self._flow_owner[flow_id]  # closed on our side (idle, failed socket)
 
 
 def _describe_network_error(exc: BaseException) -> str:

@@ -12,7 +12,6 @@ from typing import Final
 
 from protocol.aio.connection import MuxSession
 from protocol.errors import ErrorCode
-from protocol.messages import UDPFlowClosed
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 
@@ -120,8 +119,7 @@ class TunnelServer:
             session.mux.go_away(ErrorCode.SHUTDOWN, "server shutting down")
         try:
             async with asyncio.timeout(drain_timeout_s):
-                while any(s.mux.stream_count() for s in self.sessions.values()):
-                    await asyncio.sleep(0.05)
+                await asyncio.gather(*(s.mux.wait_idle() for s in self.sessions.values()))
         except TimeoutError:
             logger.info("tunneld: drain deadline reached; closing remaining streams")
         for session in list(self.sessions.values()):
@@ -165,11 +163,12 @@ class TunnelServer:
                 return session
         return None
 
-    def proxy_context(self, session: ServerSession, name: str) -> ProxyContext:
+    def proxy_context(self, session: ServerSession, name: str, local_name: str) -> ProxyContext:
         return ProxyContext(
             config=self.config,
             session=session.mux,
             client_id=session.client_id,
+            local_name=local_name,
             counters=self.stats.proxy(name),
             ports=self.ports,
             http_router=None,
@@ -177,15 +176,14 @@ class TunnelServer:
             http_port=None,
             https_port=None,
             public_host=self.public_host(),
+            flow_ids=session.flow_ids,
+            flow_table=session.flow_table,
         )
 
     def public_host(self) -> str:
         """The host in public URLs. A wildcard address stays as it is: the client shows its
         own serverAddr in its place."""
         return self.config.proxy_bind_addr or "0.0.0.0"
-
-    def udp_flow_closed(self, session: ServerSession, message: UDPFlowClosed) -> None:
-        return None
 
     def kick(self, client_id: str) -> bool:
         session = self.sessions.get(client_id)

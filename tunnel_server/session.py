@@ -29,7 +29,7 @@ from protocol.messages import (
 from protocol.proxytype import ProxyType
 
 from .proxies import SERVER_PROXIES
-from .proxies.base import ProxyRefused, ServerProxy
+from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -57,6 +57,8 @@ class ServerSession:
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
         self.logged_in = False
+        self.flow_ids = FlowIds()
+        self.flow_table: dict[int, DatagramSink] = {}
 
     def __repr__(self) -> str:
         return f"<ServerSession client={self.client_id or '?'} addr={self.address}>"
@@ -144,6 +146,7 @@ class ServerSession:
             self._refuse(ErrorCode.REFUSED, refusal)
             return False
         self.logged_in = True
+        self.mux.on_datagram = self._on_datagram
         self.mux.send_message(
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
         )
@@ -169,7 +172,9 @@ class ServerSession:
             elif isinstance(message, CloseProxy):
                 self.close_proxy(self.qualified(message.name), message.reason, notify=False)
             elif isinstance(message, UDPFlowClosed):
-                self.server.udp_flow_closed(self, message)
+                sink = self.flow_table.get(message.flow_id)
+                if sink is not None:
+                    sink.flow_closed_by_client(message)
             else:
                 logger.warning(
                     "tunneld: [client=%s] unexpected %s; closing the session",
@@ -178,6 +183,11 @@ class ServerSession:
                 )
                 self.mux.close(ErrorCode.PROTOCOL_ERROR, f"unexpected {type(message).__name__}")
                 return
+
+    def _on_datagram(self, flow_id: int, data: bytes) -> None:
+        sink = self.flow_table.get(flow_id)
+        if sink is not None:
+            sink.datagram_from_client(flow_id, data)
 
     def qualified(self, name: str) -> str:
         """Proxy names are global on a server; a user prefix keeps teams apart, as in frp."""
@@ -214,7 +224,7 @@ class ServerSession:
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
-        ctx = self.server.proxy_context(self, name)
+        ctx = self.server.proxy_context(self, name, request.name)
         proxy = factory(ctx, request, name)
         try:
             await proxy.start()

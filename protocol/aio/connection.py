@@ -76,6 +76,10 @@ class MuxSession(asyncio.BufferedProtocol):
         self.on_stream: StreamHandler | None = None
         self.on_datagram: DatagramHandler | None = None
         self.on_go_away: Callable[[int, str], None] | None = None
+        # Messages this returns True for are handled at once, in order with the frames around
+        # them (UDP flow messages must be seen before the datagrams that follow them).
+        self.message_filter: Callable[[Message], bool] | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
         self._streams: dict[int, MuxStream] = {}
         self._messages: deque[Message] = deque()
         self._message_waiter: asyncio.Future[None] | None = None
@@ -232,6 +236,17 @@ class MuxSession(asyncio.BufferedProtocol):
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        if not self._streams and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream is open (used to drain before shutdown)."""
+        while self._streams and not self._closed.done():
+            self._idle_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait({self._idle_waiter, self._closed}, return_when="FIRST_COMPLETED")
+            finally:
+                self._idle_waiter = None
 
     # -- internals ----------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -288,6 +303,8 @@ class MuxSession(asyncio.BufferedProtocol):
         self.on_stream(stream)
 
     def _on_message(self, message: Message) -> None:
+        if self.message_filter is not None and self.message_filter(message):
+            return
         if len(self._messages) >= MAX_QUEUED_MESSAGES:
             self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
             return

@@ -10,7 +10,9 @@ from protocol.proxytype import ProxyType
 from ..config import ProxyConfig
 from .base import ClientProxy
 from .tcp import TCPProxy
+from .udp import UDPProxy
 
 CLIENT_PROXIES: Final[dict[ProxyType, Callable[[ProxyConfig], ClientProxy]]] = {
     ProxyType.TCP: TCPProxy,
+    ProxyType.UDP: UDPProxy,
 }

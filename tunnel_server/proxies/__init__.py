@@ -8,7 +8,9 @@ from protocol.proxytype import ProxyType
 
 from .base import ProxyFactory
 from .tcp import TCPProxy
+from .udp import UDPProxy
 
 SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCP: TCPProxy,
+    ProxyType.UDP: UDPProxy,
 }

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from protocol.aio.connection import MuxSession
 from protocol.errors import TunnelError
-from protocol.messages import NewProxy
+from protocol.messages import NewProxy, UDPFlowClosed
 from protocol.proxytype import ProxyType
 
 from ..stats import ProxyCounters
@@ -25,6 +25,27 @@ class ProxyRefused(TunnelError):
     """A proxy request was refused; the message is shown to the client as is."""
 
 
+class DatagramSink(Protocol):
+    """Where a client's datagrams for one flow go (a UDP proxy)."""
+
+    def datagram_from_client(self, flow_id: int, data: bytes) -> None: ...
+
+    def flow_closed_by_client(self, message: UDPFlowClosed) -> None: ...
+
+
+class FlowIds:
+    """Flow ids of one client session, shared by all its UDP proxies."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self.active = 0
+
+    def allocate(self) -> int:
+        flow_id = self._next
+        self._next = (self._next % 0xFFFF_FFFF) + 1
+        return flow_id
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyContext:
     """Everything a proxy needs from the server and from its client's session."""
@@ -32,6 +53,7 @@ class ProxyContext:
     config: ServerConfig
     session: MuxSession
     client_id: str
+    local_name: str  # the name the client knows the proxy by (without the user prefix)
     counters: ProxyCounters
     ports: PortAllocator
     http_router: VhostRouter | None
@@ -39,6 +61,8 @@ class ProxyContext:
     http_port: int | None  # the vhost ports as actually bound (for public URLs)
     https_port: int | None
     public_host: str
+    flow_ids: FlowIds  # per session
+    flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
 
 
 class ServerProxy(Protocol):

@@ -62,7 +62,7 @@ class TCPProxy:
         peer = transport.get_extra_info("peername") or ("", 0)
         try:
             stream = self.ctx.session.open_stream(
-                StreamHeader(self.name, str(peer[0]), int(peer[1]))
+                StreamHeader(self.ctx.local_name, str(peer[0]), int(peer[1]))
             )
         except (LocalProtocolError, ConnectionError) as exc:
             logger.warning("[proxy=%s] refusing a connection from %s: %s", self.name, peer, exc)

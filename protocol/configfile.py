@@ -1,0 +1,495 @@
+"""The shared config loader: TOML text in, a checked tree of `ConfigTable`s out.
+
+Both apps describe their file as a schema made of the spec classes below (plain dict
+literals of key -> spec). `read_config` parses the text with `tomllib` and walks it against
+the schema, so every problem becomes one `ConfigError` naming the file, the key path
+(`proxies[1].localPort`, `webServer.port`, `allowPorts[0].start`) and the reason. Keys that
+are not in the schema are either a known frp option we do not support yet (each app passes
+the table from `protocol.configschema`) or unknown, with a did-you-mean suggestion. Nothing
+is ever silently ignored.
+
+The walker only checks each value on its own (type, range, choice). Defaults and rules that
+span several keys belong to each app's `config.py`, which reads the result through the typed
+getters of `ConfigTable`. No I/O happens here: the caller hands in the text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeAlias, TypeVar
+
+from protocol.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_SHOWN_CHARS: Final = 40  # longest value quoted back in an error before it is cut
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_INI_SECTION: Final = re.compile(r"^\s*\[common\]\s*$", re.MULTILINE)
+_FRP_TEMPLATE: Final = re.compile(r"\{\{\s*\.Envs\.")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Secret:
+    """A string that must never reach a log or an error: its repr is redacted."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        """The secret itself; call this only where the value is really used."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def describe(value: object) -> str:
+    """Render a TOML value the way the user wrote it, for 'got ...' in error reasons."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        if len(value) > MAX_SHOWN_CHARS:
+            value = value[: MAX_SHOWN_CHARS - 3] + "..."
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)  # TOML dates and times
+
+
+def _kind(value: object) -> str:
+    """The TOML type of a value, for errors that must not echo it (secrets)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    return describe(value) if isinstance(value, dict | list) else "a date or time"
+
+
+class _Invalid(Exception):
+    """Raised by a leaf spec; the walker adds the file and the key path."""
+
+    def __init__(self, reason: str, at: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at  # suffix under the key, e.g. "[2]" for one item of an array
+
+
+def _check_text(value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {describe(value)}")
+    if not value and not allow_empty:
+        raise _Invalid("must not be empty")
+    if _CONTROL_CHARS.search(value):
+        raise _Invalid(f"must not contain control characters, got {describe(value)}")
+    return value
+
+
+# -- leaf specs: each converts one TOML value or raises _Invalid ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Int:
+    """An integer within [lo, hi]; TOML booleans are not integers here."""
+
+    lo: int
+    hi: int
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if isinstance(value, int) and not isinstance(value, bool) and self.lo <= value <= self.hi:
+            return value
+        raise _Invalid(f"must be an integer from {self.lo} to {self.hi}, got {describe(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Float:
+    """A finite number within [lo, hi], stored as float; `unit` names what it measures."""
+
+    lo: float
+    hi: float
+    unit: str = "seconds"
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and self.lo <= value <= self.hi
+        ):
+            return float(value)
+        raise _Invalid(
+            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}, "
+            f"got {describe(value)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bool:
+    """A TOML boolean (true/false, never "yes" or 1)."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid(f"must be true or false, got {describe(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    """A string without control characters; empty only if `allow_empty`."""
+
+    allow_empty: bool = False
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        return _check_text(value, allow_empty=self.allow_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One of `values`; `frp_values` are frp's other choices, reported as not supported yet."""
+
+    values: tuple[str, ...]
+    frp_values: tuple[str, ...] = ()
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        text = _check_text(value)
+        if text in self.values:
+            return text
+        allowed = ", ".join(json.dumps(v) for v in self.values)
+        if text in self.frp_values:
+            raise _Invalid(
+                f"{describe(text)} is an frp value tunnelkit does not support yet; "
+                f"use {allowed if len(self.values) == 1 else 'one of ' + allowed}"
+            )
+        raise _Invalid(f"must be one of {allowed}, got {describe(text)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretStr:
+    """A string wrapped in `Secret`; an empty string means "not set" (frp's default)."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, got {_kind(value)}")  # never echo a secret
+        return Secret(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class PathStr:
+    """A file or directory path; a relative one is taken relative to the config file."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        path = Path(_check_text(value))
+        try:
+            path = path.expanduser()
+        except RuntimeError:
+            pass  # no home directory to expand "~" into: keep the path as written
+        return path if path.is_absolute() else base_dir / path
+
+
+@dataclass(frozen=True, slots=True)
+class StrList:
+    """An array of non-empty strings, stored as a tuple."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if not isinstance(value, list):
+            raise _Invalid(f"must be an array of strings, got {describe(value)}")
+        items: list[str] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_check_text(item))
+            except _Invalid as exc:
+                raise _Invalid(exc.reason, at=f"[{index}]") from None
+        return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class StrMap:
+    """A table of string -> string (e.g. `requestHeaders.set`), stored as a dict."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if not isinstance(value, dict):
+            raise _Invalid(f"must be a table of strings, got {describe(value)}")
+        result: dict[str, str] = {}
+        for key, item in value.items():
+            try:
+                result[key] = _check_text(item, allow_empty=True)
+            except _Invalid as exc:
+                raise _Invalid(exc.reason, at="." + _show_key(key)) from None
+        return result
+
+
+# -- container specs: the walker descends into these ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A TOML table with exactly these keys (all optional; the app supplies defaults).
+
+    `unsupported` maps frp keys, relative to this table, that tunnelkit does not implement
+    yet to a hint on what to do instead. A table without its own map inherits its parent's.
+    """
+
+    fields: Mapping[str, Spec]
+    unsupported: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TableList:
+    """An array of tables (`[[proxies]]`, or `allowPorts = [{...}, ...]`)."""
+
+    item: Table
+
+
+Spec: TypeAlias = (
+    Int | Float | Bool | Str | Choice | SecretStr | PathStr | StrList | StrMap | Table | TableList
+)
+
+
+class ConfigTable:
+    """One checked table: typed getters over values the walker has already converted.
+
+    A getter asked for the wrong type means the app's schema and its code disagree, which is
+    a bug in tunnelkit, not in the user's file, so it raises `TypeError`.
+    """
+
+    __slots__ = ("_values", "base_dir", "path", "source")
+
+    def __init__(self, values: dict[str, object], *, source: str, path: str, base_dir: Path):
+        self._values = values
+        self.source = source
+        self.path = path  # key path of this table; "" for the whole file
+        self.base_dir = base_dir  # relative paths in the file are relative to this
+
+    def __contains__(self, key: str) -> bool:
+        return self._values.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def key_path(self, key: str) -> str:
+        """The full key path of `key` in this table, as errors show it."""
+        return join_key(self.path, key)
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        """A `ConfigError` for `key` in this table (the caller raises it)."""
+        return ConfigError(self.source, self.key_path(key) if key else self.path, reason)
+
+    def get(self, key: str, kind: type[T]) -> T | None:
+        """The value of `key` if it was given, else None."""
+        value = self._values.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, kind):
+            raise TypeError(f"schema bug: {self.key_path(key)} is not {kind.__name__}")
+        return value
+
+    def get_or(self, key: str, kind: type[T], default: T) -> T:
+        """The value of `key`, or `default` if it was not given."""
+        value = self.get(key, kind)
+        return default if value is None else value
+
+    def strs(self, key: str) -> tuple[str, ...]:
+        """A `StrList` value; empty when not given."""
+        value = self.get_or(key, tuple, ())
+        return tuple(str(item) for item in value)
+
+    def str_map(self, key: str) -> dict[str, str]:
+        """A `StrMap` value (a fresh dict); empty when not given."""
+        value = self.get_or(key, dict, {})
+        return {str(k): str(v) for k, v in value.items()}
+
+    def table(self, key: str) -> ConfigTable:
+        """A nested `Table`; an empty one (with the right path) when not given."""
+        value = self.get(key, ConfigTable)
+        if value is None:
+            return ConfigTable(
+                {}, source=self.source, path=self.key_path(key), base_dir=self.base_dir
+            )
+        return value
+
+    def tables(self, key: str) -> tuple[ConfigTable, ...]:
+        """A `TableList` value; empty when not given."""
+        value = self.get_or(key, tuple, ())
+        tables = tuple(item for item in value if isinstance(item, ConfigTable))
+        if len(tables) != len(value):
+            raise TypeError(f"schema bug: {self.key_path(key)} is not an array of tables")
+        return tables
+
+
+def parse_toml(text: str, source: str) -> dict[str, object]:
+    """Parse TOML text; a syntax error becomes a one-line `ConfigError` naming `source`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        if _INI_SECTION.search(text):
+            reason = (
+                "this looks like frp's legacy INI format; tunnelkit reads only the TOML "
+                "format of frp v0.52+ (see the .toml.example files)"
+            )
+        else:
+            reason = f"invalid TOML: {exc}"
+        raise ConfigError(source, "", reason) from None
+
+
+def read_config(
+    text: str, *, source: str, schema: Table, base_dir: Path | None = None
+) -> ConfigTable:
+    """Parse `text` and check it against `schema`.
+
+    `source` names the file in errors. Relative paths are resolved against `base_dir`,
+    which defaults to the directory part of `source`.
+    """
+    if base_dir is None:
+        base_dir = Path(source).parent
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _FRP_TEMPLATE.search(line) and not line.lstrip().startswith("#"):
+            raise ConfigError(
+                source,
+                f"line {number}",
+                "templates such as {{ .Envs.NAME }} are an frp option tunnelkit does not "
+                "support yet; write the value itself",
+            )
+    data = parse_toml(text, source)
+    walker = _Walker(source, base_dir)
+    return walker.table(data, schema, "", schema.unsupported or {}, "")
+
+
+# -- the walker ----------------------------------------------------------------------------
+
+
+def _show_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def join_key(path: str, key: str) -> str:
+    """Append `key` to a key path, quoting it if it is not a bare TOML key."""
+    return f"{path}.{_show_key(key)}" if path else _show_key(key)
+
+
+def _normalized(key: str) -> str:
+    return re.sub(r"[-_.]", "", key).lower()
+
+
+def _dotted_keys(schema: Table, prefix: str = "") -> Iterator[str]:
+    for key, spec in schema.fields.items():
+        if isinstance(spec, Table):
+            yield from _dotted_keys(spec, f"{prefix}{key}.")
+        elif prefix:
+            yield prefix + key
+
+
+def suggest(word: str, candidates: list[str]) -> str | None:
+    """The candidate the user most likely meant by `word`, if any is close enough."""
+    for candidate in candidates:
+        if _normalized(candidate) == _normalized(word):
+            return candidate  # only case or separators differ: server_addr -> serverAddr
+    for candidate in candidates:
+        if _normalized(candidate.rpartition(".")[2]) == _normalized(word):
+            return candidate  # a nested key written one level too high: port -> webServer.port
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+class _Walker:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+
+    def table(
+        self,
+        data: dict[str, object],
+        schema: Table,
+        path: str,
+        unsupported: Mapping[str, str],
+        rel: str,
+    ) -> ConfigTable:
+        """Check one table; `rel` is its path relative to the table owning `unsupported`."""
+        values: dict[str, object] = {}
+        for key, value in data.items():
+            spec = schema.fields.get(key)
+            if spec is None:
+                self._reject(
+                    key, value, schema, join_key(path, key), unsupported, join_key(rel, key)
+                )
+            else:
+                values[key] = self.value(
+                    spec, value, join_key(path, key), unsupported, join_key(rel, key)
+                )
+        return ConfigTable(values, source=self.source, path=path, base_dir=self.base_dir)
+
+    def value(
+        self, spec: Spec, value: object, path: str, unsupported: Mapping[str, str], rel: str
+    ) -> object:
+        if isinstance(spec, Table | TableList):
+            table = spec if isinstance(spec, Table) else spec.item
+            if table.unsupported is not None:
+                unsupported, rel = table.unsupported, ""
+            if isinstance(spec, Table):
+                if not isinstance(value, dict):
+                    raise ConfigError(self.source, path, f"must be a table, got {describe(value)}")
+                return self.table(value, spec, path, unsupported, rel)
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(
+                    self.source, path, f"must be an array of tables, got {describe(value)}"
+                )
+            return tuple(
+                self.table(item, table, f"{path}[{index}]", unsupported, rel)
+                for index, item in enumerate(value)
+            )
+        try:
+            return spec.convert(value, self.base_dir)
+        except _Invalid as exc:
+            raise ConfigError(self.source, path + exc.at, exc.reason) from None
+
+    def _reject(
+        self,
+        key: str,
+        value: object,
+        schema: Table,
+        path: str,
+        unsupported: Mapping[str, str],
+        rel: str,
+    ) -> None:
+        """Raise the error for a key the schema does not have."""
+        if self._is_frp_key(rel, unsupported):
+            # Name the deepest frp key we know, so `[auth.oidc] issuer = ...` says what it is.
+            while isinstance(value, dict) and len(value) == 1:
+                ((sub_key, sub_value),) = value.items()
+                sub_rel = join_key(rel, sub_key)
+                if not self._is_frp_key(sub_rel, unsupported):
+                    break
+                key, value, path, rel = sub_key, sub_value, join_key(path, sub_key), sub_rel
+            hint = unsupported.get(rel) or "remove it"
+            raise ConfigError(
+                self.source,
+                path,
+                f"'{rel}' is an frp option tunnelkit does not support yet; {hint}",
+            )
+        candidates = list(schema.fields)
+        guess = suggest(key, candidates) or suggest(key, list(_dotted_keys(schema)))
+        if guess is not None:
+            reason = f"unknown key '{key}' (did you mean '{guess}'?)"
+        else:
+            reason = f"unknown key '{key}' (not a tunnelkit or frp option)"
+        raise ConfigError(self.source, path, reason)
+
+    @staticmethod
+    def _is_frp_key(rel: str, unsupported: Mapping[str, str]) -> bool:
+        """True if `rel` is an unsupported frp key or a table that holds some."""
+        prefix = rel + "."
+        return rel in unsupported or any(known.startswith(prefix) for known in unsupported)

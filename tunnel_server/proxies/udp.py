@@ -1,0 +1,205 @@
+"""UDP proxy (server side): each remote peer is a flow; each datagram is one DATAGRAM frame.
+
+A flow is announced to the client with UDPFlowOpened before its first datagram (control
+messages and datagrams share one ordered connection, so the client always sees the announcement
+first). Nothing is queued beyond the mux's datagram high-water mark: when the connection is
+congested, a datagram is dropped and counted, as the network itself would do.
+
+Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per client (MAX_UDP_FLOWS_PER_CLIENT);
+when full, datagrams from new peers are refused and counted while existing flows keep working.
+Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from typing import Final, cast
+
+from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
+from protocol.proxytype import ProxyType
+
+from .base import ProxyContext, ProxyRefused
+from .tcp import format_host
+
+logger = logging.getLogger(__name__)
+
+MAX_UDP_FLOWS_PER_CLIENT: Final = 4096
+# Drops and refusals are logged at most once per this many seconds per proxy, with counts.
+DROP_LOG_INTERVAL_S: Final = 10.0
+
+
+class _Flow:
+    __slots__ = ("flow_id", "last_active", "peer")
+
+    def __init__(self, flow_id: int, peer: tuple[str, int], now: float) -> None:
+        self.flow_id = flow_id
+        self.peer = peer
+        self.last_active = now
+
+
+class UDPProxy(asyncio.DatagramProtocol):
+    type = ProxyType.UDP
+
+    def __init__(self, ctx: ProxyContext, request: NewProxy, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.requested_port = request.remote_port
+        self.port = 0
+        self.public_urls: tuple[str, ...] = ()
+        self.max_flows = ctx.config.max_udp_flows_per_proxy
+        self.idle_timeout_s = ctx.config.udp_flow_idle_timeout
+        self.packet_size = ctx.config.udp_packet_size
+        self._transport: asyncio.DatagramTransport | None = None
+        self._by_peer: dict[tuple[str, int], _Flow] = {}
+        self._by_id: dict[int, _Flow] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._last_drop_log = 0.0
+        self._unlogged_drops = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        ctx = self.ctx
+        ctx.ports.check(ctx.client_id, "udp", self.requested_port)
+        loop = asyncio.get_running_loop()
+        candidates = [self.requested_port] if self.requested_port else ctx.ports.candidates()
+        last_error: OSError | None = None
+        for port in candidates:
+            try:
+                await loop.create_datagram_endpoint(
+                    lambda: self, local_addr=(ctx.config.proxy_bind_addr, port)
+                )
+                break
+            except OSError as exc:
+                last_error = exc
+        if self._transport is None:
+            if self.requested_port and last_error and last_error.errno == errno.EADDRINUSE:
+                raise ProxyRefused(
+                    f"UDP port {self.requested_port} is already in use on the server"
+                )
+            raise ProxyRefused(f"cannot listen on a public UDP port: {last_error}")
+        self.port = self._transport.get_extra_info("sockname")[1]
+        ctx.ports.hold(ctx.client_id, "udp", self.port)
+        self.public_urls = (f"udp://{format_host(ctx.public_host)}:{self.port}",)
+        self._arm_sweeper()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            self.ctx.ports.release(self.ctx.client_id, "udp", self.port)
+        for flow in list(self._by_id.values()):
+            self._drop_flow(flow, "proxy closed", notify=False)
+
+    async def wait_closed(self) -> None:
+        return None
+
+    # -- datagrams from the public side ---------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        counters = self.ctx.counters
+        if len(data) > self.packet_size:
+            counters.dropped_datagrams += 1
+            self._note_drop(f"a {len(data)}-byte datagram exceeds udpPacketSize")
+            return
+        peer = (str(addr[0]), int(cast(int, addr[1])))
+        now = time.monotonic()
+        flow = self._by_peer.get(peer)
+        if flow is None:
+            flow = self._open_flow(peer, now)
+            if flow is None:
+                return
+        flow.last_active = now
+        if self.ctx.session.send_datagram(flow.flow_id, data):
+            counters.bytes_in += len(data)
+        else:
+            counters.dropped_datagrams += 1
+            self._note_drop("the tunnel is congested")
+
+    def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
+        ids = self.ctx.flow_ids
+        counters = self.ctx.counters
+        if len(self._by_peer) >= self.max_flows or ids.active >= MAX_UDP_FLOWS_PER_CLIENT:
+            counters.refused_flows += 1
+            self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")
+            return None
+        flow = _Flow(ids.allocate(), peer, now)
+        ids.active += 1
+        self._by_peer[peer] = flow
+        self._by_id[flow.flow_id] = flow
+        self.ctx.flow_table[flow.flow_id] = self
+        counters.connections_total += 1
+        counters.connections_active += 1
+        self.ctx.session.send_message(
+            UDPFlowOpened(flow.flow_id, self.ctx.local_name, f"{format_host(peer[0])}:{peer[1]}")
+        )
+        return flow
+
+    # -- datagrams from the client ----------------------------------------------------------------
+    def datagram_from_client(self, flow_id: int, data: bytes) -> None:
+        flow = self._by_id.get(flow_id)
+        if flow is None or self._transport is None:
+            return  # a late datagram for an expired flow
+        if len(data) > self.packet_size:
+            self.ctx.counters.dropped_datagrams += 1
+            self._note_drop(f"a {len(data)}-byte reply exceeds udpPacketSize")
+            return
+        flow.last_active = time.monotonic()
+        self.ctx.counters.bytes_out += len(data)
+        self._transport.sendto(data, flow.peer)
+
+    def flow_closed_by_client(self, message: UDPFlowClosed) -> None:
+        flow = self._by_id.get(message.flow_id)
+        if flow is not None:
+            self._drop_flow(flow, f"closed by the client: {message.reason}", notify=False)
+
+    # -- expiry -----------------------------------------------------------------------------------
+    def _arm_sweeper(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(max(0.05, self.idle_timeout_s / 4), self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for flow in [f for f in self._by_id.values() if now - f.last_active >= self.idle_timeout_s]:
+            self._drop_flow(flow, f"idle for {self.idle_timeout_s:g}s", notify=True)
+        self._arm_sweeper()
+
+    def _drop_flow(self, flow: _Flow, reason: str, *, notify: bool) -> None:
+        if self._by_id.pop(flow.flow_id, None) is None:
+            return
+        self._by_peer.pop(flow.peer, None)
+        self.ctx.flow_table.pop(flow.flow_id, None)
+        self.ctx.flow_ids.active -= 1
+        self.ctx.counters.connections_active -= 1
+        logger.info(
+            "tunneld: [proxy=%s] udp flow %d from %s:%d expired: %s",
+            self.name,
+            flow.flow_id,
+            flow.peer[0],
+            flow.peer[1],
+            reason,
+        )
+        if notify and not self.ctx.session.closed:
+            self.ctx.session.send_message(UDPFlowClosed(flow.flow_id, reason))
+
+    def _note_drop(self, reason: str) -> None:
+        now = time.monotonic()
+        self._unlogged_drops += 1
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            logger.warning(
+                "tunneld: [proxy=%s] dropped %d datagram(s): %s (dropped %d, refused flows %d)",
+                self.name,
+                self._unlogged_drops,
+                reason,
+                self.ctx.counters.dropped_datagrams,
+                self.ctx.counters.refused_flows,
+            )
+            self._last_drop_log = now
+            self._unlogged_drops = 0

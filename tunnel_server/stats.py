@@ -1,0 +1,201 @@
+"""Server counters: the one place they live, and their Prometheus view.
+
+The hot path (splices, UDP relays, the login handler) increments plain ``int`` attributes on
+`ProxyCounters` and `ServerStats` directly: no locks, no method calls, no label lookups. The
+dashboard, the ``/metrics`` endpoint and the logs all read these same objects; nothing else
+keeps a second copy.
+
+Direction convention for bytes: ``bytes_in`` flows from public users towards the client's
+local service, ``bytes_out`` flows back from the local service to the users.
+
+`StatsCollector` turns the counters into Prometheus metric families at scrape time, so there is
+no per-increment cost for metrics and nothing registers itself on the global registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from protocol.proxytype import ProxyType
+
+if TYPE_CHECKING:
+    from tunnel_server.web.view import ServerView
+
+logger = logging.getLogger(__name__)
+
+# Counters of closed proxies are kept (the dashboard shows them as offline, and Prometheus
+# counters should not vanish on a short reconnect). Overflow policy: evict the entry that was
+# registered longest ago, and count the eviction in `ServerStats.evicted_proxies`.
+DEFAULT_MAX_TRACKED_PROXIES: Final = 65_536
+
+
+class ProxyCounters:
+    """Plain integer counters for one proxy; the hot path adds to them directly."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connections_active",
+        "connections_total",
+        "dropped_datagrams",
+        "refused_flows",
+    )
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connections_total = 0
+        self.connections_active = 0
+        self.dropped_datagrams = 0
+        self.refused_flows = 0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"ProxyCounters({fields})"
+
+
+class ServerStats:
+    """Every server-wide counter, plus one `ProxyCounters` per proxy name."""
+
+    def __init__(
+        self,
+        *,
+        max_proxies: int = DEFAULT_MAX_TRACKED_PROXIES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_proxies < 1:
+            raise ValueError(f"max_proxies must be at least 1, got {max_proxies}")
+        self.max_proxies: Final = max_proxies
+        self.started_at: Final = clock()
+        self.auth_failures = 0
+        self.sessions_total = 0
+        self.evicted_proxies = 0
+        # Insertion-ordered: the first key is the one registered longest ago.
+        self._proxies: dict[str, ProxyCounters] = {}
+
+    def proxy(self, name: str) -> ProxyCounters:
+        """Return the counters for proxy `name`, creating them on first use.
+
+        A proxy that comes back under the same name continues its old counters, as frp's
+        dashboard does.
+        """
+        counters = self._proxies.pop(name, None)
+        if counters is None:
+            counters = ProxyCounters()
+            if len(self._proxies) >= self.max_proxies:
+                oldest = next(iter(self._proxies))
+                del self._proxies[oldest]
+                self.evicted_proxies += 1
+                logger.debug(
+                    "[proxy=%s] stats evicted: more than %d proxies tracked",
+                    oldest,
+                    self.max_proxies,
+                )
+        # Re-inserting moves the name to the young end of the eviction order.
+        self._proxies[name] = counters
+        return counters
+
+    def get(self, name: str) -> ProxyCounters | None:
+        """Return the counters for `name` without creating them."""
+        return self._proxies.get(name)
+
+    def remove_proxy(self, name: str) -> None:
+        """Forget the counters of `name` (idempotent)."""
+        self._proxies.pop(name, None)
+
+    def items(self) -> Iterator[tuple[str, ProxyCounters]]:
+        """Iterate over (proxy name, counters), oldest registration first."""
+        return iter(list(self._proxies.items()))
+
+    def totals(self) -> ProxyCounters:
+        """Sum the counters of every tracked proxy into a fresh `ProxyCounters`."""
+        total = ProxyCounters()
+        for counters in self._proxies.values():
+            total.bytes_in += counters.bytes_in
+            total.bytes_out += counters.bytes_out
+            total.connections_total += counters.connections_total
+            total.connections_active += counters.connections_active
+            total.dropped_datagrams += counters.dropped_datagrams
+            total.refused_flows += counters.refused_flows
+        return total
+
+
+class StatsCollector:
+    """A prometheus_client collector that reads `ServerStats` and the view at scrape time."""
+
+    def __init__(self, stats: ServerStats, view: ServerView) -> None:
+        self._stats = stats
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        clients = GaugeMetricFamily("tunnelkit_clients", "Clients logged in now.")
+        clients.add_metric([], len(self._view.clients()))
+        yield clients
+
+        online: dict[str, int] = {member.value: 0 for member in ProxyType}
+        for info in self._view.proxies():
+            if info.status == "online":
+                online[info.type] = online.get(info.type, 0) + 1
+        proxies = GaugeMetricFamily(
+            "tunnelkit_proxies", "Proxies online now, by type.", labels=["type"]
+        )
+        for proxy_type, count in sorted(online.items()):
+            proxies.add_metric([proxy_type], count)
+        yield proxies
+
+        active = GaugeMetricFamily(
+            "tunnelkit_proxy_connections_active",
+            "User connections open now through each proxy.",
+            labels=["proxy"],
+        )
+        connections = CounterMetricFamily(
+            "tunnelkit_proxy_connections_total",
+            "User connections accepted by each proxy.",
+            labels=["proxy"],
+        )
+        traffic = CounterMetricFamily(
+            "tunnelkit_proxy_bytes_total",
+            "Bytes relayed by each proxy; direction 'in' is towards the local service.",
+            labels=["proxy", "direction"],
+        )
+        dropped = CounterMetricFamily(
+            "tunnelkit_udp_dropped_datagrams_total",
+            "UDP datagrams dropped by each proxy because a bound was reached.",
+            labels=["proxy"],
+        )
+        refused = CounterMetricFamily(
+            "tunnelkit_proxy_refused_flows_total",
+            "Connections or UDP flows refused by each proxy because a bound was reached.",
+            labels=["proxy"],
+        )
+        for name, counters in stats.items():
+            active.add_metric([name], counters.connections_active)
+            connections.add_metric([name], counters.connections_total)
+            traffic.add_metric([name, "in"], counters.bytes_in)
+            traffic.add_metric([name, "out"], counters.bytes_out)
+            dropped.add_metric([name], counters.dropped_datagrams)
+            refused.add_metric([name], counters.refused_flows)
+        yield from (active, connections, traffic, dropped, refused)
+
+        yield CounterMetricFamily(
+            "tunnelkit_auth_failures_total", "Failed client logins.", value=stats.auth_failures
+        )
+        yield CounterMetricFamily(
+            "tunnelkit_sessions_total",
+            "Client sessions that logged in.",
+            value=stats.sessions_total,
+        )
+
+
+def build_metrics_registry(stats: ServerStats, view: ServerView) -> CollectorRegistry:
+    """Return a private registry holding only a `StatsCollector` (never the global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, view))
+    return registry
