@@ -59,6 +59,10 @@ class TunnelClient:
         self.session: MuxSession | None = None
         self.logged_in_once = False
         self._stop = asyncio.Event()
+        # Set (and re-armed) whenever a proxy's status changes; tests and the admin API wait on
+        # it instead of polling.
+        self._status_changed = asyncio.Condition()
+        self._notify_tasks: set[asyncio.Task[None]] = set()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
             keepalive_interval_s=config.heartbeat_interval,
@@ -90,6 +94,23 @@ class TunnelClient:
         if self.session is not None and not self.session.closed:
             self.session.send_message(CloseProxy(name, "removed by the client"))
         logger.info("tunnelc: proxy %s removed", name)
+
+    async def wait_status(self, name: str, states: tuple[str, ...] = ("running",)) -> ProxyStatus:
+        """Wait until proxy `name` is in one of `states` (the caller bounds the wait)."""
+        async with self._status_changed:
+            await self._status_changed.wait_for(
+                lambda: name in self.status and self.status[name].state in states
+            )
+            return self.status[name]
+
+    def _notify_status(self) -> None:
+        async def notify() -> None:
+            async with self._status_changed:
+                self._status_changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._notify_tasks.add(task)
+        task.add_done_callback(self._notify_tasks.discard)
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -229,6 +250,7 @@ class TunnelClient:
             self._flow_owner.clear()
             for status in self.status.values():
                 status.state = "offline" if status.state == "running" else status.state
+            self._notify_status()
             for ended in self.proxies.values():
                 ended.session_ended()
         if not self.stopping:
@@ -243,10 +265,12 @@ class TunnelClient:
         if not result.ok:
             status.state, status.error, status.public_urls = "refused", result.error, ()
             logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
+            self._notify_status()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
         status.state, status.error, status.public_urls = "running", "", urls
         logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
+        self._notify_status()
 
     def _localize(self, url: str) -> str:
         """Show our serverAddr where the server reports a wildcard bind address."""
