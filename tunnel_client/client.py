@@ -59,10 +59,9 @@ class TunnelClient:
         self.session: MuxSession | None = None
         self.logged_in_once = False
         self._stop = asyncio.Event()
-        # Set (and re-armed) whenever a proxy's status changes; tests and the admin API wait on
-        # it instead of polling.
-        self._status_changed = asyncio.Condition()
-        self._notify_tasks: set[asyncio.Task[None]] = set()
+        # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
+        # admin API wait on it instead of polling.
+        self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
             keepalive_interval_s=config.heartbeat_interval,
@@ -97,20 +96,15 @@ class TunnelClient:
 
     async def wait_status(self, name: str, states: tuple[str, ...] = ("running",)) -> ProxyStatus:
         """Wait until proxy `name` is in one of `states` (the caller bounds the wait)."""
-        async with self._status_changed:
-            await self._status_changed.wait_for(
-                lambda: name in self.status and self.status[name].state in states
-            )
-            return self.status[name]
+        while True:
+            status = self.status.get(name)
+            if status is not None and status.state in states:
+                return status
+            await self._status_changed.wait()
 
     def _notify_status(self) -> None:
-        async def notify() -> None:
-            async with self._status_changed:
-                self._status_changed.notify_all()
-
-        task = asyncio.get_running_loop().create_task(notify())
-        self._notify_tasks.add(task)
-        task.add_done_callback(self._notify_tasks.discard)
+        changed, self._status_changed = self._status_changed, asyncio.Event()
+        changed.set()
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
