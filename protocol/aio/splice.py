@@ -110,7 +110,4 @@ async def dial_and_splice(
         logger.debug("stream %d: %s", stream.stream_id, reason)
         stream.abort(ErrorCode.DIAL_FAILED, reason)
         return False
-    if stream.is_closed:
-        return False
-    session.accept_stream(stream)
-    return True
+    return not stream.is_closed  # attach() accepted it when the socket connected

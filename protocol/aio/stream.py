@@ -100,7 +100,10 @@ class MuxStream:
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:
-        """Join this stream with a local socket's transport (both directions)."""
+        """Join this stream with a local socket's transport (both directions). A stream the
+        peer opened is accepted now, before the local socket can produce data."""
+        if not self.opened_locally and not self._accepted.done():
+            self.session.accept_stream(self)
         self._sink = transport
         self._source = transport
         transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)

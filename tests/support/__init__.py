@@ -1,0 +1,1 @@
+"""Test support: real processes (procs), real peers (peers), echo servers (echo), netns (netns)."""
