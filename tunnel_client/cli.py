@@ -245,3 +245,32 @@ for _type in (ProxyType.HTTP, ProxyType.HTTPS):
     _cmd = click.option("--subdomain", default=None, help="Subdomain of subDomainHost.")(_cmd)
     _cmd = click.argument("local_port", type=click.IntRange(1, 65535))(_cmd)
     main.command(name=str(_type))(_cmd)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Fetch the demo page through the tunnel, then exit.")
+@click.option("--inspect-port", type=click.IntRange(0, 65535), default=4040, show_default=True)
+@log_options
+def demo(
+    once: bool, inspect_port: int, log_level: str | None, log_file: Path | None, no_uvloop: bool
+) -> None:
+    """Run tunneld, tunnelc and a demo web app on localhost, and print the URLs to try."""
+    from .demo import run_demo
+
+    try:
+        setup_logging(log_level or "warn", str(log_file) if log_file else "console")
+    except OSError as exc:
+        fail(f"cannot open the log file: {exc}")
+
+    async def _demo() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await run_demo(once, inspect_port, stop)
+        except (OSError, RuntimeError, TimeoutError, TunnelError) as exc:
+            logger.error("tunnelc: demo failed: %s", exc)
+            return 1
+
+    sys.exit(run_loop(_demo(), use_uvloop=not no_uvloop))

@@ -1,0 +1,5 @@
+"""`python -m tunnel_client` is `tunnelc`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m tunnel_server` is `tunneld`."""
+
+from .cli import main
+
+main()
