@@ -6,7 +6,7 @@ import random
 from typing import Final
 
 BACKOFF_BASE_S: Final = 0.5
-BACKOFF_CAP_S: Final = 20.0
+BACKOFF_CAP_S: Final = 10.0
 
 
 class Backoff:

@@ -220,6 +220,8 @@ class TunnelClient:
         session.on_stream = self._on_stream
         session.on_datagram = self._on_datagram
         session.message_filter = self._filter_message
+        going_away: list[str] = []
+        session.on_go_away = lambda code, reason: going_away.append(reason)
         self._flow_owner.clear()
         for proxy in self.proxies.values():
             session.send_message(proxy.new_proxy_request())
@@ -248,9 +250,8 @@ class TunnelClient:
             for ended in self.proxies.values():
                 ended.session_ended()
         if not self.stopping:
-            code = session.close_code
-            reason = session.close_reason
-            logger.warning("tunnelc: disconnected from the server (%s): %s", code, reason)
+            reason = going_away[0] if going_away else session.close_reason
+            logger.warning("tunnelc: disconnected from the server: %s", reason)
 
     def _on_proxy_result(self, result: NewProxyResult) -> None:
         status = self.status.get(result.name)

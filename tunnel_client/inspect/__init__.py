@@ -1,0 +1,1 @@
+"""The request inspector: capture HTTP exchanges of http proxies, browse them, replay them."""

@@ -1,0 +1,404 @@
+"""Sans-IO capture of the HTTP exchanges on one proxied connection.
+
+Theory of operation:
+- The splice hands us *copies* of the bytes it relays: `feed_request` for bytes going to the
+  local service, `feed_response` for bytes coming back. We never hold up or alter the relay.
+- Two httptools parsers, one per direction, fill `_MessageCollector`s. A request creates a
+  `CapturedExchange` when its head is complete and joins `_pending`; responses are matched to
+  `_pending` in order (HTTP/1.1 pipelining), skipping 1xx interim responses.
+- An exchange is published to the store when its request or its response completes, whichever
+  is first, and updated on later progress, so the viewer sees slow requests while they wait.
+- Responses to HEAD have headers but no body, which the response parser cannot know. So while
+  a HEAD request is pending we feed the response parser exact message boundaries: the head up
+  to its blank line, then exactly Content-Length body bytes (chunked bodies byte by byte, up to
+  `MAX_BYTEWISE_BODY_BYTES`). After the head of a HEAD response we start a fresh parser. The
+  common case, with no HEAD pending, hands every chunk to the parser whole.
+- Capture stops, without ever raising into the caller, on: a parse error, an Upgrade or
+  CONNECT (the rest of the connection is not HTTP), or a bound being reached. Exchanges still
+  waiting are published with `error` saying why. After a stop every feed is a no-op.
+
+Bounds: message heads to `MAX_HEAD_BYTES` and `MAX_HEADERS`, bodies to the store's
+`max_body_bytes` (the rest is counted, not kept), and `MAX_PENDING_EXCHANGES` pipelined
+requests; beyond a bound, capture stops on this connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
+from tunnel_client.inspect.store import CaptureStore
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES: Final = 64 * 1024  # request/status line plus headers, per message
+MAX_HEADERS: Final = 256  # per message
+MAX_PENDING_EXCHANGES: Final = 64  # pipelined requests waiting for their responses
+# A chunked response with a HEAD pipelined behind it is fed byte by byte; past this many bytes
+# capture stops on the connection rather than spend the CPU.
+MAX_BYTEWISE_BODY_BYTES: Final = 256 * 1024
+_HEAD_END: Final = b"\r\n\r\n"
+
+
+class _CaptureStopped(Exception):
+    """Raised inside parser callbacks to stop capturing; the message says why."""
+
+
+class _MessageCollector:
+    """httptools callbacks that collect one HTTP message at a time, within the bounds."""
+
+    def __init__(
+        self,
+        max_body_bytes: int,
+        on_begin: Callable[[], None],
+        on_head: Callable[[], None],
+        on_complete: Callable[[], None],
+    ) -> None:
+        self._max_body_bytes = max_body_bytes
+        self._on_begin = on_begin
+        self._on_head = on_head
+        self._on_complete = on_complete
+        self.in_message = False
+        self.head_done = False  # the current message's head has been parsed
+        self.target = bytearray()  # request target, or the response reason phrase
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.body_size = 0
+        self._head_bytes = 0
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
+
+    def captured_body(self) -> CapturedBody:
+        return CapturedBody.limited(bytes(self.body), self.body_size, self._max_body_bytes)
+
+    # httptools callbacks (names fixed by httptools)
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.head_done = False
+        self.target = bytearray()
+        self.headers = []
+        self.body = bytearray()
+        self.body_size = 0
+        self._head_bytes = 0
+        self._on_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        self.target += url
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
+        self.target += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        if len(self.headers) >= MAX_HEADERS:
+            raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
+        # latin-1 maps every byte to one character, so replay can restore the exact bytes.
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        self._on_head()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        room = self._max_body_bytes - len(self.body)
+        if room > 0:
+            self.body += body[:room]
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.head_done = False
+        self._on_complete()
+
+    def restart(self) -> None:
+        """Forget the message in progress (its parser is being replaced)."""
+        self.in_message = False
+        self.head_done = False
+
+
+@dataclass(slots=True)
+class _Slot:
+    exchange: CapturedExchange
+    started: float  # monotonic seconds
+    published: bool = False
+    request_done: bool = False
+    response_done: bool = False
+
+
+def _stop_reason(exc: BaseException) -> str:
+    cause = exc.__context__
+    if isinstance(cause, _CaptureStopped):
+        return str(cause)
+    if isinstance(exc, _CaptureStopped):
+        return str(exc)
+    return f"not parseable as HTTP/1.x ({type(exc).__name__}: {exc})"
+
+
+class HTTPCapture:
+    """Capture the exchanges of one proxied HTTP connection into a `CaptureStore`."""
+
+    def __init__(
+        self,
+        store: CaptureStore,
+        proxy: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._proxy = proxy
+        self._clock = clock
+        self._wall_clock = wall_clock
+        limit = store.max_body_bytes
+        self._req = _MessageCollector(
+            limit, self._request_begin, self._request_head, self._request_complete
+        )
+        self._resp = _MessageCollector(
+            limit, self._response_begin, self._response_head, self._response_complete
+        )
+        self._req_parser = httptools.HttpRequestParser(self._req)
+        self._resp_parser = httptools.HttpResponseParser(self._resp)
+        self._requests_open = True
+        self._responses_open = True
+        self._pending: deque[_Slot] = deque()  # oldest first; bounded by MAX_PENDING_EXCHANGES
+        self._req_slot: _Slot | None = None  # the request being received
+        self._resp_slot: _Slot | None = None  # the exchange the current response belongs to
+        self._interim = False  # the current response is 1xx (not 101)
+        self._req_started = (0.0, 0.0)  # (monotonic, wall) when the current request began
+        # Exact framing state (used only while a HEAD is pending):
+        self._head_tail = b""  # last bytes of a head in progress, to find CRLF CRLF in pieces
+        self._resp_length: int | None = None  # Content-Length of the current response
+        self._resp_chunked = False
+        self._bytewise_fed = 0  # body bytes fed one at a time for the current response
+        self._restart_parser = False  # the head of a HEAD response was just parsed
+        self._closed = False
+        self.stop_reason: str | None = None  # why capture stopped first, for logs and tests
+
+    @property
+    def capturing(self) -> bool:
+        """False once capture has stopped on this connection."""
+        return self._responses_open
+
+    # feeding (never raises)
+
+    def feed_request(self, data: bytes) -> None:
+        """Feed bytes the user sent towards the local service."""
+        if not self._requests_open or not data:
+            return
+        try:
+            self._req_parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_requests("the request switched protocols; capture ends after its reply")
+        except Exception as exc:
+            self._stop_requests(_stop_reason(exc))
+
+    def feed_response(self, data: bytes) -> None:
+        """Feed bytes the local service sent back."""
+        if not self._responses_open or not data:
+            return
+        try:
+            self._feed_response(memoryview(data))
+        except httptools.HttpParserUpgrade:
+            self._stop_all("the connection switched protocols")
+        except Exception as exc:
+            self._stop_all(_stop_reason(exc))
+
+    def close(self) -> None:
+        """The connection ended: publish what is left and stop (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            slot = self._resp_slot
+            if self._responses_open and slot is not None and not self._interim:
+                headers = slot.exchange.response_headers
+                framed = header_value(headers, "content-length") is not None or (
+                    "chunked" in (header_value(headers, "transfer-encoding") or "").lower()
+                )
+                if framed:
+                    slot.exchange.error = "the connection closed before the response ended"
+                # Without a length the body runs to the end of the connection, so it is whole.
+                self._finish_response(slot, self._resp.captured_body())
+            reason = "the connection closed"
+            self._stop_all(f"{reason} before a response arrived" if self._pending else reason)
+        except Exception as exc:
+            logger.debug("[proxy=%s] capture failed at close: %r", self._proxy, exc)
+
+    def _feed_response(self, view: memoryview) -> None:
+        # Each pass feeds at least one byte or returns, so the loop is bounded by len(view).
+        while view and self._responses_open:
+            if not any(slot.exchange.method == "HEAD" for slot in self._pending):
+                self._resp_parser.feed_data(view)
+                # Keep the end of a head in progress, in case exact framing starts mid-head.
+                if self._resp.in_message and not self._resp.head_done:
+                    self._head_tail = (self._head_tail + bytes(view[-3:]))[-3:]
+                else:
+                    self._head_tail = b""
+                return
+            step = self._exact_step(view)
+            self._resp_parser.feed_data(view[:step])
+            view = view[step:]
+            if self._restart_parser:
+                # A HEAD response's head was parsed: its "body" is the next response.
+                self._restart_parser = False
+                self._head_tail = b""
+                self._resp.restart()
+                self._resp_parser = httptools.HttpResponseParser(self._resp)
+
+    def _exact_step(self, view: memoryview) -> int:
+        """How many bytes of `view` to feed so the parser stops at the next boundary."""
+        if not self._resp.head_done:
+            tail = self._head_tail
+            probe = tail + bytes(view[: MAX_HEAD_BYTES + len(_HEAD_END)])
+            found = probe.find(_HEAD_END)
+            if found < 0:
+                self._head_tail = probe[-(len(_HEAD_END) - 1) :]
+                return len(probe) - len(tail)
+            self._head_tail = b""
+            return found + len(_HEAD_END) - len(tail)
+        if self._resp_length is not None:
+            return max(1, min(len(view), self._resp_length - self._resp.body_size))
+        if self._resp_chunked:
+            self._bytewise_fed += 1
+            if self._bytewise_fed > MAX_BYTEWISE_BODY_BYTES:
+                raise _CaptureStopped("a HEAD was pipelined behind a large chunked response")
+            return 1
+        return len(view)  # the body runs to the end of the connection
+
+    # request side
+
+    def _request_begin(self) -> None:
+        self._req_started = (self._clock(), self._wall_clock())
+
+    def _request_head(self) -> None:
+        if len(self._pending) >= MAX_PENDING_EXCHANGES:
+            raise _CaptureStopped(f"more than {MAX_PENDING_EXCHANGES} requests await responses")
+        started, wall = self._req_started
+        exchange = CapturedExchange(
+            id=self._store.new_id(),
+            proxy=self._proxy,
+            started_at=wall,
+            method=self._req_parser.get_method().decode("latin-1"),
+            path=self._req.target.decode("latin-1"),
+            http_version=self._req_parser.get_http_version(),
+            request_headers=tuple(self._req.headers),
+        )
+        slot = _Slot(exchange, started)
+        self._pending.append(slot)
+        self._req_slot = slot
+
+    def _request_complete(self) -> None:
+        slot = self._req_slot
+        if slot is None:
+            return
+        self._req_slot = None
+        slot.exchange.request_body = self._req.captured_body()
+        slot.request_done = True
+        self._publish(slot)
+
+    # response side
+
+    def _response_begin(self) -> None:
+        if not self._pending:
+            raise _CaptureStopped("a response arrived with no request waiting for it")
+        self._bytewise_fed = 0
+
+    def _response_head(self) -> None:
+        status = self._resp_parser.get_status_code()
+        headers = self._resp.headers
+        length = header_value(headers, "content-length")
+        self._resp_length = int(length) if length is not None and length.isdigit() else None
+        coding = header_value(headers, "transfer-encoding") or ""
+        self._resp_chunked = "chunked" in coding.lower()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # e.g. 100 Continue: the real response follows
+            return
+        slot = self._pending[0]
+        self._resp_slot = slot
+        exchange = slot.exchange
+        exchange.status = status
+        exchange.reason = self._resp.target.decode("latin-1")
+        exchange.response_http_version = self._resp_parser.get_http_version()
+        exchange.response_headers = tuple(self._resp.headers)
+        if exchange.method == "HEAD":
+            self._finish_response(slot, CapturedBody())
+            self._restart_parser = True
+        elif status == 101 or (exchange.method == "CONNECT" and 200 <= status < 300):
+            self._finish_response(slot, CapturedBody())
+            raise _CaptureStopped("the connection switched protocols")
+
+    def _response_complete(self) -> None:
+        self._head_tail = b""
+        if self._interim:
+            self._interim = False
+            return
+        slot = self._resp_slot
+        if slot is not None:
+            self._finish_response(slot, self._resp.captured_body())
+        if not self._requests_open and not self._pending:
+            self._stop_all("requests stopped being captured earlier")
+
+    def _finish_response(self, slot: _Slot, body: CapturedBody) -> None:
+        slot.exchange.response_body = body
+        slot.exchange.duration_ms = round((self._clock() - slot.started) * 1000.0, 3)
+        slot.response_done = True
+        if self._pending and self._pending[0] is slot:
+            self._pending.popleft()
+        self._resp_slot = None
+        self._publish(slot)
+
+    # stopping and publishing
+
+    def _publish(self, slot: _Slot) -> None:
+        if slot.published:
+            self._store.update(slot.exchange)
+        else:
+            slot.published = True
+            self._store.add(slot.exchange)
+
+    def _stop_requests(self, reason: str) -> None:
+        if not self._requests_open:
+            return
+        self._requests_open = False
+        self.stop_reason = reason
+        slot = self._req_slot
+        self._req_slot = None
+        if slot is not None and not slot.request_done:
+            slot.exchange.request_body = self._req.captured_body()
+            slot.exchange.error = f"capture stopped: {reason}"
+            self._publish(slot)
+        if self._pending:
+            logger.debug("[proxy=%s] request capture stopped: %s", self._proxy, reason)
+        else:
+            self._stop_all(reason)
+
+    def _stop_all(self, reason: str) -> None:
+        if not self._responses_open:
+            return
+        self._requests_open = False
+        self._responses_open = False
+        self.stop_reason = self.stop_reason or reason
+        logger.debug("[proxy=%s] capture stopped: %s", self._proxy, reason)
+        pending = list(self._pending)
+        self._pending.clear()
+        for slot in pending:
+            if not slot.response_done:
+                slot.exchange.error = slot.exchange.error or reason
+                if not slot.request_done and slot is self._req_slot:
+                    slot.exchange.request_body = self._req.captured_body()
+                self._publish(slot)
+        self._req_slot = None
+        self._resp_slot = None

@@ -1,0 +1,315 @@
+// tunnelkit request inspector: a live list over server-sent events, details, replay.
+"use strict";
+
+(() => {
+  const byId = (id) => document.getElementById(id);
+  const rows = new Map(); // exchange id -> <li>
+  let selectedId = null;
+  let detailSeq = 0; // ignores detail responses that arrive after a newer selection
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  }
+
+  function formatDuration(ms) {
+    if (ms === null || ms === undefined) return "";
+    return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+  }
+
+  function statusBadge(exchange) {
+    const status = exchange.status;
+    const text = status ? String(status) : (exchange.error ? "error" : "…");
+    const cls = status ? `status s${String(status)[0]}` : "status";
+    return el("span", { class: cls, "data-testid": "row-status", title: exchange.error || exchange.reason || "", text });
+  }
+
+  // ---- the list ------------------------------------------------------------------------
+
+  function buildRow(exchange) {
+    const time = new Date(exchange.started_at * 1000).toLocaleTimeString();
+    const meta = el("div", { class: "meta" },
+      el("span", { text: time }),
+      el("span", { text: formatDuration(exchange.duration_ms) }),
+      el("span", { text: exchange.proxy }),
+      exchange.replay ? el("span", { class: "tag", text: "replay" }) : null,
+      exchange.error && exchange.status ? el("span", { class: "tag error", text: "incomplete" }) : null);
+    const row = el("li", {
+      class: exchange.id === selectedId ? "request-row selected" : "request-row",
+      "data-testid": "request-row", "data-id": String(exchange.id), tabindex: "0",
+      onclick: () => select(exchange.id),
+      onkeydown: (event) => { if (event.key === "Enter") select(exchange.id); },
+    },
+    el("span", { class: "method", text: exchange.method }),
+    el("span", { class: "path", title: exchange.path, text: exchange.path }),
+    statusBadge(exchange),
+    meta);
+    return row;
+  }
+
+  function upsert(exchange) {
+    const row = buildRow(exchange);
+    const old = rows.get(exchange.id);
+    const list = byId("request-list");
+    if (old) {
+      old.replaceWith(row);
+    } else {
+      // Newest first: insert before the first row with a smaller id.
+      let before = null;
+      for (const [id, node] of rows) {
+        if (id < exchange.id && (before === null || id > Number(before.dataset.id))) before = node;
+      }
+      list.insertBefore(row, before);
+    }
+    rows.set(exchange.id, row);
+    updateCount();
+  }
+
+  function clearList() {
+    rows.clear();
+    byId("request-list").replaceChildren();
+    updateCount();
+    showDetail(null);
+  }
+
+  function updateCount() {
+    byId("request-count").textContent = String(rows.size);
+    byId("list-empty").hidden = rows.size > 0;
+  }
+
+  async function reloadList() {
+    const response = await fetch("api/requests", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const data = await response.json();
+    rows.clear();
+    byId("request-list").replaceChildren();
+    for (const exchange of data.requests.slice().reverse()) upsert(exchange);
+    updateCount();
+    if (selectedId !== null && !rows.has(selectedId)) showDetail(null);
+  }
+
+  // ---- the detail pane ---------------------------------------------------------------------
+
+  function headersTable(table, headers) {
+    table.replaceChildren(...headers.map(([name, value]) => el("tr", {}, el("td", { text: name }), el("td", { text: value }))));
+    if (!headers.length) table.replaceChildren(el("tr", {}, el("td", { text: "no headers" }), el("td", {})));
+  }
+
+  function bodyView(container, body) {
+    container.replaceChildren();
+    if (body.kind === "empty") {
+      container.append(el("p", { class: "hint", text: "No body." }));
+      return;
+    }
+    const views = [];
+    if (body.kind === "form" && body.form) {
+      const table = el("table", { class: "headers" });
+      headersTable(table, body.form);
+      views.push(["Form", table]);
+    }
+    if (body.pretty) views.push([body.kind.toUpperCase(), el("pre", { class: "code", "data-testid": "pretty-body", text: body.pretty })]);
+    if (body.text !== null) views.push(["Raw", el("pre", { class: "code", "data-testid": "raw-body", text: body.text })]);
+    else views.push(["Base64", el("pre", { class: "code", text: body.base64 })]);
+
+    const notes = [formatBytes(body.size)];
+    if (body.content_type) notes.push(body.content_type);
+    if (body.truncated) notes.push(`showing the first ${formatBytes(body.kept)}`);
+    if (body.note) notes.push(body.note);
+
+    const tabs = el("div", { class: "tabs" });
+    const slot = el("div");
+    views.forEach(([label, view], index) => {
+      const button = el("button", { type: "button", text: label, onclick: () => {
+        for (const other of tabs.querySelectorAll("button")) other.classList.remove("active");
+        button.classList.add("active");
+        slot.replaceChildren(view);
+      } });
+      if (index === 0) button.classList.add("active");
+      tabs.append(button);
+    });
+    tabs.append(el("span", { class: "hint", text: notes.join(" · ") }));
+    slot.append(views[0][1]);
+    container.append(tabs, slot);
+  }
+
+  function showDetail(detail) {
+    byId("detail-empty").hidden = detail !== null;
+    byId("detail-body").hidden = detail === null;
+    if (detail === null) {
+      selectedId = null;
+      for (const row of rows.values()) row.classList.remove("selected");
+      return;
+    }
+    byId("d-method").textContent = detail.method;
+    byId("d-path").textContent = detail.path;
+    const meta = [
+      `#${detail.id}`,
+      detail.proxy,
+      new Date(detail.started_at * 1000).toLocaleString(),
+      `HTTP/${detail.http_version}`,
+    ];
+    if (detail.duration_ms !== null) meta.push(formatDuration(detail.duration_ms));
+    if (detail.replay) meta.push(`replay of #${detail.replay_of}`);
+    byId("d-meta").replaceChildren(...meta.map((text) => el("span", { text })));
+    if (detail.error) byId("d-meta").append(el("span", { class: "tag error", text: detail.error }));
+
+    const status = byId("d-status");
+    status.textContent = detail.status ? `${detail.status} ${detail.reason}` : (detail.error ? "no response" : "waiting…");
+    status.className = detail.status ? `status s${String(detail.status)[0]}` : "status";
+
+    headersTable(byId("d-req-headers"), detail.request_headers);
+    bodyView(byId("d-req-body"), detail.request_body);
+    headersTable(byId("d-resp-headers"), detail.response_headers);
+    bodyView(byId("d-resp-body"), detail.status ? detail.response_body : { kind: "empty" });
+    fillEditForm(detail);
+  }
+
+  async function select(id) {
+    selectedId = id;
+    for (const [rowId, row] of rows) row.classList.toggle("selected", rowId === id);
+    byId("replay-result").hidden = true;
+    byId("replay-form").hidden = true;
+    await refreshDetail();
+  }
+
+  async function refreshDetail() {
+    if (selectedId === null) return;
+    const seq = ++detailSeq;
+    const response = await fetch(`api/requests/${selectedId}`, { cache: "no-store" });
+    if (seq !== detailSeq) return;
+    if (response.status === 404) {
+      showDetail(null);
+      return;
+    }
+    showDetail(await response.json());
+  }
+
+  // ---- replay ------------------------------------------------------------------------------
+
+  let current = null;
+
+  function fillEditForm(detail) {
+    current = detail;
+    if (!byId("replay-form").hidden) return; // do not clobber edits in progress
+    byId("replay-method").value = detail.method;
+    byId("replay-path").value = detail.path;
+    byId("replay-headers").value = detail.request_headers
+      .filter(([name]) => !["content-length", "transfer-encoding", "connection"].includes(name.toLowerCase()))
+      .map(([name, value]) => `${name}: ${value}`).join("\n");
+    const body = detail.request_body;
+    byId("replay-body").value = body.text !== null ? body.text : "";
+  }
+
+  function notice(text, isError) {
+    const node = byId("replay-result");
+    node.textContent = text;
+    node.className = isError ? "notice error" : "notice";
+    node.hidden = false;
+  }
+
+  async function replay(edits) {
+    if (!current) return;
+    const buttons = [byId("replay-button"), byId("edit-replay-button")];
+    for (const button of buttons) button.disabled = true;
+    try {
+      const response = await fetch(`api/requests/${current.id}/replay`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: edits ? JSON.stringify(edits) : "",
+      });
+      const data = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+      byId("replay-form").hidden = true;
+      upsert(data);
+      await select(data.id);
+      notice(`Replayed: ${data.status} ${data.reason} in ${formatDuration(data.duration_ms)}`, false);
+    } catch (err) {
+      notice(`Replay failed: ${err.message}`, true);
+    } finally {
+      for (const button of buttons) button.disabled = false;
+    }
+  }
+
+  function parseHeaderLines(text) {
+    const headers = [];
+    for (const line of text.split("\n")) {
+      if (!line.trim()) continue;
+      const colon = line.indexOf(":");
+      if (colon <= 0) throw new Error(`header line "${line}" has no "Name: value" form`);
+      headers.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
+    }
+    return headers;
+  }
+
+  byId("replay-button").addEventListener("click", () => replay(null));
+  byId("edit-replay-button").addEventListener("click", () => {
+    const form = byId("replay-form");
+    if (form.hidden && current) fillEditForm(current); // start from the request as captured
+    form.hidden = !form.hidden;
+  });
+  byId("replay-cancel").addEventListener("click", () => { byId("replay-form").hidden = true; });
+  byId("replay-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    let headers;
+    try {
+      headers = parseHeaderLines(byId("replay-headers").value);
+    } catch (err) {
+      notice(err.message, true);
+      return;
+    }
+    replay({
+      method: byId("replay-method").value.trim(),
+      path: byId("replay-path").value.trim(),
+      headers,
+      body: byId("replay-body").value,
+    });
+  });
+
+  byId("clear-button").addEventListener("click", async () => {
+    const response = await fetch("api/requests", { method: "DELETE" });
+    if (response.ok) clearList();
+  });
+
+  // ---- live updates ------------------------------------------------------------------------
+
+  function setLive(ok, text) {
+    byId("live").className = ok ? "live ok" : "live error";
+    byId("live-text").textContent = text;
+  }
+
+  function connect() {
+    const source = new EventSource("api/events");
+    source.onmessage = async (message) => {
+      const event = JSON.parse(message.data);
+      if (event.kind === "hello" || event.kind === "resync") {
+        setLive(true, "live");
+        await reloadList().catch((err) => setLive(false, `cannot load requests (${err.message})`));
+      } else if (event.kind === "cleared") {
+        clearList();
+      } else if (event.kind === "added" || event.kind === "updated") {
+        upsert(event.exchange);
+        if (event.exchange.id === selectedId && event.kind === "updated") refreshDetail();
+      }
+    };
+    // EventSource reconnects by itself (the server sets retry: 2000).
+    source.onerror = () => setLive(false, "disconnected; reconnecting…");
+  }
+
+  updateCount();
+  connect();
+})();

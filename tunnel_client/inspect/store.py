@@ -1,0 +1,178 @@
+"""A bounded ring of captured exchanges, with live-update subscriptions.
+
+Bounds and overflow policies:
+- exchanges: at most `max_requests`; adding one more evicts the oldest.
+- bodies: at most `max_body_bytes` per body (the capture truncates and flags them).
+- subscribers: at most `max_subscribers`; one more is refused with `TooManySubscribers`.
+- per-subscriber queue: at most `queue_size` events; when full, new events for that
+  subscriber are dropped and counted (`Subscription.dropped`), so a slow reader never grows
+  memory. The reader sees the count go up and re-reads the whole list.
+
+The store is used from one event loop only; it needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from tunnel_client.inspect.exchange import CapturedExchange
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SUBSCRIBERS: Final = 16
+DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 256  # events
+
+EventKind = Literal["added", "updated", "cleared"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A change in the store; `exchange` is None for "cleared"."""
+
+    kind: EventKind
+    exchange: CapturedExchange | None
+
+
+class TooManySubscribers(Exception):
+    """Raised by `CaptureStore.subscribe` when `max_subscribers` are already listening."""
+
+
+class Subscription:
+    """A bounded queue of store events for one reader; close it when done."""
+
+    def __init__(self, store: CaptureStore, queue_size: int) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue(queue_size)
+        self._closed = False
+        self.dropped = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def offer(self, event: StoreEvent) -> None:
+        """Queue `event` without blocking; drop and count it when the queue is full."""
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def get(self) -> StoreEvent | None:
+        """Wait for the next event; None once the subscription is closed."""
+        if self._closed:
+            return None
+        return await self._queue.get()
+
+    def close(self) -> None:
+        """Stop receiving events and wake a waiting `get` (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._store.unsubscribe(self)
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:
+            # The reader is not waiting (the queue has events); `get` checks `closed` first.
+            pass
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class CaptureStore:
+    """The newest `max_requests` exchanges, looked up by id, with live subscriptions."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        max_body_bytes: int,
+        *,
+        max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
+        queue_size: int = DEFAULT_SUBSCRIBER_QUEUE_SIZE,
+    ) -> None:
+        if max_requests < 1:
+            raise ValueError(f"inspect.maxRequests must be at least 1, got {max_requests}")
+        if max_body_bytes < 0:
+            raise ValueError(f"inspect.maxBodyBytes must not be negative, got {max_body_bytes}")
+        self.max_requests: Final = max_requests
+        self.max_body_bytes: Final = max_body_bytes
+        self._max_subscribers = max_subscribers
+        self._queue_size = queue_size
+        self._ring: deque[CapturedExchange] = deque(maxlen=max_requests)
+        self._by_id: dict[int, CapturedExchange] = {}
+        self._ids = itertools.count(1)
+        self._subscribers: set[Subscription] = set()
+        self.dropped_events = 0  # summed over all subscribers, for the logs
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def new_id(self) -> int:
+        """Return a fresh exchange id (ids only grow, also across `clear`)."""
+        return next(self._ids)
+
+    def add(self, exchange: CapturedExchange) -> None:
+        """Store `exchange`, evicting the oldest one when full, and tell subscribers."""
+        if exchange.id in self._by_id:
+            self.update(exchange)
+            return
+        if len(self._ring) == self.max_requests:
+            evicted = self._ring[0]
+            self._by_id.pop(evicted.id, None)
+        self._ring.append(exchange)  # the deque drops the oldest by itself
+        self._by_id[exchange.id] = exchange
+        self._publish(StoreEvent("added", exchange))
+
+    def update(self, exchange: CapturedExchange) -> None:
+        """Tell subscribers that a stored exchange changed (ignored once it was evicted)."""
+        if self._by_id.get(exchange.id) is exchange:
+            self._publish(StoreEvent("updated", exchange))
+
+    def list(self) -> builtins.list[CapturedExchange]:
+        """Return the stored exchanges, newest first."""
+        return builtins.list(reversed(self._ring))
+
+    def get(self, exchange_id: int) -> CapturedExchange | None:
+        return self._by_id.get(exchange_id)
+
+    def clear(self) -> None:
+        """Forget every exchange and tell subscribers."""
+        self._ring.clear()
+        self._by_id.clear()
+        self._publish(StoreEvent("cleared", None))
+
+    def subscribe(self) -> Subscription:
+        """Start receiving events; raises TooManySubscribers at the bound."""
+        if len(self._subscribers) >= self._max_subscribers:
+            raise TooManySubscribers(
+                f"the inspector already has {self._max_subscribers} live viewers"
+            )
+        subscription = Subscription(self, self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    def close_subscriptions(self) -> None:
+        """Close every subscription, waking their readers (used at shutdown)."""
+        for subscription in builtins.list(self._subscribers):
+            subscription.close()
+
+    def _publish(self, event: StoreEvent) -> None:
+        for subscription in self._subscribers:
+            before = subscription.dropped
+            subscription.offer(event)
+            if subscription.dropped != before:
+                self.dropped_events += 1

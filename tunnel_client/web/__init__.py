@@ -1,0 +1,1 @@
+"""The client's web surfaces: the admin API and shared access control."""

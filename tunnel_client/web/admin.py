@@ -1,0 +1,74 @@
+"""The client admin API (frp's ``webServer`` on the client): status, reload, stop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final, Protocol
+
+from aiohttp import web
+
+from tunnel_client.web.guard import install_guard
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS: Final = frozenset({"/healthz"})
+
+
+class AdminController(Protocol):
+    """What the admin API may ask of the running client."""
+
+    def status(self) -> list[dict[str, object]]:
+        """One dict per proxy: name, type, state, public address, error."""
+        ...
+
+    async def reload(self) -> dict[str, object]:
+        """Re-read the config file and apply it; returns the added/removed/changed lists.
+
+        Raises ValueError with a one-line message when the new config is invalid (nothing is
+        applied then).
+        """
+        ...
+
+    def request_stop(self) -> None:
+        """Ask the client to shut down gracefully; returns at once."""
+        ...
+
+
+def build_admin_app(
+    controller: AdminController, *, user: str | None, password: str | None
+) -> web.Application:
+    """Build the admin API app (JSON only)."""
+    app = web.Application()
+    install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"proxies": controller.status()})
+
+    async def reload(request: web.Request) -> web.Response:
+        try:
+            changes = await controller.reload()
+        except ValueError as exc:
+            logger.warning("tunnelc: reload refused: %s", exc)
+            return web.json_response({"error": str(exc)}, status=400)
+        logger.info("tunnelc: config reloaded from the admin API")
+        return web.json_response(changes)
+
+    async def stop(request: web.Request) -> web.Response:
+        logger.info("tunnelc: stop requested from the admin API")
+        controller.request_stop()
+        return web.json_response({"status": "stopping"}, status=202)
+
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/api/status", status),
+            # frp's client uses GET for reload; POST is the honest method, so accept both.
+            web.get("/api/reload", reload, allow_head=False),
+            web.post("/api/reload", reload),
+            web.post("/api/stop", stop),
+        ]
+    )
+    return app

@@ -1,0 +1,1 @@
+"""The server's web surface: dashboard page, JSON API and Prometheus metrics (aiohttp)."""

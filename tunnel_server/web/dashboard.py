@@ -1,0 +1,189 @@
+"""The server dashboard: an HTML page, a JSON API and optional Prometheus ``/metrics``.
+
+Everything is computed on request from the `ServerView` and `ServerStats`; the app keeps no
+state of its own. The page's CSS and JS ship inside the package (no CDN).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from protocol import PROTOCOL_VERSION, __version__
+from tunnel_server.stats import ServerStats, build_metrics_registry
+from tunnel_server.web.guard import auth_enabled, install_guard, is_loopback_addr
+from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS: Final = frozenset({"/healthz"})
+_ASSETS: Final = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+}
+
+
+def check_dashboard_bind(addr: str, user: str | None, password: str | None) -> None:
+    """Refuse to expose a dashboard without credentials beyond this host.
+
+    Raises ValueError with a one-line message that names the fix.
+    """
+    if is_loopback_addr(addr):
+        return
+    if user and password:
+        return
+    raise ValueError(
+        f"webServer.addr = {addr!r} is reachable from other hosts, so the dashboard needs "
+        "webServer.user and webServer.password; set both, or bind webServer.addr to 127.0.0.1"
+    )
+
+
+def _client_json(info: ClientInfo) -> dict[str, object]:
+    return {
+        "client_id": info.client_id,
+        "address": info.address,
+        "version": info.version,
+        "user": info.user,
+        "since": info.since,
+        "proxies": list(info.proxies),
+    }
+
+
+def _proxy_json(info: ProxyInfo) -> dict[str, object]:
+    counters = info.counters
+    return {
+        "name": info.name,
+        "client_id": info.client_id,
+        "type": info.type,
+        "public": list(info.public),
+        "status": info.status,
+        "bytes_in": counters.bytes_in,
+        "bytes_out": counters.bytes_out,
+        "connections_total": counters.connections_total,
+        "connections_active": counters.connections_active,
+        "dropped_datagrams": counters.dropped_datagrams,
+        "refused_flows": counters.refused_flows,
+    }
+
+
+def _server_info(
+    view: ServerView, stats: ServerStats, info: Mapping[str, object]
+) -> dict[str, object]:
+    proxies = view.proxies()
+    totals = stats.totals()
+    return {
+        "version": __version__,
+        "protocol_version": PROTOCOL_VERSION,
+        "started_at": stats.started_at,
+        "uptime_seconds": max(0.0, time.time() - stats.started_at),
+        "clients": len(view.clients()),
+        "proxies": len(proxies),
+        "proxies_online": sum(1 for proxy in proxies if proxy.status == "online"),
+        "sessions_total": stats.sessions_total,
+        "auth_failures": stats.auth_failures,
+        "bytes_in": totals.bytes_in,
+        "bytes_out": totals.bytes_out,
+        "connections_active": totals.connections_active,
+        "config": dict(info),
+    }
+
+
+def _asset(name: str) -> bytes:
+    return importlib.resources.files("tunnel_server.web").joinpath("static", name).read_bytes()
+
+
+def build_dashboard_app(
+    view: ServerView,
+    stats: ServerStats,
+    *,
+    user: str | None,
+    password: str | None,
+    enable_prometheus: bool,
+    info: Mapping[str, object] | None = None,
+) -> web.Application:
+    """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``."""
+    app = web.Application()
+    install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
+    server_config: Mapping[str, object] = dict(info or {})
+    page = _asset("dashboard.html")
+    assets = {name: (_asset(name), content_type) for name, content_type in _ASSETS.items()}
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    async def static(request: web.Request) -> web.Response:
+        found = assets.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def api_clients(request: web.Request) -> web.Response:
+        return web.json_response([_client_json(client) for client in view.clients()])
+
+    async def api_proxies(request: web.Request) -> web.Response:
+        return web.json_response([_proxy_json(proxy) for proxy in view.proxies()])
+
+    async def api_serverinfo(request: web.Request) -> web.Response:
+        return web.json_response(_server_info(view, stats, server_config))
+
+    async def api_overview(request: web.Request) -> web.Response:
+        # One request per page refresh, so the three tables come from the same moment.
+        return web.json_response(
+            {
+                "serverinfo": _server_info(view, stats, server_config),
+                "clients": [_client_json(client) for client in view.clients()],
+                "proxies": [_proxy_json(proxy) for proxy in view.proxies()],
+            }
+        )
+
+    async def kick(request: web.Request) -> web.Response:
+        client_id = request.match_info["client_id"]
+        if not view.kick_client(client_id):
+            return web.json_response({"error": f"no client {client_id!r}"}, status=404)
+        logger.info("[client=%s] kicked from the dashboard", client_id)
+        return web.json_response({"kicked": client_id})
+
+    async def close_proxy(request: web.Request) -> web.Response:
+        client_id = request.match_info["client_id"]
+        name = request.match_info["name"]
+        if not view.close_proxy(client_id, name):
+            return web.json_response(
+                {"error": f"no proxy {name!r} for client {client_id!r}"}, status=404
+            )
+        logger.info("[client=%s proxy=%s] closed from the dashboard", client_id, name)
+        return web.json_response({"closed": name, "client_id": client_id})
+
+    routes = [
+        web.get("/", index),
+        web.get("/static/{name}", static),
+        web.get("/healthz", healthz),
+        web.get("/api", api_overview),
+        web.get("/api/clients", api_clients),
+        web.get("/api/proxies", api_proxies),
+        web.get("/api/serverinfo", api_serverinfo),
+        web.post("/api/clients/{client_id}/kick", kick),
+        web.post("/api/proxies/{client_id}/{name}/close", close_proxy),
+    ]
+    if enable_prometheus:
+        registry = build_metrics_registry(stats, view)
+
+        async def metrics(request: web.Request) -> web.Response:
+            response = web.Response(body=generate_latest(registry))
+            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return response
+
+        routes.append(web.get("/metrics", metrics))
+    app.add_routes(routes)
+    if not auth_enabled(user, password):
+        logger.debug("dashboard has no credentials; it answers only localhost Host headers")
+    return app

@@ -1,0 +1,151 @@
+"""Access control for the dashboard: basic auth, browser cross-site guards, response headers.
+
+Threats this covers, beyond a password:
+- DNS rebinding: a hostile page that re-points its own name at 127.0.0.1 could read an
+  unauthenticated loopback dashboard. Without credentials we therefore only answer requests
+  whose Host is ``localhost`` or an IP literal.
+- Cross-site requests (CSRF): a page from another origin, or another port on the same host,
+  must not trigger actions. Unsafe methods need a matching ``Origin`` when one is sent, and
+  sub-resource requests that a browser marks ``Sec-Fetch-Site: cross-site``/``same-site`` are
+  refused. Top-level navigations (typing the URL, following a link) stay allowed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+REALM: Final = "tunnelkit"
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback_addr(addr: str) -> bool:
+    """Return True for a listen address only this host can reach (127.0.0.0/8, ::1, localhost)."""
+    host = addr.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_enabled(user: str | None, password: str | None) -> bool:
+    """Basic auth is on as soon as either a user or a password is configured."""
+    return bool(user) or bool(password)
+
+
+def basic_auth_ok(header: str | None, user: str, password: str) -> bool:
+    """Check an ``Authorization`` header against the credentials in constant time."""
+    if not header:
+        return False
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    got_user, sep, got_password = decoded.partition(b":")
+    if not sep:
+        return False
+    # Compare both parts every time so the timing does not reveal which one was wrong.
+    user_ok = hmac.compare_digest(got_user, user.encode())
+    password_ok = hmac.compare_digest(got_password, password.encode())
+    return user_ok & password_ok
+
+
+def _host_name(host_header: str) -> str:
+    """Strip the port from a Host header value ("[::1]:80" -> "::1", "a:80" -> "a")."""
+    if host_header.startswith("["):
+        end = host_header.find("]")
+        return host_header[1:end] if end > 0 else host_header
+    if host_header.count(":") == 1:
+        return host_header.rsplit(":", 1)[0]
+    return host_header
+
+
+def _is_local_host_header(host_header: str) -> bool:
+    host = _host_name(host_header).lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_cross_site(request: web.Request) -> bool:
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site in ("cross-site", "same-site"):
+        if request.headers.get("Sec-Fetch-Mode") != "navigate" or request.method != "GET":
+            return True
+    if request.method not in SAFE_METHODS:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            return True
+    return False
+
+
+def _unauthorized() -> web.Response:
+    return web.Response(
+        status=401,
+        text="401: authentication required\n",
+        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+    )
+
+
+def _forbidden(reason: str) -> web.Response:
+    return web.Response(status=403, text=f"403: {reason}\n")
+
+
+def install_guard(
+    app: web.Application,
+    *,
+    user: str | None,
+    password: str | None,
+    open_paths: frozenset[str],
+) -> None:
+    """Add the auth middleware and security headers to `app` (call before it starts)."""
+    need_auth = auth_enabled(user, password)
+    expected_user = user or ""
+    expected_password = password or ""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in open_paths:
+            return await handler(request)
+        if need_auth:
+            if not basic_auth_ok(
+                request.headers.get("Authorization"), expected_user, expected_password
+            ):
+                return _unauthorized()
+        elif not _is_local_host_header(request.host):
+            return _forbidden("this address has no credentials, so it answers only localhost")
+        if _is_cross_site(request):
+            return _forbidden("cross-site request refused")
+        return await handler(request)
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("Cache-Control", "no-store")
+
+    app.middlewares.append(guard)
+    app.on_response_prepare.append(add_headers)

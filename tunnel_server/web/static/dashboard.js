@@ -1,0 +1,170 @@
+// tunnelkit server dashboard: polls the JSON API and renders the tables. No dependencies.
+"use strict";
+
+(() => {
+  const POLL_INTERVAL_MS = 2000;
+  const TOAST_MS = 3500;
+  let toastTimer = null;
+  let pollTimer = null;
+
+  const byId = (id) => document.getElementById(id);
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  function formatBytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let value = n;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return (unit === 0 ? String(value) : value.toFixed(1)) + " " + units[unit];
+  }
+
+  function formatDuration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    if (d > 0) return `${d}d ${h}h`;
+    if (h > 0) return `${h}h ${m}m`;
+    if (m > 0) return `${m}m ${s % 60}s`;
+    return `${s}s`;
+  }
+
+  function formatSince(epochSeconds) {
+    const ago = Date.now() / 1000 - epochSeconds;
+    return formatDuration(ago) + " ago";
+  }
+
+  function toast(message, isError) {
+    const node = byId("toast");
+    node.textContent = message;
+    node.className = isError ? "toast error" : "toast";
+    node.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { node.hidden = true; }, TOAST_MS);
+  }
+
+  async function post(url, button, doneMessage) {
+    button.disabled = true;
+    try {
+      const response = await fetch(url, { method: "POST", headers: { Accept: "application/json" } });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+      toast(doneMessage, false);
+    } catch (err) {
+      toast(`Failed: ${err.message}`, true);
+      button.disabled = false;
+    }
+    refreshSoon(0);
+  }
+
+  function renderClients(clients) {
+    const body = byId("clients-body");
+    body.replaceChildren(...clients.map((client) => el("tr", { "data-testid": "client-row", "data-client-id": client.client_id },
+      el("td", { class: "mono", text: client.client_id }),
+      el("td", { class: "mono", text: client.address }),
+      el("td", { text: client.user || "—" }),
+      el("td", { class: "mono", text: client.version }),
+      el("td", { title: new Date(client.since * 1000).toLocaleString(), text: formatSince(client.since) }),
+      el("td", { class: "sub", text: client.proxies.length ? client.proxies.join(", ") : "—" }),
+      el("td", { class: "actions" },
+        el("button", {
+          class: "danger", type: "button", "data-testid": "kick-button", text: "Kick",
+          title: "Close this client's session; it will reconnect on its own",
+          onclick: (event) => post(`api/clients/${encodeURIComponent(client.client_id)}/kick`,
+            event.currentTarget, `Kicked ${client.client_id}`),
+        })),
+    )));
+    byId("clients-count").textContent = String(clients.length);
+    byId("clients-empty").hidden = clients.length > 0;
+  }
+
+  function publicCell(addresses) {
+    const cell = el("td", { class: "public mono" });
+    if (!addresses.length) cell.append("—");
+    for (const address of addresses) {
+      const isWeb = address.startsWith("http://") || address.startsWith("https://");
+      cell.append(el("div", {}, isWeb ? el("a", { href: address, target: "_blank", rel: "noopener noreferrer", text: address }) : address));
+    }
+    return cell;
+  }
+
+  function renderProxies(proxies) {
+    const body = byId("proxies-body");
+    body.replaceChildren(...proxies.map((proxy) => el("tr", { "data-testid": "proxy-row", "data-proxy-name": proxy.name },
+      el("td", { class: "mono", text: proxy.name }),
+      el("td", { class: "type", text: proxy.type }),
+      publicCell(proxy.public),
+      el("td", { class: "mono sub", text: proxy.client_id }),
+      el("td", {}, el("span", { class: `pill ${proxy.status}`, text: proxy.status })),
+      el("td", { class: "num", text: formatBytes(proxy.bytes_in) }),
+      el("td", { class: "num", text: formatBytes(proxy.bytes_out) }),
+      el("td", { class: "num", title: "open / total", text: `${proxy.connections_active} / ${proxy.connections_total}` }),
+      el("td", { class: "actions" },
+        el("button", {
+          class: "danger", type: "button", "data-testid": "close-button", text: "Close",
+          title: "Close this proxy on the server",
+          ...(proxy.status === "online" ? {} : { disabled: "" }),
+          onclick: (event) => post(
+            `api/proxies/${encodeURIComponent(proxy.client_id)}/${encodeURIComponent(proxy.name)}/close`,
+            event.currentTarget, `Closed ${proxy.name}`),
+        })),
+    )));
+    byId("proxies-count").textContent = String(proxies.length);
+    byId("proxies-empty").hidden = proxies.length > 0;
+  }
+
+  function renderInfo(info) {
+    byId("stat-clients").textContent = String(info.clients);
+    byId("stat-proxies").textContent = `${info.proxies_online} / ${info.proxies}`;
+    byId("stat-in").textContent = formatBytes(info.bytes_in);
+    byId("stat-out").textContent = formatBytes(info.bytes_out);
+    byId("stat-active").textContent = String(info.connections_active);
+    byId("stat-uptime").textContent = formatDuration(info.uptime_seconds);
+    byId("footer").textContent = `tunnelkit ${info.version} · protocol ${info.protocol_version}`;
+  }
+
+  function setLive(ok, text) {
+    byId("live").className = ok ? "live ok" : "live error";
+    byId("live-text").textContent = text;
+  }
+
+  async function refresh() {
+    try {
+      const response = await fetch("api", { cache: "no-store", headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      renderInfo(data.serverinfo);
+      renderClients(data.clients);
+      renderProxies(data.proxies);
+      setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
+    } catch (err) {
+      setLive(false, `cannot reach the server (${err.message}); retrying`);
+    }
+  }
+
+  function refreshSoon(delayMs) {
+    clearTimeout(pollTimer);
+    pollTimer = setTimeout(async () => {
+      await refresh();
+      refreshSoon(POLL_INTERVAL_MS);
+    }, delayMs);
+  }
+
+  refreshSoon(0);
+})();

@@ -1,0 +1,58 @@
+"""What the dashboard needs from the running server, as a read-mostly Protocol.
+
+The server implements `ServerView` over its session registry; the web code and the metrics
+collector never touch sessions or listeners directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from tunnel_server.stats import ProxyCounters
+
+ProxyStatus = Literal["online", "offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """One logged-in client session."""
+
+    client_id: str
+    address: str  # peer "host:port" of the control connection
+    version: str  # the client's software version from Login
+    user: str
+    since: float  # epoch seconds of login
+    proxies: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyInfo:
+    """One proxy as the dashboard shows it; `counters` is the live object from ServerStats."""
+
+    name: str
+    client_id: str
+    type: str  # a ProxyType value
+    public: tuple[str, ...]  # e.g. ("tcp://0.0.0.0:6000",) or one URL per HTTP domain
+    status: ProxyStatus
+    counters: ProxyCounters
+
+
+class ServerView(Protocol):
+    """Read and control the running server from the web surface (all calls are synchronous)."""
+
+    def clients(self) -> list[ClientInfo]:
+        """Return every logged-in client."""
+        ...
+
+    def proxies(self) -> list[ProxyInfo]:
+        """Return every proxy, online or recently offline."""
+        ...
+
+    def kick_client(self, client_id: str) -> bool:
+        """Close the session of `client_id`; False when there is no such client."""
+        ...
+
+    def close_proxy(self, client_id: str, name: str) -> bool:
+        """Close one proxy of one client; False when there is no such proxy."""
+        ...
