@@ -10,8 +10,11 @@ import asyncio
 import logging
 from typing import Final
 
+from aiohttp import web
+
+from protocol import __version__
 from protocol.aio.connection import MuxSession
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, TunnelError
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 
@@ -22,6 +25,8 @@ from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .view import LiveServerView
+from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ class TunnelServer:
         self.control_port = 0
         self._closing = False
         self._closed = asyncio.Event()
+        # name -> (client id, type) of every proxy the stats still track, for offline rows.
+        self.proxy_meta: dict[str, tuple[str, str]] = {}
+        self._web: web.AppRunner | None = None
         self.mux_settings = MuxSettings(
             keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
             keepalive_timeout_s=config.heartbeat_timeout,
@@ -75,6 +83,36 @@ class TunnelServer:
         logger.info(
             "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
         )
+        if cfg.web.port is not None:
+            await self._start_dashboard()
+
+    async def _start_dashboard(self) -> None:
+        cfg = self.config.web
+        password = cfg.password.reveal() if cfg.password else None
+        try:
+            check_dashboard_bind(cfg.addr, cfg.user, password)
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+        app = build_dashboard_app(
+            LiveServerView(self),
+            self.stats,
+            user=cfg.user,
+            password=password,
+            enable_prometheus=self.config.enable_prometheus,
+            info={"bindPort": self.control_port, "version": __version__},
+        )
+        self._web = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._web.setup()
+        await web.TCPSite(self._web, cfg.addr, cfg.port, reuse_address=True).start()
+        host, port = self._web.addresses[0][:2]
+        logger.info("tunneld: ready: dashboard on http://%s:%d/", display_host(host), port)
+
+    def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
+        """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""
+        self.proxy_meta[name] = (client_id, proxy_type)
+        if len(self.proxy_meta) > self.stats.max_proxies:
+            for stale in [n for n in self.proxy_meta if self.stats.get(n) is None]:
+                del self.proxy_meta[stale]
 
     def _new_connection(self) -> asyncio.BaseProtocol:
         mux = MuxSession(Role.SERVER, self.mux_settings)
@@ -125,6 +163,9 @@ class TunnelServer:
         for session in list(self.sessions.values()):
             session.release_all("server shutting down")
             session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")
+        if self._web is not None:
+            await self._web.cleanup()
+            self._web = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

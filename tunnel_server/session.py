@@ -204,6 +204,7 @@ class ServerSession:
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
             return
         self.proxies[name] = proxy
+        self.server.proxy_started(name, self.client_id, str(proxy.type))
         self.mux.send_message(NewProxyResult(request.name, True, "", proxy.public_urls))
         logger.info(
             "tunneld: [client=%s proxy=%s] %s proxy online at %s",

@@ -7,7 +7,7 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from tunnel_client.web.guard import install_guard
+from protocol.aio.webguard import install_guard
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import PROTOCOL_VERSION, __version__
+from protocol.aio.webguard import auth_enabled, check_web_bind, install_guard
 from tunnel_server.stats import ServerStats, build_metrics_registry
-from tunnel_server.web.guard import auth_enabled, install_guard, is_loopback_addr
 from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
 
 logger = logging.getLogger(__name__)
@@ -30,18 +30,8 @@ _ASSETS: Final = {
 
 
 def check_dashboard_bind(addr: str, user: str | None, password: str | None) -> None:
-    """Refuse to expose a dashboard without credentials beyond this host.
-
-    Raises ValueError with a one-line message that names the fix.
-    """
-    if is_loopback_addr(addr):
-        return
-    if user and password:
-        return
-    raise ValueError(
-        f"webServer.addr = {addr!r} is reachable from other hosts, so the dashboard needs "
-        "webServer.user and webServer.password; set both, or bind webServer.addr to 127.0.0.1"
-    )
+    """Refuse to expose a dashboard without credentials beyond this host (ValueError)."""
+    check_web_bind("webServer", addr, user, password)
 
 
 def _client_json(info: ClientInfo) -> dict[str, object]:

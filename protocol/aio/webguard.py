@@ -1,8 +1,10 @@
-"""Access control for the dashboard: basic auth, browser cross-site guards, response headers.
+"""Access control for every web surface (the server dashboard, the client admin API and the
+inspector): basic auth, cross-site guards, response headers. Shared here because the server
+and the client never import each other.
 
 Threats this covers, beyond a password:
 - DNS rebinding: a hostile page that re-points its own name at 127.0.0.1 could read an
-  unauthenticated loopback dashboard. Without credentials we therefore only answer requests
+  unauthenticated loopback web page. Without credentials we therefore only answer requests
   whose Host is ``localhost`` or an IP literal.
 - Cross-site requests (CSRF): a page from another origin, or another port on the same host,
   must not trigger actions. Unsafe methods need a matching ``Origin`` when one is sent, and
@@ -29,6 +31,17 @@ CONTENT_SECURITY_POLICY: Final = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def check_web_bind(setting: str, addr: str, user: str | None, password: str | None) -> None:
+    """Refuse to serve `setting` (e.g. "webServer" or "inspect") beyond this host without
+    credentials; raises ValueError with a one-line message that names the fix."""
+    if is_loopback_addr(addr) or (user and password):
+        return
+    raise ValueError(
+        f"{setting}.addr = {addr!r} is reachable from other hosts, so it needs {setting}.user "
+        f"and {setting}.password; set both, or bind {setting}.addr to 127.0.0.1"
+    )
 
 
 def is_loopback_addr(addr: str) -> bool:

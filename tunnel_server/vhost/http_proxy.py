@@ -1,0 +1,389 @@
+"""The shared HTTP vhost listener (vhostHTTPPort): route each request by Host and path.
+
+One `InboundProtocol` per visitor connection parses requests with httptools (see
+`request.py`); one task per connection, owned by the server, runs `_serve`:
+
+    wait for a request head (idle / slow-header deadlines)
+    -> check Host, route, basic auth   (404 / 400 / 401 pages on failure)
+    -> reuse the upstream stream if the route is the same, else close it and open a new one
+    -> run one `Exchange` (request out, response back, maybe an upgrade splice)
+    -> loop while both sides keep the connection alive
+
+Keep-alive races: when a reused stream turns out to be dead before any response byte (the app
+closed its idle connection), an idempotent request that was sent whole is retried once on a
+new stream.
+
+Limits: `max_connections` visitor connections (more are answered 503 and closed),
+`max_header_bytes` per request head (431), `header_timeout_s` from the first byte of a head to
+its end (408) and for the first request of a connection, `idle_timeout_s` between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from .exchange import Exchange, Outcome, Upstream
+from .inbound import InboundProtocol
+from .pages import error_response
+from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
+from .rewrite import request_head
+from .routing import HTTPRoute, VhostRouter
+from .upstream import UpstreamError
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+SHUTDOWN_GRACE_S: Final = 10.0  # after close(), in-flight requests get this long
+
+OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
+
+
+class HTTPVhostServer:
+    """The HTTP vhost listener. `start`, then `close` + `wait_closed` (or `async with`)."""
+
+    def __init__(
+        self,
+        router: VhostRouter,
+        *,
+        timeout_s: float = 60.0,
+        header_timeout_s: float = 10.0,
+        max_header_bytes: int = 64 * 1024,
+        custom_404_page: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = 60.0,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        on_request: OnRequest | None = None,
+    ) -> None:
+        self._router = router
+        self._timeout_s = timeout_s
+        self._header_timeout_s = header_timeout_s
+        self._max_header_bytes = max_header_bytes
+        self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
+        self._shutdown_grace_s = shutdown_grace_s
+        self._on_request = on_request
+        self._server: asyncio.Server | None = None
+        self._tasks: dict[asyncio.Task[None], InboundProtocol] = {}
+        self._closing = False
+        self._cancel_handle: asyncio.TimerHandle | None = None
+        self.refused_connections = 0  # over max_connections
+
+    @property
+    def connections(self) -> int:
+        return len(self._tasks)
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for visitors now: queued input plus unsent output, all connections."""
+        return sum(conn.buffered_bytes for conn in self._tasks.values())
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port (0 picks a port) and return the bound address."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: InboundProtocol(self._connection_made),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    def close(self) -> None:
+        """Stop accepting, close idle connections, and cancel the rest after the grace time."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in self._tasks.values():
+            conn.notify()  # idle connections see `_closing` and leave
+        if self._tasks:
+            loop = asyncio.get_running_loop()
+            self._cancel_handle = loop.call_later(self._shutdown_grace_s, self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        if self._cancel_handle is not None:
+            self._cancel_handle.cancel()
+
+    async def __aenter__(self) -> HTTPVhostServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _connection_made(self, conn: InboundProtocol) -> None:
+        if self._closing or len(self._tasks) >= self._max_connections:
+            self.refused_connections += 1
+            conn.feeder = conn.discard
+            conn.write(error_response(503, None))
+            conn.close()
+            return
+        reader = RequestReader(conn, self._max_header_bytes)
+        conn.feeder = reader.feed
+        task = asyncio.get_running_loop().create_task(self._serve(conn, reader))
+        self._tasks[task] = conn
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        del self._tasks[task]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("vhost connection failed", exc_info=task.exception())
+
+    async def _serve(self, conn: InboundProtocol, reader: RequestReader) -> None:
+        upstream: list[Upstream] = []  # at most one: the stream this connection holds
+        clean = False
+        try:
+            clean = await self._serve_requests(conn, reader, upstream)
+        finally:
+            for up in upstream:
+                if clean:
+                    await up.close()
+                else:
+                    up.stream.abort()
+            if clean:
+                conn.close()
+            else:
+                conn.abort()
+
+    async def _next_head(
+        self, conn: InboundProtocol, reader: RequestReader, first: bool
+    ) -> RequestHead | None:
+        """Wait for the next request head; None means close (quietly or after a page)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._header_timeout_s if first else self._idle_timeout_s)
+        started = False
+        while True:
+            item = conn.pop()
+            if item is not None:
+                break
+            if reader.head_started and not started:
+                started = True
+                head_deadline = loop.time() + self._header_timeout_s
+                deadline = min(deadline, head_deadline) if first else head_deadline
+            if self._closing and not reader.head_started:
+                return None
+            if not await conn.wait(deadline):
+                if reader.head_started:
+                    conn.feeder = conn.discard
+                    conn.write(error_response(408, None, "the request headers came too slowly"))
+                return None
+        if isinstance(item, RequestHead):
+            return item
+        if isinstance(item, ParseFailure):
+            conn.write(error_response(item.status, None, item.detail))
+        return None  # EOF, LOST, a parse failure
+
+    async def _serve_requests(
+        self, conn: InboundProtocol, reader: RequestReader, upstream: list[Upstream]
+    ) -> bool:
+        """Serve requests until the connection should end; True for a graceful close."""
+        first = True
+        while True:
+            head = await self._next_head(conn, reader, first)
+            if head is None:
+                return not conn.lost
+            first = False
+            outcome = await self._handle(conn, head, upstream)
+            if outcome is not Outcome.KEEP or self._closing:
+                return not conn.lost
+
+    async def _handle(
+        self, conn: InboundProtocol, head: RequestHead, upstream: list[Upstream]
+    ) -> Outcome:
+        target = head.target
+        host_raw = head.host
+        if target[:1] != b"/":
+            lowered = target[:8].lower()
+            if lowered.startswith((b"http://", b"https://")):
+                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
+                rest = target[target.index(b"//") + 2 :]
+                slash = rest.find(b"/")
+                host_raw, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        if head.host_count > 1:
+            return self._refuse(conn, head, 400, None, "the request has more than one Host header")
+        if not host_raw:
+            return self._refuse(conn, head, 400, None, "the request has no Host header")
+        host = host_raw.decode("latin-1")
+        if head.switching and head.upgrade is None:
+            return self._refuse(conn, head, 405, host, "CONNECT is not supported")
+        query = target.find(b"?")
+        path = (target if query < 0 else target[:query]).decode("latin-1")
+        route = self._router.lookup(host, path if path.startswith("/") else "/")
+        if route is None:
+            return self._refuse(conn, head, 404, host, None, body=self._page_404)
+        if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
+            return self._refuse(
+                conn,
+                head,
+                401,
+                host,
+                None,
+                extra=((b"WWW-Authenticate", b'Basic realm="tunnelkit"'),),
+            )
+        idempotent = head.method in IDEMPOTENT_METHODS
+        for attempt in range(2):
+            up = await self._upstream_for(conn, route, upstream, host, head)
+            if up is None:
+                return Outcome.CLOSE
+            reused = up.requests > 0
+            up.requests += 1
+            outcome = await self._exchange(conn, head, up, host, host_raw, target, route)
+            if outcome is Outcome.RETRY and attempt == 0 and reused and idempotent:
+                logger.debug("[proxy=%s] reused stream was dead; retrying", route.proxy_key)
+                upstream.clear()
+                up.stream.abort()
+                continue
+            if not up.relay.reusable or outcome is not Outcome.KEEP:
+                upstream.clear()
+                if up.relay.reusable and up.relay.complete:
+                    await up.close()
+                else:
+                    up.stream.abort()
+            return Outcome.CLOSE if outcome is Outcome.RETRY else outcome
+        return Outcome.CLOSE  # unreachable: the loop returns on the second attempt
+
+    async def _upstream_for(
+        self,
+        conn: InboundProtocol,
+        route: HTTPRoute,
+        upstream: list[Upstream],
+        host: str,
+        head: RequestHead,
+    ) -> Upstream | None:
+        """The stream for this route: the held one if it matches, else a new one."""
+        if upstream:
+            if upstream[0].route is route:
+                return upstream[0]
+            old = upstream.pop()
+            await old.close()
+        status, detail = 502, ""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                stream = await route.opener(conn.peer)
+        except TimeoutError:
+            status, detail = 504, "the tunnel did not open in time"
+        except UpstreamError as exc:
+            detail = exc.reason
+        except (ConnectionError, OSError) as exc:
+            detail = f"cannot reach the app: {exc.strerror or exc}"
+        else:
+            if conn.lost:
+                stream.abort()
+                return None
+            up = Upstream(route, stream, self._max_header_bytes)
+            upstream.append(up)
+            return up
+        logger.debug("[proxy=%s] open failed: %s", route.proxy_key, detail)
+        self._skip_body(conn)
+        conn.write(error_response(status, host, detail, head_only=head.method == b"HEAD"))
+        return None
+
+    async def _exchange(
+        self,
+        conn: InboundProtocol,
+        head: RequestHead,
+        up: Upstream,
+        host: str,
+        host_raw: bytes,
+        target: bytes,
+        route: HTTPRoute,
+    ) -> Outcome:
+        rules = route.rules
+        head_request = head.method == b"HEAD"
+        exchange = Exchange(
+            conn,
+            up,
+            host=host,
+            framing=head.framing,
+            head_request=head_request,
+            timeout_s=self._timeout_s,
+        )
+        parts, complete = exchange.take_ready_body()
+        upstream_head = request_head(
+            method=head.method,
+            target=target,
+            headers=head.headers,
+            connection_tokens=head.connection_tokens,
+            rules=rules,
+            host=host_raw,
+            framing=head.framing,
+            transfer_encoding=head.transfer_encoding,
+            upgrade=head.upgrade,
+            peer_ip=conn.peer[0].encode("ascii"),
+        )
+        if parts:
+            parts.insert(0, upstream_head)
+            first_write = b"".join(parts)
+        else:
+            first_write = upstream_head
+        up.relay.start(
+            rules=rules,
+            head_request=head_request,
+            client_http11=head.http11,
+            client_keep_alive=head.keep_alive and not head.switching,
+            upgrade_requested=head.upgrade is not None,
+        )
+        sent_before = conn.bytes_sent
+        conn.on_lost = up.stream.abort
+        try:
+            outcome = await exchange.run(first_write, complete, retryable=up.requests > 1)
+        finally:
+            conn.on_lost = None
+        if self._on_request is not None and outcome is not Outcome.RETRY:
+            self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
+        return outcome
+
+    def _refuse(
+        self,
+        conn: InboundProtocol,
+        head: RequestHead,
+        status: int,
+        host: str | None,
+        detail: str | None,
+        *,
+        body: bytes | None = None,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> Outcome:
+        """Answer with an error page; keep the connection if the request was read whole."""
+        keep = head.keep_alive and not head.switching and self._skip_body(conn)
+        conn.write(
+            error_response(
+                status,
+                host,
+                detail,
+                keep_alive=keep,
+                body=body,
+                extra_headers=extra,
+                head_only=head.method == b"HEAD",
+            )
+        )
+        return Outcome.KEEP if keep else Outcome.CLOSE
+
+    @staticmethod
+    def _skip_body(conn: InboundProtocol) -> bool:
+        """Drop the current request's queued body; True if its end was reached."""
+        while True:
+            item = conn.peek()
+            if item is END_OF_MESSAGE or isinstance(item, EndOfMessage):
+                conn.pop()
+                return True
+            if not isinstance(item, bytes):
+                return False
+            conn.pop()

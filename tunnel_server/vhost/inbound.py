@@ -1,0 +1,230 @@
+"""The visitor's side of a vhost connection: an asyncio.Protocol with a bounded item queue.
+
+Theory of operation. `data_received` hands bytes to a *feeder*: raw mode queues them as they
+are; HTTP mode (see `request.py`) parses them and queues request heads, body pieces and
+end-of-message markers. One coroutine per connection (owned by the listener) consumes the
+queue with `pop()` and `wait()` and writes back with `write()`/`drain()`.
+
+Bounds and backpressure:
+- the queue counts the bytes it holds; above QUEUE_HIGH_BYTES the transport stops reading, and
+  reading resumes once the consumer has taken it below QUEUE_LOW_BYTES. One read (at most the
+  loop's read size) can land past the mark;
+- writes go to the transport, whose buffer is limited to WRITE_HIGH_BYTES; `drain()` waits
+  while the transport has paused us.
+
+The consumer never blocks the protocol: every method here is synchronous except `wait()` and
+`drain()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Final, cast
+
+logger = logging.getLogger(__name__)
+
+QUEUE_HIGH_BYTES: Final = 256 * 1024
+QUEUE_LOW_BYTES: Final = 64 * 1024
+WRITE_HIGH_BYTES: Final = 256 * 1024
+WRITE_LOW_BYTES: Final = 64 * 1024
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+EOF: Final = _Marker("EOF")  # the visitor half-closed
+LOST: Final = _Marker("LOST")  # the connection is gone
+
+
+class InboundProtocol(asyncio.Protocol):
+    """One visitor connection. See the module docstring."""
+
+    def __init__(self, on_made: Callable[[InboundProtocol], None]) -> None:
+        self._on_made = on_made
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.feeder: Callable[[bytes], None] = self.push_bytes
+        self.on_lost: Callable[[], None] | None = None  # e.g. abort the upstream stream
+        self._items: deque[object] = deque()
+        self._sizes: deque[int] = deque()
+        self._queued = 0
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self.lost = False
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # the socket may already be dead; reads will say so
+                logger.debug("TCP_NODELAY failed: %r", exc)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
+        self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.feeder(data)
+
+    def eof_received(self) -> bool:
+        self.push(EOF, 0)
+        return True  # keep the transport open: the response may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.push(LOST, 0)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.on_lost is not None:
+            callback, self.on_lost = self.on_lost, None
+            callback()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- producer side (feeders) ---------------------------------------------------------
+
+    def push(self, item: object, size: int) -> None:
+        """Queue an item that accounts for `size` bytes of the queue's budget."""
+        self._items.append(item)
+        self._sizes.append(size)
+        self._queued += size
+        if self._queued > QUEUE_HIGH_BYTES and not self._reading_paused and not self.lost:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self.notify()
+
+    def push_bytes(self, data: bytes) -> None:
+        """The raw feeder: queue bytes as they are."""
+        self.push(data, len(data))
+
+    def discard(self, data: bytes) -> None:
+        """A feeder that drops input (after a fatal parse error, while the error is sent)."""
+
+    def notify(self) -> None:
+        """Wake the consumer without queueing anything (e.g. a request head has begun)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- consumer side -------------------------------------------------------------------
+
+    def pop(self) -> object | None:
+        """The next item, or None when the queue is empty."""
+        if not self._items:
+            return None
+        self._queued -= self._sizes.popleft()
+        if self._reading_paused and self._queued <= QUEUE_LOW_BYTES and not self.lost:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        return self._items.popleft()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes the queue holds now (bounded by QUEUE_HIGH_BYTES plus one read)."""
+        return self._queued
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Queued input plus the transport's unsent output."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        return self._queued + unsent
+
+    def peek(self) -> object | None:
+        return self._items[0] if self._items else None
+
+    async def wait(self, deadline: float | None) -> bool:
+        """Wait for an item or a notify(); False if the loop time reached `deadline` first."""
+        if self._items:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
+        try:
+            await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return True
+
+    def write(self, data: bytes) -> None:
+        if self.lost:
+            return
+        assert self.transport is not None
+        self.bytes_sent += len(data)
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if len(parts) == 1:
+            self.write(parts[0])
+        elif parts:
+            self.write(b"".join(parts))
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused and not self.lost
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        while self._writing_paused and not self.lost:
+            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and not self.lost and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+
+    def close(self) -> None:
+        """Close after flushing what was written (idempotent)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Reset the connection, dropping unsent data (idempotent)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -1,0 +1,227 @@
+"""Parse the visitor's requests (httptools/llhttp) into items for the connection's queue.
+
+`RequestReader.feed` is the HTTP-mode feeder of an `InboundProtocol`. For each request it
+queues a `RequestHead`, then the body as decoded pieces (bytes), then an `EndOfMessage`.
+Pipelined requests queue one after another; the queue's byte budget bounds them.
+
+llhttp is strict where it matters for a proxy (it rejects Content-Length with
+Transfer-Encoding, duplicate Content-Length, bad chunk sizes), so the vhost re-frames each body
+from what the parser decoded instead of forwarding raw bytes: what the app receives is exactly
+what we parsed. llhttp has no header size limit, so the reader enforces `max_header_bytes`.
+
+After a request that asks for an upgrade (`Connection: upgrade` + `Upgrade`), llhttp stops and
+the rest of the input is queued raw, to be spliced if the app answers 101.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+import httptools
+
+from .inbound import InboundProtocol
+from .rewrite import Framing
+
+logger = logging.getLogger(__name__)
+
+HEAD_OVERHEAD_BYTES: Final = 4  # ": " and CRLF per header line, for the size estimate
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head, as the parser saw it."""
+
+    method: bytes
+    target: bytes
+    http11: bool
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    framing: Framing  # NONE, LENGTH or CHUNKED
+    host: bytes | None  # the Host header; None if absent
+    host_count: int
+    connection_tokens: frozenset[bytes]
+    transfer_encoding: bytes
+    switching: bool  # llhttp stopped after this head: what follows is raw (upgrade, CONNECT)
+    upgrade: bytes | None  # the Upgrade header when llhttp saw a valid upgrade request
+    authorization: bytes | None
+    expect_continue: bool
+    size: int  # approximate bytes of the head, for the queue budget
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+END_OF_MESSAGE: Final = EndOfMessage()  # shared instance for the common no-trailer case
+
+
+@dataclass(frozen=True, slots=True)
+class ParseFailure:
+    """The request stream is broken; answer `status` and close."""
+
+    status: int
+    detail: str
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class RequestReader:
+    """httptools callbacks plus the size accounting; one per visitor connection."""
+
+    def __init__(self, conn: InboundProtocol, max_header_bytes: int) -> None:
+        self._conn = conn
+        self._max = max_header_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._in_head = False
+        self._head_size = 0
+        self._raw_in_head = 0  # raw bytes fed while a head was incomplete (after its first read)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._host: bytes | None = None
+        self._host_count = 0
+        self._tokens: set[bytes] | None = None
+        self._te = b""
+        self._authorization: bytes | None = None
+        self._expect = False
+        self._upgrade: bytes | None = None
+        self._framing = Framing.NONE
+        self.head_started = False  # a head is partly received (for the slow-header timeout)
+
+    def feed(self, data: bytes) -> None:
+        conn = self._conn
+        if self._in_head:
+            self._raw_in_head += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0])
+            conn.feeder = conn.push_bytes
+            if offset < len(data):
+                conn.push_bytes(data[offset:])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._fail(431, "request headers too large")
+            else:
+                # A bug in our callbacks: log it, and treat it like a malformed request.
+                logger.error("request parser callback failed", exc_info=exc)
+                self._fail(400, "malformed request")
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed request: {exc}")
+            return
+        if self._in_head and self._raw_in_head > self._max:
+            self._fail(431, "request headers too large")
+
+    def _fail(self, status: int, detail: str) -> None:
+        conn = self._conn
+        conn.feeder = conn.discard
+        conn.push(ParseFailure(status, detail), 0)
+
+    # --- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self.head_started = True
+        self._raw_in_head = 0
+        self._head_size = 0
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+        self._host = None
+        self._host_count = 0
+        self._tokens = None
+        self._te = b""
+        self._authorization = None
+        self._expect = False
+        self._upgrade = None
+        self._framing = Framing.NONE
+        self._conn.notify()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def _grow(self, n: int) -> None:
+        self._head_size += n
+        if self._head_size > self._max:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailers is not None:
+            self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
+            self._trailers.append((name, value))
+            return
+        self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
+        self._headers.append((name, value))
+        # Dispatch on length first: most headers need no lowercasing at all.
+        n = len(name)
+        if n == 4:
+            if name.lower() == b"host":
+                self._host = value
+                self._host_count += 1
+        elif n == 10:
+            if name.lower() == b"connection":
+                tokens = self._tokens if self._tokens is not None else set()
+                tokens.update(t.strip().lower() for t in value.split(b","))
+                self._tokens = tokens
+        elif n == 17:
+            if name.lower() == b"transfer-encoding":
+                self._te = value if not self._te else self._te + b", " + value
+        elif n == 13:
+            if name.lower() == b"authorization":
+                self._authorization = value
+        elif n == 6:
+            if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
+                self._expect = True
+        elif n == 7:
+            if name.lower() == b"upgrade":
+                self._upgrade = value
+        elif n == 14:
+            if name.lower() == b"content-length":
+                self._framing = Framing.LENGTH
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._in_head = False
+        self.head_started = False
+        if self._te:
+            self._framing = Framing.CHUNKED  # llhttp already refused a TE without chunked
+        tokens = frozenset(self._tokens) if self._tokens is not None else frozenset()
+        switching = parser.should_upgrade()
+        head = RequestHead(
+            method=parser.get_method(),
+            target=self._url,
+            http11=parser.get_http_version() == "1.1",
+            headers=self._headers,
+            keep_alive=parser.should_keep_alive(),
+            framing=self._framing,
+            host=self._host,
+            host_count=self._host_count,
+            connection_tokens=tokens,
+            transfer_encoding=self._te,
+            switching=switching,
+            upgrade=self._upgrade if switching else None,
+            authorization=self._authorization,
+            expect_continue=self._expect,
+            size=self._head_size + 64,
+        )
+        self._trailers = []
+        self._conn.push(head, head.size)
+
+    def on_body(self, body: bytes) -> None:
+        self._conn.push(body, len(body))
+
+    def on_message_complete(self) -> None:
+        trailers = self._trailers
+        self._trailers = None
+        if trailers:
+            self._conn.push(EndOfMessage(trailers), self._head_size)
+        else:
+            self._conn.push(END_OF_MESSAGE, 0)

@@ -1,0 +1,70 @@
+"""The server as the dashboard sees it: `ServerView` over the live session registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .web.view import ClientInfo, ProxyInfo
+
+if TYPE_CHECKING:
+    from .server import TunnelServer
+
+
+class LiveServerView:
+    """Reads the running server; `kick_client` and `close_proxy` act on it."""
+
+    def __init__(self, server: TunnelServer) -> None:
+        self._server = server
+
+    def clients(self) -> list[ClientInfo]:
+        return [
+            ClientInfo(
+                client_id=s.client_id,
+                address=s.address,
+                version=s.client_version,
+                user=s.user,
+                since=s.since,
+                proxies=tuple(s.proxies),
+            )
+            for s in self._server.sessions.values()
+        ]
+
+    def proxies(self) -> list[ProxyInfo]:
+        stats = self._server.stats
+        online: list[ProxyInfo] = []
+        names: set[str] = set()
+        for session in self._server.sessions.values():
+            for name, proxy in session.proxies.items():
+                names.add(name)
+                online.append(
+                    ProxyInfo(
+                        name=name,
+                        client_id=session.client_id,
+                        type=str(proxy.type),
+                        public=proxy.public_urls,
+                        status="online",
+                        counters=stats.get(name) or stats.proxy(name),
+                    )
+                )
+        offline = [
+            ProxyInfo(
+                name=name,
+                client_id=self._server.proxy_meta.get(name, ("", ""))[0],
+                type=self._server.proxy_meta.get(name, ("", ""))[1],
+                public=(),
+                status="offline",
+                counters=counters,
+            )
+            for name, counters in stats.items()
+            if name not in names
+        ]
+        return online + offline
+
+    def kick_client(self, client_id: str) -> bool:
+        return self._server.kick(client_id)
+
+    def close_proxy(self, client_id: str, name: str) -> bool:
+        session = self._server.sessions.get(client_id)
+        if session is None:
+            return False
+        return session.close_proxy(name, "closed by an administrator", notify=True)
