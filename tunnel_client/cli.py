@@ -77,28 +77,48 @@ def main(
         click.echo(ctx.get_help())
         fail("give a config file with -c, or a one-liner such as: tunnelc http 8000")
         return
-    run_client(_load(config_path), log_level, log_file, no_uvloop)
+    run_client(_load(config_path), log_level, log_file, no_uvloop, config_path)
 
 
 def run_client(
-    config: ClientConfig, log_level: str | None, log_file: Path | None, no_uvloop: bool
+    config: ClientConfig,
+    log_level: str | None,
+    log_file: Path | None,
+    no_uvloop: bool,
+    config_path: Path | None = None,
 ) -> None:
     try:
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     try:
-        code = run_loop(_run(config), use_uvloop=not no_uvloop)
+        code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
-async def _run(config: ClientConfig) -> int:
+async def _run(config: ClientConfig, config_path: Path | None) -> int:
     loop = asyncio.get_running_loop()
-    client = TunnelClient(config)
+    client = TunnelClient(config, config_path)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, client.request_stop)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload_on_hup() -> None:
+        # SIGHUP re-reads the config, like the admin API's reload (no webServer needed).
+        async def reload() -> object:
+            try:
+                return await client.reload()
+            except ValueError as exc:
+                logger.error("tunnelc: reload failed, keeping the running config: %s", exc)
+                return None
+
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
     try:
         code = await client.run()
     except TunnelError as exc:
@@ -274,3 +294,86 @@ def demo(
             return 1
 
     sys.exit(run_loop(_demo(), use_uvloop=not no_uvloop))
+
+
+# -- admin API clients ----------------------------------------------------------------------------
+async def _admin_call(config: ClientConfig, method: str, path: str) -> tuple[int, str]:
+    import aiohttp
+
+    web_cfg = config.web
+    if web_cfg.port is None:
+        raise TunnelError(
+            "this needs the admin API: set webServer.port in the config (and restart tunnelc), "
+            "or send tunnelc SIGHUP to reload"
+        )
+    host = "127.0.0.1" if web_cfg.addr in ("0.0.0.0", "") else web_cfg.addr
+    host = f"[{host}]" if ":" in host else host
+    auth = None
+    if web_cfg.user and web_cfg.password:
+        auth = aiohttp.BasicAuth(web_cfg.user, web_cfg.password.reveal())
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, auth=auth) as http,
+            http.request(method, f"http://{host}:{web_cfg.port}{path}") as resp,
+        ):
+            return resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TunnelError(
+            f"cannot reach the admin API at {host}:{web_cfg.port} (is tunnelc running?): {exc}"
+        ) from None
+
+
+def _admin_command(config_path: Path | None, method: str, path: str) -> None:
+    if config_path is None:
+        fail("give the client's config file with -c")
+        return
+    config = _load(config_path)
+    try:
+        status, text = asyncio.run(_admin_call(config, method, path))
+    except TunnelError as exc:
+        fail(str(exc))
+        return
+    if status >= 400:
+        fail(f"the admin API answered {status}: {text.strip()}")
+    _print_admin(path, text)
+
+
+def _print_admin(path: str, text: str) -> None:
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        click.echo(text)
+        return
+    if path == "/api/status" and isinstance(data, dict):
+        for proxy in data.get("proxies", []):
+            public = " ".join(proxy.get("public", [])) or "-"
+            error = f" ({proxy['error']})" if proxy.get("error") else ""
+            click.echo(
+                f"{proxy['name']:<20} {proxy['type']:<6} {proxy['state']:<8} {public}{error}"
+            )
+        return
+    click.echo(json.dumps(data, indent=2))
+
+
+@main.command()
+@CONFIG_OPTION
+def status(config_path: Path | None) -> None:
+    """Show each proxy's state, through the running client's admin API."""
+    _admin_command(config_path, "GET", "/api/status")
+
+
+@main.command()
+@CONFIG_OPTION
+def reload(config_path: Path | None) -> None:
+    """Re-read the config file in the running client (adds, removes, changes proxies)."""
+    _admin_command(config_path, "GET", "/api/reload")
+
+
+@main.command()
+@CONFIG_OPTION
+def stop(config_path: Path | None) -> None:
+    """Stop the running client, through its admin API."""
+    _admin_command(config_path, "POST", "/api/stop")

@@ -9,9 +9,11 @@ instead of refusing the proxies as already taken.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import socket
+from pathlib import Path
 from typing import Final
 
 from protocol import PROTOCOL_VERSION, __version__
@@ -33,10 +35,11 @@ from protocol.mux import Role
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig
+from .config import ClientConfig, ProxyConfig, load_client_config
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
+from .surfaces import WebSurfaces
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
 
 logger = logging.getLogger(__name__)
@@ -50,12 +53,14 @@ class LoginFailed(TunnelError):
 
 
 class TunnelClient:
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.surfaces = WebSurfaces(self)
         # Kept across reconnects, so the server can replace our stale session.
         self.client_id = config.client_id or secrets.token_hex(8)
         self.proxies: dict[str, ClientProxy] = {}
-        self.status: dict[str, ProxyStatus] = {}
+        self.proxy_status: dict[str, ProxyStatus] = {}
         self.session: MuxSession | None = None
         self.logged_in_once = False
         self._stop = asyncio.Event()
@@ -74,10 +79,58 @@ class TunnelClient:
     # -- proxies --------------------------------------------------------------------------------
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
         for pc in configs:
-            self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc)
-            self.status[pc.name] = ProxyStatus(
+            self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
+            self.proxy_status[pc.name] = ProxyStatus(
                 pc.name, str(pc.type), "pending", local=f"{pc.local_ip}:{pc.local_port}"
             )
+
+    def local_address(self, name: str) -> tuple[str, int] | None:
+        """Where proxy `name` sends its traffic (the inspector's replays go there too)."""
+        proxy = self.proxies.get(name)
+        return (proxy.config.local_ip, proxy.config.local_port) if proxy else None
+
+    # -- admin API (AdminController) ------------------------------------------------------------
+    def status(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": st.name,
+                "type": st.type,
+                "state": st.state,
+                "public": list(st.public_urls),
+                "local": st.local,
+                "error": st.error,
+            }
+            for st in self.proxy_status.values()
+        ]
+
+    async def reload(self) -> dict[str, object]:
+        """Re-read the config file: add, remove and change proxies, leaving the rest alone."""
+        if self.config_path is None:
+            raise ValueError("this client was started without a config file; nothing to reload")
+        try:
+            new = load_client_config(self.config_path)
+        except TunnelError as exc:
+            raise ValueError(str(exc)) from None
+        old = {p.name: p for p in self.config.proxies}
+        fresh = {p.name: p for p in new.proxies}
+        removed = [name for name in old if name not in fresh]
+        added = [name for name in fresh if name not in old]
+        changed = [name for name in fresh if name in old and fresh[name] != old[name]]
+        for name in removed + changed:
+            self.remove_proxy(name)
+        self.config = dataclasses.replace(self.config, proxies=new.proxies)
+        for name in changed + added:
+            self.add_proxy(fresh[name])
+        if any(p.type == "http" for p in new.proxies) and self.config.inspect.enabled:
+            await self.surfaces.start_inspector()
+        logger.info(
+            "tunnelc: reloaded %s: added %s, removed %s, changed %s",
+            self.config_path,
+            added or "-",
+            removed or "-",
+            changed or "-",
+        )
+        return {"added": added, "removed": removed, "changed": changed}
 
     def add_proxy(self, pc: ProxyConfig) -> None:
         self._set_proxies((pc,))
@@ -86,7 +139,7 @@ class TunnelClient:
 
     def remove_proxy(self, name: str) -> None:
         proxy = self.proxies.pop(name, None)
-        self.status.pop(name, None)
+        self.proxy_status.pop(name, None)
         if proxy is None:
             return
         proxy.close()
@@ -97,7 +150,7 @@ class TunnelClient:
     async def wait_status(self, name: str, states: tuple[str, ...] = ("running",)) -> ProxyStatus:
         """Wait until proxy `name` is in one of `states` (the caller bounds the wait)."""
         while True:
-            status = self.status.get(name)
+            status = self.proxy_status.get(name)
             if status is not None and status.state in states:
                 return status
             await self._status_changed.wait()
@@ -120,6 +173,7 @@ class TunnelClient:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
         where = f"{cfg.server_addr}:{cfg.server_port}"
+        await self.surfaces.start()
         try:
             while not self.stopping:
                 try:
@@ -157,6 +211,7 @@ class TunnelClient:
             await asyncio.gather(
                 *(p.wait_closed() for p in self.proxies.values()), return_exceptions=True
             )
+            await self.surfaces.close()
 
     async def _connect(self) -> MuxSession:
         cfg = self.config
@@ -231,7 +286,7 @@ class TunnelClient:
                 if isinstance(message, NewProxyResult):
                     self._on_proxy_result(message)
                 elif isinstance(message, CloseProxy):
-                    status = self.status.get(message.name)
+                    status = self.proxy_status.get(message.name)
                     if status is not None:
                         status.state, status.error = "offline", message.reason
                     logger.warning(
@@ -244,7 +299,7 @@ class TunnelClient:
         finally:
             self.session = None
             self._flow_owner.clear()
-            for status in self.status.values():
+            for status in self.proxy_status.values():
                 status.state = "offline" if status.state == "running" else status.state
             self._notify_status()
             for ended in self.proxies.values():
@@ -254,7 +309,7 @@ class TunnelClient:
             logger.warning("tunnelc: disconnected from the server: %s", reason)
 
     def _on_proxy_result(self, result: NewProxyResult) -> None:
-        status = self.status.get(result.name)
+        status = self.proxy_status.get(result.name)
         if status is None:
             return
         if not result.ok:

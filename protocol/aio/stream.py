@@ -45,6 +45,18 @@ class TrafficCounters(Protocol):
     bytes_out: int
 
 
+class StreamTap(Protocol):
+    """Sees a copy of a stream's traffic (the HTTP inspector). Must not raise."""
+
+    def received(self, data: bytes) -> None:
+        """Bytes that came from the peer."""
+
+    def sent(self, data: bytes | memoryview) -> None:
+        """Bytes handed to the stream for the peer."""
+
+    def closed(self) -> None: ...
+
+
 class StreamResetError(ConnectionResetError):
     """The stream was reset; `code` is an ErrorCode and `reason` the peer's words."""
 
@@ -90,6 +102,7 @@ class MuxStream:
         # Optional live traffic counters (the server's per-proxy ones): bytes the local socket
         # sends into the tunnel count as `bytes_in`, bytes the tunnel delivers as `bytes_out`.
         self.counters: TrafficCounters | None = None
+        self.tap: StreamTap | None = None
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
@@ -157,6 +170,8 @@ class MuxStream:
             return True  # dropped: the stream is gone; the caller learns via close
         if self._tx_backlog is not None:
             raise LocalProtocolError("send() while a backlog is pending; wait for drain")
+        if self.tap is not None:
+            self.tap.sent(data)
         n = self.session.send_data(self.stream_id, data)
         self.bytes_out += n
         if self.counters is not None:
@@ -281,6 +296,8 @@ class MuxStream:
         self.bytes_in += len(data)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
+        if self.tap is not None:
+            self.tap.received(data)
         if self._sink is not None:
             self._deliver(data)
         elif self._discard_rx:
@@ -345,6 +362,9 @@ class MuxStream:
                 self._accepted.exception()  # retrieved: a refused stream is not an error here
         self._closed.set_result(None)
         self.session.forget(self.stream_id)
+        if self.tap is not None:
+            self.tap.closed()
+            self.tap = None
         self._wake_rx()
         self._wake_tx()
         if notify_sink and self._sink is not None:

@@ -8,11 +8,18 @@ from typing import Final
 from protocol.proxytype import ProxyType
 
 from ..config import ProxyConfig
+from ..inspect.store import CaptureStore
 from .base import ClientProxy
+from .http import HTTPProxy
 from .tcp import TCPProxy
 from .udp import UDPProxy
 
-CLIENT_PROXIES: Final[dict[ProxyType, Callable[[ProxyConfig], ClientProxy]]] = {
+# Each factory takes the proxy's config and the inspector's store (None when it is off).
+ProxyFactory = Callable[[ProxyConfig, CaptureStore | None], ClientProxy]
+
+CLIENT_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCP: TCPProxy,
     ProxyType.UDP: UDPProxy,
+    ProxyType.HTTP: HTTPProxy,
+    ProxyType.HTTPS: TCPProxy,  # TLS passes through untouched: a plain splice
 }

@@ -11,6 +11,7 @@ from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
 
 from ..config import ProxyConfig
+from ..inspect.store import CaptureStore
 from .base import LOCAL_DIAL_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
 class TCPProxy:
     """Each stream: dial localIP:localPort, accept on success, reset with the reason if not."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[bool]] = set()
 

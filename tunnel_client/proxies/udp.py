@@ -19,6 +19,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
 
 from ..config import ProxyConfig
+from ..inspect.store import CaptureStore
 from .tcp import new_proxy_request
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class _Flow(asyncio.DatagramProtocol):
 
 
 class UDPProxy:
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self.session: MuxSession | None = None
         self.packet_size = 1500

@@ -1,0 +1,123 @@
+"""The client's web surfaces: the request inspector and the admin API (aiohttp)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from protocol.aio.webguard import check_web_bind
+from protocol.errors import TunnelError
+
+from .inspect.app import build_inspector_app
+from .inspect.replay import make_local_replayer
+from .inspect.store import CaptureStore
+from .web.admin import AdminController, build_admin_app
+
+if TYPE_CHECKING:
+    from .client import TunnelClient
+
+logger = logging.getLogger(__name__)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(app: web.Application, addr: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, addr, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound: int = runner.addresses[0][1]
+    return runner, bound
+
+
+class WebSurfaces:
+    """Starts what the config asks for; `close()` stops it all."""
+
+    def __init__(self, client: TunnelClient) -> None:
+        self.client = client
+        self.store: CaptureStore | None = None
+        self._runners: list[web.AppRunner] = []
+        self.inspector_port: int | None = None
+        self.admin_port: int | None = None
+
+    def capture_store(self) -> CaptureStore | None:
+        """The inspector's store, made on first use when the inspector is enabled."""
+        cfg = self.client.config.inspect
+        if cfg.enabled and self.store is None:
+            self.store = CaptureStore(cfg.max_requests, cfg.max_body_bytes)
+        return self.store
+
+    async def start(self) -> None:
+        cfg = self.client.config
+        if cfg.inspect.enabled and any(p.type == "http" for p in cfg.proxies):
+            await self.start_inspector()
+        if cfg.web.port is not None:
+            await self._start_admin()
+
+    async def start_inspector(self) -> None:
+        if self.inspector_port is not None:
+            return
+        cfg = self.client.config.inspect
+        store = self.capture_store()
+        if store is None:
+            return
+        password = cfg.password.reveal() if cfg.password else None
+        try:
+            check_web_bind("inspect", cfg.addr, cfg.user, password)
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+        app = build_inspector_app(
+            store,
+            make_local_replayer(self.client.local_address, max_body_bytes=cfg.max_body_bytes),
+            user=cfg.user,
+            password=password,
+        )
+        try:
+            runner, port = await _serve(app, cfg.addr, cfg.port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or cfg.port == 0:
+                raise TunnelError(
+                    f"cannot start the inspector on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
+                ) from None
+            logger.warning(
+                "tunnelc: inspector port %d is in use (another tunnelc?); using a free port",
+                cfg.port,
+            )
+            runner, port = await _serve(app, cfg.addr, 0)
+        self._runners.append(runner)
+        self.inspector_port = port
+        logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), port)
+
+    async def _start_admin(self) -> None:
+        cfg = self.client.config.web
+        assert cfg.port is not None
+        password = cfg.password.reveal() if cfg.password else None
+        try:
+            check_web_bind("webServer", cfg.addr, cfg.user, password)
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+        controller: AdminController = self.client
+        app = build_admin_app(controller, user=cfg.user, password=password)
+        try:
+            runner, port = await _serve(app, cfg.addr, cfg.port)
+        except OSError as exc:
+            raise TunnelError(
+                f"cannot start the admin API on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
+            ) from None
+        self._runners.append(runner)
+        self.admin_port = port
+        logger.info("tunnelc: admin API on http://%s:%d/", _host(cfg.addr), port)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            self.store.close_subscriptions()
+        while self._runners:
+            await self._runners.pop().cleanup()
