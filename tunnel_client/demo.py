@@ -155,12 +155,17 @@ async def run_demo(once: bool, inspect_port: int, stop: asyncio.Event) -> int:
                 web_status = await client.wait_status("web")
                 tcp_status = await client.wait_status("web-tcp")
             http_url = web_status.public_urls[0]
+            inspector = client.surfaces.inspector_port
+            inspector_line = (
+                f"  request inspector:       http://127.0.0.1:{inspector}/\n" if inspector else ""
+            )
             print(
                 "\ntunnelkit demo is running (tunneld, tunnelc and a demo web app on localhost)\n"
                 f"  through the HTTP vhost:  {http_url}/\n"
                 f"      try: curl {http_url}/\n"
                 f"  through a TCP proxy:     {tcp_status.public_urls[0].replace('tcp://', 'http://')}/\n"
                 f"  the app itself:          http://127.0.0.1:{app_port}/\n"
+                f"{inspector_line}"
                 f"  tunneld log:             {log_path}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,

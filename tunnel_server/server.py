@@ -25,6 +25,9 @@ from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .vhost.http_proxy import HTTPVhostServer
+from .vhost.https_sni import HTTPSVhostServer
+from .vhost.routing import VhostRouter
 from .view import LiveServerView
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
@@ -34,6 +37,7 @@ TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
 # Connections that have not logged in yet; more are closed at once (a cheap flood guard).
 MAX_PENDING_LOGINS: Final = 128
 DRAIN_TIMEOUT_S: Final = 5.0
+MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
 
 
 def display_host(host: str) -> str:
@@ -57,6 +61,12 @@ class TunnelServer:
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
+        self.http_router: VhostRouter | None = None
+        self.https_router: VhostRouter | None = None
+        self._http_vhost: HTTPVhostServer | None = None
+        self._https_vhost: HTTPSVhostServer | None = None
+        self.http_port: int | None = None
+        self.https_port: int | None = None
         self.mux_settings = MuxSettings(
             keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
             keepalive_timeout_s=config.heartbeat_timeout,
@@ -83,8 +93,36 @@ class TunnelServer:
         logger.info(
             "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
         )
+        await self._start_vhosts()
         if cfg.web.port is not None:
             await self._start_dashboard()
+
+    async def _start_vhosts(self) -> None:
+        cfg = self.config
+        if cfg.vhost_http_port is not None:
+            page = None
+            if cfg.custom_404_page is not None:
+                try:
+                    page = cfg.custom_404_page.read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise TunnelError(
+                        f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
+                    ) from None
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self._http_vhost = HTTPVhostServer(
+                self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
+            )
+            host, self.http_port = await self._http_vhost.start(
+                cfg.proxy_bind_addr, cfg.vhost_http_port
+            )
+            logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
+        if cfg.vhost_https_port is not None:
+            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self._https_vhost = HTTPSVhostServer(self.https_router)
+            host, self.https_port = await self._https_vhost.start(
+                cfg.proxy_bind_addr, cfg.vhost_https_port
+            )
+            logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
 
     async def _start_dashboard(self) -> None:
         cfg = self.config.web
@@ -149,6 +187,9 @@ class TunnelServer:
         self._closing = True
         if self._control is not None:
             self._control.close()
+        for vhost in (self._http_vhost, self._https_vhost):
+            if vhost is not None:
+                vhost.close()
 
     async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
@@ -166,6 +207,9 @@ class TunnelServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
+        for vhost in (self._http_vhost, self._https_vhost):
+            if vhost is not None:
+                await vhost.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -212,10 +256,10 @@ class TunnelServer:
             local_name=local_name,
             counters=self.stats.proxy(name),
             ports=self.ports,
-            http_router=None,
-            https_router=None,
-            http_port=None,
-            https_port=None,
+            http_router=self.http_router,
+            https_router=self.https_router,
+            http_port=self.http_port,
+            https_port=self.https_port,
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ..errors import ErrorCode, LocalProtocolError
@@ -286,6 +287,10 @@ class MuxStream:
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
+
+    def add_close_callback(self, callback: Callable[[MuxStream], None]) -> None:
+        """Call `callback(stream)` once the stream is closed or reset."""
+        self._closed.add_done_callback(lambda _: callback(self))
 
     # -- from the session ---------------------------------------------------------------------
     def _on_accepted(self) -> None:

@@ -7,10 +7,13 @@ from typing import Final
 from protocol.proxytype import ProxyType
 
 from .base import ProxyFactory
+from .http import HTTPProxy, HTTPSProxy
 from .tcp import TCPProxy
 from .udp import UDPProxy
 
 SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCP: TCPProxy,
     ProxyType.UDP: UDPProxy,
+    ProxyType.HTTP: HTTPProxy,
+    ProxyType.HTTPS: HTTPSProxy,
 }

@@ -100,27 +100,6 @@ class Exchange:
         self.bytes_to_app = 0
         self._timer: asyncio.Timeout | None = None
 
-    def take_ready_body(self) -> tuple[list[bytes], bool]:
-        """Pop the body pieces already queued (framed for the app); True if the body ended."""
-        conn = self.conn
-        parts: list[bytes] = []
-        chunked = self.framing is Framing.CHUNKED
-        while True:
-            item = conn.peek()
-            if isinstance(item, bytes):
-                conn.pop()
-                if chunked:
-                    parts += chunk(item)
-                else:
-                    parts.append(item)
-            elif isinstance(item, EndOfMessage):
-                conn.pop()
-                if chunked:
-                    parts.append(last_chunk(item.trailers))
-                return parts, True
-            else:
-                return parts, False
-
     async def run(self, first_write: bytes, complete: bool, *, retryable: bool) -> Outcome:
         """Send the request, relay the response. See the module docstring."""
         stream = self.upstream.stream
@@ -204,7 +183,7 @@ class Exchange:
         got_bytes = False
         deadline = loop.time() + self.timeout_s if pump is None else None
         try:
-            async with asyncio.timeout(deadline) as timer:
+            async with asyncio.timeout_at(deadline) as timer:
                 self._timer = timer
                 while not relay.complete:
                     try:
@@ -285,6 +264,27 @@ class Exchange:
         self.conn.write(
             error_response(status, self.host, detail, keep_alive=False, head_only=self.head_request)
         )
+
+
+def take_ready_body(conn: InboundProtocol, framing: Framing) -> tuple[list[bytes], bool]:
+    """Pop the body pieces already queued, framed for the app; True if the body ended."""
+    parts: list[bytes] = []
+    chunked = framing is Framing.CHUNKED
+    while True:
+        item = conn.peek()
+        if isinstance(item, bytes):
+            conn.pop()
+            if chunked:
+                parts += chunk(item)
+            else:
+                parts.append(item)
+        elif isinstance(item, EndOfMessage):
+            conn.pop()
+            if chunked:
+                parts.append(last_chunk(item.trailers))
+            return parts, True
+        else:
+            return parts, False
 
 
 def outcome_pump_ok(pump: asyncio.Task[None]) -> bool:

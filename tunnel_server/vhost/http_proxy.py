@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from .exchange import Exchange, Outcome, Upstream
+from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
@@ -237,15 +237,35 @@ class HTTPVhostServer:
                 None,
                 extra=((b"WWW-Authenticate", b'Basic realm="tunnelkit"'),),
             )
-        idempotent = head.method in IDEMPOTENT_METHODS
+        parts, complete = take_ready_body(conn, head.framing)
+        parts.insert(
+            0,
+            request_head(
+                method=head.method,
+                target=target,
+                headers=head.headers,
+                connection_tokens=head.connection_tokens,
+                rules=route.rules,
+                host=host_raw,
+                framing=head.framing,
+                transfer_encoding=head.transfer_encoding,
+                upgrade=head.upgrade,
+                peer_ip=conn.peer[0].encode("ascii"),
+            ),
+        )
+        first_write = parts[0] if len(parts) == 1 else b"".join(parts)
+        # Only a request sent whole can be sent again, and only if repeating it is harmless.
+        can_retry = complete and head.method in IDEMPOTENT_METHODS
         for attempt in range(2):
             up = await self._upstream_for(conn, route, upstream, host, head)
             if up is None:
                 return Outcome.CLOSE
-            reused = up.requests > 0
             up.requests += 1
-            outcome = await self._exchange(conn, head, up, host, host_raw, target, route)
-            if outcome is Outcome.RETRY and attempt == 0 and reused and idempotent:
+            retryable = can_retry and attempt == 0 and up.requests > 1
+            outcome = await self._exchange(
+                conn, head, up, host, route, first_write, complete, retryable=retryable
+            )
+            if outcome is Outcome.RETRY:
                 logger.debug("[proxy=%s] reused stream was dead; retrying", route.proxy_key)
                 upstream.clear()
                 up.stream.abort()
@@ -256,8 +276,8 @@ class HTTPVhostServer:
                     await up.close()
                 else:
                     up.stream.abort()
-            return Outcome.CLOSE if outcome is Outcome.RETRY else outcome
-        return Outcome.CLOSE  # unreachable: the loop returns on the second attempt
+            return outcome
+        return Outcome.CLOSE  # unreachable: the second attempt is never retryable
 
     async def _upstream_for(
         self,
@@ -301,11 +321,12 @@ class HTTPVhostServer:
         head: RequestHead,
         up: Upstream,
         host: str,
-        host_raw: bytes,
-        target: bytes,
         route: HTTPRoute,
+        first_write: bytes,
+        complete: bool,
+        *,
+        retryable: bool,
     ) -> Outcome:
-        rules = route.rules
         head_request = head.method == b"HEAD"
         exchange = Exchange(
             conn,
@@ -315,26 +336,8 @@ class HTTPVhostServer:
             head_request=head_request,
             timeout_s=self._timeout_s,
         )
-        parts, complete = exchange.take_ready_body()
-        upstream_head = request_head(
-            method=head.method,
-            target=target,
-            headers=head.headers,
-            connection_tokens=head.connection_tokens,
-            rules=rules,
-            host=host_raw,
-            framing=head.framing,
-            transfer_encoding=head.transfer_encoding,
-            upgrade=head.upgrade,
-            peer_ip=conn.peer[0].encode("ascii"),
-        )
-        if parts:
-            parts.insert(0, upstream_head)
-            first_write = b"".join(parts)
-        else:
-            first_write = upstream_head
         up.relay.start(
-            rules=rules,
+            rules=route.rules,
             head_request=head_request,
             client_http11=head.http11,
             client_keep_alive=head.keep_alive and not head.switching,
@@ -343,7 +346,7 @@ class HTTPVhostServer:
         sent_before = conn.bytes_sent
         conn.on_lost = up.stream.abort
         try:
-            outcome = await exchange.run(first_write, complete, retryable=up.requests > 1)
+            outcome = await exchange.run(first_write, complete, retryable=retryable)
         finally:
             conn.on_lost = None
         if self._on_request is not None and outcome is not Outcome.RETRY:
@@ -361,8 +364,14 @@ class HTTPVhostServer:
         body: bytes | None = None,
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> Outcome:
-        """Answer with an error page; keep the connection if the request was read whole."""
-        keep = head.keep_alive and not head.switching and self._skip_body(conn)
+        """Answer with an error page. After a 401 or 404 the connection is kept if the request
+        was read whole; other refusals close it."""
+        keep = (
+            status in (401, 404)
+            and head.keep_alive
+            and not head.switching
+            and self._skip_body(conn)
+        )
         conn.write(
             error_response(
                 status,

@@ -1,0 +1,132 @@
+"""HTTP and HTTPS proxies (server side): routes in the shared vhost listeners.
+
+The vhost listeners (tunnel_server/vhost/) own the public ports and the HTTP work; a proxy
+only claims its names in the router and opens one mux stream per upstream connection the
+listener asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from protocol.aio.stream import MuxStream
+from protocol.errors import LocalProtocolError
+from protocol.messages import NewProxy, StreamHeader
+from protocol.proxytype import ProxyType
+
+from ..vhost.routing import HTTPRoute, RouteError, VhostRouter
+from ..vhost.upstream import ByteStream, UpstreamError
+from .base import ProxyContext, ProxyRefused
+
+logger = logging.getLogger(__name__)
+
+
+class VhostProxy:
+    """Common part: claim the route, open streams for the listener, release on close."""
+
+    type: ProxyType
+    scheme: str
+
+    def __init__(self, ctx: ProxyContext, request: NewProxy, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.request = request
+        self.public_urls: tuple[str, ...] = ()
+        self._route: HTTPRoute | None = None
+        self._streams: set[MuxStream] = set()
+
+    def _router(self) -> tuple[VhostRouter, int]:
+        raise NotImplementedError
+
+    def _route_for(self) -> HTTPRoute:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        router, port = self._router()
+        try:
+            route = self._route_for()
+            names = router.names_for(route)
+            router.add(route)
+        except RouteError as exc:
+            raise ProxyRefused(exc.reason) from None
+        self._route = route
+        default = 80 if self.scheme == "http" else 443
+        suffix = "" if port == default else f":{port}"
+        self.public_urls = tuple(f"{self.scheme}://{name}{suffix}" for name in names)
+
+    async def _open(self, src: tuple[str, int]) -> ByteStream:
+        ctx = self.ctx
+        if ctx.session.closed:
+            raise UpstreamError("the tunnel client is offline")
+        try:
+            stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
+        except (LocalProtocolError, ConnectionError) as exc:
+            raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
+        counters = ctx.counters
+        stream.counters = counters
+        counters.connections_total += 1
+        counters.connections_active += 1
+        self._streams.add(stream)
+        stream.add_close_callback(self._closed)
+        return stream
+
+    def _closed(self, stream: MuxStream) -> None:
+        self._streams.discard(stream)
+        self.ctx.counters.connections_active -= 1
+
+    def close(self) -> None:
+        if self._route is not None:
+            router, _ = self._router()
+            router.remove(self._route.proxy_key)
+            self._route = None
+        for stream in list(self._streams):
+            stream.abort(reason="proxy closed")
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class HTTPProxy(VhostProxy):
+    type = ProxyType.HTTP
+    scheme = "http"
+
+    def _router(self) -> tuple[VhostRouter, int]:
+        if self.ctx.http_router is None or self.ctx.http_port is None:
+            raise ProxyRefused("this server has no HTTP vhost (vhostHTTPPort is not set)")
+        return self.ctx.http_router, self.ctx.http_port
+
+    def _route_for(self) -> HTTPRoute:
+        r = self.request
+        return HTTPRoute(
+            proxy_key=f"{self.ctx.client_id}/{self.name}",
+            proxy_name=self.name,
+            opener=self._open,
+            domains=r.custom_domains,
+            subdomain=r.subdomain or None,
+            locations=r.locations or ("/",),
+            http_user=r.http_user or None,
+            http_password=r.http_password or None,
+            host_header_rewrite=r.host_header_rewrite or None,
+            request_headers_set=r.request_headers,
+            response_headers_set=r.response_headers,
+        )
+
+
+class HTTPSProxy(VhostProxy):
+    type = ProxyType.HTTPS
+    scheme = "https"
+
+    def _router(self) -> tuple[VhostRouter, int]:
+        if self.ctx.https_router is None or self.ctx.https_port is None:
+            raise ProxyRefused("this server has no HTTPS vhost (vhostHTTPSPort is not set)")
+        return self.ctx.https_router, self.ctx.https_port
+
+    def _route_for(self) -> HTTPRoute:
+        r = self.request
+        return HTTPRoute(
+            proxy_key=f"{self.ctx.client_id}/{self.name}",
+            proxy_name=self.name,
+            opener=self._open,
+            domains=r.custom_domains,
+            subdomain=r.subdomain or None,
+        )
