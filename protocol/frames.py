@@ -196,15 +196,20 @@ class FrameDecoder:
             result = self._try_unpack(start, window)
             if result is not None:
                 obj, consumed = result
+                frame = _validate_frame(obj, self._max_payload)
+                if consumed > self._max_control and frame.type not in _FAST_TYPES:
+                    raise RemoteProtocolError(
+                        f"control frame of {consumed} bytes exceeds the limit of "
+                        f"{self._max_control}"
+                    )
                 self._start = start + consumed
-                return _validate_frame(obj, self._max_payload)
+                return frame
             if window >= hard_limit:
                 break
             window = hard_limit
-        if end - start >= self._max_control and not self._could_be_data(start):
-            raise RemoteProtocolError(
-                f"control frame larger than the limit of {self._max_control} bytes"
-            )
+        limit = self._max_payload + 32 if self._could_be_data(start) else self._max_control
+        if end - start >= limit:
+            raise RemoteProtocolError(f"frame larger than the limit of {limit} bytes")
         return None
 
     def _try_unpack(self, start: int, stop: int) -> tuple[Any, int] | None:

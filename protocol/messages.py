@@ -184,7 +184,7 @@ def _text_map(name: str, value: Any) -> dict[str, str]:
 
 
 def _proxy_type(name: str, value: Any) -> str:
-    if value not in ProxyType._value2member_map_:
+    if not isinstance(value, str) or value not in ProxyType._value2member_map_:
         raise RemoteProtocolError(f"field {name!r}: unknown proxy type {value!r}")
     return str(value)
 

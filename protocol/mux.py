@@ -227,8 +227,9 @@ class MuxConnection:
     def end_stream(self, stream_id: int) -> None:
         """Send FIN: no more data from us on this stream."""
         rec = self._require(stream_id)
+        rec.apply(StreamEvent.SEND_FIN)  # raises before anything is queued
         self._write(encode_fast(FrameType.DATA, Flag.FIN, stream_id, b""))
-        self._finish_local(rec)
+        self._after_local_fin(rec)
 
     def reset_stream(self, stream_id: int, code: int, reason: str = "") -> None:
         """Abort a stream in both directions. Resetting an unknown stream is a no-op, since
@@ -314,6 +315,9 @@ class MuxConnection:
 
     def _finish_local(self, rec: StreamRecord) -> None:
         rec.apply(StreamEvent.SEND_FIN)
+        self._after_local_fin(rec)
+
+    def _after_local_fin(self, rec: StreamRecord) -> None:
         if rec.state is StreamState.CLOSED:
             self._forget(rec)
             self._events.append(StreamClosed(rec.stream_id))
@@ -428,6 +432,8 @@ class MuxConnection:
         rec = self._lookup(frame.stream_id)
         if rec is None:
             return
+        if rec.handshake is Handshake.SYN_SENT:
+            raise RemoteProtocolError(f"DATA on stream {rec.stream_id} before its ACK")
         payload: bytes = frame.payload
         if payload:
             rec.apply(StreamEvent.RECV_DATA)

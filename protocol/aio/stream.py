@@ -274,7 +274,8 @@ class MuxStream:
         if self._closed.done():
             return
         self.session.reset(self.stream_id, code, reason)
-        self._finish(code, reason, notify_sink=False)
+        # Close the local socket too, so its user sees the end at once.
+        self._finish(code, reason, notify_sink=True)
 
     def close(self) -> None:
         """Finish our direction and stop caring about the peer's (its data is discarded)."""
