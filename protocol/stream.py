@@ -110,8 +110,13 @@ class StreamRecord:
             if event in _LOCAL_EVENTS:
                 raise LocalProtocolError(message)
             raise RemoteProtocolError(message)
-        if event is StreamEvent.SEND_DATA and self.handshake is Handshake.SYN_RECEIVED:
-            raise LocalProtocolError(f"stream {self.stream_id}: accept it before sending data")
+        if (
+            event in (StreamEvent.SEND_DATA, StreamEvent.SEND_FIN)
+            and self.handshake is Handshake.SYN_RECEIVED
+        ):
+            raise LocalProtocolError(
+                f"stream {self.stream_id}: accept it before sending data or FIN (or reset it)"
+            )
         self.state = new
 
     @property

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from ..errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode
 from ..messages import StreamHeader
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # A local transport pauses our reads of the stream above this many buffered bytes.
 LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
 LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
+# Bytes taken from a local socket that the window could not send yet (normally one read).
+MAX_TX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
 
 
 class TrafficCounters(Protocol):
@@ -169,10 +171,17 @@ class MuxStream:
         caller pauses); the stream resumes its source itself when the backlog drains."""
         if self._closed.done() or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
-        if self._tx_backlog is not None:
-            raise LocalProtocolError("send() while a backlog is pending; wait for drain")
         if self.tap is not None:
             self.tap.sent(data)
+        if self._tx_backlog is not None:
+            # A read that was already under way when we paused the source: queue it behind
+            # the backlog (bounded; a source that ignores pausing gets the stream reset).
+            if len(self._tx_backlog) + len(data) > MAX_TX_BACKLOG_BYTES:
+                self.abort(ErrorCode.INTERNAL_ERROR, "local sender ignored backpressure")
+                return False
+            self._tx_backlog = memoryview(bytes(self._tx_backlog) + bytes(data))
+            self._pause_source()
+            return False
         n = self.session.send_data(self.stream_id, data)
         self.bytes_out += n
         if self.counters is not None:
@@ -189,6 +198,9 @@ class MuxStream:
     def send_eof(self) -> None:
         """Half-close our direction once everything before it is sent."""
         if self._tx_ended or self._closed.done():
+            return
+        if not self.opened_locally and not self._accepted.done():
+            self.abort(ErrorCode.CANCELLED, "closed before it was accepted")
             return
         if self._tx_backlog is not None:
             self._tx_eof_pending = True

@@ -299,8 +299,8 @@ def test_mux_open_over_local_max_streams_is_local_error() -> None:
 # -- flow control ----------------------------------------------------------------------------------
 def test_mux_default_window_grows_to_the_stream_window() -> None:
     """Both directions reach the receiver's stream_window_bytes right after the handshake."""
-    settings = MuxSettings(stream_window_bytes=4 * WINDOW)
-    pair = MuxPair(settings, settings)
+    tuned = MuxSettings(stream_window_bytes=4 * WINDOW)
+    pair = MuxPair(tuned, tuned)
     stream_id = open_stream(pair)
     assert pair.client.send_window(stream_id) == 4 * WINDOW
     assert pair.server.send_window(stream_id) == 4 * WINDOW
@@ -516,6 +516,26 @@ def test_mux_data_before_ack_is_protocol_error() -> None:
     assert_protocol_error_on(pair, "client", raw_data_frame(stream_id, b"no ack yet"))
 
 
+def test_mux_fin_before_ack_is_protocol_error() -> None:
+    """An empty DATA+FIN from the acceptor before its ACK is a protocol error too."""
+    pair = MuxPair()
+    stream_id = pair.client.open_stream(HEADER)
+    pair.pump()
+    assert_protocol_error_on(pair, "client", raw_data_frame(stream_id, b"", flags=Flag.FIN))
+
+
+def test_mux_end_before_accept_is_rejected() -> None:
+    """The acceptor cannot end a stream it has not accepted, and nothing is queued."""
+    pair = MuxPair()
+    stream_id = pair.client.open_stream(HEADER)
+    pair.pump()
+    with pytest.raises(LocalProtocolError):
+        pair.server.end_stream(stream_id)
+    assert pair.server.pending_output_bytes == 0
+    pair.pump()
+    assert not pair.client.terminated
+
+
 def test_mux_refused_end_stream_queues_nothing() -> None:
     """A second end_stream raises LocalProtocolError and sends nothing."""
     pair = MuxPair()
@@ -573,8 +593,8 @@ def test_mux_keepalive_keeps_a_live_session_open() -> None:
 
 def test_mux_keepalive_timeout_terminates_a_silent_session() -> None:
     """With no frame from the peer for keepalive_timeout_s the session ends."""
-    settings = MuxSettings(keepalive_interval_s=10.0, keepalive_timeout_s=30.0)
-    pair = MuxPair(settings, settings)
+    tuned = MuxSettings(keepalive_interval_s=10.0, keepalive_timeout_s=30.0)
+    pair = MuxPair(tuned, tuned)
     pair.advance(29.0, deliver=False)
     assert not pair.client.terminated
     pair.advance(1.0, deliver=False)
@@ -589,8 +609,8 @@ def test_mux_keepalive_timeout_terminates_a_silent_session() -> None:
 
 def test_mux_keepalive_counts_from_the_last_frame_received() -> None:
     """Traffic postpones the timeout: it never fires within keepalive_timeout_s of a frame."""
-    settings = MuxSettings(keepalive_interval_s=10.0, keepalive_timeout_s=30.0)
-    pair = MuxPair(settings, settings)
+    tuned = MuxSettings(keepalive_interval_s=10.0, keepalive_timeout_s=30.0)
+    pair = MuxPair(tuned, tuned)
     pair.advance(25.0)  # pings answered at 10 and 20: the last frame is heard at 20
     pair.advance(25.0, deliver=False)  # now 50 = 20 + 30
     assert not pair.server.terminated
@@ -753,8 +773,8 @@ def test_mux_oversize_datagram_is_dropped() -> None:
 
 def test_mux_large_send_is_split_into_max_payload_frames() -> None:
     """send_data cuts a large write into DATA frames of max_frame_payload_bytes."""
-    settings = MuxSettings(max_frame_payload_bytes=1000)
-    pair = MuxPair(settings, settings)
+    tuned = MuxSettings(max_frame_payload_bytes=1000)
+    pair = MuxPair(tuned, tuned)
     stream_id = open_stream(pair)
     data = bytes(range(250)) * 10
     assert pair.client.send_data(stream_id, data) == 2500
@@ -811,8 +831,8 @@ def test_mux_transfer_arrives_intact_under_flow_control(
     sizes: list[int], chunk: int | None, frame_payload: int
 ) -> None:
     """Any series of writes arrives intact through window exhaustion and refill."""
-    settings = MuxSettings(max_frame_payload_bytes=frame_payload, stream_window_bytes=WINDOW)
-    pair = MuxPair(settings, settings, chunk_size=chunk)
+    tuned = MuxSettings(max_frame_payload_bytes=frame_payload, stream_window_bytes=WINDOW)
+    pair = MuxPair(tuned, tuned, chunk_size=chunk)
     stream_id = open_stream(pair)
     payload = b"".join(bytes([i % 251]) * size for i, size in enumerate(sizes))
     sent = 0
