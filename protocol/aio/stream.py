@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ..errors import ErrorCode
 from ..messages import StreamHeader
@@ -131,7 +131,9 @@ class MuxStream:
         if self._rx_eof and transport.can_write_eof():
             transport.write_eof()
         if self._tx_backlog is not None or self.session.writing_paused:
-            self._pause_source()
+            # uvloop starts reading after connection_made returns, undoing a pause made in
+            # it: pause on the next iteration instead (before the first read can arrive).
+            self.session.loop.call_soon(self._pause_if_congested)
 
     def sink_paused(self) -> None:
         """The local transport's write buffer went above high water."""
@@ -151,19 +153,28 @@ class MuxStream:
         else:
             self.session.acknowledge(self.stream_id, len(data))
 
+    def _pause_if_congested(self) -> None:
+        if self._tx_backlog is not None or self.session.writing_paused:
+            self._pause_source()
+
     def _pause_source(self) -> None:
-        if self._source is not None and not self._source_paused:
-            self._source_paused = True
-            pause = getattr(self._source, "pause_reading", None)
-            if pause is not None:
-                pause()
+        # Ask the transport itself rather than trusting our flag: a pause made during
+        # connection_made does not hold under uvloop.
+        self._source_paused = True
+        source = self._source
+        if source is not None and not source.is_closing():
+            transport = cast(asyncio.ReadTransport, source)
+            if transport.is_reading():
+                transport.pause_reading()
 
     def _resume_source(self) -> None:
-        if self._source is not None and self._source_paused and not self.session.writing_paused:
+        source = self._source
+        if source is not None and self._source_paused and not self.session.writing_paused:
             self._source_paused = False
-            resume = getattr(self._source, "resume_reading", None)
-            if resume is not None and not self._source.is_closing():
-                resume()
+            if not source.is_closing():
+                transport = cast(asyncio.ReadTransport, source)
+                if not transport.is_reading():
+                    transport.resume_reading()
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, data: bytes | memoryview) -> bool:
@@ -177,6 +188,10 @@ class MuxStream:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).
             if len(self._tx_backlog) + len(data) > MAX_TX_BACKLOG_BYTES:
+                logger.warning(
+                    "stream %d: the local socket kept sending while paused; resetting",
+                    self.stream_id,
+                )
                 self.abort(ErrorCode.INTERNAL_ERROR, "local sender ignored backpressure")
                 return False
             self._tx_backlog = memoryview(bytes(self._tx_backlog) + bytes(data))
