@@ -105,7 +105,11 @@ async def test_tcp_tunnel_survives_a_dead_local_service(run_tunneld, run_tunnelc
         live = await client.proxy_endpoint("echo")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await echo_roundtrip(dead.port, b"anyone there?") == b""
+        try:
+            reply = await echo_roundtrip(dead.port, b"anyone there?")
+        except ConnectionResetError:
+            reply = b""  # closed before the kernel read our bytes: a reset, not a FIN
+        assert reply == b""
         assert loop.time() - started < 2.0
         assert await echo_roundtrip(live.port, b"still up") == b"still up"
 
