@@ -1,0 +1,105 @@
+"""UDP benchmark: `iperf3 -u` directly and through tunnelkit (TLS), in one run.
+
+    .venv/bin/python bench/udp_bench.py [--seconds 5] [--runs 3] [--length 1400]
+
+iperf3 needs its TCP control connection too, so the client exposes the iperf3 server with a
+tcp and a udp proxy on the same public port number. Rates: unlimited (`-b 0`) and 100 Mbit/s.
+Reports the receiver's rate (MB/s) and loss (%), medians of --runs, and the ratio to direct.
+Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.peers import iperf3_server, reserve_port, run_command  # noqa: E402
+from tests.support.procs import ProcessGroup  # noqa: E402
+
+RATES = {"max (-b 0)": "0", "100 Mbit/s": "100M"}
+
+
+async def iperf(port: int, rate: str, args: argparse.Namespace) -> dict[str, float]:
+    out = await run_command(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(args.length),
+         "-t", str(args.seconds), "--json"],
+        timeout_s=args.seconds + 30,
+    )  # fmt: skip
+    summary = json.loads(out)["end"]["sum"]
+    return {"MB/s": summary["bytes"] / summary["seconds"] / 1e6 * (1 - summary["lost_percent"] / 100),
+            "loss %": summary["lost_percent"]}  # fmt: skip
+
+
+async def measure(port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {}
+    for label, rate in RATES.items():
+        runs = [await iperf(port, rate, args) for _ in range(args.runs)]
+        result[label] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--length", type=int, default=1400, help="datagram size (bytes)")
+    args = parser.parse_args()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="tunnelkit-udpbench-") as tmp:
+        work = Path(tmp)
+        group = ProcessGroup(work / "logs")
+        try:
+            async with iperf3_server(work) as iperf_server:
+                results["direct"] = await measure(iperf_server.port, args)
+                public = reserve_port(socket.SOCK_STREAM, socket.SOCK_DGRAM)
+                (work / "frps.toml").write_text(
+                    f'bindAddr = "127.0.0.1"\nbindPort = 0\nstateDir = "{work}/server"\n'
+                )
+                server = await group.start_tunnel("tunneld", ["-c", str(work / "frps.toml")])
+                control = await server.control_address()
+                fingerprint = await server.fingerprint()
+                (work / "frpc.toml").write_text(
+                    f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
+                    f'stateDir = "{work}/client"\n'
+                    f'transport.tls.serverFingerprint = "{fingerprint}"\n'
+                    f'[[proxies]]\nname = "iperf-ctl"\ntype = "tcp"\n'
+                    f"localPort = {iperf_server.port}\nremotePort = {public}\n"
+                    f'[[proxies]]\nname = "iperf-data"\ntype = "udp"\n'
+                    f"localPort = {iperf_server.port}\nremotePort = {public}\n"
+                )
+                client = await group.start_tunnel("tunnelc", ["-c", str(work / "frpc.toml")])
+                await client.proxy_endpoint("iperf-ctl")
+                await client.proxy_endpoint("iperf-data")
+                results["tunnelkit (TLS)"] = await measure(public, args)
+        finally:
+            await group.aclose()
+    report(results, args)
+
+
+def report(results: dict[str, dict[str, dict[str, float]]], args: Any) -> None:
+    print(f"\nUDP benchmark (iperf3 -u, {args.length}-byte datagrams, {args.seconds} s, "
+          f"median of {args.runs})\n")  # fmt: skip
+    print("| path | rate | received MB/s | loss % |")
+    print("|---|---|---|---|")
+    for path, rows in results.items():
+        for rate, row in rows.items():
+            print(f"| {path} | {rate} | {row['MB/s']:.1f} | {row['loss %']:.2f} |")
+    direct, tunnel = results["direct"], results["tunnelkit (TLS)"]
+    print("\n| rate | tunnelkit / direct (MB/s) |")
+    print("|---|---|")
+    for rate in RATES:
+        print(f"| {rate} | {tunnel[rate]['MB/s'] / direct[rate]['MB/s']:.2f} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
