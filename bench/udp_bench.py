@@ -36,8 +36,8 @@ async def iperf(port: int, rate: str, args: argparse.Namespace) -> dict[str, flo
         timeout_s=args.seconds + 30,
     )  # fmt: skip
     summary = json.loads(out)["end"]["sum"]
-    return {"MB/s": summary["bytes"] / summary["seconds"] / 1e6 * (1 - summary["lost_percent"] / 100),
-            "loss %": summary["lost_percent"]}  # fmt: skip
+    received = summary["bytes"] * (1 - summary["lost_percent"] / 100)
+    return {"MB/s": received / summary["seconds"] / 1e6, "loss %": summary["lost_percent"]}
 
 
 async def measure(port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
