@@ -241,3 +241,50 @@ def test_relay_errors() -> None:
     relay = relay_for()
     run_relay(relay, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naEXTRA")
     assert relay.complete and not relay.reusable
+
+
+class FakeTransport:
+    """Just enough of a transport for InboundProtocol's flow control."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.1", 5555) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_inbound_tiny_chunks_pause_reading() -> None:
+    """A flood of 1-byte chunks pauses reading long before it costs real memory, and reading
+    resumes once the consumer drains the queue."""
+    conn = InboundProtocol(lambda c: None)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    reader = RequestReader(conn, 1024)
+    conn.feeder = reader.feed
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sent = 0
+    while not transport.paused and sent < 100_000:
+        conn.data_received(b"1\r\nx\r\n" * 100)
+        sent += 100
+    assert transport.paused and sent < 10_000
+    assert conn.peer == ("192.0.2.1", 5555)
+    while conn.pop() is not None:
+        pass
+    assert not transport.paused and conn.queued_bytes == 0

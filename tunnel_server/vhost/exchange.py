@@ -32,14 +32,13 @@ from .response import BadResponse, ResponseRelay
 from .rewrite import Framing, chunk, last_chunk
 from .routing import HTTPRoute
 from .splice import SpliceCounters, splice
-from .upstream import ByteStream
+from .upstream import ByteStream, close_stream
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 256 * 1024  # per read from the app
 BODY_COALESCE_BYTES: Final = 256 * 1024  # queued body pieces are joined up to this per write
 PUMP_GRACE_S: Final = 1.0  # after the response, how long an unfinished body pump may finish
-CLOSE_TIMEOUT_S: Final = 5.0  # bound on waiting for an upstream stream to close
 
 
 class Outcome(Enum):
@@ -69,13 +68,7 @@ class Upstream:
 
     async def close(self) -> None:
         """Close the stream cleanly, bounded by CLOSE_TIMEOUT_S."""
-        self.stream.close()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.stream.wait_closed()
-        except TimeoutError:
-            logger.debug("[proxy=%s] upstream close timed out; aborting", self.route.proxy_key)
-            self.stream.abort()
+        await close_stream(self.stream)
 
 
 class Exchange:
@@ -98,6 +91,7 @@ class Exchange:
         self.head_request = head_request
         self.timeout_s = timeout_s
         self.bytes_to_app = 0
+        self.clean = False  # the app's side ended in a clean state: close it, don't reset
         self._timer: asyncio.Timeout | None = None
 
     async def run(self, first_write: bytes, complete: bool, *, retryable: bool) -> Outcome:
@@ -123,9 +117,9 @@ class Exchange:
             if pump is not None and not pump.done():
                 pump.cancel()
                 await asyncio.wait({pump})
-        if pump is not None and not outcome_pump_ok(pump):
-            return Outcome.CLOSE
-        return outcome
+        pump_ok = pump is None or outcome_pump_ok(pump)
+        self.clean = self.upstream.relay.complete and pump_ok
+        return outcome if pump_ok else Outcome.CLOSE
 
     def _pump_done(self, pump: asyncio.Task[None]) -> None:
         if pump.cancelled():
@@ -135,7 +129,7 @@ class Exchange:
             self.upstream.stream.abort()
             return
         timer = self._timer
-        if timer is not None and not self.upstream.relay.final_sent:
+        if timer is not None and not timer.expired() and not self.upstream.relay.final_sent:
             # The request is fully sent: now the app has timeout_s to answer.
             timer.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
 

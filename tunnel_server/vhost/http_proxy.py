@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
+from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
 from .rewrite import request_head
@@ -36,14 +37,14 @@ from .upstream import UpstreamError
 logger = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-DEFAULT_MAX_CONNECTIONS: Final = 10_000
-SHUTDOWN_GRACE_S: Final = 10.0  # after close(), in-flight requests get this long
 
 OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
 
 
-class HTTPVhostServer:
+class HTTPVhostServer(VhostListener):
     """The HTTP vhost listener. `start`, then `close` + `wait_closed` (or `async with`)."""
+
+    _kind = "http vhost"
 
     def __init__(
         self,
@@ -58,93 +59,23 @@ class HTTPVhostServer:
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_request: OnRequest | None = None,
     ) -> None:
+        super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
         self._timeout_s = timeout_s
         self._header_timeout_s = header_timeout_s
         self._max_header_bytes = max_header_bytes
         self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
-        self._max_connections = max_connections
         self._idle_timeout_s = idle_timeout_s
-        self._shutdown_grace_s = shutdown_grace_s
         self._on_request = on_request
-        self._server: asyncio.Server | None = None
-        self._tasks: dict[asyncio.Task[None], InboundProtocol] = {}
-        self._closing = False
-        self._cancel_handle: asyncio.TimerHandle | None = None
-        self.refused_connections = 0  # over max_connections
 
-    @property
-    def connections(self) -> int:
-        return len(self._tasks)
-
-    def buffered_bytes(self) -> int:
-        """Bytes held for visitors now: queued input plus unsent output, all connections."""
-        return sum(conn.buffered_bytes for conn in self._tasks.values())
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 picks a port) and return the bound address."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: InboundProtocol(self._connection_made),
-            host,
-            port,
-            reuse_address=True,
-            backlog=1024,
-        )
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
-
-    def close(self) -> None:
-        """Stop accepting, close idle connections, and cancel the rest after the grace time."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        for conn in self._tasks.values():
-            conn.notify()  # idle connections see `_closing` and leave
-        if self._tasks:
-            loop = asyncio.get_running_loop()
-            self._cancel_handle = loop.call_later(self._shutdown_grace_s, self._cancel_all)
-
-    def _cancel_all(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_closed()
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-        if self._cancel_handle is not None:
-            self._cancel_handle.cancel()
-
-    async def __aenter__(self) -> HTTPVhostServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-    # --- connections ---------------------------------------------------------------------
-
-    def _connection_made(self, conn: InboundProtocol) -> None:
-        if self._closing or len(self._tasks) >= self._max_connections:
-            self.refused_connections += 1
-            conn.feeder = conn.discard
-            conn.write(error_response(503, None))
-            conn.close()
-            return
+    def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
         conn.feeder = reader.feed
-        task = asyncio.get_running_loop().create_task(self._serve(conn, reader))
-        self._tasks[task] = conn
-        task.add_done_callback(self._task_done)
+        return self._serve(conn, reader)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        del self._tasks[task]
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("vhost connection failed", exc_info=task.exception())
+    def _turn_away(self, conn: InboundProtocol) -> None:
+        conn.write(error_response(503, None))
+        conn.close()
 
     async def _serve(self, conn: InboundProtocol, reader: RequestReader) -> None:
         upstream: list[Upstream] = []  # at most one: the stream this connection holds
@@ -177,7 +108,7 @@ class HTTPVhostServer:
                 started = True
                 head_deadline = loop.time() + self._header_timeout_s
                 deadline = min(deadline, head_deadline) if first else head_deadline
-            if self._closing and not reader.head_started:
+            if self.closing and not reader.head_started:
                 return None
             if not await conn.wait(deadline):
                 if reader.head_started:
@@ -201,7 +132,7 @@ class HTTPVhostServer:
                 return not conn.lost
             first = False
             outcome = await self._handle(conn, head, upstream)
-            if outcome is not Outcome.KEEP or self._closing:
+            if outcome is not Outcome.KEEP or self.closing:
                 return not conn.lost
 
     async def _handle(
@@ -217,19 +148,21 @@ class HTTPVhostServer:
                 slash = rest.find(b"/")
                 host_raw, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         if head.host_count > 1:
-            return self._refuse(conn, head, 400, None, "the request has more than one Host header")
+            return self._reply_error(
+                conn, head, 400, None, "the request has more than one Host header"
+            )
         if not host_raw:
-            return self._refuse(conn, head, 400, None, "the request has no Host header")
+            return self._reply_error(conn, head, 400, None, "the request has no Host header")
         host = host_raw.decode("latin-1")
         if head.switching and head.upgrade is None:
-            return self._refuse(conn, head, 405, host, "CONNECT is not supported")
+            return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
         query = target.find(b"?")
         path = (target if query < 0 else target[:query]).decode("latin-1")
         route = self._router.lookup(host, path if path.startswith("/") else "/")
         if route is None:
-            return self._refuse(conn, head, 404, host, None, body=self._page_404)
+            return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
-            return self._refuse(
+            return self._reply_error(
                 conn,
                 head,
                 401,
@@ -262,8 +195,16 @@ class HTTPVhostServer:
                 return Outcome.CLOSE
             up.requests += 1
             retryable = can_retry and attempt == 0 and up.requests > 1
+            exchange = Exchange(
+                conn,
+                up,
+                host=host,
+                framing=head.framing,
+                head_request=head.method == b"HEAD",
+                timeout_s=self._timeout_s,
+            )
             outcome = await self._exchange(
-                conn, head, up, host, route, first_write, complete, retryable=retryable
+                exchange, head, route, first_write, complete, retryable=retryable
             )
             if outcome is Outcome.RETRY:
                 logger.debug("[proxy=%s] reused stream was dead; retrying", route.proxy_key)
@@ -272,7 +213,7 @@ class HTTPVhostServer:
                 continue
             if not up.relay.reusable or outcome is not Outcome.KEEP:
                 upstream.clear()
-                if up.relay.reusable and up.relay.complete:
+                if exchange.clean:
                     await up.close()
                 else:
                     up.stream.abort()
@@ -317,28 +258,19 @@ class HTTPVhostServer:
 
     async def _exchange(
         self,
-        conn: InboundProtocol,
+        exchange: Exchange,
         head: RequestHead,
-        up: Upstream,
-        host: str,
         route: HTTPRoute,
         first_write: bytes,
         complete: bool,
         *,
         retryable: bool,
     ) -> Outcome:
-        head_request = head.method == b"HEAD"
-        exchange = Exchange(
-            conn,
-            up,
-            host=host,
-            framing=head.framing,
-            head_request=head_request,
-            timeout_s=self._timeout_s,
-        )
+        conn = exchange.conn
+        up = exchange.upstream
         up.relay.start(
             rules=route.rules,
-            head_request=head_request,
+            head_request=exchange.head_request,
             client_http11=head.http11,
             client_keep_alive=head.keep_alive and not head.switching,
             upgrade_requested=head.upgrade is not None,
@@ -353,7 +285,7 @@ class HTTPVhostServer:
             self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
         return outcome
 
-    def _refuse(
+    def _reply_error(
         self,
         conn: InboundProtocol,
         head: RequestHead,

@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from .inbound import InboundProtocol
+from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .routing import VhostRouter
 from .sni import NEED_DATA, ClientHelloError, parse_sni
 from .splice import SpliceCounters, splice
-from .upstream import UpstreamError
+from .upstream import UpstreamError, close_stream
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONNECTIONS: Final = 10_000
 OPEN_TIMEOUT_S: Final = 10.0  # bound on opening the stream to the client
-SHUTDOWN_GRACE_S: Final = 10.0
 
 OnConnection = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
 
 
-class HTTPSVhostServer:
+class HTTPSVhostServer(VhostListener):
     """The HTTPS (SNI) vhost listener. `start`, then `close` + `wait_closed`."""
+
+    _kind = "https vhost"
 
     def __init__(
         self,
@@ -44,86 +45,14 @@ class HTTPSVhostServer:
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_connection: OnConnection | None = None,
     ) -> None:
+        super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
         self._header_timeout_s = header_timeout_s
-        self._max_connections = max_connections
         self._open_timeout_s = open_timeout_s
-        self._shutdown_grace_s = shutdown_grace_s
         self._on_connection = on_connection
-        self._server: asyncio.Server | None = None
-        self._tasks: dict[asyncio.Task[None], InboundProtocol] = {}
-        self._closing = False
-        self._cancel_handle: asyncio.TimerHandle | None = None
-        self.refused_connections = 0
 
-    @property
-    def connections(self) -> int:
-        return len(self._tasks)
-
-    def buffered_bytes(self) -> int:
-        """Bytes held for visitors now: queued input plus unsent output, all connections."""
-        return sum(conn.buffered_bytes for conn in self._tasks.values())
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 picks a port) and return the bound address."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: InboundProtocol(self._connection_made),
-            host,
-            port,
-            reuse_address=True,
-            backlog=1024,
-        )
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
-
-    def close(self) -> None:
-        """Stop accepting; connections still reading a ClientHello end now, splices after the
-        grace time."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        for conn in self._tasks.values():
-            conn.notify()
-        if self._tasks:
-            loop = asyncio.get_running_loop()
-            self._cancel_handle = loop.call_later(self._shutdown_grace_s, self._cancel_all)
-
-    def _cancel_all(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_closed()
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-        if self._cancel_handle is not None:
-            self._cancel_handle.cancel()
-
-    async def __aenter__(self) -> HTTPSVhostServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-    def _connection_made(self, conn: InboundProtocol) -> None:
-        if self._closing or len(self._tasks) >= self._max_connections:
-            self.refused_connections += 1
-            conn.feeder = conn.discard
-            conn.abort()
-            return
-        task = asyncio.get_running_loop().create_task(self._serve(conn))
-        self._tasks[task] = conn
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        del self._tasks[task]
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("https vhost connection failed", exc_info=task.exception())
+    def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
+        return self._serve(conn)
 
     async def _serve(self, conn: InboundProtocol) -> None:
         clean = False
@@ -143,7 +72,7 @@ class HTTPSVhostServer:
         while True:
             item = conn.pop()
             if item is None:
-                if self._closing or not await conn.wait(deadline):
+                if self.closing or not await conn.wait(deadline):
                     logger.debug("https vhost: no ClientHello from %s in time", conn.peer[0])
                     return None
                 continue
@@ -193,6 +122,5 @@ class HTTPSVhostServer:
         finally:
             if self._on_connection is not None:
                 self._on_connection(route.proxy_name, counters.to_app, counters.to_visitor)
-        stream.close()
-        await stream.wait_closed()
+        await close_stream(stream)
         return not conn.lost

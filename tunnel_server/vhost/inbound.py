@@ -6,9 +6,9 @@ end-of-message markers. One coroutine per connection (owned by the listener) con
 queue with `pop()` and `wait()` and writes back with `write()`/`drain()`.
 
 Bounds and backpressure:
-- the queue counts the bytes it holds; above QUEUE_HIGH_BYTES the transport stops reading, and
-  reading resumes once the consumer has taken it below QUEUE_LOW_BYTES. One read (at most the
-  loop's read size) can land past the mark;
+- the queue counts the bytes it holds, plus ITEM_OVERHEAD_BYTES per item; above
+  QUEUE_HIGH_BYTES the transport stops reading, and reading resumes once the consumer has
+  taken it below QUEUE_LOW_BYTES. One read (at most the loop's read size) can land past it;
 - writes go to the transport, whose buffer is limited to WRITE_HIGH_BYTES; `drain()` waits
   while the transport has paused us.
 
@@ -31,6 +31,9 @@ QUEUE_HIGH_BYTES: Final = 256 * 1024
 QUEUE_LOW_BYTES: Final = 64 * 1024
 WRITE_HIGH_BYTES: Final = 256 * 1024
 WRITE_LOW_BYTES: Final = 64 * 1024
+# Each queued item also counts this much, so a flood of tiny items (1-byte chunks, empty
+# pipelined requests) pauses reading as surely as bulk data does.
+ITEM_OVERHEAD_BYTES: Final = 64
 
 
 class _Marker:
@@ -115,13 +118,16 @@ class InboundProtocol(asyncio.Protocol):
 
     def push(self, item: object, size: int) -> None:
         """Queue an item that accounts for `size` bytes of the queue's budget."""
+        size += ITEM_OVERHEAD_BYTES
         self._items.append(item)
         self._sizes.append(size)
         self._queued += size
         if self._queued > QUEUE_HIGH_BYTES and not self._reading_paused and not self.lost:
             self._reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+            transport = self.transport
+            assert transport is not None
+            if not transport.is_closing():
+                transport.pause_reading()
         self.notify()
 
     def push_bytes(self, data: bytes) -> None:
@@ -146,8 +152,10 @@ class InboundProtocol(asyncio.Protocol):
         self._queued -= self._sizes.popleft()
         if self._reading_paused and self._queued <= QUEUE_LOW_BYTES and not self.lost:
             self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+            transport = self.transport
+            assert transport is not None
+            if not transport.is_closing():
+                transport.resume_reading()
         return self._items.popleft()
 
     @property
@@ -169,6 +177,7 @@ class InboundProtocol(asyncio.Protocol):
         """Wait for an item or a notify(); False if the loop time reached `deadline` first."""
         if self._items:
             return True
+        assert self._waiter is None, "one consumer waits at a time"
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None

@@ -47,6 +47,7 @@ class ResponseRelay:
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False  # the parser is mid-message (after HEAD) and must be replaced
         self._out: list[bytes] = []
+        self._body: list[bytes] = []  # body pieces of this feed, framed together in _flush()
         self._rules: HeaderRules | None = None
         self._head_request = False
         self._client_http11 = True
@@ -82,6 +83,7 @@ class ResponseRelay:
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
         self._out = []
+        self._body = []
         self._rules = rules
         self._head_request = head_request
         self._client_http11 = client_http11
@@ -96,8 +98,20 @@ class ResponseRelay:
 
     def take(self) -> list[bytes]:
         """The bytes to write to the visitor since the last call."""
+        self._flush()
         out, self._out = self._out, []
         return out
+
+    def _flush(self) -> None:
+        """Frame the body pieces gathered since the last flush (one chunk per read)."""
+        body = self._body
+        if not body:
+            return
+        self._body = []
+        if self._visitor_framing is Framing.CHUNKED:
+            self._out += chunk(body[0] if len(body) == 1 else b"".join(body))
+        else:
+            self._out += body
 
     def feed(self, data: bytes) -> None:
         """Parse bytes from the app. Raises BadResponse."""
@@ -144,6 +158,7 @@ class ResponseRelay:
             return
         if self.final_sent and self._framing is Framing.UNTIL_CLOSE:
             if self._visitor_framing is Framing.CHUNKED:
+                self._flush()
                 self._out.append(last_chunk([]))
             self.complete = True
             return
@@ -293,10 +308,7 @@ class ResponseRelay:
         if self.complete:
             self.reusable = False
             return
-        if self._visitor_framing is Framing.CHUNKED:
-            self._out += chunk(body)
-        else:
-            self._out.append(body)
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -305,6 +317,7 @@ class ResponseRelay:
         if self.complete:
             return
         if self._visitor_framing is Framing.CHUNKED:
+            self._flush()
             self._out.append(last_chunk(self._trailers or []))
         self.complete = True
         self.reusable = self._parser.should_keep_alive()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from protocol.errors import TunnelError
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0  # bound on the TCP connect of `tcp_opener`
+CONNECT_TIMEOUT_S: Final = 10.0  # bound on the TCP connect of `tcp_opener`
+CLOSE_TIMEOUT_S: Final = 5.0  # bound on a graceful close before the stream is reset
 
 
 class UpstreamError(TunnelError):
@@ -100,6 +101,17 @@ class StreamsByteStream:
         except (ConnectionError, OSError) as exc:
             # A reset while closing is the expected end of an aborted stream.
             logger.debug("upstream closed with %r", exc)
+
+
+async def close_stream(stream: ByteStream) -> None:
+    """Close a stream gracefully; reset it if that takes over CLOSE_TIMEOUT_S."""
+    stream.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await stream.wait_closed()
+    except TimeoutError:
+        logger.debug("upstream close timed out; resetting it")
+        stream.abort()
 
 
 def tcp_opener(host: str, port: int, *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Opener:
