@@ -1,0 +1,99 @@
+"""HTTP benchmark: `wrk -t2 -c50 --latency` against nginx directly and through the vhost.
+
+    .venv/bin/python bench/http_bench.py [--seconds 10] [--runs 3]
+
+The same nginx (started here, serving a small static file) is measured directly and through
+tunneld's HTTP vhost + tunnelc, in one run. Reports req/s and p50/p99 latency, medians of
+--runs, with the ratio to direct. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.peers import nginx, run_command  # noqa: E402
+from tests.support.procs import ProcessGroup  # noqa: E402
+
+HOST = "bench.example.test"
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+async def wrk(port: int, args: argparse.Namespace) -> dict[str, float]:
+    out = await run_command(
+        ["wrk", "-t2", "-c50", f"-d{args.seconds}s", "--latency", "-H", f"Host: {HOST}",
+         f"http://127.0.0.1:{port}/index.html"],
+        timeout_s=args.seconds + 30,
+    )  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors[1]} error responses:\n{out}")
+    return {"req/s": rps, "p50 ms": p50, "p99 ms": p99}
+
+
+async def measure(port: int, args: argparse.Namespace) -> dict[str, float]:
+    runs = [await wrk(port, args) for _ in range(args.runs)]
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="tunnelkit-httpbench-") as tmp:
+        work = Path(tmp)
+        group = ProcessGroup(work / "logs")
+        try:
+            async with nginx(work, {"index.html": b"hello from nginx\n" * 4}) as web:
+                results["direct (nginx)"] = await measure(web.port, args)
+                (work / "frps.toml").write_text(
+                    'bindAddr = "127.0.0.1"\nbindPort = 0\nvhostHTTPPort = 0\n'
+                    f'stateDir = "{work}/server"\n'
+                )
+                server = await group.start_tunnel("tunneld", ["-c", str(work / "frps.toml")])
+                control = await server.control_address()
+                vhost = await server.http_vhost_address()
+                (work / "frpc.toml").write_text(
+                    f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
+                    f'stateDir = "{work}/client"\ninspect.enabled = false\n'
+                    f'transport.tls.serverFingerprint = "{await server.fingerprint()}"\n'
+                    f'[[proxies]]\nname = "web"\ntype = "http"\nlocalPort = {web.port}\n'
+                    f'customDomains = ["{HOST}"]\n'
+                )
+                client = await group.start_tunnel("tunnelc", ["-c", str(work / "frpc.toml")])
+                await client.proxy_endpoint("web")
+                results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
+        finally:
+            await group.aclose()
+    print(f"\nHTTP benchmark (wrk -t2 -c50 -d{args.seconds}s --latency, median of {args.runs})\n")
+    keys = ["req/s", "p50 ms", "p99 ms"]
+    print("| path | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
+    print("| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
