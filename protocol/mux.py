@@ -103,6 +103,9 @@ class MuxConnection:
     def pending_output_bytes(self) -> int:
         return self._out_bytes
 
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 

@@ -210,6 +210,10 @@ class MuxSession(asyncio.BufferedProtocol):
 
     # -- used by MuxStream ------------------------------------------------------------------------
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        if not self.mux.has_stream(stream_id):
+            # Reset by the peer in this same read; the reset event, still queued, ends the
+            # stream. Nothing can be sent on it.
+            return 0
         n = self.mux.send_data(stream_id, data)
         if n:
             self._schedule_flush()

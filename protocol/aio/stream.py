@@ -183,7 +183,7 @@ class MuxStream:
         if self._closed.done() or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
         if self.tap is not None:
-            self.tap.sent(data)
+            self.tap.sent(data)  # the mux writes at the end of this loop iteration anyway
         if self._tx_backlog is not None:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).
@@ -288,6 +288,8 @@ class MuxStream:
                 await self._tx_waiter
             finally:
                 self._tx_waiter = None
+        if self.reset_code is not None:  # the reset dropped what was still unsent
+            raise StreamResetError(self.reset_code, self.reset_reason)
 
     def write_eof(self) -> None:
         self.send_eof()
@@ -329,8 +331,6 @@ class MuxStream:
         self.bytes_in += len(data)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
-        if self.tap is not None:
-            self.tap.received(data)
         if self._sink is not None:
             self._deliver(data)
         elif self._discard_rx:
@@ -339,6 +339,8 @@ class MuxStream:
             self._rx.append(data)
             self._rx_bytes += len(data)
             self._wake_rx()
+        if self.tap is not None:  # after forwarding: the copy never delays the data
+            self.tap.received(data)
 
     def _on_eof(self) -> None:
         self._rx_eof = True

@@ -207,16 +207,16 @@ class ClientRunner:
     ) -> ClientConfig:
         assert server.cert is not None, "start the server first"
         self._count += 1
-        return ClientConfig(
-            server_addr=LOOPBACK,
-            server_port=server.control_port,
-            tls=ClientTLSConfig(server_fingerprint=server.cert.fingerprint),
-            state_dir=self._tmp_path / f"client{self._count}",
-            auth_token=Secret(token) if token is not None else None,
-            dial_server_timeout=5.0,
-            proxies=proxies,
-            **overrides,
-        )
+        settings: dict[str, Any] = {
+            "server_addr": LOOPBACK,
+            "server_port": server.control_port,
+            "tls": ClientTLSConfig(server_fingerprint=server.cert.fingerprint),
+            "state_dir": self._tmp_path / f"client{self._count}",
+            "auth_token": Secret(token) if token is not None else None,
+            "dial_server_timeout": 5.0,
+            "proxies": proxies,
+        }
+        return ClientConfig(**(settings | overrides))
 
     def start(self, config: ClientConfig) -> tuple[TunnelClient, asyncio.Task[int]]:
         """Run a client in the background; teardown stops it and expects exit code 0."""
@@ -235,10 +235,12 @@ class ClientRunner:
                 waiter = asyncio.ensure_future(
                     client.wait_status(proxy.name, ("running", "refused"))
                 )
-                done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if waiter not in done:
-                    waiter.cancel()
-                    raise AssertionError(f"client exited with {task.result()} before registering")
+                try:
+                    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()  # a no-op once it is done
+                if task.done():
+                    raise AssertionError(f"client exited with {task.result()} while registering")
         return client
 
     async def stop(self, client: TunnelClient) -> int:
@@ -448,6 +450,14 @@ async def tcp_connect(
         writer.close()
         with contextlib.suppress(ConnectionError):  # the far side may have reset it
             await writer.wait_closed()
+
+
+async def echo_once(port: int, payload: bytes) -> bytes:
+    """Send `payload`, half-close, and return everything echoed back."""
+    async with tcp_connect(port) as (reader, writer):
+        writer.write(payload)
+        writer.write_eof()
+        return await reader.read()
 
 
 async def read_digest(reader: asyncio.StreamReader) -> tuple[int, str]:

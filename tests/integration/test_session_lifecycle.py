@@ -4,12 +4,16 @@ server shutdown and heartbeat, with the server and clients in process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Final
 
 from protocol.aio.connection import MuxSession
+from protocol.aio.stream import StreamResetError
 from protocol.configfile import Secret
 from protocol.errors import ErrorCode
+from protocol.messages import StreamHeader
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 from tunnel_client.client import TunnelClient
@@ -21,6 +25,7 @@ from .conftest import (
     LogWatcher,
     ServerFactory,
     TCPService,
+    echo_once,
     port_of,
     tcp_connect,
     tcp_proxy,
@@ -35,22 +40,26 @@ SHUTDOWN_MARGIN_S: Final = 1.5
 HEARTBEAT_TIMEOUT_S: Final = 0.6
 ENDLESS_BYTES: Final = 1 << 40  # a download that outlives any test
 USER_CLOSE_S: Final = 2.0  # how soon a user must see its connection end
-# Shared by the xfail tests below; see the report for the analysis.
-ABORT_LEAVES_USER_OPEN: Final = (
-    "BUG: releasing a session's proxies (kick, replacement, shutdown) leaves user connections "
-    "open: TCPProxy.close() (tunnel_server/proxies/tcp.py:88) calls MuxStream.abort(), which "
-    "calls _finish(notify_sink=False) (protocol/aio/stream.py, abort()), so the user's "
-    "transport is never closed; the stream is already forgotten, so the session's own "
-    "close cannot reset it either. Fix: abort() should close an attached sink "
-    "(notify_sink=True)."
+WINDOW_THEN_RESET: Final = (
+    "BUG: a peer's WINDOW_UPDATE and RST for one stream, read in one buffer while we hold a "
+    "send backlog on it, kill the whole session. MuxConnection processes both frames (the RST "
+    "forgets the stream), then MuxSession._dispatch delivers SendWindowOpened first: "
+    "MuxStream._on_window -> _flush_backlog -> MuxSession.send_data -> MuxConnection."
+    "send_data -> _require raises LocalProtocolError('unknown stream'), which escapes "
+    "buffer_updated (protocol/aio/connection.py:113); asyncio calls it a fatal error and "
+    "closes the transport. Fix: MuxSession.send_data returns 0 when the core no longer "
+    "knows the stream (mux.terminated or mux.send_window(id) == 0); the queued StreamReset "
+    "then finishes the MuxStream."
 )
 
-
-async def echo_once(port: int, payload: bytes) -> bytes:
-    async with tcp_connect(port) as (reader, writer):
-        writer.write(payload)
-        writer.write_eof()
-        return await reader.read()
+WRITE_SWALLOWS_RESET: Final = (
+    "BUG: MuxStream.write()/drain() return normally when the stream is reset while they wait "
+    "for window, although the unsent backlog was dropped. MuxStream._finish sets "
+    "_tx_backlog = None before waking the writer, so the loop in drain() "
+    "(protocol/aio/stream.py, drain()) exits on its condition without re-checking "
+    "reset_code. Fix: after the loop (or when _finish dropped a backlog), raise "
+    "StreamResetError if reset_code is set."
+)
 
 
 async def test_login_wrong_token_exits_with_code_1(
@@ -114,7 +123,6 @@ async def test_session_kicked_client_reconnects_and_reclaims_its_port(
         assert server.stats.sessions_total == 2
 
 
-
 async def test_session_kick_closes_open_user_connections(
     server: TunnelServer, clients: ClientRunner, echo: TCPService
 ) -> None:
@@ -152,7 +160,7 @@ async def test_session_same_client_id_replaces_old_session(
 
 
 async def _start_endless_download(
-    client: TunnelClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> asyncio.Task[int]:
     """Ask the source for more than any test reads; return once bytes flow, reading on."""
     writer.write(b"%d\n" % ENDLESS_BYTES)
@@ -163,12 +171,11 @@ async def _start_endless_download(
 async def test_server_shutdown_during_transfer_returns_within_drain_deadline(
     server: TunnelServer, clients: ClientRunner, source: TCPService
 ) -> None:
-    """shutdown() with a download in flight returns by the drain deadline (plus a margin)
-    and ends every session."""
+    """shutdown() with a download in flight returns by the drain deadline and ends sessions."""
     async with asyncio.timeout(TEST_TIMEOUT_S):
         client = await clients.run(server, tcp_proxy("src", source.port))
         async with tcp_connect(port_of(client.proxy_status["src"])) as (reader, writer):
-            download = await _start_endless_download(client, reader, writer)
+            download = await _start_endless_download(reader, writer)
             started = time.monotonic()
             await server.shutdown(drain_timeout_s=DRAIN_S)
             elapsed = time.monotonic() - started
@@ -180,7 +187,6 @@ async def test_server_shutdown_during_transfer_returns_within_drain_deadline(
             await source.wait_all_closed()  # the client closed its side of the transfer
 
 
-
 async def test_server_shutdown_during_transfer_closes_user_connection(
     server: TunnelServer, clients: ClientRunner, source: TCPService
 ) -> None:
@@ -188,7 +194,7 @@ async def test_server_shutdown_during_transfer_closes_user_connection(
     async with asyncio.timeout(TEST_TIMEOUT_S):
         client = await clients.run(server, tcp_proxy("src", source.port))
         async with tcp_connect(port_of(client.proxy_status["src"])) as (reader, writer):
-            download = await _start_endless_download(client, reader, writer)
+            download = await _start_endless_download(reader, writer)
             await server.shutdown(drain_timeout_s=DRAIN_S)
             try:
                 async with asyncio.timeout(USER_CLOSE_S):
@@ -224,43 +230,102 @@ async def test_heartbeat_silent_client_session_ends_with_keepalive_timeout(
         assert await echo_once(port_of(status), b"alive") == b"alive"
 
 
-async def test_mux_keepalive_deaf_side_times_out() -> None:
-    """Two MuxSessions over loopback TCP: the side that stops reading ends with
-    KEEPALIVE_TIMEOUT within its keepalive timeout, and the other side learns it."""
-    async with asyncio.timeout(TEST_TIMEOUT_S):
-        settings = MuxSettings(keepalive_interval_s=0.1, keepalive_timeout_s=0.4)
-        loop = asyncio.get_running_loop()
-        accepted: asyncio.Future[MuxSession] = loop.create_future()
+@contextlib.asynccontextmanager
+async def mux_pair(settings: MuxSettings) -> AsyncIterator[tuple[MuxSession, MuxSession]]:
+    """A client and a server MuxSession over loopback TCP (no TLS); the server accepts every
+    stream."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[MuxSession] = loop.create_future()
 
-        told: list[int] = []
-
-        def server_side() -> MuxSession:
-            session = MuxSession(Role.SERVER, settings)
-            session.on_go_away = lambda code, reason: told.append(code)
+    def server_side() -> MuxSession:
+        session = MuxSession(Role.SERVER, settings)
+        session.on_stream = session.accept_stream
+        if not accepted.done():
             accepted.set_result(session)
-            return session
+        return session
 
-        listener = await loop.create_server(server_side, LOOPBACK, 0)
-        try:
-            _, client = await loop.create_connection(
-                lambda: MuxSession(Role.CLIENT, settings),
-                LOOPBACK,
-                listener.sockets[0].getsockname()[1],
-            )
-            server = await accepted
-            await client.wait_connected()
+    listener = await loop.create_server(server_side, LOOPBACK, 0)
+    client: MuxSession | None = None
+    try:
+        _, client = await loop.create_connection(
+            lambda: MuxSession(Role.CLIENT, settings),
+            LOOPBACK,
+            listener.sockets[0].getsockname()[1],
+        )
+        server = await accepted
+        yield client, server
+    finally:
+        if client is not None:
+            client.close()
+        if accepted.done():
+            accepted.result().close()
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_mux_keepalive_deaf_side_times_out() -> None:
+    """A MuxSession that stops reading ends with KEEPALIVE_TIMEOUT and tells its peer why."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        timeout_s = 0.4
+        settings = MuxSettings(keepalive_interval_s=0.1, keepalive_timeout_s=timeout_s)
+        async with mux_pair(settings) as (client, server):
+            told: list[int] = []
+            server.on_go_away = lambda code, reason: told.append(code)
             assert client.transport is not None
             client.transport.pause_reading()
             started = time.monotonic()
             await client.wait_closed()
+            elapsed = time.monotonic() - started
             assert client.close_code == ErrorCode.KEEPALIVE_TIMEOUT
-            assert 0.4 * 0.9 <= time.monotonic() - started < 0.4 + 1.0
+            assert timeout_s * 0.9 <= elapsed < timeout_s + 1.0
             async with asyncio.timeout(1.0):
-                await server.wait_closed()  # its peer went away with GO_AWAY and FIN
+                await server.wait_closed()  # GO_AWAY, then FIN
             assert told == [ErrorCode.KEEPALIVE_TIMEOUT]
-        finally:
-            listener.close()
-            await listener.wait_closed()
+
+
+async def test_mux_reset_right_after_window_update_ends_only_that_stream() -> None:
+    """A WINDOW_UPDATE then RST on a backlogged stream ends that stream, not the session."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        window = 256 * 1024  # the initial window, so the peer's first credit is predictable
+        async with mux_pair(MuxSettings(stream_window_bytes=window)) as (client, server):
+            victim = client.open_stream(StreamHeader("victim", "", 0))
+            bystander = client.open_stream(StreamHeader("bystander", "", 0))
+            assert victim.send(bytes(4 * window)) is False  # three windows wait in a backlog
+            await victim.wait_accepted()
+            far_victim = next(s for s in server.streams() if s.header.proxy == "victim")
+
+            consumed = 0
+            while consumed < window // 2:  # half a window read: the peer owes us credit
+                consumed += len(await far_victim.read())
+            assert server.mux.pending_output_bytes > 0  # the WINDOW_UPDATE is queued...
+            far_victim.abort(ErrorCode.CANCELLED, "user went away")  # ...and the RST after it
+
+            async with asyncio.timeout(2.0):
+                await victim.wait_closed()
+            assert victim.reset_code == ErrorCode.CANCELLED, victim.reset_reason
+            assert not client.closed, client.close_reason
+            await bystander.write(b"still here")
+            far_bystander = next(s for s in server.streams() if s.header.proxy == "bystander")
+            assert await far_bystander.read() == b"still here"
+
+
+async def test_mux_write_cut_short_by_reset_raises() -> None:
+    """write() waiting for window raises StreamResetError when the peer resets the stream."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        window = 256 * 1024
+        async with mux_pair(MuxSettings(stream_window_bytes=window)) as (client, server):
+            stream = client.open_stream(StreamHeader("s", "", 0))
+            writing = asyncio.create_task(stream.write(bytes(4 * window)))
+            await stream.wait_accepted()  # by now write() has sent a window and waits
+            far = server.streams()[0]
+            far.abort(ErrorCode.CANCELLED, "user went away")
+            async with asyncio.timeout(2.0):
+                result = await asyncio.gather(writing, return_exceptions=True)
+            assert stream.bytes_out < 4 * window
+            assert isinstance(result[0], StreamResetError), (
+                f"write() returned {result[0]!r} after sending {stream.bytes_out} of "
+                f"{4 * window} bytes"
+            )
 
 
 async def _read_until_closed(reader: asyncio.StreamReader) -> int:
