@@ -24,6 +24,7 @@ from tests.support.peers import nginx, run_command  # noqa: E402
 from tests.support.procs import ProcessGroup  # noqa: E402
 
 HOST = "bench.example.test"
+INSPECTED_HOST = "inspected.example.test"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -34,9 +35,12 @@ def _ms(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-async def wrk(port: int, args: argparse.Namespace) -> dict[str, float]:
+async def wrk(
+    port: int, args: argparse.Namespace, host: str, threads: int = 2, conns: int = 50
+) -> dict[str, float]:
     out = await run_command(
-        ["wrk", "-t2", "-c50", f"-d{args.seconds}s", "--latency", "-H", f"Host: {HOST}",
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{args.seconds}s", "--latency",
+         "-H", f"Host: {host}",
          f"http://127.0.0.1:{port}/index.html"],
         timeout_s=args.seconds + 30,
     )  # fmt: skip
@@ -49,9 +53,14 @@ async def wrk(port: int, args: argparse.Namespace) -> dict[str, float]:
     return {"req/s": rps, "p50 ms": p50, "p99 ms": p99}
 
 
-async def measure(port: int, args: argparse.Namespace) -> dict[str, float]:
-    runs = [await wrk(port, args) for _ in range(args.runs)]
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+async def measure(port: int, args: argparse.Namespace, host: str = HOST) -> dict[str, float]:
+    runs = [await wrk(port, args, host) for _ in range(args.runs)]
+    result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    # Unloaded latency: one connection, one request at a time.
+    single = [await wrk(port, args, host, threads=1, conns=1) for _ in range(args.runs)]
+    result["c1 p50 ms"] = statistics.median(run["p50 ms"] for run in single)
+    result["c1 p99 ms"] = statistics.median(run["p99 ms"] for run in single)
+    return result
 
 
 async def main() -> None:
@@ -73,26 +82,41 @@ async def main() -> None:
                 server = await group.start_tunnel("tunneld", ["-c", str(work / "frps.toml")])
                 control = await server.control_address()
                 vhost = await server.http_vhost_address()
-                (work / "frpc.toml").write_text(
-                    f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
-                    f'stateDir = "{work}/client"\ninspect.enabled = false\n'
-                    f'transport.tls.serverFingerprint = "{await server.fingerprint()}"\n'
-                    f'[[proxies]]\nname = "web"\ntype = "http"\nlocalPort = {web.port}\n'
-                    f'customDomains = ["{HOST}"]\n'
-                )
-                client = await group.start_tunnel("tunnelc", ["-c", str(work / "frpc.toml")])
-                await client.proxy_endpoint("web")
+                fingerprint = await server.fingerprint()
+                for name, host, inspect in (
+                    ("web", HOST, "false"),
+                    ("seen", INSPECTED_HOST, "true"),
+                ):
+                    config = work / f"frpc-{name}.toml"
+                    config.write_text(
+                        f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
+                        f'stateDir = "{work}/client"\ninspect.enabled = {inspect}\n'
+                        "inspect.port = 0\n"
+                        f'transport.tls.serverFingerprint = "{fingerprint}"\n'
+                        f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'
+                        f'customDomains = ["{host}"]\n'
+                    )
+                    client = await group.start_tunnel("tunnelc", ["-c", str(config)])
+                    await client.proxy_endpoint(name)
                 results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
+                results["vhost + inspector"] = await measure(vhost.port, args, INSPECTED_HOST)
         finally:
             await group.aclose()
-    print(f"\nHTTP benchmark (wrk -t2 -c50 -d{args.seconds}s --latency, median of {args.runs})\n")
-    keys = ["req/s", "p50 ms", "p99 ms"]
+    print(
+        f"\nHTTP benchmark (wrk -t2 -c50 -d{args.seconds}s --latency; c1 = wrk -t1 -c1; "
+        f"median of {args.runs})\n"
+    )
+    keys = ["req/s", "p50 ms", "p99 ms", "c1 p50 ms", "c1 p99 ms"]
     print("| path | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
     direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
-    print("| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys))
+    seen = results["vhost + inspector"]
+    print(
+        "| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys) + " |"
+    )
+    print("| inspector on / off | " + " | ".join(f"{seen[k] / tunnel[k]:.2f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

@@ -182,8 +182,12 @@ class MuxStream:
         caller pauses); the stream resumes its source itself when the backlog drains."""
         if self._closed.done() or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
-        if self.tap is not None:
-            self.tap.sent(data)  # the mux writes at the end of this loop iteration anyway
+        more = self._send(data)
+        if self.tap is not None:  # after the data was queued for the peer
+            self.tap.sent(data)
+        return more
+
+    def _send(self, data: bytes | memoryview) -> bool:
         if self._tx_backlog is not None:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).

@@ -8,6 +8,9 @@ itself on anything it cannot parse.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Final
+
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import MuxStream
 
@@ -16,25 +19,61 @@ from ..inspect.capture import HTTPCapture
 from ..inspect.store import CaptureStore
 from .tcp import TCPProxy
 
+# Captured bytes waiting to be parsed, per connection (normally one loop iteration's worth).
+MAX_PENDING_CAPTURE_BYTES: Final = 4 * 1024 * 1024
+
 
 class _CaptureTap:
-    """Adapts a stream's tap to an HTTPCapture: from the server is the request."""
+    """Adapts a stream's tap to an HTTPCapture; bytes from the server are the request.
 
-    __slots__ = ("_capture",)
+    Parsing is deferred to the end of the event-loop iteration (`call_soon`), after the bytes
+    themselves were forwarded, so capture never delays the proxied request. At most
+    MAX_PENDING_CAPTURE_BYTES wait; past that this connection's capture stops.
+    """
+
+    __slots__ = ("_capture", "_pending", "_pending_bytes", "_scheduled")
 
     def __init__(self, capture: HTTPCapture) -> None:
         self._capture = capture
+        self._pending: list[tuple[bool, bytes]] = []
+        self._pending_bytes = 0
+        self._scheduled = False
+
+    def _queue(self, is_request: bool, data: bytes) -> None:
+        if not self._capture.capturing:
+            return
+        if self._pending_bytes + len(data) > MAX_PENDING_CAPTURE_BYTES:
+            self._pending.clear()
+            self._capture.close()
+            return
+        self._pending.append((is_request, data))
+        self._pending_bytes += len(data)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._process)
+
+    def _process(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        for is_request, data in pending:
+            if is_request:
+                self._capture.feed_request(data)
+            else:
+                self._capture.feed_response(data)
 
     def received(self, data: bytes) -> None:
-        if self._capture.capturing:
-            self._capture.feed_request(data)
+        self._queue(True, data)
 
     def sent(self, data: bytes | memoryview) -> None:
-        if self._capture.capturing:
-            self._capture.feed_response(bytes(data))
+        self._queue(False, bytes(data))
 
     def closed(self) -> None:
-        self._capture.close()
+        if self._scheduled:
+            # Let the queued bytes be parsed first; then finish the capture.
+            asyncio.get_running_loop().call_soon(self._capture.close)
+        else:
+            self._capture.close()
 
 
 class HTTPProxy(TCPProxy):
