@@ -493,3 +493,18 @@ class _Walker:
         """True if `rel` is an unsupported frp key or a table that holds some."""
         prefix = rel + "."
         return rel in unsupported or any(known.startswith(prefix) for known in unsupported)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file, or a ConfigError naming the file and what is wrong.
+
+    The loader's one I/O call, shared by both apps.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found; pass an existing file with -c") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "file is not valid UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read file: {exc.strerror}") from None

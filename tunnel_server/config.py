@@ -27,6 +27,7 @@ from protocol.configfile import (
     Table,
     TableList,
     read_config,
+    read_config_text,
 )
 from protocol.configschema import (
     AUTH_FIELDS,
@@ -157,14 +158,7 @@ SERVER_SCHEMA: Final = Table(
 
 def load_server_config(path: Path) -> ServerConfig:
     """Read, parse and validate a `frps.toml`-style file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), "", "file not found; pass an existing file with -c") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "", "file is not valid UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read file: {exc.strerror}") from None
+    text = read_config_text(path)
     return parse_server_config(text, str(path), base_dir=path.absolute().parent)
 
 

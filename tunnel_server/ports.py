@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from .config import PortRange
@@ -63,3 +65,29 @@ class PortAllocator:
             self._per_client[client_id] -= 1
             if self._per_client[client_id] <= 0:
                 del self._per_client[client_id]
+
+
+async def listen_on_public_port(
+    ports: PortAllocator,
+    client_id: str,
+    proto: str,
+    requested: int,
+    listen: Callable[[int], Awaitable[int]],
+) -> int:
+    """Claim a public port: check the rules, then try `listen(port)` on the requested port or
+    on allowed candidates; returns the bound port, held for the client. ProxyRefused with the
+    reason otherwise."""
+    ports.check(client_id, proto, requested)
+    last_error: OSError | None = None
+    for port in [requested] if requested else ports.candidates():
+        try:
+            bound = await listen(port)
+        except OSError as exc:
+            last_error = exc
+            continue
+        ports.hold(client_id, proto, bound)
+        return bound
+    label = "UDP port" if proto == "udp" else "port"
+    if requested and last_error is not None and last_error.errno == errno.EADDRINUSE:
+        raise ProxyRefused(f"{label} {requested} is already in use on the server")
+    raise ProxyRefused(f"cannot listen on a public {label}: {last_error}")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import importlib.resources
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -162,3 +163,33 @@ def install_guard(
 
     app.middlewares.append(guard)
     app.on_response_prepare.append(add_headers)
+
+
+def page_routes(package: str, page: str, assets: Mapping[str, str]) -> list[web.RouteDef]:
+    """Routes for a one-page app: `/` (the page), `/static/{name}` and an open `/healthz`.
+
+    Files are read once from `package`'s `static/` folder, so the pages need no CDN and work
+    offline; `assets` maps file name to content type.
+    """
+    folder = importlib.resources.files(package).joinpath("static")
+    body = folder.joinpath(page).read_bytes()
+    files = {name: (folder.joinpath(name).read_bytes(), kind) for name, kind in assets.items()}
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+    async def static(request: web.Request) -> web.Response:
+        found = files.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        data, content_type = found
+        return web.Response(body=data, content_type=content_type, charset="utf-8")
+
+    return [web.get("/", index), web.get("/static/{name}", static), healthz_route()]
+
+
+def healthz_route() -> web.RouteDef:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    return web.get("/healthz", healthz)

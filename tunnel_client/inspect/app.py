@@ -9,7 +9,6 @@ without waiting for viewers.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from typing import Final
 
 from aiohttp import web
 
-from protocol.aio.webguard import install_guard
+from protocol.aio.webguard import install_guard, page_routes
 from tunnel_client.inspect.bodyview import describe_body
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
 from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
@@ -78,10 +77,6 @@ def _event_payload(event: StoreEvent) -> dict[str, object]:
     return {"kind": event.kind, "exchange": exchange_summary(event.exchange)}
 
 
-def _asset(name: str) -> bytes:
-    return importlib.resources.files("tunnel_client.inspect").joinpath("static", name).read_bytes()
-
-
 def build_inspector_app(
     store: CaptureStore,
     replayer: Replayer,
@@ -93,8 +88,6 @@ def build_inspector_app(
     # Replay edits carry a body of up to max_body_bytes, JSON-escaped (up to 6x for \\uXXXX).
     app = web.Application(client_max_size=6 * store.max_body_bytes + 1024 * 1024)
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
-    page = _asset("inspector.html")
-    assets = {name: (_asset(name), content_type) for name, content_type in _ASSETS.items()}
     streams: set[Subscription] = set()
     replays_running = 0
 
@@ -103,19 +96,6 @@ def build_inspector_app(
             subscription.close()
 
     app.on_shutdown.append(close_streams)
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
-
-    async def static(request: web.Request) -> web.Response:
-        found = assets.get(request.match_info["name"])
-        if found is None:
-            raise web.HTTPNotFound()
-        body, content_type = found
-        return web.Response(body=body, content_type=content_type, charset="utf-8")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     def lookup(request: web.Request) -> CapturedExchange:
         raw = request.match_info["id"]
@@ -224,9 +204,7 @@ def build_inspector_app(
 
     app.add_routes(
         [
-            web.get("/", index),
-            web.get("/static/{name}", static),
-            web.get("/healthz", healthz),
+            *page_routes("tunnel_client.inspect", "inspector.html", _ASSETS),
             web.get("/api/requests", list_requests),
             web.delete("/api/requests", clear_requests),
             web.get("/api/requests/{id}", get_request),

@@ -7,7 +7,7 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from protocol.aio.webguard import install_guard
+from protocol.aio.webguard import healthz_route, install_guard
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,6 @@ def build_admin_app(
     app = web.Application()
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
     async def status(request: web.Request) -> web.Response:
         return web.json_response({"proxies": controller.status()})
 
@@ -63,7 +60,7 @@ def build_admin_app(
 
     app.add_routes(
         [
-            web.get("/healthz", healthz),
+            healthz_route(),
             web.get("/api/status", status),
             # frp's client uses GET for reload; POST is the honest method, so accept both.
             web.get("/api/reload", reload, allow_head=False),

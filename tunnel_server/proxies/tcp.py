@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 
 from protocol.aio.splice import SpliceProtocol
@@ -12,7 +11,8 @@ from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
-from .base import ProxyContext, ProxyRefused
+from ..ports import listen_on_public_port
+from .base import ProxyContext
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +35,21 @@ class TCPProxy:
 
     async def start(self) -> None:
         ctx = self.ctx
-        ctx.ports.check(ctx.client_id, "tcp", self.requested_port)
         loop = asyncio.get_running_loop()
-        candidates = [self.requested_port] if self.requested_port else ctx.ports.candidates()
-        last_error: OSError | None = None
-        for port in candidates:
-            try:
-                self._server = await loop.create_server(
-                    lambda: SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed),
-                    ctx.config.proxy_bind_addr,
-                    port,
-                    reuse_address=True,
-                )
-                break
-            except OSError as exc:
-                last_error = exc
-        if self._server is None:
-            if self.requested_port and last_error and last_error.errno == errno.EADDRINUSE:
-                raise ProxyRefused(f"port {self.requested_port} is already in use on the server")
-            raise ProxyRefused(f"cannot listen on a public port: {last_error}")
-        self.port = self._server.sockets[0].getsockname()[1]
-        ctx.ports.hold(ctx.client_id, "tcp", self.port)
+
+        async def listen(port: int) -> int:
+            self._server = await loop.create_server(
+                lambda: SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed),
+                ctx.config.proxy_bind_addr,
+                port,
+                reuse_address=True,
+            )
+            bound: int = self._server.sockets[0].getsockname()[1]
+            return bound
+
+        self.port = await listen_on_public_port(
+            ctx.ports, ctx.client_id, "tcp", self.requested_port, listen
+        )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:

@@ -13,7 +13,6 @@ Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from typing import Final, cast
@@ -21,7 +20,8 @@ from typing import Final, cast
 from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
 from protocol.proxytype import ProxyType
 
-from .base import ProxyContext, ProxyRefused
+from ..ports import listen_on_public_port
+from .base import ProxyContext
 from .tcp import format_host
 
 logger = logging.getLogger(__name__)
@@ -62,26 +62,18 @@ class UDPProxy(asyncio.DatagramProtocol):
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         ctx = self.ctx
-        ctx.ports.check(ctx.client_id, "udp", self.requested_port)
         loop = asyncio.get_running_loop()
-        candidates = [self.requested_port] if self.requested_port else ctx.ports.candidates()
-        last_error: OSError | None = None
-        for port in candidates:
-            try:
-                await loop.create_datagram_endpoint(
-                    lambda: self, local_addr=(ctx.config.proxy_bind_addr, port)
-                )
-                break
-            except OSError as exc:
-                last_error = exc
-        if self._transport is None:
-            if self.requested_port and last_error and last_error.errno == errno.EADDRINUSE:
-                raise ProxyRefused(
-                    f"UDP port {self.requested_port} is already in use on the server"
-                )
-            raise ProxyRefused(f"cannot listen on a public UDP port: {last_error}")
-        self.port = self._transport.get_extra_info("sockname")[1]
-        ctx.ports.hold(ctx.client_id, "udp", self.port)
+
+        async def listen(port: int) -> int:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(ctx.config.proxy_bind_addr, port)
+            )
+            bound: int = transport.get_extra_info("sockname")[1]
+            return bound
+
+        self.port = await listen_on_public_port(
+            ctx.ports, ctx.client_id, "udp", self.requested_port, listen
+        )
         self.public_urls = (f"udp://{format_host(ctx.public_host)}:{self.port}",)
         self._arm_sweeper()
 

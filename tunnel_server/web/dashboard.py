@@ -6,7 +6,6 @@ state of its own. The page's CSS and JS ship inside the package (no CDN).
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import time
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import PROTOCOL_VERSION, __version__
-from protocol.aio.webguard import auth_enabled, check_web_bind, install_guard
+from protocol.aio.webguard import auth_enabled, check_web_bind, install_guard, page_routes
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
 
@@ -84,10 +83,6 @@ def _server_info(
     }
 
 
-def _asset(name: str) -> bytes:
-    return importlib.resources.files("tunnel_server.web").joinpath("static", name).read_bytes()
-
-
 def build_dashboard_app(
     view: ServerView,
     stats: ServerStats,
@@ -101,21 +96,6 @@ def build_dashboard_app(
     app = web.Application()
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
     server_config: Mapping[str, object] = dict(info or {})
-    page = _asset("dashboard.html")
-    assets = {name: (_asset(name), content_type) for name, content_type in _ASSETS.items()}
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
-
-    async def static(request: web.Request) -> web.Response:
-        found = assets.get(request.match_info["name"])
-        if found is None:
-            raise web.HTTPNotFound()
-        body, content_type = found
-        return web.Response(body=body, content_type=content_type, charset="utf-8")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def api_clients(request: web.Request) -> web.Response:
         return web.json_response([_client_json(client) for client in view.clients()])
@@ -154,9 +134,7 @@ def build_dashboard_app(
         return web.json_response({"closed": name, "client_id": client_id})
 
     routes = [
-        web.get("/", index),
-        web.get("/static/{name}", static),
-        web.get("/healthz", healthz),
+        *page_routes("tunnel_server.web", "dashboard.html", _ASSETS),
         web.get("/api", api_overview),
         web.get("/api/clients", api_clients),
         web.get("/api/proxies", api_proxies),
