@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from .config import PortRange
-from .proxies.base import ProxyRefused
+from .errors import ProxyRefused
 
 # How many random ports to try when the client asks for "any port" (remotePort = 0).
 PICK_ATTEMPTS: Final = 64

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from protocol.aio.connection import MuxSession
-from protocol.errors import TunnelError
 from protocol.messages import NewProxy, UDPFlowClosed
 from protocol.proxytype import ProxyType
 
+from ..errors import ProxyRefused
 from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-class ProxyRefused(TunnelError):
-    """A proxy request was refused; the message is shown to the client as is."""
+__all__ = ["DatagramSink", "FlowIds", "ProxyContext", "ProxyRefused", "ServerProxy"]
 
 
 class DatagramSink(Protocol):
