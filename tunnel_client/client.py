@@ -244,12 +244,6 @@ class TunnelClient:
             hello = await session.next_message()
             if not isinstance(hello, Hello):
                 raise LoginFailed(f"the server sent {type(hello).__name__} instead of Hello")
-            if hello.protocol_version != PROTOCOL_VERSION:
-                raise LoginFailed(
-                    f"protocol version mismatch: the server (tunnelkit {hello.server_version}) "
-                    f"speaks protocol {hello.protocol_version} and this client (tunnelkit "
-                    f"{__version__}) speaks {PROTOCOL_VERSION}; install matching versions"
-                )
             token = cfg.auth_token.reveal() if cfg.auth_token else ""
             session.send_message(
                 Login(
@@ -261,7 +255,14 @@ class TunnelClient:
                     proof=login_proof(token, hello.nonce, self.client_id, PROTOCOL_VERSION),
                 )
             )
+            # On a version mismatch the login still goes out, so the server logs it too.
             result = await session.next_message()
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise LoginFailed(
+                f"protocol version mismatch: the server (tunnelkit {hello.server_version}) "
+                f"speaks protocol {hello.protocol_version} and this client (tunnelkit "
+                f"{__version__}) speaks {PROTOCOL_VERSION}; install matching versions"
+            )
         if not isinstance(result, LoginResult):
             raise LoginFailed(f"the server sent {type(result).__name__} instead of LoginResult")
         if not result.ok:

@@ -74,6 +74,23 @@ async def test_login_wrong_token_exits_with_code_1(
         assert server.sessions == {}
 
 
+async def test_login_protocol_version_mismatch_is_clear_on_both_sides(
+    make_server: ServerFactory,
+    clients: ClientRunner,
+    logs: LogWatcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client speaking another protocol version is refused; both sides say why."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        server = await make_server()
+        monkeypatch.setattr("tunnel_client.client.PROTOCOL_VERSION", 99)
+        config = clients.config(server, login_fail_exit=True)
+        assert await TunnelClient(config).run() == 1
+        await logs.wait_for("speaks protocol 99, this server speaks 1")
+        await logs.wait_for("protocol version mismatch")
+        assert server.sessions == {}
+
+
 async def test_login_wrong_token_keeps_retrying_without_login_fail_exit(
     make_server: ServerFactory, clients: ClientRunner, logs: LogWatcher
 ) -> None:
