@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Final
 
+import pytest
+
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import StreamResetError
 from protocol.configfile import Secret
