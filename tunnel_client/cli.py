@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 import signal
@@ -20,6 +21,7 @@ from protocol.errors import TunnelError
 from protocol.logs import setup_logging
 from protocol.proxytype import ProxyType
 
+from .adminfile import read_admin_address
 from .client import TunnelClient
 from .config import ClientConfig, load_client_config, make_oneliner_config
 from .proxyconfig import make_oneliner_proxy
@@ -297,7 +299,9 @@ def demo(
 
 
 # -- admin API clients ----------------------------------------------------------------------------
-async def _admin_call(config: ClientConfig, method: str, path: str) -> tuple[int, str]:
+async def _admin_call(
+    config: ClientConfig, config_path: Path, method: str, path: str
+) -> tuple[int, str]:
     import aiohttp
 
     web_cfg = config.web
@@ -306,21 +310,31 @@ async def _admin_call(config: ClientConfig, method: str, path: str) -> tuple[int
             "this needs the admin API: set webServer.port in the config (and restart tunnelc), "
             "or send tunnelc SIGHUP to reload"
         )
-    host = "127.0.0.1" if web_cfg.addr in ("0.0.0.0", "") else web_cfg.addr
+    host, port = web_cfg.addr, web_cfg.port
+    if port == 0:  # picked at start-up: the running client recorded it
+        recorded = read_admin_address(config_path)
+        if recorded is None:
+            raise TunnelError(
+                f"no running tunnelc found for {config_path} (webServer.port = 0 is picked at "
+                "start-up; is tunnelc running with this config?)"
+            )
+        host, port = recorded
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     host = f"[{host}]" if ":" in host else host
-    auth = None
+    headers = {}
     if web_cfg.user and web_cfg.password:
-        auth = aiohttp.BasicAuth(web_cfg.user, web_cfg.password.reveal())
+        token = f"{web_cfg.user}:{web_cfg.password.reveal()}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
     timeout = aiohttp.ClientTimeout(total=30)
     try:
         async with (
-            aiohttp.ClientSession(timeout=timeout, auth=auth) as http,
-            http.request(method, f"http://{host}:{web_cfg.port}{path}") as resp,
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.request(method, f"http://{host}:{port}{path}", headers=headers) as resp,
         ):
             return resp.status, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TunnelError(
-            f"cannot reach the admin API at {host}:{web_cfg.port} (is tunnelc running?): {exc}"
+            f"cannot reach the admin API at {host}:{port} (is tunnelc running?): {exc}"
         ) from None
 
 
@@ -330,7 +344,7 @@ def _admin_command(config_path: Path | None, method: str, path: str) -> None:
         return
     config = _load(config_path)
     try:
-        status, text = asyncio.run(_admin_call(config, method, path))
+        status, text = asyncio.run(_admin_call(config, config_path, method, path))
     except TunnelError as exc:
         fail(str(exc))
         return

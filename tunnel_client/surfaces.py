@@ -11,6 +11,7 @@ from aiohttp import web
 from protocol.aio.webguard import check_web_bind
 from protocol.errors import TunnelError
 
+from .adminfile import remove_admin_address, write_admin_address
 from .inspect.app import build_inspector_app
 from .inspect.replay import make_local_replayer
 from .inspect.store import CaptureStore
@@ -114,9 +115,16 @@ class WebSurfaces:
             ) from None
         self._runners.append(runner)
         self.admin_port = port
+        if self.client.config_path is not None:
+            try:
+                write_admin_address(self.client.config_path, cfg.addr, port)
+            except OSError as exc:
+                logger.warning("tunnelc: cannot record the admin API address: %s", exc)
         logger.info("tunnelc: admin API on http://%s:%d/", _host(cfg.addr), port)
 
     async def close(self) -> None:
+        if self.admin_port is not None and self.client.config_path is not None:
+            remove_admin_address(self.client.config_path)
         if self.store is not None:
             self.store.close_subscriptions()
         while self._runners:
