@@ -91,8 +91,9 @@ class TunnelClient:
 
     # -- admin API (AdminController) ------------------------------------------------------------
     def status(self) -> list[dict[str, object]]:
-        return [
-            {
+        rows: list[dict[str, object]] = []
+        for st in self.proxy_status.values():
+            row: dict[str, object] = {
                 "name": st.name,
                 "type": st.type,
                 "state": st.state,
@@ -100,8 +101,15 @@ class TunnelClient:
                 "local": st.local,
                 "error": st.error,
             }
-            for st in self.proxy_status.values()
-        ]
+            proxy = self.proxies.get(st.name)
+            if isinstance(proxy, UDPProxy):
+                row["udp"] = {
+                    "flows": len(proxy.flows),
+                    "dropped_datagrams": proxy.dropped,
+                    "refused_flows": proxy.refused_flows,
+                }
+            rows.append(row)
+        return rows
 
     async def reload(self) -> dict[str, object]:
         """Re-read the config file: add, remove and change proxies, leaving the rest alone."""
