@@ -298,6 +298,10 @@ class MuxStream:
     def write_eof(self) -> None:
         self.send_eof()
 
+    def at_eof(self) -> bool:
+        """True once the peer sent FIN or the stream is closed (buffered data may remain)."""
+        return self._rx_eof or self._closed.done()
+
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACK; raises StreamResetError if it refused."""
         await asyncio.shield(self._accepted)

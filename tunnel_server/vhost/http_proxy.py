@@ -230,7 +230,9 @@ class HTTPVhostServer(VhostListener):
     ) -> Upstream | None:
         """The stream for this route: the held one if it matches, else a new one."""
         if upstream:
-            if upstream[0].route is route:
+            # A held stream whose app side already ended (it closed its idle keep-alive
+            # connection) is not reused: a POST on it could not be retried.
+            if upstream[0].route is route and not upstream[0].stream.at_eof():
                 return upstream[0]
             old = upstream.pop()
             await old.close()

@@ -55,6 +55,10 @@ class ByteStream(Protocol):
         """Close gracefully (idempotent)."""
         ...
 
+    def at_eof(self) -> bool:
+        """True once the peer ended its direction (or the stream is gone): not reusable."""
+        ...
+
     async def wait_closed(self) -> None:
         """Wait until close() or abort() has finished."""
         ...
@@ -73,6 +77,9 @@ class StreamsByteStream:
 
     async def read(self, max_bytes: int) -> bytes:
         return await self._reader.read(max_bytes)
+
+    def at_eof(self) -> bool:
+        return self._reader.at_eof() or self._writer.is_closing()
 
     async def write(self, data: bytes) -> None:
         if self._writer.is_closing():
