@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.support.echo import pattern_chunks, pattern_digest
