@@ -179,10 +179,7 @@ class MuxConnection:
             raise LocalProtocolError("stream ids exhausted; reconnect")
         self._next_id += 2
         rec = StreamRecord(
-            stream_id,
-            Handshake.SYN_SENT,
-            INITIAL_STREAM_WINDOW_BYTES,
-            self.settings.stream_window_bytes,
+            stream_id, Handshake.SYN_SENT, INITIAL_STREAM_WINDOW_BYTES, self._target_window(1)
         )
         self._streams[stream_id] = rec
         self._write(encode_frame(FrameType.MESSAGE, Flag.SYN, stream_id, encode_message(header)))
@@ -250,7 +247,7 @@ class MuxConnection:
         rec = self._streams.get(stream_id)
         if rec is None or nbytes == 0:
             return
-        self._grant(rec, rec.consume(nbytes), Flag.NONE)
+        self._grant(rec, rec.consume(nbytes, self._target_window()), Flag.NONE)
 
     def send_message(self, message: Message) -> None:
         self._check_usable()
@@ -295,6 +292,12 @@ class MuxConnection:
             return
         self.go_away(code, reason)
         self._terminate(code, reason, remote=False)
+
+    def _target_window(self, extra: int = 0) -> int:
+        """One stream's share of the session window (see MuxSettings.session_window_bytes)."""
+        s = self.settings
+        share = s.session_window_bytes // max(1, len(self._streams) + extra)
+        return max(INITIAL_STREAM_WINDOW_BYTES, min(s.stream_window_bytes, share))
 
     # -- internals: sending -------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -414,7 +417,7 @@ class MuxConnection:
             self._write(encode_frame(FrameType.MESSAGE, Flag.RST, sid, info))
             return
         rec = StreamRecord(
-            sid, Handshake.SYN_RECEIVED, INITIAL_STREAM_WINDOW_BYTES, s.stream_window_bytes
+            sid, Handshake.SYN_RECEIVED, INITIAL_STREAM_WINDOW_BYTES, self._target_window(1)
         )
         self._streams[sid] = rec
         self._pending_accepts += 1

@@ -133,8 +133,11 @@ class StreamRecord:
         self.recv_credit -= nbytes
         self.unconsumed += nbytes
 
-    def consume(self, nbytes: int) -> int:
-        """The application consumed `nbytes`; return the credit to grant now (0 = not yet)."""
+    def consume(self, nbytes: int, target_window: int | None = None) -> int:
+        """The application consumed `nbytes`; return the credit to grant now (0 = not yet).
+        `target_window`, if given, is this stream's current share of the session's window."""
+        if target_window is not None:
+            self.target_window = target_window
         if nbytes > self.unconsumed:
             raise LocalProtocolError(
                 f"stream {self.stream_id}: acknowledged {nbytes} bytes but only "
