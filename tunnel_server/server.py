@@ -40,6 +40,13 @@ DRAIN_TIMEOUT_S: Final = 5.0
 MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
 
 
+class _Refuse(asyncio.Protocol):
+    """For connections over the pending-login limit or during shutdown: close at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 def display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -153,11 +160,9 @@ class TunnelServer:
                 del self.proxy_meta[stale]
 
     def _new_connection(self) -> asyncio.BaseProtocol:
-        mux = MuxSession(Role.SERVER, self.mux_settings)
         if self._closing or self._pending_logins >= MAX_PENDING_LOGINS:
-            # Accept-then-close: the TLS layer completes, the session ends at once.
-            asyncio.get_running_loop().call_soon(mux.close, ErrorCode.REFUSED, "server busy")
-            return mux
+            return _Refuse()  # closes the connection as soon as TLS is up; nothing allocated
+        mux = MuxSession(Role.SERVER, self.mux_settings)
         self._pending_logins += 1
         session_task = asyncio.get_running_loop().create_task(self._run_session(mux))
         self._tasks.add(session_task)
