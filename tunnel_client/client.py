@@ -74,6 +74,8 @@ class TunnelClient:
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}
+        # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
+        self._sticky_ports: dict[str, int] = {}
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -143,9 +145,19 @@ class TunnelClient:
     def add_proxy(self, pc: ProxyConfig) -> None:
         self._set_proxies((pc,))
         if self.session is not None and not self.session.closed:
-            self.session.send_message(self.proxies[pc.name].new_proxy_request())
+            self._register(self.session, pc.name)
+
+    def _register(self, session: MuxSession, name: str) -> None:
+        """Ask the server for one proxy. A tcp/udp proxy with remotePort 0 asks again for the
+        port it was given before, so its public address survives reconnects."""
+        request = self.proxies[name].new_proxy_request()
+        sticky = self._sticky_ports.get(name)
+        if sticky is not None and request.remote_port == 0:
+            request = dataclasses.replace(request, remote_port=sticky)
+        session.send_message(request)
 
     def remove_proxy(self, name: str) -> None:
+        self._sticky_ports.pop(name, None)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
         if proxy is None:
@@ -181,6 +193,7 @@ class TunnelClient:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
         where = f"{cfg.server_addr}:{cfg.server_port}"
+        logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
         await self.surfaces.start()
         try:
             while not self.stopping:
@@ -287,8 +300,8 @@ class TunnelClient:
         going_away: list[str] = []
         session.on_go_away = lambda code, reason: going_away.append(reason)
         self._flow_owner.clear()
-        for proxy in self.proxies.values():
-            session.send_message(proxy.new_proxy_request())
+        for name in self.proxies:
+            self._register(session, name)
         try:
             while True:
                 message = await session.next_message()
@@ -322,11 +335,23 @@ class TunnelClient:
         if status is None:
             return
         if not result.ok:
+            if self._sticky_ports.pop(result.name, None) is not None and self.session is not None:
+                # The port it had is taken now: take any port, as the config says.
+                logger.info(
+                    "tunnelc: proxy %s: its previous port is taken; any port will do", result.name
+                )
+                self._register(self.session, result.name)
+                return
             status.state, status.error, status.public_urls = "refused", result.error, ()
             logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
             self._notify_status()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
+        proxy = self.proxies.get(result.name)
+        if proxy is not None and proxy.config.remote_port == 0 and urls:
+            port = urls[0].rsplit(":", 1)[-1]
+            if port.isdigit():
+                self._sticky_ports[result.name] = int(port)
         status.state, status.error, status.public_urls = "running", "", urls
         logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
         self._notify_status()

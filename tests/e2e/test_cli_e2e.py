@@ -139,3 +139,33 @@ async def test_cli_pinned_fingerprint_mismatch_is_refused(run_tunneld, run_tunne
         await client.wait_for("fingerprint")
         assert await client.wait(15) == 1
         assert not any("logged in" in line for line in client.lines())
+
+
+def test_cli_log_file_and_level_are_honoured(tmp_path: Path) -> None:
+    """--log-file sends the log to the file (nothing on stderr); --log-level debug adds detail."""
+    config = tmp_path / "frpc.toml"
+    config.write_text('serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n')
+    log = tmp_path / "tunnelc.log"
+    result = run_cli(
+        "tunnelc", "-c", str(config), "--log-file", str(log), "--log-level", "debug", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    text = log.read_text()
+    assert "cannot reach the server at 127.0.0.1:1" in text
+    assert " DEBUG " in text
+
+
+def test_cli_log_level_from_the_config_file(tmp_path: Path) -> None:
+    """log.level = "error" in the file hides info lines; log.to writes the file."""
+    log = tmp_path / "from-config.log"
+    config = tmp_path / "frpc.toml"
+    config.write_text(
+        'serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n'
+        f'log.level = "error"\nlog.to = "{log}"\n'
+    )
+    result = run_cli("tunnelc", "-c", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    text = log.read_text()
+    assert "cannot reach the server" in text
+    assert " INFO " not in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.peers import dnsmasq, run_command, tools_unavailable_reason
+from tests.support.peers import dnsmasq, reserve_port, run_command, tools_unavailable_reason
 
 TOKEN = "udp-e2e-token"
 RECORDS = {"office.example": "10.1.2.3", "printer.example": "10.1.2.4"}
@@ -114,33 +114,44 @@ async def test_udp_proxy_port_released_when_client_stops(dns_tunnel) -> None:  #
             probe.close()
 
 
-async def test_udp_flows_come_back_after_reconnect(dns_tunnel, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
-    """A peer that keeps its socket gets answers again after the client reconnects."""
-    _, port, server, client = dns_tunnel
+async def ask_until_answered(sock: socket.socket, name: str, tries: int = 20) -> str:
+    """Ask over a connected UDP socket until an answer comes (bounded; UDP may lose some)."""
     loop = asyncio.get_running_loop()
+    for _attempt in range(tries):
+        await loop.sock_sendall(sock, dns_query(random.randrange(65536), name))
+        try:
+            async with asyncio.timeout(1):
+                return answer_address(await loop.sock_recv(sock, 4096))
+        except TimeoutError:
+            continue
+    raise AssertionError(f"no answer after {tries} tries")
+
+
+async def test_udp_peer_is_answered_again_after_the_client_reconnects(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """tunneld restarts: tunnelc reconnects, gets the same public port, and a peer that kept
+    its socket is answered again (with a new flow)."""
+    if reason := tools_unavailable_reason("dnsmasq"):
+        pytest.skip(reason)
+    control_port = reserve_port(socket.SOCK_STREAM)
+    config = server_toml().replace("bindPort = 0", f"bindPort = {control_port}")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    sock.connect(("127.0.0.1", port))
     try:
-        async with asyncio.timeout(60):
-
-            async def ask(query_id: int) -> str:
-                for _attempt in range(10):
-                    await loop.sock_sendall(sock, dns_query(query_id, "printer.example"))
-                    try:
-                        async with asyncio.timeout(1):
-                            return answer_address(await loop.sock_recv(sock, 4096))
-                    except TimeoutError:
-                        continue
-                raise AssertionError("no answer after 10 tries")
-
-            assert await ask(random.randrange(65536)) == "10.1.2.4"
-            config = client.config_path.read_text()
-            await client.terminate()
-            await server.wait_for("client .* disconnected")
-            remote = config.replace("remotePort = 0", f"remotePort = {port}")
-            again = await run_tunnelc(remote)
-            await again.proxy_endpoint("dns")
-            assert await ask(random.randrange(65536)) == "10.1.2.4"
+        async with asyncio.timeout(60), dnsmasq(tmp_path, RECORDS) as dns:
+            first = await run_tunneld(config)
+            client = await run_tunnelc(
+                client_toml(control_port, await first.fingerprint(), dns.port)
+            )
+            public = await client.proxy_endpoint("dns")
+            sock.connect(("127.0.0.1", public.port))
+            assert await ask_until_answered(sock, "printer.example") == "10.1.2.4"
+            mark = client.line_count
+            await first.terminate()
+            await run_tunneld(config)  # same state: same certificate
+            again = await client.wait_for(r"proxy dns ready at udp://\S+:(\d+)", 30, since=mark)
+            assert int(again[1]) == public.port  # remotePort 0, yet the same port again
+            assert await ask_until_answered(sock, "printer.example") == "10.1.2.4"
     finally:
         sock.close()

@@ -68,7 +68,7 @@ class _MessageCollector:
         self.in_message = False
         self.head_done = False  # the current message's head has been parsed
         self.target = bytearray()  # request target, or the response reason phrase
-        self.headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.body_size = 0
         self._head_bytes = 0
@@ -87,7 +87,7 @@ class _MessageCollector:
         self.in_message = True
         self.head_done = False
         self.target = bytearray()
-        self.headers = []
+        self.raw_headers = []
         self.body = bytearray()
         self.body_size = 0
         self._head_bytes = 0
@@ -102,11 +102,19 @@ class _MessageCollector:
         self.target += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
-        if len(self.headers) >= MAX_HEADERS:
+        # Called per header line: keep it lean; decoding waits for the end of the head.
+        raw = self.raw_headers
+        raw.append((name, value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
+        if len(raw) > MAX_HEADERS:
             raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
         # latin-1 maps every byte to one character, so replay can restore the exact bytes.
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers)
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -294,7 +302,7 @@ class HTTPCapture:
             method=self._req_parser.get_method().decode("latin-1"),
             path=self._req.target.decode("latin-1"),
             http_version=self._req_parser.get_http_version(),
-            request_headers=tuple(self._req.headers),
+            request_headers=self._req.headers,
         )
         slot = _Slot(exchange, started)
         self._pending.append(slot)
@@ -332,7 +340,7 @@ class HTTPCapture:
         exchange.status = status
         exchange.reason = self._resp.target.decode("latin-1")
         exchange.response_http_version = self._resp_parser.get_http_version()
-        exchange.response_headers = tuple(self._resp.headers)
+        exchange.response_headers = headers
         if exchange.method == "HEAD":
             self._finish_response(slot, CapturedBody())
             self._restart_parser = True
