@@ -112,12 +112,17 @@ class FrameDecoder:
     def __init__(self, max_payload_bytes: int, max_control_bytes: int, read_size: int) -> None:
         self._max_payload = max_payload_bytes
         self._max_control = max_control_bytes
+        self._capacity_control = max_control_bytes
         self._read_size = read_size
         capacity = max(max_payload_bytes + FAST_HEADER_BYTES, max_control_bytes) + read_size
         self._buf = bytearray(capacity)
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
+
+    def set_control_limit(self, max_control_bytes: int) -> None:
+        """Tighten (or restore) the msgpack frame limit; at most the limit set at creation."""
+        self._max_control = min(max_control_bytes, self._capacity_control)
 
     # -- input -----------------------------------------------------------------------------
     def get_buffer(self) -> memoryview:

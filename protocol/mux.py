@@ -103,6 +103,10 @@ class MuxConnection:
     def pending_output_bytes(self) -> int:
         return self._out_bytes
 
+    def set_control_limit(self, max_control_bytes: int) -> None:
+        """Limit msgpack frames from the peer (e.g. tightly before it has logged in)."""
+        self._decoder.set_control_limit(max_control_bytes)
+
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
 

@@ -23,7 +23,7 @@ from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .ports import PortAllocator
 from .proxies.base import ProxyContext
-from .session import ServerSession
+from .session import ServerSession, limit_before_login
 from .stats import ServerStats
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
@@ -163,6 +163,7 @@ class TunnelServer:
         if self._closing or self._pending_logins >= MAX_PENDING_LOGINS:
             return _Refuse()  # closes the connection as soon as TLS is up; nothing allocated
         mux = MuxSession(Role.SERVER, self.mux_settings)
+        limit_before_login(mux)
         self._pending_logins += 1
         session_task = asyncio.get_running_loop().create_task(self._run_session(mux))
         self._tasks.add(session_task)

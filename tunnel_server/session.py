@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from protocol import PROTOCOL_VERSION, __version__
-from protocol.aio.connection import MuxSession, SessionClosedError
+from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
 from protocol.auth import new_nonce, verify_login_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
@@ -37,7 +37,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
+# Before login a peer may send one small message: frames over this are a protocol error and
+# more than PRE_LOGIN_MESSAGES queued messages end the connection.
+PRE_LOGIN_MAX_FRAME_BYTES: Final = 4096
+PRE_LOGIN_MESSAGES: Final = 2
 MAX_PROXIES_PER_CLIENT: Final = 256
+
+
+def limit_before_login(mux: MuxSession) -> None:
+    """Applied as the connection is created, before its first byte is read."""
+    mux.mux.set_control_limit(PRE_LOGIN_MAX_FRAME_BYTES)
+    mux.message_limit = PRE_LOGIN_MESSAGES
 
 
 class ServerSession:
@@ -146,6 +156,8 @@ class ServerSession:
             self._refuse(ErrorCode.REFUSED, refusal)
             return False
         self.logged_in = True
+        self.mux.mux.set_control_limit(self.mux.mux.settings.max_control_frame_bytes)
+        self.mux.message_limit = MAX_QUEUED_MESSAGES
         self.mux.on_datagram = self._on_datagram
         self.mux.send_message(
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)

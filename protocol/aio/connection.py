@@ -91,6 +91,8 @@ class MuxSession(asyncio.BufferedProtocol):
         self.close_code: int | None = None
         self.close_reason = ""
         self.rtt_s: float | None = None
+        # Control messages held for next_message(); more is the peer's protocol abuse.
+        self.message_limit = MAX_QUEUED_MESSAGES
 
     # -- asyncio.BufferedProtocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -309,7 +311,7 @@ class MuxSession(asyncio.BufferedProtocol):
     def _on_message(self, message: Message) -> None:
         if self.message_filter is not None and self.message_filter(message):
             return
-        if len(self._messages) >= MAX_QUEUED_MESSAGES:
+        if len(self._messages) >= self.message_limit:
             self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
             return
         self._messages.append(message)
