@@ -66,7 +66,7 @@ class FakeServerView:
         return False
 
 
-async def test_dashboard_browser_shows_clients_and_kicks_one(screenshots_dir: Path) -> None:
+async def test_dashboard_browser_shows_clients_and_kicks_one(screenshots: Path) -> None:
     """The page lists clients and proxies; Kick removes the client from the live table."""
     async with asyncio.timeout(TIMEOUT):
         stats = ServerStats()
@@ -87,7 +87,7 @@ async def test_dashboard_browser_shows_clients_and_kicks_one(screenshots_dir: Pa
                 await expect(page.get_by_test_id("proxy-row")).to_have_count(3)
                 await expect(page.get_by_test_id("live-status")).to_contain_text("live")
                 await expect(page.get_by_test_id("stat-clients")).to_have_text("2")
-                await page.screenshot(path=str(screenshots_dir / "dashboard.png"), full_page=True)
+                await page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
 
                 laptop = page.locator('[data-testid="client-row"][data-client-id="laptop-1"]')
                 await laptop.get_by_test_id("kick-button").click()
@@ -96,7 +96,7 @@ async def test_dashboard_browser_shows_clients_and_kicks_one(screenshots_dir: Pa
                 await expect(page.get_by_test_id("toast")).to_contain_text("Kicked laptop-1")
                 assert view.kicked == ["laptop-1"]
                 await page.screenshot(
-                    path=str(screenshots_dir / "dashboard-after-kick.png"), full_page=True
+                    path=str(screenshots / "dashboard-after-kick.png"), full_page=True
                 )
                 await context.close()
             finally:

@@ -61,7 +61,7 @@ async def relay_and_capture(store: CaptureStore, backend_url: str, raw_request: 
         await writer.wait_closed()
 
 
-async def test_inspector_browser_live_list_detail_and_replay(screenshots_dir: Path) -> None:
+async def test_inspector_browser_live_list_detail_and_replay(screenshots: Path) -> None:
     """A relayed webhook appears live; Replay sends it to the local service a second time."""
     async with asyncio.timeout(TIMEOUT):
         backend = Backend()
@@ -105,7 +105,7 @@ async def test_inspector_browser_live_list_detail_and_replay(screenshots_dir: Pa
                     await expect(detail.get_by_test_id("request-body")).to_contain_text(
                         "<ToUserName><![CDATA[gh_0123456789ab]]></ToUserName>"
                     )
-                    await page.screenshot(path=str(screenshots_dir / "inspector-detail.png"))
+                    await page.screenshot(path=str(screenshots / "inspector-detail.png"))
 
                     await page.get_by_test_id("replay-button").click()
                     await expect(page.get_by_test_id("replay-result")).to_contain_text(
@@ -119,7 +119,7 @@ async def test_inspector_browser_live_list_detail_and_replay(screenshots_dir: Pa
                     await page.get_by_test_id("edit-replay-button").click()
                     await page.get_by_test_id("replay-path").fill("/wechat/edited")
                     await page.get_by_test_id("replay-body").fill("<xml><Edited>1</Edited></xml>")
-                    await page.screenshot(path=str(screenshots_dir / "inspector-edit.png"))
+                    await page.screenshot(path=str(screenshots / "inspector-edit.png"))
                     await page.get_by_test_id("replay-send").click()
                     await expect(rows).to_have_count(3)
                     await expect(page.get_by_test_id("detail-path")).to_have_text("/wechat/edited")
@@ -128,7 +128,7 @@ async def test_inspector_browser_live_list_detail_and_replay(screenshots_dir: Pa
                         "/wechat/edited",
                         b"<xml><Edited>1</Edited></xml>",
                     )
-                    await page.screenshot(path=str(screenshots_dir / "inspector-list.png"))
+                    await page.screenshot(path=str(screenshots / "inspector-list.png"))
 
                     await page.get_by_test_id("clear-button").click()
                     await expect(rows).to_have_count(0)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -28,8 +28,6 @@ from tests.support.procs import INSPECTOR_READY, Endpoint, TunnelProcess
 TOKEN: Final = "e2e-inspector-token"
 DOMAIN_HOST: Final = "example.test"
 TIMEOUT_S: Final = 45.0  # per test body
-EXPECT_TIMEOUT_MS: Final = 10_000.0  # Playwright's wait for one page state
-PLAYWRIGHT_EXPECT_DEFAULT_MS: Final = 5_000.0
 MAX_SSE_LINES: Final = 200  # lines read from the event stream before giving up
 WECHAT_XML: Final = (
     "<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName>"
@@ -163,22 +161,6 @@ async def next_event(stream: aiohttp.ClientResponse, kind: str, **fields: object
         if event["kind"] == kind and all(exchange.get(k) == v for k, v in fields.items()):
             return event
     raise AssertionError(f"no {kind} event with {fields} in {MAX_SSE_LINES} lines")
-
-
-@pytest.fixture
-def patient_expect() -> Iterator[None]:
-    """Playwright's `expect` waits up to EXPECT_TIMEOUT_MS in this test, then the default."""
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    yield
-    expect.set_options(timeout=PLAYWRIGHT_EXPECT_DEFAULT_MS)
-
-
-@pytest.fixture
-def screenshots(artifacts_dir: Path) -> Path:
-    """test-artifacts/screenshots/, kept after the run for a human to look at."""
-    path = artifacts_dir / "screenshots"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 @pytest.mark.browser

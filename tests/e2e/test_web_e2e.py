@@ -12,7 +12,7 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -40,8 +40,6 @@ DOMAIN_HOST: Final = "example.test"
 WEB_USER: Final = "admin"
 WEB_PASSWORD: Final = "dashboard-pw"
 TIMEOUT_S: Final = 45.0  # per test body
-EXPECT_TIMEOUT_MS: Final = 10_000.0  # Playwright's wait for one page state (polls every 2 s)
-PLAYWRIGHT_EXPECT_DEFAULT_MS: Final = 5_000.0
 REQUESTS: Final = 3  # webhooks sent to make the traffic counters move
 
 pytestmark = pytest.mark.skipif(
@@ -161,22 +159,6 @@ def basic_auth(user: str, password: str) -> dict[str, str]:
 async def tunnelc_cli(command: str, config: Path) -> str:
     """Run `tunnelc COMMAND -c CONFIG` (an admin API client) to completion; return stdout."""
     return await run_command([str(venv_script("tunnelc")), command, "-c", str(config)])
-
-
-@pytest.fixture
-def patient_expect() -> Iterator[None]:
-    """Playwright's `expect` waits up to EXPECT_TIMEOUT_MS in this test, then the default."""
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    yield
-    expect.set_options(timeout=PLAYWRIGHT_EXPECT_DEFAULT_MS)
-
-
-@pytest.fixture
-def screenshots(artifacts_dir: Path) -> Path:
-    """test-artifacts/screenshots/, kept after the run for a human to look at."""
-    path = artifacts_dir / "screenshots"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 @pytest.mark.browser
