@@ -26,13 +26,13 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from tests.support.curl import curl, resolve
 from tests.support.echo import pattern_chunks, pattern_digest
 from tests.support.peers import reserve_port
 from tests.support.procs import ProcessGroup, TunnelProcess
 
 TOKEN: Final = "e2e-http-token"
 SUB_DOMAIN_HOST: Final = "example.test"
-CURL: Final = "/usr/bin/curl"
 MiB: Final = 1 << 20
 BIG_BODY_BYTES: Final = 256 * MiB
 MAX_KEPT_REQUESTS: Final = 32  # per app; older requests are dropped
@@ -257,46 +257,6 @@ async def fetch(
         ) as resp,
     ):
         return Reply(resp.status, dict(resp.headers), await resp.read())
-
-
-@dataclass(frozen=True, slots=True)
-class CurlResult:
-    returncode: int
-    stdout: bytes
-    stderr: str
-    elapsed_s: float
-
-
-async def curl(*args: str) -> CurlResult:
-    """Run curl to completion (bounded); the exit code is returned, not raised."""
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        CURL,
-        "--silent",
-        "--show-error",
-        "--max-time",
-        str(int(CLIENT_IO_TIMEOUT_S)),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(CLIENT_IO_TIMEOUT_S + 5):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"curl did not finish: {args}") from None
-    assert proc.returncode is not None
-    return CurlResult(
-        proc.returncode, out, err.decode(errors="replace"), time.monotonic() - started
-    )
-
-
-def resolve(name: str, port: int) -> list[str]:
-    """curl options that send `name` to 127.0.0.1:port, as DNS would."""
-    return ["--resolve", f"{name}:{port}:127.0.0.1"]
 
 
 async def raw_exchange(port: int, request: bytes) -> bytes:

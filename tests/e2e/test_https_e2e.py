@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.certs import make_ca, make_leaf
+from tests.support.curl import CurlResult, curl, resolve
 from tests.support.procs import TunnelProcess
 
 TOKEN: Final = "e2e-https-token"
 SECURE: Final = "secure.example.test"
 SUB_DOMAIN_HOST: Final = "tunnel.test"  # not a parent of SECURE, which is a customDomain
-CURL: Final = "/usr/bin/curl"
 CLIENT_IO_TIMEOUT_S: Final = 15.0  # curl runs and direct TLS connections
 PROMPT_S: Final = 2.0  # a refused TLS connection must fail well within this
 
@@ -127,47 +126,16 @@ def client_toml(server: Tunneld, local_port: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CurlResult:
-    returncode: int
-    stdout: bytes
-    stderr: str
-    elapsed_s: float
-
-
 async def curl_https(name: str, port: int, ca: Path, connect_to: str | None = None) -> CurlResult:
     """GET https://name:port/ with --cacert CA, sending `name` to 127.0.0.1 (--resolve).
 
     With `connect_to`, the URL names that host instead (an IP address sends no SNI).
     """
     url_host = connect_to or name
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        CURL,
-        "--silent",
-        "--show-error",
-        "--max-time",
-        str(int(CLIENT_IO_TIMEOUT_S)),
-        "--cacert",
-        str(ca),
-        "--resolve",
-        f"{name}:{port}:127.0.0.1",
-        f"https://{url_host}:{port}/page",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(CLIENT_IO_TIMEOUT_S + 5):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"curl did not finish: {url_host}") from None
-    assert proc.returncode is not None
-    return CurlResult(
-        proc.returncode, out, err.decode(errors="replace"), time.monotonic() - started
-    )
+    return await curl(
+        "--cacert", str(ca), *resolve(name, port), f"https://{url_host}:{port}/page",
+        timeout_s=CLIENT_IO_TIMEOUT_S,
+    )  # fmt: skip
 
 
 async def peer_certificate(port: int, name: str, ca: Path) -> bytes:
