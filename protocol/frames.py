@@ -91,12 +91,6 @@ def encode_frame(frame_type: FrameType, flags: int, stream_id: int, payload: Any
     return packed
 
 
-def pack_value(value: Any) -> bytes:
-    """msgpack-encode a plain value (used by tests and the spec examples)."""
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
-    return packed
-
-
 class FrameDecoder:
     """Streaming frame decoder with hard limits.
 

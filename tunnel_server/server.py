@@ -64,7 +64,6 @@ class TunnelServer:
         self._control: asyncio.Server | None = None
         self.control_port = 0
         self._closing = False
-        self._closed = asyncio.Event()
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
@@ -220,7 +219,6 @@ class TunnelServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._closed.set()
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
