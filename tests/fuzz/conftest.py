@@ -1,0 +1,32 @@
+"""Fuzz runs: Hypothesis with an example budget from the environment.
+
+CI runs a short version of every fuzz test (`FUZZ_EXAMPLES_DEFAULT` inputs each). The long,
+separate run sets `TUNNELKIT_FUZZ_EXAMPLES=1000000` and selects the marker:
+
+    TUNNELKIT_FUZZ_EXAMPLES=1000000 .venv/bin/python -m pytest -m fuzz tests/fuzz -q
+
+docs/security.md records the counts of the last long run.
+"""
+
+import os
+from typing import Final
+
+from hypothesis import HealthCheck, settings
+
+FUZZ_EXAMPLES_DEFAULT: Final = 2_000  # per parser, in every CI run
+FUZZ_EXAMPLES_ENV: Final = "TUNNELKIT_FUZZ_EXAMPLES"
+
+
+def fuzz_examples() -> int:
+    """The number of generated inputs per fuzz test for this run."""
+    return int(os.environ.get(FUZZ_EXAMPLES_ENV, FUZZ_EXAMPLES_DEFAULT))
+
+
+# Tests use `@settings(parent=FUZZ_SETTINGS)`; the profile has no deadline (a noisy machine
+# must not fail a fuzz run on time) and no database (the long run is not replayed in CI).
+FUZZ_SETTINGS: Final = settings(
+    max_examples=fuzz_examples(),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
