@@ -33,6 +33,7 @@ from protocol.messages import (
 )
 from protocol.mux import Role
 from protocol.settings import MuxSettings
+from protocol.userkey import login_secret
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config
@@ -265,7 +266,8 @@ class TunnelClient:
             hello = await session.next_message()
             if not isinstance(hello, Hello):
                 raise LoginFailed(f"the server sent {type(hello).__name__} instead of Hello")
-            token = cfg.auth_token.reveal() if cfg.auth_token else ""
+            # A user token (tunneld users add) signs with its derived key; see protocol/userkey.
+            token = login_secret(cfg.auth_token.reveal() if cfg.auth_token else "", cfg.user)
             session.send_message(
                 Login(
                     protocol_version=PROTOCOL_VERSION,

@@ -18,6 +18,7 @@ from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from protocol.userkey import is_user_token
 from tunnel_client.proxyconfig import (
     PROXY_SCHEMA,
     ProxyConfig,
@@ -322,6 +323,14 @@ def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
 
 def _validate(config: ClientConfig, source: str, proxy_paths: Sequence[str]) -> None:
     """The rules that span several keys; `proxy_paths[i]` names `config.proxies[i]`."""
+    if config.auth_token is not None and is_user_token(config.auth_token.reveal()):
+        if not config.user:
+            raise ConfigError(
+                source,
+                "user",
+                "is required with a user token (auth.token from `tunneld users add NAME`); "
+                "set it to that NAME",
+            )
     if config.client_id is not None and (
         len(config.client_id) > MAX_CLIENT_ID_CHARS or not re.fullmatch(r"\S+", config.client_id)
     ):

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
@@ -19,10 +20,12 @@ from tunnel_common.configfile import (
     Choice,
     ConfigTable,
     Int,
+    PathStr,
     Secret,
     SecretStr,
     Spec,
     Str,
+    Table,
     describe,
 )
 
@@ -66,7 +69,12 @@ LOG_FIELDS: Final[dict[str, Spec]] = {
 AUTH_FIELDS: Final[dict[str, Spec]] = {
     "method": Choice(("token",), frp_values=("oidc",)),
     "token": SecretStr(),
+    # frp 0.64: the token read from a file (its first line; surrounding space is dropped)
+    "tokenSource": Table(
+        {"type": Choice(("file",), frp_values=("exec",)), "file": Table({"path": PathStr()})}
+    ),
 }
+MAX_TOKEN_FILE_BYTES: Final = 4096
 
 
 def build_web_server(table: ConfigTable) -> WebServerConfig:
@@ -116,8 +124,35 @@ def build_log(table: ConfigTable) -> LogConfig:
 
 
 def build_auth_token(table: ConfigTable) -> Secret | None:
-    """The token from an `auth` table (`auth.method` can only be "token", checked by spec)."""
-    return table.get("token", Secret)
+    """The token from an `auth` table: `auth.token`, or the file of `auth.tokenSource`
+    (`auth.method` can only be "token", checked by spec)."""
+    token = table.get("token", Secret)
+    source = table.table("tokenSource")
+    kind = source.get("type", str)
+    file = source.table("file")
+    path = file.get("path", Path)
+    if kind is None and path is None:
+        return token
+    if token is not None:
+        raise table.error("tokenSource", "set either auth.token or auth.tokenSource, not both")
+    if kind is None:
+        raise source.error("type", 'is required with file.path (use type = "file")')
+    if path is None:
+        raise file.error("path", 'is required with type = "file"')
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise file.error("path", f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise file.error("path", f"{path} is over {MAX_TOKEN_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise file.error("path", f"{path} is not UTF-8 text") from None
+    if not text or "\n" in text:
+        raise file.error("path", f"{path} must hold the token on one line")
+    return Secret(text)
 
 
 def is_loopback(addr: str) -> bool:
@@ -151,8 +186,8 @@ _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "log.maxDays": "tunnelkit does not rotate logs; use logrotate, or log to the console",
     "log.disablePrintColor": "tunnelkit never colours its logs; remove it",
     "auth.additionalScopes": "tunnelkit authenticates the session once at login; remove it",
-    "auth.tokenSource": 'set auth.token = "..." directly',
     "auth.oidc": 'use auth.method = "token"',
+    "auth.tokenSource.exec": 'put the token in a file and use auth.tokenSource.type = "file"',
     "webServer.assetsDir": "the web UI is built in; remove it",
     "webServer.pprofEnable": "remove it",
     "webServer.tls": "put a TLS reverse proxy in front of the web server",

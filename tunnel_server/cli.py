@@ -17,6 +17,7 @@ from tunnel_common.runner import run as run_loop
 
 from .config import ServerConfig, default_server_config, load_server_config
 from .server import TunnelServer
+from .users.cli import users
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +110,6 @@ def verify(config_path: Path | None) -> None:
         fail("verify needs -c FILE")
     _load(config_path)
     click.echo(f"tunneld: {config_path}: the configuration is valid")
+
+
+main.add_command(users)

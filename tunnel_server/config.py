@@ -108,10 +108,18 @@ class ServerConfig:
     max_clients: int = 1000
     max_udp_flows_per_proxy: int = 1024
     udp_flow_idle_timeout: float = 60.0  # seconds
+    user_store_file: Path | None = None  # None = state_dir / "users.db" (filled in below)
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
             object.__setattr__(self, "proxy_bind_addr", self.bind_addr)
+        if self.user_store_file is None:
+            object.__setattr__(self, "user_store_file", self.state_dir / "users.db")
+
+    @property
+    def users_db(self) -> Path:
+        """The user store's file (`userStoreFile`, default stateDir/users.db)."""
+        return self.user_store_file or self.state_dir / "users.db"
 
     def allows_port(self, port: int) -> bool:
         """True if `allowPorts` lets a client ask for `port` (0 = any port, always asked)."""
@@ -151,6 +159,7 @@ SERVER_SCHEMA: Final = Table(
         "maxClients": Int(1, MAX_COUNT),
         "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
         "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
+        "userStoreFile": PathStr(),
     },
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -213,6 +222,7 @@ def _complete(root: ConfigTable) -> ServerConfig:
         max_clients=root.get_or("maxClients", int, 1000),
         max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
         udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
+        user_store_file=root.get("userStoreFile", Path),
     )
 
 

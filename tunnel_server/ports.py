@@ -56,6 +56,10 @@ class PortAllocator:
                 k -= size
         return picks
 
+    def is_free(self, proto: str, port: int) -> bool:
+        """True if no proxy holds `port` (the bind may still fail)."""
+        return (proto, port) not in self._held
+
     def hold(self, client_id: str, proto: str, port: int) -> None:
         self._held[(proto, port)] = client_id
         self._per_client[client_id] += 1

@@ -25,6 +25,9 @@ from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession, limit_before_login
 from .stats import ServerStats
+from .users.directory import UserDirectory
+from .users.model import UserError
+from .users.store import UserStore
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.routing import VhostRouter
@@ -57,6 +60,9 @@ class TunnelServer:
         self.stats = ServerStats()
         self.auth_limiter = FailureLimiter()
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
+        token = config.auth_token.reveal() if config.auth_token is not None else None
+        self.users = UserDirectory(None, token)  # the store opens in start()
+        self._users_task: asyncio.Task[None] | None = None
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +88,11 @@ class TunnelServer:
     async def start(self) -> None:
         cfg = self.config
         self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
+        try:
+            self.users = UserDirectory(UserStore(cfg.users_db), self.users.shared_token)
+        except UserError as exc:
+            raise TunnelError(str(exc)) from None
+        self._users_task = asyncio.get_running_loop().create_task(self.users.run(self))
         logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
         ssl_ctx = server_ssl_context(self.cert)
         loop = asyncio.get_running_loop()
@@ -206,6 +217,7 @@ class TunnelServer:
                 await asyncio.gather(*(s.mux.wait_idle() for s in self.sessions.values()))
         except TimeoutError:
             logger.info("tunneld: drain deadline reached; closing remaining streams")
+        self.users.flush(self)  # before the proxies go: their last bytes count
         for session in list(self.sessions.values()):
             session.release_all("server shutting down")
             session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")
@@ -219,6 +231,11 @@ class TunnelServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._users_task is not None:
+            self._users_task.cancel()
+            await asyncio.gather(self._users_task, return_exceptions=True)
+            self._users_task = None
+        self.users.close()
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:

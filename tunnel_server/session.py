@@ -28,8 +28,10 @@ from protocol.messages import (
 )
 from protocol.proxytype import ProxyType
 
+from .accesslog import log_login_failure
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
+from .users.quota import check_new_proxy
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -67,6 +69,7 @@ class ServerSession:
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
         self.logged_in = False
+        self.login_key = ""  # what proved the login (a user's key or the shared token)
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
 
@@ -108,7 +111,9 @@ class ServerSession:
         now = time.monotonic()
         if limiter.is_blocked(self.peer_ip, now):
             self.server.stats.auth_failures += 1
-            logger.warning("tunneld: login from %s refused: too many failures", self.address)
+            log_login_failure(
+                self.mux.peername, message.user, message.client_id, "too many failures"
+            )
             self._refuse(
                 ErrorCode.AUTH_FAILED,
                 "too many failed logins from your address; wait a minute and try again",
@@ -129,20 +134,23 @@ class ServerSession:
                 f"{message.protocol_version}; install matching versions",
             )
             return False
-        token = self.server.config.auth_token
-        secret = token.reveal() if token is not None else ""
-        if not verify_login_proof(
+        # The user's own key when the name is in the user store, else the shared token.
+        secret = self.server.users.login_secret(message.user)
+        if secret is None or not verify_login_proof(
             secret, nonce, message.client_id, message.protocol_version, message.proof
         ):
             limiter.record_failure(self.peer_ip, now)
             self.server.stats.auth_failures += 1
-            logger.warning(
-                "tunneld: login failed from %s (client %s): wrong token",
-                self.address,
-                message.client_id or "?",
-            )
+            log_login_failure(self.mux.peername, message.user, message.client_id, "wrong token")
             self._refuse(ErrorCode.AUTH_FAILED, "authentication failed: the token is wrong")
             return False
+        refusal = self.server.users.refusal(message.user, secret)
+        if refusal:
+            self.server.stats.auth_failures += 1
+            log_login_failure(self.mux.peername, message.user, message.client_id, refusal)
+            self._refuse(ErrorCode.AUTH_FAILED, f"login refused: {refusal}")
+            return False
+        self.login_key = secret
         if not message.client_id:
             self._refuse(ErrorCode.PROTOCOL_ERROR, "login without a client id")
             return False
@@ -162,6 +170,7 @@ class ServerSession:
         self.mux.send_message(
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
         )
+        self.server.users.logged_in(self.user)
         logger.info(
             "tunneld: client %s logged in from %s (tunnelkit %s, user %r)",
             self.client_id,
@@ -234,6 +243,9 @@ class ServerSession:
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
             raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+        record = self.server.users.record(self.user)
+        if record is not None:
+            request = check_new_proxy(self.server, record, request)
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
@@ -254,6 +266,7 @@ class ServerSession:
         if proxy is None:
             return False
         proxy.close()
+        self.server.users.collect_proxy(self.server, self.user, name)
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
         if notify and not self.mux.closed:
             local_name = name[len(self.user) + 1 :] if self.user else name

@@ -126,7 +126,7 @@ async def test_wrong_token_exits_with_a_clear_error(run_tunneld, run_tunnelc) ->
         )
         await client.wait_for("authentication failed")
         assert await client.wait(15) == 1
-        await server.wait_for(r"login failed from 127\.0\.0\.1:\d+")
+        await server.wait_for(r"login failed: ip=127\.0\.0\.1 port=\d+ ")
         assert not any("Traceback" in line for line in client.lines())
 
 
