@@ -67,6 +67,8 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
+    deny_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +237,8 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "allow_ips": _text_list,
+            "deny_ips": _text_list,
         },
     ),
     "new_proxy_result": (

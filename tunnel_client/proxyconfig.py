@@ -30,6 +30,7 @@ from tunnel_common.configfile import (
     join_key,
 )
 from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
+from tunnel_common.iprules import parse_networks
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class ProxyConfig:
     host_header_rewrite: str | None = None
     request_headers_set: dict[str, str] = field(default_factory=dict)
     response_headers_set: dict[str, str] = field(default_factory=dict)
+    allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses visitors outside them
+    deny_ips: tuple[str, ...] = ()  # CIDR; the server refuses visitors inside them
 
 
 PROXY_SCHEMA: Final = Table(
@@ -77,6 +80,9 @@ PROXY_SCHEMA: Final = Table(
         "hostHeaderRewrite": Str(),
         "requestHeaders": Table({"set": StrMap()}),
         "responseHeaders": Table({"set": StrMap()}),
+        # ours (ngrok's restrict-ips): enforced by the server for this proxy's visitors
+        "allowIPs": StrList(),
+        "denyIPs": StrList(),
     },
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -111,6 +117,12 @@ def complete_proxy(table: ConfigTable) -> ProxyConfig:
     if remote_port is None and proxy_type in (_TCP, _UDP):
         remote_port = 0
     subdomain = table.get("subdomain", str)
+    allow_ips, deny_ips = table.strs("allowIPs"), table.strs("denyIPs")
+    for key, entries in (("allowIPs", allow_ips), ("denyIPs", deny_ips)):
+        try:
+            parse_networks(entries)
+        except ValueError as exc:
+            raise table.error(key, str(exc)) from None
     return ProxyConfig(
         name=table.get_or("name", str, ""),
         type=proxy_type,
@@ -126,6 +138,8 @@ def complete_proxy(table: ConfigTable) -> ProxyConfig:
         host_header_rewrite=table.get("hostHeaderRewrite", str),
         request_headers_set=table.table("requestHeaders").str_map("set"),
         response_headers_set=table.table("responseHeaders").str_map("set"),
+        allow_ips=tuple(allow_ips),
+        deny_ips=tuple(deny_ips),
     )
 
 

@@ -19,12 +19,14 @@ from typing import Final
 from protocol.errors import ConfigError
 from tunnel_common.configfile import (
     Bool,
+    Choice,
     ConfigTable,
     Float,
     Int,
     PathStr,
     Secret,
     Str,
+    StrList,
     Table,
     TableList,
     read_config,
@@ -43,6 +45,7 @@ from tunnel_common.configschema import (
     check_listener_auth,
     domain_problem,
 )
+from tunnel_common.iprules import IPRules, parse_networks
 
 __all__ = [
     "SERVER_SCHEMA",
@@ -109,12 +112,21 @@ class ServerConfig:
     max_udp_flows_per_proxy: int = 1024
     udp_flow_idle_timeout: float = 60.0  # seconds
     user_store_file: Path | None = None  # None = state_dir / "users.db" (filled in below)
+    allow_ips: tuple[str, ...] = ()  # CIDR; visitors and clients from elsewhere are refused
+    deny_ips: tuple[str, ...] = ()
+    access_log_to: str | None = None  # None = off; "stdout" or a file path
+    access_log_format: str = "text"  # or "json"
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
             object.__setattr__(self, "proxy_bind_addr", self.bind_addr)
         if self.user_store_file is None:
             object.__setattr__(self, "user_store_file", self.state_dir / "users.db")
+
+    @property
+    def ip_rules(self) -> IPRules:
+        """`allowIPs`/`denyIPs`, parsed (validated at load)."""
+        return IPRules.parse(self.allow_ips, self.deny_ips)
 
     @property
     def users_db(self) -> Path:
@@ -160,6 +172,9 @@ SERVER_SCHEMA: Final = Table(
         "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
         "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
         "userStoreFile": PathStr(),
+        "allowIPs": StrList(),
+        "denyIPs": StrList(),
+        "accessLog": Table({"to": Str(), "format": Choice(("text", "json"))}),
     },
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -223,7 +238,18 @@ def _complete(root: ConfigTable) -> ServerConfig:
         max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
         udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
         user_store_file=root.get("userStoreFile", Path),
+        allow_ips=tuple(root.strs("allowIPs")),
+        deny_ips=tuple(root.strs("denyIPs")),
+        access_log_to=_access_log_to(root.table("accessLog")),
+        access_log_format=root.table("accessLog").get_or("format", str, "text"),
     )
+
+
+def _access_log_to(table: ConfigTable) -> str | None:
+    to = table.get("to", str)
+    if to is None or to in ("stdout", "console"):
+        return to
+    return str(table.base_dir / to)
 
 
 def _port_range(entry: ConfigTable) -> PortRange:
@@ -253,6 +279,11 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
     ports and `allow_ports`, which the file schema checks for files.
     """
     _check_ports(config, source)
+    for key, entries in (("allowIPs", config.allow_ips), ("denyIPs", config.deny_ips)):
+        try:
+            parse_networks(entries)
+        except ValueError as exc:
+            raise ConfigError(source, key, str(exc)) from None
     if config.sub_domain_host is not None:
         problem = domain_problem(config.sub_domain_host, wildcard=False)
         if problem is not None:

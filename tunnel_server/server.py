@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Final
 
 from aiohttp import web
@@ -15,12 +16,16 @@ from aiohttp import web
 from protocol import __version__
 from protocol.aio.connection import MuxSession
 from protocol.errors import ErrorCode, TunnelError
+from protocol.messages import NewProxy
 from protocol.mux import Role
 from protocol.settings import MuxSettings
+from tunnel_common.iprules import IPRules
 
+from .accesslog import AccessLog
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
+from .errors import ProxyRefused
 from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession, limit_before_login
@@ -28,10 +33,11 @@ from .stats import ServerStats
 from .users.directory import UserDirectory
 from .users.model import UserError
 from .users.store import UserStore
-from .vhost.http_proxy import HTTPVhostServer
+from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.routing import VhostRouter
 from .view import LiveServerView
+from .visitors import Visitors
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,10 @@ class TunnelServer:
         token = config.auth_token.reveal() if config.auth_token is not None else None
         self.users = UserDirectory(None, token)  # the store opens in start()
         self._users_task: asyncio.Task[None] | None = None
+        self.ip_rules = config.ip_rules  # replaced on reload
+        self.access_log: AccessLog | None = None
+        # proxy name -> its Visitors, for the HTTP access hook (entries go with their proxy)
+        self._visitors: weakref.WeakValueDictionary[str, Visitors] = weakref.WeakValueDictionary()
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,6 +103,13 @@ class TunnelServer:
         except UserError as exc:
             raise TunnelError(str(exc)) from None
         self._users_task = asyncio.get_running_loop().create_task(self.users.run(self))
+        if cfg.access_log_to is not None:
+            try:
+                self.access_log = AccessLog(cfg.access_log_to, cfg.access_log_format)
+            except OSError as exc:
+                raise TunnelError(
+                    f"accessLog.to {cfg.access_log_to}: cannot open: {exc.strerror}"
+                ) from None
         logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
         ssl_ctx = server_ssl_context(self.cert)
         loop = asyncio.get_running_loop()
@@ -127,8 +144,12 @@ class TunnelServer:
                     ) from None
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
             self._http_vhost = HTTPVhostServer(
-                self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                custom_404_page=page,
+                on_access=self._on_http_access,
             )
+            self._http_vhost.peer_allowed = self._peer_allowed
             host, self.http_port = await self._http_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_http_port
             )
@@ -136,6 +157,7 @@ class TunnelServer:
         if cfg.vhost_https_port is not None:
             self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
             self._https_vhost = HTTPSVhostServer(self.https_router)
+            self._https_vhost.peer_allowed = self._peer_allowed
             host, self.https_port = await self._https_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_https_port
             )
@@ -162,6 +184,14 @@ class TunnelServer:
         host, port = self._web.addresses[0][:2]
         logger.info("tunneld: ready: dashboard on http://%s:%d/", display_host(host), port)
 
+    def _peer_allowed(self, ip: str) -> bool:
+        return self.ip_rules.permits(ip)
+
+    def _on_http_access(self, record: RequestRecord) -> None:
+        visitors = self._visitors.get(record.proxy)
+        if visitors is not None:
+            visitors.request_done(record)
+
     def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
         """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""
         self.proxy_meta[name] = (client_id, proxy_type)
@@ -185,6 +215,14 @@ class TunnelServer:
             await mux.wait_connected()
         except ConnectionError:
             self.login_finished()
+            return
+        peer = mux.peername
+        if peer is not None and not self.ip_rules.permits(str(peer[0])):
+            # refused after TLS (asyncio runs the handshake before we see the peer)
+            self.stats.refused_controls += 1
+            logger.debug("tunneld: control connection from %s refused by IP rules", peer[0])
+            self.login_finished()
+            mux.close(ErrorCode.REFUSED, "your address is not allowed on this server")
             return
         session = ServerSession(self, mux)
         try:
@@ -236,6 +274,9 @@ class TunnelServer:
             await asyncio.gather(self._users_task, return_exceptions=True)
             self._users_task = None
         self.users.close()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -269,13 +310,27 @@ class TunnelServer:
                 return session
         return None
 
-    def proxy_context(self, session: ServerSession, name: str, local_name: str) -> ProxyContext:
+    def proxy_context(
+        self,
+        session: ServerSession,
+        name: str,
+        local_name: str,
+        request: NewProxy | None = None,
+    ) -> ProxyContext:
+        counters = self.stats.proxy(name)
+        try:
+            rules = IPRules.parse(request.allow_ips, request.deny_ips) if request else IPRules()
+        except ValueError as exc:
+            raise ProxyRefused(f"allowIPs/denyIPs: {exc}") from None
+        visitors = Visitors(self, name, session.user, rules, counters)
+        self._visitors[name] = visitors
         return ProxyContext(
+            visitors=visitors,
             config=self.config,
             session=session.mux,
             client_id=session.client_id,
             local_name=local_name,
-            counters=self.stats.proxy(name),
+            counters=counters,
             ports=self.ports,
             http_router=self.http_router,
             https_router=self.https_router,

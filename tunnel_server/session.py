@@ -249,7 +249,7 @@ class ServerSession:
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
-        ctx = self.server.proxy_context(self, name, request.name)
+        ctx = self.server.proxy_context(self, name, request.name, request)
         proxy = factory(ctx, request, name)
         try:
             await proxy.start()

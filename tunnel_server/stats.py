@@ -45,6 +45,7 @@ class ProxyCounters:
         "connections_total",
         "dropped_datagrams",
         "refused_flows",
+        "refused_visitors",
     )
 
     def __init__(self) -> None:
@@ -54,6 +55,7 @@ class ProxyCounters:
         self.connections_active = 0
         self.dropped_datagrams = 0
         self.refused_flows = 0
+        self.refused_visitors = 0  # by an IP rule or a user's connection quota
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -76,6 +78,7 @@ class ServerStats:
         self.auth_failures = 0
         self.sessions_total = 0
         self.evicted_proxies = 0
+        self.refused_controls = 0  # control connections refused by the server's IP rules
         # Insertion-ordered: the first key is the one registered longest ago.
         self._proxies: dict[str, ProxyCounters] = {}
 
@@ -123,6 +126,7 @@ class ServerStats:
             total.connections_active += counters.connections_active
             total.dropped_datagrams += counters.dropped_datagrams
             total.refused_flows += counters.refused_flows
+            total.refused_visitors += counters.refused_visitors
         return total
 
 
@@ -175,6 +179,11 @@ class StatsCollector:
             "Connections or UDP flows refused by each proxy because a bound was reached.",
             labels=["proxy"],
         )
+        denied = CounterMetricFamily(
+            "tunnelkit_proxy_refused_visitors_total",
+            "Visitors refused by each proxy: IP rules (allowIPs/denyIPs) or a user quota.",
+            labels=["proxy"],
+        )
         for name, counters in stats.items():
             active.add_metric([name], counters.connections_active)
             connections.add_metric([name], counters.connections_total)
@@ -182,7 +191,8 @@ class StatsCollector:
             traffic.add_metric([name, "out"], counters.bytes_out)
             dropped.add_metric([name], counters.dropped_datagrams)
             refused.add_metric([name], counters.refused_flows)
-        yield from (active, connections, traffic, dropped, refused)
+            denied.add_metric([name], counters.refused_visitors)
+        yield from (active, connections, traffic, dropped, refused, denied)
 
         yield CounterMetricFamily(
             "tunnelkit_auth_failures_total", "Failed client logins.", value=stats.auth_failures

@@ -30,6 +30,8 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        allow_ips=config.allow_ips,
+        deny_ips=config.deny_ips,
     )
 
 

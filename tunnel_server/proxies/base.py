@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
+    from ..visitors import Visitors
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ProxyContext:
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
+    visitors: Visitors | None = None  # IP rules, connection quota, access log
 
 
 class ServerProxy(Protocol):

@@ -58,6 +58,11 @@ class VhostProxy:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
+        if ctx.visitors is not None:
+            refusal = ctx.visitors.refusal(src[0])
+            if refusal is not None:
+                ctx.visitors.refused(self.scheme, src, refusal)
+                raise UpstreamError(refusal.reason, status=refusal.status)
         try:
             stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
         except (LocalProtocolError, ConnectionError) as exc:

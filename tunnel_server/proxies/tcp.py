@@ -54,6 +54,12 @@ class TCPProxy:
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)
+        visitors = self.ctx.visitors
+        if visitors is not None:
+            refusal = visitors.refusal(str(peer[0]))
+            if refusal is not None:
+                visitors.refused("tcp", (str(peer[0]), int(peer[1])), refusal)
+                return None  # the splice closes the visitor's connection at once
         try:
             stream = self.ctx.session.open_stream(
                 StreamHeader(self.ctx.local_name, str(peer[0]), int(peer[1]))
@@ -66,12 +72,16 @@ class TCPProxy:
         counters.connections_total += 1
         counters.connections_active += 1
         self._streams.add(stream)
+        if visitors is not None:
+            visitors.opened(stream)
         return stream
 
     def _on_closed(self, stream: MuxStream) -> None:
         if stream in self._streams:
             self._streams.discard(stream)
             self.ctx.counters.connections_active -= 1
+            if self.ctx.visitors is not None:
+                self.ctx.visitors.closed(stream)
 
     def close(self) -> None:
         if self._server is not None:

@@ -118,6 +118,11 @@ class UDPProxy(asyncio.DatagramProtocol):
     def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
         ids = self.ctx.flow_ids
         counters = self.ctx.counters
+        visitors = self.ctx.visitors
+        if visitors is not None:
+            refusal = visitors.refusal(peer[0])  # counted there; the datagram is dropped
+            if refusal is not None:
+                return None
         if len(self._by_peer) >= self.max_flows or ids.active >= MAX_UDP_FLOWS_PER_CLIENT:
             counters.refused_flows += 1
             self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Final
 
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
@@ -39,6 +41,24 @@ logger = logging.getLogger(__name__)
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request relayed to a proxy, for the access log and the latency histograms."""
+
+    proxy: str
+    peer: tuple[str, int]
+    method: str
+    host: str
+    path: str  # without the query string, which may carry secrets
+    status: int  # 0 if no response head came back
+    seconds: float  # from the request head to the end of the response
+    bytes_in: int  # towards the app
+    bytes_out: int  # back to the visitor
+
+
+OnAccess = Callable[[RequestRecord], None]
 
 
 class HTTPVhostServer(VhostListener):
@@ -58,6 +78,7 @@ class HTTPVhostServer(VhostListener):
         idle_timeout_s: float = 60.0,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_request: OnRequest | None = None,
+        on_access: OnAccess | None = None,
     ) -> None:
         super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
@@ -67,6 +88,7 @@ class HTTPVhostServer(VhostListener):
         self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
         self._idle_timeout_s = idle_timeout_s
         self._on_request = on_request
+        self.on_access = on_access
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -75,6 +97,10 @@ class HTTPVhostServer(VhostListener):
 
     def _turn_away(self, conn: InboundProtocol) -> None:
         conn.write(error_response(503, None))
+        conn.close()
+
+    def _deny(self, conn: InboundProtocol) -> None:
+        conn.write(error_response(403, None, "your address is not allowed on this server"))
         conn.close()
 
     async def _serve(self, conn: InboundProtocol, reader: RequestReader) -> None:
@@ -243,7 +269,7 @@ class HTTPVhostServer(VhostListener):
         except TimeoutError:
             status, detail = 504, "the tunnel did not open in time"
         except UpstreamError as exc:
-            detail = exc.reason
+            status, detail = exc.status, exc.reason
         except (ConnectionError, OSError) as exc:
             detail = f"cannot reach the app: {exc.strerror or exc}"
         else:
@@ -278,6 +304,7 @@ class HTTPVhostServer(VhostListener):
             upgrade_requested=head.upgrade is not None,
         )
         sent_before = conn.bytes_sent
+        started = time.monotonic()
         conn.on_lost = up.stream.abort
         try:
             outcome = await exchange.run(first_write, complete, retryable=retryable)
@@ -285,6 +312,21 @@ class HTTPVhostServer(VhostListener):
             conn.on_lost = None
         if self._on_request is not None and outcome is not Outcome.RETRY:
             self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
+        if self.on_access is not None and outcome is not Outcome.RETRY:
+            target = head.target.split(b"?", 1)[0]
+            self.on_access(
+                RequestRecord(
+                    proxy=route.proxy_name,
+                    peer=conn.peer,
+                    method=head.method.decode("latin-1"),
+                    host=exchange.host,
+                    path=target.decode("latin-1"),
+                    status=up.relay.status,
+                    seconds=time.monotonic() - started,
+                    bytes_in=exchange.bytes_to_app,
+                    bytes_out=conn.bytes_sent - sent_before,
+                )
+            )
         return outcome
 
     def _reply_error(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, Self
 
 from .inbound import InboundProtocol
@@ -39,6 +39,9 @@ class VhostListener:
         self._closing = False
         self._cancel_handle: asyncio.TimerHandle | None = None
         self.refused_connections = 0  # over max_connections or while closing
+        # The server's IP rules: a visitor it refuses gets `_deny` (a 403 page or a close).
+        self.peer_allowed: Callable[[str], bool] | None = None
+        self.denied_connections = 0
 
     @property
     def connections(self) -> int:
@@ -108,6 +111,10 @@ class VhostListener:
         """Answer a connection over the cap, then close it."""
         conn.abort()
 
+    def _deny(self, conn: InboundProtocol) -> None:
+        """Answer a connection from an address the IP rules refuse, then close it."""
+        conn.abort()
+
     # --- internals -----------------------------------------------------------------------
 
     def _connection_made(self, conn: InboundProtocol) -> None:
@@ -115,6 +122,11 @@ class VhostListener:
             self.refused_connections += 1
             conn.feeder = conn.discard
             self._turn_away(conn)
+            return
+        if self.peer_allowed is not None and not self.peer_allowed(conn.peer[0]):
+            self.denied_connections += 1
+            conn.feeder = conn.discard
+            self._deny(conn)
             return
         task = asyncio.get_running_loop().create_task(self._admit(conn))
         self._tasks[task] = conn

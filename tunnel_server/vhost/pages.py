@@ -16,6 +16,7 @@ MAX_DETAIL_CHARS: Final = 300
 REASONS: Final[dict[int, str]] = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -29,6 +30,7 @@ REASONS: Final[dict[int, str]] = {
 _EXPLANATIONS: Final[dict[int, str]] = {
     400: "The request could not be understood.",
     401: "This tunnel needs a user name and password.",
+    403: "Your address may not use this tunnel.",
     404: "No tunnel is serving this host.",
     405: "This method is not supported by the tunnel server.",
     408: "The request headers did not arrive in time.",

@@ -27,9 +27,10 @@ class UpstreamError(TunnelError):
     `reason` is one line, shown to the visitor on the 502 page, so it must hold no secret.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, status: int = 502) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status  # the page the visitor gets (403 for an IP rule)
 
 
 class ByteStream(Protocol):
