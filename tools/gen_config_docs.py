@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from protocol.configdocs import render_config_docs
 from tunnel_client.config import CLIENT_FIELDS
 from tunnel_client.proxyconfig import PROXY_FIELDS
+from tunnel_common.configdocs import render_config_docs
 from tunnel_server.config import SERVER_FIELDS
 
 SECTIONS = (

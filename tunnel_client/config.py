@@ -18,8 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from protocol.configfields import OWN, Field, FieldTable, Section
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_client.proxyconfig import (
+    PROXY_FIELDS,
+    PROXY_SCHEMA,
+    ProxyConfig,
+    check_proxies,
+    complete_proxy,
+    make_oneliner_proxy,
+)
+from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_common.configfile import (
     Bool,
     ConfigTable,
     Fingerprint,
@@ -34,7 +44,7 @@ from protocol.configfile import (
     read_config,
     read_config_text,
 )
-from protocol.configschema import (
+from tunnel_common.configschema import (
     AUTH_ENTRIES,
     FRPC_UNSUPPORTED,
     LOG_FIELDS,
@@ -43,17 +53,7 @@ from protocol.configschema import (
     WebServerConfig,
     check_listener_auth,
 )
-from protocol.errors import ConfigError
-from protocol.fingerprint import format_fingerprint, parse_fingerprint
-from protocol.proxytype import ProxyType
-from tunnel_client.proxyconfig import (
-    PROXY_FIELDS,
-    PROXY_SCHEMA,
-    ProxyConfig,
-    check_proxies,
-    complete_proxy,
-    make_oneliner_proxy,
-)
+from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 __all__ = [
     "CLIENT_FIELDS",
@@ -164,7 +164,7 @@ class ClientTLSConfig:
 
     server_name: str | None = CLIENT_TLS_FIELDS.optional("server_name", str)
     trusted_ca_file: Path | None = CLIENT_TLS_FIELDS.optional("trusted_ca_file", Path)
-    # canonical "SHA256:AB:CD:..." (protocol.fingerprint)
+    # canonical "SHA256:AB:CD:..." (tunnel_common.fingerprint)
     server_fingerprint: str | None = CLIENT_TLS_FIELDS.optional("server_fingerprint", str)
     insecure_skip_verify: bool = CLIENT_TLS_FIELDS.default("insecure_skip_verify", bool)
     known_servers_file: Path | None = CLIENT_TLS_FIELDS.optional("known_servers_file", Path)

@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, TypeAlias
 
-from protocol.configfields import Field, FieldTable
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configfile import (
     Bool,
     Choice,
     ConfigTable,
@@ -28,9 +30,7 @@ from protocol.configfile import (
     describe,
     join_key,
 )
-from protocol.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
-from protocol.errors import ConfigError
-from protocol.proxytype import ProxyType
+from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
 
 logger = logging.getLogger(__name__)
 

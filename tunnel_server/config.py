@@ -1,6 +1,6 @@
 """tunneld's configuration: `frps.toml` keys -> `ServerConfig`.
 
-Every key is declared once, in `SERVER_FIELDS` (`protocol.configfields`): its TOML key,
+Every key is declared once, in `SERVER_FIELDS` (`tunnel_common.configfields`): its TOML key,
 attribute, type and range, default and help. Loading runs in three steps, as frp does: parse
 and type-check the file against the schema built from that table, complete it with the
 table's defaults into frozen dataclasses, then validate the rules that span several keys.
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from protocol.configfields import OWN, Field, FieldTable, Section
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_common.configfile import (
     Bool,
     ConfigTable,
     Float,
@@ -31,7 +32,7 @@ from protocol.configfile import (
     read_config,
     read_config_text,
 )
-from protocol.configschema import (
+from tunnel_common.configschema import (
     AUTH_ENTRIES,
     FRPS_UNSUPPORTED,
     LOG_FIELDS,
@@ -41,7 +42,6 @@ from protocol.configschema import (
     check_listener_auth,
     domain_problem,
 )
-from protocol.errors import ConfigError
 
 __all__ = [
     "SERVER_FIELDS",

@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from protocol.configfields import Accepted, Field, FieldTable, Section
-from protocol.configfile import Bool, ConfigTable, Int, Str, read_config
-from protocol.configschema import LOG_FIELDS, WEB_SERVER_FIELDS, LogConfig, WebServerConfig
 from protocol.errors import ConfigError
 from tunnel_client import cli as client_cli
 from tunnel_client.config import (
@@ -25,6 +22,9 @@ from tunnel_client.config import (
 )
 from tunnel_client.config import CLIENT_TLS_FIELDS as TLS_FIELDS
 from tunnel_client.proxyconfig import PROXY_FIELDS, ProxyConfig
+from tunnel_common.configfields import Accepted, Field, FieldTable, Section
+from tunnel_common.configfile import Bool, ConfigTable, Int, Str, read_config
+from tunnel_common.configschema import LOG_FIELDS, WEB_SERVER_FIELDS, LogConfig, WebServerConfig
 from tunnel_server import cli as server_cli
 from tunnel_server.config import SERVER_FIELDS, ServerConfig, parse_server_config
 
@@ -151,7 +151,7 @@ def test_config_fields_notes_empty_when_key_absent() -> None:
 
 def test_config_docs_file_is_current() -> None:
     """docs/config.md is exactly what the field tables render today (regenerate if not)."""
-    from protocol.configdocs import render_config_docs
+    from tunnel_common.configdocs import render_config_docs
 
     expected = render_config_docs(_generator().SECTIONS)  # type: ignore[attr-defined]
     current = (ROOT / "docs/config.md").read_text(encoding="utf-8")

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from protocol.configfields import Field, FieldTable
-from protocol.configspecs import Choice, Int, LogTarget, Secret, SecretStr, Str, describe
 from protocol.errors import ConfigError
+from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configspecs import Choice, Int, LogTarget, Secret, SecretStr, Str, describe
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The value specs of the config loader: each converts one TOML value or raises `Invalid`.
 
-`protocol.configfile` walks a file against a tree of these (a `Table` of key -> spec), and
-`protocol.configfields` builds that tree from each app's field table. A leaf spec checks
+`tunnel_common.configfile` walks a file against a tree of these (a `Table` of key -> spec), and
+`tunnel_common.configfields` builds that tree from each app's field table. A leaf spec checks
 one value on its own (type, range, choice) and may normalise it (lowercase a domain, make a
 relative path absolute); rules that span several keys belong to each app's `config.py`.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeAlias
 
-from protocol.fingerprint import format_fingerprint, parse_fingerprint
+from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 MAX_SHOWN_CHARS: Final = 40  # longest value quoted back in an error before it is cut
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")

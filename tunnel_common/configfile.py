@@ -5,11 +5,11 @@ parses the text with `tomllib` and walks it against the schema, so every problem
 `ConfigError` naming the file, the key path
 (`proxies[1].localPort`, `webServer.port`, `allowPorts[0].start`) and the reason. Keys that
 are not in the schema are either a known frp option we do not support yet (each app passes
-the table from `protocol.configschema`) or unknown, with a did-you-mean suggestion. Nothing
+the table from `tunnel_common.configschema`) or unknown, with a did-you-mean suggestion. Nothing
 is ever silently ignored.
 
-The walker only checks each value on its own (the specs in `protocol.configspecs`). Each app
-builds its schema, and its defaults, from one field table (`protocol.configfields`); rules
+The walker only checks each value on its own (the specs in `tunnel_common.configspecs`). Each app
+builds its schema, and its defaults, from one field table (`tunnel_common.configfields`); rules
 that span several keys belong to each app's `config.py`. No I/O happens here apart from
 `read_config_text`: the caller hands in the text.
 """
@@ -24,7 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final, TypeVar
 
-from protocol.configspecs import (
+from protocol.errors import ConfigError
+from tunnel_common.configspecs import (
     Bool,
     Choice,
     Fingerprint,
@@ -44,7 +45,6 @@ from protocol.configspecs import (
     describe,
     join_key,
 )
-from protocol.errors import ConfigError
 
 __all__ = [
     "Bool",

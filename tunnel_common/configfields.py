@@ -4,7 +4,7 @@ Each app describes its file as a `FieldTable`: one row per key with the TOML key
 dataclass attribute, the spec (type and range), the default and a line of help. That one row
 drives everything else:
 
-- `schema` is the nested `Table` the loader (`protocol.configfile`) checks the file against;
+- `schema` is the nested `Table` the loader (`tunnel_common.configfile`) checks the file against;
 - `complete` fills a frozen dataclass from the checked file, with the row's default for every
   key the file leaves out;
 - `default`/`optional`/`factory` give the dataclass its defaults, so they are written once;
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from protocol.configfile import ConfigTable
-from protocol.configspecs import (
+from tunnel_common.configfile import ConfigTable
+from tunnel_common.configspecs import (
     Bool,
     Choice,
     Fingerprint,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from protocol.configfields import FieldTable
+from tunnel_common.configfields import FieldTable
 
 NOT_SUPPORTED: Final = "not supported yet"
 
