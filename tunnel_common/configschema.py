@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
-from tunnel_common.configfile import (
+from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configfile import ConfigTable
+from tunnel_common.configspecs import (
     Choice,
-    ConfigTable,
     Int,
+    LogTarget,
     PathStr,
     Secret,
     SecretStr,
-    Spec,
     Str,
-    Table,
     describe,
 )
 
@@ -35,56 +35,101 @@ LOG_LEVELS: Final = ("debug", "info", "warn", "warning", "error")
 _DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 MAX_DOMAIN_CHARS: Final = 253
 
+WEB_SERVER_FIELDS: Final = FieldTable(
+    (
+        Field("addr", "addr", Str(), "127.0.0.1", "address the web server listens on"),
+        Field("port", "port", Int(0, 65535), None, "port of the web server; unset = off, 0 = any"),
+        Field("user", "user", Str(), None, "basic-auth user"),
+        Field("password", "password", SecretStr(), None, "basic-auth password"),
+    )
+)
+
+LOG_FIELDS: Final = FieldTable(
+    (
+        Field("to", "to", LogTarget(), "console", 'log file, or "console" for stderr'),
+        Field(
+            "level",
+            "level",
+            Choice(LOG_LEVELS, frp_values=("trace",), aliases={"warning": "warn"}),
+            "info",
+            "least severe level logged",
+        ),
+    )
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebServerConfig:
     """`webServer.*`: the server dashboard, or the client admin API. No port = disabled."""
 
-    addr: str = "127.0.0.1"
-    port: int | None = None  # 0 = pick a free port (the ready line reports it)
-    user: str | None = None
-    password: Secret | None = None
+    addr: str = WEB_SERVER_FIELDS.default("addr", str)
+    port: int | None = WEB_SERVER_FIELDS.optional("port", int)
+    user: str | None = WEB_SERVER_FIELDS.optional("user", str)
+    password: Secret | None = WEB_SERVER_FIELDS.optional("password", Secret)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     """`log.*`: `to` is "console" (stderr) or a file path; `level` is debug/info/warn/error."""
 
-    to: str = "console"
-    level: str = "info"  # "warning" is accepted in the file and stored as "warn"
+    to: str = LOG_FIELDS.default("to", str)
+    level: str = LOG_FIELDS.default("level", str)  # "warning" is stored as "warn"
 
 
-WEB_SERVER_FIELDS: Final[dict[str, Spec]] = {
-    "addr": Str(),
-    "port": Int(0, 65535),
-    "user": Str(),
-    "password": SecretStr(),
-}
-
-LOG_FIELDS: Final[dict[str, Spec]] = {
-    "to": Str(),
-    "level": Choice(LOG_LEVELS, frp_values=("trace",)),
-}
-
-AUTH_FIELDS: Final[dict[str, Spec]] = {
-    "method": Choice(("token",), frp_values=("oidc",)),
-    "token": SecretStr(),
-    # frp 0.64: the token read from a file (its first line; surrounding space is dropped)
-    "tokenSource": Table(
-        {"type": Choice(("file",), frp_values=("exec",)), "file": Table({"path": PathStr()})}
+# The `auth.*` rows, the same in both apps' root tables.
+AUTH_ENTRIES: Final = (
+    Field("auth.method", None, Choice(("token",), frp_values=("oidc",)), "token", "how to log in"),
+    Field("auth.token", "auth_token", SecretStr(), None, "shared secret clients log in with"),
+    # frp 0.64: the token from a file; read by `token_from_source` into auth_token
+    Field(
+        "auth.tokenSource.type",
+        None,
+        Choice(("file",), frp_values=("exec",)),
+        None,
+        'where the token comes from instead of auth.token: "file"',
     ),
-}
+    Field(
+        "auth.tokenSource.file.path",
+        None,
+        PathStr(),
+        None,
+        "file holding the token on one line",
+    ),
+)
 MAX_TOKEN_FILE_BYTES: Final = 4096
 
 
-def build_web_server(table: ConfigTable) -> WebServerConfig:
-    """Complete a `webServer` table with defaults (check it with `check_listener_auth`)."""
-    return WebServerConfig(
-        addr=table.get_or("addr", str, "127.0.0.1"),
-        port=table.get("port", int),
-        user=table.get("user", str),
-        password=table.get("password", Secret),
-    )
+def token_from_source(root: ConfigTable) -> Secret | None:
+    """`auth.token`, or the token read from `auth.tokenSource` (one line, trimmed)."""
+    token = root.lookup("auth.token")
+    kind = root.lookup("auth.tokenSource.type")
+    path = root.lookup("auth.tokenSource.file.path")
+    if kind is None and path is None:
+        return token if isinstance(token, Secret) else None
+    if token is not None:
+        raise root.error("auth.tokenSource", "set either auth.token or auth.tokenSource, not both")
+    if kind is None:
+        raise root.error("auth.tokenSource.type", 'is required with file.path (use "file")')
+    if not isinstance(path, Path):
+        raise root.error("auth.tokenSource.file.path", 'is required with type = "file"')
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise root.error(
+            "auth.tokenSource.file.path", f"cannot read {path}: {exc.strerror}"
+        ) from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise root.error(
+            "auth.tokenSource.file.path", f"{path} is over {MAX_TOKEN_FILE_BYTES} bytes"
+        )
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise root.error("auth.tokenSource.file.path", f"{path} is not UTF-8 text") from None
+    if not text or "\n" in text:
+        raise root.error("auth.tokenSource.file.path", f"{path} must hold the token on one line")
+    return Secret(text)
 
 
 def check_listener_auth(
@@ -112,47 +157,6 @@ def check_listener_auth(
             f'"{addr}" is reachable from other machines; set {prefix}.user and '
             f'{prefix}.password, or bind to "127.0.0.1"',
         )
-
-
-def build_log(table: ConfigTable) -> LogConfig:
-    """Complete a `log` table; a relative file in `log.to` is relative to the config file."""
-    to = table.get_or("to", str, "console")
-    if to != "console":
-        to = str(table.base_dir / to)
-    level = table.get_or("level", str, "info")
-    return LogConfig(to=to, level="warn" if level == "warning" else level)
-
-
-def build_auth_token(table: ConfigTable) -> Secret | None:
-    """The token from an `auth` table: `auth.token`, or the file of `auth.tokenSource`
-    (`auth.method` can only be "token", checked by spec)."""
-    token = table.get("token", Secret)
-    source = table.table("tokenSource")
-    kind = source.get("type", str)
-    file = source.table("file")
-    path = file.get("path", Path)
-    if kind is None and path is None:
-        return token
-    if token is not None:
-        raise table.error("tokenSource", "set either auth.token or auth.tokenSource, not both")
-    if kind is None:
-        raise source.error("type", 'is required with file.path (use type = "file")')
-    if path is None:
-        raise file.error("path", 'is required with type = "file"')
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise file.error("path", f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise file.error("path", f"{path} is over {MAX_TOKEN_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise file.error("path", f"{path} is not UTF-8 text") from None
-    if not text or "\n" in text:
-        raise file.error("path", f"{path} must hold the token on one line")
-    return Secret(text)
 
 
 def is_loopback(addr: str) -> bool:
@@ -186,8 +190,8 @@ _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "log.maxDays": "tunnelkit does not rotate logs; use logrotate, or log to the console",
     "log.disablePrintColor": "tunnelkit never colours its logs; remove it",
     "auth.additionalScopes": "tunnelkit authenticates the session once at login; remove it",
-    "auth.oidc": 'use auth.method = "token"',
     "auth.tokenSource.exec": 'put the token in a file and use auth.tokenSource.type = "file"',
+    "auth.oidc": 'use auth.method = "token"',
     "webServer.assetsDir": "the web UI is built in; remove it",
     "webServer.pprofEnable": "remove it",
     "webServer.tls": "put a TLS reverse proxy in front of the web server",
