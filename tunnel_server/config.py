@@ -43,6 +43,7 @@ from protocol.configschema import (
     domain_problem,
 )
 from protocol.errors import ConfigError
+from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
 __all__ = [
     "SERVER_SCHEMA",
@@ -106,6 +107,8 @@ class ServerConfig:
     enable_prometheus: bool = False
     log: LogConfig = field(default_factory=LogConfig)
     max_clients: int = 1000
+    max_pending_logins: int = DEFAULT_MAX_PENDING_LOGINS  # connections not logged in yet
+    max_pending_logins_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_udp_flows_per_proxy: int = 1024
     udp_flow_idle_timeout: float = 60.0  # seconds
 
@@ -149,6 +152,8 @@ SERVER_SCHEMA: Final = Table(
         # tunnelkit's own keys
         "stateDir": PathStr(),
         "maxClients": Int(1, MAX_COUNT),
+        "maxPendingLogins": Int(1, MAX_COUNT),
+        "maxPendingLoginsPerIP": Int(1, MAX_COUNT),
         "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
         "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
     },
@@ -211,6 +216,10 @@ def _complete(root: ConfigTable) -> ServerConfig:
         enable_prometheus=root.get_or("enablePrometheus", bool, False),
         log=build_log(root.table("log")),
         max_clients=root.get_or("maxClients", int, 1000),
+        max_pending_logins=root.get_or("maxPendingLogins", int, DEFAULT_MAX_PENDING_LOGINS),
+        max_pending_logins_per_ip=root.get_or(
+            "maxPendingLoginsPerIP", int, DEFAULT_MAX_PENDING_PER_IP
+        ),
         max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
         udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
     )
@@ -265,6 +274,13 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
         password=config.web.password,
         loopback_only_without_auth=False,
     )
+    if config.max_pending_logins_per_ip > config.max_pending_logins:
+        raise ConfigError(
+            source,
+            "maxPendingLoginsPerIP",
+            f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
+            f"{config.max_pending_logins_per_ip}",
+        )
     if config.enable_prometheus and config.web.port is None:
         raise ConfigError(
             source,
