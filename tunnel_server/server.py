@@ -16,8 +16,8 @@ from protocol import __version__
 from protocol.aio.connection import MuxSession
 from protocol.auth import derive_key
 from protocol.errors import ErrorCode, TunnelError
-from protocol.fingerprint import parse_fingerprint
 from protocol.settings import MuxSettings
+from tunnel_common.fingerprint import parse_fingerprint
 
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .authlimit import FailureLimiter
@@ -245,6 +245,7 @@ class TunnelServer:
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            fd_budget=self.fd_budget,
         )
 
     def public_host(self) -> str:
