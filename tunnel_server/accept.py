@@ -64,10 +64,7 @@ class ControlListener:
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy_answers = 0
-        # Counters for /metrics.
-        self.tls_failures = 0
-        self.busy_answers_total = 0
-        self.busy_closed_total = 0
+        self._counters = server.stats.limits
 
     async def start(self, host: str, port: int) -> int:
         """Bind every address `host` resolves to (like asyncio's create_server); return the port."""
@@ -168,7 +165,7 @@ class ControlListener:
                     )
             except (OSError, TimeoutError) as exc:
                 # Garbage, a reset, the deadline: expected on a public port.
-                self.tls_failures += 1
+                self._counters.tls_failures += 1
                 logger.debug("tunneld: TLS handshake failed: %s", type(exc).__name__)
                 sock.close()
                 return
@@ -188,7 +185,7 @@ class ControlListener:
 
     def _answer_busy(self, sock: socket.socket) -> None:
         if self._busy_answers >= MAX_BUSY_ANSWERS:
-            self.busy_closed_total += 1
+            self._counters.busy_closed += 1
             sock.close()
             return
         self._busy_answers += 1
@@ -209,7 +206,7 @@ class ControlListener:
             go_away = [int(ErrorCode.BUSY), busy.reason]
             tls.write(encode_frame(FrameType.GO_AWAY, 0, 0, go_away))
             tls.close()  # flushes, then close_notify
-            self.busy_answers_total += 1
+            self._counters.busy_answers += 1
         except (OSError, TimeoutError):
             sock.close()  # the peer went away or stalled: nothing more to tell it
         except BaseException:

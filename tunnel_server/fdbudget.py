@@ -25,6 +25,8 @@ import math
 import resource
 from typing import Final
 
+from .stats import LimitCounters
+
 logger = logging.getLogger(__name__)
 
 INTERNAL_FDS: Final = 128  # listeners, the certificate and state files, dashboard connections
@@ -46,19 +48,23 @@ def raise_nofile_limit() -> int:
 class FDBudget:
     """Counts visitor connections against the descriptors left after the control reserve."""
 
-    def __init__(self, limit: int = 1 << 20, control_reserve: int = 0) -> None:
+    def __init__(
+        self,
+        limit: int = 1 << 20,
+        control_reserve: int = 0,
+        counters: LimitCounters | None = None,
+    ) -> None:
         self.limit = limit
         self.reserve = min(control_reserve, limit // 2)
         self.public_limit = max(0, limit - self.reserve)
         self.public_in_use = 0
-        # Counters for /metrics.
-        self.refused_total = 0
-        self.accept_failures_total = 0
+        self.counters = counters or LimitCounters()  # shared with /metrics
+        self.counters.visitor_fds_limit = self.public_limit
         self._last_log = -math.inf
 
     @classmethod
-    def for_server(cls, control_reserve: int) -> FDBudget:
-        budget = cls(raise_nofile_limit(), control_reserve + INTERNAL_FDS)
+    def for_server(cls, control_reserve: int, counters: LimitCounters) -> FDBudget:
+        budget = cls(raise_nofile_limit(), control_reserve + INTERNAL_FDS, counters)
         logger.info(
             "tunneld: descriptor limit %d: %d reserved for logins and sessions, %d for visitor "
             "connections",
@@ -71,18 +77,20 @@ class FDBudget:
     def try_acquire(self, now: float) -> bool:
         """Take a descriptor for a visitor connection; False (counted, logged) if none is left."""
         if self.public_in_use >= self.public_limit:
-            self.refused_total += 1
+            self.counters.fd_refused += 1
             self._log(now, "refusing visitor connections")
             return False
         self.public_in_use += 1
+        self.counters.visitor_fds = self.public_in_use
         return True
 
     def release(self) -> None:
         self.public_in_use -= 1
+        self.counters.visitor_fds = self.public_in_use
 
     def accept_failed(self, exc: OSError, now: float) -> None:
         """The control port's accept() failed for want of descriptors (or memory)."""
-        self.accept_failures_total += 1
+        self.counters.fd_accept_failures += 1
         self._log(now, f"the control port cannot accept ({exc.strerror or exc})")
 
     def _log(self, now: float, what: str) -> None:
@@ -98,6 +106,6 @@ class FDBudget:
             self.public_limit,
             self.reserve,
             self.limit,
-            self.refused_total,
-            self.accept_failures_total,
+            self.counters.fd_refused,
+            self.counters.fd_accept_failures,
         )

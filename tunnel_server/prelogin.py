@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from .stats import LimitCounters
+
 DEFAULT_MAX_PENDING_LOGINS: Final = 256  # connections, whole server (maxPendingLogins)
 DEFAULT_MAX_PENDING_PER_IP: Final = 64  # per source address (maxPendingLoginsPerIP)
 # A pending connection younger than this is never evicted (seconds); see the module docstring.
@@ -50,6 +52,7 @@ class PendingLogins:
         max_total: int = DEFAULT_MAX_PENDING_LOGINS,
         max_per_ip: int = DEFAULT_MAX_PENDING_PER_IP,
         min_age_s: float = EVICT_MIN_AGE_S,
+        counters: LimitCounters | None = None,
     ) -> None:
         if not 1 <= max_per_ip <= max_total:
             raise ValueError("need 1 <= max_per_ip <= max_total")
@@ -59,10 +62,7 @@ class PendingLogins:
         self._all: OrderedDict[int, PendingSlot] = OrderedDict()  # oldest first
         self._by_ip: dict[str, OrderedDict[int, PendingSlot]] = {}
         self._next_key = 0
-        # Counters for /metrics.
-        self.admitted_total = 0
-        self.evicted_total = 0
-        self.busy_total = 0
+        self.counters = counters or LimitCounters()  # shared with /metrics
 
     def __len__(self) -> int:
         return len(self._all)
@@ -86,16 +86,15 @@ class PendingLogins:
             victim = None
         if victim is not None:
             if now - victim.since < self.min_age_s:
-                self.busy_total += 1
                 return None
             self.release(victim)
-            self.evicted_total += 1
+            self.counters.pending_evicted += 1
             victim.evict()
         slot = PendingSlot(ip, now, evict, self._next_key)
         self._next_key += 1
         self._all[slot.key] = slot
         self._by_ip.setdefault(ip, OrderedDict())[slot.key] = slot
-        self.admitted_total += 1
+        self.counters.pending_logins = len(self._all)
         return slot
 
     def release(self, slot: PendingSlot) -> None:
@@ -108,6 +107,7 @@ class PendingLogins:
         del mine[slot.key]
         if not mine:
             del self._by_ip[slot.ip]
+        self.counters.pending_logins = len(self._all)
 
     def retry_after_ms(self) -> int:
         """How long a busy peer should wait: long enough for the oldest entry to be evictable."""

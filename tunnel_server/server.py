@@ -53,7 +53,11 @@ class TunnelServer:
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
-        self.pending = PendingLogins(config.max_pending_logins, config.max_pending_logins_per_ip)
+        self.pending = PendingLogins(
+            config.max_pending_logins,
+            config.max_pending_logins_per_ip,
+            counters=self.stats.limits,
+        )
         # Replaced in start() by one sized from the real descriptor limit.
         self.fd_budget = FDBudget()
         self._control: ControlListener | None = None
@@ -80,7 +84,7 @@ class TunnelServer:
     async def start(self) -> None:
         cfg = self.config
         self.fd_budget = FDBudget.for_server(
-            cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS
+            cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
         )
         self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
         logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
