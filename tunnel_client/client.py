@@ -364,7 +364,9 @@ class TunnelClient:
                     if status is not None:
                         status.state, status.error = "offline", message.reason
                     logger.warning(
-                        "tunnelc: proxy %s closed by the server: %s", message.name, message.reason
+                        "tunnelc: proxy %s closed by the server: %s",
+                        peer_text(message.name),
+                        peer_text(message.reason),
                     )
                 else:
                     logger.warning("tunnelc: ignoring unexpected %s", type(message).__name__)
@@ -395,7 +397,9 @@ class TunnelClient:
                 self._register(self.session, result.name)
                 return
             status.state, status.error, status.public_urls = "refused", result.error, ()
-            logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
+            logger.error(
+                "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
+            )
             self._notify_status()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
@@ -405,7 +409,9 @@ class TunnelClient:
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
         status.state, status.error, status.public_urls = "running", "", urls
-        logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
+        logger.info(
+            "tunnelc: proxy %s ready at %s", peer_text(result.name), peer_text(" ".join(urls))
+        )
         self._notify_status()
 
     def _localize(self, url: str) -> str:

@@ -32,6 +32,7 @@ from ..events import (
 )
 from ..messages import Message, StreamHeader
 from ..mux import MuxConnection, Role
+from ..names import peer_text
 from ..settings import MuxSettings
 from .stream import MuxStream
 
@@ -300,7 +301,7 @@ class MuxSession(asyncio.BufferedProtocol):
             elif type(event) is PingAcknowledged:
                 self.rtt_s = self.loop.time() - event.sent_at
             elif type(event) is GoAwayReceived:
-                logger.info("peer is going away (code %s): %s", event.code, event.reason)
+                logger.info("peer is going away (code %s): %s", event.code, peer_text(event.reason))
                 if self.on_go_away is not None:
                     self.on_go_away(event.code, event.reason)
             elif type(event) is ConnectionTerminated:
