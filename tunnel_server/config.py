@@ -44,6 +44,8 @@ from protocol.configschema import (
 )
 from protocol.errors import ConfigError
 
+from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
+
 __all__ = [
     "SERVER_SCHEMA",
     "LogConfig",
@@ -108,6 +110,9 @@ class ServerConfig:
     max_clients: int = 1000
     max_udp_flows_per_proxy: int = 1024
     udp_flow_idle_timeout: float = 60.0  # seconds
+    # (domain, location) pairs one client may hold over both vhosts; 0 = no limit
+    max_vhost_routes_per_client: int = DEFAULT_MAX_ROUTES_PER_CLIENT
+    vhost_wildcards_cover_subdomains: bool = False  # may wildcards cover subDomainHost names
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
@@ -151,6 +156,8 @@ SERVER_SCHEMA: Final = Table(
         "maxClients": Int(1, MAX_COUNT),
         "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
         "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
+        "maxVhostRoutesPerClient": Int(0, MAX_COUNT),
+        "vhostWildcardsCoverSubdomains": Bool(),
     },
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -213,6 +220,10 @@ def _complete(root: ConfigTable) -> ServerConfig:
         max_clients=root.get_or("maxClients", int, 1000),
         max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
         udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
+        max_vhost_routes_per_client=root.get_or(
+            "maxVhostRoutesPerClient", int, DEFAULT_MAX_ROUTES_PER_CLIENT
+        ),
+        vhost_wildcards_cover_subdomains=root.get_or("vhostWildcardsCoverSubdomains", bool, False),
     )
 
 
