@@ -281,7 +281,7 @@
   });
 
   byId("clear-button").addEventListener("click", async () => {
-    const response = await fetch("api/requests", { method: "DELETE" });
+    const response = await fetch("api/requests/clear", { method: "POST" });
     if (response.ok) clearList();
   });
 
