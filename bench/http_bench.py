@@ -3,8 +3,10 @@
     .venv/bin/python bench/http_bench.py [--seconds 10] [--runs 3]
 
 The same nginx (started here, serving a small static file) is measured directly and through
-tunneld's HTTP vhost + tunnelc, in one run. Reports req/s and p50/p99 latency, medians of
---runs, with the ratio to direct. Traffic stays on 127.0.0.1.
+tunneld's HTTP vhost + tunnelc, in one run: without the inspector, with the inspector in
+memory only (`inspect.history = false`), and with the inspector writing its SQLite history
+(the default). Reports req/s and p50/p99 latency, medians of --runs, with the ratios.
+Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.support.procs import ProcessGroup  # noqa: E402
 
 HOST = "bench.example.test"
 INSPECTED_HOST = "inspected.example.test"
+MEMORY_HOST = "memory.example.test"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -83,15 +86,16 @@ async def main() -> None:
                 control = await server.control_address()
                 vhost = await server.http_vhost_address()
                 fingerprint = await server.fingerprint()
-                for name, host, inspect in (
-                    ("web", HOST, "false"),
-                    ("seen", INSPECTED_HOST, "true"),
+                for name, host, inspect, history in (
+                    ("web", HOST, "false", "false"),
+                    ("seen", INSPECTED_HOST, "true", "true"),
+                    ("memory", MEMORY_HOST, "true", "false"),
                 ):
                     config = work / f"frpc-{name}.toml"
                     config.write_text(
                         f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
                         f'stateDir = "{work}/client"\ninspect.enabled = {inspect}\n'
-                        "inspect.port = 0\n"
+                        f"inspect.port = 0\ninspect.history = {history}\n"
                         f'transport.tls.serverFingerprint = "{fingerprint}"\n'
                         f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'
                         f'customDomains = ["{host}"]\n'
@@ -99,7 +103,10 @@ async def main() -> None:
                     client = await group.start_tunnel("tunnelc", ["-c", str(config)])
                     await client.proxy_endpoint(name)
                 results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
-                results["vhost + inspector"] = await measure(vhost.port, args, INSPECTED_HOST)
+                results["vhost + inspector (memory)"] = await measure(vhost.port, args, MEMORY_HOST)
+                results["vhost + inspector + history"] = await measure(
+                    vhost.port, args, INSPECTED_HOST
+                )
         finally:
             await group.aclose()
     print(
@@ -112,11 +119,21 @@ async def main() -> None:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
     direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
-    seen = results["vhost + inspector"]
+    memory, seen = results["vhost + inspector (memory)"], results["vhost + inspector + history"]
     print(
         "| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys) + " |"
     )
-    print("| inspector on / off | " + " | ".join(f"{seen[k] / tunnel[k]:.2f}" for k in keys) + " |")
+    print(
+        "| inspector (memory) / off | "
+        + " | ".join(f"{memory[k] / tunnel[k]:.2f}" for k in keys)
+        + " |"
+    )
+    print(
+        "| inspector + history / off | "
+        + " | ".join(f"{seen[k] / tunnel[k]:.2f}" for k in keys)
+        + " |"
+    )
+    print("| history / memory | " + " | ".join(f"{seen[k] / memory[k]:.2f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ MAX_SECONDS: Final = 86400.0  # longest duration accepted for any timeout (one d
 MAX_UDP_PACKET_BYTES: Final = 65507  # largest UDP payload over IPv4
 MAX_INSPECT_BODY_BYTES: Final = 16 * 1024 * 1024  # per captured body, per direction
 MAX_INSPECT_REQUESTS: Final = 100_000  # captured exchanges kept (oldest dropped first)
+MAX_INSPECT_AGE_SECONDS: Final = 366 * 24 * 3600.0  # inspect.maxAge upper bound
 MAX_CLIENT_ID_CHARS: Final = 64
 DEFAULT_SERVER_PORT: Final = 7000
 
@@ -109,6 +110,9 @@ class InspectConfig:
     password: Secret | None = None
     max_body_bytes: int = 64 * 1024  # captured per body; the rest is counted, not kept
     max_requests: int = 200  # exchanges kept; the oldest is dropped first
+    history: bool = True  # keep the exchanges in a SQLite file so they survive a restart
+    history_file: Path | None = None  # None = inspector.sqlite3 in state_dir
+    max_age: float = 7 * 24 * 3600.0  # seconds an exchange is kept (memory and disk)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +178,9 @@ CLIENT_SCHEMA: Final = Table(
                 "password": SecretStr(),
                 "maxBodyBytes": Int(0, MAX_INSPECT_BODY_BYTES),
                 "maxRequests": Int(1, MAX_INSPECT_REQUESTS),
+                "history": Bool(),
+                "historyFile": PathStr(),
+                "maxAge": Float(1, MAX_INSPECT_AGE_SECONDS),
             }
         ),
     },
@@ -313,6 +320,9 @@ def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
             password=inspect.get("password", Secret),
             max_body_bytes=inspect.get_or("maxBodyBytes", int, 64 * 1024),
             max_requests=inspect.get_or("maxRequests", int, 200),
+            history=inspect.get_or("history", bool, True),
+            history_file=inspect.get("historyFile", Path),
+            max_age=inspect.get_or("maxAge", float, 7 * 24 * 3600.0),
         ),
         log=build_log(root.table("log")),
         proxies=tuple(proxies),

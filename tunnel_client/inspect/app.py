@@ -18,7 +18,10 @@ from aiohttp import web
 
 from protocol.aio.webguard import install_guard, page_routes
 from tunnel_client.inspect.bodyview import describe_body
+from tunnel_client.inspect.compare import diff_exchanges, query_params
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
+from tunnel_client.inspect.export import as_curl, as_har, raw_request, raw_response
+from tunnel_client.inspect.filters import ExchangeFilter, parse_filter
 from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
 
@@ -47,6 +50,7 @@ def exchange_summary(exchange: CapturedExchange) -> dict[str, object]:
         "replay": exchange.replay,
         "replay_of": exchange.replay_of,
         "error": exchange.error,
+        "late": exchange.late,
         "request_size": exchange.request_body.size,
         "response_size": exchange.response_body.size,
         "response_type": header_value(exchange.response_headers, "content-type"),
@@ -59,6 +63,7 @@ def exchange_detail(exchange: CapturedExchange) -> dict[str, object]:
     detail.update(
         http_version=exchange.http_version,
         response_http_version=exchange.response_http_version,
+        query=query_params(exchange.path),
         request_headers=[list(pair) for pair in exchange.request_headers],
         response_headers=[list(pair) for pair in exchange.response_headers],
         request_body=describe_body(exchange.request_headers, exchange.request_body),
@@ -71,10 +76,31 @@ def _sse(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _event_payload(event: StoreEvent) -> dict[str, object]:
+def _event_payload(event: StoreEvent, wanted: ExchangeFilter) -> dict[str, object] | None:
+    """The SSE payload for `event`, or None when the viewer's filter hides it."""
     if event.exchange is None:
         return {"kind": event.kind}
+    if not wanted.matches(event.exchange):
+        # An exchange that stops matching (its status arrived) leaves a filtered list.
+        return {"kind": "hidden", "id": event.exchange.id} if event.kind == "updated" else None
     return {"kind": event.kind, "exchange": exchange_summary(event.exchange)}
+
+
+def _har_response(document: dict[str, object], filename: str) -> web.Response:
+    return web.Response(
+        text=json.dumps(document, indent=1, ensure_ascii=False),
+        content_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _filter_of(request: web.Request) -> ExchangeFilter:
+    try:
+        return parse_filter(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": str(exc)}), content_type="application/json"
+        ) from None
 
 
 def build_inspector_app(
@@ -83,8 +109,14 @@ def build_inspector_app(
     *,
     user: str | None,
     password: str | None,
+    history_file: str | None = None,
+    max_age: float | None = None,
 ) -> web.Application:
-    """Build the inspector app over `store`, replaying through `replayer`."""
+    """Build the inspector app over `store`, replaying through `replayer`.
+
+    `history_file` and `max_age` describe the on-disk history (None: memory only), for the
+    page to show what is kept and for how long.
+    """
     # Replay edits carry a body of up to max_body_bytes, JSON-escaped (up to 6x for \\uXXXX).
     app = web.Application(client_max_size=6 * store.max_body_bytes + 1024 * 1024)
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
@@ -97,8 +129,8 @@ def build_inspector_app(
 
     app.on_shutdown.append(close_streams)
 
-    def lookup(request: web.Request) -> CapturedExchange:
-        raw = request.match_info["id"]
+    def lookup(request: web.Request, raw: str | None = None) -> CapturedExchange:
+        raw = request.match_info["id"] if raw is None else raw
         exchange = store.get(int(raw)) if raw.isdigit() else None
         if exchange is None:
             raise web.HTTPNotFound(
@@ -108,13 +140,56 @@ def build_inspector_app(
         return exchange
 
     async def list_requests(request: web.Request) -> web.Response:
+        wanted = _filter_of(request)
         return web.json_response(
             {
-                "requests": [exchange_summary(exchange) for exchange in store.list()],
+                "requests": [
+                    exchange_summary(exchange)
+                    for exchange in store.list()
+                    if wanted.matches(exchange)
+                ],
+                "total": len(store),
                 "max_requests": store.max_requests,
                 "max_body_bytes": store.max_body_bytes,
+                "history_file": history_file,
+                "max_age": max_age,
             }
         )
+
+    async def curl(request: web.Request) -> web.Response:
+        return web.Response(text=as_curl(lookup(request)) + "\n")
+
+    async def har_one(request: web.Request) -> web.Response:
+        exchange = lookup(request)
+        return _har_response(as_har([exchange]), f"request-{exchange.id}.har")
+
+    async def har_many(request: web.Request) -> web.Response:
+        # ?ids=1,2,3 exports a selection; otherwise every request the filter matches.
+        ids = request.query.get("ids", "")
+        if ids:
+            chosen = [lookup(request, raw.strip()) for raw in ids.split(",") if raw.strip()]
+        else:
+            wanted = _filter_of(request)
+            chosen = [exchange for exchange in store.list() if wanted.matches(exchange)]
+        return _har_response(as_har(chosen), "requests.har")
+
+    async def raw(request: web.Request) -> web.Response:
+        exchange = lookup(request)
+        part = request.query.get("part", "both")
+        if part not in ("request", "response", "both"):
+            return web.json_response(
+                {"error": "part must be request, response or both"}, status=400
+            )
+        chunks = [raw_request(exchange)] if part != "response" else []
+        if part != "request":
+            chunks.append(raw_response(exchange) or b"(no response)\r\n")
+        # text/plain so a browser shows it; the bytes are exactly the message's.
+        return web.Response(body=b"\r\n".join(chunks), content_type="text/plain", charset="latin-1")
+
+    async def diff(request: web.Request) -> web.Response:
+        a = lookup(request, request.query.get("a", ""))
+        b = lookup(request, request.query.get("b", ""))
+        return web.json_response(diff_exchanges(a, b))
 
     async def get_request(request: web.Request) -> web.Response:
         return web.json_response(exchange_detail(lookup(request)))
@@ -182,6 +257,7 @@ def build_inspector_app(
         return web.json_response(exchange_detail(recorded))
 
     async def events(request: web.Request) -> web.StreamResponse:
+        wanted = _filter_of(request)
         try:
             subscription = store.subscribe()
         except TooManySubscribers as exc:
@@ -193,7 +269,7 @@ def build_inspector_app(
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n" + _sse({"kind": "hello"}))
-            await _pump_events(subscription, response)
+            await _pump_events(subscription, response, wanted)
         except ConnectionResetError:
             # The viewer went away (tab closed, reload): the normal end of a stream.
             logger.debug("inspector: event viewer disconnected")
@@ -210,12 +286,19 @@ def build_inspector_app(
             web.get("/api/requests/{id}", get_request),
             web.post("/api/requests/{id}/replay", replay),
             web.get("/api/events", events),
+            web.get("/api/diff", diff),
+            web.get("/api/har", har_many),
+            web.get("/api/requests/{id}/har", har_one),
+            web.get("/api/requests/{id}/curl", curl),
+            web.get("/api/requests/{id}/raw", raw),
         ]
     )
     return app
 
 
-async def _pump_events(subscription: Subscription, response: web.StreamResponse) -> None:
+async def _pump_events(
+    subscription: Subscription, response: web.StreamResponse, wanted: ExchangeFilter
+) -> None:
     """Forward store events until the subscription closes (shutdown) or the viewer leaves.
 
     A vanished viewer is noticed at the latest by the next keepalive write, which raises.
@@ -235,4 +318,6 @@ async def _pump_events(subscription: Subscription, response: web.StreamResponse)
             seen_dropped = subscription.dropped
             await response.write(_sse({"kind": "resync"}))
             continue
-        await response.write(_sse(_event_payload(event)))
+        payload = _event_payload(event, wanted)
+        if payload is not None:
+            await response.write(_sse(payload))

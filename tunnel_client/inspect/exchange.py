@@ -47,6 +47,7 @@ class CapturedExchange:
     replay: bool = False
     replay_of: int | None = None
     error: str | None = None
+    late: bool = False  # captured by tunneld while this client was offline, delivered later
 
 
 def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
