@@ -16,7 +16,6 @@ from typing import Final
 
 from aiohttp import web
 
-from protocol.aio.webguard import install_guard, page_routes
 from tunnel_client.inspect.bodyview import describe_body
 from tunnel_client.inspect.compare import diff_exchanges, query_params
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
@@ -24,6 +23,7 @@ from tunnel_client.inspect.export import as_curl, as_har, raw_request, raw_respo
 from tunnel_client.inspect.filters import ExchangeFilter, parse_filter
 from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
+from tunnel_common.webguard import install_guard, page_routes
 
 logger = logging.getLogger(__name__)
 
