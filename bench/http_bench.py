@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -48,12 +49,19 @@ async def wrk(
         timeout_s=args.seconds + 30,
     )  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    total = float(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors[1]} error responses:\n{out}")
-    return {"req/s": rps, "p50 ms": p50, "p99 ms": p99}
+    return {"req/s": rps, "p50 ms": p50, "p99 ms": p99, "requests": total}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(port: int, args: argparse.Namespace, host: str = HOST) -> dict[str, float]:
@@ -64,6 +72,32 @@ async def measure(port: int, args: argparse.Namespace, host: str = HOST) -> dict
     result["c1 p50 ms"] = statistics.median(run["p50 ms"] for run in single)
     result["c1 p99 ms"] = statistics.median(run["p99 ms"] for run in single)
     return result
+
+
+async def measure_interleaved(
+    port: int, args: argparse.Namespace, hosts: dict[str, tuple[str, int]]
+) -> dict[str, dict[str, float]]:
+    """Like `measure` for several (host, tunnelc pid) on one vhost, taking turns run by run,
+    so a load change on a shared machine hits every variant alike. Also reports the tunnelc's
+    CPU time per request under load, which a busy machine disturbs far less than req/s."""
+    loaded: dict[str, list[dict[str, float]]] = {name: [] for name in hosts}
+    single: dict[str, list[dict[str, float]]] = {name: [] for name in hosts}
+    for _ in range(args.runs):
+        for name, (host, pid) in hosts.items():
+            before = cpu_seconds(pid)
+            run = await wrk(port, args, host)
+            run["tunnelc us/req"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+            loaded[name].append(run)
+        for name, (host, _) in hosts.items():
+            single[name].append(await wrk(port, args, host, threads=1, conns=1))
+    results: dict[str, dict[str, float]] = {}
+    for name in hosts:
+        runs = loaded[name]
+        result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        result["c1 p50 ms"] = statistics.median(run["p50 ms"] for run in single[name])
+        result["c1 p99 ms"] = statistics.median(run["p99 ms"] for run in single[name])
+        results[name] = result
+    return results
 
 
 async def main() -> None:
@@ -86,6 +120,7 @@ async def main() -> None:
                 control = await server.control_address()
                 vhost = await server.http_vhost_address()
                 fingerprint = await server.fingerprint()
+                pids: dict[str, int] = {}
                 for name, host, inspect, history in (
                     ("web", HOST, "false", "false"),
                     ("seen", INSPECTED_HOST, "true", "true"),
@@ -102,6 +137,7 @@ async def main() -> None:
                     )
                     client = await group.start_tunnel("tunnelc", ["-c", str(config)])
                     await client.proxy_endpoint(name)
+                    pids[name] = client.pid
                 results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
                 results["vhost + inspector (memory)"] = await measure(vhost.port, args, MEMORY_HOST)
                 results["vhost + inspector + history"] = await measure(
@@ -114,10 +150,15 @@ async def main() -> None:
         f"median of {args.runs})\n"
     )
     keys = ["req/s", "p50 ms", "p99 ms", "c1 p50 ms", "c1 p99 ms"]
-    print("| path | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
+    results["direct (nginx)"]["tunnelc us/req"] = 0.0
+    print("| path | " + " | ".join(keys) + " | tunnelc us/req |")
+    print("|---|" + "---|" * (len(keys) + 1))
     for name, row in results.items():
-        print(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{row[k]:.2f}" for k in keys)
+            + f" | {row['tunnelc us/req']:.1f} |"
+        )
     direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
     memory, seen = results["vhost + inspector (memory)"], results["vhost + inspector + history"]
     print(
@@ -134,6 +175,12 @@ async def main() -> None:
         + " |"
     )
     print("| history / memory | " + " | ".join(f"{seen[k] / memory[k]:.2f}" for k in keys) + " |")
+    cpu = "tunnelc us/req"
+    print(
+        f"\ntunnelc CPU per request under load: off {tunnel[cpu]:.1f} us, inspector in memory "
+        f"{memory[cpu]:.1f} us, inspector + history {seen[cpu]:.1f} us "
+        f"(history adds {100 * (seen[cpu] / memory[cpu] - 1):+.1f}% to the inspector's tunnelc)"
+    )
 
 
 if __name__ == "__main__":

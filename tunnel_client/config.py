@@ -18,6 +18,7 @@ from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_client.inspect.signers import SignerConfig
 from tunnel_client.proxyconfig import (
     PROXY_SCHEMA,
     ProxyConfig,
@@ -25,6 +26,7 @@ from tunnel_client.proxyconfig import (
     complete_proxy,
     make_oneliner_proxy,
 )
+from tunnel_client.signerconfig import MAX_SIGNERS, SIGNER_SCHEMA, complete_signer
 from tunnel_common.configfile import (
     Bool,
     ConfigTable,
@@ -113,6 +115,7 @@ class InspectConfig:
     history: bool = True  # keep the exchanges in a SQLite file so they survive a restart
     history_file: Path | None = None  # None = inspector.sqlite3 in state_dir
     max_age: float = 7 * 24 * 3600.0  # seconds an exchange is kept (memory and disk)
+    signers: tuple[SignerConfig, ...] = ()  # [[inspect.signers]]: check and re-sign webhooks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,6 +184,7 @@ CLIENT_SCHEMA: Final = Table(
                 "history": Bool(),
                 "historyFile": PathStr(),
                 "maxAge": Float(1, MAX_INSPECT_AGE_SECONDS),
+                "signers": TableList(SIGNER_SCHEMA),
             }
         ),
     },
@@ -323,11 +327,19 @@ def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
             history=inspect.get_or("history", bool, True),
             history_file=inspect.get("historyFile", Path),
             max_age=inspect.get_or("maxAge", float, 7 * 24 * 3600.0),
+            signers=_signers(inspect),
         ),
         log=build_log(root.table("log")),
         proxies=tuple(proxies),
     )
     return config, proxy_paths
+
+
+def _signers(inspect: ConfigTable) -> tuple[SignerConfig, ...]:
+    tables = inspect.tables("signers")
+    if len(tables) > MAX_SIGNERS:
+        raise inspect.error("signers", f"at most {MAX_SIGNERS} signers, got {len(tables)}")
+    return tuple(complete_signer(table) for table in tables)
 
 
 def _validate(config: ClientConfig, source: str, proxy_paths: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from .adminfile import remove_admin_address, write_admin_address
 from .inspect.app import build_inspector_app
 from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
 from .inspect.replay import make_local_replayer
+from .inspect.signers import Signer
 from .inspect.store import CaptureStore
 from .web.admin import AdminController, build_admin_app
 
@@ -114,6 +115,7 @@ class WebSurfaces:
             password=password,
             history_file=str(self.history.db.path) if self.history is not None else None,
             max_age=cfg.max_age if self.history is not None else None,
+            signers=[Signer(signer) for signer in cfg.signers],
         )
         try:
             runner, port = await _serve(app, cfg.addr, cfg.port)

@@ -9,9 +9,11 @@ without waiting for viewers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
@@ -21,7 +23,14 @@ from tunnel_client.inspect.compare import diff_exchanges, query_params
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
 from tunnel_client.inspect.export import as_curl, as_har, raw_request, raw_response
 from tunnel_client.inspect.filters import ExchangeFilter, parse_filter
-from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
+from tunnel_client.inspect.replay import (
+    HOP_BY_HOP,
+    Replayer,
+    ReplayError,
+    ReplayRequest,
+    replay_request_from,
+)
+from tunnel_client.inspect.signers import Message, Signer, find_signer
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
 from tunnel_common.webguard import install_guard, page_routes
 
@@ -30,6 +39,7 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS: Final = frozenset({"/healthz"})
 SSE_KEEPALIVE_SECONDS: Final = 15.0  # also how soon a vanished viewer is noticed
 MAX_CONCURRENT_REPLAYS: Final = 8  # more at once are answered 429
+MAX_REPEAT: Final = 100  # one replay request sends the request at most this many times
 _ASSETS: Final = {
     "inspector.css": "text/css",
     "inspector.js": "text/javascript",
@@ -86,6 +96,28 @@ def _event_payload(event: StoreEvent, wanted: ExchangeFilter) -> dict[str, objec
     return {"kind": event.kind, "exchange": exchange_summary(event.exchange)}
 
 
+def _message(outgoing: ReplayRequest) -> Message:
+    return Message(outgoing.method, outgoing.path, outgoing.headers, outgoing.body)
+
+
+def signature_of(exchange: CapturedExchange, signers: Sequence[Signer]) -> dict[str, object] | None:
+    """The captured signature's check, for the detail view (None: no signer covers it)."""
+    message = Message(
+        exchange.method, exchange.path, exchange.request_headers, exchange.request_body.data
+    )
+    signer = find_signer(signers, exchange.proxy, message)
+    if signer is None:
+        return None
+    if exchange.request_body.truncated:
+        return {
+            "provider": signer.config.provider,
+            "valid": None,
+            "detail": "cannot check: the body was truncated (raise inspect.maxBodyBytes)",
+        }
+    check = signer.check(message, exchange.started_at, time.time())
+    return {"provider": check.provider, "valid": check.valid, "detail": check.detail}
+
+
 def _har_response(document: dict[str, object], filename: str) -> web.Response:
     return web.Response(
         text=json.dumps(document, indent=1, ensure_ascii=False),
@@ -111,6 +143,7 @@ def build_inspector_app(
     password: str | None,
     history_file: str | None = None,
     max_age: float | None = None,
+    signers: Sequence[Signer] = (),
 ) -> web.Application:
     """Build the inspector app over `store`, replaying through `replayer`.
 
@@ -191,37 +224,19 @@ def build_inspector_app(
         b = lookup(request, request.query.get("b", ""))
         return web.json_response(diff_exchanges(a, b))
 
+    def detail_of(exchange: CapturedExchange) -> dict[str, object]:
+        detail = exchange_detail(exchange)
+        detail["signature"] = signature_of(exchange, signers)
+        return detail
+
     async def get_request(request: web.Request) -> web.Response:
-        return web.json_response(exchange_detail(lookup(request)))
+        return web.json_response(detail_of(lookup(request)))
 
     async def clear_requests(request: web.Request) -> web.Response:
         store.clear()
         return web.json_response({"cleared": True})
 
-    async def replay(request: web.Request) -> web.Response:
-        nonlocal replays_running
-        original = lookup(request)
-        raw = await request.read()
-        overrides: dict[str, object] | None = None
-        if raw.strip():
-            try:
-                parsed: object = json.loads(raw)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                return web.json_response(
-                    {"error": "the replay edits must be a JSON object"}, status=400
-                )
-            overrides = parsed
-        try:
-            outgoing = replay_request_from(original, overrides)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if replays_running >= MAX_CONCURRENT_REPLAYS:
-            return web.json_response(
-                {"error": f"{MAX_CONCURRENT_REPLAYS} replays are already running; try again"},
-                status=429,
-            )
+    async def send_one(original: CapturedExchange, outgoing: ReplayRequest) -> CapturedExchange:
         limit = store.max_body_bytes
         recorded = CapturedExchange(
             id=store.new_id(),
@@ -236,17 +251,12 @@ def build_inspector_app(
             replay=True,
             replay_of=original.id,
         )
-        replays_running += 1
         try:
             result = await replayer(outgoing)
         except ReplayError as exc:
             recorded.error = str(exc)
             store.add(recorded)
-            return web.json_response(
-                {"error": str(exc), "exchange": exchange_detail(recorded)}, status=502
-            )
-        finally:
-            replays_running -= 1
+            return recorded
         recorded.status = result.status
         recorded.reason = result.reason
         recorded.response_http_version = result.http_version
@@ -254,7 +264,68 @@ def build_inspector_app(
         recorded.response_body = CapturedBody.limited(result.body.data, result.body.size, limit)
         recorded.duration_ms = result.duration_ms
         store.add(recorded)
-        return web.json_response(exchange_detail(recorded))
+        return recorded
+
+    async def replay(request: web.Request) -> web.Response:
+        nonlocal replays_running
+        original = lookup(request)
+        raw = await request.read()
+        overrides: dict[str, object] = {}
+        if raw.strip():
+            try:
+                parsed: object = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                return web.json_response(
+                    {"error": "the replay edits must be a JSON object"}, status=400
+                )
+            overrides = parsed
+        resign = overrides.pop("resign", False)
+        repeat = overrides.pop("repeat", 1)
+        if not isinstance(resign, bool):
+            return web.json_response({"error": "resign must be true or false"}, status=400)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_REPEAT:
+            return web.json_response(
+                {"error": f"repeat must be a whole number from 1 to {MAX_REPEAT}"}, status=400
+            )
+        try:
+            outgoing = replay_request_from(original, overrides or None)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        signer = None
+        if resign:
+            signer = find_signer(signers, outgoing.proxy, _message(outgoing))
+            if signer is None:
+                return web.json_response(
+                    {
+                        "error": "no [[inspect.signers]] entry covers this request; add one "
+                        "with its provider and secret to replay it re-signed"
+                    },
+                    status=400,
+                )
+        if replays_running >= MAX_CONCURRENT_REPLAYS:
+            return web.json_response(
+                {"error": f"{MAX_CONCURRENT_REPLAYS} replays are already running; try again"},
+                status=429,
+            )
+        replays_running += 1
+        recorded: list[CapturedExchange] = []
+        try:
+            for _ in range(repeat):
+                sent = outgoing
+                if signer is not None:
+                    signed = signer.resign(_message(outgoing), time.time())
+                    sent = dataclasses.replace(outgoing, path=signed.target, headers=signed.headers)
+                recorded.append(await send_one(original, sent))
+        finally:
+            replays_running -= 1
+        last = recorded[-1]
+        answer = detail_of(last)
+        answer["repeats"] = [{"id": r.id, "status": r.status, "error": r.error} for r in recorded]
+        if last.error is not None:
+            return web.json_response({"error": last.error, "exchange": answer}, status=502)
+        return web.json_response(answer)
 
     async def events(request: web.Request) -> web.StreamResponse:
         wanted = _filter_of(request)

@@ -231,6 +231,17 @@
     byId("d-meta").replaceChildren(...meta.map((text) => el("span", { text })));
     if (detail.error) byId("d-meta").append(el("span", { class: "tag error", text: detail.error }));
 
+    const signature = byId("d-signature");
+    signature.hidden = !detail.signature;
+    byId("resign-button").hidden = !detail.signature;
+    if (detail.signature) {
+      const sig = detail.signature;
+      const verdict = sig.valid === null ? "not checked" : (sig.valid ? "valid" : "INVALID");
+      signature.textContent = `${sig.provider} signature ${verdict}: ${sig.detail}`;
+      signature.className = sig.valid === null ? "notice" : (sig.valid ? "notice valid" : "notice invalid");
+      signature.dataset.valid = String(sig.valid);
+    }
+
     const status = byId("d-status");
     status.textContent = detail.status ? `${detail.status} ${detail.reason}` : (detail.error ? "no response" : "waiting…");
     status.className = detail.status ? `status s${String(detail.status)[0]}` : "status";
@@ -290,9 +301,14 @@
     node.hidden = false;
   }
 
-  async function replay(edits) {
+  async function replay(edits, resign) {
     if (!current) return;
-    const buttons = [byId("replay-button"), byId("edit-replay-button")];
+    const repeat = Math.max(1, Math.min(100, Number(byId("repeat-count").value) || 1));
+    const request = { ...(edits || {}) };
+    if (resign) request.resign = true;
+    if (repeat > 1) request.repeat = repeat;
+    edits = Object.keys(request).length ? request : null;
+    const buttons = [byId("replay-button"), byId("edit-replay-button"), byId("resign-button")];
     for (const button of buttons) button.disabled = true;
     try {
       const response = await fetch(`api/requests/${current.id}/replay`, {
@@ -305,7 +321,13 @@
       byId("replay-form").hidden = true;
       upsert(data);
       await select(data.id);
-      notice(`Replayed: ${data.status} ${data.reason} in ${formatDuration(data.duration_ms)}`, false);
+      const how = resign ? "Replayed re-signed" : "Replayed";
+      if (data.repeats && data.repeats.length > 1) {
+        const statuses = data.repeats.map((r) => r.status || "error").join(", ");
+        notice(`${how} ${data.repeats.length} times: ${statuses}`, false);
+      } else {
+        notice(`${how}: ${data.status} ${data.reason} in ${formatDuration(data.duration_ms)}`, false);
+      }
     } catch (err) {
       notice(`Replay failed: ${err.message}`, true);
     } finally {
@@ -324,7 +346,8 @@
     return headers;
   }
 
-  byId("replay-button").addEventListener("click", () => replay(null));
+  byId("replay-button").addEventListener("click", () => replay(null, false));
+  byId("resign-button").addEventListener("click", () => replay(null, true));
   byId("edit-replay-button").addEventListener("click", () => {
     const form = byId("replay-form");
     if (form.hidden && current) fillEditForm(current); // start from the request as captured
