@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from tunnel_client.inspect.replay import (
 )
 from tunnel_client.inspect.signers import Message, Signer, find_signer
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
+from tunnel_client.inspect.wechat import WeChatInspector
 from tunnel_common.webguard import install_guard, page_routes
 
 logger = logging.getLogger(__name__)
@@ -86,14 +87,19 @@ def _sse(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _event_payload(event: StoreEvent, wanted: ExchangeFilter) -> dict[str, object] | None:
+Summarize = Callable[[CapturedExchange], dict[str, object]]
+
+
+def _event_payload(
+    event: StoreEvent, wanted: ExchangeFilter, summarize: Summarize
+) -> dict[str, object] | None:
     """The SSE payload for `event`, or None when the viewer's filter hides it."""
     if event.exchange is None:
         return {"kind": event.kind}
     if not wanted.matches(event.exchange):
         # An exchange that stops matching (its status arrived) leaves a filtered list.
         return {"kind": "hidden", "id": event.exchange.id} if event.kind == "updated" else None
-    return {"kind": event.kind, "exchange": exchange_summary(event.exchange)}
+    return {"kind": event.kind, "exchange": summarize(event.exchange)}
 
 
 def _message(outgoing: ReplayRequest) -> Message:
@@ -174,12 +180,12 @@ def build_inspector_app(
 
     async def list_requests(request: web.Request) -> web.Response:
         wanted = _filter_of(request)
+        newest_first = store.list()
+        wechat.warm(reversed(newest_first))
         return web.json_response(
             {
                 "requests": [
-                    exchange_summary(exchange)
-                    for exchange in store.list()
-                    if wanted.matches(exchange)
+                    summary_of(exchange) for exchange in newest_first if wanted.matches(exchange)
                 ],
                 "total": len(store),
                 "max_requests": store.max_requests,
@@ -224,9 +230,19 @@ def build_inspector_app(
         b = lookup(request, request.query.get("b", ""))
         return web.json_response(diff_exchanges(a, b))
 
+    wechat = WeChatInspector(signers)
+
+    def summary_of(exchange: CapturedExchange) -> dict[str, object]:
+        summary = exchange_summary(exchange)
+        summary.update(wechat.summary(exchange))
+        return summary
+
     def detail_of(exchange: CapturedExchange) -> dict[str, object]:
+        wechat.warm(reversed(store.list()))
         detail = exchange_detail(exchange)
+        detail.update(wechat.summary(exchange))
         detail["signature"] = signature_of(exchange, signers)
+        detail["wechat"] = wechat.detail(exchange)
         return detail
 
     async def get_request(request: web.Request) -> web.Response:
@@ -340,7 +356,7 @@ def build_inspector_app(
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n" + _sse({"kind": "hello"}))
-            await _pump_events(subscription, response, wanted)
+            await _pump_events(subscription, response, wanted, summary_of)
         except ConnectionResetError:
             # The viewer went away (tab closed, reload): the normal end of a stream.
             logger.debug("inspector: event viewer disconnected")
@@ -368,7 +384,10 @@ def build_inspector_app(
 
 
 async def _pump_events(
-    subscription: Subscription, response: web.StreamResponse, wanted: ExchangeFilter
+    subscription: Subscription,
+    response: web.StreamResponse,
+    wanted: ExchangeFilter,
+    summarize: Summarize,
 ) -> None:
     """Forward store events until the subscription closes (shutdown) or the viewer leaves.
 
@@ -389,6 +408,6 @@ async def _pump_events(
             seen_dropped = subscription.dropped
             await response.write(_sse({"kind": "resync"}))
             continue
-        payload = _event_payload(event, wanted)
+        payload = _event_payload(event, wanted, summarize)
         if payload is not None:
             await response.write(_sse(payload))

@@ -58,6 +58,8 @@
       el("span", { text: exchange.proxy }),
       exchange.replay ? el("span", { class: "tag", text: "replay" }) : null,
       exchange.late ? el("span", { class: "tag late", text: "delivered late" }) : null,
+      exchange.wechat_retry_of ? el("span", { class: "tag late", "data-testid": "row-retry", text: `WeChat retry of #${exchange.wechat_retry_of}` }) : null,
+      exchange.wechat_slow ? el("span", { class: "tag error", "data-testid": "row-slow", text: "slower than 5 s" }) : null,
       exchange.error && exchange.status ? el("span", { class: "tag error", text: "incomplete" }) : null);
     const row = el("li", {
       class: exchange.id === selectedId ? "request-row selected" : "request-row",
@@ -242,6 +244,8 @@
       signature.dataset.valid = String(sig.valid);
     }
 
+    showWeChat(detail);
+
     const status = byId("d-status");
     status.textContent = detail.status ? `${detail.status} ${detail.reason}` : (detail.error ? "no response" : "waiting…");
     status.className = detail.status ? `status s${String(detail.status)[0]}` : "status";
@@ -255,6 +259,31 @@
     headersTable(byId("d-resp-headers"), detail.response_headers);
     bodyView(byId("d-resp-body"), detail.status ? detail.response_body : { kind: "empty" });
     fillEditForm(detail);
+  }
+
+  function showWeChat(detail) {
+    const info = detail.wechat;
+    byId("d-wechat").hidden = !info;
+    if (!info) return;
+    const notes = [];
+    const add = (text, cls, testid) => notes.push(el("p", { class: `notice ${cls || ""}`, "data-testid": testid || "wechat-note", text }));
+    if (info.kind === "validation") {
+      add("URL validation (echostr) request", "", "wechat-kind");
+      if (info.echostr_ok === true) add("Your app answered the echostr: WeChat accepts this URL.", "valid", "wechat-echostr");
+      if (info.echostr_ok === false) add("Your app did not answer the echostr verbatim: WeChat will reject this URL.", "invalid", "wechat-echostr");
+    } else {
+      add(info.kind, "", "wechat-kind");
+    }
+    if (info.retry_of) add(`WeChat retry of #${info.retry_of}: WeChat resends a message it got no answer to within 5 s (same MsgId, or FromUserName + CreateTime).`, "invalid", "wechat-retry");
+    if (info.slow) add(`Answered in ${formatDuration(detail.duration_ms)}: WeChat waits 5 s, then gives up and retries.`, "invalid", "wechat-slow");
+    if (info.decrypt_error) add(info.decrypt_error, "invalid", "wechat-decrypt-error");
+    byId("d-wechat-notes").replaceChildren(...notes);
+    const decrypted = byId("d-wechat-decrypted");
+    decrypted.hidden = !info.decrypted;
+    decrypted.textContent = info.decrypted ? `decrypted message:\n${info.decrypted}` : "";
+    const reply = byId("d-wechat-reply");
+    reply.hidden = !info.decrypted_reply;
+    reply.textContent = info.decrypted_reply ? `decrypted reply:\n${info.decrypted_reply}` : "";
   }
 
   async function select(id) {
