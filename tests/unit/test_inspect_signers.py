@@ -18,7 +18,8 @@ from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
 from tunnel_client.inspect.exchange import header_value
-from tunnel_client.inspect.signers import Message, Signer, SignerConfig, find_signer
+from tunnel_client.inspect.signers import Message, Signer, find_signer
+from tunnel_client.signerconfig import SignerConfig
 from tunnel_common.configfile import Secret
 
 SECRET = "whsec_test_secret"

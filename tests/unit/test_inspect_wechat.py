@@ -9,7 +9,7 @@ import pytest
 from wechatpy.crypto import WeChatCrypto
 
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange
-from tunnel_client.inspect.signers import Message, Signer, SignerConfig, wechat_signature
+from tunnel_client.inspect.signers import Message, Signer, wechat_signature
 from tunnel_client.inspect.wechat import (
     RetryIndex,
     WeChatDecryptError,
@@ -17,6 +17,7 @@ from tunnel_client.inspect.wechat import (
     retry_key,
     view,
 )
+from tunnel_client.signerconfig import SignerConfig
 from tunnel_common.configfile import Secret
 
 TOKEN = "wechat-token"

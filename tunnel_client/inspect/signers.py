@@ -29,40 +29,15 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from tunnel_client.inspect.exchange import Headers, header_value
-from tunnel_common.configfile import Secret
+from tunnel_client.signerconfig import SignerConfig
 
-Provider = Literal["wechat", "github", "stripe", "slack", "hmac"]
-PROVIDERS: Final = ("wechat", "github", "stripe", "slack", "hmac")
-ALGORITHMS: Final = ("sha1", "sha256", "sha512")
-DEFAULT_TOLERANCE_SECONDS: Final = 300.0  # Stripe's and Slack's SDK default
 WECHAT_NONCE_DIGITS: Final = 10
 _ENCRYPT_OPEN: Final = b"<Encrypt><![CDATA["
 _ENCRYPT_CLOSE: Final = b"]]></Encrypt>"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SignerConfig:
-    """One ``[[inspect.signers]]`` entry."""
-
-    provider: Provider
-    secret: Secret  # the token (wechat) or signing secret
-    proxy: str | None = None  # only this proxy's requests (None: any)
-    path: str | None = None  # only targets starting with this (None: any)
-    tolerance: float = DEFAULT_TOLERANCE_SECONDS  # seconds a timestamp stays acceptable
-    # generic hmac only
-    header: str = "X-Signature"
-    algorithm: str = "sha256"
-    payload: str = "{body}"
-    prefix: str = ""
-    encoding: Literal["hex", "base64"] = "hex"
-    timestamp_header: str | None = None
-    # wechat safe mode only (used by the wechat module to decrypt)
-    encoding_aes_key: Secret | None = None
-    app_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

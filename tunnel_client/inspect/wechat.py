@@ -33,13 +33,8 @@ from urllib.parse import parse_qsl, urlsplit
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from tunnel_client.inspect.exchange import CapturedExchange
-from tunnel_client.inspect.signers import (
-    Message,
-    Signer,
-    SignerConfig,
-    find_signer,
-    wechat_encrypt_field,
-)
+from tunnel_client.inspect.signers import Message, Signer, find_signer, wechat_encrypt_field
+from tunnel_client.signerconfig import SignerConfig
 
 WECHAT_DEADLINE_MS: Final = 5000.0  # WeChat gives up and retries after 5 s
 MAX_WECHAT_XML_BYTES: Final = 256 * 1024  # larger bodies are not parsed
