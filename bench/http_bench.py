@@ -138,10 +138,16 @@ async def main() -> None:
                     client = await group.start_tunnel("tunnelc", ["-c", str(config)])
                     await client.proxy_endpoint(name)
                     pids[name] = client.pid
-                results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
-                results["vhost + inspector (memory)"] = await measure(vhost.port, args, MEMORY_HOST)
-                results["vhost + inspector + history"] = await measure(
-                    vhost.port, args, INSPECTED_HOST
+                results.update(
+                    await measure_interleaved(
+                        vhost.port,
+                        args,
+                        {
+                            "tunnelkit vhost (TLS)": (HOST, pids["web"]),
+                            "vhost + inspector (memory)": (MEMORY_HOST, pids["memory"]),
+                            "vhost + inspector + history": (INSPECTED_HOST, pids["seen"]),
+                        },
+                    )
                 )
         finally:
             await group.aclose()

@@ -116,6 +116,7 @@ class WebSurfaces:
             history_file=str(self.history.db.path) if self.history is not None else None,
             max_age=cfg.max_age if self.history is not None else None,
             signers=[Signer(signer) for signer in cfg.signers],
+            http_proxies=self._http_proxies,
         )
         try:
             runner, port = await _serve(app, cfg.addr, cfg.port)
@@ -132,6 +133,9 @@ class WebSurfaces:
         self._runners.append(runner)
         self.inspector_port = port
         logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), port)
+
+    def _http_proxies(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.client.config.proxies if p.type == "http")
 
     async def _start_admin(self) -> None:
         cfg = self.client.config.web

@@ -23,6 +23,7 @@ from tunnel_client.inspect.compare import diff_exchanges, query_params
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
 from tunnel_client.inspect.export import as_curl, as_har, raw_request, raw_response
 from tunnel_client.inspect.filters import ExchangeFilter, parse_filter
+from tunnel_client.inspect.mockapi import mock_routes
 from tunnel_client.inspect.replay import (
     HOP_BY_HOP,
     Replayer,
@@ -62,6 +63,7 @@ def exchange_summary(exchange: CapturedExchange) -> dict[str, object]:
         "replay_of": exchange.replay_of,
         "error": exchange.error,
         "late": exchange.late,
+        "mocked": exchange.mocked,
         "request_size": exchange.request_body.size,
         "response_size": exchange.response_body.size,
         "response_type": header_value(exchange.response_headers, "content-type"),
@@ -150,6 +152,7 @@ def build_inspector_app(
     history_file: str | None = None,
     max_age: float | None = None,
     signers: Sequence[Signer] = (),
+    http_proxies: Callable[[], frozenset[str]] = frozenset,
 ) -> web.Application:
     """Build the inspector app over `store`, replaying through `replayer`.
 
@@ -374,6 +377,7 @@ def build_inspector_app(
             web.post("/api/requests/{id}/replay", replay),
             web.get("/api/events", events),
             web.get("/api/diff", diff),
+            *mock_routes(store.mocks, http_proxies),
             web.get("/api/har", har_many),
             web.get("/api/requests/{id}/har", har_one),
             web.get("/api/requests/{id}/curl", curl),

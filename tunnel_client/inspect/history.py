@@ -45,7 +45,7 @@ from tunnel_client.inspect.store import CaptureStore
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 FLUSH_INTERVAL_SECONDS: Final = 1.0  # how stale the file may be behind the live store
 BUSY_TIMEOUT_SECONDS: Final = 5.0  # sqlite waits this long on a lock held by a checkpoint
 DEFAULT_MAX_AGE_SECONDS: Final = 7 * 24 * 3600.0  # inspect.maxAge
@@ -73,6 +73,7 @@ _COLUMNS: Final = (
     "replay_of",
     "error",
     "late",
+    "mocked",
 )
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -97,7 +98,8 @@ CREATE TABLE IF NOT EXISTS exchanges (
     replay INTEGER NOT NULL,
     replay_of INTEGER,
     error TEXT,
-    late INTEGER NOT NULL
+    late INTEGER NOT NULL,
+    mocked TEXT
 );
 CREATE INDEX IF NOT EXISTS exchanges_started ON exchanges (started_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -146,6 +148,7 @@ def _row(exchange: CapturedExchange) -> tuple[object, ...]:
         exchange.replay_of,
         exchange.error,
         int(exchange.late),
+        exchange.mocked,
     )
 
 
@@ -173,6 +176,7 @@ def _exchange(row: sqlite3.Row) -> CapturedExchange:
         replay_of=row["replay_of"],
         error=row["error"],
         late=bool(row["late"]),
+        mocked=row["mocked"],
     )
 
 

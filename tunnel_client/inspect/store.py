@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 from tunnel_client.inspect.exchange import CapturedExchange
+from tunnel_client.inspect.mock import MockRules
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class CaptureStore:
         self._subscribers: set[Subscription] = set()
         self.dropped_events = 0  # summed over all subscribers, for the logs
         self.history: HistorySink | None = None  # set while history is written to disk
+        self.mocks = MockRules()  # mock/catch rules, shared by the proxies and the page
 
     def __len__(self) -> int:
         return len(self._ring)

@@ -58,6 +58,7 @@
       el("span", { text: exchange.proxy }),
       exchange.replay ? el("span", { class: "tag", text: "replay" }) : null,
       exchange.late ? el("span", { class: "tag late", text: "delivered late" }) : null,
+      exchange.mocked ? el("span", { class: "tag mock", "data-testid": "row-mocked", text: exchange.mocked }) : null,
       exchange.wechat_retry_of ? el("span", { class: "tag late", "data-testid": "row-retry", text: `WeChat retry of #${exchange.wechat_retry_of}` }) : null,
       exchange.wechat_slow ? el("span", { class: "tag error", "data-testid": "row-slow", text: "slower than 5 s" }) : null,
       exchange.error && exchange.status ? el("span", { class: "tag error", text: "incomplete" }) : null);
@@ -512,6 +513,56 @@
     compare(a, b);
   });
   byId("diff-close").addEventListener("click", () => { byId("diff-view").hidden = true; refreshDetail(); if (selectedId === null) byId("detail-empty").hidden = false; });
+
+  // ---- mock and catch rules ------------------------------------------------------------------
+
+  async function loadRules() {
+    const response = await fetch("api/mocks", { cache: "no-store" });
+    const data = await response.json();
+    const select = byId("rule-proxy");
+    const chosen = select.value;
+    select.replaceChildren(...data.proxies.map((name) => el("option", { value: name, text: name })));
+    if (chosen) select.value = chosen;
+    byId("rules-list").replaceChildren(...data.rules.map((rule) => {
+      const toggle = el("input", {
+        type: "checkbox", "data-testid": "rule-toggle", title: "on/off",
+        onchange: async (event) => {
+          await fetch(`api/mocks/${rule.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ enabled: event.target.checked }) });
+          await loadRules();
+        },
+      });
+      toggle.checked = rule.enabled;
+      const what = rule.action === "catch" ? "catch → 200" : `mock → ${rule.status}`;
+      return el("li", { "data-testid": "rule-row", "data-enabled": String(rule.enabled) }, toggle,
+        el("span", { text: `#${rule.id} ${rule.proxy} ${rule.method} ${rule.path} ${what} (${rule.hits} hits)` }),
+        el("button", { type: "button", "data-testid": "rule-delete", text: "Delete", onclick: async () => {
+          await fetch(`api/mocks/${rule.id}`, { method: "DELETE" });
+          await loadRules();
+        } }));
+    }));
+  }
+
+  byId("rules-button").addEventListener("click", async () => {
+    const panel = byId("rules-panel");
+    panel.hidden = !panel.hidden;
+    if (!panel.hidden) await loadRules();
+  });
+  byId("rule-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const rule = {
+      proxy: byId("rule-proxy").value,
+      method: byId("rule-method").value.trim() || "*",
+      path: byId("rule-path").value.trim(),
+      action: byId("rule-action").value,
+      status: Number(byId("rule-status").value),
+      body: byId("rule-body").value,
+    };
+    const response = await fetch("api/mocks", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(rule) });
+    const data = await response.json();
+    byId("rule-error").hidden = response.ok;
+    if (!response.ok) byId("rule-error").textContent = data.error;
+    await loadRules();
+  });
 
   // ---- start: filters and the selected request come from the address -----------------------
 
