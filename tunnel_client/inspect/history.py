@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import copy
 import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -45,7 +44,7 @@ from tunnel_client.inspect.store import CaptureStore
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 FLUSH_INTERVAL_SECONDS: Final = 1.0  # how stale the file may be behind the live store
 BUSY_TIMEOUT_SECONDS: Final = 5.0  # sqlite waits this long on a lock held by a checkpoint
 DEFAULT_MAX_AGE_SECONDS: Final = 7 * 24 * 3600.0  # inspect.maxAge
@@ -115,12 +114,20 @@ class HistoryLocked(Exception):
     """Another tunnelc holds the history file."""
 
 
-def _headers_json(headers: Headers) -> str:
-    return json.dumps([list(pair) for pair in headers], separators=(",", ":"))
+# Headers are stored as "name\0value\0name\0value": the capture's header names and values
+# never hold NUL (httptools refuses it), and joining is several times cheaper than JSON.
+_SEP: Final = "\x00"
+
+
+def _headers_text(headers: Headers) -> str:
+    return _SEP.join([part for pair in headers for part in pair])
 
 
 def _headers_from(text: str) -> Headers:
-    return tuple((str(name), str(value)) for name, value in json.loads(text))
+    if not text:
+        return ()
+    parts = text.split(_SEP)
+    return tuple(zip(parts[::2], parts[1::2], strict=False))  # a stray NUL loses one pair
 
 
 def _row(exchange: CapturedExchange) -> tuple[object, ...]:
@@ -132,14 +139,14 @@ def _row(exchange: CapturedExchange) -> tuple[object, ...]:
         exchange.method,
         exchange.path,
         exchange.http_version,
-        _headers_json(exchange.request_headers),
+        _headers_text(exchange.request_headers),
         request.data,
         request.size,
         int(request.truncated),
         exchange.status,
         exchange.reason,
         exchange.response_http_version,
-        _headers_json(exchange.response_headers),
+        _headers_text(exchange.response_headers),
         response.data,
         response.size,
         int(response.truncated),
