@@ -133,7 +133,8 @@ async def test_wrong_token_exits_with_a_clear_error(run_tunneld, run_tunnelc) ->
             wait_ready=False,
             expect_exit_code=1,
         )
-        await client.wait_for("authentication failed")
+        # the mutual proof: the client finds the server's proof wrong before sending its own
+        await client.wait_for("could not prove that it knows the token")
         assert await client.wait(15) == 1
         await server.wait_for(r"login failed: ip=127\.0\.0\.1 port=\d+ ")
         assert not any("Traceback" in line for line in client.lines())

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.auth import login_proof, verify_login_proof
+from protocol.auth import derive_key, login_proof, proof_matches
 from protocol.errors import ConfigError
-from protocol.userkey import is_user_token, login_secret, user_login_key
+from protocol.userkey import client_login_key, is_user_token, user_login_key
 from tunnel_client.config import parse_client_config
 from tunnel_server.config import parse_server_config
 from tunnel_server.users.model import (
@@ -23,6 +23,7 @@ from tunnel_server.users.model import (
 from tunnel_server.users.store import UserStore, day_period, month_period
 
 NONCE = b"n" * 32
+CERT_FP = b"c" * 32
 
 
 def test_store_add_keeps_only_the_derived_key(tmp_path: Path) -> None:
@@ -91,15 +92,17 @@ def test_store_usage_adds_per_day_and_month(tmp_path: Path) -> None:
 
 
 def test_user_key_is_bound_to_the_name() -> None:
-    """alice's token signed under the name bob matches neither user's key."""
+    """alice's token proving under the name bob matches neither user's key."""
     token = "tku_" + "x" * 43
     assert is_user_token(token) and not is_user_token("shared")
-    alice_key = user_login_key(token, "alice")
-    proof = login_proof(login_secret(token, "bob"), NONCE, "c1", 1)
-    assert not verify_login_proof(alice_key, NONCE, "c1", 1, proof)
-    good = login_proof(login_secret(token, "alice"), NONCE, "c1", 1)
-    assert verify_login_proof(alice_key, NONCE, "c1", 1, good)
-    assert login_secret("shared", "alice") == "shared"
+    alice_key = bytes.fromhex(user_login_key(token, "alice"))
+
+    def proof(key: bytes) -> bytes:
+        return login_proof(key, NONCE, NONCE, CERT_FP, "c1", 2)
+
+    assert not proof_matches(proof(alice_key), proof(client_login_key(token, "bob", CERT_FP)))
+    assert proof_matches(proof(alice_key), proof(client_login_key(token, "alice", CERT_FP)))
+    assert client_login_key("shared", "alice", CERT_FP) == derive_key("shared", CERT_FP)
 
 
 @pytest.mark.parametrize(

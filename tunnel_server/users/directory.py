@@ -52,6 +52,7 @@ class UserDirectory:
     def __init__(self, store: UserStore | None, shared_token: str | None) -> None:
         self.store = store
         self.shared_token = shared_token
+        self.shared_key = b""  # derive_key(auth.token or "", certificate); set by the server
         self.users: dict[str, UserRecord] = {}
         self._version = -1
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (user, proxy) -> readings
@@ -85,20 +86,26 @@ class UserDirectory:
             self.store = None
 
     # -- login ----------------------------------------------------------------------------
-    def login_secret(self, user: str) -> str | None:
-        """The HMAC key a login as `user` must be signed with; None = no way in."""
+    def login_key(self, user: str) -> bytes | None:
+        """The key both login proofs use for `user`; None = no way in under this name."""
         self.refresh()
         record = self.users.get(user)
         if record is not None:
-            return record.login_key
-        if self.shared_token is not None:
-            return self.shared_token
-        return "" if not self.users else None
+            return bytes.fromhex(record.login_key)
+        return self.shared_key if self._shared_admits() else None
+
+    def _shared_admits(self) -> bool:
+        """The shared key logs in names outside the store: with auth.token, or while the
+        store is empty (a server without users behaves as before they existed)."""
+        return self.shared_token is not None or not self.users
 
     def refusal(self, user: str, login_key: str) -> str:
-        """Why a session of `user` that logged in with `login_key` may not stay ("" = ok)."""
+        """Why a session of `user` that logged in with `login_key` (hex) may not stay
+        ("" = ok)."""
         if user not in self.users:
-            if self.shared_token is None and self.users and login_key == "":
+            if login_key != self.shared_key.hex():
+                return f"user {user!r} was removed"
+            if not self._shared_admits():
                 return "this server only admits its users now"
             return ""
         record = self.users[user]
