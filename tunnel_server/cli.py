@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
 
 from .config import SERVER_FIELDS, ServerConfig, default_server_config, load_server_config
+from .reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from .server import TunnelServer
 from .users.cli import users
 
@@ -72,17 +74,19 @@ def main(
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     try:
-        code = run_loop(_serve(config), use_uvloop=not no_uvloop)
+        code = run_loop(_serve(config, config_path), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
-async def _serve(config: ServerConfig) -> int:
+async def _serve(config: ServerConfig, config_path: Path | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload_requested = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     server = TunnelServer(config)
     try:
         await server.start()
@@ -100,11 +104,46 @@ async def _serve(config: ServerConfig) -> int:
         logger.debug("tunneld: internal error", exc_info=True)
         await server.shutdown(0)
         return 1
-    await stop.wait()
-    logger.info("tunneld: shutting down")
-    await server.shutdown()
+    write_pid_file(config)
+    try:
+        await _until_stopped(server, config_path, stop, reload_requested)
+        logger.info("tunneld: shutting down")
+        await server.shutdown()
+    finally:
+        remove_pid_file(config)
     logger.info("tunneld: stopped")
     return 0
+
+
+async def _until_stopped(
+    server: TunnelServer,
+    config_path: Path | None,
+    stop: asyncio.Event,
+    reload_requested: asyncio.Event,
+) -> None:
+    """Serve until SIGINT/SIGTERM; on SIGHUP re-read the config file and apply it."""
+    while not stop.is_set():
+        waiters = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(reload_requested.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if reload_requested.is_set() and not stop.is_set():
+            reload_requested.clear()
+            if config_path is None:
+                logger.warning("tunneld: reload asked for, but tunneld runs without -c FILE")
+                continue
+            try:
+                new = load_server_config(config_path)
+            except TunnelError as exc:
+                logger.error("tunneld: reload failed; keeping the running config: %s", exc)
+                continue
+            apply_reload(server, new)
 
 
 @main.command()
@@ -115,6 +154,26 @@ def verify(config_path: Path | None) -> None:
         fail("verify needs -c FILE")
     _load(config_path)
     click.echo(f"tunneld: {config_path}: the configuration is valid")
+
+
+@main.command()
+@CONFIG_OPTION
+def reload(config_path: Path | None) -> None:
+    """Tell the running tunneld (found by its pid file) to reload its config (SIGHUP)."""
+    config = _load(config_path)
+    path = pid_file(config)
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        fail(f"no running tunneld found: cannot read {path} (is it running with this config?)")
+        return
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        fail(f"no running tunneld found: process {pid} from {path} is gone")
+    except PermissionError:
+        fail(f"not allowed to signal tunneld (pid {pid}); run as its user")
+    click.echo(f"tunneld: asked process {pid} to reload {config_path or 'its config'}")
 
 
 main.add_command(users)

@@ -56,6 +56,11 @@ class PortAllocator:
                 k -= size
         return picks
 
+    def set_rules(self, allow: tuple[PortRange, ...], max_per_client: int) -> None:
+        """New allowPorts/maxPortsPerClient (a reload); ports already held stay held."""
+        self._allow = allow
+        self._max_per_client = max_per_client
+
     def is_free(self, proto: str, port: int) -> bool:
         """True if no proxy holds `port` (the bind may still fail)."""
         return (proto, port) not in self._held

@@ -62,10 +62,12 @@ class UserDirectory:
         self.refresh()
 
     # -- store ----------------------------------------------------------------------------
-    def refresh(self) -> bool:
-        """Reload the users if the store changed; True if it did."""
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the users if the store changed (or with `force`); True if it did."""
         if self.store is None:
             return False
+        if force:
+            self._version = -1
         try:
             version = self.store.data_version()
             if version == self._version:
@@ -104,7 +106,7 @@ class UserDirectory:
         ("" = ok)."""
         if user not in self.users:
             if login_key != self.shared_key.hex():
-                return f"user {user!r} was removed"
+                return f"the token of {user!r} is no longer accepted (removed, or changed)"
             if not self._shared_admits():
                 return "this server only admits its users now"
             return ""
