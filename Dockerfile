@@ -14,6 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY protocol/ protocol/
+COPY tunnel_common/ tunnel_common/
 COPY tunnel_server/ tunnel_server/
 COPY tunnel_client/ tunnel_client/
 RUN pip install . \
@@ -28,6 +29,14 @@ WORKDIR /var/lib/tunnelkit
 USER tunnelkit
 VOLUME ["/var/lib/tunnelkit"]
 
-# control, http vhost, https vhost (as in frps.toml.example)
-EXPOSE 7000 8080 8443
+# control, http vhost, https vhost, dashboard (as in frps.toml.example)
+EXPOSE 7000 8080 8443 7500
+
+# tunneld's dashboard answers GET /healthz without credentials (200 "ok" while it serves).
+# TUNNELD_HEALTH_URL points elsewhere when webServer.port is not 7500; a tunnelc container
+# has no dashboard: turn the check off for it (compose: healthcheck: disable: true).
+ENV TUNNELD_HEALTH_URL=http://127.0.0.1:7500/healthz
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['TUNNELD_HEALTH_URL'], timeout=4)"]
+
 CMD ["tunneld", "-c", "/etc/tunnelkit/frps.toml"]

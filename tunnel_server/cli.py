@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -14,10 +15,17 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from tunnel_common.configdocs import help_epilog
+from tunnel_common.configspecs import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
 
-from .config import SERVER_FIELDS, ServerConfig, default_server_config, load_server_config
+from .config import (
+    SERVER_FIELDS,
+    ServerConfig,
+    default_server_config,
+    load_server_config,
+    validate_server_config,
+)
 from .reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from .server import TunnelServer
 from .users.cli import users
@@ -56,6 +64,19 @@ CONFIG_OPTION = click.option(
 @click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None)
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")
+@click.option(
+    "--web-addr",
+    envvar="TUNNELD_WEB_ADDR",
+    help="Override webServer.addr (env TUNNELD_WEB_ADDR), e.g. in a container.",
+)
+@click.option(
+    "--web-user", envvar="TUNNELD_WEB_USER", help="Override webServer.user (env TUNNELD_WEB_USER)."
+)
+@click.option(
+    "--web-password",
+    envvar="TUNNELD_WEB_PASSWORD",
+    help="Override webServer.password (env TUNNELD_WEB_PASSWORD; prefer the env to the flag).",
+)
 @click.version_option(__version__, "-v", "--version", prog_name="tunneld")
 @click.pass_context
 def main(
@@ -64,11 +85,14 @@ def main(
     log_level: str | None,
     log_file: Path | None,
     no_uvloop: bool,
+    web_addr: str | None,
+    web_user: str | None,
+    web_password: str | None,
 ) -> None:
     """Run the tunnel server (frps-compatible config keys)."""
     if ctx.invoked_subcommand is not None:
         return
-    config = _load(config_path)
+    config = _with_web_overrides(_load(config_path), web_addr, web_user, web_password)
     try:
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
@@ -78,6 +102,26 @@ def main(
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
+
+
+def _with_web_overrides(
+    config: ServerConfig, addr: str | None, user: str | None, password: str | None
+) -> ServerConfig:
+    """Apply --web-addr/--web-user/--web-password (or their env vars) and re-check."""
+    if addr is None and user is None and password is None:
+        return config
+    web = dataclasses.replace(
+        config.web,
+        addr=addr if addr is not None else config.web.addr,
+        user=user if user is not None else config.web.user,
+        password=Secret(password) if password is not None else config.web.password,
+    )
+    config = dataclasses.replace(config, web=web)
+    try:
+        validate_server_config(config, "command line/environment")
+    except TunnelError as exc:
+        fail(str(exc))
+    return config
 
 
 async def _serve(config: ServerConfig, config_path: Path | None) -> int:
