@@ -69,6 +69,7 @@ class Login:
     user: str
     hostname: str
     proof: bytes
+    metas: dict[str, str] = field(default_factory=dict)  # frpc `metadatas`, for plugins
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "user": _NAME,
             "hostname": _NAME,
             "proof": _bytes_of(PROOF_BYTES),
+            "metas": _text_map,
         },
     ),
     "login_result": (

@@ -338,6 +338,7 @@ class TunnelClient:
                     proof=login_proof(
                         key, hello.nonce, client_nonce, cert_fp, self.client_id, PROTOCOL_VERSION
                     ),
+                    metas=dict(cfg.metadatas),
                 )
             )
             result = await session.next_message()

@@ -41,6 +41,7 @@ from tunnel_common.configfile import (
     Secret,
     SecretStr,
     Str,
+    StrMap,
     TableList,
     describe,
     read_config,
@@ -228,6 +229,14 @@ CLIENT_FIELDS: Final = FieldTable(
     (
         Field("clientID", "client_id", Str(), None, "stable id; unset = one kept in stateDir"),
         Field("user", "user", Str(allow_empty=True), "", "user name sent at login"),
+        Field(
+            "metadatas",
+            "metadatas",
+            StrMap(),
+            None,
+            "key/value pairs sent at login, for the server's plugins (frp's metas)",
+            factory=dict,
+        ),
         Field("serverAddr", "server_addr", Str(), "0.0.0.0", "host of tunneld"),
         Field("serverPort", "server_port", Int(1, 65535), DEFAULT_SERVER_PORT, "port of tunneld"),
         Field(
@@ -300,6 +309,7 @@ class ClientConfig:
 
     client_id: str | None = _F.optional("client_id", str)  # None = a stable id in state_dir
     user: str = _F.default("user", str)
+    metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     server_addr: str = _F.default("server_addr", str)
     server_port: int = _F.default("server_port", int)
     login_fail_exit: bool = _F.default("login_fail_exit", bool)

@@ -209,7 +209,6 @@ FRPS_UNSUPPORTED: Final[dict[str, str]] = {
     "natholeAnalysisDataReserveHours": "xtcp (NAT hole punching) is not supported; remove it",
     "detailedErrorsToClient": "tunnelkit always tells the client why a proxy was refused",
     "sshTunnelGateway": "run tunnelc next to the service instead of ssh -R",
-    "httpPlugins": "server plugins are not supported; remove them",
     "transport.maxPoolCount": _ALWAYS_MUX,
     "transport.tcpKeepalive": "tunnelkit detects dead links with pings; remove it",
     "transport.tls.trustedCaFile": "client certificates are not supported; clients log in "
@@ -222,7 +221,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     "dnsServer": "tunnelkit uses the system resolver; remove it",
     "start": "use enabled = false on the proxies you want off",
     "featureGates": "remove it",
-    "metadatas": "remove it",
     "includes": "put every proxy in this one file",
     "virtualNet": "remove it",
     "store": "remove it",

@@ -46,6 +46,8 @@ from tunnel_common.configschema import (
     token_from_source,
 )
 from tunnel_common.iprules import IPRules, parse_networks
+from tunnel_server.plugins import OPS as PLUGIN_OPS
+from tunnel_server.plugins import PluginConfig
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
 from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
@@ -90,6 +92,15 @@ class PortRange:
 
 _PORT_RANGE_FIELDS: Final = Table(
     {"start": Int(1, 65535), "end": Int(1, 65535), "single": Int(1, 65535)}
+)
+_PLUGIN_FIELDS: Final = Table(
+    {
+        "name": Str(),
+        "addr": Str(),
+        "path": Str(),
+        "ops": StrList(),
+        "tlsVerify": Bool(),
+    }
 )
 _S: Final = 86400.0  # shorthand for MAX_SECONDS in the rows below
 _ADDR, _PORT = Str(), Int(0, 65535)
@@ -256,6 +267,13 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "httpPlugins",
+            "http_plugins",
+            TableList(_PLUGIN_FIELDS),
+            (),
+            "frp server plugins: { name, addr, path, ops, tlsVerify } (docs/operators.md)",
+        ),
+        Field(
             "userStoreFile",
             "user_store_file",
             PathStr(),
@@ -349,6 +367,7 @@ class ServerConfig:
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     user_store_file: Path | None = _F.optional("user_store_file", Path)  # None = stateDir
+    http_plugins: tuple[PluginConfig, ...] = _F.default("http_plugins", tuple)
     allow_ips: tuple[str, ...] = _F.default("allow_ips", tuple)  # CIDR
     deny_ips: tuple[str, ...] = _F.default("deny_ips", tuple)
     access_log_to: str | None = _F.optional("access_log_to", str)  # None = off
@@ -414,6 +433,28 @@ def _complete(root: ConfigTable) -> ServerConfig:
         notes=tuple(SERVER_FIELDS.notes(root)),
         auth_token=token_from_source(root),
         access_log_to=_access_log_to(root),
+        http_plugins=tuple(_plugin(entry) for entry in root.tables("httpPlugins")),
+    )
+
+
+def _plugin(entry: ConfigTable) -> PluginConfig:
+    """One `[[httpPlugins]]` entry, as frp's doc/server_plugin.md describes it."""
+    for key in ("name", "addr", "path", "ops"):
+        if entry.lookup(key) is None:
+            raise entry.error(key, "is required in every [[httpPlugins]] entry")
+    ops = entry.strs("ops")
+    for index, op in enumerate(ops):
+        if op not in PLUGIN_OPS:
+            raise entry.error(f"ops[{index}]", f"must be one of {', '.join(PLUGIN_OPS)}")
+    path = entry.get_or("path", str, "/")
+    if not path.startswith("/"):
+        raise entry.error("path", f'must start with "/", got "{path}"')
+    return PluginConfig(
+        name=entry.get_or("name", str, ""),
+        addr=entry.get_or("addr", str, ""),
+        path=path,
+        ops=ops,
+        tls_verify=entry.get_or("tlsVerify", bool, True),
     )
 
 

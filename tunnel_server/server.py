@@ -29,6 +29,8 @@ from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
+from .pluginops import ping_loop, session_user
+from .plugins import PluginManager
 from .ports import PortAllocator
 from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
@@ -66,6 +68,8 @@ class TunnelServer:
         self._users_task: asyncio.Task[None] | None = None
         self.ip_rules = config.ip_rules  # replaced on reload
         self.access_log: AccessLog | None = None
+        self.plugins = PluginManager(config.http_plugins)
+        self._ping_task: asyncio.Task[None] | None = None
         # proxy name -> its Visitors, for the HTTP access hook (entries go with their proxy)
         self._visitors: weakref.WeakValueDictionary[str, Visitors] = weakref.WeakValueDictionary()
         self.cert: ServerCert | None = None
@@ -116,6 +120,9 @@ class TunnelServer:
         except UserError as exc:
             raise TunnelError(str(exc)) from None
         self._users_task = asyncio.get_running_loop().create_task(self.users.run(self))
+        await self.plugins.start()
+        if self.plugins.handles("Ping"):
+            self._ping_task = asyncio.get_running_loop().create_task(ping_loop(self))
         if cfg.access_log_to is not None:
             try:
                 self.access_log = AccessLog(cfg.access_log_to, cfg.access_log_format)
@@ -252,10 +259,12 @@ class TunnelServer:
                 await vhost.wait_closed()
         if self._control is not None:
             await self._control.wait_closed()
-        if self._users_task is not None:
-            self._users_task.cancel()
-            await asyncio.gather(self._users_task, return_exceptions=True)
-            self._users_task = None
+        for task in (self._users_task, self._ping_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._users_task = self._ping_task = None
+        await self.plugins.aclose()
         self.users.close()
         if self.access_log is not None:
             self.access_log.close()
@@ -305,7 +314,7 @@ class TunnelServer:
             rules = IPRules.parse(request.allow_ips, request.deny_ips) if request else IPRules()
         except ValueError as exc:
             raise ProxyRefused(f"allowIPs/denyIPs: {exc}") from None
-        visitors = Visitors(self, name, session.user, rules, counters)
+        visitors = Visitors(self, name, session.user, rules, counters, session_user(session))
         self._visitors[name] = visitors
         return ProxyContext(
             visitors=visitors,

@@ -33,6 +33,14 @@ from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
 from .accesslog import log_login_failure
+from .pluginops import (
+    apply_new_proxy,
+    login_content,
+    new_proxy_content,
+    session_user,
+    work_conn_content,
+)
+from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
@@ -80,6 +88,7 @@ class ServerSession:
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
         self.logged_in = False
+        self.metas: dict[str, str] = {}  # frpc `metadatas`, for server plugins
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
@@ -193,6 +202,12 @@ class ServerSession:
         self.user = message.user
         self.hostname = message.hostname
         self.client_version = message.client_version
+        self.metas = dict(message.metas)
+        refusal = await self._plugin_login()
+        if refusal:
+            logger.info("tunneld: login from %s refused: %s", self.address, refusal)
+            self._refuse(ErrorCode.REFUSED, refusal)
+            return False
         refusal = self.server.session_started(self)
         if refusal:
             self._refuse(ErrorCode.REFUSED, refusal, retry_after_ms=FULL_RETRY_AFTER_MS)
@@ -213,6 +228,32 @@ class ServerSession:
             peer_text(self.user),
         )
         return True
+
+    async def _plugin_login(self) -> str:
+        """Login and NewWorkConn through the server plugins; a refusal reason, or ""."""
+        plugins = self.server.plugins
+        try:
+            if plugins.handles("Login"):
+                content = await plugins.call(
+                    "Login", login_content(self, self.user, self.client_version, self.hostname)
+                )
+                user = content.get("user", self.user)
+                if user != self.user and isinstance(user, str):
+                    # Only a shared-token login may be renamed: a store user's name is bound
+                    # to its key, and no plugin may hand out a store user's name.
+                    bound = self.server.users.record(self.user) is not None
+                    taken = self.server.users.record(user) is not None
+                    if bound or taken or name_problem("user", user, allow_empty=True):
+                        return f"a server plugin renamed the user to {user!r}, which is not allowed"
+                    self.user = user
+                metas = content.get("metas")
+                if isinstance(metas, dict):
+                    self.metas = {str(k): str(v) for k, v in metas.items()}
+            if plugins.handles("NewWorkConn"):
+                await plugins.call("NewWorkConn", work_conn_content(self))
+        except PluginRejected as exc:
+            return f"rejected by a server plugin: {exc.reason}"
+        return ""
 
     async def _next_login_message(self, what: str) -> Message | None:
         """The next message within the login deadline, or None (the session is closed)."""
@@ -310,6 +351,13 @@ class ServerSession:
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
             raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+        plugins = self.server.plugins
+        if plugins.handles("NewProxy"):
+            try:
+                content = await plugins.call("NewProxy", new_proxy_content(self, name, request))
+            except PluginRejected as exc:
+                raise ProxyRefused(f"rejected by a server plugin: {exc.reason}") from None
+            request = apply_new_proxy(request, content)
         record = self.server.users.record(self.user)
         if record is not None:
             request = check_new_proxy(self.server, record, request)
@@ -334,6 +382,7 @@ class ServerSession:
             return False
         proxy.close()
         self.server.users.collect_proxy(self.server, self.user, name)
+        self.server.plugins.notify("CloseProxy", {"user": session_user(self), "proxy_name": name})
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
         if notify and not self.mux.closed:
             local_name = name[len(self.user) + 1 :] if self.user else name

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.aio.stream import MuxStream
 from tunnel_common.iprules import IPRules
 
 from .accesslog import AccessLog
+from .pluginops import user_conn_content
+from .plugins import PluginRejected
 from .stats import ProxyCounters
 from .users.quota import connection_refusal
 from .vhost.http_proxy import RequestRecord
@@ -45,12 +47,14 @@ class Visitors:
         user: str,
         rules: IPRules,
         counters: ProxyCounters,
+        plugin_user: dict[str, Any] | None = None,
     ) -> None:
         self._server = server
         self.proxy = proxy
         self.user = user
         self.rules = rules
         self._counters = counters
+        self.plugin_user = plugin_user or {}  # frp's "user" object for plugin bodies
         self._started: dict[MuxStream, float] = {}  # bounded by the proxy's open streams
 
     @property
@@ -73,6 +77,22 @@ class Visitors:
             self._counters.refused_visitors += 1
             logger.debug("[proxy=%s] visitor %s refused: %s", self.proxy, ip, refusal.reason)
         return refusal
+
+    @property
+    def plugins_check_user_conns(self) -> bool:
+        return self._server.plugins.handles("NewUserConn")
+
+    async def plugins_admit(self, src: tuple[str, int], proxy_type: str) -> bool:
+        """Ask the NewUserConn plugins about this visitor; False (logged, counted) = refused."""
+        try:
+            await self._server.plugins.call(
+                "NewUserConn", user_conn_content(self.plugin_user, self.proxy, proxy_type, src)
+            )
+        except PluginRejected as exc:
+            self._counters.refused_visitors += 1
+            self.refused(proxy_type, src, Refusal(STATUS_FORBIDDEN, exc.reason))
+            return False
+        return True
 
     def opened(self, stream: MuxStream) -> None:
         self._started[stream] = time.monotonic()

@@ -243,7 +243,11 @@ def test_server_config_allows_port_checks_ranges() -> None:
         ("webServer.prot = 1", "webServer.prot", "(did you mean 'port'?)"),
         ("transport.tcpMux = true", "transport.tcpMux", "is an frp option tunnelkit does not"),
         ("kcpBindPort = 7001", "kcpBindPort", "'kcpBindPort' is an frp option"),
-        ('[[httpPlugins]]\nname = "x"', "httpPlugins", "'httpPlugins' is an frp option"),
+        (
+            '[[httpPlugins]]\nname = "x"',
+            "httpPlugins[0].addr",
+            "is required in every [[httpPlugins]]",
+        ),
         ('auth.oidc.issuer = "x"', "auth.oidc", "'auth.oidc' is an frp option"),
         ("bindPort = ", "", "invalid TOML"),
     ],

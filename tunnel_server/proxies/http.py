@@ -63,6 +63,10 @@ class VhostProxy:
             if refusal is not None:
                 ctx.visitors.refused(self.scheme, src, refusal)
                 raise UpstreamError(refusal.reason, status=refusal.status)
+            if ctx.visitors.plugins_check_user_conns and not await ctx.visitors.plugins_admit(
+                src, self.scheme
+            ):
+                raise UpstreamError("refused by a server plugin", status=403)
         if len(self._streams) >= ctx.config.max_streams_per_proxy:
             # One proxy's flood must not use up its client's other proxies' streams.
             ctx.counters.refused_flows += 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Final
+from typing import Final, cast
 
+from protocol.aio import sockopts
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
@@ -37,6 +38,7 @@ class TCPProxy:
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
         self._last_refusal_log = -math.inf
+        self._admissions: set[asyncio.Task[None]] = set()  # NewUserConn plugin calls
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -44,7 +46,7 @@ class TCPProxy:
 
         async def listen(port: int) -> int:
             self._server = await loop.create_server(
-                lambda: SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed),
+                self._protocol,
                 ctx.config.proxy_bind_addr,
                 port,
                 reuse_address=True,
@@ -56,6 +58,44 @@ class TCPProxy:
             ctx.ports, ctx.client_id, "tcp", self.requested_port, listen
         )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
+
+    def _protocol(self) -> SpliceProtocol:
+        visitors = self.ctx.visitors
+        if visitors is not None and visitors.plugins_check_user_conns:
+            return _PluginGatedSplice(self)
+        return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
+
+    def _admit_later(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
+        """Hold a visitor (reading paused) until the NewUserConn plugins answer."""
+        if len(self._admissions) >= self.ctx.config.max_streams_per_proxy:
+            self.ctx.counters.refused_flows += 1
+            transport.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._admit_logged(proto, transport))
+        self._admissions.add(task)
+        task.add_done_callback(self._admissions.discard)
+
+    async def _admit_logged(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
+        try:
+            await self._admit(proto, transport)
+        except Exception:
+            logger.exception("[proxy=%s] admitting a visitor failed", self.name)
+            transport.close()
+
+    async def _admit(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername") or ("", 0)
+        visitors = self.ctx.visitors
+        assert visitors is not None
+        admitted = await visitors.plugins_admit((str(peer[0]), int(peer[1])), "tcp")
+        if not admitted or transport.is_closing():
+            transport.close()
+            return
+        stream = self._on_user(proto, transport)
+        if stream is None:
+            transport.close()
+            return
+        assert isinstance(proto, _PluginGatedSplice)
+        proto.admitted(stream, transport)
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -113,6 +153,8 @@ class TCPProxy:
             )
 
     def close(self) -> None:
+        for task in list(self._admissions):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             self.ctx.ports.release(self.ctx.client_id, "tcp", self.port)
@@ -123,3 +165,61 @@ class TCPProxy:
 
     async def wait_closed(self) -> None:
         return None
+
+
+class _PluginGatedSplice(SpliceProtocol):
+    """A visitor connection whose stream opens only after the NewUserConn plugins admit it.
+
+    Reading is paused meanwhile (on the next loop iteration too: uvloop starts reading after
+    connection_made returns); anything that arrives before the pause takes hold is kept, up to
+    HELD_BYTES, and handed to the stream on admission, EOF included.
+    """
+
+    HELD_BYTES: Final = 64 * 1024
+
+    def __init__(self, owner: TCPProxy) -> None:
+        super().__init__(on_close=owner._on_closed)
+        self._owner = owner
+        self.held: list[bytes] = []
+        self._held_bytes = 0
+        self.held_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport but implement it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        sockopts.set_nodelay(transport)
+        sockopts.set_abortive(transport)  # as SpliceProtocol: a crash shows the visitor a RST
+        transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._pause)
+        self._owner._admit_later(self, transport)
+
+    def _pause(self) -> None:
+        if self.stream is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            super().data_received(data)
+            return
+        self.held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.HELD_BYTES and self.transport is not None:
+            self.transport.close()  # a visitor flooding before admission: drop it
+
+    def eof_received(self) -> bool:
+        if self.stream is not None:
+            return super().eof_received()
+        self.held_eof = True
+        return True
+
+    def admitted(self, stream: MuxStream, transport: asyncio.Transport) -> None:
+        self.stream = stream
+        stream.attach(transport)
+        for chunk in self.held:
+            stream.send(chunk)
+        self.held.clear()
+        if self.held_eof:
+            stream.send_eof()
+        else:
+            transport.resume_reading()
