@@ -29,6 +29,7 @@ from protocol.errors import ErrorCode
 from protocol.frames import FrameType, encode_frame
 from protocol.messages import Busy, encode_message
 from protocol.mux import Role
+from tunnel_common.listen import listen_sockets
 
 from .prelogin import PendingSlot
 from .session import limit_before_login
@@ -69,25 +70,7 @@ class ControlListener:
     async def start(self, host: str, port: int) -> int:
         """Bind every address `host` resolves to (like asyncio's create_server); return the port."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and self._sockets:  # every address on the one port picked first
-                    address = (address[0], self._sockets[0].getsockname()[1], *address[2:])
-                sock.bind(address)
-                sock.listen(ACCEPT_BACKLOG)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                self.close()
-                raise
-            self._sockets.append(sock)
+        self._sockets = listen_sockets(host, port, backlog=ACCEPT_BACKLOG)
         for sock in self._sockets:
             self._accept_tasks.append(loop.create_task(self._accept_loop(sock)))
         return int(self._sockets[0].getsockname()[1])
