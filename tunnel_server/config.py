@@ -44,6 +44,8 @@ from tunnel_common.configschema import (
 )
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
+from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
+
 __all__ = [
     "SERVER_FIELDS",
     "SERVER_SCHEMA",
@@ -249,6 +251,22 @@ SERVER_FIELDS: Final = FieldTable(
             "a UDP peer silent this long is forgotten",
             origin=OWN,
         ),
+        Field(
+            "maxVhostRoutesPerClient",
+            "max_vhost_routes_per_client",
+            Int(0, MAX_COUNT),
+            DEFAULT_MAX_ROUTES_PER_CLIENT,
+            "http/https (domain, location) pairs one client may hold; 0 = unlimited",
+            origin=OWN,
+        ),
+        Field(
+            "vhostWildcardsCoverSubdomains",
+            "vhost_wildcards_cover_subdomains",
+            Bool(),
+            False,
+            "let wildcard domains (and *) match names under subDomainHost",
+            origin=OWN,
+        ),
     ),
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -286,6 +304,8 @@ class ServerConfig:
     max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
+    max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
+    vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
 
     def __post_init__(self) -> None:

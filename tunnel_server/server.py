@@ -29,6 +29,7 @@ from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.routing import VhostRouter
@@ -69,6 +70,13 @@ class TunnelServer:
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
+        # Who owns which vhost names across http and https, and each client's route quota.
+        self.claims = DomainClaims(
+            config.sub_domain_host,
+            max_routes_per_client=config.max_vhost_routes_per_client,
+            wildcards_cover_subdomains=config.vhost_wildcards_cover_subdomains,
+            refusals=self.stats.vhost_route_refusals,
+        )
         self.http_router: VhostRouter | None = None
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
@@ -111,7 +119,7 @@ class TunnelServer:
                     raise TunnelError(
                         f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
                     ) from None
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self._http_vhost = HTTPVhostServer(
                 self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
             )
@@ -121,7 +129,7 @@ class TunnelServer:
             )
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
-            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self._https_vhost = HTTPSVhostServer(self.https_router)
             self._https_vhost.fd_budget = self.fd_budget
             host, self.https_port = await self._https_vhost.start(
@@ -239,6 +247,7 @@ class TunnelServer:
             config=self.config,
             session=session.mux,
             client_id=session.client_id,
+            user=session.user,
             local_name=local_name,
             counters=self.stats.proxy(name),
             ports=self.ports,

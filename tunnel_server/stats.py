@@ -108,6 +108,8 @@ class ServerStats:
         self.sessions_total = 0
         self.limits = LimitCounters()
         self.evicted_proxies = 0
+        # vhost route claims refused, by reason: "owner", "quota", "table" (vhost/claims.py)
+        self.vhost_route_refusals: dict[str, int] = {"owner": 0, "quota": 0, "table": 0}
         # Insertion-ordered: the first key is the one registered longest ago.
         self._proxies: dict[str, ProxyCounters] = {}
 
@@ -215,6 +217,16 @@ class StatsCollector:
             dropped.add_metric([name], counters.dropped_datagrams)
             refused.add_metric([name], counters.refused_flows)
         yield from (active, connections, traffic, dropped, refused)
+
+        route_refusals = CounterMetricFamily(
+            "tunnelkit_vhost_route_refusals_total",
+            "http/https route claims refused: domain owned by another user, the client's "
+            "route quota (maxVhostRoutesPerClient), or the full route table.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.vhost_route_refusals.items()):
+            route_refusals.add_metric([reason], count)
+        yield route_refusals
 
         yield CounterMetricFamily(
             "tunnelkit_auth_failures_total", "Failed client logins.", value=stats.auth_failures

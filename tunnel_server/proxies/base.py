@@ -52,6 +52,7 @@ class ProxyContext:
     config: ServerConfig
     session: MuxSession
     client_id: str
+    user: str  # frp's `user`: vhost names belong to it (see vhost/claims.py)
     local_name: str  # the name the client knows the proxy by (without the user prefix)
     counters: ProxyCounters
     ports: PortAllocator

@@ -107,6 +107,8 @@ class HTTPProxy(VhostProxy):
             proxy_key=f"{self.ctx.client_id}/{self.name}",
             proxy_name=self.name,
             opener=self._open,
+            user=self.ctx.user,
+            client_id=self.ctx.client_id,
             domains=r.custom_domains,
             subdomain=r.subdomain or None,
             locations=r.locations or ("/",),
@@ -133,6 +135,8 @@ class HTTPSProxy(VhostProxy):
             proxy_key=f"{self.ctx.client_id}/{self.name}",
             proxy_name=self.name,
             opener=self._open,
+            user=self.ctx.user,
+            client_id=self.ctx.client_id,
             domains=r.custom_domains,
             subdomain=r.subdomain or None,
         )
