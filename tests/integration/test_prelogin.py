@@ -11,7 +11,7 @@ import pytest
 from protocol.frames import FrameDecoder, FrameType, encode_frame
 from tunnel_server.server import TunnelServer
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ClientRunner, LogWatcher, ServerFactory, wait_until
 
 TEST_TIMEOUT_S = 15.0
 
@@ -124,3 +124,22 @@ async def test_prelogin_dripping_client_hello_hits_the_handshake_deadline(
         assert loop.time() - started < 5.0
         await wait_until(lambda: len(server.pending) == 0, "the slot freed")
         assert server.stats.limits.tls_failures >= 1
+
+
+async def test_prelogin_full_table_answers_busy_and_the_client_retries(
+    make_server: ServerFactory, clients: ClientRunner, logs: LogWatcher
+) -> None:
+    """With one pending slot held by a fresh idle socket, a client is told "busy, retry after
+    N ms" (not closed silently), retries although loginFailExit = true, and gets in once the
+    idle socket is old enough to evict."""
+    server = await make_server(max_pending_logins=1, max_pending_logins_per_ip=1)
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        _, idle = await asyncio.open_connection("127.0.0.1", server.control_port)
+        await wait_until(lambda: len(server.pending) == 1, "the idle socket pending")
+        _, task = clients.start(clients.config(server, login_fail_exit=True))
+        await logs.wait_for("deferred: the server is busy with other logins")
+        await logs.wait_for("logged in to")
+        assert not task.done()
+        assert server.stats.limits.busy_answers >= 1
+        assert server.stats.limits.pending_evicted >= 1
+        idle.transport.abort()
