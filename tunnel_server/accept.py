@@ -94,8 +94,14 @@ class ControlListener:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Expected network failures are handled inside; anything else is a bug.
+            logger.error("tunneld: control connection failed", exc_info=task.exception())
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -103,11 +109,17 @@ class ControlListener:
             try:
                 sock, address = await loop.sock_accept(listener)
             except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # Out of descriptors: keep serving the sessions we have, try again shortly.
-                self._server.fd_budget.accept_failed(exc, loop.time())
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                if listener.fileno() == -1:
+                    return  # closed by close()
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: keep serving the sessions we have, retry shortly.
+                    self._server.fd_budget.accept_failed(exc, loop.time())
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                elif exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    logger.debug("tunneld: accept failed: %s", exc)  # that peer is gone
+                else:
+                    logger.warning("tunneld: accept failed: %s; retrying", exc)
+                    await asyncio.sleep(ACCEPT_RETRY_S)  # never a hot loop
                 continue
             self.accepted(sock, address)
 
