@@ -36,6 +36,7 @@ from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
 from .users.store import UserStore
@@ -192,12 +193,24 @@ class TunnelServer:
             password=password,
             enable_prometheus=self.config.enable_prometheus,
             info={"bindPort": self.control_port, "version": __version__},
+            users=UsersAdmin(self.users, self._session_infos, self._users_changed),
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
         await web.TCPSite(self._web, cfg.addr, cfg.port, reuse_address=True).start()
         host, port = self._web.addresses[0][:2]
         logger.info("tunneld: ready: dashboard on http://%s:%d/", display_host(host), port)
+
+    def _session_infos(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(s.user, s.client_id, s.address, tuple(s.proxies))
+            for s in self.sessions.values()
+        ]
+
+    def _users_changed(self) -> None:
+        """A dashboard action changed the store: apply it now, not at the next poll."""
+        self.users.refresh(force=True)
+        self.users.enforce(self)
 
     def _peer_allowed(self, ip: str) -> bool:
         return self.ip_rules.permits(ip)

@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from protocol import PROTOCOL_VERSION, __version__
 from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
 from tunnel_server.stats import ServerStats, build_metrics_registry
+from tunnel_server.users.admin import UsersAdmin
+from tunnel_server.web.users import user_routes
 from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ def build_dashboard_app(
     password: str | None,
     enable_prometheus: bool,
     info: Mapping[str, object] | None = None,
+    users: UsersAdmin | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``."""
     app = web.Application()
@@ -142,6 +145,8 @@ def build_dashboard_app(
         web.post("/api/clients/{client_id}/kick", kick),
         web.post("/api/proxies/{client_id}/{name}/close", close_proxy),
     ]
+    if users is not None:
+        routes.extend(user_routes(users))
     if enable_prometheus:
         registry = build_metrics_registry(stats, view)
 
