@@ -267,6 +267,14 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "departedMetricsTTL",
+            "departed_metrics_ttl",
+            Float(1, _S),
+            3600.0,
+            "seconds a closed proxy keeps its dashboard row and /metrics series",
+            origin=OWN,
+        ),
+        Field(
             "httpPlugins",
             "http_plugins",
             TableList(_PLUGIN_FIELDS),
@@ -368,6 +376,7 @@ class ServerConfig:
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     user_store_file: Path | None = _F.optional("user_store_file", Path)  # None = stateDir
     http_plugins: tuple[PluginConfig, ...] = _F.default("http_plugins", tuple)
+    departed_metrics_ttl: float = _F.default("departed_metrics_ttl", float)
     allow_ips: tuple[str, ...] = _F.default("allow_ips", tuple)  # CIDR
     deny_ips: tuple[str, ...] = _F.default("deny_ips", tuple)
     access_log_to: str | None = _F.optional("access_log_to", str)  # None = off

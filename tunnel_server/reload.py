@@ -87,6 +87,7 @@ def apply_reload(server: TunnelServer, new: ServerConfig) -> None:
     merged = ServerConfig(**{**{f.name: getattr(new, f.name) for f in fields(new)}, **keep})
     server.config = merged
     server.ip_rules = merged.ip_rules
+    server.departures.ttl_s = merged.departed_metrics_ttl
     server.ports.set_rules(merged.allow_ports, merged.max_ports_per_client)
     token = merged.auth_token.reveal() if merged.auth_token is not None else None
     server.users.shared_token = token

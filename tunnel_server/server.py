@@ -27,8 +27,10 @@ from .accesslog import AccessLog
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
+from .departures import Departures
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
+from .httpstats import HTTPStats
 from .pluginops import ping_loop, session_user
 from .plugins import PluginManager
 from .ports import PortAllocator
@@ -90,6 +92,8 @@ class TunnelServer:
         self._closing = False
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
+        self.departures = Departures(config.departed_metrics_ttl)
+        self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
         self.claims = DomainClaims(
@@ -194,6 +198,7 @@ class TunnelServer:
             enable_prometheus=self.config.enable_prometheus,
             info={"bindPort": self.control_port, "version": __version__},
             users=UsersAdmin(self.users, self._session_infos, self._users_changed),
+            http_stats=self.http_stats,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
@@ -207,6 +212,13 @@ class TunnelServer:
             for s in self.sessions.values()
         ]
 
+    def expire_departed(self, now: float) -> None:
+        """Forget proxies gone longer than departedMetricsTTL (their series and rows)."""
+        online = {name for s in self.sessions.values() for name in s.proxies}
+        for name in self.departures.expire(self.stats, online, now):
+            self.proxy_meta.pop(name, None)
+            self.http_stats.pop(name, None)
+
     def _users_changed(self) -> None:
         """A dashboard action changed the store: apply it now, not at the next poll."""
         self.users.refresh(force=True)
@@ -216,6 +228,7 @@ class TunnelServer:
         return self.ip_rules.permits(ip)
 
     def _on_http_access(self, record: RequestRecord) -> None:
+        self.http_stats.observe(record.proxy, record.status, record.seconds)
         visitors = self._visitors.get(record.proxy)
         if visitors is not None:
             visitors.request_done(record)
@@ -223,6 +236,7 @@ class TunnelServer:
     def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
         """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""
         self.proxy_meta[name] = (client_id, proxy_type)
+        self.departures.started(name)
         if len(self.proxy_meta) > self.stats.max_proxies:
             for stale in [n for n in self.proxy_meta if self.stats.get(n) is None]:
                 del self.proxy_meta[stale]

@@ -330,6 +330,10 @@ class ServerSession:
                 peer_text(request.name),
                 peer_text(exc),
             )
+            qualified = self.qualified(request.name)
+            self.server.departures.refused(qualified, self.client_id, request.type, str(exc))
+            if qualified not in self.proxies:  # its counters, if made, expire like a departure
+                self.server.departures.closed(qualified, str(exc), time.time())
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
             return
         self.proxies[name] = proxy
@@ -382,6 +386,7 @@ class ServerSession:
             return False
         proxy.close()
         self.server.users.collect_proxy(self.server, self.user, name)
+        self.server.departures.closed(name, reason, time.time())
         self.server.plugins.notify("CloseProxy", {"user": session_user(self), "proxy_name": name})
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
         if notify and not self.mux.closed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .stats import ProxyCounters
 from .web.view import ClientInfo, ProxyInfo
 
 if TYPE_CHECKING:
@@ -46,19 +47,38 @@ class LiveServerView:
                         counters=stats.get(name) or stats.proxy(name),
                     )
                 )
-        offline = [
+        departures = self._server.departures
+        offline: list[ProxyInfo] = []
+        for name, counters in stats.items():
+            if name in names:
+                continue
+            refusal = departures.refusal(name)
+            if refusal is not None:  # refused before it ever served (its counters exist)
+                client_id, proxy_type, reason = refusal
+                offline.append(
+                    ProxyInfo(name, client_id, proxy_type, (), "refused", counters, reason)
+                )
+                continue
+            client_id, proxy_type = self._server.proxy_meta.get(name, ("", ""))
+            offline.append(
+                ProxyInfo(
+                    name, client_id, proxy_type, (), "offline", counters, departures.reason(name)
+                )
+            )
+        refused = [
             ProxyInfo(
                 name=name,
-                client_id=self._server.proxy_meta.get(name, ("", ""))[0],
-                type=self._server.proxy_meta.get(name, ("", ""))[1],
+                client_id=client_id,
+                type=proxy_type,
                 public=(),
-                status="offline",
-                counters=counters,
+                status="refused",
+                counters=ProxyCounters(),
+                reason=reason,
             )
-            for name, counters in stats.items()
-            if name not in names
+            for name, (client_id, proxy_type, reason) in departures.refusals()
+            if name not in names and stats.get(name) is None
         ]
-        return online + offline
+        return online + offline + refused
 
     def kick_client(self, client_id: str) -> bool:
         return self._server.kick(client_id)

@@ -233,6 +233,7 @@ class UserDirectory:
             self.refresh()
             self.collect(server)
             self.enforce(server)
+            server.expire_departed(time.time())
             if time.monotonic() >= next_flush:
                 self.flush(server)
                 next_flush = time.monotonic() + USAGE_FLUSH_INTERVAL_S

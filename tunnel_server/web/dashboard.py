@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import PROTOCOL_VERSION, __version__
 from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
+from tunnel_server.httpstats import HTTPStats
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.users.admin import UsersAdmin
 from tunnel_server.web.users import user_routes
@@ -54,6 +55,7 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "type": info.type,
         "public": list(info.public),
         "status": info.status,
+        "reason": info.reason,
         "bytes_in": counters.bytes_in,
         "bytes_out": counters.bytes_out,
         "connections_total": counters.connections_total,
@@ -94,6 +96,7 @@ def build_dashboard_app(
     enable_prometheus: bool,
     info: Mapping[str, object] | None = None,
     users: UsersAdmin | None = None,
+    http_stats: HTTPStats | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``."""
     app = web.Application()
@@ -149,6 +152,8 @@ def build_dashboard_app(
         routes.extend(user_routes(users))
     if enable_prometheus:
         registry = build_metrics_registry(stats, view)
+        if http_stats is not None:
+            registry.register(http_stats)
 
         async def metrics(request: web.Request) -> web.Response:
             response = web.Response(body=generate_latest(registry))

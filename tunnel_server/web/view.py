@@ -11,7 +11,7 @@ from typing import Literal, Protocol
 
 from tunnel_server.stats import ProxyCounters
 
-ProxyStatus = Literal["online", "offline"]
+ProxyStatus = Literal["online", "offline", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class ProxyInfo:
     public: tuple[str, ...]  # e.g. ("tcp://0.0.0.0:6000",) or one URL per HTTP domain
     status: ProxyStatus
     counters: ProxyCounters
+    reason: str = ""  # why it is offline (closed: ...) or refused
 
 
 class ServerView(Protocol):
