@@ -70,6 +70,7 @@ class Login:
     hostname: str
     proof: bytes
     metas: dict[str, str] = field(default_factory=dict)  # frpc `metadatas`, for plugins
+    oidc_token: str = ""  # auth.method = "oidc": the access token (a JWT) for the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +257,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "hostname": _NAME,
             "proof": _bytes_of(PROOF_BYTES),
             "metas": _text_map,
+            "oidc_token": _TEXT,
         },
     ),
     "login_result": (

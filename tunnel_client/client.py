@@ -43,6 +43,7 @@ from protocol.userkey import client_login_key
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config
+from .oidc import OIDCTokenError, OIDCTokenSource
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -84,6 +85,7 @@ class TunnelClient:
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
+        self._oidc = OIDCTokenSource(config)
         self.mux_settings = MuxSettings(
             keepalive_interval_s=config.heartbeat_interval,
             keepalive_timeout_s=config.heartbeat_timeout,
@@ -289,6 +291,12 @@ class TunnelClient:
         """
         cfg = self.config
         where = f"{cfg.server_addr}:{cfg.server_port}"
+        oidc_token = ""
+        if cfg.auth_method == "oidc":
+            try:
+                oidc_token = await self._oidc.token()
+            except OIDCTokenError as exc:
+                raise LoginFailed(str(exc)) from None
         async with asyncio.timeout(LOGIN_TIMEOUT_S):
             hello = await session.next_message()
             if isinstance(hello, Busy):
@@ -320,7 +328,7 @@ class TunnelClient:
             token = cfg.auth_token.reveal() if cfg.auth_token else ""
             # scrypt, once per (token, server certificate) in this process (protocol/auth.py);
             # a user token (tunneld users add) has its own key, bound to the user name.
-            key = client_login_key(token, cfg.user, cert_fp)
+            key = client_login_key("" if cfg.auth_method == "oidc" else token, cfg.user, cert_fp)
             expected = server_proof(key, client_nonce, hello.nonce, cert_fp, PROTOCOL_VERSION)
             if not proof_matches(expected, answer.proof):
                 raise LoginFailed(
@@ -339,6 +347,7 @@ class TunnelClient:
                         key, hello.nonce, client_nonce, cert_fp, self.client_id, PROTOCOL_VERSION
                     ),
                     metas=dict(cfg.metadatas),
+                    oidc_token=oidc_token,
                 )
             )
             result = await session.next_message()

@@ -254,6 +254,25 @@ CLIENT_FIELDS: Final = FieldTable(
             "largest UDP datagram relayed, in bytes",
         ),
         *AUTH_ENTRIES,
+        Field("auth.oidc.clientID", "oidc_client_id", Str(), "", "OAuth2 client id"),
+        Field("auth.oidc.clientSecret", "oidc_client_secret", SecretStr(), None, "its secret"),
+        Field("auth.oidc.audience", "oidc_audience", Str(), "", "audience asked for"),
+        Field("auth.oidc.scope", "oidc_scope", Str(), "", "scope asked for"),
+        Field(
+            "auth.oidc.tokenEndpointURL",
+            "oidc_token_endpoint",
+            Str(),
+            "",
+            "where the client-credentials grant is posted",
+        ),
+        Field(
+            "auth.oidc.additionalEndpointParams",
+            "oidc_params",
+            StrMap(),
+            None,
+            "extra form fields for the token endpoint",
+            factory=dict,
+        ),
         Field(
             "transport.dialServerTimeout",
             "dial_server_timeout",
@@ -315,6 +334,13 @@ class ClientConfig:
     login_fail_exit: bool = _F.default("login_fail_exit", bool)
     udp_packet_size: int = _F.default("udp_packet_size", int)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
+    auth_method: str = _F.default("auth_method", str)
+    oidc_client_id: str = _F.default("oidc_client_id", str)
+    oidc_client_secret: Secret | None = _F.optional("oidc_client_secret", Secret)
+    oidc_audience: str = _F.default("oidc_audience", str)
+    oidc_scope: str = _F.default("oidc_scope", str)
+    oidc_token_endpoint: str = _F.default("oidc_token_endpoint", str)
+    oidc_params: dict[str, str] = field(default_factory=_F.factory("oidc_params", dict))
     dial_server_timeout: float = _F.default("dial_server_timeout", float)
     heartbeat_interval: float = _F.default("heartbeat_interval", float)
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
@@ -441,6 +467,12 @@ def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
 
 def _validate(config: ClientConfig, source: str, proxy_paths: Sequence[str]) -> None:
     """The rules that span several keys; `proxy_paths[i]` names `config.proxies[i]`."""
+    if config.auth_method == "oidc" and not config.oidc_token_endpoint.startswith(
+        ("https://", "http://")
+    ):
+        raise ConfigError(
+            source, "auth.oidc.tokenEndpointURL", 'is required with auth.method = "oidc" (a URL)'
+        )
     if config.auth_token is not None and is_user_token(config.auth_token.reveal()):
         if not config.user:
             raise ConfigError(

@@ -78,7 +78,13 @@ class LogConfig:
 
 # The `auth.*` rows, the same in both apps' root tables.
 AUTH_ENTRIES: Final = (
-    Field("auth.method", None, Choice(("token",), frp_values=("oidc",)), "token", "how to log in"),
+    Field(
+        "auth.method",
+        "auth_method",
+        Choice(("token", "oidc")),
+        "token",
+        'how to log in: "token", or "oidc" (an OAuth2 client-credentials JWT; docs/operators.md)',
+    ),
     Field("auth.token", "auth_token", SecretStr(), None, "shared secret clients log in with"),
     # frp 0.64: the token from a file; read by `token_from_source` into auth_token
     Field(
@@ -191,7 +197,10 @@ _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "log.disablePrintColor": "tunnelkit never colours its logs; remove it",
     "auth.additionalScopes": "tunnelkit authenticates the session once at login; remove it",
     "auth.tokenSource.exec": 'put the token in a file and use auth.tokenSource.type = "file"',
-    "auth.oidc": 'use auth.method = "token"',
+    "auth.oidc.trustedCaFile": "the token endpoint is verified with the system CAs",
+    "auth.oidc.insecureSkipVerify": "the token endpoint is always verified",
+    "auth.oidc.proxyURL": "reach the token endpoint directly",
+    "auth.oidc.tokenSource": "use auth.oidc.clientID/clientSecret/tokenEndpointURL",
     "webServer.assetsDir": "the web UI is built in; remove it",
     "webServer.pprofEnable": "remove it",
     "webServer.tls": "put a TLS reverse proxy in front of the web server",

@@ -149,6 +149,12 @@ SERVER_FIELDS: Final = FieldTable(
             "HTML file served when no http proxy matches",
         ),
         *AUTH_ENTRIES,
+        Field("auth.oidc.issuer", "oidc_issuer", Str(), "", "OIDC issuer URL (discovery)"),
+        Field("auth.oidc.audience", "oidc_audience", Str(), "", "the aud tokens must carry"),
+        Field(
+            "auth.oidc.skipExpiryCheck", "oidc_skip_expiry", Bool(), False, "accept expired tokens"
+        ),
+        Field("auth.oidc.skipIssuerCheck", "oidc_skip_issuer", Bool(), False, "skip the iss check"),
         Field(
             "allowPorts",
             "allow_ports",
@@ -357,6 +363,11 @@ class ServerConfig:
     sub_domain_host: str | None = _F.optional("sub_domain_host", str)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
+    auth_method: str = _F.default("auth_method", str)
+    oidc_issuer: str = _F.default("oidc_issuer", str)
+    oidc_audience: str = _F.default("oidc_audience", str)
+    oidc_skip_expiry: bool = _F.default("oidc_skip_expiry", bool)
+    oidc_skip_issuer: bool = _F.default("oidc_skip_issuer", bool)
     allow_ports: tuple[PortRange, ...] = _F.default("allow_ports", tuple)
     max_ports_per_client: int = _F.default("max_ports_per_client", int)
     udp_packet_size: int = _F.default("udp_packet_size", int)
@@ -502,6 +513,15 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
     ports and `allow_ports`, which the file schema checks for files.
     """
     _check_ports(config, source)
+    if config.auth_method == "oidc":
+        if not config.oidc_issuer.startswith(("https://", "http://")):
+            raise ConfigError(
+                source, "auth.oidc.issuer", 'is required with auth.method = "oidc" (a URL)'
+            )
+        if config.auth_token is not None:
+            raise ConfigError(
+                source, "auth.token", 'has no use with auth.method = "oidc"; remove it'
+            )
     for key, entries in (("allowIPs", config.allow_ips), ("denyIPs", config.deny_ips)):
         try:
             parse_networks(entries)

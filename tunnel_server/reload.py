@@ -90,6 +90,8 @@ def apply_reload(server: TunnelServer, new: ServerConfig) -> None:
     server.departures.ttl_s = merged.departed_metrics_ttl
     server.ports.set_rules(merged.allow_ports, merged.max_ports_per_client)
     token = merged.auth_token.reveal() if merged.auth_token is not None else None
+    if merged.auth_method == "oidc":
+        token = ""  # as at start: OIDC logins use the empty shared key plus a verified JWT
     server.users.shared_token = token
     server.auth_key = derive_key(token or "", server.cert_fp)
     server.users.shared_key = server.auth_key

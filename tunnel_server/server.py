@@ -31,6 +31,7 @@ from .departures import Departures
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
 from .httpstats import HTTPStats
+from .oidc import OIDCVerifier
 from .pluginops import ping_loop, session_user
 from .plugins import PluginManager
 from .ports import PortAllocator
@@ -67,11 +68,14 @@ class TunnelServer:
         self.auth_limiter = FailureLimiter()
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         token = config.auth_token.reveal() if config.auth_token is not None else None
+        if config.auth_method == "oidc":
+            token = ""  # names outside the store log in with a verified OIDC token instead
         self.users = UserDirectory(None, token)  # the store opens in start()
         self._users_task: asyncio.Task[None] | None = None
         self.ip_rules = config.ip_rules  # replaced on reload
         self.access_log: AccessLog | None = None
         self.plugins = PluginManager(config.http_plugins)
+        self.oidc = OIDCVerifier(config) if config.auth_method == "oidc" else None
         self._ping_task: asyncio.Task[None] | None = None
         # proxy name -> its Visitors, for the HTTP access hook (entries go with their proxy)
         self._visitors: weakref.WeakValueDictionary[str, Visitors] = weakref.WeakValueDictionary()
@@ -292,6 +296,8 @@ class TunnelServer:
                 await asyncio.gather(task, return_exceptions=True)
         self._users_task = self._ping_task = None
         await self.plugins.aclose()
+        if self.oidc is not None:
+            await self.oidc.aclose()
         self.users.close()
         if self.access_log is not None:
             self.access_log.close()

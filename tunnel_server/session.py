@@ -33,6 +33,7 @@ from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
 from .accesslog import log_login_failure
+from .oidc import OIDCError
 from .pluginops import (
     apply_new_proxy,
     login_content,
@@ -190,6 +191,16 @@ class ServerSession:
             self._refuse(ErrorCode.AUTH_FAILED, f"login refused: {refusal}")
             return False
         self.login_key = key.hex()
+        oidc = self.server.oidc
+        if oidc is not None and self.server.users.record(message.user) is None:
+            try:
+                await oidc.verify(message.oidc_token)
+            except OIDCError as exc:
+                limiter.record_failure(self.peer_ip, time.monotonic())
+                self.server.stats.auth_failures += 1
+                log_login_failure(self.mux.peername, message.user, message.client_id, str(exc))
+                self._refuse(ErrorCode.AUTH_FAILED, f"authentication failed: {exc}")
+                return False
         problem = name_problem("client id", message.client_id) or (
             name_problem("user", message.user, allow_empty=True)
         )

@@ -267,7 +267,7 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ('clientID = "has space"', "clientID", "without spaces"),
         ("loginFailExit = 1", "loginFailExit", "must be true or false"),
         ("auth.token = 1", "auth.token", "must be a string, got an integer"),
-        ('auth.method = "oidc"', "auth.method", '"oidc" is an frp value'),
+        ('auth.method = "oidc"', "auth.oidc.tokenEndpointURL", "is required with auth.method"),
         ("transport.heartbeatTimeout = -1", "transport.heartbeatTimeout", "from 1 to 86400"),
         (
             "transport.heartbeatInterval = 90",
