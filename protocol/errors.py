@@ -53,3 +53,4 @@ class ErrorCode(IntEnum):
     SHUTDOWN = 10
     AUTH_FAILED = 11
     VERSION_MISMATCH = 12
+    ACCEPT_TIMEOUT = 13  # the stream was not accepted in time (userConnTimeout)

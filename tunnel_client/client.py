@@ -36,6 +36,7 @@ from protocol.settings import MuxSettings
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config
+from .held import WAITING_STATE, HeldRetries
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -76,6 +77,8 @@ class TunnelClient:
         self._flow_owner: dict[int, UDPProxy] = {}
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
+        # Proxies refused as held by a possibly stale session, asked for again with backoff.
+        self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -156,8 +159,13 @@ class TunnelClient:
             request = dataclasses.replace(request, remote_port=sticky)
         session.send_message(request)
 
+    def _ask_again(self, name: str) -> None:
+        if self.session is not None and not self.session.closed and name in self.proxies:
+            self._register(self.session, name)
+
     def remove_proxy(self, name: str) -> None:
         self._sticky_ports.pop(name, None)
+        self._held.forget(name)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
         if proxy is None:
@@ -321,8 +329,10 @@ class TunnelClient:
         finally:
             self.session = None
             self._flow_owner.clear()
+            self._held.cancel_all()
             for status in self.proxy_status.values():
-                status.state = "offline" if status.state == "running" else status.state
+                if status.state in ("running", WAITING_STATE):
+                    status.state = "offline"
             self._notify_status()
             for ended in self.proxies.values():
                 ended.session_ended()
@@ -342,6 +352,11 @@ class TunnelClient:
                 )
                 self._register(self.session, result.name)
                 return
+            if result.retry:
+                status.state, status.public_urls = WAITING_STATE, ()
+                status.error = self._held.schedule(result.name, result.error)
+                self._notify_status()
+                return
             status.state, status.error, status.public_urls = "refused", result.error, ()
             logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
             self._notify_status()
@@ -352,6 +367,7 @@ class TunnelClient:
             port = urls[0].rsplit(":", 1)[-1]
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
+        self._held.succeeded(result.name)
         status.state, status.error, status.public_urls = "running", "", urls
         logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
         self._notify_status()

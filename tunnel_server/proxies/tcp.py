@@ -61,6 +61,7 @@ class TCPProxy:
         except (LocalProtocolError, ConnectionError) as exc:
             logger.warning("[proxy=%s] refusing a connection from %s: %s", self.name, peer, exc)
             return None
+        stream.set_accept_deadline(self.ctx.config.user_conn_timeout)
         counters = self.ctx.counters
         stream.counters = counters
         counters.connections_total += 1
