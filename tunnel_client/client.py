@@ -46,6 +46,8 @@ from .trust import TLSParams, TrustError, connect_tls, default_known_servers_fil
 logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
+# On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
+DRAIN_TIMEOUT_S: Final = 5.0
 MAX_FLOWS_PER_CLIENT: Final = 4096
 
 
@@ -65,6 +67,7 @@ class TunnelClient:
         self.session: MuxSession | None = None
         self.logged_in_once = False
         self._stop = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None  # the stop's drain, awaited by run()
         # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
@@ -189,9 +192,34 @@ class TunnelClient:
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop like tunneld: GO_AWAY now, let open connections finish until the drain
+        deadline, then reset what is left (never a clean close). A second request, or a stop
+        with no connection open, ends the session at once."""
+        session = self.session
+        if self._stop.is_set() or session is None or session.stream_count() == 0:
+            self._stop.set()
+            if session is not None:
+                session.close(ErrorCode.SHUTDOWN, "client stopping")
+            return
         self._stop.set()
-        if self.session is not None:
-            self.session.close(ErrorCode.NORMAL, "client stopping")
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(session))
+
+    async def _drain(self, session: MuxSession) -> None:
+        session.go_away(ErrorCode.SHUTDOWN, "client stopping")
+        logger.info(
+            "tunnelc: stopping: waiting up to %gs for %d open connections",
+            DRAIN_TIMEOUT_S,
+            session.stream_count(),
+        )
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await session.wait_idle()
+        except TimeoutError:
+            logger.info(
+                "tunnelc: drain deadline reached; resetting %d open connections",
+                session.stream_count(),
+            )
+        session.close(ErrorCode.SHUTDOWN, "client stopping")
 
     @property
     def stopping(self) -> bool:
@@ -223,6 +251,9 @@ class TunnelClient:
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
+                    if self.stopping:  # asked to stop while logging in
+                        session.close(ErrorCode.SHUTDOWN, "client stopping")
+                        break
                     await self._serve(session)
                 if self.stopping:
                     break
@@ -235,6 +266,8 @@ class TunnelClient:
                     pass  # time to try again
             return 0
         finally:
+            if self._drainer is not None:
+                await self._drainer  # bounded by DRAIN_TIMEOUT_S
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(

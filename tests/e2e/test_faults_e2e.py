@@ -125,3 +125,42 @@ async def test_stuck_client_gets_visitors_a_reset_and_a_504(
             assert await visitor.ended == "reset"
         finally:
             client.kill()
+
+
+async def test_sigterm_to_tunnelc_lets_a_transfer_finish(run_tunneld, run_tunnelc) -> None:
+    """SIGTERM mid-download: tunnelc drains, the transfer completes with FIN, exit 0."""
+    size = 16 << 20
+    async with asyncio.timeout(FAULT_TEST_TIMEOUT_S):
+        async with end_server(send_bytes=size, eof_after=True) as (port, accepted):
+            _, client, public = await _tunnel(run_tunneld, run_tunnelc, port)
+            visitor = await connect_end("127.0.0.1", public)
+            await accepted.get()
+            await visitor.progressed.wait()
+            assert visitor.transport is not None
+            visitor.transport.pause_reading()  # the transfer is stuck mid-way
+            mark = client.line_count
+            client.send_signal(signal.SIGTERM)
+            await client.wait_for("stopping: waiting up to", since=mark)
+            visitor.transport.resume_reading()
+            assert await visitor.ended == "eof"
+            assert visitor.received == size
+            assert await client.wait() == 0
+
+
+async def test_sigterm_to_tunnelc_resets_what_outlives_the_drain(run_tunneld, run_tunnelc) -> None:
+    """SIGTERM with a transfer that never ends: after the drain deadline both ends see RST."""
+    async with asyncio.timeout(FAULT_TEST_TIMEOUT_S):
+        async with end_server(send_bytes=TRANSFER_BYTES) as (port, accepted):
+            _, client, public = await _tunnel(run_tunneld, run_tunnelc, port)
+            visitor = await connect_end("127.0.0.1", public)
+            local = await accepted.get()
+            await visitor.progressed.wait()
+            assert visitor.transport is not None
+            visitor.transport.pause_reading()
+            mark = client.line_count
+            client.send_signal(signal.SIGTERM)
+            await client.wait_for("drain deadline reached; resetting 1 open", since=mark)
+            visitor.transport.resume_reading()
+            assert await visitor.ended == "reset"
+            assert await local.ended == "reset"
+            assert await client.wait() == 0
