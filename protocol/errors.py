@@ -53,4 +53,5 @@ class ErrorCode(IntEnum):
     SHUTDOWN = 10
     AUTH_FAILED = 11
     VERSION_MISMATCH = 12
-    ACCEPT_TIMEOUT = 13  # the stream was not accepted in time (userConnTimeout)
+    BUSY = 13  # too many logins in progress; the client retries after a delay
+    ACCEPT_TIMEOUT = 14  # the stream was not accepted in time (userConnTimeout)
