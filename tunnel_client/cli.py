@@ -17,6 +17,7 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
+from tunnel_common import allocator
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
@@ -113,6 +114,7 @@ def run_client(
         if name_with is not None:
             label = identity.label if identity is not None else client_id[:LABEL_CHARS]
             config = name_with(config, label)
+    allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
     try:
         code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
