@@ -7,10 +7,12 @@ above its baseline although no Python object was alive. glibc kept the freed mem
    heap is only returned from its top;
 2. free pages in the middle of the heap stay resident until `malloc_trim`.
 
+3. a departing session leaves reference cycles that only a full garbage collection frees.
+
 `tune()` pins the mmap threshold (so every buffer of 128 KiB or more is its own mapping,
-unmapped when freed, and its untouched pages never resident), and `trim()` returns free heap
-pages. The command lines call `tune()` once; the server calls `trim()` after sessions leave,
-at most once per TRIM_INTERVAL_S.
+unmapped when freed, and its untouched pages never resident), and `trim()` collects cycles
+and returns free heap pages. The command lines call `tune()` once; the server calls `trim()`
+TRIM_INTERVAL_S after a wave of departures ends (at most TRIM_MAX_DELAY_S after it began).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import sys
 from typing import Final
@@ -26,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD: Final = -3  # mallopt parameter number (glibc malloc.h)
 MMAP_THRESHOLD_BYTES: Final = 128 * 1024  # glibc's own starting value, made fixed
-TRIM_INTERVAL_S: Final = 2.0  # at most one malloc_trim per this many seconds
+TRIM_INTERVAL_S: Final = 2.0  # trim this long after the last departure of a wave
+TRIM_MAX_DELAY_S: Final = 10.0  # but no later than this after its first departure
 
 
 @functools.cache
@@ -56,7 +60,11 @@ def tune() -> bool:
 
 
 def trim() -> bool:
-    """Return free heap memory to the system; returns whether any was released."""
+    """Free cyclic garbage, then return free heap memory to the system; returns whether the
+    allocator released any. A session leaves reference cycles (tasks, futures, exceptions
+    with their frames) that only a full collection frees, and a wave of departures can hold
+    tens of MiB that way until the collector's oldest generation happens to run."""
+    gc.collect()
     libc = _libc()
     if libc is None:
         return False

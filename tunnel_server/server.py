@@ -69,6 +69,7 @@ class TunnelServer:
         self.control_port = 0
         self._closing = False
         self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
+        self._trim_first = 0.0  # when the first departure of the pending trim's wave left
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
@@ -240,10 +241,19 @@ class TunnelServer:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             logger.info("tunneld: client %s disconnected", session.client_id)
-        if self._trim_handle is None and not self._closing:
-            # Give the session's freed memory back, once for a wave of departures.
-            loop = asyncio.get_running_loop()
-            self._trim_handle = loop.call_later(allocator.TRIM_INTERVAL_S, self._trim)
+        if not self._closing:
+            self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """Give departed sessions' memory back TRIM_INTERVAL_S after the last one of a wave
+        leaves (postponed by later departures, but never past TRIM_MAX_DELAY_S)."""
+        now = asyncio.get_running_loop().time()
+        if self._trim_handle is None:
+            self._trim_first = now
+        else:
+            self._trim_handle.cancel()
+        due = min(now + allocator.TRIM_INTERVAL_S, self._trim_first + allocator.TRIM_MAX_DELAY_S)
+        self._trim_handle = asyncio.get_running_loop().call_at(due, self._trim)
 
     def _trim(self) -> None:
         self._trim_handle = None

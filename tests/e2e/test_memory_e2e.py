@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from tests.support.memory import Fleet, client_config, reconnect_storm, rss_kib
+from tunnel_common import allocator
 
 TOKEN = "memory-e2e"
 SESSIONS = 200
@@ -20,6 +21,10 @@ MAX_KIB_PER_IDLE_SESSION = 64
 # The goal is 10 MiB per 10,000 reconnects; this is the same rate for RECONNECTS.
 MAX_RECONNECT_GROWTH_KIB = 10 * 1024 * RECONNECTS // 10_000
 MEMORY_TEST_TIMEOUT_S = 240
+# tunneld keeps each departed proxy's counters (bounded by the stats table); those small
+# objects, allocated among the session's, keep allocator pages resident.
+CACHE_KIB_PER_DEPARTED_PROXY = 32
+SETTLE_POLL_S = 0.25  # how often RSS is sampled while tunneld trims
 
 
 async def _server(run_tunneld) -> tuple[int, int, str]:
@@ -57,8 +62,44 @@ async def test_reconnect_storm_keeps_server_memory_flat(run_tunneld, tmp_path: P
         pid, port, fingerprint = await _server(run_tunneld)
         configs = [client_config(port, fingerprint, TOKEN, tmp_path / "state", 9, 0)]
         await reconnect_storm(configs, WARMUP_ROUNDS)
+        await _settled(pid)
         base = rss_kib(pid)
         await reconnect_storm(configs, RECONNECTS)
-        grew = rss_kib(pid) - base
+        grew = await _settled(pid) - base
         print(f"measured: tunneld +{grew} KiB after {RECONNECTS} reconnects")
         assert grew <= MAX_RECONNECT_GROWTH_KIB
+
+
+async def test_departed_sessions_give_their_memory_back(run_tunneld, tmp_path: Path) -> None:
+    """After 200 sessions leave, tunneld's RSS returns within 20% of its baseline plus the
+    per-proxy counters it keeps for the dashboard's offline rows."""
+    async with asyncio.timeout(MEMORY_TEST_TIMEOUT_S):
+        pid, port, fingerprint = await _server(run_tunneld)
+        configs = [
+            client_config(port, fingerprint, TOKEN, tmp_path / "state", 9, i)
+            for i in range(SESSIONS)
+        ]
+        await reconnect_storm(configs, WARMUP_ROUNDS)
+        base = await _settled(pid)
+        fleet = Fleet()
+        try:
+            await fleet.start(configs)
+            full = rss_kib(pid)
+        finally:
+            await fleet.close()
+        bound = int(base * 1.2) + SESSIONS * CACHE_KIB_PER_DEPARTED_PROXY
+        after = await _settled(pid, below=bound)
+        print(f"measured: tunneld {base} KiB, {full} KiB with {SESSIONS} sessions, {after} after")
+        assert after <= bound
+
+
+async def _settled(pid: int, below: int = 0) -> int:
+    """tunneld's RSS once its post-departure trim ran: the lowest seen over TRIM_MAX_DELAY_S
+    plus a margin, returning early once it is at or under `below`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + allocator.TRIM_MAX_DELAY_S + 3
+    lowest = rss_kib(pid)
+    while loop.time() < deadline and lowest > below:
+        await asyncio.sleep(SETTLE_POLL_S)
+        lowest = min(lowest, rss_kib(pid))
+    return lowest
