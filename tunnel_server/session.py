@@ -33,6 +33,7 @@ from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
 from .accesslog import log_login_failure
+from .errors import ProxyHeld
 from .oidc import OIDCError
 from .pluginops import (
     apply_new_proxy,
@@ -341,11 +342,13 @@ class ServerSession:
                 peer_text(request.name),
                 peer_text(exc),
             )
+            held = isinstance(exc, ProxyHeld)
             qualified = self.qualified(request.name)
-            self.server.departures.refused(qualified, self.client_id, request.type, str(exc))
-            if qualified not in self.proxies:  # its counters, if made, expire like a departure
-                self.server.departures.closed(qualified, str(exc), time.time())
-            self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
+            if not held:  # a held name belongs to another live session: leave its row alone
+                self.server.departures.refused(qualified, self.client_id, request.type, str(exc))
+                if qualified not in self.proxies:  # its counters expire like a departure's
+                    self.server.departures.closed(qualified, str(exc), time.time())
+            self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.proxies[name] = proxy
         self.server.proxy_started(name, self.client_id, str(proxy.type))
@@ -365,7 +368,7 @@ class ServerSession:
             raise ProxyRefused(f"too many proxies for one client (limit {MAX_PROXIES_PER_CLIENT})")
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
-            raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+            raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
         plugins = self.server.plugins
         if plugins.handles("NewProxy"):
             try:
