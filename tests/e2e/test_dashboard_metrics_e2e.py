@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from tests.e2e.test_iprules_e2e import hello_app, http_proxy
-from tests.e2e.test_tcp_e2e import client_toml, server_toml
+from tests.e2e.test_tcp_e2e import client_toml, server_toml, tcp_proxy
 from tests.support.curl import curl, resolve
 from tests.support.procs import DASHBOARD_READY, proxy_refused_pattern
 
@@ -23,13 +23,14 @@ async def test_dashboard_metrics_reasons_histograms_and_expiry(run_tunneld, run_
         "webServer.port": 0,
         "enablePrometheus": "true",
         "departedMetricsTTL": 2,
+        "allowPorts": "[{ single = 1 }]",
     }
     async with asyncio.timeout(90), hello_app() as app:
         server = await run_tunneld(server_toml(**extra))
         control = await server.control_address()
         http_port = int((await server.wait_for(r"http vhost on \S+:(\d+)"))[1])
         web = f"http://127.0.0.1:{(await server.wait_for(DASHBOARD_READY))['port']}"
-        proxies = http_proxy("web", app, "app") + http_proxy("dup", app, "app")
+        proxies = http_proxy("web", app, "app") + tcp_proxy("dup", app, 2)
         client = await run_tunnelc(client_toml(control.port, await server.fingerprint(), proxies))
         await client.proxy_endpoint("web")
         await client.wait_for(proxy_refused_pattern("dup"))
@@ -44,8 +45,8 @@ async def test_dashboard_metrics_reasons_histograms_and_expiry(run_tunneld, run_
         )
         rows = json.loads((await curl(f"{web}/api/proxies")).stdout)
         dup = next(r for r in rows if r["name"] == "dup")
-        assert dup["status"] == "refused" and dup["type"] == "http" and dup["client_id"]
-        assert "app." in dup["reason"]
+        assert dup["status"] == "refused" and dup["type"] == "tcp" and dup["client_id"]
+        assert "port 2 is not allowed by the server (allowPorts)" in dup["reason"]
         await client.terminate()
         for _ in range(200):
             rows = json.loads((await curl(f"{web}/api/proxies")).stdout)
