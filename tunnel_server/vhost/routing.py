@@ -180,6 +180,11 @@ class VhostRouter:
         sdh = self._sub_domain_host
         if sdh is not None:
             for name in route.domains:
+                if name.startswith("*") and (name == "*." + sdh or name.endswith("." + sdh)):
+                    raise RouteRefused(
+                        f"wildcard {name!r} is under subDomainHost {sdh!r}, whose names the "
+                        "server hands out as subdomains"
+                    )
                 if name.endswith("." + sdh):
                     raise RouteRefused(
                         f"custom domain {name!r} is under subDomainHost {sdh!r}; "
