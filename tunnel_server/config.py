@@ -42,6 +42,7 @@ from tunnel_common.configschema import (
     check_listener_auth,
     domain_problem,
 )
+from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
 from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
 
@@ -211,6 +212,30 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "maxPendingLogins",
+            "max_pending_logins",
+            Int(1, MAX_COUNT),
+            DEFAULT_MAX_PENDING_LOGINS,
+            "connections not logged in yet, whole server; the oldest is evicted",
+            origin=OWN,
+        ),
+        Field(
+            "maxPendingLoginsPerIP",
+            "max_pending_logins_per_ip",
+            Int(1, MAX_COUNT),
+            DEFAULT_MAX_PENDING_PER_IP,
+            "connections not logged in yet per source address; its oldest is evicted",
+            origin=OWN,
+        ),
+        Field(
+            "maxStreamsPerProxy",
+            "max_streams_per_proxy",
+            Int(1, MAX_COUNT),
+            4096,
+            "visitor connections open at once through one proxy; more are refused",
+            origin=OWN,
+        ),
+        Field(
             "maxUdpFlowsPerProxy",
             "max_udp_flows_per_proxy",
             Int(1, MAX_COUNT),
@@ -274,6 +299,9 @@ class ServerConfig:
     enable_prometheus: bool = _F.default("enable_prometheus", bool)
     log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
     max_clients: int = _F.default("max_clients", int)
+    max_pending_logins: int = _F.default("max_pending_logins", int)
+    max_pending_logins_per_ip: int = _F.default("max_pending_logins_per_ip", int)
+    max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
@@ -375,8 +403,17 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
         addr=config.web.addr,
         user=config.web.user,
         password=config.web.password,
-        loopback_only_without_auth=False,
+        # The dashboard refuses to start beyond this host without credentials; verify must
+        # refuse the same file (a dashboard that is off is not checked).
+        loopback_only_without_auth=config.web.port is not None,
     )
+    if config.max_pending_logins_per_ip > config.max_pending_logins:
+        raise ConfigError(
+            source,
+            "maxPendingLoginsPerIP",
+            f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
+            f"{config.max_pending_logins_per_ip}",
+        )
     if config.enable_prometheus and config.web.port is None:
         raise ConfigError(
             source,

@@ -108,16 +108,21 @@ def client_toml(control_port: int, fingerprint: str, local_port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def tunnel_to(
-    run_tunneld: Any, run_tunnelc: Any
+    run_tunneld: Any,
+    run_tunnelc: Any,
+    *,
+    local_app: web.Application | None = None,
+    extra_client_toml: str = "",
 ) -> AsyncIterator[tuple[Tunnel, RecordingApp]]:
-    """tunneld, a tunnelc with the http proxy `hook`, and the recording app behind it."""
+    """tunneld, a tunnelc with the http proxy `hook`, and the recording app behind it
+    (or `local_app`; the RecordingApp is then unused). `extra_client_toml` is appended."""
     local = RecordingApp()
-    async with serve_app(local.app()) as local_url:
+    async with serve_app(local_app or local.app()) as local_url:
         server = await run_tunneld(server_toml())
         control = await server.control_address()
         local_port = int(local_url.rsplit(":", 1)[1])
         client = await run_tunnelc(
-            client_toml(control.port, await server.fingerprint(), local_port)
+            client_toml(control.port, await server.fingerprint(), local_port) + extra_client_toml
         )
         public = await client.proxy_endpoint("hook")
         found = await client.wait_for(INSPECTOR_READY)

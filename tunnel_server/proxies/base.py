@@ -11,6 +11,7 @@ from protocol.messages import NewProxy, UDPFlowClosed
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyRefused
+from ..fdbudget import FDBudget
 from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ProxyContext:
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
+    fd_budget: FDBudget  # the server's descriptors for visitor connections
 
 
 class ServerProxy(Protocol):
