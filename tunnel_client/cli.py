@@ -31,8 +31,33 @@ logger = logging.getLogger(__name__)
 
 
 def fail(message: str) -> None:
-    click.echo(f"tunnelc: error: {message}", err=True)
+    # A file with several problems gives one line each, every one prefixed the same way.
+    for line in message.splitlines() or [""]:
+        click.echo(f"tunnelc: error: {line}", err=True)
     sys.exit(1)
+
+
+def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
+    """-c given to the subcommand, or before it as frp writes it (`tunnelc -c FILE verify`)."""
+    if config_path is not None:
+        return config_path
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    return parent if isinstance(parent, Path) else None
+
+
+def _convert(config_path: Path) -> None:
+    """Print the TOML equivalent of a legacy INI file, keeping its comments."""
+    from tunnel_common.configfile import read_config_text
+    from tunnel_common.configformats import parse_ini
+    from tunnel_common.configlegacy import ini_to_toml
+
+    try:
+        text = read_config_text(config_path)
+        click.echo(
+            ini_to_toml(parse_ini(text, str(config_path)), "frpc", str(config_path)), nl=False
+        )
+    except TunnelError as exc:
+        fail(str(exc))
 
 
 def _load(path: Path) -> ClientConfig:
@@ -98,6 +123,8 @@ def run_client(
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
+    for note in config.notes:
+        logger.info("tunnelc: note: %s", note)
     try:
         code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
@@ -144,15 +171,32 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
 
 @main.command()
 @CONFIG_OPTION
-def verify(config_path: Path | None) -> None:
-    """Check a config file without starting anything."""
+@click.pass_context
+def verify(ctx: click.Context, config_path: Path | None) -> None:
+    """Check a config file without starting anything (exit 0 valid, 1 invalid)."""
+    config_path = _config_path(ctx, config_path)
     if config_path is None:
         fail("verify needs -c FILE")
-    assert config_path is not None
+        return
     config = _load(config_path)
+    for note in config.notes:
+        click.echo(f"tunnelc: note: {note}")
     click.echo(
         f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
     )
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("ini_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None) -> None:
+    """Print the TOML form of a legacy frpc.ini: `tunnelc convert frpc.ini > frpc.toml`."""
+    path = ini_file or _config_path(ctx, config_path)
+    if path is None:
+        fail("convert needs a file: tunnelc convert frpc.ini > frpc.toml")
+        return
+    _convert(path)
 
 
 # -- one-liners ---------------------------------------------------------------------------------
@@ -379,20 +423,23 @@ def _print_admin(path: str, text: str) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def status(config_path: Path | None) -> None:
+@click.pass_context
+def status(ctx: click.Context, config_path: Path | None) -> None:
     """Show each proxy's state, through the running client's admin API."""
-    _admin_command(config_path, "GET", "/api/status")
+    _admin_command(_config_path(ctx, config_path), "GET", "/api/status")
 
 
 @main.command()
 @CONFIG_OPTION
-def reload(config_path: Path | None) -> None:
+@click.pass_context
+def reload(ctx: click.Context, config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(config_path, "GET", "/api/reload")
+    _admin_command(_config_path(ctx, config_path), "GET", "/api/reload")
 
 
 @main.command()
 @CONFIG_OPTION
-def stop(config_path: Path | None) -> None:
+@click.pass_context
+def stop(ctx: click.Context, config_path: Path | None) -> None:
     """Stop the running client, through its admin API."""
-    _admin_command(config_path, "POST", "/api/stop")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/stop")

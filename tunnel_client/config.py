@@ -12,14 +12,16 @@ path and the reason.
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_client.includes import name_proxy, read_includes
 from tunnel_client.proxyconfig import (
     PROXY_FIELDS,
     PROXY_SCHEMA,
@@ -39,9 +41,12 @@ from tunnel_common.configfile import (
     Secret,
     SecretStr,
     Str,
+    StrList,
     TableList,
+    check_document,
     describe,
-    read_config,
+    parse_document,
+    raise_all,
     read_config_text,
 )
 from tunnel_common.configschema import (
@@ -230,6 +235,13 @@ CLIENT_FIELDS: Final = FieldTable(
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Section("log", "log", LOG_FIELDS, LogConfig),
         Field(
+            "includes",
+            None,
+            StrList(),
+            (),
+            "more files of [[proxies]] (glob patterns, relative to this file)",
+        ),
+        Field(
             "proxies",
             "proxies",
             TableList(PROXY_SCHEMA),
@@ -277,27 +289,46 @@ class ClientConfig:
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
 
 
-def load_client_config(path: Path) -> ClientConfig:
-    """Read, parse and validate a `frpc.toml`-style file."""
+def load_client_config(path: Path, env: Mapping[str, str] | None = None) -> ClientConfig:
+    """Read, parse and validate an frpc config file (TOML, YAML, JSON or legacy INI)."""
     text = read_config_text(path)
-    return parse_client_config(text, str(path), base_dir=path.absolute().parent)
+    return parse_client_config(text, str(path), base_dir=path.absolute().parent, env=env)
 
 
-def parse_client_config(text: str, source: str, *, base_dir: Path | None = None) -> ClientConfig:
-    """Parse and validate TOML text; `source` names it in errors.
+def parse_client_config(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ClientConfig:
+    """Parse and validate config text; `source` names it in errors and picks its format.
 
-    Relative paths in the text are resolved against `base_dir` (default: the directory part
-    of `source`). Proxies with `enabled = false` are type-checked, then dropped.
+    Templates are rendered with `env` (default: the process environment), as frp does.
+    Relative paths, and `includes` patterns, are resolved against `base_dir` (default: the
+    directory part of `source`). Proxies with `enabled = false` are checked, then dropped.
+    Every problem is raised at once (`ConfigErrors`, one line each).
     """
-    root = read_config(text, source=source, schema=CLIENT_SCHEMA, base_dir=base_dir)
-    config, proxy_paths = _complete(root)
-    _validate(config, source, proxy_paths)
+    env = os.environ if env is None else env
+    base_dir = Path(source).parent if base_dir is None else base_dir
+    document = parse_document(text, source, side="frpc", env=env)
+    root = check_document(
+        document, source=source, schema=CLIENT_SCHEMA, base_dir=base_dir, collect=True
+    )
+    problems = list(root.problems)
+    included = read_includes(root, CLIENT_SCHEMA, env, problems)
+    config, locations = _complete(root, included, problems)
+    if not any(not p.key.startswith("proxies[") for p in problems):
+        problems.extend(_validate(config, source))
+    problems.extend(check_proxies(config.proxies, locations))
+    raise_all([name_proxy(root, included, root.explain(p)) for p in problems])
     return config
 
 
 def validate_client_config(config: ClientConfig, source: str) -> None:
-    """Check a `ClientConfig` built in code; raise `ConfigError` on the first problem."""
-    _validate(config, source, [f"proxies[{i}]" for i in range(len(config.proxies))])
+    """Check a `ClientConfig` built in code; raise every problem at once."""
+    locations = [(source, f"proxies[{i}]") for i in range(len(config.proxies))]
+    raise_all(_validate(config, source) + check_proxies(config.proxies, locations))
 
 
 def make_oneliner_config(
@@ -340,7 +371,7 @@ def make_oneliner_config(
         ),
         proxies=(proxy,),
     )
-    _validate(config, source, ["proxy"])
+    raise_all(_validate(config, source) + check_proxies(config.proxies, [(source, "proxy")]))
     return config
 
 
@@ -358,74 +389,99 @@ def _split_server(server: str, source: str) -> tuple[str, int]:
     return host, port
 
 
-def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
-    """Fill in defaults; returns the config and the key path of each kept proxy."""
+def _complete(
+    root: ConfigTable, included: Sequence[ConfigTable], problems: list[ConfigError]
+) -> tuple[ClientConfig, list[tuple[str, str]]]:
+    """Fill in defaults; returns the config and (file, key path) of each kept proxy.
+
+    A proxy whose keys were refused is left out, so its problems are not reported twice.
+    """
     if root.lookup("transport.tls.enable") is False:
-        raise root.error(
-            "transport.tls.enable",
-            "tunnelkit always uses TLS (the server only speaks TLS, and the client checks "
-            "its certificate); remove it",
+        problems.append(
+            root.error(
+                "transport.tls.enable",
+                "tunnelkit always uses TLS (the server only speaks TLS, and the client checks "
+                "its certificate); remove it",
+            )
         )
     proxies: list[ProxyConfig] = []
-    proxy_paths: list[str] = []
-    notes = CLIENT_FIELDS.notes(root)
-    for table in root.tables("proxies"):
+    locations: list[tuple[str, str]] = []
+    notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
+    for table in (*root.tables("proxies"), *included):
         notes.extend(PROXY_FIELDS.notes(table))
-        if table.get_or("enabled", bool, True):
+        if table.has_problems or not table.get_or("enabled", bool, True):
+            continue
+        try:
             proxies.append(complete_proxy(table))
-            proxy_paths.append(table.path)
+        except ConfigError as exc:
+            problems.extend(getattr(exc, "problems", (exc,)))
+            continue
+        locations.append((table.source, table.path))
     config = CLIENT_FIELDS.complete(root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes))
-    return config, proxy_paths
+    return config, locations
 
 
-def _validate(config: ClientConfig, source: str, proxy_paths: Sequence[str]) -> None:
-    """The rules that span several keys; `proxy_paths[i]` names `config.proxies[i]`."""
+def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
+    """Every problem with the rules that span several keys (proxies are checked apart)."""
+    problems: list[ConfigError] = []
     if config.client_id is not None and (
         len(config.client_id) > MAX_CLIENT_ID_CHARS or not re.fullmatch(r"\S+", config.client_id)
     ):
-        raise ConfigError(
-            source,
-            "clientID",
-            f"must be 1 to {MAX_CLIENT_ID_CHARS} characters without spaces, "
-            f"got {describe(config.client_id)}",
+        problems.append(
+            ConfigError(
+                source,
+                "clientID",
+                f"must be 1 to {MAX_CLIENT_ID_CHARS} characters without spaces, "
+                f"got {describe(config.client_id)}",
+            )
         )
     if not config.server_addr or not re.fullmatch(r"\S+", config.server_addr):
-        raise ConfigError(
-            source,
-            "serverAddr",
-            f"must be a host name or IP address, got {describe(config.server_addr)}",
+        problems.append(
+            ConfigError(
+                source,
+                "serverAddr",
+                f"must be a host name or IP address, got {describe(config.server_addr)}",
+            )
         )
     if config.heartbeat_interval >= config.heartbeat_timeout:
-        raise ConfigError(
-            source,
-            "transport.heartbeatInterval",
-            f"must be less than transport.heartbeatTimeout ({config.heartbeat_timeout:g}), "
-            f"got {config.heartbeat_interval:g}",
+        problems.append(
+            ConfigError(
+                source,
+                "transport.heartbeatInterval",
+                f"must be less than transport.heartbeatTimeout ({config.heartbeat_timeout:g}), "
+                f"got {config.heartbeat_interval:g}",
+            )
         )
     tls = config.tls
     if tls.insecure_skip_verify and (tls.server_fingerprint or tls.trusted_ca_file):
-        raise ConfigError(
-            source,
-            "transport.tls.insecureSkipVerify",
-            "contradicts serverFingerprint/trustedCaFile, which ask for verification; "
-            "remove one of them",
+        problems.append(
+            ConfigError(
+                source,
+                "transport.tls.insecureSkipVerify",
+                "contradicts serverFingerprint/trustedCaFile, which ask for verification; "
+                "remove one of them",
+            )
         )
-    check_listener_auth(
-        source,
-        "webServer",
-        addr=config.web.addr,
-        user=config.web.user,
-        password=config.web.password,
-        # the admin API can stop and reload tunnelc; no port means it is off
-        loopback_only_without_auth=config.web.port is not None,
+    problems.extend(
+        check_listener_auth(
+            source,
+            "webServer",
+            addr=config.web.addr,
+            user=config.web.user,
+            password=config.web.password,
+            # the admin API can stop and reload tunnelc; no port means it is off
+            loopback_only_without_auth=config.web.port is not None,
+        )
     )
-    check_listener_auth(
-        source,
-        "inspect",
-        addr=config.inspect.addr,
-        user=config.inspect.user,
-        password=config.inspect.password,
-        # captured requests hold cookies and tokens
-        loopback_only_without_auth=config.inspect.enabled,
+    problems.extend(
+        check_listener_auth(
+            source,
+            "inspect",
+            addr=config.inspect.addr,
+            user=config.inspect.user,
+            password=config.inspect.password,
+            # captured requests hold cookies and tokens
+            loopback_only_without_auth=config.inspect.enabled,
+        )
     )
-    check_proxies(config.proxies, source, proxy_paths)
+    return problems

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from tunnel_common.configfile import ConfigTable
+from protocol.errors import ConfigError
+from tunnel_common.configfile import ConfigTable, raise_all
 from tunnel_common.configspecs import (
     Bool,
     Choice,
@@ -160,6 +161,7 @@ class FieldTable:
         `proxies`), and overrides rows of the same attribute.
         """
         values: dict[str, Any] = {}
+        missing: list[ConfigError] = []
         for entry in self.entries:
             if isinstance(entry, Accepted) or entry.attr is None or entry.attr in extra:
                 continue
@@ -168,10 +170,11 @@ class FieldTable:
                 continue
             value = table.lookup(entry.key)
             if value is None:
-                if entry.required:
-                    raise table.error(entry.key, entry.required)
+                if entry.required and not table.refused(entry.key):
+                    missing.append(table.error(entry.key, entry.required))
                 value = entry.factory() if entry.factory is not None else entry.default
             values[entry.attr] = value
+        raise_all(missing)
         values.update(extra)
         return cls(**values)
 

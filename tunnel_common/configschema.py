@@ -80,23 +80,26 @@ def check_listener_auth(
     user: str | None,
     password: Secret | None,
     loopback_only_without_auth: bool,
-) -> None:
-    """Check the basic-auth pair of a web listener (`prefix` is e.g. "webServer").
+) -> list[ConfigError]:
+    """The problems with the basic-auth pair of a web listener (`prefix`: e.g. "webServer").
 
     With `loopback_only_without_auth`, a listener reachable from other machines must have a
     user and password, because what it serves (captured requests, stop/reload) is sensitive.
     """
     if user is not None and password is None:
-        raise ConfigError(source, f"{prefix}.password", f"is required when {prefix}.user is set")
+        return [ConfigError(source, f"{prefix}.password", f"is required when {prefix}.user is set")]
     if password is not None and user is None:
-        raise ConfigError(source, f"{prefix}.user", f"is required when {prefix}.password is set")
+        return [ConfigError(source, f"{prefix}.user", f"is required when {prefix}.password is set")]
     if loopback_only_without_auth and user is None and not is_loopback(addr):
-        raise ConfigError(
-            source,
-            f"{prefix}.addr",
-            f'"{addr}" is reachable from other machines; set {prefix}.user and '
-            f'{prefix}.password, or bind to "127.0.0.1"',
-        )
+        return [
+            ConfigError(
+                source,
+                f"{prefix}.addr",
+                f'"{addr}" is reachable from other machines; set {prefix}.user and '
+                f'{prefix}.password, or bind to "127.0.0.1"',
+            )
+        ]
+    return []
 
 
 def is_loopback(addr: str) -> bool:
@@ -163,7 +166,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     "start": "use enabled = false on the proxies you want off",
     "featureGates": "remove it",
     "metadatas": "remove it",
-    "includes": "put every proxy in this one file",
     "virtualNet": "remove it",
     "store": "remove it",
     "visitors": "stcp, sudp and xtcp visitors are not supported; use tcp or udp proxies",

@@ -159,7 +159,7 @@ class Choice:
         allowed = ", ".join(json.dumps(v) for v in self.values)
         if text in self.frp_values:
             raise Invalid(
-                f"{describe(text)} is an frp value tunnelkit does not support yet; "
+                f"{describe(text)} is not supported yet (an frp value); "
                 f"use {allowed if len(self.values) == 1 else 'one of ' + allowed}"
             )
         raise Invalid(f"must be one of {allowed}, got {describe(text)}")

@@ -13,6 +13,8 @@ names) is checked separately, at runtime, against `allow_ports` and `sub_domain_
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -29,7 +31,9 @@ from tunnel_common.configfile import (
     Str,
     Table,
     TableList,
-    read_config,
+    check_document,
+    parse_document,
+    raise_all,
     read_config_text,
 )
 from tunnel_common.configschema import (
@@ -269,21 +273,34 @@ class ServerConfig:
         return not self.allow_ports or any(port in r for r in self.allow_ports)
 
 
-def load_server_config(path: Path) -> ServerConfig:
-    """Read, parse and validate a `frps.toml`-style file."""
+def load_server_config(path: Path, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read, parse and validate an frps config file (TOML, YAML, JSON or legacy INI)."""
     text = read_config_text(path)
-    return parse_server_config(text, str(path), base_dir=path.absolute().parent)
+    return parse_server_config(text, str(path), base_dir=path.absolute().parent, env=env)
 
 
-def parse_server_config(text: str, source: str, *, base_dir: Path | None = None) -> ServerConfig:
-    """Parse and validate TOML text; `source` names it in errors.
+def parse_server_config(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Parse and validate config text; `source` names it in errors and picks its format.
 
+    Templates are rendered with `env` (default: the process environment), as frp does.
     Relative paths in the text are resolved against `base_dir` (default: the directory part
-    of `source`).
+    of `source`). Every problem is raised at once (`ConfigErrors`, one line each).
     """
-    root = read_config(text, source=source, schema=SERVER_SCHEMA, base_dir=base_dir)
-    config = _complete(root)
-    validate_server_config(config, source)
+    document = parse_document(text, source, side="frps", env=os.environ if env is None else env)
+    root = check_document(
+        document, source=source, schema=SERVER_SCHEMA, base_dir=base_dir, collect=True
+    )
+    problems = list(root.problems)
+    config = _complete(root, problems)
+    if not problems:  # the rules below read values that a refused key would leave at default
+        problems.extend(server_config_problems(config, source))
+    raise_all([root.explain(p) for p in problems])
     return config
 
 
@@ -294,17 +311,25 @@ def default_server_config() -> ServerConfig:
     return config
 
 
-def _complete(root: ConfigTable) -> ServerConfig:
+def _complete(root: ConfigTable, problems: list[ConfigError]) -> ServerConfig:
     """Fill in defaults; also catches shapes a dataclass cannot hold (bad allowPorts)."""
     if root.lookup("transport.tls.force") is False:
-        raise root.error(
-            "transport.tls.force", "tunnelkit always requires TLS from clients; remove it"
+        problems.append(
+            root.error(
+                "transport.tls.force", "tunnelkit always requires TLS from clients; remove it"
+            )
         )
+    allow_ports: list[PortRange] = []
+    for entry in root.tables("allowPorts"):
+        try:
+            allow_ports.append(_port_range(entry))
+        except ConfigError as exc:
+            problems.append(exc)
     return SERVER_FIELDS.complete(
         root,
         ServerConfig,
-        allow_ports=tuple(_port_range(entry) for entry in root.tables("allowPorts")),
-        notes=tuple(SERVER_FIELDS.notes(root)),
+        allow_ports=tuple(allow_ports),
+        notes=tuple([*root.notes, *SERVER_FIELDS.notes(root)]),
     )
 
 
@@ -329,52 +354,67 @@ def _port_range(entry: ConfigTable) -> PortRange:
 
 
 def validate_server_config(config: ServerConfig, source: str) -> None:
-    """Check the rules that span several keys; raise `ConfigError` on the first problem.
+    """Check the rules that span several keys; raise every problem at once.
 
     Also usable on a `ServerConfig` built in code (tests, the demo): it re-checks listener
     ports and `allow_ports`, which the file schema checks for files.
     """
-    _check_ports(config, source)
+    raise_all(server_config_problems(config, source))
+
+
+def server_config_problems(config: ServerConfig, source: str) -> list[ConfigError]:
+    """Every problem with the rules that span several keys."""
+    problems = _port_problems(config, source)
     if config.sub_domain_host is not None:
         problem = domain_problem(config.sub_domain_host, wildcard=False)
         if problem is not None:
-            raise ConfigError(source, "subDomainHost", problem)
+            problems.append(ConfigError(source, "subDomainHost", problem))
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         have, missing = ("certFile", "keyFile")
         if config.tls_cert_file is None:
             have, missing = missing, have
-        raise ConfigError(
-            source,
-            f"transport.tls.{missing}",
-            f"is required when transport.tls.{have} is set (or remove both to use a "
-            "generated certificate)",
+        problems.append(
+            ConfigError(
+                source,
+                f"transport.tls.{missing}",
+                f"is required when transport.tls.{have} is set (or remove both to use a "
+                "generated certificate)",
+            )
         )
-    check_listener_auth(
-        source,
-        "webServer",
-        addr=config.web.addr,
-        user=config.web.user,
-        password=config.web.password,
-        loopback_only_without_auth=False,
+    problems.extend(
+        check_listener_auth(
+            source,
+            "webServer",
+            addr=config.web.addr,
+            user=config.web.user,
+            password=config.web.password,
+            loopback_only_without_auth=False,
+        )
     )
     if config.enable_prometheus and config.web.port is None:
-        raise ConfigError(
-            source,
-            "enablePrometheus",
-            "needs webServer.port: metrics are served at /metrics on the dashboard",
+        problems.append(
+            ConfigError(
+                source,
+                "enablePrometheus",
+                "needs webServer.port: metrics are served at /metrics on the dashboard",
+            )
         )
     for index, port_range in enumerate(config.allow_ports):
         if not 1 <= port_range.start <= port_range.end <= 65535:
-            raise ConfigError(
-                source,
-                f"allowPorts[{index}]",
-                f"must be ports from 1 to 65535 with start <= end, got "
-                f"{port_range.start}-{port_range.end}",
+            problems.append(
+                ConfigError(
+                    source,
+                    f"allowPorts[{index}]",
+                    f"must be ports from 1 to 65535 with start <= end, got "
+                    f"{port_range.start}-{port_range.end}",
+                )
             )
+    return problems
 
 
-def _check_ports(config: ServerConfig, source: str) -> None:
+def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
     """Every listener port is in range, and no two listeners share one."""
+    problems: list[ConfigError] = []
     listeners = {
         "bindPort": config.bind_port,
         "vhostHTTPPort": config.vhost_http_port,
@@ -386,12 +426,18 @@ def _check_ports(config: ServerConfig, source: str) -> None:
         if port is None:
             continue
         if not 0 <= port <= 65535:
-            raise ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
+            problems.append(
+                ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
+            )
+            continue
         if port in seen:
-            raise ConfigError(
-                source,
-                key,
-                f"must differ from {seen[port]} ({port}); each listener needs its own port",
+            problems.append(
+                ConfigError(
+                    source,
+                    key,
+                    f"must differ from {seen[port]} ({port}); each listener needs its own port",
+                )
             )
         if port != 0:  # 0 asks the OS for a free port, so several may say 0
             seen[port] = key
+    return problems
