@@ -79,7 +79,7 @@ CONFIG_OPTION = click.option(
 
 def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None
+        "--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error"]), default=None
     )(f)
     f = click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False))(f)
     f = click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")(f)
@@ -120,7 +120,11 @@ def run_client(
     config_path: Path | None = None,
 ) -> None:
     try:
-        setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
+        setup_logging(
+            log_level or config.log.level,
+            str(log_file) if log_file else config.log.to,
+            config.log.max_days,
+        )
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     for note in config.notes:

@@ -35,7 +35,7 @@ from protocol.mux import Role
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -69,8 +69,8 @@ class TunnelClient:
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=config.heartbeat_interval,
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
+            keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}

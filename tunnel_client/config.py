@@ -12,6 +12,7 @@ path and the reason.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -30,9 +31,11 @@ from tunnel_client.proxyconfig import (
     complete_proxy,
     make_oneliner_proxy,
 )
-from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
+    BoolMap,
+    Choice,
     ConfigTable,
     Fingerprint,
     Float,
@@ -51,6 +54,7 @@ from tunnel_common.configfile import (
 )
 from tunnel_common.configschema import (
     AUTH_ENTRIES,
+    COMMON_ACCEPTED,
     FRPC_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
@@ -74,6 +78,7 @@ __all__ = [
     "make_oneliner_config",
     "make_oneliner_proxy",
     "parse_client_config",
+    "seconds_or_off",
     "validate_client_config",
 ]
 
@@ -85,6 +90,7 @@ MAX_INSPECT_BODY_BYTES: Final = 16 * 1024 * 1024  # per captured body, per direc
 MAX_INSPECT_REQUESTS: Final = 100_000  # captured exchanges kept (oldest dropped first)
 MAX_CLIENT_ID_CHARS: Final = 64
 DEFAULT_SERVER_PORT: Final = 7000
+MAX_POOL: Final = 1000  # frp's poolCount ceiling accepted here (it has no effect)
 
 
 def _default_state_dir() -> Path:
@@ -100,6 +106,11 @@ _S: Final = MAX_SECONDS
 CLIENT_TLS_FIELDS: Final = FieldTable(
     (
         Field("enable", None, Bool(), True, "only true: tunnelc always uses TLS"),
+        Accepted(
+            "disableCustomTLSFirstByte",
+            Bool(),
+            "tunnelc never sends frp's custom first byte before TLS",
+        ),
         Field("serverName", "server_name", Str(), None, "name the server certificate must have"),
         Field(
             "trustedCaFile",
@@ -220,18 +231,52 @@ CLIENT_FIELDS: Final = FieldTable(
         Field(
             "transport.heartbeatInterval",
             "heartbeat_interval",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             30.0,
             "how often to ping tunneld",
         ),
         Field(
             "transport.heartbeatTimeout",
             "heartbeat_timeout",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             90.0,
             "tunneld silent this long = reconnect",
         ),
         Section("transport.tls", "tls", CLIENT_TLS_FIELDS, ClientTLSConfig),
+        Accepted(
+            "transport.protocol",
+            Choice(("tcp",), frp_values=("kcp", "quic", "websocket", "wss")),
+            "tunnelc always connects over TCP with TLS",
+        ),
+        Accepted(
+            "transport.poolCount",
+            Int(0, MAX_POOL),
+            "tunnelkit opens streams on demand over one multiplexed connection; no pool",
+        ),
+        Accepted(
+            "transport.dialServerKeepalive",
+            Int(-1, 86400),
+            "tunnelc sets TCP keepalive on its connection from transport.heartbeatInterval",
+        ),
+        Accepted(
+            "transport.wireProtocol",
+            Choice(("v1", "v2")),
+            "tunnelkit has one wire protocol of its own (docs/protocol.md)",
+        ),
+        Accepted(
+            "natHoleStunServer",
+            Str(),
+            "only used by xtcp (NAT hole punching), which is not supported yet",
+        ),
+        Accepted("featureGates", BoolMap(), "tunnelkit has no feature gates; all it has is on"),
+        Field(
+            "start",
+            None,
+            StrList(),
+            (),
+            "names of the proxies to start; empty = every enabled proxy",
+        ),
+        *COMMON_ACCEPTED,
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Section("log", "log", LOG_FIELDS, LogConfig),
         Field(
@@ -287,6 +332,11 @@ class ClientConfig:
     log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
     proxies: tuple[ProxyConfig, ...] = _F.default("proxies", tuple)  # enabled ones only
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
+
+
+def seconds_or_off(value: float) -> float:
+    """A heartbeat setting for the mux: frp's negative "off" becomes infinity (never)."""
+    return value if value > 0 else math.inf
 
 
 def load_client_config(path: Path, env: Mapping[str, str] | None = None) -> ClientConfig:
@@ -407,16 +457,22 @@ def _complete(
     proxies: list[ProxyConfig] = []
     locations: list[tuple[str, str]] = []
     notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
+    start = set(root.strs("start"))
     for table in (*root.tables("proxies"), *included):
         notes.extend(PROXY_FIELDS.notes(table))
         if table.has_problems or not table.get_or("enabled", bool, True):
             continue
+        if start and table.get("name", str) not in start:
+            continue  # frp's `start`: only the proxies named there run
         try:
             proxies.append(complete_proxy(table))
         except ConfigError as exc:
             problems.extend(getattr(exc, "problems", (exc,)))
             continue
         locations.append((table.source, table.path))
+    unknown = sorted(start - {p.name for p in proxies})
+    if unknown:
+        notes.append(f"{root.source}: start: no enabled proxy is named {', '.join(unknown)}")
     config = CLIENT_FIELDS.complete(root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes))
     return config, locations
 
@@ -443,7 +499,7 @@ def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
                 f"must be a host name or IP address, got {describe(config.server_addr)}",
             )
         )
-    if config.heartbeat_interval >= config.heartbeat_timeout:
+    if 0 < config.heartbeat_timeout <= config.heartbeat_interval:
         problems.append(
             ConfigError(
                 source,

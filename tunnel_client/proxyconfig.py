@@ -16,7 +16,7 @@ from typing import Final, TypeAlias
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
-from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configfields import Accepted, Field, FieldTable
 from tunnel_common.configfile import (
     Bool,
     Choice,
@@ -132,6 +132,11 @@ PROXY_FIELDS: Final = FieldTable(
             "headers set on each request",
             factory=dict,
             only=_HTTP_ONLY,
+        ),
+        Accepted(
+            "transport.useEncryption",
+            Bool(),
+            "every stream is encrypted by the session's TLS, whatever this says",
         ),
         Field(
             "responseHeaders.set",

@@ -26,6 +26,7 @@ from protocol.errors import ConfigError
 from tunnel_common.configfile import ConfigTable, raise_all
 from tunnel_common.configspecs import (
     Bool,
+    BoolMap,
     Choice,
     Fingerprint,
     Float,
@@ -68,6 +69,7 @@ class Field:
     required: str = ""
     only: tuple[str, ...] = ()
     shown: str = ""  # the default as the docs show it, when `factory` computes it
+    value_notes: tuple[tuple[object, str], ...] = ()  # (value, note) for values noted at load
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +185,14 @@ class FieldTable:
         found: list[str] = []
         for entry in self.entries:
             if isinstance(entry, Accepted) and table.lookup(entry.key) is not None:
-                found.append(f"{table.key_path(entry.key)}: {entry.note}")
+                found.append(f"{table.source}: {table.key_path(entry.key)}: {entry.note}")
             elif isinstance(entry, Section):
                 found.extend(entry.fields.notes(table.subtable(entry.key)))
+            elif isinstance(entry, Field) and entry.value_notes:
+                value = table.lookup(entry.key)
+                for noted, note in entry.value_notes:
+                    if value == noted:
+                        found.append(f"{table.source}: {table.key_path(entry.key)}: {note}")
         return found
 
     def attr_of(self, key: str) -> str:
@@ -267,7 +274,8 @@ def describe_spec(spec: Spec) -> str:
     if isinstance(spec, Int):
         return f"integer {spec.lo}-{spec.hi}"
     if isinstance(spec, Float):
-        return f"{spec.unit} {spec.lo:g}-{spec.hi:g}"
+        off = ", -1 = off" if spec.negative_is_off else ""
+        return f"{spec.unit} {spec.lo:g}-{spec.hi:g}{off}"
     if isinstance(spec, Bool):
         return "boolean"
     if isinstance(spec, Choice):
@@ -284,6 +292,8 @@ def describe_spec(spec: Spec) -> str:
         return "array of strings"
     if isinstance(spec, StrMap):
         return "table of strings"
+    if isinstance(spec, BoolMap):
+        return "table of booleans"
     if isinstance(spec, TableList):
         return "array of tables"
     if isinstance(spec, Table):

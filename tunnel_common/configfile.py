@@ -35,6 +35,7 @@ from tunnel_common.configformats import (
 from tunnel_common.configlegacy import convert_ini
 from tunnel_common.configspecs import (
     Bool,
+    BoolMap,
     Choice,
     Fingerprint,
     Float,
@@ -57,6 +58,7 @@ from tunnel_common.configtemplate import render as render_template
 
 __all__ = [
     "Bool",
+    "BoolMap",
     "Choice",
     "ConfigTable",
     "Fingerprint",

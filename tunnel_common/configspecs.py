@@ -107,19 +107,37 @@ class Float:
     lo: float
     hi: float
     unit: str = "seconds"
+    negative_is_off: bool = False  # frp's heartbeats: a negative value (-1) turns it off
 
     def convert(self, value: object, base_dir: Path) -> object:
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and self.lo <= value <= self.hi
-        ):
-            return float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if self.lo <= value <= self.hi:
+                return float(value)
+            if self.negative_is_off and value < 0:
+                return OFF
+        off = ", or -1 for off" if self.negative_is_off else ""
         raise Invalid(
-            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}, "
+            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}{off}, "
             f"got {describe(value)}"
         )
+
+
+OFF: Final = -1.0  # what a `negative_is_off` Float stores for "off"
+
+
+@dataclass(frozen=True, slots=True)
+class BoolMap:
+    """A table of name -> true/false (frp's `featureGates`), stored as a dict."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a table of true/false values, got {describe(value)}")
+        for key, item in value.items():
+            if not isinstance(item, bool):
+                raise Invalid(
+                    f"must be true or false, got {describe(item)}", at="." + show_key(key)
+                )
+        return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +294,7 @@ Spec: TypeAlias = (
     | Fingerprint
     | StrList
     | StrMap
+    | BoolMap
     | Table
     | TableList
 )

@@ -75,7 +75,9 @@ CONFIG_OPTION = click.option(
     epilog=help_epilog("frps.toml", [("", SERVER_FIELDS)]),
 )
 @CONFIG_OPTION
-@click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None)
+@click.option(
+    "--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error"]), default=None
+)
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")
 @click.version_option(__version__, "-v", "--version", prog_name="tunneld")
@@ -92,7 +94,11 @@ def main(
         return
     config = _load(config_path)
     try:
-        setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
+        setup_logging(
+            log_level or config.log.level,
+            str(log_file) if log_file else config.log.to,
+            config.log.max_days,
+        )
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     for note in config.notes:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
-from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
     ConfigTable,
@@ -38,6 +38,7 @@ from tunnel_common.configfile import (
 )
 from tunnel_common.configschema import (
     AUTH_ENTRIES,
+    COMMON_ACCEPTED,
     FRPS_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
@@ -89,6 +90,8 @@ _PORT_RANGE_FIELDS: Final = Table(
     {"start": Int(1, 65535), "end": Int(1, 65535), "single": Int(1, 65535)}
 )
 _S: Final = 86400.0  # shorthand for MAX_SECONDS in the rows below
+_ONLY_TLS: Final = "tunnelkit clients always connect over TLS on bindPort"
+_NO_POOL: Final = "tunnelkit opens streams on demand over one multiplexed connection; no pool"
 _ADDR, _PORT = Str(), Int(0, 65535)
 
 # Every key of frps.toml that tunneld reads: (TOML key, attribute, spec, default, help).
@@ -166,7 +169,7 @@ SERVER_FIELDS: Final = FieldTable(
         Field(
             "transport.heartbeatTimeout",
             "heartbeat_timeout",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             90.0,
             "a client silent this long is dropped",
         ),
@@ -184,7 +187,30 @@ SERVER_FIELDS: Final = FieldTable(
             None,
             "key of transport.tls.certFile",
         ),
-        Field("transport.tls.force", None, Bool(), True, "only true: tunneld always requires TLS"),
+        Accepted(
+            "transport.tls.force",
+            Bool(),
+            "tunneld always requires TLS from clients, whatever this says",
+        ),
+        Accepted("kcpBindPort", Int(0, 65535), _ONLY_TLS + "; no KCP listener is opened"),
+        Accepted("quicBindPort", Int(0, 65535), _ONLY_TLS + "; no QUIC listener is opened"),
+        Accepted("transport.maxPoolCount", Int(0, MAX_COUNT), _NO_POOL),
+        Accepted(
+            "transport.tcpKeepalive",
+            Int(-1, 86400),
+            "tunneld sets TCP keepalive on client connections from transport.heartbeatTimeout",
+        ),
+        Accepted(
+            "detailedErrorsToClient",
+            Bool(),
+            "tunneld always tells the client why a proxy was refused",
+        ),
+        Accepted(
+            "natholeAnalysisDataReserveHours",
+            Int(0, 1 << 20),
+            "only used by xtcp (NAT hole punching), which is not supported yet",
+        ),
+        *COMMON_ACCEPTED,
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -313,12 +339,6 @@ def default_server_config() -> ServerConfig:
 
 def _complete(root: ConfigTable, problems: list[ConfigError]) -> ServerConfig:
     """Fill in defaults; also catches shapes a dataclass cannot hold (bad allowPorts)."""
-    if root.lookup("transport.tls.force") is False:
-        problems.append(
-            root.error(
-                "transport.tls.force", "tunnelkit always requires TLS from clients; remove it"
-            )
-        )
     allow_ports: list[PortRange] = []
     for entry in root.tables("allowPorts"):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Final
 
 from aiohttp import web
@@ -73,9 +74,11 @@ class TunnelServer:
         self._https_vhost: HTTPSVhostServer | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
+        # frp's heartbeatTimeout = -1 turns the timeout off; pings still keep NATs open.
+        timeout = config.heartbeat_timeout if config.heartbeat_timeout > 0 else math.inf
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=min(30.0, timeout / 3),
+            keepalive_timeout_s=timeout,
         )
 
     # -- life cycle ---------------------------------------------------------------------------

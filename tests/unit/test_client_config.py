@@ -271,7 +271,6 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ("loginFailExit = 1", "loginFailExit", "must be true or false"),
         ("auth.token = 1", "auth.token", "must be a string, got an integer"),
         ('auth.method = "oidc"', "auth.method", '"oidc" is not supported yet (an frp value)'),
-        ("transport.heartbeatTimeout = -1", "transport.heartbeatTimeout", "from 1 to 86400"),
         (
             "transport.heartbeatInterval = 90",
             "transport.heartbeatInterval",
@@ -323,9 +322,9 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         (SSH.replace('"tcp"', '"ftp"'), "proxies[0].type", 'must be one of "tcp", "udp"'),
         (SSH + "localPrt = 22", "proxies[0].localPrt", "(did you mean 'localPort'?)"),
         (
-            SSH + "transport.useEncryption = true",
-            "proxies[0].transport.useEncryption",
-            "'transport.useEncryption' is not supported yet",
+            SSH + "transport.bandwidthLimit = '1MB'",
+            "proxies[0].transport.bandwidthLimit",
+            "'transport.bandwidthLimit' is not supported yet",
         ),
         (SSH + '[proxies.plugin]\ntype = "socks5"', "proxies[0].plugin.type", "not supported yet"),
         (SSH + 'subdomain = "x"', "proxies[0].subdomain", "only for http and https proxies"),

@@ -135,7 +135,7 @@ def test_config_fields_accepted_key_is_checked_and_noted() -> None:
     """An accepted-with-no-effect key is type-checked, and named in one note line."""
     table = FieldTable((Accepted("tcpMux", Bool(), "streams are always multiplexed"),))
     root = read_config("tcpMux = true", source="t.toml", schema=table.schema)
-    assert table.notes(root) == ["tcpMux: streams are always multiplexed"]
+    assert table.notes(root) == ["t.toml: tcpMux: streams are always multiplexed"]
     assert table.complete(root, dict) == {}
     with pytest.raises(ConfigError, match="true or false"):
         read_config('tcpMux = "yes"', source="t.toml", schema=table.schema)

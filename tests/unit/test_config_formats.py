@@ -395,7 +395,7 @@ def test_config_verify_reports_every_problem_once_with_proxy_names() -> None:
         "frpc.toml: proxies[0] (web-admin).localPort: must be an integer from 1 to 65535, "
         "got 99999",
         "frpc.toml: proxies[2] (old).plugin.type: 'plugin.type' is not supported yet (an frp "
-        "option); point localIP/localPort at a real service",
+        "option); it comes with frp's proxy features (stcp, xtcp, plugins, load balancing)",
         "frpc.toml: proxies[1] (ssh).subdomain: is only for http and https proxies, and this "
         "one is tcp; remove it",
     ]
@@ -405,6 +405,10 @@ def test_config_verify_server_reports_every_problem() -> None:
     """The server's file also reports all of its problems at once."""
     with pytest.raises(ConfigErrors) as info:
         parse_server_config(
-            "bindPort = -1\nvhostHTTPPort = 'a'\nkcpBindPort = 1\n", "s.toml", env={}
+            "bindPort = -1\nvhostHTTPPort = 'a'\nsshTunnelGateway.bindPort = 1\n", "s.toml", env={}
         )
-    assert [p.key for p in info.value.problems] == ["bindPort", "vhostHTTPPort", "kcpBindPort"]
+    assert [p.key for p in info.value.problems] == [
+        "bindPort",
+        "vhostHTTPPort",
+        "sshTunnelGateway.bindPort",
+    ]
