@@ -43,6 +43,8 @@ def read_includes(
         full = full if full.is_absolute() else root.base_dir / full
         try:
             names = sorted(p.name for p in full.parent.iterdir() if p.is_file())
+        except FileNotFoundError:
+            names = []  # an include directory not made yet: noted below, as "no file"
         except OSError as exc:
             problems.append(root.error(where, f"cannot read {full.parent}: {exc.strerror}"))
             continue

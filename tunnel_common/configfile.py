@@ -456,7 +456,7 @@ class _Walker:
                     break
                 key, value, path, rel = sub_key, sub_value, join_key(path, sub_key), sub_rel
             hint = unsupported.get(rel) or _table_hint(rel, unsupported) or "remove it"
-            leaves = [join_key(rel, leaf) for leaf in _leaves(value)] or [rel]
+            leaves = [f"{rel}.{leaf}" for leaf in _leaves(value)] or [rel]
             named = ", ".join(f"'{leaf}'" for leaf in leaves[:MAX_NAMED_KEYS])
             if len(leaves) > MAX_NAMED_KEYS:
                 named += f" and {len(leaves) - MAX_NAMED_KEYS} more"
