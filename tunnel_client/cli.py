@@ -438,7 +438,7 @@ def status(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def reload(ctx: click.Context, config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(_config_path(ctx, config_path), "GET", "/api/reload")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/reload")
 
 
 @main.command()
