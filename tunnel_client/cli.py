@@ -21,6 +21,7 @@ from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
+from tunnel_common.webtls import web_client_context
 
 from .adminfile import read_admin_address
 from .client import TunnelClient
@@ -379,10 +380,13 @@ async def _admin_call(
         token = f"{web_cfg.user}:{web_cfg.password.reveal()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
     timeout = aiohttp.ClientTimeout(total=30)
+    ssl_ctx = web_client_context(web_cfg.tls_cert_file) if web_cfg.tls_cert_file else True
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, f"http://{host}:{port}{path}", headers=headers) as resp,
+            http.request(
+                method, f"{web_cfg.scheme}://{host}:{port}{path}", headers=headers, ssl=ssl_ctx
+            ) as resp,
         ):
             return resp.status, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:

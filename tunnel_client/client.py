@@ -42,6 +42,7 @@ from protocol.settings import MuxSettings
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .dial import DialParams, dns_server_address
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -264,6 +265,12 @@ class TunnelClient:
             server_fingerprint=tls.server_fingerprint,
             insecure_skip_verify=tls.insecure_skip_verify,
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            dial=DialParams(
+                proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
+                dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
+            ),
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),

@@ -22,6 +22,7 @@ from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_client.dial import dns_server_address
 from tunnel_client.includes import name_proxy, read_includes
 from tunnel_client.proxyconfig import (
     PROXY_FIELDS,
@@ -42,6 +43,7 @@ from tunnel_common.configfile import (
     Float,
     Int,
     PathStr,
+    ProxyURL,
     Secret,
     SecretStr,
     Str,
@@ -62,7 +64,9 @@ from tunnel_common.configschema import (
     LogConfig,
     WebServerConfig,
     check_listener_auth,
+    tls_pair_problems,
 )
+from tunnel_common.configspecs import Invalid
 from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 __all__ = [
@@ -121,6 +125,14 @@ CLIENT_TLS_FIELDS: Final = FieldTable(
             None,
             "CA bundle that signs the server certificate",
         ),
+        Field(
+            "certFile",
+            "cert_file",
+            PathStr(),
+            None,
+            "client certificate, for a server with transport.tls.trustedCaFile",
+        ),
+        Field("keyFile", "key_file", PathStr(), None, "key of certFile"),
         Field(
             "serverFingerprint",
             "server_fingerprint",
@@ -218,6 +230,8 @@ class ClientTLSConfig:
     server_fingerprint: str | None = CLIENT_TLS_FIELDS.optional("server_fingerprint", str)
     insecure_skip_verify: bool = CLIENT_TLS_FIELDS.default("insecure_skip_verify", bool)
     known_servers_file: Path | None = CLIENT_TLS_FIELDS.optional("known_servers_file", Path)
+    cert_file: Path | None = CLIENT_TLS_FIELDS.optional("cert_file", Path)
+    key_file: Path | None = CLIENT_TLS_FIELDS.optional("key_file", Path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +295,21 @@ CLIENT_FIELDS: Final = FieldTable(
             "tunneld silent this long = reconnect",
         ),
         Section("transport.tls", "tls", CLIENT_TLS_FIELDS, ClientTLSConfig),
+        Field(
+            "transport.proxyURL",
+            "proxy_url",
+            ProxyURL(),
+            None,
+            "reach tunneld through this HTTP CONNECT or SOCKS5 proxy; unset = the "
+            "http_proxy environment variable, as in frp",
+        ),
+        Field(
+            "dnsServer",
+            "dns_server",
+            Str(),
+            None,
+            "DNS server (ip or ip:port) that resolves serverAddr; unset = the system's",
+        ),
         Accepted(
             "transport.protocol",
             Choice(("tcp",), frp_values=("kcp", "quic", "websocket", "wss")),
@@ -363,6 +392,8 @@ class ClientConfig:
     dial_server_timeout: float = _F.default("dial_server_timeout", float)
     heartbeat_interval: float = _F.default("heartbeat_interval", float)
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
+    proxy_url: Secret | None = _F.optional("proxy_url", Secret)
+    dns_server: str | None = _F.optional("dns_server", str)
     tls: ClientTLSConfig = field(default_factory=_F.factory("tls", ClientTLSConfig))
     state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
     web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
@@ -406,6 +437,7 @@ def parse_client_config(
     problems = list(root.problems)
     included = read_includes(root, CLIENT_SCHEMA, env, problems)
     config, locations = _complete(root, included, problems)
+    config = _proxy_from_environment(config, env, problems)
     if not any(not p.key.startswith("proxies[") for p in problems):
         problems.extend(_validate(config, source))
     problems.extend(check_proxies(config.proxies, locations))
@@ -525,6 +557,25 @@ def _complete(
     return config, locations
 
 
+def _proxy_from_environment(
+    config: ClientConfig, env: Mapping[str, str], problems: list[ConfigError]
+) -> ClientConfig:
+    """frp's fallback: no transport.proxyURL, but an http_proxy environment variable."""
+    text = env.get("http_proxy")
+    if config.proxy_url is not None or not text:
+        return config
+    try:
+        url = ProxyURL().convert(text, Path("."))
+    except Invalid as exc:
+        problems.append(
+            ConfigError("environment", "http_proxy", f"{exc.reason} (read as transport.proxyURL)")
+        )
+        return config
+    assert isinstance(url, Secret)
+    note = "transport.proxyURL: taken from the http_proxy environment variable, as frp does"
+    return replace(config, proxy_url=url, notes=(*config.notes, note))
+
+
 def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
     """Every problem with the rules that span several keys (proxies are checked apart)."""
     problems: list[ConfigError] = []
@@ -557,6 +608,20 @@ def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
             )
         )
     tls = config.tls
+    problems.extend(tls_pair_problems(source, "transport.tls", tls.cert_file, tls.key_file))
+    problems.extend(
+        tls_pair_problems(
+            source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
+        )
+    )
+    if config.dns_server is not None and dns_server_address(config.dns_server) is None:
+        problems.append(
+            ConfigError(
+                source,
+                "dnsServer",
+                f"must be an IP address, optionally with :port, got {describe(config.dns_server)}",
+            )
+        )
     if tls.insecure_skip_verify and (tls.server_fingerprint or tls.trusted_ca_file):
         problems.append(
             ConfigError(

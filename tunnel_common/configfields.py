@@ -33,6 +33,7 @@ from tunnel_common.configspecs import (
     Int,
     LogTarget,
     PathStr,
+    ProxyURL,
     SecretStr,
     Spec,
     Str,
@@ -286,6 +287,8 @@ def describe_spec(spec: Spec) -> str:
         return "path"
     if isinstance(spec, Fingerprint):
         return "fingerprint"
+    if isinstance(spec, ProxyURL):
+        return "http:// or socks5:// URL"
     if isinstance(spec, LogTarget):
         return '"console" or path'
     if isinstance(spec, StrList):

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
@@ -21,6 +22,7 @@ from tunnel_common.configspecs import (
     Choice,
     Int,
     LogTarget,
+    PathStr,
     Secret,
     SecretStr,
     Str,
@@ -42,6 +44,8 @@ WEB_SERVER_FIELDS: Final = FieldTable(
         Field("port", "port", Int(0, 65535), None, "port of the web server; unset = off, 0 = any"),
         Field("user", "user", Str(), None, "basic-auth user"),
         Field("password", "password", SecretStr(), None, "basic-auth password"),
+        Field("tls.certFile", "tls_cert_file", PathStr(), None, "certificate: serve HTTPS"),
+        Field("tls.keyFile", "tls_key_file", PathStr(), None, "key of tls.certFile"),
         Accepted(
             "pprofEnable",
             Bool(),
@@ -82,6 +86,13 @@ class WebServerConfig:
     port: int | None = WEB_SERVER_FIELDS.optional("port", int)
     user: str | None = WEB_SERVER_FIELDS.optional("user", str)
     password: Secret | None = WEB_SERVER_FIELDS.optional("password", Secret)
+    tls_cert_file: Path | None = WEB_SERVER_FIELDS.optional("tls_cert_file", Path)
+    tls_key_file: Path | None = WEB_SERVER_FIELDS.optional("tls_key_file", Path)
+
+    @property
+    def scheme(self) -> str:
+        """ "https" when webServer.tls is set, else "http"."""
+        return "https" if self.tls_cert_file is not None else "http"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +170,16 @@ def check_listener_auth(
     return []
 
 
+def tls_pair_problems(
+    source: str, prefix: str, cert_file: Path | None, key_file: Path | None
+) -> list[ConfigError]:
+    """A certificate needs its key and a key its certificate (`prefix`: e.g. "webServer.tls")."""
+    if (cert_file is None) == (key_file is None):
+        return []
+    have, missing = ("certFile", "keyFile") if key_file is None else ("keyFile", "certFile")
+    return [ConfigError(source, f"{prefix}.{missing}", f"is required when {prefix}.{have} is set")]
+
+
 def is_loopback(addr: str) -> bool:
     """True if binding `addr` keeps a listener reachable from this machine only."""
     if addr.lower() == "localhost":
@@ -189,7 +210,9 @@ _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "common": "this is frp's legacy INI layout; use the TOML keys of frp v0.52+",
     "auth.tokenSource": 'set auth.token = "..." directly',
     "auth.oidc": 'OIDC login is not supported yet; use auth.method = "token"',
-    "webServer.tls": "serve the web pages through a TLS reverse proxy for now",
+    "webServer.tls.trustedCaFile": "client certificates for the web pages are not supported "
+    "yet; use webServer.user and webServer.password",
+    "webServer.tls.serverName": "a server certificate's name is set in the certificate",
 }
 
 FRPS_UNSUPPORTED: Final[dict[str, str]] = {
@@ -198,21 +221,15 @@ FRPS_UNSUPPORTED: Final[dict[str, str]] = {
     "tcpmuxPassthrough": _NEXT,
     "sshTunnelGateway": "run tunnelc next to the service instead of ssh -R",
     "httpPlugins": "server plugins are not supported yet",
-    "transport.tls.trustedCaFile": "client certificates are not supported yet; clients log "
-    "in with auth.token",
 }
 
 FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "dnsServer": "tunnelkit uses the system resolver for now",
     "metadatas": "client metadatas are not supported yet",
     "virtualNet": _NEXT,
     "store": "the admin API's stored proxies are not supported yet",
     "visitors": _NEXT,
     "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
-    "transport.proxyURL": "tunnelc connects to the server directly for now",
-    "transport.tls.certFile": "client certificates are not supported yet; use auth.token",
-    "transport.tls.keyFile": "client certificates are not supported yet; use auth.token",
 }
 
 FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {

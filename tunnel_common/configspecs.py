@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeAlias
+from urllib.parse import urlsplit
 
 from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
@@ -226,6 +227,35 @@ class Fingerprint:
             raise Invalid(str(exc)) from None
 
 
+PROXY_SCHEMES: Final = ("http", "socks5", "socks5h", "socks4")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyURL:
+    """frp's `transport.proxyURL`: http:// (CONNECT) or socks5:// with optional user:password.
+
+    Stored as a `Secret`, since the URL may carry a password; errors never echo it.
+    """
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        text = _check_text(value)
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            raise Invalid("must be a URL like http://host:port or socks5://host:port") from None
+        if parts.scheme == "ntlm":
+            raise Invalid('"ntlm" proxies are not supported yet (an frp value); use http or socks5')
+        if parts.scheme not in PROXY_SCHEMES:
+            raise Invalid(
+                f"must start with {', '.join(s + '://' for s in PROXY_SCHEMES)}, "
+                f"got {describe(parts.scheme + '://') if parts.scheme else 'no scheme'}"
+            )
+        if not parts.hostname or port is None:
+            raise Invalid(f"must name the proxy's host and port: {parts.scheme}://host:port")
+        return Secret(text)
+
+
 @dataclass(frozen=True, slots=True)
 class StrList:
     """An array of non-empty strings, stored as a tuple; `lower` folds case."""
@@ -295,6 +325,7 @@ Spec: TypeAlias = (
     | StrList
     | StrMap
     | BoolMap
+    | ProxyURL
     | Table
     | TableList
 )

@@ -46,6 +46,7 @@ from tunnel_common.configschema import (
     WebServerConfig,
     check_listener_auth,
     domain_problem,
+    tls_pair_problems,
 )
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
@@ -190,6 +191,13 @@ SERVER_FIELDS: Final = FieldTable(
             None,
             "key of transport.tls.certFile",
         ),
+        Field(
+            "transport.tls.trustedCaFile",
+            "tls_trusted_ca_file",
+            PathStr(),
+            None,
+            "CA that signs client certificates; set = every client must present one",
+        ),
         Accepted(
             "transport.tls.force",
             Bool(),
@@ -324,6 +332,7 @@ class ServerConfig:
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
     tls_cert_file: Path | None = _F.optional("tls_cert_file", Path)
     tls_key_file: Path | None = _F.optional("tls_key_file", Path)
+    tls_trusted_ca_file: Path | None = _F.optional("tls_trusted_ca_file", Path)
     state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
     web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
     enable_prometheus: bool = _F.default("enable_prometheus", bool)
@@ -459,6 +468,11 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
             # The dashboard refuses to start beyond this host without credentials; verify
             # must refuse the same file (a dashboard that is off is not checked).
             loopback_only_without_auth=config.web.port is not None,
+        )
+    )
+    problems.extend(
+        tls_pair_problems(
+            source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
         )
     )
     if config.max_pending_logins_per_ip > config.max_pending_logins:

@@ -303,7 +303,6 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ),
         ('webServer.password = "pw"', "webServer.user", "is required when webServer.password"),
         ("transport.protocol = 'kcp'", "transport.protocol", "is not supported yet"),
-        ("transport.tls.certFile = 'c.crt'", "transport.tls.certFile", "not supported yet"),
         ('[[visitors]]\nname = "v"', "visitors", "'visitors' is not supported yet"),
         ('server_addr = "x"', "server_addr", "(did you mean 'serverAddr'?)"),
         ("proxies = 1", "proxies", "must be an array of tables, got 1"),
