@@ -120,6 +120,9 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            if proxy is not None:
+                row["metadatas"] = dict(proxy.config.metadatas)
+                row["annotations"] = dict(proxy.config.annotations)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),

@@ -48,6 +48,7 @@ from tunnel_common.configfile import (
     SecretStr,
     Str,
     StrList,
+    StrMap,
     TableList,
     check_document,
     describe,
@@ -64,6 +65,7 @@ from tunnel_common.configschema import (
     LogConfig,
     WebServerConfig,
     check_listener_auth,
+    labels_problem,
     tls_pair_problems,
 )
 from tunnel_common.configspecs import Invalid
@@ -304,6 +306,14 @@ CLIENT_FIELDS: Final = FieldTable(
             "http_proxy environment variable, as in frp",
         ),
         Field(
+            "metadatas",
+            "metadatas",
+            StrMap(),
+            None,
+            "labels for this client, shown by tunnelc's status API",
+            factory=dict,
+        ),
+        Field(
             "dnsServer",
             "dns_server",
             Str(),
@@ -394,6 +404,7 @@ class ClientConfig:
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
     proxy_url: Secret | None = _F.optional("proxy_url", Secret)
     dns_server: str | None = _F.optional("dns_server", str)
+    metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     tls: ClientTLSConfig = field(default_factory=_F.factory("tls", ClientTLSConfig))
     state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
     web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
@@ -607,6 +618,9 @@ def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
                 f"got {config.heartbeat_interval:g}",
             )
         )
+    labels = labels_problem(config.metadatas)
+    if labels is not None:
+        problems.append(ConfigError(source, "metadatas", labels))
     tls = config.tls
     problems.extend(tls_pair_problems(source, "transport.tls", tls.cert_file, tls.key_file))
     problems.extend(

@@ -30,7 +30,7 @@ from tunnel_common.configfile import (
     describe,
     join_key,
 )
-from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
+from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem, labels_problem
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,27 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "metadatas",
+            "metadatas",
+            StrMap(),
+            None,
+            "labels for this proxy, shown by tunnelc's status API",
+            factory=dict,
+        ),
+        Field(
+            "annotations",
+            "annotations",
+            StrMap(),
+            None,
+            "notes for this proxy, shown by tunnelc's status API",
+            factory=dict,
+        ),
+        Accepted(
+            "transport.useCompression",
+            Bool(),
+            "tunnelkit does not compress streams yet: the data flows uncompressed (inside TLS)",
+        ),
         Accepted(
             "transport.useEncryption",
             Bool(),
@@ -177,6 +198,8 @@ class ProxyConfig:
     response_headers_set: dict[str, str] = field(
         default_factory=_F.factory("response_headers_set", dict)
     )
+    metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
+    annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
@@ -287,6 +310,10 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
     elif not proxy.custom_domains and proxy.subdomain is None:
         fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
     _check_http_fields(proxy, fail)
+    for key, labels in (("metadatas", proxy.metadatas), ("annotations", proxy.annotations)):
+        problem = labels_problem(labels)
+        if problem is not None:
+            fail(key, problem)
     return problems
 
 

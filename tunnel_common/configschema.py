@@ -180,6 +180,20 @@ def tls_pair_problems(
     return [ConfigError(source, f"{prefix}.{missing}", f"is required when {prefix}.{have} is set")]
 
 
+MAX_LABELS: Final = 64  # metadatas/annotations entries per table
+MAX_LABEL_CHARS: Final = 1024  # longest metadatas/annotations key or value
+
+
+def labels_problem(labels: dict[str, str]) -> str | None:
+    """Why a metadatas/annotations table is too large to keep, or None."""
+    if len(labels) > MAX_LABELS:
+        return f"at most {MAX_LABELS} entries, got {len(labels)}"
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS:
+            return f"keys and values are at most {MAX_LABEL_CHARS} characters ({key[:40]!r})"
+    return None
+
+
 def is_loopback(addr: str) -> bool:
     """True if binding `addr` keeps a listener reachable from this machine only."""
     if addr.lower() == "localhost":
@@ -225,7 +239,6 @@ FRPS_UNSUPPORTED: Final[dict[str, str]] = {
 
 FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "metadatas": "client metadatas are not supported yet",
     "virtualNet": _NEXT,
     "store": "the admin API's stored proxies are not supported yet",
     "visitors": _NEXT,
@@ -233,9 +246,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
 }
 
 FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
-    "annotations": "proxy annotations are not supported yet",
-    "metadatas": "proxy metadatas are not supported yet",
-    "transport.useCompression": "tunnelkit does not compress streams yet",
     "transport.bandwidthLimit": _NEXT,
     "transport.bandwidthLimitMode": _NEXT,
     "transport.proxyProtocolVersion": _NEXT,

@@ -24,7 +24,9 @@ def server_toml(*extra: str) -> str:
     return "\n".join(['bindAddr = "127.0.0.1"', "bindPort = 0", f'auth.token = "{TOKEN}"', *extra])
 
 
-def client_toml(port: int, fingerprint: str, echo_port: int, *extra: str) -> str:
+def client_toml(
+    port: int, fingerprint: str, echo_port: int, *extra: str, proxy_extra: str = ""
+) -> str:
     return "\n".join(
         [
             'serverAddr = "127.0.0.1"',
@@ -36,6 +38,7 @@ def client_toml(port: int, fingerprint: str, echo_port: int, *extra: str) -> str
             'name = "echo"',
             'type = "tcp"',
             f"localPort = {echo_port}",
+            proxy_extra,
         ]
     )
 
@@ -185,7 +188,12 @@ async def test_web_server_tls_serves_dashboard_and_admin_over_https(
         control = await server.control_address()
         client = await run_tunnelc(
             client_toml(
-                control.port, await server.fingerprint(), echo.port, "webServer.port = 0", *tls_keys
+                control.port,
+                await server.fingerprint(),
+                echo.port,
+                "webServer.port = 0",
+                *tls_keys,
+                proxy_extra='annotations."team/owner" = "ops"',
             )
         )
         admin = await client.wait_for(ADMIN_READY)
@@ -194,6 +202,9 @@ async def test_web_server_tls_serves_dashboard_and_admin_over_https(
             for port, path in ((dashboard.port, "/"), (int(admin["port"]), "/api/status")):
                 async with http.get(f"https://127.0.0.1:{port}{path}", ssl=trust) as resp:
                     assert resp.status == 200, resp.status
+                    if path == "/api/status":  # frp's annotations, shown by the status API
+                        rows = await resp.json()
+                        assert rows["proxies"][0]["annotations"] == {"team/owner": "ops"}
                 with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
                     async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
                         await resp.read()

@@ -106,3 +106,18 @@ def test_config_transport_server_client_ca_and_web_tls_load() -> None:
     assert config.tls_trusted_ca_file == Path("/etc/frp/ca.pem")
     assert config.web.scheme == "https"
     assert config.web.tls_cert_file == Path("/etc/frp/w.pem")
+
+
+def test_config_metadatas_and_annotations_are_kept_and_bounded() -> None:
+    """metadatas/annotations are stored for the status API; oversized tables are refused."""
+    text = (
+        'metadatas.team = "ops"\n[[proxies]]\nname = "a"\ntype = "tcp"\nlocalPort = 1\n'
+        'metadatas.var1 = "123"\nannotations."prefix/key2" = "v"\n'
+    )
+    config = client(text)
+    assert config.metadatas == {"team": "ops"}
+    assert config.proxies[0].metadatas == {"var1": "123"}
+    assert config.proxies[0].annotations == {"prefix/key2": "v"}
+    many = "\n".join(f'metadatas.k{n} = "v"' for n in range(65))
+    (line,) = errors(many)
+    assert line == "frpc.toml: metadatas: at most 64 entries, got 65"
