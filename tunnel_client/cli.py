@@ -49,11 +49,16 @@ def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
 def _convert(config_path: Path) -> None:
     """Print the TOML equivalent of a legacy INI file, keeping its comments."""
     from tunnel_common.configfile import read_config_text
-    from tunnel_common.configformats import parse_ini
+    from tunnel_common.configformats import INI, detect_format, parse_ini
     from tunnel_common.configlegacy import ini_to_toml
 
     try:
         text = read_config_text(config_path)
+        if detect_format(str(config_path), text) != INI:
+            fail(
+                f"{config_path}: not frp's legacy INI format (no [common] section); "
+                "nothing to convert"
+            )
         click.echo(
             ini_to_toml(parse_ini(text, str(config_path)), "frpc", str(config_path)), nl=False
         )

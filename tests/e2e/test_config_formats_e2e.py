@@ -179,3 +179,15 @@ def test_config_formats_tunneld_convert_prints_toml(tmp_path: Path) -> None:
     toml = tmp_path / "frps.toml"
     toml.write_text(result.stdout)
     assert run_cli("tunneld", "verify", "-c", str(toml)).returncode == 0
+
+
+def test_config_formats_convert_refuses_a_file_that_is_not_ini(tmp_path: Path) -> None:
+    """`tunnelc convert frpc.toml` says there is nothing to convert, exit 1."""
+    toml = tmp_path / "frpc.toml"
+    toml.write_text('serverAddr = "a.example"\n')
+    result = run_cli("tunnelc", "convert", str(toml))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"tunnelc: error: {toml}: not frp's legacy INI format (no [common] section); "
+        "nothing to convert"
+    )
