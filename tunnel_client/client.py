@@ -41,7 +41,8 @@ from protocol.names import peer_text
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .dial import DialParams, dns_server_address
 from .held import WAITING_STATE, HeldRetries
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
@@ -88,8 +89,8 @@ class TunnelClient:
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=config.heartbeat_interval,
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
+            keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}
@@ -125,6 +126,9 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            if proxy is not None:
+                row["metadatas"] = dict(proxy.config.metadatas)
+                row["annotations"] = dict(proxy.config.annotations)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),
@@ -305,6 +309,12 @@ class TunnelClient:
             server_fingerprint=tls.server_fingerprint,
             insecure_skip_verify=tls.insecure_skip_verify,
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            dial=DialParams(
+                proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
+                dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
+            ),
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),
