@@ -82,9 +82,8 @@ class TunnelClient:
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
         for pc in configs:
             self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
-            self.proxy_status[pc.name] = ProxyStatus(
-                pc.name, str(pc.type), "pending", local=f"{pc.local_ip}:{pc.local_port}"
-            )
+            local = pc.plugin.describe_target() if pc.plugin else f"{pc.local_ip}:{pc.local_port}"
+            self.proxy_status[pc.name] = ProxyStatus(pc.name, str(pc.type), "pending", local=local)
 
     def local_address(self, name: str) -> tuple[str, int] | None:
         """Where proxy `name` sends its traffic (the inspector's replays go there too)."""

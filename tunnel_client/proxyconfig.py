@@ -31,6 +31,8 @@ from tunnel_common.configfile import (
 )
 from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
 
+from .plugins.config import PLUGIN_SCHEMA, PluginConfig, complete_plugin
+
 logger = logging.getLogger(__name__)
 
 MAX_PROXY_NAME_CHARS: Final = 128
@@ -59,6 +61,7 @@ class ProxyConfig:
     host_header_rewrite: str | None = None
     request_headers_set: dict[str, str] = field(default_factory=dict)
     response_headers_set: dict[str, str] = field(default_factory=dict)
+    plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
 
 
 PROXY_SCHEMA: Final = Table(
@@ -77,6 +80,7 @@ PROXY_SCHEMA: Final = Table(
         "hostHeaderRewrite": Str(),
         "requestHeaders": Table({"set": StrMap()}),
         "responseHeaders": Table({"set": StrMap()}),
+        "plugin": PLUGIN_SCHEMA,
     },
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -104,9 +108,10 @@ _REQUIRED_KEYS: Final = {
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
     """Build a `ProxyConfig` from a checked `[[proxies]]` table, with defaults."""
     for key, reason in _REQUIRED_KEYS.items():
-        if key not in table:
+        if key not in table and not (key == "localPort" and "plugin" in table):
             raise table.error(key, reason)
     proxy_type = ProxyType(table.get_or("type", str, ""))
+    plugin = complete_plugin(table.table("plugin"), proxy_type) if "plugin" in table else None
     remote_port = table.get("remotePort", int)
     if remote_port is None and proxy_type in (_TCP, _UDP):
         remote_port = 0
@@ -126,6 +131,7 @@ def complete_proxy(table: ConfigTable) -> ProxyConfig:
         host_header_rewrite=table.get("hostHeaderRewrite", str),
         request_headers_set=table.table("requestHeaders").str_map("set"),
         response_headers_set=table.table("responseHeaders").str_map("set"),
+        plugin=plugin,
     )
 
 
@@ -200,7 +206,7 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> None:
         )
     if not _NO_SPACE.fullmatch(proxy.local_ip):
         raise fail("localIP", f"must be an IP address or host name, got {describe(proxy.local_ip)}")
-    if not 1 <= proxy.local_port <= 65535:
+    if not 1 <= proxy.local_port <= 65535 and not (proxy.plugin and proxy.local_port == 0):
         raise fail("localPort", f"must be an integer from 1 to 65535, got {proxy.local_port}")
     used = {
         "remotePort": proxy.remote_port is not None,

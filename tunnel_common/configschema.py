@@ -210,7 +210,6 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "transport.proxyProtocolVersion": "the server sets X-Forwarded-For on http proxies; remove it",
     "loadBalancer": "give each backend its own proxy and domain",
     "healthCheck": "remove it",
-    "plugin": "point localIP/localPort at a real service",
     "routeByHTTPUser": "route by customDomains, subdomain or locations",
     "multiplexer": "tcpmux proxies are not supported; use http or tcp",
     "secretKey": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",

@@ -320,7 +320,7 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
             "proxies[0].transport.useEncryption",
             "'transport.useEncryption' is an frp option",
         ),
-        (SSH + '[proxies.plugin]\ntype = "socks5"', "proxies[0].plugin", "is an frp option"),
+        (SSH + '[proxies.plugin]\ntype = "socks6"', "proxies[0].plugin.type", "must be one of"),
         (SSH + 'subdomain = "x"', "proxies[0].subdomain", "only for http and https proxies"),
         (SSH + 'customDomains = ["a.com"]', "proxies[0].customDomains", "this one is tcp"),
         (SSH + 'locations = ["/"]', "proxies[0].locations", "only for http proxies"),

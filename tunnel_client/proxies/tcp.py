@@ -1,4 +1,5 @@
-"""TCP proxy (client side): dial the local service for each stream and splice."""
+"""TCP proxy (client side): dial the local service for each stream and splice, or hand the
+stream to the proxy's plugin (`tunnel_client.plugins`) when it has one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from protocol.messages import NewProxy
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
+from ..plugins import ClientPlugin, make_plugin
 from .base import LOCAL_DIAL_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -38,21 +40,28 @@ class TCPProxy:
 
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.plugin: ClientPlugin | None = (
+            make_plugin(config.plugin, config.type) if config.plugin is not None else None
+        )
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
-        task = asyncio.get_running_loop().create_task(
-            dial_and_splice(
-                session,
-                stream,
-                self.config.local_ip,
-                self.config.local_port,
-                LOCAL_DIAL_TIMEOUT_S,
+        loop = asyncio.get_running_loop()
+        if self.plugin is not None:
+            task: asyncio.Task[object] = loop.create_task(self.plugin.serve(stream))
+        else:
+            task = loop.create_task(
+                dial_and_splice(
+                    session,
+                    stream,
+                    self.config.local_ip,
+                    self.config.local_port,
+                    LOCAL_DIAL_TIMEOUT_S,
+                )
             )
-        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -62,7 +71,11 @@ class TCPProxy:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.plugin is not None:
+            self.plugin.close()
 
     async def wait_closed(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.plugin is not None:
+            await self.plugin.wait_closed()
