@@ -32,6 +32,15 @@ from tunnel_common.configfile import (
 from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
 
 from .plugins.config import PLUGIN_SCHEMA, PluginConfig, complete_plugin
+from .proxyoptions import (
+    HEALTH_CHECK_FIELDS,
+    METADATA_FIELDS,
+    TRANSPORT_FIELDS,
+    HealthCheckConfig,
+    TransportOptions,
+    complete_health_check,
+    complete_transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,10 @@ class ProxyConfig:
     request_headers_set: dict[str, str] = field(default_factory=dict)
     response_headers_set: dict[str, str] = field(default_factory=dict)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    health_check: HealthCheckConfig | None = None
+    metadatas: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 PROXY_SCHEMA: Final = Table(
@@ -81,6 +94,9 @@ PROXY_SCHEMA: Final = Table(
         "requestHeaders": Table({"set": StrMap()}),
         "responseHeaders": Table({"set": StrMap()}),
         "plugin": PLUGIN_SCHEMA,
+        "transport": Table(TRANSPORT_FIELDS),
+        "healthCheck": Table(HEALTH_CHECK_FIELDS),
+        **METADATA_FIELDS,
     },
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -132,6 +148,10 @@ def complete_proxy(table: ConfigTable) -> ProxyConfig:
         request_headers_set=table.table("requestHeaders").str_map("set"),
         response_headers_set=table.table("responseHeaders").str_map("set"),
         plugin=plugin,
+        transport=complete_transport(table.table("transport"), proxy_type),
+        health_check=complete_health_check(table.table("healthCheck"), proxy_type),
+        metadatas=table.str_map("metadatas"),
+        annotations=table.str_map("annotations"),
     )
 
 

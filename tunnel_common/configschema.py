@@ -201,15 +201,9 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
 }
 
 FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
-    "annotations": "remove it",
-    "metadatas": "remove it",
     "transport.useEncryption": "the tunnel is always encrypted with TLS; remove it",
     "transport.useCompression": "remove it",
-    "transport.bandwidthLimit": "remove it",
-    "transport.bandwidthLimitMode": "remove it",
-    "transport.proxyProtocolVersion": "the server sets X-Forwarded-For on http proxies; remove it",
     "loadBalancer": "give each backend its own proxy and domain",
-    "healthCheck": "remove it",
     "routeByHTTPUser": "route by customDomains, subdomain or locations",
     "multiplexer": "tcpmux proxies are not supported; use http or tcp",
     "secretKey": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",

@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -36,25 +37,31 @@ DIAL_TIMEOUT_S: Final = 10.0  # a plugin's own outbound connections
 SELF_SIGNED_DAYS: Final = 365
 
 
+# Builds the protocol that splices a stream to a socket: SpliceProtocol, or a throttled one.
+Splice = Callable[[MuxStream], SpliceProtocol]
+
+
 class ClientPlugin(Protocol):
     """One configured plugin; shared by every connection of its proxy."""
 
-    async def serve(self, stream: MuxStream) -> None:
-        """Serve one user connection; return when it has ended."""
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
+        """Serve one user connection; return when it has ended. Join the stream to a socket
+        only through `splice` (it carries the proxy's bandwidth limit)."""
 
     def close(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
 
 
-async def socket_for(stream: MuxStream) -> socket.socket:
-    """Splice `stream` to one end of a fresh socketpair and return the other end."""
+async def socket_for(stream: MuxStream, splice: Splice) -> socket.socket:
+    """Splice `stream` (through `splice(stream)`) to one end of a fresh socketpair and return
+    the other end."""
     ours, theirs = socket.socketpair()
     try:
         ours.setblocking(False)
         theirs.setblocking(False)
         loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: SpliceProtocol(stream), ours)
+        await loop.connect_accepted_socket(lambda: splice(stream), ours)
     except BaseException:
         ours.close()
         theirs.close()
@@ -74,10 +81,10 @@ async def streams_for(
 
 
 async def open_stream_plugin(
-    stream: MuxStream, ssl_context: ssl.SSLContext | None = None
+    stream: MuxStream, splice: Splice, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`stream` as a pair of asyncio streams (the plugin's view of the user connection)."""
-    return await streams_for(await socket_for(stream), ssl_context)
+    return await streams_for(await socket_for(stream, splice), ssl_context)
 
 
 async def relay(

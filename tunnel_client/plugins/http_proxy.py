@@ -18,7 +18,7 @@ import h11
 from protocol.aio.stream import MuxStream
 
 from .auth import basic_auth_ok
-from .base import DIAL_TIMEOUT_S, close_writer, logger, open_stream_plugin, relay
+from .base import DIAL_TIMEOUT_S, Splice, close_writer, logger, open_stream_plugin, relay
 from .config import PluginConfig
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # the request line and headers
@@ -41,8 +41,8 @@ class HTTPProxyPlugin:
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
 
-    async def serve(self, stream: MuxStream) -> None:
-        reader, writer = await open_stream_plugin(stream)
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
+        reader, writer = await open_stream_plugin(stream, splice)
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")

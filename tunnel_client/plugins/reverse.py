@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from protocol.aio.stream import MuxStream
 
-from .base import RELAY_CHUNK_BYTES, logger
+from .base import RELAY_CHUNK_BYTES, Splice, logger
 from .config import PluginConfig
 from .webhost import WebHost, visitor
 
@@ -65,8 +65,8 @@ class ReverseProxyPlugin:
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self.host = WebHost(app, tls_in)
 
-    async def serve(self, stream: MuxStream) -> None:
-        await self.host.serve(stream)
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
+        await self.host.serve(stream, splice)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -17,7 +17,7 @@ from typing import Final
 from protocol.aio.stream import MuxStream
 
 from .auth import credentials_ok
-from .base import DIAL_TIMEOUT_S, close_writer, logger, open_stream_plugin, relay
+from .base import DIAL_TIMEOUT_S, Splice, close_writer, logger, open_stream_plugin, relay
 from .config import PluginConfig
 
 HANDSHAKE_TIMEOUT_S: Final = 30.0
@@ -48,8 +48,8 @@ class SOCKS5Plugin:
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
 
-    async def serve(self, stream: MuxStream) -> None:
-        reader, writer = await open_stream_plugin(stream)
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
+        reader, writer = await open_stream_plugin(stream, splice)
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 host, port = await self._handshake(reader, writer)

@@ -13,6 +13,7 @@ from aiohttp import web
 from protocol.aio.stream import MuxStream
 
 from .auth import basic_auth_ok
+from .base import Splice
 from .config import PluginConfig
 from .webhost import WebHost
 
@@ -40,8 +41,8 @@ class StaticFilePlugin:
         app.router.add_static(prefix, config.local_path, show_index=True, follow_symlinks=False)
         self.host = WebHost(app, tls=None)
 
-    async def serve(self, stream: MuxStream) -> None:
-        await self.host.serve(stream)
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
+        await self.host.serve(stream, splice)
 
     def close(self) -> None:
         self.host.close()

@@ -7,7 +7,7 @@ import ssl
 
 from protocol.aio.stream import MuxStream
 
-from .base import DIAL_TIMEOUT_S, close_writer, logger, open_stream_plugin, relay
+from .base import DIAL_TIMEOUT_S, Splice, close_writer, logger, open_stream_plugin, relay
 from .config import PluginConfig
 
 TLS_HANDSHAKE_TIMEOUT_S = 15.0
@@ -19,10 +19,10 @@ class TLSToRawPlugin:
         self.host, self.port = config.local_addr
         self.tls = tls
 
-    async def serve(self, stream: MuxStream) -> None:
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
         try:
             async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT_S):
-                user = await open_stream_plugin(stream, self.tls)
+                user = await open_stream_plugin(stream, splice, self.tls)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             logger.debug("tls2raw: TLS handshake failed: %s", exc)  # a bad or slow client
             stream.abort(reason=f"TLS handshake failed: {exc}")

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from protocol.aio.stream import MuxStream
 
-from .base import logger, socket_for
+from .base import Splice, logger, socket_for
 
 TLS_HANDSHAKE_TIMEOUT_S: Final = 15.0
 
@@ -55,12 +55,12 @@ class WebHost:
             assert server is not None  # set by setup()
             return server
 
-    async def serve(self, stream: MuxStream) -> None:
+    async def serve(self, stream: MuxStream, splice: Splice) -> None:
         if self._closed:
             stream.abort(reason="the plugin is stopping")
             return
         server = await self._server()
-        sock = await socket_for(stream)
+        sock = await socket_for(stream, splice)
         visitors = self.app[_VISITORS]
         fd = sock.fileno()
         entry = visitors[fd] = _Visitor(stream.header.src_addr)

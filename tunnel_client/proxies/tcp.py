@@ -7,9 +7,10 @@ import asyncio
 import logging
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import dial_and_splice
+from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
+from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
@@ -44,6 +45,8 @@ class TCPProxy:
         self.plugin: ClientPlugin | None = (
             make_plugin(config.plugin, config.type) if config.plugin is not None else None
         )
+        limit = config.transport.bandwidth_limit
+        self.throttle: Throttle | None = Throttle(limit) if limit is not None else None
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
@@ -51,7 +54,7 @@ class TCPProxy:
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
         loop = asyncio.get_running_loop()
         if self.plugin is not None:
-            task: asyncio.Task[object] = loop.create_task(self.plugin.serve(stream))
+            task: asyncio.Task[object] = loop.create_task(self.plugin.serve(stream, self.splice))
         else:
             task = loop.create_task(
                 dial_and_splice(
@@ -60,10 +63,17 @@ class TCPProxy:
                     self.config.local_ip,
                     self.config.local_port,
                     LOCAL_DIAL_TIMEOUT_S,
+                    protocol=self.splice,
                 )
             )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def splice(self, stream: MuxStream) -> SpliceProtocol:
+        """The protocol of one local socket: paced when the proxy has a bandwidth limit."""
+        if self.throttle is not None:
+            return self.throttle.protocol(stream)
+        return SpliceProtocol(stream)
 
     def session_ended(self) -> None:
         return None

@@ -1,0 +1,136 @@
+"""The per-proxy options beyond where traffic goes: `transport.*` (bandwidth limit, PROXY
+protocol), `healthCheck.*` and `metadatas`/`annotations`. Schema pieces, dataclasses and
+their rules, used by `tunnel_client.proxyconfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_common.bandwidth import parse_bandwidth
+from tunnel_common.configfile import (
+    Choice,
+    ConfigTable,
+    Int,
+    Spec,
+    Str,
+    StrMap,
+    Table,
+    TableList,
+    describe,
+)
+
+MAX_HEALTH_SECONDS: Final = 86400
+MAX_HEALTH_FAILURES: Final = 1000
+MAX_HEALTH_HEADERS: Final = 32
+PROXY_PROTOCOL_VERSIONS: Final = ("v1", "v2")
+BANDWIDTH_LIMIT_MODES: Final = ("client", "server")
+
+TRANSPORT_FIELDS: Final[dict[str, Spec]] = {
+    "bandwidthLimit": Str(),
+    "bandwidthLimitMode": Choice(BANDWIDTH_LIMIT_MODES),
+    "proxyProtocolVersion": Choice(PROXY_PROTOCOL_VERSIONS),
+}
+
+HEALTH_CHECK_FIELDS: Final[dict[str, Spec]] = {
+    "type": Choice(("tcp", "http")),
+    "timeoutSeconds": Int(1, MAX_HEALTH_SECONDS),
+    "maxFailed": Int(1, MAX_HEALTH_FAILURES),
+    "intervalSeconds": Int(1, MAX_HEALTH_SECONDS),
+    "path": Str(),
+    "httpHeaders": TableList(Table({"name": Str(), "value": Str(allow_empty=True)})),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportOptions:
+    bandwidth_limit: int | None = None  # bytes per second
+    bandwidth_limit_mode: str = "client"
+    proxy_protocol_version: str | None = None  # "v1" | "v2"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheckConfig:
+    """frp's `healthCheck.*` with its defaults (3 s timeout, 1 failure, every 10 s)."""
+
+    type: str  # "tcp" | "http"
+    timeout_s: float = 3.0
+    max_failed: int = 1
+    interval_s: float = 10.0
+    path: str = ""
+    http_headers: tuple[tuple[str, str], ...] = ()
+
+
+def complete_transport(table: ConfigTable, proxy_type: ProxyType) -> TransportOptions:
+    """The `transport` table of one proxy (its frp-only keys are refused by the schema)."""
+    text = table.get("bandwidthLimit", str)
+    limit = None
+    if text is not None:
+        try:
+            limit = parse_bandwidth(text)
+        except ValueError as exc:
+            raise table.error("bandwidthLimit", str(exc)) from None
+    mode = table.get_or("bandwidthLimitMode", str, "client")
+    if mode == "server" and limit is not None:
+        raise table.error(
+            "bandwidthLimitMode",
+            '"server" is an frp value tunnelkit does not support yet; use "client" (the '
+            "client paces the proxy's traffic in both directions)",
+        )
+    if limit is not None and proxy_type == ProxyType.UDP:
+        raise table.error(
+            "bandwidthLimit", "is for tcp, http and https proxies (udp cannot be paced)"
+        )
+    version = table.get("proxyProtocolVersion", str)
+    if version is not None and proxy_type == ProxyType.HTTP:
+        raise table.error(
+            "proxyProtocolVersion",
+            "is for tcp, https and udp proxies; http proxies get X-Forwarded-For instead",
+        )
+    return TransportOptions(
+        bandwidth_limit=limit, bandwidth_limit_mode=mode, proxy_protocol_version=version
+    )
+
+
+def complete_health_check(table: ConfigTable, proxy_type: ProxyType) -> HealthCheckConfig | None:
+    """The `healthCheck` table, or None when the proxy has none (no `type`)."""
+    kind = table.get("type", str)
+    if kind is None:
+        for key in table:
+            raise table.error(key, 'needs healthCheck.type = "tcp" or "http"')
+        return None
+    if proxy_type == ProxyType.UDP:
+        raise table.error("type", "health checks are for tcp, http and https proxies")
+    path = table.get_or("path", str, "")
+    headers = tuple(
+        (item.get_or("name", str, ""), item.get_or("value", str, ""))
+        for item in table.tables("httpHeaders")
+    )
+    if kind == "http":
+        if not path.startswith("/"):
+            raise table.error(
+                "path", f'must start with "/" for an http check, got {describe(path)}'
+            )
+    elif path or headers:
+        key = "path" if path else "httpHeaders"
+        raise table.error(key, 'is only for healthCheck.type = "http"')
+    if len(headers) > MAX_HEALTH_HEADERS:
+        raise table.error("httpHeaders", f"must have at most {MAX_HEALTH_HEADERS} headers")
+    for index, (name, _) in enumerate(headers):
+        if not name:
+            path_of = f"{table.key_path('httpHeaders')}[{index}].name"
+            raise ConfigError(table.source, path_of, "is required")
+    return HealthCheckConfig(
+        type=kind,
+        timeout_s=float(table.get_or("timeoutSeconds", int, 3)),
+        max_failed=table.get_or("maxFailed", int, 1),
+        interval_s=float(table.get_or("intervalSeconds", int, 10)),
+        path=path,
+        http_headers=headers,
+    )
+
+
+METADATA_FIELDS: Final[dict[str, Spec]] = {"metadatas": StrMap(), "annotations": StrMap()}
