@@ -352,6 +352,8 @@ class TunnelClient:
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
         status.state, status.error, status.public_urls = "running", "", urls
+        if proxy is not None:
+            proxy.proxy_ready(urls)
         logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
         self._notify_status()
 

@@ -1,6 +1,6 @@
 """The per-proxy options beyond where traffic goes: `transport.*` (bandwidth limit, PROXY
-protocol), `healthCheck.*` and `metadatas`/`annotations`. Schema pieces, dataclasses and
-their rules, used by `tunnel_client.proxyconfig`.
+protocol), `healthCheck.*` and `metadatas`/`annotations`. Their rows of the proxy field
+table, their dataclasses and their rules, used by `tunnel_client.proxyconfig`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Final
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
 from tunnel_common.bandwidth import parse_bandwidth
+from tunnel_common.configfields import Field
 from tunnel_common.configfile import (
     Choice,
     ConfigTable,
     Int,
-    Spec,
     Str,
     StrMap,
     Table,
@@ -29,20 +29,42 @@ MAX_HEALTH_HEADERS: Final = 32
 PROXY_PROTOCOL_VERSIONS: Final = ("v1", "v2")
 BANDWIDTH_LIMIT_MODES: Final = ("client", "server")
 
-TRANSPORT_FIELDS: Final[dict[str, Spec]] = {
-    "bandwidthLimit": Str(),
-    "bandwidthLimitMode": Choice(BANDWIDTH_LIMIT_MODES),
-    "proxyProtocolVersion": Choice(PROXY_PROTOCOL_VERSIONS),
-}
+_HTTP_HEADER_ROW: Final = Table({"name": Str(), "value": Str(allow_empty=True)})
 
-HEALTH_CHECK_FIELDS: Final[dict[str, Spec]] = {
-    "type": Choice(("tcp", "http")),
-    "timeoutSeconds": Int(1, MAX_HEALTH_SECONDS),
-    "maxFailed": Int(1, MAX_HEALTH_FAILURES),
-    "intervalSeconds": Int(1, MAX_HEALTH_SECONDS),
-    "path": Str(),
-    "httpHeaders": TableList(Table({"name": Str(), "value": Str(allow_empty=True)})),
-}
+# Rows of the proxy field table. The `transport.*` and `healthCheck.*` rows are checked and
+# documented there and built here (`complete_transport`, `complete_health_check`), because
+# their rules depend on the proxy type and on each other.
+PROXY_OPTION_FIELDS: Final = (
+    Field("transport.bandwidthLimit", None, Str(), None, 'e.g. "1MB", "512KB" per second'),
+    Field(
+        "transport.bandwidthLimitMode",
+        None,
+        Choice(BANDWIDTH_LIMIT_MODES),
+        "client",
+        'where the limit applies ("server" is not supported yet)',
+    ),
+    Field(
+        "transport.proxyProtocolVersion",
+        None,
+        Choice(PROXY_PROTOCOL_VERSIONS),
+        None,
+        "send the visitor's address to the local service (tcp, https, udp)",
+    ),
+    Field("healthCheck.type", None, Choice(("tcp", "http")), None, "check the local service"),
+    Field("healthCheck.timeoutSeconds", None, Int(1, MAX_HEALTH_SECONDS), 3, "per check"),
+    Field("healthCheck.maxFailed", None, Int(1, MAX_HEALTH_FAILURES), 1, "failures in a row"),
+    Field("healthCheck.intervalSeconds", None, Int(1, MAX_HEALTH_SECONDS), 10, "between checks"),
+    Field("healthCheck.path", None, Str(), None, "path of the http check"),
+    Field(
+        "healthCheck.httpHeaders",
+        None,
+        TableList(_HTTP_HEADER_ROW),
+        None,
+        "headers of the http check ([{name, value}])",
+    ),
+    Field("metadatas", "metadatas", StrMap(), None, "shown in status pages", factory=dict),
+    Field("annotations", "annotations", StrMap(), None, "shown in status pages", factory=dict),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +112,8 @@ def complete_transport(table: ConfigTable, proxy_type: ProxyType) -> TransportOp
             "proxyProtocolVersion",
             "is for tcp, https and udp proxies; http proxies get X-Forwarded-For instead",
         )
+    if version == "v1" and proxy_type == ProxyType.UDP:
+        raise table.error("proxyProtocolVersion", 'v1 has no UDP form; use "v2" for udp proxies')
     return TransportOptions(
         bandwidth_limit=limit, bandwidth_limit_mode=mode, proxy_protocol_version=version
     )
@@ -131,6 +155,3 @@ def complete_health_check(table: ConfigTable, proxy_type: ProxyType) -> HealthCh
         path=path,
         http_headers=headers,
     )
-
-
-METADATA_FIELDS: Final[dict[str, Spec]] = {"metadatas": StrMap(), "annotations": StrMap()}

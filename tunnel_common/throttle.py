@@ -52,8 +52,10 @@ class Throttle:
     def current_rate(self) -> float:
         return self.meter.rate(self.clock())
 
-    def protocol(self, stream: MuxStream | None = None, **kwargs: Any) -> ThrottledSplice:
-        return ThrottledSplice(self, stream, **kwargs)
+    def protocol(
+        self, stream: MuxStream | None = None, *, preamble: bytes = b"", **kwargs: Any
+    ) -> ThrottledSplice:
+        return ThrottledSplice(self, stream, preamble=preamble, **kwargs)
 
 
 class _LimitedTransport:
@@ -155,9 +157,17 @@ class _LimitedTransport:
 class ThrottledSplice(SpliceProtocol):
     """A SpliceProtocol whose traffic both ways is paced by `throttle`."""
 
-    def __init__(self, throttle: Throttle, stream: MuxStream | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        throttle: Throttle,
+        stream: MuxStream | None = None,
+        *,
+        preamble: bytes = b"",
+        **kwargs: Any,
+    ):
         super().__init__(stream, **kwargs)
         self.throttle = throttle
+        self.preamble = preamble  # written first (a PROXY protocol header), not charged
         self.limited: _LimitedTransport | None = None
         self.reading_held = False
         self._sink_held = False
@@ -166,6 +176,8 @@ class ThrottledSplice(SpliceProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         inner: asyncio.Transport = transport  # type: ignore[assignment]
+        if self.preamble:
+            inner.write(self.preamble)
         self.limited = _LimitedTransport(inner, self)
         super().connection_made(self.limited)  # type: ignore[arg-type]
 

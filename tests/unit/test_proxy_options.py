@@ -82,6 +82,12 @@ def test_proxy_options_http_health_check_with_headers() -> None:
             "is required",
         ),
         (SSH + "metadatas.a = 1", "metadatas.a", "must be a string"),
+        (DNS + 'transport.proxyProtocolVersion = "v1"', "transport.proxyProtocolVersion", "v2"),
+        (
+            SSH + 'transport.proxyProtocolVersion = "v2"\n[proxies.plugin]\ntype = "socks5"',
+            "transport.proxyProtocolVersion",
+            "has a plugin",
+        ),
     ],
 )
 def test_proxy_options_mistake_is_reported(text: str, key: str, fragment: str) -> None:

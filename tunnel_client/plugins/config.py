@@ -2,8 +2,8 @@
 
 A plugin replaces the local service of a tcp, http or https proxy: instead of dialling
 localIP:localPort, the client hands each user connection to the plugin. Which keys each
-plugin accepts, and which it needs, are two tables (`PLUGIN_KEYS`, `REQUIRED_KEYS`); the
-schema itself is their union, so one table of keys covers every plugin.
+plugin accepts, and which it needs, are two tables (`PLUGIN_KEYS`, `REQUIRED_KEYS`); each
+key is declared once, as a row of the proxy field table (`PLUGIN_FIELDS`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_common.configfields import Field
 from tunnel_common.configfile import (
     ConfigTable,
     PathStr,
     Secret,
     SecretStr,
+    Spec,
     Str,
     StrMap,
-    Table,
     describe,
     join_key,
 )
@@ -61,27 +62,34 @@ REQUIRED_KEYS: Final[dict[str, tuple[str, ...]]] = {
 # frp runs every plugin on any proxy that carries streams; tunnelkit has these of them.
 PLUGIN_PROXY_TYPES: Final = (ProxyType.TCP, ProxyType.HTTP, ProxyType.HTTPS)
 
-PLUGIN_SCHEMA: Final = Table(
-    {
-        "type": Str(),
-        "unixPath": PathStr(),
-        "httpUser": Str(),
-        "httpPassword": SecretStr(),
-        "username": Str(),
-        "password": SecretStr(),
-        "localPath": PathStr(),
-        "stripPrefix": Str(allow_empty=True),
-        "localAddr": Str(),
-        "hostHeaderRewrite": Str(),
-        "requestHeaders": Table({"set": StrMap()}),
-        "crtPath": PathStr(),
-        "keyPath": PathStr(),
-    },
-    unsupported={
-        "enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back through "
-        "ALPN); remove it",
-        "destinationIP": "virtual_net is not supported; remove the plugin",
-    },
+
+def _users(key: str) -> str:
+    return ", ".join(name for name, keys in PLUGIN_KEYS.items() if key in keys)
+
+
+_PLUGIN_SPECS: Final[dict[str, tuple[Spec, str]]] = {
+    "unixPath": (PathStr(), "Unix socket to connect to"),
+    "httpUser": (Str(), "basic-auth user"),
+    "httpPassword": (SecretStr(), "basic-auth password"),
+    "username": (Str(), "SOCKS5 user"),
+    "password": (SecretStr(), "SOCKS5 password"),
+    "localPath": (PathStr(), "directory to serve"),
+    "stripPrefix": (Str(allow_empty=True), "URL prefix the files are served under"),
+    "localAddr": (Str(), '"host:port" of the local service'),
+    "hostHeaderRewrite": (Str(), "Host header sent to the local service"),
+    "requestHeaders.set": (StrMap(), "headers set on each request"),
+    "crtPath": (PathStr(), "certificate served to visitors (default: self-signed)"),
+    "keyPath": (PathStr(), "its private key"),
+}
+
+# `[proxies.plugin]` rows of the proxy field table. They are checked and documented there;
+# `complete_plugin` builds the `PluginConfig`, because which keys apply depends on `type`.
+PLUGIN_FIELDS: Final = (
+    Field("plugin.type", None, Str(), None, "plugin: " + ", ".join(PLUGIN_KEYS)),
+    *(
+        Field(f"plugin.{key}", None, spec, None, f"{help_text} ({_users(key.split('.')[0])})")
+        for key, (spec, help_text) in _PLUGIN_SPECS.items()
+    ),
 )
 
 

@@ -15,7 +15,8 @@ from tunnel_common.throttle import Throttle
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
 from ..plugins import ClientPlugin, make_plugin
-from .base import LOCAL_DIAL_TIMEOUT_S
+from ..proxyheader import proxy_header
+from .base import LOCAL_DIAL_TIMEOUT_S, PreambleSplice, public_port
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class TCPProxy:
         )
         limit = config.transport.bandwidth_limit
         self.throttle: Throttle | None = Throttle(limit) if limit is not None else None
+        self.public_port = 0
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
@@ -56,6 +58,7 @@ class TCPProxy:
         if self.plugin is not None:
             task: asyncio.Task[object] = loop.create_task(self.plugin.serve(stream, self.splice))
         else:
+            preamble = self._proxy_header(session, stream)
             task = loop.create_task(
                 dial_and_splice(
                     session,
@@ -63,16 +66,30 @@ class TCPProxy:
                     self.config.local_ip,
                     self.config.local_port,
                     LOCAL_DIAL_TIMEOUT_S,
-                    protocol=self.splice,
+                    protocol=lambda s: self.splice(s, preamble),
                 )
             )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def splice(self, stream: MuxStream) -> SpliceProtocol:
-        """The protocol of one local socket: paced when the proxy has a bandwidth limit."""
+    def proxy_ready(self, public_urls: tuple[str, ...]) -> None:
+        self.public_port = public_port(public_urls)
+
+    def _proxy_header(self, session: MuxSession, stream: MuxStream) -> bytes:
+        version = self.config.transport.proxy_protocol_version
+        if version is None:
+            return b""
+        server = session.peername[0] if session.peername else ""
+        src = (stream.header.src_addr, stream.header.src_port)
+        return proxy_header(version, src, (server, self.public_port))
+
+    def splice(self, stream: MuxStream, preamble: bytes = b"") -> SpliceProtocol:
+        """The protocol of one local socket: paced when the proxy has a bandwidth limit,
+        and starting with `preamble` (a PROXY protocol header) when given."""
         if self.throttle is not None:
-            return self.throttle.protocol(stream)
+            return self.throttle.protocol(stream, preamble=preamble)
+        if preamble:
+            return PreambleSplice(stream, preamble)
         return SpliceProtocol(stream)
 
     def session_ended(self) -> None:
