@@ -36,6 +36,7 @@ from protocol.settings import MuxSettings
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config
+from .health import HealthMonitor
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -76,6 +77,7 @@ class TunnelClient:
         self._flow_owner: dict[int, UDPProxy] = {}
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
+        self.health = HealthMonitor(self._on_health)
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -84,6 +86,7 @@ class TunnelClient:
             self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
             local = pc.plugin.describe_target() if pc.plugin else f"{pc.local_ip}:{pc.local_port}"
             self.proxy_status[pc.name] = ProxyStatus(pc.name, str(pc.type), "pending", local=local)
+            self.health.add(pc.name, pc.local_ip, pc.local_port, pc.health_check)
 
     def local_address(self, name: str) -> tuple[str, int] | None:
         """Where proxy `name` sends its traffic (the inspector's replays go there too)."""
@@ -157,6 +160,7 @@ class TunnelClient:
 
     def remove_proxy(self, name: str) -> None:
         self._sticky_ports.pop(name, None)
+        self.health.remove(name)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
         if proxy is None:
@@ -173,6 +177,23 @@ class TunnelClient:
             if status is not None and status.state in states:
                 return status
             await self._status_changed.wait()
+
+    def _on_health(self, name: str, healthy: bool, reason: str) -> None:
+        """A health check changed its verdict: put the proxy on the server or take it off."""
+        status = self.proxy_status.get(name)
+        if status is None:
+            return
+        session = self.session if self.session is not None and not self.session.closed else None
+        if healthy:
+            logger.info("tunnelc: proxy %s is healthy: %s", name, reason)
+            if session is not None:
+                self._register(session, name)
+            return
+        logger.warning("tunnelc: proxy %s is unhealthy, taking it offline: %s", name, reason)
+        status.state, status.error, status.public_urls = "unhealthy", reason, ()
+        self._notify_status()
+        if session is not None:  # the server ignores a name it does not have
+            session.send_message(CloseProxy(name, f"unhealthy: {reason}"))
 
     def _notify_status(self) -> None:
         changed, self._status_changed = self._status_changed, asyncio.Event()
@@ -194,6 +215,7 @@ class TunnelClient:
         where = f"{cfg.server_addr}:{cfg.server_port}"
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
         await self.surfaces.start()
+        self.health.start()
         try:
             while not self.stopping:
                 try:
@@ -226,6 +248,8 @@ class TunnelClient:
                     pass  # time to try again
             return 0
         finally:
+            self.health.close()
+            await self.health.wait_closed()
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -331,8 +355,8 @@ class TunnelClient:
 
     def _on_proxy_result(self, result: NewProxyResult) -> None:
         status = self.proxy_status.get(result.name)
-        if status is None:
-            return
+        if status is None or not self.health.allows(result.name):
+            return  # gone, or went unhealthy after asking: a CloseProxy follows the request
         if not result.ok:
             if self._sticky_ports.pop(result.name, None) is not None and self.session is not None:
                 # The port it had is taken now: take any port, as the config says.

@@ -43,7 +43,7 @@ class PreambleSplice(SpliceProtocol):
 class ProxyStatus:
     name: str
     type: str
-    state: str  # "pending" | "running" | "refused" | "offline"
+    state: str  # "pending" | "running" | "refused" | "offline" | "unhealthy"
     public_urls: tuple[str, ...] = ()
     error: str = ""
     local: str = ""
