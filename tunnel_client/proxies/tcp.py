@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_and_splice
@@ -54,21 +55,24 @@ class TCPProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
-        loop = asyncio.get_running_loop()
         if self.plugin is not None:
-            task: asyncio.Task[object] = loop.create_task(self.plugin.serve(stream, self.splice))
-        else:
-            preamble = self._proxy_header(session, stream)
-            task = loop.create_task(
-                dial_and_splice(
-                    session,
-                    stream,
-                    self.config.local_ip,
-                    self.config.local_port,
-                    LOCAL_DIAL_TIMEOUT_S,
-                    protocol=lambda s: self.splice(s, preamble),
-                )
+            self.spawn(self.plugin.serve(stream, self.splice))
+            return
+        preamble = self._proxy_header(session, stream)
+        self.spawn(
+            dial_and_splice(
+                session,
+                stream,
+                self.config.local_ip,
+                self.config.local_port,
+                LOCAL_DIAL_TIMEOUT_S,
+                protocol=lambda s: self.splice(s, preamble),
             )
+        )
+
+    def spawn(self, work: Coroutine[object, object, object]) -> None:
+        """Run one stream's task; this proxy owns it (cancelled and awaited at close)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
