@@ -46,6 +46,7 @@ from .health import HealthMonitor
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
+from .proxydetails import proxy_details
 from .surfaces import WebSurfaces
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
 
@@ -127,6 +128,8 @@ class TunnelClient:
                     "dropped_datagrams": proxy.dropped,
                     "refused_flows": proxy.refused_flows,
                 }
+            if proxy is not None:
+                row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
         return rows
 
