@@ -8,6 +8,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import pytest
@@ -45,7 +46,7 @@ async def start_limited_client(run_tunnelc, port: int, fingerprint: str, local_p
         }
     )
     client = await run_tunnelc(head + "[[proxies]]\n" + proxy)
-    return await client.proxy_endpoint("slow")
+    return client, await client.proxy_endpoint("slow")
 
 
 @dataclass
@@ -87,7 +88,7 @@ async def test_bandwidth_limit_paces_uploads_within_ten_percent(run_tunneld, run
     """10 MiB sent as fast as possible reaches the local service at 1MB/s (+-10%)."""
     async with asyncio.timeout(90), timed_sink() as (sink, local_port):
         _, port, fingerprint = await start_server(run_tunneld)
-        public = await start_limited_client(run_tunnelc, port, fingerprint, local_port)
+        _, public = await start_limited_client(run_tunnelc, port, fingerprint, local_port)
         _, writer = await asyncio.open_connection("127.0.0.1", public.port)
         started = time.monotonic()
         for chunk in pattern_chunks(NBYTES):
@@ -104,7 +105,7 @@ async def test_bandwidth_limit_paces_downloads_within_ten_percent(run_tunneld, r
     """10 MiB the local service sends as fast as it can reach the user at 1MB/s (+-10%)."""
     async with asyncio.timeout(90), tcp_source_server(NBYTES) as source:
         _, port, fingerprint = await start_server(run_tunneld)
-        public = await start_limited_client(run_tunnelc, port, fingerprint, source.port)
+        _, public = await start_limited_client(run_tunnelc, port, fingerprint, source.port)
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
         received = bytearray()
@@ -125,7 +126,7 @@ async def test_bandwidth_limit_is_shared_by_the_connections_of_a_proxy(
     each = 4 * RATE
     async with asyncio.timeout(90), tcp_source_server(each) as source:
         _, port, fingerprint = await start_server(run_tunneld)
-        public = await start_limited_client(run_tunnelc, port, fingerprint, source.port)
+        _, public = await start_limited_client(run_tunnelc, port, fingerprint, source.port)
 
         async def download() -> int:
             reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
@@ -139,3 +140,37 @@ async def test_bandwidth_limit_is_shared_by_the_connections_of_a_proxy(
         sizes = await asyncio.gather(download(), download())
         assert sizes == [each, each]
         assert_rate(2 * each, time.monotonic() - started)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_bandwidth_limit_holds_a_fast_sender_back_instead_of_buffering(
+    run_tunneld, run_tunnelc
+) -> None:
+    """A sender pushing as fast as it can for 3 s gets only about 3 s worth plus the tunnel's
+    windows accepted, and tunnelc's memory does not grow with what it was offered."""
+    async with asyncio.timeout(90), timed_sink() as (_sink, local_port):
+        _, port, fingerprint = await start_server(run_tunneld)
+        client, public = await start_limited_client(run_tunnelc, port, fingerprint, local_port)
+        client_pid = client.pid
+        before = rss_bytes(client_pid)
+        _, writer = await asyncio.open_connection("127.0.0.1", public.port)
+        accepted = 0
+        chunk = b"x" * CHUNK
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+                    accepted += len(chunk)
+        growth = rss_bytes(client_pid) - before
+        writer.transport.abort()
+        # 3 s at the limit, plus what the stream window, the session and the kernel's socket
+        # buffers on three hops may hold: far below the gigabytes loopback could carry.
+        assert accepted <= 3 * RATE + 32 * 1024 * 1024, accepted
+        assert growth <= 24 * 1024 * 1024, growth

@@ -374,3 +374,40 @@ async def test_unix_domain_socket_plugin_reaches_a_unix_socket_server(
         assert await reader.read() == b"unix says: ping"
         writer.close()
         await writer.wait_closed()
+
+
+async def test_proxy_plugins_refuse_oversized_heads_and_bad_handshakes(
+    run_tunneld, run_tunnelc
+) -> None:
+    """http_proxy answers 400 to a head past 64 KiB; socks5 closes on a SOCKS4 greeting."""
+    async with asyncio.timeout(IO_TIMEOUT_S):
+        _, port, fingerprint = await start_server(run_tunneld)
+        head = {
+            "serverAddr": "127.0.0.1",
+            "serverPort": port,
+            "auth.token": TOKEN,
+            "transport.tls.serverFingerprint": fingerprint,
+            "inspect.enabled": False,
+        }
+        client = await run_tunnelc(
+            toml(head)
+            + '[[proxies]]\nname = "hp"\ntype = "tcp"\nremotePort = 0\n'
+            + '[proxies.plugin]\ntype = "http_proxy"\n'
+            + '[[proxies]]\nname = "socks"\ntype = "tcp"\nremotePort = 0\n'
+            + '[proxies.plugin]\ntype = "socks5"\n'
+        )
+        http_port = (await client.proxy_endpoint("hp")).port
+        socks_port = (await client.proxy_endpoint("socks")).port
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+        writer.write(b"GET http://127.0.0.1/ HTTP/1.1\r\nX-Big: " + b"a" * 70_000)
+        await writer.drain()
+        answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", socks_port)
+        writer.write(b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00")  # a SOCKS4 CONNECT
+        await writer.drain()
+        assert await reader.read() == b""
+        writer.close()
