@@ -386,7 +386,8 @@ def _status_extras(proxy: dict[str, Any]) -> str:
     if plugin := proxy.get("plugin"):
         parts.append(f"plugin {plugin['type']}")
     if bandwidth := proxy.get("bandwidth"):
-        parts.append(f"limit {bandwidth['limit']} ({bandwidth['mode']}), now {bandwidth['rate']}")
+        now = f", now {bandwidth['rate']}" if "rate" in bandwidth else ""
+        parts.append(f"limit {bandwidth['limit']} ({bandwidth['mode']}){now}")
     if health := proxy.get("health"):
         verdict = {True: "healthy", False: "unhealthy", None: "checking"}[health["healthy"]]
         failures = f", {health['failures']} failed" if health["failures"] else ""

@@ -28,6 +28,13 @@ def proxy_details(proxy: ClientProxy, health: HealthState | None) -> dict[str, o
             "rate": format_bandwidth(rate),
             "bytes_total": throttle.meter.total,
         }
+    elif config.transport.bandwidth_limit is not None:  # "server" mode: tunneld paces it
+        limit = config.transport.bandwidth_limit
+        row["bandwidth"] = {
+            "limit_bytes_per_s": limit,
+            "limit": format_bandwidth(limit),
+            "mode": config.transport.bandwidth_limit_mode,
+        }
     if config.health_check is not None and health is not None:
         check = config.health_check
         row["health"] = {

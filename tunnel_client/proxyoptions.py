@@ -41,7 +41,7 @@ PROXY_OPTION_FIELDS: Final = (
         None,
         Choice(BANDWIDTH_LIMIT_MODES),
         "client",
-        'where the limit applies ("server" is not supported yet)',
+        'who paces the traffic: "client", or "server" (tcp proxies)',
     ),
     Field(
         "transport.proxyProtocolVersion",
@@ -96,10 +96,10 @@ def complete_transport(table: ConfigTable, proxy_type: ProxyType) -> TransportOp
         except ValueError as exc:
             raise table.error("bandwidthLimit", str(exc)) from None
     mode = table.get_or("bandwidthLimitMode", str, "client")
-    if mode == "server" and limit is not None:
+    if mode == "server" and limit is not None and proxy_type != ProxyType.TCP:
         raise table.error(
             "bandwidthLimitMode",
-            '"server" is an frp value tunnelkit does not support yet; use "client" (the '
+            f'"server" is for tcp proxies, and this one is {proxy_type}; use "client" (the '
             "client paces the proxy's traffic in both directions)",
         )
     if limit is not None and proxy_type == ProxyType.UDP:

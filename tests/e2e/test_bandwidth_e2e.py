@@ -25,7 +25,9 @@ CHUNK: Final = 256 * 1024
 pytestmark = pytest.mark.slow
 
 
-async def start_limited_client(run_tunnelc, port: int, fingerprint: str, local_port: int):  # type: ignore[no-untyped-def]
+async def start_limited_client(  # type: ignore[no-untyped-def]
+    run_tunnelc, port: int, fingerprint: str, local_port: int, mode: str = "client"
+):
     head = toml(
         {
             "serverAddr": "127.0.0.1",
@@ -42,7 +44,7 @@ async def start_limited_client(run_tunnelc, port: int, fingerprint: str, local_p
             "localPort": local_port,
             "remotePort": 0,
             "transport.bandwidthLimit": LIMIT,
-            "transport.bandwidthLimitMode": "client",
+            "transport.bandwidthLimitMode": mode,
         }
     )
     client = await run_tunnelc(head + "[[proxies]]\n" + proxy)
@@ -84,11 +86,15 @@ def assert_rate(nbytes: int, seconds: float) -> None:
     )
 
 
-async def test_bandwidth_limit_paces_uploads_within_ten_percent(run_tunneld, run_tunnelc) -> None:
-    """10 MiB sent as fast as possible reaches the local service at 1MB/s (+-10%)."""
+@pytest.mark.parametrize("mode", ["client", "server"])
+async def test_bandwidth_limit_paces_uploads_within_ten_percent(
+    run_tunneld, run_tunnelc, mode: str
+) -> None:
+    """10 MiB sent as fast as possible reaches the local service at 1MB/s (+-10%), paced by
+    the client or, in "server" mode, by tunneld."""
     async with asyncio.timeout(90), timed_sink() as (sink, local_port):
         _, port, fingerprint = await start_server(run_tunneld)
-        _, public = await start_limited_client(run_tunnelc, port, fingerprint, local_port)
+        _, public = await start_limited_client(run_tunnelc, port, fingerprint, local_port, mode)
         _, writer = await asyncio.open_connection("127.0.0.1", public.port)
         started = time.monotonic()
         for chunk in pattern_chunks(NBYTES):
@@ -101,11 +107,14 @@ async def test_bandwidth_limit_paces_uploads_within_ten_percent(run_tunneld, run
         assert_rate(NBYTES, sink.last - started)
 
 
-async def test_bandwidth_limit_paces_downloads_within_ten_percent(run_tunneld, run_tunnelc) -> None:
+@pytest.mark.parametrize("mode", ["client", "server"])
+async def test_bandwidth_limit_paces_downloads_within_ten_percent(
+    run_tunneld, run_tunnelc, mode: str
+) -> None:
     """10 MiB the local service sends as fast as it can reach the user at 1MB/s (+-10%)."""
     async with asyncio.timeout(90), tcp_source_server(NBYTES) as source:
         _, port, fingerprint = await start_server(run_tunneld)
-        _, public = await start_limited_client(run_tunnelc, port, fingerprint, source.port)
+        _, public = await start_limited_client(run_tunnelc, port, fingerprint, source.port, mode)
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
         received = bytearray()

@@ -8,9 +8,12 @@ import re
 from typing import Any, Final
 
 import aiohttp
+import pytest
+from playwright.async_api import async_playwright, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_plugins_e2e import start_server, toml
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, requires_chromium
 from tests.support.echo import tcp_source_server
 from tests.support.peers import run_command
 from tests.support.procs import ADMIN_READY, venv_script
@@ -101,4 +104,68 @@ async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
         shown = await run_command([str(venv_script("tunnelc")), "status", "-c", str(config)])
         assert re.search(r"limit 1\.0MB/s \(client\), now 1\.\dMB/s|now \d+KB/s", shown), shown
         assert "tcp check healthy" in shown and "plugin socks5" in shown
+        writer.close()
+
+
+@pytest.mark.browser
+@requires_chromium
+async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
+    run_tunneld: Any, run_tunnelc: Any, patient_expect: None
+) -> None:
+    """tunneld's /api/proxies and its page carry what the client declared, and the rate it
+    paces the proxy at."""
+    async with asyncio.timeout(90), tcp_source_server(4 * RATE) as source:
+        server, port, fingerprint = await start_server(
+            run_tunneld, **{"webServer.addr": "127.0.0.1", "webServer.port": 0}
+        )
+        dashboard = await server.dashboard_address()
+        head = toml(
+            {
+                "serverAddr": "127.0.0.1",
+                "serverPort": port,
+                "auth.token": "plugin-e2e-token",
+                "transport.tls.serverFingerprint": fingerprint,
+                "inspect.enabled": False,
+            }
+        )
+        proxy = toml(
+            {
+                "name": "paced",
+                "type": "tcp",
+                "localPort": source.port,
+                "remotePort": 0,
+                "transport.bandwidthLimit": "1MB",
+                "transport.bandwidthLimitMode": "server",
+                "metadatas.var1": "abc",
+                "annotations.key1": "value1",
+            }
+        )
+        client = await run_tunnelc(head + "[[proxies]]\n" + proxy)
+        public = await client.proxy_endpoint("paced")
+        reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
+        received = 0
+        while received < 3 * RATE:
+            chunk = await reader.read(65536)
+            assert chunk
+            received += len(chunk)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{dashboard.url}/api/proxies") as response:
+                body = await response.json()
+        rows = body["proxies"] if isinstance(body, dict) else body
+        (paced,) = [row for row in rows if row["name"] == "paced"]
+        assert paced["metadatas"] == {"var1": "abc"}
+        assert paced["annotations"] == {"key1": "value1"}
+        assert paced["bandwidth_limit"] == RATE
+        assert 0.8 * RATE <= paced["bandwidth_rate"] <= 1.2 * RATE
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(dashboard.url + "/")
+                await expect(page.get_by_test_id("proxy-meta")).to_have_text("key1=value1 var1=abc")
+                await expect(page.get_by_test_id("proxy-limit")).to_contain_text(
+                    "limit 1.0 MiB/s, now"
+                )
+            finally:
+                await browser.close()
         writer.close()

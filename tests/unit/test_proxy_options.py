@@ -57,9 +57,9 @@ def test_proxy_options_http_health_check_with_headers() -> None:
         (SSH + 'transport.bandwidthLimit = "1GB"', "transport.bandwidthLimit", "KB or MB"),
         (SSH + 'transport.bandwidthLimit = "0KB"', "transport.bandwidthLimit", "from 1KB"),
         (
-            SSH + 'transport.bandwidthLimit = "1MB"\ntransport.bandwidthLimitMode = "server"',
+            WEB + 'transport.bandwidthLimit = "1MB"\ntransport.bandwidthLimitMode = "server"',
             "transport.bandwidthLimitMode",
-            "does not support yet",
+            "for tcp proxies",
         ),
         (SSH + 'transport.bandwidthLimitMode = "both"', "transport.bandwidthLimitMode", "one of"),
         (DNS + 'transport.bandwidthLimit = "1MB"', "transport.bandwidthLimit", "udp"),

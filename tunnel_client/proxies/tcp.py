@@ -35,6 +35,13 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        metadatas=dict(config.metadatas),
+        annotations=dict(config.annotations),
+        bandwidth_limit=(
+            config.transport.bandwidth_limit or 0
+            if config.transport.bandwidth_limit_mode == "server"
+            else 0
+        ),
     )
 
 
@@ -48,7 +55,8 @@ class TCPProxy:
             make_plugin(config.plugin, config.type) if config.plugin is not None else None
         )
         limit = config.transport.bandwidth_limit
-        self.throttle: Throttle | None = Throttle(limit) if limit is not None else None
+        paced_here = limit is not None and config.transport.bandwidth_limit_mode == "client"
+        self.throttle: Throttle | None = Throttle(limit) if limit and paced_here else None
         self.public_port = 0
 
     def new_proxy_request(self) -> NewProxy:

@@ -58,8 +58,9 @@ class ClientCollector:
                 limit.add_metric(
                     [name, str(bandwidth["mode"])], float(bandwidth["limit_bytes_per_s"])
                 )
-                rate.add_metric([name], float(bandwidth["rate_bytes_per_s"]))
-                paced.add_metric([name], float(bandwidth["bytes_total"]))
+                if "rate_bytes_per_s" in bandwidth:  # paced here ("client" mode)
+                    rate.add_metric([name], float(bandwidth["rate_bytes_per_s"]))
+                    paced.add_metric([name], float(bandwidth["bytes_total"]))
             health = row.get("health")
             if isinstance(health, dict):
                 if health["healthy"] is not None:
