@@ -116,7 +116,8 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
     paces the proxy at."""
     async with asyncio.timeout(90), tcp_source_server(4 * RATE) as source:
         server, port, fingerprint = await start_server(
-            run_tunneld, **{"webServer.addr": "127.0.0.1", "webServer.port": 0}
+            run_tunneld,
+            **{"webServer.addr": "127.0.0.1", "webServer.port": 0, "enablePrometheus": True},
         )
         dashboard = await server.dashboard_address()
         head = toml(
@@ -151,12 +152,24 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{dashboard.url}/api/proxies") as response:
                 body = await response.json()
+            async with http.get(f"{dashboard.url}/metrics") as response:
+                metrics = await response.text()
         rows = body["proxies"] if isinstance(body, dict) else body
         (paced,) = [row for row in rows if row["name"] == "paced"]
         assert paced["metadatas"] == {"var1": "abc"}
         assert paced["annotations"] == {"key1": "value1"}
         assert paced["bandwidth_limit"] == RATE
         assert 0.8 * RATE <= paced["bandwidth_rate"] <= 1.2 * RATE
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.labels.get("proxy") == "paced"
+        }
+        assert samples["tunnelkit_proxy_bandwidth_limit_bytes_per_second"] == RATE
+        assert (
+            0.8 * RATE <= samples["tunnelkit_proxy_bandwidth_rate_bytes_per_second"] <= 1.2 * RATE
+        )
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
