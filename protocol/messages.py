@@ -101,6 +101,7 @@ class NewProxy:
     annotations: dict[str, str] = field(default_factory=dict)
     # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
     bandwidth_limit: int = 0
+    route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "metadatas": _text_map,
             "annotations": _text_map,
             "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
+            "route_by_http_user": _NAME,
         },
     ),
     "new_proxy_result": (

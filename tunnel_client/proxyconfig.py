@@ -151,6 +151,14 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "routeByHTTPUser",
+            "route_by_http_user",
+            Str(),
+            None,
+            "serve only requests whose basic-auth user this is (shares a domain)",
+            only=_HTTP_ONLY,
+        ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
     ),
@@ -183,6 +191,7 @@ class ProxyConfig:
     response_headers_set: dict[str, str] = field(
         default_factory=_F.factory("response_headers_set", dict)
     )
+    route_by_http_user: str | None = _F.optional("route_by_http_user", str)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None

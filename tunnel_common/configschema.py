@@ -186,7 +186,6 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "transport.useEncryption": "the tunnel is always encrypted with TLS; remove it",
     "transport.useCompression": "remove it",
     "loadBalancer": "give each backend its own proxy and domain",
-    "routeByHTTPUser": "route by customDomains, subdomain or locations",
     "multiplexer": "tcpmux proxies are not supported; use http or tcp",
     "secretKey": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",
     "allowUsers": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",

@@ -35,6 +35,7 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        route_by_http_user=config.route_by_http_user or "",
         metadatas=dict(config.metadatas),
         annotations=dict(config.annotations),
         bandwidth_limit=(
