@@ -47,7 +47,7 @@ from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
 from .proxydetails import proxy_details
-from .surfaces import WebSurfaces
+from .surfaces import WebSurfaces, captured
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class TunnelClient:
         self.config = dataclasses.replace(self.config, proxies=new.proxies)
         for name in changed + added:
             self.add_proxy(fresh[name])
-        if any(p.type == "http" for p in new.proxies) and self.config.inspect.enabled:
+        if any(captured(p) for p in new.proxies) and self.config.inspect.enabled:
             await self.surfaces.start_inspector()
         logger.info(
             "tunnelc: reloaded %s: added %s, removed %s, changed %s",

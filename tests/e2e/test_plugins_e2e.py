@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 from aiohttp import web
 
 from tests.support.certs import make_ca, make_leaf
 from tests.support.curl import curl, resolve
+from tests.support.procs import INSPECTOR_READY
 
 TOKEN: Final = "plugin-e2e-token"
 SITE: Final = "plugin.example.test"
@@ -411,3 +413,62 @@ async def test_proxy_plugins_refuse_oversized_heads_and_bad_handshakes(
         await writer.drain()
         assert await reader.read() == b""
         writer.close()
+
+
+async def test_https2http_plugin_exchanges_appear_in_the_inspector(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """The inspector lists https2http exchanges (decrypted), with sizes and the rewritten Host."""
+    ca = make_ca(tmp_path)
+    cert, key = make_leaf(ca, tmp_path, [SITE])
+    async with asyncio.timeout(IO_TIMEOUT_S), echo_app() as app_port:
+        server, port, fingerprint = await start_server(run_tunneld, vhostHTTPSPort=0)
+        vhost = await server.https_vhost_address()
+        head = toml(
+            {
+                "serverAddr": "127.0.0.1",
+                "serverPort": port,
+                "auth.token": TOKEN,
+                "transport.tls.serverFingerprint": fingerprint,
+                "inspect.port": 0,
+            }
+        )
+        plugin = {
+            "type": "https2http",
+            "localAddr": f"127.0.0.1:{app_port}",
+            "crtPath": str(cert),
+            "keyPath": str(key),
+            "hostHeaderRewrite": "backend.internal",
+        }
+        client = await run_tunnelc(
+            head
+            + "[[proxies]]\n"
+            + toml({"name": "secure", "type": "https", "customDomains": [SITE]})
+            + "[proxies.plugin]\n"
+            + toml(plugin)
+        )
+        inspector = await client.wait_for(INSPECTOR_READY)
+        await client.proxy_endpoint("secure")
+        result = await curl(
+            "--cacert", str(ca[0]), *resolve(SITE, vhost.port), "-d", "posted-body",
+            f"https://{SITE}:{vhost.port}/seen?x=1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        base = f"http://127.0.0.1:{inspector['port']}"
+        async with aiohttp.ClientSession() as http:
+            listed: list[dict[str, Any]] = []
+            for _ in range(100):  # published when the response ends, on the client's loop
+                async with http.get(f"{base}/api/requests") as response:
+                    listed = (await response.json())["requests"]
+                if listed and listed[0]["status"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(r["proxy"], r["method"], r["path"], r["status"]) for r in listed] == [
+                ("secure", "POST", "/seen?x=1", 200)
+            ]
+            assert listed[0]["request_size"] == len("posted-body")
+            assert listed[0]["response_size"] == len(result.stdout)
+            async with http.get(f"{base}/api/requests/{listed[0]['id']}") as response:
+                detail = await response.json()
+        headers = {name.lower(): value for name, value in detail["request_headers"]}
+        assert headers["host"] == "backend.internal"

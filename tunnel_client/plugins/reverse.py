@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from protocol.aio.stream import MuxStream
 
+from ..inspect.store import CaptureStore
 from .base import RELAY_CHUNK_BYTES, Splice, logger
+from .capture import ExchangeCapture
 from .config import PluginConfig
 from .webhost import WebHost, visitor
 
@@ -41,6 +44,17 @@ _HOP_BY_HOP: Final = frozenset(
 )
 
 
+Capture = tuple[CaptureStore, str]  # the inspector's store and the proxy's name
+
+
+async def _teed(content: StreamReader, tap: ExchangeCapture) -> AsyncIterator[bytes]:
+    """The request body for the upstream, with a copy to the inspector."""
+    async for chunk in content.iter_chunked(RELAY_CHUNK_BYTES):
+        tap.request_body(chunk)
+        yield chunk
+    tap.request_end()
+
+
 class ReverseProxyPlugin:
     """One of the four HTTP forwarding plugins; `tls_in`/`tls_out` say which."""
 
@@ -51,6 +65,7 @@ class ReverseProxyPlugin:
         tls_in: ssl.SSLContext | None,
         tls_out: bool,
         add_forwarded: bool,
+        capture: Capture | None = None,
     ) -> None:
         assert config.local_addr is not None  # required by the config rules
         host, port = config.local_addr
@@ -60,6 +75,7 @@ class ReverseProxyPlugin:
         self.tls_out = tls_out
         self.add_forwarded = add_forwarded  # the server's http vhost did not set X-Forwarded-*
         self.forwarded_proto = "https" if tls_in is not None else "http"
+        self.capture = capture  # (the inspector's store, the proxy's name), when it is on
         self._session: aiohttp.ClientSession | None = None
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._forward)
@@ -99,24 +115,42 @@ class ReverseProxyPlugin:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         url = self.base + str(request.rel_url)
-        body = request.content if request.body_exists else None
+        headers = self._request_headers(request)
+        body: object = request.content if request.body_exists else None
+        tap: ExchangeCapture | None = None
+        if self.capture is not None:
+            tap = ExchangeCapture(*self.capture)
+            target = str(request.rel_url)
+            host = headers.get("Host", request.host)
+            tap.request(
+                request.method, target, [("Host", host), *headers.items()], body is not None
+            )
+            if body is not None:
+                body = _teed(request.content, tap)
+            else:
+                tap.request_end()
         response: web.StreamResponse | None = None
         try:
             async with self._client().request(
-                request.method,
-                url,
-                headers=self._request_headers(request),
-                data=body,
-                allow_redirects=False,
+                request.method, url, headers=headers, data=body, allow_redirects=False
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for name, value in upstream.headers.items():
                     if name.lower() not in _HOP_BY_HOP:
                         response.headers.add(name, value)
+                if tap is not None:
+                    tap.response(
+                        upstream.status, upstream.reason or "", list(response.headers.items())
+                    )
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(RELAY_CHUNK_BYTES):
                     await response.write(chunk)
+                    if tap is not None:
+                        tap.response_body(chunk)
                 await response.write_eof()
+                if tap is not None:
+                    tap.response_end()
+                    tap = None
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.info("tunnelc: plugin: %s %s failed: %s", request.method, url, exc)
@@ -126,6 +160,9 @@ class ReverseProxyPlugin:
                     request.transport.close()
                 return response
             return web.Response(status=502, text=f"cannot reach {self.base}: {exc}\n")
+        finally:
+            if tap is not None:
+                tap.abandon()  # an error or a cancellation: publish what was seen
 
     def close(self) -> None:
         self.host.close()

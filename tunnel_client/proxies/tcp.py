@@ -52,8 +52,9 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
+        capture = (store, config.name) if store is not None else None
         self.plugin: ClientPlugin | None = (
-            make_plugin(config.plugin, config.type) if config.plugin is not None else None
+            make_plugin(config.plugin, config.type, capture) if config.plugin is not None else None
         )
         limit = config.transport.bandwidth_limit
         paced_here = limit is not None and config.transport.bandwidth_limit_mode == "client"
