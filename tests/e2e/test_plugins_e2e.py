@@ -472,3 +472,47 @@ async def test_https2http_plugin_exchanges_appear_in_the_inspector(
                 detail = await response.json()
         headers = {name.lower(): value for name, value in detail["request_headers"]}
         assert headers["host"] == "backend.internal"
+
+
+async def test_http_proxy_with_a_plugin_is_captured_once(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """An http proxy with http2https: the inspector shows each request once, as sent."""
+    ca = make_ca(tmp_path)
+    cert, key = make_leaf(ca, tmp_path, ["127.0.0.1"])
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with asyncio.timeout(IO_TIMEOUT_S), echo_app(tls) as app_port:
+        server, port, fingerprint = await start_server(run_tunneld, vhostHTTPPort=0)
+        vhost = await server.http_vhost_address()
+        head = toml(
+            {
+                "serverAddr": "127.0.0.1",
+                "serverPort": port,
+                "auth.token": TOKEN,
+                "transport.tls.serverFingerprint": fingerprint,
+                "inspect.port": 0,
+            }
+        )
+        client = await run_tunnelc(
+            head
+            + "[[proxies]]\n"
+            + toml({"name": "web", "type": "http", "customDomains": [SITE]})
+            + "[proxies.plugin]\n"
+            + toml({"type": "http2https", "localAddr": f"127.0.0.1:{app_port}"})
+        )
+        inspector = await client.wait_for(INSPECTOR_READY)
+        await client.proxy_endpoint("web")
+        for path in ("/one", "/two"):
+            result = await curl(*resolve(SITE, vhost.port), f"http://{SITE}:{vhost.port}{path}")
+            assert result.returncode == 0 and json.loads(result.stdout)["secure"], result.stderr
+        base = f"http://127.0.0.1:{inspector['port']}"
+        async with aiohttp.ClientSession() as http:
+            listed: list[dict[str, Any]] = []
+            for _ in range(100):  # published when each response ends
+                async with http.get(f"{base}/api/requests") as response:
+                    listed = (await response.json())["requests"]
+                if len(listed) >= 2 and all(r["status"] is not None for r in listed):
+                    break
+                await asyncio.sleep(0.05)
+        assert sorted((r["path"], r["status"]) for r in listed) == [("/one", 200), ("/two", 200)]

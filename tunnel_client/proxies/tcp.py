@@ -11,6 +11,7 @@ from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
+from protocol.proxytype import ProxyType
 from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
@@ -52,7 +53,10 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
-        capture = (store, config.name) if store is not None else None
+        # An http proxy's stream is plain HTTP: HTTPProxy captures it itself, plugin or not.
+        capture = None
+        if store is not None and config.type != ProxyType.HTTP:
+            capture = (store, config.name)
         self.plugin: ClientPlugin | None = (
             make_plugin(config.plugin, config.type, capture) if config.plugin is not None else None
         )
