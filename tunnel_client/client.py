@@ -41,9 +41,11 @@ from protocol.names import peer_text
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .dial import DialParams, dns_server_address
 from .health import HealthMonitor
 from .held import WAITING_STATE, HeldRetries
+from .plugins.base import PluginError
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -90,8 +92,8 @@ class TunnelClient:
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=config.heartbeat_interval,
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
+            keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}
@@ -105,7 +107,19 @@ class TunnelClient:
     # -- proxies --------------------------------------------------------------------------------
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
         for pc in configs:
-            self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
+            try:
+                self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
+            except PluginError as exc:
+                # As frp does: this proxy stays off, the others run; the error is shown.
+                logger.error("tunnelc: proxy %s cannot start: %s", pc.name, exc)
+                self.proxy_status[pc.name] = ProxyStatus(
+                    pc.name,
+                    str(pc.type),
+                    "refused",
+                    error=str(exc),
+                    local=pc.plugin.describe_target() if pc.plugin else "",
+                )
+                continue
             local = pc.plugin.describe_target() if pc.plugin else f"{pc.local_ip}:{pc.local_port}"
             self.proxy_status[pc.name] = ProxyStatus(pc.name, str(pc.type), "pending", local=local)
             self.health.add(pc.name, pc.local_ip, pc.local_port, pc.health_check)
@@ -128,6 +142,9 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            if proxy is not None:
+                row["metadatas"] = dict(proxy.config.metadatas)
+                row["annotations"] = dict(proxy.config.annotations)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),
@@ -334,6 +351,12 @@ class TunnelClient:
             server_fingerprint=tls.server_fingerprint,
             insecure_skip_verify=tls.insecure_skip_verify,
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            dial=DialParams(
+                proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
+                dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
+            ),
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),

@@ -17,7 +17,6 @@ from tunnel_common.configfile import (
     ConfigTable,
     Int,
     Str,
-    StrMap,
     Table,
     TableList,
     describe,
@@ -62,8 +61,6 @@ PROXY_OPTION_FIELDS: Final = (
         None,
         "headers of the http check ([{name, value}])",
     ),
-    Field("metadatas", "metadatas", StrMap(), None, "shown in status pages", factory=dict),
-    Field("annotations", "annotations", StrMap(), None, "shown in status pages", factory=dict),
 )
 
 

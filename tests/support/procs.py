@@ -49,11 +49,11 @@ _ADDR: Final = r"(?P<host>\S+):(?P<port>\d+)(?=[\s/]|$)"
 CONTROL_READY: Final = re.compile(r"tunneld: ready: control on " + _ADDR)
 HTTP_VHOST_READY: Final = re.compile(r"tunneld: ready: http vhost on " + _ADDR)
 HTTPS_VHOST_READY: Final = re.compile(r"tunneld: ready: https vhost on " + _ADDR)
-DASHBOARD_READY: Final = re.compile(r"tunneld: ready: dashboard on http://" + _ADDR)
+DASHBOARD_READY: Final = re.compile(r"tunneld: ready: dashboard on https?://" + _ADDR)
 FINGERPRINT: Final = re.compile(r"tunneld: certificate fingerprint (?P<fingerprint>SHA256:\S+)")
 CLIENT_LOGGED_IN: Final = re.compile(r"tunnelc: logged in to " + _ADDR + r" as (?P<client_id>\S+)")
 INSPECTOR_READY: Final = re.compile(r"tunnelc: inspector on http://" + _ADDR)
-ADMIN_READY: Final = re.compile(r"tunnelc: admin API on http://" + _ADDR)
+ADMIN_READY: Final = re.compile(r"tunnelc: admin API on https?://" + _ADDR)
 
 
 def _name_re(name: str | re.Pattern[str]) -> str:

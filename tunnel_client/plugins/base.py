@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, TunnelError
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +125,27 @@ def reject(stream: MuxStream, reason: str) -> None:
     stream.abort(ErrorCode.DIAL_FAILED, reason)
 
 
+class PluginError(TunnelError):
+    """A plugin cannot start (its certificate does not load); its proxy stays off."""
+
+
 def server_tls_context(crt_path: Path | None, key_path: Path | None) -> ssl.SSLContext:
     """The TLS a plugin terminates: the given files, else a fresh self-signed certificate
-    (as frp does when crtPath/keyPath are left out)."""
+    (as frp does when crtPath/keyPath are left out). Raises PluginError naming the files.
+
+    The files are read when tunnelc starts the proxy, not by `verify`, as in frp: a config
+    can be checked on another machine than the one holding the certificate."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.set_alpn_protocols(["http/1.1"])
     if crt_path is not None and key_path is not None:
-        context.load_cert_chain(crt_path, key_path)
+        try:
+            context.load_cert_chain(crt_path, key_path)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            reason = exc.strerror or str(exc)
+            raise PluginError(
+                f"plugin.crtPath: cannot load {crt_path} and {key_path} ({reason}); "
+                "check both files"
+            ) from None
         return context
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnelc plugin")])

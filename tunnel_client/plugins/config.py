@@ -9,7 +9,6 @@ key is declared once, as a row of the proxy field table (`PLUGIN_FIELDS`).
 from __future__ import annotations
 
 import re
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -188,16 +187,6 @@ def _check_pairs(table: ConfigTable, config: PluginConfig) -> None:
     if (config.crt_path is None) != (config.key_path is None):
         missing = "keyPath" if config.key_path is None else "crtPath"
         raise table.error(missing, "is required when the other of crtPath/keyPath is set")
-    if config.crt_path is not None and config.key_path is not None:
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                config.crt_path, config.key_path
-            )
-        except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for clarity
-            reason = exc.strerror or str(exc)
-            raise table.error(
-                "crtPath", f"cannot load the certificate and key ({reason}); check both files"
-            ) from None
     if not _STRIP_PREFIX.fullmatch(config.strip_prefix):
         raise table.error("stripPrefix", f"must be a URL path, got {describe(config.strip_prefix)}")
     for name, value in config.request_headers_set.items():
