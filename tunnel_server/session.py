@@ -89,6 +89,7 @@ class ServerSession:
         self.address = f"{peer[0]}:{peer[1]}"
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
+        self.proxy_requests: dict[str, NewProxy] = {}  # what each of them asked for (dashboard)
         self.logged_in = False
         self.metas: dict[str, str] = {}  # frpc `metadatas`, for server plugins
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
@@ -351,6 +352,7 @@ class ServerSession:
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.proxies[name] = proxy
+        self.proxy_requests[name] = request
         self.server.proxy_started(name, self.client_id, str(proxy.type))
         self.mux.send_message(NewProxyResult(request.name, True, "", proxy.public_urls))
         logger.info(
@@ -369,6 +371,8 @@ class ServerSession:
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
             raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
+        if request.bandwidth_limit and request.type != ProxyType.TCP:
+            raise ProxyRefused('bandwidthLimitMode = "server" is for tcp proxies; use "client"')
         plugins = self.server.plugins
         if plugins.handles("NewProxy"):
             try:
@@ -396,6 +400,7 @@ class ServerSession:
 
     def close_proxy(self, name: str, reason: str, *, notify: bool) -> bool:
         proxy = self.proxies.pop(name, None)
+        self.proxy_requests.pop(name, None)
         if proxy is None:
             return False
         proxy.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .proxies.tcp import TCPProxy
 from .stats import ProxyCounters
 from .web.view import ClientInfo, ProxyInfo
 
@@ -37,6 +38,7 @@ class LiveServerView:
         for session in self._server.sessions.values():
             for name, proxy in session.proxies.items():
                 names.add(name)
+                request = session.proxy_requests.get(name)
                 online.append(
                     ProxyInfo(
                         name=name,
@@ -45,6 +47,14 @@ class LiveServerView:
                         public=proxy.public_urls,
                         status="online",
                         counters=stats.get(name) or stats.proxy(name),
+                        metadatas=dict(request.metadatas) if request else {},
+                        annotations=dict(request.annotations) if request else {},
+                        bandwidth_limit=request.bandwidth_limit if request else 0,
+                        bandwidth_rate=(
+                            proxy.throttle.current_rate()
+                            if isinstance(proxy, TCPProxy) and proxy.throttle is not None
+                            else 0.0
+                        ),
                     )
                 )
         departures = self._server.departures
@@ -56,13 +66,19 @@ class LiveServerView:
             if refusal is not None:  # refused before it ever served (its counters exist)
                 client_id, proxy_type, reason = refusal
                 offline.append(
-                    ProxyInfo(name, client_id, proxy_type, (), "refused", counters, reason)
+                    ProxyInfo(name, client_id, proxy_type, (), "refused", counters, reason=reason)
                 )
                 continue
             client_id, proxy_type = self._server.proxy_meta.get(name, ("", ""))
             offline.append(
                 ProxyInfo(
-                    name, client_id, proxy_type, (), "offline", counters, departures.reason(name)
+                    name,
+                    client_id,
+                    proxy_type,
+                    (),
+                    "offline",
+                    counters,
+                    reason=departures.reason(name),
                 )
             )
         refused = [

@@ -151,5 +151,5 @@ async def test_iprules_reject_a_bad_network_in_config(run_tunnelc, tmp_path) -> 
         wait_ready=False,
         expect_exit_code=1,
     )
-    await client.wait_for(r"proxies\[0\]\.allowIPs: .*not an IP address or CIDR network")
+    await client.wait_for(r"proxies\[0\] \(x\)\.allowIPs: .*not an IP address or CIDR network")
     assert await client.wait(15) == 1

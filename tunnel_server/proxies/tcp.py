@@ -13,6 +13,7 @@ from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
+from tunnel_common.throttle import Throttle
 
 from ..ports import listen_on_public_port
 from .base import ProxyContext
@@ -37,6 +38,9 @@ class TCPProxy:
         self.public_urls: tuple[str, ...] = ()
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
+        # bandwidthLimitMode = "server": this side paces the proxy (one bucket, both ways).
+        limit = request.bandwidth_limit
+        self.throttle: Throttle | None = Throttle(limit) if limit else None
         self._last_refusal_log = -math.inf
         self._admissions: set[asyncio.Task[None]] = set()  # NewUserConn plugin calls
 
@@ -63,6 +67,8 @@ class TCPProxy:
         visitors = self.ctx.visitors
         if visitors is not None and visitors.plugins_check_user_conns:
             return _PluginGatedSplice(self)
+        if self.throttle is not None:
+            return self.throttle.protocol(on_connect=self._on_user, on_close=self._on_closed)
         return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
 
     def _admit_later(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
