@@ -109,6 +109,7 @@ class ServerSession:
         challenge = await self._next_login_message("challenge")
         if challenge is None:
             return False
+        self.server.pending.progressed(self._slot, self.mux.loop.time())
         if isinstance(challenge, Login) or (
             isinstance(challenge, Challenge) and challenge.protocol_version != PROTOCOL_VERSION
         ):
