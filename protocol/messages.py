@@ -22,6 +22,7 @@ MAX_TEXT_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
+MAX_BANDWIDTH_BYTES_PER_S: Final = 100 * 1024**3  # a bandwidth limit beyond this is no limit
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
 
@@ -95,6 +96,12 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    # frp's per-proxy `metadatas` and `annotations`, shown on the server's dashboard.
+    metadatas: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
+    bandwidth_limit: int = 0
+    route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,9 @@ class NewProxyResult:
     ok: bool
     error: str
     public_urls: tuple[str, ...]
+    # Refused only because another session holds the name, port or domain; that session may
+    # be stale (a crashed client whose connection went silent), so the client asks again.
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,11 +283,21 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "metadatas": _text_map,
+            "annotations": _text_map,
+            "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
+            "route_by_http_user": _NAME,
         },
     ),
     "new_proxy_result": (
         NewProxyResult,
-        {"name": _NAME, "ok": _bool, "error": _TEXT, "public_urls": _text_list},
+        {
+            "name": _NAME,
+            "ok": _bool,
+            "error": _TEXT,
+            "public_urls": _text_list,
+            "retry": _bool,
+        },
     ),
     "close_proxy": (CloseProxy, {"name": _NAME, "reason": _TEXT}),
     "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),

@@ -32,6 +32,7 @@ from protocol.messages import (
 from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
+from .errors import ProxyHeld
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
@@ -77,6 +78,7 @@ class ServerSession:
         self.address = f"{peer[0]}:{peer[1]}"
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
+        self.proxy_requests: dict[str, NewProxy] = {}  # what each of them asked for (dashboard)
         self.logged_in = False
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
@@ -271,9 +273,11 @@ class ServerSession:
                 peer_text(request.name),
                 peer_text(exc),
             )
-            self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
+            held = isinstance(exc, ProxyHeld)
+            self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.proxies[name] = proxy
+        self.proxy_requests[name] = request
         self.server.proxy_started(name, self.client_id, str(proxy.type))
         self.mux.send_message(NewProxyResult(request.name, True, "", proxy.public_urls))
         logger.info(
@@ -291,7 +295,9 @@ class ServerSession:
             raise ProxyRefused(f"too many proxies for one client (limit {MAX_PROXIES_PER_CLIENT})")
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
-            raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+            raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
+        if request.bandwidth_limit and request.type != ProxyType.TCP:
+            raise ProxyRefused('bandwidthLimitMode = "server" is for tcp proxies; use "client"')
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
@@ -309,6 +315,7 @@ class ServerSession:
 
     def close_proxy(self, name: str, reason: str, *, notify: bool) -> bool:
         proxy = self.proxies.pop(name, None)
+        self.proxy_requests.pop(name, None)
         if proxy is None:
             return False
         proxy.close()

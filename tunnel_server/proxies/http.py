@@ -14,7 +14,8 @@ from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
-from ..vhost.routing import HTTPRoute, RouteError, VhostRouter
+from ..errors import ProxyHeld
+from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
 
@@ -47,6 +48,8 @@ class VhostProxy:
             route = self._route_for()
             names = router.names_for(route)
             router.add(route)
+        except RouteConflict as exc:
+            raise ProxyHeld(exc.reason) from None
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
@@ -68,6 +71,7 @@ class VhostProxy:
             stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
         except (LocalProtocolError, ConnectionError) as exc:
             raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
+        stream.set_accept_deadline(ctx.config.user_conn_timeout)
         counters = ctx.counters
         stream.counters = counters
         counters.connections_total += 1
@@ -117,6 +121,7 @@ class HTTPProxy(VhostProxy):
             host_header_rewrite=r.host_header_rewrite or None,
             request_headers_set=r.request_headers,
             response_headers_set=r.response_headers,
+            route_by_http_user=r.route_by_http_user or None,
         )
 
 
