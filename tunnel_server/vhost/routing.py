@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .claims import DomainClaims
-from .errors import RouteConflict, RouteError, RouteRefused
+from .errors import RouteConflict, RouteError, RouteOwned, RouteRefused
 from .rewrite import HeaderRules, compile_rules
 from .upstream import Opener
 
@@ -40,6 +40,7 @@ __all__ = [
     "HTTPRoute",
     "RouteConflict",
     "RouteError",
+    "RouteOwned",
     "RouteRefused",
     "VhostRouter",
     "normalize_host",
