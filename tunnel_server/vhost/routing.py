@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .claims import DomainClaims
-from .errors import RouteConflict, RouteError, RouteRefused
+from .errors import RouteConflict, RouteError, RouteOwned, RouteRefused
 from .rewrite import HeaderRules, compile_rules
 from .upstream import Opener
 
@@ -44,6 +44,7 @@ __all__ = [
     "HTTPRoute",
     "RouteConflict",
     "RouteError",
+    "RouteOwned",
     "RouteRefused",
     "VhostRouter",
     "normalize_host",
