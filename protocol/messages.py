@@ -67,6 +67,11 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    # http only: while the client is offline, answer with this status (0 = no fallback)
+    # and body, and with offline_capture store the requests to deliver on reconnect.
+    offline_status: int = 0
+    offline_body: str = ""
+    offline_capture: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,9 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "offline_status": _int(0, 599),
+            "offline_body": _TEXT,
+            "offline_capture": _bool,
         },
     ),
     "new_proxy_result": (

@@ -21,6 +21,7 @@ from protocol.settings import MuxSettings
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
+from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession, limit_before_login
@@ -32,6 +33,8 @@ from .view import LiveServerView
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
+
+OFFLINE_STORE_NAME: Final = "offline.sqlite3"  # in stateDir: requests stored for offline clients
 
 TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
 # Connections that have not logged in yet; more are closed at once (a cheap flood guard).
@@ -68,6 +71,7 @@ class TunnelServer:
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
         self.http_router: VhostRouter | None = None
+        self.offline: OfflineParking | None = None
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
         self._https_vhost: HTTPSVhostServer | None = None
@@ -115,6 +119,11 @@ class TunnelServer:
                         f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
                     ) from None
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.offline = OfflineParking(
+                OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
+                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+            )
+            self.offline.start()
             self._http_vhost = HTTPVhostServer(
                 self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
             )
@@ -219,6 +228,10 @@ class TunnelServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.offline is not None:
+            self.offline.close()
+            await self.offline.wait_closed()
+            self.offline = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -267,6 +280,7 @@ class TunnelServer:
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            offline=self.offline,
         )
 
     def public_host(self) -> str:

@@ -45,6 +45,8 @@ MAX_PENDING_EXCHANGES: Final = 64  # pipelined requests waiting for their respon
 # capture stops on the connection rather than spend the CPU.
 MAX_BYTEWISE_BODY_BYTES: Final = 256 * 1024
 _HEAD_END: Final = b"\r\n\r\n"
+# tunneld marks requests it stored while this client was offline (tunnel_server/offline.py).
+DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"
 
 
 class _CaptureStopped(Exception):
@@ -314,6 +316,7 @@ class HTTPCapture:
             request_headers=self._req.headers,
             mocked=self._label,
         )
+        exchange.late = header_value(exchange.request_headers, DELIVERED_LATE_HEADER) is not None
         slot = _Slot(exchange, started)
         self._pending.append(slot)
         self._req_slot = slot

@@ -31,6 +31,10 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        # Capturing while offline needs an answer for the provider: 200 unless one is set.
+        offline_status=config.offline_status or (200 if config.offline_capture else 0),
+        offline_body=config.offline_body or "",
+        offline_capture=bool(config.offline_capture),
     )
 
 

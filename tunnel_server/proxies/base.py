@@ -15,6 +15,7 @@ from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
+    from ..offline import OfflineParking
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
 
@@ -61,6 +62,7 @@ class ProxyContext:
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
+    offline: OfflineParking | None = None  # parked http routes and stored requests
 
 
 class ServerProxy(Protocol):
