@@ -14,18 +14,23 @@ from aiohttp import web
 
 from protocol import __version__
 from protocol.aio.connection import MuxSession
+from protocol.auth import derive_key
 from protocol.errors import ErrorCode, TunnelError
-from protocol.mux import Role
 from protocol.settings import MuxSettings
+from tunnel_common.fingerprint import parse_fingerprint
 
+from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
+from .fdbudget import FDBudget
 from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .ports import PortAllocator
+from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
-from .session import ServerSession, limit_before_login
+from .session import ServerSession
 from .stats import ServerStats
+from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.routing import VhostRouter
@@ -35,19 +40,8 @@ from .web.dashboard import build_dashboard_app, check_dashboard_bind
 logger = logging.getLogger(__name__)
 
 OFFLINE_STORE_NAME: Final = "offline.sqlite3"  # in stateDir: requests stored for offline clients
-
-TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
-# Connections that have not logged in yet; more are closed at once (a cheap flood guard).
-MAX_PENDING_LOGINS: Final = 128
 DRAIN_TIMEOUT_S: Final = 5.0
 MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
-
-
-class _Refuse(asyncio.Protocol):
-    """For connections over the pending-login limit or during shutdown: close at once."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
 
 
 def display_host(host: str) -> str:
@@ -62,14 +56,29 @@ class TunnelServer:
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pending_logins = 0
-        self._control: asyncio.Server | None = None
+        self.pending = PendingLogins(
+            config.max_pending_logins,
+            config.max_pending_logins_per_ip,
+            counters=self.stats.limits,
+        )
+        # Replaced in start() by one sized from the real descriptor limit.
+        self.fd_budget = FDBudget()
+        self._control: ControlListener | None = None
+        # The HMAC key of the login proofs (protocol/auth.py), set by start().
+        self.auth_key = b""
+        self.cert_fp = b""
         self.control_port = 0
         self._closing = False
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
+        # Who owns which vhost names across http and https, and each client's route quota.
+        self.claims = DomainClaims(
+            config.sub_domain_host,
+            max_routes_per_client=config.max_vhost_routes_per_client,
+            wildcards_cover_subdomains=config.vhost_wildcards_cover_subdomains,
+            refusals=self.stats.vhost_route_refusals,
+        )
         self.http_router: VhostRouter | None = None
         self.offline: OfflineParking | None = None
         self.https_router: VhostRouter | None = None
@@ -85,21 +94,16 @@ class TunnelServer:
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        self.fd_budget = FDBudget.for_server(
+            cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
+        )
         self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
         logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
-        ssl_ctx = server_ssl_context(self.cert)
-        loop = asyncio.get_running_loop()
-        self._control = await loop.create_server(
-            self._new_connection,
-            cfg.bind_addr,
-            cfg.bind_port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
-            reuse_address=True,
-            backlog=512,
-        )
-        sock = self._control.sockets[0]
-        self.control_port = sock.getsockname()[1]
+        self.cert_fp = parse_fingerprint(self.cert.fingerprint)
+        token = cfg.auth_token.reveal() if cfg.auth_token is not None else ""
+        self.auth_key = derive_key(token, self.cert_fp)
+        self._control = ControlListener(self, server_ssl_context(self.cert))
+        self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
         logger.info(
             "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
         )
@@ -118,7 +122,7 @@ class TunnelServer:
                     raise TunnelError(
                         f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
                     ) from None
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self.offline = OfflineParking(
                 OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
                 OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
@@ -127,13 +131,15 @@ class TunnelServer:
             self._http_vhost = HTTPVhostServer(
                 self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
             )
+            self._http_vhost.fd_budget = self.fd_budget
             host, self.http_port = await self._http_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_http_port
             )
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
-            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self._https_vhost = HTTPSVhostServer(self.https_router)
+            self._https_vhost.fd_budget = self.fd_budget
             host, self.https_port = await self._https_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_https_port
             )
@@ -167,32 +173,17 @@ class TunnelServer:
             for stale in [n for n in self.proxy_meta if self.stats.get(n) is None]:
                 del self.proxy_meta[stale]
 
-    def _new_connection(self) -> asyncio.BaseProtocol:
-        if self._closing or self._pending_logins >= MAX_PENDING_LOGINS:
-            return _Refuse()  # closes the connection as soon as TLS is up; nothing allocated
-        mux = MuxSession(Role.SERVER, self.mux_settings)
-        limit_before_login(mux)
-        self._pending_logins += 1
-        session_task = asyncio.get_running_loop().create_task(self._run_session(mux))
-        self._tasks.add(session_task)
-        session_task.add_done_callback(self._tasks.discard)
-        return mux
-
-    async def _run_session(self, mux: MuxSession) -> None:
-        try:
-            await mux.wait_connected()
-        except ConnectionError:
-            self.login_finished()
-            return
-        session = ServerSession(self, mux)
+    async def run_session(self, mux: MuxSession, slot: PendingSlot) -> None:
+        """Serve one connection whose TLS handshake is done (called by the ControlListener)."""
+        session = ServerSession(self, mux, slot)
         try:
             await session.run()
         except Exception:
             logger.exception("tunneld: session %r failed", session)
 
-    def login_finished(self) -> None:
-        """A connection's login attempt is over (either way): free its pending-login slot."""
-        self._pending_logins -= 1
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def close(self) -> None:
         """Stop accepting (sync, idempotent)."""
@@ -224,10 +215,8 @@ class TunnelServer:
         for vhost in (self._http_vhost, self._https_vhost):
             if vhost is not None:
                 await vhost.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control is not None:
+            await self._control.wait_closed()
         if self.offline is not None:
             self.offline.close()
             await self.offline.wait_closed()
@@ -270,6 +259,7 @@ class TunnelServer:
             config=self.config,
             session=session.mux,
             client_id=session.client_id,
+            user=session.user,
             local_name=local_name,
             counters=self.stats.proxy(name),
             ports=self.ports,
@@ -281,6 +271,7 @@ class TunnelServer:
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
             offline=self.offline,
+            fd_budget=self.fd_budget,
         )
 
     def public_host(self) -> str:

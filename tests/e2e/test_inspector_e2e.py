@@ -246,7 +246,7 @@ async def test_inspector_page_shows_live_webhook_and_replays_it(
 async def test_inspector_api_lists_details_replays_and_clears(
     run_tunneld: Any, run_tunnelc: Any
 ) -> None:
-    """GET /api/requests and /api/requests/{id}, POST replay (plain, edited), DELETE clears."""
+    """GET /api/requests and /api/requests/{id}, POST replay (plain, edited), POST clear clears."""
     async with (
         asyncio.timeout(TIMEOUT_S),
         tunnel_to(run_tunneld, run_tunnelc) as (tunnel, local),
@@ -302,7 +302,7 @@ async def test_inspector_api_lists_details_replays_and_clears(
 
         async with http.get("/api/requests") as response:
             assert len((await response.json())["requests"]) == 3
-        async with http.delete("/api/requests") as response:
+        async with http.post("/api/requests/clear") as response:
             assert response.status == 200
         await next_event(events, "cleared")
         async with http.get("/api/requests") as response:

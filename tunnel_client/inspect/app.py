@@ -372,7 +372,7 @@ def build_inspector_app(
         [
             *page_routes("tunnel_client.inspect", "inspector.html", _ASSETS),
             web.get("/api/requests", list_requests),
-            web.delete("/api/requests", clear_requests),
+            web.post("/api/requests/clear", clear_requests),
             web.get("/api/requests/{id}", get_request),
             web.post("/api/requests/{id}/replay", replay),
             web.get("/api/events", events),
