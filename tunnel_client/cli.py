@@ -93,21 +93,30 @@ def run_client(
     log_file: Path | None,
     no_uvloop: bool,
     config_path: Path | None = None,
+    *,
+    panel: bool = False,
 ) -> None:
     try:
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     try:
-        code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
+        code = run_loop(_run(config, config_path, panel=panel), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
-async def _run(config: ClientConfig, config_path: Path | None) -> int:
+async def _run(config: ClientConfig, config_path: Path | None, *, panel: bool = False) -> int:
     loop = asyncio.get_running_loop()
     client = TunnelClient(config, config_path)
+    shown: asyncio.Task[None] | None = None
+    if panel:
+        from rich.console import Console  # rich loads only for the panel
+
+        from .panel import run_panel
+
+        shown = loop.create_task(run_panel(client, Console()), name="panel")
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, client.request_stop)
     reloads: set[asyncio.Task[object]] = set()
@@ -129,6 +138,7 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
     try:
         code = await client.run()
     except TunnelError as exc:
+        await _stop_panel(shown)
         logger.error("tunnelc: error: %s", exc)
         return 1
     except Exception as exc:
@@ -138,8 +148,17 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
         )
         logger.debug("tunnelc: internal error", exc_info=True)
         return 1
+    finally:
+        await _stop_panel(shown)
     logger.info("tunnelc: stopped")
     return code
+
+
+async def _stop_panel(shown: asyncio.Task[None] | None) -> None:
+    """Stop the live panel (idempotent); its last frame stays on the screen."""
+    if shown is not None and not shown.done():
+        shown.cancel()
+        await asyncio.gather(shown, return_exceptions=True)
 
 
 @main.command()
@@ -173,6 +192,12 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--server-name", default=None, help="TLS name to check (with --ca-file)."),
         click.option(
             "--insecure-skip-verify", is_flag=True, help="Do not verify the server (unsafe)."
+        ),
+        click.option(
+            "--log",
+            "plain_log",
+            is_flag=True,
+            help="Print log lines instead of the live panel (the default on a terminal).",
         ),
     ]
     for option in reversed(options):
@@ -209,7 +234,8 @@ def _oneliner(
     except TunnelError as exc:
         fail(str(exc))
         return
-    run_client(config, opts["log_level"], opts["log_file"], opts["no_uvloop"])
+    panel = sys.stdout.isatty() and not opts["plain_log"]
+    run_client(config, opts["log_level"], opts["log_file"], opts["no_uvloop"], panel=panel)
 
 
 @main.command()

@@ -15,6 +15,7 @@ import logging
 import random
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Final
 
@@ -78,6 +79,12 @@ class TunnelClient:
         self.proxy_status: dict[str, ProxyStatus] = {}
         self.session: MuxSession | None = None
         self.logged_in_once = False
+        # For the terminal panel: "connecting", "online" or "reconnecting", the reconnect
+        # attempt (0 while online), when the next one is due (epoch s) and why the last failed.
+        self.connection_state = "connecting"
+        self.attempt = 0
+        self.next_try_at: float | None = None
+        self.last_error: str | None = None
         self._stop = asyncio.Event()
         # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
         # admin API wait on it instead of polling.
@@ -213,10 +220,12 @@ class TunnelClient:
         try:
             while not self.stopping:
                 at_least = 0.0
+                self.connection_state = "reconnecting" if self.attempt else "connecting"
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
                     logger.error("tunnelc: login to %s failed: %s", where, exc)
+                    self.last_error = str(exc)
                     if cfg.login_fail_exit and not self.logged_in_once:
                         logger.error(
                             "tunnelc: exiting because loginFailExit = true (set it to false "
@@ -226,21 +235,30 @@ class TunnelClient:
                 except LoginDeferred as exc:
                     # Busy or full is not a refusal: retry even with loginFailExit = true.
                     logger.warning("tunnelc: login to %s deferred: %s", where, exc)
+                    self.last_error = str(exc)
                     at_least = exc.retry_after_s
                 except (OSError, TimeoutError, SessionClosedError) as exc:
                     # A network error (a server restarting, a login cut short) is retried even
                     # with loginFailExit = true: only a definite refusal ends the client.
                     reason = _describe_network_error(exc)
                     logger.error("tunnelc: cannot reach the server at %s: %s", where, reason)
+                    self.last_error = reason
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
+                    self.attempt = 0
+                    self.last_error = None
+                    self.connection_state = "online"
                     await self._serve(session)
+                    self.last_error = "disconnected from the server"
                 if self.stopping:
                     break
                 # Full jitter on top of the server's hint spreads a fleet's retries out.
                 delay = at_least * (1 + random.random()) + self._backoff.next_delay()
-                logger.info("tunnelc: reconnecting in %.1fs", delay)
+                self.attempt += 1
+                self.connection_state = "reconnecting"
+                self.next_try_at = time.time() + delay
+                logger.info("tunnelc: reconnecting in %.1fs (attempt %d)", delay, self.attempt)
                 try:
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
