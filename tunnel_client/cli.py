@@ -95,21 +95,26 @@ def run_client(
     config_path: Path | None = None,
     *,
     panel: bool = False,
+    oneliner: bool = False,
 ) -> None:
     try:
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     try:
-        code = run_loop(_run(config, config_path, panel=panel), use_uvloop=not no_uvloop)
+        code = run_loop(
+            _run(config, config_path, panel=panel, oneliner=oneliner), use_uvloop=not no_uvloop
+        )
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
-async def _run(config: ClientConfig, config_path: Path | None, *, panel: bool = False) -> int:
+async def _run(
+    config: ClientConfig, config_path: Path | None, *, panel: bool = False, oneliner: bool = False
+) -> int:
     loop = asyncio.get_running_loop()
-    client = TunnelClient(config, config_path)
+    client = TunnelClient(config, config_path, exit_if_all_refused=oneliner)
     shown: asyncio.Task[None] | None = None
     if panel:
         from rich.console import Console  # rich loads only for the panel
@@ -235,7 +240,9 @@ def _oneliner(
         fail(str(exc))
         return
     panel = sys.stdout.isatty() and not opts["plain_log"]
-    run_client(config, opts["log_level"], opts["log_file"], opts["no_uvloop"], panel=panel)
+    run_client(
+        config, opts["log_level"], opts["log_file"], opts["no_uvloop"], panel=panel, oneliner=True
+    )
 
 
 @main.command()
@@ -396,6 +403,8 @@ def _print_admin(path: str, text: str) -> None:
         for proxy in data.get("proxies", []):
             public = " ".join(proxy.get("public", [])) or "-"
             error = f" ({proxy['error']})" if proxy.get("error") else ""
+            if proxy.get("local_error"):
+                error += f" (local service: {proxy['local_error']})"
             click.echo(
                 f"{proxy['name']:<20} {proxy['type']:<6} {proxy['state']:<8} {public}{error}"
             )

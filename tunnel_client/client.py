@@ -15,12 +15,14 @@ import logging
 import random
 import secrets
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MuxSession, SessionClosedError
+from protocol.aio.splice import dial_failure
 from protocol.aio.stream import MuxStream
 from protocol.auth import derive_key, login_proof, new_nonce, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
@@ -53,6 +55,11 @@ logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
 MAX_FLOWS_PER_CLIENT: Final = 4096
+LOCAL_PROBE_TIMEOUT_S: Final = 1.0  # the start-up check that each local service accepts
+# OpenSSL's reasons when the peer answered in plain text (an HTTP port, not tunneld's).
+_NOT_TLS_REASONS: Final = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+)
 
 
 class LoginFailed(TunnelError):
@@ -69,8 +76,17 @@ class LoginDeferred(TunnelError):
 
 
 class TunnelClient:
-    def __init__(self, config: ClientConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        config_path: Path | None = None,
+        *,
+        exit_if_all_refused: bool = False,
+    ) -> None:
         self.config = config
+        # A one-liner has nothing to do once the server refused every proxy: exit 1 then.
+        self.exit_if_all_refused = exit_if_all_refused
+        self.exit_code = 0
         self.config_path = config_path
         self.surfaces = WebSurfaces(self)
         # Kept across reconnects, so the server can replace our stale session.
@@ -126,6 +142,8 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            # Why the last connection to the local service failed (None: the last one worked).
+            row["local_error"] = getattr(proxy, "local_error", None)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),
@@ -217,6 +235,7 @@ class TunnelClient:
         where = f"{cfg.server_addr}:{cfg.server_port}"
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
         await self.surfaces.start()
+        await self._probe_local_services()
         try:
             while not self.stopping:
                 at_least = 0.0
@@ -224,8 +243,14 @@ class TunnelClient:
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
-                    logger.error("tunnelc: login to %s failed: %s", where, exc)
-                    self.last_error = str(exc)
+                    message = str(exc)
+                    if cfg.auth_token is None and "token" in message:
+                        message = (
+                            "no token given, and this server requires one (set auth.token in "
+                            "the config, or --token / TUNNELKIT_TOKEN)"
+                        )
+                    logger.error("tunnelc: login to %s failed: %s", where, message)
+                    self.last_error = message
                     if cfg.login_fail_exit and not self.logged_in_once:
                         logger.error(
                             "tunnelc: exiting because loginFailExit = true (set it to false "
@@ -264,7 +289,7 @@ class TunnelClient:
                         await self._stop.wait()
                 except TimeoutError:
                     pass  # time to try again
-            return 0
+            return self.exit_code
         finally:
             for proxy in self.proxies.values():
                 proxy.close()
@@ -272,6 +297,30 @@ class TunnelClient:
                 *(p.wait_closed() for p in self.proxies.values()), return_exceptions=True
             )
             await self.surfaces.close()
+
+    async def _probe_local_services(self) -> None:
+        """Warn at start about an http proxy whose local service does not accept yet.
+
+        The check opens (and closes) one connection, which an HTTP app ignores; tcp proxies
+        are not checked, since services like ssh would log the empty connection."""
+
+        async def probe(pc: ProxyConfig) -> None:
+            try:
+                async with asyncio.timeout(LOCAL_PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(pc.local_ip, pc.local_port)
+            except (OSError, TimeoutError) as exc:
+                reason = dial_failure(pc.local_ip, pc.local_port, exc, LOCAL_PROBE_TIMEOUT_S)
+                logger.warning(
+                    "tunnelc: [proxy=%s] %s: nothing accepts connections there yet; visitors "
+                    "get a 502 until it does",
+                    pc.name,
+                    reason,
+                )
+                return
+            writer.close()
+
+        probes = [probe(p.config) for p in self.proxies.values() if p.config.type == "http"]
+        await asyncio.gather(*probes)
 
     async def _connect(self) -> MuxSession:
         cfg = self.config
@@ -419,6 +468,12 @@ class TunnelClient:
                 "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
             )
             self._notify_status()
+            if self.exit_if_all_refused and all(
+                st.state == "refused" for st in self.proxy_status.values()
+            ):
+                logger.error("tunnelc: the server refused every proxy; exiting")
+                self.exit_code = 1
+                self.request_stop()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
         proxy = self.proxies.get(result.name)
@@ -502,6 +557,11 @@ def _server_cert_fingerprint(session: MuxSession) -> bytes:
 
 
 def _describe_network_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS_REASONS:
+        return (
+            "this is not a tunneld control port (it does not answer in TLS); is it the vhost "
+            "or dashboard port? serverPort must be tunneld's bindPort"
+        )
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
+from typing import Final
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import dial_and_splice
@@ -16,6 +18,8 @@ from ..inspect.store import CaptureStore
 from .base import LOCAL_DIAL_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
+
+LOCAL_ERROR_LOG_INTERVAL_S: Final = 10.0  # one log line per proxy this often, at most
 
 
 def new_proxy_request(config: ProxyConfig) -> NewProxy:
@@ -44,19 +48,44 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
+        self.local_error: str | None = None  # why the last local dial failed (None: it worked)
+        self._last_local_log = -LOCAL_ERROR_LOG_INTERVAL_S
+        self._unlogged_failures = 0
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
-        self.spawn(
-            dial_and_splice(
-                session,
-                stream,
-                self.config.local_ip,
-                self.config.local_port,
-                LOCAL_DIAL_TIMEOUT_S,
-            )
+        self.spawn(self._dial(session, stream))
+
+    async def _dial(self, session: MuxSession, stream: MuxStream) -> None:
+        cfg = self.config
+        if await dial_and_splice(
+            session, stream, cfg.local_ip, cfg.local_port, LOCAL_DIAL_TIMEOUT_S
+        ):
+            self.local_error = None
+            return
+        self.local_failed(stream.reset_reason)
+
+    def local_failed(self, reason: str) -> None:
+        """The local service did not take a connection: remember why, and log it (at most
+        once per `LOCAL_ERROR_LOG_INTERVAL_S`, with how many more failed meanwhile)."""
+        self.local_error = reason
+        now = time.monotonic()
+        if now - self._last_local_log < LOCAL_ERROR_LOG_INTERVAL_S:
+            self._unlogged_failures += 1
+            return
+        more = (
+            f" ({self._unlogged_failures} more since the last line)"
+            if self._unlogged_failures
+            else ""
+        )
+        self._last_local_log, self._unlogged_failures = now, 0
+        logger.warning(
+            "tunnelc: [proxy=%s] %s: is the local service running?%s",
+            self.config.name,
+            reason,
+            more,
         )
 
     def spawn(self, work: Coroutine[object, object, object]) -> None:

@@ -175,6 +175,7 @@ class Exchange:
         stream = self.upstream.stream
         loop = asyncio.get_running_loop()
         got_bytes = False
+        reset_reason = ""
         deadline = loop.time() + self.timeout_s if pump is None else None
         try:
             async with asyncio.timeout_at(deadline) as timer:
@@ -183,8 +184,10 @@ class Exchange:
                     try:
                         data = await stream.read(READ_CHUNK_BYTES)
                     except (ConnectionError, OSError) as exc:
-                        # The app (or the tunnel) reset the stream.
+                        # The app (or the tunnel) reset the stream; the client's reset names
+                        # why (e.g. "connection refused to 127.0.0.1:8000").
                         logger.debug("upstream read failed: %r", exc)
+                        reset_reason = getattr(exc, "reason", "") or ""
                         data = None
                     if conn.lost:
                         stream.abort()
@@ -193,7 +196,12 @@ class Exchange:
                         if retryable and not got_bytes:
                             return Outcome.RETRY
                         if data is None:
-                            self._failed("the connection to the app was reset", pump)
+                            self._failed(
+                                f"the tunnel client could not reach the app: {reset_reason}"
+                                if reset_reason
+                                else "the connection to the app was reset",
+                                pump,
+                            )
                             return Outcome.CLOSE
                         relay.feed_eof()
                     else:
