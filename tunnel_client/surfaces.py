@@ -62,6 +62,7 @@ class WebSurfaces:
         self.client = client
         self.store: CaptureStore | None = None
         self.history: HistoryWriter | None = None
+        self.serve_inspector = True  # the Python API captures without serving the page
         self._runners: list[web.AppRunner] = []
         self.inspector_port: int | None = None
         self.admin_port: int | None = None
@@ -75,7 +76,11 @@ class WebSurfaces:
 
     async def start(self) -> None:
         cfg = self.client.config
-        if cfg.inspect.enabled and any(p.type == "http" for p in cfg.proxies):
+        if (
+            cfg.inspect.enabled
+            and self.serve_inspector
+            and any(p.type == "http" for p in cfg.proxies)
+        ):
             await self.start_inspector()
         if cfg.web.port is not None:
             await self._start_admin()
