@@ -318,6 +318,7 @@ class TunnelClient:
                 )
                 return
             writer.close()
+            await writer.wait_closed()
 
         probes = [probe(p.config) for p in self.proxies.values() if p.config.type == "http"]
         await asyncio.gather(*probes)

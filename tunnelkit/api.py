@@ -149,6 +149,13 @@ class Forwarding:
 
             try:
                 loop.run_until_complete(main())
+                # Anything the client left running (a connect in flight) ends here, on its
+                # own loop, before the loop closes: no socket outlives the thread.
+                leftovers = asyncio.all_tasks(loop)
+                for task in leftovers:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
 
