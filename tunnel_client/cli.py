@@ -17,22 +17,55 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
+from tunnel_common import allocator
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
+from tunnel_common.webtls import web_client_context
 
 from .adminfile import read_admin_address
 from .client import TunnelClient
 from .config import CLIENT_FIELDS, ClientConfig, load_client_config, make_oneliner_config
+from .identity import LABEL_CHARS, ClientIdentity, config_key, oneliner_key, stable_client_id
 from .proxyconfig import PROXY_FIELDS, make_oneliner_proxy
 
 logger = logging.getLogger(__name__)
 
 
 def fail(message: str) -> None:
-    click.echo(f"tunnelc: error: {message}", err=True)
+    # A file with several problems gives one line each, every one prefixed the same way.
+    for line in message.splitlines() or [""]:
+        click.echo(f"tunnelc: error: {line}", err=True)
     sys.exit(1)
+
+
+def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
+    """-c given to the subcommand, or before it as frp writes it (`tunnelc -c FILE verify`)."""
+    if config_path is not None:
+        return config_path
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    return parent if isinstance(parent, Path) else None
+
+
+def _convert(config_path: Path) -> None:
+    """Print the TOML equivalent of a legacy INI file, keeping its comments."""
+    from tunnel_common.configfile import read_config_text
+    from tunnel_common.configformats import INI, detect_format, parse_ini
+    from tunnel_common.configlegacy import ini_to_toml
+
+    try:
+        text = read_config_text(config_path)
+        if detect_format(str(config_path), text) != INI:
+            fail(
+                f"{config_path}: not frp's legacy INI format (no [common] section); "
+                "nothing to convert"
+            )
+        click.echo(
+            ini_to_toml(parse_ini(text, str(config_path)), "frpc", str(config_path)), nl=False
+        )
+    except TunnelError as exc:
+        fail(str(exc))
 
 
 def _load(path: Path) -> ClientConfig:
@@ -54,7 +87,7 @@ CONFIG_OPTION = click.option(
 
 def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None
+        "--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error"]), default=None
     )(f)
     f = click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False))(f)
     f = click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")(f)
@@ -94,19 +127,42 @@ def run_client(
     no_uvloop: bool,
     config_path: Path | None = None,
     *,
+    identity_key: str | None = None,
+    name_with: Callable[[ClientConfig, str], ClientConfig] | None = None,
     panel: bool = False,
     oneliner: bool = False,
 ) -> None:
+    """Run a client. Without clientID it takes the stable id of `identity_key` (default: the
+    config file); `name_with(config, label)` then names a one-liner's proxy after that id."""
     try:
-        setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
+        setup_logging(
+            log_level or config.log.level,
+            str(log_file) if log_file else config.log.to,
+            config.log.max_days,
+        )
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
+    for note in config.notes:
+        logger.info("tunnelc: note: %s", note)
+    identity: ClientIdentity | None = None
+    if identity_key is None and config_path is not None:
+        identity_key = config_key(config_path)
+    if config.client_id is None and identity_key is not None:
+        client_id, identity = stable_client_id(config.state_dir, identity_key)
+        config = dataclasses.replace(config, client_id=client_id)
+        if name_with is not None:
+            label = identity.label if identity is not None else client_id[:LABEL_CHARS]
+            config = name_with(config, label)
+    allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
     try:
         code = run_loop(
             _run(config, config_path, panel=panel, oneliner=oneliner), use_uvloop=not no_uvloop
         )
     except KeyboardInterrupt:
         code = 0
+    finally:
+        if identity is not None:
+            identity.close()
     sys.exit(code)
 
 
@@ -168,15 +224,32 @@ async def _stop_panel(shown: asyncio.Task[None] | None) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def verify(config_path: Path | None) -> None:
-    """Check a config file without starting anything."""
+@click.pass_context
+def verify(ctx: click.Context, config_path: Path | None) -> None:
+    """Check a config file without starting anything (exit 0 valid, 1 invalid)."""
+    config_path = _config_path(ctx, config_path)
     if config_path is None:
         fail("verify needs -c FILE")
-    assert config_path is not None
+        return
     config = _load(config_path)
+    for note in config.notes:
+        click.echo(f"tunnelc: note: {note}")
     click.echo(
         f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
     )
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("ini_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None) -> None:
+    """Print the TOML form of a legacy frpc.ini: `tunnelc convert frpc.ini > frpc.toml`."""
+    path = ini_file or _config_path(ctx, config_path)
+    if path is None:
+        fail("convert needs a file: tunnelc convert frpc.ini > frpc.toml")
+        return
+    _convert(path)
 
 
 # -- one-liners ---------------------------------------------------------------------------------
@@ -190,7 +263,9 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="tunneld address, host:port.",
         ),
         click.option("--token", "-t", default=None, envvar="TUNNELKIT_TOKEN", help="auth.token"),
-        click.option("--name", default=None, help="Proxy name (default: TYPE-PORT)."),
+        click.option(
+            "--name", default=None, help="Proxy name (default: TYPE-PORT-ID, ID from this machine)."
+        ),
         click.option("--local-ip", default="127.0.0.1", show_default=True),
         click.option("--server-fingerprint", default=None, help="Pin the server certificate."),
         click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None),
@@ -214,6 +289,8 @@ def _oneliner(
     proxy_type: ProxyType,
     local_port: int,
     opts: dict[str, Any],
+    *,
+    auto_subdomain: bool = False,
     **proxy_fields: Any,
 ) -> None:
     extra = {k: v for k, v in proxy_fields.items() if k not in ("http_user", "http_password")}
@@ -239,9 +316,30 @@ def _oneliner(
     except TunnelError as exc:
         fail(str(exc))
         return
+    name_given = opts["name"] is not None
+
+    def name_with(config: ClientConfig, label: str) -> ClientConfig:
+        # Named after this machine's stable id for this command: the same name and URL after
+        # every restart, and two one-liners on one machine never share a name.
+        stem = f"{proxy_type}-{local_port}-{label}"
+        (pc,) = config.proxies
+        pc = dataclasses.replace(
+            pc,
+            name=pc.name if name_given else stem,
+            subdomain=stem if auto_subdomain else pc.subdomain,
+        )
+        return dataclasses.replace(config, proxies=(pc,))
+
     panel = sys.stdout.isatty() and not opts["plain_log"]
     run_client(
-        config, opts["log_level"], opts["log_file"], opts["no_uvloop"], panel=panel, oneliner=True
+        config,
+        opts["log_level"],
+        opts["log_file"],
+        opts["no_uvloop"],
+        identity_key=oneliner_key(str(proxy_type), opts["local_ip"], local_port, opts["server"]),
+        name_with=name_with,
+        panel=panel,
+        oneliner=True,
     )
 
 
@@ -271,8 +369,10 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
         basic_auth: str | None,
         **opts: Any,
     ) -> None:
-        if not subdomain and not domain:
-            subdomain = f"{proxy_type}-{local_port}"
+        # Without --subdomain or --domain the subdomain comes from the stable client id.
+        auto_subdomain = not subdomain and not domain
+        if auto_subdomain:
+            subdomain = f"{proxy_type}-{local_port}"  # checked now, replaced at start
         user = password = None
         if basic_auth is not None:
             if proxy_type is not ProxyType.HTTP:
@@ -284,6 +384,7 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
             proxy_type,
             local_port,
             opts,
+            auto_subdomain=auto_subdomain,
             subdomain=subdomain,
             custom_domains=domain,
             http_user=user,
@@ -364,10 +465,13 @@ async def _admin_call(
         token = f"{web_cfg.user}:{web_cfg.password.reveal()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
     timeout = aiohttp.ClientTimeout(total=30)
+    ssl_ctx = web_client_context(web_cfg.tls_cert_file) if web_cfg.tls_cert_file else True
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, f"http://{host}:{port}{path}", headers=headers) as resp,
+            http.request(
+                method, f"{web_cfg.scheme}://{host}:{port}{path}", headers=headers, ssl=ssl_ctx
+            ) as resp,
         ):
             return resp.status, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -414,20 +518,23 @@ def _print_admin(path: str, text: str) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def status(config_path: Path | None) -> None:
+@click.pass_context
+def status(ctx: click.Context, config_path: Path | None) -> None:
     """Show each proxy's state, through the running client's admin API."""
-    _admin_command(config_path, "GET", "/api/status")
+    _admin_command(_config_path(ctx, config_path), "GET", "/api/status")
 
 
 @main.command()
 @CONFIG_OPTION
-def reload(config_path: Path | None) -> None:
+@click.pass_context
+def reload(ctx: click.Context, config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(config_path, "POST", "/api/reload")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/reload")
 
 
 @main.command()
 @CONFIG_OPTION
-def stop(config_path: Path | None) -> None:
+@click.pass_context
+def stop(ctx: click.Context, config_path: Path | None) -> None:
     """Stop the running client, through its admin API."""
-    _admin_command(config_path, "POST", "/api/stop")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/stop")

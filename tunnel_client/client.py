@@ -44,7 +44,9 @@ from protocol.names import peer_text
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .dial import DialParams, dns_server_address
+from .held import WAITING_STATE, HeldRetries
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -54,6 +56,8 @@ from .trust import TLSParams, TrustError, connect_tls, default_known_servers_fil
 logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
+# On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
+DRAIN_TIMEOUT_S: Final = 5.0
 MAX_FLOWS_PER_CLIENT: Final = 4096
 LOCAL_PROBE_TIMEOUT_S: Final = 1.0  # the start-up check that each local service accepts
 # OpenSSL's reasons when the peer answered in plain text (an HTTP port, not tunneld's).
@@ -102,18 +106,21 @@ class TunnelClient:
         self.next_try_at: float | None = None
         self.last_error: str | None = None
         self._stop = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None  # the stop's drain, awaited by run()
         # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=config.heartbeat_interval,
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
+            keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
+        # Proxies refused as held by a possibly stale session, asked for again with backoff.
+        self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -144,6 +151,9 @@ class TunnelClient:
             proxy = self.proxies.get(st.name)
             # Why the last connection to the local service failed (None: the last one worked).
             row["local_error"] = getattr(proxy, "local_error", None)
+            if proxy is not None:
+                row["metadatas"] = dict(proxy.config.metadatas)
+                row["annotations"] = dict(proxy.config.annotations)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),
@@ -196,8 +206,13 @@ class TunnelClient:
             request = dataclasses.replace(request, remote_port=sticky)
         session.send_message(request)
 
+    def _ask_again(self, name: str) -> None:
+        if self.session is not None and not self.session.closed and name in self.proxies:
+            self._register(self.session, name)
+
     def remove_proxy(self, name: str) -> None:
         self._sticky_ports.pop(name, None)
+        self._held.forget(name)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
         if proxy is None:
@@ -221,9 +236,34 @@ class TunnelClient:
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop like tunneld: GO_AWAY now, let open connections finish until the drain
+        deadline, then reset what is left (never a clean close). A second request, or a stop
+        with no connection open, ends the session at once."""
+        session = self.session
+        if self._stop.is_set() or session is None or session.stream_count() == 0:
+            self._stop.set()
+            if session is not None:
+                session.close(ErrorCode.SHUTDOWN, "client stopping")
+            return
         self._stop.set()
-        if self.session is not None:
-            self.session.close(ErrorCode.NORMAL, "client stopping")
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(session))
+
+    async def _drain(self, session: MuxSession) -> None:
+        session.go_away(ErrorCode.SHUTDOWN, "client stopping")
+        logger.info(
+            "tunnelc: stopping: waiting up to %gs for %d open connections",
+            DRAIN_TIMEOUT_S,
+            session.stream_count(),
+        )
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await session.wait_idle()
+        except TimeoutError:
+            logger.info(
+                "tunnelc: drain deadline reached; resetting %d open connections",
+                session.stream_count(),
+            )
+        session.close(ErrorCode.SHUTDOWN, "client stopping")
 
     @property
     def stopping(self) -> bool:
@@ -271,6 +311,9 @@ class TunnelClient:
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
+                    if self.stopping:  # asked to stop while logging in
+                        session.close(ErrorCode.SHUTDOWN, "client stopping")
+                        break
                     self.attempt = 0
                     self.last_error = None
                     self.connection_state = "online"
@@ -291,6 +334,8 @@ class TunnelClient:
                     pass  # time to try again
             return self.exit_code
         finally:
+            if self._drainer is not None:
+                await self._drainer  # bounded by DRAIN_TIMEOUT_S
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -332,6 +377,12 @@ class TunnelClient:
             server_fingerprint=tls.server_fingerprint,
             insecure_skip_verify=tls.insecure_skip_verify,
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            dial=DialParams(
+                proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
+                dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
+            ),
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),
@@ -443,8 +494,10 @@ class TunnelClient:
         finally:
             self.session = None
             self._flow_owner.clear()
+            self._held.cancel_all()
             for status in self.proxy_status.values():
-                status.state = "offline" if status.state == "running" else status.state
+                if status.state in ("running", WAITING_STATE):
+                    status.state = "offline"
             self._notify_status()
             for ended in self.proxies.values():
                 ended.session_ended()
@@ -464,6 +517,11 @@ class TunnelClient:
                 )
                 self._register(self.session, result.name)
                 return
+            if result.retry:
+                status.state, status.public_urls = WAITING_STATE, ()
+                status.error = self._held.schedule(result.name, result.error)
+                self._notify_status()
+                return
             status.state, status.error, status.public_urls = "refused", result.error, ()
             logger.error(
                 "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
@@ -482,6 +540,7 @@ class TunnelClient:
             port = urls[0].rsplit(":", 1)[-1]
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
+        self._held.succeeded(result.name)
         status.state, status.error, status.public_urls = "running", "", urls
         logger.info(
             "tunnelc: proxy %s ready at %s", peer_text(result.name), peer_text(" ".join(urls))

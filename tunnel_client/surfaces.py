@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from protocol.errors import TunnelError
 from tunnel_common.listen import listen_sockets
 from tunnel_common.webguard import check_web_bind
+from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
 from .inspect.app import build_inspector_app
@@ -34,18 +36,21 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _serve(app: web.Application, addr: str, port: int) -> tuple[web.AppRunner, int]:
+async def _serve(
+    app: web.Application, addr: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
     """Serve `app` on addr:port (0 = any free port); return the runner and the bound port.
 
     The sockets are bound and listening before aiohttp sees them (tunnel_common/listen.py):
     a port taken at the same moment is an OSError here, never a half-started site.
+    `ssl_context` serves HTTPS (webServer.tls).
     """
     socks = listen_sockets(addr, port)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()
         for sock in socks:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         for sock in socks:
@@ -162,8 +167,9 @@ class WebSurfaces:
             raise TunnelError(str(exc)) from None
         controller: AdminController = self.client
         app = build_admin_app(controller, user=cfg.user, password=password)
+        ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
         try:
-            runner, port = await _serve(app, cfg.addr, cfg.port)
+            runner, port = await _serve(app, cfg.addr, cfg.port, ssl_context)
         except OSError as exc:
             raise TunnelError(
                 f"cannot start the admin API on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
@@ -175,7 +181,7 @@ class WebSurfaces:
                 write_admin_address(self.client.config_path, cfg.addr, port)
             except OSError as exc:
                 logger.warning("tunnelc: cannot record the admin API address: %s", exc)
-        logger.info("tunnelc: admin API on http://%s:%d/", _host(cfg.addr), port)
+        logger.info("tunnelc: admin API on %s://%s:%d/", cfg.scheme, _host(cfg.addr), port)
 
     async def close(self) -> None:
         if self.admin_port is not None and self.client.config_path is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Final
 
 from aiohttp import web
@@ -17,7 +18,9 @@ from protocol.aio.connection import MuxSession
 from protocol.auth import derive_key
 from protocol.errors import ErrorCode, TunnelError
 from protocol.settings import MuxSettings
+from tunnel_common import allocator
 from tunnel_common.fingerprint import parse_fingerprint
+from tunnel_common.webtls import web_ssl_context
 
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .authlimit import FailureLimiter
@@ -69,6 +72,8 @@ class TunnelServer:
         self.cert_fp = b""
         self.control_port = 0
         self._closing = False
+        self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
+        self._trim_first = 0.0  # when the first departure of the pending trim's wave left
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
@@ -86,9 +91,11 @@ class TunnelServer:
         self._https_vhost: HTTPSVhostServer | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
+        # frp's heartbeatTimeout = -1 turns the timeout off; pings still keep NATs open.
+        timeout = config.heartbeat_timeout if config.heartbeat_timeout > 0 else math.inf
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=min(30.0, timeout / 3),
+            keepalive_timeout_s=timeout,
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -102,7 +109,9 @@ class TunnelServer:
         self.cert_fp = parse_fingerprint(self.cert.fingerprint)
         token = cfg.auth_token.reveal() if cfg.auth_token is not None else ""
         self.auth_key = derive_key(token, self.cert_fp)
-        self._control = ControlListener(self, server_ssl_context(self.cert))
+        self._control = ControlListener(
+            self, server_ssl_context(self.cert, cfg.tls_trusted_ca_file)
+        )
         self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
         logger.info(
             "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
@@ -162,9 +171,14 @@ class TunnelServer:
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
-        await web.TCPSite(self._web, cfg.addr, cfg.port, reuse_address=True).start()
+        ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
+        await web.TCPSite(
+            self._web, cfg.addr, cfg.port, reuse_address=True, ssl_context=ssl_context
+        ).start()
         host, port = self._web.addresses[0][:2]
-        logger.info("tunneld: ready: dashboard on http://%s:%d/", display_host(host), port)
+        logger.info(
+            "tunneld: ready: dashboard on %s://%s:%d/", cfg.scheme, display_host(host), port
+        )
 
     def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
         """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""
@@ -190,6 +204,9 @@ class TunnelServer:
         if self._closing:
             return
         self._closing = True
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
         if self._control is not None:
             self._control.close()
         for vhost in (self._http_vhost, self._https_vhost):
@@ -247,6 +264,23 @@ class TunnelServer:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             logger.info("tunneld: client %s disconnected", session.client_id)
+        if not self._closing:
+            self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """Give departed sessions' memory back TRIM_INTERVAL_S after the last one of a wave
+        leaves (postponed by later departures, but never past TRIM_MAX_DELAY_S)."""
+        now = asyncio.get_running_loop().time()
+        if self._trim_handle is None:
+            self._trim_first = now
+        else:
+            self._trim_handle.cancel()
+        due = min(now + allocator.TRIM_INTERVAL_S, self._trim_first + allocator.TRIM_MAX_DELAY_S)
+        self._trim_handle = asyncio.get_running_loop().call_at(due, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_handle = None
+        allocator.trim()
 
     def proxy_owner(self, name: str) -> ServerSession | None:
         for session in self.sessions.values():

@@ -10,7 +10,7 @@ import pytest
 
 from protocol import __version__
 from tests.support.echo import tcp_echo_server
-from tests.support.procs import ProcessGroup, venv_script
+from tests.support.procs import ProcessGroup, oneliner_name, venv_script
 
 from .conftest import TunnelLauncher
 
@@ -69,11 +69,11 @@ def test_cli_verify_accepts_the_examples() -> None:
     [
         ("tunneld", "bindPrt = 7000\n", ["bindPrt", "did you mean", "bindPort"]),
         ("tunneld", "bindPort = 70000\n", ["bindPort", "65535"]),
-        ("tunneld", "kcpBindPort = 7001\n", ["kcpBindPort", "not support"]),
+        ("tunneld", "tcpmuxHTTPConnectPort = 1337\n", ["tcpmuxHTTPConnectPort", "not supported"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"tcp\"\nlocalPort = \"abc\"\n",
-         ["proxies[0].localPort", "abc"]),
+         ["proxies[0] (a).localPort", "abc"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"stcp\"\nlocalPort = 22\n",
-         ["proxies[0].type", "stcp"]),
+         ["proxies[0] (a).type", "stcp"]),
         ("tunnelc", "serverAddr = \n", ["frpc.toml"]),
         ("tunneld", "webServer.addr = \"0.0.0.0\"\nwebServer.port = 0\n",
          ["webServer.addr", "reachable from other machines"]),
@@ -136,7 +136,7 @@ async def test_cli_tcp_oneliner_serves_and_stops_cleanly(
             ["tcp", str(echo.port), "--server", f"127.0.0.1:{control.port}", "--token", "T0k",
              "--server-fingerprint", await server.fingerprint()],
         )  # fmt: skip
-        public = await client.proxy_endpoint(f"tcp-{echo.port}")
+        public = await client.proxy_endpoint(oneliner_name("tcp", echo.port))
         reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
         writer.write(b"ping")
         writer.write_eof()

@@ -15,9 +15,10 @@ from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
+from ..errors import ProxyHeld
 from ..offline import deliver_stored
 from ..vhost.offline import OfflinePolicy
-from ..vhost.routing import HTTPRoute, RouteError, VhostRouter
+from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
 
@@ -54,6 +55,8 @@ class VhostProxy:
                 offline.unpark(self.name)  # this proxy's client is back
             names = router.names_for(route)
             router.add(route)
+        except RouteConflict as exc:
+            raise ProxyHeld(exc.reason) from None
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
@@ -80,6 +83,7 @@ class VhostProxy:
             stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
         except (LocalProtocolError, ConnectionError) as exc:
             raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
+        stream.set_accept_deadline(ctx.config.user_conn_timeout)
         counters = ctx.counters
         stream.counters = counters
         counters.connections_total += 1

@@ -4,7 +4,8 @@ One `InboundProtocol` per visitor connection parses requests with httptools (see
 `request.py`); one task per connection, owned by the server, runs `_serve`:
 
     wait for a request head (idle / slow-header deadlines)
-    -> check Host, route, basic auth   (404 / 400 / 401 pages on failure)
+    -> check Host and framing, normalize the path (400 / 501; see normalize.py)
+    -> route, basic auth on the normalized path   (404 / 401 pages on failure)
     -> reuse the upstream stream if the route is the same, else close it and open a new one
     -> run one `Exchange` (request out, response back, maybe an upgrade splice)
     -> loop while both sides keep the connection alive

@@ -6,12 +6,16 @@ Route keys, most specific first (as frp does):
    `*.b.example.com`, then `*.example.com`. A wildcard matches one or more labels;
 3. the catch-all `*`.
 
-Within a name, the longest `locations` prefix wins (a plain string prefix, like frp). A name
-whose locations do not match the path falls through to the next key.
+Within a name, the longest `locations` prefix wins (a plain string prefix, like frp, on the
+path the HTTP vhost has already normalized: see normalize.py). A name whose locations do not
+match the path falls through to the next key, which always belongs to the same user.
 
-A `subdomain` route is an exact name, so it beats any wildcard: a client that claims `*` must
-not capture the other clients' subdomains. Clients may not claim a name under subDomainHost
-through customDomains (the subdomain namespace belongs to the server).
+A `subdomain` route is an exact name, so it beats any wildcard, and no wildcard (not even `*`)
+covers a name under subDomainHost unless the server allows it. Clients may not claim a name
+under subDomainHost through customDomains (the subdomain namespace belongs to the server).
+
+Who may claim which name (users, across http and https) and how many pairs a client may hold
+is decided by the `DomainClaims` that both routers share (claims.py), never per proxy kind.
 
 Host matching ignores the port, the case and a trailing dot. The table is bounded by
 `max_routes` (domain, location) pairs; a client asking past it is refused.
@@ -176,6 +180,11 @@ class VhostRouter:
         sdh = self._sub_domain_host
         if sdh is not None:
             for name in route.domains:
+                if name.startswith("*") and (name == "*." + sdh or name.endswith("." + sdh)):
+                    raise RouteRefused(
+                        f"wildcard {name!r} is under subDomainHost {sdh!r}, whose names the "
+                        "server hands out as subdomains"
+                    )
                 if name.endswith("." + sdh):
                     raise RouteRefused(
                         f"custom domain {name!r} is under subDomainHost {sdh!r}; "
