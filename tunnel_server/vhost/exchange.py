@@ -193,12 +193,13 @@ class Exchange:
                             self._error_page(504, exc.reason)
                             return Outcome.CLOSE
                         logger.debug("upstream reset: %r", exc)
+                        if exc.code == ErrorCode.DIAL_FAILED:
+                            # The client names the local failure: "connection refused to ..."
+                            reset_reason = exc.reason
                         data = None
                     except (ConnectionError, OSError) as exc:
-                        # The app (or the tunnel) reset the stream; the client's reset names
-                        # why (e.g. "connection refused to 127.0.0.1:8000").
+                        # The app (or the tunnel) reset the stream.
                         logger.debug("upstream read failed: %r", exc)
-                        reset_reason = getattr(exc, "reason", "") or ""
                         data = None
                     if conn.lost:
                         stream.abort()
