@@ -22,6 +22,7 @@ MAX_TEXT_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
+MAX_BANDWIDTH_BYTES_PER_S: Final = 100 * 1024**3  # a bandwidth limit beyond this is no limit
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
 
@@ -95,6 +96,12 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    # frp's per-proxy `metadatas` and `annotations`, shown on the server's dashboard.
+    metadatas: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
+    bandwidth_limit: int = 0
+    route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
     # http only: while the client is offline, answer with this status (0 = no fallback)
     # and body, and with offline_capture store the requests to deliver on reconnect.
     offline_status: int = 0
@@ -281,6 +288,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "metadatas": _text_map,
+            "annotations": _text_map,
+            "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
+            "route_by_http_user": _NAME,
             "offline_status": _int(0, 599),
             "offline_body": _TEXT,
             "offline_capture": _bool,

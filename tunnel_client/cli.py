@@ -512,8 +512,28 @@ def _print_admin(path: str, text: str) -> None:
             click.echo(
                 f"{proxy['name']:<20} {proxy['type']:<6} {proxy['state']:<8} {public}{error}"
             )
+            extras = _status_extras(proxy)
+            if extras:
+                click.echo(f"{'':<20} {extras}")
         return
     click.echo(json.dumps(data, indent=2))
+
+
+def _status_extras(proxy: dict[str, Any]) -> str:
+    """One line with a proxy's plugin, bandwidth, health and PROXY protocol, if any."""
+    parts = []
+    if plugin := proxy.get("plugin"):
+        parts.append(f"plugin {plugin['type']}")
+    if bandwidth := proxy.get("bandwidth"):
+        now = f", now {bandwidth['rate']}" if "rate" in bandwidth else ""
+        parts.append(f"limit {bandwidth['limit']} ({bandwidth['mode']}){now}")
+    if health := proxy.get("health"):
+        verdict = {True: "healthy", False: "unhealthy", None: "checking"}[health["healthy"]]
+        failures = f", {health['failures']} failed" if health["failures"] else ""
+        parts.append(f"{health['type']} check {verdict}{failures}")
+    if version := proxy.get("proxy_protocol"):
+        parts.append(f"PROXY protocol {version}")
+    return "; ".join(parts)
 
 
 @main.command()

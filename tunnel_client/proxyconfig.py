@@ -32,6 +32,15 @@ from tunnel_common.configfile import (
 )
 from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem, labels_problem
 
+from .plugins.config import PLUGIN_FIELDS, PluginConfig, complete_plugin
+from .proxyoptions import (
+    PROXY_OPTION_FIELDS,
+    HealthCheckConfig,
+    TransportOptions,
+    complete_health_check,
+    complete_transport,
+)
+
 logger = logging.getLogger(__name__)
 
 MAX_PROXY_NAME_CHARS: Final = 128
@@ -138,7 +147,7 @@ PROXY_FIELDS: Final = FieldTable(
             "metadatas",
             StrMap(),
             None,
-            "labels for this proxy, shown by tunnelc's status API",
+            "labels for this proxy, shown by tunnelc status and tunneld's dashboard",
             factory=dict,
         ),
         Field(
@@ -146,7 +155,7 @@ PROXY_FIELDS: Final = FieldTable(
             "annotations",
             StrMap(),
             None,
-            "notes for this proxy, shown by tunnelc's status API",
+            "notes for this proxy, shown by tunnelc status and tunneld's dashboard",
             factory=dict,
         ),
         Accepted(
@@ -168,6 +177,16 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "routeByHTTPUser",
+            "route_by_http_user",
+            Str(),
+            None,
+            "serve only requests whose basic-auth user this is (shares a domain)",
+            only=_HTTP_ONLY,
+        ),
+        *PROXY_OPTION_FIELDS,
+        *PLUGIN_FIELDS,
         Field(
             "offlineStatus",
             "offline_status",
@@ -225,6 +244,10 @@ class ProxyConfig:
     response_headers_set: dict[str, str] = field(
         default_factory=_F.factory("response_headers_set", dict)
     )
+    route_by_http_user: str | None = _F.optional("route_by_http_user", str)
+    plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    health_check: HealthCheckConfig | None = None
     metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
     offline_status: int | None = _F.optional("offline_status", int)  # None = 502 page
@@ -234,7 +257,20 @@ class ProxyConfig:
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
     """Build a `ProxyConfig` from a checked `[[proxies]]` table, with defaults."""
-    proxy = PROXY_FIELDS.complete(table, ProxyConfig)
+    proxy_type = ProxyType(table.get_or("type", str, "tcp"))
+    extra: dict[str, object] = {
+        "transport": complete_transport(table.subtable("transport"), proxy_type),
+        "health_check": complete_health_check(table.subtable("healthCheck"), proxy_type),
+    }
+    if "plugin" in table:
+        if table.lookup("transport.proxyProtocolVersion") is not None:
+            raise table.error(
+                "transport.proxyProtocolVersion",
+                "goes to a local service, and this proxy has a plugin instead; remove it",
+            )
+        extra["plugin"] = complete_plugin(table.subtable("plugin"), proxy_type)
+        extra["local_port"] = table.get_or("localPort", int, 0)  # not required with a plugin
+    proxy = PROXY_FIELDS.complete(table, ProxyConfig, **extra)
     proxy_type = ProxyType(proxy.type)
     remote_port = proxy.remote_port
     if remote_port is None and proxy_type in (_TCP, _UDP):
@@ -323,7 +359,7 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
         )
     if not _NO_SPACE.fullmatch(proxy.local_ip):
         fail("localIP", f"must be an IP address or host name, got {describe(proxy.local_ip)}")
-    if not 1 <= proxy.local_port <= 65535:
+    if not 1 <= proxy.local_port <= 65535 and not (proxy.plugin and proxy.local_port == 0):
         fail("localPort", f"must be an integer from 1 to 65535, got {proxy.local_port}")
     for key, types in _KEY_TYPES.items():
         value = getattr(proxy, PROXY_FIELDS.attr_of(key))

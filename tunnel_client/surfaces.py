@@ -17,11 +17,13 @@ from tunnel_common.webguard import check_web_bind
 from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
+from .config import ProxyConfig
 from .inspect.app import build_inspector_app
 from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
 from .inspect.replay import make_local_replayer
 from .inspect.signers import Signer
 from .inspect.store import CaptureStore
+from .plugins import CAPTURED_PLUGINS
 from .web.admin import AdminController, build_admin_app
 
 if TYPE_CHECKING:
@@ -60,6 +62,13 @@ async def _serve(
     return runner, bound
 
 
+def captured(proxy: ProxyConfig) -> bool:
+    """True if the inspector shows this proxy's traffic: http proxies, and proxies whose
+    plugin forwards HTTP (https2http and friends, which decrypt it first)."""
+    plugin = proxy.plugin
+    return proxy.type == "http" or (plugin is not None and plugin.type in CAPTURED_PLUGINS)
+
+
 class WebSurfaces:
     """Starts what the config asks for; `close()` stops it all."""
 
@@ -81,11 +90,7 @@ class WebSurfaces:
 
     async def start(self) -> None:
         cfg = self.client.config
-        if (
-            cfg.inspect.enabled
-            and self.serve_inspector
-            and any(p.type == "http" for p in cfg.proxies)
-        ):
+        if cfg.inspect.enabled and self.serve_inspector and any(captured(p) for p in cfg.proxies):
             await self.start_inspector()
         if cfg.web.port is not None:
             await self._start_admin()

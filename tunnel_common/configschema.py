@@ -246,13 +246,10 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
 }
 
 FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
-    "transport.bandwidthLimit": _NEXT,
-    "transport.bandwidthLimitMode": _NEXT,
-    "transport.proxyProtocolVersion": _NEXT,
+    "plugin.enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back "
+    "through ALPN); remove it",
+    "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
     "loadBalancer": _NEXT,
-    "healthCheck": _NEXT,
-    "plugin": _NEXT,
-    "routeByHTTPUser": _NEXT,
     "multiplexer": _NEXT,
     "secretKey": _NEXT,
     "allowUsers": _NEXT,

@@ -72,6 +72,14 @@ def proxy_ready_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
     )
 
 
+def proxy_refused_or_waiting_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
+    """A final refusal, or the first line of a proxy waiting for a stale session to expire."""
+    return re.compile(
+        rf"tunnelc: proxy {_name_re(name)} (?:refused|waiting for the stale session to expire "
+        r"\(attempt \d+, next in [\d.]+s\)): (?P<reason>.*)$"
+    )
+
+
 def proxy_refused_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
     """The line a client prints when the server refuses one of its proxies."""
     return re.compile(rf"tunnelc: proxy {_name_re(name)} refused: (?P<reason>.*)$")
@@ -429,8 +437,9 @@ class TunnelProcess(LoggedProcess):
         return _endpoint(match, match["scheme"])
 
     async def proxy_refusal(self, name: str, timeout: float = DEFAULT_WAIT_S) -> str:
-        """The reason the server gave for refusing proxy `name`."""
-        return (await self.wait_for(proxy_refused_pattern(name), timeout))["reason"]
+        """The reason the server gave for refusing proxy `name`, for good or while another
+        session holds what it asked for (the client then waits and asks again)."""
+        return (await self.wait_for(proxy_refused_or_waiting_pattern(name), timeout))["reason"]
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLES = [
     (SERVER_FIELDS, ServerConfig, {"notes"}),
     (CLIENT_FIELDS, ClientConfig, {"notes"}),
-    (PROXY_FIELDS, ProxyConfig, set()),
+    (PROXY_FIELDS, ProxyConfig, {"plugin", "transport", "health_check"}),  # built from rows
     (TLS_FIELDS, ClientTLSConfig, set()),
     (INSPECT_FIELDS, InspectConfig, set()),
     (WEB_SERVER_FIELDS, WebServerConfig, set()),

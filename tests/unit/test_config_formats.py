@@ -385,7 +385,7 @@ def test_config_verify_reports_every_problem_once_with_proxy_names() -> None:
         'serverPort = "x"\nbogus = 1\n'
         '[[proxies]]\nname = "web-admin"\ntype = "http"\nlocalPort = 99999\nsubdomain = "a"\n'
         '[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocalPort = 22\nsubdomain = "s"\n'
-        '[[proxies]]\nname = "old"\ntype = "tcp"\nlocalPort = 23\nplugin.type = "socks5"\n'
+        '[[proxies]]\nname = "old"\ntype = "tcp"\nlocalPort = 23\nsecretKey = "k"\n'
     )
     with pytest.raises(ConfigErrors) as info:
         parse(text)
@@ -394,7 +394,7 @@ def test_config_verify_reports_every_problem_once_with_proxy_names() -> None:
         "frpc.toml: bogus: unknown key 'bogus' (not a tunnelkit or frp option)",
         "frpc.toml: proxies[0] (web-admin).localPort: must be an integer from 1 to 65535, "
         "got 99999",
-        "frpc.toml: proxies[2] (old).plugin.type: 'plugin.type' is not supported yet (an frp "
+        "frpc.toml: proxies[2] (old).secretKey: 'secretKey' is not supported yet (an frp "
         "option); it comes with frp's proxy features (stcp, xtcp, plugins, load balancing)",
         "frpc.toml: proxies[1] (ssh).subdomain: is only for http and https proxies, and this "
         "one is tcp; remove it",

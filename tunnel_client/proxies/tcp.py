@@ -1,4 +1,5 @@
-"""TCP proxy (client side): dial the local service for each stream and splice."""
+"""TCP proxy (client side): dial the local service for each stream and splice, or hand the
+stream to the proxy's plugin (`tunnel_client.plugins`) when it has one."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from collections.abc import Coroutine
 from typing import Final
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import dial_and_splice
+from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
+from protocol.proxytype import ProxyType
+from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
-from .base import LOCAL_DIAL_TIMEOUT_S
+from ..plugins import ClientPlugin, make_plugin
+from ..proxyheader import proxy_header
+from .base import LOCAL_DIAL_TIMEOUT_S, PreambleSplice, public_port
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,14 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        route_by_http_user=config.route_by_http_user or "",
+        metadatas=dict(config.metadatas),
+        annotations=dict(config.annotations),
+        bandwidth_limit=(
+            config.transport.bandwidth_limit or 0
+            if config.transport.bandwidth_limit_mode == "server"
+            else 0
+        ),
         # Capturing while offline needs an answer for the provider: 200 unless one is set.
         offline_status=config.offline_status or (200 if config.offline_capture else 0),
         offline_body=config.offline_body or "",
@@ -48,6 +61,17 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
+        # An http proxy's stream is plain HTTP: HTTPProxy captures it itself, plugin or not.
+        capture = None
+        if store is not None and config.type != ProxyType.HTTP:
+            capture = (store, config.name)
+        self.plugin: ClientPlugin | None = (
+            make_plugin(config.plugin, config.type, capture) if config.plugin is not None else None
+        )
+        limit = config.transport.bandwidth_limit
+        paced_here = limit is not None and config.transport.bandwidth_limit_mode == "client"
+        self.throttle: Throttle | None = Throttle(limit) if limit and paced_here else None
+        self.public_port = 0
         self.local_error: str | None = None  # why the last local dial failed (None: it worked)
         self._last_local_log = -LOCAL_ERROR_LOG_INTERVAL_S
         self._unlogged_failures = 0
@@ -56,12 +80,21 @@ class TCPProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
+        if self.plugin is not None:
+            self.spawn(self.plugin.serve(stream, self.splice))
+            return
         self.spawn(self._dial(session, stream))
 
     async def _dial(self, session: MuxSession, stream: MuxStream) -> None:
         cfg = self.config
+        preamble = self._proxy_header(session, stream)
         if await dial_and_splice(
-            session, stream, cfg.local_ip, cfg.local_port, LOCAL_DIAL_TIMEOUT_S
+            session,
+            stream,
+            cfg.local_ip,
+            cfg.local_port,
+            LOCAL_DIAL_TIMEOUT_S,
+            protocol=lambda s: self.splice(s, preamble),
         ):
             self.local_error = None
             return
@@ -94,13 +127,37 @@ class TCPProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def proxy_ready(self, public_urls: tuple[str, ...]) -> None:
+        self.public_port = public_port(public_urls)
+
+    def _proxy_header(self, session: MuxSession, stream: MuxStream) -> bytes:
+        version = self.config.transport.proxy_protocol_version
+        if version is None:
+            return b""
+        server = session.peername[0] if session.peername else ""
+        src = (stream.header.src_addr, stream.header.src_port)
+        return proxy_header(version, src, (server, self.public_port))
+
+    def splice(self, stream: MuxStream, preamble: bytes = b"") -> SpliceProtocol:
+        """The protocol of one local socket: paced when the proxy has a bandwidth limit,
+        and starting with `preamble` (a PROXY protocol header) when given."""
+        if self.throttle is not None:
+            return self.throttle.protocol(stream, preamble=preamble)
+        if preamble:
+            return PreambleSplice(stream, preamble)
+        return SpliceProtocol(stream)
+
     def session_ended(self) -> None:
         return None
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.plugin is not None:
+            self.plugin.close()
 
     async def wait_closed(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.plugin is not None:
+            await self.plugin.wait_closed()

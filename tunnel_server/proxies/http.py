@@ -148,6 +148,7 @@ class HTTPProxy(VhostProxy):
             host_header_rewrite=r.host_header_rewrite or None,
             request_headers_set=r.request_headers,
             response_headers_set=r.response_headers,
+            route_by_http_user=r.route_by_http_user or None,
         )
 
 

@@ -32,7 +32,7 @@ from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .normalize import BadRequestTarget, check_host, normalize_path
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
-from .rewrite import Framing, request_head
+from .rewrite import Framing, basic_auth_user, request_head
 from .routing import HTTPRoute, VhostRouter
 from .upstream import UpstreamError
 
@@ -147,7 +147,7 @@ class HTTPVhostServer(VhostListener):
         host = host_raw.decode("latin-1")
         if head.switching and head.upgrade is None:
             return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
-        route = self._router.lookup(host, path)
+        route = self._router.lookup(host, path, basic_auth_user(head.authorization))
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
