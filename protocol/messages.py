@@ -102,6 +102,11 @@ class NewProxy:
     # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
     bandwidth_limit: int = 0
     route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
+    # http only: while the client is offline, answer with this status (0 = no fallback)
+    # and body, and with offline_capture store the requests to deliver on reconnect.
+    offline_status: int = 0
+    offline_body: str = ""
+    offline_capture: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +292,9 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "annotations": _text_map,
             "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
             "route_by_http_user": _NAME,
+            "offline_status": _int(0, 599),
+            "offline_body": _TEXT,
+            "offline_capture": _bool,
         },
     ),
     "new_proxy_result": (

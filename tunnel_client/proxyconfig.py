@@ -16,7 +16,7 @@ from typing import Final, TypeAlias
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
-from tunnel_common.configfields import Accepted, Field, FieldTable
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable
 from tunnel_common.configfile import (
     Bool,
     Choice,
@@ -187,6 +187,33 @@ PROXY_FIELDS: Final = FieldTable(
         ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
+        Field(
+            "offlineStatus",
+            "offline_status",
+            Int(200, 599),
+            None,
+            "while this client is offline, tunneld answers with this status",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "offlineBody",
+            "offline_body",
+            Str(allow_empty=True),
+            None,
+            "the body of that answer (default: empty)",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "offlineCapture",
+            "offline_capture",
+            Bool(),
+            None,
+            "tunneld stores requests while offline; delivered on reconnect (default false)",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
     ),
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -223,6 +250,9 @@ class ProxyConfig:
     health_check: HealthCheckConfig | None = None
     metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
+    offline_status: int | None = _F.optional("offline_status", int)  # None = 502 page
+    offline_body: str | None = _F.optional("offline_body", str)  # None = empty
+    offline_capture: bool | None = _F.optional("offline_capture", bool)  # None = false
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:

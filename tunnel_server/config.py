@@ -290,6 +290,30 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "offline.maxRequests",
+            "offline_max_requests",
+            Int(1, MAX_COUNT),
+            100,
+            "requests stored per proxy while its client is offline (offlineCapture)",
+            origin=OWN,
+        ),
+        Field(
+            "offline.maxBytes",
+            "offline_max_bytes",
+            Int(1024, 1024 * 1024 * 1024),
+            8 * 1024 * 1024,
+            "bytes stored per proxy while its client is offline",
+            origin=OWN,
+        ),
+        Field(
+            "offline.maxAge",
+            "offline_max_age",
+            Float(1, 30 * 86400.0),
+            86400.0,
+            "seconds a stored request (and an offline proxy's fallback) is kept",
+            origin=OWN,
+        ),
+        Field(
             "maxVhostRoutesPerClient",
             "max_vhost_routes_per_client",
             Int(0, MAX_COUNT),
@@ -343,6 +367,9 @@ class ServerConfig:
     max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
+    offline_max_requests: int = _F.default("offline_max_requests", int)
+    offline_max_bytes: int = _F.default("offline_max_bytes", int)
+    offline_max_age: float = _F.default("offline_max_age", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each

@@ -27,6 +27,7 @@ from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .fdbudget import FDBudget
+from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .ports import PortAllocator
 from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
@@ -41,6 +42,7 @@ from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
 
+OFFLINE_STORE_NAME: Final = "offline.sqlite3"  # in stateDir: requests stored for offline clients
 DRAIN_TIMEOUT_S: Final = 5.0
 MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
 
@@ -83,6 +85,7 @@ class TunnelServer:
             refusals=self.stats.vhost_route_refusals,
         )
         self.http_router: VhostRouter | None = None
+        self.offline: OfflineParking | None = None
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
         self._https_vhost: HTTPSVhostServer | None = None
@@ -129,6 +132,11 @@ class TunnelServer:
                         f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
                     ) from None
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+            self.offline = OfflineParking(
+                OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
+                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+            )
+            self.offline.start()
             self._http_vhost = HTTPVhostServer(
                 self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
             )
@@ -226,6 +234,10 @@ class TunnelServer:
                 await vhost.wait_closed()
         if self._control is not None:
             await self._control.wait_closed()
+        if self.offline is not None:
+            self.offline.close()
+            await self.offline.wait_closed()
+            self.offline = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -292,6 +304,7 @@ class TunnelServer:
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            offline=self.offline,
             fd_budget=self.fd_budget,
         )
 

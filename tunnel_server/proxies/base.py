@@ -16,6 +16,7 @@ from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
+    from ..offline import OfflineParking
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
 
@@ -64,6 +65,7 @@ class ProxyContext:
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
     fd_budget: FDBudget  # the server's descriptors for visitor connections
+    offline: OfflineParking | None = None  # parked http routes and stored requests
 
 
 class ServerProxy(Protocol):

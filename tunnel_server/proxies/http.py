@@ -7,6 +7,7 @@ listener asks for.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from protocol.aio.stream import MuxStream
@@ -15,6 +16,8 @@ from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
+from ..offline import deliver_stored
+from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
@@ -35,6 +38,7 @@ class VhostProxy:
         self.public_urls: tuple[str, ...] = ()
         self._route: HTTPRoute | None = None
         self._streams: set[MuxStream] = set()
+        self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
 
     def _router(self) -> tuple[VhostRouter, int]:
         raise NotImplementedError
@@ -44,8 +48,11 @@ class VhostProxy:
 
     async def start(self) -> None:
         router, port = self._router()
+        offline = self.ctx.offline
         try:
             route = self._route_for()
+            if offline is not None:
+                offline.unpark(self.name)  # this proxy's client is back
             names = router.names_for(route)
             router.add(route)
         except RouteConflict as exc:
@@ -53,6 +60,11 @@ class VhostProxy:
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
+        if offline is not None and self.request.offline_capture:
+            self._delivery = asyncio.create_task(
+                deliver_stored(offline, self.name, self._open, self.ctx.config),
+                name=f"offline-delivery-{self.name}",
+            )
         default = 80 if self.scheme == "http" else 443
         suffix = "" if port == default else f":{port}"
         self.public_urls = tuple(f"{self.scheme}://{name}{suffix}" for name in names)
@@ -85,15 +97,30 @@ class VhostProxy:
         self.ctx.counters.connections_active -= 1
 
     def close(self) -> None:
+        if self._delivery is not None:
+            self._delivery.cancel()
         if self._route is not None:
             router, _ = self._router()
             router.remove(self._route.proxy_key)
+            request, offline = self.request, self.ctx.offline
+            if (
+                request.offline_status
+                and offline is not None
+                and self.ctx.session.closed  # the client went away; it did not remove us
+                and self.type is ProxyType.HTTP
+            ):
+                policy = OfflinePolicy(
+                    request.offline_status, request.offline_body, request.offline_capture
+                )
+                offline.park(self.name, router, self._route, policy)
             self._route = None
         for stream in list(self._streams):
             stream.abort(reason="proxy closed")
 
     async def wait_closed(self) -> None:
-        return None
+        if self._delivery is not None:
+            # Cancelled in close(); gather collects that without re-raising it here.
+            await asyncio.gather(self._delivery, return_exceptions=True)
 
 
 class HTTPProxy(VhostProxy):
