@@ -44,6 +44,8 @@ from protocol.configschema import (
 )
 from protocol.errors import ConfigError
 
+from .edge.config import TLS_FIELDS, EdgeTLSConfig, build_edge_tls
+
 __all__ = [
     "SERVER_SCHEMA",
     "LogConfig",
@@ -108,6 +110,7 @@ class ServerConfig:
     max_clients: int = 1000
     max_udp_flows_per_proxy: int = 1024
     udp_flow_idle_timeout: float = 60.0  # seconds
+    edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
@@ -151,6 +154,7 @@ SERVER_SCHEMA: Final = Table(
         "maxClients": Int(1, MAX_COUNT),
         "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
         "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
+        "tls": Table(TLS_FIELDS),
     },
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -213,6 +217,7 @@ def _complete(root: ConfigTable) -> ServerConfig:
         max_clients=root.get_or("maxClients", int, 1000),
         max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
         udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
+        edge_tls=build_edge_tls(root.table("tls")),
     )
 
 
@@ -265,6 +270,10 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
         password=config.web.password,
         loopback_only_without_auth=False,
     )
+    if config.edge_tls.enabled and config.vhost_https_port is None:
+        raise ConfigError(
+            source, "tls", "needs vhostHTTPSPort: the edge serves these certificates there"
+        )
     if config.enable_prometheus and config.web.port is None:
         raise ConfigError(
             source,

@@ -21,6 +21,8 @@ from protocol.settings import MuxSettings
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
+from .edge.certstore import CertificateError, CertStore
+from .edge.listener import EdgeListener
 from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession, limit_before_login
@@ -71,6 +73,9 @@ class TunnelServer:
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
         self._https_vhost: HTTPSVhostServer | None = None
+        self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
+        self.edge: EdgeListener | None = None
+        self.certs = CertStore()
         self.http_port: int | None = None
         self.https_port: int | None = None
         self.mux_settings = MuxSettings(
@@ -105,15 +110,15 @@ class TunnelServer:
 
     async def _start_vhosts(self) -> None:
         cfg = self.config
+        page = None
+        if cfg.custom_404_page is not None:
+            try:
+                page = cfg.custom_404_page.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise TunnelError(
+                    f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
+                ) from None
         if cfg.vhost_http_port is not None:
-            page = None
-            if cfg.custom_404_page is not None:
-                try:
-                    page = cfg.custom_404_page.read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise TunnelError(
-                        f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
-                    ) from None
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
             self._http_vhost = HTTPVhostServer(
                 self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
@@ -123,12 +128,37 @@ class TunnelServer:
             )
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
-            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
-            self._https_vhost = HTTPSVhostServer(self.https_router)
-            host, self.https_port = await self._https_vhost.start(
-                cfg.proxy_bind_addr, cfg.vhost_https_port
+            await self._start_edge(page)
+
+    async def _start_edge(self, page: str | None) -> None:
+        """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
+        cfg = self.config
+        assert cfg.vhost_https_port is not None
+        for files in cfg.edge_tls.certificates:
+            try:
+                self.certs.load(files.cert_file, files.key_file)
+            except CertificateError as exc:
+                raise TunnelError(f"tls.certificates: {exc}") from None
+        self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+        self._https_vhost = HTTPSVhostServer(self.https_router)
+        if self.http_router is None and cfg.edge_tls.enabled:
+            # https only: http proxies are reachable through the edge alone
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+        if self.http_router is not None:
+            self._tls_vhost = HTTPVhostServer(
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                custom_404_page=page,
+                forwarded_proto=b"https",
             )
-            logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
+        self.edge = EdgeListener(
+            certs=self.certs,
+            passthrough=self._https_vhost,
+            passthrough_router=self.https_router,
+            terminated=self._tls_vhost,
+        )
+        host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
+        logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
 
     async def _start_dashboard(self) -> None:
         cfg = self.config.web
@@ -192,7 +222,7 @@ class TunnelServer:
         self._closing = True
         if self._control is not None:
             self._control.close()
-        for vhost in (self._http_vhost, self._https_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
             if vhost is not None:
                 vhost.close()
 
@@ -212,7 +242,7 @@ class TunnelServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for vhost in (self._http_vhost, self._https_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
             if vhost is not None:
                 await vhost.wait_closed()
         for task in list(self._tasks):
@@ -264,6 +294,7 @@ class TunnelServer:
             https_router=self.https_router,
             http_port=self.http_port,
             https_port=self.https_port,
+            certs=self.certs if self._tls_vhost is not None else None,
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,

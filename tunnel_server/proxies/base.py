@@ -15,6 +15,7 @@ from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
+    from ..edge.certstore import CertStore
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
 
@@ -58,6 +59,7 @@ class ProxyContext:
     https_router: VhostRouter | None
     http_port: int | None  # the vhost ports as actually bound (for public URLs)
     https_port: int | None
+    certs: CertStore | None  # the edge's certificates, when it terminates TLS for http proxies
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy

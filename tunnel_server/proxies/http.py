@@ -35,7 +35,7 @@ class VhostProxy:
         self._route: HTTPRoute | None = None
         self._streams: set[MuxStream] = set()
 
-    def _router(self) -> tuple[VhostRouter, int]:
+    def _router(self) -> tuple[VhostRouter, int | None]:
         raise NotImplementedError
 
     def _route_for(self) -> HTTPRoute:
@@ -50,9 +50,10 @@ class VhostProxy:
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
-        default = 80 if self.scheme == "http" else 443
-        suffix = "" if port == default else f":{port}"
-        self.public_urls = tuple(f"{self.scheme}://{name}{suffix}" for name in names)
+        self.public_urls = self._urls(names, port)
+
+    def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
+        return _urls(self.scheme, names, port) if port is not None else ()
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
@@ -86,14 +87,29 @@ class VhostProxy:
         return None
 
 
+def _urls(scheme: str, names: list[str], port: int) -> tuple[str, ...]:
+    default = 80 if scheme == "http" else 443
+    suffix = "" if port == default else f":{port}"
+    return tuple(f"{scheme}://{name}{suffix}" for name in names)
+
+
 class HTTPProxy(VhostProxy):
     type = ProxyType.HTTP
     scheme = "http"
 
-    def _router(self) -> tuple[VhostRouter, int]:
-        if self.ctx.http_router is None or self.ctx.http_port is None:
+    def _router(self) -> tuple[VhostRouter, int | None]:
+        # The router exists when vhostHTTPPort is set, or when the HTTPS edge terminates TLS.
+        if self.ctx.http_router is None:
             raise ProxyRefused("this server has no HTTP vhost (vhostHTTPPort is not set)")
         return self.ctx.http_router, self.ctx.http_port
+
+    def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
+        urls = _urls("http", names, port) if port is not None else ()
+        certs, https_port = self.ctx.certs, self.ctx.https_port
+        if certs is not None and https_port is not None:
+            covered = [name for name in names if certs.lookup(name) is not None]
+            urls += _urls("https", covered, https_port)
+        return urls
 
     def _route_for(self) -> HTTPRoute:
         r = self.request
@@ -116,7 +132,7 @@ class HTTPSProxy(VhostProxy):
     type = ProxyType.HTTPS
     scheme = "https"
 
-    def _router(self) -> tuple[VhostRouter, int]:
+    def _router(self) -> tuple[VhostRouter, int | None]:
         if self.ctx.https_router is None or self.ctx.https_port is None:
             raise ProxyRefused("this server has no HTTPS vhost (vhostHTTPSPort is not set)")
         return self.ctx.https_router, self.ctx.https_port

@@ -58,6 +58,7 @@ class HTTPVhostServer(VhostListener):
         idle_timeout_s: float = 60.0,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_request: OnRequest | None = None,
+        forwarded_proto: bytes = b"http",
     ) -> None:
         super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
@@ -67,6 +68,7 @@ class HTTPVhostServer(VhostListener):
         self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
         self._idle_timeout_s = idle_timeout_s
         self._on_request = on_request
+        self._forwarded_proto = forwarded_proto  # X-Forwarded-Proto: "https" behind the edge
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -184,6 +186,7 @@ class HTTPVhostServer(VhostListener):
                 transfer_encoding=head.transfer_encoding,
                 upgrade=head.upgrade,
                 peer_ip=conn.peer[0].encode("ascii"),
+                proto=self._forwarded_proto,
             ),
         )
         first_write = parts[0] if len(parts) == 1 else b"".join(parts)

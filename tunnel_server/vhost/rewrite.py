@@ -178,6 +178,7 @@ def request_head(
     transfer_encoding: bytes,
     upgrade: bytes | None,
     peer_ip: bytes,
+    proto: bytes = b"http",
 ) -> bytes:
     """The request head to write upstream (always HTTP/1.1)."""
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -204,7 +205,7 @@ def request_head(
         forwarded_for.append(peer_ip)
         parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
     if b"x-forwarded-proto" not in set_names:
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if b"x-forwarded-host" not in set_names:
         parts += (b"X-Forwarded-Host: ", host, b"\r\n")
     if b"x-real-ip" not in set_names:

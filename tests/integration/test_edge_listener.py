@@ -1,0 +1,175 @@
+"""Integration tests for the HTTPS edge listener: ClientHello peeking, bounds, hand-over.
+
+Real sockets on 127.0.0.1 port 0. The edge terminates TLS for `*.edge.test` (a throwaway CA)
+in front of an HTTP vhost routing to an aiohttp app over plain TCP (`tcp_opener`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.support.certs import make_ca, make_leaf
+from tunnel_server.edge.certstore import CertStore
+from tunnel_server.edge.listener import EdgeListener
+from tunnel_server.vhost import (
+    HTTPRoute,
+    HTTPSVhostServer,
+    HTTPVhostServer,
+    VhostRouter,
+    tcp_opener,
+)
+
+LOOPBACK = "127.0.0.1"
+TEST_TIMEOUT_S = 20.0
+PROMPT_S = 3.0
+
+
+def client_hello(name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@contextlib.asynccontextmanager
+async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, int, Path]]:
+    """An edge on 127.0.0.1:0 terminating `*.edge.test` for an app answering "hello"."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.headers.get('X-Forwarded-Proto')}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, LOOPBACK, 0).start()
+    app_port = int(runner.addresses[0][1])
+    ca = make_ca(tmp_path)
+    certs = CertStore()
+    certs.load(*make_leaf(ca, tmp_path, ["*.edge.test"]))
+    router = VhostRouter("edge.test", 100)
+    router.add(
+        HTTPRoute(
+            proxy_key="c/web",
+            proxy_name="web",
+            opener=tcp_opener(LOOPBACK, app_port),
+            subdomain="web",
+        )
+    )
+    sni_router = VhostRouter(None, 100)
+    terminated = HTTPVhostServer(router, forwarded_proto=b"https")
+    listener = EdgeListener(
+        certs=certs,
+        passthrough=HTTPSVhostServer(sni_router),
+        passthrough_router=sni_router,
+        terminated=terminated,
+        **kw,
+    )
+    try:
+        _, port = await listener.start(LOOPBACK, 0)
+        yield listener, port, ca[0]
+    finally:
+        listener.close()
+        terminated.close()
+        await listener.wait_closed()
+        await terminated.wait_closed()
+        await runner.cleanup()
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b"<reset>"
+
+
+async def test_edge_listener_terminates_and_sets_forwarded_proto(tmp_path: Path) -> None:
+    """A visitor trusting the CA gets the app's page with X-Forwarded-Proto https."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (listener, port, ca):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"https://{LOOPBACK}:{port}/",
+                ssl=ctx,
+                server_hostname="web.edge.test",
+                headers={"Host": "web.edge.test"},
+            ) as resp,
+        ):
+            assert await resp.text() == "hello https"
+        assert listener.terminated_total == 1
+
+
+async def test_edge_listener_waits_for_a_dribbled_client_hello(tmp_path: Path) -> None:
+    """A ClientHello sent one byte at a time is waited for, then answered with a ServerHello."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (_, port, _ca):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        for byte in client_hello("web.edge.test"):
+            writer.write(bytes([byte]))
+            await writer.drain()
+        first = await reader.readexactly(5)
+        assert first[0] == 0x16  # a TLS handshake record: the ServerHello
+        writer.close()
+
+
+async def test_edge_listener_closes_eof_mid_hello_promptly(tmp_path: Path) -> None:
+    """A visitor that half-closes in the middle of its ClientHello is closed at once."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (listener, port, _ca):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(client_hello("web.edge.test")[:40])
+        writer.write_eof()
+        started = asyncio.get_running_loop().time()
+        assert await read_until_closed(reader) in (b"", b"<reset>")
+        assert asyncio.get_running_loop().time() - started < PROMPT_S
+        writer.close()
+        assert listener.pending <= 1  # this connection's task is ending, nothing else left
+
+
+async def test_edge_listener_slow_hello_times_out(tmp_path: Path) -> None:
+    """A visitor that never finishes its ClientHello is closed after hello_timeout_s."""
+    async with (
+        asyncio.timeout(TEST_TIMEOUT_S),
+        edge(tmp_path, hello_timeout_s=0.5) as (_, port, _ca),
+    ):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"\x16\x03\x01")
+        assert await read_until_closed(reader) in (b"", b"<reset>")
+        writer.close()
+
+
+async def test_edge_listener_full_drops_the_oldest_pending(tmp_path: Path) -> None:
+    """With max_pending connections peeking, a new one evicts the oldest, not itself."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path, max_pending=2) as (lst, port, _):
+        slow = []
+        for _ in range(3):  # accepted in connection order, so the third one finds it full
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            writer.write(b"\x16\x03\x01")
+            await writer.drain()
+            slow.append((reader, writer))
+        assert await read_until_closed(slow[0][0]) in (b"", b"<reset>")
+        assert lst.evicted == 1
+        # The newest is still waiting: it gets its handshake when it finishes the hello.
+        reader, writer = slow[2]
+        writer.write(client_hello("web.edge.test")[3:])
+        assert (await reader.readexactly(1))[0] == 0x16
+        for _, w in slow:
+            w.close()
+
+
+async def test_edge_listener_plain_http_on_the_tls_port_is_closed(tmp_path: Path) -> None:
+    """Plain HTTP sent to the HTTPS port is closed without an answer."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (_, port, _ca):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: web.edge.test\r\n\r\n")
+        assert await read_until_closed(reader) in (b"", b"<reset>")
+        writer.close()
