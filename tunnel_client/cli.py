@@ -15,11 +15,11 @@ from typing import Any
 import click
 
 from protocol import __version__
-from protocol.aio.runner import run as run_loop
-from protocol.configfile import Secret
 from protocol.errors import TunnelError
-from protocol.logs import setup_logging
 from protocol.proxytype import ProxyType
+from tunnel_common.configfile import Secret
+from tunnel_common.logs import setup_logging
+from tunnel_common.runner import run as run_loop
 
 from .adminfile import read_admin_address
 from .client import TunnelClient

@@ -1,7 +1,7 @@
 """tunnelc's configuration: `frpc.toml` keys (or a one-line command) -> `ClientConfig`.
 
 Loading runs in three steps, as frp does: parse and type-check the file against
-`CLIENT_SCHEMA` (`protocol.configfile`), complete it with defaults into frozen dataclasses,
+`CLIENT_SCHEMA` (`tunnel_common.configfile`), complete it with defaults into frozen dataclasses,
 then validate the rules that span several keys. The one-line commands (`tunnelc tcp 22 ...`)
 build the same dataclasses and go through the same validation. Any problem stops the load
 with one `ConfigError` naming the file, the key path and the reason.
@@ -16,7 +16,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_client.proxyconfig import (
+    PROXY_SCHEMA,
+    ProxyConfig,
+    check_proxies,
+    complete_proxy,
+    make_oneliner_proxy,
+)
+from tunnel_common.configfile import (
     Bool,
     ConfigTable,
     Float,
@@ -31,7 +40,7 @@ from protocol.configfile import (
     read_config,
     read_config_text,
 )
-from protocol.configschema import (
+from tunnel_common.configschema import (
     AUTH_FIELDS,
     FRPC_UNSUPPORTED,
     LOG_FIELDS,
@@ -43,16 +52,7 @@ from protocol.configschema import (
     build_web_server,
     check_listener_auth,
 )
-from protocol.errors import ConfigError
-from protocol.fingerprint import format_fingerprint, parse_fingerprint
-from protocol.proxytype import ProxyType
-from tunnel_client.proxyconfig import (
-    PROXY_SCHEMA,
-    ProxyConfig,
-    check_proxies,
-    complete_proxy,
-    make_oneliner_proxy,
-)
+from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 __all__ = [
     "CLIENT_SCHEMA",
@@ -93,7 +93,7 @@ class ClientTLSConfig:
 
     server_name: str | None = None
     trusted_ca_file: Path | None = None
-    server_fingerprint: str | None = None  # canonical "SHA256:AB:CD:..." (protocol.fingerprint)
+    server_fingerprint: str | None = None  # canonical "SHA256:AB:CD:...", see fingerprint.py
     insecure_skip_verify: bool = False
     known_servers_file: Path | None = None  # None = a file in state_dir
 

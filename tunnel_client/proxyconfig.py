@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_common.configfile import (
     Bool,
     Choice,
     ConfigTable,
@@ -27,9 +29,7 @@ from protocol.configfile import (
     describe,
     join_key,
 )
-from protocol.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
-from protocol.errors import ConfigError
-from protocol.proxytype import ProxyType
+from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
 
 logger = logging.getLogger(__name__)
 

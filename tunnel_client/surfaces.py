@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from protocol.aio.webguard import check_web_bind
 from protocol.errors import TunnelError
+from tunnel_common.webguard import check_web_bind
 
 from .adminfile import remove_admin_address, write_admin_address
 from .inspect.app import build_inspector_app

@@ -44,7 +44,7 @@ from typing import Final, Generic, Literal, TypeVar
 
 from protocol.auth import ALPN_PROTOCOL
 from protocol.errors import TunnelError
-from protocol.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
+from tunnel_common.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.auth import ALPN_PROTOCOL
 from protocol.errors import TunnelError
-from protocol.fingerprint import fingerprint_of_der
+from tunnel_common.fingerprint import fingerprint_of_der
 
 logger = logging.getLogger(__name__)
 

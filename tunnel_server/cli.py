@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from protocol import __version__
-from protocol.aio.runner import run as run_loop
 from protocol.errors import TunnelError
-from protocol.logs import setup_logging
+from tunnel_common.logs import setup_logging
+from tunnel_common.runner import run as run_loop
 
 from .config import ServerConfig, default_server_config, load_server_config
 from .server import TunnelServer

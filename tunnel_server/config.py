@@ -1,7 +1,7 @@
 """tunneld's configuration: `frps.toml` keys -> `ServerConfig`.
 
 Loading runs in three steps, as frp does: parse and type-check the file against
-`SERVER_SCHEMA` (`protocol.configfile`), complete it with defaults into frozen dataclasses,
+`SERVER_SCHEMA` (`tunnel_common.configfile`), complete it with defaults into frozen dataclasses,
 then validate the rules that span several keys. Any problem stops the load with one
 `ConfigError` naming the file, the key path and the reason.
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from tunnel_common.configfile import (
     Bool,
     ConfigTable,
     Float,
@@ -29,7 +30,7 @@ from protocol.configfile import (
     read_config,
     read_config_text,
 )
-from protocol.configschema import (
+from tunnel_common.configschema import (
     AUTH_FIELDS,
     FRPS_UNSUPPORTED,
     LOG_FIELDS,
@@ -42,7 +43,6 @@ from protocol.configschema import (
     check_listener_auth,
     domain_problem,
 )
-from protocol.errors import ConfigError
 
 from .edge.config import TLS_FIELDS, EdgeTLSConfig, build_edge_tls
 

@@ -24,12 +24,12 @@ from typing import Any, Final
 import pytest
 
 from protocol.aio.connection import MuxSession
-from protocol.configfile import Secret
 from protocol.proxytype import ProxyType
 from tunnel_client.client import TunnelClient
 from tunnel_client.config import ClientConfig, ClientTLSConfig
 from tunnel_client.proxies.base import ProxyStatus
 from tunnel_client.proxyconfig import ProxyConfig
+from tunnel_common.configfile import Secret
 from tunnel_server.config import ServerConfig
 from tunnel_server.server import TunnelServer
 

@@ -13,12 +13,12 @@ import pytest
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import StreamResetError
-from protocol.configfile import Secret
 from protocol.errors import ErrorCode
 from protocol.messages import StreamHeader
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 from tunnel_client.client import TunnelClient
+from tunnel_common.configfile import Secret
 from tunnel_server.server import TunnelServer
 
 from .conftest import (

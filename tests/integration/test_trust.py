@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from protocol.auth import ALPN_PROTOCOL
-from protocol.fingerprint import fingerprint_of_der, parse_fingerprint
 from tests.support.certs import make_ca, make_leaf
 from tunnel_client.trust import TLSParams, TrustError, connect_tls
+from tunnel_common.fingerprint import fingerprint_of_der, parse_fingerprint
 from tunnel_server.certs import (
     CertError,
     ServerCert,

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from protocol.aio.webguard import check_web_bind
 from tunnel_client.web.admin import build_admin_app
+from tunnel_common.webguard import check_web_bind
 
 TIMEOUT = 10.0
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}

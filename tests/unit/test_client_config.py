@@ -7,13 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from protocol.configfile import Secret
-from protocol.configschema import (
-    FRPC_PROXY_UNSUPPORTED,
-    FRPC_UNSUPPORTED,
-    LogConfig,
-    WebServerConfig,
-)
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
 from tunnel_client.config import (
@@ -26,6 +19,13 @@ from tunnel_client.config import (
     make_oneliner_proxy,
     parse_client_config,
     validate_client_config,
+)
+from tunnel_common.configfile import Secret
+from tunnel_common.configschema import (
+    FRPC_PROXY_UNSUPPORTED,
+    FRPC_UNSUPPORTED,
+    LogConfig,
+    WebServerConfig,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

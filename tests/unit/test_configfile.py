@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from tunnel_common.configfile import (
     Bool,
     Choice,
     ConfigTable,
@@ -26,14 +27,13 @@ from protocol.configfile import (
     read_config,
     suggest,
 )
-from protocol.configschema import (
+from tunnel_common.configschema import (
     FRPC_PROXY_UNSUPPORTED,
     FRPC_UNSUPPORTED,
     FRPS_UNSUPPORTED,
     domain_problem,
     is_loopback,
 )
-from protocol.errors import ConfigError
 
 ITEM = Table(
     {"name": Str(), "port": Int(1, 65535), "extra": Table({"level": Int(0, 9)})},

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from protocol.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
+from tunnel_common.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
 
 DER = b"not really a certificate, but any bytes hash the same way"
 DIGEST = hashlib.sha256(DER).digest()

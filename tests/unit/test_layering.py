@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("protocol", "tunnel_server", "tunnel_client")
+PACKAGES = ("protocol", "tunnel_common", "tunnel_server", "tunnel_client")
 IO_MODULES = frozenset({"asyncio", "socket", "ssl", "time"})
+# protocol/ is the wire only, aio/ included: no files, no randomness of its own choosing, no
+# logging set-up. Config, logging handlers and web guards live in tunnel_common/.
+NOT_WIRE_MODULES = frozenset(
+    {"os", "io", "pathlib", "shutil", "tempfile", "random", "logging.handlers", "logging.config"}
+)
 
 
 def modules_imported(source: str, module: str) -> set[str]:
@@ -137,3 +142,38 @@ def test_layering_msgpack_only_in_frames() -> None:
         if "msgpack" in top_levels(imports_of(path))
     }
     assert importers == {"protocol/frames.py"}
+
+
+@pytest.mark.parametrize("path", source_files("protocol"), ids=_rel)
+def test_layering_protocol_is_the_wire_only(path: Path) -> None:
+    """protocol/ (aio/ too) touches no files, draws no `random`, and sets up no log handlers."""
+    forbidden = imports_of(path) & NOT_WIRE_MODULES
+    forbidden |= top_levels(imports_of(path)) & (NOT_WIRE_MODULES - {"logging.handlers"})
+    source = path.read_text(encoding="utf-8")
+    calls = {
+        name
+        for name in ("open(", "basicConfig(", "Handler(", "addHandler(")
+        if any(
+            isinstance(node, ast.Call) and ast.unparse(node.func).endswith(name[:-1])
+            for node in ast.walk(ast.parse(source))
+        )
+    }
+    assert not forbidden and not calls, f"{_rel(path)} uses {sorted(forbidden | calls)}"
+
+
+def test_layering_protocol_never_imports_tunnel_common() -> None:
+    """The wire does not depend on the shared app code; tunnel_common may import protocol."""
+    offenders = [
+        _rel(p) for p in source_files("protocol") if "tunnel_common" in top_levels(imports_of(p))
+    ]
+    assert not offenders
+
+
+def test_layering_tunnel_common_imports_neither_app() -> None:
+    """tunnel_common is shared by both apps, so it imports neither of them."""
+    offenders = [
+        _rel(p)
+        for p in source_files("tunnel_common")
+        if top_levels(imports_of(p)) & {"tunnel_server", "tunnel_client"}
+    ]
+    assert not offenders

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.configfile import Secret
-from protocol.configschema import FRPS_UNSUPPORTED, LogConfig, WebServerConfig
 from protocol.errors import ConfigError
+from tunnel_common.configfile import Secret
+from tunnel_common.configschema import FRPS_UNSUPPORTED, LogConfig, WebServerConfig
 from tunnel_server.config import (
     PortRange,
     ServerConfig,

@@ -16,11 +16,11 @@ from typing import Final
 
 from aiohttp import web
 
-from protocol.aio.webguard import install_guard, page_routes
 from tunnel_client.inspect.bodyview import describe_body
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
 from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
+from tunnel_common.webguard import install_guard, page_routes
 
 logger = logging.getLogger(__name__)
 

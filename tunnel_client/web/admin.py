@@ -7,7 +7,7 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from protocol.aio.webguard import healthz_route, install_guard
+from tunnel_common.webguard import healthz_route, install_guard
 
 logger = logging.getLogger(__name__)
 

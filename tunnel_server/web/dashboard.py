@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import PROTOCOL_VERSION, __version__
-from protocol.aio.webguard import auth_enabled, check_web_bind, install_guard, page_routes
+from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
 

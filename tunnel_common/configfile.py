@@ -5,7 +5,7 @@ literals of key -> spec). `read_config` parses the text with `tomllib` and walks
 the schema, so every problem becomes one `ConfigError` naming the file, the key path
 (`proxies[1].localPort`, `webServer.port`, `allowPorts[0].start`) and the reason. Keys that
 are not in the schema are either a known frp option we do not support yet (each app passes
-the table from `protocol.configschema`) or unknown, with a did-you-mean suggestion. Nothing
+the table from `tunnel_common.configschema`) or unknown, with a did-you-mean suggestion. Nothing
 is ever silently ignored.
 
 The walker only checks each value on its own (type, range, choice). Defaults and rules that

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from protocol.configfile import (
+from protocol.errors import ConfigError
+from tunnel_common.configfile import (
     Choice,
     ConfigTable,
     Int,
@@ -24,7 +25,6 @@ from protocol.configfile import (
     Str,
     describe,
 )
-from protocol.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
