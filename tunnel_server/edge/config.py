@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from protocol.configfile import ConfigTable, PathStr, Spec, Table, TableList
+from tunnel_common.configfile import ConfigTable, PathStr, Spec, Table, TableList
 
 MAX_CERTIFICATE_FILES: Final = 1000  # [[tls.certificates]] entries in one file
 
