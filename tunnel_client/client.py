@@ -352,8 +352,11 @@ class TunnelClient:
             port = urls[0].rsplit(":", 1)[-1]
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
-        status.state, status.error, status.public_urls = "running", "", urls
-        logger.info("tunnelc: proxy %s ready at %s", result.name, " ".join(urls))
+        # On success `error` carries a note, e.g. "https pending certificate for NAME"; the
+        # server sends the result again once the certificate is there.
+        status.state, status.error, status.public_urls = "running", result.error, urls
+        note = f" ({result.error})" if result.error else ""
+        logger.info("tunnelc: proxy %s ready at %s%s", result.name, " ".join(urls), note)
         self._notify_status()
 
     def _localize(self, url: str) -> str:

@@ -18,11 +18,14 @@ from protocol.errors import ErrorCode, TunnelError
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 
+from .acme.challenges import ChallengeBoard
+from .acme.manager import CertManager
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .edge.certstore import CertificateError, CertStore
 from .edge.listener import EdgeListener
+from .edge.service import EdgeService
 from .ports import PortAllocator
 from .proxies.base import ProxyContext
 from .session import ServerSession, limit_before_login
@@ -76,6 +79,9 @@ class TunnelServer:
         self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
         self.edge: EdgeListener | None = None
         self.certs = CertStore()
+        self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
+        self.cert_manager: CertManager | None = None
+        self.edge_service: EdgeService | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
         self.mux_settings = MuxSettings(
@@ -121,7 +127,10 @@ class TunnelServer:
         if cfg.vhost_http_port is not None:
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
             self._http_vhost = HTTPVhostServer(
-                self.http_router, timeout_s=cfg.vhost_http_timeout, custom_404_page=page
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                custom_404_page=page,
+                challenge_answer=self.acme_board.http01_response,
             )
             host, self.http_port = await self._http_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_http_port
@@ -151,14 +160,32 @@ class TunnelServer:
                 custom_404_page=page,
                 forwarded_proto=b"https",
             )
+        if cfg.edge_tls.acme is not None:
+            self.cert_manager = CertManager(
+                cfg.edge_tls.acme,
+                cfg.state_dir,
+                self.certs,
+                self.acme_board,
+                sub_domain_host=cfg.sub_domain_host,
+                on_issued=self._certificate_issued,
+            )
+            self.cert_manager.start()
+        if self._tls_vhost is not None:
+            self.edge_service = EdgeService(self.certs, self.cert_manager)
         self.edge = EdgeListener(
             certs=self.certs,
             passthrough=self._https_vhost,
             passthrough_router=self.https_router,
             terminated=self._tls_vhost,
+            challenges=self.acme_board.tls_alpn_context,
         )
         host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
         logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
+
+    def _certificate_issued(self, name: str) -> None:
+        """A certificate arrived: tell the clients whose http proxies it serves their URLs."""
+        for session in list(self.sessions.values()):
+            session.refresh_public_urls()
 
     async def _start_dashboard(self) -> None:
         cfg = self.config.web
@@ -225,6 +252,8 @@ class TunnelServer:
         for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
             if vhost is not None:
                 vhost.close()
+        if self.cert_manager is not None:
+            self.cert_manager.close()
 
     async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
@@ -245,6 +274,8 @@ class TunnelServer:
         for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
             if vhost is not None:
                 await vhost.wait_closed()
+        if self.cert_manager is not None:
+            await self.cert_manager.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -294,7 +325,7 @@ class TunnelServer:
             https_router=self.https_router,
             http_port=self.http_port,
             https_port=self.https_port,
-            certs=self.certs if self._tls_vhost is not None else None,
+            edge=self.edge_service,
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,

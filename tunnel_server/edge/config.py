@@ -4,6 +4,16 @@
     certFile = "/etc/tunnelkit/example.com.crt"   # PEM chain, leaf first
     keyFile = "/etc/tunnelkit/example.com.key"
 
+    [tls.acme]                    # certificates on demand (RFC 8555); see docs/edge-tls.md
+    directory = "letsencrypt"     # or "letsencrypt-staging", or the directory URL of any CA
+    email = "ops@example.com"     # optional contact
+    challenges = ["tls-alpn-01", "http-01"]   # tried in this order, as the CA offers them
+    allowDomains = ["example.org", "*.example.net"]  # custom domains beyond subDomainHost's
+    maxOrdersPerHour = 20
+    caFile = "/path/ca.pem"       # trust for a private CA's directory (not for Let's Encrypt)
+    eab.kid = "..."               # External Account Binding, for CAs that ask for one
+    eab.hmacKey = "..."
+
 tunnelkit's own keys (frp has no TLS termination). The schema fields are declared here, once,
 and `tunnel_server/config.py` mounts them at `tls`.
 """
@@ -14,9 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from tunnel_common.configfile import ConfigTable, PathStr, Spec, Table, TableList
+from tunnel_common.configfile import (
+    ConfigTable,
+    Int,
+    PathStr,
+    Secret,
+    SecretStr,
+    Spec,
+    Str,
+    StrList,
+    Table,
+    TableList,
+)
+from tunnel_common.configschema import domain_problem
 
 MAX_CERTIFICATE_FILES: Final = 1000  # [[tls.certificates]] entries in one file
+MAX_ALLOW_DOMAINS: Final = 1000  # tls.acme.allowDomains entries
+MAX_ORDERS_PER_HOUR: Final = 300  # the highest tls.acme.maxOrdersPerHour accepted
+DEFAULT_ORDERS_PER_HOUR: Final = 20  # Let's Encrypt allows 300 new orders per 3 hours
+DIRECTORIES: Final = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+CHALLENGES: Final = ("tls-alpn-01", "http-01")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,19 +58,54 @@ class CertificateFiles:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ACMEConfig:
+    """`tls.acme`: where and how to order certificates."""
+
+    directory_url: str
+    email: str | None = None
+    challenges: tuple[str, ...] = CHALLENGES
+    allow_domains: tuple[str, ...] = ()  # exact names or "*.suffix" patterns
+    max_orders_per_hour: int = DEFAULT_ORDERS_PER_HOUR
+    ca_file: Path | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: Secret | None = None
+
+    def allows_custom(self, name: str) -> bool:
+        """True if allowDomains lets the server order a certificate for custom domain `name`."""
+        for pattern in self.allow_domains:
+            if pattern == name:
+                return True
+            if pattern.startswith("*.") and name.endswith(pattern[1:]):
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeTLSConfig:
     """Everything under `tls`."""
 
     certificates: tuple[CertificateFiles, ...] = ()
+    acme: ACMEConfig | None = None
 
     @property
     def enabled(self) -> bool:
         """True when the edge can terminate TLS for some name."""
-        return bool(self.certificates)
+        return bool(self.certificates) or self.acme is not None
 
 
 TLS_FIELDS: Final[dict[str, Spec]] = {
     "certificates": TableList(Table({"certFile": PathStr(), "keyFile": PathStr()})),
+    "acme": Table(
+        {
+            "directory": Str(),
+            "email": Str(),
+            "challenges": StrList(),
+            "allowDomains": StrList(),
+            "maxOrdersPerHour": Int(1, MAX_ORDERS_PER_HOUR),
+            "caFile": PathStr(),
+            "eab": Table({"kid": Str(), "hmacKey": SecretStr()}),
+        }
+    ),
 }
 
 
@@ -58,4 +123,44 @@ def build_edge_tls(table: ConfigTable) -> EdgeTLSConfig:
         if key_file is None:
             raise entry.error("keyFile", "is required (the PEM private key)")
         files.append(CertificateFiles(cert_file=cert_file, key_file=key_file))
-    return EdgeTLSConfig(certificates=tuple(files))
+    return EdgeTLSConfig(certificates=tuple(files), acme=_build_acme(table.table("acme")))
+
+
+def _build_acme(table: ConfigTable) -> ACMEConfig | None:
+    directory = table.get("directory", str)
+    if directory is None:
+        if any(True for _ in table):
+            raise table.error(
+                "directory", 'is required: "letsencrypt", "letsencrypt-staging" or a URL'
+            )
+        return None
+    url = DIRECTORIES.get(directory, directory)
+    if not url.startswith(("https://", "http://")):
+        names = ", ".join(f'"{name}"' for name in DIRECTORIES)
+        raise table.error("directory", f"must be {names} or an https:// URL, got {directory!r}")
+    challenges = table.strs("challenges") or CHALLENGES
+    for challenge in challenges:
+        if challenge not in CHALLENGES:
+            allowed = ", ".join(f'"{c}"' for c in CHALLENGES)
+            raise table.error("challenges", f"must be from {allowed}, got {challenge!r}")
+    allow = tuple(name.lower().rstrip(".") for name in table.strs("allowDomains"))
+    if len(allow) > MAX_ALLOW_DOMAINS:
+        raise table.error("allowDomains", f"at most {MAX_ALLOW_DOMAINS} entries")
+    for name in allow:
+        problem = domain_problem(name, wildcard=True)
+        if problem is not None:
+            raise table.error("allowDomains", problem)
+    eab = table.table("eab")
+    kid, hmac_key = eab.get("kid", str), eab.get("hmacKey", Secret)
+    if (kid is None) != (hmac_key is None):
+        raise eab.error("kid" if kid is None else "hmacKey", "is required with the other eab key")
+    return ACMEConfig(
+        directory_url=url,
+        email=table.get("email", str),
+        challenges=tuple(dict.fromkeys(challenges)),
+        allow_domains=allow,
+        max_orders_per_hour=table.get_or("maxOrdersPerHour", int, DEFAULT_ORDERS_PER_HOUR),
+        ca_file=table.get("caFile", Path),
+        eab_kid=kid,
+        eab_hmac_key=hmac_key,
+    )

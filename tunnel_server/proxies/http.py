@@ -32,6 +32,7 @@ class VhostProxy:
         self.name = name
         self.request = request
         self.public_urls: tuple[str, ...] = ()
+        self.public_note = ""
         self._route: HTTPRoute | None = None
         self._streams: set[MuxStream] = set()
 
@@ -54,6 +55,9 @@ class VhostProxy:
 
     def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
         return _urls(self.scheme, names, port) if port is not None else ()
+
+    def refresh_urls(self) -> bool:
+        return False  # only terminated http proxies gain URLs later
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
@@ -105,11 +109,31 @@ class HTTPProxy(VhostProxy):
 
     def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
         urls = _urls("http", names, port) if port is not None else ()
-        certs, https_port = self.ctx.certs, self.ctx.https_port
-        if certs is not None and https_port is not None:
-            covered = [name for name in names if certs.lookup(name) is not None]
-            urls += _urls("https", covered, https_port)
-        return urls
+        edge, https_port = self.ctx.edge, self.ctx.https_port
+        if edge is None or https_port is None:
+            return urls
+        ready, notes = [], []
+        for name in names:
+            if name.startswith("*"):
+                continue  # a wildcard or catch-all route has no single URL to show
+            state, detail = edge.https_state(name)
+            if state == "ready":
+                ready.append(name)
+            elif state in ("pending", "failed"):
+                notes.append(f"https pending certificate for {name}")
+            else:
+                notes.append(f"no https for {name}: {detail}")
+        self.public_note = "; ".join(notes)
+        return urls + _urls("https", ready, https_port)
+
+    def refresh_urls(self) -> bool:
+        """Recompute the public URLs (a certificate arrived); True if they changed."""
+        if self._route is None or self.ctx.http_router is None:
+            return False
+        before = (self.public_urls, self.public_note)
+        names = self.ctx.http_router.names_for(self._route)
+        self.public_urls = self._urls(names, self.ctx.http_port)
+        return (self.public_urls, self.public_note) != before
 
     def _route_for(self) -> HTTPRoute:
         r = self.request

@@ -30,6 +30,7 @@ class TCPProxy:
         self.requested_port = request.remote_port
         self.port = 0
         self.public_urls: tuple[str, ...] = ()
+        self.public_note = ""
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
 
@@ -72,6 +73,9 @@ class TCPProxy:
         if stream in self._streams:
             self._streams.discard(stream)
             self.ctx.counters.connections_active -= 1
+
+    def refresh_urls(self) -> bool:
+        return False  # a port's URL never changes
 
     def close(self) -> None:
         if self._server is not None:

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
+ChallengeAnswer = Callable[[str], bytes | None]  # path -> a whole response, or None
 
 
 class HTTPVhostServer(VhostListener):
@@ -59,6 +60,7 @@ class HTTPVhostServer(VhostListener):
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_request: OnRequest | None = None,
         forwarded_proto: bytes = b"http",
+        challenge_answer: ChallengeAnswer | None = None,
     ) -> None:
         super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
@@ -69,6 +71,7 @@ class HTTPVhostServer(VhostListener):
         self._idle_timeout_s = idle_timeout_s
         self._on_request = on_request
         self._forwarded_proto = forwarded_proto  # X-Forwarded-Proto: "https" behind the edge
+        self._challenge_answer = challenge_answer  # ACME HTTP-01, answered before routing
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -160,6 +163,12 @@ class HTTPVhostServer(VhostListener):
             return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
         query = target.find(b"?")
         path = (target if query < 0 else target[:query]).decode("latin-1")
+        if self._challenge_answer is not None:
+            answer = self._challenge_answer(path)
+            if answer is not None:
+                self._skip_body(conn)
+                conn.write(answer)
+                return Outcome.CLOSE
         route = self._router.lookup(host, path if path.startswith("/") else "/")
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
