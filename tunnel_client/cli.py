@@ -17,14 +17,15 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
+from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
 
 from .adminfile import read_admin_address
 from .client import TunnelClient
-from .config import ClientConfig, load_client_config, make_oneliner_config
-from .proxyconfig import make_oneliner_proxy
+from .config import CLIENT_FIELDS, ClientConfig, load_client_config, make_oneliner_config
+from .proxyconfig import PROXY_FIELDS, make_oneliner_proxy
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=help_epilog("frpc.toml", [("", CLIENT_FIELDS), ("proxies[].", PROXY_FIELDS)]),
+)
 @CONFIG_OPTION
 @log_options
 @click.version_option(__version__, "-v", "--version", prog_name="tunnelc")

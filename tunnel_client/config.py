@@ -1,10 +1,12 @@
 """tunnelc's configuration: `frpc.toml` keys (or a one-line command) -> `ClientConfig`.
 
-Loading runs in three steps, as frp does: parse and type-check the file against
-`CLIENT_SCHEMA` (`tunnel_common.configfile`), complete it with defaults into frozen dataclasses,
-then validate the rules that span several keys. The one-line commands (`tunnelc tcp 22 ...`)
-build the same dataclasses and go through the same validation. Any problem stops the load
-with one `ConfigError` naming the file, the key path and the reason.
+Every key is declared once, in `CLIENT_FIELDS` (and `PROXY_FIELDS` for `[[proxies]]`): its
+TOML key, attribute, type and range, default and help. Loading runs in three steps, as frp
+does: parse and type-check the file against the schema built from those tables, complete it
+with their defaults into frozen dataclasses, then validate the rules that span several keys.
+The one-line commands (`tunnelc tcp 22 ...`) build the same dataclasses and go through the
+same validation. Any problem stops the load with one `ConfigError` naming the file, the key
+path and the reason.
 """
 
 from __future__ import annotations
@@ -19,42 +21,42 @@ from typing import Final
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
 from tunnel_client.proxyconfig import (
+    PROXY_FIELDS,
     PROXY_SCHEMA,
     ProxyConfig,
     check_proxies,
     complete_proxy,
     make_oneliner_proxy,
 )
+from tunnel_common.configfields import OWN, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
     ConfigTable,
+    Fingerprint,
     Float,
     Int,
     PathStr,
     Secret,
     SecretStr,
     Str,
-    Table,
     TableList,
     describe,
     read_config,
     read_config_text,
 )
 from tunnel_common.configschema import (
-    AUTH_FIELDS,
+    AUTH_ENTRIES,
     FRPC_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
     LogConfig,
     WebServerConfig,
-    build_auth_token,
-    build_log,
-    build_web_server,
     check_listener_auth,
 )
 from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 __all__ = [
+    "CLIENT_FIELDS",
     "CLIENT_SCHEMA",
     "PROXY_SCHEMA",
     "ClientConfig",
@@ -87,98 +89,192 @@ def _default_state_dir() -> Path:
         return Path(".tunnelkit/client")
 
 
+_S: Final = MAX_SECONDS
+
+# `transport.tls.*`: how the client checks the server; see DESIGN section 3.
+CLIENT_TLS_FIELDS: Final = FieldTable(
+    (
+        Field("enable", None, Bool(), True, "only true: tunnelc always uses TLS"),
+        Field("serverName", "server_name", Str(), None, "name the server certificate must have"),
+        Field(
+            "trustedCaFile",
+            "trusted_ca_file",
+            PathStr(),
+            None,
+            "CA bundle that signs the server certificate",
+        ),
+        Field(
+            "serverFingerprint",
+            "server_fingerprint",
+            Fingerprint(),
+            None,
+            "pin the server certificate (SHA256:AB:CD:...)",
+            origin=OWN,
+        ),
+        Field(
+            "insecureSkipVerify",
+            "insecure_skip_verify",
+            Bool(),
+            False,
+            "do not verify the server at all (unsafe)",
+            origin=OWN,
+        ),
+        Field(
+            "knownServersFile",
+            "known_servers_file",
+            PathStr(),
+            None,
+            "trust-on-first-use file; unset = one in stateDir",
+            origin=OWN,
+        ),
+    )
+)
+
+# `inspect.*`: the local inspector of captured http requests (ours, like ngrok's).
+INSPECT_FIELDS: Final = FieldTable(
+    (
+        Field("enabled", "enabled", Bool(), True, "capture http requests", origin=OWN),
+        Field("addr", "addr", Str(), "127.0.0.1", "address of the inspector UI", origin=OWN),
+        Field("port", "port", Int(0, 65535), 4040, "port of the inspector UI; 0 = any", origin=OWN),
+        Field("user", "user", Str(), None, "basic-auth user", origin=OWN),
+        Field("password", "password", SecretStr(), None, "basic-auth password", origin=OWN),
+        Field(
+            "maxBodyBytes",
+            "max_body_bytes",
+            Int(0, MAX_INSPECT_BODY_BYTES),
+            64 * 1024,
+            "bytes kept per captured body; the rest is counted",
+            origin=OWN,
+        ),
+        Field(
+            "maxRequests",
+            "max_requests",
+            Int(1, MAX_INSPECT_REQUESTS),
+            200,
+            "exchanges kept; the oldest is dropped first",
+            origin=OWN,
+        ),
+    )
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientTLSConfig:
     """How the client checks the server (`transport.tls.*`); see DESIGN section 3."""
 
-    server_name: str | None = None
-    trusted_ca_file: Path | None = None
-    server_fingerprint: str | None = None  # canonical "SHA256:AB:CD:...", see fingerprint.py
-    insecure_skip_verify: bool = False
-    known_servers_file: Path | None = None  # None = a file in state_dir
+    server_name: str | None = CLIENT_TLS_FIELDS.optional("server_name", str)
+    trusted_ca_file: Path | None = CLIENT_TLS_FIELDS.optional("trusted_ca_file", Path)
+    # canonical "SHA256:AB:CD:..." (tunnel_common.fingerprint)
+    server_fingerprint: str | None = CLIENT_TLS_FIELDS.optional("server_fingerprint", str)
+    insecure_skip_verify: bool = CLIENT_TLS_FIELDS.default("insecure_skip_verify", bool)
+    known_servers_file: Path | None = CLIENT_TLS_FIELDS.optional("known_servers_file", Path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InspectConfig:
     """`inspect.*`: the local inspector of captured http requests (ours, like ngrok's)."""
 
-    enabled: bool = True
-    addr: str = "127.0.0.1"
-    port: int = 4040  # 0 = pick a free port (the ready line reports it)
-    user: str | None = None
-    password: Secret | None = None
-    max_body_bytes: int = 64 * 1024  # captured per body; the rest is counted, not kept
-    max_requests: int = 200  # exchanges kept; the oldest is dropped first
+    enabled: bool = INSPECT_FIELDS.default("enabled", bool)
+    addr: str = INSPECT_FIELDS.default("addr", str)
+    port: int = INSPECT_FIELDS.default("port", int)
+    user: str | None = INSPECT_FIELDS.optional("user", str)
+    password: Secret | None = INSPECT_FIELDS.optional("password", Secret)
+    max_body_bytes: int = INSPECT_FIELDS.default("max_body_bytes", int)
+    max_requests: int = INSPECT_FIELDS.default("max_requests", int)
+
+
+# Every key of frpc.toml that tunnelc reads: (TOML key, attribute, spec, default, help).
+CLIENT_FIELDS: Final = FieldTable(
+    (
+        Field("clientID", "client_id", Str(), None, "stable id; unset = one kept in stateDir"),
+        Field("user", "user", Str(allow_empty=True), "", "user name sent at login"),
+        Field("serverAddr", "server_addr", Str(), "0.0.0.0", "host of tunneld"),
+        Field("serverPort", "server_port", Int(1, 65535), DEFAULT_SERVER_PORT, "port of tunneld"),
+        Field(
+            "loginFailExit",
+            "login_fail_exit",
+            Bool(),
+            True,
+            "exit if the first login fails; false = keep retrying",
+        ),
+        Field(
+            "udpPacketSize",
+            "udp_packet_size",
+            Int(1, MAX_UDP_PACKET_BYTES),
+            1500,
+            "largest UDP datagram relayed, in bytes",
+        ),
+        *AUTH_ENTRIES,
+        Field(
+            "transport.dialServerTimeout",
+            "dial_server_timeout",
+            Float(0.1, _S),
+            10.0,
+            "how long to wait for the connection to tunneld",
+        ),
+        Field(
+            "transport.heartbeatInterval",
+            "heartbeat_interval",
+            Float(1, _S),
+            30.0,
+            "how often to ping tunneld",
+        ),
+        Field(
+            "transport.heartbeatTimeout",
+            "heartbeat_timeout",
+            Float(1, _S),
+            90.0,
+            "tunneld silent this long = reconnect",
+        ),
+        Section("transport.tls", "tls", CLIENT_TLS_FIELDS, ClientTLSConfig),
+        Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
+        Section("log", "log", LOG_FIELDS, LogConfig),
+        Field(
+            "proxies",
+            "proxies",
+            TableList(PROXY_SCHEMA),
+            (),
+            "the proxies ([[proxies]] entries; see below)",
+        ),
+        Field(
+            "stateDir",
+            "state_dir",
+            PathStr(),
+            None,
+            "where tunnelc keeps its id and known servers",
+            origin=OWN,
+            factory=_default_state_dir,
+            shown='"~/.local/state/tunnelkit/client"',
+        ),
+        Section("inspect", "inspect", INSPECT_FIELDS, InspectConfig),
+    ),
+    unsupported=FRPC_UNSUPPORTED,
+)
+CLIENT_SCHEMA: Final = CLIENT_FIELDS.schema
+_F = CLIENT_FIELDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
-    """Everything tunnelc needs; defaults match frp's where frp has the key."""
+    """Everything tunnelc needs; the defaults come from `CLIENT_FIELDS`."""
 
-    client_id: str | None = None  # None = a stable id kept in state_dir
-    user: str = ""
-    server_addr: str = "0.0.0.0"
-    server_port: int = DEFAULT_SERVER_PORT
-    login_fail_exit: bool = True
-    udp_packet_size: int = 1500  # bytes
-    auth_token: Secret | None = None
-    dial_server_timeout: float = 10.0  # seconds
-    heartbeat_interval: float = 30.0  # seconds
-    heartbeat_timeout: float = 90.0  # seconds
-    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
-    state_dir: Path = field(default_factory=_default_state_dir)
-    web: WebServerConfig = field(default_factory=WebServerConfig)
-    inspect: InspectConfig = field(default_factory=InspectConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    proxies: tuple[ProxyConfig, ...] = ()  # enabled ones only
-
-
-CLIENT_SCHEMA: Final = Table(
-    {
-        "clientID": Str(),
-        "user": Str(allow_empty=True),
-        "serverAddr": Str(),
-        "serverPort": Int(1, 65535),
-        "loginFailExit": Bool(),
-        "udpPacketSize": Int(1, MAX_UDP_PACKET_BYTES),
-        "auth": Table(AUTH_FIELDS),
-        "transport": Table(
-            {
-                "dialServerTimeout": Float(0.1, MAX_SECONDS),
-                "heartbeatInterval": Float(1, MAX_SECONDS),
-                "heartbeatTimeout": Float(1, MAX_SECONDS),
-                "tls": Table(
-                    {
-                        "enable": Bool(),
-                        "serverName": Str(),
-                        "trustedCaFile": PathStr(),
-                        # tunnelkit's own keys
-                        "serverFingerprint": Str(),
-                        "insecureSkipVerify": Bool(),
-                        "knownServersFile": PathStr(),
-                    }
-                ),
-            }
-        ),
-        "webServer": Table(WEB_SERVER_FIELDS),
-        "log": Table(LOG_FIELDS),
-        "proxies": TableList(PROXY_SCHEMA),
-        # tunnelkit's own keys
-        "stateDir": PathStr(),
-        "inspect": Table(
-            {
-                "enabled": Bool(),
-                "addr": Str(),
-                "port": Int(0, 65535),
-                "user": Str(),
-                "password": SecretStr(),
-                "maxBodyBytes": Int(0, MAX_INSPECT_BODY_BYTES),
-                "maxRequests": Int(1, MAX_INSPECT_REQUESTS),
-            }
-        ),
-    },
-    unsupported=FRPC_UNSUPPORTED,
-)
+    client_id: str | None = _F.optional("client_id", str)  # None = a stable id in state_dir
+    user: str = _F.default("user", str)
+    server_addr: str = _F.default("server_addr", str)
+    server_port: int = _F.default("server_port", int)
+    login_fail_exit: bool = _F.default("login_fail_exit", bool)
+    udp_packet_size: int = _F.default("udp_packet_size", int)
+    auth_token: Secret | None = _F.optional("auth_token", Secret)
+    dial_server_timeout: float = _F.default("dial_server_timeout", float)
+    heartbeat_interval: float = _F.default("heartbeat_interval", float)
+    heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
+    tls: ClientTLSConfig = field(default_factory=_F.factory("tls", ClientTLSConfig))
+    state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
+    web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
+    inspect: InspectConfig = field(default_factory=_F.factory("inspect", InspectConfig))
+    log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
+    proxies: tuple[ProxyConfig, ...] = _F.default("proxies", tuple)  # enabled ones only
+    notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -264,59 +360,21 @@ def _split_server(server: str, source: str) -> tuple[str, int]:
 
 def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
     """Fill in defaults; returns the config and the key path of each kept proxy."""
-    transport = root.table("transport")
-    tls = transport.table("tls")
-    if tls.get("enable", bool) is False:
-        raise tls.error(
-            "enable",
+    if root.lookup("transport.tls.enable") is False:
+        raise root.error(
+            "transport.tls.enable",
             "tunnelkit always uses TLS (the server only speaks TLS, and the client checks "
             "its certificate); remove it",
         )
-    fingerprint = tls.get("serverFingerprint", str)
-    if fingerprint is not None:
-        try:
-            fingerprint = format_fingerprint(parse_fingerprint(fingerprint))
-        except ValueError as exc:
-            raise tls.error("serverFingerprint", str(exc)) from None
-    inspect = root.table("inspect")
     proxies: list[ProxyConfig] = []
     proxy_paths: list[str] = []
+    notes = CLIENT_FIELDS.notes(root)
     for table in root.tables("proxies"):
+        notes.extend(PROXY_FIELDS.notes(table))
         if table.get_or("enabled", bool, True):
             proxies.append(complete_proxy(table))
             proxy_paths.append(table.path)
-    config = ClientConfig(
-        client_id=root.get("clientID", str),
-        user=root.get_or("user", str, ""),
-        server_addr=root.get_or("serverAddr", str, "0.0.0.0"),
-        server_port=root.get_or("serverPort", int, DEFAULT_SERVER_PORT),
-        login_fail_exit=root.get_or("loginFailExit", bool, True),
-        udp_packet_size=root.get_or("udpPacketSize", int, 1500),
-        auth_token=build_auth_token(root.table("auth")),
-        dial_server_timeout=transport.get_or("dialServerTimeout", float, 10.0),
-        heartbeat_interval=transport.get_or("heartbeatInterval", float, 30.0),
-        heartbeat_timeout=transport.get_or("heartbeatTimeout", float, 90.0),
-        tls=ClientTLSConfig(
-            server_name=tls.get("serverName", str),
-            trusted_ca_file=tls.get("trustedCaFile", Path),
-            server_fingerprint=fingerprint,
-            insecure_skip_verify=tls.get_or("insecureSkipVerify", bool, False),
-            known_servers_file=tls.get("knownServersFile", Path),
-        ),
-        state_dir=root.get_or("stateDir", Path, _default_state_dir()),
-        web=build_web_server(root.table("webServer")),
-        inspect=InspectConfig(
-            enabled=inspect.get_or("enabled", bool, True),
-            addr=inspect.get_or("addr", str, "127.0.0.1"),
-            port=inspect.get_or("port", int, 4040),
-            user=inspect.get("user", str),
-            password=inspect.get("password", Secret),
-            max_body_bytes=inspect.get_or("maxBodyBytes", int, 64 * 1024),
-            max_requests=inspect.get_or("maxRequests", int, 200),
-        ),
-        log=build_log(root.table("log")),
-        proxies=tuple(proxies),
-    )
+    config = CLIENT_FIELDS.complete(root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes))
     return config, proxy_paths
 
 

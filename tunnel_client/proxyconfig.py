@@ -1,8 +1,9 @@
 """One `[[proxies]]` entry of tunnelc's config: its schema, dataclass and rules.
 
 `tunnel_client.config` uses this for files, and the one-line commands use it for the proxy
-they build, so both go through the same checks. Which keys each proxy type accepts is one
-table, `_KEY_TYPES`; adding a proxy type means adding it there.
+they build, so both go through the same checks. Every key is declared once, in
+`PROXY_FIELDS`, which also says which proxy types each key applies to (`only`); adding a
+proxy type means naming it in the `only` of the keys it accepts.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, TypeAlias
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_common.configfields import Field, FieldTable
 from tunnel_common.configfile import (
     Bool,
     Choice,
@@ -25,7 +27,6 @@ from tunnel_common.configfile import (
     Str,
     StrList,
     StrMap,
-    Table,
     describe,
     join_key,
 )
@@ -41,92 +42,146 @@ _TCP, _UDP, _HTTP, _HTTPS = ProxyType.TCP, ProxyType.UDP, ProxyType.HTTP, ProxyT
 _Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key under the proxy, reason) -> error
 
 
+_HTTP_ONLY: Final = (str(_HTTP),)
+_DOMAINS: Final = (str(_HTTP), str(_HTTPS))
+
+# Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
+# names the proxy types a key applies to; setting it on another type is an error.
+PROXY_FIELDS: Final = FieldTable(
+    (
+        Field(
+            "name",
+            "name",
+            Str(),
+            None,
+            "unique name of the proxy",
+            required="is required: every proxy needs a unique name",
+        ),
+        Field(
+            "type",
+            "type",
+            Choice(tuple(ProxyType), frp_values=("tcpmux", "stcp", "sudp", "xtcp")),
+            None,
+            "proxy type",
+            required="is required: set it to one of " + ", ".join(ProxyType),
+        ),
+        Field("enabled", "enabled", Bool(), True, "false = checked, then not started"),
+        Field("localIP", "local_ip", Str(), "127.0.0.1", "host of the local service"),
+        Field(
+            "localPort",
+            "local_port",
+            Int(1, 65535),
+            None,
+            "port of the local service",
+            required="is required: set it to the port of the local service",
+        ),
+        Field(
+            "remotePort",
+            "remote_port",
+            Int(0, 65535),
+            None,
+            "public port on the server; 0 = the server picks",
+            only=(str(_TCP), str(_UDP)),
+        ),
+        Field(
+            "customDomains",
+            "custom_domains",
+            StrList(lower=True),
+            (),
+            'domains routed to this proxy ("*.example.com" allowed)',
+            only=_DOMAINS,
+        ),
+        Field(
+            "subdomain",
+            "subdomain",
+            Str(lower=True),
+            None,
+            "name under the server's subDomainHost",
+            only=_DOMAINS,
+        ),
+        Field(
+            "locations",
+            "locations",
+            StrList(),
+            (),
+            "path prefixes; empty = every path",
+            only=_HTTP_ONLY,
+        ),
+        Field("httpUser", "http_user", Str(), None, "basic-auth user", only=_HTTP_ONLY),
+        Field(
+            "httpPassword",
+            "http_password",
+            SecretStr(),
+            None,
+            "basic-auth password",
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "hostHeaderRewrite",
+            "host_header_rewrite",
+            Str(),
+            None,
+            "Host header sent to the local service",
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "requestHeaders.set",
+            "request_headers_set",
+            StrMap(),
+            None,
+            "headers set on each request",
+            factory=dict,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "responseHeaders.set",
+            "response_headers_set",
+            StrMap(),
+            None,
+            "headers set on each response",
+            factory=dict,
+            only=_HTTP_ONLY,
+        ),
+    ),
+    unsupported=FRPC_PROXY_UNSUPPORTED,
+)
+PROXY_SCHEMA: Final = PROXY_FIELDS.schema
+_F = PROXY_FIELDS
+_KEY_TYPES: Final = PROXY_FIELDS.only()  # type-specific key -> the proxy types it is for
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     """One `[[proxies]]` entry. Fields a type does not use stay at their defaults."""
 
     name: str
     type: ProxyType
-    enabled: bool = True
-    local_ip: str = "127.0.0.1"
+    enabled: bool = _F.default("enabled", bool)
+    local_ip: str = _F.default("local_ip", str)
     local_port: int
-    remote_port: int | None = None  # tcp/udp only (0 = the server picks); None otherwise
-    custom_domains: tuple[str, ...] = ()  # http/https, lowercase; "*.example.com" allowed
-    subdomain: str | None = None  # http/https; the server appends its subDomainHost
-    locations: tuple[str, ...] = ()  # http; path prefixes, empty = every path
-    http_user: str | None = None
-    http_password: Secret | None = None
-    host_header_rewrite: str | None = None
-    request_headers_set: dict[str, str] = field(default_factory=dict)
-    response_headers_set: dict[str, str] = field(default_factory=dict)
-
-
-PROXY_SCHEMA: Final = Table(
-    {
-        "name": Str(),
-        "type": Choice(tuple(ProxyType), frp_values=("tcpmux", "stcp", "sudp", "xtcp")),
-        "enabled": Bool(),
-        "localIP": Str(),
-        "localPort": Int(1, 65535),
-        "remotePort": Int(0, 65535),
-        "customDomains": StrList(),
-        "subdomain": Str(),
-        "locations": StrList(),
-        "httpUser": Str(),
-        "httpPassword": SecretStr(),
-        "hostHeaderRewrite": Str(),
-        "requestHeaders": Table({"set": StrMap()}),
-        "responseHeaders": Table({"set": StrMap()}),
-    },
-    unsupported=FRPC_PROXY_UNSUPPORTED,
-)
-
-# The type-specific keys, and the proxy types that accept each one.
-_KEY_TYPES: Final[dict[str, tuple[ProxyType, ...]]] = {
-    "remotePort": (_TCP, _UDP),
-    "customDomains": (_HTTP, _HTTPS),
-    "subdomain": (_HTTP, _HTTPS),
-    "locations": (_HTTP,),
-    "httpUser": (_HTTP,),
-    "httpPassword": (_HTTP,),
-    "hostHeaderRewrite": (_HTTP,),
-    "requestHeaders.set": (_HTTP,),
-    "responseHeaders.set": (_HTTP,),
-}
-
-_REQUIRED_KEYS: Final = {
-    "name": "is required: every proxy needs a unique name",
-    "type": "is required: set it to one of " + ", ".join(ProxyType),
-    "localPort": "is required: set it to the port of the local service",
-}
+    remote_port: int | None = _F.optional("remote_port", int)  # tcp/udp: 0 = server picks
+    custom_domains: tuple[str, ...] = _F.default("custom_domains", tuple)  # lowercase
+    subdomain: str | None = _F.optional("subdomain", str)  # server appends subDomainHost
+    locations: tuple[str, ...] = _F.default("locations", tuple)  # empty = every path
+    http_user: str | None = _F.optional("http_user", str)
+    http_password: Secret | None = _F.optional("http_password", Secret)
+    host_header_rewrite: str | None = _F.optional("host_header_rewrite", str)
+    request_headers_set: dict[str, str] = field(
+        default_factory=_F.factory("request_headers_set", dict)
+    )
+    response_headers_set: dict[str, str] = field(
+        default_factory=_F.factory("response_headers_set", dict)
+    )
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
     """Build a `ProxyConfig` from a checked `[[proxies]]` table, with defaults."""
-    for key, reason in _REQUIRED_KEYS.items():
-        if key not in table:
-            raise table.error(key, reason)
-    proxy_type = ProxyType(table.get_or("type", str, ""))
-    remote_port = table.get("remotePort", int)
+    proxy = PROXY_FIELDS.complete(table, ProxyConfig)
+    proxy_type = ProxyType(proxy.type)
+    remote_port = proxy.remote_port
     if remote_port is None and proxy_type in (_TCP, _UDP):
         remote_port = 0
-    subdomain = table.get("subdomain", str)
-    return ProxyConfig(
-        name=table.get_or("name", str, ""),
-        type=proxy_type,
-        enabled=table.get_or("enabled", bool, True),
-        local_ip=table.get_or("localIP", str, "127.0.0.1"),
-        local_port=table.get_or("localPort", int, 0),
-        remote_port=remote_port,
-        custom_domains=tuple(domain.lower() for domain in table.strs("customDomains")),
-        subdomain=subdomain.lower() if subdomain is not None else None,
-        locations=table.strs("locations"),
-        http_user=table.get("httpUser", str),
-        http_password=table.get("httpPassword", Secret),
-        host_header_rewrite=table.get("hostHeaderRewrite", str),
-        request_headers_set=table.table("requestHeaders").str_map("set"),
-        response_headers_set=table.table("responseHeaders").str_map("set"),
-    )
+    return replace(proxy, type=proxy_type, remote_port=remote_port)
 
 
 def make_oneliner_proxy(
@@ -202,19 +257,9 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> None:
         raise fail("localIP", f"must be an IP address or host name, got {describe(proxy.local_ip)}")
     if not 1 <= proxy.local_port <= 65535:
         raise fail("localPort", f"must be an integer from 1 to 65535, got {proxy.local_port}")
-    used = {
-        "remotePort": proxy.remote_port is not None,
-        "customDomains": bool(proxy.custom_domains),
-        "subdomain": proxy.subdomain is not None,
-        "locations": bool(proxy.locations),
-        "httpUser": proxy.http_user is not None,
-        "httpPassword": proxy.http_password is not None,
-        "hostHeaderRewrite": proxy.host_header_rewrite is not None,
-        "requestHeaders.set": bool(proxy.request_headers_set),
-        "responseHeaders.set": bool(proxy.response_headers_set),
-    }
     for key, types in _KEY_TYPES.items():
-        if used[key] and proxy.type not in types:
+        value = getattr(proxy, PROXY_FIELDS.attr_of(key))
+        if value is not None and value != () and value != {} and proxy.type not in types:
             kinds = " and ".join(str(t) for t in types)
             raise fail(key, f"is only for {kinds} proxies, and this one is {proxy.type}; remove it")
     if proxy.type in (_TCP, _UDP):

@@ -1,263 +1,82 @@
 """The shared config loader: TOML text in, a checked tree of `ConfigTable`s out.
 
-Both apps describe their file as a schema made of the spec classes below (plain dict
-literals of key -> spec). `read_config` parses the text with `tomllib` and walks it against
-the schema, so every problem becomes one `ConfigError` naming the file, the key path
+Both apps describe their file as a schema: a tree of `Table`s of key -> spec. `read_config`
+parses the text with `tomllib` and walks it against the schema, so every problem becomes one
+`ConfigError` naming the file, the key path
 (`proxies[1].localPort`, `webServer.port`, `allowPorts[0].start`) and the reason. Keys that
 are not in the schema are either a known frp option we do not support yet (each app passes
 the table from `tunnel_common.configschema`) or unknown, with a did-you-mean suggestion. Nothing
 is ever silently ignored.
 
-The walker only checks each value on its own (type, range, choice). Defaults and rules that
-span several keys belong to each app's `config.py`, which reads the result through the typed
-getters of `ConfigTable`. No I/O happens here: the caller hands in the text.
+The walker only checks each value on its own (the specs in `tunnel_common.configspecs`). Each app
+builds its schema, and its defaults, from one field table (`tunnel_common.configfields`); rules
+that span several keys belong to each app's `config.py`. No I/O happens here apart from
+`read_config_text`: the caller hands in the text.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, TypeVar
 
 from protocol.errors import ConfigError
+from tunnel_common.configspecs import (
+    Bool,
+    Choice,
+    Fingerprint,
+    Float,
+    Int,
+    Invalid,
+    LogTarget,
+    PathStr,
+    Secret,
+    SecretStr,
+    Spec,
+    Str,
+    StrList,
+    StrMap,
+    Table,
+    TableList,
+    describe,
+    join_key,
+)
+
+__all__ = [
+    "Bool",
+    "Choice",
+    "ConfigTable",
+    "Fingerprint",
+    "Float",
+    "Int",
+    "LogTarget",
+    "PathStr",
+    "Secret",
+    "SecretStr",
+    "Spec",
+    "Str",
+    "StrList",
+    "StrMap",
+    "Table",
+    "TableList",
+    "describe",
+    "join_key",
+    "parse_toml",
+    "read_config",
+    "read_config_text",
+    "suggest",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_SHOWN_CHARS: Final = 40  # longest value quoted back in an error before it is cut
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 _INI_SECTION: Final = re.compile(r"^\s*\[common\]\s*$", re.MULTILINE)
 _FRP_TEMPLATE: Final = re.compile(r"\{\{\s*\.Envs\.")
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class Secret:
-    """A string that must never reach a log or an error: its repr is redacted."""
-
-    _value: str
-
-    def reveal(self) -> str:
-        """The secret itself; call this only where the value is really used."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-
-def describe(value: object) -> str:
-    """Render a TOML value the way the user wrote it, for 'got ...' in error reasons."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        if len(value) > MAX_SHOWN_CHARS:
-            value = value[: MAX_SHOWN_CHARS - 3] + "..."
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)  # TOML dates and times
-
-
-def _kind(value: object) -> str:
-    """The TOML type of a value, for errors that must not echo it (secrets)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    return describe(value) if isinstance(value, dict | list) else "a date or time"
-
-
-class _Invalid(Exception):
-    """Raised by a leaf spec; the walker adds the file and the key path."""
-
-    def __init__(self, reason: str, at: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.at = at  # suffix under the key, e.g. "[2]" for one item of an array
-
-
-def _check_text(value: object, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {describe(value)}")
-    if not value and not allow_empty:
-        raise _Invalid("must not be empty")
-    if _CONTROL_CHARS.search(value):
-        raise _Invalid(f"must not contain control characters, got {describe(value)}")
-    return value
-
-
-# -- leaf specs: each converts one TOML value or raises _Invalid ---------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Int:
-    """An integer within [lo, hi]; TOML booleans are not integers here."""
-
-    lo: int
-    hi: int
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if isinstance(value, int) and not isinstance(value, bool) and self.lo <= value <= self.hi:
-            return value
-        raise _Invalid(f"must be an integer from {self.lo} to {self.hi}, got {describe(value)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Float:
-    """A finite number within [lo, hi], stored as float; `unit` names what it measures."""
-
-    lo: float
-    hi: float
-    unit: str = "seconds"
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and self.lo <= value <= self.hi
-        ):
-            return float(value)
-        raise _Invalid(
-            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}, "
-            f"got {describe(value)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Bool:
-    """A TOML boolean (true/false, never "yes" or 1)."""
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if isinstance(value, bool):
-            return value
-        raise _Invalid(f"must be true or false, got {describe(value)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Str:
-    """A string without control characters; empty only if `allow_empty`."""
-
-    allow_empty: bool = False
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        return _check_text(value, allow_empty=self.allow_empty)
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """One of `values`; `frp_values` are frp's other choices, reported as not supported yet."""
-
-    values: tuple[str, ...]
-    frp_values: tuple[str, ...] = ()
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        text = _check_text(value)
-        if text in self.values:
-            return text
-        allowed = ", ".join(json.dumps(v) for v in self.values)
-        if text in self.frp_values:
-            raise _Invalid(
-                f"{describe(text)} is an frp value tunnelkit does not support yet; "
-                f"use {allowed if len(self.values) == 1 else 'one of ' + allowed}"
-            )
-        raise _Invalid(f"must be one of {allowed}, got {describe(text)}")
-
-
-@dataclass(frozen=True, slots=True)
-class SecretStr:
-    """A string wrapped in `Secret`; an empty string means "not set" (frp's default)."""
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if not isinstance(value, str):
-            raise _Invalid(f"must be a string, got {_kind(value)}")  # never echo a secret
-        return Secret(value) if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class PathStr:
-    """A file or directory path; a relative one is taken relative to the config file."""
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        path = Path(_check_text(value))
-        try:
-            path = path.expanduser()
-        except RuntimeError:
-            pass  # no home directory to expand "~" into: keep the path as written
-        return path if path.is_absolute() else base_dir / path
-
-
-@dataclass(frozen=True, slots=True)
-class StrList:
-    """An array of non-empty strings, stored as a tuple."""
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if not isinstance(value, list):
-            raise _Invalid(f"must be an array of strings, got {describe(value)}")
-        items: list[str] = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_check_text(item))
-            except _Invalid as exc:
-                raise _Invalid(exc.reason, at=f"[{index}]") from None
-        return tuple(items)
-
-
-@dataclass(frozen=True, slots=True)
-class StrMap:
-    """A table of string -> string (e.g. `requestHeaders.set`), stored as a dict."""
-
-    def convert(self, value: object, base_dir: Path) -> object:
-        if not isinstance(value, dict):
-            raise _Invalid(f"must be a table of strings, got {describe(value)}")
-        result: dict[str, str] = {}
-        for key, item in value.items():
-            try:
-                result[key] = _check_text(item, allow_empty=True)
-            except _Invalid as exc:
-                raise _Invalid(exc.reason, at="." + _show_key(key)) from None
-        return result
-
-
-# -- container specs: the walker descends into these ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """A TOML table with exactly these keys (all optional; the app supplies defaults).
-
-    `unsupported` maps frp keys, relative to this table, that tunnelkit does not implement
-    yet to a hint on what to do instead. A table without its own map inherits its parent's.
-    """
-
-    fields: Mapping[str, Spec]
-    unsupported: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TableList:
-    """An array of tables (`[[proxies]]`, or `allowPorts = [{...}, ...]`)."""
-
-    item: Table
-
-
-Spec: TypeAlias = (
-    Int | Float | Bool | Str | Choice | SecretStr | PathStr | StrList | StrMap | Table | TableList
-)
 
 
 class ConfigTable:
@@ -282,8 +101,29 @@ class ConfigTable:
         return iter(self._values)
 
     def key_path(self, key: str) -> str:
-        """The full key path of `key` in this table, as errors show it."""
-        return join_key(self.path, key)
+        """The full key path of `key` (dotted for nested keys) in this table, as errors show it."""
+        path = self.path
+        for part in key.split("."):
+            path = join_key(path, part)
+        return path
+
+    def lookup(self, dotted: str) -> object:
+        """The value at a dotted key path under this table, or None if it was not given."""
+        *parents, leaf = dotted.split(".")
+        table: ConfigTable = self
+        for part in parents:
+            child = table._values.get(part)
+            if not isinstance(child, ConfigTable):
+                return None
+            table = child
+        return table._values.get(leaf)
+
+    def subtable(self, dotted: str) -> ConfigTable:
+        """The nested table at a dotted key path; an empty one when it was not given."""
+        table: ConfigTable = self
+        for part in dotted.split("."):
+            table = table.table(part)
+        return table
 
     def error(self, key: str, reason: str) -> ConfigError:
         """A `ConfigError` for `key` in this table (the caller raises it)."""
@@ -372,15 +212,6 @@ def read_config(
 # -- the walker ----------------------------------------------------------------------------
 
 
-def _show_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
-
-
-def join_key(path: str, key: str) -> str:
-    """Append `key` to a key path, quoting it if it is not a bare TOML key."""
-    return f"{path}.{_show_key(key)}" if path else _show_key(key)
-
-
 def _normalized(key: str) -> str:
     return re.sub(r"[-_.]", "", key).lower()
 
@@ -453,7 +284,7 @@ class _Walker:
             )
         try:
             return spec.convert(value, self.base_dir)
-        except _Invalid as exc:
+        except Invalid as exc:
             raise ConfigError(self.source, path + exc.at, exc.reason) from None
 
     def _reject(

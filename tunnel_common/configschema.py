@@ -15,16 +15,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol.errors import ConfigError
-from tunnel_common.configfile import (
-    Choice,
-    ConfigTable,
-    Int,
-    Secret,
-    SecretStr,
-    Spec,
-    Str,
-    describe,
-)
+from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configspecs import Choice, Int, LogTarget, Secret, SecretStr, Str, describe
 
 logger = logging.getLogger(__name__)
 
@@ -32,51 +24,52 @@ LOG_LEVELS: Final = ("debug", "info", "warn", "warning", "error")
 _DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 MAX_DOMAIN_CHARS: Final = 253
 
+WEB_SERVER_FIELDS: Final = FieldTable(
+    (
+        Field("addr", "addr", Str(), "127.0.0.1", "address the web server listens on"),
+        Field("port", "port", Int(0, 65535), None, "port of the web server; unset = off, 0 = any"),
+        Field("user", "user", Str(), None, "basic-auth user"),
+        Field("password", "password", SecretStr(), None, "basic-auth password"),
+    )
+)
+
+LOG_FIELDS: Final = FieldTable(
+    (
+        Field("to", "to", LogTarget(), "console", 'log file, or "console" for stderr'),
+        Field(
+            "level",
+            "level",
+            Choice(LOG_LEVELS, frp_values=("trace",), aliases={"warning": "warn"}),
+            "info",
+            "least severe level logged",
+        ),
+    )
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebServerConfig:
     """`webServer.*`: the server dashboard, or the client admin API. No port = disabled."""
 
-    addr: str = "127.0.0.1"
-    port: int | None = None  # 0 = pick a free port (the ready line reports it)
-    user: str | None = None
-    password: Secret | None = None
+    addr: str = WEB_SERVER_FIELDS.default("addr", str)
+    port: int | None = WEB_SERVER_FIELDS.optional("port", int)
+    user: str | None = WEB_SERVER_FIELDS.optional("user", str)
+    password: Secret | None = WEB_SERVER_FIELDS.optional("password", Secret)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     """`log.*`: `to` is "console" (stderr) or a file path; `level` is debug/info/warn/error."""
 
-    to: str = "console"
-    level: str = "info"  # "warning" is accepted in the file and stored as "warn"
+    to: str = LOG_FIELDS.default("to", str)
+    level: str = LOG_FIELDS.default("level", str)  # "warning" is stored as "warn"
 
 
-WEB_SERVER_FIELDS: Final[dict[str, Spec]] = {
-    "addr": Str(),
-    "port": Int(0, 65535),
-    "user": Str(),
-    "password": SecretStr(),
-}
-
-LOG_FIELDS: Final[dict[str, Spec]] = {
-    "to": Str(),
-    "level": Choice(LOG_LEVELS, frp_values=("trace",)),
-}
-
-AUTH_FIELDS: Final[dict[str, Spec]] = {
-    "method": Choice(("token",), frp_values=("oidc",)),
-    "token": SecretStr(),
-}
-
-
-def build_web_server(table: ConfigTable) -> WebServerConfig:
-    """Complete a `webServer` table with defaults (check it with `check_listener_auth`)."""
-    return WebServerConfig(
-        addr=table.get_or("addr", str, "127.0.0.1"),
-        port=table.get("port", int),
-        user=table.get("user", str),
-        password=table.get("password", Secret),
-    )
+# The `auth.*` rows, the same in both apps' root tables.
+AUTH_ENTRIES: Final = (
+    Field("auth.method", None, Choice(("token",), frp_values=("oidc",)), "token", "how to log in"),
+    Field("auth.token", "auth_token", SecretStr(), None, "shared secret clients log in with"),
+)
 
 
 def check_listener_auth(
@@ -104,20 +97,6 @@ def check_listener_auth(
             f'"{addr}" is reachable from other machines; set {prefix}.user and '
             f'{prefix}.password, or bind to "127.0.0.1"',
         )
-
-
-def build_log(table: ConfigTable) -> LogConfig:
-    """Complete a `log` table; a relative file in `log.to` is relative to the config file."""
-    to = table.get_or("to", str, "console")
-    if to != "console":
-        to = str(table.base_dir / to)
-    level = table.get_or("level", str, "info")
-    return LogConfig(to=to, level="warn" if level == "warning" else level)
-
-
-def build_auth_token(table: ConfigTable) -> Secret | None:
-    """The token from an `auth` table (`auth.method` can only be "token", checked by spec)."""
-    return table.get("token", Secret)
 
 
 def is_loopback(addr: str) -> bool:

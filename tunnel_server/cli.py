@@ -12,10 +12,11 @@ import click
 
 from protocol import __version__
 from protocol.errors import TunnelError
+from tunnel_common.configdocs import help_epilog
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
 
-from .config import ServerConfig, default_server_config, load_server_config
+from .config import SERVER_FIELDS, ServerConfig, default_server_config, load_server_config
 from .server import TunnelServer
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ CONFIG_OPTION = click.option(
 )
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=help_epilog("frps.toml", [("", SERVER_FIELDS)]),
+)
 @CONFIG_OPTION
 @click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None)
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)

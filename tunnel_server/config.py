@@ -1,9 +1,10 @@
 """tunneld's configuration: `frps.toml` keys -> `ServerConfig`.
 
-Loading runs in three steps, as frp does: parse and type-check the file against
-`SERVER_SCHEMA` (`tunnel_common.configfile`), complete it with defaults into frozen dataclasses,
-then validate the rules that span several keys. Any problem stops the load with one
-`ConfigError` naming the file, the key path and the reason.
+Every key is declared once, in `SERVER_FIELDS` (`tunnel_common.configfields`): its TOML key,
+attribute, type and range, default and help. Loading runs in three steps, as frp does: parse
+and type-check the file against the schema built from that table, complete it with the
+table's defaults into frozen dataclasses, then validate the rules that span several keys.
+Any problem stops the load with one `ConfigError` naming the file, the key path and the reason.
 
 These rules are about the server's own file. What a *client asks for* (ports, domains,
 names) is checked separately, at runtime, against `allow_ports` and `sub_domain_host`.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
+from tunnel_common.configfields import OWN, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
     ConfigTable,
@@ -31,22 +33,20 @@ from tunnel_common.configfile import (
     read_config_text,
 )
 from tunnel_common.configschema import (
-    AUTH_FIELDS,
+    AUTH_ENTRIES,
     FRPS_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
     LogConfig,
     WebServerConfig,
-    build_auth_token,
-    build_log,
-    build_web_server,
     check_listener_auth,
     domain_problem,
 )
 
-from .edge.config import TLS_FIELDS, EdgeTLSConfig, build_edge_tls
+from .edge.config import EDGE_TLS_ENTRIES, EdgeTLSConfig, build_edge_tls
 
 __all__ = [
+    "SERVER_FIELDS",
     "SERVER_SCHEMA",
     "LogConfig",
     "PortRange",
@@ -83,33 +83,185 @@ class PortRange:
         return isinstance(port, int) and self.start <= port <= self.end
 
 
+_PORT_RANGE_FIELDS: Final = Table(
+    {"start": Int(1, 65535), "end": Int(1, 65535), "single": Int(1, 65535)}
+)
+_S: Final = 86400.0  # shorthand for MAX_SECONDS in the rows below
+_ADDR, _PORT = Str(), Int(0, 65535)
+
+# Every key of frps.toml that tunneld reads: (TOML key, attribute, spec, default, help).
+SERVER_FIELDS: Final = FieldTable(
+    (
+        Field("bindAddr", "bind_addr", _ADDR, "0.0.0.0", "address clients connect to"),
+        Field("bindPort", "bind_port", _PORT, 7000, "port clients connect to; 0 = any"),
+        Field(
+            "proxyBindAddr",
+            "proxy_bind_addr",
+            _ADDR,
+            "",
+            "address of tcp/udp proxy ports; empty = bindAddr",
+        ),
+        Field(
+            "vhostHTTPPort", "vhost_http_port", _PORT, None, "port of the http vhost; unset = off"
+        ),
+        Field(
+            "vhostHTTPSPort",
+            "vhost_https_port",
+            _PORT,
+            None,
+            "port of the https vhost; unset = off",
+        ),
+        Field(
+            "vhostHTTPTimeout",
+            "vhost_http_timeout",
+            Float(1, _S),
+            60.0,
+            "how long an http vhost waits for the backend's response head",
+        ),
+        Field(
+            "subDomainHost",
+            "sub_domain_host",
+            Str(lower=True),
+            None,
+            "domain that proxies' subdomain is appended to",
+        ),
+        Field(
+            "custom404Page",
+            "custom_404_page",
+            PathStr(),
+            None,
+            "HTML file served when no http proxy matches",
+        ),
+        *AUTH_ENTRIES,
+        Field(
+            "allowPorts",
+            "allow_ports",
+            TableList(_PORT_RANGE_FIELDS),
+            (),
+            "ports clients may ask for ({ start, end } or { single }); empty = all",
+        ),
+        Field(
+            "maxPortsPerClient",
+            "max_ports_per_client",
+            Int(0, 65535),
+            0,
+            "ports one client may hold; 0 = unlimited",
+        ),
+        Field(
+            "udpPacketSize",
+            "udp_packet_size",
+            Int(1, MAX_UDP_PACKET_BYTES),
+            1500,
+            "largest UDP datagram relayed, in bytes",
+        ),
+        Field(
+            "userConnTimeout",
+            "user_conn_timeout",
+            Float(0.1, _S),
+            10.0,
+            "how long a user connection waits for the client's stream",
+        ),
+        Field(
+            "transport.heartbeatTimeout",
+            "heartbeat_timeout",
+            Float(1, _S),
+            90.0,
+            "a client silent this long is dropped",
+        ),
+        Field(
+            "transport.tls.certFile",
+            "tls_cert_file",
+            PathStr(),
+            None,
+            "certificate for the client port; unset = a generated one",
+        ),
+        Field(
+            "transport.tls.keyFile",
+            "tls_key_file",
+            PathStr(),
+            None,
+            "key of transport.tls.certFile",
+        ),
+        Field("transport.tls.force", None, Bool(), True, "only true: tunneld always requires TLS"),
+        Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
+        Field(
+            "enablePrometheus",
+            "enable_prometheus",
+            Bool(),
+            False,
+            "serve /metrics on the dashboard",
+        ),
+        Section("log", "log", LOG_FIELDS, LogConfig),
+        Field(
+            "stateDir",
+            "state_dir",
+            PathStr(),
+            None,
+            "where tunneld keeps its certificate and state",
+            origin=OWN,
+            factory=_default_state_dir,
+            shown='"~/.local/state/tunnelkit/server"',
+        ),
+        Field(
+            "maxClients",
+            "max_clients",
+            Int(1, MAX_COUNT),
+            1000,
+            "clients logged in at once",
+            origin=OWN,
+        ),
+        Field(
+            "maxUdpFlowsPerProxy",
+            "max_udp_flows_per_proxy",
+            Int(1, MAX_COUNT),
+            1024,
+            "UDP peers tracked per udp proxy; the idlest is dropped",
+            origin=OWN,
+        ),
+        Field(
+            "udpFlowIdleTimeout",
+            "udp_flow_idle_timeout",
+            Float(1, _S),
+            60.0,
+            "a UDP peer silent this long is forgotten",
+            origin=OWN,
+        ),
+        *EDGE_TLS_ENTRIES,
+    ),
+    unsupported=FRPS_UNSUPPORTED,
+)
+SERVER_SCHEMA: Final = SERVER_FIELDS.schema
+_F = SERVER_FIELDS
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    """Everything tunneld needs; defaults match frp's where frp has the key."""
+    """Everything tunneld needs; the defaults come from `SERVER_FIELDS`."""
 
-    bind_addr: str = "0.0.0.0"
-    bind_port: int = 7000  # 0 = pick one; the ready line reports it
-    proxy_bind_addr: str = ""  # "" = same as bind_addr (filled in by __post_init__)
-    vhost_http_port: int | None = None  # None = no http vhost; 0 = pick one
-    vhost_https_port: int | None = None  # None = no https vhost; 0 = pick one
-    vhost_http_timeout: float = 60.0  # seconds
-    sub_domain_host: str | None = None
-    custom_404_page: Path | None = None
-    auth_token: Secret | None = None
-    allow_ports: tuple[PortRange, ...] = ()  # empty = every port allowed
-    max_ports_per_client: int = 0  # 0 = unlimited
-    udp_packet_size: int = 1500  # bytes
-    user_conn_timeout: float = 10.0  # seconds
-    heartbeat_timeout: float = 90.0  # seconds
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    state_dir: Path = field(default_factory=_default_state_dir)
-    web: WebServerConfig = field(default_factory=WebServerConfig)
-    enable_prometheus: bool = False
-    log: LogConfig = field(default_factory=LogConfig)
-    max_clients: int = 1000
-    max_udp_flows_per_proxy: int = 1024
-    udp_flow_idle_timeout: float = 60.0  # seconds
+    bind_addr: str = _F.default("bind_addr", str)
+    bind_port: int = _F.default("bind_port", int)
+    proxy_bind_addr: str = _F.default("proxy_bind_addr", str)  # "" = bind_addr (__post_init__)
+    vhost_http_port: int | None = _F.optional("vhost_http_port", int)
+    vhost_https_port: int | None = _F.optional("vhost_https_port", int)
+    vhost_http_timeout: float = _F.default("vhost_http_timeout", float)
+    sub_domain_host: str | None = _F.optional("sub_domain_host", str)
+    custom_404_page: Path | None = _F.optional("custom_404_page", Path)
+    auth_token: Secret | None = _F.optional("auth_token", Secret)
+    allow_ports: tuple[PortRange, ...] = _F.default("allow_ports", tuple)
+    max_ports_per_client: int = _F.default("max_ports_per_client", int)
+    udp_packet_size: int = _F.default("udp_packet_size", int)
+    user_conn_timeout: float = _F.default("user_conn_timeout", float)
+    heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
+    tls_cert_file: Path | None = _F.optional("tls_cert_file", Path)
+    tls_key_file: Path | None = _F.optional("tls_key_file", Path)
+    state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
+    web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
+    enable_prometheus: bool = _F.default("enable_prometheus", bool)
+    log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
+    max_clients: int = _F.default("max_clients", int)
+    max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
+    udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
+    notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
     edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
     def __post_init__(self) -> None:
@@ -119,45 +271,6 @@ class ServerConfig:
     def allows_port(self, port: int) -> bool:
         """True if `allowPorts` lets a client ask for `port` (0 = any port, always asked)."""
         return not self.allow_ports or any(port in r for r in self.allow_ports)
-
-
-_PORT_RANGE_FIELDS: Final = Table(
-    {"start": Int(1, 65535), "end": Int(1, 65535), "single": Int(1, 65535)}
-)
-
-SERVER_SCHEMA: Final = Table(
-    {
-        "bindAddr": Str(),
-        "bindPort": Int(0, 65535),
-        "proxyBindAddr": Str(),
-        "vhostHTTPPort": Int(0, 65535),
-        "vhostHTTPSPort": Int(0, 65535),
-        "vhostHTTPTimeout": Float(1, MAX_SECONDS),
-        "subDomainHost": Str(),
-        "custom404Page": PathStr(),
-        "auth": Table(AUTH_FIELDS),
-        "allowPorts": TableList(_PORT_RANGE_FIELDS),
-        "maxPortsPerClient": Int(0, 65535),
-        "udpPacketSize": Int(1, MAX_UDP_PACKET_BYTES),
-        "userConnTimeout": Float(0.1, MAX_SECONDS),
-        "transport": Table(
-            {
-                "heartbeatTimeout": Float(1, MAX_SECONDS),
-                "tls": Table({"certFile": PathStr(), "keyFile": PathStr(), "force": Bool()}),
-            }
-        ),
-        "webServer": Table(WEB_SERVER_FIELDS),
-        "enablePrometheus": Bool(),
-        "log": Table(LOG_FIELDS),
-        # tunnelkit's own keys
-        "stateDir": PathStr(),
-        "maxClients": Int(1, MAX_COUNT),
-        "maxUdpFlowsPerProxy": Int(1, MAX_COUNT),
-        "udpFlowIdleTimeout": Float(1, MAX_SECONDS),
-        "tls": Table(TLS_FIELDS),
-    },
-    unsupported=FRPS_UNSUPPORTED,
-)
 
 
 def load_server_config(path: Path) -> ServerConfig:
@@ -187,37 +300,16 @@ def default_server_config() -> ServerConfig:
 
 def _complete(root: ConfigTable) -> ServerConfig:
     """Fill in defaults; also catches shapes a dataclass cannot hold (bad allowPorts)."""
-    transport = root.table("transport")
-    tls = transport.table("tls")
-    if tls.get("force", bool) is False:
-        raise tls.error("force", "tunnelkit always requires TLS from clients; remove it")
-    sub_domain_host = root.get("subDomainHost", str)
-    bind_addr = root.get_or("bindAddr", str, "0.0.0.0")
-    return ServerConfig(
-        bind_addr=bind_addr,
-        bind_port=root.get_or("bindPort", int, 7000),
-        proxy_bind_addr=root.get_or("proxyBindAddr", str, bind_addr),
-        vhost_http_port=root.get("vhostHTTPPort", int),
-        vhost_https_port=root.get("vhostHTTPSPort", int),
-        vhost_http_timeout=root.get_or("vhostHTTPTimeout", float, 60.0),
-        sub_domain_host=sub_domain_host.lower() if sub_domain_host is not None else None,
-        custom_404_page=root.get("custom404Page", Path),
-        auth_token=build_auth_token(root.table("auth")),
+    if root.lookup("transport.tls.force") is False:
+        raise root.error(
+            "transport.tls.force", "tunnelkit always requires TLS from clients; remove it"
+        )
+    return SERVER_FIELDS.complete(
+        root,
+        ServerConfig,
         allow_ports=tuple(_port_range(entry) for entry in root.tables("allowPorts")),
-        max_ports_per_client=root.get_or("maxPortsPerClient", int, 0),
-        udp_packet_size=root.get_or("udpPacketSize", int, 1500),
-        user_conn_timeout=root.get_or("userConnTimeout", float, 10.0),
-        heartbeat_timeout=transport.get_or("heartbeatTimeout", float, 90.0),
-        tls_cert_file=tls.get("certFile", Path),
-        tls_key_file=tls.get("keyFile", Path),
-        state_dir=root.get_or("stateDir", Path, _default_state_dir()),
-        web=build_web_server(root.table("webServer")),
-        enable_prometheus=root.get_or("enablePrometheus", bool, False),
-        log=build_log(root.table("log")),
-        max_clients=root.get_or("maxClients", int, 1000),
-        max_udp_flows_per_proxy=root.get_or("maxUdpFlowsPerProxy", int, 1024),
-        udp_flow_idle_timeout=root.get_or("udpFlowIdleTimeout", float, 60.0),
-        edge_tls=build_edge_tls(root.table("tls")),
+        notes=tuple(SERVER_FIELDS.notes(root)),
+        edge_tls=build_edge_tls(root.subtable("tls")),
     )
 
 

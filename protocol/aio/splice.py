@@ -4,31 +4,22 @@ Bytes from the socket go to `MuxStream.send`; when the stream's window or the co
 full, the stream pauses this socket's reading and resumes it when credit returns. Bytes from
 the stream are written to this socket; when its buffer passes high water the stream stops
 crediting the peer. EOF passes through in both directions (half-close), and a reset on either
-side closes the other at once.
+side resets the other at once (RST, never FIN: see sockopts.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import cast
 
 from ..errors import ErrorCode
+from . import sockopts
 from .connection import MuxSession
 from .stream import MuxStream
 
 logger = logging.getLogger(__name__)
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # the socket may already be closing; nothing to tune then
 
 
 class SpliceProtocol(asyncio.Protocol):
@@ -49,11 +40,13 @@ class SpliceProtocol(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport but implement it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        set_nodelay(transport)
+        sockopts.set_nodelay(transport)
+        # Abortive until a real end of data: if this process dies, the peer sees RST.
+        sockopts.set_abortive(transport)
         if self.stream is None and self._on_connect is not None:
             self.stream = self._on_connect(self, transport)
             if self.stream is None:
-                transport.close()
+                sockopts.reset(transport)  # refused: not a clean, empty exchange
                 return
         if self.stream is not None:
             self.stream.attach(transport)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ..errors import ErrorCode
 from ..messages import StreamHeader
+from . import sockopts
 
 if TYPE_CHECKING:
     from .connection import MuxSession
@@ -356,7 +357,7 @@ class MuxStream:
             if self._sink.can_write_eof():
                 self._sink.write_eof()
             else:
-                self._sink.close()
+                sockopts.graceful_close(self._sink)  # a real end of data
         self._wake_rx()
 
     def _on_window(self) -> None:
@@ -411,8 +412,12 @@ class MuxStream:
         self._wake_rx()
         self._wake_tx()
         if notify_sink and self._sink is not None:
-            # The peer reset: end the local connection now so its user sees it at once.
-            self._sink.close()
+            if code is None:
+                sockopts.graceful_close(self._sink)  # both directions ended with FIN
+            else:
+                # A reset, or the session is gone: the local socket's user must see a broken
+                # connection (RST), never a clean end of data (FIN).
+                sockopts.reset(self._sink)
 
     def _wake_rx(self) -> None:
         if self._rx_waiter is not None and not self._rx_waiter.done():

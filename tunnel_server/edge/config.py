@@ -24,19 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from tunnel_common.configfile import (
-    ConfigTable,
+from tunnel_common.configfields import OWN, Field
+from tunnel_common.configfile import ConfigTable
+from tunnel_common.configschema import domain_problem
+from tunnel_common.configspecs import (
     Int,
     PathStr,
     Secret,
     SecretStr,
-    Spec,
     Str,
     StrList,
     Table,
     TableList,
 )
-from tunnel_common.configschema import domain_problem
 
 MAX_CERTIFICATE_FILES: Final = 1000  # [[tls.certificates]] entries in one file
 MAX_ALLOW_DOMAINS: Final = 1000  # tls.acme.allowDomains entries
@@ -93,20 +93,68 @@ class EdgeTLSConfig:
         return bool(self.certificates) or self.acme is not None
 
 
-TLS_FIELDS: Final[dict[str, Spec]] = {
-    "certificates": TableList(Table({"certFile": PathStr(), "keyFile": PathStr()})),
-    "acme": Table(
-        {
-            "directory": Str(),
-            "email": Str(),
-            "challenges": StrList(),
-            "allowDomains": StrList(),
-            "maxOrdersPerHour": Int(1, MAX_ORDERS_PER_HOUR),
-            "caFile": PathStr(),
-            "eab": Table({"kid": Str(), "hmacKey": SecretStr()}),
-        }
+# The rows of the `tls` table for SERVER_FIELDS. They are checked and documented there;
+# `build_edge_tls` builds EdgeTLSConfig from them (arrays of tables and cross-key rules).
+EDGE_TLS_ENTRIES: Final = (
+    Field(
+        "tls.certificates",
+        None,
+        TableList(Table({"certFile": PathStr(), "keyFile": PathStr()})),
+        (),
+        "certificates the HTTPS edge serves for http proxies ({ certFile, keyFile })",
+        origin=OWN,
     ),
-}
+    Field(
+        "tls.acme.directory",
+        None,
+        Str(),
+        None,
+        'ACME directory: "letsencrypt", "letsencrypt-staging" or a URL; unset = no ACME',
+        origin=OWN,
+    ),
+    Field("tls.acme.email", None, Str(), None, "contact address for the CA account", origin=OWN),
+    Field(
+        "tls.acme.challenges",
+        None,
+        StrList(),
+        CHALLENGES,
+        "challenge types to answer, in order of preference",
+        origin=OWN,
+    ),
+    Field(
+        "tls.acme.allowDomains",
+        None,
+        StrList(),
+        (),
+        "custom domains (or *.suffix) that may get certificates besides subdomains",
+        origin=OWN,
+    ),
+    Field(
+        "tls.acme.maxOrdersPerHour",
+        None,
+        Int(1, MAX_ORDERS_PER_HOUR),
+        DEFAULT_ORDERS_PER_HOUR,
+        "orders sent to the CA per hour at most",
+        origin=OWN,
+    ),
+    Field(
+        "tls.acme.caFile",
+        None,
+        PathStr(),
+        None,
+        "CA bundle to trust for a private CA's directory",
+        origin=OWN,
+    ),
+    Field("tls.acme.eab.kid", None, Str(), None, "External Account Binding key id", origin=OWN),
+    Field(
+        "tls.acme.eab.hmacKey",
+        None,
+        SecretStr(),
+        None,
+        "External Account Binding HMAC key (base64url)",
+        origin=OWN,
+    ),
+)
 
 
 def build_edge_tls(table: ConfigTable) -> EdgeTLSConfig:

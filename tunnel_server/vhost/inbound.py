@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Final, cast
+
+from protocol.aio import sockopts
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,10 @@ class InboundProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as exc:  # the socket may already be dead; reads will say so
-                logger.debug("TCP_NODELAY failed: %r", exc)
+        sockopts.set_nodelay(transport)
+        # Abortive until we close on purpose: if tunneld dies, the visitor sees RST, not a
+        # response that merely stopped.
+        sockopts.set_abortive(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
@@ -226,12 +225,12 @@ class InboundProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close after flushing what was written (idempotent)."""
         if self.transport is not None:
-            self.transport.close()
+            sockopts.graceful_close(self.transport)
 
     def abort(self) -> None:
         """Reset the connection, dropping unsent data (idempotent)."""
         if self.transport is not None:
-            self.transport.abort()
+            sockopts.reset(self.transport)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
