@@ -194,13 +194,15 @@ class TunnelServer:
             check_dashboard_bind(cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
+        live = LiveServerView(self)
         app = build_dashboard_app(
-            LiveServerView(self),
+            live,
             self.stats,
             user=cfg.user,
             password=password,
             enable_prometheus=self.config.enable_prometheus,
             info={"bindPort": self.control_port, "version": __version__},
+            certificates=live.certificates if self.edge is not None else None,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +38,7 @@ async def start_acme_stack(
     challenges: list[str],
     validity_s: int | None = None,
     nonce_reject_percent: int = 5,
-    extra: str = "",
+    eab: dict[str, str] | None = None,
 ) -> tuple[TunnelProcess, dict[str, int], Pebble]:
     """pebble pointed at tunneld's vhost ports, and tunneld ordering from pebble."""
     http_port = reserve_port(socket.SOCK_STREAM)
@@ -49,6 +50,7 @@ async def start_acme_stack(
         tls_port=https_port,
         validity_s=validity_s,
         nonce_reject_percent=nonce_reject_percent,
+        eab_keys=eab,
     )
     text = toml_lines(
         {
@@ -59,6 +61,9 @@ async def start_acme_stack(
             "subDomainHost": SUB_DOMAIN_HOST,
             "auth.token": TOKEN,
             "stateDir": str(tmp_path / "state"),
+            "webServer.addr": "127.0.0.1",
+            "webServer.port": 0,
+            "enablePrometheus": True,
         }
     )
     text += "[tls.acme]\n" + toml_lines(
@@ -70,10 +75,13 @@ async def start_acme_stack(
             "allowDomains": ["allowed.test"],
         }
     )
-    text += extra
+    if eab is not None:
+        ((kid, hmac_key),) = eab.items()
+        text += toml_lines({"eab.kid": kid, "eab.hmacKey": hmac_key})
     server = await run_tunneld(text)
     await server.https_vhost_address()
     ports = {
+        "dashboard": (await server.dashboard_address()).port,
         "control": (await server.control_address()).port,
         "http": http_port,
         "https": https_port,
@@ -90,6 +98,12 @@ def client_toml(ports: dict[str, int], fingerprint: str, *proxies: str) -> str:
         "inspect.enabled": False,
     }
     return toml_lines(head) + "".join(proxies)
+
+
+async def dashboard_get(ports: dict[str, int], path: str) -> str:
+    result = await curl(f"http://127.0.0.1:{ports['dashboard']}{path}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
 
 
 async def https_get(host: str, port: int, root: Path, path: str = "/") -> dict[str, Any]:
@@ -121,6 +135,14 @@ async def test_acme_http01_issues_on_demand_and_keeps_files_private(
         assert stat.S_IMODE(os.stat(acme_dir).st_mode) == 0o700
         for path in [acme_dir / "account.key", acme_dir / "certs" / f"wx.{SUB_DOMAIN_HOST}.key"]:
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        (row,) = json.loads(await dashboard_get(ports, "/api/certificates"))
+        assert (row["name"], row["state"], row["failures"]) == (f"wx.{SUB_DOMAIN_HOST}", "ready", 0)
+        assert row["not_after"] > time.time()
+        metrics = await dashboard_get(ports, "/metrics")
+        assert f'tunnelkit_certificate_expiry_timestamp_seconds{{name="wx.{SUB_DOMAIN_HOST}"' in (
+            metrics
+        )
+        assert "tunnelkit_acme_orders_total 1.0" in metrics
 
 
 async def test_acme_tls_alpn01_issues_on_demand(
@@ -173,6 +195,10 @@ async def test_acme_name_outside_policy_is_refused_and_allowed_custom_domain_iss
             f"https://outside.test:{ports['https']}/",
         )
         assert still_plain.returncode != 0
+        rows = {r["name"]: r for r in json.loads(await dashboard_get(ports, "/api/certificates"))}
+        assert rows["outside.test"]["state"] == "refused"
+        assert "allowDomains" in rows["outside.test"]["detail"]
+        assert rows["allowed.test"]["state"] == "ready"
 
 
 async def test_acme_renews_at_two_thirds_of_a_short_life(
@@ -217,3 +243,21 @@ async def test_acme_survives_rejected_nonces_by_retrying(
         await client.wait_for(ready_https("flaky"), 150)
         echoed = await https_get(f"flaky.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
         assert echoed["app"] == "flaky"
+
+
+async def test_acme_external_account_binding_registers(
+    run_tunneld, run_tunnelc, process_group: ProcessGroup, tmp_path: Path
+) -> None:
+    """Against a CA that requires EAB, tunneld binds its account with eab.kid/hmacKey."""
+    eab = {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"}
+    async with asyncio.timeout(120), echo_apps("eab") as (app,):
+        server, ports, pebble = await start_acme_stack(
+            run_tunneld, process_group, tmp_path, challenges=["http-01"], eab=eab
+        )
+        fingerprint = await server.fingerprint()
+        client = await run_tunnelc(
+            client_toml(ports, fingerprint, http_proxy("eab", app.port, subdomain="eab"))
+        )
+        await client.wait_for(ready_https("eab"), ISSUE_WAIT_S)
+        echoed = await https_get(f"eab.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
+        assert echoed["app"] == "eab"
