@@ -22,6 +22,7 @@ MAX_TEXT_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
+MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list's ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    redirect_http: bool = False  # http: 308 from plain HTTP to HTTPS when a certificate exists
+    hsts_max_age: int = 0  # http: Strict-Transport-Security max-age (seconds); 0 = none
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +238,8 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "redirect_http": _bool,
+            "hsts_max_age": _int(0, MAX_HSTS_MAX_AGE_S),
         },
     ),
     "new_proxy_result": (

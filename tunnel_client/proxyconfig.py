@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Final, TypeAlias
 
 from protocol.errors import ConfigError
+from protocol.messages import MAX_HSTS_MAX_AGE_S
 from protocol.proxytype import ProxyType
-from tunnel_common.configfields import Field, FieldTable
+from tunnel_common.configfields import OWN, Field, FieldTable
 from tunnel_common.configfile import (
     Bool,
     Choice,
@@ -43,6 +44,7 @@ _Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key under the proxy, re
 
 
 _HTTP_ONLY: Final = (str(_HTTP),)
+
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
@@ -142,6 +144,24 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "redirectHTTP",
+            "redirect_http",
+            Bool(),
+            None,
+            "answer plain HTTP with a 308 to HTTPS once the server has a certificate",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "hstsMaxAge",
+            "hsts_max_age",
+            Int(0, MAX_HSTS_MAX_AGE_S),
+            None,
+            "Strict-Transport-Security max-age in seconds on HTTPS responses; 0 = none",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
     ),
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -172,6 +192,8 @@ class ProxyConfig:
     response_headers_set: dict[str, str] = field(
         default_factory=_F.factory("response_headers_set", dict)
     )
+    redirect_http: bool | None = _F.optional("redirect_http", bool)  # None = false
+    hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:

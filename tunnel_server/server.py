@@ -131,6 +131,7 @@ class TunnelServer:
                 timeout_s=cfg.vhost_http_timeout,
                 custom_404_page=page,
                 challenge_answer=self.acme_board.http01_response,
+                https_port_for=self._https_port_for,
             )
             host, self.http_port = await self._http_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_http_port
@@ -181,6 +182,12 @@ class TunnelServer:
         )
         host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
         logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
+
+    def _https_port_for(self, name: str) -> int | None:
+        """The HTTPS edge's port if it can terminate TLS for `name` now (redirectHTTP)."""
+        if self._tls_vhost is None or self.https_port is None:
+            return None
+        return self.https_port if self.certs.lookup(name) is not None else None
 
     def _certificate_issued(self, name: str) -> None:
         """A certificate arrived: tell the clients whose http proxies it serves their URLs."""

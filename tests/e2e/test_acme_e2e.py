@@ -38,6 +38,7 @@ async def start_acme_stack(
     challenges: list[str],
     validity_s: int | None = None,
     nonce_reject_percent: int = 5,
+    authz_reuse_percent: int = 50,
     eab: dict[str, str] | None = None,
 ) -> tuple[TunnelProcess, dict[str, int], Pebble]:
     """pebble pointed at tunneld's vhost ports, and tunneld ordering from pebble."""
@@ -50,6 +51,7 @@ async def start_acme_stack(
         tls_port=https_port,
         validity_s=validity_s,
         nonce_reject_percent=nonce_reject_percent,
+        authz_reuse_percent=authz_reuse_percent,
         eab_keys=eab,
     )
     text = toml_lines(
@@ -204,14 +206,24 @@ async def test_acme_name_outside_policy_is_refused_and_allowed_custom_domain_iss
 async def test_acme_renews_at_two_thirds_of_a_short_life(
     run_tunneld, run_tunnelc, process_group: ProcessGroup, tmp_path: Path
 ) -> None:
-    """With 30 s certificates, tunneld orders a fresh one about 20 s after the first."""
+    """With 30 s certificates, tunneld renews about 20 s after the first; the renewal's HTTP-01
+    is answered although the proxy redirects plain HTTP to HTTPS by then."""
     async with asyncio.timeout(150), echo_apps("renew") as (app,):
         server, ports, pebble = await start_acme_stack(
-            run_tunneld, process_group, tmp_path, challenges=["tls-alpn-01"], validity_s=30
+            run_tunneld,
+            process_group,
+            tmp_path,
+            challenges=["http-01"],
+            validity_s=30,
+            authz_reuse_percent=0,  # the renewal must be validated again
         )
         fingerprint = await server.fingerprint()
         client = await run_tunnelc(
-            client_toml(ports, fingerprint, http_proxy("renew", app.port, subdomain="renew"))
+            client_toml(
+                ports,
+                fingerprint,
+                http_proxy("renew", app.port, subdomain="renew", redirectHTTP=True),
+            )
         )
         await client.wait_for(ready_https("renew"), ISSUE_WAIT_S)
         first = await server.wait_for(r"acme: certificate for renew\.\S+ valid until (?P<t>.+?);")
@@ -220,6 +232,14 @@ async def test_acme_renews_at_two_thirds_of_a_short_life(
             r"acme: certificate for renew\.\S+ valid until (?P<t>.+?);", 60, since=since
         )
         assert second["t"] > first["t"]
+        answered = [x for x in server.lines() if "answered HTTP-01 challenge" in x]
+        assert len({x.rsplit(" ", 1)[-1] for x in answered}) >= 2  # two tokens: both orders
+        redirected = await curl(
+            "-i",
+            *resolve(f"renew.{SUB_DOMAIN_HOST}", ports["http"]),
+            f"http://renew.{SUB_DOMAIN_HOST}:{ports['http']}/",
+        )
+        assert redirected.stdout.startswith(b"HTTP/1.1 308 ")
         echoed = await https_get(f"renew.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
         assert echoed["app"] == "renew"
 

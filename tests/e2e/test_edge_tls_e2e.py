@@ -222,3 +222,48 @@ async def test_edge_tls_passthrough_and_terminated_share_the_port(
             f"https://unknown.other.test:{port}/",
         )
         assert refused.returncode != 0 and refused.elapsed_s < PROMPT_S
+
+
+async def test_edge_tls_redirect_http_sends_308_and_hsts(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """redirectHTTP answers plain HTTP with a 308 to the same path on HTTPS; HSTS rides HTTPS."""
+    async with asyncio.timeout(45), echo_apps("r", "plain") as (app, plain_app):
+        server = await start_edge(run_tunneld, tmp_path)
+        client = await run_tunnelc(
+            client_toml(
+                server,
+                http_proxy("r", app.port, subdomain="r", redirectHTTP=True, hstsMaxAge=600),
+                http_proxy("plain", plain_app.port, customDomains=["plain.other.test"]),
+            )
+        )
+        await client.wait_for(r"tunnelc: proxy r ready at .*" + HTTPS_URL)
+        await client.proxy_endpoint("plain")
+        host, http_port, https_port = f"r.{SUB_DOMAIN_HOST}", server["http"], server["https"]
+        redirected = await curl(
+            "-i", *resolve(host, http_port), "--data", "x=1", f"http://{host}:{http_port}/hook?a=b"
+        )
+        head = redirected.stdout.decode("latin-1")
+        assert head.startswith("HTTP/1.1 308 "), head
+        assert f"Location: https://{host}:{https_port}/hook?a=b\r\n" in head
+        assert len(app.received) == 0  # the app never saw the plain request
+        followed = await curl(
+            "-i",
+            "-L",
+            "--cacert",
+            str(server["ca"]),
+            *resolve(host, http_port),
+            *resolve(host, https_port),
+            "--data",
+            "x=1",
+            f"http://{host}:{http_port}/hook",
+        )
+        assert followed.returncode == 0, followed.stderr
+        text = followed.stdout.decode("latin-1")
+        assert "strict-transport-security: max-age=600" in text.lower()
+        assert app.received[-1].method == "POST" and app.received[-1].body == b"x=1"
+        # A proxy without redirectHTTP (and without a certificate) stays on plain HTTP.
+        stays = await curl(
+            *resolve("plain.other.test", http_port), f"http://plain.other.test:{http_port}/"
+        )
+        assert json.loads(stays.stdout)["app"] == "plain"

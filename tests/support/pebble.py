@@ -53,6 +53,7 @@ async def start_pebble(
     tls_port: int,
     validity_s: int | None = None,
     nonce_reject_percent: int = 5,
+    authz_reuse_percent: int = 50,
     eab_keys: dict[str, str] | None = None,
 ) -> Pebble:
     """Start pebble-challtestsrv (DNS) and pebble; return once pebble serves its directory."""
@@ -104,6 +105,7 @@ async def start_pebble(
             "PEBBLE_VA_NOSLEEP": "1",
             "PEBBLE_VA_ALWAYS_VALID": "0",
             "PEBBLE_WFE_NONCEREJECT": str(nonce_reject_percent),
+            "PEBBLE_AUTHZREUSE": str(authz_reuse_percent),
         },
         expect_exit_code=None,
     )

@@ -20,6 +20,7 @@ from tunnel_server.acme.manager import CertManager
 from tunnel_server.config import parse_server_config
 from tunnel_server.edge.certstore import CertStore
 from tunnel_server.edge.config import DIRECTORIES, ACMEConfig
+from tunnel_server.edge.redirect import redirect_response
 
 
 def test_acme_tls_alpn01_certificate_carries_the_key_authorization_digest() -> None:
@@ -122,3 +123,28 @@ def test_acme_config_mistakes_are_one_line_errors(body: str, message: str) -> No
     with pytest.raises(ConfigError, match=message) as info:
         parse_server_config("vhostHTTPSPort = 443\n[tls.acme]\n" + body, "frps.toml")
     assert "\n" not in str(info.value)
+
+
+def test_redirect_response_keeps_path_and_query_and_port() -> None:
+    """The 308 points at the same path and query on the HTTPS port (443 left out)."""
+    answer = redirect_response(
+        "wx.example.test", 8443, b"/hook?a=1", keep_alive=True, head_only=False
+    )
+    assert answer is not None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 308 Permanent Redirect\r\n")
+    assert b"\r\nLocation: https://wx.example.test:8443/hook?a=1" in head
+    assert b"Connection: keep-alive" in head
+    assert body == b"Moved to https://wx.example.test:8443/hook?a=1\n"
+    plain = redirect_response("a.test", 443, b"/", keep_alive=False, head_only=True)
+    assert plain is not None and b"Location: https://a.test/\r\n" in plain
+    assert plain.endswith(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "target"),
+    [("a b.test", b"/"), ("a.test", b"/x\r\nSet-Cookie: y"), ("a.test", b"http://x/"), ("", b"/")],
+)
+def test_redirect_response_refuses_unsafe_hosts_and_targets(host: str, target: bytes) -> None:
+    """A Host or target that could inject a header or another origin gets no redirect."""
+    assert redirect_response(host, 443, target, keep_alive=False, head_only=False) is None

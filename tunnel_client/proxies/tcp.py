@@ -30,6 +30,8 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        redirect_http=bool(config.redirect_http),
+        hsts_max_age=config.hsts_max_age or 0,
     )
 
 

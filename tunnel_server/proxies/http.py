@@ -91,6 +91,14 @@ class VhostProxy:
         return None
 
 
+def _with_hsts(headers: dict[str, str], max_age: int) -> dict[str, str]:
+    """responseHeaders.set plus HSTS. Browsers ignore HSTS over plain HTTP (RFC 6797 section
+    8.1), so one header set serves both vhosts; the user's own header wins."""
+    if max_age <= 0 or any(k.lower() == "strict-transport-security" for k in headers):
+        return headers
+    return {**headers, "Strict-Transport-Security": f"max-age={max_age}"}
+
+
 def _urls(scheme: str, names: list[str], port: int) -> tuple[str, ...]:
     default = 80 if scheme == "http" else 443
     suffix = "" if port == default else f":{port}"
@@ -148,7 +156,8 @@ class HTTPProxy(VhostProxy):
             http_password=r.http_password or None,
             host_header_rewrite=r.host_header_rewrite or None,
             request_headers_set=r.request_headers,
-            response_headers_set=r.response_headers,
+            response_headers_set=_with_hsts(r.response_headers, r.hsts_max_age),
+            redirect_http=r.redirect_http,
         )
 
 

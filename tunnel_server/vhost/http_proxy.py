@@ -25,13 +25,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from ..edge.redirect import redirect_response
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
 from .rewrite import request_head
-from .routing import HTTPRoute, VhostRouter
+from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"
 
 OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
 ChallengeAnswer = Callable[[str], bytes | None]  # path -> a whole response, or None
+HTTPSPortFor = Callable[[str], int | None]  # host -> the HTTPS port serving it, or None
 
 
 class HTTPVhostServer(VhostListener):
@@ -61,6 +63,7 @@ class HTTPVhostServer(VhostListener):
         on_request: OnRequest | None = None,
         forwarded_proto: bytes = b"http",
         challenge_answer: ChallengeAnswer | None = None,
+        https_port_for: HTTPSPortFor | None = None,
     ) -> None:
         super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
@@ -72,6 +75,7 @@ class HTTPVhostServer(VhostListener):
         self._on_request = on_request
         self._forwarded_proto = forwarded_proto  # X-Forwarded-Proto: "https" behind the edge
         self._challenge_answer = challenge_answer  # ACME HTTP-01, answered before routing
+        self._https_port_for = https_port_for  # for redirectHTTP: the edge's port, if it can
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -172,6 +176,10 @@ class HTTPVhostServer(VhostListener):
         route = self._router.lookup(host, path if path.startswith("/") else "/")
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
+        if route.redirect_http and self._https_port_for is not None:
+            redirected = self._redirect(conn, head, route, host, target)
+            if redirected is not None:
+                return redirected
         if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
             return self._reply_error(
                 conn,
@@ -298,6 +306,24 @@ class HTTPVhostServer(VhostListener):
         if self._on_request is not None and outcome is not Outcome.RETRY:
             self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
         return outcome
+
+    def _redirect(
+        self, conn: InboundProtocol, head: RequestHead, route: HTTPRoute, host: str, target: bytes
+    ) -> Outcome | None:
+        """redirectHTTP: a 308 to HTTPS, once the edge holds a certificate for the host."""
+        assert self._https_port_for is not None
+        name = normalize_host(host)
+        port = self._https_port_for(name)
+        if port is None:
+            return None  # no certificate yet: keep serving plain HTTP
+        keep = head.keep_alive and not head.switching and self._skip_body(conn)
+        answer = redirect_response(
+            name, port, target, keep_alive=keep, head_only=head.method == b"HEAD"
+        )
+        if answer is None:
+            return self._reply_error(conn, head, 400, None, "the Host or target cannot redirect")
+        conn.write(answer)
+        return Outcome.KEEP if keep else Outcome.CLOSE
 
     def _reply_error(
         self,

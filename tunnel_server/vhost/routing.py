@@ -114,6 +114,7 @@ class HTTPRoute:
     host_header_rewrite: str | None = None
     request_headers_set: Mapping[str, str] = field(default_factory=dict)
     response_headers_set: Mapping[str, str] = field(default_factory=dict)
+    redirect_http: bool = False  # plain HTTP gets a 308 to HTTPS when the edge can serve it
     rules: HeaderRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
