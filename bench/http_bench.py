@@ -3,14 +3,17 @@
     .venv/bin/python bench/http_bench.py [--seconds 10] [--runs 3]
 
 The same nginx (started here, serving a small static file) is measured directly and through
-tunneld's HTTP vhost + tunnelc, in one run. Reports req/s and p50/p99 latency, medians of
---runs, with the ratio to direct. Traffic stays on 127.0.0.1.
+tunneld's HTTP vhost + tunnelc, in one run: without the inspector, with the inspector in
+memory only (`inspect.history = false`), and with the inspector writing its SQLite history
+(the default). Reports req/s and p50/p99 latency, medians of --runs, with the ratios.
+Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -25,6 +28,7 @@ from tests.support.procs import ProcessGroup  # noqa: E402
 
 HOST = "bench.example.test"
 INSPECTED_HOST = "inspected.example.test"
+MEMORY_HOST = "memory.example.test"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -45,12 +49,19 @@ async def wrk(
         timeout_s=args.seconds + 30,
     )  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    total = float(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors[1]} error responses:\n{out}")
-    return {"req/s": rps, "p50 ms": p50, "p99 ms": p99}
+    return {"req/s": rps, "p50 ms": p50, "p99 ms": p99, "requests": total}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(port: int, args: argparse.Namespace, host: str = HOST) -> dict[str, float]:
@@ -61,6 +72,32 @@ async def measure(port: int, args: argparse.Namespace, host: str = HOST) -> dict
     result["c1 p50 ms"] = statistics.median(run["p50 ms"] for run in single)
     result["c1 p99 ms"] = statistics.median(run["p99 ms"] for run in single)
     return result
+
+
+async def measure_interleaved(
+    port: int, args: argparse.Namespace, hosts: dict[str, tuple[str, int]]
+) -> dict[str, dict[str, float]]:
+    """Like `measure` for several (host, tunnelc pid) on one vhost, taking turns run by run,
+    so a load change on a shared machine hits every variant alike. Also reports the tunnelc's
+    CPU time per request under load, which a busy machine disturbs far less than req/s."""
+    loaded: dict[str, list[dict[str, float]]] = {name: [] for name in hosts}
+    single: dict[str, list[dict[str, float]]] = {name: [] for name in hosts}
+    for _ in range(args.runs):
+        for name, (host, pid) in hosts.items():
+            before = cpu_seconds(pid)
+            run = await wrk(port, args, host)
+            run["tunnelc us/req"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+            loaded[name].append(run)
+        for name, (host, _) in hosts.items():
+            single[name].append(await wrk(port, args, host, threads=1, conns=1))
+    results: dict[str, dict[str, float]] = {}
+    for name in hosts:
+        runs = loaded[name]
+        result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        result["c1 p50 ms"] = statistics.median(run["p50 ms"] for run in single[name])
+        result["c1 p99 ms"] = statistics.median(run["p99 ms"] for run in single[name])
+        results[name] = result
+    return results
 
 
 async def main() -> None:
@@ -83,23 +120,35 @@ async def main() -> None:
                 control = await server.control_address()
                 vhost = await server.http_vhost_address()
                 fingerprint = await server.fingerprint()
-                for name, host, inspect in (
-                    ("web", HOST, "false"),
-                    ("seen", INSPECTED_HOST, "true"),
+                pids: dict[str, int] = {}
+                for name, host, inspect, history in (
+                    ("web", HOST, "false", "false"),
+                    ("seen", INSPECTED_HOST, "true", "true"),
+                    ("memory", MEMORY_HOST, "true", "false"),
                 ):
                     config = work / f"frpc-{name}.toml"
                     config.write_text(
                         f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
                         f'stateDir = "{work}/client"\ninspect.enabled = {inspect}\n'
-                        "inspect.port = 0\n"
+                        f"inspect.port = 0\ninspect.history = {history}\n"
                         f'transport.tls.serverFingerprint = "{fingerprint}"\n'
                         f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'
                         f'customDomains = ["{host}"]\n'
                     )
                     client = await group.start_tunnel("tunnelc", ["-c", str(config)])
                     await client.proxy_endpoint(name)
-                results["tunnelkit vhost (TLS)"] = await measure(vhost.port, args)
-                results["vhost + inspector"] = await measure(vhost.port, args, INSPECTED_HOST)
+                    pids[name] = client.pid
+                results.update(
+                    await measure_interleaved(
+                        vhost.port,
+                        args,
+                        {
+                            "tunnelkit vhost (TLS)": (HOST, pids["web"]),
+                            "vhost + inspector (memory)": (MEMORY_HOST, pids["memory"]),
+                            "vhost + inspector + history": (INSPECTED_HOST, pids["seen"]),
+                        },
+                    )
+                )
         finally:
             await group.aclose()
     print(
@@ -107,16 +156,37 @@ async def main() -> None:
         f"median of {args.runs})\n"
     )
     keys = ["req/s", "p50 ms", "p99 ms", "c1 p50 ms", "c1 p99 ms"]
-    print("| path | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
+    results["direct (nginx)"]["tunnelc us/req"] = 0.0
+    print("| path | " + " | ".join(keys) + " | tunnelc us/req |")
+    print("|---|" + "---|" * (len(keys) + 1))
     for name, row in results.items():
-        print(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{row[k]:.2f}" for k in keys)
+            + f" | {row['tunnelc us/req']:.1f} |"
+        )
     direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
-    seen = results["vhost + inspector"]
+    memory, seen = results["vhost + inspector (memory)"], results["vhost + inspector + history"]
     print(
         "| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys) + " |"
     )
-    print("| inspector on / off | " + " | ".join(f"{seen[k] / tunnel[k]:.2f}" for k in keys) + " |")
+    print(
+        "| inspector (memory) / off | "
+        + " | ".join(f"{memory[k] / tunnel[k]:.2f}" for k in keys)
+        + " |"
+    )
+    print(
+        "| inspector + history / off | "
+        + " | ".join(f"{seen[k] / tunnel[k]:.2f}" for k in keys)
+        + " |"
+    )
+    print("| history / memory | " + " | ".join(f"{seen[k] / memory[k]:.2f}" for k in keys) + " |")
+    cpu = "tunnelc us/req"
+    print(
+        f"\ntunnelc CPU per request under load: off {tunnel[cpu]:.1f} us, inspector in memory "
+        f"{memory[cpu]:.1f} us, inspector + history {seen[cpu]:.1f} us "
+        f"(history adds {100 * (seen[cpu] / memory[cpu] - 1):+.1f}% to the inspector's tunnelc)"
+    )
 
 
 if __name__ == "__main__":

@@ -53,3 +53,4 @@ class ErrorCode(IntEnum):
     SHUTDOWN = 10
     AUTH_FAILED = 11
     VERSION_MISMATCH = 12
+    BUSY = 13  # too many logins in progress; the client retries after a delay

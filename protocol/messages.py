@@ -23,6 +23,7 @@ MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
 MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list's ceiling
+MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,32 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """Client -> server, after Hello: the client's nonce; the server must prove the token."""
+
+    protocol_version: int
+    client_version: str
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProof:
+    """Server -> client: HMAC over the client's nonce (protocol/auth.py server_proof)."""
+
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Server -> client in place of Hello: too many logins in progress; retry after a delay."""
+
+    retry_after_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Login:
-    """Client -> server: answer to Hello. `proof` is HMAC(token, nonce, client_id, version)."""
+    """Client -> server, after a valid ServerProof. `proof` is auth.login_proof(...)."""
 
     protocol_version: int
     client_version: str
@@ -53,6 +78,9 @@ class LoginResult:
     session_id: str
     server_version: str
     udp_packet_size: int
+    # On a refusal: 0 = definite (wrong token, version), else a transient refusal (server full,
+    # address blocked for a while) worth retrying after this many milliseconds.
+    retry_after_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +152,9 @@ class StreamResetInfo:
 
 Message = (
     Hello
+    | Challenge
+    | ServerProof
+    | Busy
     | Login
     | LoginResult
     | NewProxy
@@ -203,6 +234,12 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
         Hello,
         {"server_version": _NAME, "protocol_version": _U32, "nonce": _bytes_of(NONCE_BYTES)},
     ),
+    "challenge": (
+        Challenge,
+        {"protocol_version": _U32, "client_version": _NAME, "nonce": _bytes_of(NONCE_BYTES)},
+    ),
+    "server_proof": (ServerProof, {"proof": _bytes_of(PROOF_BYTES)}),
+    "busy": (Busy, {"retry_after_ms": _int(0, MAX_RETRY_AFTER_MS), "reason": _TEXT}),
     "login": (
         Login,
         {
@@ -222,6 +259,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "session_id": _NAME,
             "server_version": _NAME,
             "udp_packet_size": _int(0, 65535),
+            "retry_after_ms": _int(0, MAX_RETRY_AFTER_MS),
         },
     ),
     "new_proxy": (

@@ -29,11 +29,14 @@ class MuxSettings:
     # One stream gets the full 4 MiB (single-stream speed); eight get 1 MiB each (measured
     # faster than 4 MiB each here: less memory in flight); receive memory stays about this.
     session_window_bytes: int = 8 * MiB
-    # Concurrent streams per session. A SYN beyond it is answered with RST(REFUSED).
-    max_streams: int = 1024
+    # Concurrent streams per session. A SYN beyond it is answered with RST(REFUSED). Sized for
+    # 10,000 visitor connections through one client (an idle stream costs a few KiB; see
+    # docs/security.md); the server also caps each proxy (maxStreamsPerProxy), so one proxy's
+    # flood leaves room for the client's other proxies.
+    max_streams: int = 16384
     # Streams opened by the peer that the application has not accepted or refused yet. A SYN
     # beyond it is answered with RST(REFUSED).
-    max_pending_accepts: int = 256
+    max_pending_accepts: int = 1024
     # Keepalive: ping after this much silence; the peer is dead after `keepalive_timeout_s`
     # without any frame from it.
     keepalive_interval_s: float = 30.0

@@ -388,7 +388,7 @@ def status(config_path: Path | None) -> None:
 @CONFIG_OPTION
 def reload(config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(config_path, "GET", "/api/reload")
+    _admin_command(config_path, "POST", "/api/reload")
 
 
 @main.command()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import random
 import secrets
 import socket
 from pathlib import Path
@@ -19,19 +21,23 @@ from typing import Final
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MuxSession, SessionClosedError
 from protocol.aio.stream import MuxStream
-from protocol.auth import login_proof
+from protocol.auth import derive_key, login_proof, new_nonce, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
+    Busy,
+    Challenge,
     CloseProxy,
     Hello,
     Login,
     LoginResult,
     Message,
     NewProxyResult,
+    ServerProof,
     UDPFlowClosed,
     UDPFlowOpened,
 )
 from protocol.mux import Role
+from protocol.names import peer_text
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
@@ -49,7 +55,16 @@ MAX_FLOWS_PER_CLIENT: Final = 4096
 
 
 class LoginFailed(TunnelError):
-    """The server refused the login (wrong token, version mismatch, full)."""
+    """The login failed for good: wrong token, a server that cannot prove the token, another
+    protocol version, a refused name. loginFailExit = true exits on this (and only this)."""
+
+
+class LoginDeferred(TunnelError):
+    """The server asked us to come back later (busy, full, address blocked for a while)."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
 
 
 class TunnelClient:
@@ -197,28 +212,34 @@ class TunnelClient:
         await self.surfaces.start()
         try:
             while not self.stopping:
+                at_least = 0.0
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
                     logger.error("tunnelc: login to %s failed: %s", where, exc)
                     if cfg.login_fail_exit and not self.logged_in_once:
-                        return 1
-                except (OSError, TimeoutError, SessionClosedError) as exc:
-                    reason = _describe_network_error(exc)
-                    logger.error("tunnelc: cannot reach the server at %s: %s", where, reason)
-                    if cfg.login_fail_exit and not self.logged_in_once:
                         logger.error(
                             "tunnelc: exiting because loginFailExit = true (set it to false "
-                            "to keep retrying at startup)"
+                            "to keep retrying)"
                         )
                         return 1
+                except LoginDeferred as exc:
+                    # Busy or full is not a refusal: retry even with loginFailExit = true.
+                    logger.warning("tunnelc: login to %s deferred: %s", where, exc)
+                    at_least = exc.retry_after_s
+                except (OSError, TimeoutError, SessionClosedError) as exc:
+                    # A network error (a server restarting, a login cut short) is retried even
+                    # with loginFailExit = true: only a definite refusal ends the client.
+                    reason = _describe_network_error(exc)
+                    logger.error("tunnelc: cannot reach the server at %s: %s", where, reason)
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
                     await self._serve(session)
                 if self.stopping:
                     break
-                delay = self._backoff.next_delay()
+                # Full jitter on top of the server's hint spreads a fleet's retries out.
+                delay = at_least * (1 + random.random()) + self._backoff.next_delay()
                 logger.info("tunnelc: reconnecting in %.1fs", delay)
                 try:
                     async with asyncio.timeout(delay):
@@ -260,12 +281,49 @@ class TunnelClient:
         return session
 
     async def _login(self, session: MuxSession) -> None:
+        """Hello, Challenge, ServerProof, Login, LoginResult (docs/protocol.md section 6.1).
+
+        Nothing derived from the token leaves this client before the server has proved that
+        it knows the token, over our nonce and the certificate we saw.
+        """
         cfg = self.config
+        where = f"{cfg.server_addr}:{cfg.server_port}"
         async with asyncio.timeout(LOGIN_TIMEOUT_S):
             hello = await session.next_message()
+            if isinstance(hello, Busy):
+                raise LoginDeferred(
+                    f"{peer_text(hello.reason)} (retry in {hello.retry_after_ms} ms)",
+                    hello.retry_after_ms / 1000,
+                )
             if not isinstance(hello, Hello):
                 raise LoginFailed(f"the server sent {type(hello).__name__} instead of Hello")
+            # The challenge carries nothing secret; on a version mismatch it still goes out, so
+            # the server logs the mismatch too.
+            client_nonce = new_nonce()
+            session.send_message(Challenge(PROTOCOL_VERSION, __version__, client_nonce))
+            if hello.protocol_version != PROTOCOL_VERSION:
+                raise LoginFailed(
+                    f"protocol version mismatch: the server (tunnelkit "
+                    f"{peer_text(hello.server_version)}) speaks protocol "
+                    f"{hello.protocol_version} and this client (tunnelkit {__version__}) speaks "
+                    f"{PROTOCOL_VERSION}; install matching versions"
+                )
+            answer = await session.next_message()
+            if isinstance(answer, LoginResult):
+                _raise_refusal(answer)
+            if not isinstance(answer, ServerProof):
+                raise LoginFailed(f"the server sent {type(answer).__name__} instead of a proof")
+            cert_fp = _server_cert_fingerprint(session)
             token = cfg.auth_token.reveal() if cfg.auth_token else ""
+            # scrypt, once per (token, server certificate) in this process (protocol/auth.py).
+            key = derive_key(token, cert_fp)
+            expected = server_proof(key, client_nonce, hello.nonce, cert_fp, PROTOCOL_VERSION)
+            if not proof_matches(expected, answer.proof):
+                raise LoginFailed(
+                    f"the server at {where} could not prove that it knows the token: auth.token "
+                    "differs between tunnelc and tunneld, or this is not your server; nothing "
+                    "was sent to it"
+                )
             session.send_message(
                 Login(
                     protocol_version=PROTOCOL_VERSION,
@@ -273,21 +331,15 @@ class TunnelClient:
                     client_id=self.client_id,
                     user=cfg.user,
                     hostname=socket.gethostname()[:255],
-                    proof=login_proof(token, hello.nonce, self.client_id, PROTOCOL_VERSION),
+                    proof=login_proof(
+                        key, hello.nonce, client_nonce, cert_fp, self.client_id, PROTOCOL_VERSION
+                    ),
                 )
             )
-            # On a version mismatch the login still goes out, so the server logs it too.
             result = await session.next_message()
-        if hello.protocol_version != PROTOCOL_VERSION:
-            raise LoginFailed(
-                f"protocol version mismatch: the server (tunnelkit {hello.server_version}) "
-                f"speaks protocol {hello.protocol_version} and this client (tunnelkit "
-                f"{__version__}) speaks {PROTOCOL_VERSION}; install matching versions"
-            )
         if not isinstance(result, LoginResult):
             raise LoginFailed(f"the server sent {type(result).__name__} instead of LoginResult")
-        if not result.ok:
-            raise LoginFailed(result.error)
+        _raise_refusal(result)
         logger.info(
             "tunnelc: logged in to %s:%d as %s", cfg.server_addr, cfg.server_port, self.client_id
         )
@@ -312,7 +364,9 @@ class TunnelClient:
                     if status is not None:
                         status.state, status.error = "offline", message.reason
                     logger.warning(
-                        "tunnelc: proxy %s closed by the server: %s", message.name, message.reason
+                        "tunnelc: proxy %s closed by the server: %s",
+                        peer_text(message.name),
+                        peer_text(message.reason),
                     )
                 else:
                     logger.warning("tunnelc: ignoring unexpected %s", type(message).__name__)
@@ -343,7 +397,9 @@ class TunnelClient:
                 self._register(self.session, result.name)
                 return
             status.state, status.error, status.public_urls = "refused", result.error, ()
-            logger.error("tunnelc: proxy %s refused: %s", result.name, result.error)
+            logger.error(
+                "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
+            )
             self._notify_status()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
@@ -355,8 +411,13 @@ class TunnelClient:
         # On success `error` carries a note, e.g. "https pending certificate for NAME"; the
         # server sends the result again once the certificate is there.
         status.state, status.error, status.public_urls = "running", result.error, urls
-        note = f" ({result.error})" if result.error else ""
-        logger.info("tunnelc: proxy %s ready at %s%s", result.name, " ".join(urls), note)
+        note = f" ({peer_text(result.error)})" if result.error else ""
+        logger.info(
+            "tunnelc: proxy %s ready at %s%s",
+            peer_text(result.name),
+            peer_text(" ".join(urls)),
+            note,
+        )
         self._notify_status()
 
     def _localize(self, url: str) -> str:
@@ -407,6 +468,25 @@ class TunnelClient:
                 owner.datagram(flow_id, data)
             else:
                 del self._flow_owner[flow_id]  # closed on our side (idle, failed socket)
+
+
+def _raise_refusal(result: LoginResult) -> None:
+    """Raise for a refused login: deferred when the server gave a retry delay, else final."""
+    if result.ok:
+        return
+    if result.retry_after_ms > 0:
+        raise LoginDeferred(peer_text(result.error), result.retry_after_ms / 1000)
+    raise LoginFailed(peer_text(result.error))
+
+
+def _server_cert_fingerprint(session: MuxSession) -> bytes:
+    """SHA-256 of the certificate this connection's server showed (the proofs cover it)."""
+    transport = session.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise LoginFailed("the server showed no TLS certificate")
+    return hashlib.sha256(der).digest()
 
 
 def _describe_network_error(exc: BaseException) -> str:

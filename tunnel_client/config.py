@@ -28,6 +28,7 @@ from tunnel_client.proxyconfig import (
     complete_proxy,
     make_oneliner_proxy,
 )
+from tunnel_client.signerconfig import SIGNER_SCHEMA, SignerConfig, complete_signers
 from tunnel_common.configfields import OWN, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
@@ -78,6 +79,7 @@ MAX_SECONDS: Final = 86400.0  # longest duration accepted for any timeout (one d
 MAX_UDP_PACKET_BYTES: Final = 65507  # largest UDP payload over IPv4
 MAX_INSPECT_BODY_BYTES: Final = 16 * 1024 * 1024  # per captured body, per direction
 MAX_INSPECT_REQUESTS: Final = 100_000  # captured exchanges kept (oldest dropped first)
+MAX_INSPECT_AGE_SECONDS: Final = 366 * 24 * 3600.0  # inspect.maxAge upper bound
 MAX_CLIENT_ID_CHARS: Final = 64
 DEFAULT_SERVER_PORT: Final = 7000
 
@@ -154,6 +156,38 @@ INSPECT_FIELDS: Final = FieldTable(
             "exchanges kept; the oldest is dropped first",
             origin=OWN,
         ),
+        Field(
+            "history",
+            "history",
+            Bool(),
+            True,
+            "keep the exchanges in SQLite so they survive a restart",
+            origin=OWN,
+        ),
+        Field(
+            "historyFile",
+            "history_file",
+            PathStr(),
+            None,
+            "the history file; unset = inspector.sqlite3 in stateDir",
+            origin=OWN,
+        ),
+        Field(
+            "maxAge",
+            "max_age",
+            Float(1, MAX_INSPECT_AGE_SECONDS),
+            7 * 24 * 3600.0,
+            "seconds an exchange is kept (with history)",
+            origin=OWN,
+        ),
+        Field(
+            "signers",
+            "signers",
+            TableList(SIGNER_SCHEMA),
+            (),
+            "webhook signers ([[inspect.signers]] entries; see below)",
+            origin=OWN,
+        ),
     )
 )
 
@@ -181,6 +215,10 @@ class InspectConfig:
     password: Secret | None = INSPECT_FIELDS.optional("password", Secret)
     max_body_bytes: int = INSPECT_FIELDS.default("max_body_bytes", int)
     max_requests: int = INSPECT_FIELDS.default("max_requests", int)
+    history: bool = INSPECT_FIELDS.default("history", bool)
+    history_file: Path | None = INSPECT_FIELDS.optional("history_file", Path)
+    max_age: float = INSPECT_FIELDS.default("max_age", float)
+    signers: tuple[SignerConfig, ...] = INSPECT_FIELDS.default("signers", tuple)
 
 
 # Every key of frpc.toml that tunnelc reads: (TOML key, attribute, spec, default, help).
@@ -374,7 +412,13 @@ def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
         if table.get_or("enabled", bool, True):
             proxies.append(complete_proxy(table))
             proxy_paths.append(table.path)
-    config = CLIENT_FIELDS.complete(root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes))
+    inspect_table = root.subtable("inspect")
+    inspect = INSPECT_FIELDS.complete(
+        inspect_table, InspectConfig, signers=complete_signers(inspect_table)
+    )
+    config = CLIENT_FIELDS.complete(
+        root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes), inspect=inspect
+    )
     return config, proxy_paths
 
 

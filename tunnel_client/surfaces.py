@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import TYPE_CHECKING
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -13,7 +15,9 @@ from tunnel_common.webguard import check_web_bind
 
 from .adminfile import remove_admin_address, write_admin_address
 from .inspect.app import build_inspector_app
+from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
 from .inspect.replay import make_local_replayer
+from .inspect.signers import Signer
 from .inspect.store import CaptureStore
 from .web.admin import AdminController, build_admin_app
 
@@ -21,6 +25,8 @@ if TYPE_CHECKING:
     from .client import TunnelClient
 
 logger = logging.getLogger(__name__)
+
+HISTORY_FILE_NAME: Final = "inspector.sqlite3"
 
 
 def _host(host: str) -> str:
@@ -45,6 +51,7 @@ class WebSurfaces:
     def __init__(self, client: TunnelClient) -> None:
         self.client = client
         self.store: CaptureStore | None = None
+        self.history: HistoryWriter | None = None
         self._runners: list[web.AppRunner] = []
         self.inspector_port: int | None = None
         self.admin_port: int | None = None
@@ -63,6 +70,31 @@ class WebSurfaces:
         if cfg.web.port is not None:
             await self._start_admin()
 
+    def history_path(self) -> Path:
+        cfg = self.client.config
+        return cfg.inspect.history_file or cfg.state_dir / HISTORY_FILE_NAME
+
+    def _start_history(self) -> None:
+        """Load the saved history into the store and start writing it (when configured)."""
+        cfg = self.client.config.inspect
+        store = self.capture_store()
+        if store is None or not cfg.history or self.history is not None:
+            return
+        path = self.history_path()
+        try:
+            db = HistoryDB(path)
+        except HistoryLocked as exc:
+            logger.warning("tunnelc: inspector history is memory-only: %s", exc)
+            return
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning(
+                "tunnelc: inspector history is memory-only: cannot open %s: %s", path, exc
+            )
+            return
+        self.history = HistoryWriter(db, store, max_age=cfg.max_age)
+        loaded = self.history.start()
+        logger.info("tunnelc: inspector history in %s (%d requests loaded)", path, loaded)
+
     async def start_inspector(self) -> None:
         if self.inspector_port is not None:
             return
@@ -70,6 +102,7 @@ class WebSurfaces:
         store = self.capture_store()
         if store is None:
             return
+        self._start_history()
         password = cfg.password.reveal() if cfg.password else None
         try:
             check_web_bind("inspect", cfg.addr, cfg.user, password)
@@ -80,6 +113,10 @@ class WebSurfaces:
             make_local_replayer(self.client.local_address, max_body_bytes=cfg.max_body_bytes),
             user=cfg.user,
             password=password,
+            history_file=str(self.history.db.path) if self.history is not None else None,
+            max_age=cfg.max_age if self.history is not None else None,
+            signers=[Signer(signer) for signer in cfg.signers],
+            http_proxies=self._http_proxies,
         )
         try:
             runner, port = await _serve(app, cfg.addr, cfg.port)
@@ -96,6 +133,9 @@ class WebSurfaces:
         self._runners.append(runner)
         self.inspector_port = port
         logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), port)
+
+    def _http_proxies(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.client.config.proxies if p.type == "http")
 
     async def _start_admin(self) -> None:
         cfg = self.client.config.web
@@ -129,3 +169,7 @@ class WebSurfaces:
             self.store.close_subscriptions()
         while self._runners:
             await self._runners.pop().cleanup()
+        if self.history is not None:
+            self.history.close()
+            await self.history.wait_closed()
+            self.history = None

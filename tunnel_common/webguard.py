@@ -7,9 +7,12 @@ Threats this covers, beyond a password:
   unauthenticated loopback web page. Without credentials we therefore only answer requests
   whose Host is ``localhost`` or an IP literal.
 - Cross-site requests (CSRF): a page from another origin, or another port on the same host,
-  must not trigger actions. Unsafe methods need a matching ``Origin`` when one is sent, and
-  sub-resource requests that a browser marks ``Sec-Fetch-Site: cross-site``/``same-site`` are
-  refused. Top-level navigations (typing the URL, following a link) stay allowed.
+  must not trigger actions. Every state change is a POST (no endpoint changes state on GET,
+  and other methods get 405), and a POST is refused when it is a navigation (a form), when the
+  browser marks it anything but ``Sec-Fetch-Site: same-origin``/``none``, or when its
+  ``Origin`` is not this server's. Sub-resource requests that a browser marks
+  ``cross-site``/``same-site`` are refused. Top-level GET navigations (typing the URL,
+  following a link) stay allowed: they only read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from aiohttp import web
 
 REALM: Final = "tunnelkit"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# Reads are GET (HEAD, OPTIONS); every state change is a POST, never a GET (issue #8).
+ALLOWED_METHODS: Final = SAFE_METHODS | {"POST"}
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -108,6 +113,13 @@ def _is_cross_site(request: web.Request) -> bool:
         if request.headers.get("Sec-Fetch-Mode") != "navigate" or request.method != "GET":
             return True
     if request.method not in SAFE_METHODS:
+        # A state change: only from this origin's own page or from a non-browser client
+        # (no Sec-Fetch-Site, no Origin). A navigation (a cross-site form POST) is refused
+        # even when the browser does not say where it came from.
+        if fetch_site not in (None, "same-origin", "none"):
+            return True
+        if request.headers.get("Sec-Fetch-Mode") == "navigate":
+            return True
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}":
             return True
@@ -149,6 +161,9 @@ def install_guard(
                 return _unauthorized()
         elif not _is_local_host_header(request.host):
             return _forbidden("this address has no credentials, so it answers only localhost")
+        if request.method not in ALLOWED_METHODS:
+            # State-changing endpoints accept POST only; nothing answers PUT, DELETE, ...
+            return web.Response(status=405, text="405: use GET to read and POST to change\n")
         if _is_cross_site(request):
             return _forbidden("cross-site request refused")
         return await handler(request)

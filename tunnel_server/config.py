@@ -42,8 +42,10 @@ from tunnel_common.configschema import (
     check_listener_auth,
     domain_problem,
 )
+from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
 from .edge.config import EDGE_TLS_ENTRIES, EdgeTLSConfig, build_edge_tls
+from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
 
 __all__ = [
     "SERVER_FIELDS",
@@ -211,6 +213,30 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "maxPendingLogins",
+            "max_pending_logins",
+            Int(1, MAX_COUNT),
+            DEFAULT_MAX_PENDING_LOGINS,
+            "connections not logged in yet, whole server; the oldest is evicted",
+            origin=OWN,
+        ),
+        Field(
+            "maxPendingLoginsPerIP",
+            "max_pending_logins_per_ip",
+            Int(1, MAX_COUNT),
+            DEFAULT_MAX_PENDING_PER_IP,
+            "connections not logged in yet per source address; its oldest is evicted",
+            origin=OWN,
+        ),
+        Field(
+            "maxStreamsPerProxy",
+            "max_streams_per_proxy",
+            Int(1, MAX_COUNT),
+            4096,
+            "visitor connections open at once through one proxy; more are refused",
+            origin=OWN,
+        ),
+        Field(
             "maxUdpFlowsPerProxy",
             "max_udp_flows_per_proxy",
             Int(1, MAX_COUNT),
@@ -224,6 +250,22 @@ SERVER_FIELDS: Final = FieldTable(
             Float(1, _S),
             60.0,
             "a UDP peer silent this long is forgotten",
+            origin=OWN,
+        ),
+        Field(
+            "maxVhostRoutesPerClient",
+            "max_vhost_routes_per_client",
+            Int(0, MAX_COUNT),
+            DEFAULT_MAX_ROUTES_PER_CLIENT,
+            "http/https (domain, location) pairs one client may hold; 0 = unlimited",
+            origin=OWN,
+        ),
+        Field(
+            "vhostWildcardsCoverSubdomains",
+            "vhost_wildcards_cover_subdomains",
+            Bool(),
+            False,
+            "let wildcard domains (and *) match names under subDomainHost",
             origin=OWN,
         ),
         *EDGE_TLS_ENTRIES,
@@ -259,8 +301,13 @@ class ServerConfig:
     enable_prometheus: bool = _F.default("enable_prometheus", bool)
     log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
     max_clients: int = _F.default("max_clients", int)
+    max_pending_logins: int = _F.default("max_pending_logins", int)
+    max_pending_logins_per_ip: int = _F.default("max_pending_logins_per_ip", int)
+    max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
+    max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
+    vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
     edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
@@ -360,11 +407,20 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
         addr=config.web.addr,
         user=config.web.user,
         password=config.web.password,
-        loopback_only_without_auth=False,
+        # The dashboard refuses to start beyond this host without credentials; verify must
+        # refuse the same file (a dashboard that is off is not checked).
+        loopback_only_without_auth=config.web.port is not None,
     )
     if config.edge_tls.enabled and config.vhost_https_port is None:
         raise ConfigError(
             source, "tls", "needs vhostHTTPSPort: the edge serves these certificates there"
+        )
+    if config.max_pending_logins_per_ip > config.max_pending_logins:
+        raise ConfigError(
+            source,
+            "maxPendingLoginsPerIP",
+            f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
+            f"{config.max_pending_logins_per_ip}",
         )
     if config.enable_prometheus and config.web.port is None:
         raise ConfigError(

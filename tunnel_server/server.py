@@ -14,10 +14,12 @@ from aiohttp import web
 
 from protocol import __version__
 from protocol.aio.connection import MuxSession
+from protocol.auth import derive_key
 from protocol.errors import ErrorCode, TunnelError
-from protocol.mux import Role
 from protocol.settings import MuxSettings
+from tunnel_common.fingerprint import parse_fingerprint
 
+from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .acme.challenges import ChallengeBoard
 from .acme.manager import CertManager
 from .authlimit import FailureLimiter
@@ -26,10 +28,13 @@ from .config import ServerConfig
 from .edge.certstore import CertificateError, CertStore
 from .edge.listener import EdgeListener
 from .edge.service import EdgeService
+from .fdbudget import FDBudget
 from .ports import PortAllocator
+from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
-from .session import ServerSession, limit_before_login
+from .session import ServerSession
 from .stats import ServerStats
+from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.routing import VhostRouter
@@ -38,18 +43,8 @@ from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
-# Connections that have not logged in yet; more are closed at once (a cheap flood guard).
-MAX_PENDING_LOGINS: Final = 128
 DRAIN_TIMEOUT_S: Final = 5.0
 MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
-
-
-class _Refuse(asyncio.Protocol):
-    """For connections over the pending-login limit or during shutdown: close at once."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
 
 
 def display_host(host: str) -> str:
@@ -64,14 +59,29 @@ class TunnelServer:
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pending_logins = 0
-        self._control: asyncio.Server | None = None
+        self.pending = PendingLogins(
+            config.max_pending_logins,
+            config.max_pending_logins_per_ip,
+            counters=self.stats.limits,
+        )
+        # Replaced in start() by one sized from the real descriptor limit.
+        self.fd_budget = FDBudget()
+        self._control: ControlListener | None = None
+        # The HMAC key of the login proofs (protocol/auth.py), set by start().
+        self.auth_key = b""
+        self.cert_fp = b""
         self.control_port = 0
         self._closing = False
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
+        # Who owns which vhost names across http and https, and each client's route quota.
+        self.claims = DomainClaims(
+            config.sub_domain_host,
+            max_routes_per_client=config.max_vhost_routes_per_client,
+            wildcards_cover_subdomains=config.vhost_wildcards_cover_subdomains,
+            refusals=self.stats.vhost_route_refusals,
+        )
         self.http_router: VhostRouter | None = None
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
@@ -92,21 +102,16 @@ class TunnelServer:
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        self.fd_budget = FDBudget.for_server(
+            cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
+        )
         self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
         logger.info("tunneld: certificate fingerprint %s", self.cert.fingerprint)
-        ssl_ctx = server_ssl_context(self.cert)
-        loop = asyncio.get_running_loop()
-        self._control = await loop.create_server(
-            self._new_connection,
-            cfg.bind_addr,
-            cfg.bind_port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
-            reuse_address=True,
-            backlog=512,
-        )
-        sock = self._control.sockets[0]
-        self.control_port = sock.getsockname()[1]
+        self.cert_fp = parse_fingerprint(self.cert.fingerprint)
+        token = cfg.auth_token.reveal() if cfg.auth_token is not None else ""
+        self.auth_key = derive_key(token, self.cert_fp)
+        self._control = ControlListener(self, server_ssl_context(self.cert))
+        self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
         logger.info(
             "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
         )
@@ -125,7 +130,7 @@ class TunnelServer:
                     f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
                 ) from None
         if cfg.vhost_http_port is not None:
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self._http_vhost = HTTPVhostServer(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
@@ -133,6 +138,7 @@ class TunnelServer:
                 challenge_answer=self.acme_board.http01_response,
                 https_port_for=self._https_port_for,
             )
+            self._http_vhost.fd_budget = self.fd_budget
             host, self.http_port = await self._http_vhost.start(
                 cfg.proxy_bind_addr, cfg.vhost_http_port
             )
@@ -149,11 +155,12 @@ class TunnelServer:
                 self.certs.load(files.cert_file, files.key_file)
             except CertificateError as exc:
                 raise TunnelError(f"tls.certificates: {exc}") from None
-        self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+        self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
         self._https_vhost = HTTPSVhostServer(self.https_router)
+        self._https_vhost.fd_budget = self.fd_budget
         if self.http_router is None and cfg.edge_tls.enabled:
             # https only: http proxies are reachable through the edge alone
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES)
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
         if self.http_router is not None:
             self._tls_vhost = HTTPVhostServer(
                 self.http_router,
@@ -161,6 +168,7 @@ class TunnelServer:
                 custom_404_page=page,
                 forwarded_proto=b"https",
             )
+            self._tls_vhost.fd_budget = self.fd_budget
         if cfg.edge_tls.acme is not None:
             self.cert_manager = CertManager(
                 cfg.edge_tls.acme,
@@ -224,32 +232,17 @@ class TunnelServer:
             for stale in [n for n in self.proxy_meta if self.stats.get(n) is None]:
                 del self.proxy_meta[stale]
 
-    def _new_connection(self) -> asyncio.BaseProtocol:
-        if self._closing or self._pending_logins >= MAX_PENDING_LOGINS:
-            return _Refuse()  # closes the connection as soon as TLS is up; nothing allocated
-        mux = MuxSession(Role.SERVER, self.mux_settings)
-        limit_before_login(mux)
-        self._pending_logins += 1
-        session_task = asyncio.get_running_loop().create_task(self._run_session(mux))
-        self._tasks.add(session_task)
-        session_task.add_done_callback(self._tasks.discard)
-        return mux
-
-    async def _run_session(self, mux: MuxSession) -> None:
-        try:
-            await mux.wait_connected()
-        except ConnectionError:
-            self.login_finished()
-            return
-        session = ServerSession(self, mux)
+    async def run_session(self, mux: MuxSession, slot: PendingSlot) -> None:
+        """Serve one connection whose TLS handshake is done (called by the ControlListener)."""
+        session = ServerSession(self, mux, slot)
         try:
             await session.run()
         except Exception:
             logger.exception("tunneld: session %r failed", session)
 
-    def login_finished(self) -> None:
-        """A connection's login attempt is over (either way): free its pending-login slot."""
-        self._pending_logins -= 1
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def close(self) -> None:
         """Stop accepting (sync, idempotent)."""
@@ -285,10 +278,8 @@ class TunnelServer:
                 await vhost.wait_closed()
         if self.cert_manager is not None:
             await self.cert_manager.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control is not None:
+            await self._control.wait_closed()
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -327,6 +318,7 @@ class TunnelServer:
             config=self.config,
             session=session.mux,
             client_id=session.client_id,
+            user=session.user,
             local_name=local_name,
             counters=self.stats.proxy(name),
             ports=self.ports,
@@ -338,6 +330,7 @@ class TunnelServer:
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            fd_budget=self.fd_budget,
         )
 
     def public_host(self) -> str:

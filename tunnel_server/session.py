@@ -15,19 +15,24 @@ from typing import TYPE_CHECKING, Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
-from protocol.auth import new_nonce, verify_login_proof
+from protocol.auth import login_proof, new_nonce, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
+    Challenge,
     CloseProxy,
     Hello,
     Login,
     LoginResult,
+    Message,
     NewProxy,
     NewProxyResult,
+    ServerProof,
     UDPFlowClosed,
 )
+from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
+from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
 
@@ -36,7 +41,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# From the end of the TLS handshake to the Login message (the whole exchange, one deadline).
 LOGIN_TIMEOUT_S: Final = 10.0
+# Retry hints in refusals that are not final (LoginResult.retry_after_ms).
+BLOCKED_RETRY_AFTER_MS: Final = 60_000  # the failure limiter's block lasts about a minute
+FULL_RETRY_AFTER_MS: Final = 5_000  # maxClients reached
 # Before login a peer may send one small message: frames over this are a protocol error and
 # more than PRE_LOGIN_MESSAGES queued messages end the connection.
 PRE_LOGIN_MAX_FRAME_BYTES: Final = 4096
@@ -53,9 +62,11 @@ def limit_before_login(mux: MuxSession) -> None:
 class ServerSession:
     """Owns one MuxSession after TLS: the login, the client's proxies and their release."""
 
-    def __init__(self, server: TunnelServer, mux: MuxSession) -> None:
+    def __init__(self, server: TunnelServer, mux: MuxSession, slot: PendingSlot) -> None:
         self.server = server
         self.mux = mux
+        self._slot = slot
+        self._login_deadline = mux.loop.time() + LOGIN_TIMEOUT_S
         self.client_id = ""
         self.user = ""
         self.hostname = ""
@@ -79,7 +90,7 @@ class ServerSession:
             try:
                 ok = await self._login()
             finally:
-                self.server.login_finished()
+                self.server.pending.release(self._slot)
             if ok:
                 await self._serve()
         except SessionClosedError:
@@ -92,59 +103,72 @@ class ServerSession:
 
     # -- login --------------------------------------------------------------------------------
     async def _login(self) -> bool:
-        nonce = new_nonce()
-        self.mux.send_message(Hello(__version__, PROTOCOL_VERSION, nonce))
-        try:
-            async with asyncio.timeout(LOGIN_TIMEOUT_S):
-                message = await self.mux.next_message()
-        except TimeoutError:
-            logger.warning("tunneld: no login from %s within %gs", self.address, LOGIN_TIMEOUT_S)
-            self.mux.close(ErrorCode.PROTOCOL_ERROR, "login timed out")
+        """Hello, Challenge, ServerProof, Login, LoginResult (docs/protocol.md section 6.1)."""
+        server_nonce = new_nonce()
+        self.mux.send_message(Hello(__version__, PROTOCOL_VERSION, server_nonce))
+        challenge = await self._next_login_message("challenge")
+        if challenge is None:
             return False
-        if not isinstance(message, Login):
-            self._refuse(ErrorCode.PROTOCOL_ERROR, "expected a login message first")
+        if isinstance(challenge, Login) or (
+            isinstance(challenge, Challenge) and challenge.protocol_version != PROTOCOL_VERSION
+        ):
+            self._version_mismatch(challenge.protocol_version)
+            return False
+        if not isinstance(challenge, Challenge):
+            self._refuse(ErrorCode.PROTOCOL_ERROR, "expected a challenge message first")
             return False
         limiter = self.server.auth_limiter
-        now = time.monotonic()
-        if limiter.is_blocked(self.peer_ip, now):
+        if limiter.is_blocked(self.peer_ip, time.monotonic()):
             self.server.stats.auth_failures += 1
             logger.warning("tunneld: login from %s refused: too many failures", self.address)
             self._refuse(
                 ErrorCode.AUTH_FAILED,
                 "too many failed logins from your address; wait a minute and try again",
+                retry_after_ms=BLOCKED_RETRY_AFTER_MS,
             )
             return False
-        if message.protocol_version != PROTOCOL_VERSION:
+        key, cert_fp = self.server.auth_key, self.server.cert_fp
+        self.mux.send_message(
+            ServerProof(server_proof(key, challenge.nonce, server_nonce, cert_fp, PROTOCOL_VERSION))
+        )
+        try:
+            message = await self._next_login_message("login")
+        except SessionClosedError:
+            message = None
+        if message is None:
+            # It has our proof and gave none: a token mismatch, or someone collecting proofs
+            # to guess the token offline. Either way it counts as a failed login.
+            limiter.record_failure(self.peer_ip, time.monotonic())
+            self.server.stats.auth_failures += 1
             logger.warning(
-                "tunneld: client %s at %s speaks protocol %d, this server speaks %d",
-                message.client_id,
+                "tunneld: login failed from %s: left after the server's proof without its own "
+                "(the client's token differs)",
                 self.address,
-                message.protocol_version,
-                PROTOCOL_VERSION,
-            )
-            self._refuse(
-                ErrorCode.VERSION_MISMATCH,
-                f"protocol version mismatch: the server (tunnelkit {__version__}) speaks "
-                f"protocol {PROTOCOL_VERSION} and the client speaks "
-                f"{message.protocol_version}; install matching versions",
             )
             return False
-        token = self.server.config.auth_token
-        secret = token.reveal() if token is not None else ""
-        if not verify_login_proof(
-            secret, nonce, message.client_id, message.protocol_version, message.proof
-        ):
+        if not isinstance(message, Login):
+            self._refuse(ErrorCode.PROTOCOL_ERROR, "expected a login message after the proof")
+            return False
+        expected = login_proof(
+            key, server_nonce, challenge.nonce, cert_fp, message.client_id, PROTOCOL_VERSION
+        )
+        now = time.monotonic()
+        if not proof_matches(expected, message.proof):
             limiter.record_failure(self.peer_ip, now)
             self.server.stats.auth_failures += 1
             logger.warning(
                 "tunneld: login failed from %s (client %s): wrong token",
                 self.address,
-                message.client_id or "?",
+                peer_text(message.client_id or "?"),
             )
             self._refuse(ErrorCode.AUTH_FAILED, "authentication failed: the token is wrong")
             return False
-        if not message.client_id:
-            self._refuse(ErrorCode.PROTOCOL_ERROR, "login without a client id")
+        problem = name_problem("client id", message.client_id) or (
+            name_problem("user", message.user, allow_empty=True)
+        )
+        if problem:
+            logger.warning("tunneld: login from %s refused: %s", self.address, problem)
+            self._refuse(ErrorCode.REFUSED, problem)
             return False
         limiter.record_success(self.peer_ip)
         self.client_id = message.client_id
@@ -153,7 +177,7 @@ class ServerSession:
         self.client_version = message.client_version
         refusal = self.server.session_started(self)
         if refusal:
-            self._refuse(ErrorCode.REFUSED, refusal)
+            self._refuse(ErrorCode.REFUSED, refusal, retry_after_ms=FULL_RETRY_AFTER_MS)
             return False
         self.logged_in = True
         self.mux.mux.set_control_limit(self.mux.mux.settings.max_control_frame_bytes)
@@ -163,16 +187,41 @@ class ServerSession:
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
         )
         logger.info(
-            "tunneld: client %s logged in from %s (tunnelkit %s, user %r)",
+            "tunneld: client %s logged in from %s (tunnelkit %s, user %s)",
             self.client_id,
             self.address,
-            self.client_version,
-            self.user,
+            peer_text(self.client_version),
+            peer_text(self.user),
         )
         return True
 
-    def _refuse(self, code: ErrorCode, error: str) -> None:
-        self.mux.send_message(LoginResult(False, error, "", __version__, 0))
+    async def _next_login_message(self, what: str) -> Message | None:
+        """The next message within the login deadline, or None (the session is closed)."""
+        remaining = self._login_deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await self.mux.next_message()
+        except TimeoutError:
+            logger.info("tunneld: no %s from %s within %gs", what, self.address, LOGIN_TIMEOUT_S)
+            self.mux.close(ErrorCode.PROTOCOL_ERROR, "login timed out")
+            return None
+
+    def _version_mismatch(self, theirs: int) -> None:
+        logger.warning(
+            "tunneld: client at %s speaks protocol %d, this server speaks %d",
+            self.address,
+            theirs,
+            PROTOCOL_VERSION,
+        )
+        self._refuse(
+            ErrorCode.VERSION_MISMATCH,
+            f"protocol version mismatch: the server (tunnelkit {__version__}) speaks "
+            f"protocol {PROTOCOL_VERSION} and the client speaks {theirs}; install "
+            "matching versions",
+        )
+
+    def _refuse(self, code: ErrorCode, error: str, *, retry_after_ms: int = 0) -> None:
+        self.mux.send_message(LoginResult(False, error, "", __version__, 0, retry_after_ms))
         self.mux.close(code, error)
 
     # -- serving --------------------------------------------------------------------------------
@@ -182,7 +231,9 @@ class ServerSession:
             if isinstance(message, NewProxy):
                 await self._new_proxy(message)
             elif isinstance(message, CloseProxy):
-                self.close_proxy(self.qualified(message.name), message.reason, notify=False)
+                self.close_proxy(
+                    self.qualified(message.name), peer_text(message.reason), notify=False
+                )
             elif isinstance(message, UDPFlowClosed):
                 sink = self.flow_table.get(message.flow_id)
                 if sink is not None:
@@ -208,10 +259,16 @@ class ServerSession:
     async def _new_proxy(self, request: NewProxy) -> None:
         name = self.qualified(request.name)
         try:
+            problem = name_problem("proxy name", request.name)
+            if problem:
+                raise ProxyRefused(problem)
             proxy = await self._start_proxy(request, name)
         except ProxyRefused as exc:
             logger.info(
-                "tunneld: [client=%s proxy=%s] refused: %s", self.client_id, request.name, exc
+                "tunneld: [client=%s proxy=%s] refused: %s",
+                self.client_id,
+                peer_text(request.name),
+                peer_text(exc),
             )
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
             return

@@ -60,6 +60,37 @@ class ProxyCounters:
         return f"ProxyCounters({fields})"
 
 
+class LimitCounters:
+    """How often each pre-login and descriptor limit was hit, and the gauges behind them.
+
+    Written by the pending-login table, the control listener and the descriptor budget;
+    read by /metrics (names in `StatsCollector`).
+    """
+
+    __slots__ = (
+        "busy_answers",
+        "busy_closed",
+        "fd_accept_failures",
+        "fd_refused",
+        "pending_evicted",
+        "pending_logins",
+        "tls_failures",
+        "visitor_fds",
+        "visitor_fds_limit",
+    )
+
+    def __init__(self) -> None:
+        self.pending_logins = 0  # gauge: connections not logged in now
+        self.pending_evicted = 0  # oldest pending connection closed for a newcomer
+        self.busy_answers = 0  # "busy, retry after N ms" sent
+        self.busy_closed = 0  # closed at once: even the busy budget was spent
+        self.tls_failures = 0  # handshakes that failed, stalled or were reset
+        self.visitor_fds = 0  # gauge: descriptors held by visitor connections now
+        self.visitor_fds_limit = 0  # gauge: the budget for them
+        self.fd_refused = 0  # visitor connections refused for want of descriptors
+        self.fd_accept_failures = 0  # control-port accepts that failed (EMFILE/ENFILE)
+
+
 class ServerStats:
     """Every server-wide counter, plus one `ProxyCounters` per proxy name."""
 
@@ -75,7 +106,10 @@ class ServerStats:
         self.started_at: Final = clock()
         self.auth_failures = 0
         self.sessions_total = 0
+        self.limits = LimitCounters()
         self.evicted_proxies = 0
+        # vhost route claims refused, by reason: "owner", "quota", "table" (vhost/claims.py)
+        self.vhost_route_refusals: dict[str, int] = {"owner": 0, "quota": 0, "table": 0}
         # Insertion-ordered: the first key is the one registered longest ago.
         self._proxies: dict[str, ProxyCounters] = {}
 
@@ -190,6 +224,16 @@ class StatsCollector:
             refused.add_metric([name], counters.refused_flows)
         yield from (active, connections, traffic, dropped, refused)
 
+        route_refusals = CounterMetricFamily(
+            "tunnelkit_vhost_route_refusals_total",
+            "http/https route claims refused: domain owned by another user, the client's "
+            "route quota (maxVhostRoutesPerClient), or the full route table.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.vhost_route_refusals.items()):
+            route_refusals.add_metric([reason], count)
+        yield route_refusals
+
         yield CounterMetricFamily(
             "tunnelkit_auth_failures_total", "Failed client logins.", value=stats.auth_failures
         )
@@ -200,6 +244,56 @@ class StatsCollector:
         )
         if self._certificates is not None:
             yield from _certificate_metrics(self._certificates())
+        yield from _limit_metrics(stats.limits)
+
+
+def _limit_metrics(limits: LimitCounters) -> Iterator[Metric]:
+    """The pre-login and descriptor limits (docs/security.md names each one)."""
+    gauges = (
+        (
+            "tunnelkit_pending_logins",
+            "Connections on bindPort not logged in yet.",
+            "pending_logins",
+        ),
+        ("tunnelkit_visitor_fds", "Descriptors held by visitor connections.", "visitor_fds"),
+        (
+            "tunnelkit_visitor_fds_limit",
+            "Descriptors visitor connections may hold (the rest is reserved for logins).",
+            "visitor_fds_limit",
+        ),
+    )
+    for name, doc, attr in gauges:
+        yield GaugeMetricFamily(name, doc, value=getattr(limits, attr))
+    counters = (
+        (
+            "tunnelkit_pending_logins_evicted_total",
+            "Pending logins closed to make room for a newer one (maxPendingLogins[PerIP]).",
+            "pending_evicted",
+        ),
+        ("tunnelkit_login_busy_total", "Logins answered 'busy, retry later'.", "busy_answers"),
+        (
+            "tunnelkit_login_busy_closed_total",
+            "Connections closed at once because even the busy answers were at their limit.",
+            "busy_closed",
+        ),
+        (
+            "tunnelkit_tls_handshake_failures_total",
+            "Control-port TLS handshakes that failed, stalled past the deadline or were reset.",
+            "tls_failures",
+        ),
+        (
+            "tunnelkit_visitor_fd_refused_total",
+            "Visitor connections refused because the descriptor budget was spent.",
+            "fd_refused",
+        ),
+        (
+            "tunnelkit_control_accept_failures_total",
+            "Control-port accepts that failed for want of descriptors.",
+            "fd_accept_failures",
+        ),
+    )
+    for name, doc, attr in counters:
+        yield CounterMetricFamily(name, doc, value=getattr(limits, attr))
 
 
 def _certificate_metrics(report: CertificateReport) -> Iterator[Metric]:

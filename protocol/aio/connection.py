@@ -32,6 +32,7 @@ from ..events import (
 )
 from ..messages import Message, StreamHeader
 from ..mux import MuxConnection, Role
+from ..names import peer_text
 from ..settings import MuxSettings
 from .stream import MuxStream
 
@@ -103,9 +104,16 @@ class MuxSession(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))
+        if self._closed.done():
+            # Bytes decrypted during a server-side start_tls reached us before this call and
+            # already ended the session: send what it said (its GO_AWAY), then close.
+            self._flush()
+            transport.close()
+            return
         self._arm_timer()
         if not self._connected.done():
             self._connected.set_result(None)
+        self._flush()  # anything queued before the transport was attached
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.mux.get_buffer()
@@ -293,7 +301,7 @@ class MuxSession(asyncio.BufferedProtocol):
             elif type(event) is PingAcknowledged:
                 self.rtt_s = self.loop.time() - event.sent_at
             elif type(event) is GoAwayReceived:
-                logger.info("peer is going away (code %s): %s", event.code, event.reason)
+                logger.info("peer is going away (code %s): %s", event.code, peer_text(event.reason))
                 if self.on_go_away is not None:
                     self.on_go_away(event.code, event.reason)
             elif type(event) is ConnectionTerminated:
@@ -311,6 +319,8 @@ class MuxSession(asyncio.BufferedProtocol):
     def _on_message(self, message: Message) -> None:
         if self.message_filter is not None and self.message_filter(message):
             return
+        if self.mux.terminated:
+            return  # the session is ending: later messages are not processed
         if len(self._messages) >= self.message_limit:
             self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
             return
@@ -328,9 +338,11 @@ class MuxSession(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        chunks = self.mux.data_to_send()
         transport = self.transport
-        if not chunks or transport is None or transport.is_closing():
+        if transport is None:
+            return  # not attached yet: the output waits in the mux for connection_made
+        chunks = self.mux.data_to_send()
+        if not chunks or transport.is_closing():
             return
         if len(chunks) == 1:
             transport.write(chunks[0])

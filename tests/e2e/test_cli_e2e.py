@@ -12,6 +12,8 @@ from protocol import __version__
 from tests.support.echo import tcp_echo_server
 from tests.support.procs import ProcessGroup, venv_script
 
+from .conftest import TunnelLauncher
+
 CLI_TIMEOUT_S = 30.0
 
 
@@ -24,6 +26,16 @@ def run_cli(program: str, *args: str, cwd: Path | None = None) -> subprocess.Com
         cwd=cwd,
         check=False,
     )
+
+
+async def wait_for_file_text(path: Path, needle: str, timeout_s: float = 15.0) -> str:
+    """Bounded poll of a log file (nothing else tells us when the process wrote it)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            text = path.read_text() if path.exists() else ""  # noqa: ASYNC240 -- a tiny file
+            if needle in text:
+                return text
+            await asyncio.sleep(0.05)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -92,14 +104,21 @@ def test_cli_oneliner_rejects_a_bad_server_address() -> None:
     assert_one_line_error(result, "notaport")
 
 
-def test_cli_unreachable_server_exits_nonzero_with_a_reason(tmp_path: Path) -> None:
-    """With loginFailExit (the default) an unreachable server ends the client with a reason."""
-    config = tmp_path / "frpc.toml"
-    config.write_text('serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n')
-    result = run_cli("tunnelc", "-c", str(config), cwd=tmp_path)
-    assert result.returncode == 1
-    assert "cannot reach the server at 127.0.0.1:1" in result.stderr
-    assert "Traceback" not in result.stderr
+async def test_cli_unreachable_server_is_retried_with_a_reason(
+    run_tunnelc: TunnelLauncher,
+) -> None:
+    """An unreachable server is a network error: even with loginFailExit (the default) the
+    client says why and keeps retrying (a fleet must survive a server restart); SIGTERM
+    then stops it cleanly."""
+    client = await run_tunnelc(
+        'serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n', wait_ready=False
+    )
+    first = await client.wait_for("cannot reach the server at 127.0.0.1:1")
+    since = client.lines().index(first.string) + 1
+    await client.wait_for("cannot reach the server at 127.0.0.1:1", since=since)
+    assert client.returncode is None
+    assert "Traceback" not in client.tail()
+    assert await client.terminate() == 0
 
 
 async def test_cli_tcp_oneliner_serves_and_stops_cleanly(
@@ -141,31 +160,32 @@ async def test_cli_pinned_fingerprint_mismatch_is_refused(run_tunneld, run_tunne
         assert not any("logged in" in line for line in client.lines())
 
 
-def test_cli_log_file_and_level_are_honoured(tmp_path: Path) -> None:
+async def test_cli_log_file_and_level_are_honoured(
+    run_tunnelc: TunnelLauncher, tmp_path: Path
+) -> None:
     """--log-file sends the log to the file (nothing on stderr); --log-level debug adds detail."""
-    config = tmp_path / "frpc.toml"
-    config.write_text('serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n')
     log = tmp_path / "tunnelc.log"
-    result = run_cli(
-        "tunnelc", "-c", str(config), "--log-file", str(log), "--log-level", "debug", cwd=tmp_path
+    client = await run_tunnelc(
+        'serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n',
+        args=("--log-file", str(log), "--log-level", "debug"),
+        wait_ready=False,
     )
-    assert result.returncode == 1
-    assert result.stderr == ""
-    text = log.read_text()
-    assert "cannot reach the server at 127.0.0.1:1" in text
+    text = await wait_for_file_text(log, "cannot reach the server at 127.0.0.1:1")
     assert " DEBUG " in text
+    assert await client.terminate() == 0
+    assert all(line.startswith("$ ") for line in client.lines())
 
 
-def test_cli_log_level_from_the_config_file(tmp_path: Path) -> None:
+async def test_cli_log_level_from_the_config_file(
+    run_tunnelc: TunnelLauncher, tmp_path: Path
+) -> None:
     """log.level = "error" in the file hides info lines; log.to writes the file."""
     log = tmp_path / "from-config.log"
-    config = tmp_path / "frpc.toml"
-    config.write_text(
+    client = await run_tunnelc(
         'serverAddr = "127.0.0.1"\nserverPort = 1\nstateDir = "state"\n'
-        f'log.level = "error"\nlog.to = "{log}"\n'
+        f'log.level = "error"\nlog.to = "{log}"\n',
+        wait_ready=False,
     )
-    result = run_cli("tunnelc", "-c", str(config), cwd=tmp_path)
-    assert result.returncode == 1
-    text = log.read_text()
-    assert "cannot reach the server" in text
-    assert " INFO " not in text
+    text = await wait_for_file_text(log, "cannot reach the server")
+    assert await client.terminate() == 0
+    assert " INFO " not in text + log.read_text()

@@ -105,6 +105,7 @@ async def test_edge_tls_curl_posts_through_terminated_https(
         assert (echoed["app"], echoed["path"], echoed["query"]) == ("wx", "/hook", "x=1")
         assert app.received[-1].body == body
         assert header_values(echoed, "X-Forwarded-Proto") == ["https"]
+        assert header_values(echoed, "Forwarded")[0].endswith(";proto=https")
         assert header_values(echoed, "X-Forwarded-Host") == [f"{host}:{port}"]
         # The same proxy over plain HTTP still says http.
         plain = await curl(*resolve(host, server["http"]), f"http://{host}:{server['http']}/")

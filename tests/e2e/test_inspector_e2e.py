@@ -108,16 +108,21 @@ def client_toml(control_port: int, fingerprint: str, local_port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def tunnel_to(
-    run_tunneld: Any, run_tunnelc: Any
+    run_tunneld: Any,
+    run_tunnelc: Any,
+    *,
+    local_app: web.Application | None = None,
+    extra_client_toml: str = "",
 ) -> AsyncIterator[tuple[Tunnel, RecordingApp]]:
-    """tunneld, a tunnelc with the http proxy `hook`, and the recording app behind it."""
+    """tunneld, a tunnelc with the http proxy `hook`, and the recording app behind it
+    (or `local_app`; the RecordingApp is then unused). `extra_client_toml` is appended."""
     local = RecordingApp()
-    async with serve_app(local.app()) as local_url:
+    async with serve_app(local_app or local.app()) as local_url:
         server = await run_tunneld(server_toml())
         control = await server.control_address()
         local_port = int(local_url.rsplit(":", 1)[1])
         client = await run_tunnelc(
-            client_toml(control.port, await server.fingerprint(), local_port)
+            client_toml(control.port, await server.fingerprint(), local_port) + extra_client_toml
         )
         public = await client.proxy_endpoint("hook")
         found = await client.wait_for(INSPECTOR_READY)
@@ -241,7 +246,7 @@ async def test_inspector_page_shows_live_webhook_and_replays_it(
 async def test_inspector_api_lists_details_replays_and_clears(
     run_tunneld: Any, run_tunnelc: Any
 ) -> None:
-    """GET /api/requests and /api/requests/{id}, POST replay (plain, edited), DELETE clears."""
+    """GET /api/requests and /api/requests/{id}, POST replay (plain, edited), POST clear clears."""
     async with (
         asyncio.timeout(TIMEOUT_S),
         tunnel_to(run_tunneld, run_tunnelc) as (tunnel, local),
@@ -297,7 +302,7 @@ async def test_inspector_api_lists_details_replays_and_clears(
 
         async with http.get("/api/requests") as response:
             assert len((await response.json())["requests"]) == 3
-        async with http.delete("/api/requests") as response:
+        async with http.post("/api/requests/clear") as response:
             assert response.status == 200
         await next_event(events, "cleared")
         async with http.get("/api/requests") as response:

@@ -83,14 +83,18 @@ async def test_admin_status_lists_proxies() -> None:
             assert body["proxies"][0]["state"] == "running"
 
 
-async def test_admin_reload_accepts_get_and_post() -> None:
-    """Reload works with frp's GET and with POST, returning the changes."""
+async def test_admin_reload_accepts_post_only() -> None:
+    """Reload works with POST, returning the changes; GET (frp's) is refused (#8: a
+    cross-site navigation must not reload)."""
     async with asyncio.timeout(TIMEOUT):
         controller = FakeController()
         app = build_admin_app(controller, user="admin", password="pw")
         async with serve(app) as client:
             for method in ("GET", "POST"):
                 response = await client.request(method, "/api/reload", headers=AUTH)
+                if method == "GET":
+                    assert response.status == 405
+                    continue
                 assert response.status == 200
                 assert await response.json() == {
                     "added": ["api"],
@@ -99,7 +103,7 @@ async def test_admin_reload_accepts_get_and_post() -> None:
                 }
             head = await client.head("/api/reload", headers=AUTH)
             assert head.status == 405
-        assert controller.reloads == 2
+        assert controller.reloads == 1
 
 
 async def test_admin_reload_config_error_is_400_with_the_message() -> None:
@@ -132,3 +136,33 @@ def test_admin_bind_check_needs_credentials_off_loopback() -> None:
     check_web_bind("webServer", "0.0.0.0", "admin", "pw")
     with pytest.raises(ValueError, match=r"inspect\.user and inspect\.password"):
         check_web_bind("inspect", "0.0.0.0", None, None)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, 405),
+        ("POST", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, 403),
+        ("POST", {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"}, 403),
+        ("POST", {"Sec-Fetch-Mode": "navigate"}, 403),
+        ("POST", {"Origin": "null"}, 403),
+        ("POST", {"Origin": "http://evil.test"}, 403),
+        ("DELETE", {}, 405),
+        ("PUT", {}, 405),
+    ],
+)
+async def test_admin_reload_refuses_cross_site_and_non_post(
+    method: str, headers: dict[str, str], status: int
+) -> None:
+    """A reload from another site (navigation, form, fetch) or by a method other than POST
+    is refused and never reaches the controller."""
+    async with asyncio.timeout(TIMEOUT):
+        controller = FakeController()
+        app = build_admin_app(controller, user="admin", password="pw")
+        async with serve(app) as client:
+            response = await client.request(method, "/api/reload", headers={**AUTH, **headers})
+            assert response.status == status
+            same_origin = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+            ok = await client.post("/api/reload", headers={**AUTH, **same_origin})
+            assert ok.status == 200
+        assert controller.reloads == 1

@@ -105,7 +105,7 @@ async def read_event(response: ClientResponse) -> dict[str, object]:
         ("GET", "/api/requests"),
         ("GET", "/api/requests/1"),
         ("POST", "/api/requests/1/replay"),
-        ("DELETE", "/api/requests"),
+        ("POST", "/api/requests/clear"),
         ("GET", "/api/events"),
     ],
 )
@@ -149,12 +149,12 @@ async def test_inspector_lists_and_details_captured_requests() -> None:
 
 
 async def test_inspector_clear_empties_the_store() -> None:
-    """DELETE /api/requests forgets every capture."""
+    """POST /api/requests/clear forgets every capture."""
     async with asyncio.timeout(TIMEOUT):
         store = CaptureStore(max_requests=10, max_body_bytes=1024)
         capture_webhook(store)
         async with serve(make_app(store)) as client:
-            response = await client.delete("/api/requests", headers=AUTH)
+            response = await client.post("/api/requests/clear", headers=AUTH)
             assert response.status == 200
             listing = await (await client.get("/api/requests", headers=AUTH)).json()
             assert listing["requests"] == []

@@ -1,4 +1,4 @@
-"""HMAC challenge/response login proofs."""
+"""Mutual HMAC challenge/response login proofs over an scrypt-derived key."""
 
 import hashlib
 import hmac
@@ -7,9 +7,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.auth import NONCE_BYTES, PROOF_BYTES, login_proof, new_nonce, verify_login_proof
+from protocol.auth import (
+    CLIENT_LABEL,
+    KEY_LABEL,
+    NONCE_BYTES,
+    PROOF_BYTES,
+    SCRYPT_N,
+    SERVER_LABEL,
+    derive_key,
+    login_proof,
+    new_nonce,
+    proof_matches,
+    server_proof,
+)
 
-NONCE = bytes(range(NONCE_BYTES))
+SNONCE = bytes(range(NONCE_BYTES))
+CNONCE = bytes(range(100, 100 + NONCE_BYTES))
+FP = bytes(range(200, 232))
+KEY = derive_key("tok", FP)
 
 
 def test_new_nonce_is_fresh_and_sized() -> None:
@@ -19,80 +34,78 @@ def test_new_nonce_is_fresh_and_sized() -> None:
     assert all(len(nonce) == NONCE_BYTES for nonce in nonces)
 
 
-def test_login_proof_matches_documented_layout() -> None:
-    """The proof is HMAC-SHA256 over nonce, length-prefixed client id and u32 version."""
-    message = NONCE + (3).to_bytes(4, "big") + b"c-1" + (7).to_bytes(4, "big")
-    expected = hmac.new(b"s3cret", message, hashlib.sha256).digest()
-    assert login_proof("s3cret", NONCE, "c-1", 7) == expected
+def test_derive_key_is_scrypt_salted_with_the_certificate() -> None:
+    """The key is scrypt(token, KEY_LABEL || fingerprint) as documented, distinct per server."""
+    expected = hashlib.scrypt(b"tok", salt=KEY_LABEL + FP, n=SCRYPT_N, r=8, p=1, dklen=32)
+    assert KEY == expected
+    assert derive_key("tok", bytes(32)) != KEY
+
+
+def test_server_proof_matches_documented_layout() -> None:
+    """The server proof is HMAC(key, label || client nonce || server nonce || fp || u32 v)."""
+    message = SERVER_LABEL + CNONCE + SNONCE + FP + (7).to_bytes(4, "big")
+    expected = hmac.new(KEY, message, hashlib.sha256).digest()
+    assert server_proof(KEY, CNONCE, SNONCE, FP, 7) == expected
     assert len(expected) == PROOF_BYTES
 
 
-def test_verify_login_proof_accepts_right_proof() -> None:
-    """A proof made with the same inputs verifies."""
-    proof = login_proof("tok", NONCE, "laptop", 1)
-    assert verify_login_proof("tok", NONCE, "laptop", 1, proof)
+def test_login_proof_matches_documented_layout() -> None:
+    """The client proof adds a length-prefixed client id and uses its own label."""
+    message = CLIENT_LABEL + SNONCE + CNONCE + FP + (3).to_bytes(4, "big") + b"c-1"
+    message += (7).to_bytes(4, "big")
+    expected = hmac.new(KEY, message, hashlib.sha256).digest()
+    assert login_proof(KEY, SNONCE, CNONCE, FP, "c-1", 7) == expected
+
+
+def test_server_proof_is_never_a_valid_client_proof() -> None:
+    """The labels differ, so a proof cannot be reflected to the other side."""
+    assert server_proof(KEY, CNONCE, SNONCE, FP, 2) != login_proof(KEY, SNONCE, CNONCE, FP, "", 2)
 
 
 @pytest.mark.parametrize(
-    ("token", "nonce", "client_id", "version"),
-    [
-        ("other", NONCE, "laptop", 1),
-        ("tok", bytes(NONCE_BYTES), "laptop", 1),
-        ("tok", NONCE, "laptop2", 1),
-        ("tok", NONCE, "laptop", 2),
-    ],
+    ("token", "cnonce", "fp"),
+    [("tok2", CNONCE, FP), ("tok", SNONCE, FP), ("tok", CNONCE, bytes(32))],
 )
-def test_verify_login_proof_rejects_any_changed_input(
-    token: str, nonce: bytes, client_id: str, version: int
-) -> None:
-    """Changing the token, nonce, client id or version invalidates the proof."""
-    proof = login_proof("tok", NONCE, "laptop", 1)
-    assert not verify_login_proof(token, nonce, client_id, version, proof)
+def test_server_proof_changes_with_any_input(token: str, cnonce: bytes, fp: bytes) -> None:
+    """Another token, client nonce or certificate gives another proof."""
+    proof = server_proof(KEY, CNONCE, SNONCE, FP, 2)
+    assert not proof_matches(server_proof(derive_key(token, fp), cnonce, SNONCE, fp, 2), proof)
 
 
-@pytest.mark.parametrize("proof", [b"", b"\x00" * PROOF_BYTES, b"\x00" * 64])
-def test_verify_login_proof_rejects_garbage(proof: bytes) -> None:
-    """Empty, wrong or wrong-length proofs are refused without raising."""
-    assert not verify_login_proof("tok", NONCE, "laptop", 1, proof)
-
-
-def test_login_proof_empty_token_uses_same_scheme() -> None:
-    """With no token configured, both sides use the empty token and still agree."""
-    proof = login_proof("", NONCE, "laptop", 1)
-    assert verify_login_proof("", NONCE, "laptop", 1, proof)
-    assert not verify_login_proof("tok", NONCE, "laptop", 1, proof)
+@given(st.binary(max_size=64))
+def test_proof_matches_rejects_garbage(proof: bytes) -> None:
+    """Any proof of the wrong length or value is rejected without raising."""
+    assert not proof_matches(login_proof(KEY, SNONCE, CNONCE, FP, "laptop", 2), proof)
 
 
 @given(
-    id_a=st.text(max_size=12),
-    version_a=st.integers(0, 2**32 - 1),
-    id_b=st.text(max_size=12),
-    version_b=st.integers(0, 2**32 - 1),
+    st.text(max_size=20), st.integers(0, 2**32 - 1), st.text(max_size=20), st.integers(0, 2**32 - 1)
 )
 def test_login_proof_distinct_inputs_distinct_proofs(
     id_a: str, version_a: int, id_b: str, version_b: int
 ) -> None:
-    """Different (client id, version) pairs never produce the same proof."""
-    proof_a = login_proof("t", NONCE, id_a, version_a)
-    proof_b = login_proof("t", NONCE, id_b, version_b)
-    assert (proof_a == proof_b) == ((id_a, version_a) == (id_b, version_b))
+    """The encoding is unambiguous: different (client id, version) give different proofs."""
+    if (id_a, version_a) == (id_b, version_b) or "\ud800" <= max(id_a + id_b + " ") <= "\udfff":
+        return
+    try:
+        proof_a = login_proof(KEY, SNONCE, CNONCE, FP, id_a, version_a)
+        proof_b = login_proof(KEY, SNONCE, CNONCE, FP, id_b, version_b)
+    except UnicodeEncodeError:
+        return
+    assert proof_a != proof_b
 
 
-@pytest.mark.parametrize("nonce", [b"", b"\x00" * (NONCE_BYTES - 1), b"\x00" * (NONCE_BYTES + 1)])
-def test_login_proof_rejects_wrong_nonce_length(nonce: bytes) -> None:
-    """A nonce that is not NONCE_BYTES long is refused with ValueError."""
+@pytest.mark.parametrize("nonce", [b"", bytes(NONCE_BYTES - 1), bytes(NONCE_BYTES + 1)])
+def test_proofs_reject_wrong_nonce_length(nonce: bytes) -> None:
+    """A nonce of the wrong length is a ValueError, never a silently weaker proof."""
     with pytest.raises(ValueError, match="nonce"):
-        login_proof("tok", nonce, "laptop", 1)
+        login_proof(KEY, nonce, CNONCE, FP, "laptop", 1)
+    with pytest.raises(ValueError, match="nonce"):
+        server_proof(KEY, nonce, SNONCE, FP, 1)
 
 
 @pytest.mark.parametrize("version", [-1, 2**32])
-def test_login_proof_rejects_out_of_range_version(version: int) -> None:
-    """A protocol version outside u32 is refused with ValueError."""
+def test_proofs_reject_out_of_range_version(version: int) -> None:
+    """A version outside u32 is a ValueError."""
     with pytest.raises(ValueError, match="version"):
-        login_proof("tok", NONCE, "laptop", version)
-
-
-def test_login_proof_rejects_unencodable_client_id() -> None:
-    """A client id that is not valid UTF-8 text raises ValueError."""
-    with pytest.raises(ValueError):
-        login_proof("tok", NONCE, "bad\udc80", 1)
+        server_proof(KEY, CNONCE, SNONCE, FP, version)

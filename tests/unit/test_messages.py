@@ -16,6 +16,8 @@ from protocol.messages import (
     MAX_TEXT_CHARS,
     NONCE_BYTES,
     PROOF_BYTES,
+    Busy,
+    Challenge,
     CloseProxy,
     Hello,
     Login,
@@ -23,6 +25,7 @@ from protocol.messages import (
     Message,
     NewProxy,
     NewProxyResult,
+    ServerProof,
     StreamHeader,
     StreamResetInfo,
     UDPFlowClosed,
@@ -35,6 +38,9 @@ from protocol.proxytype import ProxyType
 # One message of every kind, with its wire tag (the tags are the wire format: never change).
 SAMPLES: dict[str, Message] = {
     "hello": Hello("0.1.0", 1, bytes(range(32))),
+    "challenge": Challenge(2, "0.1.0", bytes(range(1, 33))),
+    "server_proof": ServerProof(b"\xbb" * 32),
+    "busy": Busy(500, "the server is busy with other logins"),
     "login": Login(1, "0.1.0", "laptop-7f3a", "alice", "laptop", b"\xaa" * 32),
     "login_result": LoginResult(True, "", "5e1f0c9a", "0.1.0", 1500),
     "new_proxy": NewProxy(

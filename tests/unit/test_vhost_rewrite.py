@@ -44,7 +44,6 @@ def build_request(headers: list[tuple[bytes, bytes]], **kw: Any) -> list[tuple[s
         "rules": rules(),
         "host": b"a.test:8080",
         "framing": Framing.NONE,
-        "transfer_encoding": b"",
         "upgrade": None,
         "peer_ip": b"192.0.2.7",
     }
@@ -133,7 +132,6 @@ def test_rewrite_chunked_and_upgrade_regenerated() -> None:
         build_request(
             [(b"Transfer-Encoding", b"chunked")],
             framing=Framing.CHUNKED,
-            transfer_encoding=b"chunked",
             upgrade=b"websocket",
         )
     )

@@ -70,8 +70,8 @@ def test_routing_catch_all_is_last() -> None:
 
 
 def test_routing_exact_then_wildcard_then_subdomain_precedence() -> None:
-    """Exact names, then wildcards, serve their hosts; a subdomain is an exact name too, so a
-    wildcard above subDomainHost cannot capture it."""
+    """Exact names, then wildcards, serve their hosts; a subdomain is an exact name too, and
+    no wildcard (not even `*`) covers a name under subDomainHost by default."""
     r = VhostRouter("tunnel.test", 100)
     sub = route("sub", subdomain="app")
     wild = route("wild", client="c2", domains=["*.other.test"])
@@ -82,7 +82,8 @@ def test_routing_exact_then_wildcard_then_subdomain_precedence() -> None:
     assert r.lookup("x.other.test") is exact
     assert r.lookup("y.other.test") is wild
     assert r.lookup("app.tunnel.test") is sub
-    assert r.lookup("nope.tunnel.test") is catch
+    assert r.lookup("nope.tunnel.test") is None
+    assert r.lookup("nope.elsewhere.test") is catch
 
 
 def test_routing_ignores_port_case_and_trailing_dot() -> None:

@@ -9,17 +9,31 @@ without waiting for viewers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
 
 from tunnel_client.inspect.bodyview import describe_body
+from tunnel_client.inspect.compare import diff_exchanges, query_params
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, header_value
-from tunnel_client.inspect.replay import HOP_BY_HOP, Replayer, ReplayError, replay_request_from
+from tunnel_client.inspect.export import as_curl, as_har, raw_request, raw_response
+from tunnel_client.inspect.filters import ExchangeFilter, parse_filter
+from tunnel_client.inspect.mockapi import mock_routes
+from tunnel_client.inspect.replay import (
+    HOP_BY_HOP,
+    Replayer,
+    ReplayError,
+    ReplayRequest,
+    replay_request_from,
+)
+from tunnel_client.inspect.signers import Message, Signer, find_signer
 from tunnel_client.inspect.store import CaptureStore, StoreEvent, Subscription, TooManySubscribers
+from tunnel_client.inspect.wechat import WeChatInspector
 from tunnel_common.webguard import install_guard, page_routes
 
 logger = logging.getLogger(__name__)
@@ -27,6 +41,7 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS: Final = frozenset({"/healthz"})
 SSE_KEEPALIVE_SECONDS: Final = 15.0  # also how soon a vanished viewer is noticed
 MAX_CONCURRENT_REPLAYS: Final = 8  # more at once are answered 429
+MAX_REPEAT: Final = 100  # one replay request sends the request at most this many times
 _ASSETS: Final = {
     "inspector.css": "text/css",
     "inspector.js": "text/javascript",
@@ -47,6 +62,8 @@ def exchange_summary(exchange: CapturedExchange) -> dict[str, object]:
         "replay": exchange.replay,
         "replay_of": exchange.replay_of,
         "error": exchange.error,
+        "late": exchange.late,
+        "mocked": exchange.mocked,
         "request_size": exchange.request_body.size,
         "response_size": exchange.response_body.size,
         "response_type": header_value(exchange.response_headers, "content-type"),
@@ -59,6 +76,7 @@ def exchange_detail(exchange: CapturedExchange) -> dict[str, object]:
     detail.update(
         http_version=exchange.http_version,
         response_http_version=exchange.response_http_version,
+        query=query_params(exchange.path),
         request_headers=[list(pair) for pair in exchange.request_headers],
         response_headers=[list(pair) for pair in exchange.response_headers],
         request_body=describe_body(exchange.request_headers, exchange.request_body),
@@ -71,10 +89,58 @@ def _sse(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _event_payload(event: StoreEvent) -> dict[str, object]:
+Summarize = Callable[[CapturedExchange], dict[str, object]]
+
+
+def _event_payload(
+    event: StoreEvent, wanted: ExchangeFilter, summarize: Summarize
+) -> dict[str, object] | None:
+    """The SSE payload for `event`, or None when the viewer's filter hides it."""
     if event.exchange is None:
         return {"kind": event.kind}
-    return {"kind": event.kind, "exchange": exchange_summary(event.exchange)}
+    if not wanted.matches(event.exchange):
+        # An exchange that stops matching (its status arrived) leaves a filtered list.
+        return {"kind": "hidden", "id": event.exchange.id} if event.kind == "updated" else None
+    return {"kind": event.kind, "exchange": summarize(event.exchange)}
+
+
+def _message(outgoing: ReplayRequest) -> Message:
+    return Message(outgoing.method, outgoing.path, outgoing.headers, outgoing.body)
+
+
+def signature_of(exchange: CapturedExchange, signers: Sequence[Signer]) -> dict[str, object] | None:
+    """The captured signature's check, for the detail view (None: no signer covers it)."""
+    message = Message(
+        exchange.method, exchange.path, exchange.request_headers, exchange.request_body.data
+    )
+    signer = find_signer(signers, exchange.proxy, message)
+    if signer is None:
+        return None
+    if exchange.request_body.truncated:
+        return {
+            "provider": signer.config.provider,
+            "valid": None,
+            "detail": "cannot check: the body was truncated (raise inspect.maxBodyBytes)",
+        }
+    check = signer.check(message, exchange.started_at, time.time())
+    return {"provider": check.provider, "valid": check.valid, "detail": check.detail}
+
+
+def _har_response(document: dict[str, object], filename: str) -> web.Response:
+    return web.Response(
+        text=json.dumps(document, indent=1, ensure_ascii=False),
+        content_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _filter_of(request: web.Request) -> ExchangeFilter:
+    try:
+        return parse_filter(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": str(exc)}), content_type="application/json"
+        ) from None
 
 
 def build_inspector_app(
@@ -83,8 +149,16 @@ def build_inspector_app(
     *,
     user: str | None,
     password: str | None,
+    history_file: str | None = None,
+    max_age: float | None = None,
+    signers: Sequence[Signer] = (),
+    http_proxies: Callable[[], frozenset[str]] = frozenset,
 ) -> web.Application:
-    """Build the inspector app over `store`, replaying through `replayer`."""
+    """Build the inspector app over `store`, replaying through `replayer`.
+
+    `history_file` and `max_age` describe the on-disk history (None: memory only), for the
+    page to show what is kept and for how long.
+    """
     # Replay edits carry a body of up to max_body_bytes, JSON-escaped (up to 6x for \\uXXXX).
     app = web.Application(client_max_size=6 * store.max_body_bytes + 1024 * 1024)
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
@@ -97,8 +171,8 @@ def build_inspector_app(
 
     app.on_shutdown.append(close_streams)
 
-    def lookup(request: web.Request) -> CapturedExchange:
-        raw = request.match_info["id"]
+    def lookup(request: web.Request, raw: str | None = None) -> CapturedExchange:
+        raw = request.match_info["id"] if raw is None else raw
         exchange = store.get(int(raw)) if raw.isdigit() else None
         if exchange is None:
             raise web.HTTPNotFound(
@@ -108,45 +182,80 @@ def build_inspector_app(
         return exchange
 
     async def list_requests(request: web.Request) -> web.Response:
+        wanted = _filter_of(request)
+        newest_first = store.list()
+        wechat.warm(reversed(newest_first))
         return web.json_response(
             {
-                "requests": [exchange_summary(exchange) for exchange in store.list()],
+                "requests": [
+                    summary_of(exchange) for exchange in newest_first if wanted.matches(exchange)
+                ],
+                "total": len(store),
                 "max_requests": store.max_requests,
                 "max_body_bytes": store.max_body_bytes,
+                "history_file": history_file,
+                "max_age": max_age,
             }
         )
 
+    async def curl(request: web.Request) -> web.Response:
+        return web.Response(text=as_curl(lookup(request)) + "\n")
+
+    async def har_one(request: web.Request) -> web.Response:
+        exchange = lookup(request)
+        return _har_response(as_har([exchange]), f"request-{exchange.id}.har")
+
+    async def har_many(request: web.Request) -> web.Response:
+        # ?ids=1,2,3 exports a selection; otherwise every request the filter matches.
+        ids = request.query.get("ids", "")
+        if ids:
+            chosen = [lookup(request, raw.strip()) for raw in ids.split(",") if raw.strip()]
+        else:
+            wanted = _filter_of(request)
+            chosen = [exchange for exchange in store.list() if wanted.matches(exchange)]
+        return _har_response(as_har(chosen), "requests.har")
+
+    async def raw(request: web.Request) -> web.Response:
+        exchange = lookup(request)
+        part = request.query.get("part", "both")
+        if part not in ("request", "response", "both"):
+            return web.json_response(
+                {"error": "part must be request, response or both"}, status=400
+            )
+        chunks = [raw_request(exchange)] if part != "response" else []
+        if part != "request":
+            chunks.append(raw_response(exchange) or b"(no response)\r\n")
+        # text/plain so a browser shows it; the bytes are exactly the message's.
+        return web.Response(body=b"\r\n".join(chunks), content_type="text/plain", charset="latin-1")
+
+    async def diff(request: web.Request) -> web.Response:
+        a = lookup(request, request.query.get("a", ""))
+        b = lookup(request, request.query.get("b", ""))
+        return web.json_response(diff_exchanges(a, b))
+
+    wechat = WeChatInspector(signers)
+
+    def summary_of(exchange: CapturedExchange) -> dict[str, object]:
+        summary = exchange_summary(exchange)
+        summary.update(wechat.summary(exchange))
+        return summary
+
+    def detail_of(exchange: CapturedExchange) -> dict[str, object]:
+        wechat.warm(reversed(store.list()))
+        detail = exchange_detail(exchange)
+        detail.update(wechat.summary(exchange))
+        detail["signature"] = signature_of(exchange, signers)
+        detail["wechat"] = wechat.detail(exchange)
+        return detail
+
     async def get_request(request: web.Request) -> web.Response:
-        return web.json_response(exchange_detail(lookup(request)))
+        return web.json_response(detail_of(lookup(request)))
 
     async def clear_requests(request: web.Request) -> web.Response:
         store.clear()
         return web.json_response({"cleared": True})
 
-    async def replay(request: web.Request) -> web.Response:
-        nonlocal replays_running
-        original = lookup(request)
-        raw = await request.read()
-        overrides: dict[str, object] | None = None
-        if raw.strip():
-            try:
-                parsed: object = json.loads(raw)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                return web.json_response(
-                    {"error": "the replay edits must be a JSON object"}, status=400
-                )
-            overrides = parsed
-        try:
-            outgoing = replay_request_from(original, overrides)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if replays_running >= MAX_CONCURRENT_REPLAYS:
-            return web.json_response(
-                {"error": f"{MAX_CONCURRENT_REPLAYS} replays are already running; try again"},
-                status=429,
-            )
+    async def send_one(original: CapturedExchange, outgoing: ReplayRequest) -> CapturedExchange:
         limit = store.max_body_bytes
         recorded = CapturedExchange(
             id=store.new_id(),
@@ -161,17 +270,12 @@ def build_inspector_app(
             replay=True,
             replay_of=original.id,
         )
-        replays_running += 1
         try:
             result = await replayer(outgoing)
         except ReplayError as exc:
             recorded.error = str(exc)
             store.add(recorded)
-            return web.json_response(
-                {"error": str(exc), "exchange": exchange_detail(recorded)}, status=502
-            )
-        finally:
-            replays_running -= 1
+            return recorded
         recorded.status = result.status
         recorded.reason = result.reason
         recorded.response_http_version = result.http_version
@@ -179,9 +283,71 @@ def build_inspector_app(
         recorded.response_body = CapturedBody.limited(result.body.data, result.body.size, limit)
         recorded.duration_ms = result.duration_ms
         store.add(recorded)
-        return web.json_response(exchange_detail(recorded))
+        return recorded
+
+    async def replay(request: web.Request) -> web.Response:
+        nonlocal replays_running
+        original = lookup(request)
+        raw = await request.read()
+        overrides: dict[str, object] = {}
+        if raw.strip():
+            try:
+                parsed: object = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                return web.json_response(
+                    {"error": "the replay edits must be a JSON object"}, status=400
+                )
+            overrides = parsed
+        resign = overrides.pop("resign", False)
+        repeat = overrides.pop("repeat", 1)
+        if not isinstance(resign, bool):
+            return web.json_response({"error": "resign must be true or false"}, status=400)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_REPEAT:
+            return web.json_response(
+                {"error": f"repeat must be a whole number from 1 to {MAX_REPEAT}"}, status=400
+            )
+        try:
+            outgoing = replay_request_from(original, overrides or None)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        signer = None
+        if resign:
+            signer = find_signer(signers, outgoing.proxy, _message(outgoing))
+            if signer is None:
+                return web.json_response(
+                    {
+                        "error": "no [[inspect.signers]] entry covers this request; add one "
+                        "with its provider and secret to replay it re-signed"
+                    },
+                    status=400,
+                )
+        if replays_running >= MAX_CONCURRENT_REPLAYS:
+            return web.json_response(
+                {"error": f"{MAX_CONCURRENT_REPLAYS} replays are already running; try again"},
+                status=429,
+            )
+        replays_running += 1
+        recorded: list[CapturedExchange] = []
+        try:
+            for _ in range(repeat):
+                sent = outgoing
+                if signer is not None:
+                    signed = signer.resign(_message(outgoing), time.time())
+                    sent = dataclasses.replace(outgoing, path=signed.target, headers=signed.headers)
+                recorded.append(await send_one(original, sent))
+        finally:
+            replays_running -= 1
+        last = recorded[-1]
+        answer = detail_of(last)
+        answer["repeats"] = [{"id": r.id, "status": r.status, "error": r.error} for r in recorded]
+        if last.error is not None:
+            return web.json_response({"error": last.error, "exchange": answer}, status=502)
+        return web.json_response(answer)
 
     async def events(request: web.Request) -> web.StreamResponse:
+        wanted = _filter_of(request)
         try:
             subscription = store.subscribe()
         except TooManySubscribers as exc:
@@ -193,7 +359,7 @@ def build_inspector_app(
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n" + _sse({"kind": "hello"}))
-            await _pump_events(subscription, response)
+            await _pump_events(subscription, response, wanted, summary_of)
         except ConnectionResetError:
             # The viewer went away (tab closed, reload): the normal end of a stream.
             logger.debug("inspector: event viewer disconnected")
@@ -206,16 +372,27 @@ def build_inspector_app(
         [
             *page_routes("tunnel_client.inspect", "inspector.html", _ASSETS),
             web.get("/api/requests", list_requests),
-            web.delete("/api/requests", clear_requests),
+            web.post("/api/requests/clear", clear_requests),
             web.get("/api/requests/{id}", get_request),
             web.post("/api/requests/{id}/replay", replay),
             web.get("/api/events", events),
+            web.get("/api/diff", diff),
+            *mock_routes(store.mocks, http_proxies),
+            web.get("/api/har", har_many),
+            web.get("/api/requests/{id}/har", har_one),
+            web.get("/api/requests/{id}/curl", curl),
+            web.get("/api/requests/{id}/raw", raw),
         ]
     )
     return app
 
 
-async def _pump_events(subscription: Subscription, response: web.StreamResponse) -> None:
+async def _pump_events(
+    subscription: Subscription,
+    response: web.StreamResponse,
+    wanted: ExchangeFilter,
+    summarize: Summarize,
+) -> None:
     """Forward store events until the subscription closes (shutdown) or the viewer leaves.
 
     A vanished viewer is noticed at the latest by the next keepalive write, which raises.
@@ -235,4 +412,6 @@ async def _pump_events(subscription: Subscription, response: web.StreamResponse)
             seen_dropped = subscription.dropped
             await response.write(_sse({"kind": "resync"}))
             continue
-        await response.write(_sse(_event_payload(event)))
+        payload = _event_payload(event, wanted, summarize)
+        if payload is not None:
+            await response.write(_sse(payload))

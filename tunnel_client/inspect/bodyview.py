@@ -105,6 +105,16 @@ def form_fields(text: str) -> list[tuple[str, str]] | None:
     return fields or None
 
 
+def body_text(headers: Headers, body: CapturedBody) -> str | None:
+    """The body as text (decompressed when it was captured whole), or None if binary."""
+    content_type = header_value(headers, "content-type") or ""
+    coding = (header_value(headers, "content-encoding") or "").strip().lower()
+    data = body.data
+    if coding in ("gzip", "x-gzip", "deflate") and data and not body.truncated:
+        data = _decompress(data, coding) or data
+    return _decode_text(data, content_type)
+
+
 def describe_body(headers: Headers, body: CapturedBody) -> dict[str, object]:
     """Describe a body for the inspector's JSON API."""
     content_type = header_value(headers, "content-type") or ""

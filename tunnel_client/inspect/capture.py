@@ -194,6 +194,15 @@ class HTTPCapture:
         self._restart_parser = False  # the head of a HEAD response was just parsed
         self._closed = False
         self.stop_reason: str | None = None  # why capture stopped first, for logs and tests
+        self._label: str | None = None  # set when a mock rule answers this connection
+
+    def label(self, text: str) -> None:
+        """Mark this connection's exchanges (a mock rule answered them), now and later."""
+        self._label = text
+        for slot in self._pending:
+            slot.exchange.mocked = text
+            if slot.published:
+                self._store.update(slot.exchange)
 
     @property
     def capturing(self) -> bool:
@@ -303,6 +312,7 @@ class HTTPCapture:
             path=self._req.target.decode("latin-1"),
             http_version=self._req_parser.get_http_version(),
             request_headers=self._req.headers,
+            mocked=self._label,
         )
         slot = _Slot(exchange, started)
         self._pending.append(slot)

@@ -18,17 +18,19 @@ import builtins
 import itertools
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from tunnel_client.inspect.exchange import CapturedExchange
+from tunnel_client.inspect.mock import MockRules
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SUBSCRIBERS: Final = 16
 DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 256  # events
 
-EventKind = Literal["added", "updated", "cleared"]
+EventKind = Literal["added", "updated", "cleared", "expired"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,14 @@ class StoreEvent:
 
     kind: EventKind
     exchange: CapturedExchange | None
+
+
+class HistorySink(Protocol):
+    """Where the store reports changes to be persisted (`history.HistoryWriter`)."""
+
+    def mark(self, exchange: CapturedExchange) -> None: ...
+
+    def cleared(self) -> None: ...
 
 
 class TooManySubscribers(Exception):
@@ -112,15 +122,19 @@ class CaptureStore:
         self._ring: deque[CapturedExchange] = deque(maxlen=max_requests)
         self._by_id: dict[int, CapturedExchange] = {}
         self._ids = itertools.count(1)
+        self.last_id = 0  # the newest id handed out
         self._subscribers: set[Subscription] = set()
         self.dropped_events = 0  # summed over all subscribers, for the logs
+        self.history: HistorySink | None = None  # set while history is written to disk
+        self.mocks = MockRules()  # mock/catch rules, shared by the proxies and the page
 
     def __len__(self) -> int:
         return len(self._ring)
 
     def new_id(self) -> int:
         """Return a fresh exchange id (ids only grow, also across `clear`)."""
-        return next(self._ids)
+        self.last_id = next(self._ids)
+        return self.last_id
 
     def add(self, exchange: CapturedExchange) -> None:
         """Store `exchange`, evicting the oldest one when full, and tell subscribers."""
@@ -132,12 +146,38 @@ class CaptureStore:
             self._by_id.pop(evicted.id, None)
         self._ring.append(exchange)  # the deque drops the oldest by itself
         self._by_id[exchange.id] = exchange
+        if self.history is not None:
+            self.history.mark(exchange)
         self._publish(StoreEvent("added", exchange))
 
     def update(self, exchange: CapturedExchange) -> None:
         """Tell subscribers that a stored exchange changed (ignored once it was evicted)."""
         if self._by_id.get(exchange.id) is exchange:
+            if self.history is not None:
+                self.history.mark(exchange)
             self._publish(StoreEvent("updated", exchange))
+
+    def restore(self, exchanges: Iterable[CapturedExchange], *, next_id: int) -> None:
+        """Load saved exchanges (oldest first) without telling anyone; new ids start at
+        `next_id` or later."""
+        for exchange in exchanges:
+            if len(self._ring) == self.max_requests:
+                self._by_id.pop(self._ring[0].id, None)
+            self._ring.append(exchange)
+            self._by_id[exchange.id] = exchange
+            next_id = max(next_id, exchange.id + 1)
+        self._ids = itertools.count(next_id)
+        self.last_id = next_id - 1
+
+    def expire(self, min_started_at: float) -> int:
+        """Forget exchanges that started before `min_started_at`; returns how many."""
+        expired = 0
+        while self._ring and self._ring[0].started_at < min_started_at:
+            self._by_id.pop(self._ring.popleft().id, None)
+            expired += 1
+        if expired:
+            self._publish(StoreEvent("expired", None))  # viewers re-read the list
+        return expired
 
     def list(self) -> builtins.list[CapturedExchange]:
         """Return the stored exchanges, newest first."""
@@ -150,6 +190,8 @@ class CaptureStore:
         """Forget every exchange and tell subscribers."""
         self._ring.clear()
         self._by_id.clear()
+        if self.history is not None:
+            self.history.cleared()
         self._publish(StoreEvent("cleared", None))
 
     def subscribe(self) -> Subscription:

@@ -16,7 +16,9 @@ from protocol.aio.stream import MuxStream
 
 from ..config import ProxyConfig
 from ..inspect.capture import HTTPCapture
+from ..inspect.mock import serve_with_rules
 from ..inspect.store import CaptureStore
+from .base import LOCAL_DIAL_TIMEOUT_S
 from .tcp import TCPProxy
 
 # Captured bytes waiting to be parsed, per connection (normally one loop iteration's worth).
@@ -82,6 +84,23 @@ class HTTPProxy(TCPProxy):
         self.store = store
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
-        if self.store is not None:
-            stream.tap = _CaptureTap(HTTPCapture(self.store, self.config.name))
-        super().handle_stream(session, stream)
+        if self.store is None:
+            super().handle_stream(session, stream)
+            return
+        capture = HTTPCapture(self.store, self.config.name)
+        stream.tap = _CaptureTap(capture)
+        if not self.store.mocks.active(self.config.name):
+            super().handle_stream(session, stream)
+            return
+        # A mock or catch rule is on for this proxy: look at each request first.
+        self.spawn(
+            serve_with_rules(
+                session,
+                stream,
+                self.store.mocks,
+                self.config.name,
+                (self.config.local_ip, self.config.local_port),
+                LOCAL_DIAL_TIMEOUT_S,
+                capture.label,
+            )
+        )

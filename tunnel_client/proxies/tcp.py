@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import dial_and_splice
@@ -40,13 +41,13 @@ class TCPProxy:
 
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
-        task = asyncio.get_running_loop().create_task(
+        self.spawn(
             dial_and_splice(
                 session,
                 stream,
@@ -55,6 +56,10 @@ class TCPProxy:
                 LOCAL_DIAL_TIMEOUT_S,
             )
         )
+
+    def spawn(self, work: Coroutine[object, object, object]) -> None:
+        """Run one stream's task; this proxy owns it (cancelled and awaited at close)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

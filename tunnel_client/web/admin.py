@@ -63,7 +63,6 @@ def build_admin_app(
             healthz_route(),
             web.get("/api/status", status),
             # frp's client uses GET for reload; POST is the honest method, so accept both.
-            web.get("/api/reload", reload, allow_head=False),
             web.post("/api/reload", reload),
             web.post("/api/stop", stop),
         ]

@@ -11,6 +11,7 @@ from protocol.messages import NewProxy, UDPFlowClosed
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyRefused
+from ..fdbudget import FDBudget
 from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class ProxyContext:
     config: ServerConfig
     session: MuxSession
     client_id: str
+    user: str  # frp's `user`: vhost names belong to it (see vhost/claims.py)
     local_name: str  # the name the client knows the proxy by (without the user prefix)
     counters: ProxyCounters
     ports: PortAllocator
@@ -63,6 +65,7 @@ class ProxyContext:
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
+    fd_budget: FDBudget  # the server's descriptors for visitor connections
 
 
 class ServerProxy(Protocol):

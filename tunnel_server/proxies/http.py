@@ -63,6 +63,12 @@ class VhostProxy:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
+        if len(self._streams) >= ctx.config.max_streams_per_proxy:
+            # One proxy's flood must not use up its client's other proxies' streams.
+            ctx.counters.refused_flows += 1
+            raise UpstreamError(
+                f"this proxy has {len(self._streams)} open connections (maxStreamsPerProxy)"
+            )
         try:
             stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
         except (LocalProtocolError, ConnectionError) as exc:
@@ -149,6 +155,8 @@ class HTTPProxy(VhostProxy):
             proxy_key=f"{self.ctx.client_id}/{self.name}",
             proxy_name=self.name,
             opener=self._open,
+            user=self.ctx.user,
+            client_id=self.ctx.client_id,
             domains=r.custom_domains,
             subdomain=r.subdomain or None,
             locations=r.locations or ("/",),
@@ -176,6 +184,8 @@ class HTTPSProxy(VhostProxy):
             proxy_key=f"{self.ctx.client_id}/{self.name}",
             proxy_name=self.name,
             opener=self._open,
+            user=self.ctx.user,
+            client_id=self.ctx.client_id,
             domains=r.custom_domains,
             subdomain=r.subdomain or None,
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from typing import Final
 
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
@@ -15,6 +17,8 @@ from ..ports import listen_on_public_port
 from .base import ProxyContext
 
 logger = logging.getLogger(__name__)
+
+REFUSAL_LOG_INTERVAL_S: Final = 60.0  # one "refusing" line per proxy per minute at most
 
 
 def format_host(host: str) -> str:
@@ -33,6 +37,7 @@ class TCPProxy:
         self.public_note = ""
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
+        self._last_refusal_log = -math.inf
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -55,12 +60,24 @@ class TCPProxy:
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)
+        ctx = self.ctx
+        now = asyncio.get_running_loop().time()
+        if len(self._streams) >= ctx.config.max_streams_per_proxy:
+            # One proxy's flood must not use up its client's other proxies' streams.
+            ctx.counters.refused_flows += 1
+            self._refused(now, f"{len(self._streams)} open connections (maxStreamsPerProxy)")
+            return None
+        if not ctx.fd_budget.try_acquire(now):
+            ctx.counters.refused_flows += 1
+            return None  # counted and logged by the budget
         try:
-            stream = self.ctx.session.open_stream(
-                StreamHeader(self.ctx.local_name, str(peer[0]), int(peer[1]))
+            stream = ctx.session.open_stream(
+                StreamHeader(ctx.local_name, str(peer[0]), int(peer[1]))
             )
         except (LocalProtocolError, ConnectionError) as exc:
-            logger.warning("[proxy=%s] refusing a connection from %s: %s", self.name, peer, exc)
+            ctx.fd_budget.release()
+            ctx.counters.refused_flows += 1
+            self._refused(now, str(exc))
             return None
         counters = self.ctx.counters
         stream.counters = counters
@@ -73,6 +90,18 @@ class TCPProxy:
         if stream in self._streams:
             self._streams.discard(stream)
             self.ctx.counters.connections_active -= 1
+            self.ctx.fd_budget.release()
+
+    def _refused(self, now: float, why: str) -> None:
+        """Log refusals at most once per REFUSAL_LOG_INTERVAL_S (the counter has them all)."""
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL_S:
+            self._last_refusal_log = now
+            logger.warning(
+                "[proxy=%s] refusing visitor connections: %s (%d refused so far)",
+                self.name,
+                why,
+                self.ctx.counters.refused_flows,
+            )
 
     def refresh_urls(self) -> bool:
         return False  # a port's URL never changes

@@ -29,9 +29,10 @@ from ..edge.redirect import redirect_response
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
+from .normalize import BadRequestTarget, check_host, normalize_path
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
-from .rewrite import request_head
+from .rewrite import Framing, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
@@ -147,33 +148,20 @@ class HTTPVhostServer(VhostListener):
     async def _handle(
         self, conn: InboundProtocol, head: RequestHead, upstream: list[Upstream]
     ) -> Outcome:
-        target = head.target
-        host_raw = head.host
-        if target[:1] != b"/":
-            lowered = target[:8].lower()
-            if lowered.startswith((b"http://", b"https://")):
-                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
-                rest = target[target.index(b"//") + 2 :]
-                slash = rest.find(b"/")
-                host_raw, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-        if head.host_count > 1:
-            return self._reply_error(
-                conn, head, 400, None, "the request has more than one Host header"
-            )
-        if not host_raw:
-            return self._reply_error(conn, head, 400, None, "the request has no Host header")
+        try:
+            host_raw, target, path = self._check_request(head)
+        except BadRequestTarget as exc:
+            return self._reply_error(conn, head, exc.status, None, str(exc))
         host = host_raw.decode("latin-1")
         if head.switching and head.upgrade is None:
             return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
-        query = target.find(b"?")
-        path = (target if query < 0 else target[:query]).decode("latin-1")
         if self._challenge_answer is not None:
             answer = self._challenge_answer(path)
             if answer is not None:
                 self._skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
-        route = self._router.lookup(host, path if path.startswith("/") else "/")
+        route = self._router.lookup(host, path)
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:
@@ -200,7 +188,6 @@ class HTTPVhostServer(VhostListener):
                 rules=route.rules,
                 host=host_raw,
                 framing=head.framing,
-                transfer_encoding=head.transfer_encoding,
                 upgrade=head.upgrade,
                 peer_ip=conn.peer[0].encode("ascii"),
                 proto=self._forwarded_proto,
@@ -239,6 +226,46 @@ class HTTPVhostServer(VhostListener):
                     up.stream.abort()
             return outcome
         return Outcome.CLOSE  # unreachable: the second attempt is never retryable
+
+    @staticmethod
+    def _check_request(head: RequestHead) -> tuple[bytes, bytes, str]:
+        """(host, target, path) to route and forward; raises BadRequestTarget to refuse.
+
+        The target's path is normalized (see normalize.py) and forwarded in that form, so the
+        app serves the location that was matched and authorized.
+        """
+        target = head.target
+        host_raw = head.host
+        if target[:1] != b"/":
+            lowered = target[:8].lower()
+            if lowered.startswith((b"http://", b"https://")):
+                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
+                rest = target[target.index(b"//") + 2 :]
+                end = min((i for i in map(rest.find, (b"/", b"?")) if i >= 0), default=-1)
+                host_raw, target = (rest, b"/") if end < 0 else (rest[:end], rest[end:])
+                if target[:1] == b"?":
+                    target = b"/" + target
+        if head.host_count > 1:
+            raise BadRequestTarget("the request has more than one Host header")
+        if not host_raw:
+            raise BadRequestTarget("the request has no Host header")
+        if head.framing is Framing.CHUNKED:
+            if not head.http11:
+                raise BadRequestTarget("Transfer-Encoding in an HTTP/1.0 request")
+            if head.transfer_encoding.strip().lower() != b"chunked":
+                raise BadRequestTarget("only the chunked transfer coding is supported", 501)
+        check_host(host_raw.decode("latin-1"))
+        if target[:1] == b"/":
+            query = target.find(b"?")
+            raw_path = target if query < 0 else target[:query]
+            path = normalize_path(raw_path)
+            if path != raw_path:
+                target = path + target[len(raw_path) :]
+        elif (target == b"*" and head.method == b"OPTIONS") or head.switching:
+            path = b"/"  # OPTIONS *, or CONNECT host:port (refused with 405 next)
+        else:
+            raise BadRequestTarget("the request target is not a path")
+        return host_raw, target, path.decode("latin-1")
 
     async def _upstream_for(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Final
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .routing import VhostRouter
-from .sni import NEED_DATA, ClientHelloError, parse_sni
+from .sni import NEED_DATA, ClientHelloError, ClientHelloReader
 from .splice import SpliceCounters, splice
 from .upstream import UpstreamError, close_stream
 
@@ -69,6 +69,7 @@ class HTTPSVhostServer(VhostListener):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._header_timeout_s
         buffer = bytearray()
+        reader = ClientHelloReader()
         while True:
             item = conn.pop()
             if item is None:
@@ -80,7 +81,7 @@ class HTTPSVhostServer(VhostListener):
                 return None  # EOF or LOST before the ClientHello was complete
             buffer += item
             try:
-                name = parse_sni(buffer)
+                name = reader.feed(item)
             except ClientHelloError as exc:
                 logger.debug("https vhost: bad ClientHello from %s: %s", conn.peer[0], exc)
                 return None

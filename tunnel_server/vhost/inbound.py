@@ -68,6 +68,7 @@ class InboundProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self.lost = False
+        self.pushed = 0  # items ever queued (a mark for retract_since)
         self.bytes_received = 0
         self.bytes_sent = 0
 
@@ -118,6 +119,7 @@ class InboundProtocol(asyncio.Protocol):
     def push(self, item: object, size: int) -> None:
         """Queue an item that accounts for `size` bytes of the queue's budget."""
         size += ITEM_OVERHEAD_BYTES
+        self.pushed += 1
         self._items.append(item)
         self._sizes.append(size)
         self._queued += size
@@ -128,6 +130,17 @@ class InboundProtocol(asyncio.Protocol):
             if not transport.is_closing():
                 transport.pause_reading()
         self.notify()
+
+    def retract_since(self, mark: int) -> bool:
+        """Drop the items queued after `pushed` was `mark`, if none was taken yet; True if so."""
+        count = self.pushed - mark
+        if count > len(self._items):
+            return False
+        for _ in range(count):
+            self._items.pop()
+            self._queued -= self._sizes.pop()
+        self.pushed = mark
+        return True
 
     def push_bytes(self, data: bytes) -> None:
         """The raw feeder: queue bytes as they are."""

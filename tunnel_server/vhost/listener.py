@@ -17,6 +17,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, Final, Self
 
+from ..fdbudget import FDBudget
 from .inbound import InboundProtocol
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class VhostListener:
         self._closing = False
         self._cancel_handle: asyncio.TimerHandle | None = None
         self.refused_connections = 0  # over max_connections or while closing
+        # The server's descriptor budget (tunnel_server/fdbudget.py); set before start().
+        self.fd_budget: FDBudget | None = None
 
     @property
     def connections(self) -> int:
@@ -115,16 +118,24 @@ class VhostListener:
     # --- internals -----------------------------------------------------------------------
 
     def _connection_made(self, conn: InboundProtocol) -> None:
-        if self._closing or len(self._tasks) >= self._max_connections:
+        loop = asyncio.get_running_loop()
+        budget = self.fd_budget
+        if (
+            self._closing
+            or len(self._tasks) >= self._max_connections
+            or (budget is not None and not budget.try_acquire(loop.time()))
+        ):
             self.refused_connections += 1
             conn.feeder = conn.discard
             self._turn_away(conn)
             return
-        task = asyncio.get_running_loop().create_task(self._admit(conn))
+        task = loop.create_task(self._admit(conn))
         self._tasks[task] = conn
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         del self._tasks[task]
+        if self.fd_budget is not None:
+            self.fd_budget.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s connection failed", self._kind, exc_info=task.exception())

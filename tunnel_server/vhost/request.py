@@ -9,6 +9,17 @@ Transfer-Encoding, duplicate Content-Length, bad chunk sizes), so the vhost re-f
 from what the parser decoded instead of forwarding raw bytes: what the app receives is exactly
 what we parsed. llhttp has no header size limit, so the reader enforces `max_header_bytes`.
 
+Every byte that is not body is bounded (issue #8): the head and the trailers each count
+against `max_header_bytes` (431 for a head, 400 for trailers), and a raw counter of the bytes
+fed since the parser last made progress (a head or trailer complete, a chunk-size line
+complete, body bytes) catches one endless line anywhere: a header or trailer line, a
+chunk-size line or a chunk extension. httptools joins a header value across reads in memory,
+so without that counter an endless trailer after `0\r\n` was buffered without limit.
+
+A request that fails to parse is taken back out of the queue if the connection's task has not
+taken its head yet, so a malformed request sent in one piece never reaches the app (the
+visitor gets the 400). A body that turns malformed later resets the upstream stream.
+
 After a request that asks for an upgrade (`Connection: upgrade` + `Upgrade`), llhttp stops and
 the rest of the input is queued raw, to be spliced if the app answers 101.
 """
@@ -77,9 +88,10 @@ class RequestReader:
         self._conn = conn
         self._max = max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
-        self._in_head = False
-        self._head_size = 0
-        self._raw_in_head = 0  # raw bytes fed while a head was incomplete (after its first read)
+        self._head_size = 0  # the current head's (or trailers') size, as parsed
+        self._stalled = 0  # raw bytes fed since the parser last made progress
+        self._progress = False  # a progress callback ran during this feed
+        self._message_mark = 0  # conn.pushed when the current message began
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._trailers: list[tuple[bytes, bytes]] | None = None
@@ -95,8 +107,7 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         conn = self._conn
-        if self._in_head:
-            self._raw_in_head += len(data)
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -107,7 +118,7 @@ class RequestReader:
             return
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
-                self._fail(431, "request headers too large")
+                self._fail_too_large()
             else:
                 # A bug in our callbacks: log it, and treat it like a malformed request.
                 logger.error("request parser callback failed", exc_info=exc)
@@ -116,20 +127,32 @@ class RequestReader:
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed request: {exc}")
             return
-        if self._in_head and self._raw_in_head > self._max:
+        # Reset on progress: the bytes of this read after the last progress callback are not
+        # counted, so an endless line is caught at most one read past the limit.
+        self._stalled = 0 if self._progress else self._stalled + len(data)
+        if self._stalled > self._max:
+            self._fail_too_large()
+
+    def _fail_too_large(self) -> None:
+        if self._trailers is None:
             self._fail(431, "request headers too large")
+        else:  # the head is done: trailers, a chunk-size line or a chunk extension
+            self._fail(400, "request trailers or chunk-size line too large")
 
     def _fail(self, status: int, detail: str) -> None:
         conn = self._conn
         conn.feeder = conn.discard
+        # Take the broken request back if its head is still queued: no byte of it reaches the
+        # app, the visitor gets the error page instead.
+        conn.retract_since(self._message_mark)
         conn.push(ParseFailure(status, detail), 0)
 
     # --- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head = True
         self.head_started = True
-        self._raw_in_head = 0
+        self._progress = True
+        self._message_mark = self._conn.pushed
         self._head_size = 0
         self._url = b""
         self._headers = []
@@ -189,8 +212,8 @@ class RequestReader:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._in_head = False
         self.head_started = False
+        self._progress = True
         if self._te:
             self._framing = Framing.CHUNKED  # llhttp already refused a TE without chunked
         tokens = frozenset(self._tokens) if self._tokens is not None else frozenset()
@@ -213,12 +236,18 @@ class RequestReader:
             size=self._head_size + 64,
         )
         self._trailers = []
+        self._head_size = 0  # from here on it counts the trailers
         self._conn.push(head, head.size)
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         self._conn.push(body, len(body))
 
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
     def on_message_complete(self) -> None:
+        self._progress = True
         trailers = self._trailers
         self._trailers = None
         if trailers:

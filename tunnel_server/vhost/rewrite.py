@@ -8,8 +8,9 @@ What the vhost changes on the way to the app:
   Proxy-Connection, Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade) are dropped;
   framing and `Upgrade` are regenerated from what the parser saw;
 - Host becomes hostHeaderRewrite when set;
-- X-Forwarded-For gets the visitor's IP appended; X-Forwarded-Proto, X-Forwarded-Host and
-  X-Real-IP are set from what the vhost saw, replacing anything the visitor sent;
+- X-Forwarded-For gets the visitor's IP appended; X-Forwarded-Proto, X-Forwarded-Host,
+  X-Real-IP and `Forwarded` (RFC 7239, this hop only) are set from what the vhost saw,
+  replacing anything the visitor sent;
 - Authorization is dropped when the route has its own basic auth (it is the tunnel's secret);
 - requestHeaders.set is applied last, so it can override the X-Forwarded-* values.
 
@@ -54,6 +55,7 @@ _REQUEST_OWN: Final = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-real-ip",
+    b"forwarded",
 }
 # A route may not set these: they decide message framing or the connection itself, and setting
 # them would let one proxy's config desynchronise the stream (request smuggling).
@@ -175,12 +177,16 @@ def request_head(
     rules: HeaderRules,
     host: bytes,
     framing: Framing,
-    transfer_encoding: bytes,
     upgrade: bytes | None,
     peer_ip: bytes,
     proto: bytes = b"http",
 ) -> bytes:
-    """The request head to write upstream (always HTTP/1.1)."""
+    """The request head to write upstream (always HTTP/1.1).
+
+    Framing is regenerated: a chunked body is sent as `Transfer-Encoding: chunked` whatever
+    the visitor wrote (the vhost accepts no other transfer coding). `Forwarded` is the
+    server's own (RFC 7239): the visitor's copy is dropped, as it could be spoofed.
+    """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded_for: list[bytes] = []
     set_names = rules.request_set_names
@@ -198,9 +204,12 @@ def request_head(
         parts += (name, b": ", value, b"\r\n")
     parts += (b"Host: ", rules.host_rewrite or host, b"\r\n")
     if framing is Framing.CHUNKED:
-        parts += (b"Transfer-Encoding: ", transfer_encoding, b"\r\n")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     if upgrade is not None:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    if b"forwarded" not in set_names:
+        node = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
+        parts += (b'Forwarded: for="', node, b'";host="', host, b'";proto=', proto, b"\r\n")
     if b"x-forwarded-for" not in set_names:
         forwarded_for.append(peer_ip)
         parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")

@@ -25,33 +25,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from protocol.errors import TunnelError
-
+from .claims import DomainClaims
+from .errors import RouteConflict, RouteError, RouteRefused
 from .rewrite import HeaderRules, compile_rules
 from .upstream import Opener
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "HTTPRoute",
+    "RouteConflict",
+    "RouteError",
+    "RouteRefused",
+    "VhostRouter",
+    "normalize_host",
+]
+
 MAX_DOMAIN_CHARS: Final = 253
 MAX_LOCATION_CHARS: Final = 1024
 _LABEL_RE: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _LOCATION_BAD_RE: Final = re.compile(r"[\x00-\x20\x7f#?]")
-
-
-class RouteError(TunnelError):
-    """A route cannot be added; `reason` is one line that names the problem."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RouteConflict(RouteError):
-    """A (domain, location) the route asks for is owned by another proxy."""
-
-
-class RouteRefused(RouteError):
-    """The route is invalid, breaks the subDomainHost rule, or the table is full."""
 
 
 def normalize_host(host: str) -> str:
@@ -106,6 +99,8 @@ class HTTPRoute:
     proxy_key: str  # "clientid/proxyname", unique on the server
     proxy_name: str
     opener: Opener
+    user: str = ""  # the owner (frp's `user`): names belong to users, see claims.py
+    client_id: str = ""  # whose route quota this route counts against
     domains: Sequence[str] = ()
     subdomain: str | None = None
     locations: Sequence[str] = ("/",)
@@ -148,11 +143,15 @@ class VhostRouter:
     then inserts, so a refused route leaves no trace.
     """
 
-    def __init__(self, sub_domain_host: str | None, max_routes: int) -> None:
+    def __init__(
+        self, sub_domain_host: str | None, max_routes: int, claims: DomainClaims | None = None
+    ) -> None:
         self._sub_domain_host = _check_domain(sub_domain_host) if sub_domain_host else None
         if self._sub_domain_host is not None and self._sub_domain_host.startswith("*"):
             raise ValueError("subDomainHost must not be a wildcard")
         self._max_routes = max_routes
+        # Shared with the other scheme's router when the server has both (see claims.py).
+        self.claims = claims if claims is not None else DomainClaims(self._sub_domain_host)
         # name -> [(location, route)], longest location first
         self._table: dict[str, list[tuple[str, HTTPRoute]]] = {}
         self._owned: dict[str, tuple[HTTPRoute, list[tuple[str, str]]]] = {}
@@ -183,10 +182,18 @@ class VhostRouter:
                         f"custom domain {name!r} is under subDomainHost {sdh!r}; "
                         f"use subdomain = {name.removesuffix('.' + sdh)!r} instead"
                     )
-        keys = [(name, loc) for name in self.names_for(route) for loc in route.locations]
+        names = self.names_for(route)
+        keys = [(name, loc) for name in names for loc in route.locations]
         previous = self._owned.get(route.proxy_key)
         freed = len(previous[1]) if previous is not None else 0
+        claims = self.claims
+        if previous is not None and (
+            previous[0].client_id != route.client_id or previous[0].user != route.user
+        ):
+            raise RouteConflict(f"proxy {route.proxy_name!r} is held by another client")
+        claims.check(route.user, route.client_id, names, len(keys) - freed)
         if self._size - freed + len(keys) > self._max_routes:
+            claims.refuse("table")
             raise RouteRefused(
                 f"the server's route table is full ({self._max_routes} domain/location pairs)"
             )
@@ -205,6 +212,7 @@ class VhostRouter:
             entries.sort(key=lambda entry: len(entry[0]), reverse=True)
         self._owned[route.proxy_key] = (route, keys)
         self._size += len(keys)
+        claims.hold(route.user, route.client_id, names, len(keys))
         logger.debug("[proxy=%s] routes added: %s", route.proxy_key, keys)
 
     def remove(self, proxy_key: str) -> HTTPRoute | None:
@@ -219,6 +227,7 @@ class VhostRouter:
             if not entries:
                 del self._table[name]
         self._size -= len(keys)
+        self.claims.release(route.client_id, dict.fromkeys(name for name, _ in keys), len(keys))
         logger.debug("[proxy=%s] routes removed", proxy_key)
         return route
 
@@ -236,6 +245,8 @@ class VhostRouter:
             route = _match(entries, path)
             if route is not None:
                 return route
+        if self.claims.exempt(name):
+            return None  # wildcards never cover names under subDomainHost (claims.py)
         labels = name.split(".")
         while len(labels) >= 3:
             entries = table.get("*." + ".".join(labels[1:]))

@@ -1,6 +1,7 @@
 """Read the server name (SNI) from a TLS ClientHello, without terminating TLS. Pure code.
 
-`parse_sni(data)` takes every byte received so far and returns:
+`ClientHelloReader().feed(data)` takes each read as it arrives (linear in the bytes received;
+`parse_sni(data)` is the one-shot form) and returns:
 - the host name (a str, lowercased) when the ClientHello carries SNI;
 - None when the ClientHello is complete and has no SNI;
 - NEED_DATA when more bytes are needed.
@@ -41,38 +42,68 @@ class _NeedData(enum.Enum):
 NEED_DATA: Final = _NeedData.NEED_DATA
 
 
+class ClientHelloReader:
+    """Incremental `parse_sni`: feed each read as it comes; linear in the bytes received.
+
+    Raw bytes are kept only until their record is complete; each complete record's fragment
+    is appended to the handshake buffer once, so no byte is parsed twice (with 1-byte reads or
+    1-byte records alike). At most `max_bytes` raw bytes are accepted in total.
+    """
+
+    __slots__ = ("_handshake", "_max", "_pending", "_received")
+
+    def __init__(self, max_bytes: int = MAX_CLIENT_HELLO_BYTES) -> None:
+        self._max = max_bytes
+        self._pending = bytearray()  # raw bytes of the current, incomplete record
+        self._handshake = bytearray()  # reassembled handshake bytes
+        self._received = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> str | _NeedData | None:
+        """Add bytes; the server name, None (no SNI) or NEED_DATA. Raises ClientHelloError."""
+        self._received += len(data)
+        self._pending += data
+        pending = self._pending
+        pos = 0
+        while len(pending) - pos >= 5:
+            if pending[pos] != _HANDSHAKE:
+                raise ClientHelloError("not a TLS handshake record")
+            if pending[pos + 1] != 3:
+                raise ClientHelloError("unknown TLS record version")
+            length = int.from_bytes(pending[pos + 3 : pos + 5], "big")
+            if length == 0 or length > MAX_RECORD_BYTES:
+                raise ClientHelloError("bad TLS record length")
+            end = pos + 5 + length
+            if end > len(pending):
+                break
+            self._handshake += pending[pos + 5 : end]
+            pos = end
+            result = self._check_handshake()
+            if result is not NEED_DATA:
+                return result
+        del pending[:pos]
+        if len(pending) >= 1 and pending[0] != _HANDSHAKE:
+            raise ClientHelloError("not a TLS handshake record")
+        return _need_more(self._received, self._max)
+
+    def _check_handshake(self) -> str | _NeedData | None:
+        handshake = self._handshake
+        if len(handshake) < 4:
+            return NEED_DATA
+        if handshake[0] != _CLIENT_HELLO:
+            raise ClientHelloError("the first handshake message is not a ClientHello")
+        body_len = int.from_bytes(handshake[1:4], "big")
+        if body_len > self._max:
+            raise ClientHelloError("ClientHello is too large")
+        if len(handshake) >= 4 + body_len:
+            return _parse_client_hello(memoryview(handshake)[4 : 4 + body_len])
+        return NEED_DATA
+
+
 def parse_sni(
     data: bytes | bytearray | memoryview, max_bytes: int = MAX_CLIENT_HELLO_BYTES
 ) -> str | _NeedData | None:
-    """See the module docstring."""
-    view = memoryview(data)
-    handshake = bytearray()
-    pos = 0
-    while True:
-        if len(view) - pos < 5:
-            return _need_more(len(view), max_bytes)
-        if view[pos] != _HANDSHAKE:
-            raise ClientHelloError("not a TLS handshake record")
-        if view[pos + 1] != 3:
-            raise ClientHelloError("unknown TLS record version")
-        length = int.from_bytes(view[pos + 3 : pos + 5], "big")
-        if length == 0 or length > MAX_RECORD_BYTES:
-            raise ClientHelloError("bad TLS record length")
-        end = pos + 5 + length
-        if end > len(view):
-            return _need_more(len(view), max_bytes)
-        handshake += view[pos + 5 : end]
-        pos = end
-        if len(handshake) >= 4:
-            if handshake[0] != _CLIENT_HELLO:
-                raise ClientHelloError("the first handshake message is not a ClientHello")
-            body_len = int.from_bytes(handshake[1:4], "big")
-            if body_len > max_bytes:
-                raise ClientHelloError("ClientHello is too large")
-            if len(handshake) >= 4 + body_len:
-                return _parse_client_hello(memoryview(handshake)[4 : 4 + body_len])
-        if pos >= max_bytes:
-            raise ClientHelloError("ClientHello is too large")
+    """See the module docstring (one-shot; `ClientHelloReader` is the incremental form)."""
+    return ClientHelloReader(max_bytes).feed(data)
 
 
 def _need_more(have: int, max_bytes: int) -> _NeedData:

@@ -6,6 +6,8 @@
   const rows = new Map(); // exchange id -> <li>
   let selectedId = null;
   let detailSeq = 0; // ignores detail responses that arrive after a newer selection
+  const picked = new Set(); // ticked ids, for Compare and Export HAR
+  const FILTER_KEYS = ["q", "path", "method", "status", "proxy"];
 
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
@@ -43,11 +45,22 @@
 
   function buildRow(exchange) {
     const time = new Date(exchange.started_at * 1000).toLocaleTimeString();
+    const pick = el("input", {
+      type: "checkbox", class: "pick", "data-testid": "row-pick", title: "Tick to compare or export",
+      onclick: (event) => event.stopPropagation(),
+      onchange: (event) => { if (event.target.checked) picked.add(exchange.id); else picked.delete(exchange.id); updatePicked(); },
+    });
+    pick.checked = picked.has(exchange.id);
     const meta = el("div", { class: "meta" },
+      pick,
       el("span", { text: time }),
       el("span", { text: formatDuration(exchange.duration_ms) }),
       el("span", { text: exchange.proxy }),
       exchange.replay ? el("span", { class: "tag", text: "replay" }) : null,
+      exchange.late ? el("span", { class: "tag late", text: "delivered late" }) : null,
+      exchange.mocked ? el("span", { class: "tag mock", "data-testid": "row-mocked", text: exchange.mocked }) : null,
+      exchange.wechat_retry_of ? el("span", { class: "tag late", "data-testid": "row-retry", text: `WeChat retry of #${exchange.wechat_retry_of}` }) : null,
+      exchange.wechat_slow ? el("span", { class: "tag error", "data-testid": "row-slow", text: "slower than 5 s" }) : null,
       exchange.error && exchange.status ? el("span", { class: "tag error", text: "incomplete" }) : null);
     const row = el("li", {
       class: exchange.id === selectedId ? "request-row selected" : "request-row",
@@ -80,7 +93,24 @@
     updateCount();
   }
 
+  function removeRow(id) {
+    const row = rows.get(id);
+    if (row) row.remove();
+    rows.delete(id);
+    picked.delete(id);
+    updateCount();
+    updatePicked();
+  }
+
+  function updatePicked() {
+    for (const id of [...picked]) if (!rows.has(id)) picked.delete(id);
+    byId("compare-button").disabled = picked.size !== 2;
+    byId("har-button").disabled = picked.size === 0;
+  }
+
   function clearList() {
+    picked.clear();
+    updatePicked();
     rows.clear();
     byId("request-list").replaceChildren();
     updateCount();
@@ -92,15 +122,50 @@
     byId("list-empty").hidden = rows.size > 0;
   }
 
+  function showLimits(data) {
+    const parts = [`Keeps the last ${data.max_requests} requests`];
+    if (data.max_age) parts.push(`for ${formatAge(data.max_age)}`);
+    parts.push(data.history_file ? "on disk" : "in memory only");
+    byId("limits").textContent = `${parts.join(" ")} · bodies up to ${formatBytes(data.max_body_bytes)} each`;
+    byId("limits").title = data.history_file ? `history file: ${data.history_file}` : "";
+  }
+
+  function formatAge(seconds) {
+    if (seconds >= 86400 && seconds % 86400 === 0) return `${seconds / 86400} days`;
+    if (seconds >= 3600) return `${(seconds / 3600).toFixed(1)} hours`;
+    return `${Math.round(seconds)} s`;
+  }
+
+  // ---- filters, in the address bar too (so a filtered view is a link) ----------------------
+
+  function filterQuery() {
+    const params = new URLSearchParams();
+    for (const key of FILTER_KEYS) {
+      const value = byId(`filter-${key}`).value.trim();
+      if (value) params.set(key, value);
+    }
+    return params.toString();
+  }
+
+  function syncAddress() {
+    const query = filterQuery();
+    const hash = selectedId !== null ? `#/requests/${selectedId}` : "";
+    history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${hash}`);
+  }
+
   async function reloadList() {
-    const response = await fetch("api/requests", { cache: "no-store" });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const data = await response.json();
+    const query = filterQuery();
+    const response = await fetch(`api/requests${query ? `?${query}` : ""}`, { cache: "no-store" });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+    byId("filter-error").hidden = true;
     rows.clear();
     byId("request-list").replaceChildren();
     for (const exchange of data.requests.slice().reverse()) upsert(exchange);
     updateCount();
-    if (selectedId !== null && !rows.has(selectedId)) showDetail(null);
+    updatePicked();
+    showLimits(data);
+    if (selectedId !== null && !rows.has(selectedId) && !query) showDetail(null);
   }
 
   // ---- the detail pane ---------------------------------------------------------------------
@@ -148,6 +213,7 @@
   }
 
   function showDetail(detail) {
+    byId("diff-view").hidden = true;
     byId("detail-empty").hidden = detail !== null;
     byId("detail-body").hidden = detail === null;
     if (detail === null) {
@@ -168,10 +234,27 @@
     byId("d-meta").replaceChildren(...meta.map((text) => el("span", { text })));
     if (detail.error) byId("d-meta").append(el("span", { class: "tag error", text: detail.error }));
 
+    const signature = byId("d-signature");
+    signature.hidden = !detail.signature;
+    byId("resign-button").hidden = !detail.signature;
+    if (detail.signature) {
+      const sig = detail.signature;
+      const verdict = sig.valid === null ? "not checked" : (sig.valid ? "valid" : "INVALID");
+      signature.textContent = `${sig.provider} signature ${verdict}: ${sig.detail}`;
+      signature.className = sig.valid === null ? "notice" : (sig.valid ? "notice valid" : "notice invalid");
+      signature.dataset.valid = String(sig.valid);
+    }
+
+    showWeChat(detail);
+
     const status = byId("d-status");
     status.textContent = detail.status ? `${detail.status} ${detail.reason}` : (detail.error ? "no response" : "waiting…");
     status.className = detail.status ? `status s${String(detail.status)[0]}` : "status";
 
+    byId("d-query-card").hidden = !detail.query.length;
+    headersTable(byId("d-query"), detail.query);
+    byId("har-link").href = `api/requests/${detail.id}/har`;
+    byId("raw-link").href = `api/requests/${detail.id}/raw`;
     headersTable(byId("d-req-headers"), detail.request_headers);
     bodyView(byId("d-req-body"), detail.request_body);
     headersTable(byId("d-resp-headers"), detail.response_headers);
@@ -179,8 +262,34 @@
     fillEditForm(detail);
   }
 
+  function showWeChat(detail) {
+    const info = detail.wechat;
+    byId("d-wechat").hidden = !info;
+    if (!info) return;
+    const notes = [];
+    const add = (text, cls, testid) => notes.push(el("p", { class: `notice ${cls || ""}`, "data-testid": testid || "wechat-note", text }));
+    if (info.kind === "validation") {
+      add("URL validation (echostr) request", "", "wechat-kind");
+      if (info.echostr_ok === true) add("Your app answered the echostr: WeChat accepts this URL.", "valid", "wechat-echostr");
+      if (info.echostr_ok === false) add("Your app did not answer the echostr verbatim: WeChat will reject this URL.", "invalid", "wechat-echostr");
+    } else {
+      add(info.kind, "", "wechat-kind");
+    }
+    if (info.retry_of) add(`WeChat retry of #${info.retry_of}: WeChat resends a message it got no answer to within 5 s (same MsgId, or FromUserName + CreateTime).`, "invalid", "wechat-retry");
+    if (info.slow) add(`Answered in ${formatDuration(detail.duration_ms)}: WeChat waits 5 s, then gives up and retries.`, "invalid", "wechat-slow");
+    if (info.decrypt_error) add(info.decrypt_error, "invalid", "wechat-decrypt-error");
+    byId("d-wechat-notes").replaceChildren(...notes);
+    const decrypted = byId("d-wechat-decrypted");
+    decrypted.hidden = !info.decrypted;
+    decrypted.textContent = info.decrypted ? `decrypted message:\n${info.decrypted}` : "";
+    const reply = byId("d-wechat-reply");
+    reply.hidden = !info.decrypted_reply;
+    reply.textContent = info.decrypted_reply ? `decrypted reply:\n${info.decrypted_reply}` : "";
+  }
+
   async function select(id) {
     selectedId = id;
+    syncAddress();
     for (const [rowId, row] of rows) row.classList.toggle("selected", rowId === id);
     byId("replay-result").hidden = true;
     byId("replay-form").hidden = true;
@@ -222,9 +331,14 @@
     node.hidden = false;
   }
 
-  async function replay(edits) {
+  async function replay(edits, resign) {
     if (!current) return;
-    const buttons = [byId("replay-button"), byId("edit-replay-button")];
+    const repeat = Math.max(1, Math.min(100, Number(byId("repeat-count").value) || 1));
+    const request = { ...(edits || {}) };
+    if (resign) request.resign = true;
+    if (repeat > 1) request.repeat = repeat;
+    edits = Object.keys(request).length ? request : null;
+    const buttons = [byId("replay-button"), byId("edit-replay-button"), byId("resign-button")];
     for (const button of buttons) button.disabled = true;
     try {
       const response = await fetch(`api/requests/${current.id}/replay`, {
@@ -237,7 +351,13 @@
       byId("replay-form").hidden = true;
       upsert(data);
       await select(data.id);
-      notice(`Replayed: ${data.status} ${data.reason} in ${formatDuration(data.duration_ms)}`, false);
+      const how = resign ? "Replayed re-signed" : "Replayed";
+      if (data.repeats && data.repeats.length > 1) {
+        const statuses = data.repeats.map((r) => r.status || "error").join(", ");
+        notice(`${how} ${data.repeats.length} times: ${statuses}`, false);
+      } else {
+        notice(`${how}: ${data.status} ${data.reason} in ${formatDuration(data.duration_ms)}`, false);
+      }
     } catch (err) {
       notice(`Replay failed: ${err.message}`, true);
     } finally {
@@ -256,7 +376,8 @@
     return headers;
   }
 
-  byId("replay-button").addEventListener("click", () => replay(null));
+  byId("replay-button").addEventListener("click", () => replay(null, false));
+  byId("resign-button").addEventListener("click", () => replay(null, true));
   byId("edit-replay-button").addEventListener("click", () => {
     const form = byId("replay-form");
     if (form.hidden && current) fillEditForm(current); // start from the request as captured
@@ -281,7 +402,7 @@
   });
 
   byId("clear-button").addEventListener("click", async () => {
-    const response = await fetch("api/requests", { method: "DELETE" });
+    const response = await fetch("api/requests/clear", { method: "POST" });
     if (response.ok) clearList();
   });
 
@@ -292,15 +413,21 @@
     byId("live-text").textContent = text;
   }
 
+  let source = null;
+
   function connect() {
-    const source = new EventSource("api/events");
+    if (source) source.close();
+    const query = filterQuery();
+    source = new EventSource(`api/events${query ? `?${query}` : ""}`);
     source.onmessage = async (message) => {
       const event = JSON.parse(message.data);
-      if (event.kind === "hello" || event.kind === "resync") {
+      if (event.kind === "hello" || event.kind === "resync" || event.kind === "expired") {
         setLive(true, "live");
         await reloadList().catch((err) => setLive(false, `cannot load requests (${err.message})`));
       } else if (event.kind === "cleared") {
         clearList();
+      } else if (event.kind === "hidden") {
+        removeRow(event.id);
       } else if (event.kind === "added" || event.kind === "updated") {
         upsert(event.exchange);
         if (event.exchange.id === selectedId && event.kind === "updated") refreshDetail();
@@ -309,6 +436,155 @@
     // EventSource reconnects by itself (the server sets retry: 2000).
     source.onerror = () => setLive(false, "disconnected; reconnecting…");
   }
+
+  // ---- compare two requests ----------------------------------------------------------------
+
+  function pairsTable(items, key) {
+    const table = el("table", { class: "headers diff-table", "data-testid": `diff-${key}` });
+    if (!items.length) table.append(el("tr", {}, el("td", { text: "no differences" })));
+    for (const item of items) {
+      table.append(el("tr", { "data-change": item.change },
+        el("td", { text: item.name || item.path }),
+        el("td", { class: item.a === null ? "" : "removed", text: item.a === null ? "—" : JSON.stringify(item.a) }),
+        el("td", { class: item.b === null ? "" : "added", text: item.b === null ? "—" : JSON.stringify(item.b) })));
+    }
+    return table;
+  }
+
+  function bodyDiff(diff, key) {
+    const box = el("div", { class: "body-view", "data-testid": `diff-${key}` });
+    if (diff.kind === "same") box.append(el("p", { class: "hint", text: "identical" }));
+    else if (diff.kind === "same-json") box.append(el("p", { class: "hint", text: "the same JSON (only formatting or key order differ)" }));
+    else if (diff.kind === "json") box.append(pairsTable(diff.changes, `${key}-json`));
+    else if (diff.kind === "text") {
+      const pre = el("pre", { class: "code" });
+      for (const line of diff.lines) {
+        const cls = line.startsWith("+") ? "diff-line added" : (line.startsWith("-") ? "diff-line removed" : "diff-line");
+        pre.append(el("span", { class: cls, text: line }));
+      }
+      box.append(pre);
+    } else box.append(el("p", { class: "hint", text: `binary: ${diff.a.size} B (${diff.a.sha256.slice(0, 12)}…) vs ${diff.b.size} B (${diff.b.sha256.slice(0, 12)}…)` }));
+    if (diff.cut) box.append(el("p", { class: "hint", text: "(more differences not shown)" }));
+    return box;
+  }
+
+  async function compare(a, b) {
+    const response = await fetch(`api/diff?a=${a}&b=${b}`, { cache: "no-store" });
+    const data = await response.json();
+    if (!response.ok) { notice(data.error || `HTTP ${response.status}`, true); return; }
+    byId("detail-empty").hidden = true;
+    byId("detail-body").hidden = true;
+    byId("diff-view").hidden = false;
+    byId("diff-title").textContent = `#${data.a} → #${data.b}`;
+    const line = Object.entries(data.line).map(([key, v]) => ({ name: key, change: "changed", a: v.a, b: v.b }));
+    const section = (title, node) => el("div", { class: "card" }, el("h3", { text: title }), node);
+    byId("diff-body").replaceChildren(
+      section("Request line", pairsTable(line, "line")),
+      section("Query parameters", pairsTable(data.query, "query")),
+      section("Request headers", pairsTable(data.request_headers, "request-headers")),
+      section("Request body", bodyDiff(data.request_body, "request-body")),
+      section("Response headers", pairsTable(data.response_headers, "response-headers")),
+      section("Response body", bodyDiff(data.response_body, "response-body")));
+  }
+
+  byId("har-button").addEventListener("click", () => {
+    const ids = [...picked].sort((x, y) => x - y).join(",");
+    const link = el("a", { href: `api/har?ids=${ids}`, download: "requests.har" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  });
+
+  byId("curl-button").addEventListener("click", async () => {
+    if (!current) return;
+    const response = await fetch(`api/requests/${current.id}/curl`, { cache: "no-store" });
+    const text = (await response.text()).trim();
+    try {
+      await navigator.clipboard.writeText(text);
+      notice("Copied the curl command to the clipboard.", false);
+    } catch (err) {
+      notice(`Cannot use the clipboard here (${err.message}); the command is: ${text}`, true);
+    }
+    byId("curl-button").dataset.command = text;
+  });
+
+  byId("compare-button").addEventListener("click", () => {
+    const [a, b] = [...picked].sort((x, y) => x - y);
+    compare(a, b);
+  });
+  byId("diff-close").addEventListener("click", () => { byId("diff-view").hidden = true; refreshDetail(); if (selectedId === null) byId("detail-empty").hidden = false; });
+
+  // ---- mock and catch rules ------------------------------------------------------------------
+
+  async function loadRules() {
+    const response = await fetch("api/mocks", { cache: "no-store" });
+    const data = await response.json();
+    const select = byId("rule-proxy");
+    const chosen = select.value;
+    select.replaceChildren(...data.proxies.map((name) => el("option", { value: name, text: name })));
+    if (chosen) select.value = chosen;
+    byId("rules-list").replaceChildren(...data.rules.map((rule) => {
+      const toggle = el("input", {
+        type: "checkbox", "data-testid": "rule-toggle", title: "on/off",
+        onchange: async (event) => {
+          await fetch(`api/mocks/${rule.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ enabled: event.target.checked }) });
+          await loadRules();
+        },
+      });
+      toggle.checked = rule.enabled;
+      const what = rule.action === "catch" ? "catch → 200" : `mock → ${rule.status}`;
+      return el("li", { "data-testid": "rule-row", "data-enabled": String(rule.enabled) }, toggle,
+        el("span", { text: `#${rule.id} ${rule.proxy} ${rule.method} ${rule.path} ${what} (${rule.hits} hits)` }),
+        el("button", { type: "button", "data-testid": "rule-delete", text: "Delete", onclick: async () => {
+          await fetch(`api/mocks/${rule.id}`, { method: "DELETE" });
+          await loadRules();
+        } }));
+    }));
+  }
+
+  byId("rules-button").addEventListener("click", async () => {
+    const panel = byId("rules-panel");
+    panel.hidden = !panel.hidden;
+    if (!panel.hidden) await loadRules();
+  });
+  byId("rule-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const rule = {
+      proxy: byId("rule-proxy").value,
+      method: byId("rule-method").value.trim() || "*",
+      path: byId("rule-path").value.trim(),
+      action: byId("rule-action").value,
+      status: Number(byId("rule-status").value),
+      body: byId("rule-body").value,
+    };
+    const response = await fetch("api/mocks", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(rule) });
+    const data = await response.json();
+    byId("rule-error").hidden = response.ok;
+    if (!response.ok) byId("rule-error").textContent = data.error;
+    await loadRules();
+  });
+
+  // ---- start: filters and the selected request come from the address -----------------------
+
+  const initial = new URLSearchParams(location.search);
+  for (const key of FILTER_KEYS) byId(`filter-${key}`).value = initial.get(key) || "";
+  let filterTimer = null;
+  byId("filters").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(async () => {
+      syncAddress();
+      try {
+        await reloadList();
+        connect();
+      } catch (err) {
+        byId("filter-error").textContent = err.message;
+        byId("filter-error").hidden = false;
+      }
+    }, 250);
+  });
+  byId("filters").addEventListener("submit", (event) => event.preventDefault());
+  const linked = /^#\/requests\/(\d+)$/.exec(location.hash);
+  if (linked) select(Number(linked[1]));
 
   updateCount();
   connect();
