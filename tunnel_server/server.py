@@ -188,6 +188,7 @@ class TunnelServer:
             terminated=self._tls_vhost,
             challenges=self.acme_board.tls_alpn_context,
         )
+        self.edge.fd_budget = self.fd_budget
         host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
         logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
 

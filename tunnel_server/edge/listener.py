@@ -21,9 +21,11 @@ of the record being read); the kernel then wakes us only when that much has arri
 EOF. A wake-up that brings no new byte therefore means EOF, and the connection is closed.
 The mark goes back to 1 before the hand-over.
 
-Bounds: at most `max_pending` connections are being peeked or handshaked at once; when full,
-the *oldest* is dropped (slow-ClientHello floods cannot lock out new visitors). Each has
-`hello_timeout_s` for its ClientHello and `handshake_timeout_s` for the TLS handshake.
+Bounds: each pending connection takes a unit of the descriptor budget (fdbudget.py; none
+left: closed at once); at most `max_pending` connections are being peeked or handshaked at
+once; when full, the *oldest* is dropped (slow-ClientHello floods cannot lock out new
+visitors). Each has `hello_timeout_s` for its ClientHello and `handshake_timeout_s` for the
+TLS handshake.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import ssl
 from collections.abc import Callable
 from typing import Final, Self
 
+from ..fdbudget import FDBudget
 from ..vhost.http_proxy import HTTPVhostServer
 from ..vhost.https_sni import HTTPSVhostServer
 from ..vhost.routing import VhostRouter
@@ -81,6 +84,8 @@ class EdgeListener:
         self._pending: dict[asyncio.Task[None], None] = {}  # insertion order = age
         self._evicted: set[asyncio.Task[None]] = set()  # cancelled to make room, still ending
         self._closing = False
+        self.fd_budget: FDBudget | None = None  # one descriptor per pending connection
+        self.refused_fds = 0  # accepted and closed at once: the descriptor budget was spent
         self.evicted = 0  # pending connections dropped to make room
         self.terminated_total = 0
         self.passthrough_total = 0
@@ -147,6 +152,11 @@ class EdgeListener:
                 logger.warning("tunneld: https edge accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
+            budget = self.fd_budget
+            if budget is not None and not budget.try_acquire(loop.time()):
+                self.refused_fds += 1
+                sock.close()
+                continue
             if len(self._pending) >= self._max_pending:
                 oldest = next(iter(self._pending))
                 del self._pending[oldest]  # it no longer counts; it closes its socket
@@ -160,6 +170,8 @@ class EdgeListener:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._pending.pop(task, None)
         self._evicted.discard(task)
+        if self.fd_budget is not None:
+            self.fd_budget.release()  # the vhost that took the socket over holds its own
         if not task.cancelled() and task.exception() is not None:
             logger.error("https edge connection failed", exc_info=task.exception())
 
