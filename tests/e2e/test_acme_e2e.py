@@ -20,8 +20,8 @@ from typing import Any, Final
 from tests.e2e.test_http_e2e import SUB_DOMAIN_HOST, TOKEN, echo_apps, http_proxy, toml_lines
 from tests.support.curl import curl, resolve
 from tests.support.pebble import Pebble, start_pebble
-from tests.support.peers import reserve_port
-from tests.support.procs import ProcessGroup, TunnelProcess
+from tests.support.peers import reserve_port, run_command
+from tests.support.procs import ADMIN_READY, ProcessGroup, TunnelProcess, venv_script
 
 ISSUE_WAIT_S: Final = 60.0  # from the proxy's registration to the https:// ready line
 
@@ -91,14 +91,16 @@ async def start_acme_stack(
     return server, ports, pebble
 
 
-def client_toml(ports: dict[str, int], fingerprint: str, *proxies: str) -> str:
-    head = {
+def client_toml(ports: dict[str, int], fingerprint: str, *proxies: str, admin: bool = False) -> str:
+    head: dict[str, object] = {
         "serverAddr": "127.0.0.1",
         "serverPort": ports["control"],
         "auth.token": TOKEN,
         "transport.tls.serverFingerprint": fingerprint,
         "inspect.enabled": False,
     }
+    if admin:
+        head |= {"webServer.addr": "127.0.0.1", "webServer.port": 0}
     return toml_lines(head) + "".join(proxies)
 
 
@@ -125,7 +127,7 @@ async def test_acme_http01_issues_on_demand_and_keeps_files_private(
         )
         fingerprint = await server.fingerprint()
         client = await run_tunnelc(
-            client_toml(ports, fingerprint, http_proxy("wx", app.port, subdomain="wx"))
+            client_toml(ports, fingerprint, http_proxy("wx", app.port, subdomain="wx"), admin=True)
         )
         await client.wait_for(r"tunnelc: proxy wx ready at .*\(https pending certificate")
         line = await client.wait_for(ready_https("wx"), ISSUE_WAIT_S)
@@ -133,6 +135,12 @@ async def test_acme_http01_issues_on_demand_and_keeps_files_private(
         await server.wait_for(r"acme: answered HTTP-01 challenge")
         echoed = await https_get(f"wx.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
         assert echoed["app"] == "wx"
+        await client.wait_for(ADMIN_READY)
+        status = await run_command(
+            [str(venv_script("tunnelc")), "status", "-c", str(client.config_path)]
+        )
+        (row,) = [line for line in status.splitlines() if line.startswith("wx ")]
+        assert f"https://wx.{SUB_DOMAIN_HOST}:{ports['https']}" in row and "pending" not in row
         acme_dir = tmp_path / "state" / "acme"
         assert stat.S_IMODE(os.stat(acme_dir).st_mode) == 0o700
         for path in [acme_dir / "account.key", acme_dir / "certs" / f"wx.{SUB_DOMAIN_HOST}.key"]:
