@@ -269,6 +269,15 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         *EDGE_TLS_ENTRIES,
+        Field(
+            "controlServerName",
+            "control_server_name",
+            Str(lower=True),
+            None,
+            "with bindPort = vhostHTTPSPort: this SNI (tunnelc's transport.tls.serverName) "
+            "reaches the control listener, as tunnelc's ALPN tunnelkit/1 does",
+            origin=OWN,
+        ),
     ),
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -308,6 +317,7 @@ class ServerConfig:
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
+    control_server_name: str | None = _F.optional("control_server_name", str)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
     edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
@@ -439,7 +449,8 @@ def validate_server_config(config: ServerConfig, source: str) -> None:
 
 
 def _check_ports(config: ServerConfig, source: str) -> None:
-    """Every listener port is in range, and no two listeners share one."""
+    """Every listener port is in range, and no two listeners share one, except that bindPort
+    may be vhostHTTPSPort (port reuse: the HTTPS edge hands tunnelc's connections over)."""
     listeners = {
         "bindPort": config.bind_port,
         "vhostHTTPPort": config.vhost_http_port,
@@ -452,7 +463,7 @@ def _check_ports(config: ServerConfig, source: str) -> None:
             continue
         if not 0 <= port <= 65535:
             raise ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
-        if port in seen:
+        if port in seen and not (key == "vhostHTTPSPort" and seen[port] == "bindPort"):
             raise ConfigError(
                 source,
                 key,

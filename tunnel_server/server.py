@@ -111,13 +111,28 @@ class TunnelServer:
         token = cfg.auth_token.reveal() if cfg.auth_token is not None else ""
         self.auth_key = derive_key(token, self.cert_fp)
         self._control = ControlListener(self, server_ssl_context(self.cert))
-        self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
-        logger.info(
-            "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
-        )
+        if not self.port_reuse:
+            self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
+            logger.info(
+                "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
+            )
         await self._start_vhosts()
+        if self.port_reuse:
+            assert self.https_port is not None
+            self.control_port = self.https_port
+            logger.info(
+                "tunneld: ready: control on %s:%d (shared with the https vhost)",
+                display_host(cfg.proxy_bind_addr),
+                self.control_port,
+            )
         if cfg.web.port is not None:
             await self._start_dashboard()
+
+    @property
+    def port_reuse(self) -> bool:
+        """bindPort is vhostHTTPSPort: the HTTPS edge hands tunnelc's connections over."""
+        cfg = self.config
+        return cfg.bind_port != 0 and cfg.bind_port == cfg.vhost_https_port
 
     async def _start_vhosts(self) -> None:
         cfg = self.config
@@ -187,6 +202,8 @@ class TunnelServer:
             passthrough_router=self.https_router,
             terminated=self._tls_vhost,
             challenges=self.acme_board.tls_alpn_context,
+            control=self._control.accepted if self.port_reuse and self._control else None,
+            control_server_name=cfg.control_server_name,
         )
         self.edge.fd_budget = self.fd_budget
         host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)

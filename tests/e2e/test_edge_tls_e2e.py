@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,7 @@ from tests.e2e.test_http_e2e import (
 from tests.e2e.test_https_e2e import tls_app
 from tests.support.certs import make_ca, make_leaf
 from tests.support.curl import curl, resolve
+from tests.support.peers import reserve_port
 from tests.support.procs import TunnelProcess
 
 PROMPT_S: Final = 3.0  # a refused TLS connection fails well within this
@@ -268,3 +270,31 @@ async def test_edge_tls_redirect_http_sends_308_and_hsts(
             *resolve("plain.other.test", http_port), f"http://plain.other.test:{http_port}/"
         )
         assert json.loads(stays.stdout)["app"] == "plain"
+
+
+async def test_edge_tls_port_reuse_serves_tunnelc_and_visitors_on_one_port(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """bindPort = vhostHTTPSPort: tunnelc logs in and a visitor gets HTTPS, on the same port."""
+    port = reserve_port(socket.SOCK_STREAM)
+    async with asyncio.timeout(45), echo_apps("one") as (app,):
+        server = await start_edge(
+            run_tunneld,
+            tmp_path,
+            bindPort=port,
+            vhostHTTPSPort=port,
+            controlServerName="control.example.test",
+        )
+        assert server["control"] == server["https"] == port
+        text = toml_lines({"transport.tls.serverName": "control.example.test"})
+        text += client_toml(server, http_proxy("one", app.port, subdomain="one"))
+        client = await run_tunnelc(text)
+        line = await client.wait_for(r"tunnelc: proxy one ready at .*" + HTTPS_URL)
+        assert int(line["port"]) == port
+        host = f"one.{SUB_DOMAIN_HOST}"
+        result = await curl(
+            "--cacert", str(server["ca"]), *resolve(host, port), f"https://{host}:{port}/x"
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["app"] == "one"
+        await server["process"].wait_for(r"tunneld: ready: control on .*shared with the https")

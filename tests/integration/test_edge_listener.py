@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +174,42 @@ async def test_edge_listener_plain_http_on_the_tls_port_is_closed(tmp_path: Path
         writer.write(b"GET / HTTP/1.1\r\nHost: web.edge.test\r\n\r\n")
         assert await read_until_closed(reader) in (b"", b"<reset>")
         writer.close()
+
+
+def hello_with(name: str | None, alpn: list[str]) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def test_edge_listener_hands_control_connections_over(tmp_path: Path) -> None:
+    """Port reuse: ALPN tunnelkit/1, or the control SNI without ALPN, goes to the control side;
+    a visitor's name does not."""
+    handed: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def control(sock: socket.socket, peer: object) -> None:
+        handed.put_nowait(sock.recv(65536))  # the ClientHello is still unread
+        sock.close()
+
+    async with (
+        asyncio.timeout(TEST_TIMEOUT_S),
+        edge(tmp_path, control=control, control_server_name="control.edge.test") as (lst, port, _),
+    ):
+        for hello in (
+            hello_with("anything.test", ["tunnelkit/1"]),
+            hello_with(None, ["tunnelkit/1"]),
+            hello_with("control.edge.test", []),
+        ):
+            _, writer = await asyncio.open_connection(LOOPBACK, port)
+            writer.write(hello)
+            assert await handed.get() == hello
+            writer.close()
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(hello_with("web.edge.test", ["http/1.1"]))
+        assert (await reader.readexactly(1))[0] == 0x16  # terminated here: a ServerHello
+        writer.close()
+        assert lst.control_total == 3 and handed.empty()

@@ -80,3 +80,14 @@ def test_edge_config_tls_mistakes_are_one_line_errors(text: str, message: str) -
     with pytest.raises(ConfigError, match=message) as info:
         parse_server_config(text, "frps.toml")
     assert "\n" not in str(info.value)
+
+
+def test_edge_config_port_reuse_only_with_the_https_port() -> None:
+    """bindPort may equal vhostHTTPSPort (port reuse); it may not equal vhostHTTPPort."""
+    config = parse_server_config(
+        "bindPort = 443\nvhostHTTPSPort = 443\ncontrolServerName = 'Ctl.Example.com'\n", "f"
+    )
+    assert config.bind_port == config.vhost_https_port == 443
+    assert config.control_server_name == "ctl.example.com"
+    with pytest.raises(ConfigError, match="vhostHTTPPort: must differ from bindPort"):
+        parse_server_config("bindPort = 80\nvhostHTTPPort = 80\n", "f")

@@ -4,6 +4,8 @@ Theory of operation. The listener owns the listening socket and accepts connecti
 For each one it *peeks* (MSG_PEEK) at the visitor's first bytes until the ClientHello is
 whole, without consuming anything, then decides by the SNI name and the ALPN list:
 
+    ALPN "tunnelkit/1", or SNI = controlServerName         -> the control listener (only
+                                                               when bindPort = vhostHTTPSPort)
     ALPN "acme-tls/1" and a pending TLS-ALPN-01 challenge  -> the challenge responder
     SNI has an `https` (passthrough) route                  -> the SNI vhost, plain socket
     SNI is covered by a certificate in the CertStore        -> TLS terminated here, then the
@@ -35,7 +37,9 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Final, Self
+from typing import Any, Final, Self
+
+from protocol.auth import ALPN_PROTOCOL
 
 from ..fdbudget import FDBudget
 from ..vhost.http_proxy import HTTPVhostServer
@@ -52,8 +56,10 @@ HANDSHAKE_TIMEOUT_S: Final = 10.0  # the TLS handshake of a terminated connectio
 LISTEN_BACKLOG: Final = 1024
 MAX_IDLE_WAKEUPS: Final = 3  # wake-ups with no new byte before the peer counts as gone
 ACME_TLS_ALPN: Final = "acme-tls/1"
+CONTROL_ALPN: Final = ALPN_PROTOCOL  # tunnelc offers it; browsers never do
 
 ChallengeLookup = Callable[[str], ssl.SSLContext | None]
+ControlHandOver = Callable[[socket.socket, Any], None]  # (socket, peer address)
 
 
 class EdgeListener:
@@ -67,6 +73,8 @@ class EdgeListener:
         passthrough_router: VhostRouter,
         terminated: HTTPVhostServer | None,
         challenges: ChallengeLookup | None = None,
+        control: ControlHandOver | None = None,
+        control_server_name: str | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
@@ -76,6 +84,8 @@ class EdgeListener:
         self._passthrough_router = passthrough_router
         self._terminated = terminated
         self._challenges = challenges
+        self._control = control  # port reuse: tunnelc connections go to the control listener
+        self._control_server_name = control_server_name
         self._max_pending = max_pending
         self._hello_timeout_s = hello_timeout_s
         self._handshake_timeout_s = handshake_timeout_s
@@ -88,6 +98,7 @@ class EdgeListener:
         self.refused_fds = 0  # accepted and closed at once: the descriptor budget was spent
         self.evicted = 0  # pending connections dropped to make room
         self.terminated_total = 0
+        self.control_total = 0
         self.passthrough_total = 0
         self.handshake_failures = 0
 
@@ -192,10 +203,20 @@ class EdgeListener:
                 return
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             handed_over = True
+            if self._control is not None and self._is_control(hello):
+                self.control_total += 1
+                self._control(sock, sock.getpeername())
+                return
             await self._dispatch(sock, hello)
         finally:
             if not handed_over:
                 _close_cleanly(sock)
+
+    def _is_control(self, hello: ClientHello) -> bool:
+        if CONTROL_ALPN in hello.alpn:
+            return True
+        name = self._control_server_name
+        return name is not None and hello.server_name == name
 
     async def _dispatch(self, sock: socket.socket, hello: ClientHello) -> None:
         loop = asyncio.get_running_loop()
