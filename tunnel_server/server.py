@@ -26,6 +26,7 @@ from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .edge.certstore import CertificateError, CertStore
+from .edge.h2conn import H2Service
 from .edge.listener import EdgeListener
 from .edge.service import EdgeService
 from .fdbudget import FDBudget
@@ -37,6 +38,7 @@ from .stats import ServerStats
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer
 from .vhost.https_sni import HTTPSVhostServer
+from .vhost.listener import DEFAULT_MAX_CONNECTIONS
 from .vhost.routing import VhostRouter
 from .view import LiveServerView
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
@@ -87,6 +89,7 @@ class TunnelServer:
         self._http_vhost: HTTPVhostServer | None = None
         self._https_vhost: HTTPSVhostServer | None = None
         self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
+        self._h2: H2Service | None = None  # the same, for visitors speaking HTTP/2
         self.edge: EdgeListener | None = None
         self.certs = CertStore()
         self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
@@ -184,6 +187,11 @@ class TunnelServer:
                 forwarded_proto=b"https",
             )
             self._tls_vhost.fd_budget = self.fd_budget
+            self._h2 = H2Service(
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                max_connections=DEFAULT_MAX_CONNECTIONS,
+            )
         if cfg.edge_tls.acme is not None:
             self.cert_manager = CertManager(
                 cfg.edge_tls.acme,
@@ -201,6 +209,7 @@ class TunnelServer:
             passthrough=self._https_vhost,
             passthrough_router=self.https_router,
             terminated=self._tls_vhost,
+            h2=self._h2,
             challenges=self.acme_board.tls_alpn_context,
             control=self._control.accepted if self.port_reuse and self._control else None,
             control_server_name=cfg.control_server_name,
@@ -269,7 +278,7 @@ class TunnelServer:
         self._closing = True
         if self._control is not None:
             self._control.close()
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
             if vhost is not None:
                 vhost.close()
         if self.cert_manager is not None:
@@ -291,7 +300,7 @@ class TunnelServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
             if vhost is not None:
                 await vhost.wait_closed()
         if self.cert_manager is not None:

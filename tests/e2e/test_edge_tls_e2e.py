@@ -9,6 +9,7 @@ to the local EchoApp. An `https` passthrough proxy with its own CA shares the sa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import ssl
@@ -30,6 +31,7 @@ from tests.e2e.test_http_e2e import (
 from tests.e2e.test_https_e2e import tls_app
 from tests.support.certs import make_ca, make_leaf
 from tests.support.curl import curl, resolve
+from tests.support.echo import pattern_digest
 from tests.support.peers import reserve_port
 from tests.support.procs import TunnelProcess
 
@@ -298,3 +300,65 @@ async def test_edge_tls_port_reuse_serves_tunnelc_and_visitors_on_one_port(
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["app"] == "one"
         await server["process"].wait_for(r"tunneld: ready: control on .*shared with the https")
+
+
+async def test_edge_tls_http2_curl_gets_pages_bodies_and_errors(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """curl --http2 negotiates h2 at the edge; the app gets HTTP/1.1 with the body intact."""
+    async with asyncio.timeout(60), echo_apps("h2") as (app,):
+        server = await start_edge(run_tunneld, tmp_path)
+        client = await run_tunnelc(
+            client_toml(
+                server, http_proxy("h2", app.port, subdomain="h2", httpUser="u", httpPassword="p")
+            )
+        )
+        await client.wait_for(r"tunnelc: proxy h2 ready at .*" + HTTPS_URL)
+        host, port = f"h2.{SUB_DOMAIN_HOST}", server["https"]
+        body = bytes(range(256)) * 4096  # 1 MiB: several windows' worth
+        (tmp_path / "body.bin").write_bytes(body)
+        base = ["--http2", "--cacert", str(server["ca"]), *resolve(host, port)]
+        result = await curl(
+            *base,
+            "-u",
+            "u:p",
+            "-w",
+            "\n%{http_version}",
+            "--data-binary",
+            f"@{tmp_path / 'body.bin'}",
+            f"https://{host}:{port}/upload?x=1",
+        )
+        assert result.returncode == 0, result.stderr
+        text, _, version = result.stdout.rpartition(b"\n")
+        assert version == b"2"
+        echoed = json.loads(text)
+        assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/upload", "x=1")
+        assert echoed["body_len"] == len(body) and app.received[-1].body == body[: 1 << 20]
+        assert header_values(echoed, "X-Forwarded-Proto") == ["https"]
+        download = await curl(
+            *base,
+            "-u",
+            "u:p",
+            "-o",
+            str(tmp_path / "down.bin"),
+            f"https://{host}:{port}/download?bytes={3 << 20}",
+        )
+        assert download.returncode == 0, download.stderr
+        got = (tmp_path / "down.bin").read_bytes()
+        assert hashlib.sha256(got).hexdigest() == pattern_digest(3 << 20)
+        denied = await curl(
+            *base, "-w", "%{http_code}", "-o", "/dev/null", f"https://{host}:{port}/"
+        )
+        assert denied.stdout == b"401"
+        missing = await curl(
+            "--http2",
+            "--cacert",
+            str(server["ca"]),
+            *resolve(f"none.{SUB_DOMAIN_HOST}", port),
+            "-w",
+            "%{http_code} %{http_version}",
+            "-o",
+            "/dev/null",
+            f"https://none.{SUB_DOMAIN_HOST}:{port}/",
+        )
+        assert missing.stdout == b"404 2"

@@ -23,7 +23,7 @@ from cryptography import x509
 logger = logging.getLogger(__name__)
 
 MAX_CERTIFICATES: Final = 10_000  # certificates held at once (files plus ACME)
-DEFAULT_ALPN: Final = ("http/1.1",)
+DEFAULT_ALPN: Final = ("h2", "http/1.1")  # the server's preference order
 
 
 class CertificateError(ValueError):

@@ -46,6 +46,7 @@ from ..vhost.http_proxy import HTTPVhostServer
 from ..vhost.https_sni import HTTPSVhostServer
 from ..vhost.routing import VhostRouter
 from .certstore import CertStore
+from .h2conn import H2Service
 from .hello import MAX_CLIENT_HELLO_BYTES, ClientHello, HelloError, HelloReader
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class EdgeListener:
         passthrough: HTTPSVhostServer,
         passthrough_router: VhostRouter,
         terminated: HTTPVhostServer | None,
+        h2: H2Service | None = None,
         challenges: ChallengeLookup | None = None,
         control: ControlHandOver | None = None,
         control_server_name: str | None = None,
@@ -83,6 +85,7 @@ class EdgeListener:
         self._passthrough = passthrough
         self._passthrough_router = passthrough_router
         self._terminated = terminated
+        self._h2 = h2  # visitors that negotiate ALPN h2
         self._challenges = challenges
         self._control = control  # port reuse: tunnelc connections go to the control listener
         self._control_server_name = control_server_name
@@ -242,7 +245,10 @@ class EdgeListener:
             _close_cleanly(sock)
             return
         self.terminated_total += 1
-        await self._handshake(sock, ctx, self._terminated.protocol, name)
+        h1, h2 = self._terminated.protocol, self._h2
+        await self._handshake(
+            sock, ctx, lambda: _ALPNSwitch(h1, h2.protocol if h2 is not None else None), name
+        )
 
     async def _handshake(
         self,
@@ -260,6 +266,25 @@ class EdgeListener:
             # A visitor that does not trust us, speaks no TLS we offer, or goes away.
             self.handshake_failures += 1
             logger.debug("https edge: TLS handshake for %s failed: %r", name, exc)
+
+
+class _ALPNSwitch(asyncio.Protocol):
+    """After the handshake: hand the transport to the HTTP/1.1 vhost or to h2, by ALPN."""
+
+    def __init__(
+        self,
+        h1: Callable[[], asyncio.Protocol],
+        h2: Callable[[], asyncio.Protocol] | None,
+    ) -> None:
+        self._h1 = h1
+        self._h2 = h2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol = self._h2() if alpn == "h2" and self._h2 is not None else self._h1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 class _ChallengeAnswered(asyncio.Protocol):
