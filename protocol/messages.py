@@ -23,6 +23,7 @@ MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
 MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list's ceiling
+BACKEND_PROTOCOLS: Final = ("", "http1", "h2c")  # NewProxy.backend_protocol ("" = http1)
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
 
@@ -98,6 +99,7 @@ class NewProxy:
     response_headers: dict[str, str] = field(default_factory=dict)
     redirect_http: bool = False  # http: 308 from plain HTTP to HTTPS when a certificate exists
     hsts_max_age: int = 0  # http: Strict-Transport-Security max-age (seconds); 0 = none
+    backend_protocol: str = ""  # http: "" or "http1" (HTTP/1.1), "h2c" (HTTP/2 end to end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "response_headers": _text_map,
             "redirect_http": _bool,
             "hsts_max_age": _int(0, MAX_HSTS_MAX_AGE_S),
+            "backend_protocol": _NAME,
         },
     ),
     "new_proxy_result": (

@@ -162,6 +162,15 @@ PROXY_FIELDS: Final = FieldTable(
             origin=OWN,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "backendProtocol",
+            "backend_protocol",
+            Choice(("http1", "h2c")),
+            None,
+            'what the local service speaks; "h2c" keeps HTTP/2 visitors on HTTP/2 (gRPC)',
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
     ),
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -194,6 +203,7 @@ class ProxyConfig:
     )
     redirect_http: bool | None = _F.optional("redirect_http", bool)  # None = false
     hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
+    backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:

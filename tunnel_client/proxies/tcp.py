@@ -33,6 +33,7 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         response_headers=dict(config.response_headers_set),
         redirect_http=bool(config.redirect_http),
         hsts_max_age=config.hsts_max_age or 0,
+        backend_protocol=config.backend_protocol or "",
     )
 
 

@@ -20,6 +20,7 @@ from ..vhost.pages import render_page
 from ..vhost.rewrite import Framing, request_head
 from ..vhost.routing import HTTPRoute
 from ..vhost.upstream import ByteStream, UpstreamError
+from .h2c import h2c_exchange
 from .h2conn import H2Visitor, StreamInput
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, 
                 v, stream_id, 401, host, None, (b"www-authenticate", b'Basic realm="tunnelkit"')
             )
             return
+    if route.backend_h2c:
+        await _h2c(v, stream_id, route, host, headers, authority)
+        return
     box = v.inputs[stream_id]
     if any(key == b"content-length" for key, _ in regular):
         framing = Framing.LENGTH
@@ -122,6 +126,55 @@ async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, 
     await _exchange(v, stream_id, route, host, head, framing, method == b"HEAD")
 
 
+async def _open(v: H2Visitor, stream_id: int, route: HTTPRoute, host: str) -> ByteStream | None:
+    """The tunnel stream for one exchange, or None after an error page was sent."""
+    try:
+        async with asyncio.timeout(v.timeout_s):
+            return await route.opener(v.peer)
+    except TimeoutError:
+        await send_page(v, stream_id, 504, host, "the tunnel did not open in time")
+    except UpstreamError as exc:
+        await send_page(v, stream_id, 502, host, exc.reason)
+    except (ConnectionError, OSError) as exc:
+        await send_page(v, stream_id, 502, host, f"cannot reach the app: {exc}")
+    return None
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """A reset or closed connection on either side, possibly from several tasks at once."""
+    if isinstance(exc, ConnectionError | OSError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_network_failure(inner) for inner in exc.exceptions)
+    return False
+
+
+async def _h2c(
+    v: H2Visitor,
+    stream_id: int,
+    route: HTTPRoute,
+    host: str,
+    headers: list[tuple[bytes, bytes]],
+    authority: bytes,
+) -> None:
+    stream = await _open(v, stream_id, route, host)
+    if stream is None:
+        return
+    try:
+        await h2c_exchange(v, stream_id, stream, headers, authority)
+    except Exception as exc:
+        stream.abort()
+        if not _network_failure(exc):
+            raise
+        logger.debug("[proxy=%s] h2c stream %d failed: %r", route.proxy_key, stream_id, exc)
+        v.reset(stream_id)
+        return
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
+
+
 async def _exchange(
     v: H2Visitor,
     stream_id: int,
@@ -131,26 +184,19 @@ async def _exchange(
     framing: Framing,
     head_only: bool,
 ) -> None:
-    try:
-        async with asyncio.timeout(v.timeout_s):
-            stream = await route.opener(v.peer)
-    except TimeoutError:
-        await send_page(v, stream_id, 504, host, "the tunnel did not open in time")
-        return
-    except UpstreamError as exc:
-        await send_page(v, stream_id, 502, host, exc.reason)
-        return
-    except (ConnectionError, OSError) as exc:
-        await send_page(v, stream_id, 502, host, f"cannot reach the app: {exc}")
+    stream = await _open(v, stream_id, route, host)
+    if stream is None:
         return
     try:
         await stream.write(head)
         async with asyncio.TaskGroup() as group:
             group.create_task(_send_body(v, stream_id, stream, framing))
             await _relay_response(v, stream_id, route, stream, host, head_only)
-    except (ConnectionError, OSError) as exc:
-        logger.debug("[proxy=%s] h2 stream %d failed: %r", route.proxy_key, stream_id, exc)
+    except Exception as exc:
         stream.abort()
+        if not _network_failure(exc):
+            raise
+        logger.debug("[proxy=%s] h2 stream %d failed: %r", route.proxy_key, stream_id, exc)
         v.reset(stream_id)
         return
     except BaseException:

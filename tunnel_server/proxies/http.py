@@ -11,7 +11,7 @@ import logging
 
 from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
-from protocol.messages import NewProxy, StreamHeader
+from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
 from ..vhost.routing import HTTPRoute, RouteError, VhostRouter
@@ -97,6 +97,13 @@ class VhostProxy:
         return None
 
 
+def _backend_h2c(protocol: str) -> bool:
+    if protocol not in BACKEND_PROTOCOLS:
+        allowed = ", ".join(repr(p) for p in BACKEND_PROTOCOLS if p)
+        raise ProxyRefused(f"backendProtocol must be one of {allowed}, got {protocol!r}")
+    return protocol == "h2c"
+
+
 def _with_hsts(headers: dict[str, str], max_age: int) -> dict[str, str]:
     """responseHeaders.set plus HSTS. Browsers ignore HSTS over plain HTTP (RFC 6797 section
     8.1), so one header set serves both vhosts; the user's own header wins."""
@@ -166,6 +173,7 @@ class HTTPProxy(VhostProxy):
             request_headers_set=r.request_headers,
             response_headers_set=_with_hsts(r.response_headers, r.hsts_max_age),
             redirect_http=r.redirect_http,
+            backend_h2c=_backend_h2c(r.backend_protocol),
         )
 
 

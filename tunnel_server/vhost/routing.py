@@ -110,6 +110,7 @@ class HTTPRoute:
     request_headers_set: Mapping[str, str] = field(default_factory=dict)
     response_headers_set: Mapping[str, str] = field(default_factory=dict)
     redirect_http: bool = False  # plain HTTP gets a 308 to HTTPS when the edge can serve it
+    backend_h2c: bool = False  # the local service speaks h2c: h2 visitors keep HTTP/2 (gRPC)
     rules: HeaderRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
