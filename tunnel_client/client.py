@@ -320,9 +320,9 @@ class TunnelClient:
             expected = server_proof(key, client_nonce, hello.nonce, cert_fp, PROTOCOL_VERSION)
             if not proof_matches(expected, answer.proof):
                 raise LoginFailed(
-                    f"the server at {where} could not prove that it knows the token: auth.token "
-                    "differs between tunnelc and tunneld, or this is not your server; nothing "
-                    "was sent to it"
+                    f"authentication failed: the server at {where} could not prove that it "
+                    "knows the token (auth.token differs between tunnelc and tunneld, or this "
+                    "is not your server); nothing was sent to it"
                 )
             session.send_message(
                 Login(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from protocol.errors import TunnelError
+from tunnel_common.listen import listen_sockets
 from tunnel_common.webguard import check_web_bind
 
 from .adminfile import remove_admin_address, write_admin_address
@@ -34,14 +35,23 @@ def _host(host: str) -> str:
 
 
 async def _serve(app: web.Application, addr: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on addr:port (0 = any free port); return the runner and the bound port.
+
+    The sockets are bound and listening before aiohttp sees them (tunnel_common/listen.py):
+    a port taken at the same moment is an OSError here, never a half-started site.
+    """
+    socks = listen_sockets(addr, port)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, addr, port, reuse_address=True).start()
+        await runner.setup()
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
     except BaseException:
         await runner.cleanup()
+        for sock in socks:
+            sock.close()
         raise
-    bound: int = runner.addresses[0][1]
+    bound: int = socks[0].getsockname()[1]
     return runner, bound
 
 

@@ -29,6 +29,7 @@ from protocol.errors import ErrorCode
 from protocol.frames import FrameType, encode_frame
 from protocol.messages import Busy, encode_message
 from protocol.mux import Role
+from tunnel_common.listen import listen_sockets
 
 from .prelogin import PendingSlot
 from .session import limit_before_login
@@ -69,25 +70,7 @@ class ControlListener:
     async def start(self, host: str, port: int) -> int:
         """Bind every address `host` resolves to (like asyncio's create_server); return the port."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and self._sockets:  # every address on the one port picked first
-                    address = (address[0], self._sockets[0].getsockname()[1], *address[2:])
-                sock.bind(address)
-                sock.listen(ACCEPT_BACKLOG)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                self.close()
-                raise
-            self._sockets.append(sock)
+        self._sockets = listen_sockets(host, port, backlog=ACCEPT_BACKLOG)
         for sock in self._sockets:
             self._accept_tasks.append(loop.create_task(self._accept_loop(sock)))
         return int(self._sockets[0].getsockname()[1])
@@ -111,8 +94,14 @@ class ControlListener:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Expected network failures are handled inside; anything else is a bug.
+            logger.error("tunneld: control connection failed", exc_info=task.exception())
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -120,11 +109,17 @@ class ControlListener:
             try:
                 sock, address = await loop.sock_accept(listener)
             except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # Out of descriptors: keep serving the sessions we have, try again shortly.
-                self._server.fd_budget.accept_failed(exc, loop.time())
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                if listener.fileno() == -1:
+                    return  # closed by close()
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: keep serving the sessions we have, retry shortly.
+                    self._server.fd_budget.accept_failed(exc, loop.time())
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                elif exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    logger.debug("tunneld: accept failed: %s", exc)  # that peer is gone
+                else:
+                    logger.warning("tunneld: accept failed: %s; retrying", exc)
+                    await asyncio.sleep(ACCEPT_RETRY_S)  # never a hot loop
                 continue
             self.accepted(sock, address)
 

@@ -75,8 +75,11 @@ def test_cli_verify_accepts_the_examples() -> None:
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"stcp\"\nlocalPort = 22\n",
          ["proxies[0].type", "stcp"]),
         ("tunnelc", "serverAddr = \n", ["frpc.toml"]),
+        ("tunneld", "webServer.addr = \"0.0.0.0\"\nwebServer.port = 0\n",
+         ["webServer.addr", "reachable from other machines"]),
     ],
-    ids=["unknown-key", "port-range", "frp-unsupported", "bad-type", "stcp", "toml-syntax"],
+    ids=["unknown-key", "port-range", "frp-unsupported", "bad-type", "stcp", "toml-syntax",
+         "open-dashboard"],
 )  # fmt: skip
 def test_cli_verify_reports_config_errors_in_one_line(
     tmp_path: Path, program: str, text: str, needles: list[str]

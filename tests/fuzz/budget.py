@@ -15,6 +15,22 @@ from hypothesis import HealthCheck, settings
 
 FUZZ_EXAMPLES_DEFAULT: Final = 2_000  # per parser, in every CI run
 FUZZ_EXAMPLES_ENV: Final = "TUNNELKIT_FUZZ_EXAMPLES"
+# Set to a file path, the long run records how many inputs each test has run so far (the file
+# is rewritten every COUNT_FLUSH_EVERY inputs), so a run cut short by its time bound still
+# reports true counts.
+FUZZ_COUNT_FILE_ENV: Final = "TUNNELKIT_FUZZ_COUNT_FILE"
+COUNT_FLUSH_EVERY: Final = 1000
+_counts: dict[str, int] = {}
+
+
+def count_example(name: str) -> None:
+    """Count one generated input of fuzz target `name` (see FUZZ_COUNT_FILE_ENV)."""
+    count = _counts.get(name, 0) + 1
+    _counts[name] = count
+    path = os.environ.get(FUZZ_COUNT_FILE_ENV)
+    if path and count % COUNT_FLUSH_EVERY == 0:
+        with open(f"{path}.{name}", "w", encoding="utf-8") as out:
+            out.write(f"{name} {count}\n")
 
 
 def fuzz_examples() -> int:

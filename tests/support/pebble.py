@@ -34,6 +34,7 @@ CHALLTESTSRV: Final = "/usr/bin/pebble-challtestsrv"
 READY_WAIT_S: Final = 20.0
 PEBBLE_READY: Final = r"ACME directory available at: (?P<url>\S+)"
 DNS_READY: Final = r"Starting management server on"
+PORT_ATTEMPTS: Final = 20
 MANAGEMENT_ATTEMPTS: Final = 100
 MANAGEMENT_RETRY_S: Final = 0.1  # 100 x 0.1 s: pebble's management port is up well before
 
@@ -58,7 +59,7 @@ async def start_pebble(
 ) -> Pebble:
     """Start pebble-challtestsrv (DNS) and pebble; return once pebble serves its directory."""
     ca, cert, key = _listener_certificate(workdir)
-    dns_port = reserve_port(socket.SOCK_DGRAM, socket.SOCK_STREAM)
+    dns_port = _reserve_udp_and_tcp()
     dns = await group.start(
         [
             CHALLTESTSRV,
@@ -124,6 +125,17 @@ async def start_pebble(
             await asyncio.sleep(MANAGEMENT_RETRY_S)
     await asyncio.to_thread(root.write_bytes, pem)
     return Pebble(directory=directory, server_ca=ca[0], issuer_root=root)
+
+
+def _reserve_udp_and_tcp() -> int:
+    """A port free for both UDP and TCP (DNS); reserve_port raises when the twin is taken."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return reserve_port(socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        except OSError:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _listener_certificate(workdir: Path) -> tuple[CA, Path, Path]:

@@ -237,6 +237,12 @@ def test_server_config_allows_port_checks_ranges() -> None:
         ),
         ("transport.tls.force = false", "transport.tls.force", "always requires TLS"),
         ("enablePrometheus = true", "enablePrometheus", "needs webServer.port"),
+        (
+            'webServer.addr = "0.0.0.0"\nwebServer.port = 7500',
+            "webServer.addr",
+            "reachable from other machines",
+        ),
+        ('webServer.addr = "::"\nwebServer.port = 0', "webServer.addr", "webServer.password"),
         ("bindPrt = 7000", "bindPrt", "unknown key 'bindPrt' (did you mean 'bindPort'?)"),
         ("vhost_http_port = 80", "vhost_http_port", "(did you mean 'vhostHTTPPort'?)"),
         ('token = "x"', "token", "(did you mean 'auth.token'?)"),
@@ -253,6 +259,11 @@ def test_server_config_invalid_value_names_file_key_and_reason(
 ) -> None:
     """Each invalid setting is one error naming the file, the key path and the reason."""
     assert_error(text, key, reason)
+
+
+def test_server_config_open_dashboard_needs_a_port_to_matter() -> None:
+    """webServer.addr = 0.0.0.0 without credentials is fine while the dashboard is off."""
+    assert parse('webServer.addr = "0.0.0.0"').web.port is None
 
 
 def test_server_config_zero_ports_may_repeat() -> None:
