@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import h2.config
+import h2.connection
+import h2.events
 from aiohttp import web
 
 from tests.support.certs import make_ca, make_leaf
 from tunnel_server.edge.certstore import CertStore
+from tunnel_server.edge.h2conn import MAX_CONCURRENT_STREAMS, H2Service
 from tunnel_server.edge.listener import EdgeListener
 from tunnel_server.vhost import (
     HTTPRoute,
@@ -69,11 +73,13 @@ async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, i
     )
     sni_router = VhostRouter(None, 100)
     terminated = HTTPVhostServer(router, forwarded_proto=b"https")
+    h2_service = H2Service(router, timeout_s=10.0, max_connections=100)
     listener = EdgeListener(
         certs=certs,
         passthrough=HTTPSVhostServer(sni_router),
         passthrough_router=sni_router,
         terminated=terminated,
+        h2=h2_service,
         **kw,
     )
     try:
@@ -82,8 +88,10 @@ async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, i
     finally:
         listener.close()
         terminated.close()
+        h2_service.close()
         await listener.wait_closed()
         await terminated.wait_closed()
+        await h2_service.wait_closed()
         await runner.cleanup()
 
 
@@ -213,3 +221,47 @@ async def test_edge_listener_hands_control_connections_over(tmp_path: Path) -> N
         assert (await reader.readexactly(1))[0] == 0x16  # terminated here: a ServerHello
         writer.close()
         assert lst.control_total == 3 and handed.empty()
+
+
+async def test_edge_listener_h2_refuses_streams_past_the_cap(tmp_path: Path) -> None:
+    """An h2 visitor that opens more than MAX_CONCURRENT_STREAMS at once (before reading our
+    SETTINGS) gets the extra ones refused; the first ones are still answered."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (_, port, ca):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            LOOPBACK, port, ssl=ctx, server_hostname="web.edge.test"
+        )
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        client.initiate_connection()
+        count = MAX_CONCURRENT_STREAMS + 20
+        request = [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"web.edge.test"),
+            (b":path", b"/"),
+        ]
+        for n in range(count):
+            client.send_headers(1 + 2 * n, request, end_stream=True)
+        writer.write(client.data_to_send())
+        answered: set[int] = set()
+        refused: set[int] = set()
+        while len(answered) + len(refused) < count:
+            data = await reader.read(65536)
+            if not data:
+                break
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answered.add(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    refused.add(event.stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    refused.update(range(1, 2 * count, 2))
+            writer.write(client.data_to_send())
+        writer.close()
+        assert len(answered) <= MAX_CONCURRENT_STREAMS
+        assert answered or refused  # the connection answered, then refused the excess
+        assert len(answered) + len(refused) >= count
