@@ -40,6 +40,7 @@ async def start_acme_stack(
     nonce_reject_percent: int = 5,
     authz_reuse_percent: int = 50,
     eab: dict[str, str] | None = None,
+    dns_hook: bool = False,
 ) -> tuple[TunnelProcess, dict[str, int], Pebble]:
     """pebble pointed at tunneld's vhost ports, and tunneld ordering from pebble."""
     http_port = reserve_port(socket.SOCK_STREAM)
@@ -77,6 +78,8 @@ async def start_acme_stack(
             "allowDomains": ["allowed.test"],
         }
     )
+    if dns_hook:
+        text += toml_lines({"dnsHook": str(write_dns_hook(tmp_path, pebble.dns_management))})
     if eab is not None:
         ((kid, hmac_key),) = eab.items()
         text += toml_lines({"eab.kid": kid, "eab.hmacKey": hmac_key})
@@ -89,6 +92,24 @@ async def start_acme_stack(
         "https": https_port,
     }
     return server, ports, pebble
+
+
+def write_dns_hook(tmp_path: Path, management_port: int) -> Path:
+    """A dnsHook script that publishes TXT records at pebble-challtestsrv (DNS for pebble)."""
+    api = f"http://127.0.0.1:{management_port}"
+    hook = tmp_path / "dns-hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "set -e\n"
+        'case "$1" in\n'
+        '  set) curl -sf -X POST -d "{\\"host\\":\\"$2.\\",\\"value\\":\\"$3\\"}" '
+        f"{api}/set-txt ;;\n"
+        f'  clear) curl -sf -X POST -d "{{\\"host\\":\\"$2.\\"}}" {api}/clear-txt ;;\n'
+        '  *) echo "unknown action $1" >&2; exit 2 ;;\n'
+        "esac\n"
+    )
+    hook.chmod(0o755)
+    return hook
 
 
 def client_toml(ports: dict[str, int], fingerprint: str, *proxies: str, admin: bool = False) -> str:
@@ -289,3 +310,33 @@ async def test_acme_external_account_binding_registers(
         await client.wait_for(ready_https("eab"), ISSUE_WAIT_S)
         echoed = await https_get(f"eab.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
         assert echoed["app"] == "eab"
+
+
+async def test_acme_dns01_wildcard_covers_subdomains_through_the_hook(
+    run_tunneld, run_tunnelc, process_group: ProcessGroup, tmp_path: Path
+) -> None:
+    """With dnsHook, tunneld orders *.subDomainHost via DNS-01 once; subdomains use it."""
+    async with asyncio.timeout(120), echo_apps("a", "b") as (app_a, app_b):
+        server, ports, pebble = await start_acme_stack(
+            run_tunneld, process_group, tmp_path, challenges=["http-01"], dns_hook=True
+        )
+        await server.wait_for(r"acme: certificate for \*\.example\.test valid until", ISSUE_WAIT_S)
+        fingerprint = await server.fingerprint()
+        client = await run_tunnelc(
+            client_toml(
+                ports,
+                fingerprint,
+                http_proxy("a", app_a.port, subdomain="a"),
+                http_proxy("b", app_b.port, subdomain="b"),
+            )
+        )
+        await client.wait_for(ready_https("a"))
+        await client.wait_for(ready_https("b"))
+        for name in ("a", "b"):
+            echoed = await https_get(
+                f"{name}.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root
+            )
+            assert echoed["app"] == name
+        orders = [x for x in server.lines() if "acme: ordering a certificate for" in x]
+        assert len(orders) == 1 and orders[0].endswith("*.example.test"), orders
+        assert any("dnsHook clear _acme-challenge.example.test done" in x for x in server.lines())

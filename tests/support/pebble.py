@@ -44,6 +44,7 @@ class Pebble:
     directory: str
     server_ca: Path
     issuer_root: Path
+    dns_management: int  # pebble-challtestsrv's HTTP API: POST /set-txt, /clear-txt
 
 
 async def start_pebble(
@@ -60,6 +61,7 @@ async def start_pebble(
     """Start pebble-challtestsrv (DNS) and pebble; return once pebble serves its directory."""
     ca, cert, key = _listener_certificate(workdir)
     dns_port = _reserve_udp_and_tcp()
+    dns_management = reserve_port(socket.SOCK_STREAM)
     dns = await group.start(
         [
             CHALLTESTSRV,
@@ -72,7 +74,7 @@ async def start_pebble(
             "-tlsalpn01",
             "",
             "-management",
-            f"127.0.0.1:{reserve_port(socket.SOCK_STREAM)}",
+            f"127.0.0.1:{dns_management}",
             "-defaultIPv4",
             "127.0.0.1",
             "-defaultIPv6",
@@ -124,7 +126,9 @@ async def start_pebble(
                 raise
             await asyncio.sleep(MANAGEMENT_RETRY_S)
     await asyncio.to_thread(root.write_bytes, pem)
-    return Pebble(directory=directory, server_ca=ca[0], issuer_root=root)
+    return Pebble(
+        directory=directory, server_ca=ca[0], issuer_root=root, dns_management=dns_management
+    )
 
 
 def _reserve_udp_and_tcp() -> int:

@@ -16,6 +16,7 @@ from tunnel_server.acme.challenges import (
     ChallengeFull,
     tls_alpn01_certificate,
 )
+from tunnel_server.acme.dnshook import DNSHookFailed, run_dns_hook
 from tunnel_server.acme.manager import CertManager
 from tunnel_server.config import parse_server_config
 from tunnel_server.edge.certstore import CertStore
@@ -148,3 +149,14 @@ def test_redirect_response_keeps_path_and_query_and_port() -> None:
 def test_redirect_response_refuses_unsafe_hosts_and_targets(host: str, target: bytes) -> None:
     """A Host or target that could inject a header or another origin gets no redirect."""
     assert redirect_response(host, 443, target, keep_alive=False, head_only=False) is None
+
+
+def test_acme_dns_hook_failure_is_one_line_with_the_scripts_reason(tmp_path: Path) -> None:
+    """A hook that exits non-zero, or cannot start, becomes one line naming what happened."""
+    hook = tmp_path / "hook.sh"
+    hook.write_text('#!/bin/sh\necho "zone example.com not found" >&2\nexit 3\n')
+    hook.chmod(0o755)
+    with pytest.raises(DNSHookFailed, match=r"exited 3: zone example\.com not found"):
+        run_dns_hook(hook, "set", "_acme-challenge.example.com", "v")
+    with pytest.raises(DNSHookFailed, match="cannot run"):
+        run_dns_hook(tmp_path / "missing.sh", "set", "_acme-challenge.example.com", "v")

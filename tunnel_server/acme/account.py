@@ -35,6 +35,7 @@ from josepy.jwk import JWK, JWKEC
 
 from ..edge.config import ACMEConfig
 from .challenges import ChallengeBoard
+from .dnshook import DNSHookFailed, run_dns_hook
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +169,9 @@ class ACMEAccount:
             # naive local time: acme's poll_finalization compares with datetime.now()
             deadline = datetime.now() + timedelta(seconds=ORDER_DEADLINE_S)
             pending = [a for a in order.authorizations if a.body.status != messages.STATUS_VALID]
+            kinds = ("dns-01",) if name.startswith("*.") else self._config.challenges
             for authz in pending:
-                self._answer(acme, authz, published)
+                self._answer(acme, authz, published, kinds)
             for authz in pending:
                 self._wait_valid(acme, authz, deadline)
             order = _retry_nonce(acme.finalize_order, order, deadline)
@@ -178,6 +180,8 @@ class ACMEAccount:
             return Issued(order.fullchain_pem.encode("ascii"), key_pem)
         except OrderFailed:
             raise
+        except DNSHookFailed as exc:
+            raise OrderFailed(str(exc)) from None
         except messages.Error as exc:
             self._forget_on_account_error(exc)
             raise OrderFailed(f"the CA refused: {exc.typ}: {exc.detail}") from None
@@ -194,8 +198,20 @@ class ACMEAccount:
             for kind, what in published:
                 if kind == "http-01":
                     self._board.withdraw_http01(what)
+                elif kind == "dns-01":
+                    self._clear_dns(what)
                 else:
                     self._board.withdraw_tls_alpn01(what)
+
+    def _clear_dns(self, record: str) -> None:
+        hook = self._config.dns_hook
+        domain, _, value = record.partition(" ")
+        if hook is None:
+            return
+        try:
+            run_dns_hook(hook, "clear", domain, value)
+        except DNSHookFailed as exc:  # the order's outcome stands; the record is only stale
+            logger.warning("tunneld: acme: %s", exc)
 
     def _forget_on_account_error(self, exc: messages.Error) -> None:
         if exc.typ in ("urn:ietf:params:acme:error:accountDoesNotExist",):
@@ -207,13 +223,14 @@ class ACMEAccount:
         acme: client.ClientV2,
         authz: messages.AuthorizationResource,
         published: list[tuple[str, str]],
+        kinds: tuple[str, ...],
     ) -> None:
         assert self._key is not None
         name = authz.body.identifier.value
         offered = {
             challb.chall.to_partial_json().get("type"): challb for challb in authz.body.challenges
         }
-        for kind in self._config.challenges:
+        for kind in kinds:
             challb = offered.get(kind)
             if challb is None:
                 continue
@@ -223,6 +240,15 @@ class ACMEAccount:
                 token = challb.chall.encode("token")
                 self._board.publish_http01(token, validation)
                 published.append((kind, token))
+            elif kind == "dns-01":
+                assert isinstance(challb.chall, challenges.DNS01)
+                hook = self._config.dns_hook
+                if hook is None:
+                    raise OrderFailed("a wildcard needs DNS-01: set tls.acme.dnsHook")
+                response, validation = challb.chall.response_and_validation(self._key)
+                domain = challb.chall.validation_domain_name(name)
+                run_dns_hook(hook, "set", domain, validation)
+                published.append((kind, f"{domain} {validation}"))
             else:
                 token = str(challb.chall.to_partial_json().get("token", ""))
                 key_authorization = f"{token}.{_thumbprint(self._key)}"
@@ -232,7 +258,7 @@ class ACMEAccount:
             logger.info("tunneld: acme: answering %s for %s", kind, name)
             _retry_nonce(acme.answer_challenge, challb, response)
             return
-        wanted = ", ".join(self._config.challenges)
+        wanted = ", ".join(kinds)
         raise OrderFailed(f"the CA offers none of the challenges {wanted} for {name}")
 
     def _wait_valid(

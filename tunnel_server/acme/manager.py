@@ -58,6 +58,15 @@ class NameStatus:
     next_attempt: float | None = None  # loop time of the next order or renewal
 
 
+def _file_stem(name: str) -> str:
+    """`*.example.com` is kept as `_wildcard.example.com` (no `*` in file names)."""
+    return "_wildcard" + name[1:] if name.startswith("*.") else name
+
+
+def _name_of(stem: str) -> str:
+    return "*" + stem[len("_wildcard") :] if stem.startswith("_wildcard.") else stem
+
+
 class CertManager:
     """See the module docstring. `start()`, then `close()` + `wait_closed()`."""
 
@@ -94,7 +103,7 @@ class CertManager:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self._dir / "certs").mkdir(mode=0o700, exist_ok=True)
         for cert_file in sorted((self._dir / "certs").glob("*.crt")):
-            name = cert_file.stem
+            name = _name_of(cert_file.stem)
             try:
                 entry = self._certs.load(cert_file, cert_file.with_suffix(".key"), source="acme")
             except CertificateError as exc:
@@ -102,6 +111,10 @@ class CertManager:
                 continue
             self._issued(name, entry.not_before, entry.not_after, announce=False)
         self._worker = asyncio.get_running_loop().create_task(self._work())
+        wildcard = self._wildcard
+        if wildcard is not None and wildcard not in self.status:
+            self._set(wildcard, NameStatus("pending", "waiting for the CA (DNS-01)"))
+            self._enqueue(wildcard)
 
     def close(self) -> None:
         self._account.stop.set()
@@ -117,9 +130,17 @@ class CertManager:
 
     # -- requests from proxies ---------------------------------------------------------------
 
+    @property
+    def _wildcard(self) -> str | None:
+        """`*.subDomainHost` when tls.acme.dnsHook can order it, else None."""
+        sdh = self._sub_domain_host
+        return f"*.{sdh}" if sdh is not None and self._config.dns_hook is not None else None
+
     def allowed(self, name: str) -> str | None:
         """None if the policy lets us order a certificate for `name`, else why not."""
         sdh = self._sub_domain_host
+        if name == self._wildcard:
+            return None
         if name.startswith("*."):
             return "wildcard names need DNS-01, which tls.acme does not do on demand"
         if sdh is not None and name.endswith("." + sdh):
@@ -137,6 +158,15 @@ class CertManager:
             return known
         if known is not None and known.state == "failed":
             return known  # its retry is scheduled
+        wildcard = self._wildcard
+        if (
+            wildcard is not None
+            and name != wildcard
+            and name.endswith(wildcard[1:])
+            and self.allowed(name) is None
+        ):
+            # one DNS-01 wildcard covers every subdomain: no order per name
+            return self.status.get(wildcard) or self.request(wildcard)
         reason = self.allowed(name)
         if reason is not None:
             self.refused_total += 1
@@ -192,7 +222,7 @@ class CertManager:
                 logger.exception("tunneld: acme: order for %s failed unexpectedly", name)
                 self._failed(name, f"internal error: {exc!r}")
                 continue
-            cert_file = self._dir / "certs" / f"{name}.crt"
+            cert_file = self._dir / "certs" / f"{_file_stem(name)}.crt"
             write_private(cert_file.with_suffix(".key"), issued.key_pem)
             write_private(cert_file, issued.fullchain_pem)
             try:

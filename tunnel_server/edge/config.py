@@ -69,6 +69,7 @@ class ACMEConfig:
     ca_file: Path | None = None
     eab_kid: str | None = None
     eab_hmac_key: Secret | None = None
+    dns_hook: Path | None = None  # a script; with it, *.subDomainHost is ordered via DNS-01
 
     def allows_custom(self, name: str) -> bool:
         """True if allowDomains lets the server order a certificate for custom domain `name`."""
@@ -145,6 +146,14 @@ EDGE_TLS_ENTRIES: Final = (
         "CA bundle to trust for a private CA's directory",
         origin=OWN,
     ),
+    Field(
+        "tls.acme.dnsHook",
+        None,
+        PathStr(),
+        None,
+        "script that sets/clears DNS-01 TXT records; orders *.subDomainHost with it",
+        origin=OWN,
+    ),
     Field("tls.acme.eab.kid", None, Str(), None, "External Account Binding key id", origin=OWN),
     Field(
         "tls.acme.eab.hmacKey",
@@ -211,4 +220,5 @@ def _build_acme(table: ConfigTable) -> ACMEConfig | None:
         ca_file=table.get("caFile", Path),
         eab_kid=kid,
         eab_hmac_key=hmac_key,
+        dns_hook=table.get("dnsHook", Path),
     )
