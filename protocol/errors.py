@@ -54,3 +54,4 @@ class ErrorCode(IntEnum):
     AUTH_FAILED = 11
     VERSION_MISMATCH = 12
     BUSY = 13  # too many logins in progress; the client retries after a delay
+    ACCEPT_TIMEOUT = 14  # the stream was not accepted in time (userConnTimeout)

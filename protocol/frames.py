@@ -35,6 +35,8 @@ _FIXARRAY4: Final = 0x94
 _UINT32: Final = 0xCE
 _BIN32: Final = 0xC6
 _SMALL_FRAME_GUESS: Final = 512  # bytes tried first for a msgpack-encoded frame
+# A decoder's read buffer starts this small and grows only while traffic needs it.
+READ_BUFFER_START_BYTES: Final = 4 * 1024
 
 MAX_STREAM_ID: Final = 0xFFFF_FFFF
 
@@ -101,6 +103,11 @@ class FrameDecoder:
     Limits: a DATA/DATAGRAM payload above `max_payload_bytes` and a msgpack frame above
     `max_control_bytes` are protocol errors. The read buffer holds at most one maximal frame plus
     one read, so memory per connection is bounded by about 2 x (max payload + header).
+
+    Memory: the buffer starts at READ_BUFFER_START_BYTES, so an idle session costs a few KiB,
+    not the 320 KiB of a full buffer. It grows (doubling, up to one maximal frame plus one
+    read) when a read fills the space offered, or to fit a frame whose header says it is
+    larger; it shrinks back once everything is parsed and the traffic is small again.
     """
 
     def __init__(self, max_payload_bytes: int, max_control_bytes: int, read_size: int) -> None:
@@ -108,11 +115,22 @@ class FrameDecoder:
         self._max_control = max_control_bytes
         self._capacity_control = max_control_bytes
         self._read_size = read_size
-        capacity = max(max_payload_bytes + FAST_HEADER_BYTES, max_control_bytes) + read_size
-        self._buf = bytearray(capacity)
+        self._max_capacity = max(max_payload_bytes + FAST_HEADER_BYTES, max_control_bytes)
+        self._max_capacity += read_size
+        self._start_free = min(READ_BUFFER_START_BYTES, read_size)
+        self._want_free = self._start_free  # space offered to the next read
+        self._offered = 0  # the size of the last window get_buffer returned
+        self._frame_need = 0  # bytes a partially received frame still needs
+        self._last_read = 0
+        self._buf = bytearray(self._start_free)
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
+
+    @property
+    def capacity(self) -> int:
+        """The read buffer's current size in bytes."""
+        return len(self._buf)
 
     def set_control_limit(self, max_control_bytes: int) -> None:
         """Tighten (or restore) the msgpack frame limit; at most the limit set at creation."""
@@ -121,12 +139,21 @@ class FrameDecoder:
     # -- input -----------------------------------------------------------------------------
     def get_buffer(self) -> memoryview:
         """A writable window of at least one read at the end of the buffer."""
-        if len(self._buf) - self._end < self._read_size:
+        want = max(self._want_free, self._frame_need)
+        if len(self._buf) - self._end < want:
             self._compact()
-        return self._view[self._end :]
+            if len(self._buf) - self._end < want:
+                self._resize(self._end + want)
+        view = self._view[self._end :]
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        self._last_read = nbytes
+        if nbytes >= self._offered and self._want_free < self._read_size:
+            # The read filled all we offered: more is waiting; offer twice as much next time.
+            self._want_free = min(self._read_size, max(self._want_free, self._offered) * 2)
 
     def feed(self, data: bytes | memoryview) -> int:
         """Copy as much of `data` as fits; return how many bytes were taken.
@@ -147,6 +174,24 @@ class FrameDecoder:
         self._start = 0
         self._end = remaining
 
+    def _resize(self, capacity: int) -> None:
+        """A new buffer of `capacity` (within the bounds) holding the unparsed bytes."""
+        capacity = max(self._start_free, min(capacity, self._max_capacity))
+        remaining = self._end - self._start
+        buf = bytearray(capacity)
+        buf[:remaining] = self._view[self._start : self._end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, remaining
+
+    def _drained(self) -> None:
+        """Everything received is parsed: go back to a small buffer after small traffic."""
+        self._start = self._end = 0
+        self._frame_need = 0
+        if self._last_read < self._start_free and len(self._buf) > self._start_free:
+            self._want_free = self._start_free
+            self._buf = bytearray(self._start_free)
+            self._view = memoryview(self._buf)
+
     # -- output ----------------------------------------------------------------------------
     def frames(self) -> Iterator[Frame]:
         """Yield every complete frame in the buffer."""
@@ -154,7 +199,7 @@ class FrameDecoder:
             frame = self._next_frame()
             if frame is None:
                 if self._start == self._end:
-                    self._start = self._end = 0
+                    self._drained()
                 return
             yield frame
 
@@ -180,9 +225,11 @@ class FrameDecoder:
                 raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
             total = FAST_HEADER_BYTES + length
             if available < total:
+                self._frame_need = total - available  # grow to fit it in one go
                 return None
             payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
             self._start = start + total
+            self._frame_need = 0
             return Frame(FrameType(ftype), Flag(flags), stream_id, payload)
         return self._next_generic_frame(start, end)
 

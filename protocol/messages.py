@@ -108,6 +108,9 @@ class NewProxyResult:
     ok: bool
     error: str
     public_urls: tuple[str, ...]
+    # Refused only because another session holds the name, port or domain; that session may
+    # be stale (a crashed client whose connection went silent), so the client asks again.
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +288,13 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
     ),
     "new_proxy_result": (
         NewProxyResult,
-        {"name": _NAME, "ok": _bool, "error": _TEXT, "public_urls": _text_list},
+        {
+            "name": _NAME,
+            "ok": _bool,
+            "error": _TEXT,
+            "public_urls": _text_list,
+            "retry": _bool,
+        },
     ),
     "close_proxy": (CloseProxy, {"name": _NAME, "reason": _TEXT}),
     "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),

@@ -17,6 +17,7 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
+from tunnel_common import allocator
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
@@ -25,6 +26,7 @@ from tunnel_common.runner import run as run_loop
 from .adminfile import read_admin_address
 from .client import TunnelClient
 from .config import CLIENT_FIELDS, ClientConfig, load_client_config, make_oneliner_config
+from .identity import LABEL_CHARS, ClientIdentity, config_key, oneliner_key, stable_client_id
 from .proxyconfig import PROXY_FIELDS, make_oneliner_proxy
 
 logger = logging.getLogger(__name__)
@@ -93,15 +95,33 @@ def run_client(
     log_file: Path | None,
     no_uvloop: bool,
     config_path: Path | None = None,
+    *,
+    identity_key: str | None = None,
+    name_with: Callable[[ClientConfig, str], ClientConfig] | None = None,
 ) -> None:
+    """Run a client. Without clientID it takes the stable id of `identity_key` (default: the
+    config file); `name_with(config, label)` then names a one-liner's proxy after that id."""
     try:
         setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
+    identity: ClientIdentity | None = None
+    if identity_key is None and config_path is not None:
+        identity_key = config_key(config_path)
+    if config.client_id is None and identity_key is not None:
+        client_id, identity = stable_client_id(config.state_dir, identity_key)
+        config = dataclasses.replace(config, client_id=client_id)
+        if name_with is not None:
+            label = identity.label if identity is not None else client_id[:LABEL_CHARS]
+            config = name_with(config, label)
+    allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
     try:
         code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
         code = 0
+    finally:
+        if identity is not None:
+            identity.close()
     sys.exit(code)
 
 
@@ -166,7 +186,9 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="tunneld address, host:port.",
         ),
         click.option("--token", "-t", default=None, envvar="TUNNELKIT_TOKEN", help="auth.token"),
-        click.option("--name", default=None, help="Proxy name (default: TYPE-PORT)."),
+        click.option(
+            "--name", default=None, help="Proxy name (default: TYPE-PORT-ID, ID from this machine)."
+        ),
         click.option("--local-ip", default="127.0.0.1", show_default=True),
         click.option("--server-fingerprint", default=None, help="Pin the server certificate."),
         click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None),
@@ -184,6 +206,8 @@ def _oneliner(
     proxy_type: ProxyType,
     local_port: int,
     opts: dict[str, Any],
+    *,
+    auto_subdomain: bool = False,
     **proxy_fields: Any,
 ) -> None:
     extra = {k: v for k, v in proxy_fields.items() if k not in ("http_user", "http_password")}
@@ -209,7 +233,28 @@ def _oneliner(
     except TunnelError as exc:
         fail(str(exc))
         return
-    run_client(config, opts["log_level"], opts["log_file"], opts["no_uvloop"])
+    name_given = opts["name"] is not None
+
+    def name_with(config: ClientConfig, label: str) -> ClientConfig:
+        # Named after this machine's stable id for this command: the same name and URL after
+        # every restart, and two one-liners on one machine never share a name.
+        stem = f"{proxy_type}-{local_port}-{label}"
+        (pc,) = config.proxies
+        pc = dataclasses.replace(
+            pc,
+            name=pc.name if name_given else stem,
+            subdomain=stem if auto_subdomain else pc.subdomain,
+        )
+        return dataclasses.replace(config, proxies=(pc,))
+
+    run_client(
+        config,
+        opts["log_level"],
+        opts["log_file"],
+        opts["no_uvloop"],
+        identity_key=oneliner_key(str(proxy_type), opts["local_ip"], local_port, opts["server"]),
+        name_with=name_with,
+    )
 
 
 @main.command()
@@ -238,8 +283,10 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
         basic_auth: str | None,
         **opts: Any,
     ) -> None:
-        if not subdomain and not domain:
-            subdomain = f"{proxy_type}-{local_port}"
+        # Without --subdomain or --domain the subdomain comes from the stable client id.
+        auto_subdomain = not subdomain and not domain
+        if auto_subdomain:
+            subdomain = f"{proxy_type}-{local_port}"  # checked now, replaced at start
         user = password = None
         if basic_auth is not None:
             if proxy_type is not ProxyType.HTTP:
@@ -251,6 +298,7 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
             proxy_type,
             local_port,
             opts,
+            auto_subdomain=auto_subdomain,
             subdomain=subdomain,
             custom_domains=domain,
             http_user=user,

@@ -42,6 +42,7 @@ from protocol.settings import MuxSettings
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config
+from .held import WAITING_STATE, HeldRetries
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
@@ -51,6 +52,8 @@ from .trust import TLSParams, TrustError, connect_tls, default_known_servers_fil
 logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S: Final = 10.0
+# On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
+DRAIN_TIMEOUT_S: Final = 5.0
 MAX_FLOWS_PER_CLIENT: Final = 4096
 
 
@@ -79,6 +82,7 @@ class TunnelClient:
         self.session: MuxSession | None = None
         self.logged_in_once = False
         self._stop = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None  # the stop's drain, awaited by run()
         # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
@@ -91,6 +95,8 @@ class TunnelClient:
         self._flow_owner: dict[int, UDPProxy] = {}
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
+        # Proxies refused as held by a possibly stale session, asked for again with backoff.
+        self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
 
     # -- proxies --------------------------------------------------------------------------------
@@ -171,8 +177,13 @@ class TunnelClient:
             request = dataclasses.replace(request, remote_port=sticky)
         session.send_message(request)
 
+    def _ask_again(self, name: str) -> None:
+        if self.session is not None and not self.session.closed and name in self.proxies:
+            self._register(self.session, name)
+
     def remove_proxy(self, name: str) -> None:
         self._sticky_ports.pop(name, None)
+        self._held.forget(name)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
         if proxy is None:
@@ -196,9 +207,34 @@ class TunnelClient:
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop like tunneld: GO_AWAY now, let open connections finish until the drain
+        deadline, then reset what is left (never a clean close). A second request, or a stop
+        with no connection open, ends the session at once."""
+        session = self.session
+        if self._stop.is_set() or session is None or session.stream_count() == 0:
+            self._stop.set()
+            if session is not None:
+                session.close(ErrorCode.SHUTDOWN, "client stopping")
+            return
         self._stop.set()
-        if self.session is not None:
-            self.session.close(ErrorCode.NORMAL, "client stopping")
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(session))
+
+    async def _drain(self, session: MuxSession) -> None:
+        session.go_away(ErrorCode.SHUTDOWN, "client stopping")
+        logger.info(
+            "tunnelc: stopping: waiting up to %gs for %d open connections",
+            DRAIN_TIMEOUT_S,
+            session.stream_count(),
+        )
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await session.wait_idle()
+        except TimeoutError:
+            logger.info(
+                "tunnelc: drain deadline reached; resetting %d open connections",
+                session.stream_count(),
+            )
+        session.close(ErrorCode.SHUTDOWN, "client stopping")
 
     @property
     def stopping(self) -> bool:
@@ -235,6 +271,9 @@ class TunnelClient:
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
+                    if self.stopping:  # asked to stop while logging in
+                        session.close(ErrorCode.SHUTDOWN, "client stopping")
+                        break
                     await self._serve(session)
                 if self.stopping:
                     break
@@ -248,6 +287,8 @@ class TunnelClient:
                     pass  # time to try again
             return 0
         finally:
+            if self._drainer is not None:
+                await self._drainer  # bounded by DRAIN_TIMEOUT_S
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -375,8 +416,10 @@ class TunnelClient:
         finally:
             self.session = None
             self._flow_owner.clear()
+            self._held.cancel_all()
             for status in self.proxy_status.values():
-                status.state = "offline" if status.state == "running" else status.state
+                if status.state in ("running", WAITING_STATE):
+                    status.state = "offline"
             self._notify_status()
             for ended in self.proxies.values():
                 ended.session_ended()
@@ -396,6 +439,11 @@ class TunnelClient:
                 )
                 self._register(self.session, result.name)
                 return
+            if result.retry:
+                status.state, status.public_urls = WAITING_STATE, ()
+                status.error = self._held.schedule(result.name, result.error)
+                self._notify_status()
+                return
             status.state, status.error, status.public_urls = "refused", result.error, ()
             logger.error(
                 "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
@@ -408,6 +456,7 @@ class TunnelClient:
             port = urls[0].rsplit(":", 1)[-1]
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
+        self._held.succeeded(result.name)
         # On success `error` carries a note, e.g. "https pending certificate for NAME"; the
         # server sends the result again once the certificate is there.
         status.state, status.error, status.public_urls = "running", result.error, urls

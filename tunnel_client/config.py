@@ -233,7 +233,8 @@ CLIENT_FIELDS: Final = FieldTable(
             "login_fail_exit",
             Bool(),
             True,
-            "exit if the first login fails; false = keep retrying",
+            "exit if the first login is refused for good (wrong token, version); busy "
+            "servers and network errors are retried either way",
         ),
         Field(
             "udpPacketSize",

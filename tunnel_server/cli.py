@@ -12,6 +12,7 @@ import click
 
 from protocol import __version__
 from protocol.errors import TunnelError
+from tunnel_common import allocator
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
@@ -71,6 +72,7 @@ def main(
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
     try:
+        allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
         code = run_loop(_serve(config), use_uvloop=not no_uvloop)
     except KeyboardInterrupt:
         code = 0

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from .config import PortRange
-from .errors import ProxyRefused
+from .errors import ProxyHeld, ProxyRefused
 
 # How many random ports to try when the client asks for "any port" (remotePort = 0).
 PICK_ATTEMPTS: Final = 64
@@ -36,7 +36,7 @@ class PortAllocator:
         if port and self._allow and not any(r.start <= port <= r.end for r in self._allow):
             raise ProxyRefused(f"port {port} is not allowed by the server (allowPorts)")
         if port and (proto, port) in self._held:
-            raise ProxyRefused(f"port {port} is already in use by another proxy")
+            raise ProxyHeld(f"port {port} is held by another session")
 
     def candidates(self, rng: random.Random | None = None) -> list[int]:
         """Ports to try, in order, for remotePort = 0."""

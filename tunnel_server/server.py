@@ -17,6 +17,7 @@ from protocol.aio.connection import MuxSession
 from protocol.auth import derive_key
 from protocol.errors import ErrorCode, TunnelError
 from protocol.settings import MuxSettings
+from tunnel_common import allocator
 from tunnel_common.fingerprint import parse_fingerprint
 
 from .accept import MAX_BUSY_ANSWERS, ControlListener
@@ -74,6 +75,8 @@ class TunnelServer:
         self.cert_fp = b""
         self.control_port = 0
         self._closing = False
+        self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
+        self._trim_first = 0.0  # when the first departure of the pending trim's wave left
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self._web: web.AppRunner | None = None
@@ -276,6 +279,9 @@ class TunnelServer:
         if self._closing:
             return
         self._closing = True
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
         if self._control is not None:
             self._control.close()
         for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
@@ -333,6 +339,23 @@ class TunnelServer:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             logger.info("tunneld: client %s disconnected", session.client_id)
+        if not self._closing:
+            self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """Give departed sessions' memory back TRIM_INTERVAL_S after the last one of a wave
+        leaves (postponed by later departures, but never past TRIM_MAX_DELAY_S)."""
+        now = asyncio.get_running_loop().time()
+        if self._trim_handle is None:
+            self._trim_first = now
+        else:
+            self._trim_handle.cancel()
+        due = min(now + allocator.TRIM_INTERVAL_S, self._trim_first + allocator.TRIM_MAX_DELAY_S)
+        self._trim_handle = asyncio.get_running_loop().call_at(due, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_handle = None
+        allocator.trim()
 
     def proxy_owner(self, name: str) -> ServerSession | None:
         for session in self.sessions.values():

@@ -32,6 +32,7 @@ from protocol.messages import (
 from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
 
+from .errors import ProxyHeld
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
@@ -270,7 +271,8 @@ class ServerSession:
                 peer_text(request.name),
                 peer_text(exc),
             )
-            self.mux.send_message(NewProxyResult(request.name, False, str(exc), ()))
+            held = isinstance(exc, ProxyHeld)
+            self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.proxies[name] = proxy
         self.server.proxy_started(name, self.client_id, str(proxy.type))
@@ -302,7 +304,7 @@ class ServerSession:
             raise ProxyRefused(f"too many proxies for one client (limit {MAX_PROXIES_PER_CLIENT})")
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
-            raise ProxyRefused(f"proxy name {request.name!r} is taken by another client")
+            raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")

@@ -34,6 +34,7 @@ from ..messages import Message, StreamHeader
 from ..mux import MuxConnection, Role
 from ..names import peer_text
 from ..settings import MuxSettings
+from . import sockopts
 from .stream import MuxStream
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class MuxSession(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(CONN_WRITE_HIGH_WATER_BYTES, CONN_WRITE_LOW_WATER_BYTES)
+        settings = self.mux.settings
+        sockopts.tune_control_socket(
+            transport, settings.keepalive_interval_s, settings.keepalive_timeout_s
+        )
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))

@@ -8,8 +8,7 @@ that off again just before a graceful close (`graceful_close`). An aborted strea
 session ends its sockets with `reset` (RST), never with `close` (FIN).
 
 Control connections get TCP keepalive and `TCP_USER_TIMEOUT` derived from the heartbeat, so
-the kernel drops a connection whose peer stopped acknowledging, even while our own pings sit
-unsent behind a full window.
+the kernel drops a connection whose peer stopped acknowledging (`tune_control_socket`).
 """
 
 from __future__ import annotations
@@ -83,16 +82,21 @@ def tune_control_socket(
 ) -> None:
     """Keepalive and TCP_USER_TIMEOUT for a control connection, tuned to the heartbeat.
 
-    Keepalive probes start after one heartbeat interval of silence and repeat every interval
-    (a NAT that dropped its mapping then answers RST, or nothing). TCP_USER_TIMEOUT cuts the
-    connection when sent data stays unacknowledged for the heartbeat timeout, so a
-    partition is seen even when the mux has no chance to send its pings.
+    Both sides ping every heartbeat interval, so a healthy connection never has data
+    unacknowledged for that long. TCP_USER_TIMEOUT of one interval (at most the heartbeat
+    timeout) makes the kernel drop the connection once a ping has gone unacknowledged that
+    long: a partition is seen after about two intervals instead of the heartbeat timeout, and
+    the client redials a fresh connection rather than waiting out TCP's retransmission
+    backoff (which after a 30 s outage can add 20 s more). Keepalive probes cover the case
+    where neither side has anything to send.
     """
     sock = _tcp_socket(transport)
     if sock is None:
         return
     idle = max(1, int(heartbeat_interval_s))
-    user_timeout_ms = max(MIN_USER_TIMEOUT_MS, int(heartbeat_timeout_s * 1000))
+    user_timeout_ms = max(
+        MIN_USER_TIMEOUT_MS, int(min(heartbeat_interval_s, heartbeat_timeout_s) * 1000)
+    )
     options = [
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),

@@ -303,6 +303,21 @@ class MuxStream:
         """True once the peer sent FIN or the stream is closed (buffered data may remain)."""
         return self._rx_eof or self._closed.done()
 
+    def set_accept_deadline(self, timeout_s: float) -> None:
+        """Reset the stream (ACCEPT_TIMEOUT) unless the peer accepts it within `timeout_s`:
+        a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
+        if self._accepted.done():
+            return
+        handle = self.session.loop.call_later(timeout_s, self._accept_expired, timeout_s)
+        self._accepted.add_done_callback(lambda _: handle.cancel())
+
+    def _accept_expired(self, timeout_s: float) -> None:
+        if not self._accepted.done():
+            self.abort(
+                ErrorCode.ACCEPT_TIMEOUT,
+                f"the tunnel client did not accept the connection within {timeout_s:g}s",
+            )
+
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACK; raises StreamResetError if it refused."""
         await asyncio.shield(self._accepted)

@@ -10,7 +10,7 @@ import pytest
 
 from protocol import __version__
 from tests.support.echo import tcp_echo_server
-from tests.support.procs import ProcessGroup, venv_script
+from tests.support.procs import ProcessGroup, oneliner_name, venv_script
 
 from .conftest import TunnelLauncher
 
@@ -136,7 +136,7 @@ async def test_cli_tcp_oneliner_serves_and_stops_cleanly(
             ["tcp", str(echo.port), "--server", f"127.0.0.1:{control.port}", "--token", "T0k",
              "--server-fingerprint", await server.fingerprint()],
         )  # fmt: skip
-        public = await client.proxy_endpoint(f"tcp-{echo.port}")
+        public = await client.proxy_endpoint(oneliner_name("tcp", echo.port))
         reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
         writer.write(b"ping")
         writer.write_eof()

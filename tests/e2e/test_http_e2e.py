@@ -29,7 +29,7 @@ from aiohttp import web
 from tests.support.curl import curl, resolve
 from tests.support.echo import pattern_chunks, pattern_digest
 from tests.support.peers import reserve_port
-from tests.support.procs import ProcessGroup, TunnelProcess
+from tests.support.procs import ProcessGroup, TunnelProcess, oneliner_name
 
 TOKEN: Final = "e2e-http-token"
 SUB_DOMAIN_HOST: Final = "example.test"
@@ -707,7 +707,7 @@ async def test_vhost_expect_100_continue_with_curl(
 async def test_vhost_claimed_domain_is_refused_until_its_owner_stops(
     run_tunneld, run_tunnelc
 ) -> None:
-    """A second client claiming a taken domain is refused with a reason; later it can claim it."""
+    """A second client claiming a taken domain waits, saying why; it gets it once freed."""
     async with asyncio.timeout(40), echo_apps("owner", "thief") as (owner_app, thief_app):
         server = await start_tunneld(run_tunneld)
         owner = await run_tunnelc(
@@ -718,14 +718,15 @@ async def test_vhost_claimed_domain_is_refused_until_its_owner_stops(
             server, http_proxy("thief", thief_app.port, customDomains=["owned.test"])
         )
         thief = await run_tunnelc(thief_config)
-        reason = await thief.proxy_refusal("thief")
+        waiting = await thief.wait_for(
+            r"proxy thief waiting for the stale session to expire \(attempt 1.*?\): (?P<why>.*)$"
+        )
+        reason = waiting["why"]
         assert "owned.test" in reason and "already used" in reason and "owner" in reason
         assert (await fetch(server.vhost_port, "owned.test")).json()["app"] == "owner"
 
         await owner.terminate()
-        await thief.terminate()
-        again = await run_tunnelc(thief_config)
-        public = await again.proxy_endpoint("thief")
+        public = await thief.proxy_endpoint("thief")  # asked again with backoff
         assert public.host == "owned.test"
         assert (await fetch(server.vhost_port, "owned.test")).json()["app"] == "thief"
 
@@ -768,7 +769,7 @@ async def test_tunnelc_http_oneliner_prints_its_url_and_serves(
     async with asyncio.timeout(30), echo_apps("one") as (app,):
         server = await start_tunneld(run_tunneld)
         client = await start_oneliner(process_group, server, tmp_path, app.port, "--subdomain", "x")
-        public = await client.proxy_endpoint(f"http-{app.port}")
+        public = await client.proxy_endpoint(oneliner_name("http", app.port))
         assert public.url == f"http://x.{SUB_DOMAIN_HOST}:{server.vhost_port}"
         result = await curl(
             *resolve(f"x.{SUB_DOMAIN_HOST}", server.vhost_port), "--fail", f"{public.url}/one"
@@ -787,7 +788,7 @@ async def test_tunnelc_http_oneliner_basic_auth_guards_the_app(
         client = await start_oneliner(
             process_group, server, tmp_path, app.port, "--subdomain", "y", "--basic-auth", "bob:pw1"
         )
-        await client.proxy_endpoint(f"http-{app.port}")
+        await client.proxy_endpoint(oneliner_name("http", app.port))
         host = f"y.{SUB_DOMAIN_HOST}"
         assert (await fetch(server.vhost_port, host)).status == 401
         reply = await fetch(server.vhost_port, host, headers=basic_auth("bob", "pw1"))

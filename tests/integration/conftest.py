@@ -228,12 +228,13 @@ class ClientRunner:
     async def run(
         self, server: TunnelServer, *proxies: ProxyConfig, **overrides: Any
     ) -> TunnelClient:
-        """Start a client and wait until each of its proxies is running or refused."""
+        """Start a client and wait until each of its proxies is running, refused, or waiting
+        for another session to let go of it."""
         client, task = self.start(self.config(server, *proxies, **overrides))
         async with asyncio.timeout(STARTUP_TIMEOUT_S):
             for proxy in proxies:
                 waiter = asyncio.ensure_future(
-                    client.wait_status(proxy.name, ("running", "refused"))
+                    client.wait_status(proxy.name, ("running", "refused", "waiting"))
                 )
                 try:
                     await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,6 +11,7 @@ from typing import Final
 
 import pytest
 
+from protocol import PROTOCOL_VERSION
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import StreamResetError
 from protocol.errors import ErrorCode
@@ -89,7 +90,7 @@ async def test_login_protocol_version_mismatch_is_clear_on_both_sides(
         monkeypatch.setattr("tunnel_client.client.PROTOCOL_VERSION", 99)
         config = clients.config(server, login_fail_exit=True)
         assert await TunnelClient(config).run() == 1
-        await logs.wait_for("speaks protocol 99, this server speaks 2")
+        await logs.wait_for(f"speaks protocol 99, this server speaks {PROTOCOL_VERSION}")
         await logs.wait_for("protocol version mismatch")
         assert server.sessions == {}
 

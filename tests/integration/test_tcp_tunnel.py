@@ -245,28 +245,32 @@ async def test_tcp_proxy_port_in_use_refused(
 async def test_tcp_proxy_port_held_by_another_client_refused(
     server: TunnelServer, clients: ClientRunner, echo: TCPService
 ) -> None:
-    """A remotePort another client's proxy holds is refused as "in use"."""
+    """A remotePort another client's proxy holds is refused as held: the second one waits."""
     async with asyncio.timeout(TEST_TIMEOUT_S):
         first = await clients.run(server, tcp_proxy("one", echo.port))
         port = port_of(first.proxy_status["one"])
         second = await clients.run(server, tcp_proxy("two", echo.port, remote_port=port))
-        assert second.proxy_status["two"].state == "refused"
-        assert "in use" in second.proxy_status["two"].error
+        assert second.proxy_status["two"].state == "waiting"
+        error = second.proxy_status["two"].error
+        assert "waiting for the stale session to expire" in error and "held by" in error
         assert await echo_once(port, b"first") == b"first"
 
 
 async def test_tcp_proxy_name_taken_by_another_client_refused(
     server: TunnelServer, clients: ClientRunner, echo: TCPService
 ) -> None:
-    """Two clients asking for the same proxy name: the second is told it is "taken"."""
+    """Two clients asking for the same proxy name: the second waits for the first to go."""
     async with asyncio.timeout(TEST_TIMEOUT_S):
         first = await clients.run(server, tcp_proxy("web", echo.port))
         second = await clients.run(server, tcp_proxy("web", echo.port))
         assert first.client_id != second.client_id
         assert first.proxy_status["web"].state == "running"
-        assert second.proxy_status["web"].state == "refused"
-        assert "taken" in second.proxy_status["web"].error
+        assert second.proxy_status["web"].state == "waiting"
+        assert "held by another session" in second.proxy_status["web"].error
         assert server.proxy_owner("web") is server.sessions[first.client_id]
+        assert await clients.stop(first) == 0
+        await second.wait_status("web")  # retried with backoff until the name was free
+        assert server.proxy_owner("web") is server.sessions[second.client_id]
 
 
 async def test_tcp_proxy_max_ports_per_client_enforced(

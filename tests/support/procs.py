@@ -56,16 +56,25 @@ INSPECTOR_READY: Final = re.compile(r"tunnelc: inspector on http://" + _ADDR)
 ADMIN_READY: Final = re.compile(r"tunnelc: admin API on http://" + _ADDR)
 
 
-def proxy_ready_pattern(name: str) -> re.Pattern[str]:
-    """The ready line of one client proxy."""
+def _name_re(name: str | re.Pattern[str]) -> str:
+    return name.pattern if isinstance(name, re.Pattern) else re.escape(name)
+
+
+def oneliner_name(proxy_type: str, local_port: int) -> re.Pattern[str]:
+    """A one-liner's default proxy name: TYPE-PORT-<6 hex digits of the stable client id>."""
+    return re.compile(rf"{proxy_type}-{local_port}-[0-9a-f]{{6}}")
+
+
+def proxy_ready_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
+    """The ready line of one client proxy (a name, or a pattern of names)."""
     return re.compile(
-        rf"tunnelc: proxy {re.escape(name)} ready at (?P<scheme>tcp|udp|https?)://" + _ADDR
+        rf"tunnelc: proxy (?P<name>{_name_re(name)}) ready at (?P<scheme>tcp|udp|https?)://" + _ADDR
     )
 
 
-def proxy_refused_pattern(name: str) -> re.Pattern[str]:
+def proxy_refused_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
     """The line a client prints when the server refuses one of its proxies."""
-    return re.compile(rf"tunnelc: proxy {re.escape(name)} refused: (?P<reason>.*)$")
+    return re.compile(rf"tunnelc: proxy {_name_re(name)} refused: (?P<reason>.*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,7 @@ class Endpoint:
     scheme: str
     host: str
     port: int
+    name: str = ""  # the proxy's name, for a proxy's ready line
 
     @property
     def url(self) -> str:
@@ -86,7 +96,8 @@ def _endpoint(match: re.Match[str], scheme: str) -> Endpoint:
     host = match["host"]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return Endpoint(scheme, host, int(match["port"]))
+    name = match.groupdict().get("name") or ""
+    return Endpoint(scheme, host, int(match["port"]), name)
 
 
 class ProcessExitedError(AssertionError):
@@ -409,7 +420,7 @@ class TunnelProcess(LoggedProcess):
         return (await self.wait_for(FINGERPRINT, timeout))["fingerprint"]
 
     async def proxy_endpoint(
-        self, name: str, timeout: float = DEFAULT_WAIT_S, *, since: int = 0
+        self, name: str | re.Pattern[str], timeout: float = DEFAULT_WAIT_S, *, since: int = 0
     ) -> Endpoint:
         """Where tunnelc's proxy `name` is reachable; fails at once if it was refused."""
         match = await self.wait_for(

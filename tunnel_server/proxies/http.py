@@ -14,7 +14,8 @@ from protocol.errors import LocalProtocolError
 from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
-from ..vhost.routing import HTTPRoute, RouteError, VhostRouter
+from ..errors import ProxyHeld
+from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
 
@@ -48,6 +49,8 @@ class VhostProxy:
             route = self._route_for()
             names = router.names_for(route)
             router.add(route)
+        except RouteConflict as exc:
+            raise ProxyHeld(exc.reason) from None
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
@@ -73,6 +76,7 @@ class VhostProxy:
             stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
         except (LocalProtocolError, ConnectionError) as exc:
             raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
+        stream.set_accept_deadline(ctx.config.user_conn_timeout)
         counters = ctx.counters
         stream.counters = counters
         counters.connections_total += 1

@@ -79,6 +79,7 @@ class TCPProxy:
             ctx.counters.refused_flows += 1
             self._refused(now, str(exc))
             return None
+        stream.set_accept_deadline(self.ctx.config.user_conn_timeout)
         counters = self.ctx.counters
         stream.counters = counters
         counters.connections_total += 1

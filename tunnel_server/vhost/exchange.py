@@ -25,6 +25,9 @@ import logging
 from enum import Enum
 from typing import Final
 
+from protocol.aio.stream import StreamResetError
+from protocol.errors import ErrorCode
+
 from .inbound import InboundProtocol
 from .pages import error_response
 from .request import EndOfMessage, ParseFailure
@@ -182,6 +185,14 @@ class Exchange:
                 while not relay.complete:
                     try:
                         data = await stream.read(READ_CHUNK_BYTES)
+                    except StreamResetError as exc:
+                        if exc.code == ErrorCode.ACCEPT_TIMEOUT and not relay.final_sent:
+                            # The client never took the stream (userConnTimeout): a gateway
+                            # timeout, and no retry, which would only wait as long again.
+                            self._error_page(504, exc.reason)
+                            return Outcome.CLOSE
+                        logger.debug("upstream reset: %r", exc)
+                        data = None
                     except (ConnectionError, OSError) as exc:
                         # The app (or the tunnel) reset the stream.
                         logger.debug("upstream read failed: %r", exc)
