@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 from aiohttp import web
 
@@ -265,3 +266,43 @@ async def test_edge_listener_h2_refuses_streams_past_the_cap(tmp_path: Path) -> 
         assert len(answered) <= MAX_CONCURRENT_STREAMS
         assert answered or refused  # the connection answered, then refused the excess
         assert len(answered) + len(refused) >= count
+
+
+async def test_edge_listener_h2_body_past_the_window_ends_the_connection(tmp_path: Path) -> None:
+    """A visitor that sends request body bytes past its flow-control window (ignoring
+    WINDOW_UPDATE) gets GOAWAY(FLOW_CONTROL_ERROR): the server never buffers beyond it."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (_, port, ca):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            LOOPBACK, port, ssl=ctx, server_hostname="web.edge.test"
+        )
+        client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        client.initiate_connection()
+        client.send_headers(
+            1,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", b"web.edge.test"),
+                (b":path", b"/upload"),
+            ],
+        )
+        writer.write(client.data_to_send())
+        frame = 16384
+        payload = bytes(frame)
+        header = frame.to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")  # DATA, sid 1
+        writer.write((header + payload) * 64)  # 1 MiB in one burst, far past any window
+        terminated = None
+        while terminated is None:
+            data = await reader.read(65536)
+            if not data:
+                break
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    terminated = event
+        writer.close()
+        assert terminated is not None
+        assert terminated.error_code == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
