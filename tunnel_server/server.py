@@ -195,6 +195,7 @@ class TunnelServer:
                 timeout_s=cfg.vhost_http_timeout,
                 max_connections=DEFAULT_MAX_CONNECTIONS,
             )
+            self._h2.fd_budget = self.fd_budget
         if cfg.edge_tls.acme is not None:
             self.cert_manager = CertManager(
                 cfg.edge_tls.acme,

@@ -35,6 +35,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ..fdbudget import FDBudget
 from ..vhost.routing import VhostRouter
 
 logger = logging.getLogger(__name__)
@@ -264,16 +265,25 @@ class H2Service:
         self._max_connections = max_connections
         self._visitors: set[H2Visitor] = set()
         self.refused_connections = 0
+        self.fd_budget: FDBudget | None = None  # one descriptor per visitor, as the vhosts
+
+    def _done(self, visitor: H2Visitor) -> None:
+        self._visitors.discard(visitor)
+        if self.fd_budget is not None:
+            self.fd_budget.release()
 
     @property
     def connections(self) -> int:
         return len(self._visitors)
 
     def protocol(self) -> asyncio.Protocol:
-        if len(self._visitors) >= self._max_connections:
+        budget = self.fd_budget
+        if len(self._visitors) >= self._max_connections or (
+            budget is not None and not budget.try_acquire(asyncio.get_running_loop().time())
+        ):
             self.refused_connections += 1
             return _Refuse()
-        visitor = H2Visitor(self._router, timeout_s=self._timeout_s, on_done=self._visitors.discard)
+        visitor = H2Visitor(self._router, timeout_s=self._timeout_s, on_done=self._done)
         self._visitors.add(visitor)
         return visitor
 
