@@ -24,6 +24,7 @@ NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
 MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list's ceiling
 BACKEND_PROTOCOLS: Final = ("", "http1", "h2c")  # NewProxy.backend_protocol ("" = http1)
+MAX_BANDWIDTH_BYTES_PER_S: Final = 100 * 1024**3  # a bandwidth limit beyond this is no limit
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
 
@@ -100,6 +101,12 @@ class NewProxy:
     redirect_http: bool = False  # http: 308 from plain HTTP to HTTPS when a certificate exists
     hsts_max_age: int = 0  # http: Strict-Transport-Security max-age (seconds); 0 = none
     backend_protocol: str = ""  # http: "" or "http1" (HTTP/1.1), "h2c" (HTTP/2 end to end)
+    # frp's per-proxy `metadatas` and `annotations`, shown on the server's dashboard.
+    metadatas: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
+    bandwidth_limit: int = 0
+    route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +291,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "redirect_http": _bool,
             "hsts_max_age": _int(0, MAX_HSTS_MAX_AGE_S),
             "backend_protocol": _NAME,
+            "metadatas": _text_map,
+            "annotations": _text_map,
+            "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
+            "route_by_http_user": _NAME,
         },
     ),
     "new_proxy_result": (

@@ -26,6 +26,7 @@ is above `datagram_high_water_bytes`.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from enum import Enum
 from typing import Final
@@ -157,7 +158,8 @@ class MuxConnection:
     def get_timer(self) -> float | None:
         if self._terminated:
             return None
-        return min(self._next_ping, self._last_input + self.settings.keepalive_timeout_s)
+        deadline = min(self._next_ping, self._last_input + self.settings.keepalive_timeout_s)
+        return None if math.isinf(deadline) else deadline  # both off (frp's heartbeat -1)
 
     # -- output -----------------------------------------------------------------------------
     def next_event(self) -> Event | None:

@@ -22,6 +22,7 @@ from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
+from tunnel_common.webtls import web_client_context
 
 from .adminfile import read_admin_address
 from .client import TunnelClient
@@ -33,8 +34,38 @@ logger = logging.getLogger(__name__)
 
 
 def fail(message: str) -> None:
-    click.echo(f"tunnelc: error: {message}", err=True)
+    # A file with several problems gives one line each, every one prefixed the same way.
+    for line in message.splitlines() or [""]:
+        click.echo(f"tunnelc: error: {line}", err=True)
     sys.exit(1)
+
+
+def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
+    """-c given to the subcommand, or before it as frp writes it (`tunnelc -c FILE verify`)."""
+    if config_path is not None:
+        return config_path
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    return parent if isinstance(parent, Path) else None
+
+
+def _convert(config_path: Path) -> None:
+    """Print the TOML equivalent of a legacy INI file, keeping its comments."""
+    from tunnel_common.configfile import read_config_text
+    from tunnel_common.configformats import INI, detect_format, parse_ini
+    from tunnel_common.configlegacy import ini_to_toml
+
+    try:
+        text = read_config_text(config_path)
+        if detect_format(str(config_path), text) != INI:
+            fail(
+                f"{config_path}: not frp's legacy INI format (no [common] section); "
+                "nothing to convert"
+            )
+        click.echo(
+            ini_to_toml(parse_ini(text, str(config_path)), "frpc", str(config_path)), nl=False
+        )
+    except TunnelError as exc:
+        fail(str(exc))
 
 
 def _load(path: Path) -> ClientConfig:
@@ -56,7 +87,7 @@ CONFIG_OPTION = click.option(
 
 def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "--log-level", type=click.Choice(["debug", "info", "warn", "error"]), default=None
+        "--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error"]), default=None
     )(f)
     f = click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False))(f)
     f = click.option("--no-uvloop", is_flag=True, help="Use the stock asyncio event loop.")(f)
@@ -102,9 +133,15 @@ def run_client(
     """Run a client. Without clientID it takes the stable id of `identity_key` (default: the
     config file); `name_with(config, label)` then names a one-liner's proxy after that id."""
     try:
-        setup_logging(log_level or config.log.level, str(log_file) if log_file else config.log.to)
+        setup_logging(
+            log_level or config.log.level,
+            str(log_file) if log_file else config.log.to,
+            config.log.max_days,
+        )
     except OSError as exc:
         fail(f"cannot open the log file: {exc}")
+    for note in config.notes:
+        logger.info("tunnelc: note: %s", note)
     identity: ClientIdentity | None = None
     if identity_key is None and config_path is not None:
         identity_key = config_key(config_path)
@@ -164,15 +201,32 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
 
 @main.command()
 @CONFIG_OPTION
-def verify(config_path: Path | None) -> None:
-    """Check a config file without starting anything."""
+@click.pass_context
+def verify(ctx: click.Context, config_path: Path | None) -> None:
+    """Check a config file without starting anything (exit 0 valid, 1 invalid)."""
+    config_path = _config_path(ctx, config_path)
     if config_path is None:
         fail("verify needs -c FILE")
-    assert config_path is not None
+        return
     config = _load(config_path)
+    for note in config.notes:
+        click.echo(f"tunnelc: note: {note}")
     click.echo(
         f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
     )
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("ini_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None) -> None:
+    """Print the TOML form of a legacy frpc.ini: `tunnelc convert frpc.ini > frpc.toml`."""
+    path = ini_file or _config_path(ctx, config_path)
+    if path is None:
+        fail("convert needs a file: tunnelc convert frpc.ini > frpc.toml")
+        return
+    _convert(path)
 
 
 # -- one-liners ---------------------------------------------------------------------------------
@@ -379,10 +433,13 @@ async def _admin_call(
         token = f"{web_cfg.user}:{web_cfg.password.reveal()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
     timeout = aiohttp.ClientTimeout(total=30)
+    ssl_ctx = web_client_context(web_cfg.tls_cert_file) if web_cfg.tls_cert_file else True
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, f"http://{host}:{port}{path}", headers=headers) as resp,
+            http.request(
+                method, f"{web_cfg.scheme}://{host}:{port}{path}", headers=headers, ssl=ssl_ctx
+            ) as resp,
         ):
             return resp.status, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -421,26 +478,49 @@ def _print_admin(path: str, text: str) -> None:
             click.echo(
                 f"{proxy['name']:<20} {proxy['type']:<6} {proxy['state']:<8} {public}{error}"
             )
+            extras = _status_extras(proxy)
+            if extras:
+                click.echo(f"{'':<20} {extras}")
         return
     click.echo(json.dumps(data, indent=2))
 
 
+def _status_extras(proxy: dict[str, Any]) -> str:
+    """One line with a proxy's plugin, bandwidth, health and PROXY protocol, if any."""
+    parts = []
+    if plugin := proxy.get("plugin"):
+        parts.append(f"plugin {plugin['type']}")
+    if bandwidth := proxy.get("bandwidth"):
+        now = f", now {bandwidth['rate']}" if "rate" in bandwidth else ""
+        parts.append(f"limit {bandwidth['limit']} ({bandwidth['mode']}){now}")
+    if health := proxy.get("health"):
+        verdict = {True: "healthy", False: "unhealthy", None: "checking"}[health["healthy"]]
+        failures = f", {health['failures']} failed" if health["failures"] else ""
+        parts.append(f"{health['type']} check {verdict}{failures}")
+    if version := proxy.get("proxy_protocol"):
+        parts.append(f"PROXY protocol {version}")
+    return "; ".join(parts)
+
+
 @main.command()
 @CONFIG_OPTION
-def status(config_path: Path | None) -> None:
+@click.pass_context
+def status(ctx: click.Context, config_path: Path | None) -> None:
     """Show each proxy's state, through the running client's admin API."""
-    _admin_command(config_path, "GET", "/api/status")
+    _admin_command(_config_path(ctx, config_path), "GET", "/api/status")
 
 
 @main.command()
 @CONFIG_OPTION
-def reload(config_path: Path | None) -> None:
+@click.pass_context
+def reload(ctx: click.Context, config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(config_path, "POST", "/api/reload")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/reload")
 
 
 @main.command()
 @CONFIG_OPTION
-def stop(config_path: Path | None) -> None:
+@click.pass_context
+def stop(ctx: click.Context, config_path: Path | None) -> None:
     """Stop the running client, through its admin API."""
-    _admin_command(config_path, "POST", "/api/stop")
+    _admin_command(_config_path(ctx, config_path), "POST", "/api/stop")

@@ -41,12 +41,16 @@ from protocol.names import peer_text
 from protocol.settings import MuxSettings
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .dial import DialParams, dns_server_address
+from .health import HealthMonitor
 from .held import WAITING_STATE, HeldRetries
+from .plugins.base import PluginError
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxies.udp import UDPProxy
-from .surfaces import WebSurfaces
+from .proxydetails import proxy_details
+from .surfaces import WebSurfaces, captured
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
 
 logger = logging.getLogger(__name__)
@@ -88,13 +92,14 @@ class TunnelClient:
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=config.heartbeat_interval,
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
+            keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
         self._flow_owner: dict[int, UDPProxy] = {}
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
+        self.health = HealthMonitor(self._on_health)
         # Proxies refused as held by a possibly stale session, asked for again with backoff.
         self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
@@ -102,10 +107,22 @@ class TunnelClient:
     # -- proxies --------------------------------------------------------------------------------
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
         for pc in configs:
-            self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
-            self.proxy_status[pc.name] = ProxyStatus(
-                pc.name, str(pc.type), "pending", local=f"{pc.local_ip}:{pc.local_port}"
-            )
+            try:
+                self.proxies[pc.name] = CLIENT_PROXIES[pc.type](pc, self.surfaces.capture_store())
+            except PluginError as exc:
+                # As frp does: this proxy stays off, the others run; the error is shown.
+                logger.error("tunnelc: proxy %s cannot start: %s", pc.name, exc)
+                self.proxy_status[pc.name] = ProxyStatus(
+                    pc.name,
+                    str(pc.type),
+                    "refused",
+                    error=str(exc),
+                    local=pc.plugin.describe_target() if pc.plugin else "",
+                )
+                continue
+            local = pc.plugin.describe_target() if pc.plugin else f"{pc.local_ip}:{pc.local_port}"
+            self.proxy_status[pc.name] = ProxyStatus(pc.name, str(pc.type), "pending", local=local)
+            self.health.add(pc.name, pc.local_ip, pc.local_port, pc.health_check)
 
     def local_address(self, name: str) -> tuple[str, int] | None:
         """Where proxy `name` sends its traffic (the inspector's replays go there too)."""
@@ -125,12 +142,17 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            if proxy is not None:
+                row["metadatas"] = dict(proxy.config.metadatas)
+                row["annotations"] = dict(proxy.config.annotations)
             if isinstance(proxy, UDPProxy):
                 row["udp"] = {
                     "flows": len(proxy.flows),
                     "dropped_datagrams": proxy.dropped,
                     "refused_flows": proxy.refused_flows,
                 }
+            if proxy is not None:
+                row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
         return rows
 
@@ -152,7 +174,7 @@ class TunnelClient:
         self.config = dataclasses.replace(self.config, proxies=new.proxies)
         for name in changed + added:
             self.add_proxy(fresh[name])
-        if any(p.type == "http" for p in new.proxies) and self.config.inspect.enabled:
+        if any(captured(p) for p in new.proxies) and self.config.inspect.enabled:
             await self.surfaces.start_inspector()
         logger.info(
             "tunnelc: reloaded %s: added %s, removed %s, changed %s",
@@ -170,7 +192,10 @@ class TunnelClient:
 
     def _register(self, session: MuxSession, name: str) -> None:
         """Ask the server for one proxy. A tcp/udp proxy with remotePort 0 asks again for the
-        port it was given before, so its public address survives reconnects."""
+        port it was given before, so its public address survives reconnects. A proxy whose
+        health check has not passed waits for it (`_on_health` registers it then)."""
+        if not self.health.allows(name):
+            return
         request = self.proxies[name].new_proxy_request()
         sticky = self._sticky_ports.get(name)
         if sticky is not None and request.remote_port == 0:
@@ -183,6 +208,7 @@ class TunnelClient:
 
     def remove_proxy(self, name: str) -> None:
         self._sticky_ports.pop(name, None)
+        self.health.remove(name)
         self._held.forget(name)
         proxy = self.proxies.pop(name, None)
         self.proxy_status.pop(name, None)
@@ -200,6 +226,23 @@ class TunnelClient:
             if status is not None and status.state in states:
                 return status
             await self._status_changed.wait()
+
+    def _on_health(self, name: str, healthy: bool, reason: str) -> None:
+        """A health check changed its verdict: put the proxy on the server or take it off."""
+        status = self.proxy_status.get(name)
+        if status is None:
+            return
+        session = self.session if self.session is not None and not self.session.closed else None
+        if healthy:
+            logger.info("tunnelc: proxy %s is healthy: %s", name, reason)
+            if session is not None:
+                self._register(session, name)
+            return
+        logger.warning("tunnelc: proxy %s is unhealthy, taking it offline: %s", name, reason)
+        status.state, status.error, status.public_urls = "unhealthy", reason, ()
+        self._notify_status()
+        if session is not None:  # the server ignores a name it does not have
+            session.send_message(CloseProxy(name, f"unhealthy: {reason}"))
 
     def _notify_status(self) -> None:
         changed, self._status_changed = self._status_changed, asyncio.Event()
@@ -246,6 +289,7 @@ class TunnelClient:
         where = f"{cfg.server_addr}:{cfg.server_port}"
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
         await self.surfaces.start()
+        self.health.start()
         try:
             while not self.stopping:
                 at_least = 0.0
@@ -289,6 +333,8 @@ class TunnelClient:
         finally:
             if self._drainer is not None:
                 await self._drainer  # bounded by DRAIN_TIMEOUT_S
+            self.health.close()
+            await self.health.wait_closed()
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -305,6 +351,12 @@ class TunnelClient:
             server_fingerprint=tls.server_fingerprint,
             insecure_skip_verify=tls.insecure_skip_verify,
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            dial=DialParams(
+                proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
+                dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
+            ),
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),
@@ -429,8 +481,8 @@ class TunnelClient:
 
     def _on_proxy_result(self, result: NewProxyResult) -> None:
         status = self.proxy_status.get(result.name)
-        if status is None:
-            return
+        if status is None or not self.health.allows(result.name):
+            return  # gone, or went unhealthy after asking: a CloseProxy follows the request
         if not result.ok:
             if self._sticky_ports.pop(result.name, None) is not None and self.session is not None:
                 # The port it had is taken now: take any port, as the config says.
@@ -461,6 +513,8 @@ class TunnelClient:
         # server sends the result again once the certificate is there.
         status.state, status.error, status.public_urls = "running", result.error, urls
         note = f" ({peer_text(result.error)})" if result.error else ""
+        if proxy is not None:
+            proxy.proxy_ready(urls)
         logger.info(
             "tunnelc: proxy %s ready at %s%s",
             peer_text(result.name),

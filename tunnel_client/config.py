@@ -12,14 +12,24 @@ path and the reason.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
 from protocol.proxytype import ProxyType
+from tunnel_client.configsections import (
+    CLIENT_TLS_FIELDS,
+    INSPECT_FIELDS,
+    ClientTLSConfig,
+    InspectConfig,
+)
+from tunnel_client.dial import dns_server_address
+from tunnel_client.includes import name_proxy, read_includes
 from tunnel_client.proxyconfig import (
     PROXY_FIELDS,
     PROXY_SCHEMA,
@@ -28,32 +38,41 @@ from tunnel_client.proxyconfig import (
     complete_proxy,
     make_oneliner_proxy,
 )
-from tunnel_client.signerconfig import SIGNER_SCHEMA, SignerConfig, complete_signers
-from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_client.signerconfig import SignerConfig, complete_signers
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
+    BoolMap,
+    Choice,
     ConfigTable,
-    Fingerprint,
     Float,
     Int,
     PathStr,
+    ProxyURL,
     Secret,
-    SecretStr,
     Str,
+    StrList,
+    StrMap,
     TableList,
+    check_document,
     describe,
-    read_config,
+    parse_document,
+    raise_all,
     read_config_text,
 )
 from tunnel_common.configschema import (
     AUTH_ENTRIES,
+    COMMON_ACCEPTED,
     FRPC_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
     LogConfig,
     WebServerConfig,
     check_listener_auth,
+    labels_problem,
+    tls_pair_problems,
 )
+from tunnel_common.configspecs import Invalid
 from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
 __all__ = [
@@ -70,6 +89,7 @@ __all__ = [
     "make_oneliner_config",
     "make_oneliner_proxy",
     "parse_client_config",
+    "seconds_or_off",
     "validate_client_config",
 ]
 
@@ -77,11 +97,9 @@ logger = logging.getLogger(__name__)
 
 MAX_SECONDS: Final = 86400.0  # longest duration accepted for any timeout (one day)
 MAX_UDP_PACKET_BYTES: Final = 65507  # largest UDP payload over IPv4
-MAX_INSPECT_BODY_BYTES: Final = 16 * 1024 * 1024  # per captured body, per direction
-MAX_INSPECT_REQUESTS: Final = 100_000  # captured exchanges kept (oldest dropped first)
-MAX_INSPECT_AGE_SECONDS: Final = 366 * 24 * 3600.0  # inspect.maxAge upper bound
 MAX_CLIENT_ID_CHARS: Final = 64
 DEFAULT_SERVER_PORT: Final = 7000
+MAX_POOL: Final = 1000  # frp's poolCount ceiling accepted here (it has no effect)
 
 
 def _default_state_dir() -> Path:
@@ -92,134 +110,6 @@ def _default_state_dir() -> Path:
 
 
 _S: Final = MAX_SECONDS
-
-# `transport.tls.*`: how the client checks the server; see DESIGN section 3.
-CLIENT_TLS_FIELDS: Final = FieldTable(
-    (
-        Field("enable", None, Bool(), True, "only true: tunnelc always uses TLS"),
-        Field("serverName", "server_name", Str(), None, "name the server certificate must have"),
-        Field(
-            "trustedCaFile",
-            "trusted_ca_file",
-            PathStr(),
-            None,
-            "CA bundle that signs the server certificate",
-        ),
-        Field(
-            "serverFingerprint",
-            "server_fingerprint",
-            Fingerprint(),
-            None,
-            "pin the server certificate (SHA256:AB:CD:...)",
-            origin=OWN,
-        ),
-        Field(
-            "insecureSkipVerify",
-            "insecure_skip_verify",
-            Bool(),
-            False,
-            "do not verify the server at all (unsafe)",
-            origin=OWN,
-        ),
-        Field(
-            "knownServersFile",
-            "known_servers_file",
-            PathStr(),
-            None,
-            "trust-on-first-use file; unset = one in stateDir",
-            origin=OWN,
-        ),
-    )
-)
-
-# `inspect.*`: the local inspector of captured http requests (ours, like ngrok's).
-INSPECT_FIELDS: Final = FieldTable(
-    (
-        Field("enabled", "enabled", Bool(), True, "capture http requests", origin=OWN),
-        Field("addr", "addr", Str(), "127.0.0.1", "address of the inspector UI", origin=OWN),
-        Field("port", "port", Int(0, 65535), 4040, "port of the inspector UI; 0 = any", origin=OWN),
-        Field("user", "user", Str(), None, "basic-auth user", origin=OWN),
-        Field("password", "password", SecretStr(), None, "basic-auth password", origin=OWN),
-        Field(
-            "maxBodyBytes",
-            "max_body_bytes",
-            Int(0, MAX_INSPECT_BODY_BYTES),
-            64 * 1024,
-            "bytes kept per captured body; the rest is counted",
-            origin=OWN,
-        ),
-        Field(
-            "maxRequests",
-            "max_requests",
-            Int(1, MAX_INSPECT_REQUESTS),
-            200,
-            "exchanges kept; the oldest is dropped first",
-            origin=OWN,
-        ),
-        Field(
-            "history",
-            "history",
-            Bool(),
-            True,
-            "keep the exchanges in SQLite so they survive a restart",
-            origin=OWN,
-        ),
-        Field(
-            "historyFile",
-            "history_file",
-            PathStr(),
-            None,
-            "the history file; unset = inspector.sqlite3 in stateDir",
-            origin=OWN,
-        ),
-        Field(
-            "maxAge",
-            "max_age",
-            Float(1, MAX_INSPECT_AGE_SECONDS),
-            7 * 24 * 3600.0,
-            "seconds an exchange is kept (with history)",
-            origin=OWN,
-        ),
-        Field(
-            "signers",
-            "signers",
-            TableList(SIGNER_SCHEMA),
-            (),
-            "webhook signers ([[inspect.signers]] entries; see below)",
-            origin=OWN,
-        ),
-    )
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientTLSConfig:
-    """How the client checks the server (`transport.tls.*`); see DESIGN section 3."""
-
-    server_name: str | None = CLIENT_TLS_FIELDS.optional("server_name", str)
-    trusted_ca_file: Path | None = CLIENT_TLS_FIELDS.optional("trusted_ca_file", Path)
-    # canonical "SHA256:AB:CD:..." (tunnel_common.fingerprint)
-    server_fingerprint: str | None = CLIENT_TLS_FIELDS.optional("server_fingerprint", str)
-    insecure_skip_verify: bool = CLIENT_TLS_FIELDS.default("insecure_skip_verify", bool)
-    known_servers_file: Path | None = CLIENT_TLS_FIELDS.optional("known_servers_file", Path)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InspectConfig:
-    """`inspect.*`: the local inspector of captured http requests (ours, like ngrok's)."""
-
-    enabled: bool = INSPECT_FIELDS.default("enabled", bool)
-    addr: str = INSPECT_FIELDS.default("addr", str)
-    port: int = INSPECT_FIELDS.default("port", int)
-    user: str | None = INSPECT_FIELDS.optional("user", str)
-    password: Secret | None = INSPECT_FIELDS.optional("password", Secret)
-    max_body_bytes: int = INSPECT_FIELDS.default("max_body_bytes", int)
-    max_requests: int = INSPECT_FIELDS.default("max_requests", int)
-    history: bool = INSPECT_FIELDS.default("history", bool)
-    history_file: Path | None = INSPECT_FIELDS.optional("history_file", Path)
-    max_age: float = INSPECT_FIELDS.default("max_age", float)
-    signers: tuple[SignerConfig, ...] = INSPECT_FIELDS.default("signers", tuple)
-
 
 # Every key of frpc.toml that tunnelc reads: (TOML key, attribute, spec, default, help).
 CLIENT_FIELDS: Final = FieldTable(
@@ -254,20 +144,84 @@ CLIENT_FIELDS: Final = FieldTable(
         Field(
             "transport.heartbeatInterval",
             "heartbeat_interval",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             30.0,
             "how often to ping tunneld",
         ),
         Field(
             "transport.heartbeatTimeout",
             "heartbeat_timeout",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             90.0,
             "tunneld silent this long = reconnect",
         ),
         Section("transport.tls", "tls", CLIENT_TLS_FIELDS, ClientTLSConfig),
+        Field(
+            "transport.proxyURL",
+            "proxy_url",
+            ProxyURL(),
+            None,
+            "reach tunneld through this HTTP CONNECT or SOCKS5 proxy; unset = the "
+            "http_proxy environment variable, as in frp",
+        ),
+        Field(
+            "metadatas",
+            "metadatas",
+            StrMap(),
+            None,
+            "labels for this client, shown by tunnelc's status API",
+            factory=dict,
+        ),
+        Field(
+            "dnsServer",
+            "dns_server",
+            Str(),
+            None,
+            "DNS server (ip or ip:port) that resolves serverAddr; unset = the system's",
+        ),
+        Accepted(
+            "transport.protocol",
+            Choice(("tcp",), frp_values=("kcp", "quic", "websocket", "wss")),
+            "tunnelc always connects over TCP with TLS",
+        ),
+        Accepted(
+            "transport.poolCount",
+            Int(0, MAX_POOL),
+            "tunnelkit opens streams on demand over one multiplexed connection; no pool",
+        ),
+        Accepted(
+            "transport.dialServerKeepalive",
+            Int(-1, 86400),
+            "tunnelc sets TCP keepalive on its connection from transport.heartbeatInterval",
+        ),
+        Accepted(
+            "transport.wireProtocol",
+            Choice(("v1", "v2")),
+            "tunnelkit has one wire protocol of its own (docs/protocol.md)",
+        ),
+        Accepted(
+            "natHoleStunServer",
+            Str(),
+            "only used by xtcp (NAT hole punching), which is not supported yet",
+        ),
+        Accepted("featureGates", BoolMap(), "tunnelkit has no feature gates; all it has is on"),
+        Field(
+            "start",
+            None,
+            StrList(),
+            (),
+            "names of the proxies to start; empty = every enabled proxy",
+        ),
+        *COMMON_ACCEPTED,
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Section("log", "log", LOG_FIELDS, LogConfig),
+        Field(
+            "includes",
+            None,
+            StrList(),
+            (),
+            "more files of [[proxies]] (glob patterns, relative to this file)",
+        ),
         Field(
             "proxies",
             "proxies",
@@ -307,6 +261,9 @@ class ClientConfig:
     dial_server_timeout: float = _F.default("dial_server_timeout", float)
     heartbeat_interval: float = _F.default("heartbeat_interval", float)
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
+    proxy_url: Secret | None = _F.optional("proxy_url", Secret)
+    dns_server: str | None = _F.optional("dns_server", str)
+    metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     tls: ClientTLSConfig = field(default_factory=_F.factory("tls", ClientTLSConfig))
     state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
     web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
@@ -316,27 +273,52 @@ class ClientConfig:
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
 
 
-def load_client_config(path: Path) -> ClientConfig:
-    """Read, parse and validate a `frpc.toml`-style file."""
+def seconds_or_off(value: float) -> float:
+    """A heartbeat setting for the mux: frp's negative "off" becomes infinity (never)."""
+    return value if value > 0 else math.inf
+
+
+def load_client_config(path: Path, env: Mapping[str, str] | None = None) -> ClientConfig:
+    """Read, parse and validate an frpc config file (TOML, YAML, JSON or legacy INI)."""
     text = read_config_text(path)
-    return parse_client_config(text, str(path), base_dir=path.absolute().parent)
+    return parse_client_config(text, str(path), base_dir=path.absolute().parent, env=env)
 
 
-def parse_client_config(text: str, source: str, *, base_dir: Path | None = None) -> ClientConfig:
-    """Parse and validate TOML text; `source` names it in errors.
+def parse_client_config(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ClientConfig:
+    """Parse and validate config text; `source` names it in errors and picks its format.
 
-    Relative paths in the text are resolved against `base_dir` (default: the directory part
-    of `source`). Proxies with `enabled = false` are type-checked, then dropped.
+    Templates are rendered with `env` (default: the process environment), as frp does.
+    Relative paths, and `includes` patterns, are resolved against `base_dir` (default: the
+    directory part of `source`). Proxies with `enabled = false` are checked, then dropped.
+    Every problem is raised at once (`ConfigErrors`, one line each).
     """
-    root = read_config(text, source=source, schema=CLIENT_SCHEMA, base_dir=base_dir)
-    config, proxy_paths = _complete(root)
-    _validate(config, source, proxy_paths)
+    env = os.environ if env is None else env
+    base_dir = Path(source).parent if base_dir is None else base_dir
+    document = parse_document(text, source, side="frpc", env=env)
+    root = check_document(
+        document, source=source, schema=CLIENT_SCHEMA, base_dir=base_dir, collect=True
+    )
+    problems = list(root.problems)
+    included = read_includes(root, CLIENT_SCHEMA, env, problems)
+    config, locations = _complete(root, included, problems)
+    config = _proxy_from_environment(config, env, problems)
+    if not any(not p.key.startswith("proxies[") for p in problems):
+        problems.extend(_validate(config, source))
+    problems.extend(check_proxies(config.proxies, locations))
+    raise_all([name_proxy(root, included, root.explain(p)) for p in problems])
     return config
 
 
 def validate_client_config(config: ClientConfig, source: str) -> None:
-    """Check a `ClientConfig` built in code; raise `ConfigError` on the first problem."""
-    _validate(config, source, [f"proxies[{i}]" for i in range(len(config.proxies))])
+    """Check a `ClientConfig` built in code; raise every problem at once."""
+    locations = [(source, f"proxies[{i}]") for i in range(len(config.proxies))]
+    raise_all(_validate(config, source) + check_proxies(config.proxies, locations))
 
 
 def make_oneliner_config(
@@ -379,7 +361,7 @@ def make_oneliner_config(
         ),
         proxies=(proxy,),
     )
-    _validate(config, source, ["proxy"])
+    raise_all(_validate(config, source) + check_proxies(config.proxies, [(source, "proxy")]))
     return config
 
 
@@ -397,80 +379,151 @@ def _split_server(server: str, source: str) -> tuple[str, int]:
     return host, port
 
 
-def _complete(root: ConfigTable) -> tuple[ClientConfig, list[str]]:
-    """Fill in defaults; returns the config and the key path of each kept proxy."""
+def _complete(
+    root: ConfigTable, included: Sequence[ConfigTable], problems: list[ConfigError]
+) -> tuple[ClientConfig, list[tuple[str, str]]]:
+    """Fill in defaults; returns the config and (file, key path) of each kept proxy.
+
+    A proxy whose keys were refused is left out, so its problems are not reported twice.
+    """
     if root.lookup("transport.tls.enable") is False:
-        raise root.error(
-            "transport.tls.enable",
-            "tunnelkit always uses TLS (the server only speaks TLS, and the client checks "
-            "its certificate); remove it",
+        problems.append(
+            root.error(
+                "transport.tls.enable",
+                "tunnelkit always uses TLS (the server only speaks TLS, and the client checks "
+                "its certificate); remove it",
+            )
         )
     proxies: list[ProxyConfig] = []
-    proxy_paths: list[str] = []
-    notes = CLIENT_FIELDS.notes(root)
-    for table in root.tables("proxies"):
+    locations: list[tuple[str, str]] = []
+    notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
+    start = set(root.strs("start"))
+    for table in (*root.tables("proxies"), *included):
         notes.extend(PROXY_FIELDS.notes(table))
-        if table.get_or("enabled", bool, True):
+        if table.has_problems or not table.get_or("enabled", bool, True):
+            continue
+        if start and table.get("name", str) not in start:
+            continue  # frp's `start`: only the proxies named there run
+        try:
             proxies.append(complete_proxy(table))
-            proxy_paths.append(table.path)
+        except ConfigError as exc:
+            problems.extend(getattr(exc, "problems", (exc,)))
+            continue
+        locations.append((table.source, table.path))
+    unknown = sorted(start - {p.name for p in proxies})
+    if unknown:
+        notes.append(f"{root.source}: start: no enabled proxy is named {', '.join(unknown)}")
     inspect_table = root.subtable("inspect")
-    inspect = INSPECT_FIELDS.complete(
-        inspect_table, InspectConfig, signers=complete_signers(inspect_table)
-    )
+    signers: tuple[SignerConfig, ...] = ()
+    if not inspect_table.has_problems:  # a refused key is reported once, by the walker
+        try:
+            signers = complete_signers(inspect_table)
+        except ConfigError as exc:
+            problems.extend(getattr(exc, "problems", (exc,)))
+    inspect = INSPECT_FIELDS.complete(inspect_table, InspectConfig, signers=signers)
     config = CLIENT_FIELDS.complete(
         root, ClientConfig, proxies=tuple(proxies), notes=tuple(notes), inspect=inspect
     )
-    return config, proxy_paths
+    return config, locations
 
 
-def _validate(config: ClientConfig, source: str, proxy_paths: Sequence[str]) -> None:
-    """The rules that span several keys; `proxy_paths[i]` names `config.proxies[i]`."""
+def _proxy_from_environment(
+    config: ClientConfig, env: Mapping[str, str], problems: list[ConfigError]
+) -> ClientConfig:
+    """frp's fallback: no transport.proxyURL, but an http_proxy environment variable."""
+    text = env.get("http_proxy")
+    if config.proxy_url is not None or not text:
+        return config
+    try:
+        url = ProxyURL().convert(text, Path("."))
+    except Invalid as exc:
+        problems.append(
+            ConfigError("environment", "http_proxy", f"{exc.reason} (read as transport.proxyURL)")
+        )
+        return config
+    assert isinstance(url, Secret)
+    note = "transport.proxyURL: taken from the http_proxy environment variable, as frp does"
+    return replace(config, proxy_url=url, notes=(*config.notes, note))
+
+
+def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
+    """Every problem with the rules that span several keys (proxies are checked apart)."""
+    problems: list[ConfigError] = []
     if config.client_id is not None and (
         len(config.client_id) > MAX_CLIENT_ID_CHARS or not re.fullmatch(r"\S+", config.client_id)
     ):
-        raise ConfigError(
-            source,
-            "clientID",
-            f"must be 1 to {MAX_CLIENT_ID_CHARS} characters without spaces, "
-            f"got {describe(config.client_id)}",
+        problems.append(
+            ConfigError(
+                source,
+                "clientID",
+                f"must be 1 to {MAX_CLIENT_ID_CHARS} characters without spaces, "
+                f"got {describe(config.client_id)}",
+            )
         )
     if not config.server_addr or not re.fullmatch(r"\S+", config.server_addr):
-        raise ConfigError(
-            source,
-            "serverAddr",
-            f"must be a host name or IP address, got {describe(config.server_addr)}",
+        problems.append(
+            ConfigError(
+                source,
+                "serverAddr",
+                f"must be a host name or IP address, got {describe(config.server_addr)}",
+            )
         )
-    if config.heartbeat_interval >= config.heartbeat_timeout:
-        raise ConfigError(
-            source,
-            "transport.heartbeatInterval",
-            f"must be less than transport.heartbeatTimeout ({config.heartbeat_timeout:g}), "
-            f"got {config.heartbeat_interval:g}",
+    if 0 < config.heartbeat_timeout <= config.heartbeat_interval:
+        problems.append(
+            ConfigError(
+                source,
+                "transport.heartbeatInterval",
+                f"must be less than transport.heartbeatTimeout ({config.heartbeat_timeout:g}), "
+                f"got {config.heartbeat_interval:g}",
+            )
         )
+    labels = labels_problem(config.metadatas)
+    if labels is not None:
+        problems.append(ConfigError(source, "metadatas", labels))
     tls = config.tls
-    if tls.insecure_skip_verify and (tls.server_fingerprint or tls.trusted_ca_file):
-        raise ConfigError(
-            source,
-            "transport.tls.insecureSkipVerify",
-            "contradicts serverFingerprint/trustedCaFile, which ask for verification; "
-            "remove one of them",
+    problems.extend(tls_pair_problems(source, "transport.tls", tls.cert_file, tls.key_file))
+    problems.extend(
+        tls_pair_problems(
+            source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
         )
-    check_listener_auth(
-        source,
-        "webServer",
-        addr=config.web.addr,
-        user=config.web.user,
-        password=config.web.password,
-        # the admin API can stop and reload tunnelc; no port means it is off
-        loopback_only_without_auth=config.web.port is not None,
     )
-    check_listener_auth(
-        source,
-        "inspect",
-        addr=config.inspect.addr,
-        user=config.inspect.user,
-        password=config.inspect.password,
-        # captured requests hold cookies and tokens
-        loopback_only_without_auth=config.inspect.enabled,
+    if config.dns_server is not None and dns_server_address(config.dns_server) is None:
+        problems.append(
+            ConfigError(
+                source,
+                "dnsServer",
+                f"must be an IP address, optionally with :port, got {describe(config.dns_server)}",
+            )
+        )
+    if tls.insecure_skip_verify and (tls.server_fingerprint or tls.trusted_ca_file):
+        problems.append(
+            ConfigError(
+                source,
+                "transport.tls.insecureSkipVerify",
+                "contradicts serverFingerprint/trustedCaFile, which ask for verification; "
+                "remove one of them",
+            )
+        )
+    problems.extend(
+        check_listener_auth(
+            source,
+            "webServer",
+            addr=config.web.addr,
+            user=config.web.user,
+            password=config.web.password,
+            # the admin API can stop and reload tunnelc; no port means it is off
+            loopback_only_without_auth=config.web.port is not None,
+        )
     )
-    check_proxies(config.proxies, source, proxy_paths)
+    problems.extend(
+        check_listener_auth(
+            source,
+            "inspect",
+            addr=config.inspect.addr,
+            user=config.inspect.user,
+            password=config.inspect.password,
+            # captured requests hold cookies and tokens
+            loopback_only_without_auth=config.inspect.enabled,
+        )
+    )
+    return problems

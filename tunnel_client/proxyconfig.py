@@ -17,7 +17,7 @@ from typing import Final, TypeAlias
 from protocol.errors import ConfigError
 from protocol.messages import MAX_HSTS_MAX_AGE_S
 from protocol.proxytype import ProxyType
-from tunnel_common.configfields import OWN, Field, FieldTable
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable
 from tunnel_common.configfile import (
     Bool,
     Choice,
@@ -31,7 +31,16 @@ from tunnel_common.configfile import (
     describe,
     join_key,
 )
-from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem
+from tunnel_common.configschema import FRPC_PROXY_UNSUPPORTED, domain_problem, labels_problem
+
+from .plugins.config import PLUGIN_FIELDS, PluginConfig, complete_plugin
+from .proxyoptions import (
+    PROXY_OPTION_FIELDS,
+    HealthCheckConfig,
+    TransportOptions,
+    complete_health_check,
+    complete_transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 
 _HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _NO_SPACE: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _TCP, _UDP, _HTTP, _HTTPS = ProxyType.TCP, ProxyType.UDP, ProxyType.HTTP, ProxyType.HTTPS
-_Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key under the proxy, reason) -> error
+_Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, reason)
 
 
 _HTTP_ONLY: Final = (str(_HTTP),)
@@ -136,6 +145,32 @@ PROXY_FIELDS: Final = FieldTable(
             only=_HTTP_ONLY,
         ),
         Field(
+            "metadatas",
+            "metadatas",
+            StrMap(),
+            None,
+            "labels for this proxy, shown by tunnelc status and tunneld's dashboard",
+            factory=dict,
+        ),
+        Field(
+            "annotations",
+            "annotations",
+            StrMap(),
+            None,
+            "notes for this proxy, shown by tunnelc status and tunneld's dashboard",
+            factory=dict,
+        ),
+        Accepted(
+            "transport.useCompression",
+            Bool(),
+            "tunnelkit does not compress streams yet: the data flows uncompressed (inside TLS)",
+        ),
+        Accepted(
+            "transport.useEncryption",
+            Bool(),
+            "every stream is encrypted by the session's TLS, whatever this says",
+        ),
+        Field(
             "responseHeaders.set",
             "response_headers_set",
             StrMap(),
@@ -144,6 +179,16 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
             only=_HTTP_ONLY,
         ),
+        Field(
+            "routeByHTTPUser",
+            "route_by_http_user",
+            Str(),
+            None,
+            "serve only requests whose basic-auth user this is (shares a domain)",
+            only=_HTTP_ONLY,
+        ),
+        *PROXY_OPTION_FIELDS,
+        *PLUGIN_FIELDS,
         Field(
             "redirectHTTP",
             "redirect_http",
@@ -204,11 +249,30 @@ class ProxyConfig:
     redirect_http: bool | None = _F.optional("redirect_http", bool)  # None = false
     hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
     backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
+    route_by_http_user: str | None = _F.optional("route_by_http_user", str)
+    plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    health_check: HealthCheckConfig | None = None
+    metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
+    annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
 
 
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
     """Build a `ProxyConfig` from a checked `[[proxies]]` table, with defaults."""
-    proxy = PROXY_FIELDS.complete(table, ProxyConfig)
+    proxy_type = ProxyType(table.get_or("type", str, "tcp"))
+    extra: dict[str, object] = {
+        "transport": complete_transport(table.subtable("transport"), proxy_type),
+        "health_check": complete_health_check(table.subtable("healthCheck"), proxy_type),
+    }
+    if "plugin" in table:
+        if table.lookup("transport.proxyProtocolVersion") is not None:
+            raise table.error(
+                "transport.proxyProtocolVersion",
+                "goes to a local service, and this proxy has a plugin instead; remove it",
+            )
+        extra["plugin"] = complete_plugin(table.subtable("plugin"), proxy_type)
+        extra["local_port"] = table.get_or("localPort", int, 0)  # not required with a plugin
+    proxy = PROXY_FIELDS.complete(table, ProxyConfig, **extra)
     proxy_type = ProxyType(proxy.type)
     remote_port = proxy.remote_port
     if remote_port is None and proxy_type in (_TCP, _UDP):
@@ -244,91 +308,106 @@ def make_oneliner_proxy(
     )
 
 
-def check_proxies(proxies: Sequence[ProxyConfig], source: str, paths: Sequence[str]) -> None:
-    """Check each proxy, then that names and remote ports are not used twice.
+def check_proxies(
+    proxies: Sequence[ProxyConfig], locations: Sequence[tuple[str, str]]
+) -> list[ConfigError]:
+    """Every problem of each proxy, and names or remote ports used twice.
 
-    `paths[i]` is the key path that names `proxies[i]` in errors (e.g. "proxies[2]").
+    `locations[i]` is (file, key path) naming `proxies[i]` in errors, e.g.
+    ("frpc.toml", "proxies[2] (web)"); proxies from `includes` name their own file.
     """
+    problems: list[ConfigError] = []
     names: dict[str, str] = {}
     remote_ports: dict[tuple[ProxyType, int], str] = {}
-    for proxy, path in zip(proxies, paths, strict=True):
-        check_proxy(proxy, source, path)
+    for proxy, (source, path) in zip(proxies, locations, strict=True):
+        problems.extend(check_proxy(proxy, source, path))
         if proxy.name in names:
-            raise ConfigError(
-                source,
-                f"{path}.name",
-                f"{describe(proxy.name)} is already the name of {names[proxy.name]}; "
-                "proxy names must be unique",
+            problems.append(
+                ConfigError(
+                    source,
+                    f"{path}.name",
+                    f"{describe(proxy.name)} is already the name of {names[proxy.name]}; "
+                    "proxy names must be unique",
+                )
             )
         names[proxy.name] = path
         if proxy.remote_port:  # 0 and None never clash: the server picks a free port
             key = (proxy.type, proxy.remote_port)
             if key in remote_ports:
-                raise ConfigError(
-                    source,
-                    f"{path}.remotePort",
-                    f"{proxy.type} port {proxy.remote_port} is already asked for by "
-                    f"{remote_ports[key]}; use another port or 0",
+                problems.append(
+                    ConfigError(
+                        source,
+                        f"{path}.remotePort",
+                        f"{proxy.type} port {proxy.remote_port} is already asked for by "
+                        f"{remote_ports[key]}; use another port or 0",
+                    )
                 )
             remote_ports[key] = path
+    return problems
 
 
-def check_proxy(proxy: ProxyConfig, source: str, path: str) -> None:
-    """The rules for one proxy; `path` is its key path in errors."""
+def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]:
+    """Every problem of one proxy; `path` is its key path in errors."""
+    problems: list[ConfigError] = []
 
-    def fail(key: str, reason: str) -> ConfigError:
-        return ConfigError(source, f"{path}.{key}" if key else path, reason)
+    def fail(key: str, reason: str) -> None:
+        problems.append(ConfigError(source, f"{path}.{key}" if key else path, reason))
 
     if len(proxy.name) > MAX_PROXY_NAME_CHARS or not _NO_SPACE.fullmatch(proxy.name):
-        raise fail(
+        fail(
             "name",
             f"must be 1 to {MAX_PROXY_NAME_CHARS} characters without spaces, "
             f"got {describe(proxy.name)}",
         )
     if not _NO_SPACE.fullmatch(proxy.local_ip):
-        raise fail("localIP", f"must be an IP address or host name, got {describe(proxy.local_ip)}")
-    if not 1 <= proxy.local_port <= 65535:
-        raise fail("localPort", f"must be an integer from 1 to 65535, got {proxy.local_port}")
+        fail("localIP", f"must be an IP address or host name, got {describe(proxy.local_ip)}")
+    if not 1 <= proxy.local_port <= 65535 and not (proxy.plugin and proxy.local_port == 0):
+        fail("localPort", f"must be an integer from 1 to 65535, got {proxy.local_port}")
     for key, types in _KEY_TYPES.items():
         value = getattr(proxy, PROXY_FIELDS.attr_of(key))
         if value is not None and value != () and value != {} and proxy.type not in types:
             kinds = " and ".join(str(t) for t in types)
-            raise fail(key, f"is only for {kinds} proxies, and this one is {proxy.type}; remove it")
+            fail(key, f"is only for {kinds} proxies, and this one is {proxy.type}; remove it")
     if proxy.type in (_TCP, _UDP):
         if proxy.remote_port is None or not 0 <= proxy.remote_port <= 65535:
-            raise fail(
+            fail(
                 "remotePort",
                 f"must be an integer from 0 to 65535 (0 = the server picks), "
                 f"got {proxy.remote_port}",
             )
     elif not proxy.custom_domains and proxy.subdomain is None:
-        raise fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
+        fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
     _check_http_fields(proxy, fail)
+    for key, labels in (("metadatas", proxy.metadatas), ("annotations", proxy.annotations)):
+        problem = labels_problem(labels)
+        if problem is not None:
+            fail(key, problem)
+    return problems
 
 
 def _check_http_fields(proxy: ProxyConfig, fail: _Fail) -> None:
     for index, domain in enumerate(proxy.custom_domains):
         problem = domain_problem(domain, wildcard=True)
         if problem is not None:
-            raise fail(f"customDomains[{index}]", problem)
+            fail(f"customDomains[{index}]", problem)
     if proxy.subdomain is not None and (
         "." in proxy.subdomain or domain_problem(proxy.subdomain, wildcard=False) is not None
     ):
-        raise fail(
+        fail(
             "subdomain",
             "must be one DNS label of letters, digits and '-' (the server appends its "
             f"subDomainHost), got {describe(proxy.subdomain)}",
         )
     for index, location in enumerate(proxy.locations):
         if not location.startswith("/"):
-            raise fail(f"locations[{index}]", f'must start with "/", got {describe(location)}')
+            fail(f"locations[{index}]", f'must start with "/", got {describe(location)}')
     if (proxy.http_user is None) != (proxy.http_password is None):
         missing = "httpPassword" if proxy.http_password is None else "httpUser"
-        raise fail(missing, "is required when the other of httpUser/httpPassword is set")
+        fail(missing, "is required when the other of httpUser/httpPassword is set")
     if proxy.host_header_rewrite is not None and not _HOST_PORT.fullmatch(
         proxy.host_header_rewrite
     ):
-        raise fail(
+        fail(
             "hostHeaderRewrite",
             "must be a host name, optionally with :port, "
             f"got {describe(proxy.host_header_rewrite)}",
@@ -339,10 +418,6 @@ def _check_http_fields(proxy: ProxyConfig, fail: _Fail) -> None:
     ):
         for name, value in headers.items():
             if not _HEADER_NAME.fullmatch(name):
-                raise fail(
-                    join_key(key, name), f"is not a valid HTTP header name: {describe(name)}"
-                )
+                fail(join_key(key, name), f"is not a valid HTTP header name: {describe(name)}")
             if re.search(r"[\x00-\x1f\x7f]", value.replace("\t", "")):
-                raise fail(
-                    join_key(key, name), "must not contain line breaks or control characters"
-                )
+                fail(join_key(key, name), "must not contain line breaks or control characters")

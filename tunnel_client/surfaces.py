@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -13,13 +14,16 @@ from aiohttp import web
 from protocol.errors import TunnelError
 from tunnel_common.listen import listen_sockets
 from tunnel_common.webguard import check_web_bind
+from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
+from .config import ProxyConfig
 from .inspect.app import build_inspector_app
 from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
 from .inspect.replay import make_local_replayer
 from .inspect.signers import Signer
 from .inspect.store import CaptureStore
+from .plugins import CAPTURED_PLUGINS
 from .web.admin import AdminController, build_admin_app
 
 if TYPE_CHECKING:
@@ -34,18 +38,21 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _serve(app: web.Application, addr: str, port: int) -> tuple[web.AppRunner, int]:
+async def _serve(
+    app: web.Application, addr: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
     """Serve `app` on addr:port (0 = any free port); return the runner and the bound port.
 
     The sockets are bound and listening before aiohttp sees them (tunnel_common/listen.py):
     a port taken at the same moment is an OSError here, never a half-started site.
+    `ssl_context` serves HTTPS (webServer.tls).
     """
     socks = listen_sockets(addr, port)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()
         for sock in socks:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         for sock in socks:
@@ -53,6 +60,13 @@ async def _serve(app: web.Application, addr: str, port: int) -> tuple[web.AppRun
         raise
     bound: int = socks[0].getsockname()[1]
     return runner, bound
+
+
+def captured(proxy: ProxyConfig) -> bool:
+    """True if the inspector shows this proxy's traffic: http proxies, and proxies whose
+    plugin forwards HTTP (https2http and friends, which decrypt it first)."""
+    plugin = proxy.plugin
+    return proxy.type == "http" or (plugin is not None and plugin.type in CAPTURED_PLUGINS)
 
 
 class WebSurfaces:
@@ -75,7 +89,7 @@ class WebSurfaces:
 
     async def start(self) -> None:
         cfg = self.client.config
-        if cfg.inspect.enabled and any(p.type == "http" for p in cfg.proxies):
+        if cfg.inspect.enabled and any(captured(p) for p in cfg.proxies):
             await self.start_inspector()
         if cfg.web.port is not None:
             await self._start_admin()
@@ -157,8 +171,9 @@ class WebSurfaces:
             raise TunnelError(str(exc)) from None
         controller: AdminController = self.client
         app = build_admin_app(controller, user=cfg.user, password=password)
+        ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
         try:
-            runner, port = await _serve(app, cfg.addr, cfg.port)
+            runner, port = await _serve(app, cfg.addr, cfg.port, ssl_context)
         except OSError as exc:
             raise TunnelError(
                 f"cannot start the admin API on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
@@ -170,7 +185,7 @@ class WebSurfaces:
                 write_admin_address(self.client.config_path, cfg.addr, port)
             except OSError as exc:
                 logger.warning("tunnelc: cannot record the admin API address: %s", exc)
-        logger.info("tunnelc: admin API on http://%s:%d/", _host(cfg.addr), port)
+        logger.info("tunnelc: admin API on %s://%s:%d/", cfg.scheme, _host(cfg.addr), port)
 
     async def close(self) -> None:
         if self.admin_port is not None and self.client.config_path is not None:

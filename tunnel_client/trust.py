@@ -38,12 +38,13 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Generic, Literal, TypeVar
 
 from protocol.auth import ALPN_PROTOCOL
 from protocol.errors import TunnelError
+from tunnel_client.dial import DialParams, open_socket
 from tunnel_common.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class TLSParams:
     server_fingerprint: str | None  # any form parse_fingerprint accepts
     insecure_skip_verify: bool
     known_servers_file: Path
+    cert_file: Path | None = None  # our certificate, for a server that asks for one
+    key_file: Path | None = None
+    dial: DialParams = field(default_factory=DialParams)  # proxy and resolver to reach it
 
 
 def default_known_servers_file(state_dir: Path) -> Path:
@@ -111,14 +115,24 @@ async def connect_tls(
         ctx: ssl.SSLContext, check: _Check
     ) -> tuple[asyncio.Transport, _P, TrustMode]:
         loop = asyncio.get_running_loop()
-        transport, gate = await loop.create_connection(
-            lambda: _Gate(check, protocol_factory),
-            host,
-            port,
-            ssl=ctx,
-            server_hostname=sni,
-            ssl_handshake_timeout=timeout,
-        )
+        dial_host, sock = await open_socket(host, port, params.dial, timeout)
+        if sock is not None:  # already connected, through transport.proxyURL
+            transport, gate = await loop.create_connection(
+                lambda: _Gate(check, protocol_factory),
+                sock=sock,
+                ssl=ctx,
+                server_hostname=sni,
+                ssl_handshake_timeout=timeout,
+            )
+        else:
+            transport, gate = await loop.create_connection(
+                lambda: _Gate(check, protocol_factory),
+                dial_host,
+                port,
+                ssl=ctx,
+                server_hostname=sni,
+                ssl_handshake_timeout=timeout,
+            )
         if gate.error is not None:
             raise gate.error  # the gate has aborted the transport
         if gate.protocol is None or gate.mode is None:  # asyncio guarantees connection_made
@@ -136,21 +150,21 @@ async def connect_tls(
                 )
                 if value is not None
             ]
-            return await attempt(_unverified_context(), _InsecureCheck(key, ignored))
+            return await attempt(_unverified_context(params), _InsecureCheck(key, ignored))
 
         pin = _parse_pin(params.server_fingerprint)
         if params.trusted_ca_file is not None:
-            ctx = _ca_context(params.trusted_ca_file)
+            ctx = _ca_context(params.trusted_ca_file, params)
             try:
                 return await attempt(ctx, _PinCheck(key, pin, "ca"))
             except ssl.SSLCertVerificationError as exc:
                 raise _ca_failure(exc, key, sni, params.trusted_ca_file) from exc
 
         if pin is not None:
-            return await attempt(_unverified_context(), _PinCheck(key, pin, "pinned"))
+            return await attempt(_unverified_context(params), _PinCheck(key, pin, "pinned"))
 
         try:
-            return await attempt(_system_context(), _NoCheck())
+            return await attempt(_system_context(params), _NoCheck())
         except ssl.SSLCertVerificationError as exc:
             logger.info(
                 "tunnelc: server %s is not trusted by the system store (%s); "
@@ -159,23 +173,31 @@ async def connect_tls(
                 exc.verify_message,
             )
         known = _KnownServersCheck(key, params.known_servers_file)
-        return await attempt(_unverified_context(), known)
+        return await attempt(_unverified_context(params), known)
 
 
 # --- TLS contexts ---------------------------------------------------------------------------
 
 
-def _client_defaults(ctx: ssl.SSLContext) -> ssl.SSLContext:
+def _client_defaults(ctx: ssl.SSLContext, params: TLSParams) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols([ALPN_PROTOCOL])
+    if params.cert_file is not None and params.key_file is not None:
+        try:
+            ctx.load_cert_chain(params.cert_file, params.key_file)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            raise TrustError(
+                f"transport.tls.certFile: cannot load {params.cert_file} with key "
+                f"{params.key_file}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     return ctx
 
 
-def _system_context() -> ssl.SSLContext:
-    return _client_defaults(ssl.create_default_context(ssl.Purpose.SERVER_AUTH))
+def _system_context(params: TLSParams) -> ssl.SSLContext:
+    return _client_defaults(ssl.create_default_context(ssl.Purpose.SERVER_AUTH), params)
 
 
-def _ca_context(ca_file: Path) -> ssl.SSLContext:
+def _ca_context(ca_file: Path, params: TLSParams) -> ssl.SSLContext:
     # With cafile given, create_default_context trusts that file only, not the system store.
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
@@ -187,14 +209,14 @@ def _ca_context(ca_file: Path) -> ssl.SSLContext:
         raise TrustError(
             f"transport.tls.trustedCaFile: cannot read {ca_file}: {exc.strerror or exc}"
         ) from exc
-    return _client_defaults(ctx)
+    return _client_defaults(ctx, params)
 
 
-def _unverified_context() -> ssl.SSLContext:
+def _unverified_context(params: TLSParams) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the gate checks the fingerprint, or nothing (insecure)
-    return _client_defaults(ctx)
+    return _client_defaults(ctx, params)
 
 
 def _parse_pin(text: str | None) -> bytes | None:

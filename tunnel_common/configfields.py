@@ -22,15 +22,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from tunnel_common.configfile import ConfigTable
+from protocol.errors import ConfigError
+from tunnel_common.configfile import ConfigTable, raise_all
 from tunnel_common.configspecs import (
     Bool,
+    BoolMap,
     Choice,
     Fingerprint,
     Float,
     Int,
     LogTarget,
     PathStr,
+    ProxyURL,
     SecretStr,
     Spec,
     Str,
@@ -67,6 +70,7 @@ class Field:
     required: str = ""
     only: tuple[str, ...] = ()
     shown: str = ""  # the default as the docs show it, when `factory` computes it
+    value_notes: tuple[tuple[object, str], ...] = ()  # (value, note) for values noted at load
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,7 @@ class FieldTable:
         `proxies`), and overrides rows of the same attribute.
         """
         values: dict[str, Any] = {}
+        missing: list[ConfigError] = []
         for entry in self.entries:
             if isinstance(entry, Accepted) or entry.attr is None or entry.attr in extra:
                 continue
@@ -168,10 +173,11 @@ class FieldTable:
                 continue
             value = table.lookup(entry.key)
             if value is None:
-                if entry.required:
-                    raise table.error(entry.key, entry.required)
+                if entry.required and not table.refused(entry.key):
+                    missing.append(table.error(entry.key, entry.required))
                 value = entry.factory() if entry.factory is not None else entry.default
             values[entry.attr] = value
+        raise_all(missing)
         values.update(extra)
         return cls(**values)
 
@@ -180,9 +186,14 @@ class FieldTable:
         found: list[str] = []
         for entry in self.entries:
             if isinstance(entry, Accepted) and table.lookup(entry.key) is not None:
-                found.append(f"{table.key_path(entry.key)}: {entry.note}")
+                found.append(f"{table.source}: {table.key_path(entry.key)}: {entry.note}")
             elif isinstance(entry, Section):
                 found.extend(entry.fields.notes(table.subtable(entry.key)))
+            elif isinstance(entry, Field) and entry.value_notes:
+                value = table.lookup(entry.key)
+                for noted, note in entry.value_notes:
+                    if value == noted:
+                        found.append(f"{table.source}: {table.key_path(entry.key)}: {note}")
         return found
 
     def attr_of(self, key: str) -> str:
@@ -264,7 +275,8 @@ def describe_spec(spec: Spec) -> str:
     if isinstance(spec, Int):
         return f"integer {spec.lo}-{spec.hi}"
     if isinstance(spec, Float):
-        return f"{spec.unit} {spec.lo:g}-{spec.hi:g}"
+        off = ", -1 = off" if spec.negative_is_off else ""
+        return f"{spec.unit} {spec.lo:g}-{spec.hi:g}{off}"
     if isinstance(spec, Bool):
         return "boolean"
     if isinstance(spec, Choice):
@@ -275,12 +287,16 @@ def describe_spec(spec: Spec) -> str:
         return "path"
     if isinstance(spec, Fingerprint):
         return "fingerprint"
+    if isinstance(spec, ProxyURL):
+        return "http:// or socks5:// URL"
     if isinstance(spec, LogTarget):
         return '"console" or path'
     if isinstance(spec, StrList):
         return "array of strings"
     if isinstance(spec, StrMap):
         return "table of strings"
+    if isinstance(spec, BoolMap):
+        return "table of booleans"
     if isinstance(spec, TableList):
         return "array of tables"
     if isinstance(spec, Table):

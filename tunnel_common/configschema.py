@@ -12,17 +12,31 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
-from tunnel_common.configfields import Field, FieldTable
-from tunnel_common.configspecs import Choice, Int, LogTarget, Secret, SecretStr, Str, describe
+from tunnel_common.configfields import Accepted, Field, FieldTable
+from tunnel_common.configspecs import (
+    Bool,
+    Choice,
+    Int,
+    LogTarget,
+    PathStr,
+    Secret,
+    SecretStr,
+    Str,
+    StrList,
+    Table,
+    describe,
+)
 
 logger = logging.getLogger(__name__)
 
-LOG_LEVELS: Final = ("debug", "info", "warn", "warning", "error")
+LOG_LEVELS: Final = ("trace", "debug", "info", "warn", "warning", "error")
 _DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 MAX_DOMAIN_CHARS: Final = 253
+MAX_LOG_DAYS: Final = 3650  # rotated daily log files kept, at most (ten years)
 
 WEB_SERVER_FIELDS: Final = FieldTable(
     (
@@ -30,6 +44,14 @@ WEB_SERVER_FIELDS: Final = FieldTable(
         Field("port", "port", Int(0, 65535), None, "port of the web server; unset = off, 0 = any"),
         Field("user", "user", Str(), None, "basic-auth user"),
         Field("password", "password", SecretStr(), None, "basic-auth password"),
+        Field("tls.certFile", "tls_cert_file", PathStr(), None, "certificate: serve HTTPS"),
+        Field("tls.keyFile", "tls_key_file", PathStr(), None, "key of tls.certFile"),
+        Accepted(
+            "pprofEnable",
+            Bool(),
+            "tunnelkit has no Go profiler to serve; profile the process with py-spy instead",
+        ),
+        Accepted("assetsDir", Str(), "the web pages are built into tunnelkit; nothing is read"),
     )
 )
 
@@ -39,10 +61,19 @@ LOG_FIELDS: Final = FieldTable(
         Field(
             "level",
             "level",
-            Choice(LOG_LEVELS, frp_values=("trace",), aliases={"warning": "warn"}),
+            Choice(LOG_LEVELS, aliases={"warning": "warn"}),
             "info",
             "least severe level logged",
+            value_notes=(("trace", 'tunnelkit logs "trace" as "debug", its most detailed level'),),
         ),
+        Field(
+            "maxDays",
+            "max_days",
+            Int(0, MAX_LOG_DAYS),
+            3,
+            "log files kept, one per day, when logging to a file (0 = no rotation)",
+        ),
+        Accepted("disablePrintColor", Bool(), "tunnelkit never colours its logs"),
     )
 )
 
@@ -55,6 +86,13 @@ class WebServerConfig:
     port: int | None = WEB_SERVER_FIELDS.optional("port", int)
     user: str | None = WEB_SERVER_FIELDS.optional("user", str)
     password: Secret | None = WEB_SERVER_FIELDS.optional("password", Secret)
+    tls_cert_file: Path | None = WEB_SERVER_FIELDS.optional("tls_cert_file", Path)
+    tls_key_file: Path | None = WEB_SERVER_FIELDS.optional("tls_key_file", Path)
+
+    @property
+    def scheme(self) -> str:
+        """ "https" when webServer.tls is set, else "http"."""
+        return "https" if self.tls_cert_file is not None else "http"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,12 +101,42 @@ class LogConfig:
 
     to: str = LOG_FIELDS.default("to", str)
     level: str = LOG_FIELDS.default("level", str)  # "warning" is stored as "warn"
+    max_days: int = LOG_FIELDS.default("max_days", int)
 
+
+_ALWAYS_MUX: Final = "tunnelkit always multiplexes streams over its one TLS connection"
 
 # The `auth.*` rows, the same in both apps' root tables.
 AUTH_ENTRIES: Final = (
     Field("auth.method", None, Choice(("token",), frp_values=("oidc",)), "token", "how to log in"),
     Field("auth.token", "auth_token", SecretStr(), None, "shared secret clients log in with"),
+    Accepted(
+        "auth.additionalScopes",
+        StrList(),
+        "tunnelkit checks the token once at login; heartbeats and new streams then travel "
+        "inside that authenticated TLS session",
+    ),
+)
+
+# frp keys both apps accept, and say why they have no effect here.
+COMMON_ACCEPTED: Final = (
+    Accepted("transport.tcpMux", Bool(), _ALWAYS_MUX + ", whatever this says"),
+    Accepted(
+        "transport.tcpMuxKeepaliveInterval",
+        Int(-1, 86400),
+        "tunnelkit's mux pings every transport.heartbeatInterval instead",
+    ),
+    Accepted(
+        "transport.quic",
+        Table(
+            {
+                "keepalivePeriod": Int(-1, 86400),
+                "maxIdleTimeout": Int(-1, 86400),
+                "maxIncomingStreams": Int(0, 1 << 31),
+            }
+        ),
+        "QUIC settings only apply to frp's QUIC transport; tunnelkit uses TLS over TCP",
+    ),
 )
 
 
@@ -80,23 +148,50 @@ def check_listener_auth(
     user: str | None,
     password: Secret | None,
     loopback_only_without_auth: bool,
-) -> None:
-    """Check the basic-auth pair of a web listener (`prefix` is e.g. "webServer").
+) -> list[ConfigError]:
+    """The problems with the basic-auth pair of a web listener (`prefix`: e.g. "webServer").
 
     With `loopback_only_without_auth`, a listener reachable from other machines must have a
     user and password, because what it serves (captured requests, stop/reload) is sensitive.
     """
     if user is not None and password is None:
-        raise ConfigError(source, f"{prefix}.password", f"is required when {prefix}.user is set")
+        return [ConfigError(source, f"{prefix}.password", f"is required when {prefix}.user is set")]
     if password is not None and user is None:
-        raise ConfigError(source, f"{prefix}.user", f"is required when {prefix}.password is set")
+        return [ConfigError(source, f"{prefix}.user", f"is required when {prefix}.password is set")]
     if loopback_only_without_auth and user is None and not is_loopback(addr):
-        raise ConfigError(
-            source,
-            f"{prefix}.addr",
-            f'"{addr}" is reachable from other machines; set {prefix}.user and '
-            f'{prefix}.password, or bind to "127.0.0.1"',
-        )
+        return [
+            ConfigError(
+                source,
+                f"{prefix}.addr",
+                f'"{addr}" is reachable from other machines; set {prefix}.user and '
+                f'{prefix}.password, or bind to "127.0.0.1"',
+            )
+        ]
+    return []
+
+
+def tls_pair_problems(
+    source: str, prefix: str, cert_file: Path | None, key_file: Path | None
+) -> list[ConfigError]:
+    """A certificate needs its key and a key its certificate (`prefix`: e.g. "webServer.tls")."""
+    if (cert_file is None) == (key_file is None):
+        return []
+    have, missing = ("certFile", "keyFile") if key_file is None else ("keyFile", "certFile")
+    return [ConfigError(source, f"{prefix}.{missing}", f"is required when {prefix}.{have} is set")]
+
+
+MAX_LABELS: Final = 64  # metadatas/annotations entries per table
+MAX_LABEL_CHARS: Final = 1024  # longest metadatas/annotations key or value
+
+
+def labels_problem(labels: dict[str, str]) -> str | None:
+    """Why a metadatas/annotations table is too large to keep, or None."""
+    if len(labels) > MAX_LABELS:
+        return f"at most {MAX_LABELS} entries, got {len(labels)}"
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS:
+            return f"keys and values are at most {MAX_LABEL_CHARS} characters ({key[:40]!r})"
+    return None
 
 
 def is_loopback(addr: str) -> bool:
@@ -122,77 +217,41 @@ def domain_problem(name: str, *, wildcard: bool) -> str | None:
 
 # -- frp keys that tunnelkit does not support yet ------------------------------------------
 
-_NO_TLS_OPTIONS: Final = "tunnelkit always uses TLS over one TCP connection; remove it"
-_ALWAYS_MUX: Final = "tunnelkit always multiplexes streams over one connection; remove it"
+_NO_TLS_OPTIONS: Final = "tunnelkit speaks TLS over one TCP connection only"
+_NEXT: Final = "it comes with frp's proxy features (stcp, xtcp, plugins, load balancing)"
 
 _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "common": "this is frp's legacy INI layout; use the TOML keys of frp v0.52+",
-    "log.maxDays": "tunnelkit does not rotate logs; use logrotate, or log to the console",
-    "log.disablePrintColor": "tunnelkit never colours its logs; remove it",
-    "auth.additionalScopes": "tunnelkit authenticates the session once at login; remove it",
     "auth.tokenSource": 'set auth.token = "..." directly',
-    "auth.oidc": 'use auth.method = "token"',
-    "webServer.assetsDir": "the web UI is built in; remove it",
-    "webServer.pprofEnable": "remove it",
-    "webServer.tls": "put a TLS reverse proxy in front of the web server",
-    "transport.tcpMux": _ALWAYS_MUX,
-    "transport.tcpMuxKeepaliveInterval": "tunnelkit keeps sessions alive with its own pings",
-    "transport.quic": _NO_TLS_OPTIONS,
+    "auth.oidc": 'OIDC login is not supported yet; use auth.method = "token"',
+    "webServer.tls.trustedCaFile": "client certificates for the web pages are not supported "
+    "yet; use webServer.user and webServer.password",
+    "webServer.tls.serverName": "a server certificate's name is set in the certificate",
 }
 
 FRPS_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "kcpBindPort": _NO_TLS_OPTIONS,
-    "quicBindPort": _NO_TLS_OPTIONS,
-    "tcpmuxHTTPConnectPort": "tcpmux proxies are not supported; use http or tcp",
-    "tcpmuxPassthrough": "tcpmux proxies are not supported; use http or tcp",
-    "natholeAnalysisDataReserveHours": "xtcp (NAT hole punching) is not supported; remove it",
-    "detailedErrorsToClient": "tunnelkit always tells the client why a proxy was refused",
+    "tcpmuxHTTPConnectPort": _NEXT,
+    "tcpmuxPassthrough": _NEXT,
     "sshTunnelGateway": "run tunnelc next to the service instead of ssh -R",
-    "httpPlugins": "server plugins are not supported; remove them",
-    "transport.maxPoolCount": _ALWAYS_MUX,
-    "transport.tcpKeepalive": "tunnelkit detects dead links with pings; remove it",
-    "transport.tls.trustedCaFile": "client certificates are not supported; clients log in "
-    "with auth.token",
+    "httpPlugins": "server plugins are not supported yet",
 }
 
 FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "natHoleStunServer": "xtcp (NAT hole punching) is not supported; remove it",
-    "dnsServer": "tunnelkit uses the system resolver; remove it",
-    "start": "use enabled = false on the proxies you want off",
-    "featureGates": "remove it",
-    "metadatas": "remove it",
-    "includes": "put every proxy in this one file",
-    "virtualNet": "remove it",
-    "store": "remove it",
-    "visitors": "stcp, sudp and xtcp visitors are not supported; use tcp or udp proxies",
-    "transport.protocol": _NO_TLS_OPTIONS,
-    "transport.wireProtocol": "tunnelkit has one wire protocol; remove it",
-    "transport.dialServerKeepalive": "tunnelkit detects dead links with pings; remove it",
-    "transport.connectServerLocalIP": "remove it",
-    "transport.proxyURL": "connect directly to the server; remove it",
-    "transport.poolCount": _ALWAYS_MUX,
-    "transport.tls.certFile": "client certificates are not supported; use auth.token",
-    "transport.tls.keyFile": "client certificates are not supported; use auth.token",
-    "transport.tls.disableCustomTLSFirstByte": "tunnelkit never sends a custom first byte; "
-    "remove it",
+    "virtualNet": _NEXT,
+    "store": "the admin API's stored proxies are not supported yet",
+    "visitors": _NEXT,
+    "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
 }
 
 FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
-    "annotations": "remove it",
-    "metadatas": "remove it",
-    "transport.useEncryption": "the tunnel is always encrypted with TLS; remove it",
-    "transport.useCompression": "remove it",
-    "transport.bandwidthLimit": "remove it",
-    "transport.bandwidthLimitMode": "remove it",
-    "transport.proxyProtocolVersion": "the server sets X-Forwarded-For on http proxies; remove it",
-    "loadBalancer": "give each backend its own proxy and domain",
-    "healthCheck": "remove it",
-    "plugin": "point localIP/localPort at a real service",
-    "routeByHTTPUser": "route by customDomains, subdomain or locations",
-    "multiplexer": "tcpmux proxies are not supported; use http or tcp",
-    "secretKey": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",
-    "allowUsers": "stcp, sudp and xtcp proxies are not supported; use tcp or udp",
-    "natTraversal": "xtcp proxies are not supported; use tcp or udp",
+    "plugin.enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back "
+    "through ALPN); remove it",
+    "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
+    "loadBalancer": _NEXT,
+    "multiplexer": _NEXT,
+    "secretKey": _NEXT,
+    "allowUsers": _NEXT,
+    "natTraversal": _NEXT,
 }

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeAlias
+from urllib.parse import urlsplit
 
 from tunnel_common.fingerprint import format_fingerprint, parse_fingerprint
 
@@ -107,19 +108,37 @@ class Float:
     lo: float
     hi: float
     unit: str = "seconds"
+    negative_is_off: bool = False  # frp's heartbeats: a negative value (-1) turns it off
 
     def convert(self, value: object, base_dir: Path) -> object:
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and self.lo <= value <= self.hi
-        ):
-            return float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if self.lo <= value <= self.hi:
+                return float(value)
+            if self.negative_is_off and value < 0:
+                return OFF
+        off = ", or -1 for off" if self.negative_is_off else ""
         raise Invalid(
-            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}, "
+            f"must be a number of {self.unit} from {self.lo:g} to {self.hi:g}{off}, "
             f"got {describe(value)}"
         )
+
+
+OFF: Final = -1.0  # what a `negative_is_off` Float stores for "off"
+
+
+@dataclass(frozen=True, slots=True)
+class BoolMap:
+    """A table of name -> true/false (frp's `featureGates`), stored as a dict."""
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a table of true/false values, got {describe(value)}")
+        for key, item in value.items():
+            if not isinstance(item, bool):
+                raise Invalid(
+                    f"must be true or false, got {describe(item)}", at="." + show_key(key)
+                )
+        return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +178,7 @@ class Choice:
         allowed = ", ".join(json.dumps(v) for v in self.values)
         if text in self.frp_values:
             raise Invalid(
-                f"{describe(text)} is an frp value tunnelkit does not support yet; "
+                f"{describe(text)} is not supported yet (an frp value); "
                 f"use {allowed if len(self.values) == 1 else 'one of ' + allowed}"
             )
         raise Invalid(f"must be one of {allowed}, got {describe(text)}")
@@ -206,6 +225,35 @@ class Fingerprint:
             return format_fingerprint(parse_fingerprint(_check_text(value)))
         except ValueError as exc:
             raise Invalid(str(exc)) from None
+
+
+PROXY_SCHEMES: Final = ("http", "socks5", "socks5h", "socks4")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyURL:
+    """frp's `transport.proxyURL`: http:// (CONNECT) or socks5:// with optional user:password.
+
+    Stored as a `Secret`, since the URL may carry a password; errors never echo it.
+    """
+
+    def convert(self, value: object, base_dir: Path) -> object:
+        text = _check_text(value)
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            raise Invalid("must be a URL like http://host:port or socks5://host:port") from None
+        if parts.scheme == "ntlm":
+            raise Invalid('"ntlm" proxies are not supported yet (an frp value); use http or socks5')
+        if parts.scheme not in PROXY_SCHEMES:
+            raise Invalid(
+                f"must start with {', '.join(s + '://' for s in PROXY_SCHEMES)}, "
+                f"got {describe(parts.scheme + '://') if parts.scheme else 'no scheme'}"
+            )
+        if not parts.hostname or port is None:
+            raise Invalid(f"must name the proxy's host and port: {parts.scheme}://host:port")
+        return Secret(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +324,8 @@ Spec: TypeAlias = (
     | Fingerprint
     | StrList
     | StrMap
+    | BoolMap
+    | ProxyURL
     | Table
     | TableList
 )

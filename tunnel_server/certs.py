@@ -89,8 +89,12 @@ def load_or_create_server_cert(
     return ServerCert(cert_path, key_path, fingerprint, created=True)
 
 
-def server_ssl_context(cert: ServerCert) -> ssl.SSLContext:
-    """Return the control listener's TLS context: TLS 1.2+, AES-GCM first, ALPN tunnelkit/1."""
+def server_ssl_context(cert: ServerCert, client_ca_file: Path | None = None) -> ssl.SSLContext:
+    """Return the control listener's TLS context: TLS 1.2+, AES-GCM first, ALPN tunnelkit/1.
+
+    With `client_ca_file` (frp's transport.tls.trustedCaFile) every client must present a
+    certificate signed by that CA, or the handshake fails before login.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
@@ -102,6 +106,15 @@ def server_ssl_context(cert: ServerCert) -> ssl.SSLContext:
         raise CertError(
             f"cannot load certificate {cert.cert_path} with key {cert.key_path}: {exc}"
         ) from exc
+    if client_ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca_file))
+        except OSError as exc:
+            raise CertError(
+                f"transport.tls.trustedCaFile: cannot load {client_ca_file}: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

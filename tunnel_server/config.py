@@ -13,12 +13,14 @@ names) is checked separately, at runtime, against `allow_ports` and `sub_domain_
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from protocol.errors import ConfigError
-from tunnel_common.configfields import OWN, Field, FieldTable, Section
+from tunnel_common.configfields import OWN, Accepted, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
     ConfigTable,
@@ -29,11 +31,14 @@ from tunnel_common.configfile import (
     Str,
     Table,
     TableList,
-    read_config,
+    check_document,
+    parse_document,
+    raise_all,
     read_config_text,
 )
 from tunnel_common.configschema import (
     AUTH_ENTRIES,
+    COMMON_ACCEPTED,
     FRPS_UNSUPPORTED,
     LOG_FIELDS,
     WEB_SERVER_FIELDS,
@@ -41,6 +46,7 @@ from tunnel_common.configschema import (
     WebServerConfig,
     check_listener_auth,
     domain_problem,
+    tls_pair_problems,
 )
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
@@ -89,6 +95,8 @@ _PORT_RANGE_FIELDS: Final = Table(
     {"start": Int(1, 65535), "end": Int(1, 65535), "single": Int(1, 65535)}
 )
 _S: Final = 86400.0  # shorthand for MAX_SECONDS in the rows below
+_ONLY_TLS: Final = "tunnelkit clients always connect over TLS on bindPort"
+_NO_POOL: Final = "tunnelkit opens streams on demand over one multiplexed connection; no pool"
 _ADDR, _PORT = Str(), Int(0, 65535)
 
 # Every key of frps.toml that tunneld reads: (TOML key, attribute, spec, default, help).
@@ -166,7 +174,7 @@ SERVER_FIELDS: Final = FieldTable(
         Field(
             "transport.heartbeatTimeout",
             "heartbeat_timeout",
-            Float(1, _S),
+            Float(1, _S, negative_is_off=True),
             90.0,
             "a client silent this long is dropped",
         ),
@@ -184,7 +192,37 @@ SERVER_FIELDS: Final = FieldTable(
             None,
             "key of transport.tls.certFile",
         ),
-        Field("transport.tls.force", None, Bool(), True, "only true: tunneld always requires TLS"),
+        Field(
+            "transport.tls.trustedCaFile",
+            "tls_trusted_ca_file",
+            PathStr(),
+            None,
+            "CA that signs client certificates; set = every client must present one",
+        ),
+        Accepted(
+            "transport.tls.force",
+            Bool(),
+            "tunneld always requires TLS from clients, whatever this says",
+        ),
+        Accepted("kcpBindPort", Int(0, 65535), _ONLY_TLS + "; no KCP listener is opened"),
+        Accepted("quicBindPort", Int(0, 65535), _ONLY_TLS + "; no QUIC listener is opened"),
+        Accepted("transport.maxPoolCount", Int(0, MAX_COUNT), _NO_POOL),
+        Accepted(
+            "transport.tcpKeepalive",
+            Int(-1, 86400),
+            "tunneld sets TCP keepalive on client connections from transport.heartbeatTimeout",
+        ),
+        Accepted(
+            "detailedErrorsToClient",
+            Bool(),
+            "tunneld always tells the client why a proxy was refused",
+        ),
+        Accepted(
+            "natholeAnalysisDataReserveHours",
+            Int(0, 1 << 20),
+            "only used by xtcp (NAT hole punching), which is not supported yet",
+        ),
+        *COMMON_ACCEPTED,
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -305,6 +343,7 @@ class ServerConfig:
     heartbeat_timeout: float = _F.default("heartbeat_timeout", float)
     tls_cert_file: Path | None = _F.optional("tls_cert_file", Path)
     tls_key_file: Path | None = _F.optional("tls_key_file", Path)
+    tls_trusted_ca_file: Path | None = _F.optional("tls_trusted_ca_file", Path)
     state_dir: Path = field(default_factory=_F.factory("state_dir", Path))
     web: WebServerConfig = field(default_factory=_F.factory("web", WebServerConfig))
     enable_prometheus: bool = _F.default("enable_prometheus", bool)
@@ -330,21 +369,34 @@ class ServerConfig:
         return not self.allow_ports or any(port in r for r in self.allow_ports)
 
 
-def load_server_config(path: Path) -> ServerConfig:
-    """Read, parse and validate a `frps.toml`-style file."""
+def load_server_config(path: Path, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read, parse and validate an frps config file (TOML, YAML, JSON or legacy INI)."""
     text = read_config_text(path)
-    return parse_server_config(text, str(path), base_dir=path.absolute().parent)
+    return parse_server_config(text, str(path), base_dir=path.absolute().parent, env=env)
 
 
-def parse_server_config(text: str, source: str, *, base_dir: Path | None = None) -> ServerConfig:
-    """Parse and validate TOML text; `source` names it in errors.
+def parse_server_config(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Parse and validate config text; `source` names it in errors and picks its format.
 
+    Templates are rendered with `env` (default: the process environment), as frp does.
     Relative paths in the text are resolved against `base_dir` (default: the directory part
-    of `source`).
+    of `source`). Every problem is raised at once (`ConfigErrors`, one line each).
     """
-    root = read_config(text, source=source, schema=SERVER_SCHEMA, base_dir=base_dir)
-    config = _complete(root)
-    validate_server_config(config, source)
+    document = parse_document(text, source, side="frps", env=os.environ if env is None else env)
+    root = check_document(
+        document, source=source, schema=SERVER_SCHEMA, base_dir=base_dir, collect=True
+    )
+    problems = list(root.problems)
+    config = _complete(root, problems)
+    if not problems:  # the rules below read values that a refused key would leave at default
+        problems.extend(server_config_problems(config, source))
+    raise_all([root.explain(p) for p in problems])
     return config
 
 
@@ -355,17 +407,19 @@ def default_server_config() -> ServerConfig:
     return config
 
 
-def _complete(root: ConfigTable) -> ServerConfig:
+def _complete(root: ConfigTable, problems: list[ConfigError]) -> ServerConfig:
     """Fill in defaults; also catches shapes a dataclass cannot hold (bad allowPorts)."""
-    if root.lookup("transport.tls.force") is False:
-        raise root.error(
-            "transport.tls.force", "tunnelkit always requires TLS from clients; remove it"
-        )
+    allow_ports: list[PortRange] = []
+    for entry in root.tables("allowPorts"):
+        try:
+            allow_ports.append(_port_range(entry))
+        except ConfigError as exc:
+            problems.append(exc)
     return SERVER_FIELDS.complete(
         root,
         ServerConfig,
-        allow_ports=tuple(_port_range(entry) for entry in root.tables("allowPorts")),
-        notes=tuple(SERVER_FIELDS.notes(root)),
+        allow_ports=tuple(allow_ports),
+        notes=tuple([*root.notes, *SERVER_FIELDS.notes(root)]),
         edge_tls=build_edge_tls(root.subtable("tls")),
     )
 
@@ -391,66 +445,88 @@ def _port_range(entry: ConfigTable) -> PortRange:
 
 
 def validate_server_config(config: ServerConfig, source: str) -> None:
-    """Check the rules that span several keys; raise `ConfigError` on the first problem.
+    """Check the rules that span several keys; raise every problem at once.
 
     Also usable on a `ServerConfig` built in code (tests, the demo): it re-checks listener
     ports and `allow_ports`, which the file schema checks for files.
     """
-    _check_ports(config, source)
+    raise_all(server_config_problems(config, source))
+
+
+def server_config_problems(config: ServerConfig, source: str) -> list[ConfigError]:
+    """Every problem with the rules that span several keys."""
+    problems = _port_problems(config, source)
     if config.sub_domain_host is not None:
         problem = domain_problem(config.sub_domain_host, wildcard=False)
         if problem is not None:
-            raise ConfigError(source, "subDomainHost", problem)
+            problems.append(ConfigError(source, "subDomainHost", problem))
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         have, missing = ("certFile", "keyFile")
         if config.tls_cert_file is None:
             have, missing = missing, have
-        raise ConfigError(
-            source,
-            f"transport.tls.{missing}",
-            f"is required when transport.tls.{have} is set (or remove both to use a "
-            "generated certificate)",
+        problems.append(
+            ConfigError(
+                source,
+                f"transport.tls.{missing}",
+                f"is required when transport.tls.{have} is set (or remove both to use a "
+                "generated certificate)",
+            )
         )
-    check_listener_auth(
-        source,
-        "webServer",
-        addr=config.web.addr,
-        user=config.web.user,
-        password=config.web.password,
-        # The dashboard refuses to start beyond this host without credentials; verify must
-        # refuse the same file (a dashboard that is off is not checked).
-        loopback_only_without_auth=config.web.port is not None,
+    problems.extend(
+        check_listener_auth(
+            source,
+            "webServer",
+            addr=config.web.addr,
+            user=config.web.user,
+            password=config.web.password,
+            # The dashboard refuses to start beyond this host without credentials; verify
+            # must refuse the same file (a dashboard that is off is not checked).
+            loopback_only_without_auth=config.web.port is not None,
+        )
+    )
+    problems.extend(
+        tls_pair_problems(
+            source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
+        )
     )
     if config.edge_tls.enabled and config.vhost_https_port is None:
         raise ConfigError(
             source, "tls", "needs vhostHTTPSPort: the edge serves these certificates there"
         )
     if config.max_pending_logins_per_ip > config.max_pending_logins:
-        raise ConfigError(
-            source,
-            "maxPendingLoginsPerIP",
-            f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
-            f"{config.max_pending_logins_per_ip}",
+        problems.append(
+            ConfigError(
+                source,
+                "maxPendingLoginsPerIP",
+                f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
+                f"{config.max_pending_logins_per_ip}",
+            )
         )
     if config.enable_prometheus and config.web.port is None:
-        raise ConfigError(
-            source,
-            "enablePrometheus",
-            "needs webServer.port: metrics are served at /metrics on the dashboard",
+        problems.append(
+            ConfigError(
+                source,
+                "enablePrometheus",
+                "needs webServer.port: metrics are served at /metrics on the dashboard",
+            )
         )
     for index, port_range in enumerate(config.allow_ports):
         if not 1 <= port_range.start <= port_range.end <= 65535:
-            raise ConfigError(
-                source,
-                f"allowPorts[{index}]",
-                f"must be ports from 1 to 65535 with start <= end, got "
-                f"{port_range.start}-{port_range.end}",
+            problems.append(
+                ConfigError(
+                    source,
+                    f"allowPorts[{index}]",
+                    f"must be ports from 1 to 65535 with start <= end, got "
+                    f"{port_range.start}-{port_range.end}",
+                )
             )
+    return problems
 
 
-def _check_ports(config: ServerConfig, source: str) -> None:
+def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
     """Every listener port is in range, and no two listeners share one, except that bindPort
     may be vhostHTTPSPort (port reuse: the HTTPS edge hands tunnelc's connections over)."""
+    problems: list[ConfigError] = []
     listeners = {
         "bindPort": config.bind_port,
         "vhostHTTPPort": config.vhost_http_port,
@@ -462,12 +538,18 @@ def _check_ports(config: ServerConfig, source: str) -> None:
         if port is None:
             continue
         if not 0 <= port <= 65535:
-            raise ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
+            problems.append(
+                ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
+            )
+            continue
         if port in seen and not (key == "vhostHTTPSPort" and seen[port] == "bindPort"):
-            raise ConfigError(
-                source,
-                key,
-                f"must differ from {seen[port]} ({port}); each listener needs its own port",
+            problems.append(
+                ConfigError(
+                    source,
+                    key,
+                    f"must differ from {seen[port]} ({port}); each listener needs its own port",
+                )
             )
         if port != 0:  # 0 asks the OS for a free port, so several may say 0
             seen[port] = key
+    return problems

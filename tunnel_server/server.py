@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Final
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from protocol.errors import ErrorCode, TunnelError
 from protocol.settings import MuxSettings
 from tunnel_common import allocator
 from tunnel_common.fingerprint import parse_fingerprint
+from tunnel_common.webtls import web_ssl_context
 
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .acme.challenges import ChallengeBoard
@@ -100,9 +102,11 @@ class TunnelServer:
         self.edge_service: EdgeService | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
+        # frp's heartbeatTimeout = -1 turns the timeout off; pings still keep NATs open.
+        timeout = config.heartbeat_timeout if config.heartbeat_timeout > 0 else math.inf
         self.mux_settings = MuxSettings(
-            keepalive_interval_s=min(30.0, config.heartbeat_timeout / 3),
-            keepalive_timeout_s=config.heartbeat_timeout,
+            keepalive_interval_s=min(30.0, timeout / 3),
+            keepalive_timeout_s=timeout,
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -116,7 +120,9 @@ class TunnelServer:
         self.cert_fp = parse_fingerprint(self.cert.fingerprint)
         token = cfg.auth_token.reveal() if cfg.auth_token is not None else ""
         self.auth_key = derive_key(token, self.cert_fp)
-        self._control = ControlListener(self, server_ssl_context(self.cert))
+        self._control = ControlListener(
+            self, server_ssl_context(self.cert, cfg.tls_trusted_ca_file)
+        )
         if not self.port_reuse:
             self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
             logger.info(
@@ -252,9 +258,14 @@ class TunnelServer:
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
-        await web.TCPSite(self._web, cfg.addr, cfg.port, reuse_address=True).start()
+        ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
+        await web.TCPSite(
+            self._web, cfg.addr, cfg.port, reuse_address=True, ssl_context=ssl_context
+        ).start()
         host, port = self._web.addresses[0][:2]
-        logger.info("tunneld: ready: dashboard on http://%s:%d/", display_host(host), port)
+        logger.info(
+            "tunneld: ready: dashboard on %s://%s:%d/", cfg.scheme, display_host(host), port
+        )
 
     def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
         """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""

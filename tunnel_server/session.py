@@ -78,6 +78,7 @@ class ServerSession:
         self.address = f"{peer[0]}:{peer[1]}"
         self.peer_ip = str(peer[0])
         self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
+        self.proxy_requests: dict[str, NewProxy] = {}  # what each of them asked for (dashboard)
         self.logged_in = False
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
@@ -275,6 +276,7 @@ class ServerSession:
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.proxies[name] = proxy
+        self.proxy_requests[name] = request
         self.server.proxy_started(name, self.client_id, str(proxy.type))
         self.mux.send_message(
             NewProxyResult(request.name, True, proxy.public_note, proxy.public_urls)
@@ -305,6 +307,8 @@ class ServerSession:
         owner = self.server.proxy_owner(name)
         if owner is not None and owner is not self:
             raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
+        if request.bandwidth_limit and request.type != ProxyType.TCP:
+            raise ProxyRefused('bandwidthLimitMode = "server" is for tcp proxies; use "client"')
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
@@ -322,6 +326,7 @@ class ServerSession:
 
     def close_proxy(self, name: str, reason: str, *, notify: bool) -> bool:
         proxy = self.proxies.pop(name, None)
+        self.proxy_requests.pop(name, None)
         if proxy is None:
             return False
         proxy.close()

@@ -190,6 +190,22 @@ class StatsCollector:
             proxies.add_metric([proxy_type], count)
         yield proxies
 
+        limit = GaugeMetricFamily(
+            "tunnelkit_proxy_bandwidth_limit_bytes_per_second",
+            'The limit tunneld paces each proxy at (bandwidthLimitMode = "server").',
+            labels=["proxy"],
+        )
+        rate = GaugeMetricFamily(
+            "tunnelkit_proxy_bandwidth_rate_bytes_per_second",
+            "Bytes per second through each server-paced proxy, both directions, last 2 s.",
+            labels=["proxy"],
+        )
+        for info in self._view.proxies():
+            if info.bandwidth_limit:
+                limit.add_metric([info.name], info.bandwidth_limit)
+                rate.add_metric([info.name], info.bandwidth_rate)
+        yield from (limit, rate)
+
         active = GaugeMetricFamily(
             "tunnelkit_proxy_connections_active",
             "User connections open now through each proxy.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .proxies.tcp import TCPProxy
 from .web.view import CertificateInfo, CertificateReport, ClientInfo, ProxyInfo
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class LiveServerView:
         for session in self._server.sessions.values():
             for name, proxy in session.proxies.items():
                 names.add(name)
+                request = session.proxy_requests.get(name)
                 online.append(
                     ProxyInfo(
                         name=name,
@@ -44,6 +46,14 @@ class LiveServerView:
                         public=proxy.public_urls,
                         status="online",
                         counters=stats.get(name) or stats.proxy(name),
+                        metadatas=dict(request.metadatas) if request else {},
+                        annotations=dict(request.annotations) if request else {},
+                        bandwidth_limit=request.bandwidth_limit if request else 0,
+                        bandwidth_rate=(
+                            proxy.throttle.current_rate()
+                            if isinstance(proxy, TCPProxy) and proxy.throttle is not None
+                            else 0.0
+                        ),
                     )
                 )
         offline = [

@@ -85,15 +85,16 @@ async def dial_and_splice(
     port: int,
     timeout_s: float,
     on_close: Callable[[MuxStream], None] | None = None,
+    protocol: Callable[[MuxStream], SpliceProtocol] | None = None,
 ) -> bool:
     """Dial the local service for a stream the peer opened; accept on success, reset on
-    failure with a reason the far user's side can log. Returns whether it connected."""
+    failure with a reason the far user's side can log. Returns whether it connected.
+    `protocol(stream)` builds the socket's protocol (a SpliceProtocol subclass) if given."""
     loop = session.loop
+    make = protocol or (lambda s: SpliceProtocol(s, on_close=on_close))
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.create_connection(
-                lambda: SpliceProtocol(stream, on_close=on_close), host, port
-            )
+            await loop.create_connection(lambda: make(stream), host, port)
     except (OSError, TimeoutError) as exc:
         reason = (
             f"dial {host}:{port} failed: {exc.strerror or exc}"

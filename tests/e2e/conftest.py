@@ -64,14 +64,16 @@ class TunnelLauncher:
         wait_ready: bool = True,
         ready_timeout: float = DEFAULT_WAIT_S,
         expect_exit_code: int | None = 0,
+        suffix: str = ".toml",
     ) -> TunnelProcess:
         """Start the program; with `wait_ready`, return once its ready line is printed.
 
         `expect_exit_code` is the code it must end with, by teardown's SIGTERM or on its own
-        (a config-error test passes 1, say); None opts out.
+        (a config-error test passes 1, say); None opts out. `suffix` names the config file's
+        format (".yaml", ".json", ".ini").
         """
         self._launches += 1
-        config = self._workdir / f"{self._config_stem}-{self._launches}.toml"
+        config = self._workdir / f"{self._config_stem}-{self._launches}{suffix}"
         config.write_text(config_text, encoding="utf-8")
         home = self._workdir / f"home-{self._program}"
         home.mkdir(exist_ok=True)

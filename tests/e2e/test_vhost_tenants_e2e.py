@@ -125,6 +125,38 @@ async def test_tenants_route_quota_per_client(run_tunneld: Any, run_tunnelc: Any
         assert 'tunnelkit_vhost_route_refusals_total{reason="quota"} 1.0' in metrics
 
 
+async def test_tenants_one_client_cannot_fill_the_route_table(
+    run_tunneld: Any, run_tunnelc: Any
+) -> None:
+    """The observed attack: one client asks for 256 proxies x 64 domains x 4 locations (the
+    whole 65,536-pair table). With the default quota it gets 1024 pairs, another client's
+    proxy still gets its route and serves, and tunneld's memory stays bounded."""
+    server = await start_tunneld(run_tunneld)
+    pid = server.process.pid
+    before = rss_bytes(pid)
+    async with echo_apps("greedy", "polite") as (greedy_app, polite_app):
+        proxies = [
+            http_proxy(
+                f"p{n}",
+                greedy_app.port,
+                customDomains=[f"d{i}.p{n}.fill.test" for i in range(64)],
+                locations=["/", "/a", "/b", "/c"],
+            )
+            for n in range(256)
+        ]
+        greedy = await run_tunnelc(as_user("greedy", server, *proxies))
+        await greedy.proxy_endpoint("p3")  # 4 proxies x 256 pairs = the 1024-pair quota
+        assert "maxVhostRoutesPerClient" in await greedy.proxy_refusal("p4")
+        assert "maxVhostRoutesPerClient" in await greedy.proxy_refusal("p255", timeout=60)
+        polite = await run_tunnelc(
+            as_user("polite", server, http_proxy("web", polite_app.port, customDomains=["p.test"]))
+        )
+        await polite.proxy_endpoint("web")
+        assert (await fetch(server.vhost_port, "p.test", "/")).json()["app"] == "polite"
+        assert (await fetch(server.vhost_port, "d7.p2.fill.test", "/c")).json()["app"] == "greedy"
+        assert rss_bytes(pid) - before < 64 * MiB
+
+
 def tls_records(payload: bytes, size: int) -> bytes:
     """`payload` as handshake records of `size` bytes each (a fragmented ClientHello)."""
     out = bytearray()

@@ -53,8 +53,13 @@ def make_ca(tmp_path: Path, name: str = "tunnelkit test CA") -> CA:
     return cert_path, key
 
 
-def make_leaf(ca: CA, tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
-    """Create a server certificate for `names` signed by `ca`; return (cert_path, key_path)."""
+def make_leaf(
+    ca: CA, tmp_path: Path, names: list[str], *, client: bool = False
+) -> tuple[Path, Path]:
+    """Create a certificate for `names` signed by `ca`; return (cert_path, key_path).
+
+    It is a server certificate, or with `client` a client one (clientAuth usage).
+    """
     if not names:
         raise ValueError("a leaf certificate needs at least one name")
     ca_cert_path, ca_key = ca
@@ -72,7 +77,12 @@ def make_leaf(ca: CA, tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

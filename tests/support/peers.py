@@ -297,9 +297,18 @@ class NginxServer:
 
 @contextlib.asynccontextmanager
 async def nginx(
-    tmp_path: Path, files: Mapping[str, bytes] = DEFAULT_NGINX_FILES
+    tmp_path: Path,
+    files: Mapping[str, bytes] = DEFAULT_NGINX_FILES,
+    *,
+    proxy_protocol: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[NginxServer]:
-    """Run nginx in the foreground serving `files` (name -> content) as static files."""
+    """Run nginx in the foreground serving `files` (name -> content) as static files.
+
+    With `proxy_protocol`, the listener expects a PROXY protocol header (v1 or v2), answers
+    GET /who with "$proxy_protocol_addr $proxy_protocol_port" and logs each request's
+    PROXY address to `root/../access.log`. `tls` = (cert, key) serves HTTPS.
+    """
     prefix = tmp_path / "nginx"
     root = prefix / "www"
     root.mkdir(parents=True)
@@ -314,6 +323,21 @@ async def nginx(
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
 
+    listen_options = (" proxy_protocol" if proxy_protocol else "") + (" ssl" if tls else "")
+    access_log = "    access_log off;\n"
+    server_extra = ""
+    if proxy_protocol:
+        access_log = (
+            "    log_format pp '$proxy_protocol_addr $proxy_protocol_port $request';\n"
+            f"    access_log {prefix / 'access.log'} pp;\n"
+        )
+        server_extra += (
+            " location = /who { default_type text/plain;"
+            ' return 200 "$proxy_protocol_addr $proxy_protocol_port\\n"; }'
+        )
+    if tls is not None:
+        server_extra += f" ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+
     def argv(port: int) -> list[str]:
         config.write_text(
             f"{user_line}"
@@ -323,13 +347,14 @@ async def nginx(
             "error_log stderr notice;\n"
             "events { worker_connections 1024; }\n"
             "http {\n"
-            "    access_log off;\n"
+            f"{access_log}"
             "    default_type application/octet-stream;\n"
             "    types { text/html html; text/plain txt; }\n"
             "    sendfile on;\n"
             "    keepalive_requests 100000;\n"
             f"{temp_paths}"
-            f"    server {{ listen {LOOPBACK}:{port}; root {root}; }}\n"
+            f"    server {{ listen {LOOPBACK}:{port}{listen_options}; root {root};"
+            f"{server_extra} }}\n"
             "}\n"
         )
         return [binary, "-p", str(prefix), "-c", str(config), "-e", "stderr"]

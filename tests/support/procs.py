@@ -49,11 +49,11 @@ _ADDR: Final = r"(?P<host>\S+):(?P<port>\d+)(?=[\s/]|$)"
 CONTROL_READY: Final = re.compile(r"tunneld: ready: control on " + _ADDR)
 HTTP_VHOST_READY: Final = re.compile(r"tunneld: ready: http vhost on " + _ADDR)
 HTTPS_VHOST_READY: Final = re.compile(r"tunneld: ready: https vhost on " + _ADDR)
-DASHBOARD_READY: Final = re.compile(r"tunneld: ready: dashboard on http://" + _ADDR)
+DASHBOARD_READY: Final = re.compile(r"tunneld: ready: dashboard on https?://" + _ADDR)
 FINGERPRINT: Final = re.compile(r"tunneld: certificate fingerprint (?P<fingerprint>SHA256:\S+)")
 CLIENT_LOGGED_IN: Final = re.compile(r"tunnelc: logged in to " + _ADDR + r" as (?P<client_id>\S+)")
 INSPECTOR_READY: Final = re.compile(r"tunnelc: inspector on http://" + _ADDR)
-ADMIN_READY: Final = re.compile(r"tunnelc: admin API on http://" + _ADDR)
+ADMIN_READY: Final = re.compile(r"tunnelc: admin API on https?://" + _ADDR)
 
 
 def _name_re(name: str | re.Pattern[str]) -> str:
@@ -69,6 +69,14 @@ def proxy_ready_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
     """The ready line of one client proxy (a name, or a pattern of names)."""
     return re.compile(
         rf"tunnelc: proxy (?P<name>{_name_re(name)}) ready at (?P<scheme>tcp|udp|https?)://" + _ADDR
+    )
+
+
+def proxy_refused_or_waiting_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
+    """A final refusal, or the first line of a proxy waiting for a stale session to expire."""
+    return re.compile(
+        rf"tunnelc: proxy {_name_re(name)} (?:refused|waiting for the stale session to expire "
+        r"\(attempt \d+, next in [\d.]+s\)): (?P<reason>.*)$"
     )
 
 
@@ -429,8 +437,9 @@ class TunnelProcess(LoggedProcess):
         return _endpoint(match, match["scheme"])
 
     async def proxy_refusal(self, name: str, timeout: float = DEFAULT_WAIT_S) -> str:
-        """The reason the server gave for refusing proxy `name`."""
-        return (await self.wait_for(proxy_refused_pattern(name), timeout))["reason"]
+        """The reason the server gave for refusing proxy `name`, for good or while another
+        session holds what it asked for (the client then waits and asks again)."""
+        return (await self.wait_for(proxy_refused_or_waiting_pattern(name), timeout))["reason"]
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLES = [
     (SERVER_FIELDS, ServerConfig, {"notes", "edge_tls"}),  # edge_tls: built from the tls rows
     (CLIENT_FIELDS, ClientConfig, {"notes"}),
-    (PROXY_FIELDS, ProxyConfig, set()),
+    (PROXY_FIELDS, ProxyConfig, {"plugin", "transport", "health_check"}),  # built from rows
     (TLS_FIELDS, ClientTLSConfig, set()),
     (INSPECT_FIELDS, InspectConfig, set()),
     (WEB_SERVER_FIELDS, WebServerConfig, set()),
@@ -135,7 +136,7 @@ def test_config_fields_accepted_key_is_checked_and_noted() -> None:
     """An accepted-with-no-effect key is type-checked, and named in one note line."""
     table = FieldTable((Accepted("tcpMux", Bool(), "streams are always multiplexed"),))
     root = read_config("tcpMux = true", source="t.toml", schema=table.schema)
-    assert table.notes(root) == ["tcpMux: streams are always multiplexed"]
+    assert table.notes(root) == ["t.toml: tcpMux: streams are always multiplexed"]
     assert table.complete(root, dict) == {}
     with pytest.raises(ConfigError, match="true or false"):
         read_config('tcpMux = "yes"', source="t.toml", schema=table.schema)
@@ -189,3 +190,32 @@ def test_config_help_shows_defaults_from_the_table() -> None:
     result = CliRunner().invoke(server_cli.main, ["--help"])
     assert "bindPort  (integer 0-65535; default 7000)" in result.output
     assert sys.executable  # the CLI ran in-process, no console script needed
+
+
+def _frp_keys(data: dict[str, object], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys += _frp_keys(value, path + ".")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                keys += _frp_keys(item, path + "[].")
+        else:
+            keys.append(path)
+    return keys
+
+
+@pytest.mark.parametrize("name", ["frps_full_example.toml", "frpc_full_example.toml"])
+def test_config_docs_name_every_key_of_frps_full_examples(name: str) -> None:
+    """Every key of frp's full examples has a row in docs/config.md (itself or its table)."""
+    import tomllib
+
+    doc = (ROOT / "docs/config.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"\| `([^`]+)` \|", doc))
+    data = tomllib.loads((ROOT / "tests/data/frp/conf" / name).read_text(encoding="utf-8"))
+    for key in _frp_keys(data):
+        parts = key.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        prefixes |= {p.removesuffix("[]") for p in prefixes}
+        assert prefixes & rows, key

@@ -122,22 +122,30 @@ def test_parse_toml_syntax_error_names_file_and_position() -> None:
     assert "line 1" in str(info.value)
 
 
-def test_parse_toml_legacy_ini_is_explained() -> None:
-    """frp's legacy INI file gets a message saying only TOML is read."""
-    with pytest.raises(ConfigError) as info:
-        parse_toml("[common]\nserver_addr = 1.2.3.4\n", "frpc.ini")
-    assert "legacy INI format" in info.value.reason
+def test_read_config_legacy_ini_is_read_through_the_v1_keys() -> None:
+    """frp's legacy INI (`[common]`, snake_case) is mapped to the v1 keys of the schema."""
+    table = read_config(
+        "[common]\nbind_port = 7001\ndashboard_port = 7500\n",
+        source="frps.ini",
+        schema=SCHEMA,
+        side="frps",
+    )
+    assert table.get("bindPort", int) == 7001
+    assert table.table("webServer").get("port", int) == 7500
 
 
-def test_read_config_frp_template_is_rejected() -> None:
-    """frp's {{ .Envs.X }} templates are reported instead of read as literal text."""
-    err = assert_error('addr = "x"\ntoken = "{{ .Envs.TOKEN }}"', "line 2", "does not support yet")
-    assert "{{ .Envs.NAME }}" in err.reason
+def test_read_config_frp_template_is_rendered() -> None:
+    """frp's {{ .Envs.X }} templates are rendered from the environment given."""
+    table = read_config(
+        'addr = "{{ .Envs.ADDR }}"', source="t.toml", schema=SCHEMA, env={"ADDR": "1.2.3.4"}
+    )
+    assert table.get("addr", str) == "1.2.3.4"
 
 
-def test_read_config_template_in_comment_is_allowed() -> None:
-    """A template inside a comment is not a problem."""
-    assert "token" not in load('# token = "{{ .Envs.TOKEN }}"')
+def test_read_config_template_without_env_is_invalid_toml() -> None:
+    """Without an environment nothing is rendered, so a bare template is a TOML error."""
+    err = error_of("bindPort = {{ .Envs.PORT }}")
+    assert str(err).startswith("test.toml: invalid TOML: ")
 
 
 def test_read_config_empty_text_is_empty_table() -> None:
@@ -195,9 +203,7 @@ def test_choice_spec_unknown_value_lists_choices() -> None:
 
 def test_choice_spec_frp_value_is_not_supported_yet() -> None:
     """A value frp has but tunnelkit lacks says so, and names the alternative."""
-    assert_error(
-        'mode = "oidc"', "mode", '"oidc" is an frp value tunnelkit does not support yet', '"token"'
-    )
+    assert_error('mode = "oidc"', "mode", '"oidc" is not supported yet (an frp value)', '"token"')
 
 
 def test_secret_spec_error_never_echoes_value() -> None:
@@ -308,7 +314,7 @@ def test_unsupported_key_is_reported_with_hint() -> None:
     assert_error(
         'transport.protocol = "kcp"',
         "transport.protocol",
-        "'transport.protocol' is an frp option tunnelkit does not support yet; use TLS",
+        "'transport.protocol' is not supported yet (an frp option); use TLS",
     )
 
 
@@ -317,21 +323,21 @@ def test_unsupported_key_without_hint_says_remove_it() -> None:
     assert_error(
         '[auth.oidc]\nissuer = "x"\naudience = "y"',
         "auth.oidc",
-        "'auth.oidc' is an frp option tunnelkit does not support yet; remove it",
+        "'auth.oidc.issuer', 'auth.oidc.audience' are not supported yet (an frp option); remove it",
     )
 
 
 def test_unsupported_table_names_deepest_known_key() -> None:
-    """A table of unsupported keys reports the deepest key it can name."""
+    """A table of unsupported keys names each key in it, not the table."""
     assert_error(
         "[sshTunnelGateway]\nbindPort = 2200",
         "sshTunnelGateway.bindPort",
-        "'sshTunnelGateway.bindPort' is an frp option",
+        "'sshTunnelGateway.bindPort' is not supported yet",
     )
     assert_error(
         "[sshTunnelGateway]\nbindPort = 2200\nprivateKeyFile = 'k'",
         "sshTunnelGateway",
-        "'sshTunnelGateway' is an frp option",
+        "'sshTunnelGateway.bindPort', 'sshTunnelGateway.privateKeyFile' are not supported yet",
     )
 
 
@@ -339,13 +345,13 @@ def test_unsupported_key_in_table_list_is_relative_to_item() -> None:
     """An item's own table of frp keys is keyed relative to the item."""
     assert_error(
         '[[items]]\nname = "a"\n[items.plugin]\ntype = "socks5"',
-        "items[0].plugin",
-        "'plugin' is an frp option tunnelkit does not support yet; use a real service",
+        "items[0].plugin.type",
+        "'plugin.type' is not supported yet (an frp option); use a real service",
     )
     assert_error(
         "[[items]]\ntransport.useEncryption = true",
         "items[0].transport.useEncryption",
-        "'transport.useEncryption' is an frp option",
+        "'transport.useEncryption' is not supported yet",
     )
 
 

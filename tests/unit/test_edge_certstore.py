@@ -72,7 +72,11 @@ def test_edge_config_tls_certificates_parse(tmp_path: Path) -> None:
         ('[[tls.certificates]]\ncertFile = "a"\nkeyFile = "b"\n', "tls: needs vhostHTTPSPort"),
         ('vhostHTTPSPort = 1\n[[tls.certificates]]\ncertFile = "a"\n', "keyFile: is required"),
         ('vhostHTTPSPort = 1\n[[tls.certificates]]\nkeyFile = "a"\n', "certFile: is required"),
-        ('vhostHTTPSPort = 1\n[[tls.certificates]]\ncertFil = "a"\n', "did you mean 'certFile'"),
+        (
+            'vhostHTTPSPort = 1\n[[tls.certificates]]\ncertFile = "a"\nkeyFile = "b"\n'
+            'keyFil = "c"\n',
+            "did you mean 'keyFile'",
+        ),
     ],
 )
 def test_edge_config_tls_mistakes_are_one_line_errors(text: str, message: str) -> None:

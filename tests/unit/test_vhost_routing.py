@@ -264,3 +264,36 @@ def test_routing_sni_lookup_without_path() -> None:
     rt = route("tls", subdomain="secure")
     r.add(rt)
     assert r.lookup("secure.tunnel.test") is rt
+
+
+def test_routing_by_http_user_picks_the_users_route_then_the_shared_one() -> None:
+    """routeByHTTPUser: alice's requests go to her proxy, everyone else's to the shared one."""
+    router = VhostRouter(None, 100)
+    shared = route("shared", domains=["app.example.com"])
+    alice = route("alice", domains=["app.example.com"], route_by_http_user="alice")
+    router.add(alice)
+    assert router.lookup("app.example.com", "/", "bob") is None  # no shared route yet
+    router.add(shared)
+    assert router.lookup("app.example.com", "/x", "alice") is alice
+    assert router.lookup("app.example.com", "/x", "bob") is shared
+    assert router.lookup("app.example.com", "/x") is shared
+
+
+def test_routing_by_http_user_keeps_the_longest_location_first() -> None:
+    """A user's route at "/" never beats another route at a longer matching location."""
+    router = VhostRouter(None, 100)
+    api = route("api", domains=["a.example.com"], locations=["/api"])
+    alice = route("alice", domains=["a.example.com"], route_by_http_user="alice")
+    router.add(api)
+    router.add(alice)
+    assert router.lookup("a.example.com", "/api/v1", "alice") is api
+    assert router.lookup("a.example.com", "/home", "alice") is alice
+
+
+def test_routing_by_http_user_conflicts_only_for_the_same_user() -> None:
+    """Two proxies for one user at one (domain, location) conflict, as two shared ones do."""
+    router = VhostRouter(None, 100)
+    router.add(route("a1", domains=["x.example.com"], route_by_http_user="alice"))
+    router.add(route("b1", domains=["x.example.com"], route_by_http_user="bob"))
+    with pytest.raises(RouteConflict):
+        router.add(route("a2", domains=["x.example.com"], route_by_http_user="alice"))

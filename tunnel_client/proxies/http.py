@@ -89,7 +89,8 @@ class HTTPProxy(TCPProxy):
             return
         capture = HTTPCapture(self.store, self.config.name)
         stream.tap = _CaptureTap(capture)
-        if not self.store.mocks.active(self.config.name):
+        if self.plugin is not None or not self.store.mocks.active(self.config.name):
+            # Mock rules answer in place of localIP:localPort; a plugin has none to stand for.
             super().handle_stream(session, stream)
             return
         # A mock or catch rule is on for this proxy: look at each request first.

@@ -1,4 +1,5 @@
-"""TCP proxy (client side): dial the local service for each stream and splice."""
+"""TCP proxy (client side): dial the local service for each stream and splice, or hand the
+stream to the proxy's plugin (`tunnel_client.plugins`) when it has one."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import logging
 from collections.abc import Coroutine
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import dial_and_splice
+from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
+from protocol.proxytype import ProxyType
+from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
-from .base import LOCAL_DIAL_TIMEOUT_S
+from ..plugins import ClientPlugin, make_plugin
+from ..proxyheader import proxy_header
+from .base import LOCAL_DIAL_TIMEOUT_S, PreambleSplice, public_port
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,14 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         redirect_http=bool(config.redirect_http),
         hsts_max_age=config.hsts_max_age or 0,
         backend_protocol=config.backend_protocol or "",
+        route_by_http_user=config.route_by_http_user or "",
+        metadatas=dict(config.metadatas),
+        annotations=dict(config.annotations),
+        bandwidth_limit=(
+            config.transport.bandwidth_limit or 0
+            if config.transport.bandwidth_limit_mode == "server"
+            else 0
+        ),
     )
 
 
@@ -43,11 +56,26 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
+        # An http proxy's stream is plain HTTP: HTTPProxy captures it itself, plugin or not.
+        capture = None
+        if store is not None and config.type != ProxyType.HTTP:
+            capture = (store, config.name)
+        self.plugin: ClientPlugin | None = (
+            make_plugin(config.plugin, config.type, capture) if config.plugin is not None else None
+        )
+        limit = config.transport.bandwidth_limit
+        paced_here = limit is not None and config.transport.bandwidth_limit_mode == "client"
+        self.throttle: Throttle | None = Throttle(limit) if limit and paced_here else None
+        self.public_port = 0
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
+        if self.plugin is not None:
+            self.spawn(self.plugin.serve(stream, self.splice))
+            return
+        preamble = self._proxy_header(session, stream)
         self.spawn(
             dial_and_splice(
                 session,
@@ -55,6 +83,7 @@ class TCPProxy:
                 self.config.local_ip,
                 self.config.local_port,
                 LOCAL_DIAL_TIMEOUT_S,
+                protocol=lambda s: self.splice(s, preamble),
             )
         )
 
@@ -64,13 +93,37 @@ class TCPProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def proxy_ready(self, public_urls: tuple[str, ...]) -> None:
+        self.public_port = public_port(public_urls)
+
+    def _proxy_header(self, session: MuxSession, stream: MuxStream) -> bytes:
+        version = self.config.transport.proxy_protocol_version
+        if version is None:
+            return b""
+        server = session.peername[0] if session.peername else ""
+        src = (stream.header.src_addr, stream.header.src_port)
+        return proxy_header(version, src, (server, self.public_port))
+
+    def splice(self, stream: MuxStream, preamble: bytes = b"") -> SpliceProtocol:
+        """The protocol of one local socket: paced when the proxy has a bandwidth limit,
+        and starting with `preamble` (a PROXY protocol header) when given."""
+        if self.throttle is not None:
+            return self.throttle.protocol(stream, preamble=preamble)
+        if preamble:
+            return PreambleSplice(stream, preamble)
+        return SpliceProtocol(stream)
+
     def session_ended(self) -> None:
         return None
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.plugin is not None:
+            self.plugin.close()
 
     async def wait_closed(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.plugin is not None:
+            await self.plugin.wait_closed()

@@ -20,6 +20,8 @@ from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
+from ..proxyheader import parse_peer, proxy_header
+from .base import public_port
 from .tcp import new_proxy_request
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class _Flow(asyncio.DatagramProtocol):
         self.flow_id = flow_id
         self.peer = peer
         self.transport: asyncio.DatagramTransport | None = None
+        self.preamble = b""  # a PROXY protocol v2 header put before each datagram
         self.pending: list[bytes] = []
         self.last_active = time.monotonic()
         self.closed = False
@@ -56,6 +59,8 @@ class _Flow(asyncio.DatagramProtocol):
 
     def send(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self.preamble:
+            data = self.preamble + data
         if self.transport is not None:
             self.transport.sendto(data)
         elif len(self.pending) < PENDING_DATAGRAMS_PER_FLOW:
@@ -79,9 +84,13 @@ class UDPProxy:
         self.refused_flows = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.public_port = 0
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
+
+    def proxy_ready(self, public_urls: tuple[str, ...]) -> None:
+        self.public_port = public_port(public_urls)
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
         stream.abort(ErrorCode.REFUSED, "a udp proxy takes datagrams, not streams")
@@ -101,6 +110,11 @@ class UDPProxy:
             session.send_message(UDPFlowClosed(message.flow_id, "client flow table full"))
             return
         flow = _Flow(self, message.flow_id, message.peer)
+        version = self.config.transport.proxy_protocol_version
+        if version is not None:
+            server = session.peername[0] if session.peername else ""
+            src = parse_peer(message.peer)
+            flow.preamble = proxy_header(version, src, (server, self.public_port), datagram=True)
         self.flows[message.flow_id] = flow
         task = asyncio.get_running_loop().create_task(self._connect(flow))
         self._tasks.add(task)

@@ -1,4 +1,4 @@
-"""The client admin API (frp's ``webServer`` on the client): status, reload, stop."""
+"""The client admin API (frp's ``webServer`` on the client): status, metrics, reload, stop."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import logging
 from typing import Final, Protocol
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tunnel_common.webguard import healthz_route, install_guard
+
+from .metrics import build_client_registry
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,13 @@ def build_admin_app(
         logger.info("tunnelc: config reloaded from the admin API")
         return web.json_response(changes)
 
+    registry = build_client_registry(controller.status)
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
     async def stop(request: web.Request) -> web.Response:
         logger.info("tunnelc: stop requested from the admin API")
         controller.request_stop()
@@ -62,6 +72,7 @@ def build_admin_app(
         [
             healthz_route(),
             web.get("/api/status", status),
+            web.get("/metrics", metrics),
             # frp's client uses GET for reload; POST is the honest method, so accept both.
             web.post("/api/reload", reload),
             web.post("/api/stop", stop),

@@ -17,7 +17,7 @@ import httptools
 
 from ..vhost.normalize import BadRequestTarget, normalize_path
 from ..vhost.pages import render_page
-from ..vhost.rewrite import Framing, request_head
+from ..vhost.rewrite import Framing, basic_auth_user, request_head
 from ..vhost.routing import HTTPRoute
 from ..vhost.upstream import ByteStream, UpstreamError
 from .h2c import h2c_exchange
@@ -90,12 +90,12 @@ async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, 
         await send_page(v, stream_id, 400, host, str(exc))
         return
     target = path + target[len(raw_path) :]
-    route = v.router.lookup(host, path.decode("latin-1"))
+    authorization = next((val for key, val in regular if key == b"authorization"), None)
+    route = v.router.lookup(host, path.decode("latin-1"), basic_auth_user(authorization))
     if route is None:
         await send_page(v, stream_id, 404, host, None)
         return
     if route.rules.auth is not None:
-        authorization = next((val for key, val in regular if key == b"authorization"), None)
         if not route.rules.check_auth(authorization):
             await send_page(
                 v, stream_id, 401, host, None, (b"www-authenticate", b'Basic realm="tunnelkit"')

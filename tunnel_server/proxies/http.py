@@ -178,6 +178,7 @@ class HTTPProxy(VhostProxy):
             response_headers_set=_with_hsts(r.response_headers, r.hsts_max_age),
             redirect_http=r.redirect_http,
             backend_h2c=_backend_h2c(r.backend_protocol),
+            route_by_http_user=r.route_by_http_user or None,
         )
 
 

@@ -12,6 +12,7 @@ from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
+from tunnel_common.throttle import Throttle
 
 from ..ports import listen_on_public_port
 from .base import ProxyContext
@@ -37,6 +38,9 @@ class TCPProxy:
         self.public_note = ""
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
+        # bandwidthLimitMode = "server": this side paces the proxy (one bucket, both ways).
+        limit = request.bandwidth_limit
+        self.throttle: Throttle | None = Throttle(limit) if limit else None
         self._last_refusal_log = -math.inf
 
     async def start(self) -> None:
@@ -45,7 +49,7 @@ class TCPProxy:
 
         async def listen(port: int) -> int:
             self._server = await loop.create_server(
-                lambda: SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed),
+                self._protocol,
                 ctx.config.proxy_bind_addr,
                 port,
                 reuse_address=True,
@@ -57,6 +61,11 @@ class TCPProxy:
             ctx.ports, ctx.client_id, "tcp", self.requested_port, listen
         )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
+
+    def _protocol(self) -> SpliceProtocol:
+        if self.throttle is not None:
+            return self.throttle.protocol(on_connect=self._on_user, on_close=self._on_closed)
+        return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)

@@ -4,7 +4,8 @@ One `InboundProtocol` per visitor connection parses requests with httptools (see
 `request.py`); one task per connection, owned by the server, runs `_serve`:
 
     wait for a request head (idle / slow-header deadlines)
-    -> check Host, route, basic auth   (404 / 400 / 401 pages on failure)
+    -> check Host and framing, normalize the path (400 / 501; see normalize.py)
+    -> route, basic auth on the normalized path   (404 / 401 pages on failure)
     -> reuse the upstream stream if the route is the same, else close it and open a new one
     -> run one `Exchange` (request out, response back, maybe an upgrade splice)
     -> loop while both sides keep the connection alive
@@ -32,7 +33,7 @@ from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .normalize import BadRequestTarget, check_host, normalize_path
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
-from .rewrite import Framing, request_head
+from .rewrite import Framing, basic_auth_user, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
@@ -161,7 +162,7 @@ class HTTPVhostServer(VhostListener):
                 self._skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
-        route = self._router.lookup(host, path)
+        route = self._router.lookup(host, path, basic_auth_user(head.authorization))
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:

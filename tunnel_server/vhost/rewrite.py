@@ -93,6 +93,12 @@ class HeaderRules:
         return user_ok and password_ok
 
 
+def basic_auth_user(authorization: bytes | None) -> str:
+    """The user named by a Basic Authorization header ("" if none), for routeByHTTPUser."""
+    user, _ = _parse_basic(authorization)
+    return user.decode("latin-1")
+
+
 def _parse_basic(authorization: bytes | None) -> tuple[bytes, bytes]:
     if not authorization:
         return b"", b"\x00"

@@ -6,12 +6,20 @@ Route keys, most specific first (as frp does):
    `*.b.example.com`, then `*.example.com`. A wildcard matches one or more labels;
 3. the catch-all `*`.
 
-Within a name, the longest `locations` prefix wins (a plain string prefix, like frp). A name
-whose locations do not match the path falls through to the next key.
+Within a name, the longest `locations` prefix wins (a plain string prefix, like frp, on the
+path the HTTP vhost has already normalized: see normalize.py). A name whose locations do not
+match the path falls through to the next key, which always belongs to the same user.
 
-A `subdomain` route is an exact name, so it beats any wildcard: a client that claims `*` must
-not capture the other clients' subdomains. Clients may not claim a name under subDomainHost
-through customDomains (the subdomain namespace belongs to the server).
+`routeByHTTPUser` (frp's, http only) lets several proxies share one (name, location): a
+request whose basic-auth user is X goes to the proxy with routeByHTTPUser = X, and any other
+request to the proxy without routeByHTTPUser there (none: the next key is tried).
+
+A `subdomain` route is an exact name, so it beats any wildcard, and no wildcard (not even `*`)
+covers a name under subDomainHost unless the server allows it. Clients may not claim a name
+under subDomainHost through customDomains (the subdomain namespace belongs to the server).
+
+Who may claim which name (users, across http and https) and how many pairs a client may hold
+is decided by the `DomainClaims` that both routers share (claims.py), never per proxy kind.
 
 Host matching ignores the port, the case and a trailing dot. The table is bounded by
 `max_routes` (domain, location) pairs; a client asking past it is refused.
@@ -111,6 +119,7 @@ class HTTPRoute:
     response_headers_set: Mapping[str, str] = field(default_factory=dict)
     redirect_http: bool = False  # plain HTTP gets a 308 to HTTPS when the edge can serve it
     backend_h2c: bool = False  # the local service speaks h2c: h2 visitors keep HTTP/2 (gRPC)
+    route_by_http_user: str | None = None  # only requests from this basic-auth user
     rules: HeaderRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +187,11 @@ class VhostRouter:
         sdh = self._sub_domain_host
         if sdh is not None:
             for name in route.domains:
+                if name.startswith("*") and (name == "*." + sdh or name.endswith("." + sdh)):
+                    raise RouteRefused(
+                        f"wildcard {name!r} is under subDomainHost {sdh!r}, whose names the "
+                        "server hands out as subdomains"
+                    )
                 if name.endswith("." + sdh):
                     raise RouteRefused(
                         f"custom domain {name!r} is under subDomainHost {sdh!r}; "
@@ -200,7 +214,11 @@ class VhostRouter:
             )
         for name, loc in keys:
             for owned_loc, owner in self._table.get(name, ()):
-                if owned_loc == loc and owner.proxy_key != route.proxy_key:
+                if (
+                    owned_loc == loc
+                    and owner.proxy_key != route.proxy_key
+                    and owner.route_by_http_user == route.route_by_http_user
+                ):
                     where = f" location {loc!r}" if loc != "/" else ""
                     raise RouteConflict(
                         f"domain {name!r}{where} is already used by proxy {owner.proxy_name!r}"
@@ -237,13 +255,14 @@ class VhostRouter:
         owned = self._owned.get(proxy_key)
         return owned[0] if owned is not None else None
 
-    def lookup(self, host: str, path: str = "/") -> HTTPRoute | None:
-        """The route for a Host header (or SNI name) and a request path, or None."""
+    def lookup(self, host: str, path: str = "/", http_user: str = "") -> HTTPRoute | None:
+        """The route for a Host header (or SNI name), a request path and the request's
+        basic-auth user (for routeByHTTPUser; "" = none), or None."""
         name = normalize_host(host)
         table = self._table
         entries = table.get(name)
         if entries is not None:
-            route = _match(entries, path)
+            route = _match(entries, path, http_user)
             if route is not None:
                 return route
         if self.claims.exempt(name):
@@ -252,16 +271,28 @@ class VhostRouter:
         while len(labels) >= 3:
             entries = table.get("*." + ".".join(labels[1:]))
             if entries is not None:
-                route = _match(entries, path)
+                route = _match(entries, path, http_user)
                 if route is not None:
                     return route
             labels = labels[1:]
         entries = table.get("*")
-        return _match(entries, path) if entries is not None else None
+        return _match(entries, path, http_user) if entries is not None else None
 
 
-def _match(entries: list[tuple[str, HTTPRoute]], path: str) -> HTTPRoute | None:
+def _match(entries: list[tuple[str, HTTPRoute]], path: str, http_user: str) -> HTTPRoute | None:
+    """The longest matching location; at one location, the route for this basic-auth user
+    first, then the one for everybody."""
+    fallback: HTTPRoute | None = None
+    fallback_len = -1
     for location, route in entries:
-        if path.startswith(location):
-            return route
-    return None
+        if len(location) < fallback_len:
+            break  # entries are longest first: nothing shorter beats the fallback
+        if not path.startswith(location):
+            continue
+        wanted = route.route_by_http_user
+        if wanted is not None:
+            if http_user and wanted == http_user:
+                return route
+        elif fallback is None:
+            fallback, fallback_len = route, len(location)
+    return fallback

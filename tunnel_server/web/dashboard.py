@@ -64,6 +64,10 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "connections_active": counters.connections_active,
         "dropped_datagrams": counters.dropped_datagrams,
         "refused_flows": counters.refused_flows,
+        "metadatas": dict(info.metadatas),
+        "annotations": dict(info.annotations),
+        "bandwidth_limit": info.bandwidth_limit,
+        "bandwidth_rate": round(info.bandwidth_rate),
     }
 
 

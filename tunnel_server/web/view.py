@@ -6,7 +6,7 @@ collector never touch sessions or listeners directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tunnel_server.stats import ProxyCounters
@@ -36,6 +36,10 @@ class ProxyInfo:
     public: tuple[str, ...]  # e.g. ("tcp://0.0.0.0:6000",) or one URL per HTTP domain
     status: ProxyStatus
     counters: ProxyCounters
+    metadatas: dict[str, str] = field(default_factory=dict)  # frp's, as the client sent them
+    annotations: dict[str, str] = field(default_factory=dict)
+    bandwidth_limit: int = 0  # bytes per second the server paces it at; 0 = none
+    bandwidth_rate: float = 0.0  # bytes per second through it now (server-paced proxies)
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,10 +104,24 @@
     return cell;
   }
 
+  // The name, then what the client said about the proxy: annotations, metadatas and a
+  // server-paced bandwidth limit with the current rate.
+  function nameCell(proxy) {
+    const cell = el("td", { class: "mono" }, el("div", { text: proxy.name }));
+    const labels = { ...(proxy.annotations || {}), ...(proxy.metadatas || {}) };
+    const pairs = Object.entries(labels).map(([key, value]) => `${key}=${value}`);
+    if (pairs.length) cell.append(el("div", { class: "sub", "data-testid": "proxy-meta", text: pairs.join(" ") }));
+    if (proxy.bandwidth_limit) {
+      cell.append(el("div", { class: "sub", "data-testid": "proxy-limit",
+        text: `limit ${formatBytes(proxy.bandwidth_limit)}/s, now ${formatBytes(proxy.bandwidth_rate)}/s` }));
+    }
+    return cell;
+  }
+
   function renderProxies(proxies) {
     const body = byId("proxies-body");
     body.replaceChildren(...proxies.map((proxy) => el("tr", { "data-testid": "proxy-row", "data-proxy-name": proxy.name },
-      el("td", { class: "mono", text: proxy.name }),
+      nameCell(proxy),
       el("td", { class: "type", text: proxy.type }),
       publicCell(proxy.public),
       el("td", { class: "mono sub", text: proxy.client_id }),
