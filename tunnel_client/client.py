@@ -583,11 +583,17 @@ class TunnelClient:
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
         self._held.succeeded(result.name)
-        status.state, status.error, status.public_urls = "running", "", urls
+        # On success `error` carries a note, e.g. "https pending certificate for NAME"; the
+        # server sends the result again once the certificate is there.
+        status.state, status.error, status.public_urls = "running", result.error, urls
+        note = f" ({peer_text(result.error)})" if result.error else ""
         if proxy is not None:
             proxy.proxy_ready(urls)
         logger.info(
-            "tunnelc: proxy %s ready at %s", peer_text(result.name), peer_text(" ".join(urls))
+            "tunnelc: proxy %s ready at %s%s",
+            peer_text(result.name),
+            peer_text(" ".join(urls)),
+            note,
         )
         self._notify_status()
 

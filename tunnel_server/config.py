@@ -50,6 +50,7 @@ from tunnel_common.configschema import (
 )
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
+from .edge.config import EDGE_TLS_ENTRIES, EdgeTLSConfig, build_edge_tls
 from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
 
 __all__ = [
@@ -329,6 +330,16 @@ SERVER_FIELDS: Final = FieldTable(
             "let wildcard domains (and *) match names under subDomainHost",
             origin=OWN,
         ),
+        *EDGE_TLS_ENTRIES,
+        Field(
+            "controlServerName",
+            "control_server_name",
+            Str(lower=True),
+            None,
+            "with bindPort = vhostHTTPSPort: this SNI (tunnelc's transport.tls.serverName) "
+            "reaches the control listener, as tunnelc's ALPN tunnelkit/1 does",
+            origin=OWN,
+        ),
     ),
     unsupported=FRPS_UNSUPPORTED,
 )
@@ -372,7 +383,9 @@ class ServerConfig:
     offline_max_age: float = _F.default("offline_max_age", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
+    control_server_name: str | None = _F.optional("control_server_name", str)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
+    edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
@@ -434,6 +447,7 @@ def _complete(root: ConfigTable, problems: list[ConfigError]) -> ServerConfig:
         ServerConfig,
         allow_ports=tuple(allow_ports),
         notes=tuple([*root.notes, *SERVER_FIELDS.notes(root)]),
+        edge_tls=build_edge_tls(root.subtable("tls")),
     )
 
 
@@ -502,6 +516,10 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
             source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
         )
     )
+    if config.edge_tls.enabled and config.vhost_https_port is None:
+        raise ConfigError(
+            source, "tls", "needs vhostHTTPSPort: the edge serves these certificates there"
+        )
     if config.max_pending_logins_per_ip > config.max_pending_logins:
         problems.append(
             ConfigError(
@@ -533,7 +551,8 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
 
 
 def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
-    """Every listener port is in range, and no two listeners share one."""
+    """Every listener port is in range, and no two listeners share one, except that bindPort
+    may be vhostHTTPSPort (port reuse: the HTTPS edge hands tunnelc's connections over)."""
     problems: list[ConfigError] = []
     listeners = {
         "bindPort": config.bind_port,
@@ -550,7 +569,7 @@ def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
                 ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
             )
             continue
-        if port in seen:
+        if port in seen and not (key == "vhostHTTPSPort" and seen[port] == "bindPort"):
             problems.append(
                 ConfigError(
                     source,
