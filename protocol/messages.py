@@ -22,6 +22,8 @@ MAX_TEXT_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 64
 NONCE_BYTES: Final = 32  # protocol/auth.py makes and checks them
 PROOF_BYTES: Final = 32
+MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list's ceiling
+BACKEND_PROTOCOLS: Final = ("", "http1", "h2c")  # NewProxy.backend_protocol ("" = http1)
 MAX_BANDWIDTH_BYTES_PER_S: Final = 100 * 1024**3  # a bandwidth limit beyond this is no limit
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
 
@@ -99,12 +101,20 @@ class NewProxy:
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    redirect_http: bool = False  # http: 308 from plain HTTP to HTTPS when a certificate exists
+    hsts_max_age: int = 0  # http: Strict-Transport-Security max-age (seconds); 0 = none
+    backend_protocol: str = ""  # http: "" or "http1" (HTTP/1.1), "h2c" (HTTP/2 end to end)
     # frp's per-proxy `metadatas` and `annotations`, shown on the server's dashboard.
     metadatas: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     # Bytes per second the server paces this proxy at (bandwidthLimitMode = "server"); 0 = none.
     bandwidth_limit: int = 0
     route_by_http_user: str = ""  # http: only requests from this basic-auth user ("" = all)
+    # http only: while the client is offline, answer with this status (0 = no fallback)
+    # and body, and with offline_capture store the requests to deliver on reconnect.
+    offline_status: int = 0
+    offline_body: str = ""
+    offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
 
@@ -295,10 +305,16 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "host_header_rewrite": _NAME,
             "request_headers": _text_map,
             "response_headers": _text_map,
+            "redirect_http": _bool,
+            "hsts_max_age": _int(0, MAX_HSTS_MAX_AGE_S),
+            "backend_protocol": _NAME,
             "metadatas": _text_map,
             "annotations": _text_map,
             "bandwidth_limit": _int(0, MAX_BANDWIDTH_BYTES_PER_S),
             "route_by_http_user": _NAME,
+            "offline_status": _int(0, 599),
+            "offline_body": _TEXT,
+            "offline_capture": _bool,
             "allow_ips": _text_list,
             "deny_ips": _text_list,
         },

@@ -129,6 +129,8 @@ def run_client(
     *,
     identity_key: str | None = None,
     name_with: Callable[[ClientConfig, str], ClientConfig] | None = None,
+    panel: bool = False,
+    oneliner: bool = False,
 ) -> None:
     """Run a client. Without clientID it takes the stable id of `identity_key` (default: the
     config file); `name_with(config, label)` then names a one-liner's proxy after that id."""
@@ -153,7 +155,9 @@ def run_client(
             config = name_with(config, label)
     allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
     try:
-        code = run_loop(_run(config, config_path), use_uvloop=not no_uvloop)
+        code = run_loop(
+            _run(config, config_path, panel=panel, oneliner=oneliner), use_uvloop=not no_uvloop
+        )
     except KeyboardInterrupt:
         code = 0
     finally:
@@ -162,9 +166,18 @@ def run_client(
     sys.exit(code)
 
 
-async def _run(config: ClientConfig, config_path: Path | None) -> int:
+async def _run(
+    config: ClientConfig, config_path: Path | None, *, panel: bool = False, oneliner: bool = False
+) -> int:
     loop = asyncio.get_running_loop()
-    client = TunnelClient(config, config_path)
+    client = TunnelClient(config, config_path, exit_if_all_refused=oneliner)
+    shown: asyncio.Task[None] | None = None
+    if panel:
+        from rich.console import Console  # rich loads only for the panel
+
+        from .panel import run_panel
+
+        shown = loop.create_task(run_panel(client, Console()), name="panel")
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, client.request_stop)
     reloads: set[asyncio.Task[object]] = set()
@@ -186,6 +199,7 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
     try:
         code = await client.run()
     except TunnelError as exc:
+        await _stop_panel(shown)
         logger.error("tunnelc: error: %s", exc)
         return 1
     except Exception as exc:
@@ -195,8 +209,17 @@ async def _run(config: ClientConfig, config_path: Path | None) -> int:
         )
         logger.debug("tunnelc: internal error", exc_info=True)
         return 1
+    finally:
+        await _stop_panel(shown)
     logger.info("tunnelc: stopped")
     return code
+
+
+async def _stop_panel(shown: asyncio.Task[None] | None) -> None:
+    """Stop the live panel (idempotent); its last frame stays on the screen."""
+    if shown is not None and not shown.done():
+        shown.cancel()
+        await asyncio.gather(shown, return_exceptions=True)
 
 
 @main.command()
@@ -250,6 +273,12 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--insecure-skip-verify", is_flag=True, help="Do not verify the server (unsafe)."
         ),
+        click.option(
+            "--log",
+            "plain_log",
+            is_flag=True,
+            help="Print log lines instead of the live panel (the default on a terminal).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -301,6 +330,7 @@ def _oneliner(
         )
         return dataclasses.replace(config, proxies=(pc,))
 
+    panel = sys.stdout.isatty() and not opts["plain_log"]
     run_client(
         config,
         opts["log_level"],
@@ -308,6 +338,8 @@ def _oneliner(
         opts["no_uvloop"],
         identity_key=oneliner_key(str(proxy_type), opts["local_ip"], local_port, opts["server"]),
         name_with=name_with,
+        panel=panel,
+        oneliner=True,
     )
 
 
@@ -475,6 +507,8 @@ def _print_admin(path: str, text: str) -> None:
         for proxy in data.get("proxies", []):
             public = " ".join(proxy.get("public", [])) or "-"
             error = f" ({proxy['error']})" if proxy.get("error") else ""
+            if proxy.get("local_error"):
+                error += f" (local service: {proxy['local_error']})"
             click.echo(
                 f"{proxy['name']:<20} {proxy['type']:<6} {proxy['state']:<8} {public}{error}"
             )

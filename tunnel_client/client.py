@@ -15,11 +15,14 @@ import logging
 import random
 import secrets
 import socket
+import ssl
+import time
 from pathlib import Path
 from typing import Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MuxSession, SessionClosedError
+from protocol.aio.splice import dial_failure
 from protocol.aio.stream import MuxStream
 from protocol.auth import login_proof, new_nonce, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
@@ -61,6 +64,11 @@ LOGIN_TIMEOUT_S: Final = 10.0
 # On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
 DRAIN_TIMEOUT_S: Final = 5.0
 MAX_FLOWS_PER_CLIENT: Final = 4096
+LOCAL_PROBE_TIMEOUT_S: Final = 1.0  # the start-up check that each local service accepts
+# OpenSSL's reasons when the peer answered in plain text (an HTTP port, not tunneld's).
+_NOT_TLS_REASONS: Final = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+)
 
 
 class LoginFailed(TunnelError):
@@ -77,8 +85,17 @@ class LoginDeferred(TunnelError):
 
 
 class TunnelClient:
-    def __init__(self, config: ClientConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        config_path: Path | None = None,
+        *,
+        exit_if_all_refused: bool = False,
+    ) -> None:
         self.config = config
+        # A one-liner has nothing to do once the server refused every proxy: exit 1 then.
+        self.exit_if_all_refused = exit_if_all_refused
+        self.exit_code = 0
         self.config_path = config_path
         self.surfaces = WebSurfaces(self)
         # Kept across reconnects, so the server can replace our stale session.
@@ -87,6 +104,12 @@ class TunnelClient:
         self.proxy_status: dict[str, ProxyStatus] = {}
         self.session: MuxSession | None = None
         self.logged_in_once = False
+        # For the terminal panel: "connecting", "online" or "reconnecting", the reconnect
+        # attempt (0 while online), when the next one is due (epoch s) and why the last failed.
+        self.connection_state = "connecting"
+        self.attempt = 0
+        self.next_try_at: float | None = None
+        self.last_error: str | None = None
         self._stop = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None  # the stop's drain, awaited by run()
         # Set, then replaced by a fresh one, whenever a proxy's status changes; tests and the
@@ -145,6 +168,8 @@ class TunnelClient:
                 "error": st.error,
             }
             proxy = self.proxies.get(st.name)
+            # Why the last connection to the local service failed (None: the last one worked).
+            row["local_error"] = getattr(proxy, "local_error", None)
             if proxy is not None:
                 row["metadatas"] = dict(proxy.config.metadatas)
                 row["annotations"] = dict(proxy.config.annotations)
@@ -293,13 +318,22 @@ class TunnelClient:
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
         await self.surfaces.start()
         self.health.start()
+        await self._probe_local_services()
         try:
             while not self.stopping:
                 at_least = 0.0
+                self.connection_state = "reconnecting" if self.attempt else "connecting"
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
-                    logger.error("tunnelc: login to %s failed: %s", where, exc)
+                    message = str(exc)
+                    if cfg.auth_token is None and cfg.auth_method != "oidc" and "token" in message:
+                        message = (
+                            "no token given, and this server requires one (set auth.token in "
+                            "the config, or --token / TUNNELKIT_TOKEN)"
+                        )
+                    logger.error("tunnelc: login to %s failed: %s", where, message)
+                    self.last_error = message
                     if cfg.login_fail_exit and not self.logged_in_once:
                         logger.error(
                             "tunnelc: exiting because loginFailExit = true (set it to false "
@@ -309,30 +343,39 @@ class TunnelClient:
                 except LoginDeferred as exc:
                     # Busy or full is not a refusal: retry even with loginFailExit = true.
                     logger.warning("tunnelc: login to %s deferred: %s", where, exc)
+                    self.last_error = str(exc)
                     at_least = exc.retry_after_s
                 except (OSError, TimeoutError, SessionClosedError) as exc:
                     # A network error (a server restarting, a login cut short) is retried even
                     # with loginFailExit = true: only a definite refusal ends the client.
                     reason = _describe_network_error(exc)
                     logger.error("tunnelc: cannot reach the server at %s: %s", where, reason)
+                    self.last_error = reason
                 else:
                     self.logged_in_once = True
                     self._backoff.reset()
                     if self.stopping:  # asked to stop while logging in
                         session.close(ErrorCode.SHUTDOWN, "client stopping")
                         break
+                    self.attempt = 0
+                    self.last_error = None
+                    self.connection_state = "online"
                     await self._serve(session)
+                    self.last_error = "disconnected from the server"
                 if self.stopping:
                     break
                 # Full jitter on top of the server's hint spreads a fleet's retries out.
                 delay = at_least * (1 + random.random()) + self._backoff.next_delay()
-                logger.info("tunnelc: reconnecting in %.1fs", delay)
+                self.attempt += 1
+                self.connection_state = "reconnecting"
+                self.next_try_at = time.time() + delay
+                logger.info("tunnelc: reconnecting in %.1fs (attempt %d)", delay, self.attempt)
                 try:
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
                 except TimeoutError:
                     pass  # time to try again
-            return 0
+            return self.exit_code
         finally:
             if self._drainer is not None:
                 await self._drainer  # bounded by DRAIN_TIMEOUT_S
@@ -344,6 +387,31 @@ class TunnelClient:
                 *(p.wait_closed() for p in self.proxies.values()), return_exceptions=True
             )
             await self.surfaces.close()
+
+    async def _probe_local_services(self) -> None:
+        """Warn at start about an http proxy whose local service does not accept yet.
+
+        The check opens (and closes) one connection, which an HTTP app ignores; tcp proxies
+        are not checked, since services like ssh would log the empty connection."""
+
+        async def probe(pc: ProxyConfig) -> None:
+            try:
+                async with asyncio.timeout(LOCAL_PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(pc.local_ip, pc.local_port)
+            except (OSError, TimeoutError) as exc:
+                reason = dial_failure(pc.local_ip, pc.local_port, exc, LOCAL_PROBE_TIMEOUT_S)
+                logger.warning(
+                    "tunnelc: [proxy=%s] %s: nothing accepts connections there yet; visitors "
+                    "get a 502 until it does",
+                    pc.name,
+                    reason,
+                )
+                return
+            writer.close()
+            await writer.wait_closed()
+
+        probes = [probe(p.config) for p in self.proxies.values() if p.config.type == "http"]
+        await asyncio.gather(*probes)
 
     async def _connect(self) -> MuxSession:
         cfg = self.config
@@ -515,6 +583,12 @@ class TunnelClient:
                 "tunnelc: proxy %s refused: %s", peer_text(result.name), peer_text(result.error)
             )
             self._notify_status()
+            if self.exit_if_all_refused and all(
+                st.state == "refused" for st in self.proxy_status.values()
+            ):
+                logger.error("tunnelc: the server refused every proxy; exiting")
+                self.exit_code = 1
+                self.request_stop()
             return
         urls = tuple(self._localize(url) for url in result.public_urls)
         proxy = self.proxies.get(result.name)
@@ -523,11 +597,17 @@ class TunnelClient:
             if port.isdigit():
                 self._sticky_ports[result.name] = int(port)
         self._held.succeeded(result.name)
-        status.state, status.error, status.public_urls = "running", "", urls
+        # On success `error` carries a note, e.g. "https pending certificate for NAME"; the
+        # server sends the result again once the certificate is there.
+        status.state, status.error, status.public_urls = "running", result.error, urls
+        note = f" ({peer_text(result.error)})" if result.error else ""
         if proxy is not None:
             proxy.proxy_ready(urls)
         logger.info(
-            "tunnelc: proxy %s ready at %s", peer_text(result.name), peer_text(" ".join(urls))
+            "tunnelc: proxy %s ready at %s%s",
+            peer_text(result.name),
+            peer_text(" ".join(urls)),
+            note,
         )
         self._notify_status()
 
@@ -601,6 +681,11 @@ def _server_cert_fingerprint(session: MuxSession) -> bytes:
 
 
 def _describe_network_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS_REASONS:
+        return (
+            "this is not a tunneld control port (it does not answer in TLS); is it the vhost "
+            "or dashboard port? serverPort must be tunneld's bindPort"
+        )
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

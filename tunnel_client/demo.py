@@ -31,6 +31,7 @@ PROXY_READY_TIMEOUT_S: Final = 20.0
 _CONTROL: Final = re.compile(r"tunneld: ready: control on 127\.0\.0\.1:(\d+)")
 _VHOST: Final = re.compile(r"tunneld: ready: http vhost on 127\.0\.0\.1:(\d+)")
 _FINGERPRINT: Final = re.compile(r"tunneld: certificate fingerprint (SHA256:\S+)")
+_DASHBOARD: Final = re.compile(r"tunneld: ready: dashboard on http://127\.0\.0\.1:(\d+)/")
 
 SERVER_TOML: Final = """\
 bindAddr = "127.0.0.1"
@@ -38,6 +39,9 @@ bindPort = 0
 vhostHTTPPort = 0
 subDomainHost = "localhost"
 stateDir = "{state}"
+webServer.addr = "127.0.0.1"
+webServer.port = 0
+enablePrometheus = true
 """
 
 PAGE: Final = """<!doctype html><html><head><meta charset="utf-8"><title>tunnelkit demo</title>
@@ -56,6 +60,7 @@ class ServerInfo:
     control_port: int
     http_port: int
     fingerprint: str
+    dashboard_port: int
 
 
 async def _demo_app() -> tuple[web.AppRunner, int]:
@@ -95,19 +100,28 @@ async def _start_server(workdir: Path) -> tuple[asyncio.subprocess.Process, Serv
         str(config),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        # Its own session: Ctrl-C reaches only tunnelc, which stops the client first and
+        # then tunneld, so neither sees the other vanish mid-way (no warnings at exit).
+        start_new_session=True,
     )
     assert proc.stderr is not None
     found: dict[str, str] = {}
     with log_path.open("w", encoding="utf-8") as log:
         try:
             async with asyncio.timeout(SERVER_READY_TIMEOUT_S):
-                while len(found) < 3:
+                while len(found) < 4:
                     raw = await proc.stderr.readline()
                     if not raw:
                         raise RuntimeError(f"tunneld exited early; see {log_path}")
                     line = raw.decode(errors="replace")
                     log.write(line)
-                    for key, pattern in (("c", _CONTROL), ("h", _VHOST), ("f", _FINGERPRINT)):
+                    patterns = (
+                        ("c", _CONTROL),
+                        ("h", _VHOST),
+                        ("f", _FINGERPRINT),
+                        ("d", _DASHBOARD),
+                    )
+                    for key, pattern in patterns:
                         if m := pattern.search(line):
                             found[key] = m.group(1)
         except BaseException:
@@ -115,7 +129,7 @@ async def _start_server(workdir: Path) -> tuple[asyncio.subprocess.Process, Serv
                 proc.terminate()
             await proc.wait()
             raise
-    info = ServerInfo(int(found["c"]), int(found["h"]), found["f"])
+    info = ServerInfo(int(found["c"]), int(found["h"]), found["f"], int(found["d"]))
     return proc, info, log_path
 
 
@@ -129,6 +143,7 @@ async def _drain_log(proc: asyncio.subprocess.Process, log_path: Path) -> None:
 
 
 async def run_demo(once: bool, inspect_port: int, stop: asyncio.Event) -> int:
+    stopped = False
     with tempfile.TemporaryDirectory(prefix="tunnelkit-demo-") as tmp:
         workdir = Path(tmp)
         runner, app_port = await _demo_app()
@@ -166,6 +181,8 @@ async def run_demo(once: bool, inspect_port: int, stop: asyncio.Event) -> int:
                 f"  through a TCP proxy:     {tcp_status.public_urls[0].replace('tcp://', 'http://')}/\n"
                 f"  the app itself:          http://127.0.0.1:{app_port}/\n"
                 f"{inspector_line}"
+                f"  server dashboard:        http://127.0.0.1:{info.dashboard_port}/\n"
+                f"  server metrics:          http://127.0.0.1:{info.dashboard_port}/metrics\n"
                 f"  tunneld log:             {log_path}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
@@ -183,6 +200,7 @@ async def run_demo(once: bool, inspect_port: int, stop: asyncio.Event) -> int:
             stopper = asyncio.get_running_loop().create_task(stop.wait())
             await asyncio.wait({client_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
+            stopped = True
             return 0
         finally:
             client.request_stop()
@@ -193,3 +211,5 @@ async def run_demo(once: bool, inspect_port: int, stop: asyncio.Event) -> int:
             await proc.wait()
             await drain
             await runner.cleanup()
+            if stopped:
+                print("tunnelkit demo stopped", flush=True)

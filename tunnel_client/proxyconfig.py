@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final, TypeAlias
 
 from protocol.errors import ConfigError
+from protocol.messages import MAX_HSTS_MAX_AGE_S
 from protocol.proxytype import ProxyType
 from tunnel_common.configfields import OWN, Accepted, Field, FieldTable
 from tunnel_common.configfile import (
@@ -53,6 +54,7 @@ _Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, r
 
 
 _HTTP_ONLY: Final = (str(_HTTP),)
+
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
@@ -204,6 +206,60 @@ PROXY_FIELDS: Final = FieldTable(
         ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
+        Field(
+            "offlineStatus",
+            "offline_status",
+            Int(200, 599),
+            None,
+            "while this client is offline, tunneld answers with this status",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "offlineBody",
+            "offline_body",
+            Str(allow_empty=True),
+            None,
+            "the body of that answer (default: empty)",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "offlineCapture",
+            "offline_capture",
+            Bool(),
+            None,
+            "tunneld stores requests while offline; delivered on reconnect (default false)",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "redirectHTTP",
+            "redirect_http",
+            Bool(),
+            None,
+            "answer plain HTTP with a 308 to HTTPS once the server has a certificate",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "hstsMaxAge",
+            "hsts_max_age",
+            Int(0, MAX_HSTS_MAX_AGE_S),
+            None,
+            "Strict-Transport-Security max-age in seconds on HTTPS responses; 0 = none",
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
+        Field(
+            "backendProtocol",
+            "backend_protocol",
+            Choice(("http1", "h2c")),
+            None,
+            'what the local service speaks; "h2c" keeps HTTP/2 visitors on HTTP/2 (gRPC)',
+            origin=OWN,
+            only=_HTTP_ONLY,
+        ),
     ),
     unsupported=FRPC_PROXY_UNSUPPORTED,
 )
@@ -234,12 +290,18 @@ class ProxyConfig:
     response_headers_set: dict[str, str] = field(
         default_factory=_F.factory("response_headers_set", dict)
     )
+    redirect_http: bool | None = _F.optional("redirect_http", bool)  # None = false
+    hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
+    backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
     route_by_http_user: str | None = _F.optional("route_by_http_user", str)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None
     metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
+    offline_status: int | None = _F.optional("offline_status", int)  # None = 502 page
+    offline_body: str | None = _F.optional("offline_body", str)  # None = empty
+    offline_capture: bool | None = _F.optional("offline_capture", bool)  # None = false
     allow_ips: tuple[str, ...] = _F.default("allow_ips", tuple)
     deny_ips: tuple[str, ...] = _F.default("deny_ips", tuple)
 

@@ -76,6 +76,7 @@ class WebSurfaces:
         self.client = client
         self.store: CaptureStore | None = None
         self.history: HistoryWriter | None = None
+        self.serve_inspector = True  # the Python API captures without serving the page
         self._runners: list[web.AppRunner] = []
         self.inspector_port: int | None = None
         self.admin_port: int | None = None
@@ -89,7 +90,7 @@ class WebSurfaces:
 
     async def start(self) -> None:
         cfg = self.client.config
-        if cfg.inspect.enabled and any(captured(p) for p in cfg.proxies):
+        if cfg.inspect.enabled and self.serve_inspector and any(captured(p) for p in cfg.proxies):
             await self.start_inspector()
         if cfg.web.port is not None:
             await self._start_admin()

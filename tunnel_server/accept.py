@@ -17,10 +17,12 @@ it is closed at once, which a client also treats as retryable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +48,11 @@ MAX_BUSY_ANSWERS: Final = 64
 BUSY_HANDSHAKE_TIMEOUT_S: Final = 2.0  # seconds
 ACCEPT_BACKLOG: Final = 1024  # the kernel's queue of connections not yet accepted
 ACCEPT_RETRY_S: Final = 0.1  # pause after accept() failed for want of descriptors
+# Connections of an address at its pending limit wait unread, first come first served, for
+# one of its slots; past MAX_PARKED they get a "busy" answer. A client gives up after its own
+# dial timeout (10 s by default), so a parked socket older than PARK_DEADLINE_S is closed.
+MAX_PARKED: Final = 1024
+PARK_DEADLINE_S: Final = 10.0
 
 
 class _BusyAnswer(asyncio.Protocol):
@@ -66,6 +73,11 @@ class ControlListener:
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy_answers = 0
         self._counters = server.stats.limits
+        self._room = asyncio.Event()  # set when a pending slot is given back
+        # Accepted sockets of addresses at their limit, unread, oldest first (MAX_PARKED).
+        self._parked: dict[str, deque[tuple[socket.socket, float]]] = {}
+        self._parked_count = 0
+        server.pending.on_release = self.slot_released
 
     async def start(self, host: str, port: int) -> int:
         """Bind every address `host` resolves to (like asyncio's create_server); return the port."""
@@ -77,6 +89,11 @@ class ControlListener:
 
     def close(self) -> None:
         """Stop accepting (sync, idempotent); connections in progress are ended by wait_closed."""
+        for parked in self._parked.values():
+            for sock, _ in parked:
+                sock.close()
+        self._parked.clear()
+        self._parked_count = 0
         for task in self._accept_tasks:
             task.cancel()
         for sock in self._sockets:
@@ -106,6 +123,7 @@ class ControlListener:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._wait_for_room()
             try:
                 sock, address = await loop.sock_accept(listener)
             except OSError as exc:
@@ -123,6 +141,50 @@ class ControlListener:
                 continue
             self.accepted(sock, address)
 
+    async def _wait_for_room(self) -> None:
+        """While every pending slot is taken by a login that is still progressing, accept
+        nothing: newcomers wait in the kernel's accept queue (ACCEPT_BACKLOG) at no cost."""
+        pending = self._server.pending
+        loop = asyncio.get_running_loop()
+        while (wait_s := pending.global_wait_s(loop.time())) > 0:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._room.wait()
+
+    def slot_released(self, ip: str) -> None:
+        self._room.set()
+        parked = self._parked.get(ip)
+        if parked:
+            asyncio.get_running_loop().call_soon(self._unpark, ip)
+
+    def _unpark(self, ip: str) -> None:
+        """Start the handshakes of `ip`'s parked connections while its slots allow.
+
+        Sockets whose client has already sent its ClientHello go first (a real client sends it
+        at once; an idle socket from a flood never does), then the rest, each group oldest
+        first; a socket parked longer than PARK_DEADLINE_S is closed (its client gave up).
+        """
+        parked = self._parked.get(ip)
+        if not parked:
+            return
+        now = asyncio.get_running_loop().time()
+        ready: list[tuple[socket.socket, float]] = []
+        idle: list[tuple[socket.socket, float]] = []
+        for sock, since in parked:
+            if now - since > PARK_DEADLINE_S:
+                sock.close()
+            else:
+                (ready if _has_input(sock) else idle).append((sock, since))
+        queue = deque(ready + idle)
+        while queue and self._start(queue[0][0], ip):
+            queue.popleft()
+        self._parked_count -= len(parked) - len(queue)
+        if queue:
+            self._parked[ip] = queue
+        else:
+            del self._parked[ip]
+
     # -- one connection ----------------------------------------------------------------------
     def accepted(self, sock: socket.socket, address: Any) -> None:
         if self._server.closing:
@@ -136,16 +198,31 @@ class ControlListener:
             sock.close()
             return
         loop = asyncio.get_running_loop()
+        if self._parked.get(ip):
+            self._unpark(ip)  # the ones waiting longer go first
+        if self._parked.get(ip) or not self._start(sock, ip):
+            # This address is at its limit with every login progressing: park the socket
+            # unread (first come, first served) until one of its slots comes back, or until
+            # one of them has stalled long enough to be evicted.
+            if self._parked_count >= MAX_PARKED:
+                self._answer_busy(sock)
+                return
+            self._parked.setdefault(ip, deque()).append((sock, loop.time()))
+            self._parked_count += 1
+            loop.call_later(self._server.pending.stall_s, self._unpark, ip)
+
+    def _start(self, sock: socket.socket, ip: str) -> bool:
+        """Take a pending slot for `sock` and start its handshake; False if there is no room."""
         holder: list[asyncio.Task[None]] = []
 
         def evict() -> None:
             holder[0].cancel()  # the task ends the handshake or the session
 
-        slot = self._server.pending.admit(ip, loop.time(), evict)
+        slot = self._server.pending.admit(ip, asyncio.get_running_loop().time(), evict)
         if slot is None:
-            self._answer_busy(sock)
-            return
+            return False
         holder.append(self._spawn(self._handshake(sock, slot)))
+        return True
 
     async def _handshake(self, sock: socket.socket, slot: PendingSlot) -> None:
         server = self._server
@@ -172,6 +249,7 @@ class ControlListener:
                 sock.close()  # evicted (or shutting down) during the handshake
                 raise
             # Evicted from here on: cancel ends the session (MuxSession closes its transport).
+            server.pending.progressed(slot, loop.time())
             mux = made[0]
             await server.run_session(mux, slot)
         except asyncio.CancelledError:
@@ -213,6 +291,17 @@ class ControlListener:
             raise
         finally:
             self._busy_answers -= 1
+
+
+def _has_input(sock: socket.socket) -> bool:
+    """True if the peer has sent something (peeked, not read) or closed the connection."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # b"" (closed) counts too: it is not an idle flood
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: starting it fails at once and frees the slot
+    return True
 
 
 def _new_mux(server: TunnelServer, made: list[MuxSession]) -> MuxSession:

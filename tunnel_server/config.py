@@ -56,6 +56,7 @@ from tunnel_server.plugins import OPS as PLUGIN_OPS
 from tunnel_server.plugins import PluginConfig
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
+from .edge.config import EDGE_TLS_ENTRIES, EdgeTLSConfig, build_edge_tls
 from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
 
 __all__ = [
@@ -378,6 +379,30 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "offline.maxRequests",
+            "offline_max_requests",
+            Int(1, MAX_COUNT),
+            100,
+            "requests stored per proxy while its client is offline (offlineCapture)",
+            origin=OWN,
+        ),
+        Field(
+            "offline.maxBytes",
+            "offline_max_bytes",
+            Int(1024, 1024 * 1024 * 1024),
+            8 * 1024 * 1024,
+            "bytes stored per proxy while its client is offline",
+            origin=OWN,
+        ),
+        Field(
+            "offline.maxAge",
+            "offline_max_age",
+            Float(1, 30 * 86400.0),
+            86400.0,
+            "seconds a stored request (and an offline proxy's fallback) is kept",
+            origin=OWN,
+        ),
+        Field(
             "maxVhostRoutesPerClient",
             "max_vhost_routes_per_client",
             Int(0, MAX_COUNT),
@@ -391,6 +416,16 @@ SERVER_FIELDS: Final = FieldTable(
             Bool(),
             False,
             "let wildcard domains (and *) match names under subDomainHost",
+            origin=OWN,
+        ),
+        *EDGE_TLS_ENTRIES,
+        Field(
+            "controlServerName",
+            "control_server_name",
+            Str(lower=True),
+            None,
+            "with bindPort = vhostHTTPSPort: this SNI (tunnelc's transport.tls.serverName) "
+            "reaches the control listener, as tunnelc's ALPN tunnelkit/1 does",
             origin=OWN,
         ),
     ),
@@ -443,9 +478,14 @@ class ServerConfig:
     deny_ips: tuple[str, ...] = _F.default("deny_ips", tuple)
     access_log_to: str | None = _F.optional("access_log_to", str)  # None = off
     access_log_format: str = _F.default("access_log_format", str)
+    offline_max_requests: int = _F.default("offline_max_requests", int)
+    offline_max_bytes: int = _F.default("offline_max_bytes", int)
+    offline_max_age: float = _F.default("offline_max_age", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
+    control_server_name: str | None = _F.optional("control_server_name", str)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
+    edge_tls: EdgeTLSConfig = field(default_factory=EdgeTLSConfig)  # the `tls` table
 
     def __post_init__(self) -> None:
         if not self.proxy_bind_addr:
@@ -520,6 +560,7 @@ def _complete(root: ConfigTable, problems: list[ConfigError]) -> ServerConfig:
         auth_token=token_from_source(root),
         access_log_to=_access_log_to(root),
         http_plugins=tuple(_plugin(entry) for entry in root.tables("httpPlugins")),
+        edge_tls=build_edge_tls(root.subtable("tls")),
     )
 
 
@@ -633,6 +674,10 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
             source, "webServer.tls", config.web.tls_cert_file, config.web.tls_key_file
         )
     )
+    if config.edge_tls.enabled and config.vhost_https_port is None:
+        raise ConfigError(
+            source, "tls", "needs vhostHTTPSPort: the edge serves these certificates there"
+        )
     if config.max_pending_logins_per_ip > config.max_pending_logins:
         problems.append(
             ConfigError(
@@ -664,7 +709,8 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
 
 
 def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
-    """Every listener port is in range, and no two listeners share one."""
+    """Every listener port is in range, and no two listeners share one, except that bindPort
+    may be vhostHTTPSPort (port reuse: the HTTPS edge hands tunnelc's connections over)."""
     problems: list[ConfigError] = []
     listeners = {
         "bindPort": config.bind_port,
@@ -681,7 +727,7 @@ def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
                 ConfigError(source, key, f"must be an integer from 0 to 65535, got {port}")
             )
             continue
-        if port in seen:
+        if port in seen and not (key == "vhostHTTPSPort" and seen[port] == "bindPort"):
             problems.append(
                 ConfigError(
                     source,

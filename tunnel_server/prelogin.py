@@ -6,14 +6,17 @@ The owner calls `release()` in a `finally`, so no path can leak a slot.
 
 Limits (both evict, never refuse the newcomer outright, so a flood of idle sockets can only
 delay a good client, never lock it out):
-- per source address (`max_per_ip`): a newcomer from an address at its limit evicts that
-  address's oldest pending connection, so one address only ever competes with itself;
-- global (`max_total`): a newcomer evicts the oldest pending connection of any address.
+- per source address (`max_per_ip`): a newcomer from an address at its limit evicts one of
+  that address's pending connections, so one address only ever competes with itself;
+- global (`max_total`): a newcomer evicts one pending connection of any address.
 
-An entry younger than `min_age_s` is never evicted: a burst of real clients (a fleet
-restarting) would otherwise evict each other before any handshake finished. When every entry
-that could make room is that young, the newcomer is told to retry (`admit` returns None; the
-server answers "busy, retry after N ms").
+The one evicted is the most *stalled*: the one whose last step (accepted, TLS handshake done,
+challenge received) is oldest, and only if that step is at least `stall_s` old. A real client
+takes its next step within milliseconds, so idle sockets and stalled handshakes are evicted
+first, and a burst of real logins (a fleet restarting) never evicts itself: when every
+connection that could make room is still making progress, the newcomer is told to retry
+(`admit` returns None; the server answers "busy, retry after N ms"). To hold a slot an
+attacker must keep completing steps, each of which costs it a TLS handshake or a round trip.
 
 Pure bookkeeping: no asyncio, no sockets; the caller passes `now` and an `evict` callback.
 """
@@ -28,9 +31,13 @@ from typing import Final
 from .stats import LimitCounters
 
 DEFAULT_MAX_PENDING_LOGINS: Final = 256  # connections, whole server (maxPendingLogins)
-DEFAULT_MAX_PENDING_PER_IP: Final = 64  # per source address (maxPendingLoginsPerIP)
-# A pending connection younger than this is never evicted (seconds); see the module docstring.
-EVICT_MIN_AGE_S: Final = 0.5
+# Per source address (maxPendingLoginsPerIP). It also bounds how many logins from one place
+# are in flight at once: a fleet behind one address gets through faster with 64 handshakes in
+# flight than with hundreds interleaved (each slower than every deadline). Its overflow is
+# answered "busy, retry after N ms".
+DEFAULT_MAX_PENDING_PER_IP: Final = 64
+# A pending connection whose last step is younger than this is never evicted (seconds).
+STALL_S: Final = 1.0
 
 
 @dataclass(eq=False, slots=True)
@@ -38,10 +45,11 @@ class PendingSlot:
     """One accepted connection that has not logged in: where from, since when, how to end it."""
 
     ip: str
-    since: float
+    since: float  # accepted at
     evict: Callable[[], None]
     key: int = 0
     released: bool = field(default=False)
+    progress: float = 0.0  # time of its last step (accepted, TLS done, challenge received)
 
 
 class PendingLogins:
@@ -51,18 +59,20 @@ class PendingLogins:
         self,
         max_total: int = DEFAULT_MAX_PENDING_LOGINS,
         max_per_ip: int = DEFAULT_MAX_PENDING_PER_IP,
-        min_age_s: float = EVICT_MIN_AGE_S,
+        stall_s: float = STALL_S,
         counters: LimitCounters | None = None,
     ) -> None:
         if not 1 <= max_per_ip <= max_total:
             raise ValueError("need 1 <= max_per_ip <= max_total")
         self.max_total = max_total
         self.max_per_ip = max_per_ip
-        self.min_age_s = min_age_s
+        self.stall_s = stall_s
         self._all: OrderedDict[int, PendingSlot] = OrderedDict()  # oldest first
         self._by_ip: dict[str, OrderedDict[int, PendingSlot]] = {}
         self._next_key = 0
         self.counters = counters or LimitCounters()  # shared with /metrics
+        # Called with the address whenever a slot is given back (the listener resumes).
+        self.on_release: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._all)
@@ -71,26 +81,28 @@ class PendingLogins:
         return len(self._by_ip.get(ip, ()))
 
     def admit(self, ip: str, now: float, evict: Callable[[], None]) -> PendingSlot | None:
-        """Take a slot for a new connection from `ip`, evicting the oldest if needed.
+        """Take a slot for a new connection from `ip`, evicting the most stalled if needed.
 
         Returns None (busy: ask the peer to retry) when room could only be made by evicting a
-        connection younger than `min_age_s`. The evicted entry's `evict()` is called after it
-        has been removed, so it may call `release()` again harmlessly.
+        connection that took a step less than `stall_s` ago. The evicted entry's `evict()` is
+        called after it has been removed, so it may call `release()` again harmlessly.
         """
         mine = self._by_ip.get(ip)
         if mine is not None and len(mine) >= self.max_per_ip:
-            victim = next(iter(mine.values()))
+            candidates = mine.values()
         elif len(self._all) >= self.max_total:
-            victim = next(iter(self._all.values()))
+            candidates = self._all.values()
         else:
-            victim = None
-        if victim is not None:
-            if now - victim.since < self.min_age_s:
+            candidates = None
+        if candidates is not None:
+            # At most max_total entries: a linear scan at the limit is cheap enough.
+            victim = min(candidates, key=lambda slot: slot.progress)
+            if now - victim.progress < self.stall_s:
                 return None
             self.release(victim)
             self.counters.pending_evicted += 1
             victim.evict()
-        slot = PendingSlot(ip, now, evict, self._next_key)
+        slot = PendingSlot(ip, now, evict, self._next_key, progress=now)
         self._next_key += 1
         self._all[slot.key] = slot
         self._by_ip.setdefault(ip, OrderedDict())[slot.key] = slot
@@ -108,9 +120,23 @@ class PendingLogins:
         if not mine:
             del self._by_ip[slot.ip]
         self.counters.pending_logins = len(self._all)
+        if self.on_release is not None:
+            self.on_release(slot.ip)
+
+    def global_wait_s(self, now: float) -> float:
+        """0 if a newcomer could be admitted globally now (room, or a stalled entry to evict);
+        else how long until the least-progressed entry stalls. The listener stops accepting
+        for that long (or until a slot comes back): waiting connections stay in the kernel's
+        accept queue, which costs nothing, instead of being answered and retried."""
+        if len(self._all) < self.max_total:
+            return 0.0
+        oldest = min(slot.progress for slot in self._all.values())
+        return max(0.0, oldest + self.stall_s - now)
+
+    def progressed(self, slot: PendingSlot, now: float) -> None:
+        """The connection took a step of the login: it is not stalled."""
+        slot.progress = now
 
     def retry_after_ms(self) -> int:
-        """How long a busy peer should wait: long enough for the oldest entry to be evictable."""
-        if not self._all:
-            return 0
-        return max(100, int(self.min_age_s * 1000))
+        """How long a busy peer should wait: about how long a stalled entry takes to show."""
+        return max(100, int(self.stall_s * 1000))

@@ -27,13 +27,20 @@ from tunnel_common.webtls import web_ssl_context
 
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .accesslog import AccessLog
+from .acme.challenges import ChallengeBoard
+from .acme.manager import CertManager
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .departures import Departures
+from .edge.certstore import CertificateError, CertStore
+from .edge.h2conn import H2Service
+from .edge.listener import EdgeListener
+from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
 from .httpstats import HTTPStats
+from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .oidc import OIDCVerifier
 from .pluginops import ping_loop, session_user
 from .plugins import PluginManager
@@ -49,6 +56,7 @@ from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
+from .vhost.listener import DEFAULT_MAX_CONNECTIONS
 from .vhost.routing import VhostRouter
 from .view import LiveServerView
 from .visitors import Visitors
@@ -56,6 +64,7 @@ from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
 
+OFFLINE_STORE_NAME: Final = "offline.sqlite3"  # in stateDir: requests stored for offline clients
 DRAIN_TIMEOUT_S: Final = 5.0
 MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
 
@@ -112,9 +121,17 @@ class TunnelServer:
             refusals=self.stats.vhost_route_refusals,
         )
         self.http_router: VhostRouter | None = None
+        self.offline: OfflineParking | None = None
         self.https_router: VhostRouter | None = None
         self._http_vhost: HTTPVhostServer | None = None
         self._https_vhost: HTTPSVhostServer | None = None
+        self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
+        self._h2: H2Service | None = None  # the same, for visitors speaking HTTP/2
+        self.edge: EdgeListener | None = None
+        self.certs = CertStore()
+        self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
+        self.cert_manager: CertManager | None = None
+        self.edge_service: EdgeService | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
         # frp's heartbeatTimeout = -1 turns the timeout off; pings still keep NATs open.
@@ -154,31 +171,53 @@ class TunnelServer:
         self._control = ControlListener(
             self, server_ssl_context(self.cert, cfg.tls_trusted_ca_file)
         )
-        self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
-        logger.info(
-            "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
-        )
+        if not self.port_reuse:
+            self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
+            logger.info(
+                "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
+            )
         await self._start_vhosts()
+        if self.port_reuse:
+            assert self.https_port is not None
+            self.control_port = self.https_port
+            logger.info(
+                "tunneld: ready: control on %s:%d (shared with the https vhost)",
+                display_host(cfg.proxy_bind_addr),
+                self.control_port,
+            )
         if cfg.web.port is not None:
             await self._start_dashboard()
 
+    @property
+    def port_reuse(self) -> bool:
+        """bindPort is vhostHTTPSPort: the HTTPS edge hands tunnelc's connections over."""
+        cfg = self.config
+        return cfg.bind_port != 0 and cfg.bind_port == cfg.vhost_https_port
+
     async def _start_vhosts(self) -> None:
         cfg = self.config
+        page = None
+        if cfg.custom_404_page is not None:
+            try:
+                page = cfg.custom_404_page.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise TunnelError(
+                    f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
+                ) from None
         if cfg.vhost_http_port is not None:
-            page = None
-            if cfg.custom_404_page is not None:
-                try:
-                    page = cfg.custom_404_page.read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise TunnelError(
-                        f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
-                    ) from None
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+            self.offline = OfflineParking(
+                OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
+                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+            )
+            self.offline.start()
             self._http_vhost = HTTPVhostServer(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
                 custom_404_page=page,
                 on_access=self._on_http_access,
+                challenge_answer=self.acme_board.http01_response,
+                https_port_for=self._https_port_for,
             )
             self._http_vhost.peer_allowed = self._peer_allowed
             self._http_vhost.fd_budget = self.fd_budget
@@ -187,14 +226,74 @@ class TunnelServer:
             )
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
-            self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
-            self._https_vhost = HTTPSVhostServer(self.https_router)
-            self._https_vhost.peer_allowed = self._peer_allowed
-            self._https_vhost.fd_budget = self.fd_budget
-            host, self.https_port = await self._https_vhost.start(
-                cfg.proxy_bind_addr, cfg.vhost_https_port
+            await self._start_edge(page)
+
+    async def _start_edge(self, page: str | None) -> None:
+        """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
+        cfg = self.config
+        assert cfg.vhost_https_port is not None
+        for files in cfg.edge_tls.certificates:
+            try:
+                self.certs.load(files.cert_file, files.key_file)
+            except CertificateError as exc:
+                raise TunnelError(f"tls.certificates: {exc}") from None
+        self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+        self._https_vhost = HTTPSVhostServer(self.https_router)
+        self._https_vhost.peer_allowed = self._peer_allowed
+        self._https_vhost.fd_budget = self.fd_budget
+        if self.http_router is None and cfg.edge_tls.enabled:
+            # https only: http proxies are reachable through the edge alone
+            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+        if self.http_router is not None:
+            self._tls_vhost = HTTPVhostServer(
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                custom_404_page=page,
+                forwarded_proto=b"https",
             )
-            logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
+            self._tls_vhost.fd_budget = self.fd_budget
+            self._h2 = H2Service(
+                self.http_router,
+                timeout_s=cfg.vhost_http_timeout,
+                max_connections=DEFAULT_MAX_CONNECTIONS,
+            )
+            self._h2.fd_budget = self.fd_budget
+        if cfg.edge_tls.acme is not None:
+            self.cert_manager = CertManager(
+                cfg.edge_tls.acme,
+                cfg.state_dir,
+                self.certs,
+                self.acme_board,
+                sub_domain_host=cfg.sub_domain_host,
+                on_issued=self._certificate_issued,
+            )
+            self.cert_manager.start()
+        if self._tls_vhost is not None:
+            self.edge_service = EdgeService(self.certs, self.cert_manager)
+        self.edge = EdgeListener(
+            certs=self.certs,
+            passthrough=self._https_vhost,
+            passthrough_router=self.https_router,
+            terminated=self._tls_vhost,
+            h2=self._h2,
+            challenges=self.acme_board.tls_alpn_context,
+            control=self._control.accepted if self.port_reuse and self._control else None,
+            control_server_name=cfg.control_server_name,
+        )
+        self.edge.fd_budget = self.fd_budget
+        host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
+        logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
+
+    def _https_port_for(self, name: str) -> int | None:
+        """The HTTPS edge's port if it can terminate TLS for `name` now (redirectHTTP)."""
+        if self._tls_vhost is None or self.https_port is None:
+            return None
+        return self.https_port if self.certs.lookup(name) is not None else None
+
+    def _certificate_issued(self, name: str) -> None:
+        """A certificate arrived: tell the clients whose http proxies it serves their URLs."""
+        for session in list(self.sessions.values()):
+            session.refresh_public_urls()
 
     async def _start_dashboard(self) -> None:
         cfg = self.config.web
@@ -203,8 +302,9 @@ class TunnelServer:
             check_dashboard_bind(cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
+        live = LiveServerView(self)
         app = build_dashboard_app(
-            LiveServerView(self),
+            live,
             self.stats,
             user=cfg.user,
             password=password,
@@ -212,6 +312,7 @@ class TunnelServer:
             info={"bindPort": self.control_port, "version": __version__},
             users=UsersAdmin(self.users, self._session_infos, self._users_changed),
             http_stats=self.http_stats,
+            certificates=live.certificates if self.edge is not None else None,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
@@ -281,9 +382,11 @@ class TunnelServer:
             self._trim_handle = None
         if self._control is not None:
             self._control.close()
-        for vhost in (self._http_vhost, self._https_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
             if vhost is not None:
                 vhost.close()
+        if self.cert_manager is not None:
+            self.cert_manager.close()
 
     async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
@@ -302,9 +405,11 @@ class TunnelServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for vhost in (self._http_vhost, self._https_vhost):
+        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
             if vhost is not None:
                 await vhost.wait_closed()
+        if self.cert_manager is not None:
+            await self.cert_manager.wait_closed()
         if self._control is not None:
             await self._control.wait_closed()
         for task in (self._users_task, self._ping_task):
@@ -319,6 +424,10 @@ class TunnelServer:
         if self.access_log is not None:
             self.access_log.close()
             self.access_log = None
+        if self.offline is not None:
+            self.offline.close()
+            await self.offline.wait_closed()
+            self.offline = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -396,9 +505,11 @@ class TunnelServer:
             https_router=self.https_router,
             http_port=self.http_port,
             https_port=self.https_port,
+            edge=self.edge_service,
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            offline=self.offline,
             fd_budget=self.fd_budget,
         )
 

@@ -124,6 +124,7 @@ class ServerSession:
         challenge = await self._next_login_message("challenge")
         if challenge is None:
             return False
+        self.server.pending.progressed(self._slot, self.mux.loop.time())
         if isinstance(challenge, Login) or (
             isinstance(challenge, Challenge) and challenge.protocol_version != PROTOCOL_VERSION
         ):
@@ -354,7 +355,9 @@ class ServerSession:
         self.proxies[name] = proxy
         self.proxy_requests[name] = request
         self.server.proxy_started(name, self.client_id, str(proxy.type))
-        self.mux.send_message(NewProxyResult(request.name, True, "", proxy.public_urls))
+        self.mux.send_message(
+            NewProxyResult(request.name, True, proxy.public_note, proxy.public_urls)
+        )
         logger.info(
             "tunneld: [client=%s proxy=%s] %s proxy online at %s",
             self.client_id,
@@ -362,6 +365,16 @@ class ServerSession:
             proxy.type,
             ", ".join(proxy.public_urls),
         )
+
+    def refresh_public_urls(self) -> None:
+        """Resend the result of every http proxy whose public URLs changed (a certificate
+        arrived): the client prints its ready line again with the https:// URL."""
+        for name, proxy in self.proxies.items():
+            if proxy.refresh_urls():
+                local = name.removeprefix(f"{self.user}.") if self.user else name
+                self.mux.send_message(
+                    NewProxyResult(local, True, proxy.public_note, proxy.public_urls)
+                )
 
     async def _start_proxy(self, request: NewProxy, name: str) -> ServerProxy:
         if name in self.proxies:

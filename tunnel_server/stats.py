@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from protocol.proxytype import ProxyType
 
 if TYPE_CHECKING:
-    from tunnel_server.web.view import ServerView
+    from tunnel_server.web.view import CertificateReport, ServerView
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +167,15 @@ class ServerStats:
 class StatsCollector:
     """A prometheus_client collector that reads `ServerStats` and the view at scrape time."""
 
-    def __init__(self, stats: ServerStats, view: ServerView) -> None:
+    def __init__(
+        self,
+        stats: ServerStats,
+        view: ServerView,
+        certificates: Callable[[], CertificateReport] | None = None,
+    ) -> None:
         self._stats = stats
         self._view = view
+        self._certificates = certificates
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -262,6 +268,8 @@ class StatsCollector:
             "Client sessions that logged in.",
             value=stats.sessions_total,
         )
+        if self._certificates is not None:
+            yield from _certificate_metrics(self._certificates())
         yield from _limit_metrics(stats.limits)
 
 
@@ -314,8 +322,42 @@ def _limit_metrics(limits: LimitCounters) -> Iterator[Metric]:
         yield CounterMetricFamily(name, doc, value=getattr(limits, attr))
 
 
-def build_metrics_registry(stats: ServerStats, view: ServerView) -> CollectorRegistry:
+def _certificate_metrics(report: CertificateReport) -> Iterator[Metric]:
+    """The HTTPS edge's certificates: expiry per name, failures, ACME totals."""
+    expiry = GaugeMetricFamily(
+        "tunnelkit_certificate_expiry_timestamp_seconds",
+        "When each name's certificate expires (Unix time).",
+        labels=["name", "source"],
+    )
+    failing = GaugeMetricFamily(
+        "tunnelkit_certificate_consecutive_failures",
+        "Failed ACME orders in a row for each name (0 once one succeeds).",
+        labels=["name", "state"],
+    )
+    for row in report.certificates:
+        if row.not_after is not None:
+            expiry.add_metric([row.name, row.source], row.not_after)
+        failing.add_metric([row.name, row.state], row.failures)
+    yield expiry
+    yield failing
+    yield CounterMetricFamily(
+        "tunnelkit_acme_orders_total",
+        "Certificate orders sent to the CA.",
+        value=report.orders_total,
+    )
+    yield CounterMetricFamily(
+        "tunnelkit_acme_failures_total",
+        "Certificate orders that failed (each is retried with backoff).",
+        value=report.failures_total,
+    )
+
+
+def build_metrics_registry(
+    stats: ServerStats,
+    view: ServerView,
+    certificates: Callable[[], CertificateReport] | None = None,
+) -> CollectorRegistry:
     """Return a private registry holding only a `StatsCollector` (never the global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, view))
+    registry.register(StatsCollector(stats, view, certificates))
     return registry

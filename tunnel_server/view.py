@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from .proxies.tcp import TCPProxy
 from .stats import ProxyCounters
-from .web.view import ClientInfo, ProxyInfo
+from .web.view import CertificateInfo, CertificateReport, ClientInfo, ProxyInfo
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -104,3 +104,31 @@ class LiveServerView:
         if session is None:
             return False
         return session.close_proxy(name, "closed by an administrator", notify=True)
+
+    def certificates(self) -> CertificateReport:
+        """The HTTPS edge's certificates and ACME states, for the dashboard and /metrics."""
+        server = self._server
+        rows: dict[str, CertificateInfo] = {}
+        for entry in server.certs.certificates():
+            for name in entry.names:
+                rows[name] = CertificateInfo(
+                    name, entry.source, "ready", "", entry.not_after.timestamp(), 0
+                )
+        manager = server.cert_manager
+        if manager is None:
+            return CertificateReport(tuple(rows.values()), 0, 0)
+        for name, status in manager.status.items():
+            known = rows.get(name)
+            rows[name] = CertificateInfo(
+                name,
+                "acme",
+                status.state,
+                status.detail,
+                known.not_after if known is not None else None,
+                status.failures,
+            )
+        return CertificateReport(
+            tuple(sorted(rows.values(), key=lambda row: row.name)),
+            manager.orders_total,
+            manager.failures_total,
+        )

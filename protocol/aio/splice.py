@@ -78,6 +78,14 @@ class SpliceProtocol(asyncio.Protocol):
             self.stream.sink_resumed()
 
 
+def dial_failure(host: str, port: int, exc: BaseException, timeout_s: float) -> str:
+    """One line naming the local address and the error: "connection refused to 127.0.0.1:8000"."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, OSError):
+        return f"{(exc.strerror or str(exc)).lower()} to {where}"
+    return f"no answer from {where} within {timeout_s:g}s"
+
+
 async def dial_and_splice(
     session: MuxSession,
     stream: MuxStream,
@@ -96,11 +104,7 @@ async def dial_and_splice(
         async with asyncio.timeout(timeout_s):
             await loop.create_connection(lambda: make(stream), host, port)
     except (OSError, TimeoutError) as exc:
-        reason = (
-            f"dial {host}:{port} failed: {exc.strerror or exc}"
-            if isinstance(exc, OSError)
-            else f"dial {host}:{port} timed out after {timeout_s:g}s"
-        )
+        reason = dial_failure(host, port, exc, timeout_s)
         logger.debug("stream %d: %s", stream.stream_id, reason)
         stream.abort(ErrorCode.DIAL_FAILED, reason)
         return False

@@ -181,3 +181,31 @@ async def test_health_check_http_follows_the_status_page_with_headers(
             await client.proxy_endpoint("web", DETECT_BOUND_S, since=since)
     finally:
         await runner.cleanup()
+
+
+async def test_health_check_registers_a_proxy_only_after_its_first_pass(
+    run_tunneld, run_tunnelc
+) -> None:
+    """A backend that is down at start keeps its proxy off the server until it answers."""
+    backend = Backend()
+    await backend.start()
+    await backend.stop()  # keeps backend.port: nothing listens there now
+    try:
+        async with asyncio.timeout(90):
+            _, port, fingerprint = await start_server(run_tunneld)
+            client = await start_checked_client(
+                run_tunnelc,
+                port,
+                fingerprint,
+                {"name": "late", "type": "tcp", "localPort": backend.port, "remotePort": 0,
+                 "healthCheck.type": "tcp"},
+            )  # fmt: skip
+            await client.wait_for(r"proxy late is unhealthy", DETECT_BOUND_S)
+            assert not any("proxy late ready" in line for line in client.lines())
+            since = client.line_count
+            await backend.start()
+            public = await client.proxy_endpoint("late", DETECT_BOUND_S, since=since)
+            assert await echo_once(public.port) == b"ping"
+    finally:
+        if backend.server is not None:
+            await backend.stop()

@@ -113,7 +113,7 @@ async def test_inspector_mock_rule_toggled_from_the_page(
                 (1, 1, False),
                 (2, 1, True),
             ]
-            async with http.delete("/api/mocks/2") as response:
+            async with http.post("/api/mocks/2/delete") as response:
                 assert response.status == 200
             assert (await hit(tunnel.public, "/catch-me"))[0][0] == 200
             assert len(await local.wait_count(3)) == 3

@@ -127,12 +127,16 @@ async def test_prelogin_dripping_client_hello_hits_the_handshake_deadline(
 
 
 async def test_prelogin_full_table_answers_busy_and_the_client_retries(
-    make_server: ServerFactory, clients: ClientRunner, logs: LogWatcher
+    make_server: ServerFactory,
+    clients: ClientRunner,
+    logs: LogWatcher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With one pending slot held by a fresh idle socket, a client is told "busy, retry after
-    N ms" (not closed silently), retries although loginFailExit = true, and gets in once the
-    idle socket is old enough to evict."""
-    server = await make_server(max_pending_logins=1, max_pending_logins_per_ip=1)
+    """With one pending slot held by a fresh idle socket and no room to park, a client is told
+    "busy, retry after N ms" (not closed silently), retries although loginFailExit = true,
+    and gets in once the idle socket has stalled long enough to evict."""
+    monkeypatch.setattr("tunnel_server.accept.MAX_PARKED", 0)
+    server = await make_server(max_pending_logins=2, max_pending_logins_per_ip=1)
     async with asyncio.timeout(TEST_TIMEOUT_S):
         _, idle = await asyncio.open_connection("127.0.0.1", server.control_port)
         await wait_until(lambda: len(server.pending) == 1, "the idle socket pending")

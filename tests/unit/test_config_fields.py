@@ -31,7 +31,7 @@ from tunnel_server.config import SERVER_FIELDS, ServerConfig, parse_server_confi
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = [
-    (SERVER_FIELDS, ServerConfig, {"notes"}),
+    (SERVER_FIELDS, ServerConfig, {"notes", "edge_tls"}),  # edge_tls: built from the tls rows
     (CLIENT_FIELDS, ClientConfig, {"notes"}),
     (PROXY_FIELDS, ProxyConfig, {"plugin", "transport", "health_check"}),  # built from rows
     (TLS_FIELDS, ClientTLSConfig, set()),

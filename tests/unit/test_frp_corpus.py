@@ -14,8 +14,6 @@ ENTRIES = list(entries())
 KNOWN_GAPS = {
     "issue3811_frpc.toml": "[[rdp]] is not a table frp reads; tunnelkit says so instead of "
     "starting no proxy",
-    "issue4873_frps.toml": "tunneld gives each listener its own port; frp can share bindPort "
-    "with the https vhost",
     "issue1708_frpc.ini": "tunnelkit proxy names have no spaces (they go into URLs and log "
     "prefixes); frp's INI sections [nas http] allow them",
     "README_0648_token-authentication.toml": "auth.tokenSource names /path/to/token/file, "

@@ -177,3 +177,18 @@ def test_layering_tunnel_common_imports_neither_app() -> None:
         if top_levels(imports_of(p)) & {"tunnel_server", "tunnel_client"}
     ]
     assert not offenders
+
+
+@pytest.mark.parametrize("package", ["protocol", "tunnel_common", "tunnel_server", "tunnel_client"])
+def test_layering_nothing_imports_the_python_api(package: str) -> None:
+    """tunnelkit (the Python API) builds on the client; no other package imports it."""
+    offenders = [_rel(p) for p in source_files(package) if "tunnelkit" in top_levels(imports_of(p))]
+    assert not offenders, f"{package} modules import tunnelkit: {offenders}"
+
+
+def test_layering_python_api_never_imports_the_server() -> None:
+    """tunnelkit may import tunnel_client and protocol, never tunnel_server."""
+    offenders = [
+        _rel(p) for p in source_files("tunnelkit") if "tunnel_server" in top_levels(imports_of(p))
+    ]
+    assert not offenders

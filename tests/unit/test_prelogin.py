@@ -19,9 +19,9 @@ class Evictions:
         return lambda: self.names.append(name)
 
 
-def test_prelogin_oldest_of_the_same_address_is_evicted_first() -> None:
-    """At the per-address limit a newcomer evicts that address's oldest connection."""
-    table = PendingLogins(max_total=10, max_per_ip=2, min_age_s=1.0)
+def test_prelogin_most_stalled_of_the_same_address_is_evicted_first() -> None:
+    """At the per-address limit a newcomer evicts that address's most stalled connection."""
+    table = PendingLogins(max_total=10, max_per_ip=2, stall_s=1.0)
     ev = Evictions()
     table.admit("1.1.1.1", 0.0, ev.of("a1"))
     table.admit("2.2.2.2", 0.0, ev.of("b1"))
@@ -32,9 +32,9 @@ def test_prelogin_oldest_of_the_same_address_is_evicted_first() -> None:
     assert table.counters.pending_evicted == 1
 
 
-def test_prelogin_global_limit_evicts_the_oldest_of_any_address() -> None:
-    """At the global limit a newcomer evicts the oldest pending connection overall."""
-    table = PendingLogins(max_total=2, max_per_ip=2, min_age_s=1.0)
+def test_prelogin_global_limit_evicts_the_most_stalled_of_any_address() -> None:
+    """At the global limit a newcomer evicts the most stalled pending connection overall."""
+    table = PendingLogins(max_total=2, max_per_ip=2, stall_s=1.0)
     ev = Evictions()
     table.admit("1.1.1.1", 0.0, ev.of("a"))
     table.admit("2.2.2.2", 0.1, ev.of("b"))
@@ -44,13 +44,26 @@ def test_prelogin_global_limit_evicts_the_oldest_of_any_address() -> None:
 
 
 def test_prelogin_young_entries_are_not_evicted_the_newcomer_is_busy() -> None:
-    """When only connections younger than min_age_s could make room, the newcomer is busy."""
-    table = PendingLogins(max_total=1, max_per_ip=1, min_age_s=1.0)
+    """When only connections that progressed within stall_s could make room, the newcomer is
+    busy."""
+    table = PendingLogins(max_total=1, max_per_ip=1, stall_s=1.0)
     ev = Evictions()
     table.admit("1.1.1.1", 0.0, ev.of("a"))
     assert table.admit("1.1.1.1", 0.5, ev.of("b")) is None
     assert ev.names == [] and len(table) == 1
     assert table.retry_after_ms() >= 100
+
+
+def test_prelogin_progress_protects_an_older_connection() -> None:
+    """An old connection that keeps taking steps outlives a younger idle one."""
+    table = PendingLogins(max_total=2, max_per_ip=2, stall_s=1.0)
+    ev = Evictions()
+    busy_client = table.admit("1.1.1.1", 0.0, ev.of("client"))
+    table.admit("1.1.1.1", 0.5, ev.of("idle"))
+    assert busy_client is not None
+    table.progressed(busy_client, 2.0)  # TLS done
+    assert table.admit("1.1.1.1", 2.5, ev.of("new")) is not None
+    assert ev.names == ["idle"]
 
 
 def test_prelogin_release_is_idempotent_and_frees_the_slot() -> None:
@@ -75,7 +88,7 @@ def test_prelogin_never_exceeds_its_limits_and_never_leaks(
 ) -> None:
     """Any sequence of admissions and releases keeps both limits, and releasing every live
     slot empties the table."""
-    table = PendingLogins(max_total=6, max_per_ip=3, min_age_s=0.5)
+    table = PendingLogins(max_total=6, max_per_ip=3, stall_s=0.5)
     live: list[PendingSlot] = []
     now = 0.0
     for op, who, step in ops:

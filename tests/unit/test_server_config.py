@@ -300,8 +300,8 @@ def test_server_config_unsupported_key_is_reported(key: str) -> None:
 def test_server_config_validate_checks_code_built_config() -> None:
     """validate_server_config applies the same rules to a config built in code."""
     validate_server_config(ServerConfig(bind_port=0, vhost_http_port=0), "test")
-    with pytest.raises(ConfigError, match="test: vhostHTTPSPort: must differ from bindPort"):
-        validate_server_config(ServerConfig(vhost_https_port=7000), "test")
+    with pytest.raises(ConfigError, match="test: vhostHTTPPort: must differ from bindPort"):
+        validate_server_config(ServerConfig(vhost_http_port=7000), "test")
     with pytest.raises(ConfigError, match=r"test: allowPorts\[0\]: must be ports from 1"):
         validate_server_config(ServerConfig(allow_ports=(PortRange(9, 1),)), "test")
     with pytest.raises(ConfigError, match="test: bindPort: must be an integer from 0 to 65535"):

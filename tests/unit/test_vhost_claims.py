@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tunnel_server.vhost.claims import DomainClaims
-from tunnel_server.vhost.routing import HTTPRoute, RouteConflict, RouteRefused, VhostRouter
+from tunnel_server.vhost.routing import HTTPRoute, RouteOwned, RouteRefused, VhostRouter
 from tunnel_server.vhost.upstream import ByteStream
 
 
@@ -36,7 +36,7 @@ def test_claims_location_under_another_users_domain_refused() -> None:
     """Bob cannot add `/login` under Alice's domain; Alice's own client can."""
     http, _ = routers()
     http.add(route("shop", "alice", domains=["shop.test"]))
-    with pytest.raises(RouteConflict, match="belongs to another user"):
+    with pytest.raises(RouteOwned, match="belongs to another user"):
         http.add(route("login", "bob", domains=["shop.test"], locations=["/login"]))
     http.add(
         route("login", "alice", client="alice-laptop", domains=["shop.test"], locations=["/login"])
@@ -49,10 +49,10 @@ def test_claims_hold_across_schemes() -> None:
     other way round; once Alice releases it, Bob may."""
     http, https = routers()
     https.add(route("secure", "alice", domains=["secure.test"]))
-    with pytest.raises(RouteConflict, match="another user"):
+    with pytest.raises(RouteOwned, match="another user"):
         http.add(route("acme", "bob", domains=["secure.test"], locations=["/.well-known/"]))
     http.add(route("web", "bob", domains=["web.test"]))
-    with pytest.raises(RouteConflict, match="another user"):
+    with pytest.raises(RouteOwned, match="another user"):
         https.add(route("web-tls", "alice", domains=["web.test"]))
     https.remove("alice-client/secure")
     http.add(route("acme", "bob", domains=["secure.test"]))
@@ -74,7 +74,7 @@ def test_claims_wildcards_never_cross_users(first: str, second: str) -> None:
     """Names that cover one another belong to one user, whichever came first."""
     http, https = routers()
     https.add(route("a", "alice", domains=[first]))
-    with pytest.raises(RouteConflict):
+    with pytest.raises(RouteOwned):
         http.add(route("b", "bob", domains=[second]))
     http.add(route("b", "alice", domains=[second], locations=["/b"]))  # the same user may
 
@@ -97,7 +97,7 @@ def test_claims_wildcards_skip_subdomain_host_names_by_default() -> None:
     assert http.lookup("x.example.test").proxy_name == "all"  # type: ignore[union-attr]
     http2, _ = routers("t.example.test", wildcards_cover_subdomains=True)
     http2.add(route("all", "alice", domains=["*"]))
-    with pytest.raises(RouteConflict):
+    with pytest.raises(RouteOwned):
         http2.add(route("sub", "bob", subdomain="app"))
     assert http2.lookup("other.t.example.test").proxy_name == "all"  # type: ignore[union-attr]
 
@@ -106,7 +106,7 @@ def test_claims_subdomain_belongs_to_one_user() -> None:
     """A subdomain taken by Alice (on https) is refused to Bob (on http)."""
     http, https = routers()
     https.add(route("sub", "alice", subdomain="app"))
-    with pytest.raises(RouteConflict, match=r"'app\.tunnel\.test' belongs to another user"):
+    with pytest.raises(RouteOwned, match=r"'app\.tunnel\.test' belongs to another user"):
         http.add(route("sub", "bob", subdomain="app"))
 
 
@@ -136,7 +136,7 @@ def test_claims_released_names_are_free_again() -> None:
     http.add(route("w1", "alice", domains=["*.corp.test"]))
     https.add(route("w2", "alice", client="alice-2", domains=["*.corp.test"]))
     http.remove("alice-client/w1")
-    with pytest.raises(RouteConflict):
+    with pytest.raises(RouteOwned):
         http.add(route("x", "bob", domains=["x.corp.test"]))
     https.remove("alice-2/w2")
     http.add(route("x", "bob", domains=["x.corp.test"]))

@@ -45,6 +45,8 @@ MAX_PENDING_EXCHANGES: Final = 64  # pipelined requests waiting for their respon
 # capture stops on the connection rather than spend the CPU.
 MAX_BYTEWISE_BODY_BYTES: Final = 256 * 1024
 _HEAD_END: Final = b"\r\n\r\n"
+# tunneld marks requests it stored while this client was offline (tunnel_server/offline.py).
+DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"
 
 
 class _CaptureStopped(Exception):
@@ -233,8 +235,9 @@ class HTTPCapture:
         except Exception as exc:
             self._stop_all(_stop_reason(exc))
 
-    def close(self) -> None:
-        """The connection ended: publish what is left and stop (idempotent)."""
+    def close(self, reset_reason: str = "") -> None:
+        """The connection ended: publish what is left and stop (idempotent). `reset_reason`
+        is why the stream was reset, when it was (e.g. "connection refused to 127.0.0.1:8000")."""
         if self._closed:
             return
         self._closed = True
@@ -249,8 +252,11 @@ class HTTPCapture:
                     slot.exchange.error = "the connection closed before the response ended"
                 # Without a length the body runs to the end of the connection, so it is whole.
                 self._finish_response(slot, self._resp.captured_body())
-            reason = "the connection closed"
-            self._stop_all(f"{reason} before a response arrived" if self._pending else reason)
+            reason = reset_reason or "the connection closed"
+            if reset_reason:
+                self._stop_all(reason)
+            else:
+                self._stop_all(f"{reason} before a response arrived" if self._pending else reason)
         except Exception as exc:
             logger.debug("[proxy=%s] capture failed at close: %r", self._proxy, exc)
 
@@ -314,6 +320,7 @@ class HTTPCapture:
             request_headers=self._req.headers,
             mocked=self._label,
         )
+        exchange.late = header_value(exchange.request_headers, DELIVERED_LATE_HEADER) is not None
         slot = _Slot(exchange, started)
         self._pending.append(slot)
         self._req_slot = slot

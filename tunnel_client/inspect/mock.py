@@ -30,7 +30,7 @@ from typing import Final, Literal
 import httptools
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import SpliceProtocol
+from protocol.aio.splice import SpliceProtocol, dial_failure
 from protocol.aio.stream import MuxStream, StreamResetError
 from protocol.errors import ErrorCode
 
@@ -299,9 +299,5 @@ async def _forward(
         async with asyncio.timeout(dial_timeout_s):
             await session.loop.create_connection(lambda: _Primed(stream), host, port)
     except (OSError, TimeoutError) as exc:
-        reason = (
-            f"dial {host}:{port} failed: {exc.strerror or exc}"
-            if isinstance(exc, OSError)
-            else f"dial {host}:{port} timed out after {dial_timeout_s:g}s"
-        )
+        reason = dial_failure(host, port, exc, dial_timeout_s)
         stream.abort(ErrorCode.DIAL_FAILED, reason)

@@ -71,6 +71,6 @@ def mock_routes(rules: MockRules, http_proxies: Callable[[], frozenset[str]]) ->
     return [
         web.get("/api/mocks", list_rules),
         web.post("/api/mocks", create),
-        web.patch("/api/mocks/{id}", toggle),
-        web.delete("/api/mocks/{id}", delete),
+        web.post("/api/mocks/{id}", toggle),
+        web.post("/api/mocks/{id}/delete", delete),
     ]

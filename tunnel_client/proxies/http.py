@@ -33,10 +33,11 @@ class _CaptureTap:
     MAX_PENDING_CAPTURE_BYTES wait; past that this connection's capture stops.
     """
 
-    __slots__ = ("_capture", "_pending", "_pending_bytes", "_scheduled")
+    __slots__ = ("_capture", "_pending", "_pending_bytes", "_scheduled", "_stream")
 
-    def __init__(self, capture: HTTPCapture) -> None:
+    def __init__(self, capture: HTTPCapture, stream: MuxStream) -> None:
         self._capture = capture
+        self._stream = stream
         self._pending: list[tuple[bool, bytes]] = []
         self._pending_bytes = 0
         self._scheduled = False
@@ -71,11 +72,13 @@ class _CaptureTap:
         self._queue(False, bytes(data))
 
     def closed(self) -> None:
+        # A reset carries why (a local dial that failed names the address and the error).
+        reason = self._stream.reset_reason
         if self._scheduled:
             # Let the queued bytes be parsed first; then finish the capture.
-            asyncio.get_running_loop().call_soon(self._capture.close)
+            asyncio.get_running_loop().call_soon(self._capture.close, reason)
         else:
-            self._capture.close()
+            self._capture.close(reason)
 
 
 class HTTPProxy(TCPProxy):
@@ -88,7 +91,7 @@ class HTTPProxy(TCPProxy):
             super().handle_stream(session, stream)
             return
         capture = HTTPCapture(self.store, self.config.name)
-        stream.tap = _CaptureTap(capture)
+        stream.tap = _CaptureTap(capture, stream)
         if self.plugin is not None or not self.store.mocks.active(self.config.name):
             # Mock rules answer in place of localIP:localPort; a plugin has none to stand for.
             super().handle_stream(session, stream)

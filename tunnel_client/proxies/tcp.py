@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
+from typing import Final
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_and_splice
@@ -22,6 +24,8 @@ from .base import LOCAL_DIAL_TIMEOUT_S, PreambleSplice, public_port
 
 logger = logging.getLogger(__name__)
 
+LOCAL_ERROR_LOG_INTERVAL_S: Final = 10.0  # one log line per proxy this often, at most
+
 
 def new_proxy_request(config: ProxyConfig) -> NewProxy:
     return NewProxy(
@@ -36,6 +40,9 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         host_header_rewrite=config.host_header_rewrite or "",
         request_headers=dict(config.request_headers_set),
         response_headers=dict(config.response_headers_set),
+        redirect_http=bool(config.redirect_http),
+        hsts_max_age=config.hsts_max_age or 0,
+        backend_protocol=config.backend_protocol or "",
         route_by_http_user=config.route_by_http_user or "",
         metadatas=dict(config.metadatas),
         annotations=dict(config.annotations),
@@ -44,6 +51,10 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
             if config.transport.bandwidth_limit_mode == "server"
             else 0
         ),
+        # Capturing while offline needs an answer for the provider: 200 unless one is set.
+        offline_status=config.offline_status or (200 if config.offline_capture else 0),
+        offline_body=config.offline_body or "",
+        offline_capture=bool(config.offline_capture),
         allow_ips=config.allow_ips,
         deny_ips=config.deny_ips,
     )
@@ -66,6 +77,9 @@ class TCPProxy:
         paced_here = limit is not None and config.transport.bandwidth_limit_mode == "client"
         self.throttle: Throttle | None = Throttle(limit) if limit and paced_here else None
         self.public_port = 0
+        self.local_error: str | None = None  # why the last local dial failed (None: it worked)
+        self._last_local_log = -LOCAL_ERROR_LOG_INTERVAL_S
+        self._unlogged_failures = 0
 
     def new_proxy_request(self) -> NewProxy:
         return new_proxy_request(self.config)
@@ -74,16 +88,42 @@ class TCPProxy:
         if self.plugin is not None:
             self.spawn(self.plugin.serve(stream, self.splice))
             return
+        self.spawn(self._dial(session, stream))
+
+    async def _dial(self, session: MuxSession, stream: MuxStream) -> None:
+        cfg = self.config
         preamble = self._proxy_header(session, stream)
-        self.spawn(
-            dial_and_splice(
-                session,
-                stream,
-                self.config.local_ip,
-                self.config.local_port,
-                LOCAL_DIAL_TIMEOUT_S,
-                protocol=lambda s: self.splice(s, preamble),
-            )
+        if await dial_and_splice(
+            session,
+            stream,
+            cfg.local_ip,
+            cfg.local_port,
+            LOCAL_DIAL_TIMEOUT_S,
+            protocol=lambda s: self.splice(s, preamble),
+        ):
+            self.local_error = None
+            return
+        self.local_failed(stream.reset_reason)
+
+    def local_failed(self, reason: str) -> None:
+        """The local service did not take a connection: remember why, and log it (at most
+        once per `LOCAL_ERROR_LOG_INTERVAL_S`, with how many more failed meanwhile)."""
+        self.local_error = reason
+        now = time.monotonic()
+        if now - self._last_local_log < LOCAL_ERROR_LOG_INTERVAL_S:
+            self._unlogged_failures += 1
+            return
+        more = (
+            f" ({self._unlogged_failures} more since the last line)"
+            if self._unlogged_failures
+            else ""
+        )
+        self._last_local_log, self._unlogged_failures = now, 0
+        logger.warning(
+            "tunnelc: [proxy=%s] %s: is the local service running?%s",
+            self.config.name,
+            reason,
+            more,
         )
 
     def spawn(self, work: Coroutine[object, object, object]) -> None:

@@ -16,6 +16,8 @@ from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
+    from ..edge.service import EdgeService
+    from ..offline import OfflineParking
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
     from ..visitors import Visitors
@@ -61,10 +63,12 @@ class ProxyContext:
     https_router: VhostRouter | None
     http_port: int | None  # the vhost ports as actually bound (for public URLs)
     https_port: int | None
+    edge: EdgeService | None  # the HTTPS edge, when it terminates TLS for http proxies
     public_host: str
     flow_ids: FlowIds  # per session
     flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
     fd_budget: FDBudget  # the server's descriptors for visitor connections
+    offline: OfflineParking | None = None  # parked http routes and stored requests
     visitors: Visitors | None = None  # IP rules, connection quota, access log
 
 
@@ -72,9 +76,13 @@ class ServerProxy(Protocol):
     name: str
     type: ProxyType
     public_urls: tuple[str, ...]
+    public_note: str  # shown after the URLs on the client's ready line ("" for none)
 
     async def start(self) -> None:
         """Claim the port/domains and start serving; raise ProxyRefused with a reason."""
+
+    def refresh_urls(self) -> bool:
+        """Recompute public_urls/public_note (a certificate arrived); True if they changed."""
 
     def close(self) -> None:
         """Release everything at once (sync, idempotent)."""

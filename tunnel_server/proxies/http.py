@@ -7,14 +7,17 @@ listener asks for.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
-from protocol.messages import NewProxy, StreamHeader
+from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
+from ..offline import deliver_stored
+from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
@@ -33,10 +36,12 @@ class VhostProxy:
         self.name = name
         self.request = request
         self.public_urls: tuple[str, ...] = ()
+        self.public_note = ""
         self._route: HTTPRoute | None = None
         self._streams: set[MuxStream] = set()
+        self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
 
-    def _router(self) -> tuple[VhostRouter, int]:
+    def _router(self) -> tuple[VhostRouter, int | None]:
         raise NotImplementedError
 
     def _route_for(self) -> HTTPRoute:
@@ -44,8 +49,11 @@ class VhostProxy:
 
     async def start(self) -> None:
         router, port = self._router()
+        offline = self.ctx.offline
         try:
             route = self._route_for()
+            if offline is not None:
+                offline.unpark(self.name)  # this proxy's client is back
             names = router.names_for(route)
             router.add(route)
         except RouteConflict as exc:
@@ -53,9 +61,18 @@ class VhostProxy:
         except RouteError as exc:
             raise ProxyRefused(exc.reason) from None
         self._route = route
-        default = 80 if self.scheme == "http" else 443
-        suffix = "" if port == default else f":{port}"
-        self.public_urls = tuple(f"{self.scheme}://{name}{suffix}" for name in names)
+        if offline is not None and self.request.offline_capture:
+            self._delivery = asyncio.create_task(
+                deliver_stored(offline, self.name, self._open, self.ctx.config),
+                name=f"offline-delivery-{self.name}",
+            )
+        self.public_urls = self._urls(names, port)
+
+    def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
+        return _urls(self.scheme, names, port) if port is not None else ()
+
+    def refresh_urls(self) -> bool:
+        return False  # only terminated http proxies gain URLs later
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
@@ -94,25 +111,90 @@ class VhostProxy:
         self.ctx.counters.connections_active -= 1
 
     def close(self) -> None:
+        if self._delivery is not None:
+            self._delivery.cancel()
         if self._route is not None:
             router, _ = self._router()
             router.remove(self._route.proxy_key)
+            request, offline = self.request, self.ctx.offline
+            if (
+                request.offline_status
+                and offline is not None
+                and self.ctx.session.closed  # the client went away; it did not remove us
+                and self.type is ProxyType.HTTP
+            ):
+                policy = OfflinePolicy(
+                    request.offline_status, request.offline_body, request.offline_capture
+                )
+                offline.park(self.name, router, self._route, policy)
             self._route = None
         for stream in list(self._streams):
             stream.abort(reason="proxy closed")
 
     async def wait_closed(self) -> None:
-        return None
+        if self._delivery is not None:
+            # Cancelled in close(); gather collects that without re-raising it here.
+            await asyncio.gather(self._delivery, return_exceptions=True)
+
+
+def _backend_h2c(protocol: str) -> bool:
+    if protocol not in BACKEND_PROTOCOLS:
+        allowed = ", ".join(repr(p) for p in BACKEND_PROTOCOLS if p)
+        raise ProxyRefused(f"backendProtocol must be one of {allowed}, got {protocol!r}")
+    return protocol == "h2c"
+
+
+def _with_hsts(headers: dict[str, str], max_age: int) -> dict[str, str]:
+    """responseHeaders.set plus HSTS. Browsers ignore HSTS over plain HTTP (RFC 6797 section
+    8.1), so one header set serves both vhosts; the user's own header wins."""
+    if max_age <= 0 or any(k.lower() == "strict-transport-security" for k in headers):
+        return headers
+    return {**headers, "Strict-Transport-Security": f"max-age={max_age}"}
+
+
+def _urls(scheme: str, names: list[str], port: int) -> tuple[str, ...]:
+    default = 80 if scheme == "http" else 443
+    suffix = "" if port == default else f":{port}"
+    return tuple(f"{scheme}://{name}{suffix}" for name in names)
 
 
 class HTTPProxy(VhostProxy):
     type = ProxyType.HTTP
     scheme = "http"
 
-    def _router(self) -> tuple[VhostRouter, int]:
-        if self.ctx.http_router is None or self.ctx.http_port is None:
+    def _router(self) -> tuple[VhostRouter, int | None]:
+        # The router exists when vhostHTTPPort is set, or when the HTTPS edge terminates TLS.
+        if self.ctx.http_router is None:
             raise ProxyRefused("this server has no HTTP vhost (vhostHTTPPort is not set)")
         return self.ctx.http_router, self.ctx.http_port
+
+    def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
+        urls = _urls("http", names, port) if port is not None else ()
+        edge, https_port = self.ctx.edge, self.ctx.https_port
+        if edge is None or https_port is None:
+            return urls
+        ready, notes = [], []
+        for name in names:
+            if name.startswith("*"):
+                continue  # a wildcard or catch-all route has no single URL to show
+            state, detail = edge.https_state(name)
+            if state == "ready":
+                ready.append(name)
+            elif state in ("pending", "failed"):
+                notes.append(f"https pending certificate for {name}")
+            else:
+                notes.append(f"no https for {name}: {detail}")
+        self.public_note = "; ".join(notes)
+        return urls + _urls("https", ready, https_port)
+
+    def refresh_urls(self) -> bool:
+        """Recompute the public URLs (a certificate arrived); True if they changed."""
+        if self._route is None or self.ctx.http_router is None:
+            return False
+        before = (self.public_urls, self.public_note)
+        names = self.ctx.http_router.names_for(self._route)
+        self.public_urls = self._urls(names, self.ctx.http_port)
+        return (self.public_urls, self.public_note) != before
 
     def _route_for(self) -> HTTPRoute:
         r = self.request
@@ -129,7 +211,9 @@ class HTTPProxy(VhostProxy):
             http_password=r.http_password or None,
             host_header_rewrite=r.host_header_rewrite or None,
             request_headers_set=r.request_headers,
-            response_headers_set=r.response_headers,
+            response_headers_set=_with_hsts(r.response_headers, r.hsts_max_age),
+            redirect_http=r.redirect_http,
+            backend_h2c=_backend_h2c(r.backend_protocol),
             route_by_http_user=r.route_by_http_user or None,
         )
 
@@ -138,7 +222,7 @@ class HTTPSProxy(VhostProxy):
     type = ProxyType.HTTPS
     scheme = "https"
 
-    def _router(self) -> tuple[VhostRouter, int]:
+    def _router(self) -> tuple[VhostRouter, int | None]:
         if self.ctx.https_router is None or self.ctx.https_port is None:
             raise ProxyRefused("this server has no HTTPS vhost (vhostHTTPSPort is not set)")
         return self.ctx.https_router, self.ctx.https_port

@@ -36,6 +36,7 @@ class TCPProxy:
         self.requested_port = request.remote_port
         self.port = 0
         self.public_urls: tuple[str, ...] = ()
+        self.public_note = ""
         self._server: asyncio.Server | None = None
         self._streams: set[MuxStream] = set()
         # bandwidthLimitMode = "server": this side paces the proxy (one bucket, both ways).
@@ -158,6 +159,9 @@ class TCPProxy:
                 why,
                 self.ctx.counters.refused_flows,
             )
+
+    def refresh_urls(self) -> bool:
+        return False  # a port's URL never changes
 
     def close(self) -> None:
         for task in list(self._admissions):

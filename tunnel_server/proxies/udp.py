@@ -49,6 +49,7 @@ class UDPProxy(asyncio.DatagramProtocol):
         self.requested_port = request.remote_port
         self.port = 0
         self.public_urls: tuple[str, ...] = ()
+        self.public_note = ""
         self.max_flows = ctx.config.max_udp_flows_per_proxy
         self.idle_timeout_s = ctx.config.udp_flow_idle_timeout
         self.packet_size = ctx.config.udp_packet_size
@@ -79,6 +80,9 @@ class UDPProxy(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def refresh_urls(self) -> bool:
+        return False  # a port's URL never changes
 
     def close(self) -> None:
         if self._sweeper is not None:

@@ -7,7 +7,7 @@ that opens a stream to the client; see `upstream.py`.
 
 from .http_proxy import HTTPVhostServer
 from .https_sni import HTTPSVhostServer
-from .routing import HTTPRoute, RouteConflict, RouteError, RouteRefused, VhostRouter
+from .routing import HTTPRoute, RouteConflict, RouteError, RouteOwned, RouteRefused, VhostRouter
 from .upstream import ByteStream, Opener, StreamsByteStream, UpstreamError, tcp_opener
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Opener",
     "RouteConflict",
     "RouteError",
+    "RouteOwned",
     "RouteRefused",
     "StreamsByteStream",
     "UpstreamError",

@@ -32,7 +32,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import RouteConflict, RouteRefused
+from .errors import RouteOwned, RouteRefused
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class DomainClaims:
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def check(self, user: str, client_id: str, names: Iterable[str], adding: int) -> None:
-        """Raise RouteRefused/RouteConflict unless `user` may hold `names` and `client_id`
+        """Raise RouteRefused/RouteOwned unless `user` may hold `names` and `client_id`
         may hold `adding` more route pairs. Changes nothing."""
         limit = self.max_routes_per_client
         if limit and self.routes_of(client_id) + adding > limit:
@@ -108,7 +108,7 @@ class DomainClaims:
             reason = self._owner_conflict(user, name)
             if reason is not None:
                 self.refuse("owner")
-                raise RouteConflict(reason)
+                raise RouteOwned(reason)
 
     def _owner_conflict(self, user: str, name: str) -> str | None:
         holders = self._holders

@@ -19,3 +19,8 @@ class RouteConflict(RouteError):
 
 class RouteRefused(RouteError):
     """The route is invalid, breaks the subDomainHost rule, or the table is full."""
+
+
+class RouteOwned(RouteError):
+    """A name the route asks for belongs to another user (see claims.py). Final: unlike a
+    RouteConflict, waiting for a stale session of the same client cannot free it."""

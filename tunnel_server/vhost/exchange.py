@@ -178,6 +178,7 @@ class Exchange:
         stream = self.upstream.stream
         loop = asyncio.get_running_loop()
         got_bytes = False
+        reset_reason = ""
         deadline = loop.time() + self.timeout_s if pump is None else None
         try:
             async with asyncio.timeout_at(deadline) as timer:
@@ -192,6 +193,9 @@ class Exchange:
                             self._error_page(504, exc.reason)
                             return Outcome.CLOSE
                         logger.debug("upstream reset: %r", exc)
+                        if exc.code == ErrorCode.DIAL_FAILED:
+                            # The client names the local failure: "connection refused to ..."
+                            reset_reason = exc.reason
                         data = None
                     except (ConnectionError, OSError) as exc:
                         # The app (or the tunnel) reset the stream.
@@ -204,7 +208,12 @@ class Exchange:
                         if retryable and not got_bytes:
                             return Outcome.RETRY
                         if data is None:
-                            self._failed("the connection to the app was reset", pump)
+                            self._failed(
+                                f"the tunnel client could not reach the app: {reset_reason}"
+                                if reset_reason
+                                else "the connection to the app was reset",
+                                pump,
+                            )
                             return Outcome.CLOSE
                         relay.feed_eof()
                     else:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..edge.redirect import redirect_response
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
@@ -35,7 +36,7 @@ from .normalize import BadRequestTarget, check_host, normalize_path
 from .pages import error_response
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
 from .rewrite import Framing, basic_auth_user, request_head
-from .routing import HTTPRoute, VhostRouter
+from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
+ChallengeAnswer = Callable[[str], bytes | None]  # path -> a whole response, or None
+HTTPSPortFor = Callable[[str], int | None]  # host -> the HTTPS port serving it, or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,9 @@ class HTTPVhostServer(VhostListener):
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         on_request: OnRequest | None = None,
         on_access: OnAccess | None = None,
+        forwarded_proto: bytes = b"http",
+        challenge_answer: ChallengeAnswer | None = None,
+        https_port_for: HTTPSPortFor | None = None,
     ) -> None:
         super().__init__(max_connections=max_connections, shutdown_grace_s=shutdown_grace_s)
         self._router = router
@@ -91,6 +97,9 @@ class HTTPVhostServer(VhostListener):
         self._idle_timeout_s = idle_timeout_s
         self._on_request = on_request
         self.on_access = on_access
+        self._forwarded_proto = forwarded_proto  # X-Forwarded-Proto: "https" behind the edge
+        self._challenge_answer = challenge_answer  # ACME HTTP-01, answered before routing
+        self._https_port_for = https_port_for  # for redirectHTTP: the edge's port, if it can
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -173,9 +182,19 @@ class HTTPVhostServer(VhostListener):
         host = host_raw.decode("latin-1")
         if head.switching and head.upgrade is None:
             return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+        if self._challenge_answer is not None:
+            answer = self._challenge_answer(path)
+            if answer is not None:
+                self._skip_body(conn)
+                conn.write(answer)
+                return Outcome.CLOSE
         route = self._router.lookup(host, path, basic_auth_user(head.authorization))
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
+        if route.redirect_http and self._https_port_for is not None:
+            redirected = self._redirect(conn, head, route, host, target)
+            if redirected is not None:
+                return redirected
         if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
             return self._reply_error(
                 conn,
@@ -198,6 +217,7 @@ class HTTPVhostServer(VhostListener):
                 framing=head.framing,
                 upgrade=head.upgrade,
                 peer_ip=conn.peer[0].encode("ascii"),
+                proto=self._forwarded_proto,
             ),
         )
         first_write = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -356,6 +376,24 @@ class HTTPVhostServer(VhostListener):
                 )
             )
         return outcome
+
+    def _redirect(
+        self, conn: InboundProtocol, head: RequestHead, route: HTTPRoute, host: str, target: bytes
+    ) -> Outcome | None:
+        """redirectHTTP: a 308 to HTTPS, once the edge holds a certificate for the host."""
+        assert self._https_port_for is not None
+        name = normalize_host(host)
+        port = self._https_port_for(name)
+        if port is None:
+            return None  # no certificate yet: keep serving plain HTTP
+        keep = head.keep_alive and not head.switching and self._skip_body(conn)
+        answer = redirect_response(
+            name, port, target, keep_alive=keep, head_only=head.method == b"HEAD"
+        )
+        if answer is None:
+            return self._reply_error(conn, head, 400, None, "the Host or target cannot redirect")
+        conn.write(answer)
+        return Outcome.KEEP if keep else Outcome.CLOSE
 
     def _reply_error(
         self,

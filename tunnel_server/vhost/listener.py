@@ -72,6 +72,10 @@ class VhostListener:
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 
+    def protocol(self) -> InboundProtocol:
+        """A protocol for a connection accepted elsewhere (the HTTPS edge hands them over)."""
+        return InboundProtocol(self._connection_made)
+
     def close(self) -> None:
         """Stop accepting, let idle connections go, cancel the rest after the grace time."""
         if self._closing:

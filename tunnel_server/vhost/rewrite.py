@@ -185,6 +185,7 @@ def request_head(
     framing: Framing,
     upgrade: bytes | None,
     peer_ip: bytes,
+    proto: bytes = b"http",
 ) -> bytes:
     """The request head to write upstream (always HTTP/1.1).
 
@@ -214,12 +215,12 @@ def request_head(
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     if b"forwarded" not in set_names:
         node = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
-        parts += (b'Forwarded: for="', node, b'";host="', host, b'";proto=http\r\n')
+        parts += (b'Forwarded: for="', node, b'";host="', host, b'";proto=', proto, b"\r\n")
     if b"x-forwarded-for" not in set_names:
         forwarded_for.append(peer_ip)
         parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
     if b"x-forwarded-proto" not in set_names:
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if b"x-forwarded-host" not in set_names:
         parts += (b"X-Forwarded-Host: ", host, b"\r\n")
     if b"x-real-ip" not in set_names:

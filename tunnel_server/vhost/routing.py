@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .claims import DomainClaims
-from .errors import RouteConflict, RouteError, RouteRefused
+from .errors import RouteConflict, RouteError, RouteOwned, RouteRefused
 from .rewrite import HeaderRules, compile_rules
 from .upstream import Opener
 
@@ -44,6 +44,7 @@ __all__ = [
     "HTTPRoute",
     "RouteConflict",
     "RouteError",
+    "RouteOwned",
     "RouteRefused",
     "VhostRouter",
     "normalize_host",
@@ -117,6 +118,8 @@ class HTTPRoute:
     host_header_rewrite: str | None = None
     request_headers_set: Mapping[str, str] = field(default_factory=dict)
     response_headers_set: Mapping[str, str] = field(default_factory=dict)
+    redirect_http: bool = False  # plain HTTP gets a 308 to HTTPS when the edge can serve it
+    backend_h2c: bool = False  # the local service speaks h2c: h2 visitors keep HTTP/2 (gRPC)
     route_by_http_user: str | None = None  # only requests from this basic-auth user
     rules: HeaderRules = field(init=False, repr=False)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -20,7 +20,13 @@ from tunnel_server.httpstats import HTTPStats
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.users.admin import UsersAdmin
 from tunnel_server.web.users import user_routes
-from tunnel_server.web.view import ClientInfo, ProxyInfo, ServerView
+from tunnel_server.web.view import (
+    CertificateInfo,
+    CertificateReport,
+    ClientInfo,
+    ProxyInfo,
+    ServerView,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,17 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
     }
 
 
+def _certificate_json(info: CertificateInfo) -> dict[str, object]:
+    return {
+        "name": info.name,
+        "source": info.source,
+        "state": info.state,
+        "detail": info.detail,
+        "not_after": info.not_after,
+        "failures": info.failures,
+    }
+
+
 def _server_info(
     view: ServerView, stats: ServerStats, info: Mapping[str, object]
 ) -> dict[str, object]:
@@ -101,8 +118,12 @@ def build_dashboard_app(
     info: Mapping[str, object] | None = None,
     users: UsersAdmin | None = None,
     http_stats: HTTPStats | None = None,
+    certificates: Callable[[], CertificateReport] | None = None,
 ) -> web.Application:
-    """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``."""
+    """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``.
+
+    `certificates` (the HTTPS edge's names and ACME states) adds ``/api/certificates``, a
+    ``certificates`` list in ``/api`` and certificate metrics."""
     app = web.Application()
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
     server_config: Mapping[str, object] = dict(info or {})
@@ -116,13 +137,22 @@ def build_dashboard_app(
     async def api_serverinfo(request: web.Request) -> web.Response:
         return web.json_response(_server_info(view, stats, server_config))
 
+    def certificate_rows() -> list[dict[str, object]]:
+        if certificates is None:
+            return []
+        return [_certificate_json(row) for row in certificates().certificates]
+
+    async def api_certificates(request: web.Request) -> web.Response:
+        return web.json_response(certificate_rows())
+
     async def api_overview(request: web.Request) -> web.Response:
-        # One request per page refresh, so the three tables come from the same moment.
+        # One request per page refresh, so the tables come from the same moment.
         return web.json_response(
             {
                 "serverinfo": _server_info(view, stats, server_config),
                 "clients": [_client_json(client) for client in view.clients()],
                 "proxies": [_proxy_json(proxy) for proxy in view.proxies()],
+                "certificates": certificate_rows(),
             }
         )
 
@@ -149,13 +179,14 @@ def build_dashboard_app(
         web.get("/api/clients", api_clients),
         web.get("/api/proxies", api_proxies),
         web.get("/api/serverinfo", api_serverinfo),
+        web.get("/api/certificates", api_certificates),
         web.post("/api/clients/{client_id}/kick", kick),
         web.post("/api/proxies/{client_id}/{name}/close", close_proxy),
     ]
     if users is not None:
         routes.extend(user_routes(users))
     if enable_prometheus:
-        registry = build_metrics_registry(stats, view)
+        registry = build_metrics_registry(stats, view, certificates)
         if http_stats is not None:
             registry.register(http_stats)
 

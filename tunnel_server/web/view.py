@@ -43,6 +43,27 @@ class ProxyInfo:
     reason: str = ""  # why it is offline (closed: ...) or refused
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """One name the HTTPS edge serves or tries to: its certificate and the ACME state."""
+
+    name: str
+    source: str  # "file" or "acme"
+    state: str  # "ready", "pending", "failed", "refused"
+    detail: str  # the last failure or refusal reason, "" when fine
+    not_after: float | None  # epoch seconds the certificate expires, None without one
+    failures: int  # consecutive failed orders
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateReport:
+    """Every certificate name, plus the ACME totals (0 without tls.acme)."""
+
+    certificates: tuple[CertificateInfo, ...]
+    orders_total: int
+    failures_total: int
+
+
 class ServerView(Protocol):
     """Read and control the running server from the web surface (all calls are synchronous)."""
 

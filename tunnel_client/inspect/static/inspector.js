@@ -527,7 +527,7 @@
       const toggle = el("input", {
         type: "checkbox", "data-testid": "rule-toggle", title: "on/off",
         onchange: async (event) => {
-          await fetch(`api/mocks/${rule.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ enabled: event.target.checked }) });
+          await fetch(`api/mocks/${rule.id}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ enabled: event.target.checked }) });
           await loadRules();
         },
       });
@@ -536,7 +536,7 @@
       return el("li", { "data-testid": "rule-row", "data-enabled": String(rule.enabled) }, toggle,
         el("span", { text: `#${rule.id} ${rule.proxy} ${rule.method} ${rule.path} ${what} (${rule.hits} hits)` }),
         el("button", { type: "button", "data-testid": "rule-delete", text: "Delete", onclick: async () => {
-          await fetch(`api/mocks/${rule.id}`, { method: "DELETE" });
+          await fetch(`api/mocks/${rule.id}/delete`, { method: "POST" });
           await loadRules();
         } }));
     }));

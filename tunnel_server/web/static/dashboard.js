@@ -144,6 +144,19 @@
     byId("proxies-empty").hidden = proxies.length > 0;
   }
 
+  function renderCertificates(certificates) {
+    byId("certificates-panel").hidden = certificates.length === 0;
+    byId("certificates-body").replaceChildren(...certificates.map((cert) => el("tr", { "data-testid": "certificate-row", "data-name": cert.name },
+      el("td", { class: "mono", text: cert.name }),
+      el("td", { class: "type", text: cert.source }),
+      el("td", {}, el("span", { class: `pill ${cert.state === "ready" ? "online" : "offline"}`, text: cert.state })),
+      el("td", { class: "sub", text: cert.not_after ? new Date(cert.not_after * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—" }),
+      el("td", { class: "num", text: String(cert.failures) }),
+      el("td", { class: "sub", text: cert.detail || "—" }),
+    )));
+    byId("certificates-count").textContent = String(certificates.length);
+  }
+
   function renderInfo(info) {
     byId("stat-clients").textContent = String(info.clients);
     byId("stat-proxies").textContent = `${info.proxies_online} / ${info.proxies}`;
@@ -167,6 +180,7 @@
       renderInfo(data.serverinfo);
       renderClients(data.clients);
       renderProxies(data.proxies);
+      renderCertificates(data.certificates || []);
       setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
     } catch (err) {
       setLive(false, `cannot reach the server (${err.message}); retrying`);

@@ -1,0 +1,1 @@
+"""The HTTPS edge: TLS termination on vhostHTTPSPort, certificates, and (later) ACME."""

@@ -1,0 +1,304 @@
+"""HTTP/2 on the public side of the HTTPS edge (ALPN h2), with the `h2` package (sans-IO).
+
+Theory of operation. `H2Visitor` is the asyncio.Protocol of one terminated TLS connection that
+negotiated h2. It feeds the bytes to an `h2.connection.H2Connection` and turns its events into
+per-stream work: each request (HEADERS) starts one task (`h2stream.serve_stream`) that opens
+one tunnel stream, writes the request to the local service as HTTP/1.1 and sends the response
+back as HTTP/2. The protocol owns the connection state; stream tasks call back into it
+(`send_*`, `wait_window`, `acknowledge`) and every call flushes `data_to_send()`.
+
+Bounds and flow control:
+- at most MAX_CONCURRENT_STREAMS streams at once (advertised; h2 refuses more);
+- request bodies: each stream's receive window is INITIAL_WINDOW_BYTES and is credited only
+  after the body bytes were written to the tunnel, so a stream buffers at most one window;
+- response bodies: sent within the peer's flow-control windows; a stream with no window
+  waits (`wait_window`), and while the transport's buffer is over its high-water mark every
+  sender waits (`drain`), so the visitor's reading speed paces the local service;
+- header blocks: MAX_HEADER_LIST_BYTES (advertised and enforced by h2's HPACK decoder).
+
+A protocol error from the visitor ends the connection (GOAWAY from h2); a failure of one
+stream resets that stream only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ..fdbudget import FDBudget
+from ..vhost.routing import VhostRouter
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENT_STREAMS: Final = 100
+INITIAL_WINDOW_BYTES: Final = 256 * 1024  # per stream, request bodies
+MAX_HEADER_LIST_BYTES: Final = 64 * 1024
+WRITE_HIGH_BYTES: Final = 256 * 1024
+WRITE_LOW_BYTES: Final = 64 * 1024
+MAX_QUEUED_ITEMS: Final = 1024  # body pieces per stream; the window bounds their bytes
+
+
+class StreamInput:
+    """What the visitor sent on one stream after its HEADERS: body pieces, then the end."""
+
+    __slots__ = ("ended", "items", "reset", "waiter")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, int]] = []  # (data, flow-controlled length)
+        self.ended = False
+        self.reset = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class H2Visitor(asyncio.Protocol):
+    """One h2 visitor connection. See the module docstring."""
+
+    def __init__(
+        self,
+        router: VhostRouter,
+        *,
+        timeout_s: float,
+        on_done: Callable[[H2Visitor], None] | None = None,
+    ) -> None:
+        self.router = router
+        self.timeout_s = timeout_s
+        self._on_done = on_done
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.inputs: dict[int, StreamInput] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._paused = False
+        self.lost = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:  # HEADERS then DATA are separate writes: Nagle would hold the second one
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # the socket may already be dead; reads will say so
+                logger.debug("TCP_NODELAY failed: %r", exc)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW_BYTES,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
+        self.conn.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # The visitor broke the protocol: h2 queued a GOAWAY; send it and hang up.
+            logger.debug("h2: protocol error from %s: %s", self.peer[0], exc)
+            self.flush()
+            self.close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for task in self.tasks.values():
+            task.cancel()
+        self._wake_all()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._on_done is not None:
+            callback, self._on_done = self._on_done, None
+            callback(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _event(self, event: Any) -> None:
+        from .h2stream import serve_stream  # the stream module imports this one
+
+        if isinstance(event, h2.events.RequestReceived):
+            stream_id = event.stream_id
+            self.inputs[stream_id] = StreamInput()
+            if event.stream_ended is not None:
+                self.inputs[stream_id].ended = True
+            task = asyncio.get_running_loop().create_task(
+                serve_stream(self, stream_id, list(event.headers or ()))
+            )
+            self.tasks[stream_id] = task
+            task.add_done_callback(functools.partial(self._stream_done, stream_id))
+        elif isinstance(event, h2.events.DataReceived):
+            box = self.inputs.get(event.stream_id)
+            if box is None or len(box.items) >= MAX_QUEUED_ITEMS:
+                self._reset(event.stream_id)
+                return
+            box.items.append((event.data or b"", event.flow_controlled_length or 0))
+            box.wake()
+        elif isinstance(event, h2.events.StreamEnded):
+            box = self.inputs.get(event.stream_id)
+            if box is not None:
+                box.ended = True
+                box.wake()
+        elif isinstance(event, h2.events.StreamReset):
+            box = self.inputs.get(event.stream_id)
+            if box is not None:
+                box.reset = True
+                box.wake()
+            running = self.tasks.get(event.stream_id)
+            if running is not None:
+                running.cancel()
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._wake_windows()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.close()
+
+    def _stream_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(stream_id, None)
+        self.inputs.pop(stream_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("h2 stream %d failed", stream_id, exc_info=task.exception())
+            self._reset(stream_id)
+        if self._on_done is not None and self.lost and not self.tasks:
+            callback, self._on_done = self._on_done, None
+            callback(self)
+
+    # -- for stream tasks ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _reset(self, stream_id: int, code: int = 0x2) -> None:
+        try:
+            self.conn.reset_stream(stream_id, error_code=code)
+        except h2.exceptions.H2Error:
+            return  # already closed: nothing to reset
+        self.flush()
+
+    def reset(self, stream_id: int) -> None:
+        """Reset one stream (INTERNAL_ERROR) after a failure on its tunnel side."""
+        self._reset(stream_id)
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """Credit `length` consumed body bytes back to the visitor's window."""
+        if length and not self.lost:
+            try:
+                self.conn.acknowledge_received_data(length, stream_id)
+            except h2.exceptions.H2Error:
+                return  # the stream is gone; its credit no longer matters
+            self.flush()
+
+    async def wait_window(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters.append(waiter)
+        await waiter
+
+    async def drain(self) -> None:
+        while self._paused and not self.lost:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def _wake_windows(self) -> None:
+        for waiter in self._window_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._window_waiters.clear()
+
+    def _wake_all(self) -> None:
+        self._wake_windows()
+        self.resume_writing()
+        for box in self.inputs.values():
+            box.wake()
+
+
+class H2Service:
+    """Owns every h2 visitor connection: the cap, and shutdown (close, then wait)."""
+
+    def __init__(self, router: VhostRouter, *, timeout_s: float, max_connections: int) -> None:
+        self._router = router
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._visitors: set[H2Visitor] = set()
+        self.refused_connections = 0
+        self.fd_budget: FDBudget | None = None  # one descriptor per visitor, as the vhosts
+
+    def _done(self, visitor: H2Visitor) -> None:
+        self._visitors.discard(visitor)
+        if self.fd_budget is not None:
+            self.fd_budget.release()
+
+    @property
+    def connections(self) -> int:
+        return len(self._visitors)
+
+    def protocol(self) -> asyncio.Protocol:
+        budget = self.fd_budget
+        if len(self._visitors) >= self._max_connections or (
+            budget is not None and not budget.try_acquire(asyncio.get_running_loop().time())
+        ):
+            self.refused_connections += 1
+            return _Refuse()
+        visitor = H2Visitor(self._router, timeout_s=self._timeout_s, on_done=self._done)
+        self._visitors.add(visitor)
+        return visitor
+
+    def close(self) -> None:
+        for visitor in list(self._visitors):
+            visitor.close()
+
+    async def wait_closed(self) -> None:
+        for visitor in list(self._visitors):
+            await visitor.closed
+            tasks = list(visitor.tasks.values())
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
