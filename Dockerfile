@@ -17,6 +17,7 @@ COPY protocol/ protocol/
 COPY tunnel_common/ tunnel_common/
 COPY tunnel_server/ tunnel_server/
 COPY tunnel_client/ tunnel_client/
+COPY tunnelkit/ tunnelkit/
 RUN pip install . \
  && rm -rf /build
 
