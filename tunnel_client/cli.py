@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import click
 
@@ -18,6 +18,8 @@ from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
 from tunnel_common import allocator
+from tunnel_common.clicommon import config_path_of, convert_ini
+from tunnel_common.clicommon import fail as fail_with
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
@@ -32,40 +34,11 @@ from .proxyconfig import PROXY_FIELDS, make_oneliner_proxy
 
 logger = logging.getLogger(__name__)
 
-
-def fail(message: str) -> None:
-    # A file with several problems gives one line each, every one prefixed the same way.
-    for line in message.splitlines() or [""]:
-        click.echo(f"tunnelc: error: {line}", err=True)
-    sys.exit(1)
+PROGRAM: Final = "tunnelc"
 
 
-def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
-    """-c given to the subcommand, or before it as frp writes it (`tunnelc -c FILE verify`)."""
-    if config_path is not None:
-        return config_path
-    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
-    return parent if isinstance(parent, Path) else None
-
-
-def _convert(config_path: Path) -> None:
-    """Print the TOML equivalent of a legacy INI file, keeping its comments."""
-    from tunnel_common.configfile import read_config_text
-    from tunnel_common.configformats import INI, detect_format, parse_ini
-    from tunnel_common.configlegacy import ini_to_toml
-
-    try:
-        text = read_config_text(config_path)
-        if detect_format(str(config_path), text) != INI:
-            fail(
-                f"{config_path}: not frp's legacy INI format (no [common] section); "
-                "nothing to convert"
-            )
-        click.echo(
-            ini_to_toml(parse_ini(text, str(config_path)), "frpc", str(config_path)), nl=False
-        )
-    except TunnelError as exc:
-        fail(str(exc))
+def fail(message: str) -> NoReturn:
+    fail_with(PROGRAM, message)
 
 
 def _load(path: Path) -> ClientConfig:
@@ -73,7 +46,6 @@ def _load(path: Path) -> ClientConfig:
         return load_client_config(path)
     except TunnelError as exc:
         fail(str(exc))
-        raise  # unreachable: fail() exits
 
 
 CONFIG_OPTION = click.option(
@@ -227,7 +199,7 @@ async def _stop_panel(shown: asyncio.Task[None] | None) -> None:
 @click.pass_context
 def verify(ctx: click.Context, config_path: Path | None) -> None:
     """Check a config file without starting anything (exit 0 valid, 1 invalid)."""
-    config_path = _config_path(ctx, config_path)
+    config_path = config_path_of(ctx, config_path)
     if config_path is None:
         fail("verify needs -c FILE")
         return
@@ -245,11 +217,11 @@ def verify(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None) -> None:
     """Print the TOML form of a legacy frpc.ini: `tunnelc convert frpc.ini > frpc.toml`."""
-    path = ini_file or _config_path(ctx, config_path)
+    path = ini_file or config_path_of(ctx, config_path)
     if path is None:
         fail("convert needs a file: tunnelc convert frpc.ini > frpc.toml")
         return
-    _convert(path)
+    convert_ini(PROGRAM, "frpc", path)
 
 
 # -- one-liners ---------------------------------------------------------------------------------
@@ -541,7 +513,7 @@ def _status_extras(proxy: dict[str, Any]) -> str:
 @click.pass_context
 def status(ctx: click.Context, config_path: Path | None) -> None:
     """Show each proxy's state, through the running client's admin API."""
-    _admin_command(_config_path(ctx, config_path), "GET", "/api/status")
+    _admin_command(config_path_of(ctx, config_path), "GET", "/api/status")
 
 
 @main.command()
@@ -549,7 +521,7 @@ def status(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def reload(ctx: click.Context, config_path: Path | None) -> None:
     """Re-read the config file in the running client (adds, removes, changes proxies)."""
-    _admin_command(_config_path(ctx, config_path), "POST", "/api/reload")
+    _admin_command(config_path_of(ctx, config_path), "POST", "/api/reload")
 
 
 @main.command()
@@ -557,4 +529,4 @@ def reload(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def stop(ctx: click.Context, config_path: Path | None) -> None:
     """Stop the running client, through its admin API."""
-    _admin_command(_config_path(ctx, config_path), "POST", "/api/stop")
+    _admin_command(config_path_of(ctx, config_path), "POST", "/api/stop")

@@ -9,12 +9,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Final, NoReturn
 
 import click
 
 from protocol import __version__
 from protocol.errors import TunnelError
 from tunnel_common import allocator
+from tunnel_common.clicommon import config_path_of, convert_ini
+from tunnel_common.clicommon import fail as fail_with
 from tunnel_common.configdocs import help_epilog
 from tunnel_common.configspecs import Secret
 from tunnel_common.logs import setup_logging
@@ -33,40 +36,11 @@ from .users.cli import users
 
 logger = logging.getLogger(__name__)
 
-
-def fail(message: str) -> None:
-    # A file with several problems gives one line each, every one prefixed the same way.
-    for line in message.splitlines() or [""]:
-        click.echo(f"tunneld: error: {line}", err=True)
-    sys.exit(1)
+PROGRAM: Final = "tunneld"
 
 
-def _config_path(ctx: click.Context, config_path: Path | None) -> Path | None:
-    """-c given to the subcommand, or before it as frp writes it (`tunneld -c FILE verify`)."""
-    if config_path is not None:
-        return config_path
-    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
-    return parent if isinstance(parent, Path) else None
-
-
-def _convert(config_path: Path) -> None:
-    """Print the TOML equivalent of a legacy INI file, keeping its comments."""
-    from tunnel_common.configfile import read_config_text
-    from tunnel_common.configformats import INI, detect_format, parse_ini
-    from tunnel_common.configlegacy import ini_to_toml
-
-    try:
-        text = read_config_text(config_path)
-        if detect_format(str(config_path), text) != INI:
-            fail(
-                f"{config_path}: not frp's legacy INI format (no [common] section); "
-                "nothing to convert"
-            )
-        click.echo(
-            ini_to_toml(parse_ini(text, str(config_path)), "frps", str(config_path)), nl=False
-        )
-    except TunnelError as exc:
-        fail(str(exc))
+def fail(message: str) -> NoReturn:
+    fail_with(PROGRAM, message)
 
 
 def _load(path: Path | None) -> ServerConfig:
@@ -74,7 +48,6 @@ def _load(path: Path | None) -> ServerConfig:
         return load_server_config(path) if path is not None else default_server_config()
     except TunnelError as exc:
         fail(str(exc))
-        raise  # unreachable: fail() exits
 
 
 CONFIG_OPTION = click.option(
@@ -235,7 +208,7 @@ async def _until_stopped(
 @click.pass_context
 def verify(ctx: click.Context, config_path: Path | None) -> None:
     """Check a config file without starting anything (exit 0 valid, 1 invalid)."""
-    config_path = _config_path(ctx, config_path)
+    config_path = config_path_of(ctx, config_path)
     if config_path is None:
         fail("verify needs -c FILE")
         return
@@ -251,11 +224,11 @@ def verify(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None) -> None:
     """Print the TOML form of a legacy frps.ini: `tunneld convert frps.ini > frps.toml`."""
-    path = ini_file or _config_path(ctx, config_path)
+    path = ini_file or config_path_of(ctx, config_path)
     if path is None:
         fail("convert needs a file: tunneld convert frps.ini > frps.toml")
         return
-    _convert(path)
+    convert_ini(PROGRAM, "frps", path)
 
 
 @main.command()

@@ -1,0 +1,47 @@
+"""Command-line pieces tunneld and tunnelc share: one-line errors, frp's `-c` before the
+subcommand, and `convert` for legacy INI files. Only the two `cli.py` modules use it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from protocol.errors import TunnelError
+
+
+def fail(program: str, message: str) -> NoReturn:
+    """Print `program: error: ...` once per line of `message` to stderr and exit 1."""
+    # A file with several problems gives one line each, every one prefixed the same way.
+    for line in message.splitlines() or [""]:
+        click.echo(f"{program}: error: {line}", err=True)
+    sys.exit(1)
+
+
+def config_path_of(ctx: click.Context, config_path: Path | None) -> Path | None:
+    """-c given to the subcommand, or before it as frp writes it (`tunnelc -c FILE verify`)."""
+    if config_path is not None:
+        return config_path
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    return parent if isinstance(parent, Path) else None
+
+
+def convert_ini(program: str, side: str, config_path: Path) -> None:
+    """Print the TOML equivalent of a legacy INI file (`side` is "frpc" or "frps")."""
+    from tunnel_common.configfile import read_config_text
+    from tunnel_common.configformats import INI, detect_format, parse_ini
+    from tunnel_common.configlegacy import ini_to_toml
+
+    try:
+        text = read_config_text(config_path)
+        if detect_format(str(config_path), text) != INI:
+            fail(
+                program,
+                f"{config_path}: not frp's legacy INI format (no [common] section); "
+                "nothing to convert",
+            )
+        click.echo(ini_to_toml(parse_ini(text, str(config_path)), side, str(config_path)), nl=False)
+    except TunnelError as exc:
+        fail(program, str(exc))
