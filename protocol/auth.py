@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import secrets
 from typing import Final
 
 NONCE_BYTES: Final = 32
@@ -69,11 +68,6 @@ def derive_key(token: str, cert_fp: bytes) -> bytes:
         p=SCRYPT_P,
         dklen=KEY_BYTES,
     )
-
-
-def new_nonce() -> bytes:
-    """Return a fresh random challenge of NONCE_BYTES bytes."""
-    return secrets.token_bytes(NONCE_BYTES)
 
 
 def _u32(value: int, what: str) -> bytes:

@@ -24,7 +24,7 @@ from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MuxSession, SessionClosedError
 from protocol.aio.splice import dial_failure
 from protocol.aio.stream import MuxStream
-from protocol.auth import login_proof, new_nonce, proof_matches, server_proof
+from protocol.auth import login_proof, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
     Busy,
@@ -43,6 +43,7 @@ from protocol.mux import Role
 from protocol.names import peer_text
 from protocol.settings import MuxSettings
 from protocol.userkey import client_login_key
+from tunnel_common.nonces import new_nonce
 
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
-from protocol.auth import login_proof, new_nonce, proof_matches, server_proof
+from protocol.auth import login_proof, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
     Challenge,
@@ -31,6 +31,7 @@ from protocol.messages import (
 )
 from protocol.names import name_problem, peer_text
 from protocol.proxytype import ProxyType
+from tunnel_common.nonces import new_nonce
 
 from .accesslog import log_login_failure
 from .errors import ProxyHeld

@@ -16,10 +16,10 @@ from protocol.auth import (
     SERVER_LABEL,
     derive_key,
     login_proof,
-    new_nonce,
     proof_matches,
     server_proof,
 )
+from tunnel_common.nonces import new_nonce
 
 SNONCE = bytes(range(NONCE_BYTES))
 CNONCE = bytes(range(100, 100 + NONCE_BYTES))

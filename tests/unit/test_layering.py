@@ -13,7 +13,17 @@ IO_MODULES = frozenset({"asyncio", "socket", "ssl", "time"})
 # protocol/ is the wire only, aio/ included: no files, no randomness of its own choosing, no
 # logging set-up. Config, logging handlers and web guards live in tunnel_common/.
 NOT_WIRE_MODULES = frozenset(
-    {"os", "io", "pathlib", "shutil", "tempfile", "random", "logging.handlers", "logging.config"}
+    {
+        "os",
+        "io",
+        "pathlib",
+        "shutil",
+        "tempfile",
+        "random",
+        "secrets",
+        "logging.handlers",
+        "logging.config",
+    }
 )
 
 
