@@ -73,6 +73,21 @@ def test_fuzz_frame_decoder_only_raises_protocol_errors(data: bytes, sizes: list
     """Any byte stream, in any chunking, gives frames or RemoteProtocolError, never another
     exception, and the decoder never holds more than its bound."""
     count_example("frame-decoder")
+    check_frame_decoder(data, sizes)
+
+
+@pytest.mark.fuzz
+@settings(parent=FUZZ_SETTINGS)
+@given(hostile_streams(), st.lists(st.integers(1, 512), max_size=20))
+def test_fuzz_prelogin_session_never_raises(data: bytes, sizes: list[int]) -> None:
+    """A server-side session under the pre-login limits absorbs any input: no exception
+    escapes, and a violation ends it with ConnectionTerminated."""
+    count_example("prelogin-session")
+    check_prelogin_session(data, sizes)
+
+
+def check_frame_decoder(data: bytes, sizes: list[int]) -> None:
+    """The decoder property (see test_fuzz_frame_decoder_only_raises_protocol_errors)."""
     decoder = FrameDecoder(MAX_PAYLOAD, PRE_LOGIN_MAX_FRAME_BYTES, READ_SIZE)
     try:
         for chunk in chunks(data, sizes):
@@ -87,13 +102,8 @@ def test_fuzz_frame_decoder_only_raises_protocol_errors(data: bytes, sizes: list
         pass  # the peer broke the protocol: the session ends with GO_AWAY
 
 
-@pytest.mark.fuzz
-@settings(parent=FUZZ_SETTINGS)
-@given(hostile_streams(), st.lists(st.integers(1, 512), max_size=20))
-def test_fuzz_prelogin_session_never_raises(data: bytes, sizes: list[int]) -> None:
-    """A server-side session under the pre-login limits absorbs any input: no exception
-    escapes, and a violation ends it with ConnectionTerminated."""
-    count_example("prelogin-session")
+def check_prelogin_session(data: bytes, sizes: list[int]) -> None:
+    """The session property (see test_fuzz_prelogin_session_never_raises)."""
     mux = MuxConnection(Role.SERVER, now=0.0)
     mux.set_control_limit(PRE_LOGIN_MAX_FRAME_BYTES)
     for chunk in chunks(data, sizes):
