@@ -1,5 +1,6 @@
 """Fixtures shared by every test directory (pytest settings live in pyproject.toml)."""
 
+import gc
 import re
 import shutil
 from collections.abc import Iterator
@@ -49,3 +50,11 @@ def patient_expect() -> Iterator[None]:
     expect.set_options(timeout=PATIENT_EXPECT_MS)
     yield
     expect.set_options(timeout=PLAYWRIGHT_DEFAULT_EXPECT_MS)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_test() -> Iterator[None]:
+    """Collects garbage when each test ends, so a socket or transport a test left open warns
+    (and fails) in that test rather than in whichever test the collector happens to run in."""
+    yield
+    gc.collect()

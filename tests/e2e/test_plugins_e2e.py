@@ -314,9 +314,13 @@ async def test_tls2raw_plugin_hands_plain_bytes_to_the_local_service(
     cert, key = make_leaf(ca, tmp_path, ["127.0.0.1"])
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except BaseException:  # cancelled at the end of the test: see test_bandwidth_e2e
+            writer.transport.abort()
+            raise
         writer.close()
 
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
