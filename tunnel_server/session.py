@@ -47,7 +47,7 @@ from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
-from .users.quota import check_new_proxy
+from .users.quota import check_new_proxy, quota_note
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -356,9 +356,8 @@ class ServerSession:
         self.proxies[name] = proxy
         self.proxy_requests[name] = request
         self.server.proxy_started(name, self.client_id, str(proxy.type))
-        self.mux.send_message(
-            NewProxyResult(request.name, True, proxy.public_note, proxy.public_urls)
-        )
+        note = quota_note(self.server.users.record(self.user), proxy.public_note)
+        self.mux.send_message(NewProxyResult(request.name, True, note, proxy.public_urls))
         logger.info(
             "tunneld: [client=%s proxy=%s] %s proxy online at %s",
             self.client_id,

@@ -17,6 +17,7 @@ from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
 from ..offline import deliver_stored
+from ..pacing import PacedStream
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
@@ -104,7 +105,8 @@ class VhostProxy:
         counters.connections_active += 1
         self._streams.add(stream)
         stream.add_close_callback(self._closed)
-        return stream
+        pacer = ctx.visitors.throttle() if ctx.visitors is not None else None
+        return PacedStream(stream, pacer) if pacer is not None else stream
 
     def _closed(self, stream: MuxStream) -> None:
         self._streams.discard(stream)

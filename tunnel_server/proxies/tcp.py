@@ -13,7 +13,7 @@ from protocol.aio.stream import MuxStream
 from protocol.errors import LocalProtocolError
 from protocol.messages import NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
-from tunnel_common.throttle import Throttle
+from tunnel_common.throttle import Throttle, joined
 
 from ..ports import listen_on_public_port
 from .base import ProxyContext
@@ -68,8 +68,11 @@ class TCPProxy:
         visitors = self.ctx.visitors
         if visitors is not None and visitors.plugins_check_user_conns:
             return _PluginGatedSplice(self)
-        if self.throttle is not None:
-            return self.throttle.protocol(on_connect=self._on_user, on_close=self._on_closed)
+        # The proxy's own limit and its user's bandwidth quota, looked up per connection so a
+        # quota set while the proxy runs applies to its next visitors too.
+        pacer = joined(self.throttle, visitors.throttle() if visitors is not None else None)
+        if pacer is not None:
+            return pacer.protocol(on_connect=self._on_user, on_close=self._on_closed)
         return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
 
     def _admit_later(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol.errors import ErrorCode
 
+from .bandwidth import UserThrottles
 from .model import UserError, UserRecord, format_size
 from .store import UserStore, day_period, month_period
 
@@ -54,6 +55,7 @@ class UserDirectory:
         self.shared_token = shared_token
         self.shared_key = b""  # derive_key(auth.token or "", certificate); set by the server
         self.users: dict[str, UserRecord] = {}
+        self.throttles = UserThrottles()  # bandwidth quotas, one bucket per user
         self._version = -1
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (user, proxy) -> readings
         self._pending: dict[str, _Usage] = {}
@@ -79,6 +81,7 @@ class UserDirectory:
             return False
         self._version = version
         self.users = {r.name: r for r in records}
+        self.throttles.sync(self.users)
         self._stored.clear()
         return True
 
