@@ -49,6 +49,7 @@ from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .usermetrics import UserMetrics
 from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
@@ -80,8 +81,11 @@ class TunnelServer:
         self.auth_limiter = FailureLimiter()
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         token = config.auth_token.reveal() if config.auth_token is not None else None
-        if config.auth_method == "oidc":
-            token = ""  # names outside the store log in with a verified OIDC token instead
+        if config.auth_method == "oidc" and token is None:
+            # Names outside the store log in with a verified OIDC token. With auth.token too,
+            # the login proofs are keyed by it, so the server proves itself first
+            # (docs/security.md, "OIDC logins").
+            token = ""
         self.users = UserDirectory(None, token)  # the store opens in start()
         self._users_task: asyncio.Task[None] | None = None
         self.ip_rules = config.ip_rules  # replaced on reload
@@ -111,6 +115,7 @@ class TunnelServer:
         # name -> (client id, type) of every proxy the stats still track, for offline rows.
         self.proxy_meta: dict[str, tuple[str, str]] = {}
         self.departures = Departures(config.departed_metrics_ttl)
+        self.user_metrics = UserMetrics(self)  # per-user series; they expire like departures
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
@@ -312,6 +317,7 @@ class TunnelServer:
             info={"bindPort": self.control_port, "version": __version__},
             users=UsersAdmin(self.users, self._session_infos, self._users_changed),
             http_stats=self.http_stats,
+            user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -332,11 +338,14 @@ class TunnelServer:
         ]
 
     def expire_departed(self, now: float) -> None:
-        """Forget proxies gone longer than departedMetricsTTL (their series and rows)."""
+        """Forget proxies and users gone longer than departedMetricsTTL (their series and
+        rows)."""
         online = {name for s in self.sessions.values() for name in s.proxies}
         for name in self.departures.expire(self.stats, online, now):
             self.proxy_meta.pop(name, None)
             self.http_stats.pop(name, None)
+        self.user_metrics.sample()
+        self.user_metrics.expire(now, self.departures.ttl_s)
 
     def _users_changed(self) -> None:
         """A dashboard action changed the store: apply it now, not at the next poll."""
@@ -448,6 +457,7 @@ class TunnelServer:
             return f"the server is full ({self.config.max_clients} clients, maxClients)"
         self.sessions[session.client_id] = session
         self.stats.sessions_total += 1
+        self.user_metrics.session_started(session.user)
         return ""
 
     def session_ended(self, session: ServerSession) -> None:
