@@ -632,10 +632,6 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                     source, "auth.oidc.issuer", 'is required with auth.method = "oidc" (a URL)'
                 )
             )
-        if config.auth_token is not None:
-            problems.append(
-                ConfigError(source, "auth.token", 'has no use with auth.method = "oidc"; remove it')
-            )
     for key, entries in (("allowIPs", config.allow_ips), ("denyIPs", config.deny_ips)):
         try:
             parse_networks(entries)
