@@ -179,3 +179,65 @@ async def test_user_bandwidth_quota_caps_all_proxies_both_ways(
             finally:
                 for task in tasks:
                     task.cancel()
+
+
+class _Replies(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self.count += 1
+
+
+async def test_user_bandwidth_quota_polices_udp_datagrams(
+    run_tunneld, run_tunnelc, tmp_path
+) -> None:
+    """Datagrams cannot wait: over the user's 64KB/s they are dropped and counted. A visitor
+    sending 4x the quota to a udp echo for 4 s gets through, both ways together, about what
+    the bucket pays for, and tunnelkit_udp_dropped_datagrams_total counts the rest."""
+    from tests.support.curl import curl
+    from tests.support.echo import udp_echo_server
+    from tests.support.procs import DASHBOARD_READY
+
+    rate, size, seconds = 64 * 1024, 1000, 4.0
+    store = tmp_path / "users.db"
+    token = await add_user(store, "alice")
+    await users_cli(store, "set-quota", "alice", "--bandwidth", "64KB")
+    extra = "webServer.port = 0\nenablePrometheus = true\n"
+    proxy = '[[proxies]]\nname = "u"\ntype = "udp"\nlocalPort = {}\nremotePort = 0\n'
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(90), udp_echo_server() as echo:
+        server = await run_tunneld(users_server_toml(store, extra=extra))
+        control = await server.control_address()
+        web = f"http://127.0.0.1:{(await server.wait_for(DASHBOARD_READY))['port']}"
+        client = await run_tunnelc(
+            user_client_toml(
+                control.port, await server.fingerprint(), "alice", token, proxy.format(echo.port)
+            )
+        )
+        public = await client.proxy_endpoint("u")
+        transport, replies = await loop.create_datagram_endpoint(
+            _Replies, remote_addr=("127.0.0.1", public.port)
+        )
+        try:
+            sent, start = 0, time.monotonic()
+            interval = size / (4 * rate)  # four times the quota
+            while (elapsed := time.monotonic() - start) < seconds:
+                transport.sendto(b"d" * size)
+                sent += 1
+                await asyncio.sleep(max(0.0, sent * interval - elapsed))
+            elapsed = time.monotonic() - start
+            await asyncio.sleep(0.5)  # datagrams still in flight settle (not a readiness wait)
+        finally:
+            transport.close()
+        # Both directions are charged to one bucket: what reached the echo plus what came back.
+        passed = (echo.received + replies.count) * size
+        allowed = rate * elapsed + 16 * 1024 + size  # the rate, the burst, one datagram of debt
+        assert 0.6 * allowed <= passed <= 1.1 * allowed, (passed, allowed, replies.count, sent)
+        metrics = (await curl(f"{web}/metrics")).stdout.decode()
+        line = next(
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith('tunnelkit_udp_dropped_datagrams_total{proxy="alice.u"}')
+        )
+        assert float(line.split()[-1]) >= sent - echo.received - 2, (line, sent)
