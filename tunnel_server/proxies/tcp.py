@@ -60,7 +60,7 @@ class TCPProxy:
             return bound
 
         self.port = await listen_on_public_port(
-            ctx.ports, ctx.client_id, "tcp", self.requested_port, listen
+            ctx.ports, ctx.client_id, "tcp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
 

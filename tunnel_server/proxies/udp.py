@@ -73,7 +73,7 @@ class UDPProxy(asyncio.DatagramProtocol):
             return bound
 
         self.port = await listen_on_public_port(
-            ctx.ports, ctx.client_id, "udp", self.requested_port, listen
+            ctx.ports, ctx.client_id, "udp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"udp://{format_host(ctx.public_host)}:{self.port}",)
         self._arm_sweeper()
