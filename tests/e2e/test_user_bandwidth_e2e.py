@@ -241,3 +241,41 @@ async def test_user_bandwidth_quota_polices_udp_datagrams(
             if ln.startswith('tunnelkit_udp_dropped_datagrams_total{proxy="alice.u"}')
         )
         assert float(line.split()[-1]) >= sent - echo.received - 2, (line, sent)
+
+
+async def test_user_bandwidth_quota_holds_behind_a_new_user_conn_plugin(
+    run_tunneld, run_tunnelc, tmp_path
+) -> None:
+    """A tcp visitor held for the NewUserConn plugin is paced once admitted (the held bytes
+    are charged too): a download still runs at the user's 1MB/s (+-10% over 5 s)."""
+    from tests.e2e.test_server_plugins_e2e import plugin_server, plugins_toml
+
+    store = tmp_path / "users.db"
+    token = await add_user(store, "alice")
+    await users_cli(store, "set-quota", "alice", "--bandwidth", "1MB")
+    meter = Meter()
+    async with (
+        asyncio.timeout(90),
+        tcp_source_server(BIG) as source,
+        plugin_server(moved_to=1) as (plugin, plugin_port),
+    ):
+        server = await run_tunneld(users_server_toml(store, extra=plugins_toml(plugin_port)))
+        control = await server.control_address()
+        client = await run_tunnelc(
+            user_client_toml(
+                control.port,
+                await server.fingerprint(),
+                "alice",
+                token,
+                tcp_proxy("down", source.port, 0),
+            )
+        )
+        down = await client.proxy_endpoint("down")
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(download(meter, "down", down.port))
+            try:
+                await meter.wait_flowing(["down"])
+                assert_near(await measure(meter, 5.0), RATE)
+            finally:
+                task.cancel()
+        assert await plugin.wait_op("NewUserConn", proxy_name="alice.down")
