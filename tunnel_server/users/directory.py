@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from protocol.errors import ErrorCode
@@ -125,7 +125,16 @@ class UserDirectory:
 
     def logged_in(self, user: str) -> None:
         if self.store is not None and user in self.users:
-            self._safe(lambda s: s.touch([user], time.time()))
+            self._touch([user], time.time())
+
+    def _touch(self, names: list[str], when: float) -> None:
+        """Write last-seen times, and keep our view in step: the store's data_version moves
+        only for other connections' writes, so our own would not show until one came."""
+        if self._safe(lambda s: s.touch(names, when)):
+            for name in names:
+                record = self.users.get(name)
+                if record is not None:
+                    self.users[name] = replace(record, last_seen=when)
 
     # -- usage ----------------------------------------------------------------------------
     def collect(self, server: TunnelServer) -> None:
@@ -199,7 +208,7 @@ class UserDirectory:
                     total = bytes_in + bytes_out
                     self._stored[user] = (day + total, month + total)
         if online:
-            self._safe(lambda s: s.touch(sorted(online), now))
+            self._touch(sorted(online), now)
 
     def _safe(self, action: Callable[[UserStore], None]) -> bool:
         if self.store is None:
