@@ -36,8 +36,6 @@ from protocol.messages import (
     Message,
     NewProxyResult,
     ServerProof,
-    UDPFlowClosed,
-    UDPFlowOpened,
 )
 from protocol.mux import Role
 from protocol.names import peer_text
@@ -48,13 +46,13 @@ from tunnel_common.nonces import new_nonce
 from .backoff import Backoff
 from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
 from .dial import DialParams, dns_server_address
+from .flows import ClientFlows, DatagramProxy
 from .health import HealthMonitor
 from .held import WAITING_STATE, HeldRetries
 from .oidc import OIDCTokenError, OIDCTokenSource
 from .plugins.base import PluginError
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
-from .proxies.udp import UDPProxy
 from .proxydetails import proxy_details
 from .surfaces import WebSurfaces, captured
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
@@ -64,7 +62,6 @@ logger = logging.getLogger(__name__)
 LOGIN_TIMEOUT_S: Final = 10.0
 # On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
 DRAIN_TIMEOUT_S: Final = 5.0
-MAX_FLOWS_PER_CLIENT: Final = 4096
 LOCAL_PROBE_TIMEOUT_S: Final = 1.0  # the start-up check that each local service accepts
 # OpenSSL's reasons when the peer answered in plain text (an HTTP port, not tunneld's).
 _NOT_TLS_REASONS: Final = frozenset(
@@ -123,7 +120,7 @@ class TunnelClient:
             keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
-        self._flow_owner: dict[int, UDPProxy] = {}
+        self.flows = ClientFlows(self.proxies, lambda: self.packet_size)
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
         self.health = HealthMonitor(self._on_health)
@@ -174,12 +171,8 @@ class TunnelClient:
             if proxy is not None:
                 row["metadatas"] = dict(proxy.config.metadatas)
                 row["annotations"] = dict(proxy.config.annotations)
-            if isinstance(proxy, UDPProxy):
-                row["udp"] = {
-                    "flows": len(proxy.flows),
-                    "dropped_datagrams": proxy.dropped,
-                    "refused_flows": proxy.refused_flows,
-                }
+            if isinstance(proxy, DatagramProxy):
+                row["udp"] = proxy.flow_stats()
             if proxy is not None:
                 row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
@@ -523,11 +516,11 @@ class TunnelClient:
     async def _serve(self, session: MuxSession) -> None:
         self.session = session
         session.on_stream = self._on_stream
-        session.on_datagram = self._on_datagram
+        session.on_datagram = self.flows.on_datagram
         session.message_filter = self._filter_message
         going_away: list[str] = []
         session.on_go_away = lambda code, reason: going_away.append(reason)
-        self._flow_owner.clear()
+        self.flows.clear()
         for name in self.proxies:
             self._register(session, name)
         try:
@@ -550,7 +543,7 @@ class TunnelClient:
             pass
         finally:
             self.session = None
-            self._flow_owner.clear()
+            self.flows.clear()
             self._held.cancel_all()
             for status in self.proxy_status.values():
                 if status.state in ("running", WAITING_STATE):
@@ -631,35 +624,9 @@ class TunnelClient:
         proxy.handle_stream(session, stream)
 
     def _filter_message(self, message: Message) -> bool:
-        """UDP flow messages are handled at once, before the datagrams that follow them."""
+        """Flow messages are handled at once, before the datagrams that follow them."""
         session = self.session
-        if isinstance(message, UDPFlowOpened) and session is not None:
-            proxy = self.proxies.get(message.proxy)
-            if not isinstance(proxy, UDPProxy):
-                session.send_message(UDPFlowClosed(message.flow_id, "no such udp proxy"))
-                return True
-            if len(self._flow_owner) >= MAX_FLOWS_PER_CLIENT:
-                session.send_message(UDPFlowClosed(message.flow_id, "client flow table full"))
-                return True
-            self._flow_owner[message.flow_id] = proxy
-            proxy.flow_opened(session, message, self.packet_size)
-            if message.flow_id not in proxy.flows:
-                self._flow_owner.pop(message.flow_id, None)
-            return True
-        if isinstance(message, UDPFlowClosed):
-            owner = self._flow_owner.pop(message.flow_id, None)
-            if owner is not None:
-                owner.close_flow(message.flow_id, message.reason, notify=False)
-            return True
-        return False
-
-    def _on_datagram(self, flow_id: int, data: bytes) -> None:
-        owner = self._flow_owner.get(flow_id)
-        if owner is not None:
-            if flow_id in owner.flows:
-                owner.datagram(flow_id, data)
-            else:
-                del self._flow_owner[flow_id]  # closed on our side (idle, failed socket)
+        return session is not None and self.flows.on_message(session, message)
 
 
 def _raise_refusal(result: LoginResult) -> None:
