@@ -31,7 +31,6 @@ when it is above `datagram_high_water_bytes`.
 from __future__ import annotations
 
 import math
-from collections import deque
 from enum import Enum
 from typing import Final
 
@@ -82,7 +81,10 @@ class MuxConnection:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._highest_peer_id = 0
         self._pending_accepts = 0
-        self._events: deque[Event] = deque()
+        # A list read from `_event_pos` and cleared once drained (clear() frees its storage:
+        # an idle session holds an empty list, not a deque's 600-byte block).
+        self._events: list[Event] = []
+        self._event_pos = 0
         self._input_paused = False  # MAX_PENDING_EVENTS reached: frames wait in the decoder
         self._unfed = memoryview(b"")  # receive_data's input not yet copied to the decoder
         self._unfed_later: list[bytes] = []  # input given while the queue was full (rare)
@@ -119,7 +121,7 @@ class MuxConnection:
     @property
     def pending_events(self) -> int:
         """Events queued for `next_event` (at most MAX_PENDING_EVENTS)."""
-        return len(self._events)
+        return len(self._events) - self._event_pos
 
     def set_control_limit(self, max_control_bytes: int) -> None:
         """Limit msgpack frames from the peer (e.g. tightly before it has logged in)."""
@@ -194,15 +196,22 @@ class MuxConnection:
 
     # -- output -----------------------------------------------------------------------------
     def next_event(self) -> Event | None:
-        if not self._events:
+        events = self._events
+        pos = self._event_pos
+        if pos >= len(events):
+            if pos:
+                events.clear()
+                self._event_pos = 0
             if not self._input_paused:
                 return None
             self._input_paused = False  # the queue drained: parse the frames that waited
             self._process_frames()
             self._feed_unfed()
-            if not self._events:
+            if not events:
                 return None
-        return self._events.popleft()
+            pos = 0
+        self._event_pos = pos + 1
+        return events[pos]
 
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -395,7 +404,7 @@ class MuxConnection:
                 self._handle_frame(frame)
                 if self._terminated:
                     return
-                if len(events) + _MAX_EVENTS_PER_FRAME > MAX_PENDING_EVENTS:
+                if len(events) - self._event_pos + _MAX_EVENTS_PER_FRAME > MAX_PENDING_EVENTS:
                     self._input_paused = True  # resumed by next_event once drained
                     return
         except RemoteProtocolError as exc:
