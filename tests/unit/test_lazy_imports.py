@@ -85,3 +85,11 @@ def test_cli_help_still_lists_the_config_keys(program: str) -> None:
     assert result.returncode == 0, result.stderr
     key = "serverAddr" if program == "tunnelc" else "bindPort"
     assert key in result.stdout
+
+
+def test_client_loads_web_surfaces_only_when_they_start() -> None:
+    """The client imports the inspector's app and the admin API (prometheus_client) only
+    when it starts them: a client with neither configured never loads them."""
+    loaded = _loaded_by("tunnel_client.client")
+    lazy = ("prometheus_client", "tunnel_client.inspect.app", "tunnel_client.web.admin")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
