@@ -69,10 +69,7 @@ class UserMetrics:
     def sample(self) -> None:
         """Add what each proxy relayed since the last reading to its user's totals."""
         server = self._server
-        online: dict[str, str] = {}
-        for session in server.sessions.values():
-            for name in session.proxies:
-                online[name] = session.user
+        online = {entry.name: entry.owner.user for entry in server.proxies.entries()}
         departed = [name for name in self._readings if name not in online]
         for name, user in [*online.items(), *((n, self._readings[n].user) for n in departed)]:
             counters = server.stats.get(name)
@@ -114,10 +111,9 @@ class UserMetrics:
         active: dict[str, int] = {}
         for session in server.sessions.values():
             sessions[session.user] = sessions.get(session.user, 0) + 1
-            for name in session.proxies:
-                counters = server.stats.get(name)
-                if counters is not None:
-                    active[session.user] = active.get(session.user, 0) + counters.connections_active
+        for entry in server.proxies.entries():
+            user = entry.owner.user
+            active[user] = active.get(user, 0) + entry.counters.connections_active
         traffic = CounterMetricFamily(
             "tunnelkit_user_bytes_total",
             "Bytes relayed by all of a user's proxies; direction 'in' is towards its services.",
