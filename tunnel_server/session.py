@@ -369,9 +369,8 @@ class ServerSession:
         for name, proxy in self.proxies.items():
             if proxy.refresh_urls():
                 local = name.removeprefix(f"{self.user}.") if self.user else name
-                self.mux.send_message(
-                    NewProxyResult(local, True, proxy.public_note, proxy.public_urls)
-                )
+                note = quota_note(self.server.users.record(self.user), proxy.public_note)
+                self.mux.send_message(NewProxyResult(local, True, note, proxy.public_urls))
 
     async def _start_proxy(self, request: NewProxy, name: str) -> ServerProxy:
         owned = self.server.proxies.of_session(self)
