@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import weakref
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -59,6 +59,9 @@ from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.listener import DEFAULT_MAX_CONNECTIONS
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 from .vhost.routing import VhostRouter
 from .view import LiveServerView
 from .visitors import Visitors
@@ -137,6 +140,7 @@ class TunnelServer:
         self.certs = CertStore()
         self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
         self.cert_manager: CertManager | None = None
+        self.cluster: ClusterNode | None = None  # with cluster.redisURL
         self.edge_service: EdgeService | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
@@ -193,6 +197,13 @@ class TunnelServer:
             )
         if cfg.web.port is not None:
             await self._start_dashboard()
+        if cfg.cluster_redis_url is not None:
+            from tunnel_server.cluster.node import ClusterNode  # redis-py only when clustered
+
+            self.cluster = ClusterNode(
+                self, cfg.cluster_redis_url, cfg.cluster_node_name, cfg.cluster_lease_s
+            )
+            await self.cluster.start(f"{display_host(cfg.bind_addr)}:{self.control_port}")
 
     @property
     def port_reuse(self) -> bool:
@@ -428,6 +439,9 @@ class TunnelServer:
             self.offline.close()
             await self.offline.wait_closed()
             self.offline = None
+        if self.cluster is not None:
+            await self.cluster.close()
+            self.cluster = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:

@@ -396,15 +396,22 @@ class ServerSession:
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
+        cluster = self.server.cluster
+        if cluster is not None:  # the same rules across nodes: claim before binding
+            await cluster.claim_proxy(self, name, request)
         ctx = self.server.proxy_context(self, name, request.name, request)
         proxy = factory(ctx, request, name)
         try:
             await proxy.start()
         except ProxyRefused:
             proxy.close()
+            if cluster is not None:
+                cluster.release_proxy(name)
             raise
         except (OSError, TunnelError) as exc:
             proxy.close()
+            if cluster is not None:
+                cluster.release_proxy(name)
             raise ProxyRefused(str(exc)) from exc
         return proxy
 
@@ -414,6 +421,8 @@ class ServerSession:
             return False
         self.server.proxies.remove(name, reason)
         entry.proxy.close()
+        if self.server.cluster is not None:
+            self.server.cluster.release_proxy(name)
         self.server.users.collect_proxy(self.server, self.user, name)
         self.server.plugins.notify("CloseProxy", {"user": session_user(self), "proxy_name": name})
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
