@@ -195,14 +195,15 @@ class TunnelServer:
                 display_host(cfg.proxy_bind_addr),
                 self.control_port,
             )
-        if cfg.web.port is not None:
-            await self._start_dashboard()
         if cfg.cluster_redis_url is not None:
             from tunnel_server.cluster.node import ClusterNode  # redis-py only when clustered
 
             self.cluster = ClusterNode(
                 self, cfg.cluster_redis_url, cfg.cluster_node_name, cfg.cluster_lease_s
             )
+        if cfg.web.port is not None:
+            await self._start_dashboard()
+        if self.cluster is not None:
             await self.cluster.start(f"{display_host(cfg.bind_addr)}:{self.control_port}")
 
     @property
@@ -331,6 +332,7 @@ class TunnelServer:
             http_stats=self.http_stats,
             user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
+            cluster=self.cluster.registry if self.cluster is not None else None,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()

@@ -37,8 +37,10 @@ class Cluster:
         self.ca = make_ca(tmp_path, "cluster CA")
         self.cert, self.key = make_leaf(self.ca, tmp_path, [NODE_NAME])
 
-    async def node(self, run_tunneld: Any, name: str, **kw: Any) -> Tunneld:
-        options = {
+    async def node(
+        self, run_tunneld: Any, name: str, extra: dict[str, object] | None = None, **kw: Any
+    ) -> Tunneld:
+        options: dict[str, object] = {
             "bindAddr": "127.0.0.1",
             "bindPort": 0,
             "vhostHTTPPort": 0,
@@ -49,6 +51,7 @@ class Cluster:
             "cluster.redisURL": self.redis.url,
             "cluster.nodeName": name,
             "cluster.leaseSeconds": LONG_LEASE_S,
+            **(extra or {}),
         }
         process = await run_tunneld(toml_lines(options), **kw)
         await process.wait_for(re.compile(rf"cluster: node {name} joined"))

@@ -224,6 +224,13 @@ class ClusterRegistry:
                 out[parsed] = owner
         return out
 
+    def claims_by_node(self) -> dict[str, int]:
+        """How many claims each node holds, as this node's cache knows them."""
+        counts: dict[str, int] = {}
+        for owner in self._cache.values():
+            counts[owner.node] = counts.get(owner.node, 0) + 1
+        return counts
+
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes (their keys have not expired), by name."""
         out: list[NodeInfo] = []
@@ -244,6 +251,7 @@ class ClusterRegistry:
             async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
                 reply = await script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
+            _keep_cancellation()
             self._set_available(False)
             raise ClusterUnavailable(
                 f"the cluster registry (Redis) is unreachable, so no new {what} can be made:"
@@ -278,8 +286,10 @@ class ClusterRegistry:
                     logger.warning("tunneld: cluster: %s", exc)
                 was_away = True
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+                _keep_cancellation()
                 await asyncio.sleep(backoff)
                 continue
+            _keep_cancellation()
             await asyncio.sleep(interval)
 
     async def _renew(self) -> None:
@@ -292,6 +302,7 @@ class ClusterRegistry:
                     f"{self._prefix}node:{self.node}", json.dumps(node), px=self._lease_ms
                 )
         except (RedisError, OSError, TimeoutError) as exc:
+            _keep_cancellation()
             self._set_available(False)
             raise ClusterUnavailable(f"the cluster registry (Redis) is unreachable: {exc}") from exc
         self._set_available(True)
@@ -378,6 +389,15 @@ class ClusterRegistry:
             else:
                 self._cache.pop(key, None)
         self._notify()
+
+
+def _keep_cancellation() -> None:
+    """Re-raise a cancellation that redis-py swallowed (or turned into a connection error)
+    while a call was in flight: a loop that went on would never stop, and close() would wait
+    for ever (seen with 100 registries in bench/cluster_sim.py)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _by_owner(keys: list[str], held: dict[str, Owner]) -> list[tuple[Owner, list[str]]]:

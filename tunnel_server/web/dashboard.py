@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +20,7 @@ from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, 
 from tunnel_server.httpstats import HTTPStats
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.users.admin import UsersAdmin
+from tunnel_server.web.cluster import ClusterNodeCollector, cluster_routes
 from tunnel_server.web.users import user_routes
 from tunnel_server.web.view import (
     CertificateInfo,
@@ -28,6 +29,9 @@ from tunnel_server.web.view import (
     ProxyInfo,
     ServerView,
 )
+
+if TYPE_CHECKING:
+    from tunnel_server.cluster.registry import ClusterRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +125,13 @@ def build_dashboard_app(
     http_stats: HTTPStats | None = None,
     user_metrics: Collector | None = None,
     certificates: Callable[[], CertificateReport] | None = None,
+    cluster: ClusterRegistry | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``.
 
     `certificates` (the HTTPS edge's names and ACME states) adds ``/api/certificates``, a
-    ``certificates`` list in ``/api`` and certificate metrics."""
+    ``certificates`` list in ``/api`` and certificate metrics. `cluster` (a cluster node's
+    registry) adds ``/api/cluster`` and the node's info series (web/cluster.py)."""
     app = web.Application()
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
     server_config: Mapping[str, object] = dict(info or {})
@@ -187,12 +193,16 @@ def build_dashboard_app(
     ]
     if users is not None:
         routes.extend(user_routes(users))
+    if cluster is not None:
+        routes.extend(cluster_routes(cluster))
     if enable_prometheus:
         registry = build_metrics_registry(stats, view, certificates)
         if http_stats is not None:
             registry.register(http_stats)
         if user_metrics is not None:
             registry.register(user_metrics)
+        if cluster is not None:
+            registry.register(ClusterNodeCollector(cluster))
 
         async def metrics(request: web.Request) -> web.Response:
             response = web.Response(body=generate_latest(registry))
