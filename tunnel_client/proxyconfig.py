@@ -56,6 +56,7 @@ _Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, r
 _HTTP_ONLY: Final = (str(_HTTP),)
 
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS))
+_GROUPED: Final = (str(_TCP), str(_HTTP), str(_HTTPS))  # frp's load-balanced kinds
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
 # names the proxy types a key applies to; setting it on another type is an error.
@@ -204,6 +205,22 @@ PROXY_FIELDS: Final = FieldTable(
             "serve only requests whose basic-auth user this is (shares a domain)",
             only=_HTTP_ONLY,
         ),
+        Field(
+            "loadBalancer.group",
+            "group",
+            Str(),
+            None,
+            "load-balancing group: proxies of several clients share one port or route",
+            only=_GROUPED,
+        ),
+        Field(
+            "loadBalancer.groupKey",
+            "group_key",
+            SecretStr(),
+            None,
+            "the group's shared secret; members with another key are refused",
+            only=_GROUPED,
+        ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
         Field(
@@ -294,6 +311,8 @@ class ProxyConfig:
     hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
     backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
     route_by_http_user: str | None = _F.optional("route_by_http_user", str)
+    group: str | None = _F.optional("group", str)  # loadBalancer.group
+    group_key: Secret | None = _F.optional("group_key", Secret)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None
@@ -372,7 +391,7 @@ def check_proxies(
     """
     problems: list[ConfigError] = []
     names: dict[str, str] = {}
-    remote_ports: dict[tuple[ProxyType, int], str] = {}
+    remote_ports: dict[tuple[ProxyType, int], tuple[str, str]] = {}  # -> (path, group)
     for proxy, (source, path) in zip(proxies, locations, strict=True):
         problems.extend(check_proxy(proxy, source, path))
         if proxy.name in names:
@@ -387,16 +406,18 @@ def check_proxies(
         names[proxy.name] = path
         if proxy.remote_port:  # 0 and None never clash: the server picks a free port
             key = (proxy.type, proxy.remote_port)
-            if key in remote_ports:
+            earlier = remote_ports.get(key)
+            # Members of one load-balancing group share their port (frp's README example).
+            if earlier is not None and not (proxy.group and earlier[1] == proxy.group):
                 problems.append(
                     ConfigError(
                         source,
                         f"{path}.remotePort",
                         f"{proxy.type} port {proxy.remote_port} is already asked for by "
-                        f"{remote_ports[key]}; use another port or 0",
+                        f"{earlier[0]}; use another port or 0",
                     )
                 )
-            remote_ports[key] = path
+            remote_ports[key] = (path, proxy.group or "")
     return problems
 
 

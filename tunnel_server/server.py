@@ -39,6 +39,7 @@ from .edge.listener import EdgeListener
 from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
+from .groups import Groups
 from .httpstats import HTTPStats
 from .manager import ProxyManager
 from .offline import OfflineLimits, OfflineParking, OfflineStore
@@ -112,6 +113,7 @@ class TunnelServer:
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
+        self.groups = Groups()  # load-balanced groups of proxies across clients
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
@@ -314,6 +316,7 @@ class TunnelServer:
             users=UsersAdmin(self.users, self._session_infos, self._users_changed),
             http_stats=self.http_stats,
             certificates=live.certificates if self.edge is not None else None,
+            groups=live.groups,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
@@ -496,6 +499,7 @@ class TunnelServer:
             edge=self.edge_service,
             public_host=self.public_host(),
             flows=session.flows,
+            groups=self.groups,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )
