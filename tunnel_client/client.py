@@ -44,7 +44,7 @@ from protocol.userkey import client_login_key
 from tunnel_common.nonces import new_nonce
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off, server_list
 from .dial import DialParams, dns_server_address
 from .flows import ClientFlows, DatagramProxy
 from .health import HealthMonitor
@@ -114,6 +114,10 @@ class TunnelClient:
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
+        # serverAddr, then serverAddrs: the node tried next is servers[server_index]. After a
+        # failure the client moves on at once; the backoff applies after a whole round.
+        self.servers = server_list(config)
+        self.server_index = 0
         self._oidc = OIDCTokenSource(config)
         self.mux_settings = MuxSettings(
             keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
@@ -302,14 +306,19 @@ class TunnelClient:
         session.close(ErrorCode.SHUTDOWN, "client stopping")
 
     @property
+    def server_text(self) -> str:
+        """The node this client is connected or connecting to, as "host:port"."""
+        host, port = self.servers[self.server_index]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
-        where = f"{cfg.server_addr}:{cfg.server_port}"
-        logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
+        logger.debug("tunnelc: client %s connecting to %s", self.client_id, self.server_text)
         await self.surfaces.start()
         self.health.start()
         await self._probe_local_services()
@@ -317,6 +326,7 @@ class TunnelClient:
             while not self.stopping:
                 at_least = 0.0
                 self.connection_state = "reconnecting" if self.attempt else "connecting"
+                where = self.server_text
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
@@ -358,6 +368,17 @@ class TunnelClient:
                     self.last_error = "disconnected from the server"
                 if self.stopping:
                     break
+                self.server_index = (self.server_index + 1) % len(self.servers)
+                if self.server_index != 0 and not at_least:
+                    # Fail over to the next node at once; back off after a whole round.
+                    self.attempt += 1
+                    self.connection_state = "reconnecting"
+                    logger.info(
+                        "tunnelc: trying the next server, %s (attempt %d)",
+                        self.server_text,
+                        self.attempt,
+                    )
+                    continue
                 # Full jitter on top of the server's hint spreads a fleet's retries out.
                 delay = at_least * (1 + random.random()) + self._backoff.next_delay()
                 self.attempt += 1
@@ -425,8 +446,7 @@ class TunnelClient:
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),
-            cfg.server_addr,
-            cfg.server_port,
+            *self.servers[self.server_index],
             params,
             timeout=cfg.dial_server_timeout,
         )
@@ -445,7 +465,7 @@ class TunnelClient:
         it knows the token, over our nonce and the certificate we saw.
         """
         cfg = self.config
-        where = f"{cfg.server_addr}:{cfg.server_port}"
+        where = self.server_text
         oidc_token = ""
         if cfg.auth_method == "oidc":
             try:
@@ -509,9 +529,7 @@ class TunnelClient:
         if not isinstance(result, LoginResult):
             raise LoginFailed(f"the server sent {type(result).__name__} instead of LoginResult")
         _raise_refusal(result)
-        logger.info(
-            "tunnelc: logged in to %s:%d as %s", cfg.server_addr, cfg.server_port, self.client_id
-        )
+        logger.info("tunnelc: logged in to %s as %s", self.server_text, self.client_id)
 
     async def _serve(self, session: MuxSession) -> None:
         self.session = session
@@ -610,7 +628,7 @@ class TunnelClient:
         for wildcard in ("0.0.0.0", "[::]"):
             marker = f"://{wildcard}:"
             if marker in url:
-                host = self.config.server_addr
+                host = self.servers[self.server_index][0]
                 host = f"[{host}]" if ":" in host else host
                 return url.replace(marker, f"://{host}:")
         return url
