@@ -51,6 +51,8 @@ class ProxyContext:
     offline: OfflineParking | None = None  # parked http routes and stored requests
     visitors: Visitors | None = None  # IP rules, connection quota, access log
     groups: Groups | None = None  # load-balanced groups (loadBalancer.group)
+    tcpmux_router: VhostRouter | None = None  # tcpmuxHTTPConnectPort's routes
+    tcpmux_port: int | None = None
 
 
 class ServerProxy(Protocol):
