@@ -327,7 +327,7 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
             "'secretKey' is not supported yet",
         ),
         (SSH + '[proxies.plugin]\ntype = "socks6"', "proxies[0].plugin.type", "must be one of"),
-        (SSH + 'subdomain = "x"', "proxies[0].subdomain", "only for http, https and tcpmux proxies"),
+        (SSH + 'subdomain = "x"', "proxies[0].subdomain", "for http, https and tcpmux"),
         (SSH + 'customDomains = ["a.com"]', "proxies[0].customDomains", "this one is tcp"),
         (SSH + 'locations = ["/"]', "proxies[0].locations", "only for http proxies"),
         (SSH + 'httpUser = "u"', "proxies[0].httpUser", "only for http and tcpmux proxies"),
