@@ -98,7 +98,8 @@ async def test_loadbalance_tcp_group_round_robin_and_wrong_key_refused(
     try:
         async with asyncio.timeout(120), aiohttp.ClientSession() as http:
             server, port, fingerprint = await start_server(
-                run_tunneld, **{"webServer.addr": "127.0.0.1", "webServer.port": 0}
+                run_tunneld,
+                **{"webServer.addr": "127.0.0.1", "webServer.port": 0, "enablePrometheus": True},
             )
             public = unused_tcp_port
             for i, backend in enumerate(backends):
@@ -122,6 +123,10 @@ async def test_loadbalance_tcp_group_round_robin_and_wrong_key_refused(
             assert row["public"] == [f"tcp://127.0.0.1:{public}"]
             states = {m["name"]: (m["state"], m["healthy"]) for m in row["members"]}
             assert states == {f"lb{i}": ("online", True) for i in range(3)}, states
+            dashboard = await server.dashboard_address()
+            async with http.get(f"http://127.0.0.1:{dashboard.port}/metrics") as response:
+                metrics = await response.text()
+            assert 'tunnelkit_group_members{group="web",state="online",type="tcp"} 3.0' in metrics
     finally:
         for backend in backends:
             await backend.stop()

@@ -20,6 +20,7 @@ from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, 
 from tunnel_server.httpstats import HTTPStats
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.users.admin import UsersAdmin
+from tunnel_server.web.groupmetrics import GroupCollector
 from tunnel_server.web.users import user_routes
 from tunnel_server.web.view import (
     CertificateInfo,
@@ -221,6 +222,8 @@ def build_dashboard_app(
         registry = build_metrics_registry(stats, view, certificates)
         if http_stats is not None:
             registry.register(http_stats)
+        if groups is not None:
+            registry.register(GroupCollector(groups))
         if user_metrics is not None:
             registry.register(user_metrics)
 
