@@ -7,13 +7,17 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 
+from tests.e2e.test_cluster_e2e import Cluster
 from tests.e2e.test_health_e2e import DETECT_BOUND_S, start_checked_client
+from tests.e2e.test_http_e2e import http_proxy
 from tests.e2e.test_plugins_e2e import TOKEN, start_server, toml
 from tests.support.procs import proxy_refused_pattern
+from tests.support.redisserver import redis_server
 
 GROUP: Final = {"loadBalancer.group": "web", "loadBalancer.groupKey": "s3cret"}
 
@@ -262,3 +266,21 @@ async def test_loadbalance_member_killed_mid_load_leaves_and_returns(
     finally:
         for backend in backends:
             await backend.stop()
+
+
+async def test_loadbalance_group_is_refused_on_a_cluster_node(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """A cluster node refuses a grouped proxy with a clear reason (its registry gives a port
+    or route to one client); the client's other proxies still run."""
+    async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
+        cluster = Cluster(tmp_path, redis)
+        node = await cluster.node(run_tunneld, "node-a")
+        client = await run_tunnelc(
+            cluster.client_toml(node)
+            + http_proxy("grouped", 1, customDomains=["g.grouped.test"], **GROUP)
+            + http_proxy("plain", 1, customDomains=["p.grouped.test"])
+        )
+        match = await client.wait_for(proxy_refused_pattern("grouped"))
+        assert "not supported on a cluster node" in match.string, match.string
+        await client.proxy_endpoint("plain")
