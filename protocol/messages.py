@@ -117,6 +117,9 @@ class NewProxy:
     offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
+    # frp's loadBalancer: proxies of one group (several clients) share one port or route.
+    group: str = ""
+    group_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,8 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "offline_capture": _bool,
             "allow_ips": _text_list,
             "deny_ips": _text_list,
+            "group": _NAME,
+            "group_key": _NAME,
         },
     ),
     "new_proxy_result": (

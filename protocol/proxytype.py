@@ -8,3 +8,4 @@ class ProxyType(StrEnum):
     UDP = "udp"
     HTTP = "http"
     HTTPS = "https"
+    TCPMUX = "tcpmux"

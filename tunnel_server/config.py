@@ -137,6 +137,20 @@ SERVER_FIELDS: Final = FieldTable(
             "port of the https vhost; unset = off",
         ),
         Field(
+            "tcpmuxHTTPConnectPort",
+            "tcpmux_httpconnect_port",
+            _PORT,
+            None,
+            "port of tcpmux (HTTP CONNECT by host name); unset or 0 = off",
+        ),
+        Field(
+            "tcpmuxPassthrough",
+            "tcpmux_passthrough",
+            Bool(),
+            False,
+            "forward the CONNECT head to the service instead of answering it",
+        ),
+        Field(
             "vhostHTTPTimeout",
             "vhost_http_timeout",
             Float(1, _S),
@@ -465,6 +479,8 @@ class ServerConfig:
     proxy_bind_addr: str = _F.default("proxy_bind_addr", str)  # "" = bind_addr (__post_init__)
     vhost_http_port: int | None = _F.optional("vhost_http_port", int)
     vhost_https_port: int | None = _F.optional("vhost_https_port", int)
+    tcpmux_httpconnect_port: int | None = _F.optional("tcpmux_httpconnect_port", int)
+    tcpmux_passthrough: bool = _F.default("tcpmux_passthrough", bool)
     vhost_http_timeout: float = _F.default("vhost_http_timeout", float)
     sub_domain_host: str | None = _F.optional("sub_domain_host", str)
     cluster_redis_url: str | None = _F.optional("cluster_redis_url", str)
@@ -737,6 +753,7 @@ def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
         "vhostHTTPPort": config.vhost_http_port,
         "vhostHTTPSPort": config.vhost_https_port,
         "webServer.port": config.web.port,
+        "tcpmuxHTTPConnectPort": config.tcpmux_httpconnect_port or None,
     }
     seen: dict[int, str] = {}
     for key, port in listeners.items():

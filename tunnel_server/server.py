@@ -39,6 +39,7 @@ from .edge.listener import EdgeListener
 from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
+from .groups import Groups
 from .httpstats import HTTPStats
 from .manager import ProxyManager
 from .offline import OfflineLimits, OfflineParking, OfflineStore
@@ -58,14 +59,15 @@ from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
-from .vhost.listener import DEFAULT_MAX_CONNECTIONS
-
-if TYPE_CHECKING:
-    from .cluster.node import ClusterNode
+from .vhost.listener import DEFAULT_MAX_CONNECTIONS, VhostListener
 from .vhost.routing import VhostRouter
+from .vhost.tcpmux import TCPMuxServer
 from .view import LiveServerView
 from .visitors import Visitors
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class TunnelServer:
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
+        self.groups = Groups()  # load-balanced groups of proxies across clients
         self.user_metrics = UserMetrics(self)  # per-user series; they expire like departures
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
@@ -136,6 +139,9 @@ class TunnelServer:
         self._https_vhost: HTTPSVhostServer | None = None
         self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
         self._h2: H2Service | None = None  # the same, for visitors speaking HTTP/2
+        self.tcpmux_router: VhostRouter | None = None
+        self._tcpmux: TCPMuxServer | None = None
+        self.tcpmux_port: int | None = None
         self.edge: EdgeListener | None = None
         self.certs = CertStore()
         self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
@@ -244,6 +250,23 @@ class TunnelServer:
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
             await self._start_edge(page)
+        if cfg.tcpmux_httpconnect_port:
+            await self._start_tcpmux()
+
+    async def _start_tcpmux(self) -> None:
+        """tcpmuxHTTPConnectPort: TCP services chosen by the host of an HTTP CONNECT."""
+        cfg = self.config
+        assert cfg.tcpmux_httpconnect_port
+        self.tcpmux_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+        self._tcpmux = TCPMuxServer(self.tcpmux_router, passthrough=cfg.tcpmux_passthrough)
+        self._tcpmux.peer_allowed = self._peer_allowed
+        self._tcpmux.fd_budget = self.fd_budget
+        host, self.tcpmux_port = await self._tcpmux.start(
+            cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port
+        )
+        logger.info(
+            "tunneld: ready: tcpmux httpconnect on %s:%d", display_host(host), self.tcpmux_port
+        )
 
     async def _start_edge(self, page: str | None) -> None:
         """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
@@ -331,6 +354,7 @@ class TunnelServer:
             http_stats=self.http_stats,
             user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
+            groups=live.groups,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
@@ -393,11 +417,21 @@ class TunnelServer:
             self._trim_handle = None
         if self._control is not None:
             self._control.close()
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
-            if vhost is not None:
-                vhost.close()
+        for vhost in self._vhosts():
+            vhost.close()
         if self.cert_manager is not None:
             self.cert_manager.close()
+
+    def _vhosts(self) -> list[EdgeListener | VhostListener | H2Service]:
+        listeners = (
+            self.edge,
+            self._http_vhost,
+            self._https_vhost,
+            self._tls_vhost,
+            self._h2,
+            self._tcpmux,
+        )
+        return [listener for listener in listeners if listener is not None]
 
     async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
@@ -416,9 +450,8 @@ class TunnelServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
-            if vhost is not None:
-                await vhost.wait_closed()
+        for vhost in self._vhosts():
+            await vhost.wait_closed()
         if self.cert_manager is not None:
             await self.cert_manager.wait_closed()
         if self._control is not None:
@@ -520,6 +553,9 @@ class TunnelServer:
             edge=self.edge_service,
             public_host=self.public_host(),
             flows=session.flows,
+            groups=self.groups,
+            tcpmux_router=self.tcpmux_router,
+            tcpmux_port=self.tcpmux_port,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )

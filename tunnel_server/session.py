@@ -397,6 +397,9 @@ class ServerSession:
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
         cluster = self.server.cluster
+        if cluster is not None and request.group:
+            # The registry's claims give a port or route to one client; a group shares it.
+            raise ProxyRefused("loadBalancer.group is not supported on a cluster node yet")
         if cluster is not None:  # the same rules across nodes: claim before binding
             await cluster.claim_proxy(self, name, request)
         ctx = self.server.proxy_context(self, name, request.name, request)

@@ -22,4 +22,5 @@ CLIENT_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.UDP: UDPProxy,
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: TCPProxy,  # TLS passes through untouched: a plain splice
+    ProxyType.TCPMUX: TCPProxy,  # after the server's CONNECT, a plain splice too
 }

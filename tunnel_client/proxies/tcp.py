@@ -57,6 +57,8 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         offline_capture=bool(config.offline_capture),
         allow_ips=config.allow_ips,
         deny_ips=config.deny_ips,
+        group=config.group or "",
+        group_key=config.group_key.reveal() if config.group_key else "",
     )
 
 

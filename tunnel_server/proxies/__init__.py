@@ -9,6 +9,7 @@ from protocol.proxytype import ProxyType
 from .base import ProxyFactory
 from .http import HTTPProxy, HTTPSProxy
 from .tcp import TCPProxy
+from .tcpmux import TCPMuxProxy
 from .udp import UDPProxy
 
 SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
@@ -16,4 +17,5 @@ SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.UDP: UDPProxy,
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: HTTPSProxy,
+    ProxyType.TCPMUX: TCPMuxProxy,
 }
