@@ -16,7 +16,7 @@ from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
-from ..offline import deliver_stored
+from ..offline import deliver_stored, offline_note
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
@@ -116,20 +116,26 @@ class VhostProxy:
         if self._route is not None:
             router, _ = self._router()
             router.remove(self._route.proxy_key)
-            request, offline = self.request, self.ctx.offline
+            offline = self.ctx.offline
+            policy = self._offline_policy()
             if (
-                request.offline_status
+                policy is not None
                 and offline is not None
-                and self.ctx.session.closed  # the client went away; it did not remove us
-                and self.type is ProxyType.HTTP
+                # The client went away (it did not remove us), or tunneld stops: either way
+                # the client is offline until it logs in again.
+                and (self.ctx.session.closed or offline.shutting_down)
             ):
-                policy = OfflinePolicy(
-                    request.offline_status, request.offline_body, request.offline_capture
-                )
                 offline.park(self.name, router, self._route, policy)
             self._route = None
         for stream in list(self._streams):
             stream.abort(reason="proxy closed")
+
+    def _offline_policy(self) -> OfflinePolicy | None:
+        """What tunneld does while this proxy's client is offline (http only; None: nothing)."""
+        r = self.request
+        if not r.offline_status or self.type is not ProxyType.HTTP:
+            return None
+        return OfflinePolicy(r.offline_status, r.offline_body, r.offline_capture)
 
     async def wait_closed(self) -> None:
         if self._delivery is not None:
@@ -215,6 +221,9 @@ class HTTPProxy(VhostProxy):
             redirect_http=r.redirect_http,
             backend_h2c=_backend_h2c(r.backend_protocol),
             route_by_http_user=r.route_by_http_user or None,
+            offline_note=offline_note(
+                self._offline_policy(), self.ctx.offline.limits if self.ctx.offline else None
+            ),
         )
 
 
