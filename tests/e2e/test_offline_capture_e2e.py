@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.e2e.test_inspector_e2e import TOKEN, RecordingApp, client_toml
 from tests.support.browser import serve_app
@@ -113,17 +114,32 @@ async def test_offline_capture_delivers_stored_webhooks_in_order_after_reconnect
         assert len(await local.wait_count(5)) == 5
 
 
+class GatedApp(RecordingApp):
+    """A RecordingApp that holds its answers to late deliveries until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await super().handle(request)
+        if "X-Tunnelkit-Delivered-Late" in request.headers:
+            await self.gate.wait()
+        return response
+
+
 async def test_offline_capture_survives_tunneld_restarts_and_delivers_in_order(
     run_tunneld: Any, run_tunnelc: Any
 ) -> None:
-    """Client offline, 3 webhooks, tunneld restarted, a 4th: all 4 delivered in order. Then
-    tunneld stops while the client is online: the restarted tunneld still parks the route."""
-    local = RecordingApp()
+    """Client offline, 3 webhooks, tunneld restarted, a 4th: all 4 delivered in order, and a
+    live one sent during the delivery after them. Then tunneld stops while the client is
+    online: the restarted tunneld still parks the route."""
+    local = GatedApp()
     control_port = reserve_port(socket.SOCK_STREAM)
     vhost_port = reserve_port(socket.SOCK_STREAM)
     server_config = (
         f'bindAddr = "127.0.0.1"\nbindPort = {control_port}\nvhostHTTPPort = {vhost_port}\n'
-        f'subDomainHost = "{DOMAIN}"\nauth.token = "{TOKEN}"\n'
+        f'subDomainHost = "{DOMAIN}"\nauth.token = "{TOKEN}"\nlog.level = "debug"\n'
     )
     async with asyncio.timeout(TIMEOUT_S * 2), serve_app(local.app()) as local_url:
         first = await run_tunneld(server_config)
@@ -146,12 +162,22 @@ async def test_offline_capture_survives_tunneld_restarts_and_delivers_in_order(
         assert len(local.seen) == 1
 
         again = await run_tunnelc(config)
+        await local.wait_count(2)  # the first stored one reached the app, which holds it
+        live = asyncio.create_task(post(public, '{"n": 99}'))
+        try:
+            await second.wait_for(r"proxy=hook\] a request waits for the stored ones")
+            local.gate.set()
+            assert (await live)[0] == 200
+        finally:
+            live.cancel()
+            await asyncio.gather(live, return_exceptions=True)
         await second.wait_for(r"delivered 4 stored requests")
-        late = (await local.wait_count(5))[1:]
+        late = (await local.wait_count(6))[1:5]
         assert [s.body for s in late] == [f'{{"n": {n}}}'.encode() for n in (1, 2, 3, 4)]
         assert all("X-Tunnelkit-Delivered-Late" in s.headers for s in late)
         stamps = [float(s.headers["X-Tunnelkit-Delivered-Late"]) for s in late]
         assert stamps == sorted(stamps)
+        assert local.seen[5].body == b'{"n": 99}'  # the live one, after the stored ones
 
         # tunneld stops while the client is online: the route is parked for the next start.
         mark = again.line_count
@@ -163,7 +189,7 @@ async def test_offline_capture_survives_tunneld_restarts_and_delivers_in_order(
         assert await post(public, '{"n": 5}') == (200, "success", "stored")
         await run_tunnelc(config)
         await third.wait_for(r"delivered 1 stored requests")
-        assert (await local.wait_count(6))[5].body == b'{"n": 5}'
+        assert (await local.wait_count(7))[6].body == b'{"n": 5}'
 
 
 async def test_offline_capture_502_page_says_what_happens(

@@ -63,7 +63,7 @@ class VhostProxy:
         self._route = route
         if offline is not None and self.request.offline_capture:
             self._delivery = asyncio.create_task(
-                deliver_stored(offline, self.name, self._open, self.ctx.config),
+                deliver_stored(offline, self.name, self._open_now, self.ctx.config),
                 name=f"offline-delivery-{self.name}",
             )
         self.public_urls = self._urls(names, port)
@@ -75,6 +75,16 @@ class VhostProxy:
         return False  # only terminated http proxies gain URLs later
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
+        delivery = self._delivery
+        if delivery is not None and not delivery.done():
+            # The requests stored while the client was offline go first, so the app sees
+            # everything in arrival order. The vhost bounds this wait (its opener timeout:
+            # 504); asyncio.wait never cancels the delivery when this waiter is cancelled.
+            logger.debug("tunneld: [proxy=%s] a request waits for the stored ones", self.name)
+            await asyncio.wait({delivery})
+        return await self._open_now(src)
+
+    async def _open_now(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
