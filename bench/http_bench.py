@@ -145,7 +145,7 @@ async def main() -> None:
                     config = work / f"frpc-{name}.toml"
                     config.write_text(
                         f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
-                        f'stateDir = "{work}/client"\ninspect.enabled = {inspect}\n'
+                        f'stateDir = "{work}/client-{name}"\ninspect.enabled = {inspect}\n'
                         f"inspect.port = 0\ninspect.history = {history}\n"
                         f'transport.tls.serverFingerprint = "{fingerprint}"\n'
                         f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'

@@ -4,7 +4,7 @@
 files the same mode) holds two tables:
 
 - `stored`: each request tunneld answered and kept for an offline proxy, in arrival order,
-  bounded per proxy by `OfflineLimits` (count, bytes, age);
+  bounded per proxy by `OfflineLimits` (count, bytes, age) and in all by its total bytes;
 - `parked`: each parked route (its routing fields as JSON) and its fallback policy, so that a
   restarted tunneld answers and stores for it again until the client comes back. At most
   `MAX_PARKED_ROUTES` are read back.
@@ -56,6 +56,7 @@ class OfflineLimits:
     max_requests: int  # per proxy
     max_bytes: int  # per proxy
     max_age: float  # seconds
+    max_total_bytes: int  # all proxies together
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,11 @@ class OfflineStore:
                 (proxy_key,),
             ).fetchone()
             ok = count < limits.max_requests and size + len(data) <= limits.max_bytes
+            if ok:
+                (total,) = db.execute(
+                    "SELECT coalesce(sum(length(data)), 0) FROM stored"
+                ).fetchone()
+                ok = total + len(data) <= limits.max_total_bytes
             if ok:
                 db.execute(
                     "INSERT INTO stored (proxy_key, received_at, data) VALUES (?, ?, ?)",

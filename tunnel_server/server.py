@@ -208,7 +208,12 @@ class TunnelServer:
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self.offline = OfflineParking(
                 OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
-                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+                OfflineLimits(
+                    cfg.offline_max_requests,
+                    cfg.offline_max_bytes,
+                    cfg.offline_max_age,
+                    cfg.offline_max_total_bytes,
+                ),
             )
             self.offline.start()
             await self.offline.restore(self.http_router)

@@ -24,7 +24,7 @@ from tunnel_server.vhost.offline import OfflineByteStream, OfflinePolicy
 from tunnel_server.vhost.routing import HTTPRoute, VhostRouter
 
 REQUEST = b"POST /hook HTTP/1.1\r\nHost: h.test\r\nContent-Length: 2\r\n\r\nhi"
-LIMITS = OfflineLimits(max_requests=2, max_bytes=1000, max_age=60.0)
+LIMITS = OfflineLimits(max_requests=2, max_bytes=1000, max_age=60.0, max_total_bytes=1030)
 
 
 async def read_answer(stream: OfflineByteStream) -> bytes:
@@ -78,7 +78,8 @@ async def test_offline_stream_without_capture_only_answers() -> None:
 
 
 def test_offline_store_bounds_by_count_bytes_and_age(tmp_path: Path) -> None:
-    """maxRequests and maxBytes refuse more; maxAge drops old ones; order is arrival order."""
+    """maxRequests, maxBytes and maxTotalBytes refuse more; maxAge drops old ones; order is
+    arrival order."""
     store = OfflineStore(tmp_path / "offline.sqlite3")
     now = time.time()
     assert store.add("web", b"a" * 10, LIMITS, now)
@@ -86,6 +87,8 @@ def test_offline_store_bounds_by_count_bytes_and_age(tmp_path: Path) -> None:
     assert not store.add("web", b"c", LIMITS, now + 2)  # count
     assert store.add("api", b"d" * 1000, LIMITS, now)  # another proxy has its own budget
     assert not store.add("other", b"e" * 1001, LIMITS, now)  # bytes
+    assert not store.add("other", b"g" * 11, LIMITS, now)  # all proxies: 1031 > maxTotalBytes
+    assert store.add("other", b"g" * 10, LIMITS, now)
     assert [r.data for r in store.pending("web", 0)] == [b"a" * 10, b"b" * 10]
     assert store.add("web", b"f", LIMITS, now + 61.5)  # the first two expired
     assert [r.data for r in store.pending("web", 0)] == [b"f"]
@@ -173,7 +176,7 @@ def test_offline_store_reports_parked_rows_it_cannot_read(tmp_path: Path) -> Non
 async def test_offline_parking_restores_routes_after_a_restart(tmp_path: Path) -> None:
     """Parked before a restart: answered and stored after it; expired ones are dropped."""
     path = tmp_path / "offline.sqlite3"
-    limits = OfflineLimits(max_requests=10, max_bytes=10_000, max_age=3600.0)
+    limits = OfflineLimits(max_requests=10, max_bytes=10_000, max_age=3600.0, max_total_bytes=10**6)
     first = OfflineParking(OfflineStore(path), limits)
     first.start()
     router = VhostRouter("example.test", 100)
@@ -208,7 +211,9 @@ async def test_offline_parking_restores_routes_after_a_restart(tmp_path: Path) -
 
 def test_offline_note_says_what_happens_with_parking_off_and_on() -> None:
     """The 502 page's note: nothing kept (404) without a policy; the bounds with capture."""
-    limits = OfflineLimits(max_requests=100, max_bytes=8388608, max_age=86400.0)
+    limits = OfflineLimits(
+        max_requests=100, max_bytes=8388608, max_age=86400.0, max_total_bytes=2**28
+    )
     off = offline_note(None, limits)
     assert "(404)" in off and "offlineCapture" in off
     answer_only = offline_note(OfflinePolicy(200, "success", False), limits)
