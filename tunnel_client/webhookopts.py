@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tunnel_common.configfile import Secret
-
-from .signerconfig import SignerConfig, valid_aes_key
+if TYPE_CHECKING:  # loaded when a command runs: `tunnelc --help` stays light
+    from .signerconfig import SignerConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +63,10 @@ def webhook_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def take_webhook_options(opts: dict[str, Any]) -> WebhookOptions:
     """Remove the options from `opts` and check them; raises ValueError (one line)."""
+    from tunnel_common.configfile import Secret
+
+    from .signerconfig import SignerConfig, valid_aes_key
+
     token = opts.pop("wechat_token")
     aes_key = opts.pop("wechat_aes_key")
     app_id = opts.pop("wechat_app_id")

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from protocol.aio.stream import MuxStream
-from protocol.errors import LocalProtocolError
-from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
+from protocol.messages import BACKEND_PROTOCOLS, NewProxy
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
 from ..offline import deliver_stored, offline_note
+from ..pacing import PacedStream
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
+from .userconn import UserConnRefused, UserConns
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class VhostProxy:
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
         self._route: HTTPRoute | None = None
-        self._streams: set[MuxStream] = set()
+        self.conns = UserConns(ctx, name, self.scheme, holds_socket=False)
         self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
 
     def _router(self) -> tuple[VhostRouter, int | None]:
@@ -88,37 +88,23 @@ class VhostProxy:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
-        if ctx.visitors is not None:
-            refusal = ctx.visitors.refusal(src[0])
+        visitors = ctx.visitors
+        screened = False
+        if visitors is not None and visitors.plugins_check_user_conns:
+            refusal = visitors.refusal(src[0])
             if refusal is not None:
-                ctx.visitors.refused(self.scheme, src, refusal)
+                visitors.refused(self.scheme, src, refusal)
                 raise UpstreamError(refusal.reason, status=refusal.status)
-            if ctx.visitors.plugins_check_user_conns and not await ctx.visitors.plugins_admit(
-                src, self.scheme
-            ):
+            if not await visitors.plugins_admit(src, self.scheme):
                 raise UpstreamError("refused by a server plugin", status=403)
-        if len(self._streams) >= ctx.config.max_streams_per_proxy:
-            # One proxy's flood must not use up its client's other proxies' streams.
-            ctx.counters.refused_flows += 1
-            raise UpstreamError(
-                f"this proxy has {len(self._streams)} open connections (maxStreamsPerProxy)"
-            )
+            screened = True
         try:
-            stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
-        except (LocalProtocolError, ConnectionError) as exc:
-            raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
-        stream.set_accept_deadline(ctx.config.user_conn_timeout)
-        counters = ctx.counters
-        stream.counters = counters
-        counters.connections_total += 1
-        counters.connections_active += 1
-        self._streams.add(stream)
-        stream.add_close_callback(self._closed)
-        return stream
-
-    def _closed(self, stream: MuxStream) -> None:
-        self._streams.discard(stream)
-        self.ctx.counters.connections_active -= 1
+            stream = self.conns.open_stream(src, screened=screened)
+        except UserConnRefused as exc:
+            raise UpstreamError(exc.reason, status=exc.status) from None
+        # The user's bandwidth quota (users/bandwidth.py): one bucket for all its proxies.
+        pacer = visitors.throttle() if visitors is not None else None
+        return PacedStream(stream, pacer) if pacer is not None else stream
 
     def close(self) -> None:
         if self._delivery is not None:
@@ -137,8 +123,7 @@ class VhostProxy:
             ):
                 offline.park(self.name, router, self._route, policy)
             self._route = None
-        for stream in list(self._streams):
-            stream.abort(reason="proxy closed")
+        self.conns.abort_all("proxy closed")
 
     def _offline_policy(self) -> OfflinePolicy | None:
         """What tunneld does while this proxy's client is offline (http only; None: nothing)."""

@@ -5,7 +5,7 @@ messages and datagrams share one ordered connection, so the client always sees t
 first). Nothing is queued beyond the mux's datagram high-water mark: when the connection is
 congested, a datagram is dropped and counted, as the network itself would do.
 
-Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per client (MAX_UDP_FLOWS_PER_CLIENT);
+Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per session (flows.MAX_FLOWS_PER_SESSION);
 when full, datagrams from new peers are refused and counted while existing flows keep working.
 Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 """
@@ -26,7 +26,6 @@ from .tcp import format_host
 
 logger = logging.getLogger(__name__)
 
-MAX_UDP_FLOWS_PER_CLIENT: Final = 4096
 # Drops and refusals are logged at most once per this many seconds per proxy, with counts.
 DROP_LOG_INTERVAL_S: Final = 10.0
 
@@ -73,7 +72,7 @@ class UDPProxy(asyncio.DatagramProtocol):
             return bound
 
         self.port = await listen_on_public_port(
-            ctx.ports, ctx.client_id, "udp", self.requested_port, listen
+            ctx.ports, ctx.client_id, "udp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"udp://{format_host(ctx.public_host)}:{self.port}",)
         self._arm_sweeper()
@@ -113,6 +112,8 @@ class UDPProxy(asyncio.DatagramProtocol):
             if flow is None:
                 return
         flow.last_active = now
+        if self._over_quota(len(data)):
+            return
         if self.ctx.session.send_datagram(flow.flow_id, data):
             counters.bytes_in += len(data)
         else:
@@ -120,22 +121,20 @@ class UDPProxy(asyncio.DatagramProtocol):
             self._note_drop("the tunnel is congested")
 
     def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
-        ids = self.ctx.flow_ids
         counters = self.ctx.counters
         visitors = self.ctx.visitors
         if visitors is not None:
             refusal = visitors.refusal(peer[0])  # counted there; the datagram is dropped
             if refusal is not None:
                 return None
-        if len(self._by_peer) >= self.max_flows or ids.active >= MAX_UDP_FLOWS_PER_CLIENT:
+        flow_id = self.ctx.flows.open(self) if len(self._by_peer) < self.max_flows else None
+        if flow_id is None:
             counters.refused_flows += 1
             self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")
             return None
-        flow = _Flow(ids.allocate(), peer, now)
-        ids.active += 1
+        flow = _Flow(flow_id, peer, now)
         self._by_peer[peer] = flow
         self._by_id[flow.flow_id] = flow
-        self.ctx.flow_table[flow.flow_id] = self
         counters.connections_total += 1
         counters.connections_active += 1
         self.ctx.session.send_message(
@@ -153,8 +152,24 @@ class UDPProxy(asyncio.DatagramProtocol):
             self._note_drop(f"a {len(data)}-byte reply exceeds udpPacketSize")
             return
         flow.last_active = time.monotonic()
+        if self._over_quota(len(data)):
+            return
         self.ctx.counters.bytes_out += len(data)
         self._transport.sendto(data, flow.peer)
+
+    def _over_quota(self, nbytes: int) -> bool:
+        """Police the user's bandwidth quota: a datagram sent while the bucket is in debt is
+        dropped and counted (datagrams cannot wait; users/bandwidth.py)."""
+        visitors = self.ctx.visitors
+        throttle = visitors.throttle() if visitors is not None else None
+        if throttle is None:
+            return False
+        if not throttle.ready(throttle.clock()):
+            self.ctx.counters.dropped_datagrams += 1
+            self._note_drop("the user's bandwidth quota is used up for now")
+            return True
+        throttle.charge(nbytes)
+        return False
 
     def flow_closed_by_client(self, message: UDPFlowClosed) -> None:
         flow = self._by_id.get(message.flow_id)
@@ -176,8 +191,7 @@ class UDPProxy(asyncio.DatagramProtocol):
         if self._by_id.pop(flow.flow_id, None) is None:
             return
         self._by_peer.pop(flow.peer, None)
-        self.ctx.flow_table.pop(flow.flow_id, None)
-        self.ctx.flow_ids.active -= 1
+        self.ctx.flows.close(flow.flow_id)
         self.ctx.counters.connections_active -= 1
         logger.info(
             "tunneld: [proxy=%s] udp flow %d from %s:%d expired: %s",
