@@ -238,7 +238,8 @@ PROXY_FIELDS: Final = FieldTable(
             "offline_status",
             Int(200, 599),
             None,
-            "while this client is offline, tunneld answers with this status",
+            "while this client is offline, tunneld answers with this status "
+            "(unset: its URL answers 404 and nothing is kept)",
             origin=OWN,
             only=_HTTP_ONLY,
         ),
@@ -256,7 +257,9 @@ PROXY_FIELDS: Final = FieldTable(
             "offline_capture",
             Bool(),
             None,
-            "tunneld stores requests while offline; delivered on reconnect (default false)",
+            "tunneld also stores requests while offline (503 once offline.* is full) and "
+            "delivers them in order on reconnect, marked delivered late "
+            "(default false; alone: answers 200)",
             origin=OWN,
             only=_HTTP_ONLY,
         ),
@@ -329,7 +332,7 @@ class ProxyConfig:
     health_check: HealthCheckConfig | None = None
     metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
-    offline_status: int | None = _F.optional("offline_status", int)  # None = 502 page
+    offline_status: int | None = _F.optional("offline_status", int)  # None = 404, nothing kept
     offline_body: str | None = _F.optional("offline_body", str)  # None = empty
     offline_capture: bool | None = _F.optional("offline_capture", bool)  # None = false
     allow_ips: tuple[str, ...] = _F.default("allow_ips", tuple)

@@ -430,6 +430,14 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "offline.maxTotalBytes",
+            "offline_max_total_bytes",
+            Int(1024, 1024 * 1024 * 1024 * 1024),
+            256 * 1024 * 1024,
+            "bytes stored for all offline proxies together (the disk tunneld may use)",
+            origin=OWN,
+        ),
+        Field(
             "offline.maxAge",
             "offline_max_age",
             Float(1, 30 * 86400.0),
@@ -520,6 +528,7 @@ class ServerConfig:
     access_log_format: str = _F.default("access_log_format", str)
     offline_max_requests: int = _F.default("offline_max_requests", int)
     offline_max_bytes: int = _F.default("offline_max_bytes", int)
+    offline_max_total_bytes: int = _F.default("offline_max_total_bytes", int)
     offline_max_age: float = _F.default("offline_max_age", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)

@@ -231,9 +231,15 @@ class TunnelServer:
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self.offline = OfflineParking(
                 OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
-                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+                OfflineLimits(
+                    cfg.offline_max_requests,
+                    cfg.offline_max_bytes,
+                    cfg.offline_max_age,
+                    cfg.offline_max_total_bytes,
+                ),
             )
             self.offline.start()
+            await self.offline.restore(self.http_router)
             self._http_vhost = HTTPVhostServer(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
@@ -444,6 +450,8 @@ class TunnelServer:
         except TimeoutError:
             logger.info("tunneld: drain deadline reached; closing remaining streams")
         self.users.flush(self)  # before the proxies go: their last bytes count
+        if self.offline is not None:
+            self.offline.shutting_down = True  # park what asked for it, for the next start
         for session in list(self.sessions.values()):
             session.release_all("server shutting down")
             session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")

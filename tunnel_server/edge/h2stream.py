@@ -134,9 +134,11 @@ async def _open(v: H2Visitor, stream_id: int, route: HTTPRoute, host: str) -> By
     except TimeoutError:
         await send_page(v, stream_id, 504, host, "the tunnel did not open in time")
     except UpstreamError as exc:
-        await send_page(v, stream_id, 502, host, exc.reason)
+        await send_page(v, stream_id, 502, host, exc.reason, note=route.offline_note)
     except (ConnectionError, OSError) as exc:
-        await send_page(v, stream_id, 502, host, f"cannot reach the app: {exc}")
+        await send_page(
+            v, stream_id, 502, host, f"cannot reach the app: {exc}", note=route.offline_note
+        )
     return None
 
 
@@ -313,9 +315,10 @@ async def send_page(
     host: str | None,
     detail: str | None,
     *extra: tuple[bytes, bytes],
+    note: str | None = None,
 ) -> None:
     """An error page as a whole h2 response."""
-    body = render_page(status, host, detail)
+    body = render_page(status, host, detail, note)
     headers = [
         (b":status", str(status).encode("ascii")),
         (b"content-type", b"text/html; charset=utf-8"),

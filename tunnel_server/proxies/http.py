@@ -16,7 +16,7 @@ from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
 from ..groups import ProxyGroup
-from ..offline import deliver_stored
+from ..offline import deliver_stored, offline_note
 from ..pacing import PacedStream
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
@@ -74,7 +74,7 @@ class VhostProxy:
         self._route = route
         if offline is not None and self.request.offline_capture:
             self._delivery = asyncio.create_task(
-                deliver_stored(offline, self.name, self._open, self.ctx.config),
+                deliver_stored(offline, self.name, self._open_now, self.ctx.config),
                 name=f"offline-delivery-{self.name}",
             )
         self.public_urls = self._urls(names, port)
@@ -118,6 +118,16 @@ class VhostProxy:
         return False  # only terminated http proxies gain URLs later
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
+        delivery = self._delivery
+        if delivery is not None and not delivery.done():
+            # The requests stored while the client was offline go first, so the app sees
+            # everything in arrival order. The vhost bounds this wait (its opener timeout:
+            # 504); asyncio.wait never cancels the delivery when this waiter is cancelled.
+            logger.debug("tunneld: [proxy=%s] a request waits for the stored ones", self.name)
+            await asyncio.wait({delivery})
+        return await self._open_now(src)
+
+    async def _open_now(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
@@ -151,19 +161,25 @@ class VhostProxy:
         if self._route is not None:
             router, _ = self._router()
             router.remove(self._route.proxy_key)
-            request, offline = self.request, self.ctx.offline
+            offline = self.ctx.offline
+            policy = self._offline_policy()
             if (
-                request.offline_status
+                policy is not None
                 and offline is not None
-                and self.ctx.session.closed  # the client went away; it did not remove us
-                and self.type is ProxyType.HTTP
+                # The client went away (it did not remove us), or tunneld stops: either way
+                # the client is offline until it logs in again.
+                and (self.ctx.session.closed or offline.shutting_down)
             ):
-                policy = OfflinePolicy(
-                    request.offline_status, request.offline_body, request.offline_capture
-                )
                 offline.park(self.name, router, self._route, policy)
             self._route = None
         self.conns.abort_all("proxy closed")
+
+    def _offline_policy(self) -> OfflinePolicy | None:
+        """What tunneld does while this proxy's client is offline (http only; None: nothing)."""
+        r = self.request
+        if not r.offline_status or self.type is not ProxyType.HTTP:
+            return None
+        return OfflinePolicy(r.offline_status, r.offline_body, r.offline_capture)
 
     async def wait_closed(self) -> None:
         if self._delivery is not None:
@@ -262,6 +278,9 @@ class HTTPProxy(VhostProxy):
             redirect_http=r.redirect_http,
             backend_h2c=_backend_h2c(r.backend_protocol),
             route_by_http_user=r.route_by_http_user or None,
+            offline_note=offline_note(
+                self._offline_policy(), self.ctx.offline.limits if self.ctx.offline else None
+            ),
         )
 
 
