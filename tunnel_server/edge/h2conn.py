@@ -36,6 +36,7 @@ import h2.exceptions
 import h2.settings
 
 from ..fdbudget import FDBudget
+from ..vhost.listener import SHUTDOWN_GRACE_S
 from ..vhost.routing import VhostRouter
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ MAX_HEADER_LIST_BYTES: Final = 64 * 1024
 WRITE_HIGH_BYTES: Final = 256 * 1024
 WRITE_LOW_BYTES: Final = 64 * 1024
 MAX_QUEUED_ITEMS: Final = 1024  # body pieces per stream; the window bounds their bytes
+REFUSED_STREAM: Final = 0x7  # RFC 9113 error code: not processed, the client may retry
 
 
 class StreamInput:
@@ -89,6 +91,7 @@ class H2Visitor(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._paused = False
         self.lost = False
+        self.shutting_down = False
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -158,6 +161,9 @@ class H2Visitor(asyncio.Protocol):
 
         if isinstance(event, h2.events.RequestReceived):
             stream_id = event.stream_id
+            if self.shutting_down:
+                self._reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: safe to retry
+                return
             self.inputs[stream_id] = StreamInput()
             if event.stream_ended is not None:
                 self.inputs[stream_id].ended = True
@@ -197,6 +203,8 @@ class H2Visitor(asyncio.Protocol):
         if not task.cancelled() and task.exception() is not None:
             logger.error("h2 stream %d failed", stream_id, exc_info=task.exception())
             self._reset(stream_id)
+        if self.shutting_down and not self.tasks:
+            self.close()
         if self._on_done is not None and self.lost and not self.tasks:
             callback, self._on_done = self._on_done, None
             callback(self)
@@ -211,6 +219,24 @@ class H2Visitor(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def shut_down(self) -> None:
+        """Server shutdown: GOAWAY, let the running streams finish, then close."""
+        self.shutting_down = True
+        if self.lost:
+            return
+        try:
+            self.conn.close_connection()
+        except h2.exceptions.H2Error:
+            self.close()  # no connection to say goodbye on
+            return
+        self.flush()
+        if not self.tasks:
+            self.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def _reset(self, stream_id: int, code: int = 0x2) -> None:
         try:
@@ -259,11 +285,20 @@ class H2Visitor(asyncio.Protocol):
 class H2Service:
     """Owns every h2 visitor connection: the cap, and shutdown (close, then wait)."""
 
-    def __init__(self, router: VhostRouter, *, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        router: VhostRouter,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    ) -> None:
         self._router = router
+        self._shutdown_grace_s = shutdown_grace_s
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._visitors: set[H2Visitor] = set()
+        self._closing = False
         self.refused_connections = 0
         self.fd_budget: FDBudget | None = None  # one descriptor per visitor, as the vhosts
 
@@ -278,8 +313,10 @@ class H2Service:
 
     def protocol(self) -> asyncio.Protocol:
         budget = self.fd_budget
-        if len(self._visitors) >= self._max_connections or (
-            budget is not None and not budget.try_acquire(asyncio.get_running_loop().time())
+        if (
+            self._closing
+            or len(self._visitors) >= self._max_connections
+            or (budget is not None and not budget.try_acquire(asyncio.get_running_loop().time()))
         ):
             self.refused_connections += 1
             return _Refuse()
@@ -288,15 +325,24 @@ class H2Service:
         return visitor
 
     def close(self) -> None:
+        """Stop: GOAWAY to every visitor; idle connections close now, busy ones when done."""
+        self._closing = True
         for visitor in list(self._visitors):
-            visitor.close()
+            visitor.shut_down()
 
     async def wait_closed(self) -> None:
+        """Wait for the running streams, at most SHUTDOWN_GRACE_S, then abort what is left.
+
+        The TLS close itself is not waited for: a visitor that never answers close_notify
+        would hold shutdown for the transport's own ssl_shutdown_timeout (30 s)."""
+        tasks = [task for visitor in self._visitors for task in visitor.tasks.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
         for visitor in list(self._visitors):
-            await visitor.closed
-            tasks = list(visitor.tasks.values())
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            visitor.abort()  # connection_lost cancels any stream task still running
+        tasks = [task for visitor in self._visitors for task in visitor.tasks.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Refuse(asyncio.Protocol):

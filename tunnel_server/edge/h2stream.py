@@ -161,7 +161,7 @@ async def _h2c(
     if stream is None:
         return
     try:
-        await h2c_exchange(v, stream_id, stream, headers, authority)
+        await h2c_exchange(v, stream_id, stream, headers, authority, route.rules)
     except Exception as exc:
         stream.abort()
         if not _network_failure(exc):
