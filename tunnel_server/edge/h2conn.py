@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -36,8 +37,10 @@ import h2.exceptions
 import h2.settings
 
 from ..fdbudget import FDBudget
+from ..vhost.http_proxy import OnAccess, RequestRecord
 from ..vhost.listener import SHUTDOWN_GRACE_S
 from ..vhost.routing import VhostRouter
+from .upstreams import UpstreamPool
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +56,35 @@ REFUSED_STREAM: Final = 0x7  # RFC 9113 error code: not processed, the client ma
 class StreamInput:
     """What the visitor sent on one stream after its HEADERS: body pieces, then the end."""
 
-    __slots__ = ("ended", "items", "reset", "waiter")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "ended",
+        "host",
+        "items",
+        "method",
+        "path",
+        "proxy",
+        "reset",
+        "started",
+        "status",
+        "waiter",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, method: bytes, host: bytes, path: bytes) -> None:
         self.items: list[tuple[bytes, int]] = []  # (data, flow-controlled length)
         self.ended = False
         self.reset = False
         self.waiter: asyncio.Future[None] | None = None
+        # For the access log and the latency histograms (RequestRecord), once routed:
+        self.proxy = ""  # set when the request was routed to a proxy
+        self.method = method
+        self.host = host
+        self.path = path.split(b"?", 1)[0]  # without the query string, which may hold secrets
+        self.started = time.monotonic()
+        self.status = 0  # the response's, once its head was sent
+        self.bytes_in = 0  # body bytes towards the app
+        self.bytes_out = 0  # body bytes back to the visitor
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -75,9 +100,16 @@ class H2Visitor(asyncio.Protocol):
         *,
         timeout_s: float,
         on_done: Callable[[H2Visitor], None] | None = None,
+        pool: UpstreamPool | None = None,
+        on_access: OnAccess | None = None,
+        page_404: bytes | None = None,
     ) -> None:
         self.router = router
         self.timeout_s = timeout_s
+        self.pool = pool  # idle keep-alive upstream streams, shared by the service's visitors
+        self.on_access = on_access
+        self.page_404 = page_404  # custom404Page, as the HTTP vhost serves it
+        self.peer_allowed: Callable[[str], bool] | None = None  # the server's IP rules
         self._on_done = on_done
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True
@@ -108,6 +140,9 @@ class H2Visitor(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+        if self.peer_allowed is not None and not self.peer_allowed(self.peer[0]):
+            self.transport.abort()  # allowIPs/denyIPs, as the vhosts: nothing is served
+            return
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -164,7 +199,11 @@ class H2Visitor(asyncio.Protocol):
             if self.shutting_down:
                 self._reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: safe to retry
                 return
-            self.inputs[stream_id] = StreamInput()
+            pseudo = {k: v for k, v in event.headers or () if k[:1] == b":"}
+            get = pseudo.get
+            self.inputs[stream_id] = StreamInput(
+                get(b":method", b""), get(b":authority", b""), get(b":path", b"")
+            )
             if event.stream_ended is not None:
                 self.inputs[stream_id].ended = True
             task = asyncio.get_running_loop().create_task(
@@ -199,7 +238,21 @@ class H2Visitor(asyncio.Protocol):
 
     def _stream_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
         self.tasks.pop(stream_id, None)
-        self.inputs.pop(stream_id, None)
+        box = self.inputs.pop(stream_id, None)
+        if box is not None and box.proxy and self.on_access is not None:
+            self.on_access(
+                RequestRecord(
+                    proxy=box.proxy,
+                    peer=self.peer,
+                    method=box.method.decode("latin-1"),
+                    host=box.host.decode("latin-1"),
+                    path=box.path.decode("latin-1"),
+                    status=box.status,
+                    seconds=time.monotonic() - box.started,
+                    bytes_in=box.bytes_in,
+                    bytes_out=box.bytes_out,
+                )
+            )
         if not task.cancelled() and task.exception() is not None:
             logger.error("h2 stream %d failed", stream_id, exc_info=task.exception())
             self._reset(stream_id)
@@ -219,6 +272,22 @@ class H2Visitor(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def send_head(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> None:
+        """Send a response head (its `:status` first) and note the status for the log."""
+        box = self.inputs.get(stream_id)
+        if box is not None:
+            box.status = int(headers[0][1])
+        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        self.flush()
+
+    def sent(self, stream_id: int, length: int) -> None:
+        """Count response body bytes sent on a stream."""
+        box = self.inputs.get(stream_id)
+        if box is not None:
+            box.bytes_out += length
 
     def shut_down(self) -> None:
         """Server shutdown: GOAWAY, let the running streams finish, then close."""
@@ -292,9 +361,18 @@ class H2Service:
         timeout_s: float,
         max_connections: int,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        pool: UpstreamPool | None = None,
+        on_access: OnAccess | None = None,
+        custom_404_page: str | None = None,
     ) -> None:
         self._router = router
         self._shutdown_grace_s = shutdown_grace_s
+        # Upstream keep-alive for h2 -> HTTP/1.1 (upstreams.py); None turns reuse off.
+        self.pool = UpstreamPool() if pool is None else pool
+        self.on_access = on_access  # the server's access log and latency histograms
+        self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
+        # The server's IP rules: a visitor it refuses is closed before any stream is served.
+        self.peer_allowed: Callable[[str], bool] | None = None
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._visitors: set[H2Visitor] = set()
@@ -320,13 +398,22 @@ class H2Service:
         ):
             self.refused_connections += 1
             return _Refuse()
-        visitor = H2Visitor(self._router, timeout_s=self._timeout_s, on_done=self._done)
+        visitor = H2Visitor(
+            self._router,
+            timeout_s=self._timeout_s,
+            on_done=self._done,
+            pool=self.pool,
+            on_access=self.on_access,
+            page_404=self._page_404,
+        )
+        visitor.peer_allowed = self.peer_allowed
         self._visitors.add(visitor)
         return visitor
 
     def close(self) -> None:
         """Stop: GOAWAY to every visitor; idle connections close now, busy ones when done."""
         self._closing = True
+        self.pool.close()
         for visitor in list(self._visitors):
             visitor.shut_down()
 
