@@ -35,6 +35,7 @@ class App:
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
         self.connections = 0
+        self.used_connections = 0  # connections that carried at least one request
         self.requests = 0
         self.server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -71,6 +72,7 @@ class App:
                         body += (await reader.readexactly(size + 2))[:-2]
                     await reader.readuntil(b"\r\n")
                 served += 1
+                self.used_connections += served == 1
                 if self.mode == "drop-second" and served == 2:
                     return
                 self.requests += 1
