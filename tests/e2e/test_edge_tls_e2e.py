@@ -398,7 +398,9 @@ async def test_edge_tls_h2_reuses_tunnel_streams_and_logs_every_request(
                 await asyncio.sleep(0.05)
         records = [json.loads(line) for line in text.splitlines()]
         assert sorted(r["path"] for r in records) == ["/one"] + [f"/two/{n}" for n in range(6)]
-        assert {(r["proxy"], r["method"], int(r["status"])) for r in records} == {("ka", "GET", 200)}
+        assert {(r["proxy"], r["method"], int(r["status"])) for r in records} == {
+            ("ka", "GET", 200)
+        }
         assert {r["host"] for r in records} == {f"{host}:{https}"}
         assert "secret" not in text
     finally:
