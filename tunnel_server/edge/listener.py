@@ -45,9 +45,9 @@ from ..fdbudget import FDBudget
 from ..vhost.http_proxy import HTTPVhostServer
 from ..vhost.https_sni import HTTPSVhostServer
 from ..vhost.routing import VhostRouter
+from ..vhost.sni import MAX_CLIENT_HELLO_BYTES, ClientHello, HelloError, HelloReader
 from .certstore import CertStore
 from .h2conn import H2Service
-from .hello import MAX_CLIENT_HELLO_BYTES, ClientHello, HelloError, HelloReader
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from ..vhost.upstream import ByteStream
 
 logger = logging.getLogger(__name__)
 
-MAX_IDLE_PER_ROUTE: Final = 16  # idle upstream streams kept per route
-MAX_IDLE_TOTAL: Final = 256  # idle upstream streams kept in all, per HTTPS edge
+MAX_IDLE_PER_ROUTE: Final = 256  # idle upstream streams kept per route
+MAX_IDLE_TOTAL: Final = 1024  # idle upstream streams kept in all, per HTTPS edge
 IDLE_TIMEOUT_S: Final = 15.0  # an idle stream is closed after this long
 
 
