@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
+
+import h2.config
+import h2.connection
+import pytest
 
 from tests.support.certs import make_ca, make_leaf
 from tests.support.curl import curl, resolve
@@ -29,7 +35,8 @@ class App:
     """A small HTTP/1.1 server: answers each request with its method, path and body length.
 
     `mode` picks a misbehaviour: "ok", "close" (Connection: close), "extra" (bytes after each
-    response), "drop-second" (reads the 2nd request on a connection, then closes unanswered).
+    response), "drop-second" (reads the 2nd request on a connection, then closes unanswered),
+    "hold" (answers only once `release` is set).
     """
 
     def __init__(self, mode: str = "ok") -> None:
@@ -38,6 +45,8 @@ class App:
         self.used_connections = 0  # connections that carried at least one request
         self.requests = 0
         self.server: asyncio.Server | None = None
+        self.release = asyncio.Event()
+        self.held = 0  # requests waiting for `release`
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
@@ -46,6 +55,7 @@ class App:
 
     async def close(self) -> None:
         assert self.server is not None
+        self.release.set()
         self.server.close()
         for writer in list(self._writers):
             writer.transport.abort()
@@ -76,6 +86,9 @@ class App:
                 if self.mode == "drop-second" and served == 2:
                     return
                 self.requests += 1
+                if self.mode == "hold":
+                    self.held += 1
+                    await self.release.wait()
                 text = f"{method} {path} {len(body)}".encode()
                 close = self.mode == "close"
                 answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
@@ -250,3 +263,52 @@ async def test_edge_h2_keepalive_head_is_not_reused_and_closed_pool_keeps_nothin
         assert await h2_curl(port, ca, *urls(port, 2)) == [f"GET /r{n} 0 200 2" for n in range(2)]
         assert pool.idle == 0 and app.connections == 3
         assert svc.pool is pool
+
+
+async def test_edge_h2_visitor_goaway_mid_response_logs_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A visitor that sends GOAWAY while its streams wait for the app: when the app answers,
+    those streams end quietly (no error with a traceback, no write after close)."""
+    caplog.set_level(logging.DEBUG, logger="tunnel_server.edge")
+    app = App("hold")
+    pool = UpstreamPool()
+    async with asyncio.timeout(TEST_TIMEOUT_S), h2_edge(tmp_path, app, pool) as (port, ca, _):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        _reader, writer = await asyncio.open_connection(
+            LOOPBACK, port, ssl=ctx, server_hostname=HOST
+        )
+        try:
+            client = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            client.initiate_connection()
+            for n in range(3):
+                request = [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", HOST.encode()),
+                    (b":path", b"/held%d" % n),
+                ]
+                client.send_headers(1 + 2 * n, request, end_stream=True)
+            writer.write(client.data_to_send())
+            while app.held < 3:  # noqa: ASYNC110 (the app counts; bounded by the timeout)
+                await asyncio.sleep(0.05)
+            client.close_connection()
+            writer.write(client.data_to_send())
+            await writer.drain()
+            # Not reading from here on, the visitor never answers our TLS close, so its
+            # connection stays half-closed while the app answers the three streams.
+            writer.transport.pause_reading()
+            while not any("sent GOAWAY" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the edge read the GOAWAY; bounded by the timeout
+            app.release.set()
+            while sum("failed" in r.getMessage() for r in caplog.records) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # each stream ends; bounded by the timeout
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -180,21 +180,16 @@ async def _backend_event(
         # A "trailers-only" answer (a gRPC error) is one HEADERS frame with END_STREAM.
         ended = event.stream_ended is not None
         out = backend_response_headers(event.headers, backend.rules)
-        v.conn.send_headers(stream_id, out, end_stream=ended)
-        v.flush()
+        v.send_head(stream_id, out, end_stream=ended)
         return ended
     elif isinstance(event, h2.events.DataReceived) and event.stream_id == BACKEND_STREAM:
         await send_data(v, stream_id, event.data or b"")
         backend.conn.acknowledge_received_data(event.flow_controlled_length or 0, BACKEND_STREAM)
     elif isinstance(event, h2.events.TrailersReceived):
-        v.conn.send_headers(
-            stream_id, backend_response_headers(event.headers, None), end_stream=True
-        )
-        v.flush()
+        v.send_head(stream_id, backend_response_headers(event.headers, None), end_stream=True)
         return True
     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == BACKEND_STREAM:
-        v.conn.end_stream(stream_id)
-        v.flush()
+        v.end(stream_id)
         return True
     elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
         raise ConnectionResetError("the local service reset the stream")

@@ -123,6 +123,8 @@ class H2Visitor(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._paused = False
         self.lost = False
+        self._flush_pending = False  # a _flush_now is scheduled
+        self._unflushed = 0  # body bytes queued in h2 since the last write (WRITE_LOW_BYTES)
         self.shutting_down = False
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -234,6 +236,7 @@ class H2Visitor(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake_windows()
         elif isinstance(event, h2.events.ConnectionTerminated):
+            logger.debug("h2: %s sent GOAWAY (code %s)", self.peer[0], event.error_code)
             self.close()
 
     def _stream_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
@@ -265,29 +268,78 @@ class H2Visitor(asyncio.Protocol):
     # -- for stream tasks ---------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Send what h2 queued, at the end of this loop iteration: a response's HEADERS, DATA
+        and END_STREAM (and other streams' frames of the same tick) leave in one write, so one
+        TLS record and one send() instead of three."""
+        if not self._flush_pending and self.transport is not None and not self.lost:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        self._unflushed = 0
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.lost:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not self.lost and not transport.is_closing():
+            transport.write(data)
+
+    @property
+    def usable(self) -> bool:
+        """True while responses can still be sent (not lost, not closing)."""
+        transport = self.transport
+        return transport is not None and not self.lost and not transport.is_closing()
 
     def close(self) -> None:
         if self.transport is not None:
+            self._flush_now()  # GOAWAY or a last response first
             self.transport.close()
+
+    # The senders below raise ConnectionResetError once the visitor's connection or stream is
+    # gone (GOAWAY, reset, closed): for a stream task that is the expected network end.
 
     def send_head(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
-        """Send a response head (its `:status` first) and note the status for the log."""
+        """Send a response head (`:status` first; trailers otherwise) and note the status."""
         box = self.inputs.get(stream_id)
-        if box is not None:
+        if box is not None and headers[0][0] == b":status":
             box.status = int(headers[0][1])
-        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
         self.flush()
 
-    def sent(self, stream_id: int, length: int) -> None:
-        """Count response body bytes sent on a stream."""
+    def send_body(self, stream_id: int, data: bytes) -> None:
+        """Send body bytes the caller checked the windows for, and count them."""
+        try:
+            self.conn.send_data(stream_id, data)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        self._unflushed += len(data)
+        if self._unflushed >= WRITE_LOW_BYTES:
+            self._flush_now()  # bulk data goes out now, where the transport can push back
+        else:
+            self.flush()
         box = self.inputs.get(stream_id)
         if box is not None:
-            box.bytes_out += length
+            box.bytes_out += len(data)
+
+    def window(self, stream_id: int) -> int:
+        """Bytes the stream may send now: its and the connection's window, one frame at most."""
+        try:
+            window = self.conn.local_flow_control_window(stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        return min(window, self.conn.max_outbound_frame_size)
+
+    def end(self, stream_id: int) -> None:
+        """End the response stream."""
+        try:
+            self.conn.end_stream(stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        self.flush()
 
     def shut_down(self) -> None:
         """Server shutdown: GOAWAY, let the running streams finish, then close."""

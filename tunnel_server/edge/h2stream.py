@@ -260,11 +260,14 @@ async def _exchange(
                 raise
             logger.debug("[proxy=%s] h2 stream %d failed: %r", route.proxy_key, stream_id, exc)
             box = v.inputs.get(stream_id)
-            if box is not None and not box.status and not box.reset and not v.lost:
-                # Nothing was answered yet: a page says what happened, as the HTTP vhost does.
-                await send_page(v, stream_id, 502, host, "the connection to the app was reset")
-            else:
+            if box is None or box.status or box.reset or not v.usable:
                 v.reset(stream_id)
+                return
+            # Nothing was answered yet: a page says what happened, as the HTTP vhost does.
+            try:
+                await send_page(v, stream_id, 502, host, "the connection to the app was reset")
+            except ConnectionResetError:
+                v.reset(stream_id)  # the visitor's stream went away meanwhile
             return
         except BaseException:
             stream.abort()
@@ -405,8 +408,7 @@ async def _relay_response(
             if not response.done:
                 raise ConnectionResetError("the app's response body is malformed") from None
             response.extra = True  # garbage after a complete response: relay it, do not reuse
-    v.conn.end_stream(stream_id)
-    v.flush()
+    v.end(stream_id)
     return response.keep_alive and not response.extra
 
 
@@ -417,13 +419,11 @@ async def send_data(v: H2Visitor, stream_id: int, data: bytes) -> None:
         if v.lost:
             raise ConnectionResetError("the visitor is gone")
         await v.drain()
-        window = min(v.conn.local_flow_control_window(stream_id), v.conn.max_outbound_frame_size)
+        window = v.window(stream_id)
         if window <= 0:
             await v.wait_window()
             continue
-        v.conn.send_data(stream_id, bytes(view[:window]))
-        v.flush()
-        v.sent(stream_id, min(window, len(view)))
+        v.send_body(stream_id, bytes(view[:window]))
         view = view[window:]
 
 
@@ -446,5 +446,4 @@ async def send_page(
     ]
     v.send_head(stream_id, headers)
     await send_data(v, stream_id, body)
-    v.conn.end_stream(stream_id)
-    v.flush()
+    v.end(stream_id)
