@@ -405,3 +405,27 @@ async def test_edge_tls_h2_reuses_tunnel_streams_and_logs_every_request(
         assert "secret" not in text
     finally:
         await app.close()
+
+
+async def test_edge_tls_server_deny_ips_cover_https_h1_and_h2(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """Server-wide denyIPs hold on the HTTPS edge: a visitor from 127.0.0.2 gets a 403 over
+    HTTP/1.1 and no HTTP/2 connection; 127.0.0.1 is served over both."""
+    other = "127.0.0.2"  # the whole 127/8 is loopback on Linux: a second source address
+    async with asyncio.timeout(60), echo_apps("deny") as (app,):
+        server = await start_edge(run_tunneld, tmp_path, denyIPs=[f"{other}/32"])
+        client = await run_tunnelc(client_toml(server, http_proxy("d", app.port, subdomain="d")))
+        await client.wait_for(r"tunnelc: proxy d ready at .*" + HTTPS_URL)
+        host, port = f"d.{SUB_DOMAIN_HOST}", server["https"]
+        base = ["--cacert", str(server["ca"]), *resolve(host, port), "-o", "/dev/null"]
+        url = f"https://{host}:{port}/"
+        write_out = ["-w", "%{http_code} %{http_version}"]
+        ok_h1 = await curl(*base, *write_out, "--http1.1", url)
+        ok_h2 = await curl(*base, *write_out, "--http2", url)
+        assert (ok_h1.stdout, ok_h2.stdout) == (b"200 1.1", b"200 2"), (ok_h1, ok_h2)
+        denied_h1 = await curl(*base, *write_out, "--interface", other, "--http1.1", url)
+        assert denied_h1.stdout == b"403 1.1", denied_h1
+        denied_h2 = await curl(*base, *write_out, "--interface", other, "--http2", url)
+        assert denied_h2.returncode != 0 and not denied_h2.stdout.startswith(b"200"), denied_h2
+        assert len([r for r in app.received if r.path == "/"]) == 2  # only the two allowed
