@@ -295,14 +295,19 @@ class TunnelServer:
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
                 custom_404_page=page,
+                on_access=self._on_http_access,
                 forwarded_proto=b"https",
             )
+            self._tls_vhost.peer_allowed = self._peer_allowed
             self._tls_vhost.fd_budget = self.fd_budget
             self._h2 = H2Service(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
                 max_connections=DEFAULT_MAX_CONNECTIONS,
+                on_access=self._on_http_access,
+                custom_404_page=page,
             )
+            self._h2.peer_allowed = self._peer_allowed
             self._h2.fd_budget = self.fd_budget
         if cfg.edge_tls.acme is not None:
             self.cert_manager = CertManager(

@@ -153,8 +153,12 @@ def build_inspector_app(
     max_age: float | None = None,
     signers: Sequence[Signer] = (),
     http_proxies: Callable[[], frozenset[str]] = frozenset,
+    tunnels: Callable[[], list[dict[str, object]]] = list,
 ) -> web.Application:
     """Build the inspector app over `store`, replaying through `replayer`.
+
+    `tunnels` gives the inspected proxies as {name, state, public, note} rows for
+    `/api/tunnels`: the page shows their public URLs (https:// once the edge has a certificate).
 
     `history_file` and `max_age` describe the on-disk history (None: memory only), for the
     page to show what is kept and for how long.
@@ -368,9 +372,13 @@ def build_inspector_app(
             subscription.close()
         return response
 
+    async def list_tunnels(request: web.Request) -> web.Response:
+        return web.json_response({"tunnels": tunnels()})
+
     app.add_routes(
         [
             *page_routes("tunnel_client.inspect", "inspector.html", _ASSETS),
+            web.get("/api/tunnels", list_tunnels),
             web.get("/api/requests", list_requests),
             web.post("/api/requests/clear", clear_requests),
             web.get("/api/requests/{id}", get_request),
