@@ -56,6 +56,7 @@ _Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, r
 _HTTP_ONLY: Final = (str(_HTTP),)
 
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS))
+_SECRET: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
 # names the proxy types a key applies to; setting it on another type is an error.
@@ -72,7 +73,7 @@ PROXY_FIELDS: Final = FieldTable(
         Field(
             "type",
             "type",
-            Choice(tuple(ProxyType), frp_values=("tcpmux", "stcp", "sudp", "xtcp")),
+            Choice(tuple(ProxyType), frp_values=("tcpmux", "xtcp")),
             None,
             "proxy type",
             required="is required: set it to one of " + ", ".join(ProxyType),
@@ -204,6 +205,22 @@ PROXY_FIELDS: Final = FieldTable(
             "serve only requests whose basic-auth user this is (shares a domain)",
             only=_HTTP_ONLY,
         ),
+        Field(
+            "secretKey",
+            "secret_key",
+            SecretStr(),
+            None,
+            "the secret a visitor must know (tunneld gets an HMAC of it, never the key)",
+            only=_SECRET,
+        ),
+        Field(
+            "allowUsers",
+            "allow_users",
+            StrList(),
+            (),
+            'users whose visitors may connect ("*" = any); the own user always may',
+            only=_SECRET,
+        ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
         Field(
@@ -294,6 +311,8 @@ class ProxyConfig:
     hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
     backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
     route_by_http_user: str | None = _F.optional("route_by_http_user", str)
+    secret_key: Secret | None = _F.optional("secret_key", Secret)  # stcp/sudp
+    allow_users: tuple[str, ...] = _F.default("allow_users", tuple)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None
@@ -429,6 +448,9 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
                 f"must be an integer from 0 to 65535 (0 = the server picks), "
                 f"got {proxy.remote_port}",
             )
+    elif proxy.type in _SECRET:
+        if proxy.secret_key is None or not proxy.secret_key.reveal():
+            fail("secretKey", f"is required: a {proxy.type} proxy is reached with its secret")
     elif not proxy.custom_domains and proxy.subdomain is None:
         fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
     _check_http_fields(proxy, fail)

@@ -299,7 +299,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
     "virtualNet": _NEXT,
     "store": "the admin API's stored proxies are not supported yet",
-    "visitors": _NEXT,
     "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
 }
 
@@ -309,7 +308,5 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
     "loadBalancer": _NEXT,
     "multiplexer": _NEXT,
-    "secretKey": _NEXT,
-    "allowUsers": _NEXT,
     "natTraversal": _NEXT,
 }

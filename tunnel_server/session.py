@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
+from protocol.aio.stream import MuxStream
 from protocol.auth import login_proof, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
@@ -96,6 +97,8 @@ class ServerSession:
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
+        # Streams this client opened as a visitor of a secret proxy (maxVisitorConnsPerClient).
+        self.visitor_streams: set[MuxStream] = set()
 
     def __repr__(self) -> str:
         return f"<ServerSession client={self.client_id or '?'} addr={self.address}>"
@@ -231,6 +234,7 @@ class ServerSession:
         self.mux.mux.set_control_limit(self.mux.mux.settings.max_control_frame_bytes)
         self.mux.message_limit = MAX_QUEUED_MESSAGES
         self.mux.on_datagram = self._on_datagram
+        self.mux.on_stream = lambda stream: self.server.visitor_gate.open(self, stream)
         self.mux.send_message(
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .proxies.secret import SecretProxy
 from .proxies.tcp import TCPProxy
 from .stats import ProxyCounters
 from .web.view import CertificateInfo, CertificateReport, ClientInfo, ProxyInfo
@@ -55,6 +56,8 @@ class LiveServerView:
                             if isinstance(proxy, TCPProxy) and proxy.throttle is not None
                             else 0.0
                         ),
+                        visitors=proxy.visitor_list() if isinstance(proxy, SecretProxy) else (),
+                        path="relayed" if isinstance(proxy, SecretProxy) else "",
                     )
                 )
         departures = self._server.departures

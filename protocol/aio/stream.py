@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ..errors import ErrorCode
-from ..messages import StreamHeader
+from ..messages import StreamHeader, VisitorOpen
 from . import sockopts
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class MuxStream:
         self.session = session
         self.stream_id = stream_id
         self.header = header
+        self.visitor: VisitorOpen | None = None  # set on a visitor stream (secret proxies)
         self.opened_locally = local
         loop = session.loop
         # receive side
@@ -114,6 +115,11 @@ class MuxStream:
     @property
     def is_closed(self) -> bool:
         return self._closed.done()
+
+    @property
+    def congested(self) -> bool:
+        """True while a send would only queue (no window, or the connection is full)."""
+        return self._tx_backlog is not None or self.session.writing_paused
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:

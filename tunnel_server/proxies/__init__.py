@@ -8,6 +8,7 @@ from protocol.proxytype import ProxyType
 
 from .base import ProxyFactory
 from .http import HTTPProxy, HTTPSProxy
+from .secret import STCPProxy, SUDPProxy
 from .tcp import TCPProxy
 from .udp import UDPProxy
 
@@ -16,4 +17,6 @@ SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.UDP: UDPProxy,
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: HTTPSProxy,
+    ProxyType.STCP: STCPProxy,
+    ProxyType.SUDP: SUDPProxy,
 }

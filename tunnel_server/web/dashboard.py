@@ -72,6 +72,8 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "annotations": dict(info.annotations),
         "bandwidth_limit": info.bandwidth_limit,
         "bandwidth_rate": round(info.bandwidth_rate),
+        "visitors": list(info.visitors),
+        "path": info.path,
     }
 
 

@@ -41,6 +41,9 @@ class ProxyInfo:
     bandwidth_limit: int = 0  # bytes per second the server paces it at; 0 = none
     bandwidth_rate: float = 0.0  # bytes per second through it now (server-paced proxies)
     reason: str = ""  # why it is offline (closed: ...) or refused
+    # stcp/sudp: the user of each visitor connection joined now, and its path ("relayed")
+    visitors: tuple[str, ...] = ()
+    path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
