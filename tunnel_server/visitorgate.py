@@ -72,8 +72,8 @@ class VisitorGate:
             return f"this client has {limit} visitor connections open (maxVisitorConnsPerClient)"
         server_user = request.server_user
         target = target_name(server_user, request.server_name)
-        owner = self._server.proxy_owner(target)
-        proxy = owner.proxies.get(target) if owner is not None else None
+        entry = self._server.proxies.get(target)
+        proxy = entry.proxy if entry is not None else None
         if not isinstance(proxy, SecretProxy):
             return f"no stcp or sudp proxy named {request.server_name!r} of user {server_user!r}"
         now = time.time()

@@ -15,13 +15,14 @@ import logging
 from typing import Final
 
 from protocol.aio.stream import MuxStream, StreamResetError
-from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.messages import NewProxy, StreamHeader
+from protocol.errors import ErrorCode
+from protocol.messages import NewProxy
 from protocol.names import name_problem
 from protocol.proxytype import ProxyType
 from protocol.visitorauth import VERIFIER_BYTES
 
 from .base import ProxyContext, ProxyRefused
+from .userconn import UserConnRefused, UserConns
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class SecretProxy:
         self.public_urls: tuple[str, ...] = ()
         self.public_note = "visitors only: no public port"
         self._joins: dict[asyncio.Task[None], str] = {}  # join task -> visitor user
+        # The owner's streams: bounded by maxStreamsPerProxy, counted, IP rules applied to the
+        # visitor's client address (the one user-connection path of every kind).
+        self.conns = UserConns(ctx, name, str(self.type), holds_socket=False)
         self.visitors_total = 0
 
     async def start(self) -> None:
@@ -71,19 +75,10 @@ class SecretProxy:
 
     def join(self, visitor: MuxStream, visitor_user: str, peer: tuple[str, int]) -> str:
         """Open the owner's stream and join it to `visitor`; a refusal reason, or ""."""
-        ctx = self.ctx
-        if len(self._joins) >= ctx.config.max_streams_per_proxy:
-            ctx.counters.refused_flows += 1
-            return f"the proxy has {len(self._joins)} visitors connected (maxStreamsPerProxy)"
         try:
-            owner = ctx.session.open_stream(StreamHeader(ctx.local_name, peer[0], peer[1]))
-        except (LocalProtocolError, ConnectionError) as exc:
-            ctx.counters.refused_flows += 1
-            return f"the proxy's client cannot take a connection now: {exc}"
-        owner.set_accept_deadline(ctx.config.user_conn_timeout)
-        owner.counters = ctx.counters
-        ctx.counters.connections_total += 1
-        ctx.counters.connections_active += 1
+            owner = self.conns.open_stream(peer)
+        except UserConnRefused as exc:
+            return exc.reason
         self.visitors_total += 1
         task = asyncio.get_running_loop().create_task(self._run_join(visitor, owner))
         self._joins[task] = visitor_user
@@ -91,8 +86,7 @@ class SecretProxy:
         return ""
 
     def _joined_done(self, task: asyncio.Task[None]) -> None:
-        if self._joins.pop(task, None) is not None:
-            self.ctx.counters.connections_active -= 1
+        self._joins.pop(task, None)
 
     async def _run_join(self, visitor: MuxStream, owner: MuxStream) -> None:
         try:
@@ -120,6 +114,7 @@ class SecretProxy:
     def close(self) -> None:
         for task in list(self._joins):
             task.cancel()
+        self.conns.abort_all("proxy closed")
 
     async def wait_closed(self) -> None:
         if self._joins:
