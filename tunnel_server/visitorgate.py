@@ -37,12 +37,40 @@ MAX_RECENT_NONCES: Final = 65_536
 WRONG_SECRET: Final = "the secretKey does not match the proxy's"
 
 
+class RecentNonces:
+    """Nonces of valid visitor proofs, kept while a proof could still be replayed."""
+
+    def __init__(self, limit: int = MAX_RECENT_NONCES) -> None:
+        self.limit = limit
+        self._nonces: OrderedDict[bytes, float] = OrderedDict()  # nonce -> when it expires
+
+    def __len__(self) -> int:
+        return len(self._nonces)
+
+    def remember(self, nonce: bytes, now: float) -> str:
+        """Record `nonce` seen at `now` (seconds); a refusal reason, or ""."""
+        nonces = self._nonces
+        while nonces:
+            oldest, expires = next(iter(nonces.items()))
+            if expires > now:
+                break
+            del nonces[oldest]
+        if nonce in nonces:
+            return "this visitor proof was already used (a replay)"
+        if len(nonces) >= self.limit:
+            return "too many visitor connections in the last minutes; retry later"
+        # A proof is valid while |timestamp - now| <= skew, so for at most 2 * skew after
+        # it is first seen.
+        nonces[nonce] = now + 2 * MAX_CLOCK_SKEW_S
+        return ""
+
+
 class VisitorGate:
     """The server-wide part: nonces seen recently. Per-session counts live on the session."""
 
     def __init__(self, server: TunnelServer) -> None:
         self._server = server
-        self._nonces: OrderedDict[bytes, float] = OrderedDict()  # nonce -> when it expires
+        self.nonces = RecentNonces()
 
     def open(self, session: ServerSession, stream: MuxStream) -> None:
         """The `on_stream` of a logged-in session."""
@@ -86,7 +114,7 @@ class VisitorGate:
         if not proof_ok(expected, request.proof):
             self._server.stats.auth_failures += 1
             return WRONG_SECRET
-        reason = self._remember(request.nonce, now)  # only valid proofs can be replayed
+        reason = self.nonces.remember(request.nonce, now)  # only valid proofs can be replayed
         if reason:
             return reason
         if request.type != proxy.type:
@@ -95,17 +123,3 @@ class VisitorGate:
             return f"user {session.user!r} is not in the proxy's allowUsers"
         peer = session.mux.peername or ("", 0)
         return proxy.join(stream, session.user, peer)
-
-    def _remember(self, nonce: bytes, now: float) -> str:
-        nonces = self._nonces
-        while nonces:
-            oldest, expires = next(iter(nonces.items()))
-            if expires > now:
-                break
-            del nonces[oldest]
-        if nonce in nonces:
-            return "this visitor proof was already used (a replay)"
-        if len(nonces) >= MAX_RECENT_NONCES:
-            return "too many visitor connections in the last minutes; retry later"
-        nonces[nonce] = now + 2 * MAX_CLOCK_SKEW_S
-        return ""

@@ -207,3 +207,55 @@ async def test_stcp_visitors_show_on_dashboard_status_and_metrics(run_tunneld, r
         labels = 'path="relayed",server="alice.vault",visitor="to-vault"'
         assert f"tunnelc_visitor_connections{{{labels}}} 1.0" in client_metrics
         assert "to-vault" in shown and "-> alice.vault (relayed): 1 open, 1 total" in shown
+
+
+async def test_stcp_visitor_bound_per_client_refuses_the_extra_connection(
+    run_tunneld, run_tunnelc
+) -> None:  # type: ignore[no-untyped-def]
+    """With maxVisitorConnsPerClient = 2, a third held connection is refused; two keep working."""
+    async with tcp_echo_server() as echo, asyncio.timeout(90):
+        server = await run_tunneld(server_toml() + "maxVisitorConnsPerClient = 2\n")
+        control = await server.control_address()
+        fingerprint = await server.fingerprint()
+        owner_body = secret_proxy("vault", "stcp", echo.port)
+        await run_tunnelc(client_toml(control.port, fingerprint, "alice", owner_body))
+        guest_body = visitor("to-vault", "stcp", "vault")
+        guest = await run_tunnelc(client_toml(control.port, fingerprint, "alice", guest_body))
+        port = await visitor_port(guest, "to-vault")
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        try:
+            for reader, writer in held:
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+            reason = await refused_line(guest, port, "to-vault")
+            assert reason == "this client has 2 visitor connections open (maxVisitorConnsPerClient)"
+            for reader, writer in held:  # the two joined ones are untouched
+                writer.write(b"pong")
+                assert await reader.readexactly(4) == b"pong"
+        finally:
+            for _, writer in held:
+                writer.close()
+                await writer.wait_closed()
+
+
+async def test_sudp_visitor_of_an_stcp_proxy_is_refused(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
+    """A visitor whose type differs from the proxy's learns so in one line."""
+    async with tcp_echo_server() as echo, asyncio.timeout(90):
+        _, _, guest = await owner_and_visitor(
+            run_tunneld,
+            run_tunnelc,
+            secret_proxy("vault", "stcp", echo.port),
+            visitor("udp-to-vault", "sudp", "vault"),
+            visitor_user="alice",
+        )
+        port = await visitor_port(guest, "udp-to-vault")
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
+        )
+        try:
+            transport.sendto(b"hello")
+            line = await guest.wait_for(r"tunnelc: visitor udp-to-vault refused: (.*)$")
+        finally:
+            transport.close()
+        assert line[1] == "'vault' is an stcp proxy, not sudp"
