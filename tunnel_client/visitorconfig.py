@@ -20,6 +20,19 @@ from tunnel_common.configfile import Bool, Choice, ConfigTable, Int, Secret, Sec
 VISITOR_TYPES: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
 NO_LISTENER: Final = -1  # bindPort = -1
 
+_XTCP: Final = "it is for xtcp (P2P) visitors, which tunnelkit does not support yet"
+# frp's visitor keys that tunnelkit names as "not supported yet" rather than unknown.
+VISITOR_UNSUPPORTED: Final[dict[str, str]] = {
+    "protocol": _XTCP,
+    "keepTunnelOpen": _XTCP,
+    "maxRetriesAnHour": _XTCP,
+    "minRetryInterval": _XTCP,
+    "fallbackTo": _XTCP,
+    "fallbackTimeoutMs": _XTCP,
+    "natTraversal": _XTCP,
+    "plugin": "visitor plugins (virtual_net) are not supported yet",
+}
+
 VISITOR_FIELDS: Final = FieldTable(
     (
         Field("name", "name", Str(), None, "unique name of the visitor", required="is required"),
@@ -68,6 +81,7 @@ VISITOR_FIELDS: Final = FieldTable(
         ),
         Accepted("transport.useCompression", Bool(), "tunnelkit does not compress streams yet"),
     ),
+    unsupported=VISITOR_UNSUPPORTED,
 )
 VISITOR_SCHEMA: Final = VISITOR_FIELDS.schema
 _F = VISITOR_FIELDS
