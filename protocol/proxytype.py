@@ -9,3 +9,5 @@ class ProxyType(StrEnum):
     HTTP = "http"
     HTTPS = "https"
     TCPMUX = "tcpmux"
+    STCP = "stcp"  # secret tcp: reached only through a visitor that knows the secret
+    SUDP = "sudp"  # secret udp, the same for datagrams

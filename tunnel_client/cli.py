@@ -524,6 +524,14 @@ def _print_admin(path: str, text: str) -> None:
             extras = _status_extras(proxy)
             if extras:
                 click.echo(f"{'':<20} {extras}")
+        for visitor in data.get("visitors", []):
+            error = f" ({visitor['error']})" if visitor.get("error") else ""
+            click.echo(
+                f"{visitor['name']:<20} {visitor['type']:<6} {visitor['state']:<8} "
+                f"{visitor['bind'] or '-'} -> {visitor['server']} ({visitor['path']}): "
+                f"{visitor['connections_active']} open, {visitor['connections_total']} total, "
+                f"{visitor['refused']} refused{error}"
+            )
         return
     click.echo(json.dumps(data, indent=2))
 

@@ -59,6 +59,7 @@ _HTTP_ONLY: Final = (str(_HTTP),)
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS), str(_TCPMUX))
 _GROUPED: Final = (str(_TCP), str(_HTTP), str(_HTTPS), str(_TCPMUX))  # frp's balanced kinds
 _USERS: Final = (str(_HTTP), str(_TCPMUX))  # basic auth (tcpmux: Proxy-Authorization)
+_SECRET: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
 # names the proxy types a key applies to; setting it on another type is an error.
@@ -75,7 +76,7 @@ PROXY_FIELDS: Final = FieldTable(
         Field(
             "type",
             "type",
-            Choice(tuple(ProxyType), frp_values=("stcp", "sudp", "xtcp")),
+            Choice(tuple(ProxyType), frp_values=("xtcp",)),
             None,
             "proxy type",
             required="is required: set it to one of " + ", ".join(ProxyType),
@@ -231,6 +232,22 @@ PROXY_FIELDS: Final = FieldTable(
             "the group's shared secret; members with another key are refused",
             only=_GROUPED,
         ),
+        Field(
+            "secretKey",
+            "secret_key",
+            SecretStr(),
+            None,
+            "the secret a visitor must know (tunneld gets an HMAC of it, never the key)",
+            only=_SECRET,
+        ),
+        Field(
+            "allowUsers",
+            "allow_users",
+            StrList(),
+            (),
+            'users whose visitors may connect ("*" = any); the own user always may',
+            only=_SECRET,
+        ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
         Field(
@@ -327,6 +344,8 @@ class ProxyConfig:
     group: str | None = _F.optional("group", str)  # loadBalancer.group
     multiplexer: str | None = _F.optional("multiplexer", str)  # tcpmux: None = "httpconnect"
     group_key: Secret | None = _F.optional("group_key", Secret)
+    secret_key: Secret | None = _F.optional("secret_key", Secret)  # stcp/sudp
+    allow_users: tuple[str, ...] = _F.default("allow_users", tuple)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None
@@ -465,6 +484,9 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
                 f"must be an integer from 0 to 65535 (0 = the server picks), "
                 f"got {proxy.remote_port}",
             )
+    elif proxy.type in _SECRET:
+        if proxy.secret_key is None or not proxy.secret_key.reveal():
+            fail("secretKey", f"is required: a {proxy.type} proxy is reached with its secret")
     elif not proxy.custom_domains and proxy.subdomain is None:
         fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
     _check_http_fields(proxy, fail)

@@ -297,7 +297,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
     "virtualNet": _NEXT,
     "store": "the admin API's stored proxies are not supported yet",
-    "visitors": _NEXT,
     "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
 }
 
@@ -305,7 +304,5 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "plugin.enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back "
     "through ALPN); remove it",
     "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
-    "secretKey": _NEXT,
-    "allowUsers": _NEXT,
     "natTraversal": _NEXT,
 }

@@ -343,6 +343,14 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "maxVisitorConnsPerClient",
+            "max_visitor_conns_per_client",
+            Int(1, MAX_COUNT),
+            256,
+            "stcp/sudp visitor connections one client may have open at once; more are refused",
+            origin=OWN,
+        ),
+        Field(
             "maxUdpFlowsPerProxy",
             "max_udp_flows_per_proxy",
             Int(1, MAX_COUNT),
@@ -518,6 +526,7 @@ class ServerConfig:
     max_pending_logins_per_ip: int = _F.default("max_pending_logins_per_ip", int)
     max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
+    max_visitor_conns_per_client: int = _F.default("max_visitor_conns_per_client", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     user_store_file: Path | None = _F.optional("user_store_file", Path)  # None = stateDir
     http_plugins: tuple[PluginConfig, ...] = _F.default("http_plugins", tuple)

@@ -63,6 +63,7 @@ from .vhost.listener import DEFAULT_MAX_CONNECTIONS, VhostListener
 from .vhost.routing import VhostRouter
 from .vhost.tcpmux import TCPMuxServer
 from .view import LiveServerView
+from .visitorgate import VisitorGate
 from .visitors import Visitors
 from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
@@ -103,6 +104,7 @@ class TunnelServer:
         self._visitors: weakref.WeakValueDictionary[str, Visitors] = weakref.WeakValueDictionary()
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
+        self.visitor_gate = VisitorGate(self)  # stcp/sudp visitors: proofs, nonces
         self.pending = PendingLogins(
             config.max_pending_logins,
             config.max_pending_logins_per_ip,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .proxies.secret import SecretProxy
 from .proxies.tcp import TCPProxy
 from .web.view import (
     CertificateInfo,
@@ -56,6 +57,10 @@ class LiveServerView:
                     if isinstance(entry.proxy, TCPProxy) and entry.proxy.throttle is not None
                     else 0.0
                 ),
+                visitors=(
+                    entry.proxy.visitor_list() if isinstance(entry.proxy, SecretProxy) else ()
+                ),
+                path="relayed" if isinstance(entry.proxy, SecretProxy) else "",
             )
             for entry in manager.entries()
         ]

@@ -8,6 +8,7 @@ from protocol.proxytype import ProxyType
 
 from .base import ProxyFactory
 from .http import HTTPProxy, HTTPSProxy
+from .secret import STCPProxy, SUDPProxy
 from .tcp import TCPProxy
 from .tcpmux import TCPMuxProxy
 from .udp import UDPProxy
@@ -18,4 +19,6 @@ SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: HTTPSProxy,
     ProxyType.TCPMUX: TCPMuxProxy,
+    ProxyType.STCP: STCPProxy,
+    ProxyType.SUDP: SUDPProxy,
 }

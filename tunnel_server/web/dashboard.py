@@ -76,6 +76,8 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "bandwidth_limit": info.bandwidth_limit,
         "bandwidth_rate": round(info.bandwidth_rate),
         "group": info.group,
+        "visitors": list(info.visitors),
+        "path": info.path,
     }
 
 

@@ -42,6 +42,9 @@ class ProxyInfo:
     bandwidth_rate: float = 0.0  # bytes per second through it now (server-paced proxies)
     reason: str = ""  # why it is offline (closed: ...) or refused
     group: str = ""  # its load-balancing group (loadBalancer.group), "" for none
+    # stcp/sudp: the user of each visitor connection joined now, and its path ("relayed")
+    visitors: tuple[str, ...] = ()
+    path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
