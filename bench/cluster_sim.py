@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -116,9 +117,9 @@ async def redis_server() -> AsyncIterator[str]:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
-        with contextlib.suppress(NameError):
-            await drain
         shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(NameError, asyncio.CancelledError):
+            await drain
 
 
 async def wait_caches(
@@ -162,7 +163,7 @@ async def run(args: argparse.Namespace) -> None:
                 routes = [f"r{r}.c{c}.sim.example/" for r in range(per_client)]
                 clients.append((home, owner, routes))
 
-            gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
+            gate = asyncio.Semaphore(args.concurrency)
 
             async def claim(node: ClusterRegistry, owner: Owner, routes: list[str]) -> None:
                 async with gate:
@@ -239,10 +240,15 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--lease", type=float, default=15.0, help="seconds (tunneld's default)")
     parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady state")
+    parser.add_argument(
+        "--concurrency", type=int, default=CLAIM_CONCURRENCY, help="claims in flight at once"
+    )
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the whole run")
     args: Any = parser.parse_args()
     if args.nodes < 2 or args.clients < args.nodes:
         raise SystemExit("cluster_sim: need at least 2 nodes and a client per node")
+    # SIGTERM unwinds like Ctrl-C, so that the redis-server this script started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         asyncio.run(run(args))
     except TimeoutError:
