@@ -470,7 +470,9 @@ class TunnelClient:
         try:
             await self._login(session)
         except BaseException:
-            session.close(ErrorCode.NORMAL, "login failed")
+            # Abort, not close: a graceful TLS close waits for the server's close_notify,
+            # and a caller whose loop ends now (tunnelkit's sync API) would leak the socket.
+            session.abort(ErrorCode.NORMAL, "login failed")
             raise
         return session
 
