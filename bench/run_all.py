@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -45,6 +46,7 @@ from bench.sidebyside import (  # noqa: E402
     VHOST_NAME,
     Path_,
     Targets,
+    child_named,
     direct,
     peak_rss_kib,
     ssh_path,
@@ -207,24 +209,29 @@ async def run(args: argparse.Namespace) -> Bench:
                 nginx(work, {"index.html": b"hello from nginx\n" * 4})
             )
             targets = Targets(iperf.port, ports["echo"], web.port, ports["udp_echo"])
-            ssh_server = await stack.enter_async_context(sshd(work))
-            sshd_pid = int((work / "sshd" / "sshd.pid").read_text())
             plain = direct(targets)
             tunnel = await tunnel_path(group, work, targets)
             paths = [plain, tunnel]
             if not args.no_ssh:
+                ssh_server = await stack.enter_async_context(sshd(work))
+                sshd_pid = child_named(os.getpid(), "sshd")
                 paths[1:1] = [
                     await ssh_path(group, ssh_server, sshd_pid, targets, pty=False),
                     await ssh_path(group, ssh_server, sshd_pid, targets, pty=True),
                 ]
             udp_paths = [plain, tunnel]
             started = time.monotonic()
-            await bench.take_turns(paths, bench.tcp)
-            await bench.take_turns(paths, bench.http)
-            await bench.take_turns([tunnel], bench.vhost)
-            await bench.take_turns(paths, bench.conns)
-            await bench.take_turns(udp_paths, bench.udp)
-            await bench.take_turns(udp_paths, bench.fairness)
+            steps = {
+                "tcp": (paths, bench.tcp),
+                "http": (paths, bench.http),
+                "vhost": ([tunnel], bench.vhost),
+                "conns": (paths, bench.conns),
+                "udp": (udp_paths, bench.udp),
+                "fairness": (udp_paths, bench.fairness),
+            }
+            for step, (where, measure) in steps.items():
+                if not args.only or step in args.only:
+                    await bench.take_turns(where, measure)
             for path in paths[1:]:
                 total = sum(peak_rss_kib(pid) for pid in path.pids.values())
                 bench.add(path.name, "peak RSS MiB", total / 1024)
@@ -325,6 +332,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 run of 2 s, 200 connections")
     parser.add_argument("--no-ssh", action="store_true", help="skip the ssh paths")
     parser.add_argument("--check", action="store_true", help="fail below the smoke floors")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default=set(),
+        help="comma-separated steps: tcp,http,vhost,conns,udp,fairness (default: all)",
+    )
     parser.add_argument("--write", type=Path, help="update the generated section of this file")
     parser.add_argument("--json", type=Path, help="write every run's values here")
     args = parser.parse_args(argv)

@@ -153,6 +153,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def child_named(pid: int, name: str) -> int:
+    """The pid of `pid`'s child whose command name is `name` (Linux /proc)."""
+    for child in descendants(pid):
+        try:
+            comm = Path(f"/proc/{child}/comm").read_text().strip()
+            ppid = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if comm == name and ppid == pid:
+            return child
+    raise RuntimeError(f"no {name} process under pid {pid}")
+
+
 def peak_rss_kib(pid: int) -> int:
     """The peak resident set (VmHWM) of a live process, in KiB; 0 if it is gone."""
     try:

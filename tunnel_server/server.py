@@ -509,6 +509,7 @@ class TunnelServer:
             public_host=self.public_host(),
             flow_ids=session.flow_ids,
             flow_table=session.flow_table,
+            udp_out=session.udp_out,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )

@@ -47,6 +47,7 @@ from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
+from .udpfair import DatagramScheduler
 from .users.quota import check_new_proxy
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class ServerSession:
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
         self.flow_ids = FlowIds()
         self.flow_table: dict[int, DatagramSink] = {}
+        self.udp_out = DatagramScheduler(mux)  # fair sharing of the tunnel between UDP flows
 
     def __repr__(self) -> str:
         return f"<ServerSession client={self.client_id or '?'} addr={self.address}>"
@@ -113,6 +115,7 @@ class ServerSession:
             pass  # the peer went away; cleanup below
         finally:
             self.release_all("session ended")
+            self.udp_out.close()
             if self.logged_in:
                 self.server.session_ended(self)
             self.mux.close(ErrorCode.NORMAL, "session ended")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..edge.service import EdgeService
     from ..offline import OfflineParking
     from ..ports import PortAllocator
+    from ..udpfair import DatagramScheduler
     from ..vhost.routing import VhostRouter
     from ..visitors import Visitors
 
@@ -70,6 +71,7 @@ class ProxyContext:
     fd_budget: FDBudget  # the server's descriptors for visitor connections
     offline: OfflineParking | None = None  # parked http routes and stored requests
     visitors: Visitors | None = None  # IP rules, connection quota, access log
+    udp_out: DatagramScheduler | None = None  # per session: fair queues towards the client
 
 
 class ServerProxy(Protocol):
