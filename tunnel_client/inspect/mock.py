@@ -168,6 +168,13 @@ class MockRules:
 
     rules: dict[int, MockRule] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Called with a proxy's name when its rules change (one listener per HTTP proxy).
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def changed(self, proxy: str) -> None:
+        """Tell the proxies: the tunnel's idle kept-alive streams must not skip the new rules."""
+        for listener in list(self.listeners):
+            listener(proxy)
 
     def new_id(self) -> int:
         return next(self._ids)
