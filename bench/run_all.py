@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -61,6 +61,8 @@ RUN_ALL_END: Final = "<!-- bench/run_all.py: generated section ends -->"
 UDP_DATAGRAM_BYTES: Final = 1400
 PING_INTERVAL_MS: Final = 2.0  # between one ping's answer and the next ping
 FLOOD_HEAD_START_S: Final = 0.5  # the flood runs this long before the pings start
+IPERF_ATTEMPTS: Final = 2
+IPERF_RETRY_PAUSE_S: Final = 1.0
 TOOL_SLACK_S: Final = 30  # a tool run may take this much longer than its duration
 # The --check floors: (metric, numerator path, denominator path, floor). About half of what
 # this 2-core machine measures, so that a 2x regression fails the build and noise does not.
@@ -119,9 +121,24 @@ class Bench:
                 await measure(path)
 
     # -- the measurements ---------------------------------------------------------------------
+    async def _iperf(self, argv: list[str]) -> dict[str, Any]:
+        """Run iperf3 --json; one retry if it reports an error (a busy server, under load)."""
+        error = ""
+        for _ in range(IPERF_ATTEMPTS):
+            try:
+                result: dict[str, Any] = json.loads(await self._tool(argv))
+            except AssertionError as exc:  # a non-zero exit: run_command quotes the output
+                error = str(exc)[-500:]
+            else:
+                error = result.get("error", "")
+                if not error:
+                    return result
+            await asyncio.sleep(IPERF_RETRY_PAUSE_S)  # let the server finish the failed test
+        raise RuntimeError(f"iperf3 failed {IPERF_ATTEMPTS} times: {error}")
+
     async def tcp(self, path: Path_) -> None:
-        out = await self._tool(["iperf3", "-c", "127.0.0.1", "-p", str(path.tcp_sink), "--json"])
-        end = json.loads(out)["end"]["sum_received"]
+        out = await self._iperf(["iperf3", "-c", "127.0.0.1", "-p", str(path.tcp_sink), "--json"])
+        end = out["end"]["sum_received"]
         self.add(path.name, "TCP MB/s", end["bytes"] / end["seconds"] / 1e6)
 
     async def http(self, path: Path_) -> None:
@@ -138,8 +155,8 @@ class Bench:
 
     async def udp(self, path: Path_) -> None:
         assert path.udp is not None
-        out = await self._tool(_iperf_udp(path.udp, self.args.seconds))
-        summary = json.loads(out)["end"]["sum"]
+        out = await self._iperf(_iperf_udp(path.udp, self.args.seconds))
+        summary = out["end"]["sum"]
         received = summary["bytes"] * (1 - summary["lost_percent"] / 100)
         self.add(path.name, "UDP MB/s", received / summary["seconds"] / 1e6)
 
@@ -147,7 +164,7 @@ class Bench:
         """One flow floods (iperf3 -u -b 0) while another flow's pings are timed."""
         assert path.udp is not None and path.udp_echo is not None
         seconds = self.args.seconds
-        flood = asyncio.ensure_future(self._tool(_iperf_udp(path.udp, seconds + 1)))
+        flood = asyncio.ensure_future(self._iperf(_iperf_udp(path.udp, seconds + 1)))
         try:
             await asyncio.sleep(FLOOD_HEAD_START_S)  # a head start for the flood, not a sync
             count = int(seconds * 1000 / (PING_INTERVAL_MS + 1))

@@ -148,7 +148,7 @@ class HTTPVhostServer(VhostListener):
         self, conn: InboundProtocol, reader: RequestReader, first: bool
     ) -> RequestHead | None:
         """Wait for the next request head; None means close (quietly or after a page)."""
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         deadline = loop.time() + (self._header_timeout_s if first else self._idle_timeout_s)
         started = False
         while True:
