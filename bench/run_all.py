@@ -74,6 +74,7 @@ RATIOS: Final[tuple[Ratio, ...]] = (
     ("HTTP tcp proxy / ssh pty", (TK, "HTTP tcp req/s"), (PTY, "HTTP tcp req/s")),
     ("HTTP tcp proxy / ssh aes-gcm", (TK, "HTTP tcp req/s"), (GCM, "HTTP tcp req/s")),
     ("HTTP vhost / tcp proxy", (TK, "HTTP vhost req/s"), (TK, "HTTP tcp req/s")),
+    ("HTTP tcp proxy CPU / vhost CPU", (TK, "HTTP tcp CPU us/req"), (TK, "HTTP vhost CPU us/req")),
     ("conn/s / ssh pty", (TK, "conn/s"), (PTY, "conn/s")),
     ("conn/s / direct", (TK, "conn/s"), ("direct", "conn/s")),
     ("UDP / direct", (TK, "UDP MB/s"), ("direct", "UDP MB/s")),
@@ -142,11 +143,15 @@ class Bench:
         self.add(path.name, "TCP MB/s", end["bytes"] / end["seconds"] / 1e6)
 
     async def http(self, path: Path_) -> None:
-        self._wrk_result(path.name, "HTTP tcp", await self._wrk(path.http, "127.0.0.1"))
+        before = cpu_seconds(path.pids)
+        out = await self._wrk(path.http, "127.0.0.1")
+        self._wrk_result(path.name, "HTTP tcp", out, cpu_seconds(path.pids) - before)
 
     async def vhost(self, path: Path_) -> None:
         assert path.vhost is not None
-        self._wrk_result(path.name, "HTTP vhost", await self._wrk(path.vhost, VHOST_NAME))
+        before = cpu_seconds(path.pids)
+        out = await self._wrk(path.vhost, VHOST_NAME)
+        self._wrk_result(path.name, "HTTP vhost", out, cpu_seconds(path.pids) - before)
 
     async def conns(self, path: Path_) -> None:
         count = self.args.conns if "gcm" not in path.name else self.args.conns // 5  # 30/s
@@ -194,7 +199,7 @@ class Bench:
              "-H", f"Host: {host}", f"http://127.0.0.1:{port}/index.html"]
         )  # fmt: skip
 
-    def _wrk_result(self, path: str, kind: str, out: str) -> None:
+    def _wrk_result(self, path: str, kind: str, out: str, cpu_s: float) -> None:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         if errors or "Socket errors" in out:
             raise RuntimeError(f"wrk saw errors through {path} ({kind}):\n{out}")
@@ -204,6 +209,22 @@ class Bench:
             raise RuntimeError(f"cannot read wrk's output:\n{out}")
         self.add(path, f"{kind} req/s", float(rps[1]))
         self.add(path, f"{kind} p99 ms", _ms(p99[1]))
+        total = re.search(r"(\d+) requests in", out)
+        if cpu_s > 0 and total is not None:
+            # CPU of the tunnel's processes per request: steadier than req/s on a busy machine.
+            self.add(path, f"{kind} CPU us/req", cpu_s / int(total[1]) * 1e6)
+
+
+def cpu_seconds(pids: dict[str, int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc); 0 for none."""
+    total = 0.0
+    for pid in pids.values():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _iperf_udp(port: int, seconds: int) -> list[str]:
@@ -264,7 +285,8 @@ async def run(args: argparse.Namespace) -> Bench:
 
 # -- reporting ---------------------------------------------------------------------------------
 ROWS: Final = (
-    "TCP MB/s", "HTTP tcp req/s", "HTTP tcp p99 ms", "HTTP vhost req/s", "HTTP vhost p99 ms",
+    "TCP MB/s", "HTTP tcp req/s", "HTTP tcp p99 ms", "HTTP tcp CPU us/req",
+    "HTTP vhost req/s", "HTTP vhost p99 ms", "HTTP vhost CPU us/req",
     "conn/s", "UDP MB/s", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
     "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
 )  # fmt: skip
