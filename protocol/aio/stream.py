@@ -2,22 +2,32 @@
 
 Theory of operation
 -------------------
-A stream is driven from two sides. The session (connection.py) delivers what the peer did:
-`_on_data`, `_on_eof`, `_on_reset`, `_on_window`, `_on_accepted`. The application uses one
-of two styles:
+Calls go one way each (see docs/architecture.md, "The pump"):
+
+* Down: the stream gives the session *commands* (`send_data`, `end_stream`, `reset_stream`,
+  `acknowledge`, `accept_stream`). A command only changes the sans-IO core and asks for a
+  transmit; it never runs another stream's code, because the session drains the core's events
+  only in `MuxSession.transmit()`, at the end of an entry point (a read, the timer, a scheduled
+  transmit), never inside a command.
+* Up: the session's `transmit()` delivers what the peer did through the stream's small public
+  event interface (`StreamEvents`): `data_received`, `eof_received`, `window_opened`,
+  `accepted`, `reset_received`, `closed_cleanly`, `connection_paused`, `connection_resumed`.
+
+The application uses one of two styles:
 
 * Spliced (the TCP hot path): `attach(transport)` joins the stream to a local socket.
   Incoming DATA is written straight to the transport and acknowledged (credited to the peer)
   only while that transport is below its write high-water mark; when it pauses, credit stops,
   so the peer's window runs out and backpressure reaches the far socket. Outgoing, the local
-  protocol calls `write`; what the send window does not take is kept (at most one read) and
+  protocol calls `send`; what the send window does not take is kept (at most one read) and
   the local transport's reading is paused until the window opens again.
 * Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
   `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
   credited as `read` consumes it.
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
-mark on one side, and by one read on the other.
+mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream
+holds no future, queue or timer until something waits on it (docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
@@ -61,6 +71,19 @@ class StreamTap(Protocol):
     def closed(self) -> None: ...
 
 
+class StreamEvents(Protocol):
+    """What MuxSession.transmit() tells a stream: the whole session-to-stream interface."""
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def window_opened(self) -> None: ...
+    def accepted(self) -> None: ...
+    def reset_received(self, code: int, reason: str) -> None: ...
+    def closed_cleanly(self) -> None: ...
+    def connection_paused(self) -> None: ...
+    def connection_resumed(self) -> None: ...
+
+
 class StreamResetError(ConnectionResetError):
     """The stream was reset; `code` is an ErrorCode and `reason` the peer's words."""
 
@@ -72,6 +95,42 @@ class StreamResetError(ConnectionResetError):
 
 
 class MuxStream:
+    # Slotted, and every future, queue and timer is made on first use: an idle spliced stream
+    # is this object and its header (docs/performance.md, "Memory").
+    __slots__ = (
+        "__weakref__",
+        "_accept_error",
+        "_accept_fut",
+        "_accept_timer",
+        "_accepted_done",
+        "_close_fut",
+        "_closed_done",
+        "_discard_rx",
+        "_rx",
+        "_rx_bytes",
+        "_rx_eof",
+        "_rx_waiter",
+        "_sink",
+        "_sink_paused",
+        "_source",
+        "_source_paused",
+        "_tx_backlog",
+        "_tx_ended",
+        "_tx_eof_pending",
+        "_tx_waiter",
+        "_unacked",
+        "bytes_in",
+        "bytes_out",
+        "counters",
+        "header",
+        "opened_locally",
+        "reset_code",
+        "reset_reason",
+        "session",
+        "stream_id",
+        "tap",
+    )
+
     def __init__(
         self, session: MuxSession, stream_id: int, header: StreamHeader, *, local: bool
     ) -> None:
@@ -79,9 +138,8 @@ class MuxStream:
         self.stream_id = stream_id
         self.header = header
         self.opened_locally = local
-        loop = session.loop
         # receive side
-        self._rx: deque[bytes] = deque()
+        self._rx: deque[bytes] | None = None  # made on the first byte an async reader holds
         self._rx_bytes = 0
         self._rx_eof = False
         self._rx_waiter: asyncio.Future[None] | None = None
@@ -96,9 +154,13 @@ class MuxStream:
         self._tx_waiter: asyncio.Future[None] | None = None
         self._source: asyncio.BaseTransport | None = None
         self._source_paused = False
-        # lifecycle
-        self._accepted: asyncio.Future[None] = loop.create_future()
-        self._closed: asyncio.Future[None] = loop.create_future()
+        # lifecycle: flags, with futures only for someone who waits
+        self._accepted_done = False
+        self._accept_error: StreamResetError | None = None
+        self._accept_fut: asyncio.Future[None] | None = None
+        self._accept_timer: asyncio.TimerHandle | None = None
+        self._closed_done = False
+        self._close_fut: asyncio.Future[None] | None = None
         self.reset_code: int | None = None
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
@@ -113,19 +175,31 @@ class MuxStream:
 
     @property
     def is_closed(self) -> bool:
-        return self._closed.done()
+        return self._closed_done
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this stream holds in user space now: unread received data, the local
+        socket's write buffer and the unsent backlog (the memory gauge tests and docs use)."""
+        total = self._rx_bytes
+        sink = self._sink
+        if sink is not None and not sink.is_closing():
+            total += sink.get_write_buffer_size()
+        if self._tx_backlog is not None:
+            total += len(self._tx_backlog)
+        return total
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:
         """Join this stream with a local socket's transport (both directions). A stream the
         peer opened is accepted now, before the local socket can produce data."""
-        if not self.opened_locally and not self._accepted.done():
+        if not self.opened_locally and not self._accepted_done:
             self.session.accept_stream(self)
         self._sink = transport
         self._source = transport
         transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)
         if self._rx:
-            pending, self._rx = self._rx, deque()
+            pending, self._rx = self._rx, None
             self._rx_bytes = 0
             for chunk in pending:
                 self._deliver(chunk)
@@ -181,7 +255,7 @@ class MuxStream:
     def send(self, data: bytes | memoryview) -> bool:
         """Send what the window allows and keep the rest. False means: stop producing (the
         caller pauses); the stream resumes its source itself when the backlog drains."""
-        if self._closed.done() or self._tx_ended:
+        if self._closed_done or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
         more = self._send(data)
         if self.tap is not None:  # after the data was queued for the peer
@@ -217,9 +291,9 @@ class MuxStream:
 
     def send_eof(self) -> None:
         """Half-close our direction once everything before it is sent."""
-        if self._tx_ended or self._closed.done():
+        if self._tx_ended or self._closed_done:
             return
-        if not self.opened_locally and not self._accepted.done():
+        if not self.opened_locally and not self._accepted_done:
             self.abort(ErrorCode.CANCELLED, "closed before it was accepted")
             return
         if self._tx_backlog is not None:
@@ -256,19 +330,22 @@ class MuxStream:
         while not self._rx:
             if self.reset_code is not None:
                 raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed.done():
+            if self._rx_eof or self._closed_done:
                 return b""
             self._rx_waiter = self.session.loop.create_future()
             try:
                 await self._rx_waiter
             finally:
                 self._rx_waiter = None
-        chunk = self._rx[0]
+        rx = self._rx
+        chunk = rx[0]
         if len(chunk) <= max_bytes:
-            self._rx.popleft()
+            rx.popleft()
         else:
-            self._rx[0] = chunk[max_bytes:]
+            rx[0] = chunk[max_bytes:]
             chunk = chunk[:max_bytes]
+        if not rx:
+            self._rx = None  # an idle stream keeps no queue
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
@@ -277,7 +354,7 @@ class MuxStream:
         """Send all of `data`, waiting while the peer's window or the connection is full."""
         if self.reset_code is not None:
             raise StreamResetError(self.reset_code, self.reset_reason)
-        if self._tx_ended or self._closed.done():
+        if self._tx_ended or self._closed_done:
             raise BrokenPipeError("stream closed for writing")
         self.send(data)
         await self.drain()
@@ -286,7 +363,7 @@ class MuxStream:
         while self._tx_backlog is not None or self.session.writing_paused:
             if self.reset_code is not None:
                 raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._closed.done():
+            if self._closed_done:
                 raise BrokenPipeError("stream closed for writing")
             self._tx_waiter = self.session.loop.create_future()
             try:
@@ -301,18 +378,22 @@ class MuxStream:
 
     def at_eof(self) -> bool:
         """True once the peer sent FIN or the stream is closed (buffered data may remain)."""
-        return self._rx_eof or self._closed.done()
+        return self._rx_eof or self._closed_done
 
     def set_accept_deadline(self, timeout_s: float) -> None:
         """Reset the stream (ACCEPT_TIMEOUT) unless the peer accepts it within `timeout_s`:
         a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
-        if self._accepted.done():
+        if self._accepted_done:
             return
-        handle = self.session.loop.call_later(timeout_s, self._accept_expired, timeout_s)
-        self._accepted.add_done_callback(lambda _: handle.cancel())
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+        self._accept_timer = self.session.loop.call_later(
+            timeout_s, self._accept_expired, timeout_s
+        )
 
     def _accept_expired(self, timeout_s: float) -> None:
-        if not self._accepted.done():
+        self._accept_timer = None
+        if not self._accepted_done:
             self.abort(
                 ErrorCode.ACCEPT_TIMEOUT,
                 f"the tunnel client did not accept the connection within {timeout_s:g}s",
@@ -320,38 +401,68 @@ class MuxStream:
 
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACK; raises StreamResetError if it refused."""
-        await asyncio.shield(self._accepted)
+        if not self._accepted_done:
+            if self._accept_fut is None:
+                self._accept_fut = self.session.loop.create_future()
+            await asyncio.shield(self._accept_fut)
+        elif self._accept_error is not None:
+            raise StreamResetError(self._accept_error.code, self._accept_error.reason)
+
+    def _settle_accept(self, error: StreamResetError | None) -> None:
+        if self._accepted_done:
+            return
+        self._accepted_done = True
+        self._accept_error = error
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+            self._accept_timer = None
+        fut = self._accept_fut
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+                fut.exception()  # retrieved: a refused stream is not an error here
 
     def abort(self, code: int = ErrorCode.CANCELLED, reason: str = "aborted") -> None:
         """Reset the stream in both directions."""
-        if self._closed.done():
+        if self._closed_done:
             return
-        self.session.reset(self.stream_id, code, reason)
+        self.session.reset_stream(self.stream_id, code, reason)
         # Close the local socket too, so its user sees the end at once.
-        self._finish(code, reason, notify_sink=True)
+        self._finish(code, reason)
 
     def close(self) -> None:
         """Finish our direction and stop caring about the peer's (its data is discarded)."""
         self._discard_rx = True
         if self._rx:
             self.session.acknowledge(self.stream_id, self._rx_bytes)
-            self._rx.clear()
-            self._rx_bytes = 0
+        self._rx = None
+        self._rx_bytes = 0
         self.send_eof()
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
+        if self._closed_done:
+            return
+        if self._close_fut is None:
+            self._close_fut = self.session.loop.create_future()
+        await asyncio.shield(self._close_fut)
 
     def add_close_callback(self, callback: Callable[[MuxStream], None]) -> None:
-        """Call `callback(stream)` once the stream is closed or reset."""
-        self._closed.add_done_callback(lambda _: callback(self))
+        """Call `callback(stream)` soon after the stream is closed or reset."""
+        if self._closed_done:
+            self.session.loop.call_soon(callback, self)
+            return
+        if self._close_fut is None:
+            self._close_fut = self.session.loop.create_future()
+        self._close_fut.add_done_callback(lambda _: callback(self))
 
-    # -- from the session ---------------------------------------------------------------------
-    def _on_accepted(self) -> None:
-        if not self._accepted.done():
-            self._accepted.set_result(None)
+    # -- StreamEvents: called by MuxSession.transmit() only -----------------------------------
+    def accepted(self) -> None:
+        """The stream is established (the peer's ACK, or our own accept)."""
+        self._settle_accept(None)
 
-    def _on_data(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
@@ -360,13 +471,15 @@ class MuxStream:
         elif self._discard_rx:
             self.session.acknowledge(self.stream_id, len(data))
         else:
+            if self._rx is None:
+                self._rx = deque()
             self._rx.append(data)
             self._rx_bytes += len(data)
             self._wake_rx()
         if self.tap is not None:  # after forwarding: the copy never delays the data
             self.tap.received(data)
 
-    def _on_eof(self) -> None:
+    def eof_received(self) -> None:
         self._rx_eof = True
         if self._sink is not None and not self._sink.is_closing():
             if self._sink.can_write_eof():
@@ -375,30 +488,32 @@ class MuxStream:
                 sockopts.graceful_close(self._sink)  # a real end of data
         self._wake_rx()
 
-    def _on_window(self) -> None:
+    def window_opened(self) -> None:
         if self._tx_backlog is not None or self._tx_eof_pending:
             self._flush_backlog()
 
-    def _on_session_writable(self) -> None:
+    def connection_resumed(self) -> None:
         if self._tx_backlog is None:
             self._wake_tx()
             self._resume_source()
 
-    def _on_session_paused(self) -> None:
+    def connection_paused(self) -> None:
         self._pause_source()
 
-    def _on_reset(self, code: int, reason: str) -> None:
-        self._finish(code, reason, notify_sink=True)
+    def reset_received(self, code: int, reason: str) -> None:
+        """The peer reset the stream, or the session ended under it."""
+        self._finish(code, reason)
 
-    def _on_closed(self) -> None:
+    def closed_cleanly(self) -> None:
         """Both directions ended cleanly: release the local socket after its buffer drains."""
-        self._finish(None, "", notify_sink=True)
+        self._finish(None, "")
 
+    # -----------------------------------------------------------------------------------------
     def detach(self, exc: BaseException | None) -> None:
         """The local socket is gone. A clean close ends our direction; an error resets."""
         self._sink = None
         self._source = None
-        if self._closed.done():
+        if self._closed_done:
             return
         if exc is not None:
             self.abort(ErrorCode.CANCELLED, f"local connection lost: {exc}")
@@ -406,27 +521,23 @@ class MuxStream:
         self._discard_rx = True
         self.send_eof()
 
-    def _finish(self, code: int | None, reason: str, *, notify_sink: bool) -> None:
-        if self._closed.done():
+    def _finish(self, code: int | None, reason: str) -> None:
+        if self._closed_done:
             return
         if code is not None:
             self.reset_code = code
             self.reset_reason = reason
         self._tx_backlog = None
-        if not self._accepted.done():
-            if code is None:
-                self._accepted.set_result(None)
-            else:
-                self._accepted.set_exception(StreamResetError(code, reason))
-                self._accepted.exception()  # retrieved: a refused stream is not an error here
-        self._closed.set_result(None)
-        self.session.forget(self.stream_id)
+        self._settle_accept(None if code is None else StreamResetError(code, reason))
+        self._closed_done = True
+        if self._close_fut is not None and not self._close_fut.done():
+            self._close_fut.set_result(None)
         if self.tap is not None:
             self.tap.closed()
             self.tap = None
         self._wake_rx()
         self._wake_tx()
-        if notify_sink and self._sink is not None:
+        if self._sink is not None:
             if code is None:
                 sockopts.graceful_close(self._sink)  # both directions ended with FIN
             else:

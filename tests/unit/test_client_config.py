@@ -19,6 +19,7 @@ from tunnel_client.config import (
     make_oneliner_config,
     make_oneliner_proxy,
     parse_client_config,
+    server_list,
     validate_client_config,
 )
 from tunnel_common.configfile import Secret
@@ -364,6 +365,10 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
             "tcp port 6000 is already asked for by proxies[0]",
         ),
         ("serverPort = ", "", "invalid TOML"),
+        ('serverAddrs = ["b.example:99999"]', "serverAddrs[0]", '"host" or "host:port"'),
+        ('serverAddrs = ["a", "b c"]', "serverAddrs[1]", '"host" or "host:port"'),
+        ('serverAddrs = ["[::1"]', "serverAddrs[0]", '"host" or "host:port"'),
+        ("serverAddrs = [" + ", ".join(['"n"'] * 33) + "]", "serverAddrs", "at most 32"),
     ],
 )
 def test_client_config_invalid_value_names_file_key_and_reason(
@@ -371,6 +376,20 @@ def test_client_config_invalid_value_names_file_key_and_reason(
 ) -> None:
     """Each invalid setting is one error naming the file, the key path and the reason."""
     assert_error(text, key, reason)
+
+
+def test_client_config_server_list_is_server_addr_then_server_addrs() -> None:
+    """serverAddrs entries take serverPort unless they name a port; duplicates are dropped."""
+    config = parse(
+        'serverAddr = "a.example"\nserverPort = 7000\n'
+        'serverAddrs = ["b.example", "c.example:7443", "[2001:db8::1]:7001", "a.example"]\n'
+    )
+    assert server_list(config) == [
+        ("a.example", 7000),
+        ("b.example", 7000),
+        ("c.example", 7443),
+        ("2001:db8::1", 7001),
+    ]
 
 
 def test_client_config_same_remote_port_for_tcp_and_udp_is_fine() -> None:

@@ -6,7 +6,7 @@ first). Datagrams wait in a bounded queue per flow and go to the tunnel in defic
 order (the session's DatagramScheduler, tunnel_server/udpfair.py), so one flooding flow
 cannot make the others wait behind it; a full queue drops and counts, as the network would.
 
-Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per client (MAX_UDP_FLOWS_PER_CLIENT);
+Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per session (flows.MAX_FLOWS_PER_SESSION);
 when full, datagrams from new peers are refused and counted while existing flows keep working.
 Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 """
@@ -27,7 +27,6 @@ from .tcp import format_host
 
 logger = logging.getLogger(__name__)
 
-MAX_UDP_FLOWS_PER_CLIENT: Final = 4096
 # Drops and refusals are logged at most once per this many seconds per proxy, with counts.
 DROP_LOG_INTERVAL_S: Final = 10.0
 
@@ -126,22 +125,20 @@ class UDPProxy(asyncio.DatagramProtocol):
             self._note_drop("the tunnel is congested")
 
     def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
-        ids = self.ctx.flow_ids
         counters = self.ctx.counters
         visitors = self.ctx.visitors
         if visitors is not None:
             refusal = visitors.refusal(peer[0])  # counted there; the datagram is dropped
             if refusal is not None:
                 return None
-        if len(self._by_peer) >= self.max_flows or ids.active >= MAX_UDP_FLOWS_PER_CLIENT:
+        flow_id = self.ctx.flows.open(self) if len(self._by_peer) < self.max_flows else None
+        if flow_id is None:
             counters.refused_flows += 1
             self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")
             return None
-        flow = _Flow(ids.allocate(), peer, now)
-        ids.active += 1
+        flow = _Flow(flow_id, peer, now)
         self._by_peer[peer] = flow
         self._by_id[flow.flow_id] = flow
-        self.ctx.flow_table[flow.flow_id] = self
         if self.ctx.udp_out is not None:
             self.ctx.udp_out.open_flow(flow.flow_id, counters)
         counters.connections_total += 1
@@ -184,10 +181,9 @@ class UDPProxy(asyncio.DatagramProtocol):
         if self._by_id.pop(flow.flow_id, None) is None:
             return
         self._by_peer.pop(flow.peer, None)
-        self.ctx.flow_table.pop(flow.flow_id, None)
+        self.ctx.flows.close(flow.flow_id)
         if self.ctx.udp_out is not None:
             self.ctx.udp_out.close_flow(flow.flow_id)
-        self.ctx.flow_ids.active -= 1
         self.ctx.counters.connections_active -= 1
         logger.info(
             "tunneld: [proxy=%s] udp flow %d from %s:%d expired: %s",
