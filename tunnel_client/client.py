@@ -63,6 +63,7 @@ from .proxies.base import ClientProxy, ProxyStatus
 from .proxydetails import proxy_details
 from .surfaces import WebSurfaces, captured
 from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
+from .visitors import VisitorSet
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class TunnelClient:
         # Proxies refused as held by a possibly stale session, asked for again with backoff.
         self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
+        self.visitors = VisitorSet(config.visitors, config.user)
 
     # -- proxies --------------------------------------------------------------------------------
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
@@ -188,6 +190,9 @@ class TunnelClient:
                 row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
         return rows
+
+    def visitor_status(self) -> list[dict[str, object]]:
+        return self.visitors.status()
 
     async def reload(self) -> dict[str, object]:
         """Re-read the config file: add, remove and change proxies, leaving the rest alone."""
@@ -327,6 +332,7 @@ class TunnelClient:
         cfg = self.config
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, self.server_text)
         await self.surfaces.start()
+        await self.visitors.start()
         self.health.start()
         await self._probe_local_services()
         try:
@@ -403,6 +409,8 @@ class TunnelClient:
                 await self._drainer  # bounded by DRAIN_TIMEOUT_S
             self.health.close()
             await self.health.wait_closed()
+            self.visitors.close()
+            await self.visitors.wait_closed()
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -544,6 +552,7 @@ class TunnelClient:
 
     async def _serve(self, session: MuxSession) -> None:
         self.session = session
+        self.visitors.attach(session)
         session.on_stream = self._on_stream
         session.on_datagram = self.flows.on_datagram
         session.message_filter = self._filter_message
@@ -572,6 +581,7 @@ class TunnelClient:
             pass
         finally:
             self.session = None
+            self.visitors.attach(None)
             self.flows.clear()
             self._held.cancel_all()
             for status in self.proxy_status.values():
@@ -626,12 +636,8 @@ class TunnelClient:
         note = f" ({peer_text(result.error)})" if result.error else ""
         if proxy is not None:
             proxy.proxy_ready(urls)
-        logger.info(
-            "tunnelc: proxy %s ready at %s%s",
-            peer_text(result.name),
-            peer_text(" ".join(urls)),
-            note,
-        )
+        at = f" at {peer_text(' '.join(urls))}" if urls else ""
+        logger.info("tunnelc: proxy %s ready%s%s", peer_text(result.name), at, note)
         self._notify_status()
 
     def _localize(self, url: str) -> str:
@@ -646,6 +652,9 @@ class TunnelClient:
 
     def _on_stream(self, stream: MuxStream) -> None:
         session = stream.session
+        if stream.visitor is not None:
+            stream.abort(ErrorCode.REFUSED, "a client does not take visitor streams")
+            return
         proxy = self.proxies.get(stream.header.proxy)
         if proxy is None:
             stream.abort(ErrorCode.REFUSED, f"no proxy named {stream.header.proxy!r} here")

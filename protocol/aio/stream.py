@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ..errors import ErrorCode
-from ..messages import StreamHeader
+from ..messages import StreamHeader, VisitorOpen
 from . import sockopts
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class MuxStream:
         "session",
         "stream_id",
         "tap",
+        "visitor",
     )
 
     def __init__(
@@ -137,6 +138,7 @@ class MuxStream:
         self.session = session
         self.stream_id = stream_id
         self.header = header
+        self.visitor: VisitorOpen | None = None  # set on a visitor stream (secret proxies)
         self.opened_locally = local
         # receive side
         self._rx: deque[bytes] | None = None  # made on the first byte an async reader holds
@@ -188,6 +190,11 @@ class MuxStream:
         if self._tx_backlog is not None:
             total += len(self._tx_backlog)
         return total
+
+    @property
+    def congested(self) -> bool:
+        """True while a send would only queue (no window, or the connection is full)."""
+        return self._tx_backlog is not None or self.session.writing_paused
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:

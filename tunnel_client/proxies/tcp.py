@@ -14,6 +14,7 @@ from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
+from protocol.visitorauth import secret_verifier
 from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
@@ -57,6 +58,12 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         offline_capture=bool(config.offline_capture),
         allow_ips=config.allow_ips,
         deny_ips=config.deny_ips,
+        group=config.group or "",
+        group_key=config.group_key.reveal() if config.group_key else "",
+        secret_verifier=(
+            secret_verifier(config.secret_key.reveal(), config.name) if config.secret_key else b""
+        ),
+        allow_users=config.allow_users,
     )
 
 
