@@ -3,4 +3,4 @@
 from typing import Final
 
 __version__: Final = "0.1.0"
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4

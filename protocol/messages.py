@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .compression import COMPRESSION_NAMES
 from .errors import RemoteProtocolError
 from .proxytype import ProxyType
 
@@ -117,6 +118,9 @@ class NewProxy:
     offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
+    # frp's transport.useCompression: "deflate" compresses every stream of this proxy (the
+    # server names it in each stream_header); "" = none. protocol/compression.py.
+    compression: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,7 @@ class StreamHeader:
     proxy: str
     src_addr: str
     src_port: int
+    compression: str = ""  # DATA on this stream is compressed so, both ways ("" = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +242,12 @@ def _text_map(name: str, value: Any) -> dict[str, str]:
         raise RemoteProtocolError(f"field {name!r} must be a map of at most {MAX_LIST_ITEMS}")
     check = _text(MAX_TEXT_CHARS)
     return {check(name, k): check(name, v) for k, v in value.items()}
+
+
+def _compression(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in COMPRESSION_NAMES:
+        raise RemoteProtocolError(f"field {name!r}: unknown compression {value!r}")
+    return value
 
 
 def _proxy_type(name: str, value: Any) -> str:
@@ -317,6 +328,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "offline_capture": _bool,
             "allow_ips": _text_list,
             "deny_ips": _text_list,
+            "compression": _compression,
         },
     ),
     "new_proxy_result": (
@@ -332,7 +344,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
     "close_proxy": (CloseProxy, {"name": _NAME, "reason": _TEXT}),
     "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),
     "udp_flow_closed": (UDPFlowClosed, {"flow_id": _U32, "reason": _TEXT}),
-    "stream_header": (StreamHeader, {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT}),
+    "stream_header": (
+        StreamHeader,
+        {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT, "compression": _compression},
+    ),
     "stream_reset": (StreamResetInfo, {"code": _U32, "reason": _TEXT}),
 }
 _TAG_OF: Final[dict[type[Any], str]] = {cls: tag for tag, (cls, _) in _WIRE.items()}

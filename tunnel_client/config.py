@@ -412,6 +412,16 @@ def _split_server(server: str, source: str) -> tuple[str, int]:
     return host, port
 
 
+def _named_notes(table: ConfigTable, notes: list[str]) -> list[str]:
+    """Notes about keys of one proxy, with its name after its index, as verify's errors have
+    it: `frpc.toml: proxies[3] (web-admin).transport.useEncryption: ...`."""
+    name = table.get("name", str)
+    if not name:
+        return notes
+    where = f": {table.path}."
+    return [note.replace(where, f": {table.path} ({name}).", 1) for note in notes]
+
+
 def _complete(
     root: ConfigTable, included: Sequence[ConfigTable], problems: list[ConfigError]
 ) -> tuple[ClientConfig, list[tuple[str, str]]]:
@@ -432,7 +442,7 @@ def _complete(
     notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
     start = set(root.strs("start"))
     for table in (*root.tables("proxies"), *included):
-        notes.extend(PROXY_FIELDS.notes(table))
+        notes.extend(_named_notes(table, PROXY_FIELDS.notes(table)))
         if table.has_problems or not table.get_or("enabled", bool, True):
             continue
         if start and table.get("name", str) not in start:
@@ -442,6 +452,12 @@ def _complete(
         except ConfigError as exc:
             problems.extend(getattr(exc, "problems", (exc,)))
             continue
+        if proxies[-1].type == ProxyType.UDP and proxies[-1].transport.use_compression:
+            note = (
+                f"{table.source}: {table.key_path('transport.useCompression')}: has no effect "
+                "on udp proxies (datagrams are sent as they are; only streams are compressed)"
+            )
+            notes.extend(_named_notes(table, [note]))
         locations.append((table.source, table.path))
     unknown = sorted(start - {p.name for p in proxies})
     if unknown:

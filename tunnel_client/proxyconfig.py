@@ -162,11 +162,6 @@ PROXY_FIELDS: Final = FieldTable(
             factory=dict,
         ),
         Accepted(
-            "transport.useCompression",
-            Bool(),
-            "tunnelkit does not compress streams yet: the data flows uncompressed (inside TLS)",
-        ),
-        Accepted(
             "transport.useEncryption",
             Bool(),
             "every stream is encrypted by the session's TLS, whatever this says",

@@ -18,6 +18,15 @@ of two styles:
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
 mark on one side, and by one read on the other.
+
+Compressed streams (`header.compression`, protocol/compression.py) keep both styles. Outgoing
+bytes are deflated in `send` and each piece goes to the mux on its own (the backlog keeps the
+pieces apart), so windows and counters see the compressed bytes. Incoming DATA frames stay
+compressed while they wait (in `_rx`, bounded by the window), and are inflated one frame at a
+time when the consumer can take them: when `read` asks, or when the spliced socket is below
+high water. So the inflated bytes in memory are at most one frame's (`MAX_INFLATED_BYTES_PER_
+FRAME`) beyond what the uncompressed stream would hold, and a frame past that limit, or corrupt
+data, resets the stream (PROTOCOL_ERROR).
 """
 
 from __future__ import annotations
@@ -26,11 +35,15 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
+from ..compression import DEFLATE, CompressionError, Deflater, Inflater
 from ..errors import ErrorCode
 from ..messages import StreamHeader
 from . import sockopts
+from .streamtypes import StreamResetError, StreamTap, TrafficCounters
+
+__all__ = ["MuxStream", "StreamResetError", "StreamTap", "TrafficCounters"]
 
 if TYPE_CHECKING:
     from .connection import MuxSession
@@ -42,33 +55,6 @@ LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
 LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
 # Bytes taken from a local socket that the window could not send yet (normally one read).
 MAX_TX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
-
-
-class TrafficCounters(Protocol):
-    bytes_in: int
-    bytes_out: int
-
-
-class StreamTap(Protocol):
-    """Sees a copy of a stream's traffic (the HTTP inspector). Must not raise."""
-
-    def received(self, data: bytes) -> None:
-        """Bytes that came from the peer."""
-
-    def sent(self, data: bytes | memoryview) -> None:
-        """Bytes handed to the stream for the peer."""
-
-    def closed(self) -> None: ...
-
-
-class StreamResetError(ConnectionResetError):
-    """The stream was reset; `code` is an ErrorCode and `reason` the peer's words."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
-        super().__init__(f"stream reset ({name}): {reason}")
-        self.code = code
-        self.reason = reason
 
 
 class MuxStream:
@@ -89,8 +75,9 @@ class MuxStream:
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
         self._unacked = 0  # bytes written to the sink but not credited yet
-        # send side
-        self._tx_backlog: memoryview | None = None
+        # send side: what the window did not take yet, one item per send (or deflated piece)
+        self._tx_backlog: deque[memoryview] = deque()
+        self._tx_backlog_bytes = 0
         self._tx_eof_pending = False
         self._tx_ended = False
         self._tx_waiter: asyncio.Future[None] | None = None
@@ -107,6 +94,13 @@ class MuxStream:
         # sends into the tunnel count as `bytes_in`, bytes the tunnel delivers as `bytes_out`.
         self.counters: TrafficCounters | None = None
         self.tap: StreamTap | None = None
+        # compression (both ways, or neither): set from the SYN's header on both ends
+        compressed = header.compression == DEFLATE
+        self._deflater = Deflater() if compressed else None
+        self._inflater = Inflater() if compressed else None
+        self._plain = b""  # inflated bytes `read` has not returned yet (async style)
+        self._sink_eof_pending = False  # spliced: FIN waits for the queued frames
+        self._sink_close_pending = False  # spliced: the clean close waits for them too
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
@@ -130,8 +124,11 @@ class MuxStream:
             for chunk in pending:
                 self._deliver(chunk)
         if self._rx_eof and transport.can_write_eof():
-            transport.write_eof()
-        if self._tx_backlog is not None or self.session.writing_paused:
+            if self._rx:
+                self._sink_eof_pending = True
+            else:
+                transport.write_eof()
+        if self._tx_backlog or self.session.writing_paused:
             # uvloop starts reading after connection_made returns, undoing a pause made in
             # it: pause on the next iteration instead (before the first read can arrive).
             self.session.loop.call_soon(self._pause_if_congested)
@@ -144,18 +141,70 @@ class MuxStream:
         self._sink_paused = False
         if self._unacked:
             n, self._unacked = self._unacked, 0
-            self.session.acknowledge(self.stream_id, n)
+            self._acknowledge(n)
+        # Compressed frames that waited for the sink: inflate them while it takes more.
+        while self._rx and not self._sink_paused and self._sink is not None:
+            chunk = self._rx.popleft()
+            self._rx_bytes -= len(chunk)
+            self._deliver_inflated(chunk)
+        if not self._rx and self._sink is not None and not self._sink.is_closing():
+            if self._sink_eof_pending:
+                self._sink_eof_pending = False
+                self._sink.write_eof()
+            if self._sink_close_pending:
+                self._sink_close_pending = False
+                sockopts.graceful_close(self._sink)
+
+    def _acknowledge(self, nbytes: int) -> None:
+        if not self._closed.done():
+            self.session.acknowledge(self.stream_id, nbytes)
 
     def _deliver(self, data: bytes) -> None:
+        """Write a DATA payload to the sink (inflated first on a compressed stream)."""
         assert self._sink is not None
+        if self._inflater is not None:
+            if self._sink_paused or self._rx:
+                self._rx.append(data)  # inflated when the sink resumes (bounded: window)
+                self._rx_bytes += len(data)
+            else:
+                self._deliver_inflated(data)
+            return
         self._sink.write(data)
         if self._sink_paused:
             self._unacked += len(data)
         else:
             self.session.acknowledge(self.stream_id, len(data))
 
+    def _deliver_inflated(self, data: bytes) -> None:
+        assert self._sink is not None
+        plain = self._inflate(data)
+        if plain is None:
+            return
+        if plain:
+            self._sink.write(plain)
+        if self._sink_paused:
+            self._unacked += len(data)
+        else:
+            self._acknowledge(len(data))
+        if self.tap is not None and plain:
+            self.tap.received(plain)
+
+    def _inflate(self, data: bytes) -> bytes | None:
+        """One compressed DATA frame's plain bytes; None after resetting the stream."""
+        assert self._inflater is not None
+        try:
+            return self._inflater.inflate(data)
+        except CompressionError as exc:
+            logger.warning("stream %d: %s; resetting it", self.stream_id, exc)
+            self._rx.clear()
+            self._rx_bytes = 0
+            if self._closed.done() and self._sink is not None:
+                sockopts.reset(self._sink)  # closed cleanly, then the rest proved bad
+            self.abort(ErrorCode.PROTOCOL_ERROR, str(exc))
+            return None
+
     def _pause_if_congested(self) -> None:
-        if self._tx_backlog is not None or self.session.writing_paused:
+        if self._tx_backlog or self.session.writing_paused:
             self._pause_source()
 
     def _pause_source(self) -> None:
@@ -189,31 +238,49 @@ class MuxStream:
         return more
 
     def _send(self, data: bytes | memoryview) -> bool:
-        if self._tx_backlog is not None:
+        pieces: list[bytes] | tuple[bytes | memoryview] = (
+            (data,) if self._deflater is None else self._deflater.compress(data)
+        )
+        if self._tx_backlog:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).
-            if len(self._tx_backlog) + len(data) > MAX_TX_BACKLOG_BYTES:
+            size = sum(len(piece) for piece in pieces)
+            if self._tx_backlog_bytes + size > MAX_TX_BACKLOG_BYTES:
                 logger.warning(
                     "stream %d: the local socket kept sending while paused; resetting",
                     self.stream_id,
                 )
                 self.abort(ErrorCode.INTERNAL_ERROR, "local sender ignored backpressure")
                 return False
-            self._tx_backlog = memoryview(bytes(self._tx_backlog) + bytes(data))
+            for piece in pieces:
+                self._queue_tx(memoryview(piece))
             self._pause_source()
             return False
-        n = self.session.send_data(self.stream_id, data)
-        self.bytes_out += n
-        if self.counters is not None:
-            self.counters.bytes_in += n
-        if n < len(data):
-            self._tx_backlog = memoryview(data)[n:]
-            self._pause_source()
-            return False
+        for i, piece in enumerate(pieces):
+            n = self.session.send_data(self.stream_id, piece)
+            self._count_out(n)
+            if n < len(piece):
+                # Each piece stays its own item: one DATA frame never spans two deflated
+                # pieces (see protocol/compression.py).
+                self._queue_tx(memoryview(piece)[n:])
+                for rest in pieces[i + 1 :]:
+                    self._queue_tx(memoryview(rest))
+                self._pause_source()
+                return False
         if self.session.writing_paused:
             self._pause_source()
             return False
         return True
+
+    def _queue_tx(self, piece: memoryview) -> None:
+        if piece:
+            self._tx_backlog.append(piece)
+            self._tx_backlog_bytes += len(piece)
+
+    def _count_out(self, nbytes: int) -> None:
+        self.bytes_out += nbytes  # as they cross the tunnel (compressed, if the stream is)
+        if self.counters is not None:
+            self.counters.bytes_in += nbytes
 
     def send_eof(self) -> None:
         """Half-close our direction once everything before it is sent."""
@@ -222,7 +289,7 @@ class MuxStream:
         if not self.opened_locally and not self._accepted.done():
             self.abort(ErrorCode.CANCELLED, "closed before it was accepted")
             return
-        if self._tx_backlog is not None:
+        if self._tx_backlog:
             self._tx_eof_pending = True
             return
         self._tx_ended = True
@@ -230,15 +297,15 @@ class MuxStream:
 
     def _flush_backlog(self) -> None:
         backlog = self._tx_backlog
-        if backlog is not None:
-            n = self.session.send_data(self.stream_id, backlog)
-            self.bytes_out += n
-            if self.counters is not None:
-                self.counters.bytes_in += n
-            if n < len(backlog):
-                self._tx_backlog = backlog[n:]
+        while backlog:
+            piece = backlog[0]
+            n = self.session.send_data(self.stream_id, piece)
+            self._count_out(n)
+            self._tx_backlog_bytes -= n
+            if n < len(piece):
+                backlog[0] = piece[n:]
                 return
-            self._tx_backlog = None
+            backlog.popleft()
         if self._tx_eof_pending:
             self._tx_eof_pending = False
             self._tx_ended = True
@@ -253,16 +320,11 @@ class MuxStream:
     # -- async style ------------------------------------------------------------------------
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
-        while not self._rx:
-            if self.reset_code is not None:
-                raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed.done():
-                return b""
-            self._rx_waiter = self.session.loop.create_future()
-            try:
-                await self._rx_waiter
-            finally:
-                self._rx_waiter = None
+        if self._inflater is not None:
+            return await self._read_inflated(max_bytes)
+        await self._wait_rx()
+        if not self._rx:
+            return b""
         chunk = self._rx[0]
         if len(chunk) <= max_bytes:
             self._rx.popleft()
@@ -272,6 +334,36 @@ class MuxStream:
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
+
+    async def _wait_rx(self) -> None:
+        """Until a frame waits in `_rx`, or the end (nothing waits then)."""
+        while not self._rx:
+            if self.reset_code is not None:
+                raise StreamResetError(self.reset_code, self.reset_reason)
+            if self._rx_eof or self._closed.done():
+                return
+            self._rx_waiter = self.session.loop.create_future()
+            try:
+                await self._rx_waiter
+            finally:
+                self._rx_waiter = None
+
+    async def _read_inflated(self, max_bytes: int) -> bytes:
+        while not self._plain:
+            await self._wait_rx()
+            if not self._rx:
+                return b""
+            chunk = self._rx.popleft()
+            self._rx_bytes -= len(chunk)
+            plain = self._inflate(chunk)
+            if plain is None:
+                raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
+            self._acknowledge(len(chunk))
+            if self.tap is not None and plain:
+                self.tap.received(plain)
+            self._plain = plain
+        out, self._plain = self._plain[:max_bytes], self._plain[max_bytes:]
+        return out
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting while the peer's window or the connection is full."""
@@ -283,7 +375,7 @@ class MuxStream:
         await self.drain()
 
     async def drain(self) -> None:
-        while self._tx_backlog is not None or self.session.writing_paused:
+        while self._tx_backlog or self.session.writing_paused:
             if self.reset_code is not None:
                 raise StreamResetError(self.reset_code, self.reset_reason)
             if self._closed.done():
@@ -333,11 +425,16 @@ class MuxStream:
     def close(self) -> None:
         """Finish our direction and stop caring about the peer's (its data is discarded)."""
         self._discard_rx = True
+        self._plain = b""
+        self._drop_rx()
+        self.send_eof()
+
+    def _drop_rx(self) -> None:
+        """Forget the frames waiting in `_rx`, crediting them to the peer."""
         if self._rx:
-            self.session.acknowledge(self.stream_id, self._rx_bytes)
+            self._acknowledge(self._rx_bytes)
             self._rx.clear()
             self._rx_bytes = 0
-        self.send_eof()
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -352,7 +449,7 @@ class MuxStream:
             self._accepted.set_result(None)
 
     def _on_data(self, data: bytes) -> None:
-        self.bytes_in += len(data)
+        self.bytes_in += len(data)  # as they crossed the tunnel (compressed, if the stream is)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
         if self._sink is not None:
@@ -363,12 +460,16 @@ class MuxStream:
             self._rx.append(data)
             self._rx_bytes += len(data)
             self._wake_rx()
-        if self.tap is not None:  # after forwarding: the copy never delays the data
+        if self.tap is not None and self._inflater is None:
+            # After forwarding: the copy never delays the data. (A compressed stream's tap
+            # sees the inflated bytes, when they are inflated.)
             self.tap.received(data)
 
     def _on_eof(self) -> None:
         self._rx_eof = True
-        if self._sink is not None and not self._sink.is_closing():
+        if self._sink is not None and self._rx:
+            self._sink_eof_pending = True  # after the compressed frames still waiting
+        elif self._sink is not None and not self._sink.is_closing():
             if self._sink.can_write_eof():
                 self._sink.write_eof()
             else:
@@ -376,11 +477,11 @@ class MuxStream:
         self._wake_rx()
 
     def _on_window(self) -> None:
-        if self._tx_backlog is not None or self._tx_eof_pending:
+        if self._tx_backlog or self._tx_eof_pending:
             self._flush_backlog()
 
     def _on_session_writable(self) -> None:
-        if self._tx_backlog is None:
+        if not self._tx_backlog:
             self._wake_tx()
             self._resume_source()
 
@@ -398,6 +499,7 @@ class MuxStream:
         """The local socket is gone. A clean close ends our direction; an error resets."""
         self._sink = None
         self._source = None
+        self._drop_rx()
         if self._closed.done():
             return
         if exc is not None:
@@ -412,7 +514,8 @@ class MuxStream:
         if code is not None:
             self.reset_code = code
             self.reset_reason = reason
-        self._tx_backlog = None
+        self._tx_backlog.clear()
+        self._tx_backlog_bytes = 0
         if not self._accepted.done():
             if code is None:
                 self._accepted.set_result(None)
@@ -427,7 +530,9 @@ class MuxStream:
         self._wake_rx()
         self._wake_tx()
         if notify_sink and self._sink is not None:
-            if code is None:
+            if code is None and self._rx:
+                self._sink_close_pending = True  # compressed frames still wait for the sink
+            elif code is None:
                 sockopts.graceful_close(self._sink)  # both directions ended with FIN
             else:
                 # A reset, or the session is gone: the local socket's user must see a broken

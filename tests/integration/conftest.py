@@ -552,6 +552,5 @@ def buffered_bytes(session: MuxSession | None) -> int:
         sink = stream._sink
         if sink is not None and not sink.is_closing():
             total += sink.get_write_buffer_size()
-        if stream._tx_backlog is not None:
-            total += len(stream._tx_backlog)
+        total += stream._tx_backlog_bytes + len(stream._plain)
     return total

@@ -94,7 +94,8 @@ class VhostProxy:
                 f"this proxy has {len(self._streams)} open connections (maxStreamsPerProxy)"
             )
         try:
-            stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
+            header = StreamHeader(ctx.local_name, src[0], src[1], self.request.compression)
+            stream = ctx.session.open_stream(header)
         except (LocalProtocolError, ConnectionError) as exc:
             raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
         stream.set_accept_deadline(ctx.config.user_conn_timeout)

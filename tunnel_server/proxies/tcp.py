@@ -34,6 +34,7 @@ class TCPProxy:
         self.ctx = ctx
         self.name = name
         self.requested_port = request.remote_port
+        self.compression = request.compression  # named in each stream's header
         self.port = 0
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
@@ -124,7 +125,7 @@ class TCPProxy:
             return None  # counted and logged by the budget
         try:
             stream = ctx.session.open_stream(
-                StreamHeader(ctx.local_name, str(peer[0]), int(peer[1]))
+                StreamHeader(ctx.local_name, str(peer[0]), int(peer[1]), self.compression)
             )
         except (LocalProtocolError, ConnectionError) as exc:
             ctx.fd_budget.release()
