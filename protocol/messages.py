@@ -118,7 +118,7 @@ class NewProxy:
     offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
-    # frp's transport.useCompression: "deflate" compresses every stream of this proxy (the
+    # frp's transport.useCompression: "zstd" compresses every stream of this proxy (the
     # server names it in each stream_header); "" = none. protocol/compression.py.
     compression: str = ""
 

@@ -48,7 +48,7 @@ PROXY_OPTION_FIELDS: Final = (
         None,
         Bool(),
         False,
-        "compress this proxy's streams (deflate, negotiated with tunneld; not udp)",
+        "compress this proxy's streams (zstd, negotiated with tunneld; not udp)",
     ),
     Field(
         "transport.proxyProtocolVersion",
@@ -77,7 +77,7 @@ class TransportOptions:
     bandwidth_limit: int | None = None  # bytes per second
     bandwidth_limit_mode: str = "client"
     proxy_protocol_version: str | None = None  # "v1" | "v2"
-    use_compression: bool = False  # deflate on every stream (protocol/compression.py)
+    use_compression: bool = False  # zstd on every stream (protocol/compression.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,7 +20,7 @@ Memory per stream is bounded by the receive window plus the local transport's hi
 mark on one side, and by one read on the other.
 
 Compressed streams (`header.compression`, protocol/compression.py) keep both styles. Outgoing
-bytes are deflated in `send` and each piece goes to the mux on its own (the backlog keeps the
+bytes are compressed in `send` and each piece goes to the mux on its own (the backlog keeps the
 pieces apart), so windows and counters see the compressed bytes. Incoming DATA frames stay
 compressed while they wait (in `_rx`, bounded by the window), and are inflated one frame at a
 time when the consumer can take them: when `read` asks, or when the spliced socket is below
@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from ..compression import DEFLATE, CompressionError, Deflater, Inflater
+from ..compression import ZSTD, CompressionError, Deflater, Inflater
 from ..errors import ErrorCode
 from ..messages import StreamHeader
 from . import sockopts
@@ -75,7 +75,7 @@ class MuxStream:
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
         self._unacked = 0  # bytes written to the sink but not credited yet
-        # send side: what the window did not take yet, one item per send (or deflated piece)
+        # send side: what the window did not take yet, one item per send (or compressed piece)
         self._tx_backlog: deque[memoryview] = deque()
         self._tx_backlog_bytes = 0
         self._tx_eof_pending = False
@@ -95,7 +95,7 @@ class MuxStream:
         self.counters: TrafficCounters | None = None
         self.tap: StreamTap | None = None
         # compression (both ways, or neither): set from the SYN's header on both ends
-        compressed = header.compression == DEFLATE
+        compressed = header.compression == ZSTD
         self._deflater = Deflater() if compressed else None
         self._inflater = Inflater() if compressed else None
         self._plain = b""  # inflated bytes `read` has not returned yet (async style)
@@ -260,7 +260,7 @@ class MuxStream:
             n = self.session.send_data(self.stream_id, piece)
             self._count_out(n)
             if n < len(piece):
-                # Each piece stays its own item: one DATA frame never spans two deflated
+                # Each piece stays its own item: one DATA frame never spans two compressed
                 # pieces (see protocol/compression.py).
                 self._queue_tx(memoryview(piece)[n:])
                 for rest in pieces[i + 1 :]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator
 from typing import Final
 
 import pytest
+import zstandard
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import MuxStream, StreamResetError
-from protocol.compression import DEFLATE, MAX_INFLATED_BYTES_PER_FRAME
+from protocol.compression import MAX_INFLATED_BYTES_PER_FRAME, WINDOW_LOG, ZSTD
 from protocol.errors import ErrorCode
 from protocol.messages import StreamHeader
 from protocol.mux import Role
@@ -52,7 +52,7 @@ STALL_BYTES: Final = 256 * MiB  # zeros a stalled user never reads
 # A stalled stream may hold its window (4 MiB compressed), the local socket's high water
 # (1 MiB), one inflated frame and the mux's output: far below what the zeros would inflate to.
 STALL_BUFFER_LIMIT_BYTES: Final = 12 * MiB
-BOMB_PLAIN_BYTES: Final = 512 * MiB  # zeros; about 0.5 MiB once deflated
+BOMB_PLAIN_BYTES: Final = 512 * MiB  # zeros; a few KiB once compressed
 BOMB_PEAK_LIMIT_BYTES: Final = 16 * MiB  # traced allocations while the bomb is refused
 
 
@@ -68,10 +68,11 @@ def compressed(proxy: ProxyConfig) -> ProxyConfig:
 
 
 def bomb_frames() -> list[bytes]:
-    """Raw deflate of BOMB_PLAIN_BYTES zeros cut into 64 KiB frames, as a hostile peer sends
-    it: one frame inflates to about 64 MiB, far past MAX_INFLATED_BYTES_PER_FRAME."""
-    z = zlib.compressobj(9, zlib.DEFLATED, -15)
-    data = z.compress(bytes(BOMB_PLAIN_BYTES)) + z.flush(zlib.Z_SYNC_FLUSH)
+    """BOMB_PLAIN_BYTES zeros in one zstd block, cut into 64 KiB frames, as a hostile peer
+    sends it: the first frame inflates far past MAX_INFLATED_BYTES_PER_FRAME."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=WINDOW_LOG)
+    z = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    data = z.compress(bytes(BOMB_PLAIN_BYTES)) + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
     return [data[i : i + 65536] for i in range(0, len(data), 65536)]
 
 
@@ -173,7 +174,7 @@ async def test_compression_off_by_default_counts_every_byte(
 async def test_compression_stalled_reader_of_zeros_keeps_buffers_bounded(
     server: TunnelServer, clients: ClientRunner
 ) -> None:
-    """A user that reads none of 256 MiB of zeros (about 250 KiB deflated) leaves both sessions
+    """A user that reads none of 256 MiB of zeros (a few KiB compressed) leaves both sessions
     holding at most a window and a frame: frames wait compressed until the socket drains."""
     async with tcp_service(_Zeros) as zeros:
         async with asyncio.timeout(TEST_TIMEOUT_S):
@@ -181,13 +182,12 @@ async def test_compression_stalled_reader_of_zeros_keeps_buffers_bounded(
             async with tcp_connect(port_of(client.proxy_status["zeros"])) as (reader, _):
                 server_session = server.sessions[client.client_id].mux
                 stream = server_session.streams()[0]
-                # Every zero left the service, and the server holds their frames.
+                # Every zero left the service, and frames wait at the server, compressed.
                 await wait_until(
-                    lambda: zeros_sent(zeros) and stream.bytes_in > STALL_BYTES // 2000,
+                    lambda: zeros_sent(zeros) and stream._rx_bytes > 0,
                     "the zeros crossed the tunnel",
                     timeout_s=TEST_TIMEOUT_S / 2,
                 )
-                assert stream._rx_bytes > 0  # frames wait compressed, not inflated
                 held = max(buffered_bytes(server_session), buffered_bytes(client.session))
                 assert held < STALL_BUFFER_LIMIT_BYTES
                 # The data still flows once the user reads, and is all zeros.
@@ -201,13 +201,13 @@ async def test_compression_stalled_reader_of_zeros_keeps_buffers_bounded(
 async def test_compression_zip_bomb_from_the_server_resets_only_its_stream(
     server: TunnelServer, clients: ClientRunner, echo: TCPService
 ) -> None:
-    """A stream whose first frame inflates to 64 MiB is reset by the client (PROTOCOL_ERROR)
+    """A stream whose first frame inflates to 512 MiB is reset by the client (PROTOCOL_ERROR)
     with less than 16 MiB allocated; the local service sees no byte; the proxy still works."""
     frames = bomb_frames()
     async with asyncio.timeout(TEST_TIMEOUT_S):
         client = await clients.run(server, compressed(tcp_proxy("echo", echo.port)))
         session = server.sessions[client.client_id].mux
-        stream = session.open_stream(StreamHeader("echo", "192.0.2.7", 4242, DEFLATE))
+        stream = session.open_stream(StreamHeader("echo", "192.0.2.7", 4242, ZSTD))
         await stream.wait_accepted()  # the client dialed the echo service
         tracemalloc.start()
         try:
@@ -279,11 +279,11 @@ async def read_all(stream: MuxStream) -> bytes:
 
 async def test_compression_async_streams_exact_and_windows_count_wire_bytes() -> None:
     """write/read on a compressed stream: 16 MiB of text and 4 MiB of noise both ways arrive
-    whole; each side's bytes_out equals the peer's bytes_in, and both are the deflated size."""
+    whole; each side's bytes_out equals the peer's bytes_in, and both are the compressed size."""
     text = TEXT_LINE * (16 * MiB // len(TEXT_LINE))
     noise = b"".join(bytes(c) for c in pattern_chunks(4 * MiB))
     async with asyncio.timeout(TEST_TIMEOUT_S), session_pair() as (client, opened):
-        ours = client.open_stream(StreamHeader("p", "192.0.2.1", 1, DEFLATE))
+        ours = client.open_stream(StreamHeader("p", "192.0.2.1", 1, ZSTD))
         theirs = await opened.get()
 
         async def send(stream: MuxStream, data: bytes) -> None:
@@ -307,7 +307,7 @@ async def test_compression_async_reader_refuses_bomb_and_corrupt_data(kind: str)
     """read() on a stream fed a zip bomb or garbage raises StreamResetError(PROTOCOL_ERROR),
     the sender's stream is reset too, and the session lives on."""
     async with asyncio.timeout(TEST_TIMEOUT_S), session_pair() as (client, opened):
-        ours = client.open_stream(StreamHeader("p", "192.0.2.1", 1, DEFLATE))
+        ours = client.open_stream(StreamHeader("p", "192.0.2.1", 1, ZSTD))
         theirs = await opened.get()
         payload = bomb_frames()[0] if kind == "bomb" else b"\xffnot deflate at all" * 10
         client.send_data(ours.stream_id, payload)
@@ -322,7 +322,7 @@ async def test_compression_async_reader_refuses_bomb_and_corrupt_data(kind: str)
         assert peak < MAX_INFLATED_BYTES_PER_FRAME * 8
         await ours.wait_closed()
         assert ours.reset_code == ErrorCode.PROTOCOL_ERROR
-        again = client.open_stream(StreamHeader("p", "192.0.2.1", 2, DEFLATE))
+        again = client.open_stream(StreamHeader("p", "192.0.2.1", 2, ZSTD))
         peer = await opened.get()
         await again.write(b"fine")
         again.write_eof()

@@ -1,16 +1,17 @@
-"""protocol/compression.py: the deflate codec of compressed streams and its inflate limit."""
+"""protocol/compression.py: the Zstandard codec of compressed streams and its inflate limit."""
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.compression import (
     MAX_INFLATED_BYTES_PER_FRAME,
     MAX_PLAIN_BYTES_PER_PIECE,
+    MAX_WINDOW_BYTES,
+    WINDOW_LOG,
     CompressionError,
     Deflater,
     Inflater,
@@ -60,49 +61,54 @@ def test_compression_shrinks_text() -> None:
 
 def test_compression_pieces_bound_what_one_frame_inflates() -> None:
     """A large write is cut into pieces of at most MAX_PLAIN_BYTES_PER_PIECE plain bytes."""
-    data = bytes(10 * MAX_PLAIN_BYTES_PER_PIECE + 7)  # zeros: the best ratio deflate has
+    data = bytes(10 * MAX_PLAIN_BYTES_PER_PIECE + 7)  # zeros: the best ratio there is
     inflater = Inflater()
     pieces = Deflater().compress(data)
     assert len(pieces) == 11
     sizes = [len(inflater.inflate(p)) for p in pieces]
-    assert max(sizes) <= MAX_PLAIN_BYTES_PER_PIECE + 258
+    assert max(sizes) <= MAX_PLAIN_BYTES_PER_PIECE
     assert sum(sizes) == len(data)
+
+
+def hostile(plain: bytes, window_log: int = WINDOW_LOG) -> bytes:
+    """What a hostile peer sends: `plain` compressed in one go (not in pieces)."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=window_log)
+    z = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    return z.compress(plain) + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
 def test_compression_zip_bomb_frame_refused() -> None:
     """A frame that would inflate to 64 MiB is refused at the limit, not inflated."""
-    z = zlib.compressobj(9, zlib.DEFLATED, -15)
-    bomb = z.compress(bytes(64 * 1024 * 1024)) + z.flush(zlib.Z_SYNC_FLUSH)
-    assert len(bomb) < 128 * 1024
+    bomb = hostile(bytes(64 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
     with pytest.raises(CompressionError, match="MAX_INFLATED_BYTES_PER_FRAME"):
         Inflater().inflate(bomb)
 
 
-def test_compression_frame_just_under_the_limit_passes() -> None:
+def test_compression_frame_at_the_limit_passes() -> None:
     """A frame that inflates to exactly the limit is still fine."""
-    z = zlib.compressobj(9, zlib.DEFLATED, -15)
-    frame = z.compress(bytes(MAX_INFLATED_BYTES_PER_FRAME)) + z.flush(zlib.Z_SYNC_FLUSH)
+    frame = hostile(bytes(MAX_INFLATED_BYTES_PER_FRAME))
     assert len(Inflater().inflate(frame)) == MAX_INFLATED_BYTES_PER_FRAME
 
 
+def test_compression_large_window_refused() -> None:
+    """A frame that asks the decoder for a window past MAX_WINDOW_BYTES is refused."""
+    assert MAX_WINDOW_BYTES < 1 << 24
+    with pytest.raises(CompressionError, match="too much memory"):
+        Inflater().inflate(hostile(bytes(1024), window_log=24))
+
+
 def test_compression_corrupt_data_refused() -> None:
-    """Bytes that are not deflate data are a CompressionError, never a zlib traceback."""
+    """Bytes that are not zstd data are a CompressionError, never a zstandard traceback."""
     with pytest.raises(CompressionError, match="corrupt"):
         Inflater().inflate(b"\xff\xff\xff\xff garbage")
 
 
-def test_compression_final_block_refused() -> None:
-    """A stream that ends with a final deflate block (zlib would drop what follows) is refused."""
-    z = zlib.compressobj(6, zlib.DEFLATED, -15)
-    with pytest.raises(CompressionError, match="final block"):
-        Inflater().inflate(z.compress(b"hello") + z.flush())
-
-
 def test_compression_field_round_trips_in_messages() -> None:
     """new_proxy and stream_header carry the algorithm; an unknown one is a protocol error."""
-    header = StreamHeader("web", "192.0.2.1", 4000, "deflate")
+    header = StreamHeader("web", "192.0.2.1", 4000, "zstd")
     assert decode_message(encode_message(header)) == header
-    request = NewProxy("web", "tcp", compression="deflate")
+    request = NewProxy("web", "tcp", compression="zstd")
     assert decode_message(encode_message(request)) == request
     bad = encode_message(header) | {"compression": "snappy"}
     with pytest.raises(RemoteProtocolError, match="unknown compression"):

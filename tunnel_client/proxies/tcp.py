@@ -12,7 +12,7 @@ from typing import Final
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
-from protocol.compression import DEFLATE, NO_COMPRESSION
+from protocol.compression import NO_COMPRESSION, ZSTD
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 from tunnel_common.throttle import Throttle
@@ -60,7 +60,7 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         deny_ips=config.deny_ips,
         # Datagrams are never compressed: a udp proxy has no streams to compress.
         compression=(
-            DEFLATE
+            ZSTD
             if config.transport.use_compression and config.type != ProxyType.UDP
             else NO_COMPRESSION
         ),
