@@ -58,6 +58,8 @@ async def main(sessions: int, reconnects: int, server_args: list[str]) -> None:
             await asyncio.sleep(allocator.TRIM_INTERVAL_S + 1)  # tunneld trims after a wave
             after = rss_kib(server.pid)
             print(f"after they left: {after} KiB ({100 * (after - base) / base:+.1f}% of base)")
+            if reconnects <= 0:
+                return
             gc.collect()
             mine = rss_kib()
             before = rss_kib(server.pid)

@@ -104,10 +104,11 @@ class FrameDecoder:
     `max_control_bytes` are protocol errors. The read buffer holds at most one maximal frame plus
     one read, so memory per connection is bounded by about 2 x (max payload + header).
 
-    Memory: the buffer starts at READ_BUFFER_START_BYTES, so an idle session costs a few KiB,
-    not the 320 KiB of a full buffer. It grows (doubling, up to one maximal frame plus one
-    read) when a read fills the space offered, or to fit a frame whose header says it is
-    larger; it shrinks back once everything is parsed and the traffic is small again.
+    Memory: an idle decoder holds no buffer at all. The first read after idleness gets
+    READ_BUFFER_START_BYTES (not the 320 KiB of a full buffer). The buffer grows (doubling, up
+    to one maximal frame plus one read) when a read fills the space offered, or to fit a frame
+    whose header says it is larger; once everything received is parsed after a small read it
+    is let go, so an idle session holds none.
     """
 
     def __init__(self, max_payload_bytes: int, max_control_bytes: int, read_size: int) -> None:
@@ -122,7 +123,7 @@ class FrameDecoder:
         self._offered = 0  # the size of the last window get_buffer returned
         self._frame_need = 0  # bytes a partially received frame still needs
         self._last_read = 0
-        self._buf = bytearray(self._start_free)
+        self._buf = bytearray()  # allocated by the first get_buffer, released when idle
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
@@ -187,9 +188,10 @@ class FrameDecoder:
         """Everything received is parsed: go back to a small buffer after small traffic."""
         self._start = self._end = 0
         self._frame_need = 0
-        if self._last_read < self._start_free and len(self._buf) > self._start_free:
+        if self._last_read < self._start_free and self._buf:
+            # Small traffic: an idle session holds no read buffer; the next read makes one.
             self._want_free = self._start_free
-            self._buf = bytearray(self._start_free)
+            self._buf = bytearray()
             self._view = memoryview(self._buf)
 
     # -- output ----------------------------------------------------------------------------

@@ -19,15 +19,18 @@ answer GO_AWAY(code), stop reading, and emit ConnectionTerminated(remote=True). 
 caller raises LocalProtocolError straight out of the command.
 
 Bounds: the read buffer (FrameDecoder), streams per session, pending accepts and every
-window are limited by MuxSettings. The event queue holds only what one read produced. The
-output queue is drained by the adapter after every command; datagrams are refused when it
-is above `datagram_high_water_bytes`.
+window are limited by MuxSettings. Input adds at most MAX_PENDING_EVENTS to the event queue
+(commands add at most one StreamClosed per stream they finish): when a read produced more,
+the remaining frames wait, unparsed, in the decoder (or, for `receive_data`, in the unfed
+rest of the input) and `next_event` resumes them once the queue is empty (policy: pause the
+input). The output list is drained by the adapter after every command
+(protocol/aio/connection.py bounds it with MAX_PENDING_OUTPUT_BYTES); datagrams are refused
+when it is above `datagram_high_water_bytes`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from enum import Enum
 from typing import Final
 
@@ -53,6 +56,11 @@ from .settings import INITIAL_STREAM_WINDOW_BYTES, MuxSettings
 from .stream import Handshake, StreamEvent, StreamRecord, StreamState
 
 MAX_WINDOW_BYTES: Final = 0xFFFF_FFFF
+# Events queued before the core stops parsing input until the adapter drains them (events;
+# about 64 bytes each). One 256 KiB read of 9-byte frames would otherwise queue 29,000.
+MAX_PENDING_EVENTS: Final = 1024
+# The most events one frame produces (DATA with FIN: DataReceived, StreamEnded, StreamClosed).
+_MAX_EVENTS_PER_FRAME: Final = 3
 
 
 class Role(Enum):
@@ -73,7 +81,13 @@ class MuxConnection:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._highest_peer_id = 0
         self._pending_accepts = 0
-        self._events: deque[Event] = deque()
+        # A list read from `_event_pos` and cleared once drained (clear() frees its storage:
+        # an idle session holds an empty list, not a deque's 600-byte block).
+        self._events: list[Event] = []
+        self._event_pos = 0
+        self._input_paused = False  # MAX_PENDING_EVENTS reached: frames wait in the decoder
+        self._unfed = memoryview(b"")  # receive_data's input not yet copied to the decoder
+        self._unfed_later: list[bytes] = []  # input given while the queue was full (rare)
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._terminated = False
@@ -104,6 +118,11 @@ class MuxConnection:
     def pending_output_bytes(self) -> int:
         return self._out_bytes
 
+    @property
+    def pending_events(self) -> int:
+        """Events queued for `next_event` (at most MAX_PENDING_EVENTS)."""
+        return len(self._events) - self._event_pos
+
     def set_control_limit(self, max_control_bytes: int) -> None:
         """Limit msgpack frames from the peer (e.g. tightly before it has logged in)."""
         self._decoder.set_control_limit(max_control_bytes)
@@ -127,15 +146,29 @@ class MuxConnection:
             return
         self._decoder.buffer_updated(nbytes)
         self._saw_input = True
-        self._process_frames()
+        if not self._input_paused:  # else next_event parses it once the queue drains
+            self._process_frames()
 
     def receive_data(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self._terminated:
-            taken = self._decoder.feed(view)
-            view = view[taken:]
+        if self._unfed or self._unfed_later:  # paused on earlier input: keep the order
+            self._unfed_later.append(bytes(data))
+        else:
+            self._unfed = memoryview(data)
+        self._feed_unfed()
+
+    def _feed_unfed(self) -> None:
+        while not self._terminated and not self._input_paused:
+            if not self._unfed:
+                if not self._unfed_later:
+                    return
+                self._unfed = memoryview(self._unfed_later.pop(0))
+            taken = self._decoder.feed(self._unfed)
+            self._unfed = self._unfed[taken:]
             self._saw_input = True
             self._process_frames()
+        if self._terminated:
+            self._unfed = memoryview(b"")
+            self._unfed_later.clear()
 
     def receive_eof(self) -> None:
         if not self._terminated:
@@ -163,7 +196,22 @@ class MuxConnection:
 
     # -- output -----------------------------------------------------------------------------
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        events = self._events
+        pos = self._event_pos
+        if pos >= len(events):
+            if pos:
+                events.clear()
+                self._event_pos = 0
+            if not self._input_paused:
+                return None
+            self._input_paused = False  # the queue drained: parse the frames that waited
+            self._process_frames()
+            self._feed_unfed()
+            if not events:
+                return None
+            pos = 0
+        self._event_pos = pos + 1
+        return events[pos]
 
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -350,10 +398,14 @@ class MuxConnection:
 
     # -- internals: receiving -----------------------------------------------------------------
     def _process_frames(self) -> None:
+        events = self._events
         try:
             for frame in self._decoder.frames():
                 self._handle_frame(frame)
                 if self._terminated:
+                    return
+                if len(events) - self._event_pos + _MAX_EVENTS_PER_FRAME > MAX_PENDING_EVENTS:
+                    self._input_paused = True  # resumed by next_event once drained
                     return
         except RemoteProtocolError as exc:
             code = exc.code if exc.code else ErrorCode.PROTOCOL_ERROR

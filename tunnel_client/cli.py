@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
@@ -18,19 +18,19 @@ from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
 from tunnel_common import allocator
-from tunnel_common.clicommon import config_path_of, convert_ini
+from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
-from tunnel_common.configdocs import help_epilog
-from tunnel_common.configfile import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
-from tunnel_common.webtls import web_client_context
 
 from .adminfile import read_admin_address
-from .client import TunnelClient
-from .config import CLIENT_FIELDS, ClientConfig, load_client_config, make_oneliner_config
 from .identity import LABEL_CHARS, ClientIdentity, config_key, oneliner_key, stable_client_id
-from .proxyconfig import PROXY_FIELDS, make_oneliner_proxy
+
+# The config schema, the client and its web surfaces import aiohttp, cryptography and the
+# plugins: they load when a command runs, so `tunnelc --version` and `--help` stay light
+# (tests/unit/test_lazy_imports.py).
+if TYPE_CHECKING:
+    from .config import ClientConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def fail(message: str) -> NoReturn:
 
 
 def _load(path: Path) -> ClientConfig:
+    from .config import load_client_config
+
     try:
         return load_client_config(path)
     except TunnelError as exc:
@@ -66,10 +68,20 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _epilog() -> str:
+    from tunnel_common.configdocs import help_epilog
+
+    from .config import CLIENT_FIELDS
+    from .proxyconfig import PROXY_FIELDS
+
+    return help_epilog("frpc.toml", [("", CLIENT_FIELDS), ("proxies[].", PROXY_FIELDS)])
+
+
 @click.group(
+    cls=LazyEpilogGroup,
+    epilog_factory=_epilog,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=help_epilog("frpc.toml", [("", CLIENT_FIELDS), ("proxies[].", PROXY_FIELDS)]),
 )
 @CONFIG_OPTION
 @log_options
@@ -141,6 +153,8 @@ def run_client(
 async def _run(
     config: ClientConfig, config_path: Path | None, *, panel: bool = False, oneliner: bool = False
 ) -> int:
+    from .client import TunnelClient
+
     loop = asyncio.get_running_loop()
     client = TunnelClient(config, config_path, exit_if_all_refused=oneliner)
     shown: asyncio.Task[None] | None = None
@@ -265,6 +279,11 @@ def _oneliner(
     auto_subdomain: bool = False,
     **proxy_fields: Any,
 ) -> None:
+    from tunnel_common.configfile import Secret
+
+    from .config import make_oneliner_config
+    from .proxyconfig import make_oneliner_proxy
+
     extra = {k: v for k, v in proxy_fields.items() if k not in ("http_user", "http_password")}
     try:
         proxy = make_oneliner_proxy(
@@ -414,6 +433,8 @@ async def _admin_call(
     config: ClientConfig, config_path: Path, method: str, path: str
 ) -> tuple[int, str]:
     import aiohttp
+
+    from tunnel_common.webtls import web_client_context
 
     web_cfg = config.web
     if web_cfg.port is None:

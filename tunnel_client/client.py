@@ -36,8 +36,6 @@ from protocol.messages import (
     Message,
     NewProxyResult,
     ServerProof,
-    UDPFlowClosed,
-    UDPFlowOpened,
 )
 from protocol.mux import Role
 from protocol.names import peer_text
@@ -46,15 +44,15 @@ from protocol.userkey import client_login_key
 from tunnel_common.nonces import new_nonce
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off
+from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off, server_list
 from .dial import DialParams, dns_server_address
+from .flows import ClientFlows, DatagramProxy
 from .health import HealthMonitor
 from .held import WAITING_STATE, HeldRetries
 from .oidc import OIDCTokenError, OIDCTokenSource
 from .plugins.base import PluginError
 from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
-from .proxies.udp import UDPProxy
 from .proxydetails import proxy_details
 from .surfaces import WebSurfaces, captured
 from .trust import (
@@ -71,7 +69,6 @@ logger = logging.getLogger(__name__)
 LOGIN_TIMEOUT_S: Final = 10.0
 # On SIGTERM, open connections get this long to finish before they are reset (as tunneld).
 DRAIN_TIMEOUT_S: Final = 5.0
-MAX_FLOWS_PER_CLIENT: Final = 4096
 LOCAL_PROBE_TIMEOUT_S: Final = 1.0  # the start-up check that each local service accepts
 # OpenSSL's reasons when the peer answered in plain text (an HTTP port, not tunneld's).
 _NOT_TLS_REASONS: Final = frozenset(
@@ -124,13 +121,17 @@ class TunnelClient:
         # admin API wait on it instead of polling.
         self._status_changed = asyncio.Event()
         self._backoff = Backoff()
+        # serverAddr, then serverAddrs: the node tried next is servers[server_index]. After a
+        # failure the client moves on at once; the backoff applies after a whole round.
+        self.servers = server_list(config)
+        self.server_index = 0
         self._oidc = OIDCTokenSource(config)
         self.mux_settings = MuxSettings(
             keepalive_interval_s=seconds_or_off(config.heartbeat_interval),
             keepalive_timeout_s=seconds_or_off(config.heartbeat_timeout),
         )
         self.packet_size = config.udp_packet_size
-        self._flow_owner: dict[int, UDPProxy] = {}
+        self.flows = ClientFlows(self.proxies, lambda: self.packet_size)
         # name -> the public port the server gave a remotePort = 0 proxy (asked for again).
         self._sticky_ports: dict[str, int] = {}
         self.health = HealthMonitor(self._on_health)
@@ -181,12 +182,8 @@ class TunnelClient:
             if proxy is not None:
                 row["metadatas"] = dict(proxy.config.metadatas)
                 row["annotations"] = dict(proxy.config.annotations)
-            if isinstance(proxy, UDPProxy):
-                row["udp"] = {
-                    "flows": len(proxy.flows),
-                    "dropped_datagrams": proxy.dropped,
-                    "refused_flows": proxy.refused_flows,
-                }
+            if isinstance(proxy, DatagramProxy):
+                row["udp"] = proxy.flow_stats()
             if proxy is not None:
                 row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
@@ -316,14 +313,19 @@ class TunnelClient:
         session.close(ErrorCode.SHUTDOWN, "client stopping")
 
     @property
+    def server_text(self) -> str:
+        """The node this client is connected or connecting to, as "host:port"."""
+        host, port = self.servers[self.server_index]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
-        where = f"{cfg.server_addr}:{cfg.server_port}"
-        logger.debug("tunnelc: client %s connecting to %s", self.client_id, where)
+        logger.debug("tunnelc: client %s connecting to %s", self.client_id, self.server_text)
         await self.surfaces.start()
         self.health.start()
         await self._probe_local_services()
@@ -331,6 +333,7 @@ class TunnelClient:
             while not self.stopping:
                 at_least = 0.0
                 self.connection_state = "reconnecting" if self.attempt else "connecting"
+                where = self.server_text
                 try:
                     session = await self._connect()
                 except (LoginFailed, TrustError) as exc:
@@ -372,6 +375,17 @@ class TunnelClient:
                     self.last_error = "disconnected from the server"
                 if self.stopping:
                     break
+                self.server_index = (self.server_index + 1) % len(self.servers)
+                if self.server_index != 0 and not at_least:
+                    # Fail over to the next node at once; back off after a whole round.
+                    self.attempt += 1
+                    self.connection_state = "reconnecting"
+                    logger.info(
+                        "tunnelc: trying the next server, %s (attempt %d)",
+                        self.server_text,
+                        self.attempt,
+                    )
+                    continue
                 # Full jitter on top of the server's hint spreads a fleet's retries out.
                 delay = at_least * (1 + random.random()) + self._backoff.next_delay()
                 self.attempt += 1
@@ -439,8 +453,7 @@ class TunnelClient:
         )
         _, session, mode = await connect_tls(
             lambda: MuxSession(Role.CLIENT, self.mux_settings),
-            cfg.server_addr,
-            cfg.server_port,
+            *self.servers[self.server_index],
             params,
             timeout=cfg.dial_server_timeout,
         )
@@ -459,7 +472,7 @@ class TunnelClient:
         it knows the token, over our nonce and the certificate we saw.
         """
         cfg = self.config
-        where = f"{cfg.server_addr}:{cfg.server_port}"
+        where = self.server_text
         oidc_token = ""
         if cfg.auth_method == "oidc":
             try:
@@ -530,18 +543,16 @@ class TunnelClient:
         if not isinstance(result, LoginResult):
             raise LoginFailed(f"the server sent {type(result).__name__} instead of LoginResult")
         _raise_refusal(result)
-        logger.info(
-            "tunnelc: logged in to %s:%d as %s", cfg.server_addr, cfg.server_port, self.client_id
-        )
+        logger.info("tunnelc: logged in to %s as %s", self.server_text, self.client_id)
 
     async def _serve(self, session: MuxSession) -> None:
         self.session = session
         session.on_stream = self._on_stream
-        session.on_datagram = self._on_datagram
+        session.on_datagram = self.flows.on_datagram
         session.message_filter = self._filter_message
         going_away: list[str] = []
         session.on_go_away = lambda code, reason: going_away.append(reason)
-        self._flow_owner.clear()
+        self.flows.clear()
         for name in self.proxies:
             self._register(session, name)
         try:
@@ -564,7 +575,7 @@ class TunnelClient:
             pass
         finally:
             self.session = None
-            self._flow_owner.clear()
+            self.flows.clear()
             self._held.cancel_all()
             for status in self.proxy_status.values():
                 if status.state in ("running", WAITING_STATE):
@@ -631,7 +642,7 @@ class TunnelClient:
         for wildcard in ("0.0.0.0", "[::]"):
             marker = f"://{wildcard}:"
             if marker in url:
-                host = self.config.server_addr
+                host = self.servers[self.server_index][0]
                 host = f"[{host}]" if ":" in host else host
                 return url.replace(marker, f"://{host}:")
         return url
@@ -645,35 +656,9 @@ class TunnelClient:
         proxy.handle_stream(session, stream)
 
     def _filter_message(self, message: Message) -> bool:
-        """UDP flow messages are handled at once, before the datagrams that follow them."""
+        """Flow messages are handled at once, before the datagrams that follow them."""
         session = self.session
-        if isinstance(message, UDPFlowOpened) and session is not None:
-            proxy = self.proxies.get(message.proxy)
-            if not isinstance(proxy, UDPProxy):
-                session.send_message(UDPFlowClosed(message.flow_id, "no such udp proxy"))
-                return True
-            if len(self._flow_owner) >= MAX_FLOWS_PER_CLIENT:
-                session.send_message(UDPFlowClosed(message.flow_id, "client flow table full"))
-                return True
-            self._flow_owner[message.flow_id] = proxy
-            proxy.flow_opened(session, message, self.packet_size)
-            if message.flow_id not in proxy.flows:
-                self._flow_owner.pop(message.flow_id, None)
-            return True
-        if isinstance(message, UDPFlowClosed):
-            owner = self._flow_owner.pop(message.flow_id, None)
-            if owner is not None:
-                owner.close_flow(message.flow_id, message.reason, notify=False)
-            return True
-        return False
-
-    def _on_datagram(self, flow_id: int, data: bytes) -> None:
-        owner = self._flow_owner.get(flow_id)
-        if owner is not None:
-            if flow_id in owner.flows:
-                owner.datagram(flow_id, data)
-            else:
-                del self._flow_owner[flow_id]  # closed on our side (idle, failed socket)
+        return session is not None and self.flows.on_message(session, message)
 
 
 def _raise_refusal(result: LoginResult) -> None:

@@ -29,7 +29,7 @@ from tunnel_client.configsections import (
     ClientTLSConfig,
     InspectConfig,
 )
-from tunnel_client.dial import dns_server_address
+from tunnel_client.dial import dns_server_address, split_server_addr
 from tunnel_client.includes import name_proxy, read_includes
 from tunnel_client.proxyconfig import (
     PROXY_FIELDS,
@@ -101,6 +101,7 @@ logger = logging.getLogger(__name__)
 MAX_SECONDS: Final = 86400.0  # longest duration accepted for any timeout (one day)
 MAX_UDP_PACKET_BYTES: Final = 65507  # largest UDP payload over IPv4
 MAX_CLIENT_ID_CHARS: Final = 64
+MAX_SERVER_ADDRS: Final = 32  # failover nodes in serverAddrs
 DEFAULT_SERVER_PORT: Final = 7000
 MAX_POOL: Final = 1000  # frp's poolCount ceiling accepted here (it has no effect)
 
@@ -121,6 +122,14 @@ CLIENT_FIELDS: Final = FieldTable(
         Field("user", "user", Str(allow_empty=True), "", "user name sent at login"),
         Field("serverAddr", "server_addr", Str(), "0.0.0.0", "host of tunneld"),
         Field("serverPort", "server_port", Int(1, 65535), DEFAULT_SERVER_PORT, "port of tunneld"),
+        Field(
+            "serverAddrs",
+            "server_addrs",
+            StrList(),
+            (),
+            'more tunneld nodes to fail over to, "host" or "host:port" (tunnelkit; frp has '
+            "one serverAddr); tried in turn after serverAddr",
+        ),
         Field(
             "loginFailExit",
             "login_fail_exit",
@@ -281,6 +290,7 @@ class ClientConfig:
     user: str = _F.default("user", str)
     server_addr: str = _F.default("server_addr", str)
     server_port: int = _F.default("server_port", int)
+    server_addrs: tuple[str, ...] = _F.default("server_addrs", tuple)  # failover nodes
     login_fail_exit: bool = _F.default("login_fail_exit", bool)
     udp_packet_size: int = _F.default("udp_packet_size", int)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
@@ -304,6 +314,16 @@ class ClientConfig:
     log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
     proxies: tuple[ProxyConfig, ...] = _F.default("proxies", tuple)  # enabled ones only
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
+
+
+def server_list(config: ClientConfig) -> list[tuple[str, int]]:
+    """The tunneld nodes to try, in order: serverAddr, then each of serverAddrs."""
+    out = [(config.server_addr, config.server_port)]
+    for entry in config.server_addrs:
+        parsed = split_server_addr(entry, config.server_port)
+        if parsed is not None and parsed not in out:
+            out.append(parsed)
+    return out
 
 
 def seconds_or_off(value: float) -> float:
@@ -452,6 +472,14 @@ def _complete(
         except ConfigError as exc:
             problems.extend(getattr(exc, "problems", (exc,)))
             continue
+        given = table.get("name", str)
+        if given is not None and given != proxies[-1].name:
+            note = (
+                f"{table.source}: {table.key_path('name')}: {given!r} has spaces; tunnelkit "
+                f"runs it as {proxies[-1].name!r} (proxy names go into log lines and URLs); "
+                "rename it in the file to silence this note"
+            )
+            notes.extend(_named_notes(table, [note]))
         if proxies[-1].type == ProxyType.UDP and proxies[-1].transport.use_compression:
             note = (
                 f"{table.source}: {table.key_path('transport.useCompression')}: has no effect "
@@ -540,6 +568,23 @@ def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
                 source,
                 "serverAddr",
                 f"must be a host name or IP address, got {describe(config.server_addr)}",
+            )
+        )
+    for index, entry in enumerate(config.server_addrs):
+        if split_server_addr(entry, config.server_port) is None:
+            problems.append(
+                ConfigError(
+                    source,
+                    f"serverAddrs[{index}]",
+                    f'must be "host" or "host:port" ("[v6]:port" for IPv6), got {describe(entry)}',
+                )
+            )
+    if len(config.server_addrs) > MAX_SERVER_ADDRS:
+        problems.append(
+            ConfigError(
+                source,
+                "serverAddrs",
+                f"at most {MAX_SERVER_ADDRS} servers, got {len(config.server_addrs)}",
             )
         )
     if 0 < config.heartbeat_timeout <= config.heartbeat_interval:

@@ -63,6 +63,28 @@ def dns_server_address(text: str) -> tuple[str, int] | None:
     return (host, port) if 1 <= port <= 65535 else None
 
 
+def split_server_addr(text: str, default_port: int) -> tuple[str, int] | None:
+    """A `serverAddrs` entry: "host", "host:port" or "[v6]:port"; None if it is none of them."""
+    host, port = text, default_port
+    if text.startswith("["):
+        head, sep, tail = text[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            return None
+        host = head
+        if tail:
+            if not tail[1:].isdigit():
+                return None
+            port = int(tail[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        if not port_text.isdigit():
+            return None
+        port = int(port_text)
+    if not host or any(ch.isspace() for ch in host):
+        return None
+    return (host, port) if 1 <= port <= 65535 else None
+
+
 def redacted(url: str) -> str:
     """The proxy URL as logs and errors show it: any password replaced by ***."""
     parts = urlsplit(url)

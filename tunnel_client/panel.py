@@ -78,7 +78,7 @@ def render(client: TunnelClient, logs: PanelLogHandler | None, now: float) -> Gr
     else:
         shown = Text(state, style="bold")
     head.add_row("Session", shown)
-    head.add_row("Server", f"{cfg.server_addr}:{cfg.server_port}")
+    head.add_row("Server", client.server_text)
     if client.surfaces.inspector_port is not None:
         head.add_row("Inspector", f"http://{cfg.inspect.addr}:{client.surfaces.inspector_port}/")
     for row in client.status():

@@ -18,16 +18,16 @@ from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
 from .config import ProxyConfig
-from .inspect.app import build_inspector_app
 from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
-from .inspect.replay import make_local_replayer
-from .inspect.signers import Signer
 from .inspect.store import CaptureStore
 from .plugins import CAPTURED_PLUGINS
-from .web.admin import AdminController, build_admin_app
+
+# The inspector's app and the admin API (with prometheus_client) load only when they start:
+# a client without http proxies or webServer never imports them (test_lazy_imports.py).
 
 if TYPE_CHECKING:
     from .client import TunnelClient
+    from .web.admin import AdminController
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ class WebSurfaces:
             check_web_bind("inspect", cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
+        from .inspect.app import build_inspector_app
+        from .inspect.replay import make_local_replayer
+        from .inspect.signers import Signer
+
         app = build_inspector_app(
             store,
             make_local_replayer(self.client.local_address, max_body_bytes=cfg.max_body_bytes),
@@ -170,6 +174,8 @@ class WebSurfaces:
             check_web_bind("webServer", cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
+        from .web.admin import build_admin_app
+
         controller: AdminController = self.client
         app = build_admin_app(controller, user=cfg.user, password=password)
         ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)

@@ -4,8 +4,9 @@ subcommand, and `convert` for legacy INI files. Only the two `cli.py` modules us
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -45,3 +46,18 @@ def convert_ini(program: str, side: str, config_path: Path) -> None:
         click.echo(ini_to_toml(parse_ini(text, str(config_path)), side, str(config_path)), nl=False)
     except TunnelError as exc:
         fail(program, str(exc))
+
+
+class LazyEpilogGroup(click.Group):
+    """A click group whose epilog (the config key list at the end of --help) is built only
+    when help is shown: building it imports the whole config schema, which `--version` and
+    every command that does not need it should not pay for."""
+
+    def __init__(self, *args: Any, epilog_factory: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_factory = epilog_factory
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.epilog is None:
+            self.epilog = self._epilog_factory()
+        super().format_epilog(ctx, formatter)

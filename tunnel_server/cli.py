@@ -9,30 +9,25 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import click
 
 from protocol import __version__
 from protocol.errors import TunnelError
 from tunnel_common import allocator
-from tunnel_common.clicommon import config_path_of, convert_ini
+from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
-from tunnel_common.configdocs import help_epilog
-from tunnel_common.configspecs import Secret
 from tunnel_common.logs import setup_logging
 from tunnel_common.runner import run as run_loop
 
-from .config import (
-    SERVER_FIELDS,
-    ServerConfig,
-    default_server_config,
-    load_server_config,
-    validate_server_config,
-)
-from .reload import apply_reload, pid_file, remove_pid_file, write_pid_file
-from .server import TunnelServer
 from .users.cli import users
+
+# The config schema and the server (aiohttp, cryptography, the dashboard, ACME) load when a
+# command runs, so `tunneld --version` and `--help` stay light (tests/unit/test_lazy_imports.py).
+if TYPE_CHECKING:
+    from .config import ServerConfig
+    from .server import TunnelServer
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +39,8 @@ def fail(message: str) -> NoReturn:
 
 
 def _load(path: Path | None) -> ServerConfig:
+    from .config import default_server_config, load_server_config
+
     try:
         return load_server_config(path) if path is not None else default_server_config()
     except TunnelError as exc:
@@ -59,10 +56,19 @@ CONFIG_OPTION = click.option(
 )
 
 
+def _epilog() -> str:
+    from tunnel_common.configdocs import help_epilog
+
+    from .config import SERVER_FIELDS
+
+    return help_epilog("frps.toml", [("", SERVER_FIELDS)])
+
+
 @click.group(
+    cls=LazyEpilogGroup,
+    epilog_factory=_epilog,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=help_epilog("frps.toml", [("", SERVER_FIELDS)]),
 )
 @CONFIG_OPTION
 @click.option(
@@ -123,6 +129,10 @@ def _with_web_overrides(
     """Apply --web-addr/--web-user/--web-password (or their env vars) and re-check."""
     if addr is None and user is None and password is None:
         return config
+    from tunnel_common.configspecs import Secret
+
+    from .config import validate_server_config
+
     web = dataclasses.replace(
         config.web,
         addr=addr if addr is not None else config.web.addr,
@@ -138,6 +148,9 @@ def _with_web_overrides(
 
 
 async def _serve(config: ServerConfig, config_path: Path | None) -> int:
+    from .reload import remove_pid_file, write_pid_file
+    from .server import TunnelServer
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
@@ -179,6 +192,9 @@ async def _until_stopped(
     reload_requested: asyncio.Event,
 ) -> None:
     """Serve until SIGINT/SIGTERM; on SIGHUP re-read the config file and apply it."""
+    from .config import load_server_config
+    from .reload import apply_reload
+
     while not stop.is_set():
         waiters = {
             asyncio.ensure_future(stop.wait()),
@@ -235,6 +251,8 @@ def convert(ctx: click.Context, config_path: Path | None, ini_file: Path | None)
 @CONFIG_OPTION
 def reload(config_path: Path | None) -> None:
     """Tell the running tunneld (found by its pid file) to reload its config (SIGHUP)."""
+    from .reload import pid_file
+
     config = _load(config_path)
     path = pid_file(config)
     try:

@@ -40,6 +40,7 @@ from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
 from .httpstats import HTTPStats
+from .manager import ProxyManager
 from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .oidc import OIDCVerifier
 from .pluginops import ping_loop, session_user
@@ -108,9 +109,9 @@ class TunnelServer:
         self._closing = False
         self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
         self._trim_first = 0.0  # when the first departure of the pending trim's wave left
-        # name -> (client id, type) of every proxy the stats still track, for offline rows.
-        self.proxy_meta: dict[str, tuple[str, str]] = {}
         self.departures = Departures(config.departed_metrics_ttl)
+        # name -> proxy, owner session, status and counters: the one home of proxies.
+        self.proxies = ProxyManager(self.stats, self.departures)
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
@@ -333,9 +334,7 @@ class TunnelServer:
 
     def expire_departed(self, now: float) -> None:
         """Forget proxies gone longer than departedMetricsTTL (their series and rows)."""
-        online = {name for s in self.sessions.values() for name in s.proxies}
-        for name in self.departures.expire(self.stats, online, now):
-            self.proxy_meta.pop(name, None)
+        for name in self.proxies.expire_departed(now):
             self.http_stats.pop(name, None)
 
     def _users_changed(self) -> None:
@@ -351,14 +350,6 @@ class TunnelServer:
         visitors = self._visitors.get(record.proxy)
         if visitors is not None:
             visitors.request_done(record)
-
-    def proxy_started(self, name: str, client_id: str, proxy_type: str) -> None:
-        """Remember who owned a proxy, for the dashboard's offline rows (bounded by stats)."""
-        self.proxy_meta[name] = (client_id, proxy_type)
-        self.departures.started(name)
-        if len(self.proxy_meta) > self.stats.max_proxies:
-            for stale in [n for n in self.proxy_meta if self.stats.get(n) is None]:
-                del self.proxy_meta[stale]
 
     async def run_session(self, mux: MuxSession, slot: PendingSlot) -> None:
         """Serve one connection whose TLS handshake is done (called by the ControlListener)."""
@@ -473,10 +464,7 @@ class TunnelServer:
         allocator.trim()
 
     def proxy_owner(self, name: str) -> ServerSession | None:
-        for session in self.sessions.values():
-            if name in session.proxies:
-                return session
-        return None
+        return self.proxies.owner(name)
 
     def proxy_context(
         self,
@@ -485,7 +473,7 @@ class TunnelServer:
         local_name: str,
         request: NewProxy | None = None,
     ) -> ProxyContext:
-        counters = self.stats.proxy(name)
+        counters = self.proxies.counters(name)
         try:
             rules = IPRules.parse(request.allow_ips, request.deny_ips) if request else IPRules()
         except ValueError as exc:
@@ -507,8 +495,7 @@ class TunnelServer:
             https_port=self.https_port,
             edge=self.edge_service,
             public_host=self.public_host(),
-            flow_ids=session.flow_ids,
-            flow_table=session.flow_table,
+            flows=session.flows,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )

@@ -35,6 +35,7 @@ from tunnel_common.nonces import new_nonce
 
 from .accesslog import log_login_failure
 from .errors import ProxyHeld
+from .flows import FlowTable
 from .oidc import OIDCError
 from .pluginops import (
     apply_new_proxy,
@@ -46,7 +47,7 @@ from .pluginops import (
 from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
-from .proxies.base import DatagramSink, FlowIds, ProxyRefused, ServerProxy
+from .proxies.base import ProxyRefused, ServerProxy
 from .users.quota import check_new_proxy
 
 if TYPE_CHECKING:
@@ -89,13 +90,15 @@ class ServerSession:
         peer = mux.peername or ("?", 0)
         self.address = f"{peer[0]}:{peer[1]}"
         self.peer_ip = str(peer[0])
-        self.proxies: dict[str, ServerProxy] = {}  # by public (qualified) name
-        self.proxy_requests: dict[str, NewProxy] = {}  # what each of them asked for (dashboard)
         self.logged_in = False
         self.metas: dict[str, str] = {}  # frpc `metadatas`, for server plugins
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
-        self.flow_ids = FlowIds()
-        self.flow_table: dict[int, DatagramSink] = {}
+        self.flows = FlowTable()  # datagram flows of this session's proxies
+
+    @property
+    def proxies(self) -> dict[str, ServerProxy]:
+        """This session's live proxies by qualified name (read from the server's manager)."""
+        return {name: e.proxy for name, e in self.server.proxies.of_session(self).items()}
 
     def __repr__(self) -> str:
         return f"<ServerSession client={self.client_id or '?'} addr={self.address}>"
@@ -310,9 +313,7 @@ class ServerSession:
                     self.qualified(message.name), peer_text(message.reason), notify=False
                 )
             elif isinstance(message, UDPFlowClosed):
-                sink = self.flow_table.get(message.flow_id)
-                if sink is not None:
-                    sink.flow_closed_by_client(message)
+                self.flows.closed_by_client(message)
             else:
                 logger.warning(
                     "tunneld: [client=%s] unexpected %s; closing the session",
@@ -323,9 +324,7 @@ class ServerSession:
                 return
 
     def _on_datagram(self, flow_id: int, data: bytes) -> None:
-        sink = self.flow_table.get(flow_id)
-        if sink is not None:
-            sink.datagram_from_client(flow_id, data)
+        self.flows.datagram(flow_id, data)
 
     def qualified(self, name: str) -> str:
         """Proxy names are global on a server; a user prefix keeps teams apart, as in frp."""
@@ -353,9 +352,7 @@ class ServerSession:
                     self.server.departures.closed(qualified, str(exc), time.time())
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
-        self.proxies[name] = proxy
-        self.proxy_requests[name] = request
-        self.server.proxy_started(name, self.client_id, str(proxy.type))
+        self.server.proxies.add(self, name, proxy, request)
         self.mux.send_message(
             NewProxyResult(request.name, True, proxy.public_note, proxy.public_urls)
         )
@@ -378,11 +375,12 @@ class ServerSession:
                 )
 
     async def _start_proxy(self, request: NewProxy, name: str) -> ServerProxy:
-        if name in self.proxies:
+        owned = self.server.proxies.of_session(self)
+        if name in owned:
             raise ProxyRefused(f"proxy name {request.name!r} is already used by this client")
-        if len(self.proxies) >= MAX_PROXIES_PER_CLIENT:
+        if len(owned) >= MAX_PROXIES_PER_CLIENT:
             raise ProxyRefused(f"too many proxies for one client (limit {MAX_PROXIES_PER_CLIENT})")
-        owner = self.server.proxy_owner(name)
+        owner = self.server.proxies.owner(name)
         if owner is not None and owner is not self:
             raise ProxyHeld(f"proxy name {request.name!r} is held by another session")
         if request.bandwidth_limit and request.type != ProxyType.TCP:
@@ -413,13 +411,12 @@ class ServerSession:
         return proxy
 
     def close_proxy(self, name: str, reason: str, *, notify: bool) -> bool:
-        proxy = self.proxies.pop(name, None)
-        self.proxy_requests.pop(name, None)
-        if proxy is None:
+        entry = self.server.proxies.get(name)
+        if entry is None or entry.owner is not self:
             return False
-        proxy.close()
+        self.server.proxies.remove(name, reason)
+        entry.proxy.close()
         self.server.users.collect_proxy(self.server, self.user, name)
-        self.server.departures.closed(name, reason, time.time())
         self.server.plugins.notify("CloseProxy", {"user": session_user(self), "proxy_name": name})
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)
         if notify and not self.mux.closed:
@@ -429,5 +426,5 @@ class ServerSession:
 
     def release_all(self, reason: str) -> None:
         """Release every proxy now (sync), so a reconnecting client can claim them again."""
-        for name in list(self.proxies):
+        for name in list(self.server.proxies.of_session(self)):
             self.close_proxy(name, reason, notify=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .proxies.tcp import TCPProxy
-from .stats import ProxyCounters
 from .web.view import CertificateInfo, CertificateReport, ClientInfo, ProxyInfo
 
 if TYPE_CHECKING:
@@ -32,69 +31,33 @@ class LiveServerView:
         ]
 
     def proxies(self) -> list[ProxyInfo]:
-        stats = self._server.stats
-        online: list[ProxyInfo] = []
-        names: set[str] = set()
-        for session in self._server.sessions.values():
-            for name, proxy in session.proxies.items():
-                names.add(name)
-                request = session.proxy_requests.get(name)
-                online.append(
-                    ProxyInfo(
-                        name=name,
-                        client_id=session.client_id,
-                        type=str(proxy.type),
-                        public=proxy.public_urls,
-                        status="online",
-                        counters=stats.get(name) or stats.proxy(name),
-                        metadatas=dict(request.metadatas) if request else {},
-                        annotations=dict(request.annotations) if request else {},
-                        bandwidth_limit=request.bandwidth_limit if request else 0,
-                        bandwidth_rate=(
-                            proxy.throttle.current_rate()
-                            if isinstance(proxy, TCPProxy) and proxy.throttle is not None
-                            else 0.0
-                        ),
-                    )
-                )
-        departures = self._server.departures
-        offline: list[ProxyInfo] = []
-        for name, counters in stats.items():
-            if name in names:
-                continue
-            refusal = departures.refusal(name)
-            if refusal is not None:  # refused before it ever served (its counters exist)
-                client_id, proxy_type, reason = refusal
-                offline.append(
-                    ProxyInfo(name, client_id, proxy_type, (), "refused", counters, reason=reason)
-                )
-                continue
-            client_id, proxy_type = self._server.proxy_meta.get(name, ("", ""))
-            offline.append(
-                ProxyInfo(
-                    name,
-                    client_id,
-                    proxy_type,
-                    (),
-                    "offline",
-                    counters,
-                    reason=departures.reason(name),
-                )
-            )
-        refused = [
+        manager = self._server.proxies
+        online = [
             ProxyInfo(
-                name=name,
-                client_id=client_id,
-                type=proxy_type,
-                public=(),
-                status="refused",
-                counters=ProxyCounters(),
-                reason=reason,
+                name=entry.name,
+                client_id=entry.client_id,
+                type=entry.type,
+                public=entry.proxy.public_urls,
+                status="online",
+                counters=entry.counters,
+                metadatas=dict(entry.request.metadatas),
+                annotations=dict(entry.request.annotations),
+                bandwidth_limit=entry.request.bandwidth_limit,
+                bandwidth_rate=(
+                    entry.proxy.throttle.current_rate()
+                    if isinstance(entry.proxy, TCPProxy) and entry.proxy.throttle is not None
+                    else 0.0
+                ),
             )
-            for name, (client_id, proxy_type, reason) in departures.refusals()
-            if name not in names and stats.get(name) is None
+            for entry in manager.entries()
         ]
-        return online + offline + refused
+        departed = [
+            ProxyInfo(
+                row.name, row.client_id, row.type, (), row.state, row.counters, reason=row.reason
+            )
+            for row in manager.departed()
+        ]
+        return online + departed
 
     def kick_client(self, client_id: str) -> bool:
         return self._server.kick(client_id)

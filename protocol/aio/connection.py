@@ -1,10 +1,25 @@
 """MuxSession: drives a sans-IO MuxConnection from an asyncio transport.
 
-One loop does everything: bytes arrive in `buffer_updated` (read in place into the decoder's
-buffer), events are drained and dispatched to streams, output is flushed once per event-loop
-iteration (small frames coalesce into one write), and one timer handle is re-armed for
-keepalive. Backpressure: when the connection's transport is above its write high-water mark,
-every attached local socket stops reading until it drains.
+The pump (docs/architecture.md, "The pump")
+--------------------------------------------
+Every entry point ends in one step, `transmit()`, as aioquic's QuicConnectionProtocol does:
+drain the core's events and hand each to its stream or handler, write the core's output to
+the transport, and re-arm the one keepalive timer. The entry points are the transport's
+callbacks (`connection_made`, `buffer_updated`, `eof_received`, `connection_lost`), the timer,
+and `close()`; each runs `transmit()` itself.
+
+Commands (a stream's `send_data`, `end_stream`, `reset_stream`, `acknowledge`,
+`accept_stream`, and the application's `open_stream`, `send_message`, `send_datagram`,
+`go_away`) only change the core and ask for a transmit on the next loop iteration, so small
+frames coalesce into one write. A command never drains events: a stream's call cannot run
+another stream's callbacks under it. Calls go one way each: commands down into the core,
+events up to the streams through their public `StreamEvents` interface.
+
+Bounds: the core's event queue holds at most `MAX_PENDING_EVENTS` (protocol/mux.py; the rest
+of a read waits in its decoder until the queue drains). The core's output list is written to
+the transport as soon as a command takes it past `MAX_PENDING_OUTPUT_BYTES`, so it holds at
+most that plus one command's frames; from there the transport's high-water mark pauses every
+attached local socket (backpressure) until it drains.
 """
 
 from __future__ import annotations
@@ -44,6 +59,10 @@ CONN_WRITE_HIGH_WATER_BYTES: Final = 4 * 1024 * 1024
 CONN_WRITE_LOW_WATER_BYTES: Final = 1024 * 1024
 # Control messages received but not yet taken by the application; more is a protocol abuse.
 MAX_QUEUED_MESSAGES: Final = 1024
+# Output the core may hold between transmits, in bytes. A command that takes it past this
+# hands it to the transport at once (policy: flush, then the transport's high water pauses
+# the producers), so the core's output list holds at most this plus one command's frames.
+MAX_PENDING_OUTPUT_BYTES: Final = 1024 * 1024
 # Output chunks up to this total are joined into one write (one TLS record burst).
 _JOIN_LIMIT_BYTES: Final = 256 * 1024
 
@@ -83,10 +102,12 @@ class MuxSession(asyncio.BufferedProtocol):
         self.message_filter: Callable[[Message], bool] | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
         self._streams: dict[int, MuxStream] = {}
-        self._messages: deque[Message] = deque()
+        self._messages: deque[Message] | None = None  # made on the first unread message
         self._message_waiter: asyncio.Future[None] | None = None
-        self._flush_scheduled = False
+        self._transmit_scheduled = False
+        self._in_transmit = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self.writing_paused = False
         self._connected: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
@@ -96,7 +117,7 @@ class MuxSession(asyncio.BufferedProtocol):
         # Control messages held for next_message(); more is the peer's protocol abuse.
         self.message_limit = MAX_QUEUED_MESSAGES
 
-    # -- asyncio.BufferedProtocol ----------------------------------------------------------------
+    # -- asyncio.BufferedProtocol: entry points, each ending in transmit() ---------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport but implement it.
         transport = cast(asyncio.Transport, transport)
@@ -115,22 +136,20 @@ class MuxSession(asyncio.BufferedProtocol):
             self._flush()
             transport.close()
             return
-        self._arm_timer()
         if not self._connected.done():
             self._connected.set_result(None)
-        self._flush()  # anything queued before the transport was attached
+        self.transmit()  # anything queued before the transport was attached
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.mux.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.mux.buffer_updated(nbytes)
-        self._dispatch()
-        self._flush()
+        self.transmit()
 
     def eof_received(self) -> bool:
         self.mux.receive_eof()
-        self._dispatch()
+        self.transmit()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -138,18 +157,42 @@ class MuxSession(asyncio.BufferedProtocol):
             reason = f"connection lost: {exc}" if exc else "connection closed"
             self.mux.close(ErrorCode.NORMAL, reason)
             self.mux.data_to_send()  # nowhere to send it
-        self._dispatch()
+        self.transmit()
         self._shutdown(ErrorCode.NORMAL, "connection lost")
 
     def pause_writing(self) -> None:
         self.writing_paused = True
         for stream in list(self._streams.values()):
-            stream._on_session_paused()
+            stream.connection_paused()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         for stream in list(self._streams.values()):
-            stream._on_session_writable()
+            stream.connection_resumed()
+
+    # -- the pump ------------------------------------------------------------------------------
+    def transmit(self) -> None:
+        """Drain the core's events, write its output, re-arm the timer. Re-entrant calls (a
+        handler closing the session mid-drain) return at once: the running drain finishes."""
+        self._transmit_scheduled = False
+        if self._in_transmit:
+            return
+        self._in_transmit = True
+        try:
+            self._dispatch()
+            self._flush()
+            self._arm_timer()
+        finally:
+            self._in_transmit = False
+
+    def _queued(self) -> None:
+        """A command queued output or events: transmit on the next iteration, or write the
+        output now if it passed its bound."""
+        if self.mux.pending_output_bytes > MAX_PENDING_OUTPUT_BYTES:
+            self._flush()
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self.loop.call_soon(self.transmit)
 
     # -- application API ----------------------------------------------------------------------
     @property
@@ -169,13 +212,14 @@ class MuxSession(asyncio.BufferedProtocol):
         stream_id = self.mux.open_stream(header)
         stream = MuxStream(self, stream_id, header, local=True)
         self._streams[stream_id] = stream
-        self._schedule_flush()
+        self._queued()
         return stream
 
     def accept_stream(self, stream: MuxStream) -> None:
+        """Accept a stream the peer opened (MuxStream.attach does this for a splice)."""
         self.mux.accept_stream(stream.stream_id)
-        stream._on_accepted()
-        self._schedule_flush()
+        stream.accepted()
+        self._queued()
 
     async def next_message(self) -> Message:
         """The next control message; raises SessionClosedError once the session is over."""
@@ -187,13 +231,16 @@ class MuxSession(asyncio.BufferedProtocol):
                 await self._message_waiter
             finally:
                 self._message_waiter = None
-        return self._messages.popleft()
+        message = self._messages.popleft()
+        if not self._messages:
+            self._messages = None  # an idle session keeps no queue
+        return message
 
     def send_message(self, message: Message) -> None:
         if self.mux.terminated:
             raise SessionClosedError(self.close_code or 0, self.close_reason or "session closed")
         self.mux.send_message(message)
-        self._schedule_flush()
+        self._queued()
 
     def send_datagram(self, flow_id: int, data: bytes) -> bool:
         """Queue a datagram; False means it was dropped (congested or too large)."""
@@ -201,7 +248,7 @@ class MuxSession(asyncio.BufferedProtocol):
             return False
         ok = self.mux.send_datagram(flow_id, data)
         if ok:
-            self._schedule_flush()
+            self._queued()
         return ok
 
     def go_away(self, code: int, reason: str) -> None:
@@ -214,8 +261,9 @@ class MuxSession(asyncio.BufferedProtocol):
             return
         self.mux.close(code, reason)
         self._flush()
-        self._dispatch()
-        self._shutdown(code, reason)
+        self.transmit()
+        if not self._in_transmit:
+            self._shutdown(code, reason)
 
     def stream_count(self) -> int:
         return len(self._streams)
@@ -223,40 +271,15 @@ class MuxSession(asyncio.BufferedProtocol):
     def streams(self) -> list[MuxStream]:
         return list(self._streams.values())
 
-    # -- used by MuxStream ------------------------------------------------------------------------
-    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
-        if not self.mux.has_stream(stream_id):
-            # Reset by the peer in this same read; the reset event, still queued, ends the
-            # stream. Nothing can be sent on it.
-            return 0
-        n = self.mux.send_data(stream_id, data)
-        if n:
-            self._schedule_flush()
-        return n
-
-    def end_stream(self, stream_id: int) -> None:
-        try:
-            self.mux.end_stream(stream_id)
-        except LocalProtocolError:
-            return  # already finished or reset: nothing to end
-        self._schedule_flush()
-        self._dispatch()
-
-    def reset(self, stream_id: int, code: int, reason: str) -> None:
-        if not self.mux.terminated:
-            self.mux.reset_stream(stream_id, code, reason)
-            self._schedule_flush()
-
-    def acknowledge(self, stream_id: int, nbytes: int) -> None:
-        if not self.mux.terminated:
-            self.mux.acknowledge_data(stream_id, nbytes)
-            if self.mux.pending_output_bytes:
-                self._schedule_flush()
-
-    def forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-        if not self._streams and self._idle_waiter is not None and not self._idle_waiter.done():
-            self._idle_waiter.set_result(None)
+    def buffered_bytes(self) -> int:
+        """Bytes this session holds in user space now: the core's unsent output, the
+        transport's write buffer and every stream's `buffered_bytes` (a gauge)."""
+        total = self.mux.pending_output_bytes
+        if self.transport is not None and not self.transport.is_closing():
+            total += self.transport.get_write_buffer_size()
+        for stream in self._streams.values():
+            total += stream.buffered_bytes
+        return total
 
     async def wait_idle(self) -> None:
         """Wait until no stream is open (used to drain before shutdown)."""
@@ -267,7 +290,42 @@ class MuxSession(asyncio.BufferedProtocol):
             finally:
                 self._idle_waiter = None
 
+    # -- stream commands (MuxStream calls these; none drains events) ---------------------------
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        if not self.mux.has_stream(stream_id):
+            # Reset by the peer in this same read; the reset event, still queued, ends the
+            # stream. Nothing can be sent on it.
+            return 0
+        n = self.mux.send_data(stream_id, data)
+        if n:
+            self._queued()
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        try:
+            self.mux.end_stream(stream_id)
+        except LocalProtocolError:
+            return  # already finished or reset: nothing to end
+        self._queued()  # its StreamClosed, if both sides are done, comes with the transmit
+
+    def reset_stream(self, stream_id: int, code: int, reason: str) -> None:
+        self._drop(stream_id)
+        if not self.mux.terminated:
+            self.mux.reset_stream(stream_id, code, reason)
+            self._queued()
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        if not self.mux.terminated:
+            self.mux.acknowledge_data(stream_id, nbytes)
+            if self.mux.pending_output_bytes:
+                self._queued()
+
     # -- internals ----------------------------------------------------------------------------
+    def _drop(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        if not self._streams and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
     def _dispatch(self) -> None:
         mux = self.mux
         streams = self._streams
@@ -275,29 +333,31 @@ class MuxSession(asyncio.BufferedProtocol):
             if type(event) is DataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_data(event.data)
+                    stream.data_received(event.data)
             elif type(event) is SendWindowOpened:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_window()
+                    stream.window_opened()
             elif type(event) is StreamOpened:
                 self._on_stream_opened(event)
             elif type(event) is StreamAccepted:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_accepted()
+                    stream.accepted()
             elif type(event) is StreamEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_eof()
+                    stream.eof_received()
             elif type(event) is StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_reset(event.code, event.reason)
+                    self._drop(event.stream_id)
+                    stream.reset_received(event.code, event.reason)
             elif type(event) is StreamClosed:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._on_closed()
+                    self._drop(event.stream_id)
+                    stream.closed_cleanly()
             elif type(event) is MessageReceived:
                 self._on_message(event.message)
             elif type(event) is DatagramReceived:
@@ -326,6 +386,8 @@ class MuxSession(asyncio.BufferedProtocol):
             return
         if self.mux.terminated:
             return  # the session is ending: later messages are not processed
+        if self._messages is None:
+            self._messages = deque()
         if len(self._messages) >= self.message_limit:
             self.close(ErrorCode.PROTOCOL_ERROR, "too many unprocessed control messages")
             return
@@ -336,13 +398,7 @@ class MuxSession(asyncio.BufferedProtocol):
         if self._message_waiter is not None and not self._message_waiter.done():
             self._message_waiter.set_result(None)
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
     def _flush(self) -> None:
-        self._flush_scheduled = False
         transport = self.transport
         if transport is None:
             return  # not attached yet: the output waits in the mux for connection_made
@@ -357,20 +413,21 @@ class MuxSession(asyncio.BufferedProtocol):
             transport.writelines(chunks)
 
     def _arm_timer(self) -> None:
-        deadline = self.mux.get_timer()
+        deadline = None if self._closed.done() else self.mux.get_timer()
+        if deadline == self._timer_at:
+            return  # unchanged: most transmits leave the keepalive deadline where it was
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_at = deadline
         if deadline is not None:
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = None
         self.mux.handle_timer(self.loop.time())
-        self._dispatch()
-        self._flush()
-        if not self._closed.done():
-            self._arm_timer()
+        self.transmit()
 
     def _shutdown(self, code: int, reason: str) -> None:
         if self._closed.done():
@@ -380,9 +437,13 @@ class MuxSession(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for stream in list(self._streams.values()):
-            stream._on_reset(ErrorCode.CANCELLED, f"session closed: {reason}")
+            self._timer_at = None
+        streams = list(self._streams.values())
         self._streams.clear()
+        for stream in streams:
+            stream.reset_received(ErrorCode.CANCELLED, f"session closed: {reason}")
+        if self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._closed.set_result(None)

@@ -2,31 +2,39 @@
 
 Theory of operation
 -------------------
-A stream is driven from two sides. The session (connection.py) delivers what the peer did:
-`_on_data`, `_on_eof`, `_on_reset`, `_on_window`, `_on_accepted`. The application uses one
-of two styles:
+Calls go one way each (see docs/architecture.md, "The pump"):
+
+* Down: the stream gives the session *commands* (`send_data`, `end_stream`, `reset_stream`,
+  `acknowledge`, `accept_stream`). A command only changes the sans-IO core and asks for a
+  transmit; it never runs another stream's code, because the session drains the core's events
+  only in `MuxSession.transmit()`, at the end of an entry point (a read, the timer, a scheduled
+  transmit), never inside a command.
+* Up: the session's `transmit()` delivers what the peer did through the stream's small public
+  event interface (`StreamEvents`): `data_received`, `eof_received`, `window_opened`,
+  `accepted`, `reset_received`, `closed_cleanly`, `connection_paused`, `connection_resumed`.
+
+The application uses one of two styles:
 
 * Spliced (the TCP hot path): `attach(transport)` joins the stream to a local socket.
   Incoming DATA is written straight to the transport and acknowledged (credited to the peer)
   only while that transport is below its write high-water mark; when it pauses, credit stops,
   so the peer's window runs out and backpressure reaches the far socket. Outgoing, the local
-  protocol calls `write`; what the send window does not take is kept (at most one read) and
+  protocol calls `send`; what the send window does not take is kept (at most one read) and
   the local transport's reading is paused until the window opens again.
 * Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
   `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
   credited as `read` consumes it.
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
-mark on one side, and by one read on the other.
+mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream
+holds no future, queue or timer until something waits on it (docs/performance.md, "Memory").
 
-Compressed streams (`header.compression`, protocol/compression.py) keep both styles. Outgoing
-bytes are compressed in `send` and each piece goes to the mux on its own (the backlog keeps the
-pieces apart), so windows and counters see the compressed bytes. Incoming DATA frames stay
-compressed while they wait (in `_rx`, bounded by the window), and are inflated one frame at a
-time when the consumer can take them: when `read` asks, or when the spliced socket is below
-high water. So the inflated bytes in memory are at most one frame's (`MAX_INFLATED_BYTES_PER_
-FRAME`) beyond what the uncompressed stream would hold, and a frame past that limit, or corrupt
-data, resets the stream (PROTOCOL_ERROR).
+A compressed stream (`header.compression`, protocol/compression.py) keeps both styles; its
+state is a `StreamCodec` (streamcodec.py). `send` compresses, and each compressed piece stays
+its own backlog item, so one DATA frame never spans two pieces; windows and counters count
+the compressed bytes. Received frames wait compressed in the codec until the consumer takes
+their bytes (`read`, or a spliced socket below high water); a frame that inflates past
+`MAX_INFLATED_BYTES_PER_FRAME`, or corrupt data, resets the stream (PROTOCOL_ERROR).
 """
 
 from __future__ import annotations
@@ -35,15 +43,16 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from ..compression import ZSTD, CompressionError, Deflater, Inflater
+from ..compression import ZSTD, CompressionError
 from ..errors import ErrorCode
 from ..messages import StreamHeader
 from . import sockopts
+from .streamcodec import StreamCodec
 from .streamtypes import StreamResetError, StreamTap, TrafficCounters
 
-__all__ = ["MuxStream", "StreamResetError", "StreamTap", "TrafficCounters"]
+__all__ = ["MuxStream", "StreamEvents", "StreamResetError", "StreamTap", "TrafficCounters"]
 
 if TYPE_CHECKING:
     from .connection import MuxSession
@@ -57,7 +66,58 @@ LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
 MAX_TX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
 
 
+class StreamEvents(Protocol):
+    """What MuxSession.transmit() tells a stream: the whole session-to-stream interface."""
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def window_opened(self) -> None: ...
+    def accepted(self) -> None: ...
+    def reset_received(self, code: int, reason: str) -> None: ...
+    def closed_cleanly(self) -> None: ...
+    def connection_paused(self) -> None: ...
+    def connection_resumed(self) -> None: ...
+
+
 class MuxStream:
+    # Slotted, and every future, queue and timer is made on first use: an idle spliced stream
+    # is this object and its header (docs/performance.md, "Memory").
+    __slots__ = (
+        "__weakref__",
+        "_accept_error",
+        "_accept_fut",
+        "_accept_timer",
+        "_accepted_done",
+        "_close_fut",
+        "_closed_done",
+        "_codec",
+        "_discard_rx",
+        "_rx",
+        "_rx_bytes",
+        "_rx_eof",
+        "_rx_waiter",
+        "_sink",
+        "_sink_paused",
+        "_source",
+        "_source_paused",
+        "_tx_backlog",
+        "_tx_backlog_bytes",
+        "_tx_ended",
+        "_tx_eof_pending",
+        "_tx_waiter",
+        "_unacked",
+        "bytes_in",
+        "bytes_out",
+        "counters",
+        "header",
+        "opened_locally",
+        "reset_code",
+        "reset_reason",
+        "session",
+        "stream_id",
+        "tap",
+    )
+
     def __init__(
         self, session: MuxSession, stream_id: int, header: StreamHeader, *, local: bool
     ) -> None:
@@ -65,9 +125,8 @@ class MuxStream:
         self.stream_id = stream_id
         self.header = header
         self.opened_locally = local
-        loop = session.loop
         # receive side
-        self._rx: deque[bytes] = deque()
+        self._rx: deque[bytes] | None = None  # made on the first byte an async reader holds
         self._rx_bytes = 0
         self._rx_eof = False
         self._rx_waiter: asyncio.Future[None] | None = None
@@ -75,17 +134,22 @@ class MuxStream:
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
         self._unacked = 0  # bytes written to the sink but not credited yet
-        # send side: what the window did not take yet, one item per send (or compressed piece)
-        self._tx_backlog: deque[memoryview] = deque()
+        # send side: what the window did not take yet, one item per send (or compressed
+        # piece); None when empty
+        self._tx_backlog: deque[memoryview] | None = None
         self._tx_backlog_bytes = 0
         self._tx_eof_pending = False
         self._tx_ended = False
         self._tx_waiter: asyncio.Future[None] | None = None
         self._source: asyncio.BaseTransport | None = None
         self._source_paused = False
-        # lifecycle
-        self._accepted: asyncio.Future[None] = loop.create_future()
-        self._closed: asyncio.Future[None] = loop.create_future()
+        # lifecycle: flags, with futures only for someone who waits
+        self._accepted_done = False
+        self._accept_error: StreamResetError | None = None
+        self._accept_fut: asyncio.Future[None] | None = None
+        self._accept_timer: asyncio.TimerHandle | None = None
+        self._closed_done = False
+        self._close_fut: asyncio.Future[None] | None = None
         self.reset_code: int | None = None
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
@@ -94,41 +158,49 @@ class MuxStream:
         # sends into the tunnel count as `bytes_in`, bytes the tunnel delivers as `bytes_out`.
         self.counters: TrafficCounters | None = None
         self.tap: StreamTap | None = None
-        # compression (both ways, or neither): set from the SYN's header on both ends
-        compressed = header.compression == ZSTD
-        self._deflater = Deflater() if compressed else None
-        self._inflater = Inflater() if compressed else None
-        self._plain = b""  # inflated bytes `read` has not returned yet (async style)
-        self._sink_eof_pending = False  # spliced: FIN waits for the queued frames
-        self._sink_close_pending = False  # spliced: the clean close waits for them too
+        self._codec = StreamCodec() if header.compression == ZSTD else None
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
 
     @property
     def is_closed(self) -> bool:
-        return self._closed.done()
+        return self._closed_done
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this stream holds in user space now: unread received data, the local
+        socket's write buffer and the unsent backlog (the memory gauge tests and docs use)."""
+        total = self._rx_bytes
+        sink = self._sink
+        if sink is not None and not sink.is_closing():
+            total += sink.get_write_buffer_size()
+        if self._codec is not None:
+            total += self._codec.buffered_bytes
+        return total + self._tx_backlog_bytes
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:
         """Join this stream with a local socket's transport (both directions). A stream the
         peer opened is accepted now, before the local socket can produce data."""
-        if not self.opened_locally and not self._accepted.done():
+        if not self.opened_locally and not self._accepted_done:
             self.session.accept_stream(self)
         self._sink = transport
         self._source = transport
         transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)
         if self._rx:
-            pending, self._rx = self._rx, deque()
+            pending, self._rx = self._rx, None
             self._rx_bytes = 0
             for chunk in pending:
                 self._deliver(chunk)
         if self._rx_eof and transport.can_write_eof():
-            if self._rx:
-                self._sink_eof_pending = True
+            if self._codec is not None and self._codec.frames:
+                self._codec.eof_pending = True
             else:
                 transport.write_eof()
-        if self._tx_backlog or self.session.writing_paused:
+        if self._codec is not None:
+            self._drain_codec(self._codec)  # frames that came before the socket did
+        if self._tx_backlog is not None or self.session.writing_paused:
             # uvloop starts reading after connection_made returns, undoing a pause made in
             # it: pause on the next iteration instead (before the first read can arrive).
             self.session.loop.call_soon(self._pause_if_congested)
@@ -142,30 +214,32 @@ class MuxStream:
         if self._unacked:
             n, self._unacked = self._unacked, 0
             self._acknowledge(n)
-        # Compressed frames that waited for the sink: inflate them while it takes more.
-        while self._rx and not self._sink_paused and self._sink is not None:
-            chunk = self._rx.popleft()
-            self._rx_bytes -= len(chunk)
-            self._deliver_inflated(chunk)
-        if not self._rx and self._sink is not None and not self._sink.is_closing():
-            if self._sink_eof_pending:
-                self._sink_eof_pending = False
-                self._sink.write_eof()
-            if self._sink_close_pending:
-                self._sink_close_pending = False
-                sockopts.graceful_close(self._sink)
+        if self._codec is not None:
+            self._drain_codec(self._codec)
+
+    def _drain_codec(self, codec: StreamCodec) -> None:
+        """Inflate the compressed frames that waited for the sink while it takes more."""
+        while codec.frames and not self._sink_paused and self._sink is not None:
+            self._deliver_inflated(codec.pop())
+        sink = self._sink
+        if not codec.frames and sink is not None and not sink.is_closing():
+            if codec.eof_pending:
+                codec.eof_pending = False
+                sink.write_eof()
+            if codec.close_pending:
+                codec.close_pending = False
+                sockopts.graceful_close(sink)
 
     def _acknowledge(self, nbytes: int) -> None:
-        if not self._closed.done():
+        if not self._closed_done:
             self.session.acknowledge(self.stream_id, nbytes)
 
     def _deliver(self, data: bytes) -> None:
         """Write a DATA payload to the sink (inflated first on a compressed stream)."""
         assert self._sink is not None
-        if self._inflater is not None:
-            if self._sink_paused or self._rx:
-                self._rx.append(data)  # inflated when the sink resumes (bounded: window)
-                self._rx_bytes += len(data)
+        if self._codec is not None:
+            if self._sink_paused or self._codec.frames:
+                self._codec.queue(data)  # inflated when the sink resumes (bounded: window)
             else:
                 self._deliver_inflated(data)
             return
@@ -182,29 +256,28 @@ class MuxStream:
             return
         if plain:
             self._sink.write(plain)
+            if self.tap is not None:
+                self.tap.received(plain)
         if self._sink_paused:
             self._unacked += len(data)
         else:
             self._acknowledge(len(data))
-        if self.tap is not None and plain:
-            self.tap.received(plain)
 
     def _inflate(self, data: bytes) -> bytes | None:
         """One compressed DATA frame's plain bytes; None after resetting the stream."""
-        assert self._inflater is not None
+        assert self._codec is not None
         try:
-            return self._inflater.inflate(data)
+            return self._codec.inflater.inflate(data)
         except CompressionError as exc:
             logger.warning("stream %d: %s; resetting it", self.stream_id, exc)
-            self._rx.clear()
-            self._rx_bytes = 0
-            if self._closed.done() and self._sink is not None:
+            self._codec.drop()
+            if self._closed_done and self._sink is not None:
                 sockopts.reset(self._sink)  # closed cleanly, then the rest proved bad
             self.abort(ErrorCode.PROTOCOL_ERROR, str(exc))
             return None
 
     def _pause_if_congested(self) -> None:
-        if self._tx_backlog or self.session.writing_paused:
+        if self._tx_backlog is not None or self.session.writing_paused:
             self._pause_source()
 
     def _pause_source(self) -> None:
@@ -230,7 +303,7 @@ class MuxStream:
     def send(self, data: bytes | memoryview) -> bool:
         """Send what the window allows and keep the rest. False means: stop producing (the
         caller pauses); the stream resumes its source itself when the backlog drains."""
-        if self._closed.done() or self._tx_ended:
+        if self._closed_done or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
         more = self._send(data)
         if self.tap is not None:  # after the data was queued for the peer
@@ -239,9 +312,9 @@ class MuxStream:
 
     def _send(self, data: bytes | memoryview) -> bool:
         pieces: list[bytes] | tuple[bytes | memoryview] = (
-            (data,) if self._deflater is None else self._deflater.compress(data)
+            (data,) if self._codec is None else self._codec.deflater.compress(data)
         )
-        if self._tx_backlog:
+        if self._tx_backlog is not None:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).
             size = sum(len(piece) for piece in pieces)
@@ -274,6 +347,8 @@ class MuxStream:
 
     def _queue_tx(self, piece: memoryview) -> None:
         if piece:
+            if self._tx_backlog is None:
+                self._tx_backlog = deque()
             self._tx_backlog.append(piece)
             self._tx_backlog_bytes += len(piece)
 
@@ -284,12 +359,12 @@ class MuxStream:
 
     def send_eof(self) -> None:
         """Half-close our direction once everything before it is sent."""
-        if self._tx_ended or self._closed.done():
+        if self._tx_ended or self._closed_done:
             return
-        if not self.opened_locally and not self._accepted.done():
+        if not self.opened_locally and not self._accepted_done:
             self.abort(ErrorCode.CANCELLED, "closed before it was accepted")
             return
-        if self._tx_backlog:
+        if self._tx_backlog is not None:
             self._tx_eof_pending = True
             return
         self._tx_ended = True
@@ -306,6 +381,7 @@ class MuxStream:
                 backlog[0] = piece[n:]
                 return
             backlog.popleft()
+        self._tx_backlog = None
         if self._tx_eof_pending:
             self._tx_eof_pending = False
             self._tx_ended = True
@@ -320,65 +396,67 @@ class MuxStream:
     # -- async style ------------------------------------------------------------------------
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
-        if self._inflater is not None:
-            return await self._read_inflated(max_bytes)
-        await self._wait_rx()
-        if not self._rx:
+        if self._codec is not None:
+            return await self._read_inflated(self._codec, max_bytes)
+        if not await self._wait_rx():
             return b""
-        chunk = self._rx[0]
+        rx = self._rx
+        assert rx is not None
+        chunk = rx[0]
         if len(chunk) <= max_bytes:
-            self._rx.popleft()
+            rx.popleft()
         else:
-            self._rx[0] = chunk[max_bytes:]
+            rx[0] = chunk[max_bytes:]
             chunk = chunk[:max_bytes]
+        if not rx:
+            self._rx = None  # an idle stream keeps no queue
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
 
-    async def _wait_rx(self) -> None:
-        """Until a frame waits in `_rx`, or the end (nothing waits then)."""
-        while not self._rx:
+    async def _wait_rx(self) -> bool:
+        """Until received data waits (True), or the end (False)."""
+        while not (self._rx or (self._codec is not None and self._codec.frames)):
             if self.reset_code is not None:
                 raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed.done():
-                return
+            if self._rx_eof or self._closed_done:
+                return False
             self._rx_waiter = self.session.loop.create_future()
             try:
                 await self._rx_waiter
             finally:
                 self._rx_waiter = None
+        return True
 
-    async def _read_inflated(self, max_bytes: int) -> bytes:
-        while not self._plain:
-            await self._wait_rx()
-            if not self._rx:
+    async def _read_inflated(self, codec: StreamCodec, max_bytes: int) -> bytes:
+        while not codec.plain:
+            if not await self._wait_rx():
                 return b""
-            chunk = self._rx.popleft()
-            self._rx_bytes -= len(chunk)
-            plain = self._inflate(chunk)
+            frame = codec.pop()
+            plain = self._inflate(frame)
             if plain is None:
                 raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
-            self._acknowledge(len(chunk))
+            self._acknowledge(len(frame))
             if self.tap is not None and plain:
                 self.tap.received(plain)
-            self._plain = plain
-        out, self._plain = self._plain[:max_bytes], self._plain[max_bytes:]
+            codec.plain = plain
+        out, codec.plain = codec.plain[:max_bytes], codec.plain[max_bytes:]
         return out
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting while the peer's window or the connection is full."""
         if self.reset_code is not None:
             raise StreamResetError(self.reset_code, self.reset_reason)
-        if self._tx_ended or self._closed.done():
+        if self._tx_ended or self._closed_done:
             raise BrokenPipeError("stream closed for writing")
         self.send(data)
         await self.drain()
 
     async def drain(self) -> None:
-        while self._tx_backlog or self.session.writing_paused:
+        while self._tx_backlog is not None or self.session.writing_paused:
             if self.reset_code is not None:
                 raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._closed.done():
+            if self._closed_done:
                 raise BrokenPipeError("stream closed for writing")
             self._tx_waiter = self.session.loop.create_future()
             try:
@@ -393,18 +471,22 @@ class MuxStream:
 
     def at_eof(self) -> bool:
         """True once the peer sent FIN or the stream is closed (buffered data may remain)."""
-        return self._rx_eof or self._closed.done()
+        return self._rx_eof or self._closed_done
 
     def set_accept_deadline(self, timeout_s: float) -> None:
         """Reset the stream (ACCEPT_TIMEOUT) unless the peer accepts it within `timeout_s`:
         a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
-        if self._accepted.done():
+        if self._accepted_done:
             return
-        handle = self.session.loop.call_later(timeout_s, self._accept_expired, timeout_s)
-        self._accepted.add_done_callback(lambda _: handle.cancel())
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+        self._accept_timer = self.session.loop.call_later(
+            timeout_s, self._accept_expired, timeout_s
+        )
 
     def _accept_expired(self, timeout_s: float) -> None:
-        if not self._accepted.done():
+        self._accept_timer = None
+        if not self._accepted_done:
             self.abort(
                 ErrorCode.ACCEPT_TIMEOUT,
                 f"the tunnel client did not accept the connection within {timeout_s:g}s",
@@ -412,63 +494,100 @@ class MuxStream:
 
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACK; raises StreamResetError if it refused."""
-        await asyncio.shield(self._accepted)
+        if not self._accepted_done:
+            if self._accept_fut is None:
+                self._accept_fut = self.session.loop.create_future()
+            await asyncio.shield(self._accept_fut)
+        elif self._accept_error is not None:
+            raise StreamResetError(self._accept_error.code, self._accept_error.reason)
+
+    def _settle_accept(self, error: StreamResetError | None) -> None:
+        if self._accepted_done:
+            return
+        self._accepted_done = True
+        self._accept_error = error
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+            self._accept_timer = None
+        fut = self._accept_fut
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+                fut.exception()  # retrieved: a refused stream is not an error here
 
     def abort(self, code: int = ErrorCode.CANCELLED, reason: str = "aborted") -> None:
         """Reset the stream in both directions."""
-        if self._closed.done():
+        if self._closed_done:
             return
-        self.session.reset(self.stream_id, code, reason)
+        self.session.reset_stream(self.stream_id, code, reason)
         # Close the local socket too, so its user sees the end at once.
-        self._finish(code, reason, notify_sink=True)
+        self._finish(code, reason)
 
     def close(self) -> None:
         """Finish our direction and stop caring about the peer's (its data is discarded)."""
         self._discard_rx = True
-        self._plain = b""
         self._drop_rx()
         self.send_eof()
 
     def _drop_rx(self) -> None:
-        """Forget the frames waiting in `_rx`, crediting them to the peer."""
-        if self._rx:
-            self._acknowledge(self._rx_bytes)
-            self._rx.clear()
-            self._rx_bytes = 0
+        """Forget received data nobody will read, crediting it to the peer."""
+        dropped = self._rx_bytes if self._rx else 0
+        self._rx = None
+        self._rx_bytes = 0
+        if self._codec is not None:
+            dropped += self._codec.drop()
+        if dropped:
+            self._acknowledge(dropped)
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
+        if self._closed_done:
+            return
+        if self._close_fut is None:
+            self._close_fut = self.session.loop.create_future()
+        await asyncio.shield(self._close_fut)
 
     def add_close_callback(self, callback: Callable[[MuxStream], None]) -> None:
-        """Call `callback(stream)` once the stream is closed or reset."""
-        self._closed.add_done_callback(lambda _: callback(self))
+        """Call `callback(stream)` soon after the stream is closed or reset."""
+        if self._closed_done:
+            self.session.loop.call_soon(callback, self)
+            return
+        if self._close_fut is None:
+            self._close_fut = self.session.loop.create_future()
+        self._close_fut.add_done_callback(lambda _: callback(self))
 
-    # -- from the session ---------------------------------------------------------------------
-    def _on_accepted(self) -> None:
-        if not self._accepted.done():
-            self._accepted.set_result(None)
+    # -- StreamEvents: called by MuxSession.transmit() only -----------------------------------
+    def accepted(self) -> None:
+        """The stream is established (the peer's ACK, or our own accept)."""
+        self._settle_accept(None)
 
-    def _on_data(self, data: bytes) -> None:
-        self.bytes_in += len(data)  # as they crossed the tunnel (compressed, if the stream is)
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
         if self._sink is not None:
             self._deliver(data)
         elif self._discard_rx:
             self.session.acknowledge(self.stream_id, len(data))
+        elif self._codec is not None:
+            self._codec.queue(data)  # inflated when `read` takes it
+            self._wake_rx()
         else:
+            if self._rx is None:
+                self._rx = deque()
             self._rx.append(data)
             self._rx_bytes += len(data)
             self._wake_rx()
-        if self.tap is not None and self._inflater is None:
+        if self.tap is not None and self._codec is None:
             # After forwarding: the copy never delays the data. (A compressed stream's tap
-            # sees the inflated bytes, when they are inflated.)
+            # sees the inflated bytes, as they are inflated.)
             self.tap.received(data)
 
-    def _on_eof(self) -> None:
+    def eof_received(self) -> None:
         self._rx_eof = True
-        if self._sink is not None and self._rx:
-            self._sink_eof_pending = True  # after the compressed frames still waiting
+        if self._sink is not None and self._codec is not None and self._codec.frames:
+            self._codec.eof_pending = True  # after the compressed frames still waiting
         elif self._sink is not None and not self._sink.is_closing():
             if self._sink.can_write_eof():
                 self._sink.write_eof()
@@ -476,31 +595,33 @@ class MuxStream:
                 sockopts.graceful_close(self._sink)  # a real end of data
         self._wake_rx()
 
-    def _on_window(self) -> None:
-        if self._tx_backlog or self._tx_eof_pending:
+    def window_opened(self) -> None:
+        if self._tx_backlog is not None or self._tx_eof_pending:
             self._flush_backlog()
 
-    def _on_session_writable(self) -> None:
-        if not self._tx_backlog:
+    def connection_resumed(self) -> None:
+        if self._tx_backlog is None:
             self._wake_tx()
             self._resume_source()
 
-    def _on_session_paused(self) -> None:
+    def connection_paused(self) -> None:
         self._pause_source()
 
-    def _on_reset(self, code: int, reason: str) -> None:
-        self._finish(code, reason, notify_sink=True)
+    def reset_received(self, code: int, reason: str) -> None:
+        """The peer reset the stream, or the session ended under it."""
+        self._finish(code, reason)
 
-    def _on_closed(self) -> None:
+    def closed_cleanly(self) -> None:
         """Both directions ended cleanly: release the local socket after its buffer drains."""
-        self._finish(None, "", notify_sink=True)
+        self._finish(None, "")
 
+    # -----------------------------------------------------------------------------------------
     def detach(self, exc: BaseException | None) -> None:
         """The local socket is gone. A clean close ends our direction; an error resets."""
         self._sink = None
         self._source = None
         self._drop_rx()
-        if self._closed.done():
+        if self._closed_done:
             return
         if exc is not None:
             self.abort(ErrorCode.CANCELLED, f"local connection lost: {exc}")
@@ -508,30 +629,26 @@ class MuxStream:
         self._discard_rx = True
         self.send_eof()
 
-    def _finish(self, code: int | None, reason: str, *, notify_sink: bool) -> None:
-        if self._closed.done():
+    def _finish(self, code: int | None, reason: str) -> None:
+        if self._closed_done:
             return
         if code is not None:
             self.reset_code = code
             self.reset_reason = reason
-        self._tx_backlog.clear()
+        self._tx_backlog = None
         self._tx_backlog_bytes = 0
-        if not self._accepted.done():
-            if code is None:
-                self._accepted.set_result(None)
-            else:
-                self._accepted.set_exception(StreamResetError(code, reason))
-                self._accepted.exception()  # retrieved: a refused stream is not an error here
-        self._closed.set_result(None)
-        self.session.forget(self.stream_id)
+        self._settle_accept(None if code is None else StreamResetError(code, reason))
+        self._closed_done = True
+        if self._close_fut is not None and not self._close_fut.done():
+            self._close_fut.set_result(None)
         if self.tap is not None:
             self.tap.closed()
             self.tap = None
         self._wake_rx()
         self._wake_tx()
-        if notify_sink and self._sink is not None:
-            if code is None and self._rx:
-                self._sink_close_pending = True  # compressed frames still wait for the sink
+        if self._sink is not None:
+            if code is None and self._codec is not None and self._codec.frames:
+                self._codec.close_pending = True  # compressed frames still wait for the sink
             elif code is None:
                 sockopts.graceful_close(self._sink)  # both directions ended with FIN
             else:

@@ -535,22 +535,10 @@ async def udp_echo() -> AsyncIterator[tuple[int, UDPEndpoint]]:
         yield endpoint.transport.get_extra_info("sockname")[1], endpoint
 
 
-# -- mux internals, for memory bounds -----------------------------------------------------------
+# -- mux gauges, for memory bounds ------------------------------------------------------------
 
 
 def buffered_bytes(session: MuxSession | None) -> int:
-    """Bytes one mux session holds in user space right now: the connection's write buffer and
-    unsent output, and per stream the unread receive queue, the local socket's write buffer
-    and the unsent backlog. (Reads MuxStream internals: there is no public gauge.)"""
-    if session is None:
-        return 0
-    total = session.mux.pending_output_bytes
-    if session.transport is not None and not session.transport.is_closing():
-        total += session.transport.get_write_buffer_size()
-    for stream in session.streams():
-        total += stream._rx_bytes
-        sink = stream._sink
-        if sink is not None and not sink.is_closing():
-            total += sink.get_write_buffer_size()
-        total += stream._tx_backlog_bytes + len(stream._plain)
-    return total
+    """Bytes one mux session holds in user space right now (its public gauge: the unsent
+    output, the connection's write buffer, and every stream's `buffered_bytes`)."""
+    return 0 if session is None else session.buffered_bytes()

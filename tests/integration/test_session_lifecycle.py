@@ -47,8 +47,8 @@ USER_CLOSE_S: Final = 2.0  # how soon a user must see its connection end
 WINDOW_THEN_RESET: Final = (
     "BUG: a peer's WINDOW_UPDATE and RST for one stream, read in one buffer while we hold a "
     "send backlog on it, kill the whole session. MuxConnection processes both frames (the RST "
-    "forgets the stream), then MuxSession._dispatch delivers SendWindowOpened first: "
-    "MuxStream._on_window -> _flush_backlog -> MuxSession.send_data -> MuxConnection."
+    "forgets the stream), then MuxSession.transmit delivers SendWindowOpened first: "
+    "MuxStream.window_opened -> _flush_backlog -> MuxSession.send_data -> MuxConnection."
     "send_data -> _require raises LocalProtocolError('unknown stream'), which escapes "
     "buffer_updated (protocol/aio/connection.py:113); asyncio calls it a fatal error and "
     "closes the transport. Fix: MuxSession.send_data returns 0 when the core no longer "

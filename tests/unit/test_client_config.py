@@ -19,6 +19,7 @@ from tunnel_client.config import (
     make_oneliner_config,
     make_oneliner_proxy,
     parse_client_config,
+    server_list,
     validate_client_config,
 )
 from tunnel_common.configfile import Secret
@@ -309,7 +310,7 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ('[[proxies]]\ntype = "tcp"\nlocalPort = 1', "proxies[0].name", "is required"),
         ('[[proxies]]\nname = "a"\nlocalPort = 1', "proxies[0].type", "is required"),
         ('[[proxies]]\nname = "a"\ntype = "tcp"', "proxies[0].localPort", "is required"),
-        (SSH.replace('"ssh"', '"a b"'), "proxies[0].name", "without spaces"),
+        (SSH.replace('"ssh"', '"a\\u0001b"'), "proxies[0].name", "control characters"),
         (SSH.replace("22", '"abc"'), "proxies[0].localPort", 'from 1 to 65535, got "abc"'),
         (SSH.replace("22", "0"), "proxies[0].localPort", "from 1 to 65535, got 0"),
         (SSH + "remotePort = 70000", "proxies[0].remotePort", "from 0 to 65535, got 70000"),
@@ -364,6 +365,10 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
             "tcp port 6000 is already asked for by proxies[0]",
         ),
         ("serverPort = ", "", "invalid TOML"),
+        ('serverAddrs = ["b.example:99999"]', "serverAddrs[0]", '"host" or "host:port"'),
+        ('serverAddrs = ["a", "b c"]', "serverAddrs[1]", '"host" or "host:port"'),
+        ('serverAddrs = ["[::1"]', "serverAddrs[0]", '"host" or "host:port"'),
+        ("serverAddrs = [" + ", ".join(['"n"'] * 33) + "]", "serverAddrs", "at most 32"),
     ],
 )
 def test_client_config_invalid_value_names_file_key_and_reason(
@@ -371,6 +376,20 @@ def test_client_config_invalid_value_names_file_key_and_reason(
 ) -> None:
     """Each invalid setting is one error naming the file, the key path and the reason."""
     assert_error(text, key, reason)
+
+
+def test_client_config_server_list_is_server_addr_then_server_addrs() -> None:
+    """serverAddrs entries take serverPort unless they name a port; duplicates are dropped."""
+    config = parse(
+        'serverAddr = "a.example"\nserverPort = 7000\n'
+        'serverAddrs = ["b.example", "c.example:7443", "[2001:db8::1]:7001", "a.example"]\n'
+    )
+    assert server_list(config) == [
+        ("a.example", 7000),
+        ("b.example", 7000),
+        ("c.example", 7443),
+        ("2001:db8::1", 7001),
+    ]
 
 
 def test_client_config_same_remote_port_for_tcp_and_udp_is_fine() -> None:
@@ -550,3 +569,13 @@ def test_client_config_example_file_parses() -> None:
     types = {proxy.name: proxy.type for proxy in config.proxies}
     assert types == {"ssh": ProxyType.TCP, "web": ProxyType.HTTP, "dns": ProxyType.UDP}
     assert config.proxies[1].subdomain == "web"
+
+
+def test_client_config_proxy_name_with_spaces_runs_renamed_with_a_note(tmp_path: Path) -> None:
+    """frp runs [nas http]; tunnelkit runs it as nas_http and says so in one note."""
+    path = tmp_path / "frpc.toml"
+    path.write_text('[[proxies]]\nname = "nas http"\ntype = "tcp"\nlocalPort = 22\n')
+    config = load_client_config(path)
+    assert [p.name for p in config.proxies] == ["nas_http"]
+    noted = [n for n in config.notes if "proxies[0] (nas http).name" in n]
+    assert len(noted) == 1 and "'nas_http'" in noted[0]

@@ -36,8 +36,12 @@ def data_frame(size: int, stream_id: int = 1) -> bytes:
 
 
 def test_frame_buffer_starts_small() -> None:
-    """A new decoder holds READ_BUFFER_START_BYTES, not a maximal frame plus a read."""
-    assert new_decoder().capacity == READ_BUFFER_START_BYTES
+    """A new decoder holds no buffer; its first read is offered READ_BUFFER_START_BYTES, not
+    a maximal frame plus a read."""
+    decoder = new_decoder()
+    assert decoder.capacity == 0
+    assert len(decoder.get_buffer()) == READ_BUFFER_START_BYTES
+    assert decoder.capacity == READ_BUFFER_START_BYTES
 
 
 def test_frame_buffer_grows_to_fit_a_big_frame_then_shrinks_back() -> None:
@@ -54,7 +58,7 @@ def test_frame_buffer_grows_to_fit_a_big_frame_then_shrinks_back() -> None:
     ping = encode_frame(FrameType.PING, int(Flag.ACK), 0, 7)
     assert read(decoder, ping) == len(ping)
     assert [f.payload for f in decoder.frames()] == [7]
-    assert decoder.capacity == READ_BUFFER_START_BYTES
+    assert decoder.capacity == 0  # idle again: no buffer held
 
 
 def test_frame_buffer_offers_more_while_reads_fill_it() -> None:
@@ -80,4 +84,4 @@ def test_frame_buffer_idle_stream_of_small_frames_stays_small() -> None:
     for _ in range(1000):
         assert read(decoder, ping) == len(ping)
         assert len(list(decoder.frames())) == 1
-    assert decoder.capacity == READ_BUFFER_START_BYTES
+        assert decoder.capacity == 0  # each small read's buffer is let go once parsed

@@ -96,7 +96,7 @@ class UDPProxy:
         stream.abort(ErrorCode.REFUSED, "a udp proxy takes datagrams, not streams")
 
     # -- flows ------------------------------------------------------------------------------------
-    def flow_opened(self, session: MuxSession, message: UDPFlowOpened, packet_size: int) -> None:
+    def flow_opened(self, session: MuxSession, message: UDPFlowOpened, packet_size: int) -> bool:
         self.session = session
         self.packet_size = packet_size
         if len(self.flows) >= MAX_FLOWS_PER_PROXY:
@@ -108,7 +108,7 @@ class UDPProxy:
                 len(self.flows),
             )
             session.send_message(UDPFlowClosed(message.flow_id, "client flow table full"))
-            return
+            return False
         flow = _Flow(self, message.flow_id, message.peer)
         version = self.config.transport.proxy_protocol_version
         if version is not None:
@@ -121,6 +121,17 @@ class UDPProxy:
         task.add_done_callback(self._tasks.discard)
         if self._sweeper is None:
             self._arm_sweeper()
+        return True
+
+    def has_flow(self, flow_id: int) -> bool:
+        return flow_id in self.flows
+
+    def flow_stats(self) -> dict[str, int]:
+        return {
+            "flows": len(self.flows),
+            "dropped_datagrams": self.dropped,
+            "refused_flows": self.refused_flows,
+        }
 
     async def _connect(self, flow: _Flow) -> None:
         loop = asyncio.get_running_loop()

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from protocol.aio.connection import MuxSession
-from protocol.messages import NewProxy, UDPFlowClosed
+from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyRefused
 from ..fdbudget import FDBudget
+from ..flows import DatagramSink, FlowTable
 from ..stats import ProxyCounters
 
 if TYPE_CHECKING:
@@ -24,28 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatagramSink", "FlowIds", "ProxyContext", "ProxyRefused", "ServerProxy"]
-
-
-class DatagramSink(Protocol):
-    """Where a client's datagrams for one flow go (a UDP proxy)."""
-
-    def datagram_from_client(self, flow_id: int, data: bytes) -> None: ...
-
-    def flow_closed_by_client(self, message: UDPFlowClosed) -> None: ...
-
-
-class FlowIds:
-    """Flow ids of one client session, shared by all its UDP proxies."""
-
-    def __init__(self) -> None:
-        self._next = 1
-        self.active = 0
-
-    def allocate(self) -> int:
-        flow_id = self._next
-        self._next = (self._next % 0xFFFF_FFFF) + 1
-        return flow_id
+__all__ = ["DatagramSink", "FlowTable", "ProxyContext", "ProxyRefused", "ServerProxy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +45,7 @@ class ProxyContext:
     https_port: int | None
     edge: EdgeService | None  # the HTTPS edge, when it terminates TLS for http proxies
     public_host: str
-    flow_ids: FlowIds  # per session
-    flow_table: dict[int, DatagramSink]  # per session: flow id -> its proxy
+    flows: FlowTable  # the session's datagram flows (flow id -> its proxy)
     fd_budget: FDBudget  # the server's descriptors for visitor connections
     offline: OfflineParking | None = None  # parked http routes and stored requests
     visitors: Visitors | None = None  # IP rules, connection quota, access log

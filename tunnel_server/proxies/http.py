@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from protocol.aio.stream import MuxStream
-from protocol.errors import LocalProtocolError
-from protocol.messages import BACKEND_PROTOCOLS, NewProxy, StreamHeader
+from protocol.messages import BACKEND_PROTOCOLS, NewProxy
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
@@ -21,6 +19,7 @@ from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
 from .base import ProxyContext, ProxyRefused
+from .userconn import UserConnRefused, UserConns
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,9 @@ class VhostProxy:
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
         self._route: HTTPRoute | None = None
-        self._streams: set[MuxStream] = set()
+        self.conns = UserConns(
+            ctx, name, self.scheme, holds_socket=False, compression=request.compression
+        )
         self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
 
     def _router(self) -> tuple[VhostRouter, int | None]:
@@ -78,38 +79,20 @@ class VhostProxy:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
-        if ctx.visitors is not None:
-            refusal = ctx.visitors.refusal(src[0])
+        visitors = ctx.visitors
+        screened = False
+        if visitors is not None and visitors.plugins_check_user_conns:
+            refusal = visitors.refusal(src[0])
             if refusal is not None:
-                ctx.visitors.refused(self.scheme, src, refusal)
+                visitors.refused(self.scheme, src, refusal)
                 raise UpstreamError(refusal.reason, status=refusal.status)
-            if ctx.visitors.plugins_check_user_conns and not await ctx.visitors.plugins_admit(
-                src, self.scheme
-            ):
+            if not await visitors.plugins_admit(src, self.scheme):
                 raise UpstreamError("refused by a server plugin", status=403)
-        if len(self._streams) >= ctx.config.max_streams_per_proxy:
-            # One proxy's flood must not use up its client's other proxies' streams.
-            ctx.counters.refused_flows += 1
-            raise UpstreamError(
-                f"this proxy has {len(self._streams)} open connections (maxStreamsPerProxy)"
-            )
+            screened = True
         try:
-            header = StreamHeader(ctx.local_name, src[0], src[1], self.request.compression)
-            stream = ctx.session.open_stream(header)
-        except (LocalProtocolError, ConnectionError) as exc:
-            raise UpstreamError(f"the tunnel client cannot take more connections: {exc}") from None
-        stream.set_accept_deadline(ctx.config.user_conn_timeout)
-        counters = ctx.counters
-        stream.counters = counters
-        counters.connections_total += 1
-        counters.connections_active += 1
-        self._streams.add(stream)
-        stream.add_close_callback(self._closed)
-        return stream
-
-    def _closed(self, stream: MuxStream) -> None:
-        self._streams.discard(stream)
-        self.ctx.counters.connections_active -= 1
+            return self.conns.open_stream(src, screened=screened)
+        except UserConnRefused as exc:
+            raise UpstreamError(exc.reason, status=exc.status) from None
 
     def close(self) -> None:
         if self._delivery is not None:
@@ -129,8 +112,7 @@ class VhostProxy:
                 )
                 offline.park(self.name, router, self._route, policy)
             self._route = None
-        for stream in list(self._streams):
-            stream.abort(reason="proxy closed")
+        self.conns.abort_all("proxy closed")
 
     async def wait_closed(self) -> None:
         if self._delivery is not None:

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Final, cast
 
 from protocol.aio import sockopts
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
-from protocol.errors import LocalProtocolError
-from protocol.messages import NewProxy, StreamHeader
+from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 from tunnel_common.throttle import Throttle
 
 from ..ports import listen_on_public_port
 from .base import ProxyContext
+from .userconn import UserConnRefused, UserConns
 
 logger = logging.getLogger(__name__)
-
-REFUSAL_LOG_INTERVAL_S: Final = 60.0  # one "refusing" line per proxy per minute at most
 
 
 def format_host(host: str) -> str:
@@ -34,16 +31,14 @@ class TCPProxy:
         self.ctx = ctx
         self.name = name
         self.requested_port = request.remote_port
-        self.compression = request.compression  # named in each stream's header
         self.port = 0
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
         self._server: asyncio.Server | None = None
-        self._streams: set[MuxStream] = set()
+        self.conns = UserConns(ctx, name, "tcp", holds_socket=True, compression=request.compression)
         # bandwidthLimitMode = "server": this side paces the proxy (one bucket, both ways).
         limit = request.bandwidth_limit
         self.throttle: Throttle | None = Throttle(limit) if limit else None
-        self._last_refusal_log = -math.inf
         self._admissions: set[asyncio.Task[None]] = set()  # NewUserConn plugin calls
 
     async def start(self) -> None:
@@ -107,59 +102,18 @@ class TCPProxy:
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)
-        visitors = self.ctx.visitors
-        if visitors is not None:
-            refusal = visitors.refusal(str(peer[0]))
-            if refusal is not None:
-                visitors.refused("tcp", (str(peer[0]), int(peer[1])), refusal)
-                return None  # the splice closes the visitor's connection at once
-        ctx = self.ctx
-        now = asyncio.get_running_loop().time()
-        if len(self._streams) >= ctx.config.max_streams_per_proxy:
-            # One proxy's flood must not use up its client's other proxies' streams.
-            ctx.counters.refused_flows += 1
-            self._refused(now, f"{len(self._streams)} open connections (maxStreamsPerProxy)")
-            return None
-        if not ctx.fd_budget.try_acquire(now):
-            ctx.counters.refused_flows += 1
-            return None  # counted and logged by the budget
+        return self.open_or_none((str(peer[0]), int(peer[1])))
+
+    def open_or_none(self, src: tuple[str, int]) -> MuxStream | None:
+        """A stream for a visitor, or None when refused (counted and logged by UserConns);
+        the splice then closes the visitor's connection at once."""
         try:
-            stream = ctx.session.open_stream(
-                StreamHeader(ctx.local_name, str(peer[0]), int(peer[1]), self.compression)
-            )
-        except (LocalProtocolError, ConnectionError) as exc:
-            ctx.fd_budget.release()
-            ctx.counters.refused_flows += 1
-            self._refused(now, str(exc))
+            return self.conns.open_stream(src)
+        except UserConnRefused:
             return None
-        stream.set_accept_deadline(self.ctx.config.user_conn_timeout)
-        counters = self.ctx.counters
-        stream.counters = counters
-        counters.connections_total += 1
-        counters.connections_active += 1
-        self._streams.add(stream)
-        if visitors is not None:
-            visitors.opened(stream)
-        return stream
 
     def _on_closed(self, stream: MuxStream) -> None:
-        if stream in self._streams:
-            self._streams.discard(stream)
-            self.ctx.counters.connections_active -= 1
-            if self.ctx.visitors is not None:
-                self.ctx.visitors.closed(stream)
-            self.ctx.fd_budget.release()
-
-    def _refused(self, now: float, why: str) -> None:
-        """Log refusals at most once per REFUSAL_LOG_INTERVAL_S (the counter has them all)."""
-        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL_S:
-            self._last_refusal_log = now
-            logger.warning(
-                "[proxy=%s] refusing visitor connections: %s (%d refused so far)",
-                self.name,
-                why,
-                self.ctx.counters.refused_flows,
-            )
+        self.conns.closed(stream)
 
     def refresh_urls(self) -> bool:
         return False  # a port's URL never changes
@@ -171,9 +125,7 @@ class TCPProxy:
             self._server.close()
             self.ctx.ports.release(self.ctx.client_id, "tcp", self.port)
             self._server = None
-        for stream in list(self._streams):
-            stream.abort(reason="proxy closed")
-            self._on_closed(stream)
+        self.conns.abort_all("proxy closed")
 
     async def wait_closed(self) -> None:
         return None

@@ -5,7 +5,7 @@ messages and datagrams share one ordered connection, so the client always sees t
 first). Nothing is queued beyond the mux's datagram high-water mark: when the connection is
 congested, a datagram is dropped and counted, as the network itself would do.
 
-Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per client (MAX_UDP_FLOWS_PER_CLIENT);
+Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per session (flows.MAX_FLOWS_PER_SESSION);
 when full, datagrams from new peers are refused and counted while existing flows keep working.
 Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 """
@@ -26,7 +26,6 @@ from .tcp import format_host
 
 logger = logging.getLogger(__name__)
 
-MAX_UDP_FLOWS_PER_CLIENT: Final = 4096
 # Drops and refusals are logged at most once per this many seconds per proxy, with counts.
 DROP_LOG_INTERVAL_S: Final = 10.0
 
@@ -120,22 +119,20 @@ class UDPProxy(asyncio.DatagramProtocol):
             self._note_drop("the tunnel is congested")
 
     def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
-        ids = self.ctx.flow_ids
         counters = self.ctx.counters
         visitors = self.ctx.visitors
         if visitors is not None:
             refusal = visitors.refusal(peer[0])  # counted there; the datagram is dropped
             if refusal is not None:
                 return None
-        if len(self._by_peer) >= self.max_flows or ids.active >= MAX_UDP_FLOWS_PER_CLIENT:
+        flow_id = self.ctx.flows.open(self) if len(self._by_peer) < self.max_flows else None
+        if flow_id is None:
             counters.refused_flows += 1
             self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")
             return None
-        flow = _Flow(ids.allocate(), peer, now)
-        ids.active += 1
+        flow = _Flow(flow_id, peer, now)
         self._by_peer[peer] = flow
         self._by_id[flow.flow_id] = flow
-        self.ctx.flow_table[flow.flow_id] = self
         counters.connections_total += 1
         counters.connections_active += 1
         self.ctx.session.send_message(
@@ -176,8 +173,7 @@ class UDPProxy(asyncio.DatagramProtocol):
         if self._by_id.pop(flow.flow_id, None) is None:
             return
         self._by_peer.pop(flow.peer, None)
-        self.ctx.flow_table.pop(flow.flow_id, None)
-        self.ctx.flow_ids.active -= 1
+        self.ctx.flows.close(flow.flow_id)
         self.ctx.counters.connections_active -= 1
         logger.info(
             "tunneld: [proxy=%s] udp flow %d from %s:%d expired: %s",

@@ -17,7 +17,6 @@ import click
 
 from protocol.errors import TunnelError
 
-from ..config import default_server_config, load_server_config
 from .model import Quota, UserError, format_size, parse_patterns, parse_ports, parse_size
 from .store import UserStore, day_period, month_period
 
@@ -30,6 +29,8 @@ def _fail(message: str) -> None:
 def _store_path(config_path: Path | None, store: Path | None) -> Path:
     if store is not None:
         return store
+    from ..config import default_server_config, load_server_config  # heavy: only when needed
+
     try:
         config = load_server_config(config_path) if config_path else default_server_config()
     except TunnelError as exc:

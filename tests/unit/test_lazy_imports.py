@@ -1,0 +1,95 @@
+"""Structure, not timing: the command lines import nothing heavy until a command needs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Final
+
+import pytest
+
+from protocol import __version__
+
+# What `--version` never needs: web frameworks, metrics, X.509, ACME, JWT, HTTP/2, DNS, the
+# config schema's parsers, and the apps themselves. (Prefixes: a submodule counts too.)
+HEAVY: Final = (
+    "aiohttp",
+    "prometheus_client",
+    "cryptography",
+    "jwt",
+    "acme",
+    "josepy",
+    "h2",
+    "dns",
+    "python_socks",
+    "httptools",
+    "yaml",
+    "msgpack",
+    "rich",
+    "tunnel_server.server",
+    "tunnel_server.config",
+    "tunnel_server.web",
+    "tunnel_client.client",
+    "tunnel_client.config",
+    "tunnel_client.inspect",
+)
+SUBPROCESS_TIMEOUT_S: Final = 60.0
+
+
+def _loaded_by(module: str) -> list[str]:
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    ).stdout
+    modules: list[str] = json.loads(out)
+    return modules
+
+
+@pytest.mark.parametrize("module", ["tunnel_client.cli", "tunnel_server.cli"])
+def test_cli_import_loads_no_heavy_module(module: str) -> None:
+    """Importing a command line (all `--version` does) loads none of the heavy modules."""
+    loaded = _loaded_by(module)
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert heavy == []
+
+
+@pytest.mark.parametrize("program", ["tunnelc", "tunneld"])
+def test_cli_version_still_prints_the_version(program: str) -> None:
+    """`--version` answers with the version and exits 0."""
+    module = "tunnel_client.cli" if program == "tunnelc" else "tunnel_server.cli"
+    result = subprocess.run(
+        [sys.executable, "-c", f"from {module} import main; main()", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize("program", ["tunnelc", "tunneld"])
+def test_cli_help_still_lists_the_config_keys(program: str) -> None:
+    """`--help` builds the config key list on demand (the lazy epilog)."""
+    module = "tunnel_client.cli" if program == "tunnelc" else "tunnel_server.cli"
+    result = subprocess.run(
+        [sys.executable, "-c", f"from {module} import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    key = "serverAddr" if program == "tunnelc" else "bindPort"
+    assert key in result.stdout
+
+
+def test_client_loads_web_surfaces_only_when_they_start() -> None:
+    """The client imports the inspector's app and the admin API (prometheus_client) only
+    when it starts them: a client with neither configured never loads them."""
+    loaded = _loaded_by("tunnel_client.client")
+    lazy = ("prometheus_client", "tunnel_client.inspect.app", "tunnel_client.web.admin")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []

@@ -1,0 +1,1 @@
+"""Several tunneld nodes sharing one name space through Redis (docs/cluster.md)."""
