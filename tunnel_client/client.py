@@ -44,7 +44,14 @@ from protocol.userkey import client_login_key
 from tunnel_common.nonces import new_nonce
 
 from .backoff import Backoff
-from .config import ClientConfig, ProxyConfig, load_client_config, seconds_or_off, server_list
+from .config import (
+    ClientConfig,
+    ProxyConfig,
+    load_client_config,
+    oidc_without_secret,
+    seconds_or_off,
+    server_list,
+)
 from .dial import DialParams, dns_server_address
 from .flows import ClientFlows, DatagramProxy
 from .health import HealthMonitor
@@ -446,6 +453,7 @@ class TunnelClient:
             known_servers_file=tls.known_servers_file or default_known_servers_file(cfg.state_dir),
             cert_file=tls.cert_file,
             key_file=tls.key_file,
+            allow_tofu=not oidc_without_secret(cfg),
             dial=DialParams(
                 proxy_url=cfg.proxy_url.reveal() if cfg.proxy_url is not None else None,
                 dns_server=dns_server_address(cfg.dns_server) if cfg.dns_server else None,
@@ -517,7 +525,10 @@ class TunnelClient:
             token = cfg.auth_token.reveal() if cfg.auth_token else ""
             # scrypt, once per (token, server certificate) in this process (protocol/auth.py);
             # a user token (tunneld users add) has its own key, bound to the user name.
-            key = client_login_key("" if cfg.auth_method == "oidc" else token, cfg.user, cert_fp)
+            # With OIDC and no auth.token the key is the empty token's: the proofs then bind the
+            # login to this certificate but prove nothing, so the server was verified by a CA
+            # or a pin before we got here (allow_tofu above; docs/security.md, "OIDC logins").
+            key = client_login_key(token, cfg.user, cert_fp)
             expected = server_proof(key, client_nonce, hello.nonce, cert_fp, PROTOCOL_VERSION)
             if not proof_matches(expected, answer.proof):
                 raise LoginFailed(

@@ -528,6 +528,12 @@ def _proxy_from_environment(
     return replace(config, proxy_url=url, notes=(*config.notes, note))
 
 
+def oidc_without_secret(config: ClientConfig) -> bool:
+    """An OIDC login with no auth.token: the login proofs carry no secret, so only TLS
+    verification authenticates the server (docs/security.md, "OIDC logins")."""
+    return config.auth_method == "oidc" and config.auth_token is None
+
+
 def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
     """Every problem with the rules that span several keys (proxies are checked apart)."""
     problems: list[ConfigError] = []
@@ -612,6 +618,16 @@ def _validate(config: ClientConfig, source: str) -> list[ConfigError]:
                 source,
                 "dnsServer",
                 f"must be an IP address, optionally with :port, got {describe(config.dns_server)}",
+            )
+        )
+    if tls.insecure_skip_verify and oidc_without_secret(config):
+        problems.append(
+            ConfigError(
+                source,
+                "transport.tls.insecureSkipVerify",
+                'cannot be used with auth.method = "oidc" without auth.token: the OIDC token '
+                "is a bearer token and nothing else would authenticate the server; pin "
+                "transport.tls.serverFingerprint, or set the same auth.token on both sides",
             )
         )
     if tls.insecure_skip_verify and (tls.server_fingerprint or tls.trusted_ca_file):

@@ -79,6 +79,9 @@ class TLSParams:
     cert_file: Path | None = None  # our certificate, for a server that asks for one
     key_file: Path | None = None
     dial: DialParams = field(default_factory=DialParams)  # proxy and resolver to reach it
+    # False: no trust on first use; a server the system store rejects is refused, with its
+    # fingerprint (an OIDC login without auth.token: docs/security.md, "OIDC logins").
+    allow_tofu: bool = True
 
 
 def default_known_servers_file(state_dir: Path) -> Path:
@@ -167,11 +170,13 @@ async def connect_tls(
             return await attempt(_system_context(params), _NoCheck())
         except ssl.SSLCertVerificationError as exc:
             logger.info(
-                "tunnelc: server %s is not trusted by the system store (%s); "
-                "checking the known servers file",
+                "tunnelc: server %s is not trusted by the system store (%s)%s",
                 key,
                 exc.verify_message,
+                "; checking the known servers file" if params.allow_tofu else "",
             )
+        if not params.allow_tofu:
+            return await attempt(_unverified_context(params), _RefuseUnverified(key))
         known = _KnownServersCheck(key, params.known_servers_file)
         return await attempt(_unverified_context(params), known)
 
@@ -288,6 +293,22 @@ class _PinCheck:
                     "server's certificate changed"
                 )
         return self._mode
+
+
+class _RefuseUnverified:
+    """No trust on first use: name the certificate and refuse before any data flows."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, der: bytes) -> TrustMode:
+        raise TrustError(
+            f"server {self._key} presented {fingerprint_of_der(der)}, which neither "
+            "transport.tls.trustedCaFile, a pinned transport.tls.serverFingerprint nor the "
+            'system store vouches for; with auth.method = "oidc" and no auth.token, tunnelc '
+            "sends its bearer token only to a verified server (no trust on first use): pin "
+            "that fingerprint if it is your server's, or set the same auth.token on both sides"
+        )
 
 
 class _KnownServersCheck:

@@ -67,6 +67,15 @@ class TokenBucket:
             self._balance = min(float(self.burst), self._balance + (now - self._last) * self.rate)
             self._last = now
 
+    def set_rate(self, rate: int, now: float) -> None:
+        """Change the rate (and the default burst with it); a debt stays owed."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._refill(now)
+        self.rate = rate
+        self.burst = max(MIN_BURST_BYTES, int(rate * BURST_S))
+        self._balance = min(self._balance, float(self.burst))
+
     def ready(self, now: float) -> bool:
         """True if a take now would not wait (the balance is positive)."""
         self._refill(now)

@@ -1,8 +1,10 @@
 """Apply a bandwidth limit to spliced connections through backpressure.
 
 `Throttle` holds one proxy's `TokenBucket` (shared by all its connections and both
-directions, as frp's limiter is) and its `RateMeter`. `ThrottledSplice` is the splice
-protocol of one local socket under that throttle:
+directions, as frp's limiter is) and its `RateMeter`; the server also keeps one per user with a
+bandwidth quota, shared by all that user's proxies and sessions. `JointThrottle` applies two
+(a proxy's and its user's) at once: a byte is charged to both, and waits for the slower.
+`ThrottledSplice` is the splice protocol of one local socket under a throttle (either kind):
 
 * Socket -> tunnel: each read is charged to the bucket; while the bucket is in debt the
   socket's reading is paused (`pause_reading`), and resumed when the debt is repaid, unless
@@ -20,7 +22,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
@@ -28,8 +30,27 @@ from protocol.aio.stream import MuxStream
 from .bandwidth import RateMeter, TokenBucket
 
 
+class Pacer(Protocol):
+    """What a paced connection asks of its limit (a Throttle or a JointThrottle)."""
+
+    clock: Callable[[], float]
+
+    def charge(self, nbytes: int) -> float:
+        """Count `nbytes` that just passed; the pause owed before more may pass."""
+
+    def ready(self, now: float) -> bool:
+        """True if bytes may pass now without waiting."""
+
+    def delay(self, now: float) -> float:
+        """Seconds until bytes may pass again (0 = now)."""
+
+    def protocol(
+        self, stream: MuxStream | None = None, *, preamble: bytes = b"", **kwargs: Any
+    ) -> ThrottledSplice: ...
+
+
 class Throttle:
-    """One proxy's limit: `rate` bytes per second, in total, both directions."""
+    """One limit: `rate` bytes per second, in total, both directions."""
 
     def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -40,6 +61,17 @@ class Throttle:
     @property
     def rate(self) -> int:
         return self.bucket.rate
+
+    def set_rate(self, rate: int) -> None:
+        """Change the limit in place: connections already under it follow at once."""
+        if rate != self.bucket.rate:
+            self.bucket.set_rate(rate, self.clock())
+
+    def ready(self, now: float) -> bool:
+        return self.bucket.ready(now)
+
+    def delay(self, now: float) -> float:
+        return self.bucket.delay(now)
 
     def charge(self, nbytes: int) -> float:
         """Count `nbytes` that just passed; the pause owed before more may pass."""
@@ -56,6 +88,38 @@ class Throttle:
         self, stream: MuxStream | None = None, *, preamble: bytes = b"", **kwargs: Any
     ) -> ThrottledSplice:
         return ThrottledSplice(self, stream, preamble=preamble, **kwargs)
+
+
+class JointThrottle:
+    """Two limits at once (a proxy's own and its user's): bytes pass when both allow."""
+
+    def __init__(self, first: Throttle, second: Throttle) -> None:
+        self.first = first
+        self.second = second
+        self.clock = first.clock
+
+    def charge(self, nbytes: int) -> float:
+        return max(self.first.charge(nbytes), self.second.charge(nbytes))
+
+    def ready(self, now: float) -> bool:
+        return self.first.ready(now) and self.second.ready(now)
+
+    def delay(self, now: float) -> float:
+        return max(self.first.delay(now), self.second.delay(now))
+
+    def protocol(
+        self, stream: MuxStream | None = None, *, preamble: bytes = b"", **kwargs: Any
+    ) -> ThrottledSplice:
+        return ThrottledSplice(self, stream, preamble=preamble, **kwargs)
+
+
+def joined(first: Throttle | None, second: Throttle | None) -> Pacer | None:
+    """The limit that applies both of these (either may be None)."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return JointThrottle(first, second)
 
 
 class _LimitedTransport:
@@ -75,7 +139,7 @@ class _LimitedTransport:
 
     # -- writing (tunnel -> socket) ---------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._queue or not self._owner.throttle.bucket.ready(self._owner.throttle.clock()):
+        if self._queue or not self._owner.throttle.ready(self._owner.throttle.clock()):
             self._queue.append(bytes(data))
             self._owner.hold_sink()
             self._arm()
@@ -88,14 +152,14 @@ class _LimitedTransport:
 
     def _arm(self) -> None:
         if self._timer is None:
-            delay = self._owner.throttle.bucket.delay(self._owner.throttle.clock())
+            delay = self._owner.throttle.delay(self._owner.throttle.clock())
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(delay, self._drain)
 
     def _drain(self) -> None:
         self._timer = None
         throttle = self._owner.throttle
-        while self._queue and throttle.bucket.ready(throttle.clock()):
+        while self._queue and throttle.ready(throttle.clock()):
             if self._inner.is_closing():
                 self._queue.clear()
                 break
@@ -159,7 +223,7 @@ class ThrottledSplice(SpliceProtocol):
 
     def __init__(
         self,
-        throttle: Throttle,
+        throttle: Pacer,
         stream: MuxStream | None = None,
         *,
         preamble: bytes = b"",
@@ -193,7 +257,7 @@ class ThrottledSplice(SpliceProtocol):
 
     def _release_read(self) -> None:
         self._read_timer = None
-        delay = self.throttle.bucket.delay(self.throttle.clock())
+        delay = self.throttle.delay(self.throttle.clock())
         if delay > 0:  # the other direction spent the refill meanwhile
             self._read_timer = asyncio.get_running_loop().call_later(delay, self._release_read)
             return

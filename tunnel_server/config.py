@@ -256,6 +256,27 @@ SERVER_FIELDS: Final = FieldTable(
             "only used by xtcp (NAT hole punching), which is not supported yet",
         ),
         *COMMON_ACCEPTED,
+        Field(
+            "cluster.redisURL",
+            "cluster_redis_url",
+            Str(),
+            None,
+            "Redis of a tunneld cluster (redis://, rediss://, unix://); unset = one node",
+        ),
+        Field(
+            "cluster.nodeName",
+            "cluster_node_name",
+            Str(),
+            None,
+            "this node's name in the cluster; unset = the host name",
+        ),
+        Field(
+            "cluster.leaseSeconds",
+            "cluster_lease_s",
+            Float(1, 3600),
+            15.0,
+            "a dead node's names are free again within this",
+        ),
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -446,6 +467,9 @@ class ServerConfig:
     vhost_https_port: int | None = _F.optional("vhost_https_port", int)
     vhost_http_timeout: float = _F.default("vhost_http_timeout", float)
     sub_domain_host: str | None = _F.optional("sub_domain_host", str)
+    cluster_redis_url: str | None = _F.optional("cluster_redis_url", str)
+    cluster_node_name: str | None = _F.optional("cluster_node_name", str)
+    cluster_lease_s: float = _F.default("cluster_lease_s", float)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
     auth_method: str = _F.default("auth_method", str)
@@ -631,10 +655,6 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 ConfigError(
                     source, "auth.oidc.issuer", 'is required with auth.method = "oidc" (a URL)'
                 )
-            )
-        if config.auth_token is not None:
-            problems.append(
-                ConfigError(source, "auth.token", 'has no use with auth.method = "oidc"; remove it')
             )
     for key, entries in (("allowIPs", config.allow_ips), ("denyIPs", config.deny_ips)):
         try:

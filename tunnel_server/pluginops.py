@@ -74,7 +74,7 @@ def new_proxy_content(session: ServerSession, name: str, request: NewProxy) -> d
         "http_pwd": request.http_password,
         "host_header_rewrite": request.host_header_rewrite,
         "headers": dict(request.request_headers),
-        "metas": {},
+        "metas": dict(request.metadatas),  # the proxy's own `metadatas`, as frpc sends them
     }
 
 
@@ -95,6 +95,10 @@ def apply_new_proxy(request: NewProxy, content: dict[str, Any]) -> NewProxy:
             request_headers={
                 str(k): str(v)
                 for k, v in dict(content.get("headers", request.request_headers) or {}).items()
+            },
+            metadatas={
+                str(k): str(v)
+                for k, v in dict(content.get("metas", request.metadatas) or {}).items()
             },
         )
     except (TypeError, ValueError) as exc:

@@ -25,10 +25,11 @@ class PortAllocator:
         self._allow = allow
         self._max_per_client = max_per_client
         self._held: dict[tuple[str, int], str] = {}  # (proto, port) -> client id
+        self._owner: dict[tuple[str, int], str] = {}  # (proto, port) -> its client's user
         self._per_client: Counter[str] = Counter()
 
-    def check(self, client_id: str, proto: str, port: int) -> None:
-        """Raise ProxyRefused if `port` may not be claimed by this client."""
+    def check(self, client_id: str, proto: str, port: int, user: str = "") -> None:
+        """Raise ProxyRefused if `port` may not be claimed by this client (of `user`)."""
         if self._max_per_client and self._per_client[client_id] >= self._max_per_client:
             raise ProxyRefused(
                 f"client already holds {self._max_per_client} ports (maxPortsPerClient)"
@@ -36,6 +37,10 @@ class PortAllocator:
         if port and self._allow and not any(r.start <= port <= r.end for r in self._allow):
             raise ProxyRefused(f"port {port} is not allowed by the server (allowPorts)")
         if port and (proto, port) in self._held:
+            if self._owner.get((proto, port), "") != user:
+                # Not a stale session of the same user that a retry would outlast: a port
+                # belongs to the user holding it (#14), as a domain does (vhost/claims.py).
+                raise ProxyRefused(f"port {port} is held by another user")
             raise ProxyHeld(f"port {port} is held by another session")
 
     def candidates(self, rng: random.Random | None = None) -> list[int]:
@@ -65,11 +70,13 @@ class PortAllocator:
         """True if no proxy holds `port` (the bind may still fail)."""
         return (proto, port) not in self._held
 
-    def hold(self, client_id: str, proto: str, port: int) -> None:
+    def hold(self, client_id: str, proto: str, port: int, user: str = "") -> None:
         self._held[(proto, port)] = client_id
+        self._owner[(proto, port)] = user
         self._per_client[client_id] += 1
 
     def release(self, client_id: str, proto: str, port: int) -> None:
+        self._owner.pop((proto, port), None)
         if self._held.pop((proto, port), None) is not None:
             self._per_client[client_id] -= 1
             if self._per_client[client_id] <= 0:
@@ -82,11 +89,12 @@ async def listen_on_public_port(
     proto: str,
     requested: int,
     listen: Callable[[int], Awaitable[int]],
+    user: str = "",
 ) -> int:
     """Claim a public port: check the rules, then try `listen(port)` on the requested port or
     on allowed candidates; returns the bound port, held for the client. ProxyRefused with the
     reason otherwise."""
-    ports.check(client_id, proto, requested)
+    ports.check(client_id, proto, requested, user)
     last_error: OSError | None = None
     for port in [requested] if requested else ports.candidates():
         try:
@@ -94,7 +102,7 @@ async def listen_on_public_port(
         except OSError as exc:
             last_error = exc
             continue
-        ports.hold(client_id, proto, bound)
+        ports.hold(client_id, proto, bound, user)
         return bound
     label = "UDP port" if proto == "udp" else "port"
     if requested and last_error is not None and last_error.errno == errno.EADDRINUSE:

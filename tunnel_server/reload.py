@@ -49,6 +49,13 @@ RESTART_ONLY: Final = frozenset(
         "max_clients",
         "max_pending_logins",
         "max_pending_logins_per_ip",
+        # The OIDC verifier exists only when tunneld starts with auth.method = "oidc": switching
+        # method live would leave logins with the empty key and no token check at all.
+        "auth_method",
+        "oidc_issuer",
+        "oidc_audience",
+        "oidc_skip_expiry",
+        "oidc_skip_issuer",
     }
 )
 
@@ -90,8 +97,8 @@ def apply_reload(server: TunnelServer, new: ServerConfig) -> None:
     server.departures.ttl_s = merged.departed_metrics_ttl
     server.ports.set_rules(merged.allow_ports, merged.max_ports_per_client)
     token = merged.auth_token.reveal() if merged.auth_token is not None else None
-    if merged.auth_method == "oidc":
-        token = ""  # as at start: OIDC logins use the empty shared key plus a verified JWT
+    if merged.auth_method == "oidc" and token is None:
+        token = ""  # as at start: OIDC alone uses the empty shared key plus a verified JWT
     server.users.shared_token = token
     server.auth_key = derive_key(token or "", server.cert_fp)
     server.users.shared_key = server.auth_key

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import weakref
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -50,6 +50,7 @@ from .prelogin import PendingLogins, PendingSlot
 from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
+from .usermetrics import UserMetrics
 from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
@@ -58,6 +59,9 @@ from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
 from .vhost.listener import DEFAULT_MAX_CONNECTIONS
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 from .vhost.routing import VhostRouter
 from .view import LiveServerView
 from .visitors import Visitors
@@ -81,8 +85,11 @@ class TunnelServer:
         self.auth_limiter = FailureLimiter()
         self.ports = PortAllocator(config.allow_ports, config.max_ports_per_client)
         token = config.auth_token.reveal() if config.auth_token is not None else None
-        if config.auth_method == "oidc":
-            token = ""  # names outside the store log in with a verified OIDC token instead
+        if config.auth_method == "oidc" and token is None:
+            # Names outside the store log in with a verified OIDC token. With auth.token too,
+            # the login proofs are keyed by it, so the server proves itself first
+            # (docs/security.md, "OIDC logins").
+            token = ""
         self.users = UserDirectory(None, token)  # the store opens in start()
         self._users_task: asyncio.Task[None] | None = None
         self.ip_rules = config.ip_rules  # replaced on reload
@@ -112,6 +119,7 @@ class TunnelServer:
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
+        self.user_metrics = UserMetrics(self)  # per-user series; they expire like departures
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
@@ -132,6 +140,7 @@ class TunnelServer:
         self.certs = CertStore()
         self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
         self.cert_manager: CertManager | None = None
+        self.cluster: ClusterNode | None = None  # with cluster.redisURL
         self.edge_service: EdgeService | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
@@ -188,6 +197,13 @@ class TunnelServer:
             )
         if cfg.web.port is not None:
             await self._start_dashboard()
+        if cfg.cluster_redis_url is not None:
+            from tunnel_server.cluster.node import ClusterNode  # redis-py only when clustered
+
+            self.cluster = ClusterNode(
+                self, cfg.cluster_redis_url, cfg.cluster_node_name, cfg.cluster_lease_s
+            )
+            await self.cluster.start(f"{display_host(cfg.bind_addr)}:{self.control_port}")
 
     @property
     def port_reuse(self) -> bool:
@@ -313,6 +329,7 @@ class TunnelServer:
             info={"bindPort": self.control_port, "version": __version__},
             users=UsersAdmin(self.users, self._session_infos, self._users_changed),
             http_stats=self.http_stats,
+            user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -333,9 +350,12 @@ class TunnelServer:
         ]
 
     def expire_departed(self, now: float) -> None:
-        """Forget proxies gone longer than departedMetricsTTL (their series and rows)."""
+        """Forget proxies and users gone longer than departedMetricsTTL (their series and
+        rows)."""
         for name in self.proxies.expire_departed(now):
             self.http_stats.pop(name, None)
+        self.user_metrics.sample()
+        self.user_metrics.expire(now, self.departures.ttl_s)
 
     def _users_changed(self) -> None:
         """A dashboard action changed the store: apply it now, not at the next poll."""
@@ -419,6 +439,9 @@ class TunnelServer:
             self.offline.close()
             await self.offline.wait_closed()
             self.offline = None
+        if self.cluster is not None:
+            await self.cluster.close()
+            self.cluster = None
 
     # -- sessions -------------------------------------------------------------------------------
     def session_started(self, session: ServerSession) -> str:
@@ -439,6 +462,7 @@ class TunnelServer:
             return f"the server is full ({self.config.max_clients} clients, maxClients)"
         self.sessions[session.client_id] = session
         self.stats.sessions_total += 1
+        self.user_metrics.session_started(session.user)
         return ""
 
     def session_ended(self, session: ServerSession) -> None:

@@ -48,7 +48,7 @@ from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import ProxyRefused, ServerProxy
-from .users.quota import check_new_proxy
+from .users.quota import check_new_proxy, quota_note
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -353,9 +353,8 @@ class ServerSession:
             self.mux.send_message(NewProxyResult(request.name, False, str(exc), (), retry=held))
             return
         self.server.proxies.add(self, name, proxy, request)
-        self.mux.send_message(
-            NewProxyResult(request.name, True, proxy.public_note, proxy.public_urls)
-        )
+        note = quota_note(self.server.users.record(self.user), proxy.public_note)
+        self.mux.send_message(NewProxyResult(request.name, True, note, proxy.public_urls))
         logger.info(
             "tunneld: [client=%s proxy=%s] %s proxy online at %s",
             self.client_id,
@@ -370,9 +369,8 @@ class ServerSession:
         for name, proxy in self.proxies.items():
             if proxy.refresh_urls():
                 local = name.removeprefix(f"{self.user}.") if self.user else name
-                self.mux.send_message(
-                    NewProxyResult(local, True, proxy.public_note, proxy.public_urls)
-                )
+                note = quota_note(self.server.users.record(self.user), proxy.public_note)
+                self.mux.send_message(NewProxyResult(local, True, note, proxy.public_urls))
 
     async def _start_proxy(self, request: NewProxy, name: str) -> ServerProxy:
         owned = self.server.proxies.of_session(self)
@@ -398,15 +396,22 @@ class ServerSession:
         factory = SERVER_PROXIES.get(ProxyType(request.type))
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
+        cluster = self.server.cluster
+        if cluster is not None:  # the same rules across nodes: claim before binding
+            await cluster.claim_proxy(self, name, request)
         ctx = self.server.proxy_context(self, name, request.name, request)
         proxy = factory(ctx, request, name)
         try:
             await proxy.start()
         except ProxyRefused:
             proxy.close()
+            if cluster is not None:
+                cluster.release_proxy(name)
             raise
         except (OSError, TunnelError) as exc:
             proxy.close()
+            if cluster is not None:
+                cluster.release_proxy(name)
             raise ProxyRefused(str(exc)) from exc
         return proxy
 
@@ -416,6 +421,8 @@ class ServerSession:
             return False
         self.server.proxies.remove(name, reason)
         entry.proxy.close()
+        if self.server.cluster is not None:
+            self.server.cluster.release_proxy(name)
         self.server.users.collect_proxy(self.server, self.user, name)
         self.server.plugins.notify("CloseProxy", {"user": session_user(self), "proxy_name": name})
         logger.info("tunneld: [client=%s proxy=%s] closed: %s", self.client_id, name, reason)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.aio.stream import MuxStream
 from tunnel_common.iprules import IPRules
+from tunnel_common.throttle import Throttle
 
 from .accesslog import AccessLog
 from .pluginops import user_conn_content
@@ -77,6 +78,10 @@ class Visitors:
             self._counters.refused_visitors += 1
             logger.debug("[proxy=%s] visitor %s refused: %s", self.proxy, ip, refusal.reason)
         return refusal
+
+    def throttle(self) -> Throttle | None:
+        """The user's bandwidth quota bucket (users/bandwidth.py), or None (no quota)."""
+        return self._server.users.throttles.get(self.user)
 
     @property
     def plugins_check_user_conns(self) -> bool:

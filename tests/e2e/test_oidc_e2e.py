@@ -161,3 +161,51 @@ async def test_oidc_forged_token_is_refused() -> None:
             assert (await verifier.verify(good))["aud"] == AUDIENCE
         finally:
             await verifier.aclose()
+
+
+async def test_oidc_with_auth_token_proves_the_server_first(run_tunneld, run_tunnelc) -> None:
+    """auth.token beside OIDC keys the login proofs: the same token on both sides logs in (the
+    OIDC token still checked); another token stops at the server's proof, before the bearer
+    token leaves the client; a good secret with a token for another audience is refused."""
+    shared = 'auth.token = "oidc-and-a-secret"\n'
+    async with asyncio.timeout(90), oidc_issuer() as issuer:
+        server = await run_tunneld(oidc_server_toml(issuer) + shared)
+        port = (await server.control_address()).port
+        fp = await server.fingerprint()
+        await run_tunnelc(oidc_client_toml(port, fp, issuer, CLIENT_SECRET) + shared)
+        await server.wait_for(r"client \S+ logged in from")
+        for extra in ('auth.token = "another-secret"\n', ""):
+            bad = await run_tunnelc(
+                oidc_client_toml(port, fp, issuer, CLIENT_SECRET) + extra,
+                wait_ready=False,
+                expect_exit_code=1,
+            )
+            await bad.wait_for(r"could not prove that it knows the token.*nothing was sent")
+            assert await bad.wait(30) == 1
+        issuer.audience = "someone-else"
+        other = await run_tunnelc(
+            oidc_client_toml(port, fp, issuer, CLIENT_SECRET) + shared,
+            wait_ready=False,
+            expect_exit_code=1,
+        )
+        await other.wait_for(r"authentication failed: token rejected: .*[Aa]udience")
+        assert await other.wait(30) == 1
+
+
+async def test_oidc_alone_sends_its_token_only_to_a_verified_server(
+    run_tunneld, run_tunnelc
+) -> None:
+    """Without auth.token nothing the server sends can prove it, so a client that would trust
+    on first use refuses the real server too, naming its fingerprint; pinned, it logs in."""
+    async with asyncio.timeout(90), oidc_issuer() as issuer:
+        server = await run_tunneld(oidc_server_toml(issuer))
+        port = (await server.control_address()).port
+        fp = await server.fingerprint()
+        unpinned = oidc_client_toml(port, fp, issuer, CLIENT_SECRET).replace(
+            f'transport.tls.serverFingerprint = "{fp}"\n', ""
+        )
+        refused = await run_tunnelc(unpinned, wait_ready=False, expect_exit_code=1)
+        match = await refused.wait_for(r"presented (SHA256:[0-9A-F:]+), which neither")
+        assert match[1] == fp
+        assert await refused.wait(30) == 1
+        await run_tunnelc(oidc_client_toml(port, fp, issuer, CLIENT_SECRET))

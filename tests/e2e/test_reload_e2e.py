@@ -79,3 +79,53 @@ async def test_reload_without_a_running_server_fails_clearly(tmp_path) -> None:
     result = await reload_cli(str(config))
     assert result.returncode == 1
     assert "no running tunneld found" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_reload_new_shared_token_keeps_store_users_and_never_switches_auth_method(
+    run_tunneld, run_tunnelc, tmp_path
+) -> None:
+    """A reload with a new auth.token drops the sessions on the old shared token and keeps the
+    store user's session untouched; auth.method = "oidc" in the new file needs a restart and
+    is kept as it was, so the new token (not an empty key) is what logs in."""
+    from tests.e2e.test_users_e2e import add_user, user_client_toml, users_server_toml
+
+    store = tmp_path / "users.db"
+    alice = await add_user(store, "alice")
+    state = f'stateDir = "{tmp_path / "state"}"\n'
+    async with asyncio.timeout(120), tcp_echo_server() as echo:
+        server = await run_tunneld(users_server_toml(store, extra=state))
+        port = (await server.control_address()).port
+        fp = await server.fingerprint()
+        kept = await run_tunnelc(
+            user_client_toml(port, fp, "alice", alice, tcp_proxy("a", echo.port))
+        )
+        public = await kept.proxy_endpoint("a")
+        shared = await run_tunnelc(
+            user_client_toml(port, fp, "carol", "shared-token-xyz", ""), expect_exit_code=None
+        )
+        config = server.config_path
+        assert config is not None
+        text = users_server_toml(store, shared=False, extra=state) + (
+            'auth.token = "a-new-shared-token"\nauth.method = "oidc"\n'
+            'auth.oidc.issuer = "http://127.0.0.1:9"\n'
+        )
+        await asyncio.to_thread(config.write_text, text, encoding="utf-8")
+        result = await reload_cli(str(config))
+        assert result.returncode == 0, result.stderr
+        await server.wait_for(r"keep their old values: auth_method, oidc_issuer")
+        await server.wait_for(r"dropping client \S+ of user 'carol': the token of 'carol'")
+        await shared.wait_for(r"could not prove that it knows the token", 30)
+        assert await echo_roundtrip_port(public.port) == b"still"
+        assert sum("logged in" in line for line in kept.lines()) == 1  # never reconnected
+        await run_tunnelc(user_client_toml(port, fp, "dave", "a-new-shared-token", ""))
+        empty = await run_tunnelc(
+            user_client_toml(port, fp, "erin", "", ""), wait_ready=False, expect_exit_code=1
+        )
+        await empty.wait_for(r"could not prove that it knows the token|requires one")
+        assert await empty.wait(30) == 1
+
+
+async def echo_roundtrip_port(port: int) -> bytes:
+    from tests.e2e.test_tcp_e2e import echo_roundtrip
+
+    return await echo_roundtrip(port, b"still")

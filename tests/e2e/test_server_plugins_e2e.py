@@ -109,6 +109,7 @@ async def test_plugins_see_each_operation_and_reject(run_tunneld, run_tunnelc) -
         fp = await server.fingerprint()
         proxies = (
             tcp_proxy("echo", echo.port)
+            + 'metadatas.owner = "ops"\n'
             + tcp_proxy("forbidden", echo.port)
             + tcp_proxy("moved", echo.port, reserve_port(socket.SOCK_STREAM))
         )
@@ -122,6 +123,7 @@ async def test_plugins_see_each_operation_and_reject(run_tunneld, run_tunnelc) -
         assert work["user"]["user"] == "team" and work["user"]["metas"] == {"token": "m1"}
         new = await plugin.wait_op("NewProxy", proxy_name="team.echo")
         assert new["proxy_type"] == "tcp" and new["remote_port"] == 0
+        assert new["metas"] == {"owner": "ops"}  # the proxy's own metadatas
         refused = await client.wait_for(proxy_refused_pattern("forbidden"))
         assert "rejected by a server plugin: no forbidden proxies" in refused["reason"]
         moved = await client.proxy_endpoint("moved")

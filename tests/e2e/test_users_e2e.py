@@ -6,14 +6,16 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
 from pathlib import Path
 
 from tests.e2e.test_tcp_e2e import echo_roundtrip, tcp_proxy
+from tests.support.curl import curl
 from tests.support.echo import tcp_echo_server
-from tests.support.procs import TunnelProcess, venv_script
+from tests.support.procs import DASHBOARD_READY, TunnelProcess, venv_script
 
 SHARED = "shared-token-xyz"
 CLI_TIMEOUT_S = 60.0
@@ -166,21 +168,29 @@ async def test_users_rotate_token_drops_old_sessions(run_tunneld, run_tunnelc, t
 
 
 async def test_users_store_survives_kill_9(run_tunneld, run_tunnelc, tmp_path) -> None:
-    """Users added while tunneld runs, and flushed usage, survive a kill -9 of tunneld."""
+    """Everything acknowledged before a kill -9 of tunneld is in the store after it: users and
+    changes made with the command line while it ran, a disable and a rotation that tunneld's
+    own dashboard answered, and the usage `users list` had shown; the file passes
+    integrity_check and a restarted tunneld admits the rotated token."""
     store = tmp_path / "users.db"
     first = await add_user(store, "alice")
-    async with asyncio.timeout(120), tcp_echo_server() as echo:
-        server = await run_tunneld(users_server_toml(store), expect_exit_code=-signal.SIGKILL)
+    extra = "webServer.port = 0\n"
+    async with asyncio.timeout(240), tcp_echo_server() as echo:
+        server = await run_tunneld(
+            users_server_toml(store, extra=extra), expect_exit_code=-signal.SIGKILL
+        )
         port = (await server.control_address()).port
         fp = await server.fingerprint()
+        web = f"http://127.0.0.1:{(await server.wait_for(DASHBOARD_READY))['port']}"
         client = await run_tunnelc(
             user_client_toml(port, fp, "alice", first, tcp_proxy("web", echo.port)),
             expect_exit_code=None,
         )
         public = await client.proxy_endpoint("web")
         assert await echo_roundtrip(public.port, b"x" * 100_000) == b"x" * 100_000
-        names = [f"user{i}" for i in range(10)]
+        names = [f"user{i}" for i in range(4)]
         tokens = {name: await add_user(store, name) for name in names}
+        await users_cli(store, "set-quota", "user1", "--max-proxies", "2", "--bandwidth", "1MB")
         # the server flushes usage every few seconds; wait until the store shows it
         for _ in range(200):
             rows = json.loads((await users_cli(store, "list", "--json")).stdout.split("\n")[0])
@@ -189,6 +199,13 @@ async def test_users_store_survives_kill_9(run_tunneld, run_tunnelc, tmp_path) -
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("usage never reached the store")
+        seen = rows["bytes_today"]
+        # tunneld's own writes: answered, then killed at once
+        disabled = await curl("-X", "POST", "-f", f"{web}/api/users/user2/disable")
+        assert disabled.returncode == 0, disabled.stderr
+        rotated = await curl("-X", "POST", "-f", f"{web}/api/users/user3/rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        new_token = json.loads(rotated.stdout)["token"]
         server.kill()
         await server.wait(30)
         db = sqlite3.connect(store)
@@ -198,8 +215,61 @@ async def test_users_store_survives_kill_9(run_tunneld, run_tunnelc, tmp_path) -
         finally:
             db.close()
         assert stored == {"alice", *names}
+        listed = {
+            row["name"]: row
+            for row in map(
+                json.loads, (await users_cli(store, "list", "--json")).stdout.splitlines()
+            )
+        }
+        assert listed["alice"]["bytes_today"] >= seen
+        assert listed["user1"]["quota"]["max_proxies"] == 2
+        assert listed["user1"]["quota"]["bandwidth"] == 1024 * 1024
+        assert listed["user2"]["enabled"] is False
         server2 = await run_tunneld(users_server_toml(store))
         port2 = (await server2.control_address()).port
-        await run_tunnelc(
-            user_client_toml(port2, await server2.fingerprint(), "user7", tokens["user7"], "")
+        fp2 = await server2.fingerprint()
+        await run_tunnelc(user_client_toml(port2, fp2, "user3", new_token, ""))
+        old = await run_tunnelc(
+            user_client_toml(port2, fp2, "user3", tokens["user3"], ""),
+            wait_ready=False,
+            expect_exit_code=1,
         )
+        await old.wait_for(WRONG_TOKEN)
+        assert await old.wait(30) == 1
+
+
+async def test_users_cannot_take_another_users_domain_or_port(
+    run_tunneld, run_tunnelc, tmp_path
+) -> None:
+    """Names, domains and ports belong to the store user who holds them: bob, with his own
+    token, is refused alice's subdomain, custom domain and port, each with the reason."""
+    from tests.e2e.test_quota_e2e import http_proxy
+    from tests.support.peers import reserve_port
+    from tests.support.procs import proxy_refused_pattern
+
+    store = tmp_path / "users.db"
+    alice, bob = await add_user(store, "alice"), await add_user(store, "bob")
+    for name in ("alice", "bob"):
+        await users_cli(store, "set-quota", name, "--custom-domains", "*.shared.test")
+    port = reserve_port(socket.SOCK_STREAM)
+    extra = 'vhostHTTPPort = 0\nsubDomainHost = "users.test"\n'
+    async with asyncio.timeout(90), tcp_echo_server() as echo:
+        _, control, fp = await start_server(run_tunneld, store, extra=extra)
+        proxies = (
+            tcp_proxy("ssh", echo.port, port)
+            + http_proxy("shop", echo.port, subdomain="shop")
+            + http_proxy("www", echo.port, domain="www.shared.test")
+        )
+        first = await run_tunnelc(user_client_toml(control, fp, "alice", alice, proxies))
+        for name in ("ssh", "shop", "www"):
+            await first.proxy_endpoint(name)
+        second = await run_tunnelc(
+            user_client_toml(control, fp, "bob", bob, proxies), wait_ready=False
+        )
+        reasons = {}
+        for name in ("ssh", "shop", "www"):
+            reasons[name] = (await second.wait_for(proxy_refused_pattern(name)))["reason"]
+        assert reasons["ssh"] == f"port {port} is held by another user", reasons
+        assert reasons["shop"] == "domain 'shop.users.test' belongs to another user", reasons
+        assert reasons["www"] == "domain 'www.shared.test' belongs to another user", reasons
+        assert await echo_roundtrip((await first.proxy_endpoint("ssh")).port, b"a") == b"a"

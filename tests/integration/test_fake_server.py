@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -148,3 +149,57 @@ async def test_fake_old_server_gets_no_proof_from_a_new_client(
         assert await client.run() == 1
         await logs.wait_for("speaks protocol 1 and this client")
     assert fake.received == ["challenge"]
+
+
+def oidc_victim(
+    tmp_path: Path, port: int, tls: ClientTLSConfig, token_url: str, **kw: Any
+) -> ClientConfig:
+    """The victim, logging in with OIDC client credentials (and auth.token unless overridden)."""
+    from tests.e2e.test_oidc_e2e import AUDIENCE, CLIENT_ID, CLIENT_SECRET
+
+    return replace(
+        victim_config(tmp_path, port, tls),
+        auth_method="oidc",
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=Secret(CLIENT_SECRET),
+        oidc_audience=AUDIENCE,
+        oidc_token_endpoint=token_url,
+        **kw,
+    )
+
+
+async def test_fake_server_gets_no_oidc_token_from_a_client_with_auth_token(
+    fake_server_factory: Any, tmp_path: Path, logs: LogWatcher
+) -> None:
+    """OIDC with auth.token on both sides: the server must prove the token first, so a fake
+    server (accepted by insecureSkipVerify) sees only the challenge, never the bearer token."""
+    from tests.e2e.test_oidc_e2e import oidc_issuer
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), oidc_issuer() as issuer:
+        fake = await fake_server_factory()
+        tls = ClientTLSConfig(insecure_skip_verify=True)
+        config = oidc_victim(tmp_path, fake.port, tls, f"{issuer.url}/token")
+        assert await TunnelClient(config).run() == 1
+        await logs.wait_for("could not prove that it knows the token")
+    assert issuer.tokens_issued == 1  # the client had a token, and kept it
+    assert fake.received == ["challenge"]
+    assert "oidc_token" not in repr(fake.raw) and "eyJ" not in repr(fake.raw)
+
+
+async def test_oidc_client_without_auth_token_refuses_an_unverified_server(
+    fake_server_factory: Any, tmp_path: Path, logs: LogWatcher
+) -> None:
+    """OIDC alone (no shared secret, so no meaningful proof): a server no CA or pin vouches
+    for is refused at the TLS gate with its fingerprint, before a single message; it is not
+    remembered as trusted on first use either."""
+    from tests.e2e.test_oidc_e2e import oidc_issuer
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), oidc_issuer() as issuer:
+        fake = await fake_server_factory()
+        config = oidc_victim(
+            tmp_path, fake.port, ClientTLSConfig(), f"{issuer.url}/token", auth_token=None
+        )
+        assert await TunnelClient(config).run() == 1
+        await logs.wait_for("which neither transport.tls.trustedCaFile")
+    assert fake.received == []
+    assert not (tmp_path / "client" / "known_servers").exists()

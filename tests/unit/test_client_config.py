@@ -273,6 +273,12 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ("auth.token = 1", "auth.token", "must be a string, got an integer"),
         ('auth.method = "oidc"', "auth.oidc.tokenEndpointURL", "is required with auth.method"),
         (
+            'auth.method = "oidc"\nauth.oidc.tokenEndpointURL = "https://i.example/token"\n'
+            "transport.tls.insecureSkipVerify = true",
+            "transport.tls.insecureSkipVerify",
+            'cannot be used with auth.method = "oidc" without auth.token',
+        ),
+        (
             "transport.heartbeatInterval = 90",
             "transport.heartbeatInterval",
             "must be less than transport.heartbeatTimeout (90), got 90",

@@ -168,3 +168,16 @@ def test_client_user_token_needs_the_user_name(tmp_path: Path) -> None:
     """A user token without `user` is a config error that says which name to set."""
     with pytest.raises(ConfigError, match="user: is required with a user token"):
         parse_client_config('auth.token = "tku_abc"\n', str(tmp_path / "frpc.toml"))
+
+
+def test_quota_byte_limits_name_their_period() -> None:
+    """The daily and the monthly byte quotas each refuse at their limit, naming it."""
+    from tunnel_server.users.directory import byte_quota_reached
+    from tunnel_server.users.model import UserRecord
+
+    record = UserRecord(
+        "alice", "00", True, Quota(bytes_per_day=1000, bytes_per_month=5000), 0.0, None
+    )
+    assert byte_quota_reached(record, (999, 4999)) == ""
+    assert byte_quota_reached(record, (1000, 4000)) == "daily traffic quota of 1K bytes reached"
+    assert byte_quota_reached(record, (10, 5000)) == "monthly traffic quota of 5K bytes reached"

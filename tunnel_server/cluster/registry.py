@@ -308,9 +308,13 @@ class ClusterRegistry:
                 for index in lost:
                     self._lose(batch[int(index) - 1])
 
-    def _lose(self, key: str) -> None:
+    def _lose(self, key: str, holder: Owner | None = None) -> None:
+        """Forget a name this node held; `holder` is who holds it now, if known."""
         self._held.pop(key, None)
-        self._cache.pop(key, None)
+        if holder is not None:
+            self._cache[key] = holder
+        else:
+            self._cache.pop(key, None)
         parsed = split_claim_key(self._prefix, key)
         logger.warning("tunneld: cluster: lost the claim %s (expired or taken over)", key)
         if parsed is not None and self._on_lost is not None:
@@ -369,8 +373,8 @@ class ClusterRegistry:
                 self._remember(key, event.owner)
                 held = self._held.get(key)
                 if held is not None and held.node != event.owner.node:
-                    self._lose(key)  # the same client reconnected through another node
-                    self._remember(key, event.owner)
+                    # the same client reconnected through another node
+                    self._lose(key, event.owner)
             else:
                 self._cache.pop(key, None)
         self._notify()

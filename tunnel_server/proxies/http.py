@@ -15,6 +15,7 @@ from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
 from ..offline import deliver_stored
+from ..pacing import PacedStream
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
 from ..vhost.upstream import ByteStream, UpstreamError
@@ -90,9 +91,12 @@ class VhostProxy:
                 raise UpstreamError("refused by a server plugin", status=403)
             screened = True
         try:
-            return self.conns.open_stream(src, screened=screened)
+            stream = self.conns.open_stream(src, screened=screened)
         except UserConnRefused as exc:
             raise UpstreamError(exc.reason, status=exc.status) from None
+        # The user's bandwidth quota (users/bandwidth.py): one bucket for all its proxies.
+        pacer = visitors.throttle() if visitors is not None else None
+        return PacedStream(stream, pacer) if pacer is not None else stream
 
     def close(self) -> None:
         if self._delivery is not None:

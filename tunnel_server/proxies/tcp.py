@@ -11,7 +11,7 @@ from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
-from tunnel_common.throttle import Throttle
+from tunnel_common.throttle import Pacer, Throttle, joined
 
 from ..ports import listen_on_public_port
 from .base import ProxyContext
@@ -56,7 +56,7 @@ class TCPProxy:
             return bound
 
         self.port = await listen_on_public_port(
-            ctx.ports, ctx.client_id, "tcp", self.requested_port, listen
+            ctx.ports, ctx.client_id, "tcp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
 
@@ -64,9 +64,16 @@ class TCPProxy:
         visitors = self.ctx.visitors
         if visitors is not None and visitors.plugins_check_user_conns:
             return _PluginGatedSplice(self)
-        if self.throttle is not None:
-            return self.throttle.protocol(on_connect=self._on_user, on_close=self._on_closed)
+        pacer = self._pacer()
+        if pacer is not None:
+            return pacer.protocol(on_connect=self._on_user, on_close=self._on_closed)
         return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
+
+    def _pacer(self) -> Pacer | None:
+        """The proxy's own limit and its user's bandwidth quota, looked up per connection so
+        a quota set while the proxy runs applies to its next visitors too."""
+        visitors = self.ctx.visitors
+        return joined(self.throttle, visitors.throttle() if visitors is not None else None)
 
     def _admit_later(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
         """Hold a visitor (reading paused) until the NewUserConn plugins answer."""
@@ -98,7 +105,7 @@ class TCPProxy:
             transport.close()
             return
         assert isinstance(proto, _PluginGatedSplice)
-        proto.admitted(stream, transport)
+        proto.admitted(stream, transport, self._pacer())
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -177,7 +184,12 @@ class _PluginGatedSplice(SpliceProtocol):
         self.held_eof = True
         return True
 
-    def admitted(self, stream: MuxStream, transport: asyncio.Transport) -> None:
+    def admitted(
+        self, stream: MuxStream, transport: asyncio.Transport, pacer: Pacer | None = None
+    ) -> None:
+        if pacer is not None:
+            self._hand_over(stream, transport, pacer)
+            return
         self.stream = stream
         stream.attach(transport)
         for chunk in self.held:
@@ -186,4 +198,18 @@ class _PluginGatedSplice(SpliceProtocol):
         if self.held_eof:
             stream.send_eof()
         else:
+            transport.resume_reading()
+
+    def _hand_over(self, stream: MuxStream, transport: asyncio.Transport, pacer: Pacer) -> None:
+        """Admitted under a bandwidth limit: a paced splice takes the connection over (the
+        transport's protocol changes) and gets what was held, charged like any read."""
+        paced = pacer.protocol(stream, on_close=self._owner._on_closed)
+        transport.set_protocol(paced)
+        paced.connection_made(transport)  # attaches the stream through the limit
+        held, self.held = self.held, []
+        for chunk in held:
+            paced.data_received(chunk)
+        if self.held_eof:
+            paced.eof_received()
+        elif not paced.reading_held and not transport.is_closing():
             transport.resume_reading()

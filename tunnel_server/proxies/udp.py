@@ -72,7 +72,7 @@ class UDPProxy(asyncio.DatagramProtocol):
             return bound
 
         self.port = await listen_on_public_port(
-            ctx.ports, ctx.client_id, "udp", self.requested_port, listen
+            ctx.ports, ctx.client_id, "udp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"udp://{format_host(ctx.public_host)}:{self.port}",)
         self._arm_sweeper()
@@ -112,6 +112,8 @@ class UDPProxy(asyncio.DatagramProtocol):
             if flow is None:
                 return
         flow.last_active = now
+        if self._over_quota(len(data)):
+            return
         if self.ctx.session.send_datagram(flow.flow_id, data):
             counters.bytes_in += len(data)
         else:
@@ -150,8 +152,24 @@ class UDPProxy(asyncio.DatagramProtocol):
             self._note_drop(f"a {len(data)}-byte reply exceeds udpPacketSize")
             return
         flow.last_active = time.monotonic()
+        if self._over_quota(len(data)):
+            return
         self.ctx.counters.bytes_out += len(data)
         self._transport.sendto(data, flow.peer)
+
+    def _over_quota(self, nbytes: int) -> bool:
+        """Police the user's bandwidth quota: a datagram sent while the bucket is in debt is
+        dropped and counted (datagrams cannot wait; users/bandwidth.py)."""
+        visitors = self.ctx.visitors
+        throttle = visitors.throttle() if visitors is not None else None
+        if throttle is None:
+            return False
+        if not throttle.ready(throttle.clock()):
+            self.ctx.counters.dropped_datagrams += 1
+            self._note_drop("the user's bandwidth quota is used up for now")
+            return True
+        throttle.charge(nbytes)
+        return False
 
     def flow_closed_by_client(self, message: UDPFlowClosed) -> None:
         flow = self._by_id.get(message.flow_id)

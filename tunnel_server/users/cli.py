@@ -17,7 +17,15 @@ import click
 
 from protocol.errors import TunnelError
 
-from .model import Quota, UserError, format_size, parse_patterns, parse_ports, parse_size
+from .model import (
+    Quota,
+    UserError,
+    format_size,
+    parse_patterns,
+    parse_ports,
+    parse_size,
+    parse_user_bandwidth,
+)
 from .store import UserStore, day_period, month_period
 
 
@@ -198,6 +206,10 @@ def list_users(ctx: click.Context, as_json: bool) -> None:
 @click.option("--custom-domains", help='Custom domain allowlist, e.g. "*.alice.example.com".')
 @click.option("--bytes-per-day", help='Traffic per UTC day, e.g. "5G" (0 = no limit).')
 @click.option("--bytes-per-month", help='Traffic per UTC month, e.g. "100G" (0 = no limit).')
+@click.option(
+    "--bandwidth",
+    help='Rate over all proxies, both ways, e.g. "1MB" or "512KB" per second (0 = no limit).',
+)
 @click.pass_context
 def set_quota(
     ctx: click.Context,
@@ -210,6 +222,7 @@ def set_quota(
     custom_domains: str | None,
     bytes_per_day: str | None,
     bytes_per_month: str | None,
+    bandwidth: str | None,
 ) -> None:
     """Change NAME's quotas; options left out keep their value."""
     with _open(ctx) as store:
@@ -236,6 +249,8 @@ def set_quota(
                 changes["bytes_per_day"] = parse_size(bytes_per_day)
             if bytes_per_month is not None:
                 changes["bytes_per_month"] = parse_size(bytes_per_month)
+            if bandwidth is not None:
+                changes["bandwidth"] = parse_user_bandwidth(bandwidth)
             quota = replace(quota, **changes)  # type: ignore[arg-type]
             store.set_quota(name, quota)
         except UserError as exc:

@@ -22,11 +22,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from protocol.errors import ErrorCode
 
+from .bandwidth import UserThrottles
 from .model import UserError, UserRecord, format_size
 from .store import UserStore, day_period, month_period
 
@@ -54,6 +55,7 @@ class UserDirectory:
         self.shared_token = shared_token
         self.shared_key = b""  # derive_key(auth.token or "", certificate); set by the server
         self.users: dict[str, UserRecord] = {}
+        self.throttles = UserThrottles()  # bandwidth quotas, one bucket per user
         self._version = -1
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (user, proxy) -> readings
         self._pending: dict[str, _Usage] = {}
@@ -79,6 +81,7 @@ class UserDirectory:
             return False
         self._version = version
         self.users = {r.name: r for r in records}
+        self.throttles.sync(self.users)
         self._stored.clear()
         return True
 
@@ -122,7 +125,16 @@ class UserDirectory:
 
     def logged_in(self, user: str) -> None:
         if self.store is not None and user in self.users:
-            self._safe(lambda s: s.touch([user], time.time()))
+            self._touch([user], time.time())
+
+    def _touch(self, names: list[str], when: float) -> None:
+        """Write last-seen times, and keep our view in step: the store's data_version moves
+        only for other connections' writes, so our own would not show until one came."""
+        if self._safe(lambda s: s.touch(names, when)):
+            for name in names:
+                record = self.users.get(name)
+                if record is not None:
+                    self.users[name] = replace(record, last_seen=when)
 
     # -- usage ----------------------------------------------------------------------------
     def collect(self, server: TunnelServer) -> None:
@@ -196,7 +208,7 @@ class UserDirectory:
                     total = bytes_in + bytes_out
                     self._stored[user] = (day + total, month + total)
         if online:
-            self._safe(lambda s: s.touch(sorted(online), now))
+            self._touch(sorted(online), now)
 
     def _safe(self, action: Callable[[UserStore], None]) -> bool:
         if self.store is None:

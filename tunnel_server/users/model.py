@@ -15,6 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from tunnel_common.bandwidth import format_bandwidth, parse_bandwidth
+
 USER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_PATTERNS: Final = 64  # per list in one quota
 MAX_PATTERN_CHARS: Final = 253
@@ -47,6 +49,7 @@ class Quota:
     custom_domains: tuple[str, ...] = ()  # allowlist of glob patterns; empty = none allowed
     bytes_per_day: int = 0  # both directions, UTC day
     bytes_per_month: int = 0  # both directions, UTC month
+    bandwidth: int = 0  # bytes per second over all the user's proxies, both directions
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -63,6 +66,7 @@ class Quota:
             custom_domains=tuple(str(p) for p in raw.get("custom_domains", ())),
             bytes_per_day=int(raw.get("bytes_per_day", 0)),
             bytes_per_month=int(raw.get("bytes_per_month", 0)),
+            bandwidth=int(raw.get("bandwidth", 0)),
         )
 
     def allows_port(self, port: int) -> bool:
@@ -93,6 +97,8 @@ class Quota:
             parts.append("day=" + format_size(self.bytes_per_day))
         if self.bytes_per_month:
             parts.append("month=" + format_size(self.bytes_per_month))
+        if self.bandwidth:
+            parts.append("bandwidth=" + format_bandwidth(self.bandwidth))
         return " ".join(parts) or "-"
 
 
@@ -116,6 +122,17 @@ def parse_size(text: str) -> int:
     exponent = "_KMGT".find(unit[:1]) if unit[:1] in "KMGT" and unit else 0
     factor: int = base ** max(exponent, 0)
     return number * factor
+
+
+def parse_user_bandwidth(text: str) -> int:
+    """'1MB', '512KB' (frp's bandwidthLimit syntax, per second) -> bytes per second; '0' or ''
+    -> 0 (no limit)."""
+    if text.strip() in ("", "0"):
+        return 0
+    try:
+        return parse_bandwidth(text)
+    except ValueError as exc:
+        raise UserError(f"invalid bandwidth {text!r}: {exc}") from None
 
 
 def format_size(n: int) -> str:

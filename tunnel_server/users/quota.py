@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
+from tunnel_common.bandwidth import format_bandwidth
 
 from ..errors import ProxyRefused
 from .directory import byte_quota_reached
@@ -109,3 +110,14 @@ def connection_refusal(server: TunnelServer, record: UserRecord) -> str:
     if active >= limit:
         return f"user {record.name!r} has {limit} connections open (quota maxConnections)"
     return ""
+
+
+def quota_note(record: UserRecord | None, note: str) -> str:
+    """The note on a proxy's ready line, with the user's bandwidth quota when it paces it."""
+    if record is None or not record.quota.bandwidth:
+        return note
+    paced = (
+        f"paced with user {record.name!r}'s other proxies at "
+        f"{format_bandwidth(record.quota.bandwidth)} (quota bandwidth)"
+    )
+    return f"{note}; {paced}" if note else paced

@@ -13,6 +13,7 @@ from typing import Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from protocol import PROTOCOL_VERSION, __version__
 from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
@@ -118,6 +119,7 @@ def build_dashboard_app(
     info: Mapping[str, object] | None = None,
     users: UsersAdmin | None = None,
     http_stats: HTTPStats | None = None,
+    user_metrics: Collector | None = None,
     certificates: Callable[[], CertificateReport] | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``.
@@ -189,6 +191,8 @@ def build_dashboard_app(
         registry = build_metrics_registry(stats, view, certificates)
         if http_stats is not None:
             registry.register(http_stats)
+        if user_metrics is not None:
+            registry.register(user_metrics)
 
         async def metrics(request: web.Request) -> web.Response:
             response = web.Response(body=generate_latest(registry))

@@ -56,11 +56,11 @@
       const row = el("tr", {},
         el("td", { textContent: u.name }),
         el("td", { textContent: u.enabled ? (u.online ? "online" : "enabled") : "disabled" }),
-        el("td", { textContent: u.sessions.map((s) => s.client_id + " (" + s.address + ")").join(", ") || "–" }),
-        el("td", { textContent: u.proxies.join(", ") || "–" }),
+        el("td", { className: "wrap", textContent: u.sessions.map((s) => s.client_id + " (" + s.address + ")").join(", ") || "–" }),
+        el("td", { className: "wrap", textContent: u.proxies.join(", ") || "–" }),
         el("td", { textContent: formatBytes(u.bytes_today) }),
         el("td", { textContent: formatBytes(u.bytes_this_month) }),
-        el("td", { textContent: u.quota_text }),
+        el("td", { className: "wrap", textContent: u.quota_text }),
         el("td", { textContent: formatTime(u.last_seen) }),
         el("td", {}, toggle, rotate));
       row.dataset.testid = "user-" + u.name;
@@ -77,6 +77,14 @@
     if (!response.ok) return;
     const data = await response.json();
     const days = data.days;
+    if (!days.length) {
+      const empty = document.createElement("p");
+      empty.className = "empty";
+      empty.dataset.testid = "traffic-empty";
+      empty.textContent = "No traffic stored yet (usage reaches the store every few seconds).";
+      document.getElementById("traffic-chart").replaceChildren(empty);
+      return;
+    }
     const ns = "http://www.w3.org/2000/svg";
     const width = 720, height = 160, pad = 20;
     const svg = document.createElementNS(ns, "svg");
