@@ -460,6 +460,8 @@ def _complete(
     proxies: list[ProxyConfig] = []
     locations: list[tuple[str, str]] = []
     notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
+    for table in root.tables("proxies"):  # the walker's notes (key spellings) get names too
+        notes = _named_notes(table, notes)
     start = set(root.strs("start"))
     for table in (*root.tables("proxies"), *included):
         notes.extend(_named_notes(table, PROXY_FIELDS.notes(table)))

@@ -585,3 +585,13 @@ def test_client_config_proxy_name_with_spaces_runs_renamed_with_a_note(tmp_path:
     assert [p.name for p in config.proxies] == ["nas_http"]
     noted = [n for n in config.notes if "proxies[0] (nas http).name" in n]
     assert len(noted) == 1 and "'nas_http'" in noted[0]
+
+
+def test_client_config_key_spelling_note_names_the_proxy(tmp_path: Path) -> None:
+    """frp's `localIp` inside a proxy is noted with the proxy's name beside its index."""
+    path = tmp_path / "frpc.toml"
+    path.write_text(
+        '[[proxies]]\nname = "web"\ntype = "tcp"\nlocalIp = "127.0.0.1"\nlocalPort = 8\n'
+    )
+    notes = load_client_config(path).notes
+    assert any("proxies[0] (web).localIp: accepted as 'localIP'" in note for note in notes)
