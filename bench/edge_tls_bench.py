@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -106,7 +107,7 @@ async def main() -> None:
                         f"https://{HOST}/index.html",
                         https.port,
                         False,
-                        4,  # each h2 stream is its own tunnel stream and local connection
+                        4,  # h2 streams reuse idle upstream tunnel streams (edge/upstreams.py)
                     ),
                 }
                 for run in range(args.runs):
@@ -116,6 +117,7 @@ async def main() -> None:
                         rows.setdefault(name, []).append(result)
         finally:
             await group.aclose()
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(
         f"\nHTTPS edge benchmark (h2load -c{args.clients} -t2 -D{args.seconds}; "
         f"median of {args.runs})\n"

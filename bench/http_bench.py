@@ -4,9 +4,11 @@
 
 The same nginx (started here, serving a small static file) is measured directly and through
 tunneld's HTTP vhost + tunnelc, in one run: without the inspector, with the inspector in
-memory only (`inspect.history = false`), and with the inspector writing its SQLite history
-(the default). Reports req/s and p50/p99 latency, medians of --runs, with the ratios.
-Traffic stays on 127.0.0.1.
+memory only (`inspect.history = false`), with the inspector writing its SQLite history (the
+default), and with history plus the inspector page open on a filtered live view (an
+`/api/events?method=GET&status=2xx&q=nginx` subscriber, the filter evaluated on every
+exchange, the text search reaching into the response body). Reports req/s and p50/p99
+latency, medians of --runs, with the ratios. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.peers import nginx, run_command  # noqa: E402
-from tests.support.procs import ProcessGroup  # noqa: E402
+from tests.support.procs import INSPECTOR_READY, ProcessGroup  # noqa: E402
 
 HOST = "bench.example.test"
 INSPECTED_HOST = "inspected.example.test"
 MEMORY_HOST = "memory.example.test"
+FILTERED_HOST = "filtered.example.test"
+LIVE_FILTER = "method=GET&status=2xx&q=nginx"  # matches every bench exchange, body included
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -100,6 +106,14 @@ async def measure_interleaved(
     return results
 
 
+async def follow_events(url: str, seen: list[int]) -> None:
+    """Hold the inspector page's live view open (filtered), counting the exchanges it gets."""
+    async with aiohttp.ClientSession() as http, http.get(url) as events:
+        async for line in events.content:
+            if line.startswith(b"data: ") and b'"kind":"updated"' in line:
+                seen[0] += 1
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -121,15 +135,17 @@ async def main() -> None:
                 vhost = await server.http_vhost_address()
                 fingerprint = await server.fingerprint()
                 pids: dict[str, int] = {}
+                inspectors: dict[str, int] = {}
                 for name, host, inspect, history in (
                     ("web", HOST, "false", "false"),
                     ("seen", INSPECTED_HOST, "true", "true"),
                     ("memory", MEMORY_HOST, "true", "false"),
+                    ("filtered", FILTERED_HOST, "true", "true"),
                 ):
                     config = work / f"frpc-{name}.toml"
                     config.write_text(
                         f'serverAddr = "127.0.0.1"\nserverPort = {control.port}\n'
-                        f'stateDir = "{work}/client"\ninspect.enabled = {inspect}\n'
+                        f'stateDir = "{work}/client-{name}"\ninspect.enabled = {inspect}\n'
                         f"inspect.port = 0\ninspect.history = {history}\n"
                         f'transport.tls.serverFingerprint = "{fingerprint}"\n'
                         f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'
@@ -138,17 +154,34 @@ async def main() -> None:
                     client = await group.start_tunnel("tunnelc", ["-c", str(config)])
                     await client.proxy_endpoint(name)
                     pids[name] = client.pid
-                results.update(
-                    await measure_interleaved(
-                        vhost.port,
-                        args,
-                        {
-                            "tunnelkit vhost (TLS)": (HOST, pids["web"]),
-                            "vhost + inspector (memory)": (MEMORY_HOST, pids["memory"]),
-                            "vhost + inspector + history": (INSPECTED_HOST, pids["seen"]),
-                        },
+                    if inspect == "true":
+                        inspectors[name] = int((await client.wait_for(INSPECTOR_READY))["port"])
+                live_seen = [0]
+                live = asyncio.create_task(
+                    follow_events(
+                        f"http://127.0.0.1:{inspectors['filtered']}/api/events?{LIVE_FILTER}",
+                        live_seen,
                     )
                 )
+                try:
+                    results.update(
+                        await measure_interleaved(
+                            vhost.port,
+                            args,
+                            {
+                                "tunnelkit vhost (TLS)": (HOST, pids["web"]),
+                                "vhost + inspector (memory)": (MEMORY_HOST, pids["memory"]),
+                                "vhost + inspector + history": (INSPECTED_HOST, pids["seen"]),
+                                "vhost + inspector + history + filtered page": (
+                                    FILTERED_HOST,
+                                    pids["filtered"],
+                                ),
+                            },
+                        )
+                    )
+                finally:
+                    live.cancel()
+                    await asyncio.gather(live, return_exceptions=True)
         finally:
             await group.aclose()
     print(
@@ -167,6 +200,7 @@ async def main() -> None:
         )
     direct, tunnel = results["direct (nginx)"], results["tunnelkit vhost (TLS)"]
     memory, seen = results["vhost + inspector (memory)"], results["vhost + inspector + history"]
+    filtered = results["vhost + inspector + history + filtered page"]
     print(
         "| tunnelkit / direct | " + " | ".join(f"{tunnel[k] / direct[k]:.2f}" for k in keys) + " |"
     )
@@ -181,11 +215,22 @@ async def main() -> None:
         + " |"
     )
     print("| history / memory | " + " | ".join(f"{seen[k] / memory[k]:.2f}" for k in keys) + " |")
+    print(
+        "| history + filtered page / memory | "
+        + " | ".join(f"{filtered[k] / memory[k]:.2f}" for k in keys)
+        + " |"
+    )
     cpu = "tunnelc us/req"
     print(
         f"\ntunnelc CPU per request under load: off {tunnel[cpu]:.1f} us, inspector in memory "
         f"{memory[cpu]:.1f} us, inspector + history {seen[cpu]:.1f} us "
-        f"(history adds {100 * (seen[cpu] / memory[cpu] - 1):+.1f}% to the inspector's tunnelc)"
+        f"(history adds {100 * (seen[cpu] / memory[cpu] - 1):+.1f}% to the inspector's tunnelc), "
+        f"history + filtered page {filtered[cpu]:.1f} us "
+        f"({100 * (filtered[cpu] / memory[cpu] - 1):+.1f}%)"
+    )
+    print(
+        f"filtered live view: {live_seen[0]} updates received; req/s with history and the "
+        f"filtered page vs the in-memory inspector: {filtered['req/s'] / memory['req/s']:.3f}"
     )
 
 

@@ -88,6 +88,8 @@ async def iperf_mbps(port: int, streams: int, args: argparse.Namespace) -> float
          "-P", str(streams), "--json"],
         timeout_s=args.seconds + 30,
     )  # fmt: skip
+    if "sum_received" not in json.loads(out)["end"]:
+        raise RuntimeError(f"iperf3 failed: {json.loads(out).get('error', out[-500:])}")
     received: float = json.loads(out)["end"]["sum_received"]["bytes"]
     seconds: float = json.loads(out)["end"]["sum_received"]["seconds"]
     return received / seconds / 1e6

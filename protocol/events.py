@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import Message, StreamHeader
+from .messages import Message, StreamHeader, VisitorOpen
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +13,7 @@ class StreamOpened:
     `reset_stream`."""
 
     stream_id: int
-    header: StreamHeader
+    header: StreamHeader | VisitorOpen  # VisitorOpen: a client-opened visitor stream
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any, Final
 from .compression import COMPRESSION_NAMES
 from .errors import RemoteProtocolError
 from .proxytype import ProxyType
+from .visitorauth import VERIFIER_BYTES, VISITOR_NONCE_BYTES, VISITOR_PROOF_BYTES
 
 MAX_NAME_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 4096
@@ -121,6 +122,13 @@ class NewProxy:
     # frp's transport.useCompression: "zstd" compresses every stream of this proxy (the
     # server names it in each stream_header); "" = none. protocol/compression.py.
     compression: str = ""
+    # frp's loadBalancer: proxies of one group (several clients) share one port or route.
+    group: str = ""
+    group_key: str = field(default="", repr=False)
+    # stcp/sudp: protocol/visitorauth.py's verifier of the secretKey (never the key itself),
+    # and the users whose visitors may connect ("*" = any; empty = the owner's user only).
+    secret_verifier: bytes = b""
+    allow_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,19 @@ class StreamHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class VisitorOpen:
+    """Payload of a client-opened SYN: connect me to a secret proxy (protocol/visitorauth.py)."""
+
+    type: str  # the visitor's type; must equal the proxy's
+    server_user: str
+    server_name: str
+    visitor_name: str  # for the server's log lines
+    timestamp: int  # the visitor's clock, Unix seconds
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StreamResetInfo:
     """Payload of an RST: a code (ErrorCode) and a human-readable reason."""
 
@@ -190,6 +211,7 @@ Message = (
     | UDPFlowOpened
     | UDPFlowClosed
     | StreamHeader
+    | VisitorOpen
     | StreamResetInfo
 )
 
@@ -229,6 +251,12 @@ def _bytes_of(size: int) -> Checker:
         return value
 
     return check
+
+
+def _verifier(name: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) not in (0, VERIFIER_BYTES):
+        raise RemoteProtocolError(f"field {name!r} must be empty or {VERIFIER_BYTES} bytes")
+    return value
 
 
 def _text_list(name: str, value: Any) -> tuple[str, ...]:
@@ -329,6 +357,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "allow_ips": _text_list,
             "deny_ips": _text_list,
             "compression": _compression,
+            "group": _NAME,
+            "group_key": _NAME,
+            "secret_verifier": _verifier,
+            "allow_users": _text_list,
         },
     ),
     "new_proxy_result": (
@@ -347,6 +379,18 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
     "stream_header": (
         StreamHeader,
         {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT, "compression": _compression},
+    ),
+    "visitor_open": (
+        VisitorOpen,
+        {
+            "type": _proxy_type,
+            "server_user": _NAME,
+            "server_name": _NAME,
+            "visitor_name": _NAME,
+            "timestamp": _int(0, 2**63 - 1),
+            "nonce": _bytes_of(VISITOR_NONCE_BYTES),
+            "proof": _bytes_of(VISITOR_PROOF_BYTES),
+        },
     ),
     "stream_reset": (StreamResetInfo, {"code": _U32, "reason": _TEXT}),
 }

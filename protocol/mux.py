@@ -51,7 +51,14 @@ from .events import (
     StreamReset,
 )
 from .frames import Flag, Frame, FrameDecoder, FrameType, encode_fast, encode_frame
-from .messages import Message, StreamHeader, StreamResetInfo, decode_message, encode_message
+from .messages import (
+    Message,
+    StreamHeader,
+    StreamResetInfo,
+    VisitorOpen,
+    decode_message,
+    encode_message,
+)
 from .settings import INITIAL_STREAM_WINDOW_BYTES, MuxSettings
 from .stream import Handshake, StreamEvent, StreamRecord, StreamState
 
@@ -219,7 +226,7 @@ class MuxConnection:
         return out
 
     # -- commands ---------------------------------------------------------------------------
-    def open_stream(self, header: StreamHeader) -> int:
+    def open_stream(self, header: StreamHeader | VisitorOpen) -> int:
         """Open a stream; data may be sent at once within the initial window."""
         self._check_usable()
         if self.going_away:
@@ -459,8 +466,8 @@ class MuxConnection:
         if sid % 2 != self._peer_parity or sid <= self._highest_peer_id:
             raise RemoteProtocolError(f"SYN with invalid stream id {sid}")
         header = decode_message(frame.payload)
-        if not isinstance(header, StreamHeader):
-            raise RemoteProtocolError("SYN payload must be a stream header")
+        if not isinstance(header, StreamHeader | VisitorOpen):
+            raise RemoteProtocolError("SYN payload must be a stream header or a visitor open")
         self._highest_peer_id = sid
         s = self.settings
         refusal = ""

@@ -8,3 +8,6 @@ class ProxyType(StrEnum):
     UDP = "udp"
     HTTP = "http"
     HTTPS = "https"
+    TCPMUX = "tcpmux"
+    STCP = "stcp"  # secret tcp: reached only through a visitor that knows the secret
+    SUDP = "sudp"  # secret udp, the same for datagrams

@@ -25,6 +25,7 @@ from tunnel_common.runner import run as run_loop
 
 from .adminfile import read_admin_address
 from .identity import LABEL_CHARS, ClientIdentity, config_key, oneliner_key, stable_client_id
+from .webhookopts import WebhookOptions, take_webhook_options, webhook_options
 
 # The config schema, the client and its web surfaces import aiohttp, cryptography and the
 # plugins: they load when a command runs, so `tunnelc --version` and `--help` stay light
@@ -279,6 +280,7 @@ def _oneliner(
     opts: dict[str, Any],
     *,
     auto_subdomain: bool = False,
+    webhook: WebhookOptions | None = None,
     **proxy_fields: Any,
 ) -> None:
     from tunnel_common.configfile import Secret
@@ -297,6 +299,8 @@ def _oneliner(
                 http_user=proxy_fields["http_user"],
                 http_password=Secret(proxy_fields["http_password"]),
             )
+        if webhook is not None:
+            proxy = dataclasses.replace(proxy, **webhook.proxy_fields)
         config = make_oneliner_config(
             opts["server"],
             opts["token"],
@@ -306,6 +310,9 @@ def _oneliner(
             server_fingerprint=opts["server_fingerprint"],
             insecure_skip_verify=opts["insecure_skip_verify"],
         )
+        if webhook is not None and webhook.signers:
+            inspect = dataclasses.replace(config.inspect, signers=webhook.signers)
+            config = dataclasses.replace(config, inspect=inspect)
     except TunnelError as exc:
         fail(str(exc))
         return
@@ -366,6 +373,12 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
         auto_subdomain = not subdomain and not domain
         if auto_subdomain:
             subdomain = f"{proxy_type}-{local_port}"  # checked now, replaced at start
+        webhook = None
+        if proxy_type is ProxyType.HTTP:
+            try:
+                webhook = take_webhook_options(opts)
+            except ValueError as exc:
+                fail(str(exc))
         user = password = None
         if basic_auth is not None:
             if proxy_type is not ProxyType.HTTP:
@@ -378,6 +391,7 @@ def _http_like(proxy_type: ProxyType) -> Callable[..., None]:
             local_port,
             opts,
             auto_subdomain=auto_subdomain,
+            webhook=webhook,
             subdomain=subdomain,
             custom_domains=domain,
             http_user=user,
@@ -394,6 +408,8 @@ for _type in (ProxyType.HTTP, ProxyType.HTTPS):
         "--subdomain wx`."
     )
     _cmd = server_options(_cmd)
+    if _type is ProxyType.HTTP:
+        _cmd = webhook_options(_cmd)
     _cmd = click.option("--basic-auth", default=None, help="user:password (http only).")(_cmd)
     _cmd = click.option("--domain", "-d", multiple=True, help="A custom domain.")(_cmd)
     _cmd = click.option("--subdomain", default=None, help="Subdomain of subDomainHost.")(_cmd)
@@ -510,6 +526,14 @@ def _print_admin(path: str, text: str) -> None:
             extras = _status_extras(proxy)
             if extras:
                 click.echo(f"{'':<20} {extras}")
+        for visitor in data.get("visitors", []):
+            error = f" ({visitor['error']})" if visitor.get("error") else ""
+            click.echo(
+                f"{visitor['name']:<20} {visitor['type']:<6} {visitor['state']:<8} "
+                f"{visitor['bind'] or '-'} -> {visitor['server']} ({visitor['path']}): "
+                f"{visitor['connections_active']} open, {visitor['connections_total']} total, "
+                f"{visitor['refused']} refused{error}"
+            )
         return
     click.echo(json.dumps(data, indent=2))
 

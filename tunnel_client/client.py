@@ -70,6 +70,7 @@ from .trust import (
     default_known_servers_file,
     server_requires_client_cert,
 )
+from .visitors import VisitorSet
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class TunnelClient:
         # Proxies refused as held by a possibly stale session, asked for again with backoff.
         self._held = HeldRetries(self._ask_again)
         self._set_proxies(config.proxies)
+        self.visitors = VisitorSet(config.visitors, config.user)
 
     # -- proxies --------------------------------------------------------------------------------
     def _set_proxies(self, configs: tuple[ProxyConfig, ...]) -> None:
@@ -195,6 +197,9 @@ class TunnelClient:
                 row.update(proxy_details(proxy, self.health.state(st.name)))
             rows.append(row)
         return rows
+
+    def visitor_status(self) -> list[dict[str, object]]:
+        return self.visitors.status()
 
     async def reload(self) -> dict[str, object]:
         """Re-read the config file: add, remove and change proxies, leaving the rest alone."""
@@ -334,6 +339,7 @@ class TunnelClient:
         cfg = self.config
         logger.debug("tunnelc: client %s connecting to %s", self.client_id, self.server_text)
         await self.surfaces.start()
+        await self.visitors.start()
         self.health.start()
         await self._probe_local_services()
         try:
@@ -410,6 +416,8 @@ class TunnelClient:
                 await self._drainer  # bounded by DRAIN_TIMEOUT_S
             self.health.close()
             await self.health.wait_closed()
+            self.visitors.close()
+            await self.visitors.wait_closed()
             for proxy in self.proxies.values():
                 proxy.close()
             await asyncio.gather(
@@ -558,6 +566,7 @@ class TunnelClient:
 
     async def _serve(self, session: MuxSession) -> None:
         self.session = session
+        self.visitors.attach(session)
         session.on_stream = self._on_stream
         session.on_datagram = self.flows.on_datagram
         session.message_filter = self._filter_message
@@ -586,6 +595,7 @@ class TunnelClient:
             pass
         finally:
             self.session = None
+            self.visitors.attach(None)
             self.flows.clear()
             self._held.cancel_all()
             for status in self.proxy_status.values():
@@ -640,12 +650,8 @@ class TunnelClient:
         note = f" ({peer_text(result.error)})" if result.error else ""
         if proxy is not None:
             proxy.proxy_ready(urls)
-        logger.info(
-            "tunnelc: proxy %s ready at %s%s",
-            peer_text(result.name),
-            peer_text(" ".join(urls)),
-            note,
-        )
+        at = f" at {peer_text(' '.join(urls))}" if urls else ""
+        logger.info("tunnelc: proxy %s ready%s%s", peer_text(result.name), at, note)
         self._notify_status()
 
     def _localize(self, url: str) -> str:
@@ -660,6 +666,9 @@ class TunnelClient:
 
     def _on_stream(self, stream: MuxStream) -> None:
         session = stream.session
+        if stream.visitor is not None:
+            stream.abort(ErrorCode.REFUSED, "a client does not take visitor streams")
+            return
         proxy = self.proxies.get(stream.header.proxy)
         if proxy is None:
             stream.abort(ErrorCode.REFUSED, f"no proxy named {stream.header.proxy!r} here")

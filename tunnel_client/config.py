@@ -40,6 +40,13 @@ from tunnel_client.proxyconfig import (
     make_oneliner_proxy,
 )
 from tunnel_client.signerconfig import SignerConfig, complete_signers
+from tunnel_client.visitorconfig import (
+    VISITOR_FIELDS,
+    VISITOR_SCHEMA,
+    VisitorConfig,
+    check_visitors,
+    complete_visitor,
+)
 from tunnel_common.configfields import OWN, Accepted, Field, FieldTable, Section
 from tunnel_common.configfile import (
     Bool,
@@ -265,6 +272,13 @@ CLIENT_FIELDS: Final = FieldTable(
             "the proxies ([[proxies]] entries; see below)",
         ),
         Field(
+            "visitors",
+            "visitors",
+            TableList(VISITOR_SCHEMA),
+            (),
+            "visitors of other clients' stcp/sudp proxies ([[visitors]] entries; see below)",
+        ),
+        Field(
             "stateDir",
             "state_dir",
             PathStr(),
@@ -313,6 +327,7 @@ class ClientConfig:
     inspect: InspectConfig = field(default_factory=_F.factory("inspect", InspectConfig))
     log: LogConfig = field(default_factory=_F.factory("log", LogConfig))
     proxies: tuple[ProxyConfig, ...] = _F.default("proxies", tuple)  # enabled ones only
+    visitors: tuple[VisitorConfig, ...] = _F.default("visitors", tuple)
     notes: tuple[str, ...] = ()  # frp keys accepted with no effect, one line each
 
 
@@ -492,6 +507,16 @@ def _complete(
     unknown = sorted(start - {p.name for p in proxies})
     if unknown:
         notes.append(f"{root.source}: start: no enabled proxy is named {', '.join(unknown)}")
+    visitors: list[VisitorConfig] = []
+    for table in root.tables("visitors"):
+        notes.extend(VISITOR_FIELDS.notes(table))
+        if table.has_problems:
+            continue
+        try:
+            visitors.append(complete_visitor(table))
+        except ConfigError as exc:
+            problems.extend(getattr(exc, "problems", (exc,)))
+    problems.extend(check_visitors(visitors, root.source, [p.name for p in proxies]))
     inspect_table = root.subtable("inspect")
     signers: tuple[SignerConfig, ...] = ()
     if not inspect_table.has_problems:  # a refused key is reported once, by the walker
@@ -504,6 +529,7 @@ def _complete(
         root,
         ClientConfig,
         proxies=tuple(proxies),
+        visitors=tuple(visitors),
         notes=tuple(notes),
         inspect=inspect,
         auth_token=token_from_source(root),

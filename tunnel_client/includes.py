@@ -3,8 +3,8 @@
 `includes = ["./confd/*.toml"]` reads every file that matches, in name order, as frp does:
 the pattern's directory is read and its last part matched against each file name. Each file
 may be in any format frp reads and goes through the same templates and schema; only its
-proxies are used (frp also reads visitors, which tunnelkit does not support yet). A relative
-pattern is taken relative to the config file, like every other path in it.
+proxies are used (frp also reads visitors there; tunnelkit reads them from the main file
+only). A relative pattern is taken relative to the config file, like every other path in it.
 """
 
 from __future__ import annotations

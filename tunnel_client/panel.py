@@ -58,6 +58,21 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
+def _forwarding(row: dict[str, object]) -> Text:
+    """One proxy's URLs, one per line (an https:// URL that arrives later gets its own line,
+    so a narrow terminal never breaks a URL in two), the local address, and its state or note:
+    a running http proxy's note says its certificate is still pending."""
+    urls = [str(url) for url in row["public"]] or ["-"]  # type: ignore[attr-defined]
+    line = Text(f"{urls[0]} -> {row['local']}")
+    for url in urls[1:]:
+        line.append(f"\n{url}")
+    if row["state"] != "running":
+        line.append(f"\n[{row['state']}] {row['error'] or ''}", style="yellow")
+    elif row["error"]:
+        line.append(f"\n({row['error']})", style="yellow")
+    return line
+
+
 def render(client: TunnelClient, logs: PanelLogHandler | None, now: float) -> Group:
     """The panel as rich renderables (pure over the client's state; tests call it too)."""
     cfg = client.config
@@ -82,12 +97,7 @@ def render(client: TunnelClient, logs: PanelLogHandler | None, now: float) -> Gr
     if client.surfaces.inspector_port is not None:
         head.add_row("Inspector", f"http://{cfg.inspect.addr}:{client.surfaces.inspector_port}/")
     for row in client.status():
-        public = ", ".join(str(url) for url in row["public"]) or "-"  # type: ignore[attr-defined]
-        local = row["local"]
-        line = Text(f"{public} -> {local}")
-        if row["state"] != "running":
-            line.append(f"  [{row['state']}] {row['error'] or ''}", style="yellow")
-        head.add_row(f"Forwarding {row['name']}", line)
+        head.add_row(f"Forwarding {row['name']}", _forwarding(row))
 
     parts: list[Table | Text] = [head]
     store = client.surfaces.store

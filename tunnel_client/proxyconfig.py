@@ -51,12 +51,16 @@ _HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?"
 _NO_SPACE: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _SPACES: Final = re.compile(r"[ \t]+")  # in a proxy name (frp allows them): become "_"
 _TCP, _UDP, _HTTP, _HTTPS = ProxyType.TCP, ProxyType.UDP, ProxyType.HTTP, ProxyType.HTTPS
+_TCPMUX: Final = ProxyType.TCPMUX
 _Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, reason)
 
 
 _HTTP_ONLY: Final = (str(_HTTP),)
 
-_DOMAINS: Final = (str(_HTTP), str(_HTTPS))
+_DOMAINS: Final = (str(_HTTP), str(_HTTPS), str(_TCPMUX))
+_GROUPED: Final = (str(_TCP), str(_HTTP), str(_HTTPS), str(_TCPMUX))  # frp's balanced kinds
+_USERS: Final = (str(_HTTP), str(_TCPMUX))  # basic auth (tcpmux: Proxy-Authorization)
+_SECRET: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
 # names the proxy types a key applies to; setting it on another type is an error.
@@ -73,7 +77,7 @@ PROXY_FIELDS: Final = FieldTable(
         Field(
             "type",
             "type",
-            Choice(tuple(ProxyType), frp_values=("tcpmux", "stcp", "sudp", "xtcp")),
+            Choice(tuple(ProxyType), frp_values=("xtcp",)),
             None,
             "proxy type",
             required="is required: set it to one of " + ", ".join(ProxyType),
@@ -120,14 +124,14 @@ PROXY_FIELDS: Final = FieldTable(
             "path prefixes; empty = every path",
             only=_HTTP_ONLY,
         ),
-        Field("httpUser", "http_user", Str(), None, "basic-auth user", only=_HTTP_ONLY),
+        Field("httpUser", "http_user", Str(), None, "basic-auth user", only=_USERS),
         Field(
             "httpPassword",
             "http_password",
             SecretStr(),
             None,
             "basic-auth password",
-            only=_HTTP_ONLY,
+            only=_USERS,
         ),
         Field(
             "hostHeaderRewrite",
@@ -198,7 +202,47 @@ PROXY_FIELDS: Final = FieldTable(
             Str(),
             None,
             "serve only requests whose basic-auth user this is (shares a domain)",
-            only=_HTTP_ONLY,
+            only=_USERS,
+        ),
+        Field(
+            "multiplexer",
+            "multiplexer",
+            Choice(("httpconnect",)),
+            None,
+            'tcpmux: "httpconnect" (the default and only one): visitors send HTTP CONNECT',
+            only=(str(_TCPMUX),),
+        ),
+        Field(
+            "loadBalancer.group",
+            "group",
+            Str(),
+            None,
+            "load-balancing group: proxies of several clients share one port or route",
+            only=_GROUPED,
+        ),
+        Field(
+            "loadBalancer.groupKey",
+            "group_key",
+            SecretStr(),
+            None,
+            "the group's shared secret; members with another key are refused",
+            only=_GROUPED,
+        ),
+        Field(
+            "secretKey",
+            "secret_key",
+            SecretStr(),
+            None,
+            "the secret a visitor must know (tunneld gets an HMAC of it, never the key)",
+            only=_SECRET,
+        ),
+        Field(
+            "allowUsers",
+            "allow_users",
+            StrList(),
+            (),
+            'users whose visitors may connect ("*" = any); the own user always may',
+            only=_SECRET,
         ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,
@@ -207,7 +251,8 @@ PROXY_FIELDS: Final = FieldTable(
             "offline_status",
             Int(200, 599),
             None,
-            "while this client is offline, tunneld answers with this status",
+            "while this client is offline, tunneld answers with this status "
+            "(unset: its URL answers 404 and nothing is kept)",
             origin=OWN,
             only=_HTTP_ONLY,
         ),
@@ -225,7 +270,9 @@ PROXY_FIELDS: Final = FieldTable(
             "offline_capture",
             Bool(),
             None,
-            "tunneld stores requests while offline; delivered on reconnect (default false)",
+            "tunneld also stores requests while offline (503 once offline.* is full) and "
+            "delivers them in order on reconnect, marked delivered late "
+            "(default false; alone: answers 200)",
             origin=OWN,
             only=_HTTP_ONLY,
         ),
@@ -290,12 +337,17 @@ class ProxyConfig:
     hsts_max_age: int | None = _F.optional("hsts_max_age", int)  # seconds; None/0 = no HSTS
     backend_protocol: str | None = _F.optional("backend_protocol", str)  # None = "http1"
     route_by_http_user: str | None = _F.optional("route_by_http_user", str)
+    group: str | None = _F.optional("group", str)  # loadBalancer.group
+    multiplexer: str | None = _F.optional("multiplexer", str)  # tcpmux: None = "httpconnect"
+    group_key: Secret | None = _F.optional("group_key", Secret)
+    secret_key: Secret | None = _F.optional("secret_key", Secret)  # stcp/sudp
+    allow_users: tuple[str, ...] = _F.default("allow_users", tuple)
     plugin: PluginConfig | None = None  # serves the connections instead of localIP:localPort
     transport: TransportOptions = field(default_factory=TransportOptions)
     health_check: HealthCheckConfig | None = None
     metadatas: dict[str, str] = field(default_factory=_F.factory("metadatas", dict))
     annotations: dict[str, str] = field(default_factory=_F.factory("annotations", dict))
-    offline_status: int | None = _F.optional("offline_status", int)  # None = 502 page
+    offline_status: int | None = _F.optional("offline_status", int)  # None = 404, nothing kept
     offline_body: str | None = _F.optional("offline_body", str)  # None = empty
     offline_capture: bool | None = _F.optional("offline_capture", bool)  # None = false
     allow_ips: tuple[str, ...] = _F.default("allow_ips", tuple)
@@ -373,7 +425,7 @@ def check_proxies(
     """
     problems: list[ConfigError] = []
     names: dict[str, str] = {}
-    remote_ports: dict[tuple[ProxyType, int], str] = {}
+    remote_ports: dict[tuple[ProxyType, int], tuple[str, str]] = {}  # -> (path, group)
     for proxy, (source, path) in zip(proxies, locations, strict=True):
         problems.extend(check_proxy(proxy, source, path))
         if proxy.name in names:
@@ -388,16 +440,18 @@ def check_proxies(
         names[proxy.name] = path
         if proxy.remote_port:  # 0 and None never clash: the server picks a free port
             key = (proxy.type, proxy.remote_port)
-            if key in remote_ports:
+            earlier = remote_ports.get(key)
+            # Members of one load-balancing group share their port (frp's README example).
+            if earlier is not None and not (proxy.group and earlier[1] == proxy.group):
                 problems.append(
                     ConfigError(
                         source,
                         f"{path}.remotePort",
                         f"{proxy.type} port {proxy.remote_port} is already asked for by "
-                        f"{remote_ports[key]}; use another port or 0",
+                        f"{earlier[0]}; use another port or 0",
                     )
                 )
-            remote_ports[key] = path
+            remote_ports[key] = (path, proxy.group or "")
     return problems
 
 
@@ -421,7 +475,8 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
     for key, types in _KEY_TYPES.items():
         value = getattr(proxy, PROXY_FIELDS.attr_of(key))
         if value is not None and value != () and value != {} and proxy.type not in types:
-            kinds = " and ".join(str(t) for t in types)
+            names = [str(t) for t in types]
+            kinds = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
             fail(key, f"is only for {kinds} proxies, and this one is {proxy.type}; remove it")
     if proxy.type in (_TCP, _UDP):
         if proxy.remote_port is None or not 0 <= proxy.remote_port <= 65535:
@@ -430,6 +485,9 @@ def check_proxy(proxy: ProxyConfig, source: str, path: str) -> list[ConfigError]
                 f"must be an integer from 0 to 65535 (0 = the server picks), "
                 f"got {proxy.remote_port}",
             )
+    elif proxy.type in _SECRET:
+        if proxy.secret_key is None or not proxy.secret_key.reveal():
+            fail("secretKey", f"is required: a {proxy.type} proxy is reached with its secret")
     elif not proxy.custom_domains and proxy.subdomain is None:
         fail("", f"an {proxy.type} proxy needs customDomains or subdomain")
     _check_http_fields(proxy, fail)

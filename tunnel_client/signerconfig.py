@@ -150,14 +150,14 @@ def complete_signer(table: ConfigTable) -> SignerConfig:
     if config.encoding_aes_key is not None:
         if provider != "wechat":
             raise table.error("encodingAESKey", 'applies to provider "wechat" only')
-        if not _valid_aes_key(config.encoding_aes_key.reveal()):
+        if not valid_aes_key(config.encoding_aes_key.reveal()):
             raise table.error(
                 "encodingAESKey", "must be the 43 characters WeChat shows (base64 of 32 bytes)"
             )
     return config
 
 
-def _valid_aes_key(key: str) -> bool:
+def valid_aes_key(key: str) -> bool:
     if len(key) != 43:
         return False
     try:

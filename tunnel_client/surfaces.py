@@ -146,6 +146,7 @@ class WebSurfaces:
             max_age=cfg.max_age if self.history is not None else None,
             signers=[Signer(signer) for signer in cfg.signers],
             http_proxies=self._http_proxies,
+            tunnels=self._tunnels,
         )
         try:
             runner, port = await _serve(app, cfg.addr, cfg.port)
@@ -162,6 +163,20 @@ class WebSurfaces:
         self._runners.append(runner)
         self.inspector_port = port
         logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), port)
+
+    def _tunnels(self) -> list[dict[str, object]]:
+        """The inspected proxies and their public URLs, for the inspector page's header."""
+        shown = {p.name for p in self.client.config.proxies if captured(p)}
+        return [
+            {
+                "name": row["name"],
+                "state": row["state"],
+                "public": row["public"],
+                "note": row["error"] or "",
+            }
+            for row in self.client.status()
+            if row["name"] in shown
+        ]
 
     def _http_proxies(self) -> frozenset[str]:
         return frozenset(p.name for p in self.client.config.proxies if p.type == "http")

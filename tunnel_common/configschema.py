@@ -290,8 +290,6 @@ _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
 
 FRPS_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "tcpmuxHTTPConnectPort": _NEXT,
-    "tcpmuxPassthrough": _NEXT,
     "sshTunnelGateway": "run tunnelc next to the service instead of ssh -R",
 }
 
@@ -299,7 +297,6 @@ FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
     "virtualNet": _NEXT,
     "store": "the admin API's stored proxies are not supported yet",
-    "visitors": _NEXT,
     "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
 }
 
@@ -307,9 +304,5 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "plugin.enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back "
     "through ALPN); remove it",
     "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
-    "loadBalancer": _NEXT,
-    "multiplexer": _NEXT,
-    "secretKey": _NEXT,
-    "allowUsers": _NEXT,
     "natTraversal": _NEXT,
 }

@@ -137,6 +137,20 @@ SERVER_FIELDS: Final = FieldTable(
             "port of the https vhost; unset = off",
         ),
         Field(
+            "tcpmuxHTTPConnectPort",
+            "tcpmux_httpconnect_port",
+            _PORT,
+            None,
+            "port of tcpmux (HTTP CONNECT by host name); unset or 0 = off",
+        ),
+        Field(
+            "tcpmuxPassthrough",
+            "tcpmux_passthrough",
+            Bool(),
+            False,
+            "forward the CONNECT head to the service instead of answering it",
+        ),
+        Field(
             "vhostHTTPTimeout",
             "vhost_http_timeout",
             Float(1, _S),
@@ -329,6 +343,14 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "maxVisitorConnsPerClient",
+            "max_visitor_conns_per_client",
+            Int(1, MAX_COUNT),
+            256,
+            "stcp/sudp visitor connections one client may have open at once; more are refused",
+            origin=OWN,
+        ),
+        Field(
             "maxUdpFlowsPerProxy",
             "max_udp_flows_per_proxy",
             Int(1, MAX_COUNT),
@@ -416,6 +438,14 @@ SERVER_FIELDS: Final = FieldTable(
             origin=OWN,
         ),
         Field(
+            "offline.maxTotalBytes",
+            "offline_max_total_bytes",
+            Int(1024, 1024 * 1024 * 1024 * 1024),
+            256 * 1024 * 1024,
+            "bytes stored for all offline proxies together (the disk tunneld may use)",
+            origin=OWN,
+        ),
+        Field(
             "offline.maxAge",
             "offline_max_age",
             Float(1, 30 * 86400.0),
@@ -465,6 +495,8 @@ class ServerConfig:
     proxy_bind_addr: str = _F.default("proxy_bind_addr", str)  # "" = bind_addr (__post_init__)
     vhost_http_port: int | None = _F.optional("vhost_http_port", int)
     vhost_https_port: int | None = _F.optional("vhost_https_port", int)
+    tcpmux_httpconnect_port: int | None = _F.optional("tcpmux_httpconnect_port", int)
+    tcpmux_passthrough: bool = _F.default("tcpmux_passthrough", bool)
     vhost_http_timeout: float = _F.default("vhost_http_timeout", float)
     sub_domain_host: str | None = _F.optional("sub_domain_host", str)
     cluster_redis_url: str | None = _F.optional("cluster_redis_url", str)
@@ -494,6 +526,7 @@ class ServerConfig:
     max_pending_logins_per_ip: int = _F.default("max_pending_logins_per_ip", int)
     max_streams_per_proxy: int = _F.default("max_streams_per_proxy", int)
     max_udp_flows_per_proxy: int = _F.default("max_udp_flows_per_proxy", int)
+    max_visitor_conns_per_client: int = _F.default("max_visitor_conns_per_client", int)
     udp_flow_idle_timeout: float = _F.default("udp_flow_idle_timeout", float)
     user_store_file: Path | None = _F.optional("user_store_file", Path)  # None = stateDir
     http_plugins: tuple[PluginConfig, ...] = _F.default("http_plugins", tuple)
@@ -504,6 +537,7 @@ class ServerConfig:
     access_log_format: str = _F.default("access_log_format", str)
     offline_max_requests: int = _F.default("offline_max_requests", int)
     offline_max_bytes: int = _F.default("offline_max_bytes", int)
+    offline_max_total_bytes: int = _F.default("offline_max_total_bytes", int)
     offline_max_age: float = _F.default("offline_max_age", float)
     max_vhost_routes_per_client: int = _F.default("max_vhost_routes_per_client", int)
     vhost_wildcards_cover_subdomains: bool = _F.default("vhost_wildcards_cover_subdomains", bool)
@@ -737,6 +771,7 @@ def _port_problems(config: ServerConfig, source: str) -> list[ConfigError]:
         "vhostHTTPPort": config.vhost_http_port,
         "vhostHTTPSPort": config.vhost_https_port,
         "webServer.port": config.web.port,
+        "tcpmuxHTTPConnectPort": config.tcpmux_httpconnect_port or None,
     }
     seen: dict[int, str] = {}
     for key, port in listeners.items():

@@ -1,20 +1,23 @@
-"""Capture while the client is offline: parked http routes and the store of their requests.
+"""Capture while the client is offline: parked http routes, and delivery of their requests.
 
-When the session of a client ends, each of its http proxies that asked for an offline policy
-(`offlineStatus` / `offlineCapture` in frpc.toml) is *parked*: its route stays in the vhost
-router with an opener that answers from the policy (`vhost/offline.py`), so the URL keeps
-answering and no one else can claim it. With capture, each request is stored in SQLite, in
-arrival order. When the client logs in again and its proxy registers under the same key
-(client id / proxy name), the route is unparked and the stored requests are delivered to the
-client one by one, in order, each removed once the app answered it.
+When the session of a client ends (or tunneld shuts down), each of its http proxies that asked
+for an offline policy (`offlineStatus` / `offlineCapture` in frpc.toml) is *parked*: its route
+stays in the vhost router with an opener that answers from the policy (`vhost/offline.py`), so
+the URL keeps answering and no one else can claim it. With capture, each request is stored in
+SQLite (`offlinestore.py`), in arrival order. When the client logs in again and its proxy
+registers under the same server-wide name, the route is unparked and the stored requests are
+delivered to the client one by one, in order, each removed once the app answered it.
 
 Bounds (per proxy, `offline.*` in frps.toml): `maxRequests` stored requests, `maxBytes` stored
 bytes (a request that does not fit is answered 503 and not stored), `maxAge` seconds: older
-requests are deleted and a proxy parked longer is unparked (its names are freed). Parked
-routes live in memory; stored requests survive a tunneld restart and are delivered when the
-client next registers the proxy.
+requests are deleted and a proxy parked longer is unparked (its names are freed).
 
-The store is written off the event loop (`asyncio.to_thread`), one write at a time.
+Parked routes are persisted too: a restarted tunneld parks them again at start (`restore`),
+so the names keep answering from the fallback and storing until the client comes back.
+
+Nothing here blocks the event loop: requests are stored through `asyncio.to_thread`, one
+write at a time; parkings and unparkings are recorded in `_dirty` (latest state per proxy,
+so bounded by the number of routes) and written in batches by one writer task.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from protocol.aio.stream import StreamResetError
 
+from .offlinestore import (
+    DELIVERED_LATE_HEADER,
+    OfflineLimits,
+    OfflineStore,
+    ParkedRecord,
+    StoredRequest,
+)
 from .vhost.offline import OfflineByteStream, OfflinePolicy
 from .vhost.routing import HTTPRoute, RouteError, VhostRouter
 from .vhost.upstream import ByteStream, UpstreamError
@@ -42,101 +48,49 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"  # its value: when tunneld got it
+__all__ = [
+    "DELIVERED_LATE_HEADER",
+    "OfflineLimits",
+    "OfflineParking",
+    "OfflineStore",
+    "StoredRequest",
+    "deliver_stored",
+    "offline_note",
+]
+
 EXPIRY_INTERVAL_S: Final = 30.0
 DELIVERY_READ_BYTES: Final = 64 * 1024
 MAX_DELIVERY_ANSWER_BYTES: Final = 1024 * 1024  # read this much of an answer, then stop
-_CONNECTION: Final = re.compile(rb"\r\nconnection:[^\r\n]*", re.IGNORECASE)
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS stored (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    proxy_key TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS stored_proxy ON stored (proxy_key, id);
-"""
 
 
-@dataclass(frozen=True, slots=True)
-class OfflineLimits:
-    max_requests: int  # per proxy
-    max_bytes: int  # per proxy
-    max_age: float  # seconds
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRequest:
-    id: int
-    received_at: float
-    data: bytes
-
-    def for_delivery(self) -> bytes:
-        """The request as stored, marked delivered late and Connection: close (one stream,
-        one request: the client's app closes after answering)."""
-        head_end = self.data.find(b"\r\n\r\n")
-        head, rest = self.data[:head_end], self.data[head_end:]
-        head = _CONNECTION.sub(b"", head)
-        line_end = head.find(b"\r\n")
-        line_end = len(head) if line_end < 0 else line_end
-        extra = f"\r\n{DELIVERED_LATE_HEADER}: {self.received_at:.3f}\r\nConnection: close"
-        return head[:line_end] + extra.encode("ascii") + head[line_end:] + rest
-
-
-class OfflineStore:
-    """The SQLite file of stored requests (blocking; called through `asyncio.to_thread`)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(_SCHEMA)
-
-    def add(self, proxy_key: str, data: bytes, limits: OfflineLimits, now: float) -> bool:
-        """Store one request unless it would break the proxy's limits."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("DELETE FROM stored WHERE received_at < ?", (now - limits.max_age,))
-            count, size = db.execute(
-                "SELECT count(*), coalesce(sum(length(data)), 0) FROM stored WHERE proxy_key = ?",
-                (proxy_key,),
-            ).fetchone()
-            ok = count < limits.max_requests and size + len(data) <= limits.max_bytes
-            if ok:
-                db.execute(
-                    "INSERT INTO stored (proxy_key, received_at, data) VALUES (?, ?, ?)",
-                    (proxy_key, now, data),
-                )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return bool(ok)
-
-    def pending(self, proxy_key: str, min_received_at: float) -> list[StoredRequest]:
-        rows = self._db.execute(
-            "SELECT id, received_at, data FROM stored WHERE proxy_key = ? AND received_at >= ? "
-            "ORDER BY id",
-            (proxy_key, min_received_at),
-        ).fetchall()
-        return [StoredRequest(row[0], row[1], bytes(row[2])) for row in rows]
-
-    def remove(self, request_id: int) -> None:
-        self._db.execute("DELETE FROM stored WHERE id = ?", (request_id,))
-
-    def close(self) -> None:
-        self._db.close()
+def offline_note(policy: OfflinePolicy | None, limits: OfflineLimits | None) -> str:
+    """What tunneld does for a proxy while its client is offline, in a visitor's words (the
+    502 page says it; `limits` is None on a server without offline capture)."""
+    if policy is None:
+        return (
+            "While this tunnel's client is offline, tunneld does not answer for it (404) and "
+            "keeps no requests; its owner can set offlineStatus and offlineCapture in frpc.toml "
+            "to have them answered and stored."
+        )
+    if limits is None:
+        return "This server keeps no requests for offline tunnels (it has no HTTP vhost)."
+    if not policy.capture:
+        return (
+            f"While this tunnel's client is offline, tunneld answers {policy.status} for it "
+            "and keeps no requests."
+        )
+    return (
+        f"While this tunnel's client is offline, tunneld answers {policy.status} and stores "
+        f"each request (up to {limits.max_requests} requests, {limits.max_bytes} bytes, "
+        f"{limits.max_age:g} s; 503 when full), delivering them in order when it reconnects."
+    )
 
 
 @dataclass(slots=True)
 class _Parked:
     router: VhostRouter
     route: HTTPRoute
-    since: float
+    since: float  # unix time
 
 
 class OfflineParking:
@@ -145,20 +99,52 @@ class OfflineParking:
     def __init__(self, store: OfflineStore, limits: OfflineLimits) -> None:
         self.store = store
         self.limits = limits
+        # Set when tunneld shuts down: its proxies are parked (and kept) like offline ones.
+        self.shutting_down = False
         self._parked: dict[str, _Parked] = {}
         self._lock = asyncio.Lock()  # one store operation at a time
         self._expiry: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        # proxy name -> its latest parked state to write (None: delete); one entry per proxy.
+        self._dirty: dict[str, ParkedRecord | None] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
 
     def start(self) -> None:
         self._expiry = asyncio.create_task(self._expire_forever(), name="offline-expiry")
+        self._writer = asyncio.create_task(self._write_forever(), name="offline-writer")
 
-    def park(self, key: str, router: VhostRouter, route: HTTPRoute, policy: OfflinePolicy) -> None:
-        """Keep `route`'s names answering from `policy` (the route was just removed).
+    async def restore(self, router: VhostRouter) -> int:
+        """Park again the routes a previous run left parked; returns how many."""
+        async with self._lock:
+            records, bad = await asyncio.to_thread(self.store.load_parked)
+        for key, problem in bad:
+            logger.warning("tunneld: [proxy=%s] parked route unreadable: %s", key, problem)
+            self._mark(key, None)
+        cutoff = time.time() - self.limits.max_age
+        restored = 0
+        for record in records:
+            if record.since < cutoff:
+                self._mark(record.key, None)
+                continue
+            try:
+                route = record.build(self._opener(record.key, record.policy))
+            except (TypeError, ValueError, RouteError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                logger.warning("tunneld: [proxy=%s] parked route dropped: %s", record.key, reason)
+                self._mark(record.key, None)
+                continue
+            if self._install(record.key, router, route, record.policy, record.since):
+                restored += 1
+            else:
+                self._mark(record.key, None)
+        if restored:
+            logger.info("tunneld: %d parked routes of offline clients restored", restored)
+        return restored
 
-        `key` is the proxy's server-wide name (user-qualified): a client that reconnects may
-        have a new client id, but it registers the same proxy name.
-        """
-
+    def _opener(
+        self, key: str, policy: OfflinePolicy
+    ) -> Callable[[tuple[str, int]], Awaitable[ByteStream]]:
         async def store(data: bytes) -> bool:
             async with self._lock:
                 return await asyncio.to_thread(self.store.add, key, data, self.limits, time.time())
@@ -166,22 +152,58 @@ class OfflineParking:
         async def opener(src: tuple[str, int]) -> ByteStream:
             return OfflineByteStream(policy, store, self.limits.max_bytes)
 
-        parked = dataclasses.replace(route, opener=opener)
+        return opener
+
+    def park(self, key: str, router: VhostRouter, route: HTTPRoute, policy: OfflinePolicy) -> None:
+        """Keep `route`'s names answering from `policy` (the route was just removed).
+
+        `key` is the proxy's server-wide name (user-qualified): a client that reconnects may
+        have a new client id, but it registers the same proxy name.
+        """
+        parked = dataclasses.replace(route, opener=self._opener(key, policy))
+        since = time.time()
+        if self._install(key, router, parked, policy, since):
+            self._mark(key, ParkedRecord.of(key, since, parked, policy))
+
+    def _install(
+        self, key: str, router: VhostRouter, route: HTTPRoute, policy: OfflinePolicy, since: float
+    ) -> bool:
         try:
-            router.add(parked)
+            router.add(route)
         except RouteError as exc:  # the names were claimed meanwhile: nothing to park
             logger.info("tunneld: [proxy=%s] not parked: %s", key, exc.reason)
-            return
-        self._parked[key] = _Parked(router, parked, time.monotonic())
+            return False
+        self._parked[key] = _Parked(router, route, since)
         what = "answers and stores requests" if policy.capture else "answers"
         logger.info(
             "tunneld: [proxy=%s] client offline: tunneld %s with %d", key, what, policy.status
         )
+        return True
 
     def unpark(self, key: str) -> None:
         parked = self._parked.pop(key, None)
         if parked is not None:
             parked.router.remove(parked.route.proxy_key)
+            self._mark(key, None)
+
+    def _mark(self, key: str, record: ParkedRecord | None) -> None:
+        self._dirty[key] = record
+        self._wake.set()
+
+    async def _write_forever(self) -> None:
+        """Write the parked-route changes in batches until close() asks to stop."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, {}
+            if batch:
+                try:
+                    async with self._lock:
+                        await asyncio.to_thread(self.store.save_parked, batch)
+                except Exception:  # a full disk must not end tunneld; the routes stay in memory
+                    logger.exception("tunneld: cannot record %d parked routes", len(batch))
+            if self._stopping and not self._dirty:
+                return
 
     async def pending(self, proxy_key: str) -> list[StoredRequest]:
         async with self._lock:
@@ -195,22 +217,28 @@ class OfflineParking:
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL_S)
-            cutoff = time.monotonic() - self.limits.max_age
+            cutoff = time.time() - self.limits.max_age
             for key, parked in list(self._parked.items()):
                 if parked.since < cutoff:
                     logger.info("tunneld: [proxy=%s] offline longer than maxAge: unparked", key)
                     self.unpark(key)
 
     def close(self) -> None:
-        for key in list(self._parked):
-            self.unpark(key)
+        """Take the parked routes out of the routers; they stay recorded for the next start."""
+        for parked in self._parked.values():
+            parked.router.remove(parked.route.proxy_key)
+        self._parked.clear()
         if self._expiry is not None:
             self._expiry.cancel()
+        self._stopping = True
+        self._wake.set()
 
     async def wait_closed(self) -> None:
         if self._expiry is not None:
             # The task was cancelled in close(); gather collects that without re-raising.
             await asyncio.gather(self._expiry, return_exceptions=True)
+        if self._writer is not None:
+            await self._writer  # it writes what is left, then returns
         self.store.close()
 
 

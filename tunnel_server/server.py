@@ -39,6 +39,7 @@ from .edge.listener import EdgeListener
 from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
+from .groups import Groups
 from .httpstats import HTTPStats
 from .manager import ProxyManager
 from .offline import OfflineLimits, OfflineParking, OfflineStore
@@ -58,14 +59,16 @@ from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
-from .vhost.listener import DEFAULT_MAX_CONNECTIONS
+from .vhost.listener import DEFAULT_MAX_CONNECTIONS, VhostListener
+from .vhost.routing import VhostRouter
+from .vhost.tcpmux import TCPMuxServer
+from .view import LiveServerView
+from .visitorgate import VisitorGate
+from .visitors import Visitors
+from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
-from .vhost.routing import VhostRouter
-from .view import LiveServerView
-from .visitors import Visitors
-from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,7 @@ class TunnelServer:
         self._visitors: weakref.WeakValueDictionary[str, Visitors] = weakref.WeakValueDictionary()
         self.cert: ServerCert | None = None
         self.sessions: dict[str, ServerSession] = {}  # logged-in sessions by client id
+        self.visitor_gate = VisitorGate(self)  # stcp/sudp visitors: proofs, nonces
         self.pending = PendingLogins(
             config.max_pending_logins,
             config.max_pending_logins_per_ip,
@@ -119,6 +123,7 @@ class TunnelServer:
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
+        self.groups = Groups()  # load-balanced groups of proxies across clients
         self.user_metrics = UserMetrics(self)  # per-user series; they expire like departures
         self.http_stats = HTTPStats(self.stats.max_proxies)
         self._web: web.AppRunner | None = None
@@ -136,6 +141,9 @@ class TunnelServer:
         self._https_vhost: HTTPSVhostServer | None = None
         self._tls_vhost: HTTPVhostServer | None = None  # http proxies behind the HTTPS edge
         self._h2: H2Service | None = None  # the same, for visitors speaking HTTP/2
+        self.tcpmux_router: VhostRouter | None = None
+        self._tcpmux: TCPMuxServer | None = None
+        self.tcpmux_port: int | None = None
         self.edge: EdgeListener | None = None
         self.certs = CertStore()
         self.acme_board = ChallengeBoard(config.state_dir / "acme" / "scratch")
@@ -225,9 +233,15 @@ class TunnelServer:
             self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
             self.offline = OfflineParking(
                 OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
-                OfflineLimits(cfg.offline_max_requests, cfg.offline_max_bytes, cfg.offline_max_age),
+                OfflineLimits(
+                    cfg.offline_max_requests,
+                    cfg.offline_max_bytes,
+                    cfg.offline_max_age,
+                    cfg.offline_max_total_bytes,
+                ),
             )
             self.offline.start()
+            await self.offline.restore(self.http_router)
             self._http_vhost = HTTPVhostServer(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
@@ -244,6 +258,23 @@ class TunnelServer:
             logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
         if cfg.vhost_https_port is not None:
             await self._start_edge(page)
+        if cfg.tcpmux_httpconnect_port:
+            await self._start_tcpmux()
+
+    async def _start_tcpmux(self) -> None:
+        """tcpmuxHTTPConnectPort: TCP services chosen by the host of an HTTP CONNECT."""
+        cfg = self.config
+        assert cfg.tcpmux_httpconnect_port
+        self.tcpmux_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
+        self._tcpmux = TCPMuxServer(self.tcpmux_router, passthrough=cfg.tcpmux_passthrough)
+        self._tcpmux.peer_allowed = self._peer_allowed
+        self._tcpmux.fd_budget = self.fd_budget
+        host, self.tcpmux_port = await self._tcpmux.start(
+            cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port
+        )
+        logger.info(
+            "tunneld: ready: tcpmux httpconnect on %s:%d", display_host(host), self.tcpmux_port
+        )
 
     async def _start_edge(self, page: str | None) -> None:
         """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
@@ -266,14 +297,19 @@ class TunnelServer:
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
                 custom_404_page=page,
+                on_access=self._on_http_access,
                 forwarded_proto=b"https",
             )
+            self._tls_vhost.peer_allowed = self._peer_allowed
             self._tls_vhost.fd_budget = self.fd_budget
             self._h2 = H2Service(
                 self.http_router,
                 timeout_s=cfg.vhost_http_timeout,
                 max_connections=DEFAULT_MAX_CONNECTIONS,
+                on_access=self._on_http_access,
+                custom_404_page=page,
             )
+            self._h2.peer_allowed = self._peer_allowed
             self._h2.fd_budget = self.fd_budget
         if cfg.edge_tls.acme is not None:
             self.cert_manager = CertManager(
@@ -331,6 +367,7 @@ class TunnelServer:
             http_stats=self.http_stats,
             user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
+            groups=live.groups,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._web.setup()
@@ -393,11 +430,21 @@ class TunnelServer:
             self._trim_handle = None
         if self._control is not None:
             self._control.close()
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
-            if vhost is not None:
-                vhost.close()
+        for vhost in self._vhosts():
+            vhost.close()
         if self.cert_manager is not None:
             self.cert_manager.close()
+
+    def _vhosts(self) -> list[EdgeListener | VhostListener | H2Service]:
+        listeners = (
+            self.edge,
+            self._http_vhost,
+            self._https_vhost,
+            self._tls_vhost,
+            self._h2,
+            self._tcpmux,
+        )
+        return [listener for listener in listeners if listener is not None]
 
     async def shutdown(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop listeners, GO_AWAY to every client, drain streams until the deadline, close."""
@@ -410,15 +457,16 @@ class TunnelServer:
         except TimeoutError:
             logger.info("tunneld: drain deadline reached; closing remaining streams")
         self.users.flush(self)  # before the proxies go: their last bytes count
+        if self.offline is not None:
+            self.offline.shutting_down = True  # park what asked for it, for the next start
         for session in list(self.sessions.values()):
             session.release_all("server shutting down")
             session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for vhost in (self.edge, self._http_vhost, self._https_vhost, self._tls_vhost, self._h2):
-            if vhost is not None:
-                await vhost.wait_closed()
+        for vhost in self._vhosts():
+            await vhost.wait_closed()
         if self.cert_manager is not None:
             await self.cert_manager.wait_closed()
         if self._control is not None:
@@ -520,6 +568,9 @@ class TunnelServer:
             edge=self.edge_service,
             public_host=self.public_host(),
             flows=session.flows,
+            groups=self.groups,
+            tcpmux_router=self.tcpmux_router,
+            tcpmux_port=self.tcpmux_port,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol import PROTOCOL_VERSION, __version__
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
+from protocol.aio.stream import MuxStream
 from protocol.auth import login_proof, proof_matches, server_proof
 from protocol.errors import ErrorCode, TunnelError
 from protocol.messages import (
@@ -94,6 +95,8 @@ class ServerSession:
         self.metas: dict[str, str] = {}  # frpc `metadatas`, for server plugins
         self.login_key = ""  # hex of the key that proved the login (a user's or the shared one)
         self.flows = FlowTable()  # datagram flows of this session's proxies
+        # Streams this client opened as a visitor of a secret proxy (maxVisitorConnsPerClient).
+        self.visitor_streams: set[MuxStream] = set()
 
     @property
     def proxies(self) -> dict[str, ServerProxy]:
@@ -234,6 +237,7 @@ class ServerSession:
         self.mux.mux.set_control_limit(self.mux.mux.settings.max_control_frame_bytes)
         self.mux.message_limit = MAX_QUEUED_MESSAGES
         self.mux.on_datagram = self._on_datagram
+        self.mux.on_stream = lambda stream: self.server.visitor_gate.open(self, stream)
         self.mux.send_message(
             LoginResult(True, "", self.session_id, __version__, self.server.config.udp_packet_size)
         )
@@ -397,6 +401,9 @@ class ServerSession:
         if factory is None:
             raise ProxyRefused(f"proxy type {request.type!r} is not enabled on this server")
         cluster = self.server.cluster
+        if cluster is not None and request.group:
+            # The registry's claims give a port or route to one client; a group shares it.
+            raise ProxyRefused("loadBalancer.group is not supported on a cluster node yet")
         if cluster is not None:  # the same rules across nodes: claim before binding
             await cluster.claim_proxy(self, name, request)
         ctx = self.server.proxy_context(self, name, request.name, request)

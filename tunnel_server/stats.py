@@ -108,6 +108,8 @@ class ServerStats:
         self.started_at: Final = clock()
         self.auth_failures = 0
         self.sessions_total = 0
+        self.visitor_joins = 0  # stcp/sudp visitor streams joined to their proxy
+        self.visitor_refusals = 0  # and refused (wrong secret, allowUsers, bounds, ...)
         self.limits = LimitCounters()
         self.evicted_proxies = 0
         self.refused_controls = 0  # control connections refused by the server's IP rules
@@ -260,6 +262,25 @@ class StatsCollector:
             route_refusals.add_metric([reason], count)
         yield route_refusals
 
+        visitors = GaugeMetricFamily(
+            "tunnelkit_proxy_visitors",
+            "Visitors joined now to each stcp/sudp proxy, by path (relayed through tunneld).",
+            labels=["proxy", "path"],
+        )
+        for info in self._view.proxies():
+            if info.path:
+                visitors.add_metric([info.name, info.path], len(info.visitors))
+        yield visitors
+        yield CounterMetricFamily(
+            "tunnelkit_visitor_joins_total",
+            "stcp/sudp visitor connections joined to their proxy.",
+            value=stats.visitor_joins,
+        )
+        yield CounterMetricFamily(
+            "tunnelkit_visitor_refusals_total",
+            "stcp/sudp visitor connections refused (secret, allowUsers, unknown proxy, bounds).",
+            value=stats.visitor_refusals,
+        )
         yield CounterMetricFamily(
             "tunnelkit_auth_failures_total", "Failed client logins.", value=stats.auth_failures
         )

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .proxies.secret import SecretProxy
 from .proxies.tcp import TCPProxy
-from .web.view import CertificateInfo, CertificateReport, ClientInfo, ProxyInfo
+from .web.view import (
+    CertificateInfo,
+    CertificateReport,
+    ClientInfo,
+    GroupInfo,
+    GroupMemberInfo,
+    ProxyInfo,
+)
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -43,11 +51,16 @@ class LiveServerView:
                 metadatas=dict(entry.request.metadatas),
                 annotations=dict(entry.request.annotations),
                 bandwidth_limit=entry.request.bandwidth_limit,
+                group=entry.request.group,
                 bandwidth_rate=(
                     entry.proxy.throttle.current_rate()
                     if isinstance(entry.proxy, TCPProxy) and entry.proxy.throttle is not None
                     else 0.0
                 ),
+                visitors=(
+                    entry.proxy.visitor_list() if isinstance(entry.proxy, SecretProxy) else ()
+                ),
+                path="relayed" if isinstance(entry.proxy, SecretProxy) else "",
             )
             for entry in manager.entries()
         ]
@@ -58,6 +71,33 @@ class LiveServerView:
             for row in manager.departed()
         ]
         return online + departed
+
+    def groups(self) -> list[GroupInfo]:
+        """Every load-balanced group with its members and their health."""
+        server = self._server
+        rows: list[GroupInfo] = []
+        for group in server.groups.all():
+            members = [
+                GroupMemberInfo(m.name, group.clients.get(m.name, ""), "online", True, "")
+                for m in group.members
+            ]
+            for left in group.left.values():
+                reason = server.departures.reason(left.name)
+                members.append(
+                    GroupMemberInfo(
+                        left.name, left.client_id, "left", "unhealthy" not in reason, reason
+                    )
+                )
+            public = next(
+                (
+                    entry.proxy.public_urls
+                    for m in group.members
+                    if (entry := server.proxies.get(m.name))
+                ),
+                (),
+            )
+            rows.append(GroupInfo(group.name, group.kind, group.user, public, tuple(members)))
+        return rows
 
     def kick_client(self, client_id: str) -> bool:
         return self._server.kick(client_id)

@@ -45,7 +45,7 @@ from ..events import (
     StreamOpened,
     StreamReset,
 )
-from ..messages import Message, StreamHeader
+from ..messages import Message, StreamHeader, VisitorOpen
 from ..mux import MuxConnection, Role
 from ..names import peer_text
 from ..settings import MuxSettings
@@ -205,12 +205,14 @@ class MuxSession(asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
-    def open_stream(self, header: StreamHeader) -> MuxStream:
+    def open_stream(self, header: StreamHeader | VisitorOpen) -> MuxStream:
         """Open a stream now; data may be sent before the peer accepts it."""
         if self.mux.terminated:
             raise SessionClosedError(self.close_code or 0, self.close_reason or "session closed")
         stream_id = self.mux.open_stream(header)
-        stream = MuxStream(self, stream_id, header, local=True)
+        stream = MuxStream(self, stream_id, _stream_header(header), local=True)
+        if isinstance(header, VisitorOpen):
+            stream.visitor = header
         self._streams[stream_id] = stream
         self._queued()
         return stream
@@ -374,7 +376,9 @@ class MuxSession(asyncio.BufferedProtocol):
                 self._shutdown(event.code, event.reason)
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
-        stream = MuxStream(self, event.stream_id, event.header, local=False)
+        stream = MuxStream(self, event.stream_id, _stream_header(event.header), local=False)
+        if isinstance(event.header, VisitorOpen):
+            stream.visitor = event.header
         self._streams[event.stream_id] = stream
         if self.on_stream is None:
             stream.abort(ErrorCode.REFUSED, "this side accepts no streams")
@@ -451,3 +455,10 @@ class MuxSession(asyncio.BufferedProtocol):
         if not self._connected.done():
             self._connected.set_exception(SessionClosedError(code, reason))
             self._connected.exception()
+
+
+def _stream_header(header: StreamHeader | VisitorOpen) -> StreamHeader:
+    """A visitor stream's StreamHeader names its target proxy (its VisitorOpen is kept too)."""
+    if isinstance(header, StreamHeader):
+        return header
+    return StreamHeader(header.server_name, "", 0)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ..compression import ZSTD, CompressionError
 from ..errors import ErrorCode
-from ..messages import StreamHeader
+from ..messages import StreamHeader, VisitorOpen
 from . import sockopts
 from .streamcodec import StreamCodec
 from .streamtypes import StreamResetError, StreamTap, TrafficCounters
@@ -116,6 +116,7 @@ class MuxStream:
         "session",
         "stream_id",
         "tap",
+        "visitor",
     )
 
     def __init__(
@@ -124,6 +125,7 @@ class MuxStream:
         self.session = session
         self.stream_id = stream_id
         self.header = header
+        self.visitor: VisitorOpen | None = None  # set on a visitor stream (secret proxies)
         self.opened_locally = local
         # receive side
         self._rx: deque[bytes] | None = None  # made on the first byte an async reader holds
@@ -178,6 +180,11 @@ class MuxStream:
         if self._codec is not None:
             total += self._codec.buffered_bytes
         return total + self._tx_backlog_bytes
+
+    @property
+    def congested(self) -> bool:
+        """True while a send would only queue (no window, or the connection is full)."""
+        return self._tx_backlog is not None or self.session.writing_paused
 
     # -- splice style ---------------------------------------------------------------------------
     def attach(self, transport: asyncio.Transport) -> None:

@@ -69,7 +69,7 @@ def test_cli_verify_accepts_the_examples() -> None:
     [
         ("tunneld", "bindPrt = 7000\n", ["bindPrt", "did you mean", "bindPort"]),
         ("tunneld", "bindPort = 70000\n", ["bindPort", "65535"]),
-        ("tunneld", "tcpmuxHTTPConnectPort = 1337\n", ["tcpmuxHTTPConnectPort", "not supported"]),
+        ("tunneld", "sshTunnelGateway.bindPort = 2200\n", ["sshTunnelGateway", "not supported"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"tcp\"\nlocalPort = \"abc\"\n",
          ["proxies[0] (a).localPort", "abc"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"stcp\"\nlocalPort = 22\n",

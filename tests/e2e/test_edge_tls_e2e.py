@@ -362,3 +362,70 @@ async def test_edge_tls_http2_curl_gets_pages_bodies_and_errors(
             f"https://none.{SUB_DOMAIN_HOST}:{port}/",
         )
         assert missing.stdout == b"404 2"
+
+
+async def test_edge_tls_h2_reuses_tunnel_streams_and_logs_every_request(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """Through the real tunnel, h2 requests on one visitor connection share one connection to
+    the app (keep-alive of tunnel streams), and every HTTPS request, h1 or h2, is one line in
+    the access log."""
+    from tests.integration.test_edge_h2_keepalive import App
+
+    access = tmp_path / "access.log"
+    app = App()
+    port = await app.start()
+    try:
+        async with asyncio.timeout(60):
+            server = await start_edge(
+                run_tunneld, tmp_path, **{"accessLog.to": str(access), "accessLog.format": "json"}
+            )
+            client = await run_tunnelc(client_toml(server, http_proxy("ka", port, subdomain="ka")))
+            await client.wait_for(r"tunnelc: proxy ka ready at .*" + HTTPS_URL)
+            host, https = f"ka.{SUB_DOMAIN_HOST}", server["https"]
+            base = ["--cacert", str(server["ca"]), *resolve(host, https)]
+            h2 = await curl(
+                *base, "--http2", *[f"https://{host}:{https}/two/{n}?k=secret" for n in range(6)]
+            )
+            assert h2.stdout.decode() == "".join(f"GET /two/{n}?k=secret 0" for n in range(6))
+            assert app.used_connections == 1  # six h2 streams, one local connection
+            h1 = await curl(*base, "--http1.1", f"https://{host}:{https}/one")
+            assert h1.stdout == b"GET /one 0"
+            for _ in range(200):  # the line is written as the exchange ends
+                text = await asyncio.to_thread(access.read_text)
+                if text.count("\n") >= 7:
+                    break
+                await asyncio.sleep(0.05)
+        records = [json.loads(line) for line in text.splitlines()]
+        assert sorted(r["path"] for r in records) == ["/one"] + [f"/two/{n}" for n in range(6)]
+        assert {(r["proxy"], r["method"], int(r["status"])) for r in records} == {
+            ("ka", "GET", 200)
+        }
+        assert {r["host"] for r in records} == {f"{host}:{https}"}
+        assert "secret" not in text
+    finally:
+        await app.close()
+
+
+async def test_edge_tls_server_deny_ips_cover_https_h1_and_h2(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """Server-wide denyIPs hold on the HTTPS edge: a visitor from 127.0.0.2 gets a 403 over
+    HTTP/1.1 and no HTTP/2 connection; 127.0.0.1 is served over both."""
+    other = "127.0.0.2"  # the whole 127/8 is loopback on Linux: a second source address
+    async with asyncio.timeout(60), echo_apps("deny") as (app,):
+        server = await start_edge(run_tunneld, tmp_path, denyIPs=[f"{other}/32"])
+        client = await run_tunnelc(client_toml(server, http_proxy("d", app.port, subdomain="d")))
+        await client.wait_for(r"tunnelc: proxy d ready at .*" + HTTPS_URL)
+        host, port = f"d.{SUB_DOMAIN_HOST}", server["https"]
+        base = ["--cacert", str(server["ca"]), *resolve(host, port), "-o", "/dev/null"]
+        url = f"https://{host}:{port}/"
+        write_out = ["-w", "%{http_code} %{http_version}"]
+        ok_h1 = await curl(*base, *write_out, "--http1.1", url)
+        ok_h2 = await curl(*base, *write_out, "--http2", url)
+        assert (ok_h1.stdout, ok_h2.stdout) == (b"200 1.1", b"200 2"), (ok_h1, ok_h2)
+        denied_h1 = await curl(*base, *write_out, "--interface", other, "--http1.1", url)
+        assert denied_h1.stdout == b"403 1.1", denied_h1
+        denied_h2 = await curl(*base, *write_out, "--interface", other, "--http2", url)
+        assert denied_h2.returncode != 0 and not denied_h2.stdout.startswith(b"200"), denied_h2
+        assert len([r for r in app.received if r.path == "/"]) == 2  # only the two allowed

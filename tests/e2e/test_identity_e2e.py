@@ -84,7 +84,8 @@ async def test_proxy_held_by_a_stale_session_is_retried_until_free(
             expect_exit_code=None,
         )
         await stale.proxy_endpoint("web")
-        stale.send_signal(signal.SIGSTOP)
+        # The fresh client asks while the old session is still alive, so that it is refused
+        # as held however long it takes to start; only then does the old one go silent.
         fresh = await process_group.start_tunnel(
             "tunnelc",
             ["-c", str(_write(tmp_path / "new.toml", client_toml(server, proxy)))],
@@ -92,13 +93,16 @@ async def test_proxy_held_by_a_stale_session_is_retried_until_free(
             name="tunnelc-fresh",
         )
         await fresh.wait_for(r"proxy web waiting for the stale session to expire \(attempt 1")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await fresh.proxy_endpoint("web", timeout=STALE_TIMEOUT_S + 30)
-        assert loop.time() - started < STALE_TIMEOUT_S + 20
-        reply = await fetch(server.vhost_port, f"web.{SUB_DOMAIN_HOST}")
-        assert reply.status == 200
-        stale.kill()
+        stale.send_signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await fresh.proxy_endpoint("web", timeout=STALE_TIMEOUT_S + 30)
+            assert loop.time() - started < STALE_TIMEOUT_S + 20
+            reply = await fetch(server.vhost_port, f"web.{SUB_DOMAIN_HOST}")
+            assert reply.status == 200
+        finally:
+            stale.kill()  # a stopped process cannot take teardown's SIGTERM
 
 
 def _write(path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ from tests.e2e.test_inspector_e2e import tunnel_to
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, requires_chromium
 from tests.support.curl import curl, resolve
 from tests.support.peers import tools_unavailable_reason
-from tests.support.procs import Endpoint
+from tests.support.procs import INSPECTOR_READY, Endpoint
 
 TIMEOUT_S: Final = 90.0
 
@@ -51,7 +51,8 @@ async def test_inspector_mock_rule_toggled_from_the_page(
     run_tunneld: Any, run_tunnelc: Any, screenshots: Path, patient_expect: None
 ) -> None:
     """A 500 mock made in the page answers without the app; off again, the app answers;
-    a catch rule answers 200; per request on a keep-alive connection."""
+    a catch rule answers 200; per request on a keep-alive connection; the rules, as toggled,
+    survive a tunnelc restart and toggle again from the new page."""
     async with (
         asyncio.timeout(TIMEOUT_S),
         tunnel_to(run_tunneld, run_tunnelc) as (tunnel, local),
@@ -103,17 +104,43 @@ async def test_inspector_mock_rule_toggled_from_the_page(
             await page.get_by_test_id("rule-path").fill("no-slash")
             await page.get_by_test_id("rule-add").click()
             await expect(page.get_by_test_id("rule-error")).to_contain_text("path must start")
+
+            # On again from the page, then tunnelc restarts: the rules are still there, as left.
+            await rules.first.get_by_test_id("rule-toggle").check()
+            await expect(rules.first).to_have_attribute("data-enabled", "true")
+            assert await hit(tunnel.public, "/pay/now") == [(500, "mocked failure")]
+            await tunnel.client.wait_for(r"inspector history in \S+")
+            await tunnel.client.terminate()
+            assert tunnel.client.config_path is not None
+            again = await run_tunnelc(tunnel.client.config_path.read_text())
+            await again.wait_for(r"2 mock rules restored from the history")
+            found = await again.wait_for(INSPECTOR_READY)
+            public = await again.proxy_endpoint("hook")
+            inspector = f"http://127.0.0.1:{found['port']}"
+            await page.goto(inspector + "/")
+            await expect(page.get_by_test_id("live-status")).to_have_text("live")
+            await page.get_by_test_id("rules-button").click()
+            await expect(rules).to_have_count(2)
+            await expect(rules.first).to_have_attribute("data-enabled", "true")
+            assert await hit(public, "/pay/now") == [(500, "mocked failure")]
+            await rules.first.get_by_test_id("rule-toggle").uncheck()
+            await expect(rules.first).to_have_attribute("data-enabled", "false")
+            assert (await hit(public, "/pay/now"))[0][0] == 200
+            assert len(await local.wait_count(3)) == 3
+            await page.screenshot(path=str(screenshots / "inspector-mock-restart.png"))
         finally:
             await browser.close()
 
-        async with aiohttp.ClientSession(tunnel.inspector) as http:
+        async with aiohttp.ClientSession(inspector) as http:
             async with http.get("/api/mocks") as response:
                 listed = (await response.json())["rules"]
             assert [(r["id"], r["hits"], r["enabled"]) for r in listed] == [
-                (1, 1, False),
-                (2, 1, True),
+                (1, 1, False),  # hits count since this start
+                (2, 0, True),
             ]
             async with http.post("/api/mocks/2/delete") as response:
                 assert response.status == 200
-            assert (await hit(tunnel.public, "/catch-me"))[0][0] == 200
-            assert len(await local.wait_count(3)) == 3
+            assert (await hit(public, "/catch-me"))[0][0] == 200
+            assert len(await local.wait_count(4)) == 4
+            async with http.post("/api/mocks", json={"proxy": "hook", "path": "/x"}) as response:
+                assert (await response.json())["id"] == 3  # ids are not reused after a restart

@@ -97,7 +97,8 @@ async def test_panel_shows_state_urls_requests_and_reconnects_in_tmux(
             (artifacts / "panel-online.txt").write_text(shown)
 
             await server.terminate()
-            shown = await screen_with(socket, "reconnecting (attempt 1", "next try in")
+            # Any attempt: on a loaded machine the first one may be gone before a capture.
+            shown = await screen_with(socket, "reconnecting (attempt ", "next try in")
             (artifacts / "panel-reconnecting.txt").write_text(shown)
 
             await tmux(socket, "send-keys", "-t", "panel", "C-c")

@@ -4,7 +4,9 @@ report the plugin, the bandwidth limit and the current rate, health and metadata
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
@@ -19,13 +21,38 @@ from tests.support.peers import run_command
 from tests.support.procs import ADMIN_READY, venv_script
 
 RATE: Final = 1024 * 1024
+SOURCE_BYTES: Final = 90 * RATE  # flows for the whole test at the limit: the rate never drops
+
+
+@contextlib.asynccontextmanager
+async def limited_download(port: int) -> AsyncIterator[None]:
+    """Download through `port` in the background for the duration of the block, once 3 MiB
+    (past the meter's 2 s window) have arrived; closes the connection at the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = 0
+    while received < 3 * RATE:
+        chunk = await reader.read(65536)
+        assert chunk
+        received += len(chunk)
+
+    async def keep_reading() -> None:
+        while await reader.read(65536):
+            pass
+
+    reading = asyncio.create_task(keep_reading())
+    try:
+        yield
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        writer.transport.abort()
 
 
 async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
     run_tunneld: Any, run_tunnelc: Any
 ) -> None:
     """During a limited download, every surface shows ~1MB/s against a 1MB/s limit."""
-    async with asyncio.timeout(90), tcp_source_server(6 * RATE) as source:
+    async with asyncio.timeout(90), tcp_source_server(SOURCE_BYTES) as source:
         _, port, fingerprint = await start_server(run_tunneld)
         head = toml(
             {
@@ -60,51 +87,46 @@ async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
         public = await client.proxy_endpoint("slow")
         await client.proxy_endpoint("socks")
 
-        reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
-        received = 0
-        while received < 3 * RATE:  # past the meter's 2 s window at the limited rate
-            chunk = await reader.read(65536)
-            assert chunk
-            received += len(chunk)
+        async with limited_download(public.port):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/api/status") as response:
+                    rows = {row["name"]: row for row in (await response.json())["proxies"]}
+                async with http.get(f"{base}/metrics") as response:
+                    metrics = await response.text()
+            slow = rows["slow"]
+            assert slow["bandwidth"]["limit_bytes_per_s"] == RATE
+            assert slow["bandwidth"]["limit"] == "1.0MB/s" and slow["bandwidth"]["mode"] == "client"
+            assert 0.8 * RATE <= slow["bandwidth"]["rate_bytes_per_s"] <= 1.2 * RATE
+            assert slow["health"]["healthy"] is True and slow["health"]["type"] == "tcp"
+            assert slow["metadatas"] == {"owner": "ops"} and slow["annotations"] == {"team": "blue"}
+            assert rows["socks"]["plugin"]["type"] == "socks5"
+            assert rows["socks"]["local"] == "plugin socks5"
 
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/api/status") as response:
-                rows = {row["name"]: row for row in (await response.json())["proxies"]}
-            async with http.get(f"{base}/metrics") as response:
-                metrics = await response.text()
-        slow = rows["slow"]
-        assert slow["bandwidth"]["limit_bytes_per_s"] == RATE
-        assert slow["bandwidth"]["limit"] == "1.0MB/s" and slow["bandwidth"]["mode"] == "client"
-        assert 0.8 * RATE <= slow["bandwidth"]["rate_bytes_per_s"] <= 1.2 * RATE
-        assert slow["health"]["healthy"] is True and slow["health"]["type"] == "tcp"
-        assert slow["metadatas"] == {"owner": "ops"} and slow["annotations"] == {"team": "blue"}
-        assert rows["socks"]["plugin"]["type"] == "socks5"
-        assert rows["socks"]["local"] == "plugin socks5"
+            samples = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(metrics)
+                for sample in family.samples
+            }
+            assert samples[("tunnelc_proxy_healthy", (("check", "tcp"), ("proxy", "slow")))] == 1
+            limit_key = (
+                "tunnelc_proxy_bandwidth_limit_bytes_per_second",
+                (("mode", "client"), ("proxy", "slow")),
+            )
+            assert samples[limit_key] == RATE
+            rate = samples[("tunnelc_proxy_bandwidth_rate_bytes_per_second", (("proxy", "slow"),))]
+            assert 0.8 * RATE <= rate <= 1.2 * RATE
+            plugin_key = ("tunnelc_proxy_plugin_info", (("plugin", "socks5"), ("proxy", "socks")))
+            assert samples[plugin_key] == 1
 
-        samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-        }
-        assert samples[("tunnelc_proxy_healthy", (("check", "tcp"), ("proxy", "slow")))] == 1
-        limit_key = (
-            "tunnelc_proxy_bandwidth_limit_bytes_per_second",
-            (("mode", "client"), ("proxy", "slow")),
-        )
-        assert samples[limit_key] == RATE
-        rate = samples[("tunnelc_proxy_bandwidth_rate_bytes_per_second", (("proxy", "slow"),))]
-        assert 0.8 * RATE <= rate <= 1.2 * RATE
-        plugin_key = ("tunnelc_proxy_plugin_info", (("plugin", "socks5"), ("proxy", "socks")))
-        assert samples[plugin_key] == 1
-
-        config = client.config_path
-        assert config is not None
-        text = config.read_text().replace("webServer.port = 0", f"webServer.port = {admin['port']}")
-        config.write_text(text)
-        shown = await run_command([str(venv_script("tunnelc")), "status", "-c", str(config)])
-        assert re.search(r"limit 1\.0MB/s \(client\), now 1\.\dMB/s|now \d+KB/s", shown), shown
-        assert "tcp check healthy" in shown and "plugin socks5" in shown
-        writer.close()
+            config = client.config_path
+            assert config is not None
+            text = config.read_text().replace(
+                "webServer.port = 0", f"webServer.port = {admin['port']}"
+            )
+            config.write_text(text)
+            shown = await run_command([str(venv_script("tunnelc")), "status", "-c", str(config)])
+            assert re.search(r"limit 1\.0MB/s \(client\), now 1\.\dMB/s|now \d+KB/s", shown), shown
+            assert "tcp check healthy" in shown and "plugin socks5" in shown
 
 
 @pytest.mark.browser
@@ -114,7 +136,7 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
 ) -> None:
     """tunneld's /api/proxies and its page carry what the client declared, and the rate it
     paces the proxy at."""
-    async with asyncio.timeout(90), tcp_source_server(4 * RATE) as source:
+    async with asyncio.timeout(90), tcp_source_server(SOURCE_BYTES) as source:
         server, port, fingerprint = await start_server(
             run_tunneld,
             **{"webServer.addr": "127.0.0.1", "webServer.port": 0, "enablePrometheus": True},
@@ -143,42 +165,42 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
         )
         client = await run_tunnelc(head + "[[proxies]]\n" + proxy)
         public = await client.proxy_endpoint("paced")
-        reader, writer = await asyncio.open_connection("127.0.0.1", public.port)
-        received = 0
-        while received < 3 * RATE:
-            chunk = await reader.read(65536)
-            assert chunk
-            received += len(chunk)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{dashboard.url}/api/proxies") as response:
-                body = await response.json()
-            async with http.get(f"{dashboard.url}/metrics") as response:
-                metrics = await response.text()
-        rows = body["proxies"] if isinstance(body, dict) else body
-        (paced,) = [row for row in rows if row["name"] == "paced"]
-        assert paced["metadatas"] == {"var1": "abc"}
-        assert paced["annotations"] == {"key1": "value1"}
-        assert paced["bandwidth_limit"] == RATE
-        assert 0.8 * RATE <= paced["bandwidth_rate"] <= 1.2 * RATE
-        samples = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-            if sample.labels.get("proxy") == "paced"
-        }
-        assert samples["tunnelkit_proxy_bandwidth_limit_bytes_per_second"] == RATE
-        assert (
-            0.8 * RATE <= samples["tunnelkit_proxy_bandwidth_rate_bytes_per_second"] <= 1.2 * RATE
-        )
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page()
-                await page.goto(dashboard.url + "/")
-                await expect(page.get_by_test_id("proxy-meta")).to_have_text("key1=value1 var1=abc")
-                await expect(page.get_by_test_id("proxy-limit")).to_contain_text(
-                    "limit 1.0 MiB/s, now"
+        async with limited_download(public.port):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{dashboard.url}/api/proxies") as response:
+                    body = await response.json()
+                async with http.get(f"{dashboard.url}/metrics") as response:
+                    metrics = await response.text()
+            rows = body["proxies"] if isinstance(body, dict) else body
+            (paced,) = [row for row in rows if row["name"] == "paced"]
+            assert paced["metadatas"] == {"var1": "abc"}
+            assert paced["annotations"] == {"key1": "value1"}
+            assert paced["bandwidth_limit"] == RATE
+            assert 0.8 * RATE <= paced["bandwidth_rate"] <= 1.2 * RATE
+            samples = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(metrics)
+                for sample in family.samples
+                if sample.labels.get("proxy") == "paced"
+            }
+            assert samples["tunnelkit_proxy_bandwidth_limit_bytes_per_second"] == RATE
+            assert (
+                0.8 * RATE
+                <= samples["tunnelkit_proxy_bandwidth_rate_bytes_per_second"]
+                <= 1.2 * RATE
+            )
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_ARGS
                 )
-            finally:
-                await browser.close()
-        writer.close()
+                try:
+                    page = await browser.new_page()
+                    await page.goto(dashboard.url + "/")
+                    await expect(page.get_by_test_id("proxy-meta")).to_have_text(
+                        "key1=value1 var1=abc"
+                    )
+                    await expect(page.get_by_test_id("proxy-limit")).to_contain_text(
+                        "limit 1.0 MiB/s, now"
+                    )
+                finally:
+                    await browser.close()

@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import FUZZ_SETTINGS, fuzz_examples
-from tunnel_server.vhost.sni import NEED_DATA, ClientHelloError, ClientHelloReader, parse_sni
+from tunnel_server.vhost.sni import (
+    NEED_DATA,
+    ClientHelloError,
+    ClientHelloReader,
+    HelloReader,
+    parse_sni,
+)
 
 MAX_BYTES: Final = 4096
 
@@ -68,7 +74,7 @@ def hello_bytes(draw: st.DrawFn) -> bytes:
 @given(hello_bytes(), st.lists(st.integers(1, 64), min_size=1, max_size=8))
 def test_fuzz_client_hello_reader(data: bytes, sizes: list[int]) -> None:
     """Fed in any split, the reader raises only ClientHelloError, keeps at most the cap, and
-    agrees with the one-shot parser."""
+    agrees with the one-shot parser and with the edge's prefix form of the same parser."""
     check_reader(data, sizes)
 
 
@@ -104,6 +110,28 @@ def test_fuzz_client_hello_reader_random_volume() -> None:
             raise AssertionError(f"input {n} of seed {seed}: {bytes(data)!r} {sizes}") from exc
 
 
+def check_prefix_form(data: bytes, sizes: list[int], result: object) -> None:
+    """The edge's HelloReader, fed growing prefixes of `data`, reaches the same server name as
+    the passthrough form (it also checks ALPN, so it may refuse where the other does not)."""
+    reader = HelloReader(MAX_BYTES)
+    end = 0
+    i = 0
+    try:
+        while True:
+            end = min(len(data), end + sizes[i % len(sizes)])
+            i += 1
+            hello = reader.feed(data[:end])
+            if hello is not None:
+                assert hello.server_name == result
+                return
+            assert reader.want > end or end == len(data)
+            if end == len(data):
+                assert result is NEED_DATA
+                return
+    except ClientHelloError:
+        return
+
+
 def check_reader(data: bytes, sizes: list[int]) -> None:
     """The fuzz property; see test_fuzz_client_hello_reader."""
     reader = ClientHelloReader(MAX_BYTES)
@@ -120,5 +148,6 @@ def check_reader(data: bytes, sizes: list[int]) -> None:
             with pytest.raises(ClientHelloError):
                 parse_sni(data[:pos], MAX_BYTES)
             return
-        assert len(reader._pending) + len(reader._handshake) <= MAX_BYTES + size
+        assert reader.buffered_bytes <= MAX_BYTES + size
     assert parse_sni(data[:pos], MAX_BYTES) == result
+    check_prefix_form(data[:pos], sizes, result)

@@ -306,3 +306,38 @@ async def test_edge_listener_h2_body_past_the_window_ends_the_connection(tmp_pat
         writer.close()
         assert terminated is not None
         assert terminated.error_code == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
+
+
+async def test_edge_listener_h2_shutdown_sends_goaway_and_does_not_wait_for_tls_close(
+    tmp_path: Path,
+) -> None:
+    """At shutdown an idle h2 visitor gets GOAWAY, and the service is closed promptly even
+    though the visitor never answers the TLS close (no wait for ssl_shutdown_timeout)."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), edge(tmp_path) as (listener, port, ca):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            LOOPBACK, port, ssl=ctx, server_hostname="web.edge.test"
+        )
+        try:
+            client = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            client.initiate_connection()
+            writer.write(client.data_to_send())
+            assert listener.h2 is not None
+            while listener.h2.connections == 0:  # the handshake hands the visitor over
+                client.receive_data(await reader.read(65536))
+            listener.h2.close()
+            async with asyncio.timeout(PROMPT_S):
+                await listener.h2.wait_closed()
+            events = []
+            while not any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                data = await reader.read(65536)
+                assert data, "the connection ended without GOAWAY"
+                events += client.receive_data(data)
+            assert listener.h2.connections == 0
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()

@@ -35,6 +35,9 @@ class FakeController:
             }
         ]
 
+    def visitor_status(self) -> list[dict[str, object]]:
+        return []
+
     async def reload(self) -> dict[str, object]:
         if self.config_error is not None:
             raise ValueError(self.config_error)

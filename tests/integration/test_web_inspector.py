@@ -161,7 +161,8 @@ async def test_inspector_clear_empties_the_store() -> None:
 
 
 async def test_inspector_events_stream_new_captures_and_end_at_shutdown() -> None:
-    """/api/events sends hello, then each capture; shutting down ends the stream."""
+    """/api/events sends hello, then each capture (one event for what queued together);
+    clearing is sent in its place; shutting down ends the stream."""
     async with asyncio.timeout(TIMEOUT):
         store = CaptureStore(max_requests=10, max_body_bytes=1024)
         async with serve(make_app(store)) as client:
@@ -169,10 +170,13 @@ async def test_inspector_events_stream_new_captures_and_end_at_shutdown() -> Non
             assert stream.headers["Content-Type"].startswith("text/event-stream")
             assert await read_event(stream) == {"kind": "hello"}
             exchange_id = capture_webhook(store)
-            added = await read_event(stream)
-            assert added["kind"] == "added"
-            assert isinstance(added["exchange"], dict) and added["exchange"]["id"] == exchange_id
-            await read_event(stream)  # the response update
+            # Request and response were captured before the stream woke: one event, as is now.
+            updated = await read_event(stream)
+            assert updated["kind"] == "updated"
+            assert isinstance(updated["exchange"], dict)
+            assert (updated["exchange"]["id"], updated["exchange"]["status"]) == (exchange_id, 200)
+            second = capture_webhook(store)
+            assert (await read_event(stream))["exchange"]["id"] == second  # type: ignore[index]
             store.clear()
             assert await read_event(stream) == {"kind": "cleared"}
         # Leaving `serve` shut the app down while the stream was open, without hanging.

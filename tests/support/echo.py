@@ -48,14 +48,19 @@ class _Connections:
     def __init__(self) -> None:
         self.open: set[asyncio.BaseTransport] = set()
         self.accepted = 0
+        self.closed = False
 
     def add(self, transport: asyncio.BaseTransport) -> None:
-        self.open.add(transport)
         self.accepted += 1
+        if self.closed:  # accepted just before the listener closed: never left open
+            transport.abort()
+            return
+        self.open.add(transport)
 
     def close_all(self) -> None:
         # abort(), not close(): close() waits to flush, and a transport still waiting when the
         # test's loop closes is never closed at all (a ResourceWarning in a later test).
+        self.closed = True
         for transport in list(self.open):
             transport.abort()
         self.open.clear()

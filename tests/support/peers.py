@@ -302,8 +302,13 @@ async def nginx(
     *,
     proxy_protocol: bool = False,
     tls: tuple[Path, Path] | None = None,
+    h2c: bool = False,
 ) -> AsyncIterator[NginxServer]:
     """Run nginx in the foreground serving `files` (name -> content) as static files.
+
+    With `h2c`, the listener speaks cleartext HTTP/2 with prior knowledge, and GET /headers
+    answers with what nginx saw: "host|x-team|x-forwarded-proto|x-forwarded-for|
+    authorization|forwarded|x-real-ip", plus a response header `X-Served-By: nginx`.
 
     With `proxy_protocol`, the listener expects a PROXY protocol header (v1 or v2), answers
     GET /who with "$proxy_protocol_addr $proxy_protocol_port" and logs each request's
@@ -326,6 +331,13 @@ async def nginx(
     listen_options = (" proxy_protocol" if proxy_protocol else "") + (" ssl" if tls else "")
     access_log = "    access_log off;\n"
     server_extra = ""
+    if h2c:
+        listen_options += " http2"
+        server_extra += (
+            " location = /headers { default_type text/plain; add_header X-Served-By nginx;"
+            ' return 200 "$host|$http_x_team|$http_x_forwarded_proto|$http_x_forwarded_for|'
+            '$http_authorization|$http_forwarded|$http_x_real_ip"; }'
+        )
     if proxy_protocol:
         access_log = (
             "    log_format pp '$proxy_protocol_addr $proxy_protocol_port $request';\n"

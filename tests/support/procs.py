@@ -68,7 +68,8 @@ def oneliner_name(proxy_type: str, local_port: int) -> re.Pattern[str]:
 def proxy_ready_pattern(name: str | re.Pattern[str]) -> re.Pattern[str]:
     """The ready line of one client proxy (a name, or a pattern of names)."""
     return re.compile(
-        rf"tunnelc: proxy (?P<name>{_name_re(name)}) ready at (?P<scheme>tcp|udp|https?)://" + _ADDR
+        rf"tunnelc: proxy (?P<name>{_name_re(name)}) ready at (?P<scheme>tcp|udp|https?|httpconnect)://"
+        + _ADDR
     )
 
 

@@ -394,9 +394,9 @@ def test_config_verify_reports_every_problem_once_with_proxy_names() -> None:
         "frpc.toml: bogus: unknown key 'bogus' (not a tunnelkit or frp option)",
         "frpc.toml: proxies[0] (web-admin).localPort: must be an integer from 1 to 65535, "
         "got 99999",
-        "frpc.toml: proxies[2] (old).secretKey: 'secretKey' is not supported yet (an frp "
-        "option); it comes with frp's proxy features (stcp, xtcp, plugins, load balancing)",
-        "frpc.toml: proxies[1] (ssh).subdomain: is only for http and https proxies, and this "
+        "frpc.toml: proxies[1] (ssh).subdomain: is only for http, https and tcpmux proxies, and "
+        "this one is tcp; remove it",
+        "frpc.toml: proxies[2] (old).secretKey: is only for stcp and sudp proxies, and this "
         "one is tcp; remove it",
     ]
 

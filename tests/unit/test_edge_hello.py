@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel_server.edge.hello import (
+from tunnel_server.vhost.sni import (
     MAX_CLIENT_HELLO_BYTES,
     ClientHello,
     HelloError,

@@ -1,9 +1,13 @@
 """Inspector filters: path, method, status classes, proxy and free text, ANDed."""
 
+import json
+
 import pytest
 
+from tunnel_client.inspect.app import _coalesced
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange
 from tunnel_client.inspect.filters import MAX_FILTER_CHARS, parse_filter
+from tunnel_client.inspect.store import StoreEvent
 
 
 def exchange(**fields: object) -> CapturedExchange:
@@ -71,3 +75,36 @@ def test_filter_rejects_bad_values_by_name(params: dict[str, str], message: str)
     """A bad parameter is a ValueError that names it."""
     with pytest.raises(ValueError, match=message):
         parse_filter(params)
+
+
+def test_filters_live_events_coalesce_per_exchange_in_order() -> None:
+    """Events queued together: one per exchange (its latest kind, as it is now), filtered;
+    a clear stays in its place; the end of the subscription ends the batch."""
+    first, second = exchange(id=1, status=None), exchange(id=2, status=200)
+    batch: list[StoreEvent | None] = [
+        StoreEvent("added", first),
+        StoreEvent("added", second),
+        StoreEvent("updated", second),
+        StoreEvent("cleared", None),
+        StoreEvent("updated", first),
+    ]
+    first.status = 200
+
+    def summarize(e: CapturedExchange) -> dict[str, object]:
+        return {"id": e.id, "status": e.status}
+
+    data, ended = _coalesced(batch, parse_filter({"status": "2xx"}), summarize)
+    events = [json.loads(line[6:]) for line in data.decode().split("\n\n") if line]
+    assert not ended and events == [
+        {"kind": "added", "exchange": {"id": 1, "status": 200}},
+        {"kind": "updated", "exchange": {"id": 2, "status": 200}},
+        {"kind": "cleared"},
+        {"kind": "updated", "exchange": {"id": 1, "status": 200}},
+    ]
+    second.status = 500
+    data, ended = _coalesced(
+        [StoreEvent("updated", second), None, StoreEvent("added", first)],
+        parse_filter({"status": "2xx"}),
+        summarize,
+    )
+    assert ended and data == b'data: {"kind":"hidden","id":2}\n\n'

@@ -15,6 +15,7 @@ from tunnel_client.inspect.history import (
     HistoryLocked,
     HistoryWriter,
 )
+from tunnel_client.inspect.mock import parse_rule
 from tunnel_client.inspect.store import CaptureStore
 
 TIMEOUT_S = 10.0
@@ -182,3 +183,41 @@ async def test_history_write_failure_is_logged_not_raised(
         assert len(writer.store) == 1
         writer.close()
         await writer.wait_closed()
+
+
+async def test_history_keeps_mock_rules_as_toggled(tmp_path: Path) -> None:
+    """Mock rules made, toggled and deleted come back as left; hits alone write nothing;
+    ids continue after the largest saved one; an unreadable saved rule is skipped."""
+    async with asyncio.timeout(TIMEOUT_S):
+        writer = await open_history(tmp_path / "h.sqlite3")
+        mocks = writer.store.mocks
+        proxies = frozenset({"hook"})
+        for path in ("/a", "/b", "/c"):
+            mocks.add(parse_rule(mocks.new_id(), {"proxy": "hook", "path": path}, proxies))
+        mocks.set_enabled(mocks.rules[1], False)
+        mocks.remove(2)
+        await writer.flush()
+        batches = writer.batches
+        mocks.rules[3].hits += 5  # a hit is not a change worth a write
+        await writer.flush()
+        assert writer.batches == batches
+
+        again = await reopen(writer)
+        restored = again.store.mocks.rules
+        assert [(r.id, r.path, r.enabled, r.hits) for r in restored.values()] == [
+            (1, "/a", False, 0),
+            (3, "/c", True, 0),
+        ]
+        assert again.store.mocks.new_id() == 4
+        again.store.mocks.remove(1)
+        again.close()
+        await again.wait_closed()
+        db = sqlite3.connect(tmp_path / "h.sqlite3")
+        db.execute("""INSERT INTO mocks VALUES (9, '{"proxy": "hook", "path": "no-slash"}')""")
+        db.execute("INSERT INTO mocks VALUES (10, 'not json')")
+        db.commit()
+        db.close()
+        third = await open_history(tmp_path / "h.sqlite3")
+        assert list(third.store.mocks.rules) == [3]
+        third.close()
+        await third.wait_closed()

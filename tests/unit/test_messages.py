@@ -30,6 +30,7 @@ from protocol.messages import (
     StreamResetInfo,
     UDPFlowClosed,
     UDPFlowOpened,
+    VisitorOpen,
     decode_message,
     encode_message,
 )
@@ -55,6 +56,8 @@ SAMPLES: dict[str, Message] = {
         host_header_rewrite="localhost",
         request_headers={"X-From": "tunnel"},
         response_headers={"X-Served-By": "tunnelkit"},
+        secret_verifier=b"v" * 32,
+        allow_users=("bob", "*"),
     ),
     "new_proxy_result": NewProxyResult("web", True, "", ("http://a.example.com:8080",)),
     "close_proxy": CloseProxy("web", "removed from the config"),
@@ -62,6 +65,9 @@ SAMPLES: dict[str, Message] = {
     "udp_flow_closed": UDPFlowClosed(7, "idle for 60s"),
     "stream_header": StreamHeader("ssh", "198.51.100.7", 51234),
     "stream_reset": StreamResetInfo(6, "dial 127.0.0.1:22: connection refused"),
+    "visitor_open": VisitorOpen(
+        "stcp", "alice", "vault", "to-vault", 1_700_000_000, b"n" * 16, b"p" * 32
+    ),
 }
 
 
@@ -166,6 +172,8 @@ def _mistyped_cases() -> list[Any]:
             else:
                 value = getattr(message, name)
                 wrong = WRONG_BY_KIND[bool if isinstance(value, bool) else type(value)]
+                if name == "secret_verifier":  # empty is valid here: a proxy with no secret
+                    wrong = [bad for bad in wrong if bad != b""]
             for i, bad in enumerate(wrong):
                 cases.append(pytest.param(tag, name, bad, id=f"{tag}.{name}-{i}"))
     return cases

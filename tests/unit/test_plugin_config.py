@@ -66,7 +66,7 @@ def test_plugin_config_https2http_keys_are_read() -> None:
     ("text", "key", "fragment"),
     [
         (TCP + 'unixPath = "/x"', "proxies[0].plugin.type", "is required"),
-        (TCP + 'type = "virtual_net"', "proxies[0].plugin.type", "does not support yet"),
+        (TCP + 'type = "virtual_net"', "proxies[0].plugin.type", "not supported yet"),
         (TCP + 'type = "socks5"\nunixPath = "/x"', "proxies[0].plugin.unixPath", "not a key of"),
         (TCP + 'type = "unix_domain_socket"', "proxies[0].plugin.unixPath", "is required"),
         (TCP + 'type = "http2http"', "proxies[0].plugin.localAddr", "is required"),

@@ -26,9 +26,16 @@ def test_pages_escape_visitor_input() -> None:
 
 
 def test_pages_clip_long_input() -> None:
-    """Very long hosts and details are cut short."""
-    page = render_page(502, "h" * 10_000, "d" * 10_000)
-    assert len(page) < 2048
+    """Very long hosts, details and notes are cut short."""
+    page = render_page(502, "h" * 10_000, "d" * 10_000, "n" * 10_000)
+    assert len(page) < 2048 + 400
+
+
+def test_pages_carry_the_tunnels_note_escaped() -> None:
+    """A 502 page shows the route's offline note after the detail, HTML-escaped."""
+    raw = error_response(502, "a.test", "connection refused", note="answers 200 <b>& stores</b>")
+    body = raw.partition(b"\r\n\r\n")[2].decode()
+    assert body.index("connection refused") < body.index("answers 200 &lt;b&gt;&amp; stores")
 
 
 def test_pages_response_framing() -> None:

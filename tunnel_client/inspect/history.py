@@ -3,6 +3,8 @@
 Theory of operation:
 - The in-memory `CaptureStore` stays the source of truth while tunnelc runs; this module
   mirrors it into one SQLite file so a restarted tunnelc shows the same history.
+- Mock rules (`MockRules`) ride along: a batch also rewrites the `mocks` table whenever the
+  rules' `version` moved (made, toggled, deleted), and `start()` restores them.
 - The capture path only marks an exchange dirty (`HistoryWriter.mark`, a dict store). One
   writer task wakes every `FLUSH_INTERVAL_SECONDS`, takes a shallow snapshot of each dirty
   exchange that is still in the store, and hands the batch to a worker thread that writes it
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import copy
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Final
 
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, Headers
+from tunnel_client.inspect.mock import MAX_MOCK_RULES
 from tunnel_client.inspect.store import CaptureStore
 
 logger = logging.getLogger(__name__)
@@ -102,6 +106,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
 );
 CREATE INDEX IF NOT EXISTS exchanges_started ON exchanges (started_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mocks (id INTEGER PRIMARY KEY, rule TEXT NOT NULL);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _INSERT: Final = (
@@ -250,6 +255,19 @@ class HistoryDB:
         ).fetchall()
         return [_exchange(row) for row in reversed(rows)]
 
+    def load_mocks(self) -> list[tuple[int, object]]:
+        """The saved mock rules, (id, rule JSON), by id (unreadable JSON is skipped)."""
+        rows = self._db.execute(
+            "SELECT id, rule FROM mocks ORDER BY id LIMIT ?", (MAX_MOCK_RULES,)
+        ).fetchall()
+        saved: list[tuple[int, object]] = []
+        for row in rows:
+            try:
+                saved.append((int(row[0]), json.loads(row[1])))
+            except ValueError as exc:
+                logger.warning("tunnelc: saved mock rule #%s skipped: %s", row[0], exc)
+        return saved
+
     def max_id(self) -> int:
         """The largest id ever handed out (0 for none), so new ids never reuse an old one,
         also after a clear: a deep link never points at a different request."""
@@ -267,12 +285,19 @@ class HistoryDB:
         keep: int,
         min_started_at: float,
         last_id: int = 0,
+        mocks: Sequence[tuple[int, dict[str, object]]] | None = None,
     ) -> None:
         """In one transaction: optionally forget everything, upsert `exchanges`, record
         `last_id`, then keep only the newest `keep` rows started at or after
-        `min_started_at`."""
+        `min_started_at`; `mocks` (when given) replaces the saved mock rules."""
         rows = [_row(exchange) for exchange in exchanges]
         with self._transaction() as db:
+            if mocks is not None:
+                db.execute("DELETE FROM mocks")
+                db.executemany(
+                    "INSERT INTO mocks (id, rule) VALUES (?, ?)",
+                    [(rule_id, json.dumps(rule)) for rule_id, rule in mocks],
+                )
             if clear:
                 db.execute("DELETE FROM exchanges")
             db.executemany(_INSERT, rows)
@@ -327,6 +352,7 @@ class HistoryWriter:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._mocks_version = 0  # the MockRules.version last written
         self.batches = 0  # transactions written, for tests and the logs
         self.failures = 0
 
@@ -335,6 +361,10 @@ class HistoryWriter:
         exchanges were loaded."""
         saved = self.db.load(self.store.max_requests, self.min_started_at())
         self.store.restore(saved, next_id=self.db.max_id() + 1)
+        mocks = self.store.mocks
+        if mocks.restore(self.db.load_mocks()):
+            logger.info("tunnelc: %d mock rules restored from the history", len(mocks.rules))
+        self._mocks_version = mocks.version
         self.store.history = self
         self._task = asyncio.create_task(self._run(), name="inspector-history")
         return len(saved)
@@ -364,7 +394,10 @@ class HistoryWriter:
 
     async def flush(self) -> None:
         """Write what is dirty now, in one transaction on a worker thread."""
-        if not self._dirty and not self._clear:
+        mocks = self.store.mocks
+        mocks_version = mocks.version
+        mocks_changed = mocks_version != self._mocks_version
+        if not self._dirty and not self._clear and not mocks_changed:
             return
         # Shallow copies: the capture keeps mutating the live objects while the thread reads.
         store = self.store
@@ -379,6 +412,7 @@ class HistoryWriter:
                 keep=store.max_requests,
                 min_started_at=self.min_started_at(),
                 last_id=store.last_id,
+                mocks=mocks.saved() if mocks_changed else None,
             )
         except sqlite3.Error as exc:
             # A full disk or a removed file must not stop the tunnel: say so and go on.
@@ -386,6 +420,7 @@ class HistoryWriter:
             logger.warning("tunnelc: cannot write inspector history %s: %s", self.db.path, exc)
             return
         self.batches += 1
+        self._mocks_version = mocks_version
 
     def close(self) -> None:
         """Ask for a last flush and stop (idempotent)."""

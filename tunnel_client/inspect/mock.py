@@ -164,10 +164,12 @@ def parse_rule(rule_id: int, data: object, proxies: frozenset[str]) -> MockRule:
 
 @dataclass(slots=True)
 class MockRules:
-    """The rules of one tunnelc (in memory; bounded by `MAX_MOCK_RULES`)."""
+    """The rules of one tunnelc (bounded by `MAX_MOCK_RULES`). With inspector history on,
+    `history.HistoryWriter` saves them whenever `version` moved (not on hits)."""
 
     rules: dict[int, MockRule] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    version: int = 0  # bumped by every add, toggle and delete
 
     def new_id(self) -> int:
         return next(self._ids)
@@ -176,6 +178,40 @@ class MockRules:
         if len(self.rules) >= MAX_MOCK_RULES:
             raise ValueError(f"at most {MAX_MOCK_RULES} rules; delete one first")
         self.rules[rule.id] = rule
+        self.version += 1
+
+    def set_enabled(self, rule: MockRule, enabled: bool) -> None:
+        rule.enabled = enabled
+        self.version += 1
+
+    def remove(self, rule_id: int) -> None:
+        if self.rules.pop(rule_id, None) is not None:
+            self.version += 1
+
+    def saved(self) -> list[tuple[int, dict[str, object]]]:
+        """(id, rule) of each rule as history keeps it (without its hits)."""
+        kept = []
+        for rule in self.rules.values():
+            data = rule.as_json()
+            del data["id"], data["hits"]
+            kept.append((rule.id, data))
+        return kept
+
+    def restore(self, saved: list[tuple[int, object]]) -> int:
+        """Take back saved rules (at start, before any rule is made); returns how many.
+        A rule this version cannot read is skipped with a warning."""
+        for rule_id, data in saved[:MAX_MOCK_RULES]:
+            proxy = data.get("proxy") if isinstance(data, dict) else None
+            try:
+                rule = parse_rule(
+                    rule_id, data, frozenset([proxy] if isinstance(proxy, str) else [])
+                )
+            except ValueError as exc:
+                logger.warning("tunnelc: saved mock rule #%d skipped: %s", rule_id, exc)
+                continue
+            self.rules[rule_id] = rule
+        self._ids = itertools.count(max(self.rules, default=0) + 1)
+        return len(self.rules)
 
     def active(self, proxy: str) -> bool:
         return any(rule.enabled and rule.proxy == proxy for rule in self.rules.values())

@@ -60,12 +60,12 @@ def mock_routes(rules: MockRules, http_proxies: Callable[[], frozenset[str]]) ->
         body = await _json(request)
         if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
             return _error('send {"enabled": true} or {"enabled": false}')
-        rule.enabled = body["enabled"]
+        rules.set_enabled(rule, body["enabled"])
         return web.json_response(rule.as_json())
 
     async def delete(request: web.Request) -> web.Response:
         rule = lookup(request)
-        del rules.rules[rule.id]
+        rules.remove(rule.id)
         return web.json_response({"deleted": rule.id})
 
     return [

@@ -81,6 +81,13 @@ class Subscription:
             return None
         return await self._queue.get()
 
+    def drain(self) -> list[StoreEvent | None]:
+        """The events already queued, without waiting (at most the queue's size)."""
+        events: list[StoreEvent | None] = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
     def close(self) -> None:
         """Stop receiving events and wake a waiting `get` (idempotent)."""
         if self._closed:

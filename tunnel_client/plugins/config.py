@@ -127,9 +127,7 @@ def complete_plugin(table: ConfigTable, proxy_type: ProxyType) -> PluginConfig:
     if kind is None:
         raise table.error("type", "is required: set it to one of " + ", ".join(PLUGIN_KEYS))
     if kind == "virtual_net":
-        raise table.error(
-            "type", '"virtual_net" is an frp plugin tunnelkit does not support yet; remove it'
-        )
+        raise table.error("type", '"virtual_net" is not supported yet (an frp plugin); remove it')
     if kind not in PLUGIN_KEYS:
         allowed = ", ".join(f'"{name}"' for name in PLUGIN_KEYS)
         raise table.error("type", f"must be one of {allowed}, got {describe(kind)}")

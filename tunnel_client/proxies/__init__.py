@@ -11,6 +11,7 @@ from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
 from .base import ClientProxy
 from .http import HTTPProxy
+from .sudp import SUDPProxy
 from .tcp import TCPProxy
 from .udp import UDPProxy
 
@@ -22,4 +23,7 @@ CLIENT_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.UDP: UDPProxy,
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: TCPProxy,  # TLS passes through untouched: a plain splice
+    ProxyType.TCPMUX: TCPProxy,  # after the server's CONNECT, a plain splice too
+    ProxyType.STCP: TCPProxy,  # the server joins a visitor's stream: a plain splice here
+    ProxyType.SUDP: SUDPProxy,
 }

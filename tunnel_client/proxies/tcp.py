@@ -15,6 +15,7 @@ from protocol.aio.stream import MuxStream
 from protocol.compression import NO_COMPRESSION, ZSTD
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
+from protocol.visitorauth import secret_verifier
 from tunnel_common.throttle import Throttle
 
 from ..config import ProxyConfig
@@ -64,6 +65,12 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
             if config.transport.use_compression and config.type != ProxyType.UDP
             else NO_COMPRESSION
         ),
+        group=config.group or "",
+        group_key=config.group_key.reveal() if config.group_key else "",
+        secret_verifier=(
+            secret_verifier(config.secret_key.reveal(), config.name) if config.secret_key else b""
+        ),
+        allow_users=config.allow_users,
     )
 
 

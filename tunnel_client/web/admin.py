@@ -24,6 +24,10 @@ class AdminController(Protocol):
         """One dict per proxy: name, type, state, public address, error."""
         ...
 
+    def visitor_status(self) -> list[dict[str, object]]:
+        """One dict per `[[visitors]]` entry: bind, target, state, connections, path."""
+        ...
+
     async def reload(self) -> dict[str, object]:
         """Re-read the config file and apply it; returns the added/removed/changed lists.
 
@@ -45,7 +49,9 @@ def build_admin_app(
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response({"proxies": controller.status()})
+        return web.json_response(
+            {"proxies": controller.status(), "visitors": controller.visitor_status()}
+        )
 
     async def reload(request: web.Request) -> web.Response:
         try:
@@ -56,7 +62,7 @@ def build_admin_app(
         logger.info("tunnelc: config reloaded from the admin API")
         return web.json_response(changes)
 
-    registry = build_client_registry(controller.status)
+    registry = build_client_registry(controller.status, controller.visitor_status)
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))

@@ -13,8 +13,9 @@ StatusRows = Callable[[], list[dict[str, object]]]
 
 
 class ClientCollector:
-    def __init__(self, status: StatusRows) -> None:
+    def __init__(self, status: StatusRows, visitors: StatusRows) -> None:
         self._status = status
+        self._visitors = visitors
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -70,9 +71,31 @@ class ClientCollector:
             if isinstance(info, dict):
                 plugin.add_metric([name, str(info["type"])], 1)
         yield from (up, limit, rate, paced, healthy, failures, plugin)
+        yield from _visitor_metrics(self._visitors())
 
 
-def build_client_registry(status: StatusRows) -> CollectorRegistry:
+def _visitor_metrics(rows: list[dict[str, object]]) -> Iterator[Metric]:
+    labels = ["visitor", "server", "path"]
+    active = GaugeMetricFamily(
+        "tunnelc_visitor_connections",
+        "Connections (stcp) or UDP peers (sudp) of each visitor open now, by path.",
+        labels=labels,
+    )
+    total = CounterMetricFamily(
+        "tunnelc_visitor_connections", "Connections each visitor opened.", labels=labels
+    )
+    refused = CounterMetricFamily(
+        "tunnelc_visitor_refused", "Connections of each visitor that were refused.", labels=labels
+    )
+    for row in rows:
+        key = [str(row["name"]), str(row["server"]), str(row["path"])]
+        active.add_metric(key, float(str(row["connections_active"])))
+        total.add_metric(key, float(str(row["connections_total"])))
+        refused.add_metric(key, float(str(row["refused"])))
+    yield from (active, total, refused)
+
+
+def build_client_registry(status: StatusRows, visitors: StatusRows) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClientCollector(status))
+    registry.register(ClientCollector(status, visitors))
     return registry

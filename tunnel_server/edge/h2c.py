@@ -2,7 +2,9 @@
 
 For an h2 visitor's stream on such a route, the tunnel stream carries a fresh cleartext HTTP/2
 connection (prior knowledge, RFC 9113 section 3.3) to the local service, with one stream on
-it. Headers, body and trailers (which gRPC needs for its status) are copied frame by frame:
+it. Headers, body and trailers (which gRPC needs for its status) are copied frame by frame,
+with the route's header rules applied as the HTTP vhost applies them (`h2stream.py` has
+already routed the request and checked basic auth):
 
     visitor HEADERS -> backend HEADERS        backend HEADERS  -> visitor HEADERS
     visitor DATA    -> backend DATA           backend DATA     -> visitor DATA
@@ -24,6 +26,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from ..vhost.rewrite import HeaderRules, added_headers, forwarded_headers
 from ..vhost.upstream import ByteStream
 from .h2conn import H2Visitor, StreamInput
 
@@ -40,8 +43,9 @@ _DROP: Final = frozenset(
 class _Backend:
     """The client side of the h2c connection inside one tunnel stream."""
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream, rules: HeaderRules) -> None:
         self.stream = stream
+        self.rules = rules
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.window_open = asyncio.Event()
@@ -52,25 +56,56 @@ class _Backend:
             await self.stream.write(data)
 
 
+def backend_request_headers(
+    headers: list[tuple[bytes, bytes]], rules: HeaderRules, authority: bytes, peer_ip: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers for the backend, with the route's rules applied as the HTTP vhost
+    applies them (rewrite.py): hostHeaderRewrite on :authority, the visitor's X-Forwarded-*,
+    Forwarded and X-Real-IP replaced by ours, Authorization dropped when the route has basic
+    auth, then requestHeaders.set. Connection-specific headers are not forwarded; `te:
+    trailers` is (gRPC sends it). Names are lowercase, as HTTP/2 requires."""
+    pseudo: list[tuple[bytes, bytes]] = []
+    regular: list[tuple[bytes, bytes]] = []
+    te: list[tuple[bytes, bytes]] = []  # hop-by-hop in HTTP/1.1, so kept apart from the filter
+    for name, value in headers:
+        if name.startswith(b":"):
+            if name == b":scheme":
+                value = b"http"
+            elif name == b":authority":
+                value = rules.host_rewrite or authority
+            pseudo.append((name, value))
+        elif name == b"te":
+            if value == b"trailers":
+                te.append((name, value))
+        elif name not in _DROP:
+            regular.append((name, value))
+    kept, forwarded_for = forwarded_headers(regular, rules)
+    added = added_headers(rules, authority, peer_ip, b"https", forwarded_for)
+    return pseudo + te + kept + [(name.lower(), value) for name, value in added]
+
+
+def backend_response_headers(headers: Any, rules: HeaderRules | None) -> list[tuple[bytes, bytes]]:
+    """A response's (or, with rules None, trailers') headers for the visitor:
+    responseHeaders.set replaces the backend's values on the response head."""
+    drop = _DROP | rules.response_set_names if rules is not None else _DROP
+    out = [(name, value) for name, value in headers or () if name.lower() not in drop]
+    if rules is not None:
+        out += [(name.lower(), value) for name, value in rules.response_set]
+    return out
+
+
 async def h2c_exchange(
     v: H2Visitor,
     stream_id: int,
     stream: ByteStream,
     headers: list[tuple[bytes, bytes]],
     authority: bytes,
+    rules: HeaderRules,
 ) -> None:
     """Relay one visitor stream over the tunnel stream as h2c; raises ConnectionError."""
-    backend = _Backend(stream)
+    backend = _Backend(stream, rules)
     backend.conn.initiate_connection()
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if name in _DROP or (name == b"te" and value != b"trailers"):
-            continue
-        if name == b":scheme":
-            value = b"http"
-        elif name == b":authority":
-            value = authority
-        out.append((name, value))
+    out = backend_request_headers(headers, rules, authority, v.peer[0].encode("ascii"))
     box = v.inputs[stream_id]
     backend.conn.send_headers(BACKEND_STREAM, out, end_stream=box.ended and not box.items)
     await backend.flush()
@@ -144,26 +179,20 @@ async def _backend_event(
     if isinstance(event, h2.events.ResponseReceived):
         # A "trailers-only" answer (a gRPC error) is one HEADERS frame with END_STREAM.
         ended = event.stream_ended is not None
-        v.conn.send_headers(stream_id, _response_headers(event.headers), end_stream=ended)
-        v.flush()
+        out = backend_response_headers(event.headers, backend.rules)
+        v.send_head(stream_id, out, end_stream=ended)
         return ended
     elif isinstance(event, h2.events.DataReceived) and event.stream_id == BACKEND_STREAM:
         await send_data(v, stream_id, event.data or b"")
         backend.conn.acknowledge_received_data(event.flow_controlled_length or 0, BACKEND_STREAM)
     elif isinstance(event, h2.events.TrailersReceived):
-        v.conn.send_headers(stream_id, _response_headers(event.headers), end_stream=True)
-        v.flush()
+        v.send_head(stream_id, backend_response_headers(event.headers, None), end_stream=True)
         return True
     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == BACKEND_STREAM:
-        v.conn.end_stream(stream_id)
-        v.flush()
+        v.end(stream_id)
         return True
     elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
         raise ConnectionResetError("the local service reset the stream")
     elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
         backend.window_open.set()
     return False
-
-
-def _response_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in headers or () if name not in _DROP]

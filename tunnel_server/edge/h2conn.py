@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -36,7 +37,10 @@ import h2.exceptions
 import h2.settings
 
 from ..fdbudget import FDBudget
+from ..vhost.http_proxy import OnAccess, RequestRecord
+from ..vhost.listener import SHUTDOWN_GRACE_S
 from ..vhost.routing import VhostRouter
+from .upstreams import UpstreamPool
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +50,41 @@ MAX_HEADER_LIST_BYTES: Final = 64 * 1024
 WRITE_HIGH_BYTES: Final = 256 * 1024
 WRITE_LOW_BYTES: Final = 64 * 1024
 MAX_QUEUED_ITEMS: Final = 1024  # body pieces per stream; the window bounds their bytes
+REFUSED_STREAM: Final = 0x7  # RFC 9113 error code: not processed, the client may retry
 
 
 class StreamInput:
     """What the visitor sent on one stream after its HEADERS: body pieces, then the end."""
 
-    __slots__ = ("ended", "items", "reset", "waiter")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "ended",
+        "host",
+        "items",
+        "method",
+        "path",
+        "proxy",
+        "reset",
+        "started",
+        "status",
+        "waiter",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, method: bytes, host: bytes, path: bytes) -> None:
         self.items: list[tuple[bytes, int]] = []  # (data, flow-controlled length)
         self.ended = False
         self.reset = False
         self.waiter: asyncio.Future[None] | None = None
+        # For the access log and the latency histograms (RequestRecord), once routed:
+        self.proxy = ""  # set when the request was routed to a proxy
+        self.method = method
+        self.host = host
+        self.path = path.split(b"?", 1)[0]  # without the query string, which may hold secrets
+        self.started = time.monotonic()
+        self.status = 0  # the response's, once its head was sent
+        self.bytes_in = 0  # body bytes towards the app
+        self.bytes_out = 0  # body bytes back to the visitor
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -73,9 +100,16 @@ class H2Visitor(asyncio.Protocol):
         *,
         timeout_s: float,
         on_done: Callable[[H2Visitor], None] | None = None,
+        pool: UpstreamPool | None = None,
+        on_access: OnAccess | None = None,
+        page_404: bytes | None = None,
     ) -> None:
         self.router = router
         self.timeout_s = timeout_s
+        self.pool = pool  # idle keep-alive upstream streams, shared by the service's visitors
+        self.on_access = on_access
+        self.page_404 = page_404  # custom404Page, as the HTTP vhost serves it
+        self.peer_allowed: Callable[[str], bool] | None = None  # the server's IP rules
         self._on_done = on_done
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True
@@ -89,6 +123,9 @@ class H2Visitor(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._paused = False
         self.lost = False
+        self._flush_pending = False  # a _flush_now is scheduled
+        self._unflushed = 0  # body bytes queued in h2 since the last write (WRITE_LOW_BYTES)
+        self.shutting_down = False
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -105,6 +142,9 @@ class H2Visitor(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+        if self.peer_allowed is not None and not self.peer_allowed(self.peer[0]):
+            self.transport.abort()  # allowIPs/denyIPs, as the vhosts: nothing is served
+            return
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -158,7 +198,14 @@ class H2Visitor(asyncio.Protocol):
 
         if isinstance(event, h2.events.RequestReceived):
             stream_id = event.stream_id
-            self.inputs[stream_id] = StreamInput()
+            if self.shutting_down:
+                self._reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: safe to retry
+                return
+            pseudo = {k: v for k, v in event.headers or () if k[:1] == b":"}
+            get = pseudo.get
+            self.inputs[stream_id] = StreamInput(
+                get(b":method", b""), get(b":authority", b""), get(b":path", b"")
+            )
             if event.stream_ended is not None:
                 self.inputs[stream_id].ended = True
             task = asyncio.get_running_loop().create_task(
@@ -189,14 +236,31 @@ class H2Visitor(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake_windows()
         elif isinstance(event, h2.events.ConnectionTerminated):
+            logger.debug("h2: %s sent GOAWAY (code %s)", self.peer[0], event.error_code)
             self.close()
 
     def _stream_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
         self.tasks.pop(stream_id, None)
-        self.inputs.pop(stream_id, None)
+        box = self.inputs.pop(stream_id, None)
+        if box is not None and box.proxy and self.on_access is not None:
+            self.on_access(
+                RequestRecord(
+                    proxy=box.proxy,
+                    peer=self.peer,
+                    method=box.method.decode("latin-1"),
+                    host=box.host.decode("latin-1"),
+                    path=box.path.decode("latin-1"),
+                    status=box.status,
+                    seconds=time.monotonic() - box.started,
+                    bytes_in=box.bytes_in,
+                    bytes_out=box.bytes_out,
+                )
+            )
         if not task.cancelled() and task.exception() is not None:
             logger.error("h2 stream %d failed", stream_id, exc_info=task.exception())
             self._reset(stream_id)
+        if self.shutting_down and not self.tasks:
+            self.close()
         if self._on_done is not None and self.lost and not self.tasks:
             callback, self._on_done = self._on_done, None
             callback(self)
@@ -204,13 +268,96 @@ class H2Visitor(asyncio.Protocol):
     # -- for stream tasks ---------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Send what h2 queued, at the end of this loop iteration: a response's HEADERS, DATA
+        and END_STREAM (and other streams' frames of the same tick) leave in one write, so one
+        TLS record and one send() instead of three."""
+        if not self._flush_pending and self.transport is not None and not self.lost:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        self._unflushed = 0
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.lost:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not self.lost and not transport.is_closing():
+            transport.write(data)
+
+    @property
+    def usable(self) -> bool:
+        """True while responses can still be sent (not lost, not closing)."""
+        transport = self.transport
+        return transport is not None and not self.lost and not transport.is_closing()
 
     def close(self) -> None:
         if self.transport is not None:
+            self._flush_now()  # GOAWAY or a last response first
             self.transport.close()
+
+    # The senders below raise ConnectionResetError once the visitor's connection or stream is
+    # gone (GOAWAY, reset, closed): for a stream task that is the expected network end.
+
+    def send_head(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> None:
+        """Send a response head (`:status` first; trailers otherwise) and note the status."""
+        box = self.inputs.get(stream_id)
+        if box is not None and headers[0][0] == b":status":
+            box.status = int(headers[0][1])
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        self.flush()
+
+    def send_body(self, stream_id: int, data: bytes) -> None:
+        """Send body bytes the caller checked the windows for, and count them."""
+        try:
+            self.conn.send_data(stream_id, data)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        self._unflushed += len(data)
+        if self._unflushed >= WRITE_LOW_BYTES:
+            self._flush_now()  # bulk data goes out now, where the transport can push back
+        else:
+            self.flush()
+        box = self.inputs.get(stream_id)
+        if box is not None:
+            box.bytes_out += len(data)
+
+    def window(self, stream_id: int) -> int:
+        """Bytes the stream may send now: its and the connection's window, one frame at most."""
+        try:
+            window = self.conn.local_flow_control_window(stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        return min(window, self.conn.max_outbound_frame_size)
+
+    def end(self, stream_id: int) -> None:
+        """End the response stream."""
+        try:
+            self.conn.end_stream(stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise ConnectionResetError(f"the visitor's stream is gone: {exc}") from None
+        self.flush()
+
+    def shut_down(self) -> None:
+        """Server shutdown: GOAWAY, let the running streams finish, then close."""
+        self.shutting_down = True
+        if self.lost:
+            return
+        try:
+            self.conn.close_connection()
+        except h2.exceptions.H2Error:
+            self.close()  # no connection to say goodbye on
+            return
+        self.flush()
+        if not self.tasks:
+            self.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def _reset(self, stream_id: int, code: int = 0x2) -> None:
         try:
@@ -259,11 +406,29 @@ class H2Visitor(asyncio.Protocol):
 class H2Service:
     """Owns every h2 visitor connection: the cap, and shutdown (close, then wait)."""
 
-    def __init__(self, router: VhostRouter, *, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        router: VhostRouter,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        pool: UpstreamPool | None = None,
+        on_access: OnAccess | None = None,
+        custom_404_page: str | None = None,
+    ) -> None:
         self._router = router
+        self._shutdown_grace_s = shutdown_grace_s
+        # Upstream keep-alive for h2 -> HTTP/1.1 (upstreams.py); None turns reuse off.
+        self.pool = UpstreamPool() if pool is None else pool
+        self.on_access = on_access  # the server's access log and latency histograms
+        self._page_404 = custom_404_page.encode("utf-8") if custom_404_page is not None else None
+        # The server's IP rules: a visitor it refuses is closed before any stream is served.
+        self.peer_allowed: Callable[[str], bool] | None = None
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._visitors: set[H2Visitor] = set()
+        self._closing = False
         self.refused_connections = 0
         self.fd_budget: FDBudget | None = None  # one descriptor per visitor, as the vhosts
 
@@ -278,25 +443,45 @@ class H2Service:
 
     def protocol(self) -> asyncio.Protocol:
         budget = self.fd_budget
-        if len(self._visitors) >= self._max_connections or (
-            budget is not None and not budget.try_acquire(asyncio.get_running_loop().time())
+        if (
+            self._closing
+            or len(self._visitors) >= self._max_connections
+            or (budget is not None and not budget.try_acquire(asyncio.get_running_loop().time()))
         ):
             self.refused_connections += 1
             return _Refuse()
-        visitor = H2Visitor(self._router, timeout_s=self._timeout_s, on_done=self._done)
+        visitor = H2Visitor(
+            self._router,
+            timeout_s=self._timeout_s,
+            on_done=self._done,
+            pool=self.pool,
+            on_access=self.on_access,
+            page_404=self._page_404,
+        )
+        visitor.peer_allowed = self.peer_allowed
         self._visitors.add(visitor)
         return visitor
 
     def close(self) -> None:
+        """Stop: GOAWAY to every visitor; idle connections close now, busy ones when done."""
+        self._closing = True
+        self.pool.close()
         for visitor in list(self._visitors):
-            visitor.close()
+            visitor.shut_down()
 
     async def wait_closed(self) -> None:
+        """Wait for the running streams, at most SHUTDOWN_GRACE_S, then abort what is left.
+
+        The TLS close itself is not waited for: a visitor that never answers close_notify
+        would hold shutdown for the transport's own ssl_shutdown_timeout (30 s)."""
+        tasks = [task for visitor in self._visitors for task in visitor.tasks.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
         for visitor in list(self._visitors):
-            await visitor.closed
-            tasks = list(visitor.tasks.values())
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            visitor.abort()  # connection_lost cancels any stream task still running
+        tasks = [task for visitor in self._visitors for task in visitor.tasks.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Refuse(asyncio.Protocol):

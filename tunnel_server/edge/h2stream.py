@@ -15,6 +15,7 @@ from typing import Final
 
 import httptools
 
+from ..vhost.http_proxy import IDEMPOTENT_METHODS
 from ..vhost.normalize import BadRequestTarget, normalize_path
 from ..vhost.pages import render_page
 from ..vhost.rewrite import Framing, basic_auth_user, request_head
@@ -41,25 +42,58 @@ _HOP_BY_HOP: Final = frozenset(
 
 
 class _Response:
-    """httptools callbacks: the response head, then body pieces."""
+    """httptools callbacks: the response head, then body pieces.
+
+    Interim (1xx) responses come first on the same parser: each new message starts afresh.
+    Bytes that begin a message after the final response (the app sent more than it was
+    asked for) mark the connection as not reusable and are dropped."""
 
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
+        self.head_done = False  # the final (non-1xx) head
+        self.interim = False  # inside a 1xx response
         self.body: list[bytes] = []
         self.done = False
+        self.extra = False  # a message began after the final response
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+            return
+        self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.done:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.head_done = True
+        if self.done:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim = True  # 100 Continue, 103 Early Hints: not forwarded
+        else:
+            self.status = status
+            self.head_done = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.done:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.done = True
+        if self.interim:
+            self.interim = False
+        elif not self.done:
+            self.done = True
+            self.keep_alive = self.parser.should_keep_alive()
+
+    keep_alive = False
+    status = 0
+
+
+class _StaleStream(Exception):
+    """A reused stream turned out dead before any response byte: send the request again."""
 
 
 async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -93,7 +127,7 @@ async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, 
     authorization = next((val for key, val in regular if key == b"authorization"), None)
     route = v.router.lookup(host, path.decode("latin-1"), basic_auth_user(authorization))
     if route is None:
-        await send_page(v, stream_id, 404, host, None)
+        await send_page(v, stream_id, 404, host, None, body=v.page_404)
         return
     if route.rules.auth is not None:
         if not route.rules.check_auth(authorization):
@@ -123,7 +157,8 @@ async def serve_stream(v: H2Visitor, stream_id: int, headers: list[tuple[bytes, 
         peer_ip=v.peer[0].encode("ascii"),
         proto=b"https",
     )
-    await _exchange(v, stream_id, route, host, head, framing, method == b"HEAD")
+    box.proxy = route.proxy_name  # from here on the request counts in the access log
+    await _exchange(v, stream_id, route, host, head, framing, method)
 
 
 async def _open(v: H2Visitor, stream_id: int, route: HTTPRoute, host: str) -> ByteStream | None:
@@ -134,9 +169,11 @@ async def _open(v: H2Visitor, stream_id: int, route: HTTPRoute, host: str) -> By
     except TimeoutError:
         await send_page(v, stream_id, 504, host, "the tunnel did not open in time")
     except UpstreamError as exc:
-        await send_page(v, stream_id, 502, host, exc.reason)
+        await send_page(v, stream_id, 502, host, exc.reason, note=route.offline_note)
     except (ConnectionError, OSError) as exc:
-        await send_page(v, stream_id, 502, host, f"cannot reach the app: {exc}")
+        await send_page(
+            v, stream_id, 502, host, f"cannot reach the app: {exc}", note=route.offline_note
+        )
     return None
 
 
@@ -161,7 +198,7 @@ async def _h2c(
     if stream is None:
         return
     try:
-        await h2c_exchange(v, stream_id, stream, headers, authority)
+        await h2c_exchange(v, stream_id, stream, headers, authority, route.rules)
     except Exception as exc:
         stream.abort()
         if not _network_failure(exc):
@@ -175,6 +212,17 @@ async def _h2c(
     stream.close()
 
 
+async def _acquire(
+    v: H2Visitor, stream_id: int, route: HTTPRoute, host: str
+) -> tuple[ByteStream, bool] | None:
+    """An idle keep-alive stream to the route, or a new one; None after an error page."""
+    stream = v.pool.take(route) if v.pool is not None else None
+    if stream is not None:
+        return stream, True
+    opened = await _open(v, stream_id, route, host)
+    return (opened, False) if opened is not None else None
+
+
 async def _exchange(
     v: H2Visitor,
     stream_id: int,
@@ -182,27 +230,85 @@ async def _exchange(
     host: str,
     head: bytes,
     framing: Framing,
-    head_only: bool,
+    method: bytes,
 ) -> None:
-    stream = await _open(v, stream_id, route, host)
-    if stream is None:
+    # Only a request without a body can be sent again, and only if repeating it is harmless.
+    replayable = framing is Framing.NONE and method in IDEMPOTENT_METHODS
+    for _attempt in range(2):
+        lease = await _acquire(v, stream_id, route, host)
+        if lease is None:
+            return
+        stream, reused = lease
+        try:
+            keep = await _exchange_on(
+                v,
+                stream_id,
+                route,
+                host,
+                stream,
+                head,
+                framing,
+                method == b"HEAD",
+                stale_ok=reused and replayable,
+            )
+        except _StaleStream:
+            logger.debug("[proxy=%s] reused stream was dead; retrying", route.proxy_key)
+            stream.abort()
+            replayable = False  # once
+            continue
+        except Exception as exc:
+            stream.abort()
+            if not _network_failure(exc):
+                raise
+            logger.debug("[proxy=%s] h2 stream %d failed: %r", route.proxy_key, stream_id, exc)
+            box = v.inputs.get(stream_id)
+            if box is None or box.status or box.reset or not v.usable:
+                v.reset(stream_id)
+                return
+            # Nothing was answered yet: a page says what happened, as the HTTP vhost does.
+            try:
+                await send_page(v, stream_id, 502, host, "the connection to the app was reset")
+            except ConnectionResetError:
+                v.reset(stream_id)  # the visitor's stream went away meanwhile
+            return
+        except BaseException:
+            stream.abort()
+            raise
+        if keep and v.pool is not None:
+            v.pool.put(route, stream)
+        else:
+            stream.close()
         return
+
+
+async def _exchange_on(
+    v: H2Visitor,
+    stream_id: int,
+    route: HTTPRoute,
+    host: str,
+    stream: ByteStream,
+    head: bytes,
+    framing: Framing,
+    head_only: bool,
+    *,
+    stale_ok: bool,
+) -> bool:
+    """One exchange on `stream`; True if the stream can carry another request.
+
+    With `stale_ok` (a reused stream, a request that may be repeated), a failure before any
+    response byte raises _StaleStream instead of answering the visitor."""
     try:
         await stream.write(head)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_send_body(v, stream_id, stream, framing))
-            await _relay_response(v, stream_id, route, stream, host, head_only)
-    except Exception as exc:
-        stream.abort()
-        if not _network_failure(exc):
-            raise
-        logger.debug("[proxy=%s] h2 stream %d failed: %r", route.proxy_key, stream_id, exc)
-        v.reset(stream_id)
-        return
-    except BaseException:
-        stream.abort()
+    except (ConnectionError, OSError):
+        if stale_ok:
+            raise _StaleStream() from None
         raise
-    stream.close()
+    if framing is Framing.NONE:  # no body: no pump task (most requests)
+        return await _relay_response(v, stream_id, route, stream, host, head_only, stale_ok)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_send_body(v, stream_id, stream, framing))
+        keep = await _relay_response(v, stream_id, route, stream, host, head_only, False)
+    return keep
 
 
 async def _send_body(v: H2Visitor, stream_id: int, stream: ByteStream, framing: Framing) -> None:
@@ -215,6 +321,7 @@ async def _send_body(v: H2Visitor, stream_id: int, stream: ByteStream, framing: 
                 await stream.write(
                     b"%x\r\n%b\r\n" % (len(data), data) if framing is Framing.CHUNKED else data
                 )
+                box.bytes_in += len(data)
             v.acknowledge(stream_id, length)
             continue
         if box.reset or v.lost:
@@ -230,30 +337,46 @@ async def _send_body(v: H2Visitor, stream_id: int, stream: ByteStream, framing: 
             box.waiter = None
 
 
+async def _read_head(stream: ByteStream, response: _Response, stale_ok: bool) -> None:
+    """Read until the final response head; _StaleStream if a reused stream is dead."""
+    got_bytes = False
+    while not response.head_done:
+        try:
+            data = await stream.read(READ_CHUNK_BYTES)
+        except (ConnectionError, OSError):
+            if stale_ok and not got_bytes:
+                raise _StaleStream() from None
+            raise
+        if not data:
+            if stale_ok and not got_bytes:
+                raise _StaleStream()
+            raise ConnectionResetError("the app closed before its response")
+        got_bytes = True
+        response.parser.feed_data(data)
+
+
 async def _relay_response(
-    v: H2Visitor, stream_id: int, route: HTTPRoute, stream: ByteStream, host: str, head_only: bool
-) -> None:
+    v: H2Visitor,
+    stream_id: int,
+    route: HTTPRoute,
+    stream: ByteStream,
+    host: str,
+    head_only: bool,
+    stale_ok: bool,
+) -> bool:
+    """Relay the app's response; True if the upstream stream is clean for another request."""
     response = _Response()
-    parser = httptools.HttpResponseParser(response)
-    sent_head = False
+    parser = response.parser
     try:
         async with asyncio.timeout(v.timeout_s):
-            while not response.head_done:
-                data = await stream.read(READ_CHUNK_BYTES)
-                if not data:
-                    raise ConnectionResetError("the app closed before its response")
-                parser.feed_data(data)
-                if response.head_done and parser.get_status_code() < 200:
-                    response = _Response()  # an interim 1xx: wait for the final head
-                    parser = httptools.HttpResponseParser(response)
+            await _read_head(stream, response, stale_ok)
     except TimeoutError:
         await send_page(v, stream_id, 504, host, "the app did not answer in time")
-        return
+        return False
     except httptools.HttpParserError as exc:
         await send_page(v, stream_id, 502, host, f"the app's response is not HTTP: {exc}")
-        return
-    status = parser.get_status_code()
-    out = [(b":status", str(status).encode("ascii"))]
+        return False
+    out = [(b":status", str(response.status).encode("ascii"))]
     rules = route.rules
     for name, value in response.headers:
         lname = name.lower()
@@ -262,18 +385,18 @@ async def _relay_response(
         out.append((lname, value))
     out += [(name.lower(), value) for name, value in rules.response_set]
     end_now = head_only or (response.done and not response.body)
-    v.conn.send_headers(stream_id, out, end_stream=end_now)
-    v.flush()
-    sent_head = True
+    v.send_head(stream_id, out, end_stream=end_now)
     if end_now:
-        return
+        # After HEAD, httptools would take the next bytes as the announced body: no reuse.
+        return not head_only and response.keep_alive and not response.extra
     while True:
         pieces, response.body = response.body, []
         for piece in pieces:
             await send_data(v, stream_id, piece)
         if response.done:
             break
-        data = await stream.read(READ_CHUNK_BYTES)
+        async with asyncio.timeout(v.timeout_s):  # each read, as the HTTP vhost's
+            data = await stream.read(READ_CHUNK_BYTES)
         if not data:
             try:
                 parser.feed_data(b"")  # until-close bodies end here
@@ -284,10 +407,11 @@ async def _relay_response(
         try:
             parser.feed_data(data)
         except httptools.HttpParserError:
-            raise ConnectionResetError("the app's response body is malformed") from None
-    assert sent_head
-    v.conn.end_stream(stream_id)
-    v.flush()
+            if not response.done:
+                raise ConnectionResetError("the app's response body is malformed") from None
+            response.extra = True  # garbage after a complete response: relay it, do not reuse
+    v.end(stream_id)
+    return response.keep_alive and not response.extra
 
 
 async def send_data(v: H2Visitor, stream_id: int, data: bytes) -> None:
@@ -297,12 +421,11 @@ async def send_data(v: H2Visitor, stream_id: int, data: bytes) -> None:
         if v.lost:
             raise ConnectionResetError("the visitor is gone")
         await v.drain()
-        window = min(v.conn.local_flow_control_window(stream_id), v.conn.max_outbound_frame_size)
+        window = v.window(stream_id)
         if window <= 0:
             await v.wait_window()
             continue
-        v.conn.send_data(stream_id, bytes(view[:window]))
-        v.flush()
+        v.send_body(stream_id, bytes(view[:window]))
         view = view[window:]
 
 
@@ -313,17 +436,17 @@ async def send_page(
     host: str | None,
     detail: str | None,
     *extra: tuple[bytes, bytes],
+    note: str | None = None,
+    body: bytes | None = None,
 ) -> None:
-    """An error page as a whole h2 response."""
-    body = render_page(status, host, detail)
+    """An error page as a whole h2 response (`body` replaces the built-in page)."""
+    body = render_page(status, host, detail, note) if body is None else body
     headers = [
         (b":status", str(status).encode("ascii")),
         (b"content-type", b"text/html; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),
         *extra,
     ]
-    v.conn.send_headers(stream_id, headers)
-    v.flush()
+    v.send_head(stream_id, headers)
     await send_data(v, stream_id, body)
-    v.conn.end_stream(stream_id)
-    v.flush()
+    v.end(stream_id)

@@ -45,9 +45,9 @@ from ..fdbudget import FDBudget
 from ..vhost.http_proxy import HTTPVhostServer
 from ..vhost.https_sni import HTTPSVhostServer
 from ..vhost.routing import VhostRouter
+from ..vhost.sni import MAX_CLIENT_HELLO_BYTES, ClientHello, HelloError, HelloReader
 from .certstore import CertStore
 from .h2conn import H2Service
-from .hello import MAX_CLIENT_HELLO_BYTES, ClientHello, HelloError, HelloReader
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class EdgeListener:
         self._passthrough = passthrough
         self._passthrough_router = passthrough_router
         self._terminated = terminated
-        self._h2 = h2  # visitors that negotiate ALPN h2
+        self.h2 = h2  # visitors that negotiate ALPN h2
         self._challenges = challenges
         self._control = control  # port reuse: tunnelc connections go to the control listener
         self._control_server_name = control_server_name
@@ -245,7 +245,7 @@ class EdgeListener:
             _close_cleanly(sock)
             return
         self.terminated_total += 1
-        h1, h2 = self._terminated.protocol, self._h2
+        h1, h2 = self._terminated.protocol, self.h2
         await self._handshake(
             sock, ctx, lambda: _ALPNSwitch(h1, h2.protocol if h2 is not None else None), name
         )
@@ -277,12 +277,12 @@ class _ALPNSwitch(asyncio.Protocol):
         h2: Callable[[], asyncio.Protocol] | None,
     ) -> None:
         self._h1 = h1
-        self._h2 = h2
+        self.h2 = h2
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        protocol = self._h2() if alpn == "h2" and self._h2 is not None else self._h1()
+        protocol = self.h2() if alpn == "h2" and self.h2 is not None else self._h1()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 

@@ -8,7 +8,9 @@ from protocol.proxytype import ProxyType
 
 from .base import ProxyFactory
 from .http import HTTPProxy, HTTPSProxy
+from .secret import STCPProxy, SUDPProxy
 from .tcp import TCPProxy
+from .tcpmux import TCPMuxProxy
 from .udp import UDPProxy
 
 SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
@@ -16,4 +18,7 @@ SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.UDP: UDPProxy,
     ProxyType.HTTP: HTTPProxy,
     ProxyType.HTTPS: HTTPSProxy,
+    ProxyType.TCPMUX: TCPMuxProxy,
+    ProxyType.STCP: STCPProxy,
+    ProxyType.SUDP: SUDPProxy,
 }

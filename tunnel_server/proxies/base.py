@@ -18,6 +18,7 @@ from ..stats import ProxyCounters
 if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..edge.service import EdgeService
+    from ..groups import Groups
     from ..offline import OfflineParking
     from ..ports import PortAllocator
     from ..vhost.routing import VhostRouter
@@ -49,6 +50,9 @@ class ProxyContext:
     fd_budget: FDBudget  # the server's descriptors for visitor connections
     offline: OfflineParking | None = None  # parked http routes and stored requests
     visitors: Visitors | None = None  # IP rules, connection quota, access log
+    groups: Groups | None = None  # load-balanced groups (loadBalancer.group)
+    tcpmux_router: VhostRouter | None = None  # tcpmuxHTTPConnectPort's routes
+    tcpmux_port: int | None = None
 
 
 class ServerProxy(Protocol):

@@ -8,17 +8,19 @@ listener asks for.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from protocol.messages import BACKEND_PROTOCOLS, NewProxy
 from protocol.proxytype import ProxyType
 
 from ..errors import ProxyHeld
-from ..offline import deliver_stored
+from ..groups import ProxyGroup
+from ..offline import deliver_stored, offline_note
 from ..pacing import PacedStream
 from ..vhost.offline import OfflinePolicy
 from ..vhost.routing import HTTPRoute, RouteConflict, RouteError, VhostRouter
-from ..vhost.upstream import ByteStream, UpstreamError
+from ..vhost.upstream import ByteStream, Opener, UpstreamError
 from .base import ProxyContext, ProxyRefused
 from .userconn import UserConnRefused, UserConns
 
@@ -42,6 +44,12 @@ class VhostProxy:
             ctx, name, self.scheme, holds_socket=False, compression=request.compression
         )
         self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
+        self.group: ProxyGroup[VhostProxy] | None = None
+
+    @property
+    def available(self) -> bool:
+        """A group member takes visitors while its client's session is open."""
+        return not self.ctx.session.closed
 
     def _router(self) -> tuple[VhostRouter, int | None]:
         raise NotImplementedError
@@ -51,6 +59,9 @@ class VhostProxy:
 
     async def start(self) -> None:
         router, port = self._router()
+        if self.request.group:
+            await self._start_grouped(router, port)
+            return
         offline = self.ctx.offline
         try:
             route = self._route_for()
@@ -65,9 +76,41 @@ class VhostProxy:
         self._route = route
         if offline is not None and self.request.offline_capture:
             self._delivery = asyncio.create_task(
-                deliver_stored(offline, self.name, self._open, self.ctx.config),
+                deliver_stored(offline, self.name, self._open_now, self.ctx.config),
                 name=f"offline-delivery-{self.name}",
             )
+        self.public_urls = self._urls(names, port)
+
+    async def _start_grouped(self, router: VhostRouter, port: int | None) -> None:
+        """Join the group's shared route, adding it to the router for the first member."""
+        ctx, request = self.ctx, self.request
+        try:
+            route = self._route_for()
+            names = router.names_for(route)
+        except RouteError as exc:
+            raise ProxyRefused(exc.reason) from None
+        face = f"{' '.join(names)} at {' '.join(route.locations)}"
+        if route.route_by_http_user:
+            face += f" for user {route.route_by_http_user}"
+        assert ctx.groups is not None
+        group = ctx.groups.join(
+            self.scheme, ctx.user, request.group, request.group_key, face, self, ctx.client_id
+        )
+        self.group = group
+        async with group.lock:
+            if group.shared is None:
+                shared = dataclasses.replace(
+                    route,
+                    proxy_key=f"group:{ctx.user}/{request.group}",
+                    opener=_group_opener(group),
+                )
+                try:
+                    router.add(shared)
+                except RouteConflict as exc:
+                    raise ProxyHeld(exc.reason) from None
+                except RouteError as exc:
+                    raise ProxyRefused(exc.reason) from None
+                group.shared = shared
         self.public_urls = self._urls(names, port)
 
     def _urls(self, names: list[str], port: int | None) -> tuple[str, ...]:
@@ -77,6 +120,16 @@ class VhostProxy:
         return False  # only terminated http proxies gain URLs later
 
     async def _open(self, src: tuple[str, int]) -> ByteStream:
+        delivery = self._delivery
+        if delivery is not None and not delivery.done():
+            # The requests stored while the client was offline go first, so the app sees
+            # everything in arrival order. The vhost bounds this wait (its opener timeout:
+            # 504); asyncio.wait never cancels the delivery when this waiter is cancelled.
+            logger.debug("tunneld: [proxy=%s] a request waits for the stored ones", self.name)
+            await asyncio.wait({delivery})
+        return await self._open_now(src)
+
+    async def _open_now(self, src: tuple[str, int]) -> ByteStream:
         ctx = self.ctx
         if ctx.session.closed:
             raise UpstreamError("the tunnel client is offline")
@@ -101,27 +154,52 @@ class VhostProxy:
     def close(self) -> None:
         if self._delivery is not None:
             self._delivery.cancel()
+        group, self.group = self.group, None
+        if group is not None and self.ctx.groups is not None:
+            if self.ctx.groups.leave(group, self) and isinstance(group.shared, HTTPRoute):
+                router, _ = self._router()
+                router.remove(group.shared.proxy_key)
+                group.shared = None
         if self._route is not None:
             router, _ = self._router()
             router.remove(self._route.proxy_key)
-            request, offline = self.request, self.ctx.offline
+            offline = self.ctx.offline
+            policy = self._offline_policy()
             if (
-                request.offline_status
+                policy is not None
                 and offline is not None
-                and self.ctx.session.closed  # the client went away; it did not remove us
-                and self.type is ProxyType.HTTP
+                # The client went away (it did not remove us), or tunneld stops: either way
+                # the client is offline until it logs in again.
+                and (self.ctx.session.closed or offline.shutting_down)
             ):
-                policy = OfflinePolicy(
-                    request.offline_status, request.offline_body, request.offline_capture
-                )
                 offline.park(self.name, router, self._route, policy)
             self._route = None
         self.conns.abort_all("proxy closed")
+
+    def _offline_policy(self) -> OfflinePolicy | None:
+        """What tunneld does while this proxy's client is offline (http only; None: nothing)."""
+        r = self.request
+        if not r.offline_status or self.type is not ProxyType.HTTP:
+            return None
+        return OfflinePolicy(r.offline_status, r.offline_body, r.offline_capture)
 
     async def wait_closed(self) -> None:
         if self._delivery is not None:
             # Cancelled in close(); gather collects that without re-raising it here.
             await asyncio.gather(self._delivery, return_exceptions=True)
+
+
+def _group_opener(group: ProxyGroup[VhostProxy]) -> Opener:
+    """The shared route's opener: the next member in the round (each opens and counts its own
+    stream, with its own visitor rules)."""
+
+    async def open_stream(src: tuple[str, int]) -> ByteStream:
+        member = group.pick()
+        if member is None:
+            raise UpstreamError(f"no member of group {group.name!r} is online")
+        return await member._open(src)
+
+    return open_stream
 
 
 def _backend_h2c(protocol: str) -> bool:
@@ -202,6 +280,9 @@ class HTTPProxy(VhostProxy):
             redirect_http=r.redirect_http,
             backend_h2c=_backend_h2c(r.backend_protocol),
             route_by_http_user=r.route_by_http_user or None,
+            offline_note=offline_note(
+                self._offline_policy(), self.ctx.offline.limits if self.ctx.offline else None
+            ),
         )
 
 

@@ -13,8 +13,9 @@ from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 from tunnel_common.throttle import Pacer, Throttle, joined
 
+from ..groups import ProxyGroup
 from ..ports import listen_on_public_port
-from .base import ProxyContext
+from .base import ProxyContext, ProxyRefused
 from .userconn import UserConnRefused, UserConns
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,19 @@ class TCPProxy:
         limit = request.bandwidth_limit
         self.throttle: Throttle | None = Throttle(limit) if limit else None
         self._admissions: set[asyncio.Task[None]] = set()  # NewUserConn plugin calls
+        self.group_name = request.group
+        self.group_key = request.group_key
+        self.group: ProxyGroup[TCPProxy] | None = None
+
+    @property
+    def available(self) -> bool:
+        """A group member takes visitors while its client's session is open."""
+        return not self.ctx.session.closed
 
     async def start(self) -> None:
+        if self.group_name:
+            await self._start_grouped()
+            return
         ctx = self.ctx
         loop = asyncio.get_running_loop()
 
@@ -59,6 +71,49 @@ class TCPProxy:
             ctx.ports, ctx.client_id, "tcp", self.requested_port, listen, ctx.user
         )
         self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{self.port}",)
+
+    async def _start_grouped(self) -> None:
+        """Join the group's shared port, opening it for the first member."""
+        ctx = self.ctx
+        port = self.requested_port
+        if not port:
+            raise ProxyRefused("loadBalancer.group needs a fixed remotePort (members share it)")
+        if self.throttle is not None:
+            raise ProxyRefused(
+                'bandwidthLimitMode = "server" does not apply to a loadBalancer group; use "client"'
+            )
+        assert ctx.groups is not None
+        group = ctx.groups.join(
+            "tcp", ctx.user, self.group_name, self.group_key, f"port {port}", self, ctx.client_id
+        )
+        self.group = group
+        async with group.lock:
+            if group.shared is None:
+                group.shared = await self._listen_shared(group, port)
+        self.port = port
+        self.public_urls = (f"tcp://{format_host(ctx.public_host)}:{port}",)
+
+    async def _listen_shared(self, group: ProxyGroup[TCPProxy], port: int) -> asyncio.Server:
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        server: list[asyncio.Server] = []
+
+        def protocol() -> SpliceProtocol:
+            member = group.pick()
+            if member is None:  # the last member is leaving: reset the visitor
+                return SpliceProtocol(on_connect=lambda proto, transport: None)
+            return member._protocol()
+
+        async def listen(port: int) -> int:
+            server.append(
+                await loop.create_server(
+                    protocol, ctx.config.proxy_bind_addr, port, reuse_address=True
+                )
+            )
+            return port
+
+        await listen_on_public_port(ctx.ports, _group_owner(group), "tcp", port, listen)
+        return server[0]
 
     def _protocol(self) -> SpliceProtocol:
         visitors = self.ctx.visitors
@@ -132,10 +187,21 @@ class TCPProxy:
             self._server.close()
             self.ctx.ports.release(self.ctx.client_id, "tcp", self.port)
             self._server = None
+        group, self.group = self.group, None
+        if group is not None and self.ctx.groups is not None:
+            if self.ctx.groups.leave(group, self) and isinstance(group.shared, asyncio.Server):
+                group.shared.close()
+                self.ctx.ports.release(_group_owner(group), "tcp", self.port)
+                group.shared = None
         self.conns.abort_all("proxy closed")
 
     async def wait_closed(self) -> None:
         return None
+
+
+def _group_owner(group: ProxyGroup[TCPProxy]) -> str:
+    """Who holds a group's port in the PortAllocator: the group, not its first member."""
+    return f"group:{group.user}/{group.name}"
 
 
 class _PluginGatedSplice(SpliceProtocol):

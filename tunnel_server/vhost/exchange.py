@@ -276,7 +276,14 @@ class Exchange:
 
     def _error_page(self, status: int, detail: str) -> None:
         self.conn.write(
-            error_response(status, self.host, detail, keep_alive=False, head_only=self.head_request)
+            error_response(
+                status,
+                self.host,
+                detail,
+                keep_alive=False,
+                head_only=self.head_request,
+                note=self.upstream.route.offline_note if status == 502 else None,
+            )
         )
 
 

@@ -329,7 +329,9 @@ class HTTPVhostServer(VhostListener):
             return up
         logger.debug("[proxy=%s] open failed: %s", route.proxy_key, detail)
         self._skip_body(conn)
-        conn.write(error_response(status, host, detail, head_only=head.method == b"HEAD"))
+        note = route.offline_note if status == 502 else None
+        head_only = head.method == b"HEAD"
+        conn.write(error_response(status, host, detail, head_only=head_only, note=note))
         return None
 
     async def _exchange(

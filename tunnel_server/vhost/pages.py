@@ -12,6 +12,7 @@ from typing import Final
 
 MAX_HOST_CHARS: Final = 253
 MAX_DETAIL_CHARS: Final = 300
+MAX_NOTE_CHARS: Final = 400
 
 REASONS: Final[dict[int, str]] = {
     400: "Bad Request",
@@ -52,8 +53,11 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def render_page(status: int, host: str | None, detail: str | None = None) -> bytes:
-    """The HTML body of an error page."""
+def render_page(
+    status: int, host: str | None, detail: str | None = None, note: str | None = None
+) -> bytes:
+    """The HTML body of an error page; `note` is the tunnel's own word (say, what happens
+    while its client is offline)."""
     reason = REASONS.get(status, "Error")
     title = f"{status} {reason}"
     lines = [
@@ -67,6 +71,8 @@ def render_page(status: int, host: str | None, detail: str | None = None) -> byt
         lines.append(f"<p>Host: <code>{html.escape(_clip(host, MAX_HOST_CHARS))}</code></p>")
     if detail:
         lines.append(f"<p>{html.escape(_clip(detail, MAX_DETAIL_CHARS))}</p>")
+    if note:
+        lines.append(f"<p>{html.escape(_clip(note, MAX_NOTE_CHARS))}</p>")
     lines.append("<footer>tunnelkit</footer></body></html>\n")
     return "\n".join(lines).encode("utf-8")
 
@@ -80,12 +86,13 @@ def error_response(
     body: bytes | None = None,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     head_only: bool = False,
+    note: str | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 response carrying an error page (or `body`, e.g. custom404Page).
 
     `head_only` leaves the body out (the answer to a HEAD request) but keeps its length.
     """
-    content = body if body is not None else render_page(status, host, detail)
+    content = body if body is not None else render_page(status, host, detail, note)
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Error").encode("ascii")),
         b"Content-Type: text/html; charset=utf-8\r\n",

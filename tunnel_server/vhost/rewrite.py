@@ -213,21 +213,55 @@ def request_head(
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if upgrade is not None:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    if b"forwarded" not in set_names:
-        node = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
-        parts += (b'Forwarded: for="', node, b'";host="', host, b'";proto=', proto, b"\r\n")
-    if b"x-forwarded-for" not in set_names:
-        forwarded_for.append(peer_ip)
-        parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
-    if b"x-forwarded-proto" not in set_names:
-        parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
-    if b"x-forwarded-host" not in set_names:
-        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
-    if b"x-real-ip" not in set_names:
-        parts += (b"X-Real-IP: ", peer_ip, b"\r\n")
-    _extend(parts, rules.request_set)
+    _extend(parts, added_headers(rules, host, peer_ip, proto, forwarded_for))
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def forwarded_headers(
+    headers: Iterable[tuple[bytes, bytes]], rules: HeaderRules
+) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The visitor's headers an HTTP/2 request keeps, and its X-Forwarded-For values.
+
+    The same filter as `request_head` for headers that are not hop-by-hop in HTTP/2 (the
+    caller drops those): the vhost's own headers, the route's set names and, with basic auth,
+    Authorization are removed.
+    """
+    kept: list[tuple[bytes, bytes]] = []
+    forwarded_for: list[bytes] = []
+    strip_auth = rules.auth is not None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _REQUEST_OWN:
+            if lname == b"x-forwarded-for":
+                forwarded_for.append(value)
+            continue
+        if lname in rules.request_set_names or (strip_auth and lname == b"authorization"):
+            continue
+        kept.append((name, value))
+    return kept, forwarded_for
+
+
+def added_headers(
+    rules: HeaderRules, host: bytes, peer_ip: bytes, proto: bytes, forwarded_for: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """What the vhost adds to every request: `Forwarded` and X-Forwarded-* (unless the route
+    sets them), then requestHeaders.set. Shared by HTTP/1.1 heads and HTTP/2 (h2c) headers."""
+    set_names = rules.request_set_names
+    out: list[tuple[bytes, bytes]] = []
+    if b"forwarded" not in set_names:
+        node = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
+        out.append((b"Forwarded", b'for="%b";host="%b";proto=%b' % (node, host, proto)))
+    if b"x-forwarded-for" not in set_names:
+        out.append((b"X-Forwarded-For", b", ".join([*forwarded_for, peer_ip])))
+    if b"x-forwarded-proto" not in set_names:
+        out.append((b"X-Forwarded-Proto", proto))
+    if b"x-forwarded-host" not in set_names:
+        out.append((b"X-Forwarded-Host", host))
+    if b"x-real-ip" not in set_names:
+        out.append((b"X-Real-IP", peer_ip))
+    out += rules.request_set
+    return out
 
 
 def response_head(

@@ -121,6 +121,7 @@ class HTTPRoute:
     redirect_http: bool = False  # plain HTTP gets a 308 to HTTPS when the edge can serve it
     backend_h2c: bool = False  # the local service speaks h2c: h2 visitors keep HTTP/2 (gRPC)
     route_by_http_user: str | None = None  # only requests from this basic-auth user
+    offline_note: str = ""  # what happens while its client is offline (the 502 page)
     rules: HeaderRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

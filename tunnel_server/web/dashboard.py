@@ -20,11 +20,13 @@ from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, 
 from tunnel_server.httpstats import HTTPStats
 from tunnel_server.stats import ServerStats, build_metrics_registry
 from tunnel_server.users.admin import UsersAdmin
+from tunnel_server.web.groupmetrics import GroupCollector
 from tunnel_server.web.users import user_routes
 from tunnel_server.web.view import (
     CertificateInfo,
     CertificateReport,
     ClientInfo,
+    GroupInfo,
     ProxyInfo,
     ServerView,
 )
@@ -73,6 +75,28 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "annotations": dict(info.annotations),
         "bandwidth_limit": info.bandwidth_limit,
         "bandwidth_rate": round(info.bandwidth_rate),
+        "group": info.group,
+        "visitors": list(info.visitors),
+        "path": info.path,
+    }
+
+
+def _group_json(info: GroupInfo) -> dict[str, object]:
+    return {
+        "name": info.name,
+        "type": info.type,
+        "user": info.user,
+        "public": list(info.public),
+        "members": [
+            {
+                "name": m.name,
+                "client_id": m.client_id,
+                "state": m.state,
+                "healthy": m.healthy,
+                "reason": m.reason,
+            }
+            for m in info.members
+        ],
     }
 
 
@@ -121,6 +145,7 @@ def build_dashboard_app(
     http_stats: HTTPStats | None = None,
     user_metrics: Collector | None = None,
     certificates: Callable[[], CertificateReport] | None = None,
+    groups: Callable[[], list[GroupInfo]] | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``.
 
@@ -147,6 +172,12 @@ def build_dashboard_app(
     async def api_certificates(request: web.Request) -> web.Response:
         return web.json_response(certificate_rows())
 
+    def group_rows() -> list[dict[str, object]]:
+        return [_group_json(row) for row in groups()] if groups is not None else []
+
+    async def api_groups(request: web.Request) -> web.Response:
+        return web.json_response(group_rows())
+
     async def api_overview(request: web.Request) -> web.Response:
         # One request per page refresh, so the tables come from the same moment.
         return web.json_response(
@@ -155,6 +186,7 @@ def build_dashboard_app(
                 "clients": [_client_json(client) for client in view.clients()],
                 "proxies": [_proxy_json(proxy) for proxy in view.proxies()],
                 "certificates": certificate_rows(),
+                "groups": group_rows(),
             }
         )
 
@@ -182,6 +214,7 @@ def build_dashboard_app(
         web.get("/api/proxies", api_proxies),
         web.get("/api/serverinfo", api_serverinfo),
         web.get("/api/certificates", api_certificates),
+        web.get("/api/groups", api_groups),
         web.post("/api/clients/{client_id}/kick", kick),
         web.post("/api/proxies/{client_id}/{name}/close", close_proxy),
     ]
@@ -191,6 +224,8 @@ def build_dashboard_app(
         registry = build_metrics_registry(stats, view, certificates)
         if http_stats is not None:
             registry.register(http_stats)
+        if groups is not None:
+            registry.register(GroupCollector(groups))
         if user_metrics is not None:
             registry.register(user_metrics)
 

@@ -41,6 +41,32 @@ class ProxyInfo:
     bandwidth_limit: int = 0  # bytes per second the server paces it at; 0 = none
     bandwidth_rate: float = 0.0  # bytes per second through it now (server-paced proxies)
     reason: str = ""  # why it is offline (closed: ...) or refused
+    group: str = ""  # its load-balancing group (loadBalancer.group), "" for none
+    # stcp/sudp: the user of each visitor connection joined now, and its path ("relayed")
+    visitors: tuple[str, ...] = ()
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMemberInfo:
+    """One proxy of a load-balanced group: in it now, or left (why, from its closing)."""
+
+    name: str
+    client_id: str
+    state: Literal["online", "left"]
+    healthy: bool  # False when it left because its client's health check failed
+    reason: str  # why it left ("closed: unhealthy: ..."), "" while online
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A load-balanced group: its shared port or route, and its members."""
+
+    name: str
+    type: str
+    user: str
+    public: tuple[str, ...]
+    members: tuple[GroupMemberInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)

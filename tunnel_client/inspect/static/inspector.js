@@ -413,6 +413,34 @@
     byId("live-text").textContent = text;
   }
 
+  // ---- the proxies' public URLs (https:// appears once the server's edge has a certificate) ----
+  const TUNNELS_REFRESH_MS = 3000;
+  let tunnelsShown = "";
+
+  function renderTunnels(tunnels) {
+    const key = JSON.stringify(tunnels);
+    if (key === tunnelsShown) return; // unchanged: keep the DOM (and any hover) as it is
+    tunnelsShown = key;
+    const list = byId("tunnels");
+    list.replaceChildren(...tunnels.map((t) => el("li", { "data-testid": "tunnel" },
+      el("span", { class: "name", text: t.name }),
+      ...t.public.map((url) => el("a", {
+        href: `${url}/`, target: "_blank", rel: "noopener", "data-testid": "tunnel-url", text: url,
+      })),
+      t.public.length ? null : el("span", { class: "note", text: t.state }),
+      t.note ? el("span", { class: "note", "data-testid": "tunnel-note", text: t.note }) : null)));
+  }
+
+  async function refreshTunnels() {
+    try {
+      const response = await fetch("api/tunnels", { cache: "no-store" });
+      if (response.ok) renderTunnels((await response.json()).tunnels);
+    } catch (err) {
+      // The inspector is restarting or gone: the live status already says so; try again later.
+    }
+    setTimeout(refreshTunnels, TUNNELS_REFRESH_MS); // one request at a time, never piling up
+  }
+
   let source = null;
 
   function connect() {
@@ -588,4 +616,5 @@
 
   updateCount();
   connect();
+  refreshTunnels();
 })();

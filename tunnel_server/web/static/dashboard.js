@@ -115,6 +115,11 @@
       cell.append(el("div", { class: "sub", "data-testid": "proxy-limit",
         text: `limit ${formatBytes(proxy.bandwidth_limit)}/s, now ${formatBytes(proxy.bandwidth_rate)}/s` }));
     }
+    if (proxy.path) {
+      const who = (proxy.visitors || []).join(", ");
+      cell.append(el("div", { class: "sub", "data-testid": "proxy-visitors",
+        text: `${(proxy.visitors || []).length} visitors (${proxy.path})${who ? ": " + who : ""}` }));
+    }
     return cell;
   }
 

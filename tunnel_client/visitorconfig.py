@@ -1,0 +1,135 @@
+"""One `[[visitors]]` entry of tunnelc's config: reach another client's stcp/sudp proxy.
+
+Every key is declared once, in `VISITOR_FIELDS`. A visitor listens on bindAddr:bindPort
+(`bindPort = -1`: no listener, as frp has for visitors only other visitors use) and joins each
+connection (stcp) or each UDP peer (sudp) to the proxy `serverName` of user `serverUser`
+through tunneld, proving it knows `secretKey` (protocol/visitorauth.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from protocol.errors import ConfigError
+from protocol.proxytype import ProxyType
+from tunnel_common.configfields import Accepted, Field, FieldTable
+from tunnel_common.configfile import Bool, Choice, ConfigTable, Int, Secret, SecretStr, Str
+
+VISITOR_TYPES: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
+NO_LISTENER: Final = -1  # bindPort = -1
+
+_XTCP: Final = "it is for xtcp (P2P) visitors, which tunnelkit does not support yet"
+# frp's visitor keys that tunnelkit names as "not supported yet" rather than unknown.
+VISITOR_UNSUPPORTED: Final[dict[str, str]] = {
+    "protocol": _XTCP,
+    "keepTunnelOpen": _XTCP,
+    "maxRetriesAnHour": _XTCP,
+    "minRetryInterval": _XTCP,
+    "fallbackTo": _XTCP,
+    "fallbackTimeoutMs": _XTCP,
+    "natTraversal": _XTCP,
+    "plugin": "visitor plugins (virtual_net) are not supported yet",
+}
+
+VISITOR_FIELDS: Final = FieldTable(
+    (
+        Field("name", "name", Str(), None, "unique name of the visitor", required="is required"),
+        Field(
+            "type",
+            "type",
+            Choice(VISITOR_TYPES, frp_values=("xtcp",)),
+            None,
+            "the type of the proxy visited (stcp or sudp)",
+            required="is required: set it to stcp or sudp",
+        ),
+        Field(
+            "serverName",
+            "server_name",
+            Str(),
+            None,
+            "name of the proxy to visit",
+            required="is required: the name of the stcp/sudp proxy to visit",
+        ),
+        Field(
+            "serverUser",
+            "server_user",
+            Str(allow_empty=True),
+            None,
+            "user of the client that owns that proxy (default: this client's user)",
+        ),
+        Field(
+            "secretKey",
+            "secret_key",
+            SecretStr(),
+            None,
+            "the proxy's secretKey (never sent: tunneld gets an HMAC proof)",
+            required="is required: the secretKey of the proxy visited",
+        ),
+        Field("bindAddr", "bind_addr", Str(), "127.0.0.1", "local address to listen on"),
+        Field(
+            "bindPort",
+            "bind_port",
+            Int(-1, 65535),
+            None,
+            "local port to listen on; -1 = no listener (a visitor other visitors use)",
+            required="is required: the local port to listen on (or -1)",
+        ),
+        Accepted(
+            "transport.useEncryption", Bool(), "visitor streams are encrypted by both sessions' TLS"
+        ),
+        Accepted("transport.useCompression", Bool(), "tunnelkit does not compress streams yet"),
+    ),
+    unsupported=VISITOR_UNSUPPORTED,
+)
+VISITOR_SCHEMA: Final = VISITOR_FIELDS.schema
+_F = VISITOR_FIELDS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VisitorConfig:
+    name: str
+    type: str
+    server_name: str
+    server_user: str | None = _F.optional("server_user", str)  # None = this client's user
+    secret_key: Secret | None  # an empty secretKey is refused by check_visitors
+    bind_addr: str = _F.default("bind_addr", str)
+    bind_port: int
+
+
+def complete_visitor(table: ConfigTable) -> VisitorConfig:
+    return VISITOR_FIELDS.complete(table, VisitorConfig)
+
+
+def check_visitors(
+    visitors: Sequence[VisitorConfig], source: str, proxy_names: Sequence[str]
+) -> list[ConfigError]:
+    """Names unique among proxies and visitors; a listening address used once."""
+    problems: list[ConfigError] = []
+    names = set(proxy_names)
+    binds: dict[tuple[str, str, int], str] = {}
+    for index, visitor in enumerate(visitors):
+        path = f"visitors[{index}]"
+        if visitor.secret_key is None or not visitor.secret_key.reveal():
+            problems.append(ConfigError(source, f"{path}.secretKey", "is required"))
+        if visitor.name in names:
+            problems.append(
+                ConfigError(source, f"{path}.name", f"{visitor.name!r} is already a name here")
+            )
+        names.add(visitor.name)
+        if visitor.bind_port == NO_LISTENER:
+            continue
+        kind = "udp" if visitor.type == ProxyType.SUDP else "tcp"
+        key = (kind, visitor.bind_addr, visitor.bind_port)
+        if key in binds and visitor.bind_port:
+            problems.append(
+                ConfigError(
+                    source,
+                    f"{path}.bindPort",
+                    f"{kind} {visitor.bind_addr}:{visitor.bind_port} is already used by "
+                    f"{binds[key]}; use another port",
+                )
+            )
+        binds[key] = path
+    return problems
