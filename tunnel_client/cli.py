@@ -228,8 +228,10 @@ def verify(ctx: click.Context, config_path: Path | None) -> None:
     config = _load(config_path)
     for note in config.notes:
         click.echo(f"tunnelc: note: {note}")
+    count = len(config.proxies)
     click.echo(
-        f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
+        f"tunnelc: {config_path}: the configuration is valid "
+        f"({count} {'proxy' if count == 1 else 'proxies'})"
     )
 
 
