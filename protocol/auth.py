@@ -41,6 +41,11 @@ NONCE_BYTES: Final = 32
 PROOF_BYTES: Final = 32  # SHA-256 digest size
 CERT_FP_BYTES: Final = 32  # SHA-256 of the server certificate's DER
 ALPN_PROTOCOL: Final = "tunnelkit/1"  # TLS ALPN id of the control connection, both sides
+# A server that requires client certificates selects this id instead (clients offer both):
+# under TLS 1.3 it checks the client's certificate after the client's side of the handshake is
+# done, and closes without a word on a missing or foreign one, so the id is how the client
+# knows why (docs/protocol.md section 1).
+ALPN_CLIENT_CERT_REQUIRED: Final = "tunnelkit/1+client-cert"
 SERVER_LABEL: Final = b"tunnelkit server proof\x00"
 CLIENT_LABEL: Final = b"tunnelkit client proof\x00"
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .compression import COMPRESSION_NAMES
 from .errors import RemoteProtocolError
 from .proxytype import ProxyType
 from .visitorauth import VERIFIER_BYTES, VISITOR_NONCE_BYTES, VISITOR_PROOF_BYTES
@@ -118,6 +119,9 @@ class NewProxy:
     offline_capture: bool = False
     allow_ips: tuple[str, ...] = ()  # CIDR; the server refuses other visitors
     deny_ips: tuple[str, ...] = ()
+    # frp's transport.useCompression: "zstd" compresses every stream of this proxy (the
+    # server names it in each stream_header); "" = none. protocol/compression.py.
+    compression: str = ""
     # frp's loadBalancer: proxies of one group (several clients) share one port or route.
     group: str = ""
     group_key: str = field(default="", repr=False)
@@ -170,6 +174,7 @@ class StreamHeader:
     proxy: str
     src_addr: str
     src_port: int
+    compression: str = ""  # DATA on this stream is compressed so, both ways ("" = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +272,12 @@ def _text_map(name: str, value: Any) -> dict[str, str]:
     return {check(name, k): check(name, v) for k, v in value.items()}
 
 
+def _compression(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in COMPRESSION_NAMES:
+        raise RemoteProtocolError(f"field {name!r}: unknown compression {value!r}")
+    return value
+
+
 def _proxy_type(name: str, value: Any) -> str:
     if not isinstance(value, str) or value not in ProxyType._value2member_map_:
         raise RemoteProtocolError(f"field {name!r}: unknown proxy type {value!r}")
@@ -345,6 +356,7 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "offline_capture": _bool,
             "allow_ips": _text_list,
             "deny_ips": _text_list,
+            "compression": _compression,
             "group": _NAME,
             "group_key": _NAME,
             "secret_verifier": _verifier,
@@ -364,7 +376,10 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
     "close_proxy": (CloseProxy, {"name": _NAME, "reason": _TEXT}),
     "udp_flow_opened": (UDPFlowOpened, {"flow_id": _U32, "proxy": _NAME, "peer": _NAME}),
     "udp_flow_closed": (UDPFlowClosed, {"flow_id": _U32, "reason": _TEXT}),
-    "stream_header": (StreamHeader, {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT}),
+    "stream_header": (
+        StreamHeader,
+        {"proxy": _NAME, "src_addr": _NAME, "src_port": _PORT, "compression": _compression},
+    ),
     "visitor_open": (
         VisitorOpen,
         {

@@ -11,7 +11,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.frpcorpus import CORPUS, ENV, INVALID, NOT_YET, VALID, classify, entries
+from tests.support.frpcorpus import (
+    BROKEN_IN_FRP,
+    CORPUS,
+    ENV,
+    INVALID,
+    NOT_YET,
+    VALID,
+    classify,
+    entries,
+)
 
 
 def render() -> str:
@@ -52,6 +61,11 @@ def render() -> str:
         lines.append(
             f"| `{name}` | {entry.source} | {outcome.kind} | {detail} | {entry.frp_verdict} |"
         )
+    lines += ["", "Why each invalid file is a broken example in frp too:", ""]
+    for entry, outcome in rows:
+        if outcome.kind == INVALID:
+            why = BROKEN_IN_FRP.get(entry.path.name) or f"frp: {entry.frp_verdict}"
+            lines.append(f"- `{entry.path.relative_to(CORPUS).as_posix()}`: {why}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import logging
@@ -17,11 +16,8 @@ import click
 from protocol import __version__
 from protocol.errors import TunnelError
 from protocol.proxytype import ProxyType
-from tunnel_common import allocator
 from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
-from tunnel_common.logs import setup_logging
-from tunnel_common.runner import run as run_loop
 
 from .adminfile import read_admin_address
 from .identity import LABEL_CHARS, ClientIdentity, config_key, oneliner_key, stable_client_id
@@ -31,6 +27,8 @@ from .webhookopts import WebhookOptions, take_webhook_options, webhook_options
 # plugins: they load when a command runs, so `tunnelc --version` and `--help` stay light
 # (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
+    import asyncio
+
     from .config import ClientConfig
 
 logger = logging.getLogger(__name__)
@@ -119,6 +117,8 @@ def run_client(
 ) -> None:
     """Run a client. Without clientID it takes the stable id of `identity_key` (default: the
     config file); `name_with(config, label)` then names a one-liner's proxy after that id."""
+    from tunnel_common.logs import setup_logging
+
     try:
         setup_logging(
             log_level or config.log.level,
@@ -138,6 +138,9 @@ def run_client(
         if name_with is not None:
             label = identity.label if identity is not None else client_id[:LABEL_CHARS]
             config = name_with(config, label)
+    from tunnel_common import allocator
+    from tunnel_common.runner import run as run_loop  # asyncio: only when a loop runs
+
     allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
     try:
         code = run_loop(
@@ -154,6 +157,8 @@ def run_client(
 async def _run(
     config: ClientConfig, config_path: Path | None, *, panel: bool = False, oneliner: bool = False
 ) -> int:
+    import asyncio
+
     from .client import TunnelClient
 
     loop = asyncio.get_running_loop()
@@ -204,6 +209,8 @@ async def _run(
 
 async def _stop_panel(shown: asyncio.Task[None] | None) -> None:
     """Stop the live panel (idempotent); its last frame stays on the screen."""
+    import asyncio
+
     if shown is not None and not shown.done():
         shown.cancel()
         await asyncio.gather(shown, return_exceptions=True)
@@ -221,8 +228,10 @@ def verify(ctx: click.Context, config_path: Path | None) -> None:
     config = _load(config_path)
     for note in config.notes:
         click.echo(f"tunnelc: note: {note}")
+    count = len(config.proxies)
     click.echo(
-        f"tunnelc: {config_path}: the configuration is valid ({len(config.proxies)} proxies)"
+        f"tunnelc: {config_path}: the configuration is valid "
+        f"({count} {'proxy' if count == 1 else 'proxies'})"
     )
 
 
@@ -423,6 +432,11 @@ def demo(
     once: bool, inspect_port: int, log_level: str | None, log_file: Path | None, no_uvloop: bool
 ) -> None:
     """Run tunneld, tunnelc and a demo web app on localhost, and print the URLs to try."""
+    import asyncio
+
+    from tunnel_common.logs import setup_logging
+    from tunnel_common.runner import run as run_loop
+
     from .demo import run_demo
 
     try:
@@ -493,6 +507,8 @@ def _admin_command(config_path: Path | None, method: str, path: str) -> None:
     if config_path is None:
         fail("give the client's config file with -c")
         return
+    import asyncio
+
     config = _load(config_path)
     try:
         status, text = asyncio.run(_admin_call(config, config_path, method, path))

@@ -62,7 +62,14 @@ from .proxies import CLIENT_PROXIES
 from .proxies.base import ClientProxy, ProxyStatus
 from .proxydetails import proxy_details
 from .surfaces import WebSurfaces, captured
-from .trust import TLSParams, TrustError, connect_tls, default_known_servers_file
+from .trust import (
+    TLSParams,
+    TrustError,
+    client_cert_refusal,
+    connect_tls,
+    default_known_servers_file,
+    server_requires_client_cert,
+)
 from .visitors import VisitorSet
 
 logger = logging.getLogger(__name__)
@@ -470,7 +477,9 @@ class TunnelClient:
         try:
             await self._login(session)
         except BaseException:
-            session.close(ErrorCode.NORMAL, "login failed")
+            # Abort, not close: a graceful TLS close waits for the server's close_notify,
+            # and a caller whose loop ends now (tunnelkit's sync API) would leak the socket.
+            session.abort(ErrorCode.NORMAL, "login failed")
             raise
         return session
 
@@ -489,7 +498,14 @@ class TunnelClient:
             except OIDCTokenError as exc:
                 raise LoginFailed(str(exc)) from None
         async with asyncio.timeout(LOGIN_TIMEOUT_S):
-            hello = await session.next_message()
+            try:
+                hello = await session.next_message()
+            except SessionClosedError:
+                if server_requires_client_cert(session.transport):
+                    # Closed before hello by a server that requires client certificates: it
+                    # refused ours, or the lack of one (protocol/auth.py).
+                    raise LoginFailed(client_cert_refusal(cfg.tls.cert_file)) from None
+                raise
             if isinstance(hello, Busy):
                 raise LoginDeferred(
                     f"{peer_text(hello.reason)} (retry in {hello.retry_after_ms} ms)",

@@ -447,6 +447,16 @@ def _split_server(server: str, source: str) -> tuple[str, int]:
     return host, port
 
 
+def _named_notes(table: ConfigTable, notes: list[str]) -> list[str]:
+    """Notes about keys of one proxy, with its name after its index, as verify's errors have
+    it: `frpc.toml: proxies[3] (web-admin).transport.useEncryption: ...`."""
+    name = table.get("name", str)
+    if not name:
+        return notes
+    where = f": {table.path}."
+    return [note.replace(where, f": {table.path} ({name}).", 1) for note in notes]
+
+
 def _complete(
     root: ConfigTable, included: Sequence[ConfigTable], problems: list[ConfigError]
 ) -> tuple[ClientConfig, list[tuple[str, str]]]:
@@ -465,9 +475,11 @@ def _complete(
     proxies: list[ProxyConfig] = []
     locations: list[tuple[str, str]] = []
     notes = [*root.notes, *CLIENT_FIELDS.notes(root)]
+    for table in root.tables("proxies"):  # the walker's notes (key spellings) get names too
+        notes = _named_notes(table, notes)
     start = set(root.strs("start"))
     for table in (*root.tables("proxies"), *included):
-        notes.extend(PROXY_FIELDS.notes(table))
+        notes.extend(_named_notes(table, PROXY_FIELDS.notes(table)))
         if table.has_problems or not table.get_or("enabled", bool, True):
             continue
         if start and table.get("name", str) not in start:
@@ -477,6 +489,20 @@ def _complete(
         except ConfigError as exc:
             problems.extend(getattr(exc, "problems", (exc,)))
             continue
+        given = table.get("name", str)
+        if given is not None and given != proxies[-1].name:
+            note = (
+                f"{table.source}: {table.key_path('name')}: {given!r} has spaces; tunnelkit "
+                f"runs it as {proxies[-1].name!r} (proxy names go into log lines and URLs); "
+                "rename it in the file to silence this note"
+            )
+            notes.extend(_named_notes(table, [note]))
+        if proxies[-1].type == ProxyType.UDP and proxies[-1].transport.use_compression:
+            note = (
+                f"{table.source}: {table.key_path('transport.useCompression')}: has no effect "
+                "on udp proxies (datagrams are sent as they are; only streams are compressed)"
+            )
+            notes.extend(_named_notes(table, [note]))
         locations.append((table.source, table.path))
     unknown = sorted(start - {p.name for p in proxies})
     if unknown:

@@ -49,6 +49,7 @@ MAX_PROXY_NAME_CHARS: Final = 128
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _NO_SPACE: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_SPACES: Final = re.compile(r"[ \t]+")  # in a proxy name (frp allows them): become "_"
 _TCP, _UDP, _HTTP, _HTTPS = ProxyType.TCP, ProxyType.UDP, ProxyType.HTTP, ProxyType.HTTPS
 _TCPMUX: Final = ProxyType.TCPMUX
 _Fail: TypeAlias = Callable[[str, str], None]  # records (key under the proxy, reason)
@@ -164,11 +165,6 @@ PROXY_FIELDS: Final = FieldTable(
             None,
             "notes for this proxy, shown by tunnelc status and tunneld's dashboard",
             factory=dict,
-        ),
-        Accepted(
-            "transport.useCompression",
-            Bool(),
-            "tunnelkit does not compress streams yet: the data flows uncompressed (inside TLS)",
         ),
         Accepted(
             "transport.useEncryption",
@@ -361,6 +357,7 @@ class ProxyConfig:
 def complete_proxy(table: ConfigTable) -> ProxyConfig:
     """Build a `ProxyConfig` from a checked `[[proxies]]` table, with defaults."""
     proxy_type = ProxyType(table.get_or("type", str, "tcp"))
+    name = table.get("name", str)
     extra: dict[str, object] = {
         "transport": complete_transport(table.subtable("transport"), proxy_type),
         "health_check": complete_health_check(table.subtable("healthCheck"), proxy_type),
@@ -373,6 +370,10 @@ def complete_proxy(table: ConfigTable) -> ProxyConfig:
             )
         extra["plugin"] = complete_plugin(table.subtable("plugin"), proxy_type)
         extra["local_port"] = table.get_or("localPort", int, 0)  # not required with a plugin
+    if name is not None and _SPACES.search(name.strip()):
+        # frp runs "nas http" (an INI section name, say); names travel in log lines, ready
+        # lines and URLs here, so the spaces become "_" and verify notes it (config.py).
+        extra["name"] = _SPACES.sub("_", name.strip())
     proxy = PROXY_FIELDS.complete(table, ProxyConfig, **extra)
     for key, entries in (("allowIPs", proxy.allow_ips), ("denyIPs", proxy.deny_ips)):
         try:

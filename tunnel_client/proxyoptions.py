@@ -13,6 +13,7 @@ from protocol.proxytype import ProxyType
 from tunnel_common.bandwidth import parse_bandwidth
 from tunnel_common.configfields import Field
 from tunnel_common.configfile import (
+    Bool,
     Choice,
     ConfigTable,
     Int,
@@ -43,6 +44,13 @@ PROXY_OPTION_FIELDS: Final = (
         'who paces the traffic: "client", or "server" (tcp proxies)',
     ),
     Field(
+        "transport.useCompression",
+        None,
+        Bool(),
+        False,
+        "compress this proxy's streams (zstd, negotiated with tunneld; not udp)",
+    ),
+    Field(
         "transport.proxyProtocolVersion",
         None,
         Choice(PROXY_PROTOCOL_VERSIONS),
@@ -69,6 +77,7 @@ class TransportOptions:
     bandwidth_limit: int | None = None  # bytes per second
     bandwidth_limit_mode: str = "client"
     proxy_protocol_version: str | None = None  # "v1" | "v2"
+    use_compression: bool = False  # zstd on every stream (protocol/compression.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +121,10 @@ def complete_transport(table: ConfigTable, proxy_type: ProxyType) -> TransportOp
     if version == "v1" and proxy_type == ProxyType.UDP:
         raise table.error("proxyProtocolVersion", 'v1 has no UDP form; use "v2" for udp proxies')
     return TransportOptions(
-        bandwidth_limit=limit, bandwidth_limit_mode=mode, proxy_protocol_version=version
+        bandwidth_limit=limit,
+        bandwidth_limit_mode=mode,
+        proxy_protocol_version=version,
+        use_compression=table.get_or("useCompression", bool, False),
     )
 
 

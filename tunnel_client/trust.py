@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Generic, Literal, TypeVar
 
-from protocol.auth import ALPN_PROTOCOL
+from protocol.auth import ALPN_CLIENT_CERT_REQUIRED, ALPN_PROTOCOL
 from protocol.errors import TunnelError
 from tunnel_client.dial import DialParams, open_socket
 from tunnel_common.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
@@ -186,7 +186,7 @@ async def connect_tls(
 
 def _client_defaults(ctx: ssl.SSLContext, params: TLSParams) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols([ALPN_PROTOCOL])
+    ctx.set_alpn_protocols([ALPN_PROTOCOL, ALPN_CLIENT_CERT_REQUIRED])
     if params.cert_file is not None and params.key_file is not None:
         try:
             ctx.load_cert_chain(params.cert_file, params.key_file)
@@ -457,3 +457,26 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
         # The peer may already have reset the connection; the protocol will see that as
         # connection_lost, so there is nothing to report here.
         logger.debug("tunnelc: could not set TCP_NODELAY", exc_info=True)
+
+
+def server_requires_client_cert(transport: asyncio.BaseTransport | None) -> bool:
+    """True if the server chose the ALPN id of a server that requires client certificates."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object is not None and (
+        ssl_object.selected_alpn_protocol() == ALPN_CLIENT_CERT_REQUIRED
+    )
+
+
+def client_cert_refusal(cert_file: Path | None) -> str:
+    """Why a server that requires client certificates closed on us, as one line."""
+    if cert_file is None:
+        return (
+            "the server requires a client certificate: set transport.tls.certFile and "
+            "transport.tls.keyFile (a certificate signed by the CA in the server's "
+            "transport.tls.trustedCaFile)"
+        )
+    return (
+        f"the server refused the client certificate {cert_file} (transport.tls.certFile): "
+        "it is not signed by the CA in the server's transport.tls.trustedCaFile, or it has "
+        "expired, or it lacks the clientAuth usage"
+    )

@@ -457,15 +457,18 @@ class _Walker:
                 if sub_rel is None:
                     break
                 key, value, path, rel = sub_key, sub_value, join_key(path, sub_key), sub_rel
-            hint = unsupported.get(rel) or _table_hint(rel, unsupported) or "remove it"
+            table_hint = unsupported.get(rel) or _table_hint(rel, unsupported) or "remove it"
             leaves = [f"{rel}.{leaf}" for leaf in _leaves(value)] or [rel]
-            named = ", ".join(f"'{leaf}'" for leaf in leaves[:MAX_NAMED_KEYS])
+            # One line per key, at the key's own path, never at its table's.
+            for leaf in leaves[:MAX_NAMED_KEYS]:
+                hint = unsupported.get(leaf) or table_hint
+                self.problem(
+                    f"{path}{leaf[len(rel) :]}",
+                    f"'{leaf}' is not supported yet (an frp option); {hint}",
+                )
             if len(leaves) > MAX_NAMED_KEYS:
-                named += f" and {len(leaves) - MAX_NAMED_KEYS} more"
-            verb = "is" if len(leaves) == 1 else "are"
-            if len(leaves) == 1 and leaves[0] != rel:
-                path = f"{path}{leaves[0][len(rel) :]}"  # name the one key, not its table
-            self.problem(path, f"{named} {verb} not supported yet (an frp option); {hint}")
+                more = len(leaves) - MAX_NAMED_KEYS
+                self.problem(path, f"and {more} more keys under '{rel}' not supported yet")
             return
         candidates = list(schema.fields)
         guess = suggest(key, candidates) or suggest(key, list(_dotted_keys(schema)))

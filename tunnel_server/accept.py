@@ -229,6 +229,10 @@ class ControlListener:
         loop = asyncio.get_running_loop()
         mux: MuxSession | None = None
         try:
+            peer = sock.getpeername()[0]
+        except OSError:
+            peer = "?"  # gone already; its handshake fails below
+        try:
             try:
                 async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT_S):
                     # uvloop returns its SSL protocol here, not ours: keep ours on the side.
@@ -243,6 +247,7 @@ class ControlListener:
                 # Garbage, a reset, the deadline: expected on a public port.
                 self._counters.tls_failures += 1
                 logger.debug("tunneld: TLS handshake failed: %s", type(exc).__name__)
+                _log_client_cert_refusal(peer, exc)
                 sock.close()
                 return
             except asyncio.CancelledError:
@@ -309,3 +314,17 @@ def _new_mux(server: TunnelServer, made: list[MuxSession]) -> MuxSession:
     limit_before_login(mux)
     made.append(mux)
     return mux
+
+
+def _log_client_cert_refusal(peer: str, exc: BaseException) -> None:
+    """One INFO line when transport.tls.trustedCaFile turned a client away, so the operator
+    sees who and why (the client is told by the handshake's ALPN id, protocol/auth.py)."""
+    if not isinstance(exc, ssl.SSLError):
+        return
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = f"its certificate is not trusted ({exc.verify_message})"
+    elif exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        why = "it sent no certificate"
+    else:
+        return
+    logger.info("tunneld: refused a client from %s: %s (transport.tls.trustedCaFile)", peer, why)

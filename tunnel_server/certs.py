@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.auth import ALPN_PROTOCOL
+from protocol.auth import ALPN_CLIENT_CERT_REQUIRED, ALPN_PROTOCOL
 from protocol.errors import TunnelError
 from tunnel_common.fingerprint import fingerprint_of_der
 
@@ -115,6 +115,8 @@ def server_ssl_context(cert: ServerCert, client_ca_file: Path | None = None) -> 
                 f"{getattr(exc, 'strerror', None) or exc}"
             ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
+        # Say so in the handshake: a client refused afterwards can name the cause.
+        ctx.set_alpn_protocols([ALPN_CLIENT_CERT_REQUIRED, ALPN_PROTOCOL])
     return ctx
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -15,17 +14,16 @@ import click
 
 from protocol import __version__
 from protocol.errors import TunnelError
-from tunnel_common import allocator
 from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
-from tunnel_common.logs import setup_logging
-from tunnel_common.runner import run as run_loop
 
 from .users.cli import users
 
 # The config schema and the server (aiohttp, cryptography, the dashboard, ACME) load when a
 # command runs, so `tunneld --version` and `--help` stay light (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
+    import asyncio
+
     from .config import ServerConfig
     from .server import TunnelServer
 
@@ -105,6 +103,8 @@ def main(
     if ctx.invoked_subcommand is not None:
         return
     config = _with_web_overrides(_load(config_path), web_addr, web_user, web_password)
+    from tunnel_common.logs import setup_logging
+
     try:
         setup_logging(
             log_level or config.log.level,
@@ -115,6 +115,9 @@ def main(
         fail(f"cannot open the log file: {exc}")
     for note in config.notes:
         logger.info("tunneld: note: %s", note)
+    from tunnel_common import allocator
+    from tunnel_common.runner import run as run_loop  # asyncio: only when a loop runs
+
     try:
         allocator.tune()  # freed buffers go back to the system (tunnel_common/allocator.py)
         code = run_loop(_serve(config, config_path), use_uvloop=not no_uvloop)
@@ -148,6 +151,8 @@ def _with_web_overrides(
 
 
 async def _serve(config: ServerConfig, config_path: Path | None) -> int:
+    import asyncio
+
     from .reload import remove_pid_file, write_pid_file
     from .server import TunnelServer
 
@@ -192,6 +197,8 @@ async def _until_stopped(
     reload_requested: asyncio.Event,
 ) -> None:
     """Serve until SIGINT/SIGTERM; on SIGHUP re-read the config file and apply it."""
+    import asyncio
+
     from .config import load_server_config
     from .reload import apply_reload
 

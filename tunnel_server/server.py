@@ -573,6 +573,7 @@ class TunnelServer:
             groups=self.groups,
             tcpmux_router=self.tcpmux_router,
             tcpmux_port=self.tcpmux_port,
+            udp_out=session.udp_out,
             offline=self.offline,
             fd_budget=self.fd_budget,
         )

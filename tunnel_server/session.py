@@ -49,6 +49,7 @@ from .plugins import PluginRejected
 from .prelogin import PendingSlot
 from .proxies import SERVER_PROXIES
 from .proxies.base import ProxyRefused, ServerProxy
+from .udpfair import DatagramScheduler
 from .users.quota import check_new_proxy, quota_note
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class ServerSession:
         self.flows = FlowTable()  # datagram flows of this session's proxies
         # Streams this client opened as a visitor of a secret proxy (maxVisitorConnsPerClient).
         self.visitor_streams: set[MuxStream] = set()
+        self.udp_out = DatagramScheduler(mux)  # fair sharing of the tunnel between UDP flows
 
     @property
     def proxies(self) -> dict[str, ServerProxy]:
@@ -119,6 +121,7 @@ class ServerSession:
             pass  # the peer went away; cleanup below
         finally:
             self.release_all("session ended")
+            self.udp_out.close()
             if self.logged_in:
                 self.server.session_ended(self)
             self.mux.close(ErrorCode.NORMAL, "session ended")

@@ -267,6 +267,21 @@ class MuxSession(asyncio.BufferedProtocol):
         if not self._in_transmit:
             self._shutdown(code, reason)
 
+    def abort(self, code: int = ErrorCode.NORMAL, reason: str = "aborted") -> None:
+        """End the session now and drop the connection at once, with no TLS close_notify
+        exchange to wait for: what is queued (and the GO_AWAY) is handed to the socket first.
+        For a login that failed, where the caller's event loop may end right away (a graceful
+        TLS close would leave the socket open until the peer answered). Idempotent."""
+        if self._closed.done():
+            return
+        self.mux.close(code, reason)
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()  # before transmit(): _shutdown then leaves it alone
+        self.transmit()
+        if not self._in_transmit:
+            self._shutdown(code, reason)
+
     def stream_count(self) -> int:
         return len(self._streams)
 

@@ -28,6 +28,13 @@ The application uses one of two styles:
 Memory per stream is bounded by the receive window plus the local transport's high-water
 mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream
 holds no future, queue or timer until something waits on it (docs/performance.md, "Memory").
+
+A compressed stream (`header.compression`, protocol/compression.py) keeps both styles; its
+state is a `StreamCodec` (streamcodec.py). `send` compresses, and each compressed piece stays
+its own backlog item, so one DATA frame never spans two pieces; windows and counters count
+the compressed bytes. Received frames wait compressed in the codec until the consumer takes
+their bytes (`read`, or a spliced socket below high water); a frame that inflates past
+`MAX_INFLATED_BYTES_PER_FRAME`, or corrupt data, resets the stream (PROTOCOL_ERROR).
 """
 
 from __future__ import annotations
@@ -38,9 +45,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+from ..compression import ZSTD, CompressionError
 from ..errors import ErrorCode
 from ..messages import StreamHeader, VisitorOpen
 from . import sockopts
+from .streamcodec import StreamCodec
+from .streamtypes import StreamResetError, StreamTap, TrafficCounters
+
+__all__ = ["MuxStream", "StreamEvents", "StreamResetError", "StreamTap", "TrafficCounters"]
 
 if TYPE_CHECKING:
     from .connection import MuxSession
@@ -52,23 +64,6 @@ LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
 LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
 # Bytes taken from a local socket that the window could not send yet (normally one read).
 MAX_TX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
-
-
-class TrafficCounters(Protocol):
-    bytes_in: int
-    bytes_out: int
-
-
-class StreamTap(Protocol):
-    """Sees a copy of a stream's traffic (the HTTP inspector). Must not raise."""
-
-    def received(self, data: bytes) -> None:
-        """Bytes that came from the peer."""
-
-    def sent(self, data: bytes | memoryview) -> None:
-        """Bytes handed to the stream for the peer."""
-
-    def closed(self) -> None: ...
 
 
 class StreamEvents(Protocol):
@@ -84,16 +79,6 @@ class StreamEvents(Protocol):
     def connection_resumed(self) -> None: ...
 
 
-class StreamResetError(ConnectionResetError):
-    """The stream was reset; `code` is an ErrorCode and `reason` the peer's words."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
-        super().__init__(f"stream reset ({name}): {reason}")
-        self.code = code
-        self.reason = reason
-
-
 class MuxStream:
     # Slotted, and every future, queue and timer is made on first use: an idle spliced stream
     # is this object and its header (docs/performance.md, "Memory").
@@ -105,6 +90,7 @@ class MuxStream:
         "_accepted_done",
         "_close_fut",
         "_closed_done",
+        "_codec",
         "_discard_rx",
         "_rx",
         "_rx_bytes",
@@ -115,6 +101,7 @@ class MuxStream:
         "_source",
         "_source_paused",
         "_tx_backlog",
+        "_tx_backlog_bytes",
         "_tx_ended",
         "_tx_eof_pending",
         "_tx_waiter",
@@ -149,8 +136,10 @@ class MuxStream:
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
         self._unacked = 0  # bytes written to the sink but not credited yet
-        # send side
-        self._tx_backlog: memoryview | None = None
+        # send side: what the window did not take yet, one item per send (or compressed
+        # piece); None when empty
+        self._tx_backlog: deque[memoryview] | None = None
+        self._tx_backlog_bytes = 0
         self._tx_eof_pending = False
         self._tx_ended = False
         self._tx_waiter: asyncio.Future[None] | None = None
@@ -171,6 +160,7 @@ class MuxStream:
         # sends into the tunnel count as `bytes_in`, bytes the tunnel delivers as `bytes_out`.
         self.counters: TrafficCounters | None = None
         self.tap: StreamTap | None = None
+        self._codec = StreamCodec() if header.compression == ZSTD else None
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} proxy={self.header.proxy!r}>"
@@ -187,9 +177,9 @@ class MuxStream:
         sink = self._sink
         if sink is not None and not sink.is_closing():
             total += sink.get_write_buffer_size()
-        if self._tx_backlog is not None:
-            total += len(self._tx_backlog)
-        return total
+        if self._codec is not None:
+            total += self._codec.buffered_bytes
+        return total + self._tx_backlog_bytes
 
     @property
     def congested(self) -> bool:
@@ -211,7 +201,12 @@ class MuxStream:
             for chunk in pending:
                 self._deliver(chunk)
         if self._rx_eof and transport.can_write_eof():
-            transport.write_eof()
+            if self._codec is not None and self._codec.frames:
+                self._codec.eof_pending = True
+            else:
+                transport.write_eof()
+        if self._codec is not None:
+            self._drain_codec(self._codec)  # frames that came before the socket did
         if self._tx_backlog is not None or self.session.writing_paused:
             # uvloop starts reading after connection_made returns, undoing a pause made in
             # it: pause on the next iteration instead (before the first read can arrive).
@@ -225,15 +220,68 @@ class MuxStream:
         self._sink_paused = False
         if self._unacked:
             n, self._unacked = self._unacked, 0
-            self.session.acknowledge(self.stream_id, n)
+            self._acknowledge(n)
+        if self._codec is not None:
+            self._drain_codec(self._codec)
+
+    def _drain_codec(self, codec: StreamCodec) -> None:
+        """Inflate the compressed frames that waited for the sink while it takes more."""
+        while codec.frames and not self._sink_paused and self._sink is not None:
+            self._deliver_inflated(codec.pop())
+        sink = self._sink
+        if not codec.frames and sink is not None and not sink.is_closing():
+            if codec.eof_pending:
+                codec.eof_pending = False
+                sink.write_eof()
+            if codec.close_pending:
+                codec.close_pending = False
+                sockopts.graceful_close(sink)
+
+    def _acknowledge(self, nbytes: int) -> None:
+        if not self._closed_done:
+            self.session.acknowledge(self.stream_id, nbytes)
 
     def _deliver(self, data: bytes) -> None:
+        """Write a DATA payload to the sink (inflated first on a compressed stream)."""
         assert self._sink is not None
+        if self._codec is not None:
+            if self._sink_paused or self._codec.frames:
+                self._codec.queue(data)  # inflated when the sink resumes (bounded: window)
+            else:
+                self._deliver_inflated(data)
+            return
         self._sink.write(data)
         if self._sink_paused:
             self._unacked += len(data)
         else:
             self.session.acknowledge(self.stream_id, len(data))
+
+    def _deliver_inflated(self, data: bytes) -> None:
+        assert self._sink is not None
+        plain = self._inflate(data)
+        if plain is None:
+            return
+        if plain:
+            self._sink.write(plain)
+            if self.tap is not None:
+                self.tap.received(plain)
+        if self._sink_paused:
+            self._unacked += len(data)
+        else:
+            self._acknowledge(len(data))
+
+    def _inflate(self, data: bytes) -> bytes | None:
+        """One compressed DATA frame's plain bytes; None after resetting the stream."""
+        assert self._codec is not None
+        try:
+            return self._codec.inflater.inflate(data)
+        except CompressionError as exc:
+            logger.warning("stream %d: %s; resetting it", self.stream_id, exc)
+            self._codec.drop()
+            if self._closed_done and self._sink is not None:
+                sockopts.reset(self._sink)  # closed cleanly, then the rest proved bad
+            self.abort(ErrorCode.PROTOCOL_ERROR, str(exc))
+            return None
 
     def _pause_if_congested(self) -> None:
         if self._tx_backlog is not None or self.session.writing_paused:
@@ -270,31 +318,51 @@ class MuxStream:
         return more
 
     def _send(self, data: bytes | memoryview) -> bool:
+        pieces: list[bytes] | tuple[bytes | memoryview] = (
+            (data,) if self._codec is None else self._codec.deflater.compress(data)
+        )
         if self._tx_backlog is not None:
             # A read that was already under way when we paused the source: queue it behind
             # the backlog (bounded; a source that ignores pausing gets the stream reset).
-            if len(self._tx_backlog) + len(data) > MAX_TX_BACKLOG_BYTES:
+            size = sum(len(piece) for piece in pieces)
+            if self._tx_backlog_bytes + size > MAX_TX_BACKLOG_BYTES:
                 logger.warning(
                     "stream %d: the local socket kept sending while paused; resetting",
                     self.stream_id,
                 )
                 self.abort(ErrorCode.INTERNAL_ERROR, "local sender ignored backpressure")
                 return False
-            self._tx_backlog = memoryview(bytes(self._tx_backlog) + bytes(data))
+            for piece in pieces:
+                self._queue_tx(memoryview(piece))
             self._pause_source()
             return False
-        n = self.session.send_data(self.stream_id, data)
-        self.bytes_out += n
-        if self.counters is not None:
-            self.counters.bytes_in += n
-        if n < len(data):
-            self._tx_backlog = memoryview(data)[n:]
-            self._pause_source()
-            return False
+        for i, piece in enumerate(pieces):
+            n = self.session.send_data(self.stream_id, piece)
+            self._count_out(n)
+            if n < len(piece):
+                # Each piece stays its own item: one DATA frame never spans two compressed
+                # pieces (see protocol/compression.py).
+                self._queue_tx(memoryview(piece)[n:])
+                for rest in pieces[i + 1 :]:
+                    self._queue_tx(memoryview(rest))
+                self._pause_source()
+                return False
         if self.session.writing_paused:
             self._pause_source()
             return False
         return True
+
+    def _queue_tx(self, piece: memoryview) -> None:
+        if piece:
+            if self._tx_backlog is None:
+                self._tx_backlog = deque()
+            self._tx_backlog.append(piece)
+            self._tx_backlog_bytes += len(piece)
+
+    def _count_out(self, nbytes: int) -> None:
+        self.bytes_out += nbytes  # as they cross the tunnel (compressed, if the stream is)
+        if self.counters is not None:
+            self.counters.bytes_in += nbytes
 
     def send_eof(self) -> None:
         """Half-close our direction once everything before it is sent."""
@@ -311,15 +379,16 @@ class MuxStream:
 
     def _flush_backlog(self) -> None:
         backlog = self._tx_backlog
-        if backlog is not None:
-            n = self.session.send_data(self.stream_id, backlog)
-            self.bytes_out += n
-            if self.counters is not None:
-                self.counters.bytes_in += n
-            if n < len(backlog):
-                self._tx_backlog = backlog[n:]
+        while backlog:
+            piece = backlog[0]
+            n = self.session.send_data(self.stream_id, piece)
+            self._count_out(n)
+            self._tx_backlog_bytes -= n
+            if n < len(piece):
+                backlog[0] = piece[n:]
                 return
-            self._tx_backlog = None
+            backlog.popleft()
+        self._tx_backlog = None
         if self._tx_eof_pending:
             self._tx_eof_pending = False
             self._tx_ended = True
@@ -334,17 +403,12 @@ class MuxStream:
     # -- async style ------------------------------------------------------------------------
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
-        while not self._rx:
-            if self.reset_code is not None:
-                raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed_done:
-                return b""
-            self._rx_waiter = self.session.loop.create_future()
-            try:
-                await self._rx_waiter
-            finally:
-                self._rx_waiter = None
+        if self._codec is not None:
+            return await self._read_inflated(self._codec, max_bytes)
+        if not await self._wait_rx():
+            return b""
         rx = self._rx
+        assert rx is not None
         chunk = rx[0]
         if len(chunk) <= max_bytes:
             rx.popleft()
@@ -356,6 +420,35 @@ class MuxStream:
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
+
+    async def _wait_rx(self) -> bool:
+        """Until received data waits (True), or the end (False)."""
+        while not (self._rx or (self._codec is not None and self._codec.frames)):
+            if self.reset_code is not None:
+                raise StreamResetError(self.reset_code, self.reset_reason)
+            if self._rx_eof or self._closed_done:
+                return False
+            self._rx_waiter = self.session.loop.create_future()
+            try:
+                await self._rx_waiter
+            finally:
+                self._rx_waiter = None
+        return True
+
+    async def _read_inflated(self, codec: StreamCodec, max_bytes: int) -> bytes:
+        while not codec.plain:
+            if not await self._wait_rx():
+                return b""
+            frame = codec.pop()
+            plain = self._inflate(frame)
+            if plain is None:
+                raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
+            self._acknowledge(len(frame))
+            if self.tap is not None and plain:
+                self.tap.received(plain)
+            codec.plain = plain
+        out, codec.plain = codec.plain[:max_bytes], codec.plain[max_bytes:]
+        return out
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting while the peer's window or the connection is full."""
@@ -442,11 +535,18 @@ class MuxStream:
     def close(self) -> None:
         """Finish our direction and stop caring about the peer's (its data is discarded)."""
         self._discard_rx = True
-        if self._rx:
-            self.session.acknowledge(self.stream_id, self._rx_bytes)
+        self._drop_rx()
+        self.send_eof()
+
+    def _drop_rx(self) -> None:
+        """Forget received data nobody will read, crediting it to the peer."""
+        dropped = self._rx_bytes if self._rx else 0
         self._rx = None
         self._rx_bytes = 0
-        self.send_eof()
+        if self._codec is not None:
+            dropped += self._codec.drop()
+        if dropped:
+            self._acknowledge(dropped)
 
     async def wait_closed(self) -> None:
         if self._closed_done:
@@ -477,18 +577,25 @@ class MuxStream:
             self._deliver(data)
         elif self._discard_rx:
             self.session.acknowledge(self.stream_id, len(data))
+        elif self._codec is not None:
+            self._codec.queue(data)  # inflated when `read` takes it
+            self._wake_rx()
         else:
             if self._rx is None:
                 self._rx = deque()
             self._rx.append(data)
             self._rx_bytes += len(data)
             self._wake_rx()
-        if self.tap is not None:  # after forwarding: the copy never delays the data
+        if self.tap is not None and self._codec is None:
+            # After forwarding: the copy never delays the data. (A compressed stream's tap
+            # sees the inflated bytes, as they are inflated.)
             self.tap.received(data)
 
     def eof_received(self) -> None:
         self._rx_eof = True
-        if self._sink is not None and not self._sink.is_closing():
+        if self._sink is not None and self._codec is not None and self._codec.frames:
+            self._codec.eof_pending = True  # after the compressed frames still waiting
+        elif self._sink is not None and not self._sink.is_closing():
             if self._sink.can_write_eof():
                 self._sink.write_eof()
             else:
@@ -520,6 +627,7 @@ class MuxStream:
         """The local socket is gone. A clean close ends our direction; an error resets."""
         self._sink = None
         self._source = None
+        self._drop_rx()
         if self._closed_done:
             return
         if exc is not None:
@@ -535,6 +643,7 @@ class MuxStream:
             self.reset_code = code
             self.reset_reason = reason
         self._tx_backlog = None
+        self._tx_backlog_bytes = 0
         self._settle_accept(None if code is None else StreamResetError(code, reason))
         self._closed_done = True
         if self._close_fut is not None and not self._close_fut.done():
@@ -545,7 +654,9 @@ class MuxStream:
         self._wake_rx()
         self._wake_tx()
         if self._sink is not None:
-            if code is None:
+            if code is None and self._codec is not None and self._codec.frames:
+                self._codec.close_pending = True  # compressed frames still wait for the sink
+            elif code is None:
                 sockopts.graceful_close(self._sink)  # both directions ended with FIN
             else:
                 # A reset, or the session is gone: the local socket's user must see a broken

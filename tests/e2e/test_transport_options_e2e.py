@@ -118,7 +118,9 @@ async def test_proxy_url_dead_proxy_is_one_clear_line(run_tunnelc) -> None:
 async def test_client_certificate_required_by_server_ca(
     run_tunneld, run_tunnelc, tmp_path: Path
 ) -> None:
-    """With trustedCaFile, tunneld serves a client with a CA-signed cert and refuses others."""
+    """With trustedCaFile, tunneld serves a client with a CA-signed cert and refuses others;
+    a client without a certificate, or with one from another CA, exits with one line naming
+    the cause, and tunneld logs whom it refused and why."""
     ca = make_ca(tmp_path, "clients CA")
     other_ca = make_ca(tmp_path, "someone else's CA")
     cert, key = make_leaf(ca, tmp_path, ["office-client"], client=True)
@@ -138,19 +140,39 @@ async def test_client_certificate_required_by_server_ca(
         )
         public = await good.proxy_endpoint("echo")
         assert await echo_through(public.port, b"with a cert") == b"with a cert"
-        for extra in (
-            (),
+        for extra, cause, logged in (
             (
-                f'transport.tls.certFile = "{stranger_cert}"',
-                f'transport.tls.keyFile = "{stranger_key}"',
+                (),
+                "the server requires a client certificate: set transport.tls.certFile and "
+                "transport.tls.keyFile",
+                "it sent no certificate",
+            ),
+            (
+                (
+                    f'transport.tls.certFile = "{stranger_cert}"',
+                    f'transport.tls.keyFile = "{stranger_key}"',
+                ),
+                f"the server refused the client certificate {stranger_cert} "
+                "(transport.tls.certFile): it is not signed by the CA in the server's "
+                "transport.tls.trustedCaFile",
+                "its certificate is not trusted",
             ),
         ):
             refused = await run_tunnelc(
-                client_toml(control.port, fingerprint, echo.port, *extra), wait_ready=False
+                client_toml(control.port, fingerprint, echo.port, *extra),
+                wait_ready=False,
+                expect_exit_code=1,
             )
-            await refused.wait_for(re.compile(r"cannot reach the server at .*: connection closed"))
-            assert not any("logged in" in line for line in refused.lines())
-            await refused.terminate()
+            await refused.wait_for(
+                re.compile(re.escape(f"login to 127.0.0.1:{control.port} failed: {cause}"))
+            )
+            await refused.wait_for(re.compile("exiting because loginFailExit = true"))
+            await refused.wait_closed()
+            assert refused.returncode == 1
+            text = "\n".join(refused.lines())
+            assert "logged in" not in text and "connection closed" not in text
+            assert "Traceback" not in text
+            await server.wait_for(re.compile(f"refused a client from 127.0.0.1: {logged}"))
 
 
 async def test_dns_server_resolves_server_addr(run_tunneld, run_tunnelc, tmp_path: Path) -> None:

@@ -84,3 +84,19 @@ async def test_pump_stream_gauge_counts_unread_bytes() -> None:
             assert client.buffered_bytes() >= 1000
             assert await stream.read() == b"a" * 1000
             assert stream.buffered_bytes == 0
+
+
+async def test_pump_abort_drops_the_connection_at_once() -> None:
+    """abort() ends the session and closes the socket now (no goodbye exchange to wait for);
+    a message queued just before it still reaches the peer, which then sees the session end."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with mux_pair(MuxSettings()) as (client, server):
+            got: list[Message] = []
+            server.message_filter = lambda m: got.append(m) is None
+            client.send_message(CloseProxy("last", "words"))
+            client.abort()
+            assert client.closed
+            assert client.transport is not None and client.transport.is_closing()
+            await server.wait_closed()
+            assert [m.name for m in got if isinstance(m, CloseProxy)] == ["last"]
+            client.abort()  # idempotent

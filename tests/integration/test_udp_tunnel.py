@@ -8,6 +8,7 @@ import socket
 from typing import Final
 
 from tunnel_server.server import TunnelServer
+from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, TUNNEL_BACKLOG_BYTES
 
 from .conftest import (
     LOOPBACK,
@@ -185,6 +186,40 @@ async def test_udp_proxy_flooding_peer_does_not_starve_another(
         flood_through = counters.bytes_in // FLOOD_PAYLOAD_BYTES
         assert flood_through >= VICTIM_QUERIES * 10, f"only {flood_through} flood datagrams"
         assert counters.connections_total == 2
+
+
+HELD_FLOOD_DATAGRAMS: Final = 100  # sent while the tunnel is held (fits the kernel's queue)
+
+
+async def test_udp_scheduler_serves_quiet_flow_while_flood_is_queued(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """With the tunnel full, a flood queues at most its bound and a quiet flow's ping goes first."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, echo = udp_echo
+        client = await clients.run(server, udp_proxy("dns", echo_port))
+        public = port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        queue = scheduler.queue
+        counters = server.stats.proxy("dns")
+        async with udp_socket(public) as flooder, udp_socket(public) as quiet:
+            scheduler.backlog_limit = 0  # as if the tunnel's output were full: nothing drains
+            for i in range(HELD_FLOOD_DATAGRAMS):
+                flooder.send(b"flood %03d " % i + bytes(FLOOD_PAYLOAD_BYTES))
+                await asyncio.sleep(0)  # the server reads in this loop: let it keep up
+            dropped = HELD_FLOOD_DATAGRAMS - FLOW_QUEUE_DATAGRAMS
+            await wait_until(lambda: queue.dropped == dropped, "the flood's queue to fill")
+            quiet.send(b"ping")
+            await wait_until(lambda: len(queue) == 2, "the ping to be queued")
+            assert counters.dropped_datagrams == dropped
+            assert counters.bytes_in == 0  # nothing went through the held tunnel
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES  # the tunnel drains again
+            assert await quiet.recv(5.0) == b"ping"
+            await wait_until(lambda: len(echo.received) == FLOW_QUEUE_DATAGRAMS + 1, "the rest")
+        # The ping was queued last, behind 64 flood datagrams, and was delivered second.
+        assert echo.received.index(b"ping") <= 1, [d[:9] for d in echo.received[:4]]
+        assert queue.queued_bytes == 0
 
 
 def udp_port_is_free(port: int) -> bool:

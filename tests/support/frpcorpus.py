@@ -23,6 +23,14 @@ CORPUS: Final = ROOT / "tests/data/frp"
 ENV: Final = {"FRP_SERVER_ADDR": "203.0.113.1", "FRP_SSH_REMOTE_PORT": "6000"}
 VALID, NOT_YET, INVALID = "valid", "not supported yet", "invalid"
 _NAMED: Final = re.compile(r"'([^']+)'")
+# Files that are broken examples in frp too (besides those whose frp verdict is "refused"):
+# tunnelkit calls them invalid, with the reason frp would fail or do nothing with them.
+BROKEN_IN_FRP: Final = {
+    "issue3811_frpc.toml": "[[rdp]] is not a table frp reads: frp starts no proxy from it (or "
+    "refuses the unknown key in strict mode); tunnelkit names the key instead",
+    "README_0648_token-authentication.toml": "auth.tokenSource.file.path is the placeholder "
+    "/path/to/token/file: frp fails to read it too, as tunnelkit does, when it loads the file",
+}
 _VALUE: Final = re.compile(r'^"([^"]+)" is not supported yet')
 
 

@@ -316,7 +316,7 @@ def test_client_config_fingerprint_forms_are_normalized() -> None:
         ('[[proxies]]\ntype = "tcp"\nlocalPort = 1', "proxies[0].name", "is required"),
         ('[[proxies]]\nname = "a"\nlocalPort = 1', "proxies[0].type", "is required"),
         ('[[proxies]]\nname = "a"\ntype = "tcp"', "proxies[0].localPort", "is required"),
-        (SSH.replace('"ssh"', '"a b"'), "proxies[0].name", "without spaces"),
+        (SSH.replace('"ssh"', '"a\\u0001b"'), "proxies[0].name", "control characters"),
         (SSH.replace("22", '"abc"'), "proxies[0].localPort", 'from 1 to 65535, got "abc"'),
         (SSH.replace("22", "0"), "proxies[0].localPort", "from 1 to 65535, got 0"),
         (SSH + "remotePort = 70000", "proxies[0].remotePort", "from 0 to 65535, got 70000"),
@@ -575,3 +575,23 @@ def test_client_config_example_file_parses() -> None:
     types = {proxy.name: proxy.type for proxy in config.proxies}
     assert types == {"ssh": ProxyType.TCP, "web": ProxyType.HTTP, "dns": ProxyType.UDP}
     assert config.proxies[1].subdomain == "web"
+
+
+def test_client_config_proxy_name_with_spaces_runs_renamed_with_a_note(tmp_path: Path) -> None:
+    """frp runs [nas http]; tunnelkit runs it as nas_http and says so in one note."""
+    path = tmp_path / "frpc.toml"
+    path.write_text('[[proxies]]\nname = "nas http"\ntype = "tcp"\nlocalPort = 22\n')
+    config = load_client_config(path)
+    assert [p.name for p in config.proxies] == ["nas_http"]
+    noted = [n for n in config.notes if "proxies[0] (nas http).name" in n]
+    assert len(noted) == 1 and "'nas_http'" in noted[0]
+
+
+def test_client_config_key_spelling_note_names_the_proxy(tmp_path: Path) -> None:
+    """frp's `localIp` inside a proxy is noted with the proxy's name beside its index."""
+    path = tmp_path / "frpc.toml"
+    path.write_text(
+        '[[proxies]]\nname = "web"\ntype = "tcp"\nlocalIp = "127.0.0.1"\nlocalPort = 8\n'
+    )
+    notes = load_client_config(path).notes
+    assert any("proxies[0] (web).localIp: accepted as 'localIP'" in note for note in notes)

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.frpcorpus import INVALID, NOT_YET, ROOT, VALID, Entry, classify, entries
+from tests.support.frpcorpus import (
+    BROKEN_IN_FRP,
+    INVALID,
+    NOT_YET,
+    ROOT,
+    VALID,
+    Entry,
+    classify,
+    entries,
+)
 
 ENTRIES = list(entries())
-# Users' files that fail here although frp runs them, each with the reason.
-KNOWN_GAPS = {
-    "issue3811_frpc.toml": "[[rdp]] is not a table frp reads; tunnelkit says so instead of "
-    "starting no proxy",
-    "issue1708_frpc.ini": "tunnelkit proxy names have no spaces (they go into URLs and log "
-    "prefixes); frp's INI sections [nas http] allow them",
-    "README_0648_token-authentication.toml": "auth.tokenSource names /path/to/token/file, "
-    "which does not exist here; tunnelkit reads it at load, as frp does at start",
-}
 
 
 def _render() -> str:
@@ -40,11 +40,12 @@ def test_frp_corpus_has_every_kind_of_file() -> None:
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.path.name)
 def test_frp_corpus_file_verifies_or_names_what_is_missing(entry: Entry) -> None:
-    """frp's own files pass, or fail only on features named "not supported yet"."""
+    """frp's own files pass, or fail only on features named "not supported yet"; a file is
+    invalid only when it is broken in frp too."""
     outcome = classify(entry)
     if entry.frp_verdict.startswith("refused"):
         assert outcome.kind in (INVALID, NOT_YET)  # frp refuses it too
-    elif entry.path.name in KNOWN_GAPS:
+    elif entry.path.name in BROKEN_IN_FRP:
         assert outcome.kind == INVALID
     else:
         assert outcome.kind in (VALID, NOT_YET), outcome.detail

@@ -82,7 +82,7 @@ def reset_frame(stream_id: int, code: int = ErrorCode.CANCELLED, reason: str = "
 
 
 def syn_frame(stream_id: int) -> bytes:
-    header = {"t": "stream_header", "proxy": "p", "src_addr": "a", "src_port": 1}
+    header = {"t": "stream_header", "proxy": "p", "src_addr": "a", "src_port": 1, "compression": ""}
     return raw_frame(FrameType.MESSAGE, Flag.SYN, stream_id, header)
 
 

@@ -47,6 +47,7 @@ MAX_BYTEWISE_BODY_BYTES: Final = 256 * 1024
 _HEAD_END: Final = b"\r\n\r\n"
 # tunneld marks requests it stored while this client was offline (tunnel_server/offline.py).
 DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"
+_DELIVERED_LATE_LOWER: Final = DELIVERED_LATE_HEADER.lower().encode("latin-1")
 
 
 class _CaptureStopped(Exception):
@@ -108,15 +109,15 @@ class _MessageCollector:
         raw = self.raw_headers
         raw.append((name, value))
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES:
+        if self._head_bytes > MAX_HEAD_BYTES or len(raw) > MAX_HEADERS:
+            if len(raw) > MAX_HEADERS:
+                raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
             raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
-        if len(raw) > MAX_HEADERS:
-            raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         # latin-1 maps every byte to one character, so replay can restore the exact bytes.
-        return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers)
+        return tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers])
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -184,6 +185,7 @@ class HTTPCapture:
         self._requests_open = True
         self._responses_open = True
         self._pending: deque[_Slot] = deque()  # oldest first; bounded by MAX_PENDING_EXCHANGES
+        self._heads_pending = 0  # HEAD requests in _pending (their responses need exact framing)
         self._req_slot: _Slot | None = None  # the request being received
         self._resp_slot: _Slot | None = None  # the exchange the current response belongs to
         self._interim = False  # the current response is 1xx (not 101)
@@ -205,6 +207,11 @@ class HTTPCapture:
             slot.exchange.mocked = text
             if slot.published:
                 self._store.update(slot.exchange)
+
+    @property
+    def idle(self) -> bool:
+        """Between exchanges: no request awaits its response and no message is half parsed."""
+        return not self._pending and not self._req.in_message and not self._resp.in_message
 
     @property
     def capturing(self) -> bool:
@@ -263,7 +270,7 @@ class HTTPCapture:
     def _feed_response(self, view: memoryview) -> None:
         # Each pass feeds at least one byte or returns, so the loop is bounded by len(view).
         while view and self._responses_open:
-            if not any(slot.exchange.method == "HEAD" for slot in self._pending):
+            if not self._heads_pending:
                 self._resp_parser.feed_data(view)
                 # Keep the end of a head in progress, in case exact framing starts mid-head.
                 if self._resp.in_message and not self._resp.head_done:
@@ -320,9 +327,14 @@ class HTTPCapture:
             request_headers=self._req.headers,
             mocked=self._label,
         )
-        exchange.late = header_value(exchange.request_headers, DELIVERED_LATE_HEADER) is not None
+        late = _DELIVERED_LATE_LOWER
+        exchange.late = any(
+            len(name) == len(late) and name.lower() == late for name, _ in self._req.raw_headers
+        )
         slot = _Slot(exchange, started)
         self._pending.append(slot)
+        if exchange.method == "HEAD":
+            self._heads_pending += 1
         self._req_slot = slot
 
     def _request_complete(self) -> None:
@@ -344,10 +356,16 @@ class HTTPCapture:
     def _response_head(self) -> None:
         status = self._resp_parser.get_status_code()
         headers = self._resp.headers
-        length = header_value(headers, "content-length")
+        length: bytes | None = None
+        coding = b""
+        for name, value in self._resp.raw_headers:  # one pass; most names fail on length
+            size = len(name)
+            if size == 14 and length is None and name.lower() == b"content-length":
+                length = value
+            elif size == 17 and not coding and name.lower() == b"transfer-encoding":
+                coding = value
         self._resp_length = int(length) if length is not None and length.isdigit() else None
-        coding = header_value(headers, "transfer-encoding") or ""
-        self._resp_chunked = "chunked" in coding.lower()
+        self._resp_chunked = b"chunked" in coding.lower()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # e.g. 100 Continue: the real response follows
             return
@@ -382,6 +400,8 @@ class HTTPCapture:
         slot.response_done = True
         if self._pending and self._pending[0] is slot:
             self._pending.popleft()
+            if slot.exchange.method == "HEAD":
+                self._heads_pending -= 1
         self._resp_slot = None
         self._publish(slot)
 
@@ -419,6 +439,7 @@ class HTTPCapture:
         logger.debug("[proxy=%s] capture stopped: %s", self._proxy, reason)
         pending = list(self._pending)
         self._pending.clear()
+        self._heads_pending = 0
         for slot in pending:
             if not slot.response_done:
                 slot.exchange.error = slot.exchange.error or reason

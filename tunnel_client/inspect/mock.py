@@ -170,6 +170,13 @@ class MockRules:
     rules: dict[int, MockRule] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     version: int = 0  # bumped by every add, toggle and delete
+    # Called with a proxy's name when its rules change (one listener per HTTP proxy).
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def changed(self, proxy: str) -> None:
+        """Tell the proxies: the tunnel's idle kept-alive streams must not skip the new rules."""
+        for listener in list(self.listeners):
+            listener(proxy)
 
     def new_id(self) -> int:
         return next(self._ids)
@@ -179,14 +186,18 @@ class MockRules:
             raise ValueError(f"at most {MAX_MOCK_RULES} rules; delete one first")
         self.rules[rule.id] = rule
         self.version += 1
+        self.changed(rule.proxy)
 
     def set_enabled(self, rule: MockRule, enabled: bool) -> None:
         rule.enabled = enabled
         self.version += 1
+        self.changed(rule.proxy)
 
     def remove(self, rule_id: int) -> None:
-        if self.rules.pop(rule_id, None) is not None:
+        rule = self.rules.pop(rule_id, None)
+        if rule is not None:
             self.version += 1
+            self.changed(rule.proxy)
 
     def saved(self) -> list[tuple[int, dict[str, object]]]:
         """(id, rule) of each rule as history keeps it (without its hits)."""

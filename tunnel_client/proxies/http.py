@@ -23,6 +23,8 @@ from .tcp import TCPProxy
 
 # Captured bytes waiting to be parsed, per connection (normally one loop iteration's worth).
 MAX_PENDING_CAPTURE_BYTES: Final = 4 * 1024 * 1024
+# Spliced streams remembered per proxy, to end the idle ones when mock rules change.
+MAX_TRACKED_STREAMS: Final = 4096
 
 
 class _CaptureTap:
@@ -71,6 +73,11 @@ class _CaptureTap:
     def sent(self, data: bytes | memoryview) -> None:
         self._queue(False, bytes(data))
 
+    @property
+    def idle(self) -> bool:
+        """Between exchanges: nothing waits to be parsed and no message is in progress."""
+        return not self._scheduled and not self._pending and self._capture.idle
+
     def closed(self) -> None:
         # A reset carries why (a local dial that failed names the address and the error).
         reason = self._stream.reset_reason
@@ -85,15 +92,32 @@ class HTTPProxy(TCPProxy):
     def __init__(self, config: ProxyConfig, store: CaptureStore | None) -> None:
         super().__init__(config, store)
         self.store = store
+        # Streams spliced straight to the app (no rule looked at their requests), with taps.
+        self._spliced: dict[MuxStream, _CaptureTap] = {}
+        if store is not None:
+            store.mocks.listeners.append(self._rules_changed)
+
+    def _rules_changed(self, proxy: str) -> None:
+        """Mock rules changed: end the idle spliced streams, which tunneld keeps alive for
+        reuse, so that the next requests come on new streams that see the rules."""
+        if proxy != self.config.name:
+            return
+        for stream, tap in list(self._spliced.items()):
+            if tap.idle:
+                stream.close()
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
         if self.store is None:
             super().handle_stream(session, stream)
             return
         capture = HTTPCapture(self.store, self.config.name)
-        stream.tap = _CaptureTap(capture, stream)
+        tap = _CaptureTap(capture, stream)
+        stream.tap = tap
         if self.plugin is not None or not self.store.mocks.active(self.config.name):
             # Mock rules answer in place of localIP:localPort; a plugin has none to stand for.
+            if len(self._spliced) < MAX_TRACKED_STREAMS:
+                self._spliced[stream] = tap
+                stream.add_close_callback(self._forget)
             super().handle_stream(session, stream)
             return
         # A mock or catch rule is on for this proxy: look at each request first.
@@ -108,3 +132,11 @@ class HTTPProxy(TCPProxy):
                 capture.label,
             )
         )
+
+    def _forget(self, stream: MuxStream) -> None:
+        self._spliced.pop(stream, None)
+
+    def close(self) -> None:
+        if self.store is not None and self._rules_changed in self.store.mocks.listeners:
+            self.store.mocks.listeners.remove(self._rules_changed)
+        super().close()

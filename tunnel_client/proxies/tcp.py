@@ -12,6 +12,7 @@ from typing import Final
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_and_splice
 from protocol.aio.stream import MuxStream
+from protocol.compression import NO_COMPRESSION, ZSTD
 from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 from protocol.visitorauth import secret_verifier
@@ -58,6 +59,12 @@ def new_proxy_request(config: ProxyConfig) -> NewProxy:
         offline_capture=bool(config.offline_capture),
         allow_ips=config.allow_ips,
         deny_ips=config.deny_ips,
+        # Datagrams are never compressed: a udp proxy has no streams to compress.
+        compression=(
+            ZSTD
+            if config.transport.use_compression and config.type != ProxyType.UDP
+            else NO_COMPRESSION
+        ),
         group=config.group or "",
         group_key=config.group_key.reveal() if config.group_key else "",
         secret_verifier=(

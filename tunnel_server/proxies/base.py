@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..groups import Groups
     from ..offline import OfflineParking
     from ..ports import PortAllocator
+    from ..udpfair import DatagramScheduler
     from ..vhost.routing import VhostRouter
     from ..visitors import Visitors
 
@@ -53,6 +54,7 @@ class ProxyContext:
     groups: Groups | None = None  # load-balanced groups (loadBalancer.group)
     tcpmux_router: VhostRouter | None = None  # tcpmuxHTTPConnectPort's routes
     tcpmux_port: int | None = None
+    udp_out: DatagramScheduler | None = None  # per session: fair queues towards the client
 
 
 class ServerProxy(Protocol):

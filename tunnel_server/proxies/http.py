@@ -40,7 +40,9 @@ class VhostProxy:
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
         self._route: HTTPRoute | None = None
-        self.conns = UserConns(ctx, name, self.scheme, holds_socket=False)
+        self.conns = UserConns(
+            ctx, name, self.scheme, holds_socket=False, compression=request.compression
+        )
         self._delivery: asyncio.Task[None] | None = None  # stored requests, on reconnect
         self.group: ProxyGroup[VhostProxy] | None = None
 

@@ -36,7 +36,7 @@ class TCPProxy:
         self.public_urls: tuple[str, ...] = ()
         self.public_note = ""
         self._server: asyncio.Server | None = None
-        self.conns = UserConns(ctx, name, "tcp", holds_socket=True)
+        self.conns = UserConns(ctx, name, "tcp", holds_socket=True, compression=request.compression)
         # bandwidthLimitMode = "server": this side paces the proxy (one bucket, both ways).
         limit = request.bandwidth_limit
         self.throttle: Throttle | None = Throttle(limit) if limit else None

@@ -2,8 +2,9 @@
 
 A flow is announced to the client with UDPFlowOpened before its first datagram (control
 messages and datagrams share one ordered connection, so the client always sees the announcement
-first). Nothing is queued beyond the mux's datagram high-water mark: when the connection is
-congested, a datagram is dropped and counted, as the network itself would do.
+first). Datagrams wait in a bounded queue per flow and go to the tunnel in deficit-round-robin
+order (the session's DatagramScheduler, tunnel_server/udpfair.py), so one flooding flow
+cannot make the others wait behind it; a full queue drops and counts, as the network would.
 
 Bounds: flows per proxy (`maxUdpFlowsPerProxy`) and per session (flows.MAX_FLOWS_PER_SESSION);
 when full, datagrams from new peers are refused and counted while existing flows keep working.
@@ -114,7 +115,12 @@ class UDPProxy(asyncio.DatagramProtocol):
         flow.last_active = now
         if self._over_quota(len(data)):
             return
-        if self.ctx.session.send_datagram(flow.flow_id, data):
+        scheduler = self.ctx.udp_out
+        if scheduler is not None:
+            # Fair queueing between the session's flows (udpfair.py); it counts what it sends.
+            if not scheduler.push(flow.flow_id, data):
+                self._note_drop("this flow's queue towards the tunnel is full")
+        elif self.ctx.session.send_datagram(flow.flow_id, data):
             counters.bytes_in += len(data)
         else:
             counters.dropped_datagrams += 1
@@ -135,6 +141,8 @@ class UDPProxy(asyncio.DatagramProtocol):
         flow = _Flow(flow_id, peer, now)
         self._by_peer[peer] = flow
         self._by_id[flow.flow_id] = flow
+        if self.ctx.udp_out is not None:
+            self.ctx.udp_out.open_flow(flow.flow_id, counters)
         counters.connections_total += 1
         counters.connections_active += 1
         self.ctx.session.send_message(
@@ -192,6 +200,8 @@ class UDPProxy(asyncio.DatagramProtocol):
             return
         self._by_peer.pop(flow.peer, None)
         self.ctx.flows.close(flow.flow_id)
+        if self.ctx.udp_out is not None:
+            self.ctx.udp_out.close_flow(flow.flow_id)
         self.ctx.counters.connections_active -= 1
         logger.info(
             "tunneld: [proxy=%s] udp flow %d from %s:%d expired: %s",

@@ -43,13 +43,16 @@ class UserConnRefused(Exception):
 class UserConns:
     """One proxy's open user connections (each a mux stream), bounded and counted."""
 
-    def __init__(self, ctx: ProxyContext, name: str, kind: str, *, holds_socket: bool) -> None:
+    def __init__(
+        self, ctx: ProxyContext, name: str, kind: str, *, holds_socket: bool, compression: str = ""
+    ) -> None:
         self.ctx = ctx
         self.name = name
         self.kind = kind  # "tcp", "http", "https", ...: access-log lines and plugin bodies
         # A kind whose visitor socket is its own (tcp) spends the descriptor budget and writes
         # one access line per connection; the vhost listeners do both for http and https.
         self.holds_socket = holds_socket
+        self.compression = compression  # new_proxy.compression, named in each stream's header
         self._streams: set[MuxStream] = set()
         self._last_refusal_log = -math.inf
 
@@ -80,7 +83,8 @@ class UserConns:
             counters.refused_flows += 1
             raise UserConnRefused("the server is out of descriptors", STATUS_UNAVAILABLE)
         try:
-            stream = ctx.session.open_stream(StreamHeader(ctx.local_name, src[0], src[1]))
+            header = StreamHeader(ctx.local_name, src[0], src[1], self.compression)
+            stream = ctx.session.open_stream(header)
         except (LocalProtocolError, ConnectionError) as exc:
             if self.holds_socket:
                 ctx.fd_budget.release()

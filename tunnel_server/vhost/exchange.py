@@ -112,7 +112,7 @@ class Exchange:
         self.bytes_to_app += len(first_write)
         pump: asyncio.Task[None] | None = None
         if not complete:
-            pump = asyncio.get_running_loop().create_task(self._pump())
+            pump = self.conn.loop.create_task(self._pump())
             pump.add_done_callback(self._pump_done)
         try:
             outcome = await self._relay(pump, retryable=retryable and complete)
@@ -134,12 +134,12 @@ class Exchange:
         timer = self._timer
         if timer is not None and not timer.expired() and not self.upstream.relay.final_sent:
             # The request is fully sent: now the app has timeout_s to answer.
-            timer.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
+            timer.reschedule(self.conn.loop.time() + self.timeout_s)
 
     async def _pump(self) -> None:
         conn = self.conn
         stream = self.upstream.stream
-        loop = asyncio.get_running_loop()
+        loop = self.conn.loop
         chunked = self.framing is Framing.CHUNKED
         while True:
             item = conn.pop()
@@ -176,7 +176,7 @@ class Exchange:
         conn = self.conn
         relay = self.upstream.relay
         stream = self.upstream.stream
-        loop = asyncio.get_running_loop()
+        loop = self.conn.loop
         got_bytes = False
         reset_reason = ""
         deadline = loop.time() + self.timeout_s if pump is None else None

@@ -6,7 +6,8 @@ One `InboundProtocol` per visitor connection parses requests with httptools (see
     wait for a request head (idle / slow-header deadlines)
     -> check Host and framing, normalize the path (400 / 501; see normalize.py)
     -> route, basic auth on the normalized path   (404 / 401 pages on failure)
-    -> reuse the upstream stream if the route is the same, else close it and open a new one
+    -> reuse the upstream stream if the route is the same, else close it and take one from
+       the keep-alive pool (pool.py) or open a new one
     -> run one `Exchange` (request out, response back, maybe an upgrade splice)
     -> loop while both sides keep the connection alive
 
@@ -34,6 +35,7 @@ from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .normalize import BadRequestTarget, check_host, normalize_path
 from .pages import error_response
+from .pool import KeepAlivePool
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
 from .rewrite import Framing, basic_auth_user, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
@@ -100,6 +102,12 @@ class HTTPVhostServer(VhostListener):
         self._forwarded_proto = forwarded_proto  # X-Forwarded-Proto: "https" behind the edge
         self._challenge_answer = challenge_answer  # ACME HTTP-01, answered before routing
         self._https_port_for = https_port_for  # for redirectHTTP: the edge's port, if it can
+        # Idle upstreams by (route, visitor IP), reused by the visitor's next connections.
+        self.pool: KeepAlivePool[Upstream] = KeepAlivePool(_discard_upstream)
+
+    def close(self) -> None:
+        super().close()
+        self.pool.close()
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
         reader = RequestReader(conn, self._max_header_bytes)
@@ -121,6 +129,12 @@ class HTTPVhostServer(VhostListener):
             clean = await self._serve_requests(conn, reader, upstream)
         finally:
             for up in upstream:
+                # Only an upstream whose last exchange ended cleanly and whose response allowed
+                # reuse is still held here (_handle lets go of any other).
+                reusable = clean and up.relay.complete and up.relay.reusable
+                if reusable and not up.stream.at_eof():
+                    if self.pool.put((up.route, conn.peer[0]), up):
+                        continue
                 if clean:
                     await up.close()
                 else:
@@ -134,7 +148,7 @@ class HTTPVhostServer(VhostListener):
         self, conn: InboundProtocol, reader: RequestReader, first: bool
     ) -> RequestHead | None:
         """Wait for the next request head; None means close (quietly or after a page)."""
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         deadline = loop.time() + (self._header_timeout_s if first else self._idle_timeout_s)
         started = False
         while True:
@@ -310,6 +324,11 @@ class HTTPVhostServer(VhostListener):
                 return upstream[0]
             old = upstream.pop()
             await old.close()
+        while (pooled := self.pool.take((route, conn.peer[0]))) is not None:
+            if not pooled.stream.at_eof():  # the app may have closed it while it was idle
+                upstream.append(pooled)
+                return pooled
+            pooled.stream.abort()
         status, detail = 502, ""
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -440,3 +459,8 @@ class HTTPVhostServer(VhostListener):
             if not isinstance(item, bytes):
                 return False
             conn.pop()
+
+
+def _discard_upstream(up: Upstream) -> None:
+    """An idle pooled upstream that timed out or was pushed out: close it gracefully."""
+    up.stream.close()

@@ -71,6 +71,15 @@ class InboundProtocol(asyncio.Protocol):
         self.pushed = 0  # items ever queued (a mark for retract_since)
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (Python 3.11's lookup makes a getpid call)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -190,7 +199,7 @@ class InboundProtocol(asyncio.Protocol):
         if self._items:
             return True
         assert self._waiter is None, "one consumer waits at a time"
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter = self._waiter = loop.create_future()
         timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
         try:
@@ -223,7 +232,7 @@ class InboundProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
         while self._writing_paused and not self.lost:
-            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            waiter = self._drain_waiter = self.loop.create_future()
             try:
                 await waiter
             finally:

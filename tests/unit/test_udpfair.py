@@ -1,0 +1,82 @@
+"""The UDP flows' fair queue (tunnel_server/udpfair.py): deficit round robin, bounded queues."""
+
+from __future__ import annotations
+
+from tunnel_server.stats import ProxyCounters
+from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, FairQueue
+
+FLOOD = 1
+QUIET = 2
+
+
+def drain(queue: FairQueue) -> list[tuple[int, bytes]]:
+    out = []
+    while (item := queue.pop()) is not None:
+        out.append((item[0], item[1]))
+    return out
+
+
+def test_fairqueue_quiet_flow_served_before_flood_backlog() -> None:
+    """A quiet flow's datagram goes out within one round although a flood has a full queue."""
+    queue = FairQueue()
+    for i in range(FLOW_QUEUE_DATAGRAMS):
+        assert queue.push(FLOOD, b"f%03d" % i + bytes(1396))
+    assert queue.pop() is not None  # the flood's turn is under way
+    assert queue.push(QUIET, b"ping")
+    order = [flow for flow, _ in drain(queue)]
+    assert order.index(QUIET) <= 1, order[:5]
+    assert len(order) == FLOW_QUEUE_DATAGRAMS  # 63 flood datagrams left + the ping
+
+
+def test_fairqueue_flow_queue_bounded_drops_counted() -> None:
+    """A flow's queue holds FLOW_QUEUE_DATAGRAMS; the rest is dropped and counted per proxy."""
+    queue = FairQueue()
+    counters = ProxyCounters()
+    queue.open_flow(FLOOD, counters)
+    accepted = sum(queue.push(FLOOD, bytes(1400)) for _ in range(FLOW_QUEUE_DATAGRAMS + 36))
+    assert accepted == FLOW_QUEUE_DATAGRAMS
+    assert queue.queue_length(FLOOD) == FLOW_QUEUE_DATAGRAMS
+    assert counters.dropped_datagrams == 36 == queue.dropped
+    assert queue.push(QUIET, b"still room for another flow")
+
+
+def test_fairqueue_total_bytes_bounded() -> None:
+    """All flows together stay within total_limit_bytes, however many flows there are."""
+    queue = FairQueue(total_limit_bytes=10_000)
+    results = [queue.push(flow, bytes(1000)) for flow in range(50)]
+    assert results.count(True) == 10
+    assert queue.queued_bytes == 10_000
+
+
+def test_fairqueue_shares_bytes_not_datagrams() -> None:
+    """Small and large datagrams get about the same bytes per round (deficit round robin)."""
+    queue = FairQueue(flow_limit=10_000, total_limit_bytes=1 << 30, quantum=1500)
+    for _ in range(2000):
+        queue.push(FLOOD, bytes(1400))
+        queue.push(QUIET, bytes(100))
+    sent = {FLOOD: 0, QUIET: 0}
+    for _ in range(600):
+        item = queue.pop()
+        assert item is not None
+        sent[item[0]] += len(item[1])
+    assert 0.8 < sent[FLOOD] / sent[QUIET] < 1.25, sent
+
+
+def test_fairqueue_large_datagram_waits_rounds_not_forever() -> None:
+    """A datagram larger than one quantum is sent after a bounded number of rounds."""
+    queue = FairQueue(quantum=1000)
+    queue.push(FLOOD, bytes(5000))
+    item = queue.pop()
+    assert item is not None and len(item[1]) == 5000
+    assert queue.pop() is None
+
+
+def test_fairqueue_closed_flow_forgotten() -> None:
+    """Closing a flow drops its queue and its place in the round."""
+    queue = FairQueue()
+    for _ in range(5):
+        queue.push(FLOOD, bytes(100))
+    queue.push(QUIET, b"ping")
+    queue.close_flow(FLOOD)
+    assert drain(queue) == [(QUIET, b"ping")]
+    assert queue.queued_bytes == 0

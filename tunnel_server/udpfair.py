@@ -1,0 +1,197 @@
+"""Fair sharing of one client's tunnel between its UDP flows: deficit round robin.
+
+Without it, every datagram from the public side went straight into the session's output, so a
+flow that floods filled the tunnel's buffers: every other flow's datagrams waited behind it (a
+quiet flow's round trip rose from about 1 ms to 50-100 ms) and were dropped as often as the
+flood's once the buffers were full.
+
+Now each flow has its own queue, bounded by FLOW_QUEUE_DATAGRAMS (a full queue drops the
+newest datagram of that flow only, and counts it), and the session's queues together by
+QUEUE_TOTAL_BYTES. A drain runs once per event-loop iteration after datagrams arrive and hands
+datagrams to the session in deficit-round-robin order (each active flow may send up to
+QUANTUM_BYTES per round), only while the session's unsent output is below
+TUNNEL_BACKLOG_BYTES. So the backlog waits in the per-flow queues, where a quiet flow's
+datagram goes first in the next round, not behind the flood in the tunnel's buffers. While
+the tunnel is above that backlog the drain retries every DRAIN_RETRY_S.
+
+`FairQueue` is the pure scheduler (no I/O, tested alone); `DatagramScheduler` runs it on the
+event loop for one session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final
+
+from protocol.aio.connection import MuxSession
+
+from .stats import ProxyCounters
+
+FLOW_QUEUE_DATAGRAMS: Final = 64  # per flow; more is dropped (drop-tail) and counted
+QUEUE_TOTAL_BYTES: Final = 4 * 1024 * 1024  # all flows of one session together
+QUANTUM_BYTES: Final = 1500  # what a flow may send per round (one typical datagram)
+TUNNEL_BACKLOG_BYTES: Final = 256 * 1024  # unsent session output above which we wait
+DRAIN_BATCH_DATAGRAMS: Final = 256  # per drain call, so one drain never hogs the loop
+DRAIN_RETRY_S: Final = 0.001  # while the tunnel's backlog is too large
+
+
+class _FlowQueue:
+    __slots__ = ("counters", "deficit", "items", "on_turn", "queued")
+
+    def __init__(self, counters: ProxyCounters | None) -> None:
+        self.items: deque[bytes] = deque()
+        self.deficit = 0
+        self.queued = False  # in the active ring
+        self.on_turn = False  # at the head of the ring, its quantum granted
+        self.counters = counters
+
+
+class FairQueue:
+    """Per-flow bounded queues served by deficit round robin (pure; no I/O)."""
+
+    def __init__(
+        self,
+        *,
+        flow_limit: int = FLOW_QUEUE_DATAGRAMS,
+        total_limit_bytes: int = QUEUE_TOTAL_BYTES,
+        quantum: int = QUANTUM_BYTES,
+    ) -> None:
+        self.flow_limit = flow_limit
+        self.total_limit_bytes = total_limit_bytes
+        self.quantum = quantum
+        self._flows: dict[int, _FlowQueue] = {}
+        self._active: deque[int] = deque()  # flows with queued datagrams, in round order
+        self.queued_bytes = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def open_flow(self, flow_id: int, counters: ProxyCounters | None = None) -> None:
+        self._flows.setdefault(flow_id, _FlowQueue(counters))
+
+    def close_flow(self, flow_id: int) -> None:
+        """Forget a flow and drop what it still had queued (not counted as drops)."""
+        flow = self._flows.pop(flow_id, None)
+        if flow is None:
+            return
+        self.queued_bytes -= sum(len(item) for item in flow.items)
+        if flow.queued:
+            self._active.remove(flow_id)
+
+    def queue_length(self, flow_id: int) -> int:
+        flow = self._flows.get(flow_id)
+        return len(flow.items) if flow is not None else 0
+
+    def push(self, flow_id: int, data: bytes) -> bool:
+        """Queue a datagram; False if it was dropped (its flow's queue or the total is full)."""
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            flow = self._flows[flow_id] = _FlowQueue(None)
+        if len(flow.items) >= self.flow_limit or (
+            self.queued_bytes + len(data) > self.total_limit_bytes
+        ):
+            self.dropped += 1
+            if flow.counters is not None:
+                flow.counters.dropped_datagrams += 1
+            return False
+        flow.items.append(data)
+        self.queued_bytes += len(data)
+        if not flow.queued:
+            flow.queued = True
+            self._active.append(flow_id)
+        return True
+
+    def pop(self) -> tuple[int, bytes, ProxyCounters | None] | None:
+        """The next datagram in deficit-round-robin order, or None when all queues are empty.
+
+        The flow at the head of the ring is on its turn: it gains QUANTUM_BYTES when its turn
+        starts and sends while its deficit covers its next datagram; then the ring rotates.
+        Each turn adds a quantum, so a large datagram is sent after a bounded number of rounds.
+        """
+        active = self._active
+        while active:
+            flow_id = active[0]
+            flow = self._flows[flow_id]
+            if not flow.on_turn:
+                flow.on_turn = True
+                flow.deficit += self.quantum
+            size = len(flow.items[0])
+            if size <= flow.deficit:
+                flow.deficit -= size
+                data = flow.items.popleft()
+                self.queued_bytes -= size
+                if not flow.items:  # an idle flow keeps no credit
+                    flow.queued = flow.on_turn = False
+                    flow.deficit = 0
+                    active.popleft()
+                return flow_id, data, flow.counters
+            flow.on_turn = False
+            active.rotate(-1)
+        return None
+
+
+class DatagramScheduler:
+    """Runs a FairQueue for one session: `push` from the UDP proxies, drained to the tunnel."""
+
+    def __init__(self, session: MuxSession, queue: FairQueue | None = None) -> None:
+        self.session = session
+        self.queue = queue or FairQueue()
+        self.backlog_limit = TUNNEL_BACKLOG_BYTES  # unsent session output we fill up to
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def open_flow(self, flow_id: int, counters: ProxyCounters) -> None:
+        self.queue.open_flow(flow_id, counters)
+
+    def close_flow(self, flow_id: int) -> None:
+        self.queue.close_flow(flow_id)
+
+    def push(self, flow_id: int, data: bytes) -> bool:
+        """Queue one datagram for the tunnel; False if it was dropped (and counted)."""
+        if self._closed or not self.queue.push(flow_id, data):
+            return False
+        if self._scheduled is None:
+            self._scheduled = self.session.loop.call_soon(self._drain)
+        return True
+
+    def backlog_bytes(self) -> int:
+        """The session's output not yet sent: the mux's pending frames and the transport's."""
+        transport = self.session.transport
+        pending: int = self.session.mux.pending_output_bytes
+        if transport is not None:
+            pending += transport.get_write_buffer_size()
+        return pending
+
+    def _drain(self) -> None:
+        self._scheduled = None
+        if self._closed:
+            return
+        queue = self.queue
+        session = self.session
+        room = self.backlog_limit - self.backlog_bytes()
+        for _ in range(DRAIN_BATCH_DATAGRAMS):
+            if room <= 0:
+                break
+            item = queue.pop()
+            if item is None:
+                return
+            flow_id, data, counters = item
+            room -= len(data)
+            if session.send_datagram(flow_id, data):
+                if counters is not None:
+                    counters.bytes_in += len(data)
+            elif counters is not None:
+                counters.dropped_datagrams += 1
+        if len(queue) and not session.closed:
+            # A full tunnel is polled; a full batch yields to the loop and continues at once.
+            delay = DRAIN_RETRY_S if room <= 0 else 0.0
+            self._scheduled = session.loop.call_later(delay, self._drain)
+
+    def close(self) -> None:
+        """Stop draining (the session ended); queued datagrams are dropped. Idempotent."""
+        self._closed = True
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
