@@ -72,13 +72,13 @@ def test_cli_verify_accepts_the_examples() -> None:
         ("tunneld", "sshTunnelGateway.bindPort = 2200\n", ["sshTunnelGateway", "not supported"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"tcp\"\nlocalPort = \"abc\"\n",
          ["proxies[0] (a).localPort", "abc"]),
-        ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"stcp\"\nlocalPort = 22\n",
-         ["proxies[0] (a).type", "stcp"]),
+        ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"xtcp\"\nlocalPort = 22\n",
+         ["proxies[0] (a).type", "xtcp"]),
         ("tunnelc", "serverAddr = \n", ["frpc.toml"]),
         ("tunneld", "webServer.addr = \"0.0.0.0\"\nwebServer.port = 0\n",
          ["webServer.addr", "reachable from other machines"]),
     ],
-    ids=["unknown-key", "port-range", "frp-unsupported", "bad-type", "stcp", "toml-syntax",
+    ids=["unknown-key", "port-range", "frp-unsupported", "bad-type", "xtcp", "toml-syntax",
          "open-dashboard"],
 )  # fmt: skip
 def test_cli_verify_reports_config_errors_in_one_line(

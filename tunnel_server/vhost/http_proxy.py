@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..edge.redirect import redirect_response
+from ..stats import ProxyCounters
 from .exchange import Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
@@ -327,6 +328,10 @@ class HTTPVhostServer(VhostListener):
         while (pooled := self.pool.take((route, conn.peer[0]))) is not None:
             if not pooled.stream.at_eof():  # the app may have closed it while it was idle
                 upstream.append(pooled)
+                counters = getattr(pooled.stream, "counters", None)
+                if isinstance(counters, ProxyCounters):
+                    # a new visitor connection on a reused stream still counts as one
+                    counters.connections_total += 1
                 return pooled
             pooled.stream.abort()
         status, detail = 502, ""
