@@ -189,13 +189,14 @@ class TunnelServer:
         self._control = ControlListener(
             self, server_ssl_context(self.cert, cfg.tls_trusted_ca_file)
         )
+        # The public ports first: "ready: control" means a client's proxies are reachable.
+        await self._start_vhosts()
         if not self.port_reuse:
             self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
             logger.info(
                 "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
             )
-        await self._start_vhosts()
-        if self.port_reuse:
+        else:
             assert self.https_port is not None
             self.control_port = self.https_port
             logger.info(
