@@ -108,3 +108,11 @@ def test_client_loads_optional_dependencies_only_when_used() -> None:
         *(f"tunnel_client.plugins.{name}" for name in plugins),
     )
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_server_loads_oidc_and_acme_libraries_only_when_used() -> None:
+    """tunneld loads jwt (OIDC) and the acme client with requests (ACME) only when its config
+    uses them: every tunneld start pays for what it imports."""
+    loaded = _loaded_by("tunnel_server.server")
+    lazy = ("jwt", "acme", "josepy", "requests", "urllib3", "tunnel_server.acme.account")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
