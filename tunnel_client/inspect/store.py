@@ -4,9 +4,10 @@ Bounds and overflow policies:
 - exchanges: at most `max_requests`; adding one more evicts the oldest.
 - bodies: at most `max_body_bytes` per body (the capture truncates and flags them).
 - subscribers: at most `max_subscribers`; one more is refused with `TooManySubscribers`.
-- per-subscriber queue: at most `queue_size` events; when full, new events for that
-  subscriber are dropped and counted (`Subscription.dropped`), so a slow reader never grows
-  memory. The reader sees the count go up and re-reads the whole list.
+- per-subscriber queue: at most `queue_size` queued events, an exchange's events coalescing
+  into its latest; when full, new events for other exchanges are dropped and counted
+  (`Subscription.dropped`), so a slow reader never grows memory. The reader sees the count go
+  up and re-reads the whole list.
 
 The store is used from one event loop only; it needs no locks.
 """
@@ -19,8 +20,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from tunnel_client.inspect.exchange import CapturedExchange
 from tunnel_client.inspect.mock import MockRules
@@ -28,14 +28,16 @@ from tunnel_client.inspect.mock import MockRules
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SUBSCRIBERS: Final = 16
-DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 256  # events
+# Distinct exchanges queued per subscriber (events coalesce per exchange): a live view that
+# reads every LIVE_VIEW_INTERVAL_SECONDS (app.py) keeps up to about 8,000 req/s.
+DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 2048
 
 EventKind = Literal["added", "updated", "cleared", "expired"]
 
 
-@dataclass(frozen=True, slots=True)
-class StoreEvent:
-    """A change in the store; `exchange` is None for "cleared"."""
+class StoreEvent(NamedTuple):
+    """A change in the store; `exchange` is None for "cleared". (A named tuple: one is made
+    per change while a viewer listens, and a tuple is the cheapest immutable record.)"""
 
     kind: EventKind
     exchange: CapturedExchange | None
@@ -54,11 +56,22 @@ class TooManySubscribers(Exception):
 
 
 class Subscription:
-    """A bounded queue of store events for one reader; close it when done."""
+    """A bounded, coalescing queue of store events for one reader; close it when done.
+
+    Events for the same exchange coalesce as they are offered: an exchange that changes
+    several times before the reader looks is one entry, its latest event, in the place of
+    that latest event (the page upserts an exchange as it is now, so nothing is lost). Events
+    without an exchange ("cleared", "expired") keep their place. So a reader that takes a
+    batch every few hundred milliseconds costs one entry per changed exchange, not one per
+    change, and the bound counts distinct exchanges.
+    """
 
     def __init__(self, store: CaptureStore, queue_size: int) -> None:
         self._store = store
-        self._queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue(queue_size)
+        self._queue_size = queue_size
+        # Oldest first; exchange events keyed by the exchange id, the others by a fresh key.
+        self._events: dict[object, StoreEvent | None] = {}
+        self._ready = asyncio.Event()
         self._closed = False
         self.dropped = 0
 
@@ -70,22 +83,31 @@ class Subscription:
         """Queue `event` without blocking; drop and count it when the queue is full."""
         if self._closed:
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        events = self._events
+        key: object = object() if event.exchange is None else event.exchange.id
+        if key in events:
+            del events[key]  # the latest event takes the latest place
+        elif len(events) >= self._queue_size:
             self.dropped += 1
+            return
+        events[key] = event
+        if len(events) == 1:
+            self._ready.set()
 
     async def get(self) -> StoreEvent | None:
         """Wait for the next event; None once the subscription is closed."""
         if self._closed:
             return None
-        return await self._queue.get()
+        while not self._events:
+            self._ready.clear()
+            await self._ready.wait()
+        key = next(iter(self._events))
+        return self._events.pop(key)
 
     def drain(self) -> list[StoreEvent | None]:
         """The events already queued, without waiting (at most the queue's size)."""
-        events: list[StoreEvent | None] = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
+        events = list(self._events.values())
+        self._events.clear()
         return events
 
     def close(self) -> None:
@@ -94,11 +116,8 @@ class Subscription:
             return
         self._closed = True
         self._store.unsubscribe(self)
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            # The reader is not waiting (the queue has events); `get` checks `closed` first.
-            pass
+        self._events[object()] = None  # after the events already queued
+        self._ready.set()
 
     def __enter__(self) -> Subscription:
         return self
@@ -155,14 +174,16 @@ class CaptureStore:
         self._by_id[exchange.id] = exchange
         if self.history is not None:
             self.history.mark(exchange)
-        self._publish(StoreEvent("added", exchange))
+        if self._subscribers:
+            self._publish(StoreEvent("added", exchange))
 
     def update(self, exchange: CapturedExchange) -> None:
         """Tell subscribers that a stored exchange changed (ignored once it was evicted)."""
         if self._by_id.get(exchange.id) is exchange:
             if self.history is not None:
                 self.history.mark(exchange)
-            self._publish(StoreEvent("updated", exchange))
+            if self._subscribers:
+                self._publish(StoreEvent("updated", exchange))
 
     def restore(self, exchanges: Iterable[CapturedExchange], *, next_id: int) -> None:
         """Load saved exchanges (oldest first) without telling anyone; new ids start at
