@@ -6,7 +6,8 @@ One nginx (a 68-byte static file), one tunneld and three tunnelc, each serving t
 under its own vhost name:
 - `off`:    `inspect.enabled = false`;
 - `memory`: the inspector on, `inspect.history = false`, nobody looking;
-- `full`:   the inspector on with its SQLite history (the default), the page open on a
+- `history`: the inspector on with its SQLite history (the default), nobody looking;
+- `full`:   the inspector on with its SQLite history, the page open on a
   filtered live view (`/api/events?method=GET&status=2xx&q=nginx`, the text search reaching
   into the response body) and a filtered list query (`/api/requests?...`) every 5 seconds.
 
@@ -49,7 +50,7 @@ from tests.support.procs import INSPECTOR_READY, ProcessGroup  # noqa: E402
 
 LIVE_FILTER: Final = "method=GET&status=2xx&q=nginx"  # matches every exchange, body included
 LIST_QUERY_INTERVAL_S: Final = 5.0  # a filtered list query, as when the page changes its filter
-VARIANTS: Final = ("off", "memory", "full")
+VARIANTS: Final = ("off", "memory", "history", "full")
 PROFILE_TOP: Final = 25  # functions listed in the profile summary
 
 
@@ -138,7 +139,7 @@ async def main() -> None:
                         f'stateDir = "{work}/client-{name}"\n'
                         f"inspect.enabled = {'false' if name == 'off' else 'true'}\n"
                         f"inspect.port = 0\n"
-                        f"inspect.history = {'true' if name == 'full' else 'false'}\n"
+                        f"inspect.history = {'true' if name in ('history', 'full') else 'false'}\n"
                         f'transport.tls.serverFingerprint = "{fingerprint}"\n'
                         f'[[proxies]]\nname = "{name}"\ntype = "http"\nlocalPort = {web.port}\n'
                         f'customDomains = ["{name}.example.test"]\n'
@@ -208,6 +209,7 @@ def report(
     for label, num, den in (
         ("inspector in memory / off", "memory", "off"),
         ("inspector + history + filters / off", "full", "off"),
+        ("history / inspector in memory", "history", "memory"),
         ("history + filters / inspector in memory", "full", "memory"),
     ):
         cells = []

@@ -106,3 +106,35 @@ async def test_capture_store_clear_is_an_event() -> None:
             store.clear()
             event = await subscription.get()
             assert event is not None and (event.kind, event.exchange) == ("cleared", None)
+
+
+async def test_capture_store_subscription_coalesces_per_exchange() -> None:
+    """An exchange's events queued together are one entry, its latest, in the latest place;
+    a clear keeps its place; the bound counts distinct exchanges, not changes."""
+    async with asyncio.timeout(5):
+        store = CaptureStore(max_requests=10, max_body_bytes=10, queue_size=2)
+        first, second = exchange(store, "/a"), exchange(store, "/b")
+        with store.subscribe() as subscription:
+            store.add(first)
+            store.add(second)
+            for _ in range(50):  # many changes of queued exchanges: nothing dropped
+                store.update(first)
+                store.update(second)
+            assert subscription.dropped == 0
+            store.clear()  # over the bound: dropped and counted
+            assert subscription.dropped == 1
+            events = [await subscription.get(), *subscription.drain()]
+            assert [(e.kind, e.exchange) for e in events if e is not None] == [
+                ("updated", first),
+                ("updated", second),
+            ]
+            store.add(first)
+            store.clear()
+            store.update(first)  # evicted by the clear: no event
+            store.add(second)  # the queue holds two entries already: dropped
+            assert subscription.dropped == 2
+            events = [await subscription.get(), *subscription.drain()]
+            assert [(e.kind, e.exchange) for e in events if e is not None] == [
+                ("added", first),
+                ("cleared", None),
+            ]

@@ -60,8 +60,8 @@ class _MessageCollector:
 
     The per-header callback only appends: the head's size and header count are checked once
     the head is complete, and after each feed while a head is still incomplete
-    (`check_head`), so a head never grows past the bounds by more than one feed. Headers are
-    decoded in one piece (`headers`), bodies kept as the parser's own chunks, joined once.
+    (`check_head`), so a head never grows past the bounds by more than one feed. Bodies are
+    kept as the parser's own chunks, joined once (not at all when there is one).
     """
 
     def __init__(
@@ -124,14 +124,9 @@ class _MessageCollector:
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         # latin-1 maps every byte to one character, so replay can restore the exact bytes.
-        # httptools refuses NUL in a head, so one join, decode and split does them all.
-        raw = self.raw_headers
-        if not raw:
-            return ()
-        parts = b"\0".join(raw).decode("latin-1").split("\0")
-        if len(parts) != len(raw):  # never expected; then one by one
-            parts = [part.decode("latin-1") for part in raw]
-        return tuple(zip(parts[::2], parts[1::2], strict=True))
+        raw = iter(self.raw_headers)  # name, value, name, value, ...
+        pairs = zip(raw, raw, strict=False)
+        return tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs])
 
     def on_headers_complete(self) -> None:
         self.check_head()
