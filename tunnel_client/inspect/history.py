@@ -26,7 +26,7 @@ Theory of operation:
   a fresh one started (history is a convenience, never a reason to refuse to start).
 
 Bounds: rows by `max_requests` and `max_age`; bodies by the store's `max_body_bytes` (what
-the capture kept); dirty exchanges by the store's size (evicted ones are skipped).
+the capture kept); dirty ids by `DIRTY_LIMIT_FACTOR` x `max_requests` (evicted ones pruned).
 """
 
 from __future__ import annotations
@@ -354,7 +354,8 @@ class HistoryWriter:
         self.db = db
         self.store = store
         self.max_age = max_age
-        self._dirty: dict[int, CapturedExchange] = {}
+        # Ids, not exchanges: an evicted exchange is freed at once (see `mark`).
+        self._dirty: set[int] = set()
         self._dirty_limit = DIRTY_LIMIT_FACTOR * store.max_requests
         self._interval = FLUSH_INTERVAL_SECONDS  # until the next batch
         self._clear = False
@@ -380,13 +381,16 @@ class HistoryWriter:
 
     def mark(self, exchange: CapturedExchange) -> None:
         """Note that `exchange` changed; the next batch writes it (hot path: a dict store)."""
+        # Holding the exchange itself until the batch (tried first) kept evicted exchanges
+        # alive through the garbage collector's young generations; under load the full
+        # collections that followed cost tunnelc more than the history's disk work.
         dirty = self._dirty
-        dirty[exchange.id] = exchange
+        dirty.add(exchange.id)
         if len(dirty) > self._dirty_limit:
             # Amortised: this leaves at most max_requests, so it runs at most once per
             # (DIRTY_LIMIT_FACTOR - 1) * max_requests marks.
             get = self.store.get
-            self._dirty = {key: e for key, e in dirty.items() if get(key) is e}
+            self._dirty = {key for key in dirty if get(key) is not None}
 
     def cleared(self) -> None:
         """The store forgot everything: the next batch empties the file first."""
@@ -415,11 +419,11 @@ class HistoryWriter:
         if not self._dirty and not self._clear and not mocks_changed:
             return
         # Rows built here: the capture keeps mutating the live objects while the thread writes.
-        get = self.store.get
         store = self.store
-        rows = [_row(e) for key, e in self._dirty.items() if get(key) is e]
+        kept = [store.get(key) for key in sorted(self._dirty)]
+        rows = [_row(e) for e in kept if e is not None]
         clear, self._clear = self._clear, False
-        self._dirty = {}
+        self._dirty = set()
         busy = len(rows) >= store.max_requests
         self._interval = BUSY_FLUSH_INTERVAL_SECONDS if busy else FLUSH_INTERVAL_SECONDS
         try:
