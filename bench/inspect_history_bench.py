@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import statistics
 import sys
@@ -105,11 +104,14 @@ async def run(variant: str, args: argparse.Namespace, work: Path) -> float:
     subscription = None
     if variant == "full":
         subscription = store.subscribe()
-        pump_args: list[object] = [subscription, NullSink(), parse_filter(LIVE_FILTER)]
-        pump_args.append(exchange_summary)
-        if len(inspect.signature(_pump_events).parameters) == 5:  # older trees: 4
-            pump_args.append(lambda e: store.get(e.id) is e)
-        live = asyncio.create_task(_pump_events(*pump_args))  # type: ignore[arg-type]
+        live = asyncio.create_task(
+            _pump_events(
+                subscription,
+                NullSink(),  # type: ignore[arg-type]
+                parse_filter(LIVE_FILTER),
+                exchange_summary,
+            )
+        )
     before = time.process_time()
     count = await drive(store, args.rate, args.seconds, list_query=variant == "full")
     used = time.process_time() - before  # the steady state: not the closing flush

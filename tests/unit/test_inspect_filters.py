@@ -141,7 +141,6 @@ async def test_filters_live_view_sends_a_burst_in_one_write_without_the_evicted(
                     sink,  # type: ignore[arg-type]
                     parse_filter({"method": "POST"}),
                     exchange_summary,
-                    lambda e: store.get(e.id) is e,
                 )
             )
             store.add(exchange(id=store.new_id()))

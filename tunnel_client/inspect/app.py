@@ -250,9 +250,6 @@ def build_inspector_app(
 
     wechat = WeChatInspector(signers)
 
-    def kept(exchange: CapturedExchange) -> bool:
-        return store.get(exchange.id) is exchange
-
     def summary_of(exchange: CapturedExchange) -> dict[str, object]:
         summary = exchange_summary(exchange)
         summary.update(wechat.summary(exchange))
@@ -377,7 +374,7 @@ def build_inspector_app(
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n" + _sse({"kind": "hello"}))
-            await _pump_events(subscription, response, wanted, summary_of, kept)
+            await _pump_events(subscription, response, wanted, summary_of)
         except ConnectionResetError:
             # The viewer went away (tab closed, reload): the normal end of a stream.
             logger.debug("inspector: event viewer disconnected")
@@ -414,7 +411,6 @@ async def _pump_events(
     response: web.StreamResponse,
     wanted: ExchangeFilter,
     summarize: Summarize,
-    current: Callable[[CapturedExchange], bool],
 ) -> None:
     """Forward store events until the subscription closes (shutdown) or the viewer leaves.
 
@@ -423,9 +419,10 @@ async def _pump_events(
     exchange as it is now), and the subscription coalesces an exchange's events as they come.
     After a write the pump waits in proportion to the batch (the `LIVE_VIEW_*` constants), so
     under load the summaries, filter checks and writes are per batch and per exchange still in
-    the store (at most `maxRequests`), not per request: the filtered live page cost 8% of
-    proxied req/s when it wrote each event, and 80 µs of tunnelc CPU per request when it wrote
-    each batch as soon as it queued (bench/inspect_cost_bench.py). A vanished viewer is noticed
+    the store (at most `maxRequests`; `Subscription` skips the evicted ones), not per
+    request: the filtered live page cost 8% of proxied req/s when it wrote each event, and
+    80 µs of tunnelc CPU per request when it wrote each batch as soon as it queued
+    (bench/inspect_cost_bench.py). A vanished viewer is noticed
     at the latest by the next keepalive write, which raises.
     """
     seen_dropped = 0
@@ -445,7 +442,7 @@ async def _pump_events(
                 return
             wait = LIVE_VIEW_MAX_WAIT_SECONDS  # the page re-reads the whole list
         else:
-            data, ended = _coalesced(batch, wanted, summarize, current)
+            data, ended = _coalesced(batch, wanted, summarize)
             if data:
                 await response.write(data)
             if ended:
@@ -455,23 +452,16 @@ async def _pump_events(
 
 
 def _coalesced(
-    batch: list[StoreEvent | None],
-    wanted: ExchangeFilter,
-    summarize: Summarize,
-    current: Callable[[CapturedExchange], bool] | None = None,
+    batch: list[StoreEvent | None], wanted: ExchangeFilter, summarize: Summarize
 ) -> tuple[bytes, bool]:
     """The SSE bytes for `batch` (one event per exchange, in order, events without an
-    exchange kept in place) and whether the subscription ended (a None). Exchanges for which
-    `current` is false (evicted from the store since: the list no longer has them) are
-    skipped."""
+    exchange kept in place) and whether the subscription ended (a None). The subscription
+    already left out the exchanges evicted from the store."""
     out: list[bytes] = []
     pending: dict[int, StoreEvent] = {}
 
     def flush() -> None:
         for queued in pending.values():
-            exchange = queued.exchange
-            if current is not None and exchange is not None and not current(exchange):
-                continue
             payload = _event_payload(queued, wanted, summarize)
             if payload is not None:
                 out.append(_sse(payload))
