@@ -261,6 +261,7 @@ async def test_tlslink_abort_stays_a_reset(server_context: ssl.SSLContext) -> No
         link, app = await listener.accept()
         tls = await peer
         sock = socket.socket(fileno=tls.detach())  # read TCP itself: a reset is ECONNRESET
+        sock.settimeout(TEST_TIMEOUT_S)
         try:
             sockopts.reset(link)  # through the link's get_extra_info("socket")
             with pytest.raises(ConnectionResetError):
