@@ -216,7 +216,11 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
         end = 0 if data is None else len(data)
         eof = False
         while True:
-            while filled <= PLAIN_BUFFER_BYTES - _RECORD_PLAIN_BYTES:
+            full = False
+            while True:
+                if filled > PLAIN_BUFFER_BYTES - _RECORD_PLAIN_BYTES:
+                    full = True  # deliver, then decrypt on: the BIO may hold more
+                    break
                 try:
                     # With a buffer, read() returns a count (typeshed says bytes).
                     n = cast(int, sslobj.read(PLAIN_BUFFER_BYTES - filled, plain[filled:]))
@@ -233,16 +237,19 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
                     eof = True  # close_notify
                     break
                 filled += n
-            if eof or offset >= end:
+            if eof:
                 break
-            if filled > PLAIN_BUFFER_BYTES - _RECORD_PLAIN_BYTES:
+            if full:
                 self._deliver(filled)
                 filled = 0
-            if self._state != _OPEN:
-                return
-            assert data is not None
-            if self._reading_paused:
+                if self._state != _OPEN:
+                    return
+            if data is not None and offset < end and self._reading_paused:
                 self._incoming.write(data[offset:end])  # waits for resume_reading()
+                break
+            if full and not self._reading_paused:
+                continue
+            if data is None or offset >= end:
                 break
             self._incoming.write(data[offset : offset + FEED_BYTES])
             offset += FEED_BYTES

@@ -219,6 +219,30 @@ async def test_tlslink_pause_reading_stops_the_peer(server_context: ssl.SSLConte
             assert app.received == payload
 
 
+async def test_tlslink_pause_in_every_read_loses_nothing(server_context: ssl.SSLContext) -> None:
+    """An application that pauses reading in every callback and resumes on the next loop
+    iteration gets every byte, in order: what the link held while paused is delivered."""
+
+    class Stutter(Recorder):
+        def buffer_updated(self, nbytes: int) -> None:
+            super().buffer_updated(nbytes)
+            assert self.transport is not None
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self.transport.resume_reading)
+
+    total = 16 * 1024 * 1024
+    app = Stutter()
+    app.buffer = bytearray(300 * 1024)  # more than a read: one callback per read
+    async with asyncio.timeout(TEST_TIMEOUT_S), listening(server_context) as listener:
+        async with linked(listener, app) as (_, _, _, writer):
+            payload = (CHUNK * (total // len(CHUNK) + 1))[:total]
+            writer.write(payload)
+            while len(app.received) < total:
+                app.got_data.clear()
+                await app.got_data.wait()
+            assert app.received == payload
+
+
 async def test_tlslink_write_backpressure_reaches_the_application(
     server_context: ssl.SSLContext,
 ) -> None:
