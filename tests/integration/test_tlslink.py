@@ -392,3 +392,25 @@ async def test_tlslink_peer_leaving_mid_handshake_is_an_oserror(
         await writer.wait_closed()
         with pytest.raises(OSError):
             await listener.accept()
+
+
+async def test_tlslink_garbage_after_the_handshake_ends_the_link(
+    server_context: ssl.SSLContext,
+) -> None:
+    """Bytes that are not a valid TLS record after the handshake end the link: the
+    application's connection_lost gets the SSLError, and nothing of it is delivered."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), listening(server_context) as listener:
+        peer = asyncio.create_task(asyncio.to_thread(blocking_tls_client, listener.port))
+        link, app = await listener.accept()
+        tls = await peer
+        sock = socket.socket(fileno=tls.detach())  # write below TLS
+        sock.settimeout(TEST_TIMEOUT_S)
+        try:
+            # An application-data record header with a body of junk: its MAC cannot verify.
+            await asyncio.to_thread(sock.sendall, b"\x17\x03\x03\x00\x40" + b"\xaa" * 64)
+            await app.lost.wait()
+            assert isinstance(app.lost_exc, ssl.SSLError), app.lost_exc
+            assert app.received == b""
+            assert link.is_closing()
+        finally:
+            sock.close()
