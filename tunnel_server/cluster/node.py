@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from protocol.messages import NewProxy
 from tunnel_server.cluster.claims import Owner
@@ -23,6 +24,7 @@ from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, Cluste
 from tunnel_server.errors import ProxyHeld, ProxyRefused
 
 if TYPE_CHECKING:
+    from tunnel_server.cluster.relay import Relay
     from tunnel_server.server import TunnelServer
     from tunnel_server.session import ServerSession
 
@@ -43,13 +45,42 @@ class ClusterNode:
         self._claims: dict[str, list[tuple[str, list[str]]]] = {}  # qualified proxy -> claims
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> qualified proxy
         self._releases: set[asyncio.Task[None]] = set()
+        self._url = redact_url(url)
+        self.relay: Relay | None = None
+
+    async def start_relays(self, secret: bytes) -> None:
+        """Listen for the other nodes' links, and relay what they own (cluster.secret)."""
+        from tunnel_server.certs import server_ssl_context
+
+        from .relay import Relay
+        from .relay_http import RelayingHTTPVhost, edge_relay
+
+        server = self.server
+        cfg = server.config
+        assert server.cert is not None
+        relay = self.relay = Relay(server, self.registry, secret, self.name)
+        host, port = await relay.start(
+            cfg.cluster_internal_addr, cfg.cluster_internal_port, server_ssl_context(server.cert)
+        )
+        shown = f"[{host}]" if ":" in host else host
+        self.registry.internal = f"{shown}:{port}"
+        self.registry.fingerprint = server.cert.fingerprint
+        vhost = server.http_vhost
+        if isinstance(vhost, RelayingHTTPVhost):
+            vhost.relay = relay
+        if server.edge is not None:
+            server.edge.relay = edge_relay(relay, server.served_here)
+        logger.info("tunneld: ready: cluster link on %s:%d", shown, port)
 
     async def start(self, address: str) -> None:
         self.registry.address = address
         await self.registry.start()
-        logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, "Redis")
+        logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, self._url)
 
     async def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            await self.relay.wait_closed()
         for task in list(self._releases):
             await asyncio.gather(task, return_exceptions=True)
         await self.registry.close(release=True)
@@ -109,6 +140,16 @@ class ClusterNode:
             owner.close_proxy(
                 qualified, f"the same client took it over through {where}", notify=True
             )
+
+
+def redact_url(url: str) -> str:
+    """The Redis URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _refusal(refused: ClaimRefused, user: str) -> ProxyRefused:

@@ -70,6 +70,19 @@ class NodeInfo:
     name: str
     address: str
     started: float
+    internal: str = ""  # host:port of the node's internal link listener; "" = none
+    fingerprint: str = ""  # its certificate's, pinned by the nodes that dial it
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> NodeInfo:
+        data = json.loads(raw)
+        return cls(
+            str(data["name"]),
+            str(data["address"]),
+            float(data["started"]),
+            str(data.get("internal", "")),
+            str(data.get("fingerprint", "")),
+        )
 
 
 LostCallback = Callable[[str, str], None]  # (kind, name) this node no longer holds
@@ -91,6 +104,8 @@ class ClusterRegistry:
         self._redis = client
         self.node = node
         self.address = address
+        self.internal = ""  # the internal link's host:port, published with the node
+        self.fingerprint = ""
         self._prefix = prefix
         self._lease_ms = int(max(lease_s, MIN_LEASE_S) * 1000)
         self._on_lost = on_lost
@@ -238,9 +253,20 @@ class ClusterRegistry:
             raw = await self._redis.get(key)
             if raw is None:
                 continue
-            data = json.loads(raw)
-            out.append(NodeInfo(str(data["name"]), str(data["address"]), float(data["started"])))
+            out.append(NodeInfo.decode(raw))
         return sorted(out, key=lambda info: info.name)
+
+    async def node_info(self, name: str) -> NodeInfo | None:
+        """One live node's record (its internal address and fingerprint), or None."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
+                raw = await self._redis.get(f"{self._prefix}node:{name}")
+        except (RedisError, OSError, TimeoutError) as exc:
+            _keep_cancellation()
+            raise ClusterUnavailable(f"the cluster registry (Redis) is unreachable: {exc}") from exc
+        return NodeInfo.decode(raw) if raw is not None else None
 
     # -- Redis calls -----------------------------------------------------------------------
 
@@ -295,7 +321,13 @@ class ClusterRegistry:
     async def _renew(self) -> None:
         from redis.exceptions import RedisError
 
-        node = {"name": self.node, "address": self.address, "started": self._started}
+        node = {
+            "name": self.node,
+            "address": self.address,
+            "started": self._started,
+            "internal": self.internal,
+            "fingerprint": self.fingerprint,
+        }
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
                 await self._redis.set(
