@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import ssl
 from pathlib import Path
@@ -25,23 +26,27 @@ from tests.e2e.test_http_e2e import (
     echo_apps,
     header_values,
     http_proxy,
+    toml_lines,
 )
+from tests.e2e.test_https_e2e import curl_https, tls_app
+from tests.support.certs import make_ca, make_leaf
 from tests.support.redisserver import redis_server
 from tunnel_server.cluster.link import MAX_PENDING_LINKS
 
 SECRET: Final = "cluster-relay-secret"
 DOMAIN_A: Final = "alpha.relay.test"
 DOMAIN_B: Final = "beta.relay.test"
+SECURE_DOMAIN: Final = "secure.relay.test"
 VISITOR_IP: Final = "127.0.0.2"  # the visitor's source address, to find in X-Forwarded-For
 LINK_READY: Final = re.compile(r"ready: cluster link on ([0-9.]+):(\d+)")
 POLL_S: Final = 0.1  # between tries while a node's cache catches up with the routes channel
 
 
 async def relay_node(
-    cluster: Cluster, run_tunneld: Any, name: str, secret: str = SECRET
+    cluster: Cluster, run_tunneld: Any, name: str, secret: str = SECRET, **extra: object
 ) -> tuple[Tunneld, int]:
     """A node with relays on; returns it and its internal link port."""
-    node = await cluster.node(run_tunneld, name, {"cluster.secret": secret})
+    node = await cluster.node(run_tunneld, name, {"cluster.secret": secret, **extra})
     match = await node.process.wait_for(LINK_READY)
     return node, int(match.group(2))
 
@@ -104,6 +109,42 @@ async def test_cluster_relay_serves_each_domain_at_each_node(
                         headers={"Host": DOMAIN_A},
                     ) as resp:
                         assert (await resp.json())["path"] == "/again"
+
+
+async def test_cluster_relay_passes_tls_through_by_sni(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """An https (passthrough) proxy on node a is reached through node b's HTTPS port: the
+    TLS session is the app's own, end to end (curl checks the app's certificate)."""
+    async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
+        cluster = Cluster(tmp_path, redis)
+        (tmp_path / "app").mkdir()
+        app_ca = make_ca(tmp_path / "app", "app CA")
+        app_cert, app_key = make_leaf(app_ca, tmp_path / "app", [SECURE_DOMAIN])
+        async with tls_app(app_cert, app_key) as app:
+            owner, _ = await relay_node(cluster, run_tunneld, "node-a", vhostHTTPSPort=0)
+            ingress, _ = await relay_node(cluster, run_tunneld, "node-b", vhostHTTPSPort=0)
+            client = await run_tunnelc(
+                cluster.client_toml(owner, user="alice")
+                + "[[proxies]]\n"
+                + toml_lines(
+                    {
+                        "name": "secure",
+                        "type": "https",
+                        "localPort": app.port,
+                        "customDomains": [SECURE_DOMAIN],
+                    }
+                )
+            )
+            await client.proxy_endpoint("secure")
+            port = (await ingress.process.https_vhost_address()).port
+            while True:
+                result = await curl_https(SECURE_DOMAIN, port, app_ca[0])
+                if result.returncode == 0:
+                    break
+                await asyncio.sleep(POLL_S)  # node b has not heard of the route yet
+            assert json.loads(result.stdout)["app"] == "tls"
+            assert app.sni_seen == [SECURE_DOMAIN]
 
 
 async def test_cluster_relay_refused_to_a_node_without_the_secret(
