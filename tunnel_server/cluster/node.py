@@ -47,6 +47,21 @@ class ClusterNode:
         self._releases: set[asyncio.Task[None]] = set()
         self._url = redact_url(url)
         self.relay: Relay | None = None
+        self.registry.load_of = self.load
+
+    def load(self) -> dict[str, int]:
+        """This node's load, published with its registry record for the cluster view."""
+        server = self.server
+        vhost = server.http_vhost
+        load = {
+            "clients": len(server.sessions),
+            "proxies": len(server.proxies),
+            "vhost_connections": vhost.connections if vhost is not None else 0,
+        }
+        if self.relay is not None:
+            load["relayed_in"] = self.relay.relayed_in
+            load["relayed_out"] = self.relay.relayed_out
+        return load
 
     async def start_relays(self, secret: bytes) -> None:
         """Listen for the other nodes' links, and relay what they own (cluster.secret)."""

@@ -50,6 +50,7 @@ RETRY_BACKOFF_MAX_S: Final = 5.0  # between attempts to reach Redis again
 MAX_CACHED_ROUTES: Final = 1_000_000  # claims this node mirrors; beyond it, asks Redis
 SCAN_BATCH: Final = 1000  # keys per SCAN step when (re)loading the cache
 REFRESH_BATCH: Final = 500  # keys per refresh script call
+MAX_LOAD_KEYS: Final = 16  # figures of a node's load read from its record
 
 
 class ClusterUnavailable(Exception):
@@ -72,6 +73,7 @@ class NodeInfo:
     started: float
     internal: str = ""  # host:port of the node's internal link listener; "" = none
     fingerprint: str = ""  # its certificate's, pinned by the nodes that dial it
+    load: tuple[tuple[str, int], ...] = ()  # (what, how many) as of the node's last renewal
 
     @classmethod
     def decode(cls, raw: str | bytes) -> NodeInfo:
@@ -82,6 +84,10 @@ class NodeInfo:
             float(data["started"]),
             str(data.get("internal", "")),
             str(data.get("fingerprint", "")),
+            tuple(
+                (str(key), int(value))
+                for key, value in list(dict(data.get("load") or {}).items())[:MAX_LOAD_KEYS]
+            ),
         )
 
 
@@ -106,6 +112,8 @@ class ClusterRegistry:
         self.address = address
         self.internal = ""  # the internal link's host:port, published with the node
         self.fingerprint = ""
+        # The node's load (clients, proxies, connections...), published at each renewal.
+        self.load_of: Callable[[], dict[str, int]] | None = None
         self._prefix = prefix
         self._lease_ms = int(max(lease_s, MIN_LEASE_S) * 1000)
         self._on_lost = on_lost
@@ -246,6 +254,18 @@ class ClusterRegistry:
             counts[owner.node] = counts.get(owner.node, 0) + 1
         return counts
 
+    def proxies(self, limit: int) -> list[tuple[str, Owner]]:
+        """Up to `limit` proxies of the whole cluster, (qualified name, owner), as this
+        node's cache knows them."""
+        head = claim_key(self._prefix, "proxy", "x")[:-1]
+        out: list[tuple[str, Owner]] = []
+        for key, owner in self._cache.items():
+            if key.startswith(head):
+                out.append((key[len(head) :], owner))
+                if len(out) >= limit:
+                    break
+        return out
+
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes (their keys have not expired), by name."""
         out: list[NodeInfo] = []
@@ -327,6 +347,7 @@ class ClusterRegistry:
             "started": self._started,
             "internal": self.internal,
             "fingerprint": self.fingerprint,
+            "load": self.load_of() if self.load_of is not None else {},
         }
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
