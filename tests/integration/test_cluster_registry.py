@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +17,7 @@ from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, Cluste
 
 TEST_TIMEOUT_S: Final = 60.0
 LEASE_S: Final = 1.0  # short, so that expiry is seen within a test
+PAUSE_MS: Final = 5000  # CLIENT PAUSE: Redis calls hang this long (close() may wait it out)
 
 
 @contextlib.asynccontextmanager
@@ -149,3 +150,47 @@ async def test_cluster_nodes_lists_live_nodes_with_their_address(tmp_path: Path)
             assert names == ["a", "b"]
             addresses = [info.address for info in await a.nodes()]
             assert addresses == ["a.internal:7001", "b.internal:7001"]
+
+
+async def test_cluster_registry_cancelled_call_stays_cancelled_when_redis_py_swallows_it(
+    tmp_path: Path,
+) -> None:
+    """A claim cancelled while Redis is paused ends cancelled, even when the client library
+    turns the cancellation into a connection error (the lost-cancellation fix); close()
+    then returns although the renewal loop's call swallows its cancellation too."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), redis_server(tmp_path / "redis") as redis:
+        registry = ClusterRegistry.from_url(redis.url, "a", "a.internal:7001", lease_s=LEASE_S)
+        await registry.start()
+        await registry.wait_synced()
+        entered = asyncio.Event()
+
+        def swallowing(script: Any) -> Any:
+            async def call(keys: list[str], args: list[Any]) -> Any:
+                entered.set()
+                try:
+                    return await script(keys=keys, args=args)
+                except asyncio.CancelledError:
+                    # what redis-py did: the cancellation came back as a connection error
+                    raise RedisConnectionError("Connection closed by server.") from None
+
+            return call
+
+        registry._claim = swallowing(registry._claim)
+        registry._refresh = swallowing(registry._refresh)
+        admin = aioredis.from_url(redis.url)
+        try:
+            await admin.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
+            claim = asyncio.create_task(registry.claim("domain", ["x.test"], Owner("a", "u", "c")))
+            await entered.wait()
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            registry._held["tunnelkit:claim:domain:y.test"] = Owner("a", "u", "c")
+            entered.clear()
+            await entered.wait()  # a renewal is in flight, blocked by the pause
+            await registry.close(release=False)  # returns: the loop's cancellation is kept
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()
