@@ -276,7 +276,8 @@ SERVER_FIELDS: Final = FieldTable(
             "cluster_redis_url",
             Str(),
             None,
-            "Redis of a tunneld cluster (redis://, rediss://, unix://); unset = one node",
+            "the cluster's Redis (redis://, rediss://, unix://, redis+sentinel://); "
+            "unset = one node",
         ),
         Field(
             "cluster.nodeName",

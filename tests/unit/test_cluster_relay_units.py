@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from tunnel_server.cluster.node import redact_url
+from tunnel_server.cluster.redisurl import redact_url, sentinel_parts
 from tunnel_server.cluster.relay import _host_candidates
 from tunnel_server.cluster.relay_http import _request_route
 
@@ -49,3 +49,18 @@ def test_cluster_host_candidates_follow_the_routers_wildcards() -> None:
         "*.example.test",
     ]
     assert _host_candidates("example.test") == ["example.test"]
+
+
+def test_cluster_sentinel_url_names_sentinels_service_db_and_password() -> None:
+    """redis+sentinel:// lists the sentinels (default port 26379), the service and the db."""
+    url = "redis+sentinel://:pw@10.0.0.1:26380,10.0.0.2,[::1]:5000/tunnelkit/2"
+    assert sentinel_parts(url) == (
+        [("10.0.0.1", 26380), ("10.0.0.2", 26379), ("::1", 5000)],
+        "tunnelkit",
+        2,
+        None,
+        "pw",
+    )
+    for bad in ("redis+sentinel://h:1/", "redis+sentinel://h:x/svc", "redis+sentinel://h:1/a/b"):
+        with pytest.raises(ValueError, match=r"sentinel|service"):
+            sentinel_parts(bad)

@@ -15,11 +15,12 @@ import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit, urlunsplit
 
+from protocol.errors import TunnelError
 from protocol.messages import NewProxy
 from tunnel_server.cluster.claims import Owner
 from tunnel_server.cluster.names import proxy_claims
+from tunnel_server.cluster.redisurl import redact_url
 from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, ClusterUnavailable
 from tunnel_server.errors import ProxyHeld, ProxyRefused
 
@@ -39,9 +40,12 @@ class ClusterNode:
     def __init__(self, server: TunnelServer, url: str, name: str | None, lease_s: float) -> None:
         self.server = server
         self.name = name or socket.gethostname()
-        self.registry = ClusterRegistry.from_url(
-            url, self.name, "", lease_s=lease_s, on_lost=self._lost
-        )
+        try:
+            self.registry = ClusterRegistry.from_url(
+                url, self.name, "", lease_s=lease_s, on_lost=self._lost
+            )
+        except ValueError as exc:
+            raise TunnelError(f"cluster.redisURL: {exc}") from None
         self._claims: dict[str, list[tuple[str, list[str]]]] = {}  # qualified proxy -> claims
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> qualified proxy
         self._releases: set[asyncio.Task[None]] = set()
@@ -155,16 +159,6 @@ class ClusterNode:
             owner.close_proxy(
                 qualified, f"the same client took it over through {where}", notify=True
             )
-
-
-def redact_url(url: str) -> str:
-    """The Redis URL without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _refusal(refused: ClaimRefused, user: str) -> ProxyRefused:

@@ -35,6 +35,7 @@ from tunnel_server.cluster.claims import (
     claim_key,
     split_claim_key,
 )
+from tunnel_server.cluster.redisurl import redis_client
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -108,6 +109,7 @@ class ClusterRegistry:
         on_lost: LostCallback | None = None,
     ) -> None:
         self._redis = client
+        self._sentinels: list[aioredis.Redis] = []  # closed with the registry
         self.node = node
         self.address = address
         self.internal = ""  # the internal link's host:port, published with the node
@@ -133,16 +135,17 @@ class ClusterRegistry:
 
     @classmethod
     def from_url(cls, url: str, node: str, address: str, **kw: Any) -> ClusterRegistry:
-        """A registry on `url` (redis://, rediss://, unix://), connected lazily."""
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(
+        """A registry on `url` (redisurl.py: redis://, rediss://, unix://, redis+sentinel://),
+        connected lazily; ValueError names a bad URL."""
+        client, sentinels = redis_client(
             url,
             socket_timeout=REDIS_OP_TIMEOUT_S,
             socket_connect_timeout=REDIS_OP_TIMEOUT_S,
             decode_responses=True,
         )
-        return cls(client, node, address, **kw)
+        registry = cls(client, node, address, **kw)
+        registry._sentinels = sentinels
+        return registry
 
     async def start(self) -> None:
         """Register this node, then follow the routes channel and renew leases in the
@@ -182,6 +185,8 @@ class ClusterRegistry:
             with contextlib.suppress(ClusterUnavailable):
                 await self._release_keys(list(self._held))
         await self._redis.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
 
     @property
     def available(self) -> bool:
