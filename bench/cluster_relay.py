@@ -8,7 +8,9 @@ proxy to nginx. Then `wrk -t2 -c50 --latency` (and `wrk -t1 -c1` for unloaded la
 against node a's vhost (the local hit: visitor -> node a -> tunnelc -> nginx) and node b's
 vhost (the relayed hit: visitor -> node b -> internal link -> node a -> tunnelc -> nginx),
 taking turns run by run so that a load change on the shared machine hits both alike.
-Reports req/s and p50/p99, medians of --runs. Traffic stays on 127.0.0.1.
+Reports req/s and p50/p99, medians of --runs. Then the cost per byte, which decides the
+TCP port design (docs/cluster.md): a BULK_MIB MiB download through each path, with curl,
+in MiB/s. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tests.support.redisserver import redis_server  # noqa: E402
 HOST: Final = "relay.bench.test"
 SECRET: Final = "bench-cluster-secret"
 ROUTE_WAIT_S: Final = 30.0  # for node b to learn the route from the routes channel
+BULK_MIB: Final = 64  # the bulk download's size
 
 
 async def start_node(
@@ -62,6 +65,16 @@ async def wait_routed(port: int) -> None:
             await asyncio.sleep(0.1)
 
 
+async def download_mib_s(port: int) -> float:
+    """One BULK_MIB MiB download through a vhost port; MiB/s as curl measured it."""
+    out = await run_command(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{speed_download}",
+         "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/big.bin"],
+        timeout_s=120,
+    )  # fmt: skip
+    return float(out) / (1024 * 1024)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -69,13 +82,20 @@ async def main() -> None:
     args = parser.parse_args()
     loaded: dict[str, list[dict[str, float]]] = {"local hit": [], "relayed hit": []}
     single: dict[str, list[dict[str, float]]] = {"local hit": [], "relayed hit": []}
+    bulk: dict[str, list[float]] = {"local hit": [], "relayed hit": []}
     with tempfile.TemporaryDirectory(prefix="tunnelkit-relaybench-") as tmp:
         work = Path(tmp)
         group = ProcessGroup(work / "logs")
         try:
             async with (
                 redis_server(work / "redis") as redis,
-                nginx(work, {"index.html": b"hello from nginx\n" * 4}) as web,
+                nginx(
+                    work,
+                    {
+                        "index.html": b"hello from nginx\n" * 4,
+                        "big.bin": bytes(range(256)) * (BULK_MIB * 4096),
+                    },
+                ) as web,
             ):
                 node_a, port_a = await start_node(group, work, "node-a", redis.url)
                 node_b, port_b = await start_node(group, work, "node-b", redis.url)
@@ -107,6 +127,8 @@ async def main() -> None:
                         loaded[name].append(run)
                     for name, port in ports.items():
                         single[name].append(await wrk(port, args, HOST, threads=1, conns=1))
+                    for name, port in ports.items():
+                        bulk[name].append(await download_mib_s(port))
         finally:
             await group.aclose()
     print(
@@ -124,6 +146,9 @@ async def main() -> None:
             + " | ".join(f"{row[k]:.2f}" for k in keys)
             + f" | {c1[0]:.2f} | {c1[1]:.2f} |"
         )
+    print(f"\n{BULK_MIB} MiB download (curl), median MiB/s:")
+    for name, speeds in bulk.items():
+        print(f"- {name}: {statistics.median(speeds):.0f} MiB/s")
     print(
         f"\nCPU per relayed request: node a (owner) {statistics.median(cpu['node a']):.0f} us, "
         f"node b (ingress) {statistics.median(cpu['node b']):.0f} us"
