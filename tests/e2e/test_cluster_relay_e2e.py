@@ -77,13 +77,14 @@ async def test_cluster_relay_serves_each_domain_at_each_node(
 ) -> None:
     """Two clients on nodes a and b: each domain is served through each of three nodes, by
     its own app, with the visitor's address in X-Forwarded-For."""
+    access = tmp_path / "access-a.jsonl"
     async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
         cluster = Cluster(tmp_path, redis)
         async with echo_apps("alice", "bob") as (alice_app, bob_app):
-            nodes = [
-                (await relay_node(cluster, run_tunneld, name))[0]
-                for name in ("node-a", "node-b", "node-c")
-            ]
+            log = {"accessLog.to": str(access), "accessLog.format": "json"}
+            nodes = [(await relay_node(cluster, run_tunneld, "node-a", **log))[0]]
+            for name in ("node-b", "node-c"):
+                nodes.append((await relay_node(cluster, run_tunneld, name))[0])
             for node, user, app, domain in (
                 (nodes[0], "alice", alice_app, DOMAIN_A),
                 (nodes[1], "bob", bob_app, DOMAIN_B),
@@ -100,6 +101,16 @@ async def test_cluster_relay_serves_each_domain_at_each_node(
                     echoed = reply.json()
                     assert echoed["app"] == app
                     assert header_values(echoed, "X-Forwarded-For") == [VISITOR_IP], echoed
+            # the owner logs the relayed requests as public ones, from the visitor's address
+            for _ in range(200):  # a line is written as its exchange ends
+                lines = (await asyncio.to_thread(access.read_text)).splitlines()
+                records = [json.loads(line) for line in lines]
+                served_here = [r for r in records if r["host"] == DOMAIN_A and r["status"] == 200]
+                if len(served_here) >= 3:
+                    break
+                await asyncio.sleep(POLL_S)
+            assert len(served_here) == 3, records  # from nodes a, b and c
+            assert {r["src"].rpartition(":")[0] for r in served_here} == {VISITOR_IP}
             # keep-alive: a second request on the relayed connection reaches the same app
             connector = aiohttp.TCPConnector(local_addr=(VISITOR_IP, 0))
             async with aiohttp.ClientSession(connector=connector) as http:

@@ -194,3 +194,34 @@ async def test_cluster_registry_cancelled_call_stays_cancelled_when_redis_py_swa
         finally:
             await admin.execute_command("CLIENT", "UNPAUSE")
             await admin.aclose()
+
+
+async def test_cluster_relay_lookup_follows_locations_users_and_wildcards(tmp_path: Path) -> None:
+    """A node's relay finds the owner of a request as the router would: the longest location
+    first, a routeByHTTPUser route for its user, then wildcards; its own routes are never
+    relayed."""
+    from tunnel_server.cluster.relay import Relay
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), redis_server(tmp_path / "redis") as redis:
+        async with node(redis, "a") as a, node(redis, "b") as b, node(redis, "c") as c:
+            claims = [
+                (a, "shop.test/", Owner("a", "alice", "ca")),
+                (b, "shop.test/api", Owner("b", "bob", "cb")),
+                (b, "shop.test/api@carol", Owner("b", "bob", "cb")),
+                (a, "*.wild.test/", Owner("a", "alice", "ca")),
+                (c, "mine.test/", Owner("c", "cy", "cc")),
+            ]
+            for registry, name, owner in claims:
+                assert await registry.claim("domain", [name], owner) is None
+            await c.wait_until(lambda: c.owner_of("domain", "*.wild.test/") is not None)
+            await c.wait_until(lambda: c.owner_of("domain", "shop.test/api@carol") is not None)
+            relay = Relay(None, c, b"secret", "c")  # type: ignore[arg-type]  # lookups only
+            assert relay.owner_of_http("shop.test", "/", "") == "a"
+            assert relay.owner_of_http("SHOP.test:8080", "/api/v1", "") == "b"
+            assert relay.owner_of_http("shop.test", "/apis", "carol") == "b"
+            assert relay.owner_of_http("shop.test", "/ap", "") == "a"
+            assert relay.owner_of_http("x.y.wild.test", "/p", "") == "a"
+            assert relay.owner_of_http("mine.test", "/", "") is None  # served here
+            assert relay.owner_of_http("nobody.test", "/", "") is None
+            assert relay.owner_of_sni("shop.test") == "a"
+            assert relay.owner_of_sni("deep.wild.test") == "a"
