@@ -101,6 +101,9 @@ async def test_cluster_relay_serves_each_domain_at_each_node(
                     echoed = reply.json()
                     assert echoed["app"] == app
                     assert header_values(echoed, "X-Forwarded-For") == [VISITOR_IP], echoed
+            # one link per node pair: node b relays to node a on the link that a dialled
+            assert any("link to node node-b is up" in line for line in nodes[0].process.lines())
+            assert not any("link to node node-a" in line for line in nodes[1].process.lines())
             # the owner logs the relayed requests as public ones, from the visitor's address
             for _ in range(200):  # a line is written as its exchange ends
                 lines = (await asyncio.to_thread(access.read_text)).splitlines()

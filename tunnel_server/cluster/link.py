@@ -16,7 +16,9 @@ with mac_x = HMAC-SHA256(secret, label_x + listener fingerprint + nonce_l + nonc
 Both sides prove the secret over fresh nonces of both, and the proofs are bound to the
 listener's certificate, which the dialer also pins to the fingerprint in the registry: a node
 without the secret cannot open a link, and a man in the middle cannot pass one on. Only then
-does either side start its mux (the dialer as CLIENT, the listener as SERVER).
+does either side start its mux (the dialer as CLIENT, the listener as SERVER). The peer's
+name is covered by the proofs, so the listener may use the link for its own relays to that
+node too: a node pair needs one link, whichever node dialled first.
 
 Bounds: at most MAX_PENDING_LINKS connections are in their TLS or HMAC handshake at once (a
 new one beyond is closed at once), each for at most AUTH_TIMEOUT_S; the handshake's input is
@@ -196,6 +198,19 @@ def start_mux(
 
 
 StreamHandler = Callable[[MuxStream], None]
+LinkHandler = Callable[[str, MuxSession], None]  # (authenticated peer node name, its link)
+
+
+def admit_streams(mux: MuxSession, on_stream: StreamHandler) -> StreamHandler:
+    """`on_stream` for the streams a link's peer opens, at most MAX_RELAY_STREAMS at once."""
+
+    def admit(stream: MuxStream) -> None:
+        if mux.stream_count() > MAX_RELAY_STREAMS:
+            stream.abort(ErrorCode.REFUSED, "too many relayed connections on this link")
+            return
+        on_stream(stream)
+
+    return admit
 
 
 class LinkListener:
@@ -215,6 +230,7 @@ class LinkListener:
         self._fp = fingerprint
         self._settings = settings
         self._on_stream = on_stream
+        self.on_link: LinkHandler | None = None  # told of each link that comes up
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -285,22 +301,15 @@ class LinkListener:
                 sock.close()
             return
         mux = start_mux(transport, handshake, Role.SERVER, self._settings)
-        mux.on_stream = self._admit_stream(mux)
+        mux.on_stream = admit_streams(mux, self._on_stream)
         self.links.add(mux)
         logger.info("tunneld: cluster: link from node %s is up", handshake.peer_name)
+        if self.on_link is not None:
+            self.on_link(handshake.peer_name, mux)  # the relays to that node may use it too
         try:
             await mux.wait_closed()
         finally:
             self.links.discard(mux)
-
-    def _admit_stream(self, mux: MuxSession) -> StreamHandler:
-        def admit(stream: MuxStream) -> None:
-            if mux.stream_count() > MAX_RELAY_STREAMS:
-                stream.abort(ErrorCode.REFUSED, "too many relayed connections on this link")
-                return
-            self._on_stream(stream)
-
-        return admit
 
     def close(self) -> None:
         if self._accept_task is not None:

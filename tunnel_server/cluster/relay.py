@@ -28,7 +28,7 @@ from protocol.errors import ErrorCode
 from tunnel_common.fingerprint import parse_fingerprint
 
 from . import peers
-from .link import MAX_LINKS, LinkError, LinkListener, dial_link, relay_header
+from .link import MAX_LINKS, LinkError, LinkListener, admit_streams, dial_link, relay_header
 from .registry import ClusterUnavailable, NodeInfo
 
 if TYPE_CHECKING:
@@ -77,7 +77,14 @@ class Relay:
             settings=server.mux_settings,
             on_stream=self._arrived,
         )
+        self.listener.on_link = self._linked
         return await self.listener.start(host, port)
+
+    def _linked(self, node: str, mux: MuxSession) -> None:
+        """A node dialled us: our relays to it use that link unless ours is up."""
+        current = self._links.get(node)
+        if current is None or current.closed:
+            self._links[node] = mux
 
     def close(self) -> None:
         if self.listener is not None:
@@ -174,7 +181,7 @@ class Relay:
             name=self._name,
             settings=self._server.mux_settings,
         )
-        mux.on_stream = _refuse  # the dialer accepts no streams: each side dials its own
+        mux.on_stream = admit_streams(mux, self._arrived)  # the peer may relay back on it
         self._links[node] = mux
         logger.info("tunneld: cluster: link to node %s is up", node)
         return mux
@@ -225,10 +232,6 @@ class Relay:
                 sock.close()
             if local is not None:
                 peers.forget(local)
-
-
-def _refuse(stream: MuxStream) -> None:
-    stream.abort(ErrorCode.REFUSED, "this side accepts no streams")
 
 
 def _local_address(bind: str) -> str:
