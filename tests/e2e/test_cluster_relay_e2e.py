@@ -31,7 +31,7 @@ from tests.e2e.test_http_e2e import (
 from tests.e2e.test_https_e2e import curl_https, tls_app
 from tests.support.certs import make_ca, make_leaf
 from tests.support.redisserver import redis_server
-from tunnel_server.cluster.link import MAX_PENDING_LINKS
+from tunnel_server.cluster.link import MAX_PENDING_LINKS_PER_IP
 
 SECRET: Final = "cluster-relay-secret"
 DOMAIN_A: Final = "alpha.relay.test"
@@ -193,28 +193,35 @@ async def _read_until_closed(reader: asyncio.StreamReader) -> bytes:
 async def test_cluster_link_port_bounds_unauthenticated_connections(
     run_tunneld, tmp_path: Path
 ) -> None:
-    """Idle internal connections beyond MAX_PENDING_LINKS are closed at once, the others
-    when their handshake time runs out; one with a wrong proof is closed too."""
+    """Idle internal connections are bounded as pre-login peers: one address past its slots
+    loses one connection at once (the newcomer, or its most stalled), another address still
+    gets in, and every idle one is closed when its handshake time runs out; a TLS peer with a
+    wrong proof is closed too."""
     async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
         cluster = Cluster(tmp_path, redis)
         _node, port = await relay_node(cluster, run_tunneld, "node-a")
         writers: list[asyncio.StreamWriter] = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
         try:
             readers = []
-            for _ in range(MAX_PENDING_LINKS):
+            for _ in range(MAX_PENDING_LINKS_PER_IP + 1):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 readers.append(reader)
                 writers.append(writer)
-            extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", port)
-            writers.append(extra_writer)
-            assert await _read_until_closed(extra_reader) == b""  # over the cap: closed
-            assert not readers[0].at_eof()  # the first ones still wait for their handshake
-            for reader in readers:  # each is closed when its handshake time runs out
-                assert await _read_until_closed(reader) == b""
+            reads = [asyncio.create_task(_read_until_closed(reader)) for reader in readers]
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            assert len(done) == 1 and done <= {reads[0], reads[-1]}, done
+            # another address is not held up by the first one's flood
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, local_addr=(VISITOR_IP, 0)
+            )
+            writers.append(writer)
+            assert (await reader.readexactly(40)).startswith(b"TKNODE1\n")
+            for read in reads:  # each idle one is closed when its handshake time runs out
+                assert await read == b""
             # A TLS peer that answers the challenge with a wrong proof is closed.
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
             writers.append(writer)
             hello = await reader.readexactly(40)

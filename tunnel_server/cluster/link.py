@@ -20,10 +20,12 @@ does either side start its mux (the dialer as CLIENT, the listener as SERVER). T
 name is covered by the proofs, so the listener may use the link for its own relays to that
 node too: a node pair needs one link, whichever node dialled first.
 
-Bounds: at most MAX_PENDING_LINKS connections are in their TLS or HMAC handshake at once (a
-new one beyond is closed at once), each for at most AUTH_TIMEOUT_S; the handshake's input is
-at most MAX_HELLO_BYTES; at most MAX_LINKS links are open in each direction; each link
-carries at most MAX_RELAY_STREAMS relayed connections.
+Bounds: connections in their TLS or HMAC handshake hold slots of the same table as tunneld's
+pre-login peers (prelogin.py): at most MAX_PENDING_LINKS at once and MAX_PENDING_LINKS_PER_IP
+from one address; a newcomer beyond evicts the most stalled one (no step for a second), or
+is closed at once when all are making progress. Each has at most AUTH_TIMEOUT_S; the
+handshake's input is at most MAX_HELLO_BYTES; at most MAX_LINKS links are open in each
+direction; each link carries at most MAX_RELAY_STREAMS relayed connections.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from protocol.messages import StreamHeader
 from protocol.mux import Role
 from protocol.settings import MuxSettings
 
+from ..prelogin import PendingLogins, PendingSlot
+
 logger = logging.getLogger(__name__)
 
 MAGIC: Final = b"TKNODE1\n"
@@ -54,6 +58,7 @@ MAX_NAME_BYTES: Final = 255
 MAX_HELLO_BYTES: Final = NONCE_BYTES + 1 + MAX_NAME_BYTES + MAC_BYTES
 AUTH_TIMEOUT_S: Final = 5.0  # TLS handshake plus HMAC handshake, per connection
 MAX_PENDING_LINKS: Final = 64  # internal connections not yet authenticated, at once
+MAX_PENDING_LINKS_PER_IP: Final = 16  # of them from one address
 MAX_LINKS: Final = 256  # open links, each direction (one per peer node)
 MAX_RELAY_STREAMS: Final = 4096  # relayed connections per link
 DIAL_LABEL: Final = b"tunnelkit node link: dialer"
@@ -234,8 +239,10 @@ class LinkListener:
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        # Unauthenticated connections, bounded as tunneld's pre-login peers are (prelogin.py).
+        self._slots = PendingLogins(MAX_PENDING_LINKS, MAX_PENDING_LINKS_PER_IP)
         self.links: set[MuxSession] = set()
-        self.refused = 0  # over MAX_PENDING_LINKS or MAX_LINKS
+        self.refused = 0  # busy (every slot making progress) or over MAX_LINKS
         self.failed = 0  # TLS or HMAC handshake failed or timed out
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -267,38 +274,67 @@ class LinkListener:
                 logger.debug("tunneld: cluster: accept failed: %r", exc)
                 await asyncio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
-            if len(self._pending) >= MAX_PENDING_LINKS or len(self.links) >= MAX_LINKS:
+            if len(self.links) >= MAX_LINKS:
                 self.refused += 1
                 sock.close()
                 continue
-            task = loop.create_task(self._authenticate(sock))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._admit(sock, loop)
 
-    async def _authenticate(self, sock: socket.socket) -> None:
+    def _admit(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            ip = str(sock.getpeername()[0])
+        except OSError:
+            sock.close()
+            return
+        tasks: list[asyncio.Task[None]] = []
+
+        def evict() -> None:
+            for task in tasks:
+                task.cancel()
+
+        slot = self._slots.admit(ip, loop.time(), evict)
+        if slot is None:  # every pending connection is making progress: busy
+            self.refused += 1
+            sock.close()
+            return
+        task = loop.create_task(self._authenticate(sock, slot))
+        tasks.append(task)
+        self._pending.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._pending.discard(task)
+            if not slot.released:  # cancelled before it ran: nothing else closes the socket
+                self._slots.release(slot)
+                sock.close()
+
+        task.add_done_callback(done)
+
+    async def _authenticate(self, sock: socket.socket, slot: PendingSlot) -> None:
         loop = asyncio.get_running_loop()
         handshake = _Handshake(dialer=False, secret=self._secret, fp=self._fp, name=b"")
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            peer = "?"
+        authenticated = False
         try:
             async with asyncio.timeout(AUTH_TIMEOUT_S):
                 await loop.connect_accepted_socket(
                     lambda: handshake, sock, ssl=self._ssl, ssl_handshake_timeout=AUTH_TIMEOUT_S
                 )
+                self._slots.progressed(slot, loop.time())
                 transport = await handshake.done
+            authenticated = True
         except (LinkError, ssl.SSLError, OSError, TimeoutError) as exc:
             self.failed += 1
             logger.warning(
                 "tunneld: cluster: refused an internal link from %s: %s",
-                peer,
+                slot.ip,
                 exc or type(exc).__name__,
             )
-            if handshake.transport is not None:
-                handshake.transport.abort()
-            else:
+        finally:
+            self._slots.release(slot)
+            if not authenticated:
+                if handshake.transport is not None:
+                    handshake.transport.abort()
                 sock.close()
+        if not authenticated:
             return
         mux = start_mux(transport, handshake, Role.SERVER, self._settings)
         mux.on_stream = admit_streams(mux, self._on_stream)
