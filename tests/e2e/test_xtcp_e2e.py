@@ -6,9 +6,11 @@ The NAT cases (two clients behind their own MASQUERADE NATs) are in test_xtcp_na
 from __future__ import annotations
 
 import asyncio
+import os
 
 from tests.e2e.test_secret_e2e import owner_and_visitor, roundtrip, secret_proxy, visitor_port
 from tests.support.echo import tcp_echo_server
+from tunnel_client.punch import PunchPort, send_probe
 
 SECRET = "correct horse battery staple"
 
@@ -38,3 +40,69 @@ async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # t
             await server.wait_for(r"xtcp direct path up")
             results = await asyncio.gather(*(roundtrip(port, payload) for _ in range(3)))
         assert all(result == payload for result in results)
+
+
+async def test_xtcp_fallback_to_names_an_stcp_visitor(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
+    """With no P2P attempt allowed (maxRetriesAnHour = 0), connections go through the
+    fallbackTo stcp visitor at once: they reach the stcp proxy's service, not the xtcp one."""
+    async with tcp_echo_server() as p2p_echo, tcp_echo_server() as relay_echo:
+        owner = secret_proxy("vault", "xtcp", p2p_echo.port, allow='"bob"') + secret_proxy(
+            "vault-relay", "stcp", relay_echo.port, allow='"bob"'
+        )
+        visitors = (
+            '[[visitors]]\nname = "relay"\ntype = "stcp"\nserverName = "vault-relay"\n'
+            f'serverUser = "alice"\nsecretKey = "{SECRET}"\nbindPort = -1\n'
+        ) + xtcp_visitor("to-vault", "vault", 'fallbackTo = "relay"\nmaxRetriesAnHour = 0\n')
+        _, _, guest = await owner_and_visitor(run_tunneld, run_tunnelc, owner, visitors)
+        port = await visitor_port(guest, "to-vault")
+        async with asyncio.timeout(60):
+            assert await roundtrip(port, b"through the fallback") == b"through the fallback"
+        assert (relay_echo.accepted, p2p_echo.accepted) == (1, 0)
+
+
+async def test_xtcp_hostile_user_gets_no_address_and_no_path(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
+    """A user not in allowUsers, with the right secret or a guess, is refused before any
+    rendezvous: tunneld hands out no address, the owner punches nothing, the service sees
+    nothing; a stray probe with a made-up token changes nothing either."""
+    async with tcp_echo_server() as echo:
+        body = xtcp_visitor("steal", "vault") + xtcp_visitor("guess", "vault", secret="guess")
+        server, owner, mallory = await owner_and_visitor(
+            run_tunneld,
+            run_tunnelc,
+            secret_proxy("vault", "xtcp", echo.port, allow='"bob"'),
+            body,
+            visitor_user="mallory",
+        )
+        control = await server.control_address()
+        async with asyncio.timeout(60):
+            for name in ("steal", "guess"):
+                port = await visitor_port(mallory, name)
+                await assert_refused(port)
+                await mallory.wait_for(
+                    rf"visitor {name}: no P2P path to alice\.vault.*(allowUsers|secretKey)"
+                )
+            with PunchPort("127.0.0.1") as probe_port:
+                await send_probe(probe_port, (control.host, control.port), os.urandom(16))
+        assert echo.accepted == 0
+        assert not any("xtcp rendezvous:" in line for line in server.lines())
+        assert not any("P2P session" in line for line in owner.lines())
+
+
+async def assert_refused(port: int) -> None:
+    """A connection to the visitor's port ends without data (reset or closed)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionError:
+        return  # refused before this side's connect completed
+    try:
+        writer.write(b"hello")
+        try:
+            assert await reader.read() == b""
+        except ConnectionError:
+            pass  # the reset that refused it
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass  # the reset that refused it
