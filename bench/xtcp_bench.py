@@ -142,9 +142,14 @@ async def main() -> None:
                     ("xtcp visitor (P2P)", "p2p"),
                     ("xtcp visitor (relay fallback)", "relay"),
                 ):
-                    results[label] = await measured(
-                        gen, bound[f"{prefix}-sink"], bound[f"{prefix}-echo"], args, server.pid
-                    )
+                    try:
+                        results[label] = await measured(
+                            gen, bound[f"{prefix}-sink"], bound[f"{prefix}-echo"], args, server.pid
+                        )
+                    except RuntimeError:
+                        for proc in (server, owner, guest):
+                            print(f"--- {label}: {proc.describe()}", file=sys.stderr)
+                        raise
         finally:
             await group.aclose()
             await gen.close()
