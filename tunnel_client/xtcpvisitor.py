@@ -15,6 +15,7 @@ relay at once. `keepTunnelOpen` starts an attempt whenever the client logs in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -99,6 +100,9 @@ class XTCPVisitor(Visitor):
         self._held: set[asyncio.Task[None]] = set()
         self.p2p: MuxSession | None = None
         self._attempt: asyncio.Task[None] | None = None
+        # Set when the running attempt has its outcome (a P2P mux, or a failure); the task
+        # itself lives on while the mux is up.
+        self._settled = asyncio.Event()
         self._starts: deque[float] = deque()  # monotonic times of attempts in the last hour
         self._failed_at: float | None = None
         self.direct_total = 0
@@ -142,9 +146,10 @@ class XTCPVisitor(Visitor):
         """A direct stream when there is (or soon is) a P2P path, else a relayed one."""
         if self.p2p is None and len(self._held) <= MAX_HELD_CONNECTIONS:
             self.start_attempt()
-            attempt = self._attempt
-            if attempt is not None:
-                await asyncio.wait({attempt}, timeout=self.fallback_wait_s)
+            if self._attempt is not None and not self._settled.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.fallback_wait_s):
+                        await self._settled.wait()
         mux = self.p2p
         if mux is not None and not mux.closed:
             try:
@@ -183,6 +188,7 @@ class XTCPVisitor(Visitor):
         if failed is not None and now - failed < self.config.min_retry_interval:
             return
         starts.append(now)
+        self._settled = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._run_attempt(self.session))
         self._attempt = task
         task.add_done_callback(self._attempt_done)
@@ -190,6 +196,7 @@ class XTCPVisitor(Visitor):
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         if self._attempt is task:
             self._attempt = None
+            self._settled.set()
 
     async def _run_attempt(self, session: MuxSession) -> None:
         name = self.config.name
@@ -198,6 +205,7 @@ class XTCPVisitor(Visitor):
         except PunchFailed as exc:
             self._failed_at = time.monotonic()
             self.last_punch = f"failed: {exc}"
+            self._settled.set()
             logger.warning(
                 "tunnelc: visitor %s: no P2P path to %s, relaying through the server: %s",
                 name,
@@ -207,6 +215,7 @@ class XTCPVisitor(Visitor):
             return
         self._failed_at = None
         self.p2p = mux
+        self._settled.set()
         peer = mux.peername or ("?", 0)
         self.last_punch = f"direct to {peer[0]}:{peer[1]}"
         logger.info("tunnelc: visitor %s: P2P path to %s at %s:%s", name, self.target, *peer)
