@@ -56,6 +56,13 @@ P2P_PRE_PROOF_FRAME_BYTES: Final = 4096
 P2P_PRE_PROOF_MESSAGES: Final = 2
 P2P_CERT_DAYS: Final = 30  # the owner's throwaway certificate (made once per tunnelc run)
 P2P_SERVER_NAME: Final = "tunnelkit-xtcp"
+# A P2P path can die silently (a NAT forgets the mapping); ping it more often than the control
+# connection so the next connection relays within P2P_KEEPALIVE_TIMEOUT_S, not 90 s.
+P2P_KEEPALIVE_INTERVAL_S: Final = 10.0
+P2P_KEEPALIVE_TIMEOUT_S: Final = 30.0
+P2P_MUX_SETTINGS: Final = MuxSettings(
+    keepalive_interval_s=P2P_KEEPALIVE_INTERVAL_S, keepalive_timeout_s=P2P_KEEPALIVE_TIMEOUT_S
+)
 
 
 class PunchFailed(Exception):

@@ -30,10 +30,17 @@ from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.messages import PunchDone, PunchGo, PunchReady, PunchStart, StreamHeader, VisitorOpen
 from protocol.names import peer_text
 from protocol.punch import PURPOSE_PUNCH
-from protocol.settings import MuxSettings
 from protocol.visitorauth import VISITOR_NONCE_BYTES, visitor_proof
 
-from .punch import PunchFailed, PunchPort, local_ip_of, punch_connect, send_probe, visitor_p2p
+from .punch import (
+    P2P_MUX_SETTINGS,
+    PunchFailed,
+    PunchPort,
+    local_ip_of,
+    punch_connect,
+    send_probe,
+    visitor_p2p,
+)
 from .visitorconfig import DEFAULT_FALLBACK_TIMEOUT_MS, VisitorConfig
 from .visitors import Visitor, _host
 
@@ -108,7 +115,7 @@ class XTCPVisitor(Visitor):
         self.direct_total = 0
         self.relayed_total = 0
         self.last_punch = ""  # the last attempt's outcome, for the status
-        self.settings = MuxSettings()
+        self.settings = P2P_MUX_SETTINGS
         wait_ms = config.fallback_timeout_ms or DEFAULT_FALLBACK_TIMEOUT_MS
         self.fallback_wait_s = wait_ms / 1000
 

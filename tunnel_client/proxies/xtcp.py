@@ -24,12 +24,12 @@ from protocol.aio.stream import MuxStream, StreamResetError
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.messages import PunchGo, PunchReady, PunchStart
 from protocol.punch import KIND_RELAY, KIND_RENDEZVOUS
-from protocol.settings import MuxSettings
 from protocol.visitorauth import secret_verifier
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
 from ..punch import (
+    P2P_MUX_SETTINGS,
     PunchFailed,
     PunchPort,
     local_ip_of,
@@ -54,7 +54,7 @@ class XTCPProxy(TCPProxy):
         self._verifier = secret_verifier(secret, config.name)
         self._tls: tuple[ssl.SSLContext, bytes] | None = None  # made at the first rendezvous
         self.p2p_sessions: set[MuxSession] = set()
-        self.settings = MuxSettings()
+        self.settings = P2P_MUX_SETTINGS
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
         self.spawn(self._route(session, stream))
