@@ -44,13 +44,13 @@ from protocol.settings import MuxSettings
 
 logger = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S: Final = 3.0  # TCP, TLS and the probe to tunneld
+PROBE_TIMEOUT_S: Final = 5.0  # TCP, TLS and the probe to tunneld
 # connect() attempts to the peer: the whole punch, one attempt, the pause between attempts.
-PUNCH_CONNECT_DEADLINE_S: Final = 2.0
+PUNCH_CONNECT_DEADLINE_S: Final = 3.0
 CONNECT_ATTEMPT_S: Final = 0.5
 CONNECT_RETRY_S: Final = 0.05
 ACCEPT_BACKLOG: Final = 4  # the owner also listens on its punch port
-P2P_HANDSHAKE_TIMEOUT_S: Final = 5.0  # TLS and both proofs on the P2P connection
+P2P_HANDSHAKE_TIMEOUT_S: Final = 10.0  # TLS and both proofs on the P2P connection
 # Before its proof a P2P peer may send one small message (as before a login on tunneld).
 P2P_PRE_PROOF_FRAME_BYTES: Final = 4096
 P2P_PRE_PROOF_MESSAGES: Final = 2

@@ -46,7 +46,7 @@ from .visitors import Visitor, _host
 
 logger = logging.getLogger(__name__)
 
-SIGNAL_TIMEOUT_S: Final = 8.0  # each rendezvous signal from tunneld
+SIGNAL_TIMEOUT_S: Final = 12.0  # each rendezvous signal from tunneld
 HOUR_S: Final = 3600.0
 MAX_HELD_CONNECTIONS: Final = 256  # connections waiting for a path; past it they relay at once
 HELD_BUFFER_BYTES: Final = 256 * 1024  # what one waiting connection may send before it pauses

@@ -30,13 +30,16 @@ async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # t
             run_tunneld,
             run_tunnelc,
             secret_proxy("vault", "xtcp", echo.port, allow='"bob"'),
-            xtcp_visitor("to-vault", "vault"),
+            xtcp_visitor("to-vault", "vault", "minRetryInterval = 0\n"),
         )
         port = await visitor_port(guest, "to-vault")
         payload = bytes(range(256)) * 4096
+        direct = "tunnelc: visitor to-vault: P2P path to alice.vault at"
         async with asyncio.timeout(60):
-            assert await roundtrip(port, payload) == payload
-            await guest.wait_for(r"tunnelc: visitor to-vault: P2P path to alice\.vault at")
+            # Relayed until the punch settles; a punch that failed on a loaded machine is
+            # tried again by the next connection (minRetryInterval = 0).
+            while not any(direct in line for line in guest.lines()):
+                assert await roundtrip(port, payload) == payload
             await server.wait_for(r"xtcp direct path up")
             results = await asyncio.gather(*(roundtrip(port, payload) for _ in range(3)))
         assert all(result == payload for result in results)

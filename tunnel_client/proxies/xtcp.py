@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 MAX_P2P_SESSIONS: Final = 16
 KIND_TIMEOUT_S: Final = 10.0  # tunneld sends the kind byte at once
-SIGNAL_TIMEOUT_S: Final = 8.0  # each rendezvous signal from tunneld
+SIGNAL_TIMEOUT_S: Final = 12.0  # each rendezvous signal from tunneld
 
 
 class XTCPProxy(TCPProxy):

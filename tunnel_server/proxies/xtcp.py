@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 MAX_RENDEZVOUS_PER_PROXY: Final = 16
 # From the visitor's punch request to the go signal: both probes and both ready signals.
-RENDEZVOUS_TIMEOUT_S: Final = 5.0
+RENDEZVOUS_TIMEOUT_S: Final = 10.0
 # From the go signal to the visitor's result (its connect attempts, TLS and proofs).
-PUNCH_RESULT_TIMEOUT_S: Final = 15.0
+PUNCH_RESULT_TIMEOUT_S: Final = 20.0
 
 
 class XTCPProxy(SecretProxy):
