@@ -27,7 +27,7 @@ from tunnel_client.proxyconfig import ProxyConfig
 from tunnel_client.punch import PunchFailed, owner_p2p, p2p_server_context, visitor_p2p
 from tunnel_common.configfile import Secret
 from tunnel_server.proxies import xtcp as xtcp_module
-from tunnel_server.proxies.xtcp import RENDEZVOUS_TIMEOUT_S
+from tunnel_server.proxies.xtcp import MAX_RENDEZVOUS_PER_PROXY, RENDEZVOUS_TIMEOUT_S
 from tunnel_server.server import TunnelServer
 
 SECRET = "k"
@@ -165,3 +165,23 @@ async def test_xtcp_p2p_handshake_with_the_secret_carries_streams() -> None:
         assert await far.read() == b"over the P2P mux"
         owner.abort(ErrorCode.NORMAL, "done")
         visitor.abort(ErrorCode.NORMAL, "done")
+
+
+async def test_xtcp_rendezvous_per_proxy_bound_refuses_the_next(
+    server: TunnelServer, clients: ClientRunner
+) -> None:
+    """Past MAX_RENDEZVOUS_PER_PROXY rendezvous in progress, the next is refused at once with
+    a reason (its visitor relays); the ones in progress are untouched."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        visitor = await owner_and_visitor(server, clients)
+        held = [punch_stream(visitor) for _ in range(MAX_RENDEZVOUS_PER_PROXY)]
+        for stream in held:
+            assert isinstance(await SignalChannel(stream).receive(10.0), PunchStart)
+        extra = SignalChannel(punch_stream(visitor))
+        with pytest.raises(StreamResetError) as info:
+            await extra.receive(10.0)
+        assert info.value.code == ErrorCode.REFUSED
+        assert "rendezvous of this proxy are in progress" in info.value.reason
+        assert all(not stream.is_closed for stream in held)
+        for stream in held:
+            stream.abort(ErrorCode.CANCELLED, "done")
