@@ -8,8 +8,18 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.e2e.test_secret_e2e import owner_and_visitor, roundtrip, secret_proxy, visitor_port
+import aiohttp
+
+from tests.e2e.test_secret_e2e import (
+    client_toml,
+    owner_and_visitor,
+    roundtrip,
+    secret_proxy,
+    server_toml,
+    visitor_port,
+)
 from tests.support.echo import tcp_echo_server
+from tests.support.procs import ADMIN_READY, DASHBOARD_READY
 from tunnel_client.punch import PunchPort, send_probe
 
 SECRET = "correct horse battery staple"
@@ -24,14 +34,18 @@ def xtcp_visitor(name: str, server_name: str, extra: str = "", secret: str = SEC
 
 
 async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
-    """On one host the punch succeeds: data is exact and the visitor logs a P2P path."""
+    """On one host the punch succeeds: data is exact, the visitor's status says direct, and
+    tunneld's dashboard and /metrics count the direct path."""
     async with tcp_echo_server() as echo:
-        server, _, guest = await owner_and_visitor(
-            run_tunneld,
-            run_tunnelc,
-            secret_proxy("vault", "xtcp", echo.port, allow='"bob"'),
-            xtcp_visitor("to-vault", "vault", "minRetryInterval = 0\n"),
-        )
+        server = await run_tunneld(server_toml() + "webServer.port = 0\nenablePrometheus = true\n")
+        web = f"http://127.0.0.1:{(await server.wait_for(DASHBOARD_READY))['port']}"
+        control = await server.control_address()
+        fingerprint = await server.fingerprint()
+        owner = secret_proxy("vault", "xtcp", echo.port, allow='"bob"')
+        await run_tunnelc(client_toml(control.port, fingerprint, "alice", owner))
+        body = "webServer.port = 0\n" + xtcp_visitor("to-vault", "vault", "minRetryInterval = 0\n")
+        guest = await run_tunnelc(client_toml(control.port, fingerprint, "bob", body))
+        admin = f"http://127.0.0.1:{(await guest.wait_for(ADMIN_READY))['port']}"
         port = await visitor_port(guest, "to-vault")
         payload = bytes(range(256)) * 4096
         direct = "tunnelc: visitor to-vault: P2P path to alice.vault at"
@@ -42,7 +56,19 @@ async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # t
                 assert await roundtrip(port, payload) == payload
             await server.wait_for(r"xtcp direct path up")
             results = await asyncio.gather(*(roundtrip(port, payload) for _ in range(3)))
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{web}/api/proxies") as response:
+                    rows = {row["name"]: row for row in await response.json()}
+                async with http.get(f"{web}/metrics") as response:
+                    metrics = await response.text()
+                async with http.get(f"{admin}/api/status") as response:
+                    (row,) = (await response.json())["visitors"]
         assert all(result == payload for result in results)
+        assert rows["alice.vault"]["type"] == "xtcp"
+        assert rows["alice.vault"]["p2p"]["direct"] >= 1
+        assert 'tunnelkit_xtcp_rendezvous_total{proxy="alice.vault",result="direct"}' in metrics
+        assert row["path"] == "direct" and row["connections_direct"] >= 3
+        assert row["punch"].startswith("direct to 127.0.0.1:")
 
 
 async def test_xtcp_fallback_to_names_an_stcp_visitor(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]

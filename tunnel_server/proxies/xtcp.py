@@ -29,7 +29,7 @@ from protocol.names import peer_text
 from protocol.proxytype import ProxyType
 from protocol.punch import KIND_RELAY, KIND_RENDEZVOUS
 
-from ..punchbroker import BrokerFull, PunchBroker
+from ..punchbroker import BrokerFull, PunchBroker, PunchCounters
 from .base import ProxyContext
 from .secret import SecretProxy
 from .userconn import UserConnRefused
@@ -49,6 +49,7 @@ class XTCPProxy(SecretProxy):
     def __init__(self, ctx: ProxyContext, request: NewProxy, name: str) -> None:
         super().__init__(ctx, request, name)
         self._rendezvous: set[asyncio.Task[None]] = set()
+        self.punches = PunchCounters()  # this proxy's rendezvous (the broker counts them all)
 
     def join(self, visitor: MuxStream, visitor_user: str, peer: tuple[str, int]) -> str:
         """A relayed visitor connection, as stcp, after the kind byte."""
@@ -75,6 +76,7 @@ class XTCPProxy(SecretProxy):
             return exc.reason
         owner.send(KIND_RENDEZVOUS)
         broker.counters.rendezvous += 1
+        self.punches.rendezvous += 1
         task = asyncio.get_running_loop().create_task(
             self._run_rendezvous(visitor, owner, visitor_user, broker)
         )
@@ -113,9 +115,11 @@ class XTCPProxy(SecretProxy):
             done = await v.expect(PunchDone, PUNCH_RESULT_TIMEOUT_S)
             if done.ok:
                 broker.counters.direct += 1
+                self.punches.direct += 1
                 logger.info("tunneld: %s xtcp direct path up", who)
             else:
                 broker.counters.failed += 1
+                self.punches.failed += 1
                 logger.info(
                     "tunneld: %s xtcp punch failed (the visitor relays): %s",
                     who,
@@ -125,10 +129,12 @@ class XTCPProxy(SecretProxy):
             owner.close()
         except BrokerFull as exc:
             broker.counters.failed += 1
+            self.punches.failed += 1
             visitor.abort(ErrorCode.REFUSED, str(exc))
             owner.abort(ErrorCode.CANCELLED, str(exc))
         except (TimeoutError, RemoteProtocolError, EOFError) as exc:
             broker.counters.failed += 1
+            self.punches.failed += 1
             reason = str(exc) or "the rendezvous timed out"
             logger.info("tunneld: %s xtcp rendezvous failed: %s", who, peer_text(reason))
             code = (
@@ -140,6 +146,7 @@ class XTCPProxy(SecretProxy):
             owner.abort(code, reason)
         except (StreamResetError, ConnectionError) as exc:
             broker.counters.failed += 1
+            self.punches.failed += 1
             # One side reset or its session went away: tell the other.
             visitor.abort(ErrorCode.CANCELLED, str(exc))
             owner.abort(ErrorCode.CANCELLED, str(exc))
@@ -150,6 +157,11 @@ class XTCPProxy(SecretProxy):
         finally:
             for token in tokens:
                 broker.forget(token)
+
+    def p2p_counts(self) -> dict[str, int]:
+        """Rendezvous started, direct paths made, punches failed (the dashboard's `p2p`)."""
+        p = self.punches
+        return {"rendezvous": p.rendezvous, "direct": p.direct, "failed": p.failed}
 
     def close(self) -> None:
         for task in list(self._rendezvous):
