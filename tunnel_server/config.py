@@ -269,7 +269,7 @@ SERVER_FIELDS: Final = FieldTable(
         Accepted(
             "natholeAnalysisDataReserveHours",
             Int(0, 1 << 20),
-            "only used by xtcp (NAT hole punching), which is not supported yet",
+            "tunneld keeps no NAT analysis data: xtcp punches and falls back per connection",
         ),
         *COMMON_ACCEPTED,
         Field(
