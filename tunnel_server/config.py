@@ -315,6 +315,14 @@ SERVER_FIELDS: Final = FieldTable(
             0,
             "port of the internal link listener (0 = any; it is published in Redis)",
         ),
+        Field(
+            "cluster.relayPorts",
+            "cluster_relay_ports",
+            Bool(),
+            False,
+            "every node listens on every fixed TCP port of the cluster and relays it to the "
+            "owner (needs cluster.secret); off = only the owner listens",
+        ),
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -529,6 +537,7 @@ class ServerConfig:
     cluster_secret: Secret | None = _F.optional("cluster_secret", Secret)
     cluster_internal_addr: str = _F.default("cluster_internal_addr", str)
     cluster_internal_port: int = _F.default("cluster_internal_port", int)
+    cluster_relay_ports: bool = _F.default("cluster_relay_ports", bool)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
     auth_method: str = _F.default("auth_method", str)
@@ -780,6 +789,14 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 source,
                 "cluster.internalAddr",
                 "must be an address the other nodes can reach (it is published), not a wildcard",
+            )
+        )
+    if config.cluster_relay_ports and config.cluster_secret is None:
+        problems.append(
+            ConfigError(
+                source,
+                "cluster.relayPorts",
+                "needs cluster.secret: ports are relayed over the nodes' internal links",
             )
         )
     if config.enable_prometheus and config.web.port is None:

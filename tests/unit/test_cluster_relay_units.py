@@ -9,7 +9,7 @@ import pytest
 
 from protocol.errors import ConfigError
 from tunnel_server.cluster.redisurl import redact_url, sentinel_parts
-from tunnel_server.cluster.relay import _host_candidates
+from tunnel_server.cluster.relay import _host_candidates, relayed_port
 from tunnel_server.cluster.relay_http import _request_route
 from tunnel_server.config import parse_server_config
 
@@ -76,6 +76,7 @@ def test_cluster_sentinel_url_names_sentinels_service_db_and_password() -> None:
             'redisURL = "redis://r"\nsecret = "s"\ninternalAddr = "0.0.0.0"',
             "cluster.internalAddr: must be an address the other nodes can reach",
         ),
+        ('redisURL = "redis://r"\nrelayPorts = true', "cluster.relayPorts: needs cluster.secret"),
     ],
 )
 def test_cluster_config_refuses_a_bad_sentinel_url_or_a_wildcard_link_address(
@@ -84,3 +85,10 @@ def test_cluster_config_refuses_a_bad_sentinel_url_or_a_wildcard_link_address(
     """A bad cluster setting is a one-line config error naming the key, at load."""
     with pytest.raises(ConfigError, match=message):
         parse_server_config(f"bindPort = 7000\n[cluster]\n{cluster}\n", "frps.toml")
+
+
+def test_cluster_relayed_port_kind_parses_only_a_valid_port() -> None:
+    """A port relay's stream kind names one valid port; anything else is not a port relay."""
+    assert relayed_port("tcp:7000") == 7000
+    for bad in ("tcp:0", "tcp:65536", "tcp:", "tcp:-1", "tcp:7e3", "tcp:0000080", "http", "udp:53"):
+        assert relayed_port(bad) is None, bad

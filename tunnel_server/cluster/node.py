@@ -25,6 +25,7 @@ from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, Cluste
 from tunnel_server.errors import ProxyHeld, ProxyRefused
 
 if TYPE_CHECKING:
+    from tunnel_server.cluster.port_relay import PortRelay
     from tunnel_server.cluster.relay import Relay
     from tunnel_server.server import TunnelServer
     from tunnel_server.session import ServerSession
@@ -51,6 +52,7 @@ class ClusterNode:
         self._releases: set[asyncio.Task[None]] = set()
         self._url = redact_url(url)
         self.relay: Relay | None = None
+        self.port_relay: PortRelay | None = None  # with cluster.relayPorts
         self.registry.load_of = self.load
 
     def load(self) -> dict[str, int]:
@@ -90,13 +92,21 @@ class ClusterNode:
         if server.edge is not None:
             server.edge.relay = edge_relay(relay, server.served_here)
         logger.info("tunneld: ready: cluster link on %s:%d", shown, port)
+        if cfg.cluster_relay_ports:
+            from .port_relay import PortRelay
+
+            self.port_relay = PortRelay(relay, self.registry, self.name, cfg.proxy_bind_addr)
 
     async def start(self, address: str) -> None:
         self.registry.address = address
         await self.registry.start()
+        if self.port_relay is not None:
+            self.port_relay.start()
         logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, self._url)
 
     async def close(self) -> None:
+        if self.port_relay is not None:
+            await self.port_relay.close()
         if self.relay is not None:
             self.relay.close()
             await self.relay.wait_closed()
@@ -115,6 +125,8 @@ class ClusterNode:
                 if refused is not None:
                     raise _refusal(refused, session.user)
                 taken.append((kind, names))
+                if kind == "port" and self.port_relay is not None:
+                    self.port_relay.yield_port(int(names[0]))  # before the proxy binds it
         except ClusterUnavailable as exc:
             await self._release(taken)
             raise ProxyRefused(str(exc)) from None

@@ -244,6 +244,15 @@ class ClusterRegistry:
         """Who holds `name` as far as this node knows (its cache; no Redis round trip)."""
         return self._cache.get(claim_key(self._prefix, kind, name))
 
+    def claims_of(self, kind: str) -> dict[str, Owner]:
+        """Every claim of one kind in the cache, by name (a scan of the cache)."""
+        head = claim_key(self._prefix, kind, "-")[:-1]
+        return {key[len(head) :]: o for key, o in self._cache.items() if key.startswith(head)}
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change this node sees (as `wait_until` does)."""
+        await self._changed.wait()
+
     def held(self) -> dict[tuple[str, str], Owner]:
         """The names this node holds, by (kind, name)."""
         out: dict[tuple[str, str], Owner] = {}

@@ -44,6 +44,7 @@ OPEN_TIMEOUT_S: Final = 10.0  # to open a link (if none is up) and a stream on i
 MAX_RELAY_STREAMS: Final = 4096  # relayed connections leaving, and arriving, at once
 MAX_PATH_CHARS: Final = 1024  # of a request path, when looking for its location's owner
 KINDS: Final = ("http", "https")
+PORT_KIND_PREFIX: Final = "tcp:"  # a relayed fixed port's kind: "tcp:<port>" (port_relay.py)
 
 
 class Relay:
@@ -190,7 +191,15 @@ class Relay:
 
     def _arrived(self, stream: MuxStream) -> None:
         kind = stream.header.proxy.removeprefix("relay:")
-        if kind not in KINDS or len(self._tasks) >= MAX_RELAY_STREAMS:
+        port = relayed_port(kind)
+        if port is not None:  # a fixed TCP port: only if it is ours (caches may disagree)
+            owner = self._registry.owner_of("port", str(port))
+            if owner is None or owner.node != self._name:
+                stream.abort(ErrorCode.REFUSED, f"node {self._name} does not own port {port}")
+                return
+        elif kind not in KINDS:
+            kind = ""
+        if not kind or len(self._tasks) >= MAX_RELAY_STREAMS:
             stream.abort(ErrorCode.REFUSED, "this node does not take that relay")
             return
         task = asyncio.get_running_loop().create_task(self._serve(stream, kind))
@@ -201,7 +210,9 @@ class Relay:
         """Dial our own public port for the visitor and splice it with the stream."""
         logger.debug("cluster relay: %s for %s arrived", kind, stream.header.src_addr)
         server = self._server
-        port = server.http_port if kind == "http" else server.https_port
+        port = relayed_port(kind)
+        if port is None:
+            port = server.http_port if kind == "http" else server.https_port
         if port is None:
             stream.abort(ErrorCode.REFUSED, f"node {self._name} has no {kind} vhost")
             return
@@ -255,3 +266,13 @@ def _host_candidates(host: str) -> list[str]:
         labels = labels[1:]
         out.append("*." + ".".join(labels))
     return out
+
+
+def relayed_port(kind: str) -> int | None:
+    """The port of a relayed port's stream kind ("tcp:<port>"), or None."""
+    if not kind.startswith(PORT_KIND_PREFIX):
+        return None
+    digits = kind[len(PORT_KIND_PREFIX) :]
+    if not digits.isdigit() or len(digits) > 5 or not 0 < int(digits) < 65536:
+        return None
+    return int(digits)

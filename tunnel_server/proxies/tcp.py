@@ -13,6 +13,7 @@ from protocol.messages import NewProxy
 from protocol.proxytype import ProxyType
 from tunnel_common.throttle import Pacer, Throttle, joined
 
+from ..cluster.peers import visitor_of
 from ..groups import ProxyGroup
 from ..ports import listen_on_public_port
 from .base import ProxyContext, ProxyRefused
@@ -148,10 +149,9 @@ class TCPProxy:
             transport.close()
 
     async def _admit(self, proto: SpliceProtocol, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername") or ("", 0)
         visitors = self.ctx.visitors
         assert visitors is not None
-        admitted = await visitors.plugins_admit((str(peer[0]), int(peer[1])), "tcp")
+        admitted = await visitors.plugins_admit(_visitor(transport), "tcp")
         if not admitted or transport.is_closing():
             transport.close()
             return
@@ -163,8 +163,7 @@ class TCPProxy:
         proto.admitted(stream, transport, self._pacer())
 
     def _on_user(self, proto: SpliceProtocol, transport: asyncio.Transport) -> MuxStream | None:
-        peer = transport.get_extra_info("peername") or ("", 0)
-        return self.open_or_none((str(peer[0]), int(peer[1])))
+        return self.open_or_none(_visitor(transport))
 
     def open_or_none(self, src: tuple[str, int]) -> MuxStream | None:
         """A stream for a visitor, or None when refused (counted and logged by UserConns);
@@ -197,6 +196,14 @@ class TCPProxy:
 
     async def wait_closed(self) -> None:
         return None
+
+
+def _visitor(transport: asyncio.BaseTransport) -> tuple[str, int]:
+    """The connection's visitor: its peer, or the original visitor of a connection that
+    another node of the cluster relayed (cluster.relayPorts; cluster/peers.py)."""
+    info = transport.get_extra_info("peername") or ("", 0)
+    peer = (str(info[0]), int(info[1]))
+    return visitor_of(peer) or peer
 
 
 def _group_owner(group: ProxyGroup[TCPProxy]) -> str:
