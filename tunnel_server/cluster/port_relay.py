@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 MAX_PORT_RELAY_LISTENERS: Final = 1024  # listening sockets for other nodes' ports, per node
 RETRY_S: Final = 2.0  # a failed bind is tried again after this (or at the next change)
 LISTEN_BACKLOG: Final = 128
+ACCEPT_BATCH: Final = 64  # connections taken per readiness of one listener
 ACCEPT_ERROR_PAUSE_S: Final = 0.1  # after accept() fails (EMFILE): let descriptors free up
 
 
@@ -57,7 +58,7 @@ class PortRelay:
         self._registry = registry
         self._node = node
         self._bind = bind
-        self._listeners: dict[int, tuple[socket.socket, asyncio.Task[None]]] = {}
+        self._listeners: dict[int, socket.socket] = {}
         self._pending: set[asyncio.Task[None]] = set()  # accepted, stream not yet open
         self._task: asyncio.Task[None] | None = None
         self._over = 0  # ports beyond the bound at the last reconcile (logged on change)
@@ -135,31 +136,42 @@ class PortRelay:
         except OSError:
             sock.close()
             raise
-        task = asyncio.get_running_loop().create_task(self._accept_loop(port, sock))
-        self._listeners[port] = (sock, task)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, port, sock)
+        self._listeners[port] = sock
 
     def _stop(self, port: int) -> None:
-        sock, task = self._listeners.pop(port)
-        task.cancel()
-        sock.close()  # at once: the port is free for this node's own proxy
+        sock = self._listeners.pop(port)
+        # The reader goes first, by its descriptor, so that nothing is left watching a
+        # number that the proxy's own socket may get next; then the port is free at once.
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
 
     # -- relaying ----------------------------------------------------------------------------
 
-    async def _accept_loop(self, port: int, listening: socket.socket) -> None:
+    def _accept(self, port: int, listening: socket.socket) -> None:
+        """The listener is readable: take what is waiting (at most ACCEPT_BATCH at a time)."""
         loop = asyncio.get_running_loop()
-        while True:
+        for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = await loop.sock_accept(listening)
-            except OSError as exc:
+                sock, peer = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: pause this listener a moment
                 logger.debug("tunneld: cluster: accept on port %d failed: %r", port, exc)
-                await asyncio.sleep(ACCEPT_ERROR_PAUSE_S)
-                continue
+                loop.remove_reader(listening.fileno())
+                loop.call_later(ACCEPT_ERROR_PAUSE_S, self._resume, port, listening)
+                return
+            sock.setblocking(False)
             if len(self._pending) + self._relay.outgoing >= MAX_RELAY_STREAMS:
                 _reset(sock)
                 continue
             task = loop.create_task(self._relay_one(port, sock, (str(peer[0]), int(peer[1]))))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _resume(self, port: int, listening: socket.socket) -> None:
+        if self._listeners.get(port) is listening:
+            asyncio.get_running_loop().add_reader(listening.fileno(), self._accept, port, listening)
 
     async def _relay_one(self, port: int, sock: socket.socket, visitor: tuple[str, int]) -> None:
         owner = self._registry.owner_of("port", str(port))
