@@ -9,8 +9,6 @@ import json
 import time
 from typing import Final
 
-import aiohttp
-
 from .config import ClientConfig
 
 FETCH_TIMEOUT_S: Final = 10.0
@@ -44,6 +42,8 @@ class OIDCTokenSource:
         if cfg.oidc_scope:
             form["scope"] = cfg.oidc_scope
         url = cfg.oidc_token_endpoint
+        import aiohttp  # here: a client without OIDC never loads it (a lighter start)
+
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)) as http,

@@ -14,12 +14,12 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Final
-
-import aiohttp
-import jwt
+from typing import TYPE_CHECKING, Any, Final
 
 from .config import ServerConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class OIDCVerifier:
             self._http = None
 
     async def _get_json(self, url: str) -> dict[str, Any]:
+        import aiohttp  # aiohttp and jwt load with OIDC: a server without it starts lighter
+
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
         async with self._http.get(url) as response:
@@ -69,6 +71,9 @@ class OIDCVerifier:
         return data
 
     async def _refresh(self, force: bool) -> None:
+        import aiohttp
+        import jwt
+
         async with self._lock:
             age = time.monotonic() - self._fetched_at
             if (not force and age < JWKS_CACHE_S) or (force and age < JWKS_REFETCH_MIN_S):
@@ -90,6 +95,8 @@ class OIDCVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or OIDCError naming what is wrong."""
+        import jwt
+
         if not token:
             raise OIDCError("no OIDC token in the login")
         try:
