@@ -29,11 +29,12 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,6 +65,8 @@ FLOOD_HEAD_START_S: Final = 0.5  # the flood runs this long before the pings sta
 IPERF_ATTEMPTS: Final = 2
 IPERF_RETRY_PAUSE_S: Final = 1.0
 TOOL_SLACK_S: Final = 30  # a tool run may take this much longer than its duration
+PROFILE_RATE_HZ: Final = 200  # py-spy samples per second with --profile
+PROFILE_SLACK_S: Final = 5  # py-spy records at most the tool's duration plus this
 # The --check floors: (metric, numerator path, denominator path, floor). About half of what
 # this 2-core machine measures, so that a 2x regression fails the build and noise does not.
 TK, GCM, PTY = "tunnelkit", "ssh -R aes-gcm", "ssh -tt -R (pty)"
@@ -119,7 +122,12 @@ class Bench:
     ) -> None:
         for _ in range(self.args.runs):
             for path in paths:
-                await measure(path)
+                if self.args.profile is not None and path.name == TK:
+                    step = measure.__name__
+                    async with profiled(path.pids, self.args.profile, step, self.args.seconds):
+                        await measure(path)
+                else:
+                    await measure(path)
 
     # -- the measurements ---------------------------------------------------------------------
     async def _iperf(self, argv: list[str]) -> dict[str, Any]:
@@ -160,10 +168,16 @@ class Bench:
 
     async def udp(self, path: Path_) -> None:
         assert path.udp is not None
+        before = cpu_seconds(path.pids)
         out = await self._iperf(_iperf_udp(path.udp, self.args.seconds))
+        cpu_s = cpu_seconds(path.pids) - before
         summary = out["end"]["sum"]
         received = summary["bytes"] * (1 - summary["lost_percent"] / 100)
         self.add(path.name, "UDP MB/s", received / summary["seconds"] / 1e6)
+        delivered = summary["packets"] - summary["lost_packets"]
+        if cpu_s > 0 and delivered > 0:
+            # CPU of the tunnel's processes per delivered datagram (drops included in the work).
+            self.add(path.name, "UDP CPU us/datagram", cpu_s / delivered * 1e6)
 
     async def fairness(self, path: Path_) -> None:
         """One flow floods (iperf3 -u -b 0) while another flow's pings are timed."""
@@ -215,6 +229,53 @@ class Bench:
         if cpu_s > 0 and total is not None:
             # CPU of the tunnel's processes per request: steadier than req/s on a busy machine.
             self.add(path, f"{kind} CPU us/req", cpu_s / int(total[1]) * 1e6)
+
+
+@contextlib.asynccontextmanager
+async def profiled(pids: dict[str, int], out: Path, step: str, seconds: int) -> AsyncIterator[None]:
+    """Sample these processes with py-spy (raw collapsed stacks, one file per process and
+    step, appended run after run) while the block runs; bounded by --seconds plus slack.
+    PYSPY_OPTIONS in the environment replaces `--nonblocking` (e.g. `--native`)."""
+    _make_dir(out)
+    options = os.environ.get("PYSPY_OPTIONS", "--nonblocking").split()
+    procs = []
+    for name, pid in pids.items():
+        target = out / f"{step}-{name}.txt"
+        argv = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid),
+                "-r", str(PROFILE_RATE_HZ), "-f", "raw", *options,
+                "-d", str(seconds + PROFILE_SLACK_S), "-o", str(target) + ".run"]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append((proc, target))
+    try:
+        yield
+    finally:
+        for proc, target in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), TOOL_SLACK_S)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            _append_run(target)
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _append_run(target: Path) -> None:
+    """Append py-spy's output of one run (TARGET.run) to TARGET."""
+    run = Path(str(target) + ".run")
+    if run.exists():
+        with target.open("a") as sink:
+            sink.write(run.read_text())
+        run.unlink()
 
 
 def cpu_seconds(pids: dict[str, int]) -> float:
@@ -289,7 +350,7 @@ async def run(args: argparse.Namespace) -> Bench:
 ROWS: Final = (
     "TCP MB/s", "HTTP tcp req/s", "HTTP tcp p99 ms", "HTTP tcp CPU us/req",
     "HTTP vhost req/s", "HTTP vhost p99 ms", "HTTP vhost CPU us/req",
-    "conn/s", "UDP MB/s", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
+    "conn/s", "UDP MB/s", "UDP CPU us/datagram", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
     "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
 )  # fmt: skip
 
@@ -381,6 +442,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--write", type=Path, help="update the generated section of this file")
     parser.add_argument("--json", type=Path, help="write every run's values here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample tunneld and tunnelc with py-spy during each tunnelkit run (a directory "
+        "of raw stacks; summarise with python -m bench.profile_summary)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.runs, args.conns = 2, 1, 200
