@@ -20,12 +20,6 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
-from python_socks.async_.asyncio import Proxy
-
 logger = logging.getLogger(__name__)
 
 DNS_PORT: Final = 53
@@ -108,6 +102,11 @@ async def resolve(host: str, server: tuple[str, int], timeout: float) -> str:  #
     """An address of `host` from the DNS server `server` (IPv4 first, then IPv6)."""
     if _is_ip(host):
         return host
+    # Imported here: dnspython costs about 6.5 MiB, and only `dnsServer` needs it.
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
@@ -142,6 +141,10 @@ async def open_socket(
         host = await resolve(host, params.dns_server, timeout)
     if params.proxy_url is None:
         return host, None
+    # Imported here: only `transport.proxyURL` needs python-socks.
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+    from python_socks.async_.asyncio import Proxy
+
     proxy = Proxy.from_url(params.proxy_url)
     try:
         sock = await proxy.connect(dest_host=host, dest_port=port, timeout=timeout)

@@ -17,9 +17,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 from .proxyoptions import HealthCheckConfig
 
@@ -87,10 +88,21 @@ class HealthChecker:
                 return await self._http_check()
         except TimeoutError:
             return f"no answer within {self.config.timeout_s:g}s"
-        except (OSError, aiohttp.ClientError) as exc:
+        except OSError as exc:
             return (str(exc) or type(exc).__name__)[:MAX_REASON_CHARS]
 
     async def _http_check(self) -> str:
+        # Imported here: aiohttp's client costs about 14 MiB; only http checks need it.
+        import aiohttp
+
+        try:
+            return await self._http_get()
+        except aiohttp.ClientError as exc:
+            return (str(exc) or type(exc).__name__)[:MAX_REASON_CHARS]
+
+    async def _http_get(self) -> str:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -9,8 +9,6 @@ import json
 import time
 from typing import Final
 
-import aiohttp
-
 from .config import ClientConfig
 
 FETCH_TIMEOUT_S: Final = 10.0
@@ -44,6 +42,8 @@ class OIDCTokenSource:
         if cfg.oidc_scope:
             form["scope"] = cfg.oidc_scope
         url = cfg.oidc_token_endpoint
+        import aiohttp  # here: aiohttp's client costs about 14 MiB, and only OIDC needs it
+
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)) as http,

@@ -9,11 +9,8 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import web
-
 from protocol.errors import TunnelError
 from tunnel_common.listen import listen_sockets
-from tunnel_common.webguard import check_web_bind
 from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
@@ -22,10 +19,13 @@ from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
 from .inspect.store import CaptureStore
 from .plugins import CAPTURED_PLUGINS
 
-# The inspector's app and the admin API (with prometheus_client) load only when they start:
-# a client without http proxies or webServer never imports them (test_lazy_imports.py).
+# The inspector's app, the admin API (with prometheus_client) and aiohttp itself load only
+# when they start: a client without http proxies or webServer never imports them
+# (test_lazy_imports.py).
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .client import TunnelClient
     from .web.admin import AdminController
 
@@ -47,6 +47,8 @@ async def _serve(
     a port taken at the same moment is an OSError here, never a half-started site.
     `ssl_context` serves HTTPS (webServer.tls).
     """
+    from aiohttp import web  # here: aiohttp's server costs about 16 MiB (see above)
+
     socks = listen_sockets(addr, port)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
@@ -129,6 +131,8 @@ class WebSurfaces:
             return
         self._start_history()
         password = cfg.password.reveal() if cfg.password else None
+        from tunnel_common.webguard import check_web_bind  # it imports aiohttp
+
         try:
             check_web_bind("inspect", cfg.addr, cfg.user, password)
         except ValueError as exc:
@@ -185,6 +189,8 @@ class WebSurfaces:
         cfg = self.client.config.web
         assert cfg.port is not None
         password = cfg.password.reveal() if cfg.password else None
+        from tunnel_common.webguard import check_web_bind  # it imports aiohttp
+
         try:
             check_web_bind("webServer", cfg.addr, cfg.user, password)
         except ValueError as exc:

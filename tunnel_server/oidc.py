@@ -17,7 +17,6 @@ import time
 from typing import Any, Final
 
 import aiohttp
-import jwt
 
 from .config import ServerConfig
 
@@ -69,6 +68,8 @@ class OIDCVerifier:
         return data
 
     async def _refresh(self, force: bool) -> None:
+        import jwt  # here: PyJWT (with cryptography's keys) loads only when OIDC is configured
+
         async with self._lock:
             age = time.monotonic() - self._fetched_at
             if (not force and age < JWKS_CACHE_S) or (force and age < JWKS_REFETCH_MIN_S):
@@ -90,6 +91,8 @@ class OIDCVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or OIDCError naming what is wrong."""
+        import jwt
+
         if not token:
             raise OIDCError("no OIDC token in the login")
         try:

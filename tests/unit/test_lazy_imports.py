@@ -95,3 +95,12 @@ def test_client_loads_web_surfaces_only_when_they_start() -> None:
     loaded = _loaded_by("tunnel_client.client")
     lazy = ("prometheus_client", "tunnel_client.inspect.app", "tunnel_client.web.admin")
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_client_loads_optional_libraries_only_when_configured() -> None:
+    """The running client's modules import aiohttp (web surfaces, OIDC, http health checks,
+    the reverse-proxy plugins), cryptography (plugin certificates), dnspython (`dnsServer`)
+    and python-socks (`transport.proxyURL`) only where those features start."""
+    loaded = _loaded_by("tunnel_client.client")
+    lazy = ("aiohttp", "cryptography", "dns", "python_socks", "tunnel_client.plugins.reverse")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []

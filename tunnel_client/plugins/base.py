@@ -20,11 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.errors import ErrorCode, TunnelError
@@ -147,6 +142,13 @@ def server_tls_context(crt_path: Path | None, key_path: Path | None) -> ssl.SSLC
                 "check both files"
             ) from None
         return context
+    # Imported here: cryptography's x509 costs about 10 MiB, and only a plugin without its
+    # own certificate needs it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnelc plugin")])
     now = datetime.datetime.now(datetime.UTC)

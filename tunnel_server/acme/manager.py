@@ -33,7 +33,6 @@ from typing import Final
 
 from ..edge.certstore import CertificateError, CertStore
 from ..edge.config import ACMEConfig
-from .account import ACMEAccount, OrderFailed, write_private
 from .challenges import ChallengeBoard
 
 logger = logging.getLogger(__name__)
@@ -85,6 +84,10 @@ class CertManager:
         self._certs = certs
         self._sub_domain_host = sub_domain_host
         self._on_issued = on_issued
+        # Imported here: the acme library (with josepy and pyOpenSSL) loads only when ACME
+        # is configured.
+        from .account import ACMEAccount
+
         self._account = ACMEAccount(config, self._dir, board)
         self._queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUED_NAMES)
         self._queued: set[str] = set()
@@ -199,6 +202,8 @@ class CertManager:
     # -- the worker --------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        from .account import OrderFailed, write_private
+
         while True:
             name = await self._queue.get()
             self._queued.discard(name)
