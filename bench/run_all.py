@@ -50,6 +50,7 @@ from bench.sidebyside import (  # noqa: E402
     child_named,
     direct,
     peak_rss_kib,
+    rss_kib,
     ssh_path,
     tunnel_path,
 )
@@ -100,6 +101,8 @@ TARGETS: Final = (
     ("quiet flow p99 < 5 ms under a flood", (TK, "UDP ping p99 ms (flood)"), None, 5.0),
     ("tunneld peak RSS <= 40 MiB", (TK, "tunneld peak RSS MiB"), None, 40.0),
     ("tunnelc peak RSS <= 40 MiB", (TK, "tunnelc peak RSS MiB"), None, 40.0),
+    ("tunneld idle RSS <= 30 MiB", (TK, "tunneld idle RSS MiB"), None, 30.0),
+    ("tunnelc idle RSS <= 30 MiB", (TK, "tunnelc idle RSS MiB"), None, 30.0),
 )
 SMOKE_MAX_PEAK_RSS_MIB: Final = 260.0  # tunneld + tunnelc; about twice what they use now
 
@@ -321,6 +324,8 @@ async def run(args: argparse.Namespace) -> Bench:
                     await ssh_path(group, ssh_server, sshd_pid, targets, pty=True),
                 ]
             udp_paths = [plain, tunnel]
+            for name, pid in tunnel.pids.items():  # before any load: the idle footprint
+                bench.add(tunnel.name, f"{name} idle RSS MiB", rss_kib(pid) / 1024)
             started = time.monotonic()
             steps = {
                 "tcp": (paths, bench.tcp),
@@ -352,6 +357,7 @@ ROWS: Final = (
     "HTTP vhost req/s", "HTTP vhost p99 ms", "HTTP vhost CPU us/req",
     "conn/s", "UDP MB/s", "UDP CPU us/datagram", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
     "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
+    "tunneld idle RSS MiB", "tunnelc idle RSS MiB",
 )  # fmt: skip
 
 
