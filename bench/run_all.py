@@ -324,8 +324,10 @@ async def run(args: argparse.Namespace) -> Bench:
                     await ssh_path(group, ssh_server, sshd_pid, targets, pty=True),
                 ]
             udp_paths = [plain, tunnel]
-            for name, pid in tunnel.pids.items():  # before any load: the idle footprint
-                bench.add(tunnel.name, f"{name} idle RSS MiB", rss_kib(pid) / 1024)
+            # Before any load: the idle footprint (added to the results after the steps, so
+            # that the paths keep their order in the tables).
+            idle = {name: rss_kib(pid) / 1024 for name, pid in tunnel.pids.items()}
+            bench.add("run", "load average at start", os.getloadavg()[0])
             started = time.monotonic()
             steps = {
                 "tcp": (paths, bench.tcp),
@@ -343,7 +345,10 @@ async def run(args: argparse.Namespace) -> Bench:
                 bench.add(path.name, "peak RSS MiB", total / 1024)
             for name, pid in tunnel.pids.items():
                 bench.add(tunnel.name, f"{name} peak RSS MiB", peak_rss_kib(pid) / 1024)
+            for name, mib in idle.items():
+                bench.add(tunnel.name, f"{name} idle RSS MiB", mib)
             bench.add("run", "seconds", time.monotonic() - started)
+            bench.add("run", "load average at end", os.getloadavg()[0])
         finally:
             await group.aclose()
             await stack.aclose()
@@ -382,6 +387,10 @@ def report(bench: Bench, command: str) -> str:
         f"Median of {args.runs} (paths taking turns); tools run {args.seconds} s each; "
         f"{args.conns} sequential connections ({args.conns // 5} through ssh aes-gcm, which "
         f"opens about 30 per second); the whole run took {bench.median('run', 'seconds'):.0f} s.",
+        "",
+        f"Machine load (1-minute load average on 2 cores shared with other jobs): "
+        f"{bench.median('run', 'load average at start'):.1f} at the start, "
+        f"{bench.median('run', 'load average at end'):.1f} at the end.",
         "",
         "| metric | " + " | ".join(paths) + " |",
         "|---|" + "---|" * len(paths),
