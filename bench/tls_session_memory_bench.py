@@ -27,25 +27,37 @@ from protocol.mux import Role  # noqa: E402
 from tests.support.memory import rss_kib  # noqa: E402
 
 SERVER = r"""
-import asyncio, sys
+import asyncio, socket, sys
 from pathlib import Path
 import uvloop
 from protocol.aio.connection import MuxSession
+from protocol.aio.tlslink import accept_tls
 from protocol.mux import Role
 from tunnel_common import allocator
 from tunnel_server.certs import load_or_create_server_cert, server_ssl_context
 
-async def main(state: str, use_tls: bool) -> None:
+async def main(state: str, mode: str) -> None:
     ctx = None
-    if use_tls:
+    if mode != "plain":
         ctx = server_ssl_context(load_or_create_server_cert(Path(state), None, None))
     sessions = []
     def make():
         s = MuxSession(Role.SERVER)
         sessions.append(s)
         return s
-    server = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0, ssl=ctx)
-    print(server.sockets[0].getsockname()[1], flush=True)
+    loop = asyncio.get_running_loop()
+    if mode == "tlslink":
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        async def accept_loop():
+            while True:
+                sock, _ = await loop.sock_accept(listener)
+                loop.create_task(accept_tls(sock, ctx, make, timeout_s=5.0))
+        task = loop.create_task(accept_loop())
+        print(listener.getsockname()[1], flush=True)
+    else:
+        server = await loop.create_server(make, "127.0.0.1", 0, ssl=ctx)
+        print(server.sockets[0].getsockname()[1], flush=True)
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -54,17 +66,18 @@ async def main(state: str, use_tls: bool) -> None:
         print(len(sessions), flush=True)
 
 allocator.tune()
-uvloop.run(main(sys.argv[1], sys.argv[2] == "tls"))
+uvloop.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-async def measure(sessions: int, use_tls: bool, state: str) -> float:
+async def measure(sessions: int, mode: str, state: str) -> float:
+    use_tls = mode != "plain"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         SERVER,
         state,
-        "tls" if use_tls else "plain",
+        mode,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=str(ROOT),
@@ -112,12 +125,18 @@ async def measure(sessions: int, use_tls: bool, state: str) -> float:
         await proc.wait()
 
 
+MODES = {
+    "plain": "plain TCP          ",
+    "uvloop": "TLS, uvloop SSL    ",
+    "tlslink": "TLS, TLSLink       ",
+}
+
+
 async def main(sessions: int) -> None:
     with tempfile.TemporaryDirectory() as state:
-        plain = await measure(sessions, False, state)
-        print(f"server RSS per idle mux session, plain TCP: {plain:.1f} KiB ({sessions} sessions)")
-        tls = await measure(sessions, True, state)
-        print(f"server RSS per idle mux session, TLS:       {tls:.1f} KiB ({sessions} sessions)")
+        for mode, what in MODES.items():
+            kib = await measure(sessions, mode, state)
+            print(f"server RSS per idle mux session, {what}: {kib:.1f} KiB ({sessions} sessions)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ MAX_HSTS_MAX_AGE_S: Final = 2 * 365 * 86400  # two years, the HSTS preload list'
 BACKEND_PROTOCOLS: Final = ("", "http1", "h2c")  # NewProxy.backend_protocol ("" = http1)
 MAX_BANDWIDTH_BYTES_PER_S: Final = 100 * 1024**3  # a bandwidth limit beyond this is no limit
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a server may ask a client to wait at most an hour
+# xtcp rendezvous (protocol/punch.py)
+PUNCH_TOKEN_BYTES: Final = 16
+PUNCH_ID_BYTES: Final = 16
+PUNCH_PROOF_BYTES: Final = 32
+PUNCH_FINGERPRINT_BYTES: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,55 @@ class VisitorOpen:
     timestamp: int  # the visitor's clock, Unix seconds
     nonce: bytes
     proof: bytes
+    purpose: str = ""  # "" = a visitor connection; "punch" = an xtcp rendezvous (punch.py)
+
+
+# -- xtcp rendezvous (protocol/punch.py): signals on a rendezvous stream, and the probe -------
+@dataclass(frozen=True, slots=True)
+class PunchProbe:
+    """Sent instead of a challenge on a short TLS connection to bindPort, from the local port
+    a client will punch from: tunneld notes the address it sees (after NAT) for `token`."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PunchStart:
+    """tunneld -> each side: probe with this token."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PunchReady:
+    """Each side -> tunneld: the probe is sent; the proxy's side names its certificate."""
+
+    fingerprint: bytes  # SHA-256 of the owner's P2P certificate (empty from the visitor)
+
+
+@dataclass(frozen=True, slots=True)
+class PunchGo:
+    """tunneld -> each side: the other side's address as tunneld saw it; connect now."""
+
+    host: str
+    port: int
+    fingerprint: bytes  # the owner's certificate, for the visitor to pin (empty for the owner)
+    punch_id: bytes  # binds both sides' P2P proofs to this rendezvous
+
+
+@dataclass(frozen=True, slots=True)
+class PunchProof:
+    """First message on a P2P mux, each way: the secretKey proven (protocol/punch.py)."""
+
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PunchDone:
+    """Visitor -> tunneld at the end of a rendezvous: whether the direct path came up."""
+
+    ok: bool
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +266,12 @@ Message = (
     | UDPFlowClosed
     | StreamHeader
     | VisitorOpen
+    | PunchProbe
+    | PunchStart
+    | PunchReady
+    | PunchGo
+    | PunchProof
+    | PunchDone
     | StreamResetInfo
 )
 
@@ -275,6 +335,23 @@ def _text_map(name: str, value: Any) -> dict[str, str]:
 def _compression(name: str, value: Any) -> str:
     if not isinstance(value, str) or value not in COMPRESSION_NAMES:
         raise RemoteProtocolError(f"field {name!r}: unknown compression {value!r}")
+    return value
+
+
+def _one_of(*choices: str) -> Checker:
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise RemoteProtocolError(f"field {name!r} must be one of {list(choices)}")
+        return value
+
+    return check
+
+
+def _fingerprint(name: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) not in (0, PUNCH_FINGERPRINT_BYTES):
+        raise RemoteProtocolError(
+            f"field {name!r} must be empty or {PUNCH_FINGERPRINT_BYTES} bytes"
+        )
     return value
 
 
@@ -390,8 +467,23 @@ _WIRE: Final[dict[str, tuple[type[Any], dict[str, Checker]]]] = {
             "timestamp": _int(0, 2**63 - 1),
             "nonce": _bytes_of(VISITOR_NONCE_BYTES),
             "proof": _bytes_of(VISITOR_PROOF_BYTES),
+            "purpose": _one_of("", "punch"),
         },
     ),
+    "punch_probe": (PunchProbe, {"token": _bytes_of(PUNCH_TOKEN_BYTES)}),
+    "punch_start": (PunchStart, {"token": _bytes_of(PUNCH_TOKEN_BYTES)}),
+    "punch_ready": (PunchReady, {"fingerprint": _fingerprint}),
+    "punch_go": (
+        PunchGo,
+        {
+            "host": _NAME,
+            "port": _int(1, 65535),
+            "fingerprint": _fingerprint,
+            "punch_id": _bytes_of(PUNCH_ID_BYTES),
+        },
+    ),
+    "punch_proof": (PunchProof, {"proof": _bytes_of(PUNCH_PROOF_BYTES)}),
+    "punch_done": (PunchDone, {"ok": _bool, "reason": _TEXT}),
     "stream_reset": (StreamResetInfo, {"code": _U32, "reason": _TEXT}),
 }
 _TAG_OF: Final[dict[type[Any], str]] = {cls: tag for tag, (cls, _) in _WIRE.items()}

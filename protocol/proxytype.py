@@ -11,3 +11,4 @@ class ProxyType(StrEnum):
     TCPMUX = "tcpmux"
     STCP = "stcp"  # secret tcp: reached only through a visitor that knows the secret
     SUDP = "sudp"  # secret udp, the same for datagrams
+    XTCP = "xtcp"  # secret tcp, peer to peer when NAT allows (tunnel_client/xtcp*.py)

@@ -70,7 +70,7 @@ from .trust import (
     default_known_servers_file,
     server_requires_client_cert,
 )
-from .visitors import VisitorSet
+from .visitorset import VisitorSet
 
 logger = logging.getLogger(__name__)
 

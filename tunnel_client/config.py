@@ -244,7 +244,7 @@ CLIENT_FIELDS: Final = FieldTable(
         Accepted(
             "natHoleStunServer",
             Str(),
-            "only used by xtcp (NAT hole punching), which is not supported yet",
+            "unused: for xtcp, tunneld is the rendezvous and tells each side its address",
         ),
         Accepted("featureGates", BoolMap(), "tunnelkit has no feature gates; all it has is on"),
         Field(

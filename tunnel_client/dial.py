@@ -102,7 +102,8 @@ async def resolve(host: str, server: tuple[str, int], timeout: float) -> str:  #
     """An address of `host` from the DNS server `server` (IPv4 first, then IPv6)."""
     if _is_ip(host):
         return host
-    # Imported here: dnspython costs about 6.5 MiB, and only `dnsServer` needs it.
+    # dnspython and python_socks are imported when a dial needs them: most clients use neither,
+    # and every tunnelc start would pay for loading them.
     import dns.asyncresolver
     import dns.exception
     import dns.resolver
@@ -141,7 +142,6 @@ async def open_socket(
         host = await resolve(host, params.dns_server, timeout)
     if params.proxy_url is None:
         return host, None
-    # Imported here: only `transport.proxyURL` needs python-socks.
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
     from python_socks.async_.asyncio import Proxy
 

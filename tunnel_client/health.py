@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from .proxyoptions import HealthCheckConfig
+
 if TYPE_CHECKING:
     import aiohttp
-
-from .proxyoptions import HealthCheckConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,29 +89,25 @@ class HealthChecker:
         except TimeoutError:
             return f"no answer within {self.config.timeout_s:g}s"
         except OSError as exc:
-            return (str(exc) or type(exc).__name__)[:MAX_REASON_CHARS]
+            return _reason(exc)
 
     async def _http_check(self) -> str:
-        # Imported here: aiohttp's client costs about 14 MiB; only http checks need it.
-        import aiohttp
-
-        try:
-            return await self._http_get()
-        except aiohttp.ClientError as exc:
-            return (str(exc) or type(exc).__name__)[:MAX_REASON_CHARS]
-
-    async def _http_get(self) -> str:
-        import aiohttp
+        import aiohttp  # here: a client without http checks never loads it (a lighter start)
 
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         host = f"[{self.host}]" if ":" in self.host else self.host
         url = f"http://{host}:{self.port}{self.config.path}"
         headers = dict(self.config.http_headers)
-        async with self._session.get(url, headers=headers, allow_redirects=False) as response:
-            if 200 <= response.status < 300:
-                return ""
-            return f"GET {self.config.path} answered {response.status}"
+        try:
+            async with self._session.get(url, headers=headers, allow_redirects=False) as response:
+                if 200 <= response.status < 300:
+                    return ""
+                return f"GET {self.config.path} answered {response.status}"
+        except aiohttp.ClientError as exc:
+            if isinstance(exc, TimeoutError | OSError):
+                raise  # check_once names these as it does for tcp checks
+            return _reason(exc)
 
     def _record(self, error: str) -> None:
         state = self.state
@@ -188,3 +184,7 @@ class HealthMonitor:
     async def wait_closed(self) -> None:
         stopping, self._stopping = self._stopping, set()
         await asyncio.gather(*(checker.wait_closed() for checker in stopping))
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:MAX_REASON_CHARS]

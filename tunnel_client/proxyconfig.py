@@ -60,7 +60,7 @@ _HTTP_ONLY: Final = (str(_HTTP),)
 _DOMAINS: Final = (str(_HTTP), str(_HTTPS), str(_TCPMUX))
 _GROUPED: Final = (str(_TCP), str(_HTTP), str(_HTTPS), str(_TCPMUX))  # frp's balanced kinds
 _USERS: Final = (str(_HTTP), str(_TCPMUX))  # basic auth (tcpmux: Proxy-Authorization)
-_SECRET: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
+_SECRET: Final = (str(ProxyType.STCP), str(ProxyType.SUDP), str(ProxyType.XTCP))
 
 # Every key of a `[[proxies]]` entry: (TOML key, attribute, spec, default, help). `only`
 # names the proxy types a key applies to; setting it on another type is an error.
@@ -77,7 +77,7 @@ PROXY_FIELDS: Final = FieldTable(
         Field(
             "type",
             "type",
-            Choice(tuple(ProxyType), frp_values=("xtcp",)),
+            Choice(tuple(ProxyType)),
             None,
             "proxy type",
             required="is required: set it to one of " + ", ".join(ProxyType),
@@ -243,6 +243,12 @@ PROXY_FIELDS: Final = FieldTable(
             (),
             'users whose visitors may connect ("*" = any); the own user always may',
             only=_SECRET,
+        ),
+        Accepted(
+            "natTraversal.disableAssistedAddrs",
+            Bool(),
+            "xtcp: tunneld is the rendezvous and tells each side the address it sees; "
+            "there are no assisted (local) addresses to turn off",
         ),
         *PROXY_OPTION_FIELDS,
         *PLUGIN_FIELDS,

@@ -20,8 +20,7 @@ from .inspect.store import CaptureStore
 from .plugins import CAPTURED_PLUGINS
 
 # The inspector's app, the admin API (with prometheus_client) and aiohttp itself load only
-# when they start: a client without http proxies or webServer never imports them
-# (test_lazy_imports.py).
+# when they start: a client without them never imports them (test_lazy_imports.py).
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -47,7 +46,7 @@ async def _serve(
     a port taken at the same moment is an OSError here, never a half-started site.
     `ssl_context` serves HTTPS (webServer.tls).
     """
-    from aiohttp import web  # here: aiohttp's server costs about 16 MiB (see above)
+    from aiohttp import web  # with the first surface that starts, like the apps themselves
 
     socks = listen_sockets(addr, port)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -131,7 +130,7 @@ class WebSurfaces:
             return
         self._start_history()
         password = cfg.password.reveal() if cfg.password else None
-        from tunnel_common.webguard import check_web_bind  # it imports aiohttp
+        from tunnel_common.webguard import check_web_bind  # aiohttp with it
 
         try:
             check_web_bind("inspect", cfg.addr, cfg.user, password)
@@ -189,7 +188,7 @@ class WebSurfaces:
         cfg = self.client.config.web
         assert cfg.port is not None
         password = cfg.password.reveal() if cfg.password else None
-        from tunnel_common.webguard import check_web_bind  # it imports aiohttp
+        from tunnel_common.webguard import check_web_bind  # aiohttp with it
 
         try:
             check_web_bind("webServer", cfg.addr, cfg.user, password)

@@ -17,19 +17,16 @@ from protocol.proxytype import ProxyType
 from tunnel_common.configfields import Accepted, Field, FieldTable
 from tunnel_common.configfile import Bool, Choice, ConfigTable, Int, Secret, SecretStr, Str
 
-VISITOR_TYPES: Final = (str(ProxyType.STCP), str(ProxyType.SUDP))
+VISITOR_TYPES: Final = (str(ProxyType.STCP), str(ProxyType.SUDP), str(ProxyType.XTCP))
 NO_LISTENER: Final = -1  # bindPort = -1
+_XTCP_ONLY: Final = (str(ProxyType.XTCP),)
+# fallbackTimeoutMs absent or 0: how long a connection waits for a P2P path in progress
+# before it is relayed through tunneld (frp has no fallback without fallbackTo).
+DEFAULT_FALLBACK_TIMEOUT_MS: Final = 3000
+MAX_FALLBACK_TIMEOUT_MS: Final = 60_000
 
-_XTCP: Final = "it is for xtcp (P2P) visitors, which tunnelkit does not support yet"
 # frp's visitor keys that tunnelkit names as "not supported yet" rather than unknown.
 VISITOR_UNSUPPORTED: Final[dict[str, str]] = {
-    "protocol": _XTCP,
-    "keepTunnelOpen": _XTCP,
-    "maxRetriesAnHour": _XTCP,
-    "minRetryInterval": _XTCP,
-    "fallbackTo": _XTCP,
-    "fallbackTimeoutMs": _XTCP,
-    "natTraversal": _XTCP,
     "plugin": "visitor plugins (virtual_net) are not supported yet",
 }
 
@@ -41,8 +38,8 @@ VISITOR_FIELDS: Final = FieldTable(
             "type",
             Choice(VISITOR_TYPES, frp_values=("xtcp",)),
             None,
-            "the type of the proxy visited (stcp or sudp)",
-            required="is required: set it to stcp or sudp",
+            "the type of the proxy visited (stcp, sudp or xtcp)",
+            required="is required: set it to stcp, sudp or xtcp",
         ),
         Field(
             "serverName",
@@ -50,7 +47,7 @@ VISITOR_FIELDS: Final = FieldTable(
             Str(),
             None,
             "name of the proxy to visit",
-            required="is required: the name of the stcp/sudp proxy to visit",
+            required="is required: the name of the stcp/sudp/xtcp proxy to visit",
         ),
         Field(
             "serverUser",
@@ -76,6 +73,59 @@ VISITOR_FIELDS: Final = FieldTable(
             "local port to listen on; -1 = no listener (a visitor other visitors use)",
             required="is required: the local port to listen on (or -1)",
         ),
+        Field(
+            "fallbackTo",
+            "fallback_to",
+            Str(),
+            None,
+            "xtcp: an stcp visitor (bindPort = -1 is fine) that relays while there is no P2P "
+            "path; without it the xtcp visitor relays through tunneld itself",
+            only=_XTCP_ONLY,
+        ),
+        Field(
+            "fallbackTimeoutMs",
+            "fallback_timeout_ms",
+            Int(0, MAX_FALLBACK_TIMEOUT_MS),
+            0,
+            "xtcp: how long a connection waits for a P2P path being made before it is "
+            f"relayed (0 = {DEFAULT_FALLBACK_TIMEOUT_MS} ms)",
+            only=_XTCP_ONLY,
+        ),
+        Field(
+            "keepTunnelOpen",
+            "keep_tunnel_open",
+            Bool(),
+            False,
+            "xtcp: make the P2P path as soon as the client is logged in, not at the first "
+            "connection",
+            only=_XTCP_ONLY,
+        ),
+        Field(
+            "maxRetriesAnHour",
+            "max_retries_an_hour",
+            Int(0, 3600),
+            8,
+            "xtcp: P2P attempts per hour at most; past it connections are relayed",
+            only=_XTCP_ONLY,
+        ),
+        Field(
+            "minRetryInterval",
+            "min_retry_interval",
+            Int(0, 86_400),
+            90,
+            "xtcp: seconds after a failed P2P attempt before the next (connections relay)",
+            only=_XTCP_ONLY,
+        ),
+        Accepted(
+            "protocol",
+            Choice(("quic", "kcp", "tcp")),
+            "xtcp: the P2P path is TCP (simultaneous open) carrying TLS and the mux",
+        ),
+        Accepted(
+            "natTraversal.disableAssistedAddrs",
+            Bool(),
+            "xtcp: tunneld tells each side the address it sees; there are no assisted addresses",
+        ),
         Accepted(
             "transport.useEncryption", Bool(), "visitor streams are encrypted by both sessions' TLS"
         ),
@@ -96,6 +146,11 @@ class VisitorConfig:
     secret_key: Secret | None  # an empty secretKey is refused by check_visitors
     bind_addr: str = _F.default("bind_addr", str)
     bind_port: int
+    fallback_to: str | None = None  # xtcp: the name of an stcp visitor in this file
+    fallback_timeout_ms: int = _F.default("fallback_timeout_ms", int)
+    keep_tunnel_open: bool = _F.default("keep_tunnel_open", bool)
+    max_retries_an_hour: int = _F.default("max_retries_an_hour", int)
+    min_retry_interval: int = _F.default("min_retry_interval", int)
 
 
 def complete_visitor(table: ConfigTable) -> VisitorConfig:
@@ -109,8 +164,23 @@ def check_visitors(
     problems: list[ConfigError] = []
     names = set(proxy_names)
     binds: dict[tuple[str, str, int], str] = {}
+    types = {v.name: v.type for v in visitors}
     for index, visitor in enumerate(visitors):
         path = f"visitors[{index}]"
+        target = visitor.fallback_to
+        if target is not None and visitor.type != ProxyType.XTCP:
+            problems.append(
+                ConfigError(source, f"{path}.fallbackTo", "is only for xtcp visitors; remove it")
+            )
+        elif target is not None and types.get(target) != ProxyType.STCP:
+            found = f"is an {types[target]} visitor" if target in types else "is not a visitor"
+            problems.append(
+                ConfigError(
+                    source,
+                    f"{path}.fallbackTo",
+                    f"{target!r} {found} here; name an stcp visitor of this file",
+                )
+            )
         if visitor.secret_key is None or not visitor.secret_key.reveal():
             problems.append(ConfigError(source, f"{path}.secretKey", "is required"))
         if visitor.name in names:

@@ -27,7 +27,6 @@ from protocol.dgramframe import DatagramDecoder, frame_datagram
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.messages import VisitorOpen
 from protocol.names import peer_text
-from protocol.proxytype import ProxyType
 from protocol.visitorauth import (
     VISITOR_NONCE_BYTES,
     secret_verifier,
@@ -282,37 +281,6 @@ class SUDPVisitor(Visitor, asyncio.DatagramProtocol):
         tasks = [p.task for p in self._peers.values() if p.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-VISITOR_KINDS: Final[dict[str, type[Visitor]]] = {
-    ProxyType.STCP: STCPVisitor,
-    ProxyType.SUDP: SUDPVisitor,
-}
-
-
-class VisitorSet:
-    """All visitors of one client; the client hands them each new session."""
-
-    def __init__(self, configs: tuple[VisitorConfig, ...], user: str) -> None:
-        self.visitors = [VISITOR_KINDS[c.type](c, user) for c in configs]
-
-    async def start(self) -> None:
-        for visitor in self.visitors:
-            await visitor.start()
-
-    def attach(self, session: MuxSession | None) -> None:
-        for visitor in self.visitors:
-            visitor.session = session
-
-    def status(self) -> list[dict[str, object]]:
-        return [v.status() for v in self.visitors]
-
-    def close(self) -> None:
-        for visitor in self.visitors:
-            visitor.close()
-
-    async def wait_closed(self) -> None:
-        await asyncio.gather(*(v.wait_closed() for v in self.visitors))
 
 
 def _host(host: str) -> str:

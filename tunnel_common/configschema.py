@@ -304,5 +304,4 @@ FRPC_PROXY_UNSUPPORTED: Final[dict[str, str]] = {
     "plugin.enableHTTP2": "tunnelkit's https plugins serve HTTP/1.1 (clients fall back "
     "through ALPN); remove it",
     "plugin.destinationIP": "virtual_net is not supported; remove the plugin",
-    "natTraversal": _NEXT,
 }

@@ -1,12 +1,10 @@
 """ControlListener: bindPort. Accept TCP, take a pending-login slot, run TLS, hand over.
 
-We accept sockets ourselves and run each TLS handshake as a task
-(`loop.connect_accepted_socket(..., ssl=...)`), so every way a handshake can end (success,
+We accept sockets ourselves and run each TLS handshake as a task (`accept_tls`, the lean
+TLS transport of protocol/aio/tlslink.py), so every way a handshake can end (success,
 failure, garbage, a reset, the deadline, eviction by cancelling the task) is seen here and frees
 the connection's pending-login slot. A listener created with `ssl=` never tells the application
 about a failed handshake, which leaked one slot per failure until no one could log in.
-(`loop.start_tls` on an accepted plain transport would do too, but uvloop may hand the first
-bytes of the ClientHello to the plain protocol before start_tls takes over, losing them.)
 
 Over the pending-login limits (tunnel_server/prelogin.py) the oldest pending connection is
 evicted; when none is old enough to evict, the newcomer gets a TLS handshake and one `busy`
@@ -27,6 +25,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from protocol.aio.connection import MuxSession
+from protocol.aio.tlslink import accept_tls
 from protocol.errors import ErrorCode
 from protocol.frames import FrameType, encode_frame
 from protocol.messages import Busy, encode_message
@@ -234,15 +233,14 @@ class ControlListener:
             peer = "?"  # gone already; its handshake fails below
         try:
             try:
-                async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT_S):
-                    # uvloop returns its SSL protocol here, not ours: keep ours on the side.
-                    made: list[MuxSession] = []
-                    await loop.connect_accepted_socket(
-                        lambda: _new_mux(server, made),
-                        sock,
-                        ssl=self._ssl,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
-                    )
+                # TLSLink, not the loop's SSL protocol: a third of the memory per session.
+                made: list[MuxSession] = []
+                await accept_tls(
+                    sock,
+                    self._ssl,
+                    lambda: _new_mux(server, made),
+                    timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
+                )
             except (OSError, TimeoutError) as exc:
                 # Garbage, a reset, the deadline: expected on a public port.
                 self._counters.tls_failures += 1

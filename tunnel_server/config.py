@@ -29,6 +29,7 @@ from tunnel_common.configfile import (
     Int,
     PathStr,
     Secret,
+    SecretStr,
     Str,
     StrList,
     Table,
@@ -267,7 +268,7 @@ SERVER_FIELDS: Final = FieldTable(
         Accepted(
             "natholeAnalysisDataReserveHours",
             Int(0, 1 << 20),
-            "only used by xtcp (NAT hole punching), which is not supported yet",
+            "tunneld keeps no NAT analysis data: xtcp punches and falls back per connection",
         ),
         *COMMON_ACCEPTED,
         Field(
@@ -275,7 +276,8 @@ SERVER_FIELDS: Final = FieldTable(
             "cluster_redis_url",
             Str(),
             None,
-            "Redis of a tunneld cluster (redis://, rediss://, unix://); unset = one node",
+            "the cluster's Redis (redis://, rediss://, unix://, redis+sentinel://); "
+            "unset = one node",
         ),
         Field(
             "cluster.nodeName",
@@ -290,6 +292,27 @@ SERVER_FIELDS: Final = FieldTable(
             Float(1, 3600),
             15.0,
             "a dead node's names are free again within this",
+        ),
+        Field(
+            "cluster.secret",
+            "cluster_secret",
+            SecretStr(),
+            None,
+            "shared by the nodes; set = requests for routes on other nodes are relayed there",
+        ),
+        Field(
+            "cluster.internalAddr",
+            "cluster_internal_addr",
+            Str(),
+            "127.0.0.1",
+            "address of the internal link listener, as the other nodes reach it",
+        ),
+        Field(
+            "cluster.internalPort",
+            "cluster_internal_port",
+            Int(0, 65535),
+            0,
+            "port of the internal link listener (0 = any; it is published in Redis)",
         ),
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
@@ -502,6 +525,9 @@ class ServerConfig:
     cluster_redis_url: str | None = _F.optional("cluster_redis_url", str)
     cluster_node_name: str | None = _F.optional("cluster_node_name", str)
     cluster_lease_s: float = _F.default("cluster_lease_s", float)
+    cluster_secret: Secret | None = _F.optional("cluster_secret", Secret)
+    cluster_internal_addr: str = _F.default("cluster_internal_addr", str)
+    cluster_internal_port: int = _F.default("cluster_internal_port", int)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
     auth_method: str = _F.default("auth_method", str)
@@ -739,6 +765,14 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 "maxPendingLoginsPerIP",
                 f"must not exceed maxPendingLogins ({config.max_pending_logins}), got "
                 f"{config.max_pending_logins_per_ip}",
+            )
+        )
+    if config.cluster_secret is not None and config.cluster_internal_addr in ("", "0.0.0.0", "::"):
+        problems.append(
+            ConfigError(
+                source,
+                "cluster.internalAddr",
+                "must be an address the other nodes can reach (it is published), not a wildcard",
             )
         )
     if config.enable_prometheus and config.web.port is None:

@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Final
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Final
 
 from .config import ServerConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class OIDCVerifier:
             self._http = None
 
     async def _get_json(self, url: str) -> dict[str, Any]:
+        import aiohttp  # aiohttp and jwt load with OIDC: a server without it starts lighter
+
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
         async with self._http.get(url) as response:
@@ -68,7 +71,8 @@ class OIDCVerifier:
         return data
 
     async def _refresh(self, force: bool) -> None:
-        import jwt  # here: PyJWT (with cryptography's keys) loads only when OIDC is configured
+        import aiohttp
+        import jwt
 
         async with self._lock:
             age = time.monotonic() - self._fetched_at

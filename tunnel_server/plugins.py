@@ -30,9 +30,10 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class PluginManager:
 
     async def start(self) -> None:
         if self.plugins and self._http is None:
+            import aiohttp  # only a server with httpPlugins loads it (a lighter start)
+
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
                 timeout=aiohttp.ClientTimeout(total=PLUGIN_TIMEOUT_S),
@@ -129,6 +132,8 @@ class PluginManager:
     ) -> dict[str, Any]:
         if self._http is None:
             raise PluginRejected(f"plugin {plugin.name} is not started")
+        import aiohttp  # loaded by start()
+
         self.calls_total += 1
         body = {"version": PLUGIN_VERSION, "op": op, "content": content}
         try:

@@ -33,7 +33,7 @@ from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .departures import Departures
-from .edge.certstore import CertificateError, CertStore
+from .edge.certstore import CertStore
 from .edge.h2conn import H2Service
 from .edge.listener import EdgeListener
 from .edge.service import EdgeService
@@ -42,7 +42,7 @@ from .fdbudget import FDBudget
 from .groups import Groups
 from .httpstats import HTTPStats
 from .manager import ProxyManager
-from .offline import OfflineLimits, OfflineParking, OfflineStore
+from .offline import OfflineParking
 from .oidc import OIDCVerifier
 from .pluginops import ping_loop, session_user
 from .plugins import PluginManager
@@ -59,9 +59,10 @@ from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
 from .vhost.https_sni import HTTPSVhostServer
-from .vhost.listener import DEFAULT_MAX_CONNECTIONS, VhostListener
+from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
 from .vhost.tcpmux import TCPMuxServer
+from .vhoststart import display_host, start_vhosts
 from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
@@ -72,13 +73,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_STORE_NAME: Final = "offline.sqlite3"  # in stateDir: requests stored for offline clients
 DRAIN_TIMEOUT_S: Final = 5.0
-MAX_VHOST_ROUTES: Final = 65536  # (domain, location) pairs per vhost listener
-
-
-def display_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class TunnelServer:
@@ -190,7 +185,7 @@ class TunnelServer:
             self, server_ssl_context(self.cert, cfg.tls_trusted_ca_file)
         )
         # The public ports first: "ready: control" means a client's proxies are reachable.
-        await self._start_vhosts()
+        await start_vhosts(self)
         if not self.port_reuse:
             self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
             logger.info(
@@ -210,6 +205,8 @@ class TunnelServer:
             self.cluster = ClusterNode(
                 self, cfg.cluster_redis_url, cfg.cluster_node_name, cfg.cluster_lease_s
             )
+            if cfg.cluster_secret is not None:
+                await self.cluster.start_relays(cfg.cluster_secret.reveal().encode("utf-8"))
         if cfg.web.port is not None:
             await self._start_dashboard()
         if self.cluster is not None:
@@ -220,130 +217,6 @@ class TunnelServer:
         """bindPort is vhostHTTPSPort: the HTTPS edge hands tunnelc's connections over."""
         cfg = self.config
         return cfg.bind_port != 0 and cfg.bind_port == cfg.vhost_https_port
-
-    async def _start_vhosts(self) -> None:
-        cfg = self.config
-        page = None
-        if cfg.custom_404_page is not None:
-            try:
-                page = cfg.custom_404_page.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise TunnelError(
-                    f"custom404Page {cfg.custom_404_page}: cannot read: {exc.strerror}"
-                ) from None
-        if cfg.vhost_http_port is not None:
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
-            self.offline = OfflineParking(
-                OfflineStore(cfg.state_dir / OFFLINE_STORE_NAME),
-                OfflineLimits(
-                    cfg.offline_max_requests,
-                    cfg.offline_max_bytes,
-                    cfg.offline_max_age,
-                    cfg.offline_max_total_bytes,
-                ),
-            )
-            self.offline.start()
-            await self.offline.restore(self.http_router)
-            self._http_vhost = HTTPVhostServer(
-                self.http_router,
-                timeout_s=cfg.vhost_http_timeout,
-                custom_404_page=page,
-                on_access=self._on_http_access,
-                challenge_answer=self.acme_board.http01_response,
-                https_port_for=self._https_port_for,
-            )
-            self._http_vhost.peer_allowed = self._peer_allowed
-            self._http_vhost.fd_budget = self.fd_budget
-            host, self.http_port = await self._http_vhost.start(
-                cfg.proxy_bind_addr, cfg.vhost_http_port
-            )
-            logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), self.http_port)
-        if cfg.vhost_https_port is not None:
-            await self._start_edge(page)
-        if cfg.tcpmux_httpconnect_port:
-            await self._start_tcpmux()
-
-    async def _start_tcpmux(self) -> None:
-        """tcpmuxHTTPConnectPort: TCP services chosen by the host of an HTTP CONNECT."""
-        cfg = self.config
-        assert cfg.tcpmux_httpconnect_port
-        self.tcpmux_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
-        self._tcpmux = TCPMuxServer(self.tcpmux_router, passthrough=cfg.tcpmux_passthrough)
-        self._tcpmux.peer_allowed = self._peer_allowed
-        self._tcpmux.fd_budget = self.fd_budget
-        host, self.tcpmux_port = await self._tcpmux.start(
-            cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port
-        )
-        logger.info(
-            "tunneld: ready: tcpmux httpconnect on %s:%d", display_host(host), self.tcpmux_port
-        )
-
-    async def _start_edge(self, page: str | None) -> None:
-        """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
-        cfg = self.config
-        assert cfg.vhost_https_port is not None
-        for files in cfg.edge_tls.certificates:
-            try:
-                self.certs.load(files.cert_file, files.key_file)
-            except CertificateError as exc:
-                raise TunnelError(f"tls.certificates: {exc}") from None
-        self.https_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
-        self._https_vhost = HTTPSVhostServer(self.https_router)
-        self._https_vhost.peer_allowed = self._peer_allowed
-        self._https_vhost.fd_budget = self.fd_budget
-        if self.http_router is None and cfg.edge_tls.enabled:
-            # https only: http proxies are reachable through the edge alone
-            self.http_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, self.claims)
-        if self.http_router is not None:
-            self._tls_vhost = HTTPVhostServer(
-                self.http_router,
-                timeout_s=cfg.vhost_http_timeout,
-                custom_404_page=page,
-                on_access=self._on_http_access,
-                forwarded_proto=b"https",
-            )
-            self._tls_vhost.peer_allowed = self._peer_allowed
-            self._tls_vhost.fd_budget = self.fd_budget
-            self._h2 = H2Service(
-                self.http_router,
-                timeout_s=cfg.vhost_http_timeout,
-                max_connections=DEFAULT_MAX_CONNECTIONS,
-                on_access=self._on_http_access,
-                custom_404_page=page,
-            )
-            self._h2.peer_allowed = self._peer_allowed
-            self._h2.fd_budget = self.fd_budget
-        if cfg.edge_tls.acme is not None:
-            self.cert_manager = CertManager(
-                cfg.edge_tls.acme,
-                cfg.state_dir,
-                self.certs,
-                self.acme_board,
-                sub_domain_host=cfg.sub_domain_host,
-                on_issued=self._certificate_issued,
-            )
-            self.cert_manager.start()
-        if self._tls_vhost is not None:
-            self.edge_service = EdgeService(self.certs, self.cert_manager)
-        self.edge = EdgeListener(
-            certs=self.certs,
-            passthrough=self._https_vhost,
-            passthrough_router=self.https_router,
-            terminated=self._tls_vhost,
-            h2=self._h2,
-            challenges=self.acme_board.tls_alpn_context,
-            control=self._control.accepted if self.port_reuse and self._control else None,
-            control_server_name=cfg.control_server_name,
-        )
-        self.edge.fd_budget = self.fd_budget
-        host, self.https_port = await self.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
-        logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), self.https_port)
-
-    def _https_port_for(self, name: str) -> int | None:
-        """The HTTPS edge's port if it can terminate TLS for `name` now (redirectHTTP)."""
-        if self._tls_vhost is None or self.https_port is None:
-            return None
-        return self.https_port if self.certs.lookup(name) is not None else None
 
     def _certificate_issued(self, name: str) -> None:
         """A certificate arrived: tell the clients whose http proxies it serves their URLs."""
@@ -401,6 +274,17 @@ class TunnelServer:
         """A dashboard action changed the store: apply it now, not at the next poll."""
         self.users.refresh(force=True)
         self.users.enforce(self)
+
+    @property
+    def http_vhost(self) -> HTTPVhostServer | None:
+        return self._http_vhost
+
+    def served_here(self, name: str) -> bool:
+        """Whether a local route serves this TLS server name (passthrough, or "/" of http)."""
+        for router in (self.https_router, self.http_router):
+            if router is not None and router.lookup(name) is not None:
+                return True
+        return False
 
     def _peer_allowed(self, ip: str) -> bool:
         return self.ip_rules.permits(ip)

@@ -27,6 +27,7 @@ from protocol.messages import (
     Message,
     NewProxy,
     NewProxyResult,
+    PunchProbe,
     ServerProof,
     UDPFlowClosed,
 )
@@ -133,6 +134,9 @@ class ServerSession:
         self.mux.send_message(Hello(__version__, PROTOCOL_VERSION, server_nonce))
         challenge = await self._next_login_message("challenge")
         if challenge is None:
+            return False
+        if isinstance(challenge, PunchProbe):  # xtcp: note this address (punchbroker.py)
+            self.server.visitor_gate.punches.observed(challenge.token, self.mux.peername)
             return False
         self.server.pending.progressed(self._slot, self.mux.loop.time())
         if isinstance(challenge, Login) or (

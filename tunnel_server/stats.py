@@ -271,6 +271,16 @@ class StatsCollector:
             if info.path:
                 visitors.add_metric([info.name, info.path], len(info.visitors))
         yield visitors
+        punches = CounterMetricFamily(
+            "tunnelkit_xtcp_rendezvous_total",
+            "xtcp rendezvous per proxy by result: started, direct (a P2P path was made), "
+            "failed (the visitor relays).",
+            labels=["proxy", "result"],
+        )
+        for info in self._view.proxies():
+            for result, count in sorted(info.p2p.items()):
+                punches.add_metric([info.name, result], count)
+        yield punches
         yield CounterMetricFamily(
             "tunnelkit_visitor_joins_total",
             "stcp/sudp visitor connections joined to their proxy.",

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .proxies.secret import SecretProxy
 from .proxies.tcp import TCPProxy
+from .proxies.xtcp import XTCPProxy
 from .web.view import (
     CertificateInfo,
     CertificateReport,
@@ -61,6 +62,7 @@ class LiveServerView:
                     entry.proxy.visitor_list() if isinstance(entry.proxy, SecretProxy) else ()
                 ),
                 path="relayed" if isinstance(entry.proxy, SecretProxy) else "",
+                p2p=entry.proxy.p2p_counts() if isinstance(entry.proxy, XTCPProxy) else {},
             )
             for entry in manager.entries()
         ]

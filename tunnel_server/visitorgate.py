@@ -20,9 +20,12 @@ from protocol.aio.stream import MuxStream
 from protocol.errors import ErrorCode
 from protocol.messages import VisitorOpen
 from protocol.names import peer_text
+from protocol.punch import PURPOSE_PUNCH
 from protocol.visitorauth import MAX_CLOCK_SKEW_S, proof_ok, target_name, visitor_proof
 
 from .proxies.secret import SecretProxy
+from .proxies.xtcp import XTCPProxy
+from .punchbroker import PunchBroker
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -71,6 +74,7 @@ class VisitorGate:
     def __init__(self, server: TunnelServer) -> None:
         self._server = server
         self.nonces = RecentNonces()
+        self.punches = PunchBroker()  # xtcp rendezvous: probe tokens (punchbroker.py)
 
     def open(self, session: ServerSession, stream: MuxStream) -> None:
         """The `on_stream` of a logged-in session."""
@@ -103,7 +107,9 @@ class VisitorGate:
         entry = self._server.proxies.get(target)
         proxy = entry.proxy if entry is not None else None
         if not isinstance(proxy, SecretProxy):
-            return f"no stcp or sudp proxy named {request.server_name!r} of user {server_user!r}"
+            return (
+                f"no stcp, sudp or xtcp proxy named {request.server_name!r} of user {server_user!r}"
+            )
         now = time.time()
         skew = request.timestamp - now
         if abs(skew) > MAX_CLOCK_SKEW_S:
@@ -122,4 +128,8 @@ class VisitorGate:
         if not proxy.allows(session.user):
             return f"user {session.user!r} is not in the proxy's allowUsers"
         peer = session.mux.peername or ("", 0)
+        if request.purpose == PURPOSE_PUNCH:
+            if not isinstance(proxy, XTCPProxy):
+                return f"{request.server_name!r} is an {proxy.type} proxy: no P2P"
+            return proxy.rendezvous(stream, session.user, peer, self.punches)
         return proxy.join(stream, session.user, peer)

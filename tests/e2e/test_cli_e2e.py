@@ -73,7 +73,7 @@ def test_cli_verify_accepts_the_examples() -> None:
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"tcp\"\nlocalPort = \"abc\"\n",
          ["proxies[0] (a).localPort", "abc"]),
         ("tunnelc", "[[proxies]]\nname = \"a\"\ntype = \"xtcp\"\nlocalPort = 22\n",
-         ["proxies[0] (a).type", "xtcp"]),
+         ["proxies[0] (a).secretKey", "xtcp"]),
         ("tunnelc", "serverAddr = \n", ["frpc.toml"]),
         ("tunneld", "webServer.addr = \"0.0.0.0\"\nwebServer.port = 0\n",
          ["webServer.addr", "reachable from other machines"]),

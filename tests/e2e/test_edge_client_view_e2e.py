@@ -19,9 +19,9 @@ from playwright.async_api import async_playwright, expect
 
 from tests.e2e.test_acme_e2e import ISSUE_WAIT_S, client_toml, https_get, start_acme_stack
 from tests.e2e.test_http_e2e import SUB_DOMAIN_HOST, TOKEN, echo_apps, http_proxy
-from tests.e2e.test_panel_e2e import TMUX, screen_with, tmux
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, requires_chromium
 from tests.support.procs import INSPECTOR_READY, ProcessGroup
+from tests.support.tmux import TMUX, terminal
 
 TIMEOUT_S: Final = 150.0
 
@@ -64,29 +64,25 @@ async def test_edge_panel_shows_pending_then_https_url_in_tmux(
                 "wx",
             ]
         )
-        await tmux(socket, "new-session", "-d", "-s", "panel", "-x", "120", "-y", "45", command)
-        try:
-            await tmux(socket, "set-option", "-t", "panel", "remain-on-exit", "on")
+        async with terminal(socket, command, width=120, height=45) as term:
             http_url = f"http://wx.{SUB_DOMAIN_HOST}:{ports['http']}"
             https_url = f"https://wx.{SUB_DOMAIN_HOST}:{ports['https']}"
-            shown = await screen_with(socket, "online", http_url)
+            shown = await term.screen_with("online", http_url)
             (artifacts / "edge-panel-first.txt").write_text(shown)
             # The pebble order may already be done; if not, the panel's row says so.
             if https_url not in panel_rows(shown):
                 assert "(https pending certificate for wx." in panel_rows(shown), shown
-            shown = await screen_with(socket, https_url)
-            rows = panel_rows(await screen_with(socket, https_url))
+            shown = await term.screen_with(https_url)
+            rows = panel_rows(await term.screen_with(https_url))
             (artifacts / "edge-panel-https.txt").write_text(shown)
             assert any(line.strip() == https_url for line in rows.splitlines()), rows
             assert f"{http_url} -> 127.0.0.1:{app.port}" in rows, rows
             assert "pending" not in rows, rows
             echoed = await https_get(f"wx.{SUB_DOMAIN_HOST}", ports["https"], pebble.issuer_root)
             assert echoed["app"] == "wx"
-            await tmux(socket, "send-keys", "-t", "panel", "C-c")
-            shown = await screen_with(socket, "tunnelc: stopped")
+            await term.send_keys("C-c")
+            shown = await term.screen_with("tunnelc: stopped")
             assert "Traceback" not in shown
-        finally:
-            await tmux(socket, "kill-server")  # our own tmux server, on our own socket
 
 
 @requires_chromium

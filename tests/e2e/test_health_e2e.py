@@ -42,9 +42,11 @@ async def start_checked_client(
 
 
 class Backend:
-    """A TCP echo service that can be stopped and started again on the same port."""
+    """A TCP echo service that can be stopped and started again on the same port; with a
+    `tag`, it first answers each connection with it (which backend of a group answered)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: bytes = b"") -> None:
+        self.tag = tag
         self.server: asyncio.Server | None = None
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
@@ -52,6 +54,9 @@ class Backend:
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
         try:
+            if self.tag:
+                writer.write(self.tag)
+                await writer.drain()
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
@@ -68,7 +73,8 @@ class Backend:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        assert self.server is not None
+        if self.server is None:
+            return
         self.server.close()
         for writer in list(self.writers):
             writer.close()

@@ -13,52 +13,13 @@ from typing import Any, Final
 import aiohttp
 
 from tests.e2e.test_cluster_e2e import Cluster
-from tests.e2e.test_health_e2e import DETECT_BOUND_S, start_checked_client
+from tests.e2e.test_health_e2e import DETECT_BOUND_S, Backend, start_checked_client
 from tests.e2e.test_http_e2e import http_proxy
 from tests.e2e.test_plugins_e2e import TOKEN, start_server, toml
 from tests.support.procs import proxy_refused_pattern
 from tests.support.redisserver import redis_server
 
 GROUP: Final = {"loadBalancer.group": "web", "loadBalancer.groupKey": "s3cret"}
-
-
-class TaggedBackend:
-    """A TCP service that answers each connection with its tag, then echoes; restartable."""
-
-    def __init__(self, tag: bytes) -> None:
-        self.tag = tag
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        try:
-            writer.write(self.tag)
-            await writer.drain()
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass  # the test ends connections abruptly
-        finally:
-            self.writers.discard(writer)
-            writer.close()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(
-            self._serve, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.server is None:
-            return
-        self.server.close()
-        for writer in list(self.writers):
-            writer.close()
-        await self.server.wait_closed()
-        self.server = None
 
 
 async def tag_of(port: int) -> bytes:
@@ -96,7 +57,7 @@ async def test_loadbalance_tcp_group_round_robin_and_wrong_key_refused(
 ) -> None:
     """Three clients share one port, visited in turn; a fourth with another groupKey is
     refused, and /api/groups lists the three members."""
-    backends = [TaggedBackend(tag) for tag in (b"a", b"b", b"c")]
+    backends = [Backend(tag) for tag in (b"a", b"b", b"c")]
     for backend in backends:
         await backend.start()
     try:
@@ -141,7 +102,7 @@ async def test_loadbalance_http_group_spreads_requests_over_clients(
 ) -> None:
     """An http group shares one domain: new visitor connections go to each member in turn;
     a member asking for another domain is refused."""
-    backends = [TaggedBackend(tag) for tag in (b"x", b"y")]
+    backends = [Backend(tag) for tag in (b"x", b"y")]
     apps: list[aiohttp.web.AppRunner] = []
     try:
         async with asyncio.timeout(120):
@@ -192,7 +153,7 @@ async def test_loadbalance_member_killed_mid_load_leaves_and_returns(
 ) -> None:
     """Kill one of three backends under load: once the server drops that member (within the
     health check's bound) no connection fails; restarted, the member serves again."""
-    backends = [TaggedBackend(tag) for tag in (b"a", b"b", b"c")]
+    backends = [Backend(tag) for tag in (b"a", b"b", b"c")]
     for backend in backends:
         await backend.start()
     try:

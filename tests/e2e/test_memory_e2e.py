@@ -10,6 +10,8 @@ import asyncio
 from pathlib import Path
 
 from tests.support.memory import Fleet, client_config, reconnect_storm, rss_kib
+from tests.support.procs import TunnelProcess
+from tunnel_client.config import ClientConfig
 from tunnel_common import allocator
 
 TOKEN = "memory-e2e"
@@ -25,21 +27,37 @@ MEMORY_TEST_TIMEOUT_S = 240
 # objects, allocated among the session's, keep allocator pages resident.
 CACHE_KIB_PER_DEPARTED_PROXY = 32
 SETTLE_POLL_S = 0.25  # how often RSS is sampled while tunneld trims
+# tunneld trims TRIM_INTERVAL_S after the last departure of a wave; once that departure is in
+# its log, the trim is this close (the margin is for a loaded machine).
+SETTLE_AFTER_LAST_S = allocator.TRIM_INTERVAL_S + 2.0
+# Without that line (a whole fleet leaving), or for a result over its bound: the longest a
+# trim can take after a wave began, plus a margin.
+SETTLE_LONGEST_S = allocator.TRIM_MAX_DELAY_S + 3.0
+DEPARTED = r"tunneld: client \S+ disconnected"
 
 
-async def _server(run_tunneld) -> tuple[int, int, str]:
+async def _server(run_tunneld) -> tuple[TunnelProcess, int, str]:
     server = await run_tunneld(
         f'bindAddr = "127.0.0.1"\nbindPort = 0\nauth.token = "{TOKEN}"\n'
         f"maxClients = {SESSIONS + 10}\n"
     )
     control = await server.control_address()
-    return server.pid, control.port, await server.fingerprint()
+    return server, control.port, await server.fingerprint()
+
+
+async def _storm(server: TunnelProcess, configs: list[ClientConfig], rounds: int) -> None:
+    """`rounds` sequential reconnects; returns once tunneld has logged the last departure."""
+    await reconnect_storm(configs, rounds - 1)
+    since = server.line_count
+    await reconnect_storm(configs, 1)
+    await server.wait_for(DEPARTED, since=since)
 
 
 async def test_idle_sessions_cost_little_server_memory(run_tunneld, tmp_path: Path) -> None:
     """200 idle sessions grow tunneld's RSS by at most 64 KiB each (329 KiB before)."""
     async with asyncio.timeout(MEMORY_TEST_TIMEOUT_S):
-        pid, port, fingerprint = await _server(run_tunneld)
+        server, port, fingerprint = await _server(run_tunneld)
+        pid = server.pid
         configs = [
             client_config(port, fingerprint, TOKEN, tmp_path / "state", 9, i)
             for i in range(SESSIONS)
@@ -59,13 +77,13 @@ async def test_idle_sessions_cost_little_server_memory(run_tunneld, tmp_path: Pa
 async def test_reconnect_storm_keeps_server_memory_flat(run_tunneld, tmp_path: Path) -> None:
     """1,000 reconnects grow tunneld's RSS by at most 1 MiB (10 MiB per 10,000)."""
     async with asyncio.timeout(MEMORY_TEST_TIMEOUT_S):
-        pid, port, fingerprint = await _server(run_tunneld)
+        server, port, fingerprint = await _server(run_tunneld)
+        pid = server.pid
         configs = [client_config(port, fingerprint, TOKEN, tmp_path / "state", 9, 0)]
-        await reconnect_storm(configs, WARMUP_ROUNDS)
-        await _settled(pid)
-        base = rss_kib(pid)
-        await reconnect_storm(configs, RECONNECTS)
-        grew = await _settled(pid) - base
+        await _storm(server, configs, WARMUP_ROUNDS)
+        base = await _settled(pid, window_s=SETTLE_AFTER_LAST_S)
+        await _storm(server, configs, RECONNECTS)
+        grew = await _settled(pid, below=base + MAX_RECONNECT_GROWTH_KIB) - base
         print(f"measured: tunneld +{grew} KiB after {RECONNECTS} reconnects")
         assert grew <= MAX_RECONNECT_GROWTH_KIB
 
@@ -74,13 +92,14 @@ async def test_departed_sessions_give_their_memory_back(run_tunneld, tmp_path: P
     """After 200 sessions leave, tunneld's RSS returns within 20% of its baseline plus the
     per-proxy counters it keeps for the dashboard's offline rows."""
     async with asyncio.timeout(MEMORY_TEST_TIMEOUT_S):
-        pid, port, fingerprint = await _server(run_tunneld)
+        server, port, fingerprint = await _server(run_tunneld)
+        pid = server.pid
         configs = [
             client_config(port, fingerprint, TOKEN, tmp_path / "state", 9, i)
             for i in range(SESSIONS)
         ]
-        await reconnect_storm(configs, WARMUP_ROUNDS)
-        base = await _settled(pid)
+        await _storm(server, configs, WARMUP_ROUNDS)
+        base = await _settled(pid, window_s=SETTLE_AFTER_LAST_S)
         fleet = Fleet()
         try:
             await fleet.start(configs)
@@ -93,11 +112,11 @@ async def test_departed_sessions_give_their_memory_back(run_tunneld, tmp_path: P
         assert after <= bound
 
 
-async def _settled(pid: int, below: int = 0) -> int:
-    """tunneld's RSS once its post-departure trim ran: the lowest seen over TRIM_MAX_DELAY_S
-    plus a margin, returning early once it is at or under `below`."""
+async def _settled(pid: int, below: int = 0, window_s: float = SETTLE_LONGEST_S) -> int:
+    """tunneld's RSS once its post-departure trim ran: the lowest seen over `window_s`,
+    returning early once it is at or under `below`."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + allocator.TRIM_MAX_DELAY_S + 3
+    deadline = loop.time() + window_s
     lowest = rss_kib(pid)
     while loop.time() < deadline and lowest > below:
         await asyncio.sleep(SETTLE_POLL_S)

@@ -160,7 +160,7 @@ async def test_stcp_visitor_refusals_are_one_clear_line(run_tunneld, run_tunnelc
         for name in ("wrong-key", "no-such", "mallory-in"):
             reasons[name] = await refused_line(guest, await visitor_port(guest, name), name)
         assert reasons["wrong-key"] == "the secretKey does not match the proxy's"
-        assert reasons["no-such"] == "no stcp or sudp proxy named 'nothing' of user 'alice'"
+        assert reasons["no-such"] == "no stcp, sudp or xtcp proxy named 'nothing' of user 'alice'"
         assert reasons["mallory-in"] == "user 'mallory' is not in the proxy's allowUsers"
         assert echo.accepted == 0
         await server.wait_for(r"visitor=wrong-key\] refused for alice\.vault")

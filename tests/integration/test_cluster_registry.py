@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +17,7 @@ from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, Cluste
 
 TEST_TIMEOUT_S: Final = 60.0
 LEASE_S: Final = 1.0  # short, so that expiry is seen within a test
+PAUSE_MS: Final = 5000  # CLIENT PAUSE: Redis calls hang this long (close() may wait it out)
 
 
 @contextlib.asynccontextmanager
@@ -149,3 +150,78 @@ async def test_cluster_nodes_lists_live_nodes_with_their_address(tmp_path: Path)
             assert names == ["a", "b"]
             addresses = [info.address for info in await a.nodes()]
             assert addresses == ["a.internal:7001", "b.internal:7001"]
+
+
+async def test_cluster_registry_cancelled_call_stays_cancelled_when_redis_py_swallows_it(
+    tmp_path: Path,
+) -> None:
+    """A claim cancelled while Redis is paused ends cancelled, even when the client library
+    turns the cancellation into a connection error (the lost-cancellation fix); close()
+    then returns although the renewal loop's call swallows its cancellation too."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), redis_server(tmp_path / "redis") as redis:
+        registry = ClusterRegistry.from_url(redis.url, "a", "a.internal:7001", lease_s=LEASE_S)
+        await registry.start()
+        await registry.wait_synced()
+        entered = asyncio.Event()
+
+        def swallowing(script: Any) -> Any:
+            async def call(keys: list[str], args: list[Any]) -> Any:
+                entered.set()
+                try:
+                    return await script(keys=keys, args=args)
+                except asyncio.CancelledError:
+                    # what redis-py did: the cancellation came back as a connection error
+                    raise RedisConnectionError("Connection closed by server.") from None
+
+            return call
+
+        registry._claim = swallowing(registry._claim)
+        registry._refresh = swallowing(registry._refresh)
+        admin = aioredis.from_url(redis.url)
+        try:
+            await admin.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
+            claim = asyncio.create_task(registry.claim("domain", ["x.test"], Owner("a", "u", "c")))
+            await entered.wait()
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            registry._held["tunnelkit:claim:domain:y.test"] = Owner("a", "u", "c")
+            entered.clear()
+            await entered.wait()  # a renewal is in flight, blocked by the pause
+            await registry.close(release=False)  # returns: the loop's cancellation is kept
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()
+
+
+async def test_cluster_relay_lookup_follows_locations_users_and_wildcards(tmp_path: Path) -> None:
+    """A node's relay finds the owner of a request as the router would: the longest location
+    first, a routeByHTTPUser route for its user, then wildcards; its own routes are never
+    relayed."""
+    from tunnel_server.cluster.relay import Relay
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), redis_server(tmp_path / "redis") as redis:
+        async with node(redis, "a") as a, node(redis, "b") as b, node(redis, "c") as c:
+            claims = [
+                (a, "shop.test/", Owner("a", "alice", "ca")),
+                (b, "shop.test/api", Owner("b", "bob", "cb")),
+                (b, "shop.test/api@carol", Owner("b", "bob", "cb")),
+                (a, "*.wild.test/", Owner("a", "alice", "ca")),
+                (c, "mine.test/", Owner("c", "cy", "cc")),
+            ]
+            for registry, name, owner in claims:
+                assert await registry.claim("domain", [name], owner) is None
+            await c.wait_until(lambda: c.owner_of("domain", "*.wild.test/") is not None)
+            await c.wait_until(lambda: c.owner_of("domain", "shop.test/api@carol") is not None)
+            relay = Relay(None, c, b"secret", "c")  # type: ignore[arg-type]  # lookups only
+            assert relay.owner_of_http("shop.test", "/", "") == "a"
+            assert relay.owner_of_http("SHOP.test:8080", "/api/v1", "") == "b"
+            assert relay.owner_of_http("shop.test", "/apis", "carol") == "b"
+            assert relay.owner_of_http("shop.test", "/ap", "") == "a"
+            assert relay.owner_of_http("x.y.wild.test", "/p", "") == "a"
+            assert relay.owner_of_http("mine.test", "/", "") is None  # served here
+            assert relay.owner_of_http("nobody.test", "/", "") is None
+            assert relay.owner_of_sni("shop.test") == "a"
+            assert relay.owner_of_sni("deep.wild.test") == "a"

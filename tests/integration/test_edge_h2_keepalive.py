@@ -17,14 +17,10 @@ import h2.config
 import h2.connection
 import pytest
 
-from tests.support.certs import make_ca, make_leaf
+from tests.integration.test_edge_listener import edge_to
 from tests.support.curl import curl, resolve
-from tunnel_server.edge.certstore import CertStore
 from tunnel_server.edge.h2conn import H2Service
-from tunnel_server.edge.listener import EdgeListener
 from tunnel_server.edge.upstreams import UpstreamPool
-from tunnel_server.vhost import HTTPRoute, HTTPSVhostServer, HTTPVhostServer, VhostRouter
-from tunnel_server.vhost.upstream import tcp_opener
 
 LOOPBACK: Final = "127.0.0.1"
 TEST_TIMEOUT_S: Final = 60.0
@@ -115,38 +111,10 @@ async def h2_edge(
 ) -> AsyncIterator[tuple[int, Path, H2Service]]:
     """An edge terminating `*.edge.test` whose h2 service routes to `app` through `pool`."""
     app_port = await app.start()
-    ca = make_ca(tmp_path)
-    certs = CertStore()
-    certs.load(*make_leaf(ca, tmp_path, ["*.edge.test"]))
-    router = VhostRouter("edge.test", 100)
-    router.add(
-        HTTPRoute(
-            proxy_key="c/web",
-            proxy_name="web",
-            opener=tcp_opener(LOOPBACK, app_port),
-            subdomain="web",
-        )
-    )
-    sni_router = VhostRouter(None, 100)
-    terminated = HTTPVhostServer(router, forwarded_proto=b"https")
-    service = H2Service(router, timeout_s=10.0, max_connections=100, pool=pool)
-    listener = EdgeListener(
-        certs=certs,
-        passthrough=HTTPSVhostServer(sni_router),
-        passthrough_router=sni_router,
-        terminated=terminated,
-        h2=service,
-    )
     try:
-        _, port = await listener.start(LOOPBACK, 0)
-        yield port, ca[0], service
+        async with edge_to(tmp_path, app_port, pool=pool) as (_, port, ca, service):
+            yield port, ca, service
     finally:
-        listener.close()
-        terminated.close()
-        service.close()
-        await listener.wait_closed()
-        await terminated.wait_closed()
-        await service.wait_closed()
         await app.close()
 
 

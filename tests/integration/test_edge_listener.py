@@ -25,6 +25,7 @@ from tests.support.certs import make_ca, make_leaf
 from tunnel_server.edge.certstore import CertStore
 from tunnel_server.edge.h2conn import MAX_CONCURRENT_STREAMS, H2Service
 from tunnel_server.edge.listener import EdgeListener
+from tunnel_server.edge.upstreams import UpstreamPool
 from tunnel_server.vhost import (
     HTTPRoute,
     HTTPSVhostServer,
@@ -48,18 +49,11 @@ def client_hello(name: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, int, Path]]:
-    """An edge on 127.0.0.1:0 terminating `*.edge.test` for an app answering "hello"."""
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text=f"hello {request.headers.get('X-Forwarded-Proto')}")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", hello)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, 0).start()
-    app_port = int(runner.addresses[0][1])
+async def edge_to(
+    tmp_path: Path, app_port: int, *, pool: UpstreamPool | None = None, **kw: Any
+) -> AsyncIterator[tuple[EdgeListener, int, Path, H2Service]]:
+    """An edge on 127.0.0.1:0 terminating `*.edge.test`, web.edge.test routed to `app_port`
+    (HTTP/2 visitors through `pool`); yields the listener, its port, the CA, the h2 service."""
     ca = make_ca(tmp_path)
     certs = CertStore()
     certs.load(*make_leaf(ca, tmp_path, ["*.edge.test"]))
@@ -74,7 +68,7 @@ async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, i
     )
     sni_router = VhostRouter(None, 100)
     terminated = HTTPVhostServer(router, forwarded_proto=b"https")
-    h2_service = H2Service(router, timeout_s=10.0, max_connections=100)
+    h2_service = H2Service(router, timeout_s=10.0, max_connections=100, pool=pool)
     listener = EdgeListener(
         certs=certs,
         passthrough=HTTPSVhostServer(sni_router),
@@ -85,7 +79,7 @@ async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, i
     )
     try:
         _, port = await listener.start(LOOPBACK, 0)
-        yield listener, port, ca[0]
+        yield listener, port, ca[0], h2_service
     finally:
         listener.close()
         terminated.close()
@@ -93,6 +87,25 @@ async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, i
         await listener.wait_closed()
         await terminated.wait_closed()
         await h2_service.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def edge(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[EdgeListener, int, Path]]:
+    """An edge on 127.0.0.1:0 terminating `*.edge.test` for an app answering "hello"."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.headers.get('X-Forwarded-Proto')}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, LOOPBACK, 0).start()
+        app_port = int(runner.addresses[0][1])
+        async with edge_to(tmp_path, app_port, **kw) as (listener, port, ca, _):
+            yield listener, port, ca
+    finally:
         await runner.cleanup()
 
 

@@ -226,3 +226,110 @@ async def assert_nat_blocks_inbound(topology: NatTopology) -> NatReport:
     assert report.vps_sees_office_as == topology.router_wan_ip, f"no masquerade: {report}"
     assert not report.vps_reaches_office, f"the vps reached the office through NAT: {report}"
     return report
+
+
+# -- two clients, each behind its own NAT (xtcp) --------------------------------------------
+#
+#   office-a (10.201.1.2) -- nat-a (10.201.1.1 | 10.201.0.2) --+
+#                                                              +-- br0 in `inet` (10.201.0.1:
+#   office-b (10.201.2.2) -- nat-b (10.201.2.1 | 10.201.0.3) --+     tunneld lives here)
+#
+# Both routers masquerade their office and drop what comes in from the wan unless it answers
+# their office (FORWARD) and every new connection to themselves (INPUT), as home routers do:
+# a SYN that arrives before the office's own SYN opened the mapping is dropped, not reset.
+# `symmetric_b` adds `--random-fully` to nat-b: every connection gets a random public port,
+# so the port tunneld saw is not the one the peer's SYN would have to reach.
+
+INET_IP: Final = "10.201.0.1"
+INET_PREFIX: Final = "10.201.0"
+OFFICE_A_IP: Final = "10.201.1.2"
+OFFICE_B_IP: Final = "10.201.2.2"
+
+
+@dataclass(frozen=True, slots=True)
+class TwoNats:
+    inet: str  # tunneld's namespace (the public network, a bridge both routers join)
+    nat_a: str
+    nat_b: str
+    office_a: str
+    office_b: str
+    inet_ip: str = INET_IP
+    office_a_ip: str = OFFICE_A_IP
+    office_b_ip: str = OFFICE_B_IP
+    nat_a_wan_ip: str = f"{INET_PREFIX}.2"
+    nat_b_wan_ip: str = f"{INET_PREFIX}.3"
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.inet, self.nat_a, self.nat_b, self.office_a, self.office_b)
+
+
+def _router_lines(router: str, office: str, side: int, random_fully: bool) -> list[str]:
+    lan, wan = f"10.201.{side}.1", f"{INET_PREFIX}.{side + 1}"
+    masquerade = "-j MASQUERADE" + (" --random-fully" if random_fully else "")
+    return [
+        f"ip link add eth0 netns {office} type veth peer name lan0 netns {router}",
+        f"ip -n {office} addr add 10.201.{side}.2/{PREFIX_LEN} dev eth0",
+        f"ip -n {router} addr add {lan}/{PREFIX_LEN} dev lan0",
+        f"ip -n {router} addr add {wan}/{PREFIX_LEN} dev wan0",
+        f"ip -n {office} link set eth0 up",
+        f"ip -n {office} link set lo up",
+        f"ip -n {router} link set lan0 up",
+        f"ip -n {router} link set wan0 up",
+        f"ip -n {router} link set lo up",
+        f"ip -n {office} route add default via {lan}",
+        f"ip netns exec {router} sysctl -q -w net.ipv4.ip_forward=1",
+        f"ip netns exec {router} iptables -t nat -A POSTROUTING -s 10.201.{side}.0/24 -o wan0 "
+        + masquerade,
+        f"ip netns exec {router} iptables -P FORWARD DROP",
+        f"ip netns exec {router} iptables -A FORWARD -i lan0 -o wan0 -j ACCEPT",
+        f"ip netns exec {router} iptables -A FORWARD -i wan0 -o lan0"
+        " -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"ip netns exec {router} iptables -A INPUT -i wan0 -m conntrack --ctstate NEW -j DROP",
+    ]
+
+
+def _two_nat_commands(t: TwoNats, symmetric_b: bool) -> list[list[str]]:
+    lines = [
+        *(f"ip netns add {ns}" for ns in t.namespaces),
+        f"ip -n {t.inet} link add br0 type bridge",
+        f"ip -n {t.inet} addr add {INET_IP}/{PREFIX_LEN} dev br0",
+        f"ip -n {t.inet} link set br0 up",
+        f"ip -n {t.inet} link set lo up",
+    ]
+    for side, router in ((1, t.nat_a), (2, t.nat_b)):
+        port = f"wan{side}"
+        lines += [
+            f"ip link add wan0 netns {router} type veth peer name {port} netns {t.inet}",
+            f"ip -n {t.inet} link set {port} master br0",
+            f"ip -n {t.inet} link set {port} up",
+        ]
+    lines += _router_lines(t.nat_a, t.office_a, 1, False)
+    lines += _router_lines(t.nat_b, t.office_b, 2, symmetric_b)
+    return [line.split() for line in lines]
+
+
+@contextlib.asynccontextmanager
+async def two_nat_topology(
+    prefix: str = "tx", *, symmetric_b: bool = False
+) -> AsyncIterator[TwoNats]:
+    """Build the two-NAT network above; always delete its namespaces on exit."""
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    suffix = secrets.token_hex(NAME_SUFFIX_BYTES)
+    t = TwoNats(
+        inet=f"{prefix}{suffix}-inet",
+        nat_a=f"{prefix}{suffix}-na",
+        nat_b=f"{prefix}{suffix}-nb",
+        office_a=f"{prefix}{suffix}-oa",
+        office_b=f"{prefix}{suffix}-ob",
+    )
+    try:
+        for argv in _two_nat_commands(t, symmetric_b):
+            await run_command(argv)
+        yield t
+    finally:
+        failed = await delete_namespaces(t.namespaces)
+        if failed:
+            raise AssertionError(f"network namespaces left behind: {failed}")

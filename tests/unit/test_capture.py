@@ -4,7 +4,12 @@ import asyncio
 import itertools
 import random
 
-from tunnel_client.inspect.capture import MAX_HEAD_BYTES, MAX_PENDING_EXCHANGES, HTTPCapture
+from tunnel_client.inspect.capture import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_PENDING_EXCHANGES,
+    HTTPCapture,
+)
 from tunnel_client.inspect.exchange import CapturedExchange
 from tunnel_client.inspect.store import CaptureStore
 
@@ -329,3 +334,51 @@ async def test_capture_publishes_request_before_its_response() -> None:
             updated = await subscription.get()
             assert updated is not None and updated.kind == "updated"
             assert updated.exchange is added.exchange and updated.exchange.status == 204
+
+
+def test_capture_head_growing_over_many_feeds_stops_at_the_bound() -> None:
+    """A head that never ends, sent a line at a time, stops at MAX_HEAD_BYTES (checked per
+    feed, not per header line), and the exchange is not kept half-parsed."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    capture.feed_request(b"GET / HTTP/1.1\r\n")
+    line = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+    fed = 0
+    while capture.capturing and fed < 2 * MAX_HEAD_BYTES:
+        capture.feed_request(line)
+        fed += len(line)
+    assert not capture.capturing
+    # Names and values are counted (not ": " and CRLF), and httptools hands a header over
+    # once the next line starts: so the stop comes within a few lines of the bound.
+    assert MAX_HEAD_BYTES <= fed <= MAX_HEAD_BYTES + 3 * len(line)
+    assert capture.stop_reason == f"a message head is larger than {MAX_HEAD_BYTES} bytes"
+    assert len(store) == 0
+
+
+def test_capture_too_many_headers_over_many_feeds_stops() -> None:
+    """More than MAX_HEADERS short header lines, fed one by one, stop capture on a response
+    too (the bound holds on both directions)."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    capture.feed_request(b"GET / HTTP/1.1\r\n\r\n")
+    capture.feed_response(b"HTTP/1.1 200 OK\r\n")
+    for n in range(MAX_HEADERS + 2):  # the last line's header is handed over by the next
+        capture.feed_response(b"X-%d: v\r\n" % n)
+    assert not capture.capturing
+    assert capture.stop_reason == f"a message has more than {MAX_HEADERS} headers"
+    [kept] = store.list()
+    assert kept.status is None and kept.error == capture.stop_reason
+
+
+def test_capture_keeps_a_body_of_many_chunks_up_to_the_limit() -> None:
+    """A body that arrives in many pieces is kept whole up to max_body_bytes, the rest
+    counted; one that arrives in one piece is kept as it came."""
+    store = CaptureStore(max_requests=10, max_body_bytes=10)
+    capture = make_capture(store)
+    capture.feed_request(b"POST /up HTTP/1.1\r\nContent-Length: 26\r\n\r\n")
+    for letter in b"abcdefghijklmnopqrstuvwxyz":
+        capture.feed_request(bytes([letter]))
+    capture.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
+    [kept] = store.list()
+    assert kept.request_body == (b"abcdefghij", 26, True)
+    assert kept.response_body.data == b"fine" and not kept.response_body.truncated

@@ -106,3 +106,31 @@ async def test_capture_store_clear_is_an_event() -> None:
             store.clear()
             event = await subscription.get()
             assert event is not None and (event.kind, event.exchange) == ("cleared", None)
+
+
+async def test_capture_store_subscription_coalesces_per_exchange() -> None:
+    """An exchange's events queued together are one entry, its latest, in the latest place;
+    the bound counts distinct exchanges, not changes; an exchange gone from the store before
+    the reader came is skipped, and a clear keeps its place."""
+    async with asyncio.timeout(5):
+        store = CaptureStore(max_requests=10, max_body_bytes=10, queue_size=2)
+        first, second, third = exchange(store, "/a"), exchange(store, "/b"), exchange(store)
+        with store.subscribe() as subscription:
+            store.add(first)
+            store.add(second)
+            for _ in range(50):  # many changes of queued exchanges: nothing dropped
+                store.update(first)
+                store.update(second)
+            assert subscription.dropped == 0
+            store.add(third)  # a third exchange is over the bound: dropped and counted
+            assert subscription.dropped == 1
+            events = [await subscription.get(), *subscription.drain()]
+            assert [(e.kind, e.exchange) for e in events if e is not None] == [
+                ("updated", first),
+                ("updated", second),
+            ]
+            late = exchange(store, "/late")
+            store.add(late)
+            store.clear()  # before the reader came: the exchange is gone, the clear stays
+            events = [await subscription.get(), *subscription.drain()]
+            assert [(e.kind, e.exchange) for e in events if e is not None] == [("cleared", None)]

@@ -61,7 +61,10 @@ def test_compose_cluster_config_names_each_node_and_the_redis_service() -> None:
     path = ROOT / "frps-cluster.toml.example"
     text = path.read_text(encoding="utf-8")
     for name in NODES:
-        cfg = parse_server_config(text, str(path), env={"TUNNELD_NODE_NAME": name})
+        env = {"TUNNELD_NODE_NAME": name, "TUNNELD_CLUSTER_SECRET": "s3cret"}
+        cfg = parse_server_config(text, str(path), env=env)
         assert cfg.cluster_redis_url == "redis://redis:6379/0"
         assert cfg.cluster_node_name == name
+        assert cfg.cluster_internal_addr == name  # the other nodes reach it by service name
+        assert cfg.cluster_secret is not None and cfg.cluster_secret.reveal() == "s3cret"
         assert cfg.cluster_lease_s == 15

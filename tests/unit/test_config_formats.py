@@ -396,8 +396,8 @@ def test_config_verify_reports_every_problem_once_with_proxy_names() -> None:
         "got 99999",
         "frpc.toml: proxies[1] (ssh).subdomain: is only for http, https and tcpmux proxies, and "
         "this one is tcp; remove it",
-        "frpc.toml: proxies[2] (old).secretKey: is only for stcp and sudp proxies, and this "
-        "one is tcp; remove it",
+        "frpc.toml: proxies[2] (old).secretKey: is only for stcp, sudp and xtcp proxies, and "
+        "this one is tcp; remove it",
     ]
 
 

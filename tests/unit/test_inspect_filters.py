@@ -1,13 +1,14 @@
 """Inspector filters: path, method, status classes, proxy and free text, ANDed."""
 
+import asyncio
 import json
 
 import pytest
 
-from tunnel_client.inspect.app import _coalesced
+from tunnel_client.inspect.app import _coalesced, _pump_events, exchange_summary
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange
 from tunnel_client.inspect.filters import MAX_FILTER_CHARS, parse_filter
-from tunnel_client.inspect.store import StoreEvent
+from tunnel_client.inspect.store import CaptureStore, StoreEvent
 
 
 def exchange(**fields: object) -> CapturedExchange:
@@ -108,3 +109,49 @@ def test_filters_live_events_coalesce_per_exchange_in_order() -> None:
         summarize,
     )
     assert ended and data == b'data: {"kind":"hidden","id":2}\n\n'
+
+
+class _Sink:
+    """Stands in for the SSE response: keeps each write and signals it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.wrote = asyncio.Event()
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.wrote.set()
+
+    async def next_write(self) -> list[dict[str, object]]:
+        await self.wrote.wait()
+        self.wrote.clear()
+        return [json.loads(line[6:]) for line in self.writes[-1].decode().split("\n\n") if line]
+
+
+async def test_filters_live_view_sends_a_burst_in_one_write_without_the_evicted() -> None:
+    """A lone request goes out at once; a burst that comes while the view waits after a
+    write goes out in one write, one event per exchange, only those the store still holds."""
+    async with asyncio.timeout(10):
+        store = CaptureStore(max_requests=5, max_body_bytes=64)
+        sink = _Sink()
+        with store.subscribe() as subscription:
+            pump = asyncio.create_task(
+                _pump_events(
+                    subscription,
+                    sink,  # type: ignore[arg-type]
+                    parse_filter({"method": "POST"}),
+                    exchange_summary,
+                )
+            )
+            store.add(exchange(id=store.new_id()))
+            assert [e["kind"] for e in await sink.next_write()] == ["added"]
+            burst = [exchange(id=store.new_id(), path=f"/{n}") for n in range(20)]
+            for item in burst:  # all before the view's wait is over
+                store.add(item)
+                store.update(item)
+            events = await sink.next_write()
+            paths = [e["exchange"]["path"] for e in events]  # type: ignore[index]
+            assert paths == [f"/{n}" for n in range(15, 20)]
+            assert {e["kind"] for e in events} == {"updated"}
+            subscription.close()
+            await pump

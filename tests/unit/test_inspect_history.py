@@ -10,6 +10,9 @@ import pytest
 
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange
 from tunnel_client.inspect.history import (
+    BUSY_FLUSH_INTERVAL_SECONDS,
+    DIRTY_LIMIT_FACTOR,
+    FLUSH_INTERVAL_SECONDS,
     SCHEMA_VERSION,
     HistoryDB,
     HistoryLocked,
@@ -221,3 +224,26 @@ async def test_history_keeps_mock_rules_as_toggled(tmp_path: Path) -> None:
         assert list(third.store.mocks.rules) == [3]
         third.close()
         await third.wait_closed()
+
+
+async def test_history_full_batch_waits_longer_and_marks_stay_bounded(tmp_path: Path) -> None:
+    """A batch of max_requests rows (the store turned over) makes the next wait the busy
+    interval; marks of exchanges evicted before a batch are pruned past the dirty bound."""
+    async with asyncio.timeout(TIMEOUT_S):
+        writer = await open_history(tmp_path / "h.sqlite3", max_requests=3)
+        try:
+            writer.store.add(exchange(writer.store, "/one"))
+            await writer.flush()
+            assert writer._interval == FLUSH_INTERVAL_SECONDS
+            for n in range(10 * DIRTY_LIMIT_FACTOR * 3):
+                writer.store.add(exchange(writer.store, f"/{n}"))
+                assert len(writer._dirty) <= DIRTY_LIMIT_FACTOR * 3 + 1
+            await writer.flush()
+            assert writer._interval == BUSY_FLUSH_INTERVAL_SECONDS
+            assert writer.db.count() == 3
+            writer.store.add(exchange(writer.store, "/quiet"))
+            await writer.flush()
+            assert writer._interval == FLUSH_INTERVAL_SECONDS
+        finally:
+            writer.close()
+            await writer.wait_closed()

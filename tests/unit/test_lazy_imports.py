@@ -97,10 +97,22 @@ def test_client_loads_web_surfaces_only_when_they_start() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
-def test_client_loads_optional_libraries_only_when_configured() -> None:
-    """The running client's modules import aiohttp (web surfaces, OIDC, http health checks,
-    the reverse-proxy plugins), cryptography (plugin certificates), dnspython (`dnsServer`)
-    and python-socks (`transport.proxyURL`) only where those features start."""
+def test_client_loads_optional_dependencies_only_when_used() -> None:
+    """A client loads aiohttp (plugins, http health checks, OIDC, its web surfaces), dnspython
+    (dnsServer), python_socks (proxyURL), h11 and cryptography (plugins) only when a feature
+    needs them: every tunnelc start pays for what it imports."""
     loaded = _loaded_by("tunnel_client.client")
-    lazy = ("aiohttp", "cryptography", "dns", "python_socks", "tunnel_client.plugins.reverse")
+    plugins = ("reverse", "http_proxy", "socks5", "static_file", "tls2raw", "unix_socket")
+    lazy = (
+        *("aiohttp", "dns", "python_socks", "h11", "cryptography"),
+        *(f"tunnel_client.plugins.{name}" for name in plugins),
+    )
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_server_loads_oidc_and_acme_libraries_only_when_used() -> None:
+    """tunneld loads jwt (OIDC) and the acme client with requests (ACME) only when its config
+    uses them: every tunneld start pays for what it imports."""
+    loaded = _loaded_by("tunnel_server.server")
+    lazy = ("jwt", "acme", "josepy", "requests", "urllib3", "tunnel_server.acme.account")
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []

@@ -25,6 +25,12 @@ from protocol.messages import (
     Message,
     NewProxy,
     NewProxyResult,
+    PunchDone,
+    PunchGo,
+    PunchProbe,
+    PunchProof,
+    PunchReady,
+    PunchStart,
     ServerProof,
     StreamHeader,
     StreamResetInfo,
@@ -66,8 +72,14 @@ SAMPLES: dict[str, Message] = {
     "stream_header": StreamHeader("ssh", "198.51.100.7", 51234),
     "stream_reset": StreamResetInfo(6, "dial 127.0.0.1:22: connection refused"),
     "visitor_open": VisitorOpen(
-        "stcp", "alice", "vault", "to-vault", 1_700_000_000, b"n" * 16, b"p" * 32
+        "stcp", "alice", "vault", "to-vault", 1_700_000_000, b"n" * 16, b"p" * 32, "punch"
     ),
+    "punch_probe": PunchProbe(b"t" * 16),
+    "punch_start": PunchStart(b"t" * 16),
+    "punch_ready": PunchReady(b"f" * 32),
+    "punch_go": PunchGo("203.0.113.7", 40_000, b"f" * 32, b"i" * 16),
+    "punch_proof": PunchProof(b"p" * 32),
+    "punch_done": PunchDone(False, "no direct connection"),
 }
 
 
@@ -172,7 +184,7 @@ def _mistyped_cases() -> list[Any]:
             else:
                 value = getattr(message, name)
                 wrong = WRONG_BY_KIND[bool if isinstance(value, bool) else type(value)]
-                if name == "secret_verifier":  # empty is valid here: a proxy with no secret
+                if name in ("secret_verifier", "fingerprint"):  # empty is valid here
                     wrong = [bad for bad in wrong if bad != b""]
             for i, bad in enumerate(wrong):
                 cases.append(pytest.param(tag, name, bad, id=f"{tag}.{name}-{i}"))

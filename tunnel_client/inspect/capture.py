@@ -48,6 +48,7 @@ _HEAD_END: Final = b"\r\n\r\n"
 # tunneld marks requests it stored while this client was offline (tunnel_server/offline.py).
 DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"
 _DELIVERED_LATE_LOWER: Final = DELIVERED_LATE_HEADER.lower().encode("latin-1")
+_DELIVERED_LATE_TAIL: Final = b"delivered-late"  # a cheap first look over the whole head
 
 
 class _CaptureStopped(Exception):
@@ -55,7 +56,13 @@ class _CaptureStopped(Exception):
 
 
 class _MessageCollector:
-    """httptools callbacks that collect one HTTP message at a time, within the bounds."""
+    """httptools callbacks that collect one HTTP message at a time, within the bounds.
+
+    The per-header callback only appends: the head's size and header count are checked once
+    the head is complete, and after each feed while a head is still incomplete
+    (`check_head`), so a head never grows past the bounds by more than one feed. Bodies are
+    kept as the parser's own chunks, joined once (not at all when there is one).
+    """
 
     def __init__(
         self,
@@ -70,64 +77,70 @@ class _MessageCollector:
         self._on_complete = on_complete
         self.in_message = False
         self.head_done = False  # the current message's head has been parsed
-        self.target = bytearray()  # request target, or the response reason phrase
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
+        self.target = b""  # request target, or the response reason phrase
+        self.raw_headers: list[bytes] = []  # name, value, name, value, ...
+        self._body: list[bytes] = []  # kept chunks, at most max_body_bytes in all
+        self._body_kept = 0
         self.body_size = 0
-        self._head_bytes = 0
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
+    def check_head(self) -> None:
+        """Stop when the head in progress is over the bounds."""
+        raw = self.raw_headers
+        if len(raw) > 2 * MAX_HEADERS:
+            raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
+        if len(self.target) + sum(map(len, raw)) > MAX_HEAD_BYTES:
             raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
 
     def captured_body(self) -> CapturedBody:
-        return CapturedBody.limited(bytes(self.body), self.body_size, self._max_body_bytes)
+        body = self._body
+        data = body[0] if len(body) == 1 else b"".join(body)  # one chunk: no copy
+        return CapturedBody(data, self.body_size, self.body_size > len(data))
 
     # httptools callbacks (names fixed by httptools)
 
     def on_message_begin(self) -> None:
         self.in_message = True
         self.head_done = False
-        self.target = bytearray()
+        self.target = b""
         self.raw_headers = []
-        self.body = bytearray()
+        self._body = []
+        self._body_kept = 0
         self.body_size = 0
-        self._head_bytes = 0
         self._on_begin()
 
     def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
         self.target += url
+        if len(self.target) > MAX_HEAD_BYTES:
+            raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
 
     def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
         self.target += status
+        if len(self.target) > MAX_HEAD_BYTES:
+            raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Called per header line: keep it lean; decoding waits for the end of the head.
-        raw = self.raw_headers
-        raw.append((name, value))
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES or len(raw) > MAX_HEADERS:
-            if len(raw) > MAX_HEADERS:
-                raise _CaptureStopped(f"a message has more than {MAX_HEADERS} headers")
-            raise _CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
+        self.raw_headers += (name, value)  # per header line: nothing more (see check_head)
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         # latin-1 maps every byte to one character, so replay can restore the exact bytes.
-        return tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers])
+        raw = iter(self.raw_headers)  # name, value, name, value, ...
+        pairs = zip(raw, raw, strict=False)
+        return tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs])
 
     def on_headers_complete(self) -> None:
+        self.check_head()
         self.head_done = True
         self._on_head()
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
-        room = self._max_body_bytes - len(self.body)
+        room = self._max_body_bytes - self._body_kept
         if room > 0:
-            self.body += body[:room]
+            if len(body) > room:
+                body = body[:room]
+            self._body.append(body)
+            self._body_kept += len(body)
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -147,6 +160,22 @@ class _Slot:
     published: bool = False
     request_done: bool = False
     response_done: bool = False
+
+
+def _framing(raw_headers: list[bytes]) -> tuple[int | None, bool]:
+    """(Content-Length, chunked) from a message's raw headers (name, value, ...)."""
+    length: bytes | None = None
+    coding = b""
+    for index in range(0, len(raw_headers) - 1, 2):
+        name = raw_headers[index]
+        size = len(name)  # most names fail on their length
+        if size == 14 and length is None and name.lower() == b"content-length":
+            length = raw_headers[index + 1]
+        elif size == 17 and not coding and name.lower() == b"transfer-encoding":
+            coding = raw_headers[index + 1]
+    return (int(length) if length is not None and length.isdigit() else None), (
+        b"chunked" in coding.lower()
+    )
 
 
 def _stop_reason(exc: BaseException) -> str:
@@ -192,8 +221,8 @@ class HTTPCapture:
         self._req_started = (0.0, 0.0)  # (monotonic, wall) when the current request began
         # Exact framing state (used only while a HEAD is pending):
         self._head_tail = b""  # last bytes of a head in progress, to find CRLF CRLF in pieces
-        self._resp_length: int | None = None  # Content-Length of the current response
-        self._resp_chunked = False
+        # (Content-Length, chunked) of the current response, read from its head on first need
+        self._resp_framing: tuple[int | None, bool] | None = None
         self._bytewise_fed = 0  # body bytes fed one at a time for the current response
         self._restart_parser = False  # the head of a HEAD response was just parsed
         self._closed = False
@@ -226,6 +255,8 @@ class HTTPCapture:
             return
         try:
             self._req_parser.feed_data(data)
+            if self._req.in_message and not self._req.head_done:
+                self._req.check_head()  # a head still incomplete after this feed
         except httptools.HttpParserUpgrade:
             self._stop_requests("the request switched protocols; capture ends after its reply")
         except Exception as exc:
@@ -274,13 +305,16 @@ class HTTPCapture:
                 self._resp_parser.feed_data(view)
                 # Keep the end of a head in progress, in case exact framing starts mid-head.
                 if self._resp.in_message and not self._resp.head_done:
+                    self._resp.check_head()
                     self._head_tail = (self._head_tail + bytes(view[-3:]))[-3:]
-                else:
+                elif self._head_tail:
                     self._head_tail = b""
                 return
             step = self._exact_step(view)
             self._resp_parser.feed_data(view[:step])
             view = view[step:]
+            if self._resp.in_message and not self._resp.head_done:
+                self._resp.check_head()
             if self._restart_parser:
                 # A HEAD response's head was parsed: its "body" is the next response.
                 self._restart_parser = False
@@ -299,9 +333,12 @@ class HTTPCapture:
                 return len(probe) - len(tail)
             self._head_tail = b""
             return found + len(_HEAD_END) - len(tail)
-        if self._resp_length is not None:
-            return max(1, min(len(view), self._resp_length - self._resp.body_size))
-        if self._resp_chunked:
+        if self._resp_framing is None:
+            self._resp_framing = _framing(self._resp.raw_headers)
+        length, chunked = self._resp_framing
+        if length is not None:
+            return max(1, min(len(view), length - self._resp.body_size))
+        if chunked:
             self._bytewise_fed += 1
             if self._bytewise_fed > MAX_BYTEWISE_BODY_BYTES:
                 raise _CaptureStopped("a HEAD was pipelined behind a large chunked response")
@@ -317,20 +354,21 @@ class HTTPCapture:
         if len(self._pending) >= MAX_PENDING_EXCHANGES:
             raise _CaptureStopped(f"more than {MAX_PENDING_EXCHANGES} requests await responses")
         started, wall = self._req_started
+        request = self._req
         exchange = CapturedExchange(
-            id=self._store.new_id(),
-            proxy=self._proxy,
-            started_at=wall,
-            method=self._req_parser.get_method().decode("latin-1"),
-            path=self._req.target.decode("latin-1"),
-            http_version=self._req_parser.get_http_version(),
-            request_headers=self._req.headers,
+            self._store.new_id(),
+            self._proxy,
+            wall,
+            self._req_parser.get_method().decode("latin-1"),
+            request.target.decode("latin-1"),
+            self._req_parser.get_http_version(),
+            request.headers,
             mocked=self._label,
         )
-        late = _DELIVERED_LATE_LOWER
-        exchange.late = any(
-            len(name) == len(late) and name.lower() == late for name, _ in self._req.raw_headers
-        )
+        if _DELIVERED_LATE_TAIL in b"".join(request.raw_headers).lower():  # rare: look closer
+            late = _DELIVERED_LATE_LOWER
+            names = request.raw_headers[::2]
+            exchange.late = any(len(n) == len(late) and n.lower() == late for n in names)
         slot = _Slot(exchange, started)
         self._pending.append(slot)
         if exchange.method == "HEAD":
@@ -355,17 +393,7 @@ class HTTPCapture:
 
     def _response_head(self) -> None:
         status = self._resp_parser.get_status_code()
-        headers = self._resp.headers
-        length: bytes | None = None
-        coding = b""
-        for name, value in self._resp.raw_headers:  # one pass; most names fail on length
-            size = len(name)
-            if size == 14 and length is None and name.lower() == b"content-length":
-                length = value
-            elif size == 17 and not coding and name.lower() == b"transfer-encoding":
-                coding = value
-        self._resp_length = int(length) if length is not None and length.isdigit() else None
-        self._resp_chunked = b"chunked" in coding.lower()
+        self._resp_framing = None  # read from the head only if exact framing needs it
         if 100 <= status < 200 and status != 101:
             self._interim = True  # e.g. 100 Continue: the real response follows
             return
@@ -375,7 +403,7 @@ class HTTPCapture:
         exchange.status = status
         exchange.reason = self._resp.target.decode("latin-1")
         exchange.response_http_version = self._resp_parser.get_http_version()
-        exchange.response_headers = headers
+        exchange.response_headers = self._resp.headers
         if exchange.method == "HEAD":
             self._finish_response(slot, CapturedBody())
             self._restart_parser = True

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class CapturedBody:
-    """A message body, kept up to the store's byte limit."""
+class CapturedBody(NamedTuple):
+    """A message body, kept up to the store's byte limit. (A named tuple: two are made per
+    captured exchange, and a tuple is the cheapest immutable record.)"""
 
     data: bytes = b""
     size: int = 0  # bytes seen on the wire after de-chunking, including any not kept

@@ -6,15 +6,17 @@ Theory of operation:
 - Mock rules (`MockRules`) ride along: a batch also rewrites the `mocks` table whenever the
   rules' `version` moved (made, toggled, deleted), and `start()` restores them.
 - The capture path only marks an exchange dirty (`HistoryWriter.mark`, a dict store). One
-  writer task wakes every `FLUSH_INTERVAL_SECONDS`, takes a shallow snapshot of each dirty
-  exchange that is still in the store, and hands the batch to a worker thread that writes it
-  in one transaction. So the event loop never waits on the disk, and there is exactly one
-  writer.
+  writer task wakes every `FLUSH_INTERVAL_SECONDS`, builds the row of each dirty exchange
+  that is still in the store (a tuple of immutable values: the capture may go on changing the
+  exchange), and hands the batch to a worker thread that writes it in one transaction. So
+  the event loop never waits on the disk, and there is exactly one writer.
 - The writer never wakes early: a batch holds at most `max_requests` rows (exchanges evicted
   before the batch are never written), so under any request rate the disk work is at most
   `max_requests` rows per interval. Waking on a batch size instead (tried first) wrote
   thousands of rows a second at 4k req/s, and the worker thread's GIL time cut proxied
-  throughput by 60% (bench/http_bench.py).
+  throughput by 60% (bench/http_bench.py). A full batch (the store turned over) makes the
+  next one wait `BUSY_FLUSH_INTERVAL_SECONDS`: under load the history then costs tunnelc
+  about 1% of its CPU per request instead of 5-10% (bench/inspect_cost_bench.py).
 - Retention runs in the same transaction: the newest `max_requests` rows are kept, and rows
   older than `max_age` seconds are deleted (the store drops them from memory too).
 - WAL mode, `synchronous=NORMAL`: a crash can lose the last batch, never corrupt the file.
@@ -24,14 +26,13 @@ Theory of operation:
   a fresh one started (history is a convenience, never a reason to refuse to start).
 
 Bounds: rows by `max_requests` and `max_age`; bodies by the store's `max_body_bytes` (what
-the capture kept); dirty exchanges by the store's size (evicted ones are skipped).
+the capture kept); dirty ids by `DIRTY_LIMIT_FACTOR` x `max_requests` (evicted ones pruned).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import fcntl
 import json
 import logging
@@ -50,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 3
 FLUSH_INTERVAL_SECONDS: Final = 1.0  # how stale the file may be behind the live store
+# After a batch that rewrote the whole history (maxRequests rows: the store turned over within
+# one interval, so the traffic is a load, not a developer's webhooks), the next batch waits
+# this long: the disk work stays at most maxRequests rows per this interval at any rate.
+BUSY_FLUSH_INTERVAL_SECONDS: Final = 5.0
+# Marked exchanges held between batches, as a multiple of maxRequests; past it the ones
+# already evicted from the store (never to be written) are dropped.
+DIRTY_LIMIT_FACTOR: Final = 4
 BUSY_TIMEOUT_SECONDS: Final = 5.0  # sqlite waits this long on a lock held by a checkpoint
 DEFAULT_MAX_AGE_SECONDS: Final = 7 * 24 * 3600.0  # inspect.maxAge
 
@@ -279,7 +287,7 @@ class HistoryDB:
 
     def write(
         self,
-        exchanges: Sequence[CapturedExchange],
+        rows: Sequence[tuple[object, ...]],
         *,
         clear: bool,
         keep: int,
@@ -287,10 +295,9 @@ class HistoryDB:
         last_id: int = 0,
         mocks: Sequence[tuple[int, dict[str, object]]] | None = None,
     ) -> None:
-        """In one transaction: optionally forget everything, upsert `exchanges`, record
-        `last_id`, then keep only the newest `keep` rows started at or after
+        """In one transaction: optionally forget everything, upsert `rows` (built by `_row`),
+        record `last_id`, then keep only the newest `keep` rows started at or after
         `min_started_at`; `mocks` (when given) replaces the saved mock rules."""
-        rows = [_row(exchange) for exchange in exchanges]
         with self._transaction() as db:
             if mocks is not None:
                 db.execute("DELETE FROM mocks")
@@ -347,7 +354,10 @@ class HistoryWriter:
         self.db = db
         self.store = store
         self.max_age = max_age
-        self._dirty: dict[int, CapturedExchange] = {}
+        # Ids, not exchanges: an evicted exchange is freed at once (see `mark`).
+        self._dirty: set[int] = set()
+        self._dirty_limit = DIRTY_LIMIT_FACTOR * store.max_requests
+        self._interval = FLUSH_INTERVAL_SECONDS  # until the next batch
         self._clear = False
         self._wake = asyncio.Event()
         self._closing = False
@@ -371,7 +381,16 @@ class HistoryWriter:
 
     def mark(self, exchange: CapturedExchange) -> None:
         """Note that `exchange` changed; the next batch writes it (hot path: a dict store)."""
-        self._dirty[exchange.id] = exchange
+        # Holding the exchange itself until the batch (tried first) kept evicted exchanges
+        # alive through the garbage collector's young generations; under load the full
+        # collections that followed cost tunnelc more than the history's disk work.
+        dirty = self._dirty
+        dirty.add(exchange.id)
+        if len(dirty) > self._dirty_limit:
+            # Amortised: this leaves at most max_requests, so it runs at most once per
+            # (DIRTY_LIMIT_FACTOR - 1) * max_requests marks.
+            get = self.store.get
+            self._dirty = {key for key in dirty if get(key) is not None}
 
     def cleared(self) -> None:
         """The store forgot everything: the next batch empties the file first."""
@@ -385,7 +404,7 @@ class HistoryWriter:
     async def _run(self) -> None:
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_INTERVAL_SECONDS):
+                async with asyncio.timeout(self._interval):
                     await self._wake.wait()
             self._wake.clear()
             self.store.expire(self.min_started_at())
@@ -399,15 +418,18 @@ class HistoryWriter:
         mocks_changed = mocks_version != self._mocks_version
         if not self._dirty and not self._clear and not mocks_changed:
             return
-        # Shallow copies: the capture keeps mutating the live objects while the thread reads.
+        # Rows built here: the capture keeps mutating the live objects while the thread writes.
         store = self.store
-        batch = [copy.copy(e) for e in self._dirty.values() if store.get(e.id) is e]
+        kept = [store.get(key) for key in sorted(self._dirty)]
+        rows = [_row(e) for e in kept if e is not None]
         clear, self._clear = self._clear, False
-        self._dirty = {}
+        self._dirty = set()
+        busy = len(rows) >= store.max_requests
+        self._interval = BUSY_FLUSH_INTERVAL_SECONDS if busy else FLUSH_INTERVAL_SECONDS
         try:
             await asyncio.to_thread(
                 self.db.write,
-                batch,
+                rows,
                 clear=clear,
                 keep=store.max_requests,
                 min_started_at=self.min_started_at(),

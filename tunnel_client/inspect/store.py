@@ -4,9 +4,10 @@ Bounds and overflow policies:
 - exchanges: at most `max_requests`; adding one more evicts the oldest.
 - bodies: at most `max_body_bytes` per body (the capture truncates and flags them).
 - subscribers: at most `max_subscribers`; one more is refused with `TooManySubscribers`.
-- per-subscriber queue: at most `queue_size` events; when full, new events for that
-  subscriber are dropped and counted (`Subscription.dropped`), so a slow reader never grows
-  memory. The reader sees the count go up and re-reads the whole list.
+- per-subscriber queue: at most `queue_size` queued events, an exchange's events coalescing
+  into its latest; when full, new events for other exchanges are dropped and counted
+  (`Subscription.dropped`), so a slow reader never grows memory. The reader sees the count go
+  up and re-reads the whole list.
 
 The store is used from one event loop only; it needs no locks.
 """
@@ -19,8 +20,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from tunnel_client.inspect.exchange import CapturedExchange
 from tunnel_client.inspect.mock import MockRules
@@ -28,14 +28,16 @@ from tunnel_client.inspect.mock import MockRules
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SUBSCRIBERS: Final = 16
-DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 256  # events
+# Distinct exchanges queued per subscriber (events coalesce per exchange): a live view that
+# reads every LIVE_VIEW_INTERVAL_SECONDS (app.py) keeps up to about 8,000 req/s.
+DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 2048
 
 EventKind = Literal["added", "updated", "cleared", "expired"]
 
 
-@dataclass(frozen=True, slots=True)
-class StoreEvent:
-    """A change in the store; `exchange` is None for "cleared"."""
+class StoreEvent(NamedTuple):
+    """A change in the store; `exchange` is None for "cleared". (A named tuple: one is made
+    per change while a viewer listens, and a tuple is the cheapest immutable record.)"""
 
     kind: EventKind
     exchange: CapturedExchange | None
@@ -54,11 +56,29 @@ class TooManySubscribers(Exception):
 
 
 class Subscription:
-    """A bounded queue of store events for one reader; close it when done."""
+    """A bounded, coalescing queue of store events for one reader; close it when done.
+
+    Events for the same exchange coalesce as they are offered: an exchange that changes
+    several times before the reader looks is one entry, its latest kind, in the place of
+    that latest event (the page upserts an exchange as it is now, so nothing is lost). Events
+    without an exchange ("cleared", "expired") keep their place. So a reader that takes a
+    batch every few hundred milliseconds costs one entry per changed exchange, not one per
+    change, and the bound counts distinct exchanges.
+
+    The queue holds exchange ids, not exchanges: an exchange is looked up when the reader
+    takes its event, and one evicted from the store meanwhile is skipped (the list no longer
+    has it). Holding evicted exchanges alive until the reader came (tried first) made them
+    survive the garbage collector's young generations under load, and the full collections
+    that followed cost tunnelc more than the live view itself (bench/inspect_cost_bench.py).
+    """
 
     def __init__(self, store: CaptureStore, queue_size: int) -> None:
         self._store = store
-        self._queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue(queue_size)
+        self._queue_size = queue_size
+        # Oldest first: an exchange's id -> its latest kind; a fresh key -> another kind, or
+        # None for the end of the subscription.
+        self._events: dict[object, EventKind | None] = {}
+        self._ready = asyncio.Event()
         self._closed = False
         self.dropped = 0
 
@@ -66,27 +86,54 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
-    def offer(self, event: StoreEvent) -> None:
-        """Queue `event` without blocking; drop and count it when the queue is full."""
+    def offer(self, kind: EventKind, exchange: CapturedExchange | None) -> None:
+        """Queue an event without blocking; drop and count it when the queue is full."""
         if self._closed:
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        events = self._events
+        key: object = object() if exchange is None else exchange.id
+        if key in events:
+            del events[key]  # the latest event takes the latest place
+        elif len(events) >= self._queue_size:
             self.dropped += 1
+            return
+        events[key] = kind
+        if len(events) == 1:
+            self._ready.set()
+
+    def _take(self, count: int) -> list[StoreEvent | None]:
+        """Up to `count` queued events, oldest first, exchanges looked up now."""
+        taken: list[StoreEvent | None] = []
+        events = self._events
+        get = self._store.get
+        while events and len(taken) < count:
+            key = next(iter(events))
+            kind = events.pop(key)
+            if kind is None:
+                taken.append(None)
+            elif isinstance(key, int):
+                exchange = get(key)
+                if exchange is not None:  # else evicted since: nothing to show
+                    taken.append(StoreEvent(kind, exchange))
+            else:
+                taken.append(StoreEvent(kind, None))
+        return taken
 
     async def get(self) -> StoreEvent | None:
         """Wait for the next event; None once the subscription is closed."""
-        if self._closed:
-            return None
-        return await self._queue.get()
+        while not self._closed:
+            if not self._events:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            taken = self._take(1)
+            if taken:
+                return taken[0]
+        return None
 
     def drain(self) -> list[StoreEvent | None]:
         """The events already queued, without waiting (at most the queue's size)."""
-        events: list[StoreEvent | None] = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
-        return events
+        return self._take(len(self._events))
 
     def close(self) -> None:
         """Stop receiving events and wake a waiting `get` (idempotent)."""
@@ -94,11 +141,8 @@ class Subscription:
             return
         self._closed = True
         self._store.unsubscribe(self)
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            # The reader is not waiting (the queue has events); `get` checks `closed` first.
-            pass
+        self._events[object()] = None  # after the events already queued
+        self._ready.set()
 
     def __enter__(self) -> Subscription:
         return self
@@ -155,14 +199,16 @@ class CaptureStore:
         self._by_id[exchange.id] = exchange
         if self.history is not None:
             self.history.mark(exchange)
-        self._publish(StoreEvent("added", exchange))
+        if self._subscribers:
+            self._publish("added", exchange)
 
     def update(self, exchange: CapturedExchange) -> None:
         """Tell subscribers that a stored exchange changed (ignored once it was evicted)."""
         if self._by_id.get(exchange.id) is exchange:
             if self.history is not None:
                 self.history.mark(exchange)
-            self._publish(StoreEvent("updated", exchange))
+            if self._subscribers:
+                self._publish("updated", exchange)
 
     def restore(self, exchanges: Iterable[CapturedExchange], *, next_id: int) -> None:
         """Load saved exchanges (oldest first) without telling anyone; new ids start at
@@ -183,7 +229,7 @@ class CaptureStore:
             self._by_id.pop(self._ring.popleft().id, None)
             expired += 1
         if expired:
-            self._publish(StoreEvent("expired", None))  # viewers re-read the list
+            self._publish("expired", None)  # viewers re-read the list
         return expired
 
     def list(self) -> builtins.list[CapturedExchange]:
@@ -199,7 +245,7 @@ class CaptureStore:
         self._by_id.clear()
         if self.history is not None:
             self.history.cleared()
-        self._publish(StoreEvent("cleared", None))
+        self._publish("cleared", None)
 
     def subscribe(self) -> Subscription:
         """Start receiving events; raises TooManySubscribers at the bound."""
@@ -219,9 +265,9 @@ class CaptureStore:
         for subscription in builtins.list(self._subscribers):
             subscription.close()
 
-    def _publish(self, event: StoreEvent) -> None:
+    def _publish(self, kind: EventKind, exchange: CapturedExchange | None) -> None:
         for subscription in self._subscribers:
             before = subscription.dropped
-            subscription.offer(event)
+            subscription.offer(kind, exchange)
             if subscription.dropped != before:
                 self.dropped_events += 1

@@ -93,7 +93,10 @@ def _query(target: str) -> dict[str, str]:
 def is_wechat(exchange: CapturedExchange, signer: SignerConfig | None) -> bool:
     if signer is not None:
         return True
-    query = _query(exchange.path)
+    path = exchange.path
+    if "?" not in path or ("nonce" not in path and "%" not in path):
+        return False  # cheap: no query, or no "nonce" key even percent-encoded
+    query = _query(path)
     if not {"signature", "timestamp", "nonce"} <= query.keys():
         return False
     body = exchange.request_body.data.lstrip()
@@ -238,6 +241,8 @@ class WeChatInspector:
         self._retries = RetryIndex()
 
     def _signer(self, exchange: CapturedExchange) -> SignerConfig | None:
+        if not self._signers:
+            return None
         message = Message(
             exchange.method, exchange.path, exchange.request_headers, exchange.request_body.data
         )

@@ -2,8 +2,6 @@
 
 A plugin takes the place of the local service of a tcp, http or https proxy (see
 `tunnel_client.proxies.tcp`). Each factory gets the plugin's config and the proxy's type.
-A factory imports its plugin's module when it is first called, so a client that uses no
-plugin never loads aiohttp's client (the reverse proxies) or the other plugins.
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ from .config import PluginConfig
 if TYPE_CHECKING:
     from .reverse import Capture
 
+# Each plugin's module (aiohttp for the HTTP ones, h11 for http_proxy) is imported when a
+# proxy uses it: a client without plugins never loads them (tests/unit/test_lazy_imports.py).
 PluginFactory = Callable[[PluginConfig, ProxyType, "Capture | None"], ClientPlugin]
 # The plugins whose exchanges the inspector shows (they speak HTTP to the local service).
 CAPTURED_PLUGINS: Final = frozenset({"http2http", "http2https", "https2http", "https2https"})

@@ -142,8 +142,7 @@ def server_tls_context(crt_path: Path | None, key_path: Path | None) -> ssl.SSLC
                 "check both files"
             ) from None
         return context
-    # Imported here: cryptography's x509 costs about 10 MiB, and only a plugin without its
-    # own certificate needs it.
+    # cryptography is imported here: a client whose plugins bring their own files never needs it.
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

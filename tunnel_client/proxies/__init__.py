@@ -14,6 +14,7 @@ from .http import HTTPProxy
 from .sudp import SUDPProxy
 from .tcp import TCPProxy
 from .udp import UDPProxy
+from .xtcp import XTCPProxy
 
 # Each factory takes the proxy's config and the inspector's store (None when it is off).
 ProxyFactory = Callable[[ProxyConfig, CaptureStore | None], ClientProxy]
@@ -26,4 +27,5 @@ CLIENT_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCPMUX: TCPProxy,  # after the server's CONNECT, a plain splice too
     ProxyType.STCP: TCPProxy,  # the server joins a visitor's stream: a plain splice here
     ProxyType.SUDP: SUDPProxy,
+    ProxyType.XTCP: XTCPProxy,  # relayed streams as stcp, plus the P2P rendezvous
 }

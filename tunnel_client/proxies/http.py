@@ -27,19 +27,43 @@ MAX_PENDING_CAPTURE_BYTES: Final = 4 * 1024 * 1024
 MAX_TRACKED_STREAMS: Final = 4096
 
 
+class _CaptureFeeder:
+    """Runs the parsing queued by all of a proxy's taps in one callback per loop iteration
+    (instead of one per connection and direction): at most one entry per tap waits."""
+
+    __slots__ = ("_ready", "_scheduled")
+
+    def __init__(self) -> None:
+        self._ready: list[_CaptureTap] = []
+        self._scheduled = False
+
+    def wake(self, tap: _CaptureTap) -> None:
+        self._ready.append(tap)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        ready, self._ready = self._ready, []
+        for tap in ready:
+            tap.process()
+
+
 class _CaptureTap:
     """Adapts a stream's tap to an HTTPCapture; bytes from the server are the request.
 
-    Parsing is deferred to the end of the event-loop iteration (`call_soon`), after the bytes
-    themselves were forwarded, so capture never delays the proxied request. At most
-    MAX_PENDING_CAPTURE_BYTES wait; past that this connection's capture stops.
+    Parsing is deferred to the end of the event-loop iteration (the proxy's `_CaptureFeeder`),
+    after the bytes themselves were forwarded, so capture never delays the proxied request. At
+    most MAX_PENDING_CAPTURE_BYTES wait; past that this connection's capture stops.
     """
 
-    __slots__ = ("_capture", "_pending", "_pending_bytes", "_scheduled", "_stream")
+    __slots__ = ("_capture", "_feeder", "_pending", "_pending_bytes", "_scheduled", "_stream")
 
-    def __init__(self, capture: HTTPCapture, stream: MuxStream) -> None:
+    def __init__(self, capture: HTTPCapture, stream: MuxStream, feeder: _CaptureFeeder) -> None:
         self._capture = capture
         self._stream = stream
+        self._feeder = feeder
         self._pending: list[tuple[bool, bytes]] = []
         self._pending_bytes = 0
         self._scheduled = False
@@ -55,17 +79,19 @@ class _CaptureTap:
         self._pending_bytes += len(data)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._process)
+            self._feeder.wake(self)
 
-    def _process(self) -> None:
+    def process(self) -> None:
+        """Parse what was queued (the feeder calls this)."""
         self._scheduled = False
         pending, self._pending = self._pending, []
         self._pending_bytes = 0
+        capture = self._capture
         for is_request, data in pending:
             if is_request:
-                self._capture.feed_request(data)
+                capture.feed_request(data)
             else:
-                self._capture.feed_response(data)
+                capture.feed_response(data)
 
     def received(self, data: bytes) -> None:
         self._queue(True, data)
@@ -94,6 +120,7 @@ class HTTPProxy(TCPProxy):
         self.store = store
         # Streams spliced straight to the app (no rule looked at their requests), with taps.
         self._spliced: dict[MuxStream, _CaptureTap] = {}
+        self._feeder = _CaptureFeeder()
         if store is not None:
             store.mocks.listeners.append(self._rules_changed)
 
@@ -111,7 +138,7 @@ class HTTPProxy(TCPProxy):
             super().handle_stream(session, stream)
             return
         capture = HTTPCapture(self.store, self.config.name)
-        tap = _CaptureTap(capture, stream)
+        tap = _CaptureTap(capture, stream, self._feeder)
         stream.tap = tap
         if self.plugin is not None or not self.store.mocks.active(self.config.name):
             # Mock rules answer in place of localIP:localPort; a plugin has none to stand for.

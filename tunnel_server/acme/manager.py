@@ -84,9 +84,7 @@ class CertManager:
         self._certs = certs
         self._sub_domain_host = sub_domain_host
         self._on_issued = on_issued
-        # Imported here: the acme library (with josepy and pyOpenSSL) loads only when ACME
-        # is configured.
-        from .account import ACMEAccount
+        from .account import ACMEAccount  # the acme library loads with ACME (a lighter start)
 
         self._account = ACMEAccount(config, self._dir, board)
         self._queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUED_NAMES)
@@ -202,7 +200,7 @@ class CertManager:
     # -- the worker --------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        from .account import OrderFailed, write_private
+        from .account import OrderFailed, write_private  # loaded with the account
 
         while True:
             name = await self._queue.get()

@@ -16,13 +16,16 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Final
 
+from protocol.errors import TunnelError
 from protocol.messages import NewProxy
 from tunnel_server.cluster.claims import Owner
 from tunnel_server.cluster.names import proxy_claims
+from tunnel_server.cluster.redisurl import redact_url
 from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, ClusterUnavailable
 from tunnel_server.errors import ProxyHeld, ProxyRefused
 
 if TYPE_CHECKING:
+    from tunnel_server.cluster.relay import Relay
     from tunnel_server.server import TunnelServer
     from tunnel_server.session import ServerSession
 
@@ -37,19 +40,66 @@ class ClusterNode:
     def __init__(self, server: TunnelServer, url: str, name: str | None, lease_s: float) -> None:
         self.server = server
         self.name = name or socket.gethostname()
-        self.registry = ClusterRegistry.from_url(
-            url, self.name, "", lease_s=lease_s, on_lost=self._lost
-        )
+        try:
+            self.registry = ClusterRegistry.from_url(
+                url, self.name, "", lease_s=lease_s, on_lost=self._lost
+            )
+        except ValueError as exc:
+            raise TunnelError(f"cluster.redisURL: {exc}") from None
         self._claims: dict[str, list[tuple[str, list[str]]]] = {}  # qualified proxy -> claims
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> qualified proxy
         self._releases: set[asyncio.Task[None]] = set()
+        self._url = redact_url(url)
+        self.relay: Relay | None = None
+        self.registry.load_of = self.load
+
+    def load(self) -> dict[str, int]:
+        """This node's load, published with its registry record for the cluster view."""
+        server = self.server
+        vhost = server.http_vhost
+        load = {
+            "clients": len(server.sessions),
+            "proxies": len(server.proxies),
+            "vhost_connections": vhost.connections if vhost is not None else 0,
+        }
+        if self.relay is not None:
+            load["relayed_in"] = self.relay.relayed_in
+            load["relayed_out"] = self.relay.relayed_out
+        return load
+
+    async def start_relays(self, secret: bytes) -> None:
+        """Listen for the other nodes' links, and relay what they own (cluster.secret)."""
+        from tunnel_server.certs import server_ssl_context
+
+        from .relay import Relay
+        from .relay_http import RelayingHTTPVhost, edge_relay
+
+        server = self.server
+        cfg = server.config
+        assert server.cert is not None
+        relay = self.relay = Relay(server, self.registry, secret, self.name)
+        host, port = await relay.start(
+            cfg.cluster_internal_addr, cfg.cluster_internal_port, server_ssl_context(server.cert)
+        )
+        shown = f"[{host}]" if ":" in host else host
+        self.registry.internal = f"{shown}:{port}"
+        self.registry.fingerprint = server.cert.fingerprint
+        vhost = server.http_vhost
+        if isinstance(vhost, RelayingHTTPVhost):
+            vhost.relay = relay
+        if server.edge is not None:
+            server.edge.relay = edge_relay(relay, server.served_here)
+        logger.info("tunneld: ready: cluster link on %s:%d", shown, port)
 
     async def start(self, address: str) -> None:
         self.registry.address = address
         await self.registry.start()
-        logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, "Redis")
+        logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, self._url)
 
     async def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            await self.relay.wait_closed()
         for task in list(self._releases):
             await asyncio.gather(task, return_exceptions=True)
         await self.registry.close(release=True)

@@ -35,6 +35,7 @@ from tunnel_server.cluster.claims import (
     claim_key,
     split_claim_key,
 )
+from tunnel_server.cluster.redisurl import redis_client
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -50,6 +51,7 @@ RETRY_BACKOFF_MAX_S: Final = 5.0  # between attempts to reach Redis again
 MAX_CACHED_ROUTES: Final = 1_000_000  # claims this node mirrors; beyond it, asks Redis
 SCAN_BATCH: Final = 1000  # keys per SCAN step when (re)loading the cache
 REFRESH_BATCH: Final = 500  # keys per refresh script call
+MAX_LOAD_KEYS: Final = 16  # figures of a node's load read from its record
 
 
 class ClusterUnavailable(Exception):
@@ -70,6 +72,24 @@ class NodeInfo:
     name: str
     address: str
     started: float
+    internal: str = ""  # host:port of the node's internal link listener; "" = none
+    fingerprint: str = ""  # its certificate's, pinned by the nodes that dial it
+    load: tuple[tuple[str, int], ...] = ()  # (what, how many) as of the node's last renewal
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> NodeInfo:
+        data = json.loads(raw)
+        return cls(
+            str(data["name"]),
+            str(data["address"]),
+            float(data["started"]),
+            str(data.get("internal", "")),
+            str(data.get("fingerprint", "")),
+            tuple(
+                (str(key), int(value))
+                for key, value in list(dict(data.get("load") or {}).items())[:MAX_LOAD_KEYS]
+            ),
+        )
 
 
 LostCallback = Callable[[str, str], None]  # (kind, name) this node no longer holds
@@ -89,8 +109,13 @@ class ClusterRegistry:
         on_lost: LostCallback | None = None,
     ) -> None:
         self._redis = client
+        self._sentinels: list[aioredis.Redis] = []  # closed with the registry
         self.node = node
         self.address = address
+        self.internal = ""  # the internal link's host:port, published with the node
+        self.fingerprint = ""
+        # The node's load (clients, proxies, connections...), published at each renewal.
+        self.load_of: Callable[[], dict[str, int]] | None = None
         self._prefix = prefix
         self._lease_ms = int(max(lease_s, MIN_LEASE_S) * 1000)
         self._on_lost = on_lost
@@ -110,16 +135,17 @@ class ClusterRegistry:
 
     @classmethod
     def from_url(cls, url: str, node: str, address: str, **kw: Any) -> ClusterRegistry:
-        """A registry on `url` (redis://, rediss://, unix://), connected lazily."""
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(
+        """A registry on `url` (redisurl.py: redis://, rediss://, unix://, redis+sentinel://),
+        connected lazily; ValueError names a bad URL."""
+        client, sentinels = redis_client(
             url,
             socket_timeout=REDIS_OP_TIMEOUT_S,
             socket_connect_timeout=REDIS_OP_TIMEOUT_S,
             decode_responses=True,
         )
-        return cls(client, node, address, **kw)
+        registry = cls(client, node, address, **kw)
+        registry._sentinels = sentinels
+        return registry
 
     async def start(self) -> None:
         """Register this node, then follow the routes channel and renew leases in the
@@ -159,6 +185,8 @@ class ClusterRegistry:
             with contextlib.suppress(ClusterUnavailable):
                 await self._release_keys(list(self._held))
         await self._redis.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
 
     @property
     def available(self) -> bool:
@@ -231,6 +259,18 @@ class ClusterRegistry:
             counts[owner.node] = counts.get(owner.node, 0) + 1
         return counts
 
+    def proxies(self, limit: int) -> list[tuple[str, Owner]]:
+        """Up to `limit` proxies of the whole cluster, (qualified name, owner), as this
+        node's cache knows them."""
+        head = claim_key(self._prefix, "proxy", "x")[:-1]
+        out: list[tuple[str, Owner]] = []
+        for key, owner in self._cache.items():
+            if key.startswith(head):
+                out.append((key[len(head) :], owner))
+                if len(out) >= limit:
+                    break
+        return out
+
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes (their keys have not expired), by name."""
         out: list[NodeInfo] = []
@@ -238,9 +278,20 @@ class ClusterRegistry:
             raw = await self._redis.get(key)
             if raw is None:
                 continue
-            data = json.loads(raw)
-            out.append(NodeInfo(str(data["name"]), str(data["address"]), float(data["started"])))
+            out.append(NodeInfo.decode(raw))
         return sorted(out, key=lambda info: info.name)
+
+    async def node_info(self, name: str) -> NodeInfo | None:
+        """One live node's record (its internal address and fingerprint), or None."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
+                raw = await self._redis.get(f"{self._prefix}node:{name}")
+        except (RedisError, OSError, TimeoutError) as exc:
+            _keep_cancellation()
+            raise ClusterUnavailable(f"the cluster registry (Redis) is unreachable: {exc}") from exc
+        return NodeInfo.decode(raw) if raw is not None else None
 
     # -- Redis calls -----------------------------------------------------------------------
 
@@ -295,7 +346,14 @@ class ClusterRegistry:
     async def _renew(self) -> None:
         from redis.exceptions import RedisError
 
-        node = {"name": self.node, "address": self.address, "started": self._started}
+        node = {
+            "name": self.node,
+            "address": self.address,
+            "started": self._started,
+            "internal": self.internal,
+            "fingerprint": self.fingerprint,
+            "load": self.load_of() if self.load_of is not None else {},
+        }
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT_S):
                 await self._redis.set(

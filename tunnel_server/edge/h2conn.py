@@ -36,6 +36,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ..cluster.peers import visitor_of
 from ..fdbudget import FDBudget
 from ..vhost.http_proxy import OnAccess, RequestRecord
 from ..vhost.listener import SHUTDOWN_GRACE_S
@@ -141,7 +142,7 @@ class H2Visitor(asyncio.Protocol):
                 logger.debug("TCP_NODELAY failed: %r", exc)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = (str(peer[0]), int(peer[1]))
+            self.peer = visitor_of((str(peer[0]), int(peer[1]))) or (str(peer[0]), int(peer[1]))
         if self.peer_allowed is not None and not self.peer_allowed(self.peer[0]):
             self.transport.abort()  # allowIPs/denyIPs, as the vhosts: nothing is served
             return

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self
 
 from protocol.auth import ALPN_PROTOCOL
@@ -61,6 +61,8 @@ CONTROL_ALPN: Final = ALPN_PROTOCOL  # tunnelc offers it; browsers never do
 
 ChallengeLookup = Callable[[str], ssl.SSLContext | None]
 ControlHandOver = Callable[[socket.socket, Any], None]  # (socket, peer address)
+# A cluster node's relay (cluster/relay_http.py): True if it took the connection over.
+RelayHook = Callable[[socket.socket, ClientHello], Awaitable[bool]]
 
 
 class EdgeListener:
@@ -104,6 +106,7 @@ class EdgeListener:
         self.control_total = 0
         self.passthrough_total = 0
         self.handshake_failures = 0
+        self.relay: RelayHook | None = None  # a cluster node's, for names owned elsewhere
 
     @property
     def pending(self) -> int:
@@ -234,6 +237,8 @@ class EdgeListener:
                 _close_cleanly(sock)
                 return
             await self._handshake(sock, ctx, _ChallengeAnswered, name)
+            return
+        if self.relay is not None and await self.relay(sock, hello):
             return
         if self._passthrough_router.lookup(name) is not None:
             self.passthrough_total += 1

@@ -12,6 +12,7 @@ from .secret import STCPProxy, SUDPProxy
 from .tcp import TCPProxy
 from .tcpmux import TCPMuxProxy
 from .udp import UDPProxy
+from .xtcp import XTCPProxy
 
 SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCP: TCPProxy,
@@ -21,4 +22,5 @@ SERVER_PROXIES: Final[dict[ProxyType, ProxyFactory]] = {
     ProxyType.TCPMUX: TCPMuxProxy,
     ProxyType.STCP: STCPProxy,
     ProxyType.SUDP: SUDPProxy,
+    ProxyType.XTCP: XTCPProxy,
 }

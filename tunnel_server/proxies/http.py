@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 from protocol.messages import BACKEND_PROTOCOLS, NewProxy
 from protocol.proxytype import ProxyType
@@ -55,7 +57,21 @@ class VhostProxy:
         raise NotImplementedError
 
     def _route_for(self) -> HTTPRoute:
-        raise NotImplementedError
+        """The route this proxy claims: its names and owner, plus the kind's `_route_options`."""
+        return HTTPRoute(
+            proxy_key=f"{self.ctx.client_id}/{self.name}",
+            proxy_name=self.name,
+            opener=self._open,
+            user=self.ctx.user,
+            client_id=self.ctx.client_id,
+            domains=self.request.custom_domains,
+            subdomain=self.request.subdomain or None,
+            **self._route_options(),
+        )
+
+    def _route_options(self) -> RouteOptions:
+        """The route's options beyond its names (HTTPS routes by SNI alone: none)."""
+        return {}
 
     async def start(self) -> None:
         router, port = self._router()
@@ -189,6 +205,31 @@ class VhostProxy:
             await asyncio.gather(self._delivery, return_exceptions=True)
 
 
+class RouteOptions(TypedDict, total=False):
+    """HTTPRoute's options beyond its names and owner (vhost/routing.py has their meaning)."""
+
+    locations: Sequence[str]
+    http_user: str | None
+    http_password: str | None
+    host_header_rewrite: str | None
+    request_headers_set: Mapping[str, str]
+    response_headers_set: Mapping[str, str]
+    redirect_http: bool
+    backend_h2c: bool
+    route_by_http_user: str | None
+    offline_note: str
+
+
+def credential_options(request: NewProxy) -> RouteOptions:
+    """httpUser/httpPassword and routeByHTTPUser: the http vhost reads them from Authorization,
+    the tcpmux listener from Proxy-Authorization."""
+    return {
+        "http_user": request.http_user or None,
+        "http_password": request.http_password or None,
+        "route_by_http_user": request.route_by_http_user or None,
+    }
+
+
 def _group_opener(group: ProxyGroup[VhostProxy]) -> Opener:
     """The shared route's opener: the next member in the round (each opens and counts its own
     stream, with its own visitor rules)."""
@@ -261,29 +302,20 @@ class HTTPProxy(VhostProxy):
         self.public_urls = self._urls(names, self.ctx.http_port)
         return (self.public_urls, self.public_note) != before
 
-    def _route_for(self) -> HTTPRoute:
+    def _route_options(self) -> RouteOptions:
         r = self.request
-        return HTTPRoute(
-            proxy_key=f"{self.ctx.client_id}/{self.name}",
-            proxy_name=self.name,
-            opener=self._open,
-            user=self.ctx.user,
-            client_id=self.ctx.client_id,
-            domains=r.custom_domains,
-            subdomain=r.subdomain or None,
-            locations=r.locations or ("/",),
-            http_user=r.http_user or None,
-            http_password=r.http_password or None,
-            host_header_rewrite=r.host_header_rewrite or None,
-            request_headers_set=r.request_headers,
-            response_headers_set=_with_hsts(r.response_headers, r.hsts_max_age),
-            redirect_http=r.redirect_http,
-            backend_h2c=_backend_h2c(r.backend_protocol),
-            route_by_http_user=r.route_by_http_user or None,
-            offline_note=offline_note(
+        return {
+            **credential_options(r),
+            "locations": r.locations or ("/",),
+            "host_header_rewrite": r.host_header_rewrite or None,
+            "request_headers_set": r.request_headers,
+            "response_headers_set": _with_hsts(r.response_headers, r.hsts_max_age),
+            "redirect_http": r.redirect_http,
+            "backend_h2c": _backend_h2c(r.backend_protocol),
+            "offline_note": offline_note(
                 self._offline_policy(), self.ctx.offline.limits if self.ctx.offline else None
             ),
-        )
+        }
 
 
 class HTTPSProxy(VhostProxy):
@@ -294,15 +326,3 @@ class HTTPSProxy(VhostProxy):
         if self.ctx.https_router is None or self.ctx.https_port is None:
             raise ProxyRefused("this server has no HTTPS vhost (vhostHTTPSPort is not set)")
         return self.ctx.https_router, self.ctx.https_port
-
-    def _route_for(self) -> HTTPRoute:
-        r = self.request
-        return HTTPRoute(
-            proxy_key=f"{self.ctx.client_id}/{self.name}",
-            proxy_name=self.name,
-            opener=self._open,
-            user=self.ctx.user,
-            client_id=self.ctx.client_id,
-            domains=r.custom_domains,
-            subdomain=r.subdomain or None,
-        )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from protocol.proxytype import ProxyType
 
-from ..vhost.routing import HTTPRoute, VhostRouter
+from ..vhost.routing import VhostRouter
 from .base import ProxyRefused
-from .http import VhostProxy
+from .http import RouteOptions, VhostProxy, credential_options
 
 
 class TCPMuxProxy(VhostProxy):
@@ -28,17 +28,5 @@ class TCPMuxProxy(VhostProxy):
         # What a visitor asks for: CONNECT name:anyport through the server's tcpmux port.
         return tuple(f"httpconnect://{name}:{port}" for name in names) if port else ()
 
-    def _route_for(self) -> HTTPRoute:
-        r = self.request
-        return HTTPRoute(
-            proxy_key=f"{self.ctx.client_id}/{self.name}",
-            proxy_name=self.name,
-            opener=self._open,
-            user=self.ctx.user,
-            client_id=self.ctx.client_id,
-            domains=r.custom_domains,
-            subdomain=r.subdomain or None,
-            http_user=r.http_user or None,
-            http_password=r.http_password or None,
-            route_by_http_user=r.route_by_http_user or None,
-        )
+    def _route_options(self) -> RouteOptions:
+        return credential_options(self.request)

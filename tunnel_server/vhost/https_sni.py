@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 from .inbound import InboundProtocol
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
@@ -50,19 +50,6 @@ class HTTPSVhostServer(VhostListener):
         self._header_timeout_s = header_timeout_s
         self._open_timeout_s = open_timeout_s
         self._on_connection = on_connection
-
-    def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
-        return self._serve(conn)
-
-    async def _serve(self, conn: InboundProtocol) -> None:
-        clean = False
-        try:
-            clean = await self._serve_one(conn)
-        finally:
-            if clean:
-                conn.close()
-            else:
-                conn.abort()
 
     async def _read_client_hello(self, conn: InboundProtocol) -> tuple[bytes, str | None] | None:
         """Buffer the ClientHello; return (bytes, server name) or None if it never came."""

@@ -26,6 +26,8 @@ from typing import Final, cast
 
 from protocol.aio import sockopts
 
+from ..cluster.peers import visitor_of
+
 logger = logging.getLogger(__name__)
 
 QUEUE_HIGH_BYTES: Final = 256 * 1024
@@ -68,6 +70,7 @@ class InboundProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self.lost = False
+        self.relayed = False  # relayed by another node of the cluster (cluster/peers.py)
         self.pushed = 0  # items ever queued (a mark for retract_since)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -93,6 +96,9 @@ class InboundProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+            visitor = visitor_of(self.peer)
+            if visitor is not None:  # another node relayed this visitor's connection
+                self.peer, self.relayed = visitor, True
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
         self._on_made(self)
 

@@ -2,7 +2,8 @@
 
 Each accepted connection gets an `InboundProtocol` and, if the listener is under
 `max_connections`, one task that the listener owns: `_admit(conn)` returns the coroutine to
-run, and the task is tracked until it ends. Over the cap, `_turn_away(conn)` answers and closes
+run (by default `_serve_one(conn)`, then a close or an abort as it answers), and the task is
+tracked until it ends. Over the cap, `_turn_away(conn)` answers and closes
 (the connection is counted in `refused_connections`).
 
 Shutdown (aiohttp's order): `close()` stops accepting and wakes every connection so idle ones
@@ -111,7 +112,15 @@ class VhostListener:
     # --- for subclasses ------------------------------------------------------------------
 
     def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
-        """Set up a new connection and return the coroutine that serves it."""
+        """Set up a new connection and return the coroutine that serves it.
+
+        By default `_serve_one`, then a clean close if it says so, else an abort (also when
+        it raises or is cancelled).
+        """
+        return self._serve_then_close(conn)
+
+    async def _serve_one(self, conn: InboundProtocol) -> bool:
+        """Serve the connection; True: close it cleanly, False: abort it (a reset)."""
         raise NotImplementedError
 
     def _turn_away(self, conn: InboundProtocol) -> None:
@@ -123,6 +132,16 @@ class VhostListener:
         conn.abort()
 
     # --- internals -----------------------------------------------------------------------
+
+    async def _serve_then_close(self, conn: InboundProtocol) -> None:
+        clean = False
+        try:
+            clean = await self._serve_one(conn)
+        finally:
+            if clean:
+                conn.close()
+            else:
+                conn.abort()
 
     def _connection_made(self, conn: InboundProtocol) -> None:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,8 @@ Opening an upstream costs a stream open through the tunnel and a local dial on t
 so when a visitor connection ends while its upstream is still good, the stream is kept here
 and the next visitor connection for the same key takes it instead of opening a new one.
 
-API (small on purpose; the HTTP/1 vhost uses it, and the HTTPS edge may for HTTP/2):
+API (small on purpose; the HTTP/1 vhost uses it, and the HTTPS edge's HTTP/2 service through
+edge/upstreams.py):
 
     pool = KeepAlivePool(discard=lambda item: item.close())
     item = pool.take(key)        # an idle item for `key`, or None: open a new one
@@ -65,7 +66,11 @@ class KeepAlivePool(Generic[T]):
         self._by_key: dict[Hashable, deque[_Idle[T]]] = {}
         self._all: OrderedDict[int, _Idle[T]] = OrderedDict()  # oldest first, by id(entry)
         self._closed = False
-        self.reused = 0  # takes that found an idle item (a counter for tests and metrics)
+        # Counters for tests and metrics: kept - reused - evicted - expired == len(self).
+        self.kept = 0  # puts that kept their item
+        self.reused = 0  # takes that found an idle item
+        self.evicted = 0  # idle items discarded to stay within the bounds (or at close)
+        self.expired = 0  # idle items discarded after idle_timeout_s
 
     def __len__(self) -> int:
         return len(self._all)
@@ -90,10 +95,13 @@ class KeepAlivePool(Generic[T]):
         if len(self._all) >= self.total:
             self._drop(next(iter(self._all.values())))
         entry: _Idle[T] = _Idle(key, item)
-        entry.timer = asyncio.get_running_loop().call_later(self.idle_timeout_s, self._drop, entry)
+        entry.timer = asyncio.get_running_loop().call_later(
+            self.idle_timeout_s, self._drop, entry, True
+        )
         entries = self._by_key.setdefault(key, entries)  # _drop may have removed the deque
         entries.append(entry)
         self._all[id(entry)] = entry
+        self.kept += 1
         return True
 
     def _forget(self, entry: _Idle[T], entries: deque[_Idle[T]]) -> None:
@@ -103,13 +111,17 @@ class KeepAlivePool(Generic[T]):
         if not entries:
             self._by_key.pop(entry.key, None)
 
-    def _drop(self, entry: _Idle[T]) -> None:
+    def _drop(self, entry: _Idle[T], expired: bool = False) -> None:
         """Discard one idle item (too old, or pushed out by the bounds)."""
         entries = self._by_key.get(entry.key)
         if entries is None or entry not in entries:
             return
         entries.remove(entry)
         self._forget(entry, entries)
+        if expired:
+            self.expired += 1
+        else:
+            self.evicted += 1
         self._discard(entry.item)
 
     def close(self) -> None:

@@ -24,8 +24,7 @@ import base64
 import binascii
 import hmac
 import logging
-from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Final
 
 import httptools
 
@@ -156,19 +155,6 @@ class TCPMuxServer(VhostListener):
         self.passthrough = passthrough
         self._head_timeout_s = head_timeout_s
         self._open_timeout_s = open_timeout_s
-
-    def _admit(self, conn: InboundProtocol) -> Coroutine[Any, Any, None]:
-        return self._serve(conn)
-
-    async def _serve(self, conn: InboundProtocol) -> None:
-        clean = False
-        try:
-            clean = await self._serve_one(conn)
-        finally:
-            if clean:
-                conn.close()
-            else:
-                conn.abort()
 
     async def _read_head(self, conn: InboundProtocol) -> tuple[ConnectHead, bytes, int]:
         """(head, every byte read, offset after the head); HeadError when there is none."""

@@ -1,7 +1,9 @@
 """The cluster's part of the dashboard: `/api/cluster` and the node's info series in /metrics.
 
 `/api/cluster` lists the live nodes (their registry keys have not expired) and, for each,
-how many claims it holds, as this node's registry cache knows them (no scan of the claims).
+how many claims it holds and its load (as the node published it at its last renewal), then
+the clients of the whole cluster with their proxies, as this node's registry cache knows
+them (no scan of the claims in Redis).
 
 /metrics stays per node, and is labelled as Prometheus expects: Prometheus itself gives every
 series of a scrape the target's `instance` label, so the node's name is published once, as a
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from tunnel_server.cluster.registry import ClusterRegistry
 
 MAX_LISTED_NODES: Final = 1000  # nodes one /api/cluster answer lists
+MAX_LISTED_PROXIES: Final = 10_000  # proxies (and so clients) one answer lists
 NODES_TIMEOUT_S: Final = 5.0  # listing the nodes in Redis, before the answer is a 503
 
 
@@ -56,6 +59,11 @@ def cluster_routes(registry: ClusterRegistry) -> list[web.RouteDef]:
             reason = f"the cluster registry (Redis) is unreachable: {exc or type(exc).__name__}"
             return web.json_response({"error": reason, "node": registry.node}, status=503)
         claims = registry.claims_by_node()
+        proxies = registry.proxies(MAX_LISTED_PROXIES + 1)
+        truncated = len(proxies) > MAX_LISTED_PROXIES
+        clients: dict[tuple[str, str, str], list[str]] = {}
+        for name, owner in proxies[:MAX_LISTED_PROXIES]:
+            clients.setdefault((owner.node, owner.user, owner.client), []).append(name)
         return web.json_response(
             {
                 "node": registry.node,
@@ -66,9 +74,16 @@ def cluster_routes(registry: ClusterRegistry) -> list[web.RouteDef]:
                         "address": node.address,
                         "started": node.started,
                         "claims": claims.get(node.name, 0),
+                        "load": dict(node.load),
                     }
                     for node in nodes[:MAX_LISTED_NODES]
                 ],
+                "nodes_truncated": len(nodes) > MAX_LISTED_NODES,
+                "clients": [
+                    {"node": node, "user": user, "client_id": client, "proxies": sorted(names)}
+                    for (node, user, client), names in sorted(clients.items())
+                ],
+                "proxies_truncated": truncated,
             }
         )
 

@@ -82,6 +82,7 @@ def _proxy_json(info: ProxyInfo) -> dict[str, object]:
         "group": info.group,
         "visitors": list(info.visitors),
         "path": info.path,
+        "p2p": dict(info.p2p),
     }
 
 

@@ -45,6 +45,8 @@ class ProxyInfo:
     # stcp/sudp: the user of each visitor connection joined now, and its path ("relayed")
     visitors: tuple[str, ...] = ()
     path: str = ""
+    # xtcp: rendezvous started, direct paths made, punches failed (the visitors then relay)
+    p2p: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

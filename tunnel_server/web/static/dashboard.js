@@ -162,6 +162,47 @@
     byId("certificates-count").textContent = String(certificates.length);
   }
 
+  // One row per live node: its load as it published it, and the clients (with their
+  // proxies) that the cluster registry places on it.
+  function renderCluster(cluster) {
+    const panel = byId("cluster-panel");
+    if (cluster === null) { panel.hidden = true; return; }
+    panel.hidden = false;
+    if (cluster.error) {
+      byId("cluster-note").textContent = cluster.error;
+      return;
+    }
+    const byNode = {};
+    for (const client of cluster.clients) (byNode[client.node] = byNode[client.node] || []).push(client);
+    const count = (load, key) => String((load || {})[key] ?? "—");
+    byId("cluster-body").replaceChildren(...cluster.nodes.map((node) => el("tr", { "data-testid": "cluster-row", "data-node": node.name },
+      el("td", { class: "mono" }, el("div", { text: node.name }), node.name === cluster.node ? el("div", { class: "sub", text: "this node" }) : null),
+      el("td", { class: "mono sub", text: node.address }),
+      el("td", { title: new Date(node.started * 1000).toLocaleString(), text: formatSince(node.started) }),
+      el("td", { class: "num", "data-testid": "cluster-clients", text: count(node.load, "clients") }),
+      el("td", { class: "num", "data-testid": "cluster-proxies", text: count(node.load, "proxies") }),
+      el("td", { class: "num", text: count(node.load, "vhost_connections") }),
+      el("td", { class: "num", text: `${count(node.load, "relayed_in")} / ${count(node.load, "relayed_out")}` }),
+      el("td", { class: "num", text: String(node.claims) }),
+      el("td", { class: "sub", "data-testid": "cluster-node-clients" }, ...(byNode[node.name] || []).map((client) =>
+        el("div", { class: "mono", text: `${client.client_id} (${client.user || "—"}): ${client.proxies.join(", ")}` }))),
+    )));
+    byId("cluster-count").textContent = String(cluster.nodes.length);
+    const notes = [];
+    if (!cluster.registry_available) notes.push("registry unreachable: figures from the cache");
+    if (cluster.proxies_truncated || cluster.nodes_truncated) notes.push("lists truncated");
+    byId("cluster-note").textContent = notes.join(" · ");
+  }
+
+  // null when this tunneld is not a cluster node (no /api/cluster).
+  async function fetchCluster() {
+    const response = await fetch("api/cluster", { cache: "no-store", headers: { Accept: "application/json" } });
+    if (response.status === 404) return null;
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) return { error: body.error || `HTTP ${response.status}` };
+    return body;
+  }
+
   function renderInfo(info) {
     byId("stat-clients").textContent = String(info.clients);
     byId("stat-proxies").textContent = `${info.proxies_online} / ${info.proxies}`;
@@ -186,6 +227,7 @@
       renderClients(data.clients);
       renderProxies(data.proxies);
       renderCertificates(data.certificates || []);
+      renderCluster(await fetchCluster());
       setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
     } catch (err) {
       setLive(false, `cannot reach the server (${err.message}); retrying`);
