@@ -64,7 +64,7 @@ async def test_cluster_port_relay_listeners_are_bounded_to_the_lowest_ports(
             for start in range(0, len(names), CLAIM_BATCH):
                 assert await x.claim("port", names[start : start + CLAIM_BATCH], owner) is None
             assert await y.claim("port", ["40000"], Owner("y", "bob", "c2")) is None
-            await changed_until(y, lambda: len(y.claims_of("port")) == len(names) + 1)
+            await changed_until(y, lambda: len(y.ports()) == len(names) + 1)
             relay = PortRelay(cast(Relay, _UnreachableOwner()), y, "y", "127.0.0.1")
             wanted = relay.wanted()
             assert wanted == [FIRST_PORT + i for i in range(MAX_PORT_RELAY_LISTENERS)]

@@ -99,7 +99,7 @@ class PortRelay:
         """The fixed TCP ports that the cache places on other nodes, lowest first, bounded."""
         ports = sorted(
             int(name)
-            for name, owner in self._registry.claims_of("port").items()
+            for name, owner in self._registry.ports().items()
             if owner.node != self._node and name.isdigit() and 0 < int(name) < 65536
         )
         if len(ports) > MAX_PORT_RELAY_LISTENERS and self._over != len(ports):

@@ -123,6 +123,8 @@ class ClusterRegistry:
         self._channel = f"{prefix}routes"
         self._held: dict[str, Owner] = {}  # claim key -> owner, the names this node holds
         self._cache: dict[str, Owner] = {}  # claim key -> owner, every node's (bounded)
+        self._port_head = claim_key(prefix, "port", "-")[:-1]
+        self._ports: dict[str, Owner] = {}  # the cache's fixed TCP ports, by port number
         self._available = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.time()
@@ -237,17 +239,16 @@ class ClusterRegistry:
             )
         for key in mine:
             self._held.pop(key, None)
-            self._cache.pop(key, None)
+            self._drop(key)
         return gone
 
     def owner_of(self, kind: str, name: str) -> Owner | None:
         """Who holds `name` as far as this node knows (its cache; no Redis round trip)."""
         return self._cache.get(claim_key(self._prefix, kind, name))
 
-    def claims_of(self, kind: str) -> dict[str, Owner]:
-        """Every claim of one kind in the cache, by name (a scan of the cache)."""
-        head = claim_key(self._prefix, kind, "-")[:-1]
-        return {key[len(head) :]: o for key, o in self._cache.items() if key.startswith(head)}
+    def ports(self) -> dict[str, Owner]:
+        """Every fixed TCP port claim in the cache, by port (an index: no scan of the cache)."""
+        return dict(self._ports)
 
     async def wait_changed(self) -> None:
         """Wait for the next change this node sees (as `wait_until` does)."""
@@ -328,7 +329,17 @@ class ClusterRegistry:
 
     def _remember(self, key: str, owner: Owner) -> None:
         if key in self._cache or len(self._cache) < MAX_CACHED_ROUTES:
-            self._cache[key] = owner
+            self._put(key, owner)
+
+    def _put(self, key: str, owner: Owner) -> None:
+        self._cache[key] = owner
+        if key.startswith(self._port_head):
+            self._ports[key[len(self._port_head) :]] = owner
+
+    def _drop(self, key: str) -> None:
+        self._cache.pop(key, None)
+        if key.startswith(self._port_head):
+            self._ports.pop(key[len(self._port_head) :], None)
 
     # -- loops -----------------------------------------------------------------------------
 
@@ -391,9 +402,9 @@ class ClusterRegistry:
         """Forget a name this node held; `holder` is who holds it now, if known."""
         self._held.pop(key, None)
         if holder is not None:
-            self._cache[key] = holder
+            self._put(key, holder)
         else:
-            self._cache.pop(key, None)
+            self._drop(key)
         parsed = split_claim_key(self._prefix, key)
         logger.warning("tunneld: cluster: lost the claim %s (expired or taken over)", key)
         if parsed is not None and self._on_lost is not None:
@@ -411,6 +422,8 @@ class ClusterRegistry:
         if batch:
             await self._load_batch(batch, fresh)
         self._cache = fresh
+        head = self._port_head
+        self._ports = {k[len(head) :]: o for k, o in fresh.items() if k.startswith(head)}
         self._synced.set()
         self._notify()
 
@@ -463,7 +476,7 @@ class ClusterRegistry:
                     # the same client reconnected through another node
                     self._lose(key, event.owner)
             else:
-                self._cache.pop(key, None)
+                self._drop(key)
         self._notify()
 
 
