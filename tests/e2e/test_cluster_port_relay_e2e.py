@@ -25,6 +25,7 @@ from tests.support.echo import tcp_echo_server
 from tests.support.redisserver import redis_server
 
 VISITOR_IP: Final = "127.0.0.5"  # the visitor's source address, to find in the PROXY header
+STRANGER_IP: Final = "127.0.0.6"  # a visitor outside the proxy's allowIPs
 PAYLOAD_BYTES: Final = 256 * 1024
 IO_TIMEOUT_S: Final = 30.0
 
@@ -63,13 +64,14 @@ def tcp_proxy(port: int, local_port: int) -> str:
         "localPort": local_port,
         "remotePort": port,
         "transport.proxyProtocolVersion": "v1",
+        "allowIPs": [f"{VISITOR_IP}/32"],
     }
     return "[[proxies]]\n" + toml_lines(proxy)
 
 
-async def exchange(host: str, port: int, payload: bytes) -> bytes:
-    """Send `payload` from VISITOR_IP, half-close, and read everything back."""
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(VISITOR_IP, 0))
+async def exchange(host: str, port: int, payload: bytes, source: str = VISITOR_IP) -> bytes:
+    """Send `payload` from `source`, half-close, and read everything back."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     try:
         writer.write(payload)
         writer.write_eof()
@@ -116,6 +118,12 @@ async def test_cluster_port_relay_reaches_a_tcp_port_through_other_nodes(
         assert not any(relaying.search(line) for line in node_a.process.lines())
         for last in (1, 2, 3):
             await echoed_through(f"127.0.0.{last}", port)
+        # the owner judges allowIPs on the original visitor: a stranger is reset through c
+        try:
+            data: bytes | None = await exchange("127.0.0.3", port, b"let me in", STRANGER_IP)
+        except ConnectionResetError:
+            data = None
+        assert data is None, data
         # failover: node b takes the port over (its relay listener yields), c follows
         mark = client.line_count
         node_a.process.kill()
