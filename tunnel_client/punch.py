@@ -29,11 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
 from protocol.errors import ErrorCode
 from protocol.frames import Flag, FrameType, encode_frame
@@ -240,6 +235,12 @@ async def punch_meet(port: PunchPort, peer: tuple[str, int], *, listen: bool) ->
 
 def p2p_server_context() -> tuple[ssl.SSLContext, bytes]:
     """The owner's TLS for P2P connections: a fresh self-signed certificate and its SHA-256."""
+    # cryptography loads with the first xtcp connection: other clients never need it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, P2P_SERVER_NAME)])
     now = datetime.datetime.now(datetime.UTC)
