@@ -373,8 +373,8 @@ def parse_client_config(
         document, source=source, schema=CLIENT_SCHEMA, base_dir=base_dir, collect=True
     )
     problems = list(root.problems)
-    included = read_includes(root, CLIENT_SCHEMA, env, problems)
-    config, locations = _complete(root, included, problems)
+    included, included_visitors = read_includes(root, CLIENT_SCHEMA, env, problems)
+    config, locations = _complete(root, included, included_visitors, problems)
     config = _proxy_from_environment(config, env, problems)
     if not any(not p.key.startswith("proxies[") for p in problems):
         problems.extend(_validate(config, source))
@@ -458,7 +458,10 @@ def _named_notes(table: ConfigTable, notes: list[str]) -> list[str]:
 
 
 def _complete(
-    root: ConfigTable, included: Sequence[ConfigTable], problems: list[ConfigError]
+    root: ConfigTable,
+    included: Sequence[ConfigTable],
+    included_visitors: Sequence[ConfigTable],
+    problems: list[ConfigError],
 ) -> tuple[ClientConfig, list[tuple[str, str]]]:
     """Fill in defaults; returns the config and (file, key path) of each kept proxy.
 
@@ -508,7 +511,8 @@ def _complete(
     if unknown:
         notes.append(f"{root.source}: start: no enabled proxy is named {', '.join(unknown)}")
     visitors: list[VisitorConfig] = []
-    for table in root.tables("visitors"):
+    visitor_locations: list[tuple[str, str]] = []
+    for table in (*root.tables("visitors"), *included_visitors):
         notes.extend(VISITOR_FIELDS.notes(table))
         if table.has_problems:
             continue
@@ -516,7 +520,9 @@ def _complete(
             visitors.append(complete_visitor(table))
         except ConfigError as exc:
             problems.extend(getattr(exc, "problems", (exc,)))
-    problems.extend(check_visitors(visitors, root.source, [p.name for p in proxies]))
+            continue
+        visitor_locations.append((table.source, table.path))
+    problems.extend(check_visitors(visitors, visitor_locations, [p.name for p in proxies]))
     inspect_table = root.subtable("inspect")
     signers: tuple[SignerConfig, ...] = ()
     if not inspect_table.has_problems:  # a refused key is reported once, by the walker

@@ -2,9 +2,10 @@
 
 `includes = ["./confd/*.toml"]` reads every file that matches, in name order, as frp does:
 the pattern's directory is read and its last part matched against each file name. Each file
-may be in any format frp reads and goes through the same templates and schema; only its
-proxies are used (frp also reads visitors there; tunnelkit reads them from the main file
-only). A relative pattern is taken relative to the config file, like every other path in it.
+may be in any format frp reads and goes through the same templates and schema; its
+`[[proxies]]` and `[[visitors]]` are used, as frp's `LoadAdditionalClientConfigs` does, and
+any other key is noted as ignored. A relative pattern is taken relative to the config file,
+like every other path in it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ _PROXY_PATH: Final = re.compile(r"(proxies\[(\d+)\])(?=\.|$)")
 
 def read_includes(
     root: ConfigTable, schema: Table, env: Mapping[str, str], problems: list[ConfigError]
-) -> list[ConfigTable]:
-    """The checked `[[proxies]]` tables of every included file; problems go to `problems`."""
+) -> tuple[list[ConfigTable], list[ConfigTable]]:
+    """The checked `[[proxies]]` and `[[visitors]]` tables of every included file.
+
+    Problems go to `problems`.
+    """
     tables: list[ConfigTable] = []
+    visitors: list[ConfigTable] = []
     files: list[Path] = []
     for index, pattern in enumerate(root.strs("includes")):
         where = f"includes[{index}]"
@@ -56,7 +61,7 @@ def read_includes(
         problems.append(
             root.error("includes", f"match {len(files)} files; at most {MAX_INCLUDED_FILES}")
         )
-        return []
+        return [], []
     for path in files:
         source = str(path)
         try:
@@ -69,14 +74,15 @@ def read_includes(
             continue
         problems.extend(included.explain(p) for p in included.problems)
         root.notes.extend(included.notes)
-        others = [key for key in included if key != "proxies"]
+        others = [key for key in included if key not in ("proxies", "visitors")]
         if others:
             root.notes.append(
-                f"{source}: only [[proxies]] are read from an included file, as in frp; "
-                f"ignored: {', '.join(others)}"
+                f"{source}: only [[proxies]] and [[visitors]] are read from an included file, "
+                f"as in frp; ignored: {', '.join(others)}"
             )
         tables.extend(included.tables("proxies"))
-    return tables
+        visitors.extend(included.tables("visitors"))
+    return tables, visitors
 
 
 def name_proxy(

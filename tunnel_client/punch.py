@@ -235,7 +235,7 @@ async def punch_meet(port: PunchPort, peer: tuple[str, int], *, listen: bool) ->
 
 def p2p_server_context() -> tuple[ssl.SSLContext, bytes]:
     """The owner's TLS for P2P connections: a fresh self-signed certificate and its SHA-256."""
-    # cryptography loads with the first xtcp connection: other clients never need it.
+    # cryptography is imported when an xtcp owner first needs it (tunnelc starts without it).
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -158,15 +158,19 @@ def complete_visitor(table: ConfigTable) -> VisitorConfig:
 
 
 def check_visitors(
-    visitors: Sequence[VisitorConfig], source: str, proxy_names: Sequence[str]
+    visitors: Sequence[VisitorConfig],
+    locations: Sequence[tuple[str, str]],
+    proxy_names: Sequence[str],
 ) -> list[ConfigError]:
-    """Names unique among proxies and visitors; a listening address used once."""
+    """Names unique among proxies and visitors; a listening address used once.
+
+    `locations` gives each visitor's (file, key path): included files hold visitors too.
+    """
     problems: list[ConfigError] = []
     names = set(proxy_names)
     binds: dict[tuple[str, str, int], str] = {}
     types = {v.name: v.type for v in visitors}
-    for index, visitor in enumerate(visitors):
-        path = f"visitors[{index}]"
+    for visitor, (source, path) in zip(visitors, locations, strict=True):
         target = visitor.fallback_to
         if target is not None and visitor.type != ProxyType.XTCP:
             problems.append(
@@ -201,5 +205,5 @@ def check_visitors(
                     f"{binds[key]}; use another port",
                 )
             )
-        binds[key] = path
+        binds[key] = path if source == locations[0][0] else f"{source}: {path}"
     return problems

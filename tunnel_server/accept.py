@@ -274,18 +274,14 @@ class ControlListener:
     async def _busy(self, sock: socket.socket) -> None:
         retry_ms = self._server.pending.retry_after_ms()
         try:
-            async with asyncio.timeout(BUSY_HANDSHAKE_TIMEOUT_S):
-                tls, _ = await asyncio.get_running_loop().connect_accepted_socket(
-                    _BusyAnswer,
-                    sock,
-                    ssl=self._ssl,
-                    ssl_handshake_timeout=BUSY_HANDSHAKE_TIMEOUT_S,
-                )
+            tls, _ = await accept_tls(
+                sock, self._ssl, _BusyAnswer, timeout_s=BUSY_HANDSHAKE_TIMEOUT_S
+            )
             busy = Busy(retry_ms, "the server is busy with other logins")
             tls.write(encode_frame(FrameType.MESSAGE, 0, 0, encode_message(busy)))
             go_away = [int(ErrorCode.BUSY), busy.reason]
             tls.write(encode_frame(FrameType.GO_AWAY, 0, 0, go_away))
-            tls.close()  # flushes, then close_notify
+            tls.close()  # close_notify after the two frames, then FIN
             self._counters.busy_answers += 1
         except (OSError, TimeoutError):
             sock.close()  # the peer went away or stalled: nothing more to tell it

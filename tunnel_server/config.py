@@ -57,6 +57,7 @@ from tunnel_server.plugins import OPS as PLUGIN_OPS
 from tunnel_server.plugins import PluginConfig
 from tunnel_server.prelogin import DEFAULT_MAX_PENDING_LOGINS, DEFAULT_MAX_PENDING_PER_IP
 
+from .cluster.redisurl import SENTINEL_SCHEME, sentinel_parts
 from .edge.config import EDGE_TLS_ENTRIES, EdgeTLSConfig, build_edge_tls
 from .vhost.claims import DEFAULT_MAX_ROUTES_PER_CLIENT
 
@@ -767,6 +768,12 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 f"{config.max_pending_logins_per_ip}",
             )
         )
+    url = config.cluster_redis_url
+    if url is not None and url.startswith(f"{SENTINEL_SCHEME}://"):
+        try:
+            sentinel_parts(url)
+        except ValueError as exc:
+            problems.append(ConfigError(source, "cluster.redisURL", str(exc)))
     if config.cluster_secret is not None and config.cluster_internal_addr in ("", "0.0.0.0", "::"):
         problems.append(
             ConfigError(

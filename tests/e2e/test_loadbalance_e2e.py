@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+from playwright.async_api import expect
 
 from tests.e2e.test_cluster_e2e import Cluster
 from tests.e2e.test_health_e2e import DETECT_BOUND_S, Backend, start_checked_client
 from tests.e2e.test_http_e2e import http_proxy
 from tests.e2e.test_plugins_e2e import TOKEN, start_server, toml
+from tests.support.browser import chromium_page, requires_chromium
 from tests.support.procs import proxy_refused_pattern
 from tests.support.redisserver import redis_server
 
@@ -52,11 +54,12 @@ def head(port: int, fingerprint: str) -> str:
     )
 
 
+@requires_chromium
 async def test_loadbalance_tcp_group_round_robin_and_wrong_key_refused(
     run_tunneld, run_tunnelc, unused_tcp_port: int
 ) -> None:
     """Three clients share one port, visited in turn; a fourth with another groupKey is
-    refused, and /api/groups lists the three members."""
+    refused, and /api/groups and the dashboard page list the three members."""
     backends = [Backend(tag) for tag in (b"a", b"b", b"c")]
     for backend in backends:
         await backend.start()
@@ -92,6 +95,14 @@ async def test_loadbalance_tcp_group_round_robin_and_wrong_key_refused(
             async with http.get(f"http://127.0.0.1:{dashboard.port}/metrics") as response:
                 metrics = await response.text()
             assert 'tunnelkit_group_members{group="web",state="online",type="tcp"} 3.0' in metrics
+            async with chromium_page(f"http://127.0.0.1:{dashboard.port}/") as page:
+                row = page.locator('[data-testid="group-row"][data-group="web"]')
+                await expect(row).to_contain_text(f"tcp://127.0.0.1:{public}")
+                members = row.get_by_test_id("group-member")
+                await expect(members).to_have_count(3)
+                for i in range(3):
+                    member = row.locator(f'[data-testid="group-member"][data-member="lb{i}"]')
+                    await expect(member).to_contain_text("online")
     finally:
         for backend in backends:
             await backend.stop()

@@ -9,6 +9,7 @@ import asyncio
 import os
 
 import aiohttp
+from playwright.async_api import expect
 
 from tests.e2e.test_secret_e2e import (
     client_toml,
@@ -18,6 +19,7 @@ from tests.e2e.test_secret_e2e import (
     server_toml,
     visitor_port,
 )
+from tests.support.browser import chromium_page, requires_chromium
 from tests.support.echo import tcp_echo_server
 from tests.support.procs import ADMIN_READY, DASHBOARD_READY
 from tunnel_client.punch import PunchPort, send_probe
@@ -33,9 +35,10 @@ def xtcp_visitor(name: str, server_name: str, extra: str = "", secret: str = SEC
     )
 
 
+@requires_chromium
 async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]
     """On one host the punch succeeds: data is exact, the visitor's status says direct, and
-    tunneld's dashboard and /metrics count the direct path."""
+    tunneld's dashboard (its API and its page) and /metrics count the direct path."""
     async with tcp_echo_server() as echo:
         server = await run_tunneld(server_toml() + "webServer.port = 0\nenablePrometheus = true\n")
         web = f"http://127.0.0.1:{(await server.wait_for(DASHBOARD_READY))['port']}"
@@ -69,6 +72,9 @@ async def test_xtcp_loopback_goes_direct(run_tunneld, run_tunnelc) -> None:  # t
         assert 'tunnelkit_xtcp_rendezvous_total{proxy="alice.vault",result="direct"}' in metrics
         assert row["path"] == "direct" and row["connections_direct"] >= 3
         assert row["punch"].startswith("direct to 127.0.0.1:")
+        async with chromium_page(web + "/") as page:
+            proxy = page.locator('[data-testid="proxy-row"][data-proxy-name="alice.vault"]')
+            await expect(proxy.get_by_test_id("proxy-p2p")).to_contain_text("direct")
 
 
 async def test_xtcp_fallback_to_names_an_stcp_visitor(run_tunneld, run_tunnelc) -> None:  # type: ignore[no-untyped-def]

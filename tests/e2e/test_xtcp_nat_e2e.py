@@ -15,12 +15,13 @@ import json
 import re
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_secret_e2e import SECRET, TOKEN
 from tests.support.netns import TwoNats, netns_unavailable_reason, two_nat_topology
-from tests.support.peers import run_command
+from tests.support.peers import PRIVSEP_DIR, SSH_CLIENT_OPTIONS, find_tool, run_command
 from tests.support.procs import DASHBOARD_READY, ProcessGroup, TunnelProcess
 
 NAT_TEST_TIMEOUT_S = 90
@@ -60,6 +61,40 @@ print(f"echo {len(got)} bytes exact={same} in {time.monotonic() - start:.3f}s", 
 """
 
 
+SSH_PORT = 22  # free in the fresh namespace
+
+
+def _sshd_files(t: TwoNats, workdir: Path) -> tuple[Path, Path, Path]:
+    """The sshd config (office-b's address, root by key only), its host key, the client key."""
+    workdir.mkdir()
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd refuses to start without it
+    host_key, client_key = workdir / "host_key", workdir / "client_key"
+    config = workdir / "sshd_config"
+    config.write_text(
+        f"ListenAddress {t.office_b_ip}\nPort {SSH_PORT}\nHostKey {host_key}\n"
+        f"PidFile {workdir / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {client_key.with_suffix('.pub')}\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+    )
+    return config, host_key, client_key
+
+
+async def start_sshd(t: TwoNats, group: ProcessGroup, workdir: Path) -> Path:
+    """sshd in office-b on its own address, letting root in with a fresh key; returns it."""
+    config, host_key, client_key = _sshd_files(t, workdir)
+    for key in (host_key, client_key):
+        await run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    sshd_bin = find_tool("sshd")
+    assert sshd_bin is not None
+    proc = await group.start(
+        ["ip", "netns", "exec", t.office_b, sshd_bin, "-D", "-e", "-f", str(config)],
+        name="sshd-b",
+        expect_exit_code=None,
+    )
+    await proc.wait_for(r"Server listening on \S+ port \d+")
+    return client_key
+
+
 @pytest.fixture
 async def topology(
     request: pytest.FixtureRequest, process_group: ProcessGroup
@@ -87,6 +122,8 @@ async def start_pair(
     run_tunneld,
     run_tunnelc,  # type: ignore[no-untyped-def]
     visitor_extra: str = "",
+    extra_owner: str = "",
+    extra_visitors: str = "",
 ) -> tuple[TunnelProcess, TunnelProcess, int, str]:
     """tunneld on the internet, the echo and its xtcp owner behind nat-b, the visitor behind
     nat-a. Returns the server, the visitor, the visitor's port and the dashboard URL."""
@@ -105,7 +142,7 @@ async def start_pair(
     fingerprint = await server.fingerprint()
     owner = (
         f'[[proxies]]\nname = "vault"\ntype = "xtcp"\nlocalIP = "{t.office_b_ip}"\n'
-        f'localPort = {echo_port}\nsecretKey = "{SECRET}"\nallowUsers = ["bob"]\n'
+        f'localPort = {echo_port}\nsecretKey = "{SECRET}"\nallowUsers = ["bob"]\n' + extra_owner
     )
     owner_proc = await run_tunnelc(
         client_toml(t, control.port, fingerprint, "alice", owner), netns=t.office_b
@@ -115,6 +152,7 @@ async def start_pair(
         f'[[visitors]]\nname = "to-vault"\ntype = "xtcp"\nserverName = "vault"\n'
         f'serverUser = "alice"\nsecretKey = "{SECRET}"\nbindAddr = "127.0.0.1"\nbindPort = 0\n'
         + visitor_extra
+        + extra_visitors
     )
     guest = await run_tunnelc(
         client_toml(t, control.port, fingerprint, "bob", visitor), netns=t.office_a
@@ -144,18 +182,32 @@ async def test_xtcp_nat_direct_path_carries_no_bytes_through_tunneld(
     process_group: ProcessGroup,
     run_tunneld,
     run_tunnelc,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     """Behind two port-keeping NATs the punch succeeds (made at login: keepTunnelOpen): the
     path runs between the two NATs' addresses, 4 MiB echo exact over it, and tunneld's
-    counters for the proxy do not move by more than the signals meanwhile."""
+    counters for the proxy do not move by more than the signals meanwhile; ssh from office-a
+    to an sshd in office-b works over a P2P path too."""
     t = topology
     async with asyncio.timeout(NAT_TEST_TIMEOUT_S):
+        client_key = await start_sshd(t, process_group, tmp_path / "sshd")
+        ssh_owner = (
+            f'[[proxies]]\nname = "ssh"\ntype = "xtcp"\nlocalIP = "{t.office_b_ip}"\n'
+            f'localPort = {SSH_PORT}\nsecretKey = "{SECRET}"\nallowUsers = ["bob"]\n'
+        )
+        ssh_visitor = (
+            '[[visitors]]\nname = "to-ssh"\ntype = "xtcp"\nserverName = "ssh"\n'
+            f'serverUser = "alice"\nsecretKey = "{SECRET}"\nbindAddr = "127.0.0.1"\n'
+            "bindPort = 0\nkeepTunnelOpen = true\nminRetryInterval = 0\n"
+        )
         server, guest, port, web = await start_pair(
             t,
             process_group,
             run_tunneld,
             run_tunnelc,
             "keepTunnelOpen = true\nminRetryInterval = 0\n",
+            ssh_owner,
+            ssh_visitor,
         )
         pattern = r"visitor to-vault: P2P path to alice\.vault at ([\d.]+):"
         while not any(re.search(pattern, line) for line in guest.lines()):
@@ -174,6 +226,19 @@ async def test_xtcp_nat_direct_path_carries_no_bytes_through_tunneld(
         through = await proxy_bytes(t, web) - before
         print(f"measured: xtcp direct across two NATs: {out.strip()}; tunneld counted {through} B")
         assert through < SIGNAL_BYTES_BOUND
+        # A real peer over a P2P path: ssh from office-a to the sshd in office-b.
+        line = await guest.wait_for(r"visitor to-ssh listening on tcp://127\.0\.0\.1:(\d+)")
+        options = [arg for option in SSH_CLIENT_OPTIONS for arg in ("-o", option)]
+        ssh = ["ssh", "-F", "/dev/null", "-i", str(client_key), *options, "-p", line[1]]
+        ssh_p2p = r"visitor to-ssh: P2P path to alice\.ssh at"
+        while True:  # bounded by the test's deadline; a failed punch is tried again at once
+            p2p_up = any(re.search(ssh_p2p, seen_line) for seen_line in guest.lines())
+            said = await run_command(
+                ["ip", "netns", "exec", t.office_a, *ssh, "root@127.0.0.1", "echo over-xtcp"]
+            )
+            assert said.strip() == "over-xtcp"
+            if p2p_up:  # this ssh session ran over the P2P path
+                break
 
 
 @pytest.mark.parametrize("topology", [True], indirect=True, ids=["symmetric-nat-b"])

@@ -7,6 +7,7 @@ from typing import Final
 
 import pytest
 from aiohttp import web
+from playwright.async_api import Page, async_playwright
 
 CHROMIUM: Final = "/usr/bin/chromium"  # Debian's package; tests never download a browser
 CHROMIUM_ARGS: Final = [
@@ -37,3 +38,16 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(url: str, width: int = 1400, height: int = 800) -> AsyncIterator[Page]:
+    """Headless Chromium on `url`; the browser is closed on every path."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            await page.goto(url)
+            yield page
+        finally:
+            await browser.close()

@@ -7,9 +7,11 @@ import base64
 
 import pytest
 
+from protocol.errors import ConfigError
 from tunnel_server.cluster.redisurl import redact_url, sentinel_parts
 from tunnel_server.cluster.relay import _host_candidates
 from tunnel_server.cluster.relay_http import _request_route
+from tunnel_server.config import parse_server_config
 
 
 @pytest.mark.parametrize(
@@ -64,3 +66,21 @@ def test_cluster_sentinel_url_names_sentinels_service_db_and_password() -> None:
     for bad in ("redis+sentinel://h:1/", "redis+sentinel://h:x/svc", "redis+sentinel://h:1/a/b"):
         with pytest.raises(ValueError, match=r"sentinel|service"):
             sentinel_parts(bad)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ('redisURL = "redis+sentinel://h:1/"', "must name the Sentinel service"),
+        (
+            'redisURL = "redis://r"\nsecret = "s"\ninternalAddr = "0.0.0.0"',
+            "cluster.internalAddr: must be an address the other nodes can reach",
+        ),
+    ],
+)
+def test_cluster_config_refuses_a_bad_sentinel_url_or_a_wildcard_link_address(
+    cluster: str, message: str
+) -> None:
+    """A bad cluster setting is a one-line config error naming the key, at load."""
+    with pytest.raises(ConfigError, match=message):
+        parse_server_config(f"bindPort = 7000\n[cluster]\n{cluster}\n", "frps.toml")

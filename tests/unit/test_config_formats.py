@@ -332,6 +332,31 @@ def test_config_includes_add_proxies_in_name_order(tmp_path: Path) -> None:
     assert [p.name for p in config.proxies] == ["a", "b"]
 
 
+def test_config_includes_add_visitors_and_note_other_keys(tmp_path: Path) -> None:
+    """An included file's [[visitors]] are read, as frp reads them; other keys are noted."""
+    _write(
+        tmp_path / "confd/v.toml",
+        'user = "x"\n[[visitors]]\nname = "ssh-visitor"\ntype = "stcp"\n'
+        'serverName = "ssh"\nsecretKey = "s3cret"\nbindPort = 6000\n',
+    )
+    main = _write(tmp_path / "frpc.toml", 'includes = ["./confd/*.toml"]\n')
+    config = load_client_config(main, env={})
+    assert [(v.name, v.server_name) for v in config.visitors] == [("ssh-visitor", "ssh")]
+    assert any("ignored: user" in note for note in config.notes)
+
+
+def test_config_includes_duplicate_visitor_across_files_is_refused(tmp_path: Path) -> None:
+    """A visitor name used in the main file and an included one is a clash."""
+    visitor = '[[visitors]]\nname = "v"\ntype = "stcp"\nserverName = "a"\nsecretKey = "k"\n'
+    other = _write(tmp_path / "confd/x.toml", visitor + "bindPort = 6001\n")
+    main = _write(
+        tmp_path / "frpc.toml", 'includes = ["confd/*.toml"]\n' + visitor + "bindPort = 6000\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_client_config(main, env={})
+    assert str(info.value) == f"{other}: visitors[0].name: 'v' is already a name here"
+
+
 def test_config_includes_errors_name_the_included_file(tmp_path: Path) -> None:
     """A problem in an included file names that file and the proxy in it."""
     bad = _write(

@@ -52,6 +52,7 @@ MAX_CACHED_ROUTES: Final = 1_000_000  # claims this node mirrors; beyond it, ask
 SCAN_BATCH: Final = 1000  # keys per SCAN step when (re)loading the cache
 REFRESH_BATCH: Final = 500  # keys per refresh script call
 MAX_LOAD_KEYS: Final = 16  # figures of a node's load read from its record
+FOLLOW_POLL_S: Final = 1.0  # the routes channel's longest wait before a look at cancellation
 
 
 class ClusterUnavailable(Exception):
@@ -420,10 +421,18 @@ class ClusterRegistry:
                 await pubsub.subscribe(self._channel)
                 await self._load_cache()  # after subscribing: no change falls in between
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # A bounded wait, then a look at our own cancellation: redis-py may swallow
+                    # a cancellation that lands in a read and retry it, and a listen() that
+                    # never returned would make close() wait for ever.
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=FOLLOW_POLL_S
+                    )
+                    _keep_cancellation()
+                    if message is not None and message.get("type") == "message":
                         self._apply(message["data"])
             except (RedisError, OSError) as exc:
+                _keep_cancellation()
                 logger.debug("tunneld: cluster: routes channel lost: %s", exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):

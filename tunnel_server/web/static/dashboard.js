@@ -120,6 +120,11 @@
       cell.append(el("div", { class: "sub", "data-testid": "proxy-visitors",
         text: `${(proxy.visitors || []).length} visitors (${proxy.path})${who ? ": " + who : ""}` }));
     }
+    const p2p = Object.entries(proxy.p2p || {}).filter(([, count]) => count > 0);
+    if (p2p.length) {
+      cell.append(el("div", { class: "sub", "data-testid": "proxy-p2p",
+        text: "P2P " + p2p.map(([what, count]) => `${what} ${count}`).join(", ") }));
+    }
     return cell;
   }
 
@@ -160,6 +165,24 @@
       el("td", { class: "sub", text: cert.detail || "—" }),
     )));
     byId("certificates-count").textContent = String(certificates.length);
+  }
+
+  // One row per group: its members (the client each runs on), whether each is in the
+  // rotation, and why a member left (a failed health check, or its client went away).
+  function renderGroups(groups) {
+    byId("groups-panel").hidden = groups.length === 0;
+    byId("groups-body").replaceChildren(...groups.map((group) => el("tr", { "data-testid": "group-row", "data-group": group.name },
+      el("td", { class: "mono", text: group.name }),
+      el("td", { class: "type", text: group.type }),
+      el("td", { class: "mono sub", text: group.user || "—" }),
+      publicCell(group.public),
+      el("td", {}, ...group.members.map((member) => el("div", { "data-testid": "group-member", "data-member": member.name },
+        el("span", { class: `pill ${member.state === "online" && member.healthy ? "online" : "offline"}`,
+          text: member.state === "online" ? (member.healthy ? "online" : "unhealthy") : "left" }),
+        " ", el("span", { class: "mono", text: member.name }),
+        el("span", { class: "sub", text: ` ${member.client_id}${member.reason ? " · " + member.reason : ""}` })))),
+    )));
+    byId("groups-count").textContent = String(groups.length);
   }
 
   // One row per live node: its load as it published it, and the clients (with their
@@ -227,6 +250,7 @@
       renderClients(data.clients);
       renderProxies(data.proxies);
       renderCertificates(data.certificates || []);
+      renderGroups(data.groups || []);
       renderCluster(await fetchCluster());
       setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
     } catch (err) {
