@@ -20,7 +20,7 @@ from tunnel_server.cluster.claims import Owner
 from tunnel_server.cluster.link import LinkError
 from tunnel_server.cluster.port_relay import MAX_PORT_RELAY_LISTENERS, PortRelay
 from tunnel_server.cluster.registry import ClusterRegistry
-from tunnel_server.cluster.relay import Relay
+from tunnel_server.cluster.relay import MAX_RELAY_STREAMS, Relay
 
 TEST_TIMEOUT_S: Final = 60.0
 FIRST_PORT: Final = 50000
@@ -30,11 +30,34 @@ CLAIM_BATCH: Final = 64  # names per claim (the registry's bound)
 class _UnreachableOwner:
     """The relay's side as seen from the ingress when no link can be opened."""
 
-    outgoing = 0
-    failures = 0
+    def __init__(self, outgoing: int = 0) -> None:
+        self.outgoing = outgoing  # relayed connections leaving the node now
+        self.failures = 0
+        self.opened = 0
 
     async def open(self, node: str, kind: str, visitor: tuple[str, int]) -> object:
+        self.opened += 1
         raise LinkError(f"node {node} cannot be reached")
+
+
+async def reset_on_connect(port: int) -> None:
+    """Connect, send, and expect a reset (never a clean, empty close); a reset that comes
+    before the connect call returns counts too."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionResetError:
+        return
+    try:
+        writer.write(b"hello")
+        try:
+            data: bytes | None = await reader.read()
+        except ConnectionResetError:
+            data = None
+        assert data is None, data
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionResetError):
+            await writer.wait_closed()
 
 
 def free_port() -> int:
@@ -84,18 +107,7 @@ async def test_cluster_port_relay_listener_follows_claims_and_resets_on_failure(
                 port = free_port()
                 assert await x.claim("port", [str(port)], Owner("x", "alice", "c1")) is None
                 await changed_until(y, lambda: relay.ports == [port])
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                try:
-                    writer.write(b"hello")
-                    try:
-                        data: bytes | None = await reader.read()
-                    except ConnectionResetError:
-                        data = None
-                    assert data is None, data  # a reset, never a clean close
-                finally:
-                    writer.close()
-                    with contextlib.suppress(ConnectionResetError):
-                        await writer.wait_closed()
+                await reset_on_connect(port)
                 # the client moved to node y: y claims the port and binds it at once
                 assert await x.release("port", [str(port)]) == 1
                 assert await y.claim("port", [str(port)], Owner("y", "alice", "c1")) is None
@@ -112,5 +124,26 @@ async def test_cluster_port_relay_listener_follows_claims_and_resets_on_failure(
                 await changed_until(y, lambda: relay.ports == [])
                 with socket.socket() as probe:
                     assert probe.connect_ex(("127.0.0.1", other)) != 0
+            finally:
+                await relay.close()
+
+
+async def test_cluster_port_relay_resets_visitors_beyond_the_relay_bound(tmp_path: Path) -> None:
+    """With MAX_RELAY_STREAMS relayed connections already leaving the node, a new visitor is
+    reset at once, without a stream being asked for."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), redis_server(tmp_path / "redis") as redis:
+        async with node(redis, "x") as x, node(redis, "y") as y:
+            full = _UnreachableOwner(outgoing=MAX_RELAY_STREAMS)
+            relay = PortRelay(cast(Relay, full), y, "y", "127.0.0.1")
+            relay.start()
+            try:
+                port = free_port()
+                assert await x.claim("port", [str(port)], Owner("x", "alice", "c1")) is None
+                await changed_until(y, lambda: relay.ports == [port])
+                await reset_on_connect(port)
+                assert full.opened == 0
+                full.outgoing = 0  # room again: the next visitor is relayed (and fails here)
+                await reset_on_connect(port)
+                assert full.opened == 1
             finally:
                 await relay.close()
