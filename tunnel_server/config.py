@@ -315,6 +315,14 @@ SERVER_FIELDS: Final = FieldTable(
             0,
             "port of the internal link listener (0 = any; it is published in Redis)",
         ),
+        Field(
+            "cluster.reusePort",
+            "cluster_reuse_port",
+            Bool(),
+            False,
+            "workers on one machine share the control, vhost, HTTPS and tcpmux ports "
+            "(SO_REUSEPORT); every node on this machine must set it; needs redisURL and secret",
+        ),
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -529,6 +537,7 @@ class ServerConfig:
     cluster_secret: Secret | None = _F.optional("cluster_secret", Secret)
     cluster_internal_addr: str = _F.default("cluster_internal_addr", str)
     cluster_internal_port: int = _F.default("cluster_internal_port", int)
+    cluster_reuse_port: bool = _F.default("cluster_reuse_port", bool)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
     auth_method: str = _F.default("auth_method", str)
@@ -780,6 +789,15 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 source,
                 "cluster.internalAddr",
                 "must be an address the other nodes can reach (it is published), not a wildcard",
+            )
+        )
+    if config.cluster_reuse_port and (url is None or config.cluster_secret is None):
+        problems.append(
+            ConfigError(
+                source,
+                "cluster.reusePort",
+                "needs cluster.redisURL and cluster.secret: a request that lands on the wrong "
+                "worker is relayed to the owner through the cluster",
             )
         )
     if config.enable_prometheus and config.web.port is None:
