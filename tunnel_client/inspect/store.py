@@ -28,8 +28,9 @@ from tunnel_client.inspect.mock import MockRules
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SUBSCRIBERS: Final = 16
-# Distinct exchanges queued per subscriber (events coalesce per exchange): a live view that
-# reads every LIVE_VIEW_INTERVAL_SECONDS (app.py) keeps up to about 8,000 req/s.
+# Distinct exchanges (ids) queued per subscriber, events coalescing per exchange: a live view
+# reads at least once a second (app.py's LIVE_VIEW_MAX_WAIT_SECONDS), so it keeps up with
+# about 2,000 new requests a second; past that it is told to re-read the list.
 DEFAULT_SUBSCRIBER_QUEUE_SIZE: Final = 2048
 
 EventKind = Literal["added", "updated", "cleared", "expired"]
