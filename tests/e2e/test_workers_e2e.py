@@ -8,17 +8,23 @@ and a vhost request that lands on the other worker is relayed to the owner.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import socket
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
+
 from tests.e2e.test_cluster_e2e import Cluster
 from tests.e2e.test_cluster_relay_e2e import SECRET, fetch_from
-from tests.e2e.test_http_e2e import Reply, echo_apps, http_proxy
+from tests.e2e.test_http_e2e import Reply, echo_apps, http_proxy, toml_lines
+from tests.support.procs import TunnelProcess
 from tests.support.redisserver import redis_server
 
 DOMAINS: Final = {"alpha.workers.test": "alice", "beta.workers.test": "bob"}
-REQUESTS: Final = 40  # per domain, each on a connection of its own
+REQUESTS: Final = 20  # per domain, each on a connection of its own
 POLL_S: Final = 0.1  # between tries while a worker's cache catches up with the routes channel
 LINK_UP: Final = re.compile(r"link to node (worker-[ab]) is up")
 
@@ -59,6 +65,81 @@ async def test_workers_share_ports_and_serve_every_domain(
                     reply = await served(first.vhost_port, domain)
                     assert reply.status == 200, (domain, reply.text)
                     assert reply.json()["app"] == user
-            # the kernel spread the 80 connections: some landed on a non-owner and were relayed
+            # the kernel spread the 40 connections: some landed on a non-owner and were relayed
             logs = [*first.process.lines(), *second.process.lines()]
             assert any(LINK_UP.search(line) for line in logs), logs
+
+
+# -- tunneld --workers N ------------------------------------------------------------------------
+
+WORKER_STARTED: Final = re.compile(r"worker (\d) started \(pid (\d+)\)")
+
+
+def unused_port() -> int:
+    """A port the OS just handed out (bound to port 0, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_workers(
+    run_tunneld: Any, tmp_path: Path, redis_url: str, **kw: Any
+) -> tuple[TunnelProcess, dict[int, int], int]:
+    """`tunneld --workers 2` on fixed ports; waits for both workers' ready lines. Returns the
+    parent, the workers' pids by index, and the shared control port."""
+    control = unused_port()
+    options = {
+        "bindAddr": "127.0.0.1",
+        "bindPort": control,
+        "vhostHTTPPort": unused_port(),
+        "auth.token": "workers-token",
+        "cluster.redisURL": redis_url,
+        "cluster.nodeName": "box",
+        "cluster.secret": SECRET,
+    }
+    parent = await run_tunneld(toml_lines(options), args=["--workers", "2"], wait_ready=False, **kw)
+    for name in ("box-w0", "box-w1"):
+        await parent.wait_for(re.compile(rf"cluster: node {name} joined"))
+    ready = [line for line in parent.lines() if "ready: control on" in line]
+    assert len(ready) == 2 and all(f"127.0.0.1:{control}" in line for line in ready), ready
+    pids = {int(m[1]): int(m[2]) for line in parent.lines() if (m := WORKER_STARTED.search(line))}
+    assert sorted(pids) == [0, 1]
+    return parent, pids, control
+
+
+async def test_workers_launcher_starts_and_stops_its_workers(
+    run_tunneld: Any, tmp_path: Path
+) -> None:
+    """`tunneld --workers 2`: two nodes named box-w0 and box-w1 on one control port; SIGTERM
+    to the parent stops both, and the parent exits 0."""
+    async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
+        parent, pids, _ = await start_workers(run_tunneld, tmp_path, redis.url)
+        parent.send_signal(signal.SIGTERM)
+        assert await parent.wait() == 0, parent.describe()
+        for index in pids:
+            assert any(f"worker {index} stopped (code 0)" in line for line in parent.lines())
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+async def test_workers_launcher_reports_a_dead_worker(run_tunneld: Any, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL is reported, the other is stopped, and the parent exits 1
+    (for its supervisor to restart the service)."""
+    async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
+        parent, pids, _ = await start_workers(run_tunneld, tmp_path, redis.url, expect_exit_code=1)
+        os.kill(pids[1], signal.SIGKILL)
+        assert await parent.wait() == 1, parent.describe()
+        await parent.wait_for(rf"worker 1 \(pid {pids[1]}\) exited with code -9")
+        assert any("worker 0 stopped" in line for line in parent.lines())
+
+
+async def test_workers_launcher_needs_a_redis_url(run_tunneld: Any) -> None:
+    """`--workers` without cluster.redisURL is a one-line error and exit 1."""
+    parent = await run_tunneld(
+        "bindPort = 7000\n", args=["--workers", "2"], wait_ready=False, expect_exit_code=1
+    )
+    assert await parent.wait() == 1
+    assert any("--workers needs cluster.redisURL" in line for line in parent.lines())
+    assert not any("Traceback" in line for line in parent.lines())
