@@ -29,11 +29,12 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +50,7 @@ from bench.sidebyside import (  # noqa: E402
     child_named,
     direct,
     peak_rss_kib,
+    rss_kib,
     ssh_path,
     tunnel_path,
 )
@@ -64,6 +66,8 @@ FLOOD_HEAD_START_S: Final = 0.5  # the flood runs this long before the pings sta
 IPERF_ATTEMPTS: Final = 2
 IPERF_RETRY_PAUSE_S: Final = 1.0
 TOOL_SLACK_S: Final = 30  # a tool run may take this much longer than its duration
+PROFILE_RATE_HZ: Final = 200  # py-spy samples per second with --profile
+PROFILE_SLACK_S: Final = 5  # py-spy records at most the tool's duration plus this
 # The --check floors: (metric, numerator path, denominator path, floor). About half of what
 # this 2-core machine measures, so that a 2x regression fails the build and noise does not.
 TK, GCM, PTY = "tunnelkit", "ssh -R aes-gcm", "ssh -tt -R (pty)"
@@ -97,6 +101,8 @@ TARGETS: Final = (
     ("quiet flow p99 < 5 ms under a flood", (TK, "UDP ping p99 ms (flood)"), None, 5.0),
     ("tunneld peak RSS <= 40 MiB", (TK, "tunneld peak RSS MiB"), None, 40.0),
     ("tunnelc peak RSS <= 40 MiB", (TK, "tunnelc peak RSS MiB"), None, 40.0),
+    ("tunneld idle RSS <= 30 MiB", (TK, "tunneld idle RSS MiB"), None, 30.0),
+    ("tunnelc idle RSS <= 30 MiB", (TK, "tunnelc idle RSS MiB"), None, 30.0),
 )
 SMOKE_MAX_PEAK_RSS_MIB: Final = 260.0  # tunneld + tunnelc; about twice what they use now
 
@@ -119,7 +125,12 @@ class Bench:
     ) -> None:
         for _ in range(self.args.runs):
             for path in paths:
-                await measure(path)
+                if self.args.profile is not None and path.name == TK:
+                    step = measure.__name__
+                    async with profiled(path.pids, self.args.profile, step, self.args.seconds):
+                        await measure(path)
+                else:
+                    await measure(path)
 
     # -- the measurements ---------------------------------------------------------------------
     async def _iperf(self, argv: list[str]) -> dict[str, Any]:
@@ -160,10 +171,16 @@ class Bench:
 
     async def udp(self, path: Path_) -> None:
         assert path.udp is not None
+        before = cpu_seconds(path.pids)
         out = await self._iperf(_iperf_udp(path.udp, self.args.seconds))
+        cpu_s = cpu_seconds(path.pids) - before
         summary = out["end"]["sum"]
         received = summary["bytes"] * (1 - summary["lost_percent"] / 100)
         self.add(path.name, "UDP MB/s", received / summary["seconds"] / 1e6)
+        delivered = summary["packets"] - summary["lost_packets"]
+        if cpu_s > 0 and delivered > 0:
+            # CPU of the tunnel's processes per delivered datagram (drops included in the work).
+            self.add(path.name, "UDP CPU us/datagram", cpu_s / delivered * 1e6)
 
     async def fairness(self, path: Path_) -> None:
         """One flow floods (iperf3 -u -b 0) while another flow's pings are timed."""
@@ -217,6 +234,53 @@ class Bench:
             self.add(path, f"{kind} CPU us/req", cpu_s / int(total[1]) * 1e6)
 
 
+@contextlib.asynccontextmanager
+async def profiled(pids: dict[str, int], out: Path, step: str, seconds: int) -> AsyncIterator[None]:
+    """Sample these processes with py-spy (raw collapsed stacks, one file per process and
+    step, appended run after run) while the block runs; bounded by --seconds plus slack.
+    PYSPY_OPTIONS in the environment replaces `--nonblocking` (e.g. `--native`)."""
+    _make_dir(out)
+    options = os.environ.get("PYSPY_OPTIONS", "--nonblocking").split()
+    procs = []
+    for name, pid in pids.items():
+        target = out / f"{step}-{name}.txt"
+        argv = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid),
+                "-r", str(PROFILE_RATE_HZ), "-f", "raw", *options,
+                "-d", str(seconds + PROFILE_SLACK_S), "-o", str(target) + ".run"]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append((proc, target))
+    try:
+        yield
+    finally:
+        for proc, target in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), TOOL_SLACK_S)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            _append_run(target)
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _append_run(target: Path) -> None:
+    """Append py-spy's output of one run (TARGET.run) to TARGET."""
+    run = Path(str(target) + ".run")
+    if run.exists():
+        with target.open("a") as sink:
+            sink.write(run.read_text())
+        run.unlink()
+
+
 def cpu_seconds(pids: dict[str, int]) -> float:
     """User + system CPU seconds of these processes so far (Linux /proc); 0 for none."""
     total = 0.0
@@ -260,6 +324,10 @@ async def run(args: argparse.Namespace) -> Bench:
                     await ssh_path(group, ssh_server, sshd_pid, targets, pty=True),
                 ]
             udp_paths = [plain, tunnel]
+            # Before any load: the idle footprint (added to the results after the steps, so
+            # that the paths keep their order in the tables).
+            idle = {name: rss_kib(pid) / 1024 for name, pid in tunnel.pids.items()}
+            bench.add("run", "load average at start", os.getloadavg()[0])
             started = time.monotonic()
             steps = {
                 "tcp": (paths, bench.tcp),
@@ -277,7 +345,10 @@ async def run(args: argparse.Namespace) -> Bench:
                 bench.add(path.name, "peak RSS MiB", total / 1024)
             for name, pid in tunnel.pids.items():
                 bench.add(tunnel.name, f"{name} peak RSS MiB", peak_rss_kib(pid) / 1024)
+            for name, mib in idle.items():
+                bench.add(tunnel.name, f"{name} idle RSS MiB", mib)
             bench.add("run", "seconds", time.monotonic() - started)
+            bench.add("run", "load average at end", os.getloadavg()[0])
         finally:
             await group.aclose()
             await stack.aclose()
@@ -289,8 +360,9 @@ async def run(args: argparse.Namespace) -> Bench:
 ROWS: Final = (
     "TCP MB/s", "HTTP tcp req/s", "HTTP tcp p99 ms", "HTTP tcp CPU us/req",
     "HTTP vhost req/s", "HTTP vhost p99 ms", "HTTP vhost CPU us/req",
-    "conn/s", "UDP MB/s", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
+    "conn/s", "UDP MB/s", "UDP CPU us/datagram", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
     "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
+    "tunneld idle RSS MiB", "tunnelc idle RSS MiB",
 )  # fmt: skip
 
 
@@ -315,6 +387,10 @@ def report(bench: Bench, command: str) -> str:
         f"Median of {args.runs} (paths taking turns); tools run {args.seconds} s each; "
         f"{args.conns} sequential connections ({args.conns // 5} through ssh aes-gcm, which "
         f"opens about 30 per second); the whole run took {bench.median('run', 'seconds'):.0f} s.",
+        "",
+        f"Machine load (1-minute load average on 2 cores shared with other jobs): "
+        f"{bench.median('run', 'load average at start'):.1f} at the start, "
+        f"{bench.median('run', 'load average at end'):.1f} at the end.",
         "",
         "| metric | " + " | ".join(paths) + " |",
         "|---|" + "---|" * len(paths),
@@ -381,6 +457,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--write", type=Path, help="update the generated section of this file")
     parser.add_argument("--json", type=Path, help="write every run's values here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample tunneld and tunnelc with py-spy during each tunnelkit run (a directory "
+        "of raw stacks; summarise with python -m bench.profile_summary)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.runs, args.conns = 2, 1, 200

@@ -168,11 +168,20 @@ def child_named(pid: int, name: str) -> int:
 
 def peak_rss_kib(pid: int) -> int:
     """The peak resident set (VmHWM) of a live process, in KiB; 0 if it is gone."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set (VmRSS) of a live process now, in KiB; 0 if it is gone."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def _status_kib(pid: int, field: str) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
@@ -57,6 +58,9 @@ class HTTPStats:
         return self._by_proxy.pop(proxy, default)
 
     def collect(self) -> Iterator[Metric]:
+        # Imported here: only a /metrics scrape needs prometheus_client (about 5 MiB).
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
         responses = CounterMetricFamily(
             "tunnelkit_http_responses",
             "HTTP responses relayed by each http proxy, by status class.",

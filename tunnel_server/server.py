@@ -12,8 +12,6 @@ import math
 import weakref
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import web
-
 from protocol import __version__
 from protocol.aio.connection import MuxSession
 from protocol.auth import derive_key
@@ -66,9 +64,10 @@ from .vhoststart import display_host, start_vhosts
 from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
-from .web.dashboard import build_dashboard_app, check_dashboard_bind
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .cluster.node import ClusterNode
 
 logger = logging.getLogger(__name__)
@@ -226,6 +225,11 @@ class TunnelServer:
             session.refresh_public_urls()
 
     async def _start_dashboard(self) -> None:
+        # Imported here: aiohttp's server costs about 16 MiB; only webServer needs it.
+        from aiohttp import web
+
+        from .web.dashboard import build_dashboard_app, check_dashboard_bind
+
         cfg = self.config.web
         password = cfg.password.reveal() if cfg.password else None
         try:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from .server import TunnelServer
 
 MAX_TRACKED_USERS: Final = 65_536
@@ -105,6 +105,9 @@ class UserMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The per-user families (a prometheus_client collector, read at scrape time)."""
+        # Imported here: only a /metrics scrape needs prometheus_client (about 5 MiB).
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         self.sample()
         server = self._server
         sessions: dict[str, int] = {}

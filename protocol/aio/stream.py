@@ -43,25 +43,32 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
-from ..compression import ZSTD, CompressionError
+from ..compression import ZSTD
 from ..errors import ErrorCode
 from ..messages import StreamHeader, VisitorOpen
 from . import sockopts
 from .streamcodec import StreamCodec
+from .streamio import AsyncSide
+from .streamsplice import LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES, SpliceSide
 from .streamtypes import StreamResetError, StreamTap, TrafficCounters
 
-__all__ = ["MuxStream", "StreamEvents", "StreamResetError", "StreamTap", "TrafficCounters"]
+__all__ = [
+    "LOCAL_WRITE_HIGH_WATER_BYTES",
+    "LOCAL_WRITE_LOW_WATER_BYTES",
+    "MuxStream",
+    "StreamEvents",
+    "StreamResetError",
+    "StreamTap",
+    "TrafficCounters",
+]
 
 if TYPE_CHECKING:
     from .connection import MuxSession
 
 logger = logging.getLogger(__name__)
 
-# A local transport pauses our reads of the stream above this many buffered bytes.
-LOCAL_WRITE_HIGH_WATER_BYTES: Final = 1024 * 1024
-LOCAL_WRITE_LOW_WATER_BYTES: Final = 256 * 1024
 # Bytes taken from a local socket that the window could not send yet (normally one read).
 MAX_TX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
 
@@ -79,7 +86,7 @@ class StreamEvents(Protocol):
     def connection_resumed(self) -> None: ...
 
 
-class MuxStream:
+class MuxStream(SpliceSide, AsyncSide):
     # Slotted, and every future, queue and timer is made on first use: an idle spliced stream
     # is this object and its header (docs/performance.md, "Memory").
     __slots__ = (
@@ -186,126 +193,6 @@ class MuxStream:
         """True while a send would only queue (no window, or the connection is full)."""
         return self._tx_backlog is not None or self.session.writing_paused
 
-    # -- splice style ---------------------------------------------------------------------------
-    def attach(self, transport: asyncio.Transport) -> None:
-        """Join this stream with a local socket's transport (both directions). A stream the
-        peer opened is accepted now, before the local socket can produce data."""
-        if not self.opened_locally and not self._accepted_done:
-            self.session.accept_stream(self)
-        self._sink = transport
-        self._source = transport
-        transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)
-        if self._rx:
-            pending, self._rx = self._rx, None
-            self._rx_bytes = 0
-            for chunk in pending:
-                self._deliver(chunk)
-        if self._rx_eof and transport.can_write_eof():
-            if self._codec is not None and self._codec.frames:
-                self._codec.eof_pending = True
-            else:
-                transport.write_eof()
-        if self._codec is not None:
-            self._drain_codec(self._codec)  # frames that came before the socket did
-        if self._tx_backlog is not None or self.session.writing_paused:
-            # uvloop starts reading after connection_made returns, undoing a pause made in
-            # it: pause on the next iteration instead (before the first read can arrive).
-            self.session.loop.call_soon(self._pause_if_congested)
-
-    def sink_paused(self) -> None:
-        """The local transport's write buffer went above high water."""
-        self._sink_paused = True
-
-    def sink_resumed(self) -> None:
-        self._sink_paused = False
-        if self._unacked:
-            n, self._unacked = self._unacked, 0
-            self._acknowledge(n)
-        if self._codec is not None:
-            self._drain_codec(self._codec)
-
-    def _drain_codec(self, codec: StreamCodec) -> None:
-        """Inflate the compressed frames that waited for the sink while it takes more."""
-        while codec.frames and not self._sink_paused and self._sink is not None:
-            self._deliver_inflated(codec.pop())
-        sink = self._sink
-        if not codec.frames and sink is not None and not sink.is_closing():
-            if codec.eof_pending:
-                codec.eof_pending = False
-                sink.write_eof()
-            if codec.close_pending:
-                codec.close_pending = False
-                sockopts.graceful_close(sink)
-
-    def _acknowledge(self, nbytes: int) -> None:
-        if not self._closed_done:
-            self.session.acknowledge(self.stream_id, nbytes)
-
-    def _deliver(self, data: bytes) -> None:
-        """Write a DATA payload to the sink (inflated first on a compressed stream)."""
-        assert self._sink is not None
-        if self._codec is not None:
-            if self._sink_paused or self._codec.frames:
-                self._codec.queue(data)  # inflated when the sink resumes (bounded: window)
-            else:
-                self._deliver_inflated(data)
-            return
-        self._sink.write(data)
-        if self._sink_paused:
-            self._unacked += len(data)
-        else:
-            self.session.acknowledge(self.stream_id, len(data))
-
-    def _deliver_inflated(self, data: bytes) -> None:
-        assert self._sink is not None
-        plain = self._inflate(data)
-        if plain is None:
-            return
-        if plain:
-            self._sink.write(plain)
-            if self.tap is not None:
-                self.tap.received(plain)
-        if self._sink_paused:
-            self._unacked += len(data)
-        else:
-            self._acknowledge(len(data))
-
-    def _inflate(self, data: bytes) -> bytes | None:
-        """One compressed DATA frame's plain bytes; None after resetting the stream."""
-        assert self._codec is not None
-        try:
-            return self._codec.inflater.inflate(data)
-        except CompressionError as exc:
-            logger.warning("stream %d: %s; resetting it", self.stream_id, exc)
-            self._codec.drop()
-            if self._closed_done and self._sink is not None:
-                sockopts.reset(self._sink)  # closed cleanly, then the rest proved bad
-            self.abort(ErrorCode.PROTOCOL_ERROR, str(exc))
-            return None
-
-    def _pause_if_congested(self) -> None:
-        if self._tx_backlog is not None or self.session.writing_paused:
-            self._pause_source()
-
-    def _pause_source(self) -> None:
-        # Ask the transport itself rather than trusting our flag: a pause made during
-        # connection_made does not hold under uvloop.
-        self._source_paused = True
-        source = self._source
-        if source is not None and not source.is_closing():
-            transport = cast(asyncio.ReadTransport, source)
-            if transport.is_reading():
-                transport.pause_reading()
-
-    def _resume_source(self) -> None:
-        source = self._source
-        if source is not None and self._source_paused and not self.session.writing_paused:
-            self._source_paused = False
-            if not source.is_closing():
-                transport = cast(asyncio.ReadTransport, source)
-                if not transport.is_reading():
-                    transport.resume_reading()
-
     # -- sending ----------------------------------------------------------------------------
     def send(self, data: bytes | memoryview) -> bool:
         """Send what the window allows and keep the rest. False means: stop producing (the
@@ -399,86 +286,6 @@ class MuxStream:
     def _wake_tx(self) -> None:
         if self._tx_waiter is not None and not self._tx_waiter.done():
             self._tx_waiter.set_result(None)
-
-    # -- async style ------------------------------------------------------------------------
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
-        if self._codec is not None:
-            return await self._read_inflated(self._codec, max_bytes)
-        if not await self._wait_rx():
-            return b""
-        rx = self._rx
-        assert rx is not None
-        chunk = rx[0]
-        if len(chunk) <= max_bytes:
-            rx.popleft()
-        else:
-            rx[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
-        if not rx:
-            self._rx = None  # an idle stream keeps no queue
-        self._rx_bytes -= len(chunk)
-        self.session.acknowledge(self.stream_id, len(chunk))
-        return chunk
-
-    async def _wait_rx(self) -> bool:
-        """Until received data waits (True), or the end (False)."""
-        while not (self._rx or (self._codec is not None and self._codec.frames)):
-            if self.reset_code is not None:
-                raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed_done:
-                return False
-            self._rx_waiter = self.session.loop.create_future()
-            try:
-                await self._rx_waiter
-            finally:
-                self._rx_waiter = None
-        return True
-
-    async def _read_inflated(self, codec: StreamCodec, max_bytes: int) -> bytes:
-        while not codec.plain:
-            if not await self._wait_rx():
-                return b""
-            frame = codec.pop()
-            plain = self._inflate(frame)
-            if plain is None:
-                raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
-            self._acknowledge(len(frame))
-            if self.tap is not None and plain:
-                self.tap.received(plain)
-            codec.plain = plain
-        out, codec.plain = codec.plain[:max_bytes], codec.plain[max_bytes:]
-        return out
-
-    async def write(self, data: bytes | memoryview) -> None:
-        """Send all of `data`, waiting while the peer's window or the connection is full."""
-        if self.reset_code is not None:
-            raise StreamResetError(self.reset_code, self.reset_reason)
-        if self._tx_ended or self._closed_done:
-            raise BrokenPipeError("stream closed for writing")
-        self.send(data)
-        await self.drain()
-
-    async def drain(self) -> None:
-        while self._tx_backlog is not None or self.session.writing_paused:
-            if self.reset_code is not None:
-                raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._closed_done:
-                raise BrokenPipeError("stream closed for writing")
-            self._tx_waiter = self.session.loop.create_future()
-            try:
-                await self._tx_waiter
-            finally:
-                self._tx_waiter = None
-        if self.reset_code is not None:  # the reset dropped what was still unsent
-            raise StreamResetError(self.reset_code, self.reset_reason)
-
-    def write_eof(self) -> None:
-        self.send_eof()
-
-    def at_eof(self) -> bool:
-        """True once the peer sent FIN or the stream is closed (buffered data may remain)."""
-        return self._rx_eof or self._closed_done
 
     def set_accept_deadline(self, timeout_s: float) -> None:
         """Reset the stream (ACCEPT_TIMEOUT) unless the peer accepts it within `timeout_s`:

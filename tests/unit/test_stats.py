@@ -4,7 +4,8 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunnel_server.stats import ProxyCounters, ServerStats, build_metrics_registry
+from tunnel_server.metrics import build_metrics_registry
+from tunnel_server.stats import ProxyCounters, ServerStats
 from tunnel_server.web.view import ClientInfo, ProxyInfo
 
 

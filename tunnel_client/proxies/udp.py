@@ -21,6 +21,7 @@ from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
 from ..proxyheader import parse_peer, proxy_header
+from ..udpsend import BatchSender
 from .base import public_port
 from .tcp import new_proxy_request
 
@@ -39,14 +40,25 @@ class _Flow(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.preamble = b""  # a PROXY protocol v2 header put before each datagram
         self.pending: list[bytes] = []
+        self.sender: BatchSender | None = None
         self.last_active = time.monotonic()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        self.sender = BatchSender(asyncio.get_running_loop(), sock.fileno(), self._dropped)
         for data in self.pending:
-            self.transport.sendto(data)
+            self.sender.send(data)
         self.pending.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+
+    def _dropped(self, count: int) -> None:
+        self.proxy.dropped += count
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.last_active = time.monotonic()
@@ -61,8 +73,8 @@ class _Flow(asyncio.DatagramProtocol):
         self.last_active = time.monotonic()
         if self.preamble:
             data = self.preamble + data
-        if self.transport is not None:
-            self.transport.sendto(data)
+        if self.sender is not None:
+            self.sender.send(data)  # batched to the end of this loop iteration (udpsend.py)
         elif len(self.pending) < PENDING_DATAGRAMS_PER_FLOW:
             self.pending.append(data)
         else:
@@ -70,6 +82,10 @@ class _Flow(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.sender is not None:
+            self.sender.flush()  # what was received before the close still goes out
+            self.sender.close()
+            self.sender = None
         if self.transport is not None:
             self.transport.close()
 

@@ -14,9 +14,11 @@ Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from protocol.messages import NewProxy, UDPFlowClosed, UDPFlowOpened
 from protocol.proxytype import ProxyType
@@ -27,8 +29,19 @@ from .tcp import format_host
 
 logger = logging.getLogger(__name__)
 
+# The public socket's kernel receive buffer: a burst waits here while the event loop is busy
+# (the default, net.core.rmem_default, holds about 150 full datagrams, so a loaded machine
+# dropped most of a flood before tunneld read it). The kernel caps it at net.core.rmem_max.
+UDP_RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 # Drops and refusals are logged at most once per this many seconds per proxy, with counts.
 DROP_LOG_INTERVAL_S: Final = 10.0
+
+
+def set_receive_buffer(sock: Any, nbytes: int) -> None:
+    """Ask for a kernel receive buffer of `nbytes` (capped by net.core.rmem_max); a refusal
+    leaves the default."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, nbytes)
 
 
 class _Flow:
@@ -80,6 +93,7 @@ class UDPProxy(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        set_receive_buffer(transport.get_extra_info("socket"), UDP_RECEIVE_BUFFER_BYTES)
 
     def refresh_urls(self) -> bool:
         return False  # a port's URL never changes

@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 from protocol import PROTOCOL_VERSION, __version__
 from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
 from tunnel_server.httpstats import HTTPStats
-from tunnel_server.stats import ServerStats, build_metrics_registry
+from tunnel_server.metrics import build_metrics_registry
+from tunnel_server.stats import ServerStats
 from tunnel_server.users.admin import UsersAdmin
 from tunnel_server.web.cluster import ClusterNodeCollector, cluster_routes
 from tunnel_server.web.groupmetrics import GroupCollector
