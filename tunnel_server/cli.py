@@ -120,6 +120,8 @@ def main(
         except TunnelError as exc:
             fail(str(exc))
     elif worker_index is not None:
+        if not worker_index.isdigit():
+            fail(f"{WORKER_ENV} must be a worker number, got {worker_index!r}")
         config = worker_config(config, int(worker_index))
     from tunnel_common.logs import setup_logging
 
@@ -244,6 +246,7 @@ async def _until_stopped(
 
     from .config import load_server_config
     from .reload import apply_reload
+    from .workers import WORKER_ENV, worker_config
 
     while not stop.is_set():
         waiters = {
@@ -266,6 +269,9 @@ async def _until_stopped(
             except TunnelError as exc:
                 logger.error("tunneld: reload failed; keeping the running config: %s", exc)
                 continue
+            index = os.environ.get(WORKER_ENV, "")
+            if server.config.cluster_reuse_port and index.isdigit():
+                new = worker_config(new, int(index))  # a worker keeps its own name and ports
             apply_reload(server, new)
 
 

@@ -20,6 +20,7 @@ import pytest
 from tests.e2e.test_cluster_e2e import Cluster
 from tests.e2e.test_cluster_relay_e2e import SECRET, fetch_from
 from tests.e2e.test_http_e2e import Reply, echo_apps, http_proxy, toml_lines
+from tests.e2e.test_tcp_e2e import tcp_proxy
 from tests.support.procs import TunnelProcess
 from tests.support.redisserver import redis_server
 
@@ -42,7 +43,8 @@ async def test_workers_share_ports_and_serve_every_domain(
     run_tunneld: Any, run_tunnelc: Any, tmp_path: Path
 ) -> None:
     """Two workers bind the same control and vhost ports; requests to the one vhost port are
-    all answered by the right app, whichever worker they land on (local or relayed)."""
+    all answered by the right app, whichever worker they land on (local or relayed); a fixed
+    TCP port stays its owner's alone."""
     async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
         cluster = Cluster(tmp_path, redis)
         reuse = {"cluster.secret": SECRET, "cluster.reusePort": True}
@@ -54,12 +56,23 @@ async def test_workers_share_ports_and_serve_every_domain(
                 first.control_port,
                 first.vhost_port,
             )
+            fixed = unused_port()
             for (domain, user), app in zip(DOMAINS.items(), apps, strict=True):
+                extra = tcp_proxy("db", app.port, fixed) if user == "alice" else ""
                 client = await run_tunnelc(
                     cluster.client_toml(first, user=user)
                     + http_proxy("web", app.port, customDomains=[domain])
+                    + extra
                 )
                 await client.proxy_endpoint("web")
+                if extra:
+                    assert (await client.proxy_endpoint("db")).port == fixed
+            # a fixed remotePort is bound by its owner alone, without SO_REUSEPORT: no other
+            # socket can share it, even one that sets SO_REUSEPORT itself
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                with pytest.raises(OSError):
+                    probe.bind(("127.0.0.1", fixed))
             for _ in range(REQUESTS):
                 for domain, user in DOMAINS.items():
                     reply = await served(first.vhost_port, domain)
@@ -83,12 +96,24 @@ def unused_port() -> int:
         return port
 
 
+def unused_port_pair() -> int:
+    """A port p with p + 1 also free just now (the workers' dashboards take p and p + 1)."""
+    while True:
+        port = unused_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
 async def start_workers(
     run_tunneld: Any, tmp_path: Path, redis_url: str, **kw: Any
 ) -> tuple[TunnelProcess, dict[int, int], int]:
     """`tunneld --workers 2` on fixed ports; waits for both workers' ready lines. Returns the
     parent, the workers' pids by index, and the shared control port."""
-    control = unused_port()
+    control, web = unused_port(), unused_port_pair()
     options = {
         "bindAddr": "127.0.0.1",
         "bindPort": control,
@@ -97,12 +122,15 @@ async def start_workers(
         "cluster.redisURL": redis_url,
         "cluster.nodeName": "box",
         "cluster.secret": SECRET,
+        "webServer.port": web,
     }
     parent = await run_tunneld(toml_lines(options), args=["--workers", "2"], wait_ready=False, **kw)
     for name in ("box-w0", "box-w1"):
         await parent.wait_for(re.compile(rf"cluster: node {name} joined"))
     ready = [line for line in parent.lines() if "ready: control on" in line]
     assert len(ready) == 2 and all(f"127.0.0.1:{control}" in line for line in ready), ready
+    dashboards = {line.rsplit(":", 1)[1] for line in parent.lines() if "ready: dashboard" in line}
+    assert dashboards == {f"{web}/", f"{web + 1}/"}, dashboards  # each worker its own
     pids = {int(m[1]): int(m[2]) for line in parent.lines() if (m := WORKER_STARTED.search(line))}
     assert sorted(pids) == [0, 1]
     return parent, pids, control
@@ -111,10 +139,17 @@ async def start_workers(
 async def test_workers_launcher_starts_and_stops_its_workers(
     run_tunneld: Any, tmp_path: Path
 ) -> None:
-    """`tunneld --workers 2`: two nodes named box-w0 and box-w1 on one control port; SIGTERM
-    to the parent stops both, and the parent exits 0."""
+    """`tunneld --workers 2`: two nodes named box-w0 and box-w1 on one control port; a reload
+    keeps each worker's own dashboard port; SIGTERM to the parent stops both (exit 0)."""
     async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
         parent, pids, _ = await start_workers(run_tunneld, tmp_path, redis.url)
+        since = parent.line_count
+        parent.send_signal(signal.SIGHUP)  # `tunneld reload`: each worker keeps its own name
+        reloads: list[str] = []
+        while len(reloads) < len(pids):  # both workers log it; the lines are polled
+            await asyncio.sleep(POLL_S)
+            reloads = [line for line in parent.lines(since) if "reloaded the config" in line]
+        assert not any("need a restart" in line for line in reloads), reloads
         parent.send_signal(signal.SIGTERM)
         assert await parent.wait() == 0, parent.describe()
         for index in pids:
