@@ -97,7 +97,10 @@ def run_workers(workers: int, argv: list[str], env: Mapping[str, str]) -> int:
             procs[proc.pid] = (index, proc)
             logger.info("tunneld: worker %d started (pid %d)", index, proc.pid)
         while any(proc.returncode is None for _, proc in procs.values()):
-            pid, status = os.wait()  # interrupted by a signal: forward() runs, then it retries
+            try:
+                pid, status = os.wait()  # interrupted by a signal: forward() runs, then retries
+            except ChildProcessError:
+                break  # forward()'s Popen.send_signal reaped the last one (its poll())
             if pid not in procs:
                 continue
             index, proc = procs[pid]
