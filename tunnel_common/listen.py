@@ -16,8 +16,13 @@ from typing import Final
 DEFAULT_BACKLOG: Final = 1024
 
 
-def listen_sockets(host: str, port: int, *, backlog: int = DEFAULT_BACKLOG) -> list[socket.socket]:
+def listen_sockets(
+    host: str, port: int, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bind every address `host` resolves to ("" = all), on one port; listening, non-blocking.
+
+    `reuse_port` sets SO_REUSEPORT: several processes share the port, and the kernel spreads
+    new connections across them (tunneld workers, cluster.reusePort).
 
     Port 0 picks a free port for the first address and reuses it for the others. Raises
     OSError (socket.gaierror for a name that does not resolve); nothing is left open then.
@@ -29,6 +34,8 @@ def listen_sockets(host: str, port: int, *, backlog: int = DEFAULT_BACKLOG) -> l
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(socks) > 1:

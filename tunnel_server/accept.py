@@ -78,10 +78,12 @@ class ControlListener:
         self._parked_count = 0
         server.pending.on_release = self.slot_released
 
-    async def start(self, host: str, port: int) -> int:
-        """Bind every address `host` resolves to (like asyncio's create_server); return the port."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Bind every address `host` resolves to (like asyncio's create_server); return the port.
+
+        `reuse_port`: SO_REUSEPORT, the port shared with other workers (cluster.reusePort)."""
         loop = asyncio.get_running_loop()
-        self._sockets = listen_sockets(host, port, backlog=ACCEPT_BACKLOG)
+        self._sockets = listen_sockets(host, port, backlog=ACCEPT_BACKLOG, reuse_port=reuse_port)
         for sock in self._sockets:
             self._accept_tasks.append(loop.create_task(self._accept_loop(sock)))
         return int(self._sockets[0].getsockname()[1])

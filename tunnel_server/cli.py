@@ -87,6 +87,13 @@ def _epilog() -> str:
     envvar="TUNNELD_WEB_PASSWORD",
     help="Override webServer.password (env TUNNELD_WEB_PASSWORD; prefer the env to the flag).",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Run N worker processes sharing the public ports (a cluster on this machine; "
+    "needs cluster.redisURL and cluster.secret).",
+)
 @click.version_option(__version__, "-v", "--version", prog_name="tunneld")
 @click.pass_context
 def main(
@@ -98,11 +105,24 @@ def main(
     web_addr: str | None,
     web_user: str | None,
     web_password: str | None,
+    workers: int | None,
 ) -> None:
     """Run the tunnel server (frps-compatible config keys)."""
     if ctx.invoked_subcommand is not None:
         return
     config = _with_web_overrides(_load(config_path), web_addr, web_user, web_password)
+    from .workers import WORKER_ENV, check_workers_config, worker_config
+
+    worker_index = os.environ.get(WORKER_ENV)
+    if workers is not None:
+        try:
+            check_workers_config(config, workers)
+        except TunnelError as exc:
+            fail(str(exc))
+    elif worker_index is not None:
+        if not worker_index.isdigit():
+            fail(f"{WORKER_ENV} must be a worker number, got {worker_index!r}")
+        config = worker_config(config, int(worker_index))
     from tunnel_common.logs import setup_logging
 
     try:
@@ -115,6 +135,8 @@ def main(
         fail(f"cannot open the log file: {exc}")
     for note in config.notes:
         logger.info("tunneld: note: %s", note)
+    if workers is not None:
+        sys.exit(_run_workers(config, workers))
     from tunnel_common import allocator
     from tunnel_common.runner import run as run_loop  # asyncio: only when a loop runs
 
@@ -124,6 +146,24 @@ def main(
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
+
+
+def _run_workers(config: ServerConfig, workers: int) -> int:
+    """The parent of `--workers N`: one certificate for all, then the workers (workers.py)."""
+    from .certs import CertError, load_or_create_server_cert
+    from .reload import remove_pid_file, write_pid_file
+    from .workers import run_workers, worker_argv
+
+    # made once here, so that every worker presents the same certificate (clients pin it)
+    try:
+        load_or_create_server_cert(config.state_dir, config.tls_cert_file, config.tls_key_file)
+    except CertError as exc:
+        fail(str(exc))
+    write_pid_file(config)  # `tunneld reload` signals the parent, which tells the workers
+    try:
+        return run_workers(workers, worker_argv(), os.environ)
+    finally:
+        remove_pid_file(config)
 
 
 def _with_web_overrides(
@@ -179,13 +219,18 @@ async def _serve(config: ServerConfig, config_path: Path | None) -> int:
         logger.debug("tunneld: internal error", exc_info=True)
         await server.shutdown(0)
         return 1
-    write_pid_file(config)
+    from .workers import WORKER_ENV
+
+    worker = config.cluster_reuse_port and WORKER_ENV in os.environ
+    if not worker:
+        write_pid_file(config)  # a worker's parent holds the pid file
     try:
         await _until_stopped(server, config_path, stop, reload_requested)
         logger.info("tunneld: shutting down")
         await server.shutdown()
     finally:
-        remove_pid_file(config)
+        if not worker:
+            remove_pid_file(config)
     logger.info("tunneld: stopped")
     return 0
 
@@ -201,6 +246,7 @@ async def _until_stopped(
 
     from .config import load_server_config
     from .reload import apply_reload
+    from .workers import WORKER_ENV, worker_config
 
     while not stop.is_set():
         waiters = {
@@ -223,6 +269,9 @@ async def _until_stopped(
             except TunnelError as exc:
                 logger.error("tunneld: reload failed; keeping the running config: %s", exc)
                 continue
+            index = os.environ.get(WORKER_ENV, "")
+            if server.config.cluster_reuse_port and index.isdigit():
+                new = worker_config(new, int(index))  # a worker keeps its own name and ports
             apply_reload(server, new)
 
 

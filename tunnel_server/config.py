@@ -323,6 +323,14 @@ SERVER_FIELDS: Final = FieldTable(
             "every node listens on every fixed TCP port of the cluster and relays it to the "
             "owner (needs cluster.secret); off = only the owner listens",
         ),
+        Field(
+            "cluster.reusePort",
+            "cluster_reuse_port",
+            Bool(),
+            False,
+            "workers on one machine share the control, vhost, HTTPS and tcpmux ports "
+            "(SO_REUSEPORT); every node on this machine must set it; needs redisURL and secret",
+        ),
         Section("webServer", "web", WEB_SERVER_FIELDS, WebServerConfig),
         Field(
             "enablePrometheus",
@@ -538,6 +546,7 @@ class ServerConfig:
     cluster_internal_addr: str = _F.default("cluster_internal_addr", str)
     cluster_internal_port: int = _F.default("cluster_internal_port", int)
     cluster_relay_ports: bool = _F.default("cluster_relay_ports", bool)
+    cluster_reuse_port: bool = _F.default("cluster_reuse_port", bool)
     custom_404_page: Path | None = _F.optional("custom_404_page", Path)
     auth_token: Secret | None = _F.optional("auth_token", Secret)
     auth_method: str = _F.default("auth_method", str)
@@ -797,6 +806,24 @@ def server_config_problems(config: ServerConfig, source: str) -> list[ConfigErro
                 source,
                 "cluster.relayPorts",
                 "needs cluster.secret: ports are relayed over the nodes' internal links",
+            )
+        )
+    if config.cluster_reuse_port and (url is None or config.cluster_secret is None):
+        problems.append(
+            ConfigError(
+                source,
+                "cluster.reusePort",
+                "needs cluster.redisURL and cluster.secret: a request that lands on the wrong "
+                "worker is relayed to the owner through the cluster",
+            )
+        )
+    if config.cluster_reuse_port and config.cluster_relay_ports:
+        problems.append(
+            ConfigError(
+                source,
+                "cluster.relayPorts",
+                "cannot be used with cluster.reusePort: workers on one machine share its "
+                "addresses, so a relay listener would bind the owner's port; set one of them",
             )
         )
     if config.enable_prometheus and config.web.port is None:

@@ -186,7 +186,9 @@ class TunnelServer:
         # The public ports first: "ready: control" means a client's proxies are reachable.
         await start_vhosts(self)
         if not self.port_reuse:
-            self.control_port = await self._control.start(cfg.bind_addr, cfg.bind_port)
+            self.control_port = await self._control.start(
+                cfg.bind_addr, cfg.bind_port, reuse_port=cfg.cluster_reuse_port
+            )
             logger.info(
                 "tunneld: ready: control on %s:%d", display_host(cfg.bind_addr), self.control_port
             )

@@ -75,7 +75,7 @@ async def start_vhosts(server: TunnelServer) -> None:
         server._http_vhost.peer_allowed = server._peer_allowed
         server._http_vhost.fd_budget = server.fd_budget
         host, server.http_port = await server._http_vhost.start(
-            cfg.proxy_bind_addr, cfg.vhost_http_port
+            cfg.proxy_bind_addr, cfg.vhost_http_port, reuse_port=cfg.cluster_reuse_port
         )
         logger.info("tunneld: ready: http vhost on %s:%d", display_host(host), server.http_port)
     if cfg.vhost_https_port is not None:
@@ -93,7 +93,7 @@ async def _start_tcpmux(server: TunnelServer) -> None:
     server._tcpmux.peer_allowed = server._peer_allowed
     server._tcpmux.fd_budget = server.fd_budget
     host, server.tcpmux_port = await server._tcpmux.start(
-        cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port
+        cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port, reuse_port=cfg.cluster_reuse_port
     )
     logger.info(
         "tunneld: ready: tcpmux httpconnect on %s:%d", display_host(host), server.tcpmux_port
@@ -158,7 +158,9 @@ async def _start_edge(server: TunnelServer, page: str | None) -> None:
         control_server_name=cfg.control_server_name,
     )
     server.edge.fd_budget = server.fd_budget
-    host, server.https_port = await server.edge.start(cfg.proxy_bind_addr, cfg.vhost_https_port)
+    host, server.https_port = await server.edge.start(
+        cfg.proxy_bind_addr, cfg.vhost_https_port, reuse_port=cfg.cluster_reuse_port
+    )
     logger.info("tunneld: ready: https vhost on %s:%d", display_host(host), server.https_port)
 
 

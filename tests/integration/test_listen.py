@@ -31,3 +31,17 @@ def test_listen_sockets_taken_port_is_an_oserror_and_leaks_nothing() -> None:
             listen_sockets("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_listen_sockets_reuse_port_shares_only_with_reuse_port() -> None:
+    """Two reuse_port listeners share one port; a listener without it is still refused."""
+    first = listen_sockets("127.0.0.1", 0, reuse_port=True)
+    port = first[0].getsockname()[1]
+    second = listen_sockets("127.0.0.1", port, reuse_port=True)
+    try:
+        assert second[0].getsockname()[1] == port
+        with pytest.raises(OSError):
+            listen_sockets("127.0.0.1", port)
+    finally:
+        for sock in (*first, *second):
+            sock.close()

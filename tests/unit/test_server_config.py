@@ -348,3 +348,29 @@ def test_server_config_example_file_parses() -> None:
     assert config.sub_domain_host is not None
     assert config.allow_ports
     assert config.web.port is not None
+
+
+def test_server_config_reuse_port_needs_redis_and_secret() -> None:
+    """cluster.reusePort without a cluster to relay through is refused, naming both keys."""
+    assert_error("cluster.reusePort = true", "cluster.reusePort", "cluster.redisURL")
+    assert_error(
+        'cluster.reusePort = true\ncluster.redisURL = "redis://127.0.0.1:6379/0"',
+        "cluster.reusePort",
+        "cluster.secret",
+    )
+    config = parse(
+        'cluster.reusePort = true\ncluster.redisURL = "redis://127.0.0.1:6379/0"\n'
+        'cluster.secret = "s"'
+    )
+    assert config.cluster_reuse_port
+    assert not parse("").cluster_reuse_port
+
+
+def test_server_config_reuse_port_refuses_relay_ports() -> None:
+    """Workers sharing one machine's addresses cannot also relay fixed ports: refused."""
+    assert_error(
+        'cluster.reusePort = true\ncluster.relayPorts = true\ncluster.secret = "s"\n'
+        'cluster.redisURL = "redis://127.0.0.1:6379/0"',
+        "cluster.relayPorts",
+        "cannot be used with cluster.reusePort",
+    )

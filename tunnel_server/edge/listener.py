@@ -112,8 +112,10 @@ class EdgeListener:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 picks a port) and return the bound address."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (0 picks a port) and return the bound address.
+
+        `reuse_port`: SO_REUSEPORT, the port shared with other workers (cluster.reusePort)."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -122,6 +124,8 @@ class EdgeListener:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)

@@ -60,14 +60,17 @@ class VhostListener:
         """Bytes held for visitors now: queued input plus unsent output, all connections."""
         return sum(conn.buffered_bytes for conn in self._tasks.values())
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 picks a port) and return the bound address."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (0 picks a port) and return the bound address.
+
+        `reuse_port`: SO_REUSEPORT, the port shared with other workers (cluster.reusePort)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: InboundProtocol(self._connection_made),
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=LISTEN_BACKLOG,
         )
         sockname = self._server.sockets[0].getsockname()
