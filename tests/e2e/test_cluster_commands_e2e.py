@@ -102,7 +102,8 @@ async def test_cluster_commands_disable_user_through_another_node(
     run_tunneld, run_tunnelc, tmp_path: Path
 ) -> None:
     """Each node has its own user store; disabling alice on node b's dashboard drops her
-    session on node a, and node a then refuses her login."""
+    session on node a, and node a then refuses her login. With Redis stopped, the command
+    cannot be published: a 503 says why."""
     store_a, store_b = tmp_path / "a.db", tmp_path / "b.db"
     token = await add_user(store_a, "alice")
     await add_user(store_b, "alice")
@@ -128,3 +129,7 @@ async def test_cluster_commands_disable_user_through_another_node(
             r"dropping client laptop of user 'alice': user 'alice' was disabled from node-b"
         )
         await client.wait_for(r"login refused: user 'alice' is disabled", 30)
+
+        await redis.stop()
+        status, body = await post(f"{web_b}/api/users/alice/enable")
+        assert status == 503 and "Redis) is unreachable" in body["error"], body

@@ -209,8 +209,8 @@ def build_dashboard_app(
         if commands is None or cluster is None:
             return None
         node = holder_of(cluster, client_id, proxy)
-        if node is None:
-            return None
+        if node is None or node == commands.node:
+            return None  # on no node, or a stale claim of this node's
         fields = {"client": client_id} | ({"proxy": proxy} if proxy is not None else {})
         try:
             await commands.publish(op, **fields)
