@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from tests.e2e.test_users_e2e import add_user
 from tests.support.curl import curl
 from tests.support.procs import CLIENT_LOGGED_IN
 from tests.support.redisserver import redis_server
-from tunnel_server.cluster.commands import MAX_COMMAND_BYTES
+from tunnel_server.cluster.commands import COMMAND_BURST, MAX_COMMAND_BYTES
 
 CHANNEL = "tunnelkit:commands"
+FOLLOWING = "cluster: following the commands channel"  # the node's subscription is live
 
 
 async def post(url: str) -> tuple[int, dict[str, Any]]:
@@ -49,6 +51,8 @@ async def test_cluster_commands_kick_and_close_through_another_node(
             node_a = await cluster.node(run_tunneld, "node-a", extra=WEB)
             node_b = await cluster.node(run_tunneld, "node-b", extra=WEB)
             web_b = await dashboard(node_b)
+            for node in (node_a, node_b):
+                await node.process.wait_for(FOLLOWING)
             client = await run_tunnelc(
                 cluster.client_toml(node_a, clientID="office")
                 + http_proxy("hooks", app.port, customDomains=[DOMAIN])
@@ -116,6 +120,7 @@ async def test_cluster_commands_disable_user_through_another_node(
             run_tunneld, "node-b", extra=WEB | {"userStoreFile": str(store_b)}
         )
         web_b = await dashboard(node_b)
+        await node_a.process.wait_for(FOLLOWING)
         alice: dict[str, object] = {"auth.token": token}
         client = await run_tunnelc(
             cluster.client_toml(node_a, user="alice", clientID="laptop", **alice)
@@ -133,3 +138,25 @@ async def test_cluster_commands_disable_user_through_another_node(
         await redis.stop()
         status, body = await post(f"{web_b}/api/users/alice/enable")
         assert status == 503 and "Redis) is unreachable" in body["error"], body
+
+
+async def test_cluster_commands_flood_is_rate_bounded(run_tunneld, tmp_path: Path) -> None:
+    """A rogue Redis client publishing valid commands faster than the bound gets one warning
+    and a count of the dropped ones, not one log line or action per message."""
+    async with asyncio.timeout(120), redis_server(tmp_path / "redis") as redis:
+        node = await Cluster(tmp_path, redis).node(run_tunneld, "node-a")
+        await node.process.wait_for(FOLLOWING)
+        ghost = json.dumps({"op": "kick", "from": "rogue", "client": "ghost"})
+        rogue = aioredis.from_url(redis.url)
+        try:
+            for _ in range(COMMAND_BURST * 3):
+                await rogue.publish(CHANNEL, ghost)
+            await node.process.wait_for(r"cluster: commands over 20 a second: dropping")
+            summary = re.compile(r"cluster: \d+ commands dropped \(rate bound\)")
+            while not any(summary.search(line) for line in node.process.lines()):
+                await rogue.publish(CHANNEL, ghost)  # tokens come back at 20 a second
+                await asyncio.sleep(0.2)
+        finally:
+            await rogue.aclose()
+        warnings = [line for line in node.process.lines() if "dropping" in line]
+        assert len(warnings) == 1, warnings

@@ -102,6 +102,7 @@ class ClusterCommands:
         )
         self._out = TokenBucket()
         self._in = TokenBucket()
+        self._dropped = 0  # commands dropped by the rate bound since the last one applied
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -144,7 +145,9 @@ class ClusterCommands:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
-                self.subscribed.set()
+                if not self.subscribed.is_set():
+                    logger.info("tunneld: cluster: following the commands channel")
+                    self.subscribed.set()
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(
@@ -172,8 +175,15 @@ class ClusterCommands:
         if command["from"] == self.node:
             return  # the dashboard here acted locally already
         if not self._in.take():
-            logger.warning("tunneld: cluster: command dropped: over %g a second", COMMANDS_PER_S)
+            if not self._dropped:  # one warning per flood, not one per message
+                logger.warning(
+                    "tunneld: cluster: commands over %g a second: dropping", COMMANDS_PER_S
+                )
+            self._dropped += 1
             return
+        if self._dropped:
+            logger.warning("tunneld: cluster: %d commands dropped (rate bound)", self._dropped)
+            self._dropped = 0
         self.apply(command)
 
     def apply(self, command: dict[str, Any]) -> None:
