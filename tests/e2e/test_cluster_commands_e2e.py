@@ -149,8 +149,10 @@ async def test_cluster_commands_flood_is_rate_bounded(run_tunneld, tmp_path: Pat
         ghost = json.dumps({"op": "kick", "from": "rogue", "client": "ghost"})
         rogue = aioredis.from_url(redis.url)
         try:
-            for _ in range(COMMAND_BURST * 3):
-                await rogue.publish(CHANNEL, ghost)
+            async with rogue.pipeline(transaction=False) as pipe:  # one write: one flood
+                for _ in range(COMMAND_BURST * 3):
+                    pipe.publish(CHANNEL, ghost)
+                await pipe.execute()
             await node.process.wait_for(r"cluster: commands over 20 a second: dropping")
             summary = re.compile(r"cluster: \d+ commands dropped \(rate bound\)")
             while not any(summary.search(line) for line in node.process.lines()):
@@ -158,5 +160,8 @@ async def test_cluster_commands_flood_is_rate_bounded(run_tunneld, tmp_path: Pat
                 await asyncio.sleep(0.2)
         finally:
             await rogue.aclose()
-        warnings = [line for line in node.process.lines() if "dropping" in line]
-        assert len(warnings) == 1, warnings
+        lines = node.process.lines()
+        warnings = [line for line in lines if "dropping" in line]
+        dropped = sum(int(m[1]) for line in lines if (m := re.search(r"(\d+) commands dro", line)))
+        # one warning per flood (a token coming back mid-flood under load may start another)
+        assert 1 <= len(warnings) <= 2 < dropped, (warnings, dropped)
