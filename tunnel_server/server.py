@@ -249,6 +249,7 @@ class TunnelServer:
             user_metrics=self.user_metrics,
             certificates=live.certificates if self.edge is not None else None,
             cluster=self.cluster.registry if self.cluster is not None else None,
+            commands=self.cluster.commands if self.cluster is not None else None,
             groups=live.groups,
         )
         self._web = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -474,11 +475,11 @@ class TunnelServer:
         own serverAddr in its place."""
         return self.config.proxy_bind_addr or "0.0.0.0"
 
-    def kick(self, client_id: str) -> bool:
+    def kick(self, client_id: str, reason: str = "kicked by an administrator") -> bool:
         session = self.sessions.get(client_id)
         if session is None:
             return False
         logger.info("tunneld: kicking client %s", client_id)
-        session.release_all("kicked by an administrator")
-        session.mux.close(ErrorCode.KICKED, "kicked by an administrator")
+        session.release_all(reason)
+        session.mux.close(ErrorCode.KICKED, reason)
         return True

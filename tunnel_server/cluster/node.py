@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Final
 from protocol.errors import TunnelError
 from protocol.messages import NewProxy
 from tunnel_server.cluster.claims import Owner
+from tunnel_server.cluster.commands import ClusterCommands
 from tunnel_server.cluster.names import proxy_claims
 from tunnel_server.cluster.redisurl import redact_url
-from tunnel_server.cluster.registry import ClaimRefused, ClusterRegistry, ClusterUnavailable
+from tunnel_server.cluster.registry import (
+    DEFAULT_PREFIX,
+    ClaimRefused,
+    ClusterRegistry,
+    ClusterUnavailable,
+)
 from tunnel_server.errors import ProxyHeld, ProxyRefused
 
 if TYPE_CHECKING:
@@ -54,6 +60,7 @@ class ClusterNode:
         self.relay: Relay | None = None
         self.port_relay: PortRelay | None = None  # with cluster.relayPorts
         self.registry.load_of = self.load
+        self.commands = ClusterCommands(server, url, self.name, DEFAULT_PREFIX)  # commands.py
 
     def load(self) -> dict[str, int]:
         """This node's load, published with its registry record for the cluster view."""
@@ -102,9 +109,11 @@ class ClusterNode:
         await self.registry.start()
         if self.port_relay is not None:
             self.port_relay.start()
+        self.commands.start()
         logger.info("tunneld: cluster: node %s joined (registry at %s)", self.name, self._url)
 
     async def close(self) -> None:
+        await self.commands.close()
         if self.port_relay is not None:
             await self.port_relay.close()
         if self.relay is not None:

@@ -34,6 +34,7 @@ from tunnel_server.web.view import (
 )
 
 if TYPE_CHECKING:
+    from tunnel_server.cluster.commands import ClusterCommands
     from tunnel_server.cluster.registry import ClusterRegistry
 
 logger = logging.getLogger(__name__)
@@ -153,12 +154,15 @@ def build_dashboard_app(
     certificates: Callable[[], CertificateReport] | None = None,
     cluster: ClusterRegistry | None = None,
     groups: Callable[[], list[GroupInfo]] | None = None,
+    commands: ClusterCommands | None = None,
 ) -> web.Application:
     """Build the dashboard app; `info` is echoed as ``config`` in ``/api/serverinfo``.
 
     `certificates` (the HTTPS edge's names and ACME states) adds ``/api/certificates``, a
     ``certificates`` list in ``/api`` and certificate metrics. `cluster` (a cluster node's
-    registry) adds ``/api/cluster`` and the node's info series (web/cluster.py)."""
+    registry) adds ``/api/cluster`` and the node's info series (web/cluster.py). With
+    `commands` too, a kick or close aimed at a client held by another node is published
+    to that node (cluster/commands.py) and answered 202 with the node's name."""
     app = web.Application()
     install_guard(app, user=user, password=password, open_paths=OPEN_PATHS)
     server_config: Mapping[str, object] = dict(info or {})
@@ -198,9 +202,32 @@ def build_dashboard_app(
             }
         )
 
+    async def elsewhere(op: str, client_id: str, proxy: str | None) -> web.Response | None:
+        """Publish `op` to the node that holds the client (202), or None if none does."""
+        from tunnel_server.cluster.commands import CommandRefused, holder_of
+
+        if commands is None or cluster is None:
+            return None
+        node = holder_of(cluster, client_id, proxy)
+        if node is None or node == commands.node:
+            return None  # on no node, or a stale claim of this node's
+        fields = {"client": client_id} | ({"proxy": proxy} if proxy is not None else {})
+        try:
+            await commands.publish(op, **fields)
+        except CommandRefused as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        what = f"[client={client_id}" + (f" proxy={proxy}]" if proxy is not None else "]")
+        logger.info("%s %s sent to node %s", what, op, node)
+        done = {"kick": "kicked", "close": "closed"}[op]
+        body = {done: proxy if proxy is not None else client_id, "client_id": client_id}
+        return web.json_response(body | {"node": node, "pending": True}, status=202)
+
     async def kick(request: web.Request) -> web.Response:
         client_id = request.match_info["client_id"]
         if not view.kick_client(client_id):
+            sent = await elsewhere("kick", client_id, None)
+            if sent is not None:
+                return sent
             return web.json_response({"error": f"no client {client_id!r}"}, status=404)
         logger.info("[client=%s] kicked from the dashboard", client_id)
         return web.json_response({"kicked": client_id})
@@ -209,6 +236,9 @@ def build_dashboard_app(
         client_id = request.match_info["client_id"]
         name = request.match_info["name"]
         if not view.close_proxy(client_id, name):
+            sent = await elsewhere("close", client_id, name)
+            if sent is not None:
+                return sent
             return web.json_response(
                 {"error": f"no proxy {name!r} for client {client_id!r}"}, status=404
             )
@@ -227,7 +257,7 @@ def build_dashboard_app(
         web.post("/api/proxies/{client_id}/{name}/close", close_proxy),
     ]
     if users is not None:
-        routes.extend(user_routes(users))
+        routes.extend(user_routes(users, commands))
     if cluster is not None:
         routes.extend(cluster_routes(cluster))
     if enable_prometheus:

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from tunnel_server.users.admin import UsersAdmin
+
+if TYPE_CHECKING:
+    from tunnel_server.cluster.commands import ClusterCommands
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAFFIC_DAYS: Final = 30
 
 
-def user_routes(admin: UsersAdmin) -> list[web.RouteDef]:
+def user_routes(admin: UsersAdmin, commands: ClusterCommands | None = None) -> list[web.RouteDef]:
+    """The routes; with `commands` (a cluster node), enabling or disabling a user is also
+    published to every node, which updates its own store and drops the user's sessions."""
     folder = importlib.resources.files("tunnel_server.web").joinpath("static")
     page = folder.joinpath("users.html").read_bytes()
     script = folder.joinpath("users.js").read_bytes()
@@ -52,13 +57,26 @@ def user_routes(admin: UsersAdmin) -> list[web.RouteDef]:
 
     def toggler(enabled: bool) -> web.RouteDef:
         async def handler(request: web.Request) -> web.Response:
+            from tunnel_server.cluster.commands import CommandRefused
+
             name = request.match_info["name"]
-            if not admin.set_enabled(name, enabled):
+            here = admin.set_enabled(name, enabled)
+            if not here and commands is None:
                 return web.json_response({"error": f"no user {name!r}"}, status=404)
-            logger.info(
-                "tunneld: user %r %s from the dashboard", name, "enabled" if enabled else "disabled"
-            )
-            return web.json_response({"name": name, "enabled": enabled})
+            if here:
+                logger.info(
+                    "tunneld: user %r %s from the dashboard",
+                    name,
+                    "enabled" if enabled else "disabled",
+                )
+            body: dict[str, object] = {"name": name, "enabled": enabled}
+            if commands is not None:
+                try:
+                    await commands.publish("user", user=name, enabled=enabled)
+                except CommandRefused as exc:
+                    return web.json_response({"error": str(exc)} | body, status=503)
+                body["published"] = True
+            return web.json_response(body, status=200 if here else 202)
 
         verb = "enable" if enabled else "disable"
         return web.post(f"/api/users/{{name}}/{verb}", handler)
