@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 import ssl
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +30,11 @@ from tests.e2e.test_http_e2e import (
     toml_lines,
 )
 from tests.e2e.test_https_e2e import curl_https, tls_app
+from tests.e2e.test_plugins_e2e import toml
+from tests.e2e.test_tcpmux_e2e import MUX, text_site
 from tests.support.certs import make_ca, make_leaf
+from tests.support.curl import curl
+from tests.support.peers import reserve_port
 from tests.support.redisserver import redis_server
 from tunnel_server.cluster.link import MAX_PENDING_LINKS_PER_IP
 
@@ -37,6 +42,7 @@ SECRET: Final = "cluster-relay-secret"
 DOMAIN_A: Final = "alpha.relay.test"
 DOMAIN_B: Final = "beta.relay.test"
 SECURE_DOMAIN: Final = "secure.relay.test"
+MUX_DOMAIN: Final = "box.relay.test"
 VISITOR_IP: Final = "127.0.0.2"  # the visitor's source address, to find in X-Forwarded-For
 LINK_READY: Final = re.compile(r"ready: cluster link on ([0-9.]+):(\d+)")
 POLL_S: Final = 0.1  # between tries while a node's cache catches up with the routes channel
@@ -233,3 +239,39 @@ async def test_cluster_link_port_bounds_unauthenticated_connections(
                 writer.close()
                 with contextlib.suppress(ConnectionError, ssl.SSLError):
                     await writer.wait_closed()
+
+
+async def test_cluster_relay_carries_a_tcpmux_connect_to_the_owner(
+    run_tunneld, run_tunnelc, tmp_path: Path
+) -> None:
+    """A tcpmux (httpconnect) service on node a is reached by curl --proxytunnel through node
+    b's tcpmux port: node b relays the CONNECT, node a answers it."""
+    async with (
+        asyncio.timeout(120),
+        redis_server(tmp_path / "redis") as redis,
+        text_site("mux-relayed-ok") as site,
+    ):
+        cluster = Cluster(tmp_path, redis)
+        mux_ports = [reserve_port(socket.SOCK_STREAM) for _ in range(2)]
+        owner, _ = await relay_node(
+            cluster, run_tunneld, "node-a", tcpmuxHTTPConnectPort=mux_ports[0]
+        )
+        ingress, _ = await relay_node(
+            cluster, run_tunneld, "node-b", tcpmuxHTTPConnectPort=mux_ports[1]
+        )
+        proxy = {"name": "muxed", "localPort": site, "customDomains": [MUX_DOMAIN], **MUX}
+        client = await run_tunnelc(cluster.client_toml(owner) + "[[proxies]]\n" + toml(proxy))
+        await client.proxy_endpoint("muxed")
+        tunnel = ["-sS", "--max-time", "20", "--proxytunnel", "-x"]
+        while True:
+            result = await curl(
+                *tunnel, f"http://127.0.0.1:{mux_ports[1]}", f"http://{MUX_DOMAIN}/"
+            )
+            if result.returncode == 0:
+                break
+            assert "404" in result.stderr, result.stderr  # only "not heard of it yet"
+            await asyncio.sleep(POLL_S)  # node b has not heard of the route yet
+        assert result.stdout.decode() == "mux-relayed-ok"
+        await ingress.process.wait_for("cluster: link to node node-a is up")  # it was relayed
+        unknown = await curl(*tunnel, f"http://127.0.0.1:{mux_ports[1]}", "http://nobody.test/")
+        assert unknown.returncode != 0 and "404" in unknown.stderr, unknown.stderr

@@ -98,6 +98,10 @@ class ClusterNode:
             vhost.relay = relay
         if server.edge is not None:
             server.edge.relay = edge_relay(relay, server.served_here)
+        if server._tcpmux is not None:
+            from .relay_tcpmux import tcpmux_relay
+
+            server._tcpmux.remote = tcpmux_relay(relay)
         logger.info("tunneld: ready: cluster link on %s:%d", shown, port)
         if cfg.cluster_relay_ports:
             from .port_relay import PortRelay

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 OPEN_TIMEOUT_S: Final = 10.0  # to open a link (if none is up) and a stream on it
 MAX_RELAY_STREAMS: Final = 4096  # relayed connections leaving, and arriving, at once
 MAX_PATH_CHARS: Final = 1024  # of a request path, when looking for its location's owner
-KINDS: Final = ("http", "https")
+KINDS: Final = ("http", "https", "tcpmux")
 PORT_KIND_PREFIX: Final = "tcp:"  # a relayed fixed port's kind: "tcp:<port>" (port_relay.py)
 
 
@@ -212,7 +212,8 @@ class Relay:
         server = self._server
         port = relayed_port(kind)
         if port is None:
-            port = server.http_port if kind == "http" else server.https_port
+            ports = {"http": server.http_port, "https": server.https_port}
+            port = ports.get(kind, server.tcpmux_port)
         if port is None:
             stream.abort(ErrorCode.REFUSED, f"node {self._name} has no {kind} vhost")
             return

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import httptools
@@ -155,6 +156,11 @@ class TCPMuxServer(VhostListener):
         self.passthrough = passthrough
         self._head_timeout_s = head_timeout_s
         self._open_timeout_s = open_timeout_s
+        # A cluster node's relay (cluster/relay_tcpmux.py) for hosts another node serves:
+        # (conn, host, user, bytes read) -> None if not, else close cleanly (True) or abort.
+        self.remote: Callable[[InboundProtocol, str, str, bytes], Awaitable[bool | None]] | None = (
+            None
+        )
 
     async def _read_head(self, conn: InboundProtocol) -> tuple[ConnectHead, bytes, int]:
         """(head, every byte read, offset after the head); HeadError when there is none."""
@@ -184,7 +190,12 @@ class TCPMuxServer(VhostListener):
             head, data, offset = await self._read_head(conn)
             host = connect_host(head.target)
             credentials = basic_credentials(head.proxy_authorization)
-            route = self._router.lookup(host, "/", credentials[0] if credentials else "")
+            user = credentials[0] if credentials else ""
+            route = self._router.lookup(host, "/", user)
+            if route is None and self.remote is not None:
+                relayed = await self.remote(conn, host, user, data)
+                if relayed is not None:  # another node of the cluster served it
+                    return relayed
             if route is None:
                 raise HeadError(404, f"no tunnel serves {host!r} here")
             if not check_credentials(route, credentials):
