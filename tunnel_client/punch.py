@@ -20,13 +20,10 @@ Every wait here has a deadline; a failure raises PunchFailed with one line sayin
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import logging
 import socket
 import ssl
-import tempfile
-from pathlib import Path
 from typing import Final
 
 from protocol.aio.connection import MAX_QUEUED_MESSAGES, MuxSession, SessionClosedError
@@ -235,40 +232,10 @@ async def punch_meet(port: PunchPort, peer: tuple[str, int], *, listen: bool) ->
 
 def p2p_server_context() -> tuple[ssl.SSLContext, bytes]:
     """The owner's TLS for P2P connections: a fresh self-signed certificate and its SHA-256."""
-    # cryptography is imported when an xtcp owner first needs it (tunnelc starts without it).
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from .selfsigned import self_signed_context  # cryptography only for an xtcp owner
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, P2P_SERVER_NAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=P2P_CERT_DAYS))
-        .sign(key, hashes.SHA256())
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context, fingerprint = self_signed_context(P2P_SERVER_NAME, P2P_CERT_DAYS, "tunnelc-xtcp-")
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    # ssl loads certificates from files only: write them to a private directory, load, delete.
-    with tempfile.TemporaryDirectory(prefix="tunnelc-xtcp-") as tmp:
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context.load_cert_chain(cert_file, key_file)
-    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
     return context, fingerprint
 
 
@@ -316,16 +283,10 @@ async def owner_p2p(
             expected = p2p_proof(verifier, VISITOR_ROLE, punch_id, fingerprint)
             await _their_proof(mux, expected, "visitor")
     except (OSError, TimeoutError) as exc:
-        if mux is not None and mux.transport is not None:
-            mux.abort(ErrorCode.CANCELLED, "xtcp handshake failed")
-        else:
-            sock.close()
+        _give_up(mux, sock, ErrorCode.CANCELLED, "xtcp handshake failed")
         raise PunchFailed(f"the P2P handshake failed: {exc or 'timed out'}") from None
     except PunchFailed:
-        if mux is not None and mux.transport is not None:
-            mux.abort(ErrorCode.AUTH_FAILED, "xtcp proof failed")
-        else:
-            sock.close()
+        _give_up(mux, sock, ErrorCode.AUTH_FAILED, "xtcp proof failed")
         raise
     _lift_limits(mux, settings)
     mux.send_message(PunchProof(p2p_proof(verifier, OWNER_ROLE, punch_id, fingerprint)))
@@ -364,19 +325,21 @@ async def visitor_p2p(
             expected = p2p_proof(verifier, OWNER_ROLE, punch_id, fingerprint)
             await _their_proof(mux, expected, "proxy's client")
     except (OSError, TimeoutError) as exc:
-        if mux is not None and mux.transport is not None:
-            mux.abort(ErrorCode.CANCELLED, "xtcp handshake failed")
-        else:
-            sock.close()
+        _give_up(mux, sock, ErrorCode.CANCELLED, "xtcp handshake failed")
         raise PunchFailed(f"the P2P handshake failed: {exc or 'timed out'}") from None
     except PunchFailed:
-        if mux is not None and mux.transport is not None:
-            mux.abort(ErrorCode.AUTH_FAILED, "xtcp proof failed")
-        else:
-            sock.close()
+        _give_up(mux, sock, ErrorCode.AUTH_FAILED, "xtcp proof failed")
         raise
     _lift_limits(mux, settings)
     return mux
+
+
+def _give_up(mux: MuxSession | None, sock: socket.socket, code: ErrorCode, reason: str) -> None:
+    """End a P2P connection whose handshake or proof failed: the mux if it runs, else the socket."""
+    if mux is not None and mux.transport is not None:
+        mux.abort(code, reason)
+    else:
+        sock.close()
 
 
 def _limited(mux: MuxSession) -> MuxSession:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import socket
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
@@ -142,35 +140,9 @@ def server_tls_context(crt_path: Path | None, key_path: Path | None) -> ssl.SSLC
                 "check both files"
             ) from None
         return context
-    # cryptography is imported here: a client whose plugins bring their own files never needs it.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    # cryptography is imported there: a client whose plugins bring their own files never needs it.
+    from ..selfsigned import self_signed_context
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnelc plugin")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
-        .sign(key, hashes.SHA256())
-    )
-    # ssl loads certificates from files only: write them to a private directory, load, delete.
-    with tempfile.TemporaryDirectory(prefix="tunnelc-plugin-") as tmp:
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context.load_cert_chain(cert_file, key_file)
+    context, _ = self_signed_context("tunnelc plugin", SELF_SIGNED_DAYS, "tunnelc-plugin-")
+    context.set_alpn_protocols(["http/1.1"])
     return context
