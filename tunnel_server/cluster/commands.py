@@ -39,8 +39,6 @@ COMMANDS_PER_S: Final = 20.0  # commands a node publishes, and applies, per seco
 COMMAND_BURST: Final = 40  # commands above the rate that may pass at once
 OPS: Final = {"kick": ("client",), "close": ("client", "proxy"), "user": ("user", "enabled")}
 REDIS_OP_TIMEOUT_S: Final = 3.0
-FOLLOW_POLL_S: Final = 1.0  # the channel's longest wait before a look at cancellation
-RETRY_BACKOFF_MAX_S: Final = 5.0
 
 
 class CommandRefused(Exception):
@@ -136,34 +134,14 @@ class ClusterCommands:
             raise CommandRefused(f"the cluster registry (Redis) is unreachable: {exc}") from exc
 
     async def _follow_loop(self) -> None:
-        from redis.exceptions import RedisError
+        from tunnel_server.cluster.registry import follow_channel
 
-        from tunnel_server.cluster.registry import _keep_cancellation
+        await follow_channel(self._redis, self._channel, "commands", self._subscribed, self.receive)
 
-        backoff = 0.1
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                if not self.subscribed.is_set():
-                    logger.info("tunneld: cluster: following the commands channel")
-                    self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=FOLLOW_POLL_S
-                    )
-                    _keep_cancellation()
-                    if message is not None and message.get("type") == "message":
-                        self.receive(message["data"])
-            except (RedisError, OSError) as exc:
-                _keep_cancellation()
-                logger.debug("tunneld: cluster: commands channel lost: %s", exc)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+    async def _subscribed(self) -> None:
+        if not self.subscribed.is_set():
+            logger.info("tunneld: cluster: following the commands channel")
+            self.subscribed.set()
 
     def receive(self, raw: str | bytes) -> None:
         """Validate one message from the channel and apply it if it is aimed at this node."""

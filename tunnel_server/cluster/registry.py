@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -52,7 +52,7 @@ MAX_CACHED_ROUTES: Final = 1_000_000  # claims this node mirrors; beyond it, ask
 SCAN_BATCH: Final = 1000  # keys per SCAN step when (re)loading the cache
 REFRESH_BATCH: Final = 500  # keys per refresh script call
 MAX_LOAD_KEYS: Final = 16  # figures of a node's load read from its record
-FOLLOW_POLL_S: Final = 1.0  # the routes channel's longest wait before a look at cancellation
+FOLLOW_POLL_S: Final = 1.0  # a channel's longest wait before a look at cancellation
 
 
 class ClusterUnavailable(Exception):
@@ -434,33 +434,8 @@ class ClusterRegistry:
 
     async def _follow_loop(self) -> None:
         """Follow the routes channel; on any error, resubscribe and reload the cache."""
-        from redis.exceptions import RedisError
-
-        backoff = 0.1
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                await self._load_cache()  # after subscribing: no change falls in between
-                backoff = 0.1
-                while True:
-                    # A bounded wait, then a look at our own cancellation: redis-py may swallow
-                    # a cancellation that lands in a read and retry it, and a listen() that
-                    # never returned would make close() wait for ever.
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=FOLLOW_POLL_S
-                    )
-                    _keep_cancellation()
-                    if message is not None and message.get("type") == "message":
-                        self._apply(message["data"])
-            except (RedisError, OSError) as exc:
-                _keep_cancellation()
-                logger.debug("tunneld: cluster: routes channel lost: %s", exc)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+        # _load_cache runs after each subscription: no change falls in between.
+        await follow_channel(self._redis, self._channel, "routes", self._load_cache, self._apply)
 
     def _apply(self, raw: str) -> None:
         try:
@@ -496,3 +471,41 @@ def _by_owner(keys: list[str], held: dict[str, Owner]) -> list[tuple[Owner, list
         if owner is not None:
             groups.setdefault(owner, []).append(key)
     return list(groups.items())
+
+
+async def follow_channel(
+    redis: Any,
+    channel: str,
+    what: str,
+    subscribed: Callable[[], Awaitable[None]],
+    on_message: Callable[[Any], None],
+) -> None:
+    """Follow a pub/sub channel for ever: `subscribed()` after each (re)subscription, then
+    `on_message(data)` for each message; on any Redis error, resubscribe with backoff."""
+    from redis.exceptions import RedisError
+
+    backoff = 0.1
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            await subscribed()
+            backoff = 0.1
+            while True:
+                # A bounded wait, then a look at our own cancellation: redis-py may swallow
+                # a cancellation that lands in a read and retry it, and a listen() that
+                # never returned would make close() wait for ever.
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=FOLLOW_POLL_S
+                )
+                _keep_cancellation()
+                if message is not None and message.get("type") == "message":
+                    on_message(message["data"])
+        except (RedisError, OSError) as exc:
+            _keep_cancellation()
+            logger.debug("tunneld: cluster: %s channel lost: %s", what, exc)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
