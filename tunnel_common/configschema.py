@@ -274,7 +274,6 @@ def domain_problem(name: str, *, wildcard: bool) -> str | None:
 # -- frp keys that tunnelkit does not support yet ------------------------------------------
 
 _NO_TLS_OPTIONS: Final = "tunnelkit speaks TLS over one TCP connection only"
-_NEXT: Final = "it comes with frp's proxy features (stcp, xtcp, plugins, load balancing)"
 
 _COMMON_UNSUPPORTED: Final[dict[str, str]] = {
     "common": "this is frp's legacy INI layout; use the TOML keys of frp v0.52+",
@@ -295,7 +294,8 @@ FRPS_UNSUPPORTED: Final[dict[str, str]] = {
 
 FRPC_UNSUPPORTED: Final[dict[str, str]] = {
     **_COMMON_UNSUPPORTED,
-    "virtualNet": _NEXT,
+    "virtualNet": "frp's experimental virtual network (a TUN device per client) is not supported "
+    "yet; use stcp/xtcp visitors to reach a service",
     "store": "the admin API's stored proxies are not supported yet",
     "transport.connectServerLocalIP": "tunnelc lets the system pick the source address",
 }
