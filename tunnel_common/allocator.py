@@ -5,14 +5,24 @@ above its baseline although no Python object was alive. glibc kept the freed mem
 1. large buffers (uvloop's 256 KiB TLS read buffer per connection, grown read buffers) come
    from the heap once glibc's *dynamic* mmap threshold has risen past their size, and the
    heap is only returned from its top;
-2. free pages in the middle of the heap stay resident until `malloc_trim`.
-
+2. free pages in the middle of the heap stay resident until `malloc_trim`;
 3. a departing session leaves reference cycles that only a full garbage collection frees.
 
-`tune()` pins the mmap threshold (so every buffer of 128 KiB or more is its own mapping,
-unmapped when freed, and its untouched pages never resident), and `trim()` collects cycles
-and returns free heap pages. The command lines call `tune()` once; the server calls `trim()`
-TRIM_INTERVAL_S after a wave of departures ends (at most TRIM_MAX_DELAY_S after it began).
+`tune()` pins two thresholds, and `trim()` collects cycles and returns free heap pages. The
+command lines call `tune()` once; the server calls `trim()` TRIM_INTERVAL_S after a wave of
+departures ends (at most TRIM_MAX_DELAY_S after it began).
+
+- The mmap threshold is pinned at 1 MiB, so the bulk path's buffers (uvloop reads up to 256
+  KiB per `data_received`, frames are up to 64 KiB) come from the heap and are reused.
+- The trim threshold is pinned at 4 MiB, so glibc does not give the heap's top back on every
+  free and take it again on the next malloc.
+
+Why (bench/tcp_bench.py, docs/performance.md "Page faults on the bulk path"): with the mmap
+threshold pinned at 128 KiB and glibc's default trim threshold, every 256 KiB read was a fresh
+mapping and every freed frame shrank the heap. The sending process took 100 to 600 minor page
+faults per MB carried (each a zeroed 4 KiB page), about a third of its CPU, and one TLS stream
+ran at half the rate it runs without them. Idle memory is still returned by `trim()`, which
+releases free pages anywhere in the heap, not only above the trim threshold.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from typing import Final
 
 logger = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD: Final = -3  # mallopt parameter number (glibc malloc.h)
-MMAP_THRESHOLD_BYTES: Final = 128 * 1024  # glibc's own starting value, made fixed
+M_TRIM_THRESHOLD: Final = -1  # mallopt parameter numbers (glibc malloc.h)
+M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD_BYTES: Final = 1024 * 1024  # above every buffer of the bulk path
+TRIM_THRESHOLD_BYTES: Final = 4 * 1024 * 1024  # free heap top kept for the next burst
 TRIM_INTERVAL_S: Final = 2.0  # trim this long after the last departure of a wave
 TRIM_MAX_DELAY_S: Final = 10.0  # but no later than this after its first departure
 
@@ -50,12 +62,18 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune() -> bool:
-    """Pin the mmap threshold; returns whether the allocator took it."""
+    """Pin the mmap and trim thresholds; returns whether the allocator took both."""
     libc = _libc()
     if libc is None:
         return False
     ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    logger.debug("allocator: mmap threshold pinned at %d bytes: %s", MMAP_THRESHOLD_BYTES, ok)
+    ok = bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) and ok
+    logger.debug(
+        "allocator: mmap threshold %d bytes, trim threshold %d bytes: %s",
+        MMAP_THRESHOLD_BYTES,
+        TRIM_THRESHOLD_BYTES,
+        ok,
+    )
     return ok
 
 
