@@ -17,10 +17,9 @@ from protocol.errors import TunnelError
 from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
 
-from .users.cli import users
-
-# The config schema and the server (aiohttp, cryptography, the dashboard, ACME) load when a
-# command runs, so `tunneld --version` and `--help` stay light (tests/unit/test_lazy_imports.py).
+# The config schema, the server (aiohttp, cryptography, the dashboard, ACME) and `users`
+# (sqlite3) load when a command runs, so `tunneld --version` and `--help` stay light
+# (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
     import asyncio
 
@@ -65,6 +64,7 @@ def _epilog() -> str:
 @click.group(
     cls=LazyEpilogGroup,
     epilog_factory=_epilog,
+    lazy_subcommands={"users": "tunnel_server.users.cli:users"},
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -323,6 +323,3 @@ def reload(config_path: Path | None) -> None:
     except PermissionError:
         fail(f"not allowed to signal tunneld (pid {pid}); run as its user")
     click.echo(f"tunneld: asked process {pid} to reload {config_path or 'its config'}")
-
-
-main.add_command(users)
