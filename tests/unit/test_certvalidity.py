@@ -32,7 +32,7 @@ def _der(not_before: datetime, not_after: datetime) -> bytes:
 @pytest.mark.parametrize(
     ("not_before", "not_after"),
     [
-        (datetime(2024, 2, 29, 12, 0, 1, tzinfo=UTC), datetime(2034, 2, 28, 23, 59, 59, tzinfo=UTC)),
+        (datetime(2024, 2, 29, 12, 0, 1, tzinfo=UTC), datetime(2034, 2, 28, 23, 5, 9, tzinfo=UTC)),
         # 1950-2049 is UTCTime, the rest GeneralizedTime (RFC 5280 4.1.2.5)
         (datetime(1999, 12, 31, 0, 0, 0, tzinfo=UTC), datetime(2050, 1, 1, 0, 0, 0, tzinfo=UTC)),
         (datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)),
