@@ -161,7 +161,10 @@ class TunnelServer:
         self.fd_budget = FDBudget.for_server(
             cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
         )
-        self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
+        if self.cert is None:  # the command line loads it before the server's modules
+            self.cert = load_or_create_server_cert(
+                cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file
+            )
         try:
             self.users = UserDirectory(UserStore(cfg.users_db), self.users.shared_token)
         except UserError as exc:
