@@ -52,6 +52,7 @@ class LazySite:
         self._build: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._closed = False
+        self._woken = asyncio.Event()  # the first connection came, or close()
         self.port: int = socks[0].getsockname()[1]
 
     @classmethod
@@ -83,6 +84,16 @@ class LazySite:
         build = self._build
         return self._runner is not None and build is not None and build.done()
 
+    async def wait_started(self) -> bool:
+        """Wait for the first connection and the app's start (or `close()`); True if the
+        app serves."""
+        await self._woken.wait()
+        build = self._build
+        if build is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(build)
+        return self.started and not self._closed
+
     def _watch(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
@@ -103,6 +114,7 @@ class LazySite:
         if self._build is not None or self._closed:
             return
         self._unwatch()
+        self._woken.set()
         assert self._loop is not None
         self._build = self._loop.create_task(self._start(), name=f"{self.name}: start")
 
@@ -139,6 +151,7 @@ class LazySite:
         if self._closed:
             return
         self._closed = True
+        self._woken.set()
         if self._loop is not None:
             self._unwatch()
         build = self._build
