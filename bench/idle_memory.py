@@ -55,9 +55,7 @@ async def _one(touch_web: bool) -> list[dict[str, tuple[float, float, int, bool]
             await asyncio.sleep(SETTLE_S)
             samples = [_sample(path.pids)]
             if touch_web:
-                client = group._members[-1].process  # tunnelc, started last
-                port = (await client.wait_for(r"inspector on http://[^:]+:(\d+)/")).group(1)
-                url = f"http://127.0.0.1:{port}/"
+                url = f"http://127.0.0.1:{path.inspector}/"
                 body = await asyncio.to_thread(
                     lambda: urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S).read()
                 )
