@@ -7,6 +7,7 @@ into the process (/proc/PID/maps) only after the first connection, which curl ma
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -87,3 +88,25 @@ async def test_lazy_web_stops_cleanly_before_any_request(run_tunneld):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             await writer.wait_closed()
+
+
+async def test_lazy_web_dashboard_port_in_use_fails_at_start(run_tunneld):
+    """A dashboard port another socket holds stops tunneld at start with one line naming the
+    address (exit code 1), before any connection; no traceback."""
+    async with asyncio.timeout(TIMEOUT_S):
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            server = await run_tunneld(
+                'bindAddr = "127.0.0.1"\nbindPort = 0\n'
+                f'webServer.addr = "127.0.0.1"\nwebServer.port = {port}\n',
+                wait_ready=False,
+                expect_exit_code=1,
+            )
+            assert await server.wait() == 1
+        await server.wait_for(
+            rf"tunneld: error: cannot start the dashboard on 127\.0\.0\.1:{port}: "
+            "Address already in use$"
+        )
+        assert not any("Traceback" in line for line in server.lines())
