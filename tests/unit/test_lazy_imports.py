@@ -113,6 +113,29 @@ def test_client_loads_optional_dependencies_only_when_used() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_client_loads_rarely_used_helpers_only_when_used() -> None:
+    """A client loads proxy-protocol (with typing_extensions; transport.proxyProtocolVersion),
+    logging.handlers (a rotated log file), difflib (a misspelt config key) and tempfile with
+    shutil (the admin API's address file) only when one is needed, and the allocator tuning
+    never loads ctypes.util (which runs `ldconfig -p`): together about 2.5 MiB of RSS."""
+    loaded = _loaded_by(
+        "tunnel_client.client, tunnel_common.logs, tunnel_client.proxyheader, "
+        "tunnel_common.allocator; tunnel_common.allocator.tune()"
+    )
+    lazy = (
+        *("proxyprotocol", "typing_extensions", "logging.handlers", "difflib"),
+        *("tempfile", "shutil", "ctypes.util"),
+    )
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_inspector_app_loads_cryptography_only_to_decrypt() -> None:
+    """The inspector's app loads cryptography only to decrypt a WeChat message (about 9 MiB):
+    opening the page does not."""
+    loaded = _loaded_by("tunnel_client.inspect.app")
+    assert [m for m in loaded if m == "cryptography" or m.startswith("cryptography.")] == []
+
+
 def test_server_loads_oidc_and_acme_libraries_only_when_used() -> None:
     """tunneld loads jwt (OIDC) and the acme client with requests (ACME) only when its config
     uses them: every tunneld start pays for what it imports."""
