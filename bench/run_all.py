@@ -154,15 +154,15 @@ class Bench:
         self.add(path.name, "TCP MB/s", end["bytes"] / end["seconds"] / 1e6)
 
     async def http(self, path: Path_) -> None:
-        before = cpu_seconds(path.pids)
+        before = proc_counters(path.pids)
         out = await self._wrk(path.http, "127.0.0.1")
-        self._wrk_result(path.name, "HTTP tcp", out, cpu_seconds(path.pids) - before)
+        self._wrk_result(path, "HTTP tcp", out, before)
 
     async def vhost(self, path: Path_) -> None:
         assert path.vhost is not None
-        before = cpu_seconds(path.pids)
+        before = proc_counters(path.pids)
         out = await self._wrk(path.vhost, VHOST_NAME)
-        self._wrk_result(path.name, "HTTP vhost", out, cpu_seconds(path.pids) - before)
+        self._wrk_result(path, "HTTP vhost", out, before)
 
     async def conns(self, path: Path_) -> None:
         count = self.args.conns if "gcm" not in path.name else self.args.conns // 5  # 30/s
@@ -216,7 +216,12 @@ class Bench:
              "-H", f"Host: {host}", f"http://127.0.0.1:{port}/index.html"]
         )  # fmt: skip
 
-    def _wrk_result(self, path: str, kind: str, out: str, cpu_s: float) -> None:
+    def _wrk_result(
+        self, path_: Path_, kind: str, out: str, before: dict[str, tuple[float, int]]
+    ) -> None:
+        path = path_.name
+        after = proc_counters(path_.pids)
+        cpu_s = sum(after[n][0] - before[n][0] for n in after if n in before)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", out)
         # wrk's own 2 s timeouts are slow answers on a loaded machine, not failures.
@@ -231,7 +236,15 @@ class Bench:
         total = re.search(r"(\d+) requests in", out)
         if cpu_s > 0 and total is not None:
             # CPU of the tunnel's processes per request: steadier than req/s on a busy machine.
-            self.add(path, f"{kind} CPU us/req", cpu_s / int(total[1]) * 1e6)
+            requests = int(total[1])
+            self.add(path, f"{kind} CPU us/req", cpu_s / requests * 1e6)
+            if path == TK:  # per process: where the CPU and the minor page faults go
+                for name in ("tunneld", "tunnelc"):
+                    if name in after and name in before:
+                        cpu = after[name][0] - before[name][0]
+                        faults = after[name][1] - before[name][1]
+                        self.add(path, f"{kind} {name} CPU us/req", cpu / requests * 1e6)
+                        self.add(path, f"{kind} {name} faults/req", faults / requests)
 
 
 @contextlib.asynccontextmanager
@@ -279,6 +292,19 @@ def _append_run(target: Path) -> None:
         with target.open("a") as sink:
             sink.write(run.read_text())
         run.unlink()
+
+
+def proc_counters(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
+    """Per process: user + system CPU seconds and minor page faults so far (Linux /proc)."""
+    found: dict[str, tuple[float, int]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[name] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[7]))
+    return found
 
 
 def cpu_seconds(pids: dict[str, int]) -> float:
@@ -359,7 +385,11 @@ async def run(args: argparse.Namespace) -> Bench:
 # -- reporting ---------------------------------------------------------------------------------
 ROWS: Final = (
     "TCP MB/s", "HTTP tcp req/s", "HTTP tcp p99 ms", "HTTP tcp CPU us/req",
+    "HTTP tcp tunneld CPU us/req", "HTTP tcp tunnelc CPU us/req",
+    "HTTP tcp tunneld faults/req", "HTTP tcp tunnelc faults/req",
     "HTTP vhost req/s", "HTTP vhost p99 ms", "HTTP vhost CPU us/req",
+    "HTTP vhost tunneld CPU us/req", "HTTP vhost tunnelc CPU us/req",
+    "HTTP vhost tunneld faults/req", "HTTP vhost tunnelc faults/req",
     "conn/s", "UDP MB/s", "UDP CPU us/datagram", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
     "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
     "tunneld idle RSS MiB", "tunnelc idle RSS MiB",

@@ -26,15 +26,11 @@ from tunnel_common.webtls import web_ssl_context
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .accesslog import AccessLog
 from .acme.challenges import ChallengeBoard
-from .acme.manager import CertManager
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .departures import Departures
 from .edge.certstore import CertStore
-from .edge.h2conn import H2Service
-from .edge.listener import EdgeListener
-from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
 from .groups import Groups
@@ -56,21 +52,27 @@ from .users.model import UserError
 from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
-from .vhost.https_sni import HTTPSVhostServer
 from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
-from .vhost.tcpmux import TCPMuxServer
 from .vhoststart import display_host, start_vhosts
 from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
 
+# What only the HTTPS edge, ACME and tcpmux use loads when they start (vhoststart.py): a server
+# without them never imports h2 or cryptography (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
     from aiohttp import web
 
     from tunnel_common.lazysite import LazySite
 
+    from .acme.manager import CertManager
     from .cluster.node import ClusterNode
+    from .edge.h2conn import H2Service
+    from .edge.listener import EdgeListener
+    from .edge.service import EdgeService
+    from .vhost.https_sni import HTTPSVhostServer
+    from .vhost.tcpmux import TCPMuxServer
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +163,10 @@ class TunnelServer:
         self.fd_budget = FDBudget.for_server(
             cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
         )
-        self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
+        if self.cert is None:  # the command line loads it before the server's modules
+            self.cert = load_or_create_server_cert(
+                cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file
+            )
         try:
             self.users = UserDirectory(UserStore(cfg.users_db), self.users.shared_token)
         except UserError as exc:
