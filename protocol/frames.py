@@ -298,7 +298,7 @@ def _validate_frame(obj: Any, max_payload: int) -> Frame:
         raise RemoteProtocolError(f"bad frame flags {flags!r}")
     if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
         raise RemoteProtocolError(f"bad stream id {stream_id!r}")
-    kind = FrameType(ftype)
+    kind = _TYPE_BY_VALUE[ftype]
     if kind in (FrameType.DATA, FrameType.DATAGRAM):
         if not isinstance(payload, bytes):
             raise RemoteProtocolError(f"{kind.name} payload must be binary")
@@ -317,4 +317,4 @@ def _validate_frame(obj: Any, max_payload: int) -> Frame:
             raise RemoteProtocolError("GO_AWAY payload must be [code, reason]")
     elif kind is FrameType.MESSAGE and not isinstance(payload, dict):
         raise RemoteProtocolError("MESSAGE payload must be a map")
-    return Frame(kind, Flag(flags), stream_id, payload)
+    return Frame(kind, _FLAG_BY_VALUE[flags], stream_id, payload)

@@ -34,6 +34,7 @@ import math
 from enum import Enum
 from typing import Final
 
+from .dgramwindow import CREDIT_FLOW_ID, DatagramWindow, encode_credit
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     ConnectionTerminated,
@@ -68,6 +69,16 @@ MAX_WINDOW_BYTES: Final = 0xFFFF_FFFF
 MAX_PENDING_EVENTS: Final = 1024
 # The most events one frame produces (DATA with FIN: DataReceived, StreamEnded, StreamClosed).
 _MAX_EVENTS_PER_FRAME: Final = 3
+# Flag bits as plain ints: `int(frame.flags) & _FIN` costs a tenth of `frame.flags & Flag.FIN`,
+# which builds a new Flag member through the enum machinery on every frame.
+_SYN: Final = int(Flag.SYN)
+_ACK: Final = int(Flag.ACK)
+_FIN: Final = int(Flag.FIN)
+_RST: Final = int(Flag.RST)
+# The states where SEND_DATA / RECV_DATA leave the state as it is (see protocol/stream.py's
+# table): the per-frame hot path checks membership instead of looking the transition up.
+_SENDING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+_RECEIVING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 
 
 class Role(Enum):
@@ -107,6 +118,7 @@ class MuxConnection:
         self._ping_seq = 0
         self._ping_sent: dict[int, float] = {}
         self.late_frames_dropped = 0
+        self.datagrams = DatagramWindow(s.datagram_window_bytes, s.datagram_credit_step_bytes)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -268,9 +280,14 @@ class MuxConnection:
             if not rec.can_send:
                 rec.apply(StreamEvent.SEND_DATA)  # raises the right error
             return 0
-        rec.apply(StreamEvent.SEND_DATA)
+        if rec.state not in _SENDING_STATES or rec.handshake is Handshake.SYN_RECEIVED:
+            rec.apply(StreamEvent.SEND_DATA)  # raises the right error (else: no change)
         rec.send_window -= n
         step = self.settings.max_frame_payload_bytes
+        if n == total <= step and not finish:
+            # The common case (one read, one frame): no view, no slicing.
+            self._write(encode_fast(FrameType.DATA, Flag.NONE, stream_id, data))
+            return n
         view = memoryview(data)
         pos = 0
         while True:
@@ -325,6 +342,9 @@ class MuxConnection:
             return False
         if self._out_bytes > self.settings.datagram_high_water_bytes:
             return False
+        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
+            return False
+        self.datagrams.sent(len(data))
         self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
         return True
 
@@ -428,14 +448,20 @@ class MuxConnection:
         elif kind is FrameType.MESSAGE:
             if frame.stream_id == 0:
                 self._events.append(MessageReceived(decode_message(frame.payload)))
-            elif frame.flags & Flag.SYN:
+            elif int(frame.flags) & _SYN:
                 self._on_syn(frame)
-            elif frame.flags & Flag.RST:
+            elif int(frame.flags) & _RST:
                 self._on_rst(frame)
             else:
                 raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
         elif kind is FrameType.DATAGRAM:
+            if frame.stream_id == CREDIT_FLOW_ID:
+                self.datagrams.credited(frame.payload)
+                return
             self._events.append(DatagramReceived(frame.stream_id, frame.payload))
+            credit = self.datagrams.received(len(frame.payload))
+            if credit:
+                self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, 0, encode_credit(credit)))
         elif kind is FrameType.PING:
             self._on_ping(frame)
         elif kind is FrameType.GO_AWAY:
@@ -507,10 +533,11 @@ class MuxConnection:
             raise RemoteProtocolError(f"DATA on stream {rec.stream_id} before its ACK")
         payload: bytes = frame.payload
         if payload:
-            rec.apply(StreamEvent.RECV_DATA)
+            if rec.state not in _RECEIVING_STATES:
+                rec.apply(StreamEvent.RECV_DATA)  # raises the right error (else: no change)
             rec.receive(len(payload))
             self._events.append(DataReceived(rec.stream_id, payload))
-        if frame.flags & Flag.FIN:
+        if int(frame.flags) & _FIN:
             rec.apply(StreamEvent.RECV_FIN)
             self._events.append(StreamEnded(rec.stream_id))
             if rec.state is StreamState.CLOSED:
@@ -521,7 +548,7 @@ class MuxConnection:
         rec = self._lookup(frame.stream_id)
         if rec is None:
             return
-        if frame.flags & Flag.ACK:
+        if int(frame.flags) & _ACK:
             if rec.handshake is not Handshake.SYN_SENT:
                 raise RemoteProtocolError(f"unexpected ACK on stream {rec.stream_id}")
             rec.handshake = Handshake.ESTABLISHED
@@ -537,7 +564,7 @@ class MuxConnection:
                 self._events.append(SendWindowOpened(rec.stream_id, rec.send_window))
 
     def _on_ping(self, frame: Frame) -> None:
-        if frame.flags & Flag.ACK:
+        if int(frame.flags) & _ACK:
             # The adapter turns this into an RTT with its own clock (see pong_time).
             sent = self._ping_sent.pop(frame.payload, None)
             if sent is not None:

@@ -27,8 +27,14 @@ from typing import Final
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
+# Members are singletons compared by identity, so hashing by identity is consistent with
+# equality; Enum's own __hash__ runs Python code (hash of the name) on every table lookup,
+# and `StreamRecord.apply` looks one up for every frame.
+_identity_hash = object.__hash__
+
 
 class StreamState(Enum):
+    __hash__ = _identity_hash
     OPEN = auto()
     HALF_CLOSED_LOCAL = auto()  # we sent FIN
     HALF_CLOSED_REMOTE = auto()  # they sent FIN
@@ -36,6 +42,7 @@ class StreamState(Enum):
 
 
 class StreamEvent(Enum):
+    __hash__ = _identity_hash
     SEND_DATA = auto()
     RECV_DATA = auto()
     SEND_FIN = auto()
@@ -69,6 +76,7 @@ _LOCAL_EVENTS: Final = frozenset(
 
 
 class Handshake(Enum):
+    __hash__ = _identity_hash
     SYN_SENT = auto()  # we opened; waiting for ACK
     SYN_RECEIVED = auto()  # they opened; we have not accepted yet
     ESTABLISHED = auto()

@@ -10,9 +10,12 @@ newest datagram of that flow only, and counts it), and the session's queues toge
 QUEUE_TOTAL_BYTES. A drain runs once per event-loop iteration after datagrams arrive and hands
 datagrams to the session in deficit-round-robin order (each active flow may send up to
 QUANTUM_BYTES per round), only while the session's unsent output is below
-TUNNEL_BACKLOG_BYTES. So the backlog waits in the per-flow queues, where a quiet flow's
-datagram goes first in the next round, not behind the flood in the tunnel's buffers. While
-the tunnel is above that backlog the drain retries every DRAIN_RETRY_S.
+TUNNEL_BACKLOG_BYTES and the datagram window (MuxSettings.datagram_window_bytes: datagram
+bytes in flight until the client credits them, protocol/dgramwindow.py) has room; the window
+also bounds the kernel's TCP queues between the two processes, which the backlog cannot
+see (they held several MiB under a flood). So the backlog waits in the per-flow queues, where
+a quiet flow's datagram goes first in the next round, not behind the flood in the tunnel's
+buffers. While there is no room the drain retries every DRAIN_RETRY_S.
 
 `FairQueue` is the pure scheduler (no I/O, tested alone); `DatagramScheduler` runs it on the
 event loop for one session.
@@ -170,7 +173,10 @@ class DatagramScheduler:
             return
         queue = self.queue
         session = self.session
-        room = self.backlog_limit - self.backlog_bytes()
+        # Below the tunnel's unsent backlog and within the datagram window (bytes in flight
+        # until the client credits them, protocol/dgramwindow.py): what does not fit waits
+        # here, where the next round serves a quiet flow first.
+        room = min(self.backlog_limit - self.backlog_bytes(), session.mux.datagrams.room())
         for _ in range(DRAIN_BATCH_DATAGRAMS):
             if room <= 0:
                 break

@@ -232,8 +232,8 @@ class _PluginGatedSplice(SpliceProtocol):
         # uvloop's transports do not subclass asyncio.Transport but implement it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        sockopts.set_nodelay(transport)
-        sockopts.set_abortive(transport)  # as SpliceProtocol: a crash shows the visitor a RST
+        # As SpliceProtocol: TCP_NODELAY is the loop's; abortive, so a crash shows a RST.
+        sockopts.set_abortive(transport)
         transport.pause_reading()
         asyncio.get_running_loop().call_soon(self._pause)
         self._owner._admit_later(self, transport)
