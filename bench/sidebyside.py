@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.peers import SSH_CLIENT_OPTIONS, SSHServer, reserve_port
-from tests.support.procs import ProcessGroup
+from tests.support.procs import INSPECTOR_READY, ProcessGroup
 
 VHOST_NAME = "bench.example.test"
 SSH_CIPHER = "aes128-gcm@openssh.com"
@@ -46,6 +46,7 @@ class Path_:
     udp: int | None = None  # the public port of iperf3's tcp + udp proxies
     udp_echo: int | None = None
     pids: dict[str, int] = field(default_factory=dict)  # what its RSS is summed over
+    inspector: int | None = None  # tunnelc's inspector port, tunnelkit only
 
 
 def direct(targets: Targets) -> Path_:
@@ -129,6 +130,7 @@ async def tunnel_path(group: ProcessGroup, work: Path, targets: Targets) -> Path
         udp_echo=ends["ping"].port,
     )
     path.pids = {"tunneld": server.pid, "tunnelc": client.pid}
+    path.inspector = int((await client.wait_for(INSPECTOR_READY))["port"])
     return path
 
 

@@ -22,11 +22,12 @@ about 150 KiB once it carries data both ways (docs/protocol.md section 3.6).
 
 from __future__ import annotations
 
-from typing import IO, Final, cast
-
-import zstandard
+from typing import IO, TYPE_CHECKING, Final, cast
 
 from .errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    import zstandard  # loaded by the first compressed stream: most tunnels never compress
 
 KiB: Final = 1024
 
@@ -65,6 +66,8 @@ class Deflater:
 
     def compress(self, data: bytes | memoryview) -> list[bytes]:
         """The pieces to send for `data`, each to be handed to the mux on its own."""
+        import zstandard  # a dict lookup once loaded
+
         if self._z is None:
             params = zstandard.ZstdCompressionParameters.from_level(
                 ZSTD_LEVEL, window_log=WINDOW_LOG
@@ -110,6 +113,8 @@ class Inflater:
 
     def inflate(self, frame: bytes | memoryview) -> bytes:
         """The plain bytes of one DATA frame; CompressionError if corrupt or too large."""
+        import zstandard  # a dict lookup once loaded
+
         if self._z is None:
             decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
             # The writer needs only write(): _Output is that much of a binary file.

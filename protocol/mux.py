@@ -34,6 +34,7 @@ import math
 from enum import Enum
 from typing import Final
 
+from .dgramwindow import CREDIT_FLOW_ID, DatagramWindow, encode_credit
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     ConnectionTerminated,
@@ -119,6 +120,7 @@ class MuxConnection:
         self._ping_seq = 0
         self._ping_sent: dict[int, float] = {}
         self.late_frames_dropped = 0
+        self.datagrams = DatagramWindow(s.datagram_window_bytes, s.datagram_credit_step_bytes)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -349,6 +351,9 @@ class MuxConnection:
             return False
         if self._out_bytes > self.settings.datagram_high_water_bytes:
             return False
+        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
+            return False
+        self.datagrams.sent(len(data))
         self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
         return True
 
@@ -460,7 +465,13 @@ class MuxConnection:
             else:
                 raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
         elif kind is FrameType.DATAGRAM:
+            if frame.stream_id == CREDIT_FLOW_ID:
+                self.datagrams.credited(frame.payload)
+                return
             self._events.append(DatagramReceived(frame.stream_id, frame.payload))
+            credit = self.datagrams.received(len(frame.payload))
+            if credit:
+                self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, 0, encode_credit(credit)))
         elif kind is FrameType.PING:
             self._on_ping(frame)
         elif kind is FrameType.GO_AWAY:

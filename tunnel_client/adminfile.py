@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 
 def admin_file(config_path: Path) -> Path:
+    import tempfile  # with shutil, bz2 and lzma (about 1 MiB): only with the admin API
+
     digest = hashlib.sha256(str(config_path.absolute()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"tunnelkit-{os.getuid()}" / f"admin-{digest}.json"
 

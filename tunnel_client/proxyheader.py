@@ -12,16 +12,27 @@ they differ the destination is the unspecified address of the visitor's family.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-from typing import Final
+from typing import TYPE_CHECKING
 
-from proxyprotocol.result import ProxyResult, ProxyResultIPv4, ProxyResultIPv6, ProxyResultUnknown
-from proxyprotocol.v1 import ProxyProtocolV1
-from proxyprotocol.v2 import ProxyProtocolV2
+# proxy-protocol (and typing_extensions with it, about 1 MiB of RSS) loads with the first
+# header: a client without transport.proxyProtocolVersion never imports it.
+if TYPE_CHECKING:
+    from proxyprotocol import ProxyProtocol
+    from proxyprotocol.result import ProxyResult
 
-_V1: Final = ProxyProtocolV1()
-_V2: Final = ProxyProtocolV2()
+
+@functools.cache
+def _packer(version: str) -> ProxyProtocol:
+    if version == "v1":
+        from proxyprotocol.v1 import ProxyProtocolV1
+
+        return ProxyProtocolV1()
+    from proxyprotocol.v2 import ProxyProtocolV2
+
+    return ProxyProtocolV2()
 
 
 def proxy_header(
@@ -37,8 +48,8 @@ def proxy_header(
     if version == "v1":
         if datagram:
             raise ValueError("PROXY protocol v1 has no UDP form; use v2")
-        return _V1.pack(result)
-    return _V2.pack(result)
+        return _packer("v1").pack(result)
+    return _packer("v2").pack(result)
 
 
 def parse_peer(text: str) -> tuple[str, int]:
@@ -50,6 +61,8 @@ def parse_peer(text: str) -> tuple[str, int]:
 
 
 def _result(src: tuple[str, int], dst: tuple[str, int], kind: socket.SocketKind) -> ProxyResult:
+    from proxyprotocol.result import ProxyResultIPv4, ProxyResultIPv6, ProxyResultUnknown
+
     try:
         src_ip = ipaddress.ip_address(src[0])
     except ValueError:

@@ -1,16 +1,21 @@
-"""The client's web surfaces: the request inspector and the admin API (aiohttp)."""
+"""The client's web surfaces: the request inspector and the admin API (aiohttp).
+
+Both bind their port at start and load aiohttp and their app on the first connection
+(tunnel_common/lazysite.py): a client whose inspector nobody opens never imports aiohttp's
+server, the inspector's viewers (cryptography, XML) or prometheus_client.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
 import sqlite3
-import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from protocol.errors import TunnelError
-from tunnel_common.listen import listen_sockets
+from tunnel_common.lazysite import LazySite
+from tunnel_common.webbind import check_web_bind
 from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
@@ -20,7 +25,8 @@ from .inspect.store import CaptureStore
 from .plugins import CAPTURED_PLUGINS
 
 # The inspector's app, the admin API (with prometheus_client) and aiohttp itself load only
-# when they start: a client without them never imports them (test_lazy_imports.py).
+# when their first connection arrives: a client without them, or whose pages nobody opens,
+# never imports them (test_lazy_imports.py, tests/e2e/test_lazy_web_e2e.py).
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -35,32 +41,6 @@ HISTORY_FILE_NAME: Final = "inspector.sqlite3"
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-async def _serve(
-    app: web.Application, addr: str, port: int, ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, int]:
-    """Serve `app` on addr:port (0 = any free port); return the runner and the bound port.
-
-    The sockets are bound and listening before aiohttp sees them (tunnel_common/listen.py):
-    a port taken at the same moment is an OSError here, never a half-started site.
-    `ssl_context` serves HTTPS (webServer.tls).
-    """
-    from aiohttp import web  # with the first surface that starts, like the apps themselves
-
-    socks = listen_sockets(addr, port)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    try:
-        await runner.setup()
-        for sock in socks:
-            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
-    except BaseException:
-        await runner.cleanup()
-        for sock in socks:
-            sock.close()
-        raise
-    bound: int = socks[0].getsockname()[1]
-    return runner, bound
 
 
 def captured(proxy: ProxyConfig) -> bool:
@@ -78,7 +58,7 @@ class WebSurfaces:
         self.store: CaptureStore | None = None
         self.history: HistoryWriter | None = None
         self.serve_inspector = True  # the Python API captures without serving the page
-        self._runners: list[web.AppRunner] = []
+        self._sites: list[LazySite] = []
         self.inspector_port: int | None = None
         self.admin_port: int | None = None
 
@@ -130,29 +110,32 @@ class WebSurfaces:
             return
         self._start_history()
         password = cfg.password.reveal() if cfg.password else None
-        from tunnel_common.webguard import check_web_bind  # aiohttp with it
-
         try:
             check_web_bind("inspect", cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
-        from .inspect.app import build_inspector_app
-        from .inspect.replay import make_local_replayer
-        from .inspect.signers import Signer
+        history_file = str(self.history.db.path) if self.history is not None else None
 
-        app = build_inspector_app(
-            store,
-            make_local_replayer(self.client.local_address, max_body_bytes=cfg.max_body_bytes),
-            user=cfg.user,
-            password=password,
-            history_file=str(self.history.db.path) if self.history is not None else None,
-            max_age=cfg.max_age if self.history is not None else None,
-            signers=[Signer(signer) for signer in cfg.signers],
-            http_proxies=self._http_proxies,
-            tunnels=self._tunnels,
-        )
+        def build() -> web.Application:
+            from .inspect.app import build_inspector_app
+            from .inspect.replay import make_local_replayer
+            from .inspect.signers import Signer
+
+            return build_inspector_app(
+                store,
+                make_local_replayer(self.client.local_address, max_body_bytes=cfg.max_body_bytes),
+                user=cfg.user,
+                password=password,
+                history_file=history_file,
+                max_age=cfg.max_age if history_file is not None else None,
+                signers=[Signer(signer) for signer in cfg.signers],
+                http_proxies=self._http_proxies,
+                tunnels=self._tunnels,
+            )
+
+        name = "tunnelc: inspector"
         try:
-            runner, port = await _serve(app, cfg.addr, cfg.port)
+            site = LazySite.bind(name, cfg.addr, cfg.port, build)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or cfg.port == 0:
                 raise TunnelError(
@@ -162,10 +145,10 @@ class WebSurfaces:
                 "tunnelc: inspector port %d is in use (another tunnelc?); using a free port",
                 cfg.port,
             )
-            runner, port = await _serve(app, cfg.addr, 0)
-        self._runners.append(runner)
-        self.inspector_port = port
-        logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), port)
+            site = LazySite.bind(name, cfg.addr, 0, build)
+        self._sites.append(site)
+        self.inspector_port = site.port
+        logger.info("tunnelc: inspector on http://%s:%d/", _host(cfg.addr), site.port)
 
     def _tunnels(self) -> list[dict[str, object]]:
         """The inspected proxies and their public URLs, for the inspector page's header."""
@@ -188,25 +171,26 @@ class WebSurfaces:
         cfg = self.client.config.web
         assert cfg.port is not None
         password = cfg.password.reveal() if cfg.password else None
-        from tunnel_common.webguard import check_web_bind  # aiohttp with it
-
         try:
             check_web_bind("webServer", cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
-        from .web.admin import build_admin_app
-
         controller: AdminController = self.client
-        app = build_admin_app(controller, user=cfg.user, password=password)
+
+        def build() -> web.Application:
+            from .web.admin import build_admin_app
+
+            return build_admin_app(controller, user=cfg.user, password=password)
+
         ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
         try:
-            runner, port = await _serve(app, cfg.addr, cfg.port, ssl_context)
+            site = LazySite.bind("tunnelc: admin API", cfg.addr, cfg.port, build, ssl_context)
         except OSError as exc:
             raise TunnelError(
                 f"cannot start the admin API on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
             ) from None
-        self._runners.append(runner)
-        self.admin_port = port
+        self._sites.append(site)
+        port = self.admin_port = site.port
         if self.client.config_path is not None:
             try:
                 write_admin_address(self.client.config_path, cfg.addr, port)
@@ -219,8 +203,8 @@ class WebSurfaces:
             remove_admin_address(self.client.config_path)
         if self.store is not None:
             self.store.close_subscriptions()
-        while self._runners:
-            await self._runners.pop().cleanup()
+        while self._sites:
+            await self._sites.pop().close()
         if self.history is not None:
             self.history.close()
             await self.history.wait_closed()

@@ -28,7 +28,6 @@ releases free pages anywhere in the heap, not only above the trim threshold.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import gc
 import logging
@@ -49,11 +48,11 @@ TRIM_MAX_DELAY_S: Final = 10.0  # but no later than this after its first departu
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The process's own symbols, which include the C library it is linked with. Not
+    # ctypes.util.find_library("c"): it runs `ldconfig -p` in a subprocess and imports
+    # tempfile, shutil, bz2 and lzma (about 1 MiB of RSS) to find the same library.
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):

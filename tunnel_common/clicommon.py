@@ -3,8 +3,9 @@ subcommand, and `convert` for legacy INI files. Only the two `cli.py` modules us
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,11 +52,35 @@ def convert_ini(program: str, side: str, config_path: Path) -> None:
 class LazyEpilogGroup(click.Group):
     """A click group whose epilog (the config key list at the end of --help) is built only
     when help is shown: building it imports the whole config schema, which `--version` and
-    every command that does not need it should not pay for."""
+    every command that does not need it should not pay for.
 
-    def __init__(self, *args: Any, epilog_factory: Callable[[], str], **kwargs: Any) -> None:
+    `lazy_subcommands` maps a command name to "module:attribute", imported when the command
+    runs or help lists it (click's documented LazyGroup pattern): `tunneld users` brings in
+    sqlite3, which serving never needs."""
+
+    def __init__(
+        self,
+        *args: Any,
+        epilog_factory: Callable[[], str],
+        lazy_subcommands: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._epilog_factory = epilog_factory
+        self._lazy_subcommands = dict(lazy_subcommands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._lazy_subcommands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self._lazy_subcommands.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         if self.epilog is None:

@@ -16,7 +16,6 @@ that span several keys belong to each app's `config.py`. No I/O happens here apa
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -352,6 +351,8 @@ def suggest(word: str, candidates: list[str]) -> str | None:
     for candidate in candidates:
         if _normalized(candidate.rpartition(".")[2]) == _normalized(word):
             return candidate  # a nested key written one level too high: port -> webServer.port
+    import difflib  # only to suggest a name for a typo
+
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return close[0] if close else None
 

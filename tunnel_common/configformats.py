@@ -16,11 +16,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Final
-
-import yaml
+from typing import TYPE_CHECKING, Final
 
 from protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml  # loaded by the first YAML file: TOML and JSON configs never pay its ~1 MiB
 
 TOML, YAML, JSON, INI = "toml", "yaml", "json", "ini"
 EXTENSIONS: Final = {".toml": TOML, ".yaml": YAML, ".yml": YAML, ".json": JSON, ".ini": INI}
@@ -57,6 +58,8 @@ def parse_structured(text: str, source: str, kind: str) -> dict[str, object]:
                 source, "", f"invalid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
             ) from None
     else:
+        import yaml
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -69,6 +72,8 @@ def parse_structured(text: str, source: str, kind: str) -> dict[str, object]:
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
+    import yaml
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
         return f"{exc.problem} (line {mark.line + 1} column {mark.column + 1})"

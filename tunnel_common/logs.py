@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 from typing import Final
 
@@ -28,7 +27,10 @@ def setup_logging(level: str, to: str, max_days: int = 0) -> None:
     if to in ("console", ""):
         handler = logging.StreamHandler(sys.stderr)
     elif max_days > 0:
-        handler = logging.handlers.TimedRotatingFileHandler(
+        # logging.handlers brings pickle and queue: only for a rotated log file.
+        from logging.handlers import TimedRotatingFileHandler
+
+        handler = TimedRotatingFileHandler(
             to, when="midnight", backupCount=max_days, encoding="utf-8"
         )
     else:

@@ -4,6 +4,12 @@ Without `transport.tls.certFile`/`keyFile`, tunneld generates an ECDSA P-256 sel
 certificate on first start and stores it in the state directory, so its fingerprint (which
 clients pin or remember) survives restarts. The key is written before the certificate, each
 by atomic rename, so the certificate's presence means the pair is complete.
+
+A start with a certificate already there needs only `ssl`: it checks the key against the
+certificate, and the fingerprint is SHA-256 of the DER. `cryptography` (about 9 MiB of RSS,
+8 MiB of it a Rust extension that stays mapped once loaded) is needed to generate one: a
+short-lived child Python does that, so the long-running server never loads it. It loads in
+the server only to name what is wrong with a certificate `ssl` refused.
 """
 
 from __future__ import annotations
@@ -11,23 +17,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import stat
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from protocol.auth import ALPN_CLIENT_CERT_REQUIRED, ALPN_PROTOCOL
 from protocol.errors import TunnelError
 from tunnel_common.fingerprint import fingerprint_of_der
+
+from .certvalidity import validity
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ KEY_FILE_NAME: Final = "server.key"
 GENERATED_COMMON_NAME: Final = "tunnelkit server"
 GENERATED_VALIDITY_DAYS: Final = 3650
 GENERATED_BACKDATE_SECONDS: Final = 300.0  # tolerate clients whose clocks run a little slow
+GENERATE_TIMEOUT_S: Final = 60.0  # the child that generates the certificate (a loaded host)
 STATE_DIR_MODE: Final = 0o700
 KEY_FILE_MODE: Final = 0o600
 CERT_FILE_MODE: Final = 0o644
@@ -43,6 +49,11 @@ CERT_FILE_MODE: Final = 0o644
 # TLS 1.2 suites, best first: ECDHE for forward secrecy, AES-128-GCM ahead of the rest because it
 # measured fastest here. Python's ssl cannot order TLS 1.3 suites; OpenSSL's default is used.
 TLS12_CIPHERS: Final = "ECDHE+AES128+AESGCM:ECDHE+AES256+AESGCM:ECDHE+CHACHA20"
+# The first PEM block of a certificate file, when it is a plain CERTIFICATE (what OpenSSL
+# serves as the leaf); any other first block goes the cryptography way.
+_FIRST_PEM_CERT: Final = re.compile(
+    rb"\A[^-]*(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----)"
+)
 
 
 class CertError(TunnelError):
@@ -84,7 +95,7 @@ def load_or_create_server_cert(
 
     # No certificate yet. A key without a certificate is the trace of an interrupted first
     # start; nobody can have trusted a certificate that was never written, so start over.
-    fingerprint = _generate(state_dir, cert_path, key_path)
+    fingerprint = _generate_in_child(state_dir, cert_path, key_path)
     logger.info("tunneld: generated a self-signed certificate in %s", cert_path)
     return ServerCert(cert_path, key_path, fingerprint, created=True)
 
@@ -138,6 +149,55 @@ def _check_pair(cert_path: Path, key_path: Path, *, hint: str) -> str:
     """Load a PEM cert (chain) and its key, check they belong together, return the fingerprint."""
     cert_pem = _read(cert_path, "certificate file", hint)
     key_pem = _read(key_path, "key file", hint)
+    checked = _check_pair_with_ssl(cert_path, key_path, cert_pem)
+    if checked is None:  # ssl refused it, or the file is unusual: cryptography says why
+        der, not_after = _check_pair_with_cryptography(cert_path, key_path, cert_pem, key_pem, hint)
+    else:
+        der, not_after = checked
+    _warn_if_exposed(key_path)
+    if not_after < datetime.now(UTC):
+        logger.warning(
+            "tunneld: certificate %s expired on %s; clients that check it will refuse to connect",
+            cert_path,
+            not_after.date().isoformat(),
+        )
+    return fingerprint_of_der(der)
+
+
+class _Encrypted(Exception):
+    """The key asked for a passphrase (raised from ssl's password callback)."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted  # never let OpenSSL prompt on the terminal
+
+
+def _check_pair_with_ssl(
+    cert_path: Path, key_path: Path, cert_pem: bytes
+) -> tuple[bytes, datetime] | None:
+    """(leaf DER, notAfter) if ssl loads the pair (so the key matches the certificate) and the
+    leaf is a plain PEM CERTIFICATE whose dates this module can read; else None."""
+    match = _FIRST_PEM_CERT.match(cert_pem)
+    if match is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            cert_path, key_path, password=_no_passphrase
+        )
+        der = ssl.PEM_cert_to_DER_cert(match.group(1).decode("ascii"))
+        return der, validity(der)[1]
+    except (OSError, ValueError, _Encrypted):  # ssl.SSLError and binascii.Error are these
+        return None
+
+
+def _check_pair_with_cryptography(
+    cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes, hint: str
+) -> tuple[bytes, datetime]:
+    """(leaf DER, notAfter) of a pair ssl did not take, or a CertError naming the problem."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         certs = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
@@ -156,15 +216,7 @@ def _check_pair(cert_path: Path, key_path: Path, *, hint: str) -> str:
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
         raise CertError(f"{key_path} is not the private key of {cert_path}; {hint}")
-
-    _warn_if_exposed(key_path)
-    if leaf.not_valid_after_utc < datetime.now(UTC):
-        logger.warning(
-            "tunneld: certificate %s expired on %s; clients that check it will refuse to connect",
-            cert_path,
-            leaf.not_valid_after_utc.date().isoformat(),
-        )
-    return fingerprint_of_der(leaf.public_bytes(serialization.Encoding.DER))
+    return leaf.public_bytes(der), leaf.not_valid_after_utc
 
 
 def _warn_if_exposed(key_path: Path) -> None:
@@ -182,7 +234,44 @@ def _warn_if_exposed(key_path: Path) -> None:
         )
 
 
+def _generate_in_child(state_dir: Path, cert_path: Path, key_path: Path) -> str:
+    """`_generate` in a child Python (`generate_main`); returns the fingerprint it printed."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, path)))}
+    code = "import sys; from tunnel_server.certs import generate_main; generate_main(sys.argv[1:])"
+    argv = [sys.executable, "-c", code, str(state_dir), str(cert_path), str(key_path)]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=GENERATE_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CertError(f"cannot run the certificate generator ({sys.executable}): {exc}") from exc
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise CertError(
+            lines[-1] if lines else f"the certificate generator exited {done.returncode}"
+        )
+    return done.stdout.strip()
+
+
+def generate_main(argv: list[str]) -> None:
+    """The child of `_generate_in_child`: STATE_DIR CERT KEY; prints the fingerprint, or one
+    error line on stderr and exits 1."""
+    state_dir, cert_path, key_path = (Path(arg) for arg in argv)
+    try:
+        print(_generate(state_dir, cert_path, key_path))
+    except CertError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
+
+
 def _generate(state_dir: Path, cert_path: Path, key_path: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GENERATED_COMMON_NAME)])

@@ -17,13 +17,13 @@ from protocol.errors import TunnelError
 from tunnel_common.clicommon import LazyEpilogGroup, config_path_of, convert_ini
 from tunnel_common.clicommon import fail as fail_with
 
-from .users.cli import users
-
-# The config schema and the server (aiohttp, cryptography, the dashboard, ACME) load when a
-# command runs, so `tunneld --version` and `--help` stay light (tests/unit/test_lazy_imports.py).
+# The config schema, the server (aiohttp, cryptography, the dashboard, ACME) and `users`
+# (sqlite3) load when a command runs, so `tunneld --version` and `--help` stay light
+# (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
     import asyncio
 
+    from .certs import ServerCert
     from .config import ServerConfig
     from .server import TunnelServer
 
@@ -65,6 +65,7 @@ def _epilog() -> str:
 @click.group(
     cls=LazyEpilogGroup,
     epilog_factory=_epilog,
+    lazy_subcommands={"users": "tunnel_server.users.cli:users"},
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -190,8 +191,32 @@ def _with_web_overrides(
     return config
 
 
+def _login_key_first(config: ServerConfig) -> ServerCert:
+    """Load (or make) the certificate and derive the login key before the server's modules
+    load. The key is scrypt (protocol/auth.py), which needs 16 MiB for a moment: on the
+    smaller heap of this point, tunneld's peak RSS is that much lower. The server's own
+    `derive_key` call then finds the key in the cache."""
+    from protocol.auth import derive_key
+    from tunnel_common.fingerprint import parse_fingerprint
+
+    from .certs import load_or_create_server_cert
+
+    cert = load_or_create_server_cert(config.state_dir, config.tls_cert_file, config.tls_key_file)
+    token = config.auth_token.reveal() if config.auth_token is not None else ""
+    derive_key(token, parse_fingerprint(cert.fingerprint))
+    return cert
+
+
 async def _serve(config: ServerConfig, config_path: Path | None) -> int:
     import asyncio
+
+    try:
+        cert = _login_key_first(config)
+    except TunnelError as exc:
+        logger.error("tunneld: error: %s", exc)
+        return 1
+
+    from tunnel_common import allocator
 
     from .reload import remove_pid_file, write_pid_file
     from .server import TunnelServer
@@ -203,6 +228,7 @@ async def _serve(config: ServerConfig, config_path: Path | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     server = TunnelServer(config)
+    server.cert = cert  # start() uses it instead of checking the files again
     try:
         await server.start()
     except OSError as exc:
@@ -219,6 +245,7 @@ async def _serve(config: ServerConfig, config_path: Path | None) -> int:
         logger.debug("tunneld: internal error", exc_info=True)
         await server.shutdown(0)
         return 1
+    allocator.trim()  # what start-up freed (config parsing, imports) goes back: about 0.3 MiB
     from .workers import WORKER_ENV
 
     worker = config.cluster_reuse_port and WORKER_ENV in os.environ
@@ -323,6 +350,3 @@ def reload(config_path: Path | None) -> None:
     except PermissionError:
         fail(f"not allowed to signal tunneld (pid {pid}); run as its user")
     click.echo(f"tunneld: asked process {pid} to reload {config_path or 'its config'}")
-
-
-main.add_command(users)

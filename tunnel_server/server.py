@@ -26,15 +26,11 @@ from tunnel_common.webtls import web_ssl_context
 from .accept import MAX_BUSY_ANSWERS, ControlListener
 from .accesslog import AccessLog
 from .acme.challenges import ChallengeBoard
-from .acme.manager import CertManager
 from .authlimit import FailureLimiter
 from .certs import ServerCert, load_or_create_server_cert, server_ssl_context
 from .config import ServerConfig
 from .departures import Departures
 from .edge.certstore import CertStore
-from .edge.h2conn import H2Service
-from .edge.listener import EdgeListener
-from .edge.service import EdgeService
 from .errors import ProxyRefused
 from .fdbudget import FDBudget
 from .groups import Groups
@@ -56,19 +52,27 @@ from .users.model import UserError
 from .users.store import UserStore
 from .vhost.claims import DomainClaims
 from .vhost.http_proxy import HTTPVhostServer, RequestRecord
-from .vhost.https_sni import HTTPSVhostServer
 from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
-from .vhost.tcpmux import TCPMuxServer
 from .vhoststart import display_host, start_vhosts
 from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
 
+# What only the HTTPS edge, ACME and tcpmux use loads when they start (vhoststart.py): a server
+# without them never imports h2 or cryptography (tests/unit/test_lazy_imports.py).
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from tunnel_common.lazysite import LazySite
+
+    from .acme.manager import CertManager
     from .cluster.node import ClusterNode
+    from .edge.h2conn import H2Service
+    from .edge.listener import EdgeListener
+    from .edge.service import EdgeService
+    from .vhost.https_sni import HTTPSVhostServer
+    from .vhost.tcpmux import TCPMuxServer
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ class TunnelServer:
         self.groups = Groups()  # load-balanced groups of proxies across clients
         self.user_metrics = UserMetrics(self)  # per-user series; they expire like departures
         self.http_stats = HTTPStats(self.stats.max_proxies)
-        self._web: web.AppRunner | None = None
+        self._web: LazySite | None = None
         # Who owns which vhost names across http and https, and each client's route quota.
         self.claims = DomainClaims(
             config.sub_domain_host,
@@ -159,9 +163,15 @@ class TunnelServer:
         self.fd_budget = FDBudget.for_server(
             cfg.max_clients + cfg.max_pending_logins + MAX_BUSY_ANSWERS, self.stats.limits
         )
-        self.cert = load_or_create_server_cert(cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file)
+        if self.cert is None:  # the command line loads it before the server's modules
+            self.cert = load_or_create_server_cert(
+                cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file
+            )
         try:
-            self.users = UserDirectory(UserStore(cfg.users_db), self.users.shared_token)
+            # No file, no store: sqlite3 loads when `tunneld users add` makes one (the
+            # directory polls for it), not on every start.
+            store = UserStore(cfg.users_db) if cfg.users_db.exists() else None
+            self.users = UserDirectory(store, self.users.shared_token, cfg.users_db)
         except UserError as exc:
             raise TunnelError(str(exc)) from None
         self._users_task = asyncio.get_running_loop().create_task(self.users.run(self))
@@ -225,40 +235,47 @@ class TunnelServer:
             session.refresh_public_urls()
 
     async def _start_dashboard(self) -> None:
-        # Imported here: aiohttp's server costs about 16 MiB; only webServer needs it.
-        from aiohttp import web
-
-        from .web.dashboard import build_dashboard_app, check_dashboard_bind
+        """Bind webServer's port now; aiohttp's server (about 16 MiB) and the dashboard load
+        on its first connection (tunnel_common/lazysite.py)."""
+        from tunnel_common.lazysite import LazySite
+        from tunnel_common.webbind import check_web_bind
 
         cfg = self.config.web
+        assert cfg.port is not None
         password = cfg.password.reveal() if cfg.password else None
         try:
-            check_dashboard_bind(cfg.addr, cfg.user, password)
+            check_web_bind("webServer", cfg.addr, cfg.user, password)
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
-        live = LiveServerView(self)
-        app = build_dashboard_app(
-            live,
-            self.stats,
-            user=cfg.user,
-            password=password,
-            enable_prometheus=self.config.enable_prometheus,
-            info={"bindPort": self.control_port, "version": __version__},
-            users=UsersAdmin(self.users, self._session_infos, self._users_changed),
-            http_stats=self.http_stats,
-            user_metrics=self.user_metrics,
-            certificates=live.certificates if self.edge is not None else None,
-            cluster=self.cluster.registry if self.cluster is not None else None,
-            commands=self.cluster.commands if self.cluster is not None else None,
-            groups=live.groups,
-        )
-        self._web = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._web.setup()
+
+        def build() -> web.Application:
+            from .web.dashboard import build_dashboard_app
+
+            live = LiveServerView(self)
+            return build_dashboard_app(
+                live,
+                self.stats,
+                user=cfg.user,
+                password=password,
+                enable_prometheus=self.config.enable_prometheus,
+                info={"bindPort": self.control_port, "version": __version__},
+                users=UsersAdmin(self.users, self._session_infos, self._users_changed),
+                http_stats=self.http_stats,
+                user_metrics=self.user_metrics,
+                certificates=live.certificates if self.edge is not None else None,
+                cluster=self.cluster.registry if self.cluster is not None else None,
+                commands=self.cluster.commands if self.cluster is not None else None,
+                groups=live.groups,
+            )
+
         ssl_context = web_ssl_context(cfg.tls_cert_file, cfg.tls_key_file)
-        await web.TCPSite(
-            self._web, cfg.addr, cfg.port, reuse_address=True, ssl_context=ssl_context
-        ).start()
-        host, port = self._web.addresses[0][:2]
+        try:
+            self._web = LazySite.bind("tunneld: dashboard", cfg.addr, cfg.port, build, ssl_context)
+        except OSError as exc:
+            raise TunnelError(
+                f"cannot start the dashboard on {cfg.addr}:{cfg.port}: {exc.strerror or exc}"
+            ) from None
+        host, port = self._web.addresses[0]
         logger.info(
             "tunneld: ready: dashboard on %s://%s:%d/", cfg.scheme, display_host(host), port
         )
@@ -357,7 +374,7 @@ class TunnelServer:
             session.release_all("server shutting down")
             session.mux.close(ErrorCode.SHUTDOWN, "server shutting down")
         if self._web is not None:
-            await self._web.cleanup()
+            await self._web.close()
             self._web = None
         for vhost in self._vhosts():
             await vhost.wait_closed()

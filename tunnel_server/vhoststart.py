@@ -11,17 +11,10 @@ from typing import TYPE_CHECKING, Final
 
 from protocol.errors import TunnelError
 
-from .acme.manager import CertManager
-from .edge.certstore import CertificateError
-from .edge.h2conn import H2Service
-from .edge.listener import EdgeListener
-from .edge.service import EdgeService
 from .offline import OfflineLimits, OfflineParking, OfflineStore
 from .vhost.http_proxy import HTTPVhostServer
-from .vhost.https_sni import HTTPSVhostServer
 from .vhost.listener import DEFAULT_MAX_CONNECTIONS
 from .vhost.routing import VhostRouter
-from .vhost.tcpmux import TCPMuxServer
 
 if TYPE_CHECKING:
     from .server import TunnelServer
@@ -86,6 +79,8 @@ async def start_vhosts(server: TunnelServer) -> None:
 
 async def _start_tcpmux(server: TunnelServer) -> None:
     """tcpmuxHTTPConnectPort: TCP services chosen by the host of an HTTP CONNECT."""
+    from .vhost.tcpmux import TCPMuxServer
+
     cfg = server.config
     assert cfg.tcpmux_httpconnect_port
     server.tcpmux_router = VhostRouter(cfg.sub_domain_host, MAX_VHOST_ROUTES, server.claims)
@@ -102,6 +97,14 @@ async def _start_tcpmux(server: TunnelServer) -> None:
 
 async def _start_edge(server: TunnelServer, page: str | None) -> None:
     """The HTTPS port: SNI passthrough, and TLS termination for http proxies."""
+    # Imported here: the edge, HTTP/2 (h2) and ACME load only on a server with vhostHTTPSPort.
+    from .acme.manager import CertManager
+    from .edge.certstore import CertificateError
+    from .edge.h2conn import H2Service
+    from .edge.listener import EdgeListener
+    from .edge.service import EdgeService
+    from .vhost.https_sni import HTTPSVhostServer
+
     cfg = server.config
     assert cfg.vhost_https_port is not None
     for files in cfg.edge_tls.certificates:

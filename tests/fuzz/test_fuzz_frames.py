@@ -33,6 +33,7 @@ VALID_FRAMES: Final = [
     encode_frame(FrameType.GO_AWAY, 0, 0, [0, "bye"]),
     encode_frame(FrameType.DATA, 1, 1, b"hello"),
     encode_frame(FrameType.DATAGRAM, 0, 3, b"\x00\x01"),
+    encode_frame(FrameType.DATAGRAM, 0, 0, b"\x00\x00\x10\x00"),  # a datagram credit
 ]
 
 

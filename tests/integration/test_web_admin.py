@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tunnel_client.web.admin import build_admin_app
-from tunnel_common.webguard import check_web_bind
+from tunnel_common.webbind import check_web_bind
 
 TIMEOUT = 10.0
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ObjectIdentifier
 
 from protocol.errors import ConfigError
 from tunnel_server.acme.challenges import (
@@ -30,7 +31,7 @@ def test_acme_tls_alpn01_certificate_carries_the_key_authorization_digest() -> N
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.DNSName) == ["a.example.test"]
-    ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+    ext = cert.extensions.get_extension_for_oid(ObjectIdentifier(ACME_IDENTIFIER_OID))
     assert ext.critical
     assert isinstance(ext.value, x509.UnrecognizedExtension)
     assert ext.value.value == b"\x04\x20" + hashlib.sha256(b"token.thumb").digest()

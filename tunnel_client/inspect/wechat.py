@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from tunnel_client.inspect.exchange import CapturedExchange
 from tunnel_client.inspect.signers import Message, Signer, find_signer, wechat_encrypt_field
 from tunnel_client.signerconfig import SignerConfig
@@ -67,6 +65,9 @@ def decrypt(encoding_aes_key: str, encrypted: str) -> tuple[str, str]:
         raise WeChatDecryptError("the Encrypt field is not base64") from None
     if not data or len(data) % 16:
         raise WeChatDecryptError("the Encrypt field is not whole AES blocks")
+    # cryptography (about 9 MiB of RSS) loads with the first encrypted message shown.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     decryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
     plain = decryptor.update(data) + decryptor.finalize()
     pad = plain[-1]

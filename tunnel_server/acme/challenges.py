@@ -27,16 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID, ObjectIdentifier
-
 logger = logging.getLogger(__name__)
 
 HTTP01_PREFIX: Final = "/.well-known/acme-challenge/"
 ACME_TLS_ALPN: Final = "acme-tls/1"
-ACME_IDENTIFIER_OID: Final = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+ACME_IDENTIFIER_OID: Final = "1.3.6.1.5.5.7.1.31"  # dotted: cryptography loads on first use
 MAX_PENDING_CHALLENGES: Final = 256  # published at once (one per name being validated)
 MAX_TOKEN_CHARS: Final = 256
 CHALLENGE_CERT_VALIDITY: Final = timedelta(days=7)
@@ -122,6 +117,12 @@ class ChallengeBoard:
 
 def tls_alpn01_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
     """The RFC 8737 validation certificate for `name`: (certificate PEM, key PEM)."""
+    # cryptography (about 9 MiB of RSS) loads with the first challenge, not with every tunneld
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -137,7 +138,7 @@ def tls_alpn01_certificate(name: str, key_authorization: str) -> tuple[bytes, by
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(
             # extnValue is the DER encoding of Authorization ::= OCTET STRING (SIZE (32))
-            x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest),
+            x509.UnrecognizedExtension(ObjectIdentifier(ACME_IDENTIFIER_OID), b"\x04\x20" + digest),
             critical=True,
         )
         .sign(key, hashes.SHA256())

@@ -18,8 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
 logger = logging.getLogger(__name__)
 
 MAX_CERTIFICATES: Final = 10_000  # certificates held at once (files plus ACME)
@@ -44,6 +42,8 @@ class EdgeCertificate:
 
 def read_names(cert_pem: bytes, where: str) -> tuple[tuple[str, ...], datetime, datetime]:
     """The DNS names and validity window of the first certificate in a PEM chain."""
+    from cryptography import x509  # about 9 MiB of RSS: only once a certificate is loaded
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:

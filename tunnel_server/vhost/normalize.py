@@ -60,7 +60,7 @@ def normalize_path(path: bytes) -> bytes:
         raise BadRequestTarget("the path has a backslash")
     if b"//" in path:
         path = re.sub(rb"/{2,}", b"/", path)
-    if b"." in path:
+    if b"/." in path:  # a dot segment follows a slash; "/index.html" has none
         path = _remove_dot_segments(path)
     return path
 

@@ -11,6 +11,12 @@ Framing towards the visitor:
 - HEAD, 1xx, 204 and 304 responses have no body. llhttp cannot be told that a response
   answers a HEAD, so the relay completes it at the end of the head and replaces the parser.
 
+Pass-through: a final HTTP/1.1 response with a Content-Length and no hop-by-hop header but
+`Connection: keep-alive`, whose head is whole in one read, is forwarded as the app wrote it
+(less that line) when the request has no responseHeaders.set and the visitor speaks HTTP/1.1
+(`rewrite.passthrough_head`). It is parsed by a second llhttp parser with no per-header
+callbacks: the bytes are still checked, the head is not rebuilt.
+
 Interim 1xx responses (100 Continue, 103) are forwarded to HTTP/1.1 visitors. A 101 answer to
 an upgrade request ends HTTP on this stream: `upgraded` is set and the bytes after the head are
 part of the output.
@@ -22,7 +28,7 @@ from typing import Final
 
 import httptools
 
-from .rewrite import Framing, HeaderRules, chunk, last_chunk, response_head
+from .rewrite import Framing, HeaderRules, chunk, last_chunk, passthrough_head, response_head
 
 HEAD_OVERHEAD_BYTES: Final = 4
 
@@ -39,12 +45,32 @@ class _Stop(Exception):
     pass
 
 
+class _PassThrough:
+    """The callbacks of the parser for responses whose head passes through unchanged: no
+    per-header or status callback, the relay already holds the head to forward."""
+
+    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+
+    def __init__(self, relay: ResponseRelay) -> None:
+        self.on_message_begin = relay.on_message_begin
+        self.on_headers_complete = relay.passthrough_headers_complete
+        self.on_body = relay.on_body
+        self.on_message_complete = relay.on_message_complete
+
+
 class ResponseRelay:
     """Response-side state for one upstream stream. See the module docstring."""
 
     def __init__(self, max_head_bytes: int) -> None:
         self._max = max_head_bytes
         self._parser = httptools.HttpResponseParser(self)
+        # Final HTTP/1.1 responses with a plain head (rewrite.passthrough_head) go to a second
+        # parser without per-header callbacks; each message is parsed whole by one of the two.
+        self._passthrough: httptools.HttpResponseParser | None = None
+        self._current = self._parser  # the parser of the message in progress
+        self._in_message = False
+        self._passthrough_ok = False  # this request's response may pass its head through
+        self._passthrough_head = b""
         self._stale = False  # the parser is mid-message (after HEAD) and must be replaced
         self._out: list[bytes] = []
         self._body: list[bytes] = []  # body pieces of this feed, framed together in _flush()
@@ -80,8 +106,9 @@ class ResponseRelay:
     ) -> None:
         """Prepare for the response to one request."""
         if self._stale:
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = self._current = httptools.HttpResponseParser(self)
             self._stale = False
+            self._in_message = False
         self._out = []
         self._body = []
         self._rules = rules
@@ -95,6 +122,15 @@ class ResponseRelay:
         self.upgraded = False
         self.keep_visitor = client_keep_alive
         self.reusable = True
+        # A head is passed through only where response_head would write the same bytes.
+        self._passthrough_ok = (
+            client_http11
+            and client_keep_alive
+            and not head_request
+            and not upgrade_requested
+            and not rules.response_set
+            and not rules.response_set_names
+        )
 
     def take(self) -> list[bytes]:
         """The bytes to write to the visitor since the last call."""
@@ -120,8 +156,19 @@ class ResponseRelay:
             return
         if self._in_head:
             self._raw_in_head += len(data)
+        parser = self._current
+        if not self._in_message:  # a new response begins with this read: pick its parser
+            head = passthrough_head(data, self._max) if self._passthrough_ok else None
+            if head is None:
+                parser = self._parser
+            else:
+                self._passthrough_head = head
+                if self._passthrough is None:
+                    self._passthrough = httptools.HttpResponseParser(_PassThrough(self))
+                parser = self._passthrough
+            self._current = parser
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if not self.upgraded:
                 raise BadResponse("the app switched protocols without being asked") from None
@@ -177,6 +224,7 @@ class ResponseRelay:
             self.reusable = False
             self._stop("the app sent a second response")
         self._in_head = True
+        self._in_message = True
         self._raw_in_head = 0
         self._head_size = 0
         self._reason = b""
@@ -279,6 +327,16 @@ class ResponseRelay:
             self.reusable = parser.should_keep_alive()
             self._stale = True
 
+    def passthrough_headers_complete(self) -> None:
+        """The head `passthrough_head` accepted is parsed: forward it as it came."""
+        self._in_head = False
+        self._trailers = []
+        self.status = self._current.get_status_code()
+        self._framing = self._visitor_framing = Framing.LENGTH
+        self._out.append(self._passthrough_head)
+        self._passthrough_head = b""
+        self.final_sent = True
+
     def _switch(self, headers: list[tuple[bytes, bytes]]) -> None:
         if not self._upgrade_requested:
             self._stop("the app answered 101 to a request that did not ask to upgrade")
@@ -311,6 +369,7 @@ class ResponseRelay:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._interim:
             self._interim = False
             return
@@ -320,4 +379,4 @@ class ResponseRelay:
             self._flush()
             self._out.append(last_chunk(self._trailers or []))
         self.complete = True
-        self.reusable = self._parser.should_keep_alive()
+        self.reusable = self._current.should_keep_alive()

@@ -48,6 +48,20 @@ HOP_BY_HOP: Final = frozenset(
         b"upgrade",
     }
 )
+# What a response head drops: hop-by-hop headers, and Content-Length when the body is
+# re-framed (chunked or until close) for the visitor.
+_RESPONSE_SKIP_LENGTH: Final = HOP_BY_HOP
+_RESPONSE_SKIP_REFRAMED: Final = HOP_BY_HOP | {b"content-length"}
+# passthrough_head: a status that is final and not 101, and the hop-by-hop names (as they
+# begin a header line) that make a head need rebuilding.
+_FINAL_STATUS_DIGITS: Final = (b"2", b"3", b"4", b"5")
+_PASSTHROUGH_REFUSED: Final = re.compile(  # a folded line, or a hop-by-hop name
+    rb"\r\n(?:[ \t]|(?:keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te"
+    rb"|trailer|transfer-encoding|upgrade):)",
+    re.IGNORECASE,
+)
+_CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:", re.IGNORECASE)
+_CONNECTION: Final = re.compile(rb"\r\nconnection:(?:( keep-alive\r\n)|)", re.IGNORECASE)
 # Headers the vhost generates itself on requests: the visitor's copies are dropped.
 _REQUEST_OWN: Final = HOP_BY_HOP | {
     b"host",
@@ -281,19 +295,22 @@ def response_head(
     `framing` is the framing towards the visitor; `connection` the Connection header to send.
     """
     parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    tokens: set[bytes] = set()
+    skip = (
+        _RESPONSE_SKIP_LENGTH
+        if framing is Framing.LENGTH or framing is Framing.NONE
+        else (_RESPONSE_SKIP_REFRAMED)
+    )
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    set_names = rules.response_set_names if rules is not None else frozenset()
+            # The names a Connection header lists are hop-by-hop too (RFC 9110 7.6.1).
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if not tokens <= skip:  # "keep-alive" names a hop-by-hop header already
+                skip = skip | tokens
+    if rules is not None and rules.response_set_names:
+        skip = skip | rules.response_set_names
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in tokens or lname in set_names:
-            continue
-        if framing is not Framing.LENGTH and framing is not Framing.NONE:
-            if lname == b"content-length":
-                continue
-        parts += (name, b": ", value, b"\r\n")
+        if name.lower() not in skip:
+            parts += (name, b": ", value, b"\r\n")
     if framing is Framing.CHUNKED:
         parts += (b"Transfer-Encoding: ", transfer_encoding, b"\r\n")
     if upgrade is not None:
@@ -304,6 +321,33 @@ def response_head(
         _extend(parts, rules.response_set)
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def passthrough_head(data: bytes, max_bytes: int) -> bytes | None:
+    """The app's response head to forward as it is, or None when it must be rebuilt.
+
+    `data` is a read from the app that begins with a response. Only the common case passes:
+    an HTTP/1.1 final (2xx-5xx) response whose whole head is in `data` (at most `max_bytes`),
+    framed by Content-Length, with CRLF line ends, no folded lines and no hop-by-hop header
+    but `Connection: keep-alive`, which is left out (the visitor's HTTP/1.1 connection is
+    persistent by default). For it, `response_head` would write the same bytes. llhttp parses
+    the same bytes as usual and rejects a malformed head; this only looks for names.
+    """
+    if data[:9] != b"HTTP/1.1 " or data[9:10] not in _FINAL_STATUS_DIGITS:
+        return None
+    end = data.find(b"\r\n\r\n", 0, max_bytes)
+    if end < 0 or data.count(b"\n", 0, end + 2) != data.count(b"\r\n", 0, end + 2):
+        return None  # no whole head, or a line that ends in a bare LF
+    if _PASSTHROUGH_REFUSED.search(data, 0, end + 2) is not None:
+        return None
+    if _CONTENT_LENGTH.search(data, 0, end + 2) is None:
+        return None  # re-framed for the visitor, or no body at all
+    found = _CONNECTION.search(data, 0, end + 2)
+    if found is None:
+        return data[: end + 4]
+    if found[1] is None or _CONNECTION.search(data, found.end() - 2, end + 2) is not None:
+        return None  # a Connection header other than one "keep-alive"
+    return data[: found.start()] + data[found.end() - 2 : end + 4]
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -16,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from protocol import PROTOCOL_VERSION, __version__
-from tunnel_common.webguard import auth_enabled, check_web_bind, install_guard, page_routes
+from tunnel_common.webbind import auth_enabled, check_web_bind
+from tunnel_common.webguard import install_guard, page_routes
 from tunnel_server.httpstats import HTTPStats
 from tunnel_server.metrics import build_metrics_registry
 from tunnel_server.stats import ServerStats

@@ -1,0 +1,92 @@
+"""Datagram window: at most a bounded number of datagram bytes in flight on one connection.
+
+Datagrams are not flow-controlled per flow (a datagram that cannot go is dropped, as UDP
+would), but every byte of them still waits in the queues between the two event loops: the
+sender's mux output and transport buffer, its kernel send queue and the receiver's kernel
+receive queue (on loopback, TCP autotuning lets the last two hold several MiB). Under a flood
+those queues sat full, so any other flow's datagram waited ~100 ms behind the flood, where no
+scheduler could reorder it.
+
+So the receiver credits the datagram bytes it has taken off the connection, and the sender
+keeps at most `window_bytes` (plus the one datagram that crossed it) of unacknowledged
+datagram bytes in flight; beyond it a datagram
+waits in the sender's per-flow fair queue (tunnel_server/udpfair.py) or is dropped and
+counted. The credit is a DATAGRAM frame on flow 0 (flow ids start at 1, so 0 is the
+session's, as stream 0 is) whose payload is a big-endian u32 byte count.
+
+Negotiation without a new message: both sides count from the start of the session, and a
+sender enforces the window only once it has received a credit. A peer without this feature
+never sends one (so nothing is enforced towards it, as before) and drops a datagram for flow
+0 as a late datagram for a flow that does not exist, as every release did.
+
+Pure: no I/O, no clock. MuxConnection owns one per connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from .errors import ErrorCode, RemoteProtocolError
+
+CREDIT_FLOW_ID: Final = 0  # the DATAGRAM flow id that carries credits, never a real flow
+_CREDIT: Final = struct.Struct(">I")
+CREDIT_PAYLOAD_BYTES: Final = _CREDIT.size
+
+
+def encode_credit(nbytes: int) -> bytes:
+    return _CREDIT.pack(nbytes)
+
+
+class DatagramWindow:
+    """Both halves for one connection: what we sent and were credited, what we owe the peer.
+
+    `window_bytes` bounds our unacknowledged datagram bytes (once the peer credits);
+    `credit_step_bytes` is how much we receive before we send a credit (so a credit costs one
+    small frame per step, not one per datagram).
+    """
+
+    __slots__ = ("credit_step_bytes", "enforced", "in_flight", "owed", "window_bytes")
+
+    def __init__(self, window_bytes: int, credit_step_bytes: int) -> None:
+        if not 0 < credit_step_bytes <= window_bytes:
+            raise ValueError("credit step must be positive and at most the window")
+        self.window_bytes = window_bytes
+        self.credit_step_bytes = credit_step_bytes
+        self.in_flight = 0  # datagram bytes sent and not yet credited
+        self.owed = 0  # datagram bytes received and not yet credited to the peer
+        self.enforced = False  # the peer credits: it speaks this feature
+
+    def room(self) -> int:
+        """Datagram bytes we may still send now; a datagram may go while this is positive, so
+        at most `window_bytes` plus one datagram is in flight. Towards a peer that has never
+        credited, always the whole window (nothing is enforced)."""
+        if not self.enforced:
+            return self.window_bytes
+        return self.window_bytes - self.in_flight
+
+    def sent(self, nbytes: int) -> None:
+        self.in_flight += nbytes
+
+    def received(self, nbytes: int) -> int:
+        """Count a received datagram; the credit to send now, or 0."""
+        self.owed += nbytes
+        if self.owed < self.credit_step_bytes:
+            return 0
+        credit, self.owed = self.owed, 0
+        return credit
+
+    def credited(self, payload: bytes) -> None:
+        """Apply a credit frame's payload; a malformed or excessive credit is a peer error."""
+        if len(payload) != CREDIT_PAYLOAD_BYTES:
+            raise RemoteProtocolError(
+                f"datagram credit must be {CREDIT_PAYLOAD_BYTES} bytes, got {len(payload)}"
+            )
+        (nbytes,) = _CREDIT.unpack(payload)
+        if nbytes == 0 or nbytes > self.in_flight:
+            raise RemoteProtocolError(
+                f"datagram credit of {nbytes} bytes with {self.in_flight} in flight",
+                code=ErrorCode.FLOW_CONTROL_ERROR,
+            )
+        self.in_flight -= nbytes
+        self.enforced = True
