@@ -87,6 +87,19 @@ class FairQueue:
         flow = self._flows.get(flow_id)
         return len(flow.items) if flow is not None else 0
 
+    def refuses(self, flow_id: int, size: int) -> bool:
+        """True (and the drop counted) if a datagram of `size` bytes would be dropped: its
+        flow's queue or the total is full. Lets the caller skip its own work for it."""
+        flow = self._flows.get(flow_id)
+        if flow is None or (
+            len(flow.items) < self.flow_limit and self.queued_bytes + size <= self.total_limit_bytes
+        ):
+            return False
+        self.dropped += 1
+        if flow.counters is not None:
+            flow.counters.dropped_datagrams += 1
+        return True
+
     def push(self, flow_id: int, data: bytes) -> bool:
         """Queue a datagram; False if it was dropped (its flow's queue or the total is full)."""
         flow = self._flows.get(flow_id)
@@ -143,6 +156,7 @@ class DatagramScheduler:
         self.queue = queue or FairQueue()
         self.backlog_limit = TUNNEL_BACKLOG_BYTES  # unsent session output we fill up to
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._polling = False  # _scheduled is the poll for room, not a call_soon
         self._closed = False
 
     def open_flow(self, flow_id: int, counters: ProxyCounters) -> None:
@@ -157,7 +171,17 @@ class DatagramScheduler:
             return False
         if self._scheduled is None:
             self._scheduled = self.session.loop.call_soon(self._drain)
+        elif self._polling and self.room() > 0:
+            # A credit (or the transport) made room since the poll was armed: drain now, not
+            # at the poll, so the window refills as soon as the client has credited it.
+            self._scheduled.cancel()
+            self._polling = False
+            self._scheduled = self.session.loop.call_soon(self._drain)
         return True
+
+    def room(self) -> int:
+        """Datagram bytes the drain may hand to the session now."""
+        return min(self.backlog_limit - self.backlog_bytes(), self.session.mux.datagrams.room())
 
     def backlog_bytes(self) -> int:
         """The session's output not yet sent: the mux's pending frames and the transport's."""
@@ -169,6 +193,7 @@ class DatagramScheduler:
 
     def _drain(self) -> None:
         self._scheduled = None
+        self._polling = False
         if self._closed:
             return
         queue = self.queue
@@ -176,7 +201,7 @@ class DatagramScheduler:
         # Below the tunnel's unsent backlog and within the datagram window (bytes in flight
         # until the client credits them, protocol/dgramwindow.py): what does not fit waits
         # here, where the next round serves a quiet flow first.
-        room = min(self.backlog_limit - self.backlog_bytes(), session.mux.datagrams.room())
+        room = self.room()
         for _ in range(DRAIN_BATCH_DATAGRAMS):
             if room <= 0:
                 break
@@ -192,7 +217,8 @@ class DatagramScheduler:
                 counters.dropped_datagrams += 1
         if len(queue) and not session.closed:
             # A full tunnel is polled; a full batch yields to the loop and continues at once.
-            delay = DRAIN_RETRY_S if room <= 0 else 0.0
+            self._polling = room <= 0
+            delay = DRAIN_RETRY_S if self._polling else 0.0
             self._scheduled = session.loop.call_later(delay, self._drain)
 
     def close(self) -> None:

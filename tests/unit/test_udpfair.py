@@ -80,3 +80,20 @@ def test_fairqueue_closed_flow_forgotten() -> None:
     queue.close_flow(FLOOD)
     assert drain(queue) == [(QUIET, b"ping")]
     assert queue.queued_bytes == 0
+
+
+def test_fairqueue_refuses_exactly_what_push_would_drop() -> None:
+    """`refuses` says True (and counts the drop) only when push would drop, per flow and total."""
+    queue = FairQueue(total_limit_bytes=100_000)
+    counters = ProxyCounters()
+    queue.open_flow(FLOOD, counters)
+    for _ in range(FLOW_QUEUE_DATAGRAMS):
+        assert not queue.refuses(FLOOD, 1000)
+        assert queue.push(FLOOD, bytes(1000))
+    assert queue.refuses(FLOOD, 1000)
+    assert counters.dropped_datagrams == 1 == queue.dropped
+    queue.open_flow(QUIET)
+    assert not queue.refuses(QUIET, 1000)  # another flow still has room
+    too_big = 100_000 - queue.queued_bytes + 1
+    assert queue.refuses(QUIET, too_big)  # but not past the total
+    assert not queue.push(QUIET, bytes(too_big))

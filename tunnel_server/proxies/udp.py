@@ -45,10 +45,13 @@ def set_receive_buffer(sock: Any, nbytes: int) -> None:
 
 
 class _Flow:
-    __slots__ = ("flow_id", "last_active", "peer")
+    __slots__ = ("addr", "flow_id", "last_active", "peer")
 
-    def __init__(self, flow_id: int, peer: tuple[str, int], now: float) -> None:
+    def __init__(
+        self, flow_id: int, addr: tuple[str | object, ...], peer: tuple[str, int], now: float
+    ) -> None:
         self.flow_id = flow_id
+        self.addr = addr
         self.peer = peer
         self.last_active = now
 
@@ -67,7 +70,7 @@ class UDPProxy(asyncio.DatagramProtocol):
         self.idle_timeout_s = ctx.config.udp_flow_idle_timeout
         self.packet_size = ctx.config.udp_packet_size
         self._transport: asyncio.DatagramTransport | None = None
-        self._by_peer: dict[tuple[str, int], _Flow] = {}
+        self._by_addr: dict[tuple[str | object, ...], _Flow] = {}  # as the loop reports it
         self._by_id: dict[int, _Flow] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_drop_log = 0.0
@@ -115,45 +118,53 @@ class UDPProxy(asyncio.DatagramProtocol):
     # -- datagrams from the public side ---------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         counters = self.ctx.counters
-        if len(data) > self.packet_size:
+        size = len(data)
+        if size > self.packet_size:
             counters.dropped_datagrams += 1
-            self._note_drop(f"a {len(data)}-byte datagram exceeds udpPacketSize")
+            self._note_drop(f"a {size}-byte datagram exceeds udpPacketSize")
             return
-        peer = (str(addr[0]), int(cast(int, addr[1])))
         now = time.monotonic()
-        flow = self._by_peer.get(peer)
+        # Keyed by the address as the loop gives it, so the hot path builds nothing.
+        flow = self._by_addr.get(addr)
         if flow is None:
-            flow = self._open_flow(peer, now)
+            flow = self._open_flow(addr, now)
             if flow is None:
                 return
         flow.last_active = now
-        if self._over_quota(len(data)):
-            return
         scheduler = self.ctx.udp_out
         if scheduler is not None:
             # Fair queueing between the session's flows (udpfair.py); it counts what it sends.
-            if not scheduler.push(flow.flow_id, data):
+            # A datagram its full queue would drop is dropped first, before it costs the
+            # user's bandwidth quota.
+            if scheduler.queue.refuses(flow.flow_id, size):
                 self._note_drop("this flow's queue towards the tunnel is full")
-        elif self.ctx.session.send_datagram(flow.flow_id, data):
-            counters.bytes_in += len(data)
+                return
+            if not self._over_quota(size) and not scheduler.push(flow.flow_id, data):
+                self._note_drop("this flow's queue towards the tunnel is full")
+            return
+        if self._over_quota(size):
+            return
+        if self.ctx.session.send_datagram(flow.flow_id, data):
+            counters.bytes_in += size
         else:
             counters.dropped_datagrams += 1
             self._note_drop("the tunnel is congested")
 
-    def _open_flow(self, peer: tuple[str, int], now: float) -> _Flow | None:
+    def _open_flow(self, addr: tuple[str | object, ...], now: float) -> _Flow | None:
         counters = self.ctx.counters
+        peer = (str(addr[0]), int(cast(int, addr[1])))
         visitors = self.ctx.visitors
         if visitors is not None:
             refusal = visitors.refusal(peer[0])  # counted there; the datagram is dropped
             if refusal is not None:
                 return None
-        flow_id = self.ctx.flows.open(self) if len(self._by_peer) < self.max_flows else None
+        flow_id = self.ctx.flows.open(self) if len(self._by_id) < self.max_flows else None
         if flow_id is None:
             counters.refused_flows += 1
             self._note_drop(f"flow table full ({self.max_flows} flows); new peer refused")
             return None
-        flow = _Flow(flow_id, peer, now)
-        self._by_peer[peer] = flow
+        flow = _Flow(flow_id, addr, peer, now)
+        self._by_addr[addr] = flow
         self._by_id[flow.flow_id] = flow
         if self.ctx.udp_out is not None:
             self.ctx.udp_out.open_flow(flow.flow_id, counters)
@@ -212,7 +223,7 @@ class UDPProxy(asyncio.DatagramProtocol):
     def _drop_flow(self, flow: _Flow, reason: str, *, notify: bool) -> None:
         if self._by_id.pop(flow.flow_id, None) is None:
             return
-        self._by_peer.pop(flow.peer, None)
+        self._by_addr.pop(flow.addr, None)
         self.ctx.flows.close(flow.flow_id)
         if self.ctx.udp_out is not None:
             self.ctx.udp_out.close_flow(flow.flow_id)
