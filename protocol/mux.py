@@ -325,7 +325,9 @@ class MuxConnection:
         rec = self._streams.get(stream_id)
         if rec is None or nbytes == 0:
             return
-        self._grant(rec, rec.consume(nbytes, self._target_window()), Flag.NONE)
+        credit = rec.consume(nbytes, self._target_window())
+        if credit:  # most acknowledgements owe nothing yet (half a window is the threshold)
+            self._grant(rec, credit, Flag.NONE)
 
     def send_message(self, message: Message) -> None:
         self._check_usable()

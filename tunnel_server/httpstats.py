@@ -29,7 +29,7 @@ class ProxyHTTPStats:
         self.total_s = 0.0
 
     def observe(self, status: int, seconds: float) -> None:
-        key = f"{status // 100}xx" if 100 <= status <= 599 else "none"
+        key = STATUS_CLASSES[status // 100 - 1] if 100 <= status <= 599 else "none"
         self.statuses[key] += 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.count += 1

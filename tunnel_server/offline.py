@@ -116,6 +116,8 @@ class OfflineParking:
 
     async def restore(self, router: VhostRouter) -> int:
         """Park again the routes a previous run left parked; returns how many."""
+        if self.store.empty:
+            return 0  # no file: no thread, no sqlite3 (offlinestore.py)
         async with self._lock:
             records, bad = await asyncio.to_thread(self.store.load_parked)
         for key, problem in bad:
@@ -196,6 +198,8 @@ class OfflineParking:
             await self._wake.wait()
             self._wake.clear()
             batch, self._dirty = self._dirty, {}
+            if self.store.empty and all(record is None for record in batch.values()):
+                batch = {}  # unparking what no file holds: nothing to write
             if batch:
                 try:
                     async with self._lock:
@@ -206,6 +210,8 @@ class OfflineParking:
                 return
 
     async def pending(self, proxy_key: str) -> list[StoredRequest]:
+        if self.store.empty:
+            return []
         async with self._lock:
             since = time.time() - self.limits.max_age
             return await asyncio.to_thread(self.store.pending, proxy_key, since)

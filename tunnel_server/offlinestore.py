@@ -10,6 +10,8 @@ files the same mode) holds two tables:
   `MAX_PARKED_ROUTES` are read back.
 
 Every method blocks: `OfflineParking` calls them through `asyncio.to_thread`, one at a time.
+The file is opened (and made) by the first method that needs it, so a tunneld whose proxies
+never park or store anything never loads sqlite3 for it (about 1.7 MiB with one connection).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import dataclasses
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .vhost.offline import OfflinePolicy
 from .vhost.routing import HTTPRoute
 from .vhost.upstream import Opener
+
+if TYPE_CHECKING:
+    import sqlite3
 
 DELIVERED_LATE_HEADER: Final = "X-Tunnelkit-Delivered-Late"  # its value: when tunneld got it
 FILE_MODE: Final = 0o600
@@ -128,14 +132,31 @@ class OfflineStore:
     """The SQLite file of stored requests and parked routes (blocking; see the module doc)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
-        os.chmod(path, FILE_MODE)  # it holds request bodies and httpPassword values
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened (and the file made, 0600) on first use."""
+        if self._conn is None:
+            import sqlite3
+
+            path = self.path
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            os.chmod(path, FILE_MODE)  # it holds request bodies and httpPassword values
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+            self._conn = db
+        return self._conn
+
+    @property
+    def empty(self) -> bool:
+        """True while there is no file yet (nothing stored, nothing parked): checking that
+        needs no connection."""
+        return self._conn is None and not self.path.exists()
 
     def add(self, proxy_key: str, data: bytes, limits: OfflineLimits, now: float) -> bool:
         """Store one request unless it would break the proxy's limits."""
@@ -212,4 +233,6 @@ class OfflineStore:
         return records, bad
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

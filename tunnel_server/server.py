@@ -168,7 +168,10 @@ class TunnelServer:
                 cfg.state_dir, cfg.tls_cert_file, cfg.tls_key_file
             )
         try:
-            self.users = UserDirectory(UserStore(cfg.users_db), self.users.shared_token)
+            # No file, no store: sqlite3 loads when `tunneld users add` makes one (the
+            # directory polls for it), not on every start.
+            store = UserStore(cfg.users_db) if cfg.users_db.exists() else None
+            self.users = UserDirectory(store, self.users.shared_token, cfg.users_db)
         except UserError as exc:
             raise TunnelError(str(exc)) from None
         self._users_task = asyncio.get_running_loop().create_task(self.users.run(self))

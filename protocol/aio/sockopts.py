@@ -47,7 +47,9 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 
 def set_abortive(transport: asyncio.BaseTransport, abortive: bool = True) -> None:
     """Make a later close (or the death of this process) send RST (True) or FIN (False)."""
-    sock = _tcp_socket(transport)
+    # SO_LINGER is a SOL_SOCKET option, valid on any socket: no family check, which on
+    # uvloop builds an AddressFamily enum member per call (twice per spliced connection).
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
             sock.setsockopt(

@@ -205,6 +205,19 @@ class MuxStream(SpliceSide, AsyncSide):
         return more
 
     def _send(self, data: bytes | memoryview) -> bool:
+        if self._codec is None and self._tx_backlog is None:
+            # The common case (plain stream, nothing queued): one command, no piece list.
+            session = self.session
+            n = session.send_data(self.stream_id, data)
+            self._count_out(n)
+            if n < len(data):
+                self._queue_tx(memoryview(data)[n:])
+                self._pause_source()
+                return False
+            if session.writing_paused:
+                self._pause_source()
+                return False
+            return True
         pieces: list[bytes] | tuple[bytes | memoryview] = (
             (data,) if self._codec is None else self._codec.deflater.compress(data)
         )

@@ -153,13 +153,14 @@ def test_server_loads_the_dashboard_and_aiohttp_only_when_it_starts() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
-def test_server_loads_x509_http2_yaml_and_zstandard_only_when_used() -> None:
+def test_server_loads_x509_http2_yaml_zstandard_and_sqlite_only_when_used() -> None:
     """tunneld's server loads cryptography (certificate generation, ACME, edge certificates:
-    about 9 MiB of RSS), h2 (the HTTPS edge), yaml (YAML configs) and zstandard (compressed
-    streams) only when a feature needs them."""
+    about 9 MiB of RSS), h2 (the HTTPS edge), yaml (YAML configs), zstandard (compressed
+    streams) and sqlite3 (the user and offline stores, once they have a file) only when a
+    feature needs them."""
     loaded = _loaded_by("tunnel_server.server")
     lazy = (
-        *("cryptography", "h2", "hpack", "hyperframe", "yaml", "zstandard"),
+        *("cryptography", "h2", "hpack", "hyperframe", "yaml", "zstandard", "sqlite3"),
         *("tunnel_server.edge.h2conn", "tunnel_server.edge.listener", "tunnel_server.edge.service"),
         *("tunnel_server.acme.manager", "tunnel_server.vhost.tcpmux"),
     )

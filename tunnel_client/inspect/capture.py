@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Final
 
 import httptools
@@ -125,9 +124,9 @@ class _MessageCollector:
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         # latin-1 maps every byte to one character, so replay can restore the exact bytes.
-        # map() decodes in C, with no Python frame per name and value.
-        text = map(bytes.decode, self.raw_headers, repeat("latin-1"))  # name, value, ...
-        return tuple(zip(text, text, strict=False))
+        raw = iter(self.raw_headers)  # name, value, name, value, ...
+        pairs = zip(raw, raw, strict=False)
+        return tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs])
 
     def on_headers_complete(self) -> None:
         self.check_head()

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from protocol.errors import ErrorCode
@@ -50,8 +50,12 @@ class _Usage:
 
 
 class UserDirectory:
-    def __init__(self, store: UserStore | None, shared_token: str | None) -> None:
+    def __init__(
+        self, store: UserStore | None, shared_token: str | None, path: Path | None = None
+    ) -> None:
         self.store = store
+        # Without a store yet: the file `tunneld users add` makes, opened once it exists.
+        self._path = path
         self.shared_token = shared_token
         self.shared_key = b""  # derive_key(auth.token or "", certificate); set by the server
         self.users: dict[str, UserRecord] = {}
@@ -66,8 +70,11 @@ class UserDirectory:
     # -- store ----------------------------------------------------------------------------
     def refresh(self, *, force: bool = False) -> bool:
         """Reload the users if the store changed (or with `force`); True if it did."""
-        if self.store is None:
+        if self.store is None and not self._open_when_made():
             return False
+        assert self.store is not None
+        import sqlite3  # loaded with the store
+
         if force:
             self._version = -1
         try:
@@ -85,7 +92,20 @@ class UserDirectory:
         self._stored.clear()
         return True
 
+    def _open_when_made(self) -> bool:
+        """Open the store if its file appeared (a stat per poll and per login until then)."""
+        if self._path is None or not self._path.exists():
+            return False
+        try:
+            self.store = UserStore(self._path)
+        except UserError as exc:
+            logger.warning("tunneld: %s", exc)
+            return False
+        logger.info("tunneld: user store %s opened", self._path)
+        return True
+
     def close(self) -> None:
+        self._path = None  # closed for good: a later poll does not reopen it
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -21,15 +21,17 @@ import contextlib
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from protocol.userkey import USER_TOKEN_PREFIX, user_login_key
 
 from .model import Quota, UserError, UserRecord, check_user_name
+
+if TYPE_CHECKING:
+    import sqlite3  # imported by UserStore(): a tunneld without a store never loads it
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class UserStore:
     """A connection to the store; every method is one short transaction."""
 
     def __init__(self, path: Path) -> None:
+        import sqlite3
+
         self.path = path
         try:
             _private_file(path)
@@ -103,6 +107,8 @@ class UserStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        import sqlite3  # loaded by __init__ already
+
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

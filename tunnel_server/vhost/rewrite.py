@@ -52,8 +52,6 @@ HOP_BY_HOP: Final = frozenset(
 # re-framed (chunked or until close) for the visitor.
 _RESPONSE_SKIP_LENGTH: Final = HOP_BY_HOP
 _RESPONSE_SKIP_REFRAMED: Final = HOP_BY_HOP | {b"content-length"}
-# Connection options that name no header (already dropped as hop-by-hop when they do).
-_CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # passthrough_head: a status that is final and not 101, and the hop-by-hop names (as they
 # begin a header line) that make a head need rebuilding.
 _FINAL_STATUS_DIGITS: Final = (b"2", b"3", b"4", b"5")
@@ -306,7 +304,7 @@ def response_head(
         if len(name) == 10 and name.lower() == b"connection":
             # The names a Connection header lists are hop-by-hop too (RFC 9110 7.6.1).
             tokens = {t.strip().lower() for t in value.split(b",")}
-            if not tokens <= _CONNECTION_OPTIONS:
+            if not tokens <= skip:  # "keep-alive" names a hop-by-hop header already
                 skip = skip | tokens
     if rules is not None and rules.response_set_names:
         skip = skip | rules.response_set_names
