@@ -115,6 +115,8 @@ class MuxConnection:
         self._last_input = now
         self._saw_input = False
         self._next_ping = now + s.keepalive_interval_s
+        self._deadline: float | None = None
+        self._update_deadline()
         self._ping_seq = 0
         self._ping_sent: dict[int, float] = {}
         self.late_frames_dropped = 0
@@ -205,13 +207,18 @@ class MuxConnection:
             self._terminate(ErrorCode.KEEPALIVE_TIMEOUT, reason, remote=True)
             return
         if now >= self._next_ping:
-            self.ping(now)
+            self.ping(now)  # moves the deadline
+        else:
+            self._update_deadline()
 
     def get_timer(self) -> float | None:
-        if self._terminated:
-            return None
+        # The adapter asks after every transmit; the deadline moves only when `_next_ping` or
+        # `_last_input` do (handle_timer and ping recompute it), so it is kept, not derived.
+        return None if self._terminated else self._deadline
+
+    def _update_deadline(self) -> None:
         deadline = min(self._next_ping, self._last_input + self.settings.keepalive_timeout_s)
-        return None if math.isinf(deadline) else deadline  # both off (frp's heartbeat -1)
+        self._deadline = None if math.isinf(deadline) else deadline  # both off: heartbeat -1
 
     # -- output -----------------------------------------------------------------------------
     def next_event(self) -> Event | None:
@@ -357,6 +364,7 @@ class MuxConnection:
             self._ping_sent.pop(next(iter(self._ping_sent)))
         self._ping_sent[self._ping_seq] = now
         self._next_ping = now + self.settings.keepalive_interval_s
+        self._update_deadline()
         self._write(encode_frame(FrameType.PING, Flag.NONE, 0, self._ping_seq))
 
     def pong_time(self, seq: int) -> float | None:
