@@ -2,15 +2,17 @@
 about the window in the tunnel's kernel queues, and a quiet flow's datagram still gets through.
 
 Structure, not timing: tunnelc is stopped (SIGSTOP) so nothing it receives is credited; the
-test reads the tunnel connection's queues from /proc/net/tcp (tunneld's send queue plus
+test reads the tunnel connection's queues with `ss` (what tunneld has not sent yet plus
 tunnelc's receive queue) while the flood is taken in, and checks the bound on every sample.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import Final
 
@@ -50,22 +52,40 @@ class _Service(asyncio.DatagramProtocol):
 
 
 def tunnel_queues(control_port: int) -> tuple[int, int] | None:
-    """(tunneld's send queue, tunnelc's receive queue) of the tunnel connection, from
-    /proc/net/tcp; None until both ends are there."""
-    sent = received = None
-    with open("/proc/net/tcp", encoding="ascii") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, remote, state = fields[1], fields[2], fields[3]
-            if state != "01":  # ESTABLISHED only
-                continue
-            tx, rx = (int(n, 16) for n in fields[4].split(":"))
-            if int(local.split(":")[1], 16) == control_port:
-                sent = tx
-            elif int(remote.split(":")[1], 16) == control_port:
-                received = rx
-    return None if sent is None or received is None else (sent, received)
+    """(bytes tunneld has not yet sent, bytes tunnelc has received and not read) of the tunnel
+    connection, from `ss`; None until both ends are there.
+
+    Not tunneld's Send-Q: it counts every byte not yet acknowledged, and bytes already in
+    tunnelc's receive queue may still be unacknowledged (a delayed ACK), so Send-Q plus
+    Recv-Q counts them twice. tcpi_notsent_bytes ("notsent") are only tunneld's.
+    """
+    out = subprocess.run(
+        ["ss", "-tinH", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout
+    notsent = received = None
+    lines = out.splitlines()
+    for head, info in zip(lines[::2], lines[1::2], strict=False):
+        recv_q, _send_q, local, peer = head.split()[:4]
+        if local.rsplit(":", 1)[1] == str(control_port):
+            match = re.search(r"\bnotsent:(\d+)", info)
+            notsent = int(match.group(1)) if match else 0
+        elif peer.rsplit(":", 1)[1] == str(control_port):
+            received = int(recv_q)
+    return None if notsent is None or received is None else (notsent, received)
+
+
+async def _ping(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, *, sent: bool = False
+) -> bytes:
+    """The answer to a ping on `sock` (already sent if `sent`); a lost ping is sent again,
+    as any UDP client would."""
+    if not sent:
+        sock.send(b"quiet ping")
+    while True:
+        try:
+            return await asyncio.wait_for(loop.sock_recv(sock, 64), 5.0)
+        except TimeoutError:
+            sock.send(b"quiet ping")
 
 
 async def _start(run_tunneld, run_tunnelc, service_port: int) -> tuple[TunnelProcess, int, int]:  # type: ignore[no-untyped-def]
@@ -110,6 +130,11 @@ async def test_udp_window_bounds_tunnel_queues_and_quiet_flow_passes(
                     await asyncio.wait_for(service.warmed.wait(), 2.0)
                 except TimeoutError:
                     continue
+            # One ping round trip before the stall: tunnelc credited the warm-up before it
+            # answered the ping, and the tunnel is ordered, so once the answer is here tunneld
+            # has applied that credit and enforces the window (else the stall could begin
+            # between tunnelc delivering the warm-up and sending its credit).
+            await _ping(loop, quiet)
 
             client.send_signal(signal.SIGSTOP)
             for _ in range(FLOOD_DATAGRAMS):
@@ -130,13 +155,7 @@ async def test_udp_window_bounds_tunnel_queues_and_quiet_flow_passes(
             assert peak >= WINDOW // 2, f"the flood never filled the window (peak {peak})"
 
             client.send_signal(signal.SIGCONT)
-            while True:  # UDP: a lost ping is sent again, as any UDP client would
-                try:
-                    answer = await asyncio.wait_for(loop.sock_recv(quiet, 64), 5.0)
-                    break
-                except TimeoutError:
-                    quiet.send(b"quiet ping")
-            assert answer == b"quiet ping"
+            assert await _ping(loop, quiet, sent=True) == b"quiet ping"
     finally:
         if client is not None:
             client.send_signal(signal.SIGCONT)
