@@ -46,10 +46,10 @@ class MuxSettings:
     datagram_high_water_bytes: int = 1 * MiB
     # Datagram bytes we keep in flight (sent, not yet credited by the peer), once the peer
     # credits (protocol/dgramwindow.py): bounds what waits in the kernel's TCP queues, so a
-    # flood does not put ~100 ms of queue in front of every other flow. At 100 MB/s, 512 KiB
-    # is 5 ms of queue. Twice read_size_bytes, so the receiver can take one read while the
-    # sender fills the next (with 256 KiB the two processes took turns: A/B -30% UDP MB/s).
-    # A datagram beyond it waits in the sender's fair queue or is dropped.
-    datagram_window_bytes: int = 512 * KiB
+    # flood does not put ~100 ms of queue in front of every other flow. At 50 MB/s, 256 KiB
+    # is 5 ms of queue. A/B of 128, 256 and 512 KiB (docs/performance.md, "Datagram window"):
+    # the same UDP MB/s, a quiet flow's p99 under a flood 10-13 ms at 128-256 KiB and 17-18
+    # ms at 512 KiB. A datagram beyond it waits in the sender's fair queue or is dropped.
+    datagram_window_bytes: int = 256 * KiB
     # Datagram bytes received before we credit them (one small frame per step).
     datagram_credit_step_bytes: int = 32 * KiB
