@@ -2,6 +2,7 @@
 
     ca = make_ca(tmp_path)                      # (ca_cert_path, ca_key)
     cert, key = make_leaf(ca, tmp_path, ["localhost", "127.0.0.1", "*.example.test"])
+    cert, key = make_self_signed("name", not_before, not_after)  # objects, dates chosen
 
 Names that parse as IP addresses become IP SANs, the rest DNS SANs (wildcards allowed). The
 certificates carry the extensions Python 3.13's strict verification asks for (key identifiers,
@@ -25,6 +26,25 @@ CA = tuple[Path, ec.EllipticCurvePrivateKey]
 
 _VALIDITY = timedelta(days=30)
 _BACKDATE = timedelta(hours=1)
+
+
+def make_self_signed(
+    common_name: str, not_before: datetime, not_after: datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A bare self-signed certificate (no extensions) with the given validity window."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
 
 
 def make_ca(tmp_path: Path, name: str = "tunnelkit test CA") -> CA:

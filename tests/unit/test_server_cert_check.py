@@ -8,29 +8,16 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
-from tests.support.certs import make_ca, make_leaf
+from tests.support.certs import make_ca, make_leaf, make_self_signed
 from tunnel_common.fingerprint import fingerprint_of_der
 from tunnel_server.certs import CertError, _check_pair_with_ssl, load_or_create_server_cert
 
 
 def _self_signed(tmp_path: Path, not_after: datetime, *, passphrase: bytes = b"") -> None:
     """Write tmp_path/server.crt and server.key (encrypted with `passphrase` if given)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cert check")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - timedelta(days=30))
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = make_self_signed("cert check", not_after - timedelta(days=30), not_after)
     encryption = (
         serialization.BestAvailableEncryption(passphrase)
         if passphrase
