@@ -4,8 +4,10 @@ report the plugin, the bandwidth limit and the current rate, health and metadata
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -24,24 +26,53 @@ RATE: Final = 1024 * 1024
 SOURCE_BYTES: Final = 90 * RATE  # flows for the whole test at the limit: the rate never drops
 
 
+class Download:
+    """What the downloading peer has received so far, with when (bounded: one sample per read,
+    a few hundred over a test)."""
+
+    WINDOW_S: Final = 2.5  # the meter's 2 s of full slots end at most one 0.5 s slot ago
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
+        self.received = 0
+
+    def add(self, nbytes: int) -> None:
+        self.received += nbytes
+        self.samples.append((time.monotonic(), self.received))
+
+    def rate(self) -> float:
+        """Bytes per second that arrived over the last WINDOW_S seconds."""
+        since = time.monotonic() - self.WINDOW_S
+        before = max((total for when, total in self.samples if when <= since), default=0)
+        return (self.received - before) / self.WINDOW_S
+
+    def assert_shown(self, shown: float) -> None:
+        """`shown` (a rate a surface reported just now) is the rate the peer is receiving at,
+        and neither is over the limit. On a loaded machine the flow may run under the limit:
+        the surface must then show that lower rate, not the limit."""
+        actual = self.rate()
+        assert actual <= 1.2 * RATE and shown <= 1.2 * RATE, (shown, actual)
+        assert 0.7 * actual <= shown <= 1.3 * actual, (shown, actual)
+
+
 @contextlib.asynccontextmanager
-async def limited_download(port: int) -> AsyncIterator[None]:
+async def limited_download(port: int) -> AsyncIterator[Download]:
     """Download through `port` in the background for the duration of the block, once 3 MiB
     (past the meter's 2 s window) have arrived; closes the connection at the end."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    received = 0
-    while received < 3 * RATE:
+    download = Download()
+    while download.received < 3 * RATE:
         chunk = await reader.read(65536)
         assert chunk
-        received += len(chunk)
+        download.add(len(chunk))
 
     async def keep_reading() -> None:
-        while await reader.read(65536):
-            pass
+        while chunk := await reader.read(65536):
+            download.add(len(chunk))
 
     reading = asyncio.create_task(keep_reading())
     try:
-        yield
+        yield download
     finally:
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
@@ -87,7 +118,7 @@ async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
         public = await client.proxy_endpoint("slow")
         await client.proxy_endpoint("socks")
 
-        async with limited_download(public.port):
+        async with limited_download(public.port) as download:
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{base}/api/status") as response:
                     rows = {row["name"]: row for row in (await response.json())["proxies"]}
@@ -96,7 +127,7 @@ async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
             slow = rows["slow"]
             assert slow["bandwidth"]["limit_bytes_per_s"] == RATE
             assert slow["bandwidth"]["limit"] == "1.0MB/s" and slow["bandwidth"]["mode"] == "client"
-            assert 0.8 * RATE <= slow["bandwidth"]["rate_bytes_per_s"] <= 1.2 * RATE
+            download.assert_shown(slow["bandwidth"]["rate_bytes_per_s"])
             assert slow["health"]["healthy"] is True and slow["health"]["type"] == "tcp"
             assert slow["metadatas"] == {"owner": "ops"} and slow["annotations"] == {"team": "blue"}
             assert rows["socks"]["plugin"]["type"] == "socks5"
@@ -114,7 +145,7 @@ async def test_proxy_status_shows_limit_rate_health_plugin_and_metadata(
             )
             assert samples[limit_key] == RATE
             rate = samples[("tunnelc_proxy_bandwidth_rate_bytes_per_second", (("proxy", "slow"),))]
-            assert 0.8 * RATE <= rate <= 1.2 * RATE
+            download.assert_shown(rate)
             plugin_key = ("tunnelc_proxy_plugin_info", (("plugin", "socks5"), ("proxy", "socks")))
             assert samples[plugin_key] == 1
 
@@ -165,7 +196,7 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
         )
         client = await run_tunnelc(head + "[[proxies]]\n" + proxy)
         public = await client.proxy_endpoint("paced")
-        async with limited_download(public.port):
+        async with limited_download(public.port) as download:
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{dashboard.url}/api/proxies") as response:
                     body = await response.json()
@@ -176,7 +207,7 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
             assert paced["metadatas"] == {"var1": "abc"}
             assert paced["annotations"] == {"key1": "value1"}
             assert paced["bandwidth_limit"] == RATE
-            assert 0.8 * RATE <= paced["bandwidth_rate"] <= 1.2 * RATE
+            download.assert_shown(paced["bandwidth_rate"])
             samples = {
                 sample.name: sample.value
                 for family in text_string_to_metric_families(metrics)
@@ -184,11 +215,7 @@ async def test_dashboard_shows_metadatas_annotations_and_a_server_paced_limit(
                 if sample.labels.get("proxy") == "paced"
             }
             assert samples["tunnelkit_proxy_bandwidth_limit_bytes_per_second"] == RATE
-            assert (
-                0.8 * RATE
-                <= samples["tunnelkit_proxy_bandwidth_rate_bytes_per_second"]
-                <= 1.2 * RATE
-            )
+            download.assert_shown(samples["tunnelkit_proxy_bandwidth_rate_bytes_per_second"])
             async with async_playwright() as playwright:
                 browser = await playwright.chromium.launch(
                     executable_path=CHROMIUM, args=CHROMIUM_ARGS
