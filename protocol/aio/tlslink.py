@@ -210,6 +210,7 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
         """Feed `data` (None: only what the BIO holds) and deliver its plaintext."""
         sslobj = self._sslobj
         assert sslobj is not None
+        incoming = self._incoming
         plain = self._plain
         filled = 0
         offset = 0
@@ -220,6 +221,11 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
             while True:
                 if filled > PLAIN_BUFFER_BYTES - _RECORD_PLAIN_BYTES:
                     full = True  # deliver, then decrypt on: the BIO may hold more
+                    break
+                if not incoming.pending and not sslobj.pending() and not incoming.eof:
+                    # Nothing left to decrypt: read() would only raise SSLWantReadError, which
+                    # costs more than the record's decryption (docs/performance.md, "Small
+                    # messages").
                     break
                 try:
                     # With a buffer, read() returns a count (typeshed says bytes).
@@ -245,13 +251,13 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
                 if self._state != _OPEN:
                     return
             if data is not None and offset < end and self._reading_paused:
-                self._incoming.write(data[offset:end])  # waits for resume_reading()
+                incoming.write(data[offset:end])  # waits for resume_reading()
                 break
             if full and not self._reading_paused:
                 continue
             if data is None or offset >= end:
                 break
-            self._incoming.write(data[offset : offset + FEED_BYTES])
+            incoming.write(data[offset : offset + FEED_BYTES])
             offset += FEED_BYTES
         self._deliver(filled)
         if self._state == _OPEN:
@@ -289,7 +295,18 @@ class TLSLink(asyncio.Transport, asyncio.BufferedProtocol):
 
     # -- the application's transport ----------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writelines((data,))
+        sslobj = self._sslobj
+        if len(data) > WRITE_CHUNK_BYTES or sslobj is None or self._state != _OPEN:
+            self.writelines((data,))
+            return
+        # One record (the common case: a pump's coalesced small frames): no views, no list.
+        try:
+            sslobj.write(data)
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return
+        if self._raw is not None:
+            self._raw.write(self._outgoing.read())
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         """Encrypt each piece `WRITE_CHUNK_BYTES` at a time (the outgoing BIO holds about one

@@ -414,3 +414,51 @@ async def test_tlslink_garbage_after_the_handshake_ends_the_link(
             assert link.is_closing()
         finally:
             sock.close()
+
+
+async def test_tlslink_delivers_records_split_and_joined_across_reads(
+    server_context: ssl.SSLContext,
+) -> None:
+    """Small records arrive whole, several to a read, and cut mid-header and mid-body: the
+    link stops decrypting only when nothing is left to decrypt, and loses nothing."""
+    async with listening(server_context) as listener:
+        accepted = asyncio.create_task(listener.accept())
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        try:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = client_context().wrap_bio(incoming, outgoing)
+            for _ in range(10):  # bounded: a TLS 1.3 handshake takes one round trip
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    writer.write(outgoing.read())
+                    async with asyncio.timeout(TEST_TIMEOUT_S):
+                        incoming.write(await reader.read(65536))
+            writer.write(outgoing.read())
+            link, app = await accepted
+            try:
+                messages = [f"{i:05d};".encode() for i in range(300)]
+                records = []
+                for message in messages:
+                    tls.write(message)
+                    records.append(outgoing.read())
+                wire = b"".join(records)
+                # 3 bytes (inside a record's header), then 40 (inside a body), then larger
+                # pieces that end at arbitrary places, each read on its own.
+                cuts = [3, 43, 100, 1000, 1001, 2500, len(wire)]
+                start = 0
+                for cut in cuts:
+                    writer.write(wire[start:cut])
+                    await writer.drain()
+                    start = cut
+                    await wait_until(lambda: unread_bytes(link) == 0, "the link to read a piece")
+                expected = b"".join(messages)
+                await wait_until(lambda: len(app.received) >= len(expected), "every record")
+                assert bytes(app.received) == expected
+            finally:
+                link.abort()
+        finally:
+            writer.transport.abort()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
