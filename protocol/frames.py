@@ -18,6 +18,7 @@ This is the only module that imports msgpack.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from enum import IntEnum, IntFlag
 from typing import Any, Final, NamedTuple
@@ -36,6 +37,9 @@ _BIN32: Final = 0xC6
 _SMALL_FRAME_GUESS: Final = 512  # bytes tried first for a msgpack-encoded frame
 # A decoder's read buffer starts this small and grows only while traffic needs it.
 READ_BUFFER_START_BYTES: Final = 4 * 1024
+# Decoders made with `shared_reads` take their small reads into one scratch buffer of
+# READ_BUFFER_START_BYTES per thread (not one allocation per read; see FrameDecoder).
+_shared = threading.local()
 
 MAX_STREAM_ID: Final = 0xFFFF_FFFF
 
@@ -112,9 +116,23 @@ class FrameDecoder:
     to one maximal frame plus one read) when a read fills the space offered, or to fit a frame
     whose header says it is larger; once everything received is parsed after a small read it
     is let go, so an idle session holds none.
+
+    Shared reads (`shared_reads=True`): a small read into an empty decoder goes into one
+    scratch buffer per thread instead of a buffer allocated for it and let go once parsed
+    (one 4 KiB allocation per read of small messages). The owner must call
+    `keep_unparsed()` once it has taken the frames it wants from that read, before any other
+    decoder of the thread reads: what is left (a partial frame, or frames it did not parse
+    yet) moves into the decoder's own buffer then.
     """
 
-    def __init__(self, max_payload_bytes: int, max_control_bytes: int, read_size: int) -> None:
+    def __init__(
+        self,
+        max_payload_bytes: int,
+        max_control_bytes: int,
+        read_size: int,
+        *,
+        shared_reads: bool = False,
+    ) -> None:
         self._max_payload = max_payload_bytes
         self._max_control = max_control_bytes
         self._capacity_control = max_control_bytes
@@ -130,11 +148,13 @@ class FrameDecoder:
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
+        self._shared_reads = shared_reads
+        self._on_scratch = False  # _buf is the thread's scratch buffer, not our own
 
     @property
     def capacity(self) -> int:
-        """The read buffer's current size in bytes."""
-        return len(self._buf)
+        """The size in bytes of the read buffer this decoder holds (the scratch is not its)."""
+        return 0 if self._on_scratch else len(self._buf)
 
     def set_control_limit(self, max_control_bytes: int) -> None:
         """Tighten (or restore) the msgpack frame limit; at most the limit set at creation."""
@@ -144,6 +164,11 @@ class FrameDecoder:
     def get_buffer(self) -> memoryview:
         """A writable window of at least one read at the end of the buffer."""
         want = max(self._want_free, self._frame_need)
+        if self._start == self._end and (self._on_scratch or not self._buf):
+            if self._shared_reads and want <= READ_BUFFER_START_BYTES:
+                return self._scratch_window(want)
+        if self._on_scratch:
+            self.keep_unparsed()
         if len(self._buf) - self._end < want:
             self._compact()
             if len(self._buf) - self._end < want:
@@ -151,6 +176,30 @@ class FrameDecoder:
         view = self._view[self._end :]
         self._offered = len(view)
         return view
+
+    def _scratch_window(self, want: int) -> memoryview:
+        scratch: tuple[bytearray, memoryview] | None = getattr(_shared, "scratch", None)
+        if scratch is None:
+            buf = bytearray(READ_BUFFER_START_BYTES)
+            scratch = (buf, memoryview(buf))
+            _shared.scratch = scratch
+        self._buf, self._view = scratch
+        self._on_scratch = True
+        self._start = self._end = 0
+        self._offered = want
+        return self._view[:want]
+
+    def keep_unparsed(self) -> None:
+        """Move what a shared read left unparsed into our own buffer (see the class notes)."""
+        if not self._on_scratch:
+            return
+        self._on_scratch = False
+        if self._start == self._end:
+            self._buf = bytearray()
+            self._view = memoryview(self._buf)
+            self._start = self._end = 0
+        else:
+            self._resize(self._end - self._start + max(self._want_free, self._frame_need))
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
@@ -191,7 +240,9 @@ class FrameDecoder:
         """Everything received is parsed: go back to a small buffer after small traffic."""
         self._start = self._end = 0
         self._frame_need = 0
-        if self._last_read < self._start_free and self._buf:
+        if self._on_scratch:
+            self.keep_unparsed()  # nothing left: back to no buffer of our own
+        elif self._last_read < self._start_free and self._buf:
             # Small traffic: an idle session holds no read buffer; the next read makes one.
             self._want_free = self._start_free
             self._buf = bytearray()

@@ -92,7 +92,10 @@ class MuxConnection:
         self.settings = settings or MuxSettings()
         s = self.settings
         self._decoder = FrameDecoder(
-            s.max_frame_payload_bytes, s.max_control_frame_bytes, s.read_size_bytes
+            s.max_frame_payload_bytes,
+            s.max_control_frame_bytes,
+            s.read_size_bytes,
+            shared_reads=True,  # each input call ends with keep_unparsed()
         )
         self._streams: dict[int, StreamRecord] = {}
         self._next_id = 1 if role is Role.CLIENT else 2
@@ -165,10 +168,14 @@ class MuxConnection:
     def buffer_updated(self, nbytes: int) -> None:
         if self._terminated:
             return
-        self._decoder.buffer_updated(nbytes)
+        decoder = self._decoder
+        decoder.buffer_updated(nbytes)
         self._saw_input = True
-        if not self._input_paused:  # else next_event parses it once the queue drains
-            self._process_frames()
+        try:
+            if not self._input_paused:  # else next_event parses it once the queue drains
+                self._process_frames()
+        finally:
+            decoder.keep_unparsed()  # before another session of this thread reads
 
     def receive_data(self, data: bytes) -> None:
         if self._unfed or self._unfed_later:  # paused on earlier input: keep the order
@@ -186,7 +193,10 @@ class MuxConnection:
             taken = self._decoder.feed(self._unfed)
             self._unfed = self._unfed[taken:]
             self._saw_input = True
-            self._process_frames()
+            try:
+                self._process_frames()
+            finally:
+                self._decoder.keep_unparsed()
         if self._terminated:
             self._unfed = memoryview(b"")
             self._unfed_later.clear()

@@ -81,3 +81,28 @@ def test_mux_event_queue_bounded_when_fed_while_full() -> None:
     pair.server.receive_data(wire[half:])
     assert pair.server.pending_events <= MAX_PENDING_EVENTS
     assert _data(_drain(pair.server)) == payloads
+
+
+def test_mux_frames_waiting_in_a_shared_read_survive_another_sessions_read() -> None:
+    """Small reads share one scratch buffer per thread: frames a full event queue left
+    unparsed are kept by their session while another session reads, and all come out."""
+    pair, stream_id = _opened()
+    other, other_id = _opened()
+    wire, payloads = _burst(stream_id)
+    noise = raw_data_frame(other_id, b"n" * 3000)  # covers the scratch where frames wait
+    events: list[Event] = []
+    pos = 0
+    while pos < len(wire):  # small reads, never drained until the queue is full
+        buf = pair.server.get_buffer()
+        n = min(len(buf), len(wire) - pos, 1400)
+        buf[:n] = wire[pos : pos + n]
+        pos += n
+        pair.server.buffer_updated(n)
+        buf = other.server.get_buffer()  # another session's read into the same scratch
+        buf[: len(noise)] = noise
+        other.server.buffer_updated(len(noise))
+        assert _data(_drain(other.server)) == b"n" * 3000
+        if pair.server.pending_events >= MAX_PENDING_EVENTS - 10:  # paused mid-read
+            events += _drain(pair.server)
+    events += _drain(pair.server)
+    assert _data(events) == payloads
