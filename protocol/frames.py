@@ -150,6 +150,7 @@ class FrameDecoder:
         self._end = 0  # one past the last received byte
         self._shared_reads = shared_reads
         self._on_scratch = False  # _buf is the thread's scratch buffer, not our own
+        self._scratch: tuple[bytearray, memoryview] | None = None
 
     @property
     def capacity(self) -> int:
@@ -178,11 +179,14 @@ class FrameDecoder:
         return view
 
     def _scratch_window(self, want: int) -> memoryview:
-        scratch: tuple[bytearray, memoryview] | None = getattr(_shared, "scratch", None)
-        if scratch is None:
-            buf = bytearray(READ_BUFFER_START_BYTES)
-            scratch = (buf, memoryview(buf))
-            _shared.scratch = scratch
+        scratch = self._scratch
+        if scratch is None:  # this thread's, found once per decoder
+            scratch = getattr(_shared, "scratch", None)
+            if scratch is None:
+                buf = bytearray(READ_BUFFER_START_BYTES)
+                scratch = (buf, memoryview(buf))
+                _shared.scratch = scratch
+            self._scratch = scratch
         self._buf, self._view = scratch
         self._on_scratch = True
         self._start = self._end = 0

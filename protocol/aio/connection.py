@@ -332,10 +332,9 @@ class MuxSession(asyncio.BufferedProtocol):
             self._queued()
 
     def acknowledge(self, stream_id: int, nbytes: int) -> None:
-        if not self.mux.terminated:
-            self.mux.acknowledge_data(stream_id, nbytes)
-            if self.mux.pending_output_bytes:
-                self._queued()
+        # A terminated core has no streams left: it grants nothing.
+        if self.mux.acknowledge_data(stream_id, nbytes):
+            self._queued()
 
     # -- internals ----------------------------------------------------------------------------
     def _drop(self, stream_id: int) -> None:
@@ -421,12 +420,13 @@ class MuxSession(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             return  # not attached yet: the output waits in the mux for connection_made
+        size = self.mux.pending_output_bytes
         chunks = self.mux.data_to_send()
         if not chunks or transport.is_closing():
             return
         if len(chunks) == 1:
             transport.write(chunks[0])
-        elif sum(map(len, chunks)) <= _JOIN_LIMIT_BYTES:
+        elif size <= _JOIN_LIMIT_BYTES:
             transport.write(b"".join(chunks))
         else:
             transport.writelines(chunks)
