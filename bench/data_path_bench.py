@@ -1,0 +1,233 @@
+"""The Python and TLS work of one small HTTP exchange through both ends of a tcp proxy.
+
+No sockets and no event-loop wake-ups: a MuxSession pair joined by TLSLinks (tunneld's TLS)
+over in-memory transports, each end spliced to an in-memory local socket. One exchange is
+what wrk's keep-alive request does through the tunnel: the visitor's request read by the
+server end, framed, encrypted, decrypted, delivered to the client end's local socket; the
+response back the same way. The result is CPU time per exchange (process time, so other
+jobs on the machine stretch it less than wall time), the part of the tunnel's per-request
+cost that the code decides; the kernel's share (socket reads, writes and wake-ups) is not in
+it. A/B against another checkout by putting it first on PYTHONPATH:
+
+    python bench/data_path_bench.py                       # this tree
+    PYTHONPATH=/tmp/base python bench/data_path_bench.py  # another checkout (run alternately)
+    python bench/data_path_bench.py --profile             # cProfile: calls per exchange
+
+Every loop is bounded by its count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+# Last, so that a checkout first on PYTHONPATH is the code measured.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives import serialization
+
+from protocol.aio.connection import MuxSession
+from protocol.aio.splice import SpliceProtocol
+from protocol.aio.stream import MuxStream
+from protocol.aio.tlslink import TLSLink
+from protocol.messages import StreamHeader
+from protocol.mux import Role
+from tests.support.certs import make_self_signed
+
+REQUEST: Final = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE: Final = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 68\r\n\r\n" + b"hello from nginx\n" * 4
+)
+HANDSHAKE_ROUNDS: Final = 10  # pumps to finish a TLS 1.3 handshake (it takes two)
+WARM_UP: Final = 200
+
+
+class MemoryTransport(asyncio.Transport):
+    """A socket's transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.written.extend(bytes(d) for d in list_of_data)
+
+    def take(self) -> list[bytes]:
+        out, self.written = self.written, []
+        return out
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_reading(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    now = datetime.now(UTC)
+    cert, key = make_self_signed("bench", now - timedelta(hours=1), now + timedelta(days=1))
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    return server, client
+
+
+def deliver(raw: MemoryTransport, link: TLSLink) -> None:
+    """What `raw` wrote arrives at `link` as reads (the way a socket's transport calls it)."""
+    for chunk in raw.take():
+        window = link.get_buffer(len(chunk))
+        window[: len(chunk)] = chunk
+        link.buffer_updated(len(chunk))
+
+
+class Tunnel:
+    """Both ends of one tunnel with one spliced stream, all in memory."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tmp: Path) -> None:
+        server_ctx, client_ctx = contexts(tmp)
+        self.server = MuxSession(Role.SERVER, loop=loop)
+        self.client = MuxSession(Role.CLIENT, loop=loop)
+        self.server_raw, self.client_raw = MemoryTransport(), MemoryTransport()
+        self.server_link = TLSLink(loop, server_ctx, self.server, server_side=True)
+        self.client_link = TLSLink(loop, client_ctx, self.client, server_side=False)
+        self.server_link.connection_made(self.server_raw)
+        self.client_link.connection_made(self.client_raw)
+        for _ in range(HANDSHAKE_ROUNDS):
+            deliver(self.client_raw, self.server_link)
+            deliver(self.server_raw, self.client_link)
+        self.service: list[tuple[SpliceProtocol, MemoryTransport]] = []
+        self.client.on_stream = self._dial
+        self.visitor = MemoryTransport()
+        self.visitor_side = SpliceProtocol(on_connect=self._open)
+        self.visitor_side.connection_made(self.visitor)
+        for _ in range(2):
+            self.server.transmit()
+            deliver(self.server_raw, self.client_link)
+            self.client.transmit()
+            deliver(self.client_raw, self.server_link)
+        if len(self.service) != 1:
+            raise RuntimeError("the stream did not open")
+
+    def _open(self, protocol: SpliceProtocol, transport: asyncio.Transport) -> MuxStream:
+        return self.server.open_stream(StreamHeader("web", "127.0.0.1", 1))
+
+    def _dial(self, stream: MuxStream) -> None:
+        protocol, transport = SpliceProtocol(stream), MemoryTransport()
+        protocol.connection_made(transport)
+        self.service.append((protocol, transport))
+
+    def exchange(self) -> None:
+        """One request to the service and its response back to the visitor."""
+        service_side, service = self.service[0]
+        self.visitor_side.data_received(REQUEST)
+        self.server.transmit()  # the transmit the send scheduled: one TLS record
+        deliver(self.server_raw, self.client_link)
+        if service.take() != [REQUEST]:
+            raise RuntimeError("the request did not reach the service")
+        service_side.data_received(RESPONSE)
+        self.client.transmit()
+        deliver(self.client_raw, self.server_link)
+        if self.visitor.take() != [RESPONSE]:
+            raise RuntimeError("the response did not reach the visitor")
+
+
+async def run(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    with tempfile.TemporaryDirectory(prefix="tunnelkit-datapath-") as tmp:
+        tunnel = Tunnel(loop, Path(tmp))
+        for _ in range(WARM_UP):
+            tunnel.exchange()
+        await asyncio.sleep(0)  # run (and drop) the transmits the sends scheduled
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(args.exchanges):
+                tunnel.exchange()
+            profile.disable()
+            stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+            calls = sum(row[1] for row in stats.values())
+            print(f"{calls / args.exchanges:.0f} Python calls per exchange (both ends)")
+            top = sorted(stats.items(), key=lambda item: -item[1][2])[:30]
+            for (path, line, name), (_, ncalls, tottime, _, _) in top:
+                where = f"{Path(path).name}:{line} {name}"
+                per = tottime / args.exchanges * 1e6
+                print(f"{ncalls / args.exchanges:6.2f} per exchange {per:7.2f} us  {where}")
+            return
+        results = []
+        for _ in range(args.runs):
+            started = time.process_time()
+            for _ in range(args.exchanges):
+                tunnel.exchange()
+            results.append((time.process_time() - started) / args.exchanges * 1e6)
+            await asyncio.sleep(0)
+        shown = " ".join(f"{r:.1f}" for r in results)
+        print(
+            f"CPU us per exchange, both ends: median {statistics.median(results):.1f} "
+            f"min {min(results):.1f} ({shown})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--exchanges", type=int, default=10000)
+    parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
+    args = parser.parse_args()
+    if args.runs < 1 or args.exchanges < 1:
+        parser.error("--runs and --exchanges must be at least 1")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
