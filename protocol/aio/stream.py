@@ -102,6 +102,7 @@ class MuxStream(SpliceSide, AsyncSide):
         "_rx",
         "_rx_bytes",
         "_rx_eof",
+        "_rx_notify",
         "_rx_waiter",
         "_sink",
         "_sink_paused",
@@ -139,6 +140,8 @@ class MuxStream(SpliceSide, AsyncSide):
         self._rx_bytes = 0
         self._rx_eof = False
         self._rx_waiter: asyncio.Future[None] | None = None
+        # A reader that is called back instead of waiting (`set_rx_notify`, the vhost's lane)
+        self._rx_notify: Callable[[], None] | None = None
         self._discard_rx = False
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
@@ -486,3 +489,5 @@ class MuxStream(SpliceSide, AsyncSide):
     def _wake_rx(self) -> None:
         if self._rx_waiter is not None and not self._rx_waiter.done():
             self._rx_waiter.set_result(None)
+        if self._rx_notify is not None:
+            self._rx_notify()
