@@ -349,3 +349,31 @@ async def test_vhost_lane_visitor_gone_resets_the_stream() -> None:
         await stream.wait_closed()
         assert stream.reset_code is not None
         assert len(lane.records) == 2
+
+
+async def test_vhost_lane_unknown_host_404_keeps_serving() -> None:
+    """A 404 answered on the lane keeps the connection, and the lane serves the next request
+    on the same stream."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(echo_path) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/", host="nobody.test") + get("/after"))
+            assert (await read_response(reader))[0] == 404
+            assert (await read_response(reader))[2] == b"/after"
+        assert lane.server.lane_served == 1
+        assert len(lane.streams) == 1
+
+
+async def test_vhost_lane_listener_close_ends_idle_connection() -> None:
+    """Closing the listener ends a connection idle on the lane at once, cleanly."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(echo_path) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/lane"))
+            await read_response(reader)
+            lane.server.close()
+            assert await reader.read() == b""
+            await lane.server.wait_closed()
+        assert lane.server.lane_served == 1
