@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from protocol.aio import sockopts
 from protocol.aio.stream import MuxStream
+from protocol.compression import ZSTD
 from protocol.messages import StreamHeader
 from protocol.settings import MuxSettings
 from tunnel_server.vhost.access import RequestRecord
@@ -75,7 +76,7 @@ class Lane:
 
 
 @contextlib.asynccontextmanager
-async def lane_vhost(app: App, **kw: Any) -> AsyncIterator[Lane]:
+async def lane_vhost(app: App, header: StreamHeader = HEADER, **kw: Any) -> AsyncIterator[Lane]:
     tasks: set[asyncio.Task[None]] = set()
     streams: list[MuxStream] = []
     async with mux_pair(MuxSettings()) as (client, far):
@@ -95,7 +96,7 @@ async def lane_vhost(app: App, **kw: Any) -> AsyncIterator[Lane]:
         far.on_stream = on_stream
 
         async def opener(src: tuple[str, int]) -> ByteStream:
-            stream = client.open_stream(HEADER)
+            stream = client.open_stream(header)
             opened.append(stream)
             return stream
 
@@ -377,3 +378,26 @@ async def test_vhost_lane_listener_close_ends_idle_connection() -> None:
             assert await reader.read() == b""
             await lane.server.wait_closed()
         assert lane.server.lane_served == 1
+
+
+async def test_vhost_lane_compressed_stream_relays_whole() -> None:
+    """On a compressed stream (useCompression) the lane inflates what it reads: keep-alive
+    and pipelined responses, one of them larger than a frame, arrive whole and in order."""
+    big = b"0123456789abcdef" * 40_000
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            await stream.write(ok(big if path == b"/big" else path))
+
+    zstd = StreamHeader("web", LOOPBACK, 80, ZSTD)
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app, zstd) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/a") + get("/big") + get("/b"))
+            assert (await read_response(reader))[2] == b"/a"
+            assert (await read_response(reader))[2] == big
+            assert (await read_response(reader))[2] == b"/b"
+        assert lane.server.lane_served == 3
