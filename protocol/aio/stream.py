@@ -23,7 +23,8 @@ The application uses one of two styles:
   the local transport's reading is paused until the window opens again.
 * Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
   `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
-  credited as `read` consumes it.
+  credited as `read` consumes it. A reader that serves from callbacks (the HTTP vhost's lane)
+  sets `set_rx_notify(callback)` and takes the data with `read_nowait` instead of awaiting.
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
 mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream

@@ -9,7 +9,9 @@ One `InboundProtocol` per visitor connection parses requests with httptools (see
     -> reuse the upstream stream if the route is the same, else close it and take one from
        the keep-alive pool (pool.py) or open a new one
     -> run one `Exchange` (request out, response back, maybe an upgrade splice)
-    -> loop while both sides keep the connection alive
+    -> loop while both sides keep the connection alive; after the first request, while the
+       held stream can call back, the connection's `Lane` (lane.py) serves plain requests
+       from callbacks and hands back everything else
 
 Keep-alive races: when a reused stream turns out to be dead before any response byte (the app
 closed its idle connection), an idempotent request that was sent whole is retried once on a
