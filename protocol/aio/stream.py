@@ -23,7 +23,8 @@ The application uses one of two styles:
   the local transport's reading is paused until the window opens again.
 * Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
   `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
-  credited as `read` consumes it.
+  credited as `read` consumes it. A reader that serves from callbacks (the HTTP vhost's lane)
+  sets `set_rx_notify(callback)` and takes the data with `read_nowait` instead of awaiting.
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
 mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream
@@ -102,6 +103,7 @@ class MuxStream(SpliceSide, AsyncSide):
         "_rx",
         "_rx_bytes",
         "_rx_eof",
+        "_rx_notify",
         "_rx_waiter",
         "_sink",
         "_sink_paused",
@@ -139,6 +141,8 @@ class MuxStream(SpliceSide, AsyncSide):
         self._rx_bytes = 0
         self._rx_eof = False
         self._rx_waiter: asyncio.Future[None] | None = None
+        # A reader that is called back instead of waiting (`set_rx_notify`, the vhost's lane)
+        self._rx_notify: Callable[[], None] | None = None
         self._discard_rx = False
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
@@ -486,3 +490,5 @@ class MuxStream(SpliceSide, AsyncSide):
     def _wake_rx(self) -> None:
         if self._rx_waiter is not None and not self._rx_waiter.done():
             self._rx_waiter.set_result(None)
+        if self._rx_notify is not None:
+            self._rx_notify()
