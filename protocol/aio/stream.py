@@ -91,9 +91,9 @@ class MuxStream(SpliceSide, AsyncSide):
     # is this object and its header (docs/performance.md, "Memory").
     __slots__ = (
         "__weakref__",
+        "_accept_due",
         "_accept_error",
         "_accept_fut",
-        "_accept_timer",
         "_accepted_done",
         "_close_fut",
         "_closed_done",
@@ -156,7 +156,7 @@ class MuxStream(SpliceSide, AsyncSide):
         self._accepted_done = False
         self._accept_error: StreamResetError | None = None
         self._accept_fut: asyncio.Future[None] | None = None
-        self._accept_timer: asyncio.TimerHandle | None = None
+        self._accept_due = False  # in the session's accept deadlines (deadlines.py)
         self._closed_done = False
         self._close_fut: asyncio.Future[None] | None = None
         self.reset_code: int | None = None
@@ -305,14 +305,12 @@ class MuxStream(SpliceSide, AsyncSide):
         a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
         if self._accepted_done:
             return
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-        self._accept_timer = self.session.loop.call_later(
-            timeout_s, self._accept_expired, timeout_s
-        )
+        self._accept_due = True
+        self.session.accept_deadlines.add(self, timeout_s)
 
-    def _accept_expired(self, timeout_s: float) -> None:
-        self._accept_timer = None
+    def accept_expired(self, timeout_s: float) -> None:
+        """The session's accept deadlines found this stream past its deadline."""
+        self._accept_due = False
         if not self._accepted_done:
             self.abort(
                 ErrorCode.ACCEPT_TIMEOUT,
@@ -333,9 +331,9 @@ class MuxStream(SpliceSide, AsyncSide):
             return
         self._accepted_done = True
         self._accept_error = error
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-            self._accept_timer = None
+        if self._accept_due:
+            self._accept_due = False
+            self.session.accept_deadlines.discard(self)
         fut = self._accept_fut
         if fut is not None and not fut.done():
             if error is None:

@@ -20,6 +20,7 @@ from . import sockopts
 if TYPE_CHECKING:
     from collections import deque
 
+    from ..messages import VisitorOpen
     from .connection import MuxSession
     from .stream import MuxStream
     from .streamcodec import StreamCodec
@@ -41,6 +42,7 @@ class SpliceSide:
         stream_id: int
         opened_locally: bool
         tap: StreamTap | None
+        visitor: VisitorOpen | None
         _codec: StreamCodec | None
         _accepted_done: bool
         _closed_done: bool
@@ -58,9 +60,11 @@ class SpliceSide:
 
     def attach(self, transport: asyncio.Transport) -> None:
         """Join this stream with a local socket's transport (both directions). A stream the
-        peer opened is accepted now, before the local socket can produce data."""
+        peer opened is accepted now, before the local socket can produce data; its ACK is
+        held to leave with the socket's first bytes (one TLS record, one wake-up of the peer
+        fewer per connection), except on a visitor stream, whose opener waits for it."""
         if not self.opened_locally and not self._accepted_done:
-            self.session.accept_stream(cast("MuxStream", self))
+            self.session.accept_stream(cast("MuxStream", self), hold_ack=self.visitor is None)
         self._sink = transport
         self._source = transport
         transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)
