@@ -95,6 +95,7 @@ class MuxStream(SpliceSide, AsyncSide):
         "_accept_error",
         "_accept_fut",
         "_accepted_done",
+        "_close_callbacks",
         "_close_fut",
         "_closed_done",
         "_codec",
@@ -158,7 +159,10 @@ class MuxStream(SpliceSide, AsyncSide):
         self._accept_fut: asyncio.Future[None] | None = None
         self._accept_due = False  # in the session's accept deadlines (deadlines.py)
         self._closed_done = False
-        self._close_fut: asyncio.Future[None] | None = None
+        self._close_fut: asyncio.Future[None] | None = None  # made for wait_closed only
+        # add_close_callback's callbacks: a list, not a future's done callbacks (one object
+        # fewer per stream; each still runs soon after the close, through call_soon)
+        self._close_callbacks: list[Callable[[MuxStream], None]] | None = None
         self.reset_code: int | None = None
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
@@ -378,9 +382,10 @@ class MuxStream(SpliceSide, AsyncSide):
         if self._closed_done:
             self.session.loop.call_soon(callback, self)
             return
-        if self._close_fut is None:
-            self._close_fut = self.session.loop.create_future()
-        self._close_fut.add_done_callback(lambda _: callback(self))
+        if self._close_callbacks is None:
+            self._close_callbacks = [callback]
+        else:
+            self._close_callbacks.append(callback)
 
     # -- StreamEvents: called by MuxSession.transmit() only -----------------------------------
     def accepted(self) -> None:
@@ -466,6 +471,10 @@ class MuxStream(SpliceSide, AsyncSide):
         self._closed_done = True
         if self._close_fut is not None and not self._close_fut.done():
             self._close_fut.set_result(None)
+        if self._close_callbacks is not None:
+            callbacks, self._close_callbacks = self._close_callbacks, None
+            for callback in callbacks:
+                self.session.loop.call_soon(callback, self)
         if self.tap is not None:
             self.tap.closed()
             self.tap = None

@@ -119,3 +119,24 @@ async def test_open_accept_deadline_left_when_accepted() -> None:
             await wait_until(lambda: deadlines._timer is None, "the sweep at the deadline")
             assert not any(stream.is_closed for stream in streams)
             assert accepted.qsize() == 50
+
+
+async def test_open_close_callbacks_run_once_in_order_after_close() -> None:
+    """Close callbacks run after the close (not inside it), in the order added, once each;
+    one added after the close runs too."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with mux_pair(MuxSettings()) as (client, server):
+            server.on_stream = lambda stream: None  # never accepts: the deadline resets it
+            stream = client.open_stream(HEADER)
+            calls: list[str] = []
+            stream.add_close_callback(lambda s: calls.append(f"first {s.stream_id}"))
+            stream.add_close_callback(lambda s: calls.append("second"))
+            stream.abort(ErrorCode.CANCELLED, "done")
+            assert calls == []  # soon after, never under the command
+            done = asyncio.get_running_loop().create_future()
+            stream.add_close_callback(lambda s: done.set_result(None))
+            await done
+            assert calls == [f"first {stream.stream_id}", "second"]
+            stream.abort(ErrorCode.CANCELLED, "again")  # a second close runs nothing again
+            await asyncio.sleep(0)
+            assert len(calls) == 2
