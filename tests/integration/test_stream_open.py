@@ -82,6 +82,28 @@ async def test_open_held_ack_leaves_after_the_delay_for_a_silent_service() -> No
             assert not stream.is_closed
 
 
+async def test_open_ack_not_held_when_the_opener_has_sent_nothing() -> None:
+    """An opener that has sent nothing may be waiting for the ACK (tunneld's stcp owner
+    stream does): its accept is not held, and a held one is only for an opener that spoke."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with tcp_echo_server() as echo, mux_pair(MuxSettings()) as (client, server):
+            splice_to(server, echo.port)
+            holds: list[bool] = []
+            accept = server.mux.accept_stream
+
+            def spy(stream_id: int, *, hold_ack: bool = False) -> None:
+                holds.append(hold_ack)
+                accept(stream_id, hold_ack=hold_ack)
+
+            server.mux.accept_stream = spy  # type: ignore[method-assign]
+            silent = client.open_stream(HEADER)
+            await silent.wait_accepted()
+            spoke = client.open_stream(HEADER)
+            await spoke.write(b"hi")
+            assert await spoke.read(2) == b"hi"
+            assert holds == [False, True]
+
+
 async def test_open_accept_deadline_sweep_expires_stuck_opens() -> None:
     """Streams the peer never accepts are reset with ACCEPT_TIMEOUT by the session's one sweep
     timer, with two timeouts mixed; the table is empty afterwards."""
