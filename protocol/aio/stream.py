@@ -92,10 +92,11 @@ class MuxStream(SpliceSide, AsyncSide):
     # is this object and its header (docs/performance.md, "Memory").
     __slots__ = (
         "__weakref__",
+        "_accept_due",
         "_accept_error",
         "_accept_fut",
-        "_accept_timer",
         "_accepted_done",
+        "_close_callbacks",
         "_close_fut",
         "_closed_done",
         "_codec",
@@ -160,9 +161,12 @@ class MuxStream(SpliceSide, AsyncSide):
         self._accepted_done = False
         self._accept_error: StreamResetError | None = None
         self._accept_fut: asyncio.Future[None] | None = None
-        self._accept_timer: asyncio.TimerHandle | None = None
+        self._accept_due = False  # in the session's accept deadlines (deadlines.py)
         self._closed_done = False
-        self._close_fut: asyncio.Future[None] | None = None
+        self._close_fut: asyncio.Future[None] | None = None  # made for wait_closed only
+        # add_close_callback's callbacks: a list, not a future's done callbacks (one object
+        # fewer per stream; each still runs soon after the close, through call_soon)
+        self._close_callbacks: list[Callable[[MuxStream], None]] | None = None
         self.reset_code: int | None = None
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
@@ -309,14 +313,12 @@ class MuxStream(SpliceSide, AsyncSide):
         a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
         if self._accepted_done:
             return
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-        self._accept_timer = self.session.loop.call_later(
-            timeout_s, self._accept_expired, timeout_s
-        )
+        self._accept_due = True
+        self.session.accept_deadlines.add(self, timeout_s)
 
-    def _accept_expired(self, timeout_s: float) -> None:
-        self._accept_timer = None
+    def accept_expired(self, timeout_s: float) -> None:
+        """The session's accept deadlines found this stream past its deadline."""
+        self._accept_due = False
         if not self._accepted_done:
             self.abort(
                 ErrorCode.ACCEPT_TIMEOUT,
@@ -337,9 +339,9 @@ class MuxStream(SpliceSide, AsyncSide):
             return
         self._accepted_done = True
         self._accept_error = error
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-            self._accept_timer = None
+        if self._accept_due:
+            self._accept_due = False
+            self.session.accept_deadlines.discard(self)
         fut = self._accept_fut
         if fut is not None and not fut.done():
             if error is None:
@@ -384,9 +386,10 @@ class MuxStream(SpliceSide, AsyncSide):
         if self._closed_done:
             self.session.loop.call_soon(callback, self)
             return
-        if self._close_fut is None:
-            self._close_fut = self.session.loop.create_future()
-        self._close_fut.add_done_callback(lambda _: callback(self))
+        if self._close_callbacks is None:
+            self._close_callbacks = [callback]
+        else:
+            self._close_callbacks.append(callback)
 
     # -- StreamEvents: called by MuxSession.transmit() only -----------------------------------
     def accepted(self) -> None:
@@ -472,6 +475,10 @@ class MuxStream(SpliceSide, AsyncSide):
         self._closed_done = True
         if self._close_fut is not None and not self._close_fut.done():
             self._close_fut.set_result(None)
+        if self._close_callbacks is not None:
+            callbacks, self._close_callbacks = self._close_callbacks, None
+            for callback in callbacks:
+                self.session.loop.call_soon(callback, self)
         if self.tap is not None:
             self.tap.closed()
             self.tap = None
