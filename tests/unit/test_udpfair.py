@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from protocol.dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams
 from tunnel_server.stats import ProxyCounters
-from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, FairQueue
+from tunnel_server.udpfair import (
+    FLOW_QUEUE_DATAGRAMS,
+    PACK_MAX_BYTES,
+    PACKED_LENGTH_BYTES,
+    FairQueue,
+)
 
 FLOOD = 1
 QUIET = 2
@@ -141,3 +147,20 @@ def test_fairqueue_pop_run_ends_at_another_flows_turn() -> None:
     assert second is not None and second[0] == QUIET and second[1] == [b"ping"]
     rest = queue.pop_run(32, 32 * 1024)
     assert rest is not None and rest[0] == FLOOD and len(rest[1]) == 19
+
+
+def test_fairqueue_pack_bounds_hold_for_full_and_tiny_datagrams() -> None:
+    """With the drain's bounds a run packs to at most PACK_MAX_BYTES and PACKED_MAX_DATAGRAMS,
+    whether the datagrams are full-size (bytes bind) or tiny (the count binds)."""
+    for size, bound in ((1400, "bytes"), (10, "count")):
+        queue = FairQueue()
+        for _ in range(FLOW_QUEUE_DATAGRAMS):
+            queue.push(FLOOD, bytes(size))
+        run = queue.pop_run(PACKED_MAX_DATAGRAMS, PACK_MAX_BYTES)
+        assert run is not None
+        payload = pack_datagrams(run[1])
+        assert len(payload) <= PACK_MAX_BYTES and len(run[1]) <= PACKED_MAX_DATAGRAMS
+        if bound == "bytes":
+            assert len(payload) + PACKED_LENGTH_BYTES + size > PACK_MAX_BYTES  # full
+        else:
+            assert len(run[1]) == PACKED_MAX_DATAGRAMS
