@@ -103,3 +103,9 @@ def test_dgrampack_over_the_bound_from_a_peer_ends_the_session() -> None:
     ended = pair.of_type("client", ConnectionTerminated)
     assert ended and ended[0].code == ErrorCode.PROTOCOL_ERROR
     assert not pair.of_type("client", DatagramReceived)
+
+
+def test_dgrampack_refuses_a_datagram_over_the_length_field() -> None:
+    """A datagram longer than a u16 length can say cannot be packed."""
+    with pytest.raises(ValueError):
+        pack_datagrams([b"ok", bytes(65_536)])
