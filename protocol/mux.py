@@ -34,7 +34,14 @@ import math
 from enum import Enum
 from typing import Final
 
-from .dgramwindow import CREDIT_FLOW_ID, DatagramWindow, encode_credit
+from .dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams, unpack_datagrams
+from .dgramwindow import (
+    CREDIT_FLOW_ID,
+    CREDIT_UNPACKS_FLAG,
+    PACKED_FLAG,
+    DatagramWindow,
+    encode_credit,
+)
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     ConnectionTerminated,
@@ -68,7 +75,7 @@ MAX_WINDOW_BYTES: Final = 0xFFFF_FFFF
 # about 64 bytes each). One 256 KiB read of 9-byte frames would otherwise queue 29,000.
 MAX_PENDING_EVENTS: Final = 1024
 # The most events one frame produces (DATA with FIN: DataReceived, StreamEnded, StreamClosed).
-_MAX_EVENTS_PER_FRAME: Final = 3
+_MAX_EVENTS_PER_FRAME: Final = max(3, PACKED_MAX_DATAGRAMS)  # a datagram pack's
 # Flag bits as plain ints: `int(frame.flags) & _FIN` costs a tenth of `frame.flags & Flag.FIN`,
 # which builds a new Flag member through the enum machinery on every frame.
 _SYN: Final = int(Flag.SYN)
@@ -80,6 +87,10 @@ _DATA: Final = FrameType.DATA
 # table): the per-frame hot path checks membership instead of looking the transition up.
 _SENDING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+# Handshakes in which a send needs more than the state check: a refusal, or an ACK to write.
+_UNACKED: Final = (Handshake.SYN_RECEIVED, Handshake.ACK_OWED)
+# A held ACK leaves once the peer has less than this much of its initial window left.
+_HELD_ACK_MIN_CREDIT_BYTES: Final = INITIAL_STREAM_WINDOW_BYTES // 2
 
 
 class Role(Enum):
@@ -107,6 +118,9 @@ class MuxConnection:
         # recomputed by acknowledge_data when the stream table's size changed.
         self._share_streams = -1
         self._share = 0
+        # Streams accepted with their ACK held (Handshake.ACK_OWED), oldest first; at most one
+        # entry per open stream (an entry leaves with its ACK or its stream).
+        self._owed_acks: dict[int, None] = {}
         # A list read from `_event_pos` and cleared once drained (clear() frees its storage:
         # an idle session holds an empty list, not a deque's 600-byte block).
         self._events: list[Event] = []
@@ -281,14 +295,42 @@ class MuxConnection:
         self._grant(rec, rec.owed_credit(), Flag.NONE)
         return stream_id
 
-    def accept_stream(self, stream_id: int) -> None:
+    def accept_stream(self, stream_id: int, *, hold_ack: bool = False) -> None:
+        """Accept a stream the peer opened. With `hold_ack` the ACK is not written yet: it
+        leaves just before the stream's first frame (DATA, FIN, RST or a credit the peer
+        needs: less than half its initial window left), or at `send_owed_acks`, so that one
+        TLS record carries both (the wire is the same; only the timing moves)."""
         rec = self._require(stream_id)
         if rec.handshake is not Handshake.SYN_RECEIVED:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
-        rec.handshake = Handshake.ESTABLISHED
         self._pending_accepts -= 1
+        if hold_ack:
+            rec.handshake = Handshake.ACK_OWED
+            self._owed_acks[stream_id] = None
+            return
+        rec.handshake = Handshake.ESTABLISHED
         credit = rec.owed_credit()
         self._write(encode_frame(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, credit))
+
+    @property
+    def owed_acks(self) -> int:
+        """Streams accepted whose ACK is held (see `accept_stream`)."""
+        return len(self._owed_acks)
+
+    def send_owed_acks(self) -> None:
+        """Write every held ACK now (the adapter calls this ACK_DELAY_S after holding one)."""
+        owed, self._owed_acks = self._owed_acks, {}
+        for stream_id in owed:
+            rec = self._streams.get(stream_id)
+            if rec is not None and rec.handshake is Handshake.ACK_OWED:
+                self._send_ack(rec)
+
+    def _send_ack(self, rec: StreamRecord, credit: int = 0) -> None:
+        """Write a held ACK, with `credit` already counted and whatever else is owed."""
+        rec.handshake = Handshake.ESTABLISHED
+        self._owed_acks.pop(rec.stream_id, None)
+        credit += rec.owed_credit()
+        self._write(encode_frame(FrameType.WINDOW_UPDATE, Flag.ACK, rec.stream_id, credit))
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> int:
         """Send as much of `data` as the window allows; return the number of bytes taken.
@@ -302,8 +344,10 @@ class MuxConnection:
             if not rec.can_send:
                 rec.apply(StreamEvent.SEND_DATA)  # raises the right error
             return 0
-        if rec.state not in _SENDING_STATES or rec.handshake is Handshake.SYN_RECEIVED:
+        if rec.state not in _SENDING_STATES or rec.handshake in _UNACKED:
             rec.apply(StreamEvent.SEND_DATA)  # raises the right error (else: no change)
+            if rec.handshake is Handshake.ACK_OWED:
+                self._send_ack(rec)  # the held ACK leaves in front of the data
         rec.send_window -= n
         step = self.settings.max_frame_payload_bytes
         if n == total <= step and not finish:
@@ -328,6 +372,8 @@ class MuxConnection:
         """Send FIN: no more data from us on this stream."""
         rec = self._require(stream_id)
         rec.apply(StreamEvent.SEND_FIN)  # raises before anything is queued
+        if rec.handshake is Handshake.ACK_OWED:
+            self._send_ack(rec)
         self._write(encode_fast(FrameType.DATA, Flag.FIN, stream_id, b""))
         self._after_local_fin(rec)
 
@@ -338,6 +384,8 @@ class MuxConnection:
         if rec is None or self._terminated:
             return
         rec.apply(StreamEvent.SEND_RST)
+        if rec.handshake is Handshake.ACK_OWED:
+            self._send_ack(rec)  # accepted, then reset: as without the hold
         self._forget(rec)
         info = encode_message(StreamResetInfo(int(code), reason[:512]))
         self._write(encode_frame(FrameType.MESSAGE, Flag.RST, stream_id, info))
@@ -348,6 +396,12 @@ class MuxConnection:
         window is the threshold)."""
         rec = self._streams.get(stream_id)
         if rec is None or nbytes == 0:
+            return False
+        if rec.handshake is Handshake.ACK_OWED:
+            rec.consume_held(nbytes)
+            if rec.recv_credit < _HELD_ACK_MIN_CREDIT_BYTES:
+                self._send_ack(rec)  # the peer's initial window runs low: credit it now
+                return True
             return False
         streams = len(self._streams)
         if streams != self._share_streams:  # the share moves only when the table's size does
@@ -377,6 +431,23 @@ class MuxConnection:
             return False
         self.datagrams.sent(len(data))
         self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
+        return True
+
+    def send_packed_datagrams(self, flow_id: int, datagrams: list[bytes]) -> bool:
+        """Queue up to PACKED_MAX_DATAGRAMS datagrams of one flow as one packed DATAGRAM frame
+        (docs/protocol.md 6.3); False (all dropped) under send_datagram's rules, or when the
+        peer has not said it unpacks (`datagrams.peer_unpacks`: send them one by one)."""
+        if self._terminated or not self.datagrams.peer_unpacks:
+            return False
+        payload = pack_datagrams(datagrams)
+        if len(payload) > self.settings.max_frame_payload_bytes:
+            return False
+        if self._out_bytes > self.settings.datagram_high_water_bytes:
+            return False
+        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
+            return False
+        self.datagrams.sent(len(payload))
+        self._write(encode_fast(FrameType.DATAGRAM, PACKED_FLAG, flow_id, payload))
         return True
 
     def ping(self, now: float) -> None:
@@ -447,6 +518,8 @@ class MuxConnection:
         if self._streams.pop(rec.stream_id, None) is not None:
             if rec.handshake is Handshake.SYN_RECEIVED:
                 self._pending_accepts -= 1
+            elif rec.handshake is Handshake.ACK_OWED:
+                self._owed_acks.pop(rec.stream_id, None)
 
     def _emit_go_away(self, code: int, reason: str) -> None:
         self._write(encode_frame(FrameType.GO_AWAY, Flag.NONE, 0, [int(code), reason[:512]]))
@@ -454,6 +527,7 @@ class MuxConnection:
     def _terminate(self, code: int, reason: str, remote: bool) -> None:
         self._terminated = True
         self._streams.clear()
+        self._owed_acks.clear()
         self._pending_accepts = 0
         self._events.append(ConnectionTerminated(int(code), reason, remote))
 
@@ -493,12 +567,21 @@ class MuxConnection:
                 raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
         elif kind is FrameType.DATAGRAM:
             if frame.stream_id == CREDIT_FLOW_ID:
-                self.datagrams.credited(frame.payload)
+                self.datagrams.credited(frame.payload, frame.flags)
                 return
-            self._events.append(DatagramReceived(frame.stream_id, frame.payload))
+            if frame.flags & PACKED_FLAG:
+                flow_id = frame.stream_id
+                self._events.extend(
+                    [DatagramReceived(flow_id, data) for data in unpack_datagrams(frame.payload)]
+                )
+            else:
+                self._events.append(DatagramReceived(frame.stream_id, frame.payload))
             credit = self.datagrams.received(len(frame.payload))
             if credit:
-                self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, 0, encode_credit(credit)))
+                # The flag says: this side unpacks packed datagrams (dgramwindow.py).
+                self._write(
+                    encode_fast(FrameType.DATAGRAM, CREDIT_UNPACKS_FLAG, 0, encode_credit(credit))
+                )
         elif kind is FrameType.PING:
             self._on_ping(frame)
         elif kind is FrameType.GO_AWAY:
