@@ -247,3 +247,51 @@ async def test_history_full_batch_waits_longer_and_marks_stay_bounded(tmp_path: 
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+_LAZY_SQLITE_SCRIPT = """
+import asyncio, sys, time
+from pathlib import Path
+from tunnel_client.inspect.exchange import CapturedExchange
+from tunnel_client.inspect.history import HistoryDB, HistoryWriter
+from tunnel_client.inspect.store import CaptureStore
+
+async def main(path):
+    store = CaptureStore(max_requests=10, max_body_bytes=8)
+    writer = HistoryWriter(HistoryDB(path), store, max_age=3600.0)
+    writer.start()
+    await writer.flush()  # nothing dirty: nothing to open
+    idle = "sqlite3" in sys.modules
+    item = CapturedExchange(store.new_id(), "hook", time.time(), "GET", "/x", "1.1", ())
+    store.add(item)
+    await writer.flush()
+    written = "sqlite3" in sys.modules and writer.db.opened
+    writer.close()
+    await writer.wait_closed()
+    print(idle, written, path.stat().st_mode & 0o777 == 0o600)
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_history_loads_sqlite_only_when_there_is_history(tmp_path: Path) -> None:
+    """A fresh history file takes the lock and exists (0600) without loading SQLite; the first
+    written exchange opens it, and a restart loads what was written."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "state" / "h.sqlite3"
+    out = subprocess.run(
+        [sys.executable, "-c", _LAZY_SQLITE_SCRIPT, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert out == ["False", "True", "True"]
+    db = HistoryDB(path)  # not empty now: opened at once
+    try:
+        assert db.opened
+        assert [e.path for e in db.load(10, 0.0)] == ["/x"]
+    finally:
+        db.close()
