@@ -505,3 +505,20 @@ def test_capture_malformed_head_detail_shows_the_raw_bytes_and_why() -> None:
     assert detail["request_head_raw"] == "GET /bad HTTP/1.1\r\nNo colon\r\n\r\n"
     assert "not parseable as HTTP/1.x" in str(detail["request_head_error"])
     assert "request_head_raw" not in exchange_detail(good)
+
+
+def test_capture_bodyless_response_whose_length_matches_the_next_response() -> None:
+    """A HEAD's and a 304's response announce a length but have no body: when the next
+    response is exactly that long and comes in the same read, it is still its own exchange
+    (the one-call path for whole messages must not take it as a body)."""
+    second = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    for method, status in ((b"HEAD", b"200 OK"), (b"GET", b"304 Not Modified")):
+        store = CaptureStore(max_requests=10, max_body_bytes=64)
+        capture = make_capture(store)
+        capture.feed_request(method + b" /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        first = b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(second)
+        capture.feed_response(first + second)
+        b, a = store.list()
+        assert (a.path, a.status, a.response_body.size) == ("/a", int(status[:3]), 0)
+        assert (b.path, b.status, b.response_body.data) == ("/b", 201, b"ok")
+        assert capture.capturing and capture.idle

@@ -102,6 +102,7 @@ class HTTPCapture:
         self._requests_open = True
         self._responses_open = True
         self._pending: deque[_Slot] = deque()  # oldest first; bounded by MAX_PENDING_EXCHANGES
+        self._heads = 0  # HEAD requests in _pending (their responses have no body)
         self._req_slot: _Slot | None = None  # the request being received
         self._resp_slot: _Slot | None = None  # the exchange the current response belongs to
         self._interim = False  # the current response is 1xx (not 101)
@@ -197,6 +198,9 @@ class HTTPCapture:
         )
         slot = _Slot(exchange, started)
         self._pending.append(slot)
+        if method == "HEAD":
+            self._heads += 1
+            self._resp.fast_bodies = False
         self._req_slot = slot
         return slot
 
@@ -281,6 +285,9 @@ class HTTPCapture:
         slot.response_done = True
         if self._pending and self._pending[0] is slot:
             self._pending.popleft()
+            if slot.exchange.method == "HEAD":
+                self._heads -= 1
+                self._resp.fast_bodies = not self._heads
         self._resp_slot = None
         self._publish(slot)
 
@@ -318,6 +325,7 @@ class HTTPCapture:
         logger.debug("[proxy=%s] capture stopped: %s", self._proxy, reason)
         pending = list(self._pending)
         self._pending.clear()
+        self._heads = 0
         for slot in pending:
             if not slot.response_done:
                 slot.exchange.error = slot.exchange.error or reason

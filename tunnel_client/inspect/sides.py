@@ -85,6 +85,9 @@ _LENGTH: Final = 1
 _CHUNKED: Final = 2
 _TO_EOF: Final = 3
 _CRLF_BYTES: Final = (10, 13)
+# Responses without a body whatever their Content-Length (the status at offset 9 of
+# "HTTP/1.1 nnn"): 1xx, 204 and 304 go the piecewise way.
+_NO_BODY_STATUS: Final = (b"204", b"304")
 # A refused head that starts like HTTP is kept, raw, as an exchange that says why; anything
 # else (TLS, SSH, binary) just stops the capture.
 _REQUEST_LINE: Final = re.compile(rb"[!-~]+ [!-~]+ HTTP/[0-9]")
@@ -145,6 +148,7 @@ class MessageSide:
         self._tail = b""  # the last bytes fed in this state, to find a split CRLF CRLF
         self._lines = 0  # CRLFs in _parts
         self._left = 0  # Content-Length bytes still to come
+        self.fast_bodies = True  # False while a HEAD's response may come (set by the capture)
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         if self._request:
@@ -171,6 +175,8 @@ class MessageSide:
         self._tail = b""
 
     def feed(self, data: bytes) -> None:
+        if self.state == _HEAD and not self._parts and self._feed_whole(data):
+            return
         pos, size = 0, len(data)
         while pos < size:
             state = self.state
@@ -194,6 +200,53 @@ class MessageSide:
             else:
                 self._feed_body(data, pos, size)
                 pos = size
+
+    def _feed_whole(self, data: bytes) -> bool:
+        """The common case in one parser call: `data` is exactly one message, a head alone
+        or a head and its whole Content-Length body. False, with nothing fed, otherwise."""
+        end = data.find(_HEAD_END, 0, MAX_HEAD_BYTES + len(_HEAD_END))
+        if end < 0 or data[0] in _CRLF_BYTES:
+            return False
+        end += len(_HEAD_END)
+        size = len(data)
+        length: int | None = 0
+        if end == size:
+            head = data  # a body, if any, comes in later feeds
+        else:
+            if not self.fast_bodies:  # a HEAD's response: its length is not its body's
+                return False
+            head = data[:end]
+            length, chunked = _framing(head)
+            if chunked or length != size - end:
+                return False
+            if not self._request and (head[9:10] == b"1" or head[9:12] in _NO_BODY_STATUS):
+                return False
+        if head.count(b"\r\n") > MAX_HEADERS + 2:
+            return False  # the piecewise path says why
+        self._on_begin()
+        self._parts = [head]
+        self._lines = 0
+        collector = self.collector
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._head_done()
+            raise
+        except httptools.HttpParserError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if (_REQUEST_LINE if self._request else _STATUS_LINE).match(head):
+                raise BadHead(head, reason) from None
+            raise CaptureStopped(f"not parseable as HTTP/1.x ({reason})") from None
+        if end == size:
+            self._head_done()  # no body, or its framing for the next feeds
+            return True
+        if not collector.complete or collector.body_size != length:
+            raise CaptureStopped("the parser and the message's framing disagree")
+        self._parts = []
+        self._on_head(head)
+        self._on_complete()
+        collector.reset()
+        return True
 
     def _feed_body(self, data: bytes, start: int, stop: int) -> None:
         self.parser.feed_data(data if start == 0 and stop == len(data) else data[start:stop])
