@@ -131,6 +131,17 @@ def test_client_loads_rarely_used_helpers_only_when_used() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_client_loads_the_capture_parser_with_the_first_http_stream() -> None:
+    """An http proxy's client loads httptools and the inspector's capture with the first
+    stream it captures (or a mock rule's first request), not at start."""
+    loaded = _loaded_by(
+        "tunnel_client.client, tunnel_client.surfaces, tunnel_client.proxies.http, "
+        "tunnel_client.inspect.store, tunnel_client.inspect.history"
+    )
+    lazy = ("httptools", "tunnel_client.inspect.capture", "tunnel_client.inspect.sides")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
 def test_inspector_app_loads_cryptography_only_to_decrypt() -> None:
     """The inspector's app loads cryptography only to decrypt a WeChat message (about 9 MiB):
     opening the page does not."""

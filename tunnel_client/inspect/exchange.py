@@ -10,9 +10,10 @@ evicted from the store before anyone looks, so most heads are never parsed or de
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import httptools
+if TYPE_CHECKING:
+    import httptools
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -62,6 +63,8 @@ class _HeadCollector:
 
 def parse_head(head: bytes, *, request: bool) -> ParsedHead:
     """Parse a raw message head (start line and headers, up to its blank line)."""
+    import httptools  # loaded with the first capture; history and replay may come first
+
     if not head:
         return ParsedHead("", (), None)
     collector = _HeadCollector()
