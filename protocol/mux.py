@@ -79,6 +79,10 @@ _RST: Final = int(Flag.RST)
 # table): the per-frame hot path checks membership instead of looking the transition up.
 _SENDING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+# Handshakes in which a send needs more than the state check: a refusal, or an ACK to write.
+_UNACKED: Final = (Handshake.SYN_RECEIVED, Handshake.ACK_OWED)
+# A held ACK leaves once the peer has less than this much of its initial window left.
+_HELD_ACK_MIN_CREDIT_BYTES: Final = INITIAL_STREAM_WINDOW_BYTES // 2
 
 
 class Role(Enum):
@@ -99,6 +103,9 @@ class MuxConnection:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._highest_peer_id = 0
         self._pending_accepts = 0
+        # Streams accepted with their ACK held (Handshake.ACK_OWED), oldest first; at most one
+        # entry per open stream (an entry leaves with its ACK or its stream).
+        self._owed_acks: dict[int, None] = {}
         # A list read from `_event_pos` and cleared once drained (clear() frees its storage:
         # an idle session holds an empty list, not a deque's 600-byte block).
         self._events: list[Event] = []
@@ -266,14 +273,42 @@ class MuxConnection:
         self._grant(rec, rec.owed_credit(), Flag.NONE)
         return stream_id
 
-    def accept_stream(self, stream_id: int) -> None:
+    def accept_stream(self, stream_id: int, *, hold_ack: bool = False) -> None:
+        """Accept a stream the peer opened. With `hold_ack` the ACK is not written yet: it
+        leaves just before the stream's first frame (DATA, FIN, RST or a credit the peer
+        needs: less than half its initial window left), or at `send_owed_acks`, so that one
+        TLS record carries both (the wire is the same; only the timing moves)."""
         rec = self._require(stream_id)
         if rec.handshake is not Handshake.SYN_RECEIVED:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
-        rec.handshake = Handshake.ESTABLISHED
         self._pending_accepts -= 1
+        if hold_ack:
+            rec.handshake = Handshake.ACK_OWED
+            self._owed_acks[stream_id] = None
+            return
+        rec.handshake = Handshake.ESTABLISHED
         credit = rec.owed_credit()
         self._write(encode_frame(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, credit))
+
+    @property
+    def owed_acks(self) -> int:
+        """Streams accepted whose ACK is held (see `accept_stream`)."""
+        return len(self._owed_acks)
+
+    def send_owed_acks(self) -> None:
+        """Write every held ACK now (the adapter calls this ACK_DELAY_S after holding one)."""
+        owed, self._owed_acks = self._owed_acks, {}
+        for stream_id in owed:
+            rec = self._streams.get(stream_id)
+            if rec is not None and rec.handshake is Handshake.ACK_OWED:
+                self._send_ack(rec)
+
+    def _send_ack(self, rec: StreamRecord, credit: int = 0) -> None:
+        """Write a held ACK, with `credit` already counted and whatever else is owed."""
+        rec.handshake = Handshake.ESTABLISHED
+        self._owed_acks.pop(rec.stream_id, None)
+        credit += rec.owed_credit()
+        self._write(encode_frame(FrameType.WINDOW_UPDATE, Flag.ACK, rec.stream_id, credit))
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> int:
         """Send as much of `data` as the window allows; return the number of bytes taken.
@@ -287,8 +322,10 @@ class MuxConnection:
             if not rec.can_send:
                 rec.apply(StreamEvent.SEND_DATA)  # raises the right error
             return 0
-        if rec.state not in _SENDING_STATES or rec.handshake is Handshake.SYN_RECEIVED:
+        if rec.state not in _SENDING_STATES or rec.handshake in _UNACKED:
             rec.apply(StreamEvent.SEND_DATA)  # raises the right error (else: no change)
+            if rec.handshake is Handshake.ACK_OWED:
+                self._send_ack(rec)  # the held ACK leaves in front of the data
         rec.send_window -= n
         step = self.settings.max_frame_payload_bytes
         if n == total <= step and not finish:
@@ -313,6 +350,8 @@ class MuxConnection:
         """Send FIN: no more data from us on this stream."""
         rec = self._require(stream_id)
         rec.apply(StreamEvent.SEND_FIN)  # raises before anything is queued
+        if rec.handshake is Handshake.ACK_OWED:
+            self._send_ack(rec)
         self._write(encode_fast(FrameType.DATA, Flag.FIN, stream_id, b""))
         self._after_local_fin(rec)
 
@@ -323,6 +362,8 @@ class MuxConnection:
         if rec is None or self._terminated:
             return
         rec.apply(StreamEvent.SEND_RST)
+        if rec.handshake is Handshake.ACK_OWED:
+            self._send_ack(rec)  # accepted, then reset: as without the hold
         self._forget(rec)
         info = encode_message(StreamResetInfo(int(code), reason[:512]))
         self._write(encode_frame(FrameType.MESSAGE, Flag.RST, stream_id, info))
@@ -331,6 +372,11 @@ class MuxConnection:
         """The application consumed `nbytes` of this stream's data: credit the peer."""
         rec = self._streams.get(stream_id)
         if rec is None or nbytes == 0:
+            return
+        if rec.handshake is Handshake.ACK_OWED:
+            rec.consume_held(nbytes)
+            if rec.recv_credit < _HELD_ACK_MIN_CREDIT_BYTES:
+                self._send_ack(rec)  # the peer's initial window runs low: credit it now
             return
         credit = rec.consume(nbytes, self._target_window())
         if credit:  # most acknowledgements owe nothing yet (half a window is the threshold)
@@ -423,6 +469,8 @@ class MuxConnection:
         if self._streams.pop(rec.stream_id, None) is not None:
             if rec.handshake is Handshake.SYN_RECEIVED:
                 self._pending_accepts -= 1
+            elif rec.handshake is Handshake.ACK_OWED:
+                self._owed_acks.pop(rec.stream_id, None)
 
     def _emit_go_away(self, code: int, reason: str) -> None:
         self._write(encode_frame(FrameType.GO_AWAY, Flag.NONE, 0, [int(code), reason[:512]]))
@@ -430,6 +478,7 @@ class MuxConnection:
     def _terminate(self, code: int, reason: str, remote: bool) -> None:
         self._terminated = True
         self._streams.clear()
+        self._owed_acks.clear()
         self._pending_accepts = 0
         self._events.append(ConnectionTerminated(int(code), reason, remote))
 

@@ -6,7 +6,9 @@ A stream has two independent halves and a handshake:
 
 * The handshake: the opener sends SYN (a MESSAGE frame carrying a StreamHeader) and may send
   data at once, within the initial window. The acceptor answers ACK (a WINDOW_UPDATE with the
-  ACK flag) or RST. The acceptor may not send data before its ACK.
+  ACK flag) or RST. The acceptor may not send data before its ACK. An acceptor may hold its
+  ACK (ACK_OWED) so that it leaves with the stream's first frame: it is written just before
+  that frame, or when the owner flushes owed ACKs (the adapter does after ACK_DELAY_S).
 * Each direction is OPEN until FIN; the stream is CLOSED when both directions have finished,
   or at once on RST from either side.
 
@@ -79,6 +81,7 @@ class Handshake(Enum):
     __hash__ = _identity_hash
     SYN_SENT = auto()  # we opened; waiting for ACK
     SYN_RECEIVED = auto()  # they opened; we have not accepted yet
+    ACK_OWED = auto()  # we accepted; the ACK leaves with this stream's first frame
     ESTABLISHED = auto()
 
 
@@ -146,13 +149,18 @@ class StreamRecord:
         `target_window`, if given, is this stream's current share of the session's window."""
         if target_window is not None:
             self.target_window = target_window
+        self.consume_held(nbytes)
+        return self.owed_credit()
+
+    def consume_held(self, nbytes: int) -> None:
+        """The application consumed `nbytes`, and no credit is granted now (while an ACK is
+        held, the ACK carries the credit when it leaves)."""
         if nbytes > self.unconsumed:
             raise LocalProtocolError(
                 f"stream {self.stream_id}: acknowledged {nbytes} bytes but only "
                 f"{self.unconsumed} are unconsumed"
             )
         self.unconsumed -= nbytes
-        return self.owed_credit()
 
     def owed_credit(self) -> int:
         owed = self.target_window - self.recv_credit - self.unconsumed

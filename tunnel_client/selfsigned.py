@@ -33,7 +33,7 @@ def self_signed_context(common_name: str, days: int, prefix: str) -> tuple[ssl.S
         .not_valid_after(now + datetime.timedelta(days=days))
         .sign(key, hashes.SHA256())
     )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # no CA bundle: clients are not verified
     # ssl loads certificates from files only: write them to a private directory, load, delete.
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"

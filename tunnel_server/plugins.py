@@ -148,7 +148,8 @@ class PluginManager:
                     raise self._reject(plugin, op, f"HTTP status {response.status}")
                 raw = await response.content.read(MAX_ANSWER_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise self._reject(plugin, op, f"unreachable: {exc or type(exc).__name__}") from None
+            reason = str(exc) or type(exc).__name__
+            raise self._reject(plugin, op, f"unreachable: {reason}") from None
         if len(raw) > MAX_ANSWER_BYTES:
             raise self._reject(plugin, op, f"answer over {MAX_ANSWER_BYTES} bytes")
         try:

@@ -50,8 +50,9 @@ from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
 from .users.store import UserStore
+from .vhost.access import RequestRecord
 from .vhost.claims import DomainClaims
-from .vhost.http_proxy import HTTPVhostServer, RequestRecord
+from .vhost.http_proxy import HTTPVhostServer
 from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
 from .vhoststart import display_host, start_vhosts

@@ -23,7 +23,7 @@ from .pluginops import user_conn_content
 from .plugins import PluginRejected
 from .stats import ProxyCounters
 from .users.quota import connection_refusal
-from .vhost.http_proxy import RequestRecord
+from .vhost.access import RequestRecord
 
 if TYPE_CHECKING:
     from .server import TunnelServer

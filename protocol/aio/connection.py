@@ -50,6 +50,7 @@ from ..mux import MuxConnection, Role
 from ..names import peer_text
 from ..settings import MuxSettings
 from . import sockopts
+from .deadlines import AcceptDeadlines
 from .stream import MuxStream
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ MAX_QUEUED_MESSAGES: Final = 1024
 MAX_PENDING_OUTPUT_BYTES: Final = 1024 * 1024
 # Output chunks up to this total are joined into one write (one TLS record burst).
 _JOIN_LIMIT_BYTES: Final = 256 * 1024
+# The longest a held ACK waits for its stream's first frame (accept_stream(hold_ack=True)).
+ACK_DELAY_S: Final = 0.01
 
 
 class SessionClosedError(ConnectionError):
@@ -108,6 +111,9 @@ class MuxSession(asyncio.BufferedProtocol):
         self._in_transmit = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None  # sends held ACKs (ACK_DELAY_S)
+        # Streams we opened that wait for the peer's ACK, swept by one timer.
+        self.accept_deadlines = AcceptDeadlines[MuxStream](self.loop, MuxStream.accept_expired)
         self.writing_paused = False
         self._connected: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
@@ -217,11 +223,21 @@ class MuxSession(asyncio.BufferedProtocol):
         self._queued()
         return stream
 
-    def accept_stream(self, stream: MuxStream) -> None:
-        """Accept a stream the peer opened (MuxStream.attach does this for a splice)."""
-        self.mux.accept_stream(stream.stream_id)
+    def accept_stream(self, stream: MuxStream, *, hold_ack: bool = False) -> None:
+        """Accept a stream the peer opened (MuxStream.attach does this for a splice). With
+        `hold_ack`, the ACK leaves with the stream's first frame, or after ACK_DELAY_S."""
+        self.mux.accept_stream(stream.stream_id, hold_ack=hold_ack)
         stream.accepted()
-        self._queued()
+        if not hold_ack:
+            self._queued()
+        elif self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_DELAY_S, self._send_owed_acks)
+
+    def _send_owed_acks(self) -> None:
+        self._ack_timer = None
+        if not self.mux.terminated and self.mux.owed_acks:
+            self.mux.send_owed_acks()
+            self.transmit()
 
     async def next_message(self) -> Message:
         """The next control message; raises SessionClosedError once the session is over."""
@@ -457,12 +473,16 @@ class MuxSession(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
             self._timer_at = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         streams = list(self._streams.values())
         self._streams.clear()
         for stream in streams:
             stream.reset_received(ErrorCode.CANCELLED, f"session closed: {reason}")
         if self._idle_waiter is not None and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
+        self.accept_deadlines.close()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._closed.set_result(None)

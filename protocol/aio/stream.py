@@ -23,7 +23,8 @@ The application uses one of two styles:
   the local transport's reading is paused until the window opens again.
 * Async (control-plane and HTTP code): `read`, `write`, `write_eof`, `close`, `abort`,
   `wait_closed`. Data that arrives waits in a queue bounded by the stream window, and is
-  credited as `read` consumes it.
+  credited as `read` consumes it. A reader that serves from callbacks (the HTTP vhost's lane)
+  sets `set_rx_notify(callback)` and takes the data with `read_nowait` instead of awaiting.
 
 Memory per stream is bounded by the receive window plus the local transport's high-water
 mark on one side, and by one read on the other; `buffered_bytes` is the gauge. An idle stream
@@ -91,10 +92,11 @@ class MuxStream(SpliceSide, AsyncSide):
     # is this object and its header (docs/performance.md, "Memory").
     __slots__ = (
         "__weakref__",
+        "_accept_due",
         "_accept_error",
         "_accept_fut",
-        "_accept_timer",
         "_accepted_done",
+        "_close_callbacks",
         "_close_fut",
         "_closed_done",
         "_codec",
@@ -102,6 +104,7 @@ class MuxStream(SpliceSide, AsyncSide):
         "_rx",
         "_rx_bytes",
         "_rx_eof",
+        "_rx_notify",
         "_rx_waiter",
         "_sink",
         "_sink_paused",
@@ -139,6 +142,8 @@ class MuxStream(SpliceSide, AsyncSide):
         self._rx_bytes = 0
         self._rx_eof = False
         self._rx_waiter: asyncio.Future[None] | None = None
+        # A reader that is called back instead of waiting (`set_rx_notify`, the vhost's lane)
+        self._rx_notify: Callable[[], None] | None = None
         self._discard_rx = False
         self._sink: asyncio.Transport | None = None
         self._sink_paused = False
@@ -156,9 +161,12 @@ class MuxStream(SpliceSide, AsyncSide):
         self._accepted_done = False
         self._accept_error: StreamResetError | None = None
         self._accept_fut: asyncio.Future[None] | None = None
-        self._accept_timer: asyncio.TimerHandle | None = None
+        self._accept_due = False  # in the session's accept deadlines (deadlines.py)
         self._closed_done = False
-        self._close_fut: asyncio.Future[None] | None = None
+        self._close_fut: asyncio.Future[None] | None = None  # made for wait_closed only
+        # add_close_callback's callbacks: a list, not a future's done callbacks (one object
+        # fewer per stream; each still runs soon after the close, through call_soon)
+        self._close_callbacks: list[Callable[[MuxStream], None]] | None = None
         self.reset_code: int | None = None
         self.reset_reason = ""
         self.bytes_in = 0  # from the peer
@@ -305,14 +313,12 @@ class MuxStream(SpliceSide, AsyncSide):
         a visitor never hangs on a client that is gone or stuck (userConnTimeout)."""
         if self._accepted_done:
             return
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-        self._accept_timer = self.session.loop.call_later(
-            timeout_s, self._accept_expired, timeout_s
-        )
+        self._accept_due = True
+        self.session.accept_deadlines.add(self, timeout_s)
 
-    def _accept_expired(self, timeout_s: float) -> None:
-        self._accept_timer = None
+    def accept_expired(self, timeout_s: float) -> None:
+        """The session's accept deadlines found this stream past its deadline."""
+        self._accept_due = False
         if not self._accepted_done:
             self.abort(
                 ErrorCode.ACCEPT_TIMEOUT,
@@ -333,9 +339,9 @@ class MuxStream(SpliceSide, AsyncSide):
             return
         self._accepted_done = True
         self._accept_error = error
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-            self._accept_timer = None
+        if self._accept_due:
+            self._accept_due = False
+            self.session.accept_deadlines.discard(self)
         fut = self._accept_fut
         if fut is not None and not fut.done():
             if error is None:
@@ -380,9 +386,10 @@ class MuxStream(SpliceSide, AsyncSide):
         if self._closed_done:
             self.session.loop.call_soon(callback, self)
             return
-        if self._close_fut is None:
-            self._close_fut = self.session.loop.create_future()
-        self._close_fut.add_done_callback(lambda _: callback(self))
+        if self._close_callbacks is None:
+            self._close_callbacks = [callback]
+        else:
+            self._close_callbacks.append(callback)
 
     # -- StreamEvents: called by MuxSession.transmit() only -----------------------------------
     def accepted(self) -> None:
@@ -468,6 +475,10 @@ class MuxStream(SpliceSide, AsyncSide):
         self._closed_done = True
         if self._close_fut is not None and not self._close_fut.done():
             self._close_fut.set_result(None)
+        if self._close_callbacks is not None:
+            callbacks, self._close_callbacks = self._close_callbacks, None
+            for callback in callbacks:
+                self.session.loop.call_soon(callback, self)
         if self.tap is not None:
             self.tap.closed()
             self.tap = None
@@ -486,3 +497,5 @@ class MuxStream(SpliceSide, AsyncSide):
     def _wake_rx(self) -> None:
         if self._rx_waiter is not None and not self._rx_waiter.done():
             self._rx_waiter.set_result(None)
+        if self._rx_notify is not None:
+            self._rx_notify()

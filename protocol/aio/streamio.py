@@ -15,6 +15,7 @@ from .streamtypes import StreamResetError
 if TYPE_CHECKING:
     import asyncio
     from collections import deque
+    from collections.abc import Callable
 
     from .connection import MuxSession
     from .streamcodec import StreamCodec
@@ -37,6 +38,7 @@ class AsyncSide:
         _rx_bytes: int
         _rx_eof: bool
         _rx_waiter: asyncio.Future[None] | None
+        _rx_notify: Callable[[], None] | None
         _tx_backlog: deque[memoryview] | None
         _tx_ended: bool
         _tx_waiter: asyncio.Future[None] | None
@@ -65,6 +67,52 @@ class AsyncSide:
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
+
+    def set_rx_notify(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` (no argument) whenever data, the end or a reset arrives, instead
+        of waking a `read`; the callback then takes the data with `read_nowait`. None stops
+        it. For a reader that serves from callbacks (the HTTP vhost's lane)."""
+        self._rx_notify = callback
+
+    def read_nowait(self, max_bytes: int) -> bytes | None:
+        """Like `read` without waiting: None when nothing is there yet, b"" at the end.
+        Raises StreamResetError after a reset once the received data is taken."""
+        codec = self._codec
+        if codec is not None:
+            while not codec.plain:
+                if not codec.frames:
+                    return self._nowait_end()
+                frame = codec.pop()
+                plain = self._inflate(frame)
+                if plain is None:
+                    raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
+                self._acknowledge(len(frame))
+                if self.tap is not None and plain:
+                    self.tap.received(plain)
+                codec.plain = plain
+            out, codec.plain = codec.plain[:max_bytes], codec.plain[max_bytes:]
+            return out
+        rx = self._rx
+        if not rx:
+            return self._nowait_end()
+        chunk = rx[0]
+        if len(chunk) <= max_bytes:
+            rx.popleft()
+        else:
+            rx[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        if not rx:
+            self._rx = None
+        self._rx_bytes -= len(chunk)
+        self.session.acknowledge(self.stream_id, len(chunk))
+        return chunk
+
+    def _nowait_end(self) -> bytes | None:
+        if self.reset_code is not None:
+            raise StreamResetError(self.reset_code, self.reset_reason)
+        if self._rx_eof or self._closed_done:
+            return b""
+        return None
 
     async def _wait_rx(self) -> bool:
         """Until received data waits (True), or the end (False)."""

@@ -20,6 +20,7 @@ from . import sockopts
 if TYPE_CHECKING:
     from collections import deque
 
+    from ..messages import VisitorOpen
     from .connection import MuxSession
     from .stream import MuxStream
     from .streamcodec import StreamCodec
@@ -41,8 +42,10 @@ class SpliceSide:
         stream_id: int
         opened_locally: bool
         tap: StreamTap | None
+        visitor: VisitorOpen | None
         _codec: StreamCodec | None
         _accepted_done: bool
+        bytes_in: int
         _closed_done: bool
         _rx: deque[bytes] | None
         _rx_bytes: int
@@ -58,9 +61,15 @@ class SpliceSide:
 
     def attach(self, transport: asyncio.Transport) -> None:
         """Join this stream with a local socket's transport (both directions). A stream the
-        peer opened is accepted now, before the local socket can produce data."""
+        peer opened is accepted now, before the local socket can produce data. When the peer
+        has already sent data (it speaks first, so it does not wait for the ACK), the ACK is
+        held to leave with the socket's first bytes: one TLS record and one wake-up of the
+        peer fewer per connection. An opener that has sent nothing may be waiting for the
+        ACK (tunneld's stcp owner stream does), and a visitor stream's opener waits for it:
+        those get it at once."""
         if not self.opened_locally and not self._accepted_done:
-            self.session.accept_stream(cast("MuxStream", self))
+            hold = self.bytes_in > 0 and self.visitor is None
+            self.session.accept_stream(cast("MuxStream", self), hold_ack=hold)
         self._sink = transport
         self._source = transport
         transport.set_write_buffer_limits(LOCAL_WRITE_HIGH_WATER_BYTES, LOCAL_WRITE_LOW_WATER_BYTES)

@@ -16,9 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import FUZZ_SETTINGS, fuzz_examples
-from tunnel_server.vhost.http_proxy import HTTPVhostServer
 from tunnel_server.vhost.inbound import InboundProtocol
-from tunnel_server.vhost.normalize import BadRequestTarget
+from tunnel_server.vhost.normalize import BadRequestTarget, check_request
 from tunnel_server.vhost.request import EndOfMessage, ParseFailure, RequestHead, RequestReader
 
 MAX_HEADER_BYTES: Final = 512
@@ -128,7 +127,7 @@ def check_reader(pieces: list[bytes]) -> None:
             elif isinstance(item, RequestHead):
                 assert item.size <= MAX_HEADER_BYTES + ITEM_SLACK
                 try:
-                    host, target, path = HTTPVhostServer._check_request(item)
+                    host, target, path = check_request(item)
                 except BadRequestTarget as exc:
                     assert exc.status in (400, 501)
                 else:

@@ -229,7 +229,7 @@ def make_local_replayer(
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ReplayError(
-                f"cannot reach the local service at {host}:{port}: {exc or type(exc).__name__}"
+                f"cannot reach the local service at {host}:{port}: {str(exc) or type(exc).__name__}"
             ) from None
         logger.info(
             "[proxy=%s] replayed %s %s -> %d",

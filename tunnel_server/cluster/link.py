@@ -177,7 +177,7 @@ class _Handshake(asyncio.Protocol):
         if self._dialer and self._nonce_l:
             reason = "the node refused our proof: is cluster.secret the same on both nodes?"
         else:
-            reason = f"the connection closed: {exc or 'EOF'}"
+            reason = f"the connection closed: {str(exc) or 'EOF'}"
         self.done.set_exception(LinkError(reason))
 
     @property
@@ -392,7 +392,7 @@ async def dial_link(
     except (OSError, TimeoutError) as exc:
         if transport is not None:
             transport.abort()
-        raise LinkError(f"cannot reach {host}:{port}: {exc or type(exc).__name__}") from None
+        raise LinkError(f"cannot reach {host}:{port}: {str(exc) or type(exc).__name__}") from None
     except LinkError:
         if transport is not None:
             transport.abort()

@@ -317,7 +317,7 @@ class ClusterRegistry:
             self._set_available(False)
             raise ClusterUnavailable(
                 f"the cluster registry (Redis) is unreachable, so no new {what} can be made:"
-                f" {exc or type(exc).__name__}"
+                f" {str(exc) or type(exc).__name__}"
             ) from exc
         self._set_available(True)
         return reply

@@ -38,7 +38,7 @@ import h2.settings
 
 from ..cluster.peers import visitor_of
 from ..fdbudget import FDBudget
-from ..vhost.http_proxy import OnAccess, RequestRecord
+from ..vhost.access import OnAccess, RequestRecord
 from ..vhost.listener import SHUTDOWN_GRACE_S
 from ..vhost.routing import VhostRouter
 from .upstreams import UpstreamPool

@@ -15,7 +15,7 @@ from typing import Final
 
 import httptools
 
-from ..vhost.http_proxy import IDEMPOTENT_METHODS
+from ..vhost.exchange import IDEMPOTENT_METHODS
 from ..vhost.normalize import BadRequestTarget, normalize_path
 from ..vhost.pages import render_page
 from ..vhost.rewrite import Framing, basic_auth_user, request_head

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
-from typing import Final
+from typing import Final, cast
 
 from protocol.aio.stream import StreamResetError
 from protocol.errors import ErrorCode
@@ -35,13 +35,15 @@ from .response import BadResponse, ResponseRelay
 from .rewrite import Framing, chunk, last_chunk
 from .routing import HTTPRoute
 from .splice import SpliceCounters, splice
-from .upstream import ByteStream, close_stream
+from .upstream import ByteStream, CallbackStream, close_stream
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 256 * 1024  # per read from the app
 BODY_COALESCE_BYTES: Final = 256 * 1024  # queued body pieces are joined up to this per write
 PUMP_GRACE_S: Final = 1.0  # after the response, how long an unfinished body pump may finish
+# Requests that a reused stream found dead may send again on a new one (when sent whole).
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Outcome(Enum):
@@ -61,13 +63,18 @@ class _PumpFailed(Exception):
 class Upstream:
     """The stream a visitor connection holds to one route, and its response parser."""
 
-    __slots__ = ("relay", "requests", "route", "stream")
+    __slots__ = ("lane", "relay", "requests", "route", "stream")
 
     def __init__(self, route: HTTPRoute, stream: ByteStream, max_head_bytes: int) -> None:
         self.route = route
         self.stream = stream
         self.relay = ResponseRelay(max_head_bytes)
         self.requests = 0
+        # The stream can call back instead of being awaited (a MuxStream): lane.py serves
+        # the connection's next keep-alive requests on it from callbacks.
+        self.lane: CallbackStream | None = (
+            cast(CallbackStream, stream) if hasattr(stream, "set_rx_notify") else None
+        )
 
     async def close(self) -> None:
         """Close the stream cleanly, bounded by CLOSE_TIMEOUT_S."""
@@ -95,6 +102,8 @@ class Exchange:
         self.timeout_s = timeout_s
         self.bytes_to_app = 0
         self.clean = False  # the app's side ended in a clean state: close it, don't reset
+        self.got_bytes = False  # a response byte came back (no retry after that)
+        self.outcome: Outcome | None = None  # decided already (by the lane, on a failure)
         self._timer: asyncio.Timeout | None = None
 
     async def run(self, first_write: bytes, complete: bool, *, retryable: bool) -> Outcome:
@@ -123,6 +132,20 @@ class Exchange:
         pump_ok = pump is None or outcome_pump_ok(pump)
         self.clean = self.upstream.relay.complete and pump_ok
         return outcome if pump_ok else Outcome.CLOSE
+
+    async def resume(self, deadline: float, *, retryable: bool) -> Outcome:
+        """Go on with an exchange that the lane (lane.py) sent and began to relay: the same
+        steps as `run` after the request is sent, with the lane's response deadline."""
+        outcome = self.outcome
+        if outcome is None:
+            outcome = await self._relay(None, retryable=retryable, deadline=deadline)
+        self.clean = self.upstream.relay.complete
+        return outcome
+
+    def bad_response(self, exc: BadResponse) -> None:
+        """The app's response is malformed: reset its stream and answer (or reset) the visitor."""
+        self.upstream.stream.abort()
+        self._failed(exc.reason, None)
 
     def _pump_done(self, pump: asyncio.Task[None]) -> None:
         if pump.cancelled():
@@ -172,17 +195,28 @@ class Exchange:
             else:  # EOF or LOST in the middle of the body
                 raise _PumpFailed("the visitor went away during the request body")
 
-    async def _relay(self, pump: asyncio.Task[None] | None, *, retryable: bool) -> Outcome:
+    async def _relay(
+        self,
+        pump: asyncio.Task[None] | None,
+        *,
+        retryable: bool,
+        deadline: float | None = None,
+    ) -> Outcome:
         conn = self.conn
         relay = self.upstream.relay
         stream = self.upstream.stream
         loop = self.conn.loop
-        got_bytes = False
+        got_bytes = self.got_bytes
         reset_reason = ""
-        deadline = loop.time() + self.timeout_s if pump is None else None
+        if deadline is None and pump is None:
+            deadline = loop.time() + self.timeout_s
         try:
+            if deadline is not None and deadline <= loop.time() and not relay.complete:
+                raise TimeoutError  # the lane's deadline passed (timeout_at would cancel late)
             async with asyncio.timeout_at(deadline) as timer:
                 self._timer = timer
+                if conn.writing_paused:  # the lane wrote to a visitor who is not reading
+                    await conn.drain()
                 while not relay.complete:
                     try:
                         data = await stream.read(READ_CHUNK_BYTES)

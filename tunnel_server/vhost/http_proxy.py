@@ -9,7 +9,9 @@ One `InboundProtocol` per visitor connection parses requests with httptools (see
     -> reuse the upstream stream if the route is the same, else close it and take one from
        the keep-alive pool (pool.py) or open a new one
     -> run one `Exchange` (request out, response back, maybe an upgrade splice)
-    -> loop while both sides keep the connection alive
+    -> loop while both sides keep the connection alive; after the first request, while the
+       held stream can call back, the connection's `Lane` (lane.py) serves plain requests
+       from callbacks and hands back everything else
 
 Keep-alive races: when a reused stream turns out to be dead before any response byte (the app
 closed its idle connection), an idempotent request that was sent whole is retried once on a
@@ -26,46 +28,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, NamedTuple
+from typing import Any
 
 from ..edge.redirect import redirect_response
 from ..stats import ProxyCounters
-from .exchange import Exchange, Outcome, Upstream, take_ready_body
+from .access import OnAccess, OnRequest, RequestRecord
+from .exchange import IDEMPOTENT_METHODS, Exchange, Outcome, Upstream, take_ready_body
 from .inbound import InboundProtocol
+from .lane import Lane, Prepared, Sent
 from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
-from .normalize import BadRequestTarget, check_host, normalize_path
+from .normalize import BadRequestTarget, check_request
 from .pages import error_response
 from .pool import KeepAlivePool
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
-from .rewrite import Framing, basic_auth_user, request_head
+from .rewrite import basic_auth_user, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
 
-IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-OnRequest = Callable[[str, int, int], None]  # (proxy_name, bytes_in, bytes_out)
 ChallengeAnswer = Callable[[str], bytes | None]  # path -> a whole response, or None
 HTTPSPortFor = Callable[[str], int | None]  # host -> the HTTPS port serving it, or None
-
-
-class RequestRecord(NamedTuple):
-    """One request relayed to a proxy, for the access log and the latency histograms. (A
-    named tuple: one is made per request, and a frozen dataclass costs several times more.)"""
-
-    proxy: str
-    peer: tuple[str, int]
-    method: str
-    host: str
-    path: str  # without the query string, which may carry secrets
-    status: int  # 0 if no response head came back
-    seconds: float  # from the request head to the end of the response
-    bytes_in: int  # towards the app
-    bytes_out: int  # back to the visitor
-
-
-OnAccess = Callable[[RequestRecord], None]
 
 
 class HTTPVhostServer(VhostListener):
@@ -104,6 +87,7 @@ class HTTPVhostServer(VhostListener):
         self._https_port_for = https_port_for  # for redirectHTTP: the edge's port, if it can
         # Idle upstreams by (route, visitor IP), reused by the visitor's next connections.
         self.pool: KeepAlivePool[Upstream] = KeepAlivePool(_discard_upstream)
+        self.lane_served = 0  # requests served whole from callbacks (lane.py)
 
     def close(self) -> None:
         super().close()
@@ -145,11 +129,12 @@ class HTTPVhostServer(VhostListener):
                 conn.abort()
 
     async def _next_head(
-        self, conn: InboundProtocol, reader: RequestReader, first: bool
+        self, conn: InboundProtocol, reader: RequestReader, first: bool, deadline: float | None
     ) -> RequestHead | None:
         """Wait for the next request head; None means close (quietly or after a page)."""
         loop = conn.loop
-        deadline = loop.time() + (self._header_timeout_s if first else self._idle_timeout_s)
+        if deadline is None:
+            deadline = loop.time() + (self._header_timeout_s if first else self._idle_timeout_s)
         started = False
         while True:
             item = conn.pop()
@@ -177,8 +162,29 @@ class HTTPVhostServer(VhostListener):
     ) -> bool:
         """Serve requests until the connection should end; True for a graceful close."""
         first = True
+        deadline: float | None = None  # of the next head, when the lane set it
         while True:
-            head = await self._next_head(conn, reader, first)
+            if upstream and upstream[0].lane is not None and not reader.head_started:
+                # Keep-alive on a stream that calls back: serve from callbacks (lane.py)
+                # until something needs this coroutine.
+                lane = Lane(self, conn, reader, upstream[0])
+                handoff = await lane.run(conn.loop.time() + self._idle_timeout_s)
+                deadline = handoff.deadline
+                if handoff.outcome is not None:
+                    outcome: Outcome | None = handoff.outcome
+                elif handoff.head is not None and handoff.request is not None:
+                    outcome = await self._forward(
+                        conn, handoff.head, handoff.request, upstream, handoff.sent, deadline
+                    )
+                else:
+                    outcome = None
+                if outcome is not None:
+                    if outcome is not Outcome.KEEP or self.closing:
+                        return not conn.lost
+                    deadline = None
+                    continue
+            head = await self._next_head(conn, reader, first, deadline)
+            deadline = None
             if head is None:
                 return not conn.lost
             first = False
@@ -189,8 +195,16 @@ class HTTPVhostServer(VhostListener):
     async def _handle(
         self, conn: InboundProtocol, head: RequestHead, upstream: list[Upstream]
     ) -> Outcome:
+        request = self.prepare(conn, head)
+        if isinstance(request, Outcome):
+            return request
+        return await self._forward(conn, head, request, upstream, None, None)
+
+    def prepare(self, conn: InboundProtocol, head: RequestHead) -> Prepared | Outcome:
+        """Check, route and authorize a request and build what goes to the app; an Outcome
+        when it was answered here (an error page, a redirect, an ACME challenge)."""
         try:
-            host_raw, target, path = self._check_request(head)
+            host_raw, target, path = check_request(head)
         except BadRequestTarget as exc:
             return self._reply_error(conn, head, exc.status, None, str(exc))
         host = host_raw.decode("latin-1")
@@ -235,25 +249,43 @@ class HTTPVhostServer(VhostListener):
             ),
         )
         first_write = parts[0] if len(parts) == 1 else b"".join(parts)
+        return Prepared(route, host, first_write, complete)
+
+    async def _forward(
+        self,
+        conn: InboundProtocol,
+        head: RequestHead,
+        request: Prepared,
+        upstream: list[Upstream],
+        sent: Sent | None,
+        deadline: float | None,
+    ) -> Outcome:
+        """Send the request (unless the lane `sent` it) and relay the answer, with one retry
+        on a new stream when a reused one was dead."""
+        route, host, first_write, complete = request
         # Only a request sent whole can be sent again, and only if repeating it is harmless.
         can_retry = complete and head.method in IDEMPOTENT_METHODS
         for attempt in range(2):
-            up = await self._upstream_for(conn, route, upstream, host, head)
-            if up is None:
-                return Outcome.CLOSE
-            up.requests += 1
-            retryable = can_retry and attempt == 0 and up.requests > 1
-            exchange = Exchange(
-                conn,
-                up,
-                host=host,
-                framing=head.framing,
-                head_request=head.method == b"HEAD",
-                timeout_s=self._timeout_s,
-            )
-            outcome = await self._exchange(
-                exchange, head, route, first_write, complete, retryable=retryable
-            )
+            if sent is not None and attempt == 0:
+                exchange, up = sent.exchange, sent.exchange.upstream
+                try:
+                    outcome = await exchange.resume(
+                        sent.deadline if deadline is None else deadline, retryable=sent.retryable
+                    )
+                finally:
+                    conn.on_lost = None
+                self.record(exchange, head, route, outcome, sent.bytes_before, sent.started)
+            else:
+                maybe = await self._upstream_for(conn, route, upstream, host, head)
+                if maybe is None:
+                    return Outcome.CLOSE
+                up = maybe
+                up.requests += 1
+                retryable = can_retry and attempt == 0 and up.requests > 1
+                exchange = self.exchange_for(conn, up, head, host)
+                outcome = await self._exchange(
+                    exchange, head, route, first_write, complete, retryable=retryable
+                )
             if outcome is Outcome.RETRY:
                 logger.debug("[proxy=%s] reused stream was dead; retrying", route.proxy_key)
                 upstream.clear()
@@ -267,46 +299,6 @@ class HTTPVhostServer(VhostListener):
                     up.stream.abort()
             return outcome
         return Outcome.CLOSE  # unreachable: the second attempt is never retryable
-
-    @staticmethod
-    def _check_request(head: RequestHead) -> tuple[bytes, bytes, str]:
-        """(host, target, path) to route and forward; raises BadRequestTarget to refuse.
-
-        The target's path is normalized (see normalize.py) and forwarded in that form, so the
-        app serves the location that was matched and authorized.
-        """
-        target = head.target
-        host_raw = head.host
-        if target[:1] != b"/":
-            lowered = target[:8].lower()
-            if lowered.startswith((b"http://", b"https://")):
-                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
-                rest = target[target.index(b"//") + 2 :]
-                end = min((i for i in map(rest.find, (b"/", b"?")) if i >= 0), default=-1)
-                host_raw, target = (rest, b"/") if end < 0 else (rest[:end], rest[end:])
-                if target[:1] == b"?":
-                    target = b"/" + target
-        if head.host_count > 1:
-            raise BadRequestTarget("the request has more than one Host header")
-        if not host_raw:
-            raise BadRequestTarget("the request has no Host header")
-        if head.framing is Framing.CHUNKED:
-            if not head.http11:
-                raise BadRequestTarget("Transfer-Encoding in an HTTP/1.0 request")
-            if head.transfer_encoding.strip().lower() != b"chunked":
-                raise BadRequestTarget("only the chunked transfer coding is supported", 501)
-        check_host(host_raw.decode("latin-1"))
-        if target[:1] == b"/":
-            query = target.find(b"?")
-            raw_path = target if query < 0 else target[:query]
-            path = normalize_path(raw_path)
-            if path != raw_path:
-                target = path + target[len(raw_path) :]
-        elif (target == b"*" and head.method == b"OPTIONS") or head.switching:
-            path = b"/"  # OPTIONS *, or CONNECT host:port (refused with 405 next)
-        else:
-            raise BadRequestTarget("the request target is not a path")
-        return host_raw, target, path.decode("latin-1")
 
     async def _upstream_for(
         self,
@@ -357,6 +349,62 @@ class HTTPVhostServer(VhostListener):
         conn.write(error_response(status, host, detail, head_only=head_only, note=note))
         return None
 
+    def exchange_for(
+        self, conn: InboundProtocol, up: Upstream, head: RequestHead, host: str
+    ) -> Exchange:
+        return Exchange(
+            conn,
+            up,
+            host=host,
+            framing=head.framing,
+            head_request=head.method == b"HEAD",
+            timeout_s=self._timeout_s,
+        )
+
+    @staticmethod
+    def begin(exchange: Exchange, head: RequestHead, route: HTTPRoute) -> None:
+        """Ready the response parser for this request; a lost visitor resets the stream."""
+        up = exchange.upstream
+        up.relay.start(
+            rules=route.rules,
+            head_request=exchange.head_request,
+            client_http11=head.http11,
+            client_keep_alive=head.keep_alive and not head.switching,
+            upgrade_requested=head.upgrade is not None,
+        )
+        exchange.conn.on_lost = up.stream.abort
+
+    def record(
+        self,
+        exchange: Exchange,
+        head: RequestHead,
+        route: HTTPRoute,
+        outcome: Outcome,
+        sent_before: int,
+        started: float,
+    ) -> None:
+        """Count a finished exchange (stats) and write its access record."""
+        if outcome is Outcome.RETRY:
+            return
+        conn = exchange.conn
+        if self._on_request is not None:
+            self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
+        if self.on_access is not None:
+            target = head.target.split(b"?", 1)[0]
+            self.on_access(
+                RequestRecord(
+                    proxy=route.proxy_name,
+                    peer=conn.peer,
+                    method=head.method.decode("latin-1"),
+                    host=exchange.host,
+                    path=target.decode("latin-1"),
+                    status=exchange.upstream.relay.status,
+                    seconds=time.monotonic() - started,
+                    bytes_in=exchange.bytes_to_app,
+                    bytes_out=conn.bytes_sent - sent_before,
+                )
+            )
+
     async def _exchange(
         self,
         exchange: Exchange,
@@ -368,39 +416,23 @@ class HTTPVhostServer(VhostListener):
         retryable: bool,
     ) -> Outcome:
         conn = exchange.conn
-        up = exchange.upstream
-        up.relay.start(
-            rules=route.rules,
-            head_request=exchange.head_request,
-            client_http11=head.http11,
-            client_keep_alive=head.keep_alive and not head.switching,
-            upgrade_requested=head.upgrade is not None,
-        )
+        self.begin(exchange, head, route)
         sent_before = conn.bytes_sent
         started = time.monotonic()
-        conn.on_lost = up.stream.abort
         try:
             outcome = await exchange.run(first_write, complete, retryable=retryable)
         finally:
             conn.on_lost = None
-        if self._on_request is not None and outcome is not Outcome.RETRY:
-            self._on_request(route.proxy_name, exchange.bytes_to_app, conn.bytes_sent - sent_before)
-        if self.on_access is not None and outcome is not Outcome.RETRY:
-            target = head.target.split(b"?", 1)[0]
-            self.on_access(
-                RequestRecord(
-                    proxy=route.proxy_name,
-                    peer=conn.peer,
-                    method=head.method.decode("latin-1"),
-                    host=exchange.host,
-                    path=target.decode("latin-1"),
-                    status=up.relay.status,
-                    seconds=time.monotonic() - started,
-                    bytes_in=exchange.bytes_to_app,
-                    bytes_out=conn.bytes_sent - sent_before,
-                )
-            )
+        self.record(exchange, head, route, outcome, sent_before, started)
         return outcome
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self._idle_timeout_s
 
     def _redirect(
         self, conn: InboundProtocol, head: RequestHead, route: HTTPRoute, host: str, target: bytes

@@ -62,6 +62,7 @@ class InboundProtocol(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.feeder: Callable[[bytes], None] = self.push_bytes
         self.on_lost: Callable[[], None] | None = None  # e.g. abort the upstream stream
+        self.on_notify: Callable[[], None] | None = None  # a callback consumer (lane.py)
         self._items: deque[object] = deque()
         self._sizes: deque[int] = deque()
         self._queued = 0
@@ -169,6 +170,8 @@ class InboundProtocol(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_notify is not None:
+            self.on_notify()
 
     # --- consumer side -------------------------------------------------------------------
 

@@ -21,7 +21,12 @@ else (`a:80@b`, spaces, a second colon, an empty port) is a 400.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from .rewrite import Framing
+
+if TYPE_CHECKING:
+    from .request import RequestHead
 
 MAX_PORT: Final = 65535
 _HOST_RE: Final = re.compile(
@@ -106,3 +111,43 @@ def _remove_dot_segments(path: bytes) -> bytes:
         else:
             out.append(segment)
     return b"/" + b"/".join(out)
+
+
+def check_request(head: RequestHead) -> tuple[bytes, bytes, str]:
+    """(host, target, path) to route and forward; raises BadRequestTarget to refuse.
+
+    The target's path is normalized (see normalize.py) and forwarded in that form, so the
+    app serves the location that was matched and authorized.
+    """
+    target = head.target
+    host_raw = head.host
+    if target[:1] != b"/":
+        lowered = target[:8].lower()
+        if lowered.startswith((b"http://", b"https://")):
+            # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
+            rest = target[target.index(b"//") + 2 :]
+            end = min((i for i in map(rest.find, (b"/", b"?")) if i >= 0), default=-1)
+            host_raw, target = (rest, b"/") if end < 0 else (rest[:end], rest[end:])
+            if target[:1] == b"?":
+                target = b"/" + target
+    if head.host_count > 1:
+        raise BadRequestTarget("the request has more than one Host header")
+    if not host_raw:
+        raise BadRequestTarget("the request has no Host header")
+    if head.framing is Framing.CHUNKED:
+        if not head.http11:
+            raise BadRequestTarget("Transfer-Encoding in an HTTP/1.0 request")
+        if head.transfer_encoding.strip().lower() != b"chunked":
+            raise BadRequestTarget("only the chunked transfer coding is supported", 501)
+    check_host(host_raw.decode("latin-1"))
+    if target[:1] == b"/":
+        query = target.find(b"?")
+        raw_path = target if query < 0 else target[:query]
+        path = normalize_path(raw_path)
+        if path != raw_path:
+            target = path + target[len(raw_path) :]
+    elif (target == b"*" and head.method == b"OPTIONS") or head.switching:
+        path = b"/"  # OPTIONS *, or CONNECT host:port (refused with 405 next)
+    else:
+        raise BadRequestTarget("the request target is not a path")
+    return host_raw, target, path.decode("latin-1")

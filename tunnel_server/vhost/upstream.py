@@ -65,6 +65,23 @@ class ByteStream(Protocol):
         ...
 
 
+class CallbackStream(ByteStream, Protocol):
+    """A `ByteStream` that can also be served from callbacks (a MuxStream; vhost/lane.py)."""
+
+    def set_rx_notify(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` when data, the end or a reset arrives; None stops it."""
+        ...
+
+    def read_nowait(self, max_bytes: int) -> bytes | None:
+        """Up to max_bytes now: None if nothing came yet, b"" at the end; raises after a
+        reset."""
+        ...
+
+    def send(self, data: bytes | memoryview) -> bool:
+        """Send without waiting; what the window does not take is kept and sent later."""
+        ...
+
+
 # The argument is the visitor's (source ip, source port), carried to the client for logs.
 Opener = Callable[[tuple[str, int]], Awaitable[ByteStream]]
 

@@ -56,7 +56,8 @@ def cluster_routes(registry: ClusterRegistry) -> list[web.RouteDef]:
             async with asyncio.timeout(NODES_TIMEOUT_S):
                 nodes = await registry.nodes()
         except (RedisError, OSError, TimeoutError) as exc:
-            reason = f"the cluster registry (Redis) is unreachable: {exc or type(exc).__name__}"
+            detail = str(exc) or type(exc).__name__
+            reason = f"the cluster registry (Redis) is unreachable: {detail}"
             return web.json_response({"error": reason, "node": registry.node}, status=503)
         claims = registry.claims_by_node()
         proxies = registry.proxies(MAX_LISTED_PROXIES + 1)
