@@ -522,3 +522,19 @@ def test_capture_bodyless_response_whose_length_matches_the_next_response() -> N
         assert (a.path, a.status, a.response_body.size) == ("/a", int(status[:3]), 0)
         assert (b.path, b.status, b.response_body.data) == ("/b", 201, b"ok")
         assert capture.capturing and capture.idle
+
+
+def test_capture_reads_each_message_version_off_its_start_line() -> None:
+    """HTTP/1.0 and HTTP/1.1 on either side are recorded as sent, in one read or split."""
+    for request, response in ((b"1.0", b"1.1"), (b"1.1", b"1.0")):
+        store = CaptureStore(max_requests=10, max_body_bytes=64)
+        capture = make_capture(store)
+        head = b"GET /v HTTP/" + request + b"\r\nHost: h\r\n\r\n"
+        capture.feed_request(head[:5])
+        capture.feed_request(head[5:])
+        capture.feed_response(b"HTTP/" + response + b" 200 OK\r\nContent-Length: 0\r\n\r\n")
+        (exchange,) = store.list()
+        assert (exchange.http_version, exchange.response_http_version) == (
+            request.decode(),
+            response.decode(),
+        )
