@@ -19,6 +19,12 @@ sender enforces the window only once it has received a credit. A peer without th
 never sends one (so nothing is enforced towards it, as before) and drops a datagram for flow
 0 as a late datagram for a flow that does not exist, as every release did.
 
+Packed datagrams, negotiated the same way: a receiver that can unpack sets the ACK flag on
+its credits (CREDIT_UNPACKS_FLAG; a sender without the feature ignores a credit's flags), and
+a sender that has seen such a credit may send several datagrams of one flow in one DATAGRAM
+frame with the SYN flag (PACKED_FLAG; payload: dgramframe.pack_datagrams). A sender never
+packs towards a peer that has not said it unpacks.
+
 Pure: no I/O, no clock. MuxConnection owns one per connection.
 """
 
@@ -28,10 +34,13 @@ import struct
 from typing import Final
 
 from .errors import ErrorCode, RemoteProtocolError
+from .frames import Flag
 
 CREDIT_FLOW_ID: Final = 0  # the DATAGRAM flow id that carries credits, never a real flow
 _CREDIT: Final = struct.Struct(">I")
 CREDIT_PAYLOAD_BYTES: Final = _CREDIT.size
+CREDIT_UNPACKS_FLAG: Final = Flag.ACK  # on a credit: its sender takes packed datagrams
+PACKED_FLAG: Final = Flag.SYN  # on a flow's DATAGRAM frame: the payload is a pack
 
 
 def encode_credit(nbytes: int) -> bytes:
@@ -46,7 +55,14 @@ class DatagramWindow:
     small frame per step, not one per datagram).
     """
 
-    __slots__ = ("credit_step_bytes", "enforced", "in_flight", "owed", "window_bytes")
+    __slots__ = (
+        "credit_step_bytes",
+        "enforced",
+        "in_flight",
+        "owed",
+        "peer_unpacks",
+        "window_bytes",
+    )
 
     def __init__(self, window_bytes: int, credit_step_bytes: int) -> None:
         if not 0 < credit_step_bytes <= window_bytes:
@@ -56,6 +72,7 @@ class DatagramWindow:
         self.in_flight = 0  # datagram bytes sent and not yet credited
         self.owed = 0  # datagram bytes received and not yet credited to the peer
         self.enforced = False  # the peer credits: it speaks this feature
+        self.peer_unpacks = False  # the peer's credits carry CREDIT_UNPACKS_FLAG
 
     def room(self) -> int:
         """Datagram bytes we may still send now; a datagram may go while this is positive, so
@@ -76,8 +93,9 @@ class DatagramWindow:
         credit, self.owed = self.owed, 0
         return credit
 
-    def credited(self, payload: bytes) -> None:
-        """Apply a credit frame's payload; a malformed or excessive credit is a peer error."""
+    def credited(self, payload: bytes, flags: int = 0) -> None:
+        """Apply a credit frame's payload and flags; a malformed or excessive credit is a peer
+        error."""
         if len(payload) != CREDIT_PAYLOAD_BYTES:
             raise RemoteProtocolError(
                 f"datagram credit must be {CREDIT_PAYLOAD_BYTES} bytes, got {len(payload)}"
@@ -90,3 +108,5 @@ class DatagramWindow:
             )
         self.in_flight -= nbytes
         self.enforced = True
+        if flags & CREDIT_UNPACKS_FLAG:
+            self.peer_unpacks = True

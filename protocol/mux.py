@@ -34,7 +34,14 @@ import math
 from enum import Enum
 from typing import Final
 
-from .dgramwindow import CREDIT_FLOW_ID, DatagramWindow, encode_credit
+from .dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams, unpack_datagrams
+from .dgramwindow import (
+    CREDIT_FLOW_ID,
+    CREDIT_UNPACKS_FLAG,
+    PACKED_FLAG,
+    DatagramWindow,
+    encode_credit,
+)
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     ConnectionTerminated,
@@ -68,7 +75,7 @@ MAX_WINDOW_BYTES: Final = 0xFFFF_FFFF
 # about 64 bytes each). One 256 KiB read of 9-byte frames would otherwise queue 29,000.
 MAX_PENDING_EVENTS: Final = 1024
 # The most events one frame produces (DATA with FIN: DataReceived, StreamEnded, StreamClosed).
-_MAX_EVENTS_PER_FRAME: Final = 3
+_MAX_EVENTS_PER_FRAME: Final = max(3, PACKED_MAX_DATAGRAMS)  # a datagram pack's
 # Flag bits as plain ints: `int(frame.flags) & _FIN` costs a tenth of `frame.flags & Flag.FIN`,
 # which builds a new Flag member through the enum machinery on every frame.
 _SYN: Final = int(Flag.SYN)
@@ -403,6 +410,23 @@ class MuxConnection:
         self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
         return True
 
+    def send_packed_datagrams(self, flow_id: int, datagrams: list[bytes]) -> bool:
+        """Queue up to PACKED_MAX_DATAGRAMS datagrams of one flow as one packed DATAGRAM frame
+        (docs/protocol.md 6.3); False (all dropped) under send_datagram's rules, or when the
+        peer has not said it unpacks (`datagrams.peer_unpacks`: send them one by one)."""
+        if self._terminated or not self.datagrams.peer_unpacks:
+            return False
+        payload = pack_datagrams(datagrams)
+        if len(payload) > self.settings.max_frame_payload_bytes:
+            return False
+        if self._out_bytes > self.settings.datagram_high_water_bytes:
+            return False
+        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
+            return False
+        self.datagrams.sent(len(payload))
+        self._write(encode_fast(FrameType.DATAGRAM, PACKED_FLAG, flow_id, payload))
+        return True
+
     def ping(self, now: float) -> None:
         self._check_usable()
         self._ping_seq = (self._ping_seq + 1) & 0xFFFF_FFFF
@@ -515,12 +539,21 @@ class MuxConnection:
                 raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
         elif kind is FrameType.DATAGRAM:
             if frame.stream_id == CREDIT_FLOW_ID:
-                self.datagrams.credited(frame.payload)
+                self.datagrams.credited(frame.payload, frame.flags)
                 return
-            self._events.append(DatagramReceived(frame.stream_id, frame.payload))
+            if frame.flags & PACKED_FLAG:
+                flow_id = frame.stream_id
+                self._events.extend(
+                    [DatagramReceived(flow_id, data) for data in unpack_datagrams(frame.payload)]
+                )
+            else:
+                self._events.append(DatagramReceived(frame.stream_id, frame.payload))
             credit = self.datagrams.received(len(frame.payload))
             if credit:
-                self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, 0, encode_credit(credit)))
+                # The flag says: this side unpacks packed datagrams (dgramwindow.py).
+                self._write(
+                    encode_fast(FrameType.DATAGRAM, CREDIT_UNPACKS_FLAG, 0, encode_credit(credit))
+                )
         elif kind is FrameType.PING:
             self._on_ping(frame)
         elif kind is FrameType.GO_AWAY:

@@ -28,6 +28,7 @@ from collections import deque
 from typing import Final
 
 from protocol.aio.connection import MuxSession
+from protocol.dgramframe import PACKED_MAX_DATAGRAMS
 
 from .stats import ProxyCounters
 
@@ -37,6 +38,11 @@ QUANTUM_BYTES: Final = 1500  # what a flow may send per round (one typical datag
 TUNNEL_BACKLOG_BYTES: Final = 256 * 1024  # unsent session output above which we wait
 DRAIN_BATCH_DATAGRAMS: Final = 256  # per drain call, so one drain never hogs the loop
 DRAIN_RETRY_S: Final = 0.001  # while the tunnel's backlog is too large
+# Towards a client that unpacks (protocol/dgramwindow.py), a run of one flow's datagrams goes in
+# one packed frame: at most PACKED_MAX_DATAGRAMS datagrams and this many bytes, so the client
+# decodes one frame per pack, not per datagram. One credit step's worth.
+PACK_MAX_BYTES: Final = 32 * 1024
+PACKED_LENGTH_BYTES: Final = 2  # the u16 length before each datagram in a pack
 
 
 class _FlowQueue:
@@ -147,6 +153,33 @@ class FairQueue:
             active.rotate(-1)
         return None
 
+    def pop_run(
+        self, max_count: int, max_bytes: int
+    ) -> tuple[int, list[bytes], ProxyCounters | None] | None:
+        """What `pop` would return next, and the datagrams after it while `pop` would serve the
+        same flow (its turn goes on, or it is the only active flow): a run that can go in one
+        packed frame without changing the order of the flows. At most `max_count` datagrams
+        and, past the first, `max_bytes` (each counted with its 2-byte length)."""
+        first = self.pop()
+        if first is None:
+            return None
+        flow_id, data, counters = first
+        run = [data]
+        total = PACKED_LENGTH_BYTES + len(data)
+        flow = self._flows[flow_id]
+        while len(run) < max_count and flow.queued:
+            size = len(flow.items[0])
+            if total + PACKED_LENGTH_BYTES + size > max_bytes:
+                break
+            if size > flow.deficit and len(self._active) > 1:
+                break  # its turn is over: the next flow in the ring goes first
+            item = self.pop()  # the same flow, as checked above
+            if item is None:
+                break
+            run.append(item[1])
+            total += PACKED_LENGTH_BYTES + size
+        return flow_id, run, counters
+
 
 class DatagramScheduler:
     """Runs a FairQueue for one session: `push` from the UDP proxies, drained to the tunnel."""
@@ -202,19 +235,31 @@ class DatagramScheduler:
         # until the client credits them, protocol/dgramwindow.py): what does not fit waits
         # here, where the next round serves a quiet flow first.
         room = self.room()
-        for _ in range(DRAIN_BATCH_DATAGRAMS):
-            if room <= 0:
-                break
-            item = queue.pop()
-            if item is None:
+        packs = session.unpacks  # else one frame per datagram, as to a client before packing
+        sent = 0
+        while sent < DRAIN_BATCH_DATAGRAMS and room > 0:
+            if packs:
+                run = queue.pop_run(PACKED_MAX_DATAGRAMS, min(PACK_MAX_BYTES, room))
+            else:
+                one = queue.pop()
+                run = None if one is None else (one[0], [one[1]], one[2])
+            if run is None:
                 return
-            flow_id, data, counters = item
-            room -= len(data)
-            if session.send_datagram(flow_id, data):
-                if counters is not None:
-                    counters.bytes_in += len(data)
-            elif counters is not None:
-                counters.dropped_datagrams += 1
+            flow_id, datagrams, counters = run
+            sent += len(datagrams)
+            if len(datagrams) == 1:
+                nbytes = len(datagrams[0])
+                ok = session.send_datagram(flow_id, datagrams[0])
+                room -= nbytes
+            else:
+                nbytes = sum(len(data) for data in datagrams)
+                ok = session.send_packed_datagrams(flow_id, datagrams)
+                room -= nbytes + PACKED_LENGTH_BYTES * len(datagrams)
+            if counters is not None:
+                if ok:
+                    counters.bytes_in += nbytes
+                else:
+                    counters.dropped_datagrams += len(datagrams)
         if len(queue) and not session.closed:
             # A full tunnel is polled; a full batch yields to the loop and continues at once.
             self._polling = room <= 0

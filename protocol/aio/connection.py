@@ -269,6 +269,21 @@ class MuxSession(asyncio.BufferedProtocol):
             self._queued()
         return ok
 
+    def send_packed_datagrams(self, flow_id: int, datagrams: list[bytes]) -> bool:
+        """Queue several datagrams of one flow in one frame (MuxConnection's rules); False
+        means all were dropped, or the peer does not unpack (`unpacks`)."""
+        if self.writing_paused:
+            return False
+        ok = self.mux.send_packed_datagrams(flow_id, datagrams)
+        if ok:
+            self._queued()
+        return ok
+
+    @property
+    def unpacks(self) -> bool:
+        """The peer takes packed datagrams (it said so on its datagram credits)."""
+        return self.mux.datagrams.peer_unpacks
+
     def go_away(self, code: int, reason: str) -> None:
         self.mux.go_away(code, reason)
         self._flush()

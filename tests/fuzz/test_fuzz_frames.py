@@ -34,6 +34,8 @@ VALID_FRAMES: Final = [
     encode_frame(FrameType.DATA, 1, 1, b"hello"),
     encode_frame(FrameType.DATAGRAM, 0, 3, b"\x00\x01"),
     encode_frame(FrameType.DATAGRAM, 0, 0, b"\x00\x00\x10\x00"),  # a datagram credit
+    encode_frame(FrameType.DATAGRAM, 2, 0, b"\x00\x00\x10\x00"),  # a credit: "I unpack"
+    encode_frame(FrameType.DATAGRAM, 1, 3, b"\x00\x02hi\x00\x00\x00\x01!"),  # a pack of 3
 ]
 
 

@@ -222,6 +222,42 @@ async def test_udp_scheduler_serves_quiet_flow_while_flood_is_queued(
         assert queue.queued_bytes == 0
 
 
+CREDIT_WARMUP_DATAGRAMS: Final = 40  # 48 KB: over one credit step, so the client credits
+
+
+async def test_udp_scheduler_packs_a_queued_flood_intact_and_in_order(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """Once the client has said it unpacks, a queued flood goes in packs and arrives whole, in
+    order, with a quiet flow's ping still served second."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, echo = udp_echo
+        client = await clients.run(server, udp_proxy("dns", echo_port))
+        public = port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        async with udp_socket(public) as flooder, udp_socket(public) as quiet:
+            for i in range(CREDIT_WARMUP_DATAGRAMS):
+                flooder.send(b"warm %03d " % i + bytes(FLOOD_PAYLOAD_BYTES))
+                await asyncio.sleep(0)
+            await wait_until(lambda: scheduler.session.unpacks, "the client's flagged credit")
+            await wait_until(lambda: len(echo.received) == CREDIT_WARMUP_DATAGRAMS, "warm-up")
+            echo.received.clear()
+            scheduler.backlog_limit = 0  # hold the tunnel while the flood queues
+            flood = [b"flood %03d " % i + bytes(FLOOD_PAYLOAD_BYTES) for i in range(60)]
+            for datagram in flood:
+                flooder.send(datagram)
+                await asyncio.sleep(0)
+            await wait_until(lambda: scheduler.queue.queue_length(1) == len(flood), "the flood")
+            quiet.send(b"ping")
+            await wait_until(lambda: len(scheduler.queue) == 2, "the ping to be queued")
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES
+            assert await quiet.recv(5.0) == b"ping"
+            await wait_until(lambda: len(echo.received) == len(flood) + 1, "the flood")
+        assert echo.received.index(b"ping") <= 1, [d[:9] for d in echo.received[:4]]
+        assert [d for d in echo.received if d != b"ping"] == flood
+
+
 def udp_port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:

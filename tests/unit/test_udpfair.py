@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from protocol.dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams
 from tunnel_server.stats import ProxyCounters
-from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, FairQueue
+from tunnel_server.udpfair import (
+    FLOW_QUEUE_DATAGRAMS,
+    PACK_MAX_BYTES,
+    PACKED_LENGTH_BYTES,
+    FairQueue,
+)
 
 FLOOD = 1
 QUIET = 2
@@ -97,3 +103,64 @@ def test_fairqueue_refuses_exactly_what_push_would_drop() -> None:
     too_big = 100_000 - queue.queued_bytes + 1
     assert queue.refuses(QUIET, too_big)  # but not past the total
     assert not queue.push(QUIET, bytes(too_big))
+
+
+def test_fairqueue_pop_run_gives_the_same_order_as_pop() -> None:
+    """Runs, concatenated, are exactly what pop() would give, and a run never mixes flows."""
+    sizes = [1400, 300, 1400, 1400, 60, 1400]
+    queues = [FairQueue(), FairQueue()]
+    for queue in queues:
+        for i, size in enumerate(sizes * 5):
+            queue.push(FLOOD, b"f%02d" % i + bytes(size))
+            if i % 7 == 0:
+                queue.push(QUIET, b"q%02d" % i)
+    expected = drain(queues[0])
+    got: list[tuple[int, bytes]] = []
+    while (run := queues[1].pop_run(32, 32 * 1024)) is not None:
+        flow_id, datagrams, _ = run
+        got.extend((flow_id, data) for data in datagrams)
+    assert got == expected
+
+
+def test_fairqueue_pop_run_alone_flow_runs_within_its_bounds() -> None:
+    """A flow alone in the ring gives runs of at most max_count and max_bytes (lengths counted)."""
+    queue = FairQueue()
+    for _ in range(FLOW_QUEUE_DATAGRAMS):
+        queue.push(FLOOD, bytes(1000))
+    run = queue.pop_run(10, 1 << 20)
+    assert run is not None and len(run[1]) == 10
+    run = queue.pop_run(32, 3 * 1002)
+    assert run is not None and len(run[1]) == 3
+    run = queue.pop_run(32, 10)  # the first datagram always goes, even over max_bytes
+    assert run is not None and len(run[1]) == 1
+
+
+def test_fairqueue_pop_run_ends_at_another_flows_turn() -> None:
+    """With a quiet flow waiting, the flood's run ends with its turn: the ping is next."""
+    queue = FairQueue()
+    for _ in range(20):
+        queue.push(FLOOD, bytes(1400))
+    queue.push(QUIET, b"ping")
+    first = queue.pop_run(32, 32 * 1024)
+    second = queue.pop_run(32, 32 * 1024)
+    assert first is not None and first[0] == FLOOD and len(first[1]) == 1
+    assert second is not None and second[0] == QUIET and second[1] == [b"ping"]
+    rest = queue.pop_run(32, 32 * 1024)
+    assert rest is not None and rest[0] == FLOOD and len(rest[1]) == 19
+
+
+def test_fairqueue_pack_bounds_hold_for_full_and_tiny_datagrams() -> None:
+    """With the drain's bounds a run packs to at most PACK_MAX_BYTES and PACKED_MAX_DATAGRAMS,
+    whether the datagrams are full-size (bytes bind) or tiny (the count binds)."""
+    for size, bound in ((1400, "bytes"), (10, "count")):
+        queue = FairQueue()
+        for _ in range(FLOW_QUEUE_DATAGRAMS):
+            queue.push(FLOOD, bytes(size))
+        run = queue.pop_run(PACKED_MAX_DATAGRAMS, PACK_MAX_BYTES)
+        assert run is not None
+        payload = pack_datagrams(run[1])
+        assert len(payload) <= PACK_MAX_BYTES and len(run[1]) <= PACKED_MAX_DATAGRAMS
+        if bound == "bytes":
+            assert len(payload) + PACKED_LENGTH_BYTES + size > PACK_MAX_BYTES  # full
+        else:
+            assert len(run[1]) == PACKED_MAX_DATAGRAMS
