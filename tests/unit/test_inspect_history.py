@@ -295,3 +295,36 @@ def test_history_loads_sqlite_only_when_there_is_history(tmp_path: Path) -> None
         assert [e.path for e in db.load(10, 0.0)] == ["/x"]
     finally:
         db.close()
+
+
+def test_history_with_only_a_write_ahead_log_opens_at_start(tmp_path: Path) -> None:
+    """An empty history file next to a non-empty WAL (rows a crash left there) is opened at
+    start, so what the WAL holds is loaded, not overwritten later."""
+    path = tmp_path / "h.sqlite3"
+    path.touch(mode=0o600)
+    Path(f"{path}-wal").write_bytes(b"\x00" * 32)
+    db = HistoryDB(path)
+    try:
+        assert db.opened
+    finally:
+        db.close()
+
+
+async def test_history_first_write_that_cannot_open_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file opened lazily on the first write: when it cannot be opened then (a directory
+    stands in its place), the batch fails with a warning and capture goes on."""
+    async with asyncio.timeout(TIMEOUT_S):
+        path = tmp_path / "h.sqlite3"
+        writer = await open_history(path)
+        assert not writer.db.opened
+        path.unlink()
+        path.mkdir()
+        writer.store.add(exchange(writer.store))
+        await writer.flush()
+        assert writer.failures == 1
+        assert "cannot write inspector history" in caplog.text
+        assert len(writer.store) == 1
+        writer.close()
+        await writer.wait_closed()

@@ -233,7 +233,8 @@ class HistoryDB:
                 empty = os.fstat(fd).st_size == 0
             finally:
                 os.close(fd)
-            if not empty:
+            wal = Path(f"{path}-wal")  # a crash may leave the rows there, not yet in the file
+            if not empty or (wal.exists() and wal.stat().st_size > 0):
                 self._conn = self._open()
         except BaseException:
             os.close(self._lock_fd)
@@ -255,7 +256,7 @@ class HistoryDB:
 
         try:
             return self._open_file()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # also on the first write, in the thread
             raise HistoryError(str(exc)) from exc
 
     def _open_file(self) -> sqlite3.Connection:
