@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -20,7 +19,7 @@ from tunnel_common.webtls import web_ssl_context
 
 from .adminfile import remove_admin_address, write_admin_address
 from .config import ProxyConfig
-from .inspect.history import HistoryDB, HistoryLocked, HistoryWriter
+from .inspect.history import HistoryDB, HistoryError, HistoryLocked, HistoryWriter
 from .inspect.store import CaptureStore
 from .plugins import CAPTURED_PLUGINS
 
@@ -92,7 +91,7 @@ class WebSurfaces:
         except HistoryLocked as exc:
             logger.warning("tunnelc: inspector history is memory-only: %s", exc)
             return
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, HistoryError) as exc:
             logger.warning(
                 "tunnelc: inspector history is memory-only: cannot open %s: %s", path, exc
             )

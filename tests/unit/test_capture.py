@@ -10,7 +10,7 @@ from tunnel_client.inspect.capture import (
     MAX_PENDING_EXCHANGES,
     HTTPCapture,
 )
-from tunnel_client.inspect.exchange import CapturedExchange
+from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange
 from tunnel_client.inspect.store import CaptureStore
 
 # A keep-alive conversation that exercises most paths: a chunked POST answered after a
@@ -382,3 +382,159 @@ def test_capture_keeps_a_body_of_many_chunks_up_to_the_limit() -> None:
     [kept] = store.list()
     assert kept.request_body == (b"abcdefghij", 26, True)
     assert kept.response_body.data == b"fine" and not kept.response_body.truncated
+
+
+def test_capture_keeps_heads_raw_until_an_exchange_is_read() -> None:
+    """A captured exchange holds its heads as the raw bytes and parses them on first read."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    request = b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nX-Raw: caf\xe9\r\n\r\n"
+    response = b"HTTP/1.1 404 Not Here\r\nContent-Length: 2\r\n\r\nno"
+    capture.feed_request(request)
+    capture.feed_response(response)
+    (exchange,) = store.list()
+    assert (exchange.method, exchange.status) == ("GET", 404)  # known without parsing
+    assert not exchange.parsed
+    assert exchange.request_head == request
+    assert exchange.response_head == response[:-2]
+    assert exchange.path == "/a?b=1" and exchange.reason == "Not Here"
+    assert exchange.request_headers == (("Host", "h"), ("X-Raw", "caf\xe9"))
+    assert exchange.response_headers == (("Content-Length", "2"),)
+    assert exchange.parsed and exchange.response_body.data == b"no"
+
+
+def test_capture_exchange_read_before_its_response_shows_the_response_later() -> None:
+    """Reading an exchange while it waits (the live list) does not hide the response head
+    that arrives afterwards."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    capture.feed_request(b"POST /slow HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
+    (exchange,) = store.list()
+    assert (exchange.reason, exchange.response_headers) == ("", ())
+    capture.feed_response(b"HTTP/1.1 201 Created\r\nX-A: b\r\nContent-Length: 0\r\n\r\n")
+    assert (exchange.status, exchange.reason) == (201, "Created")
+    assert exchange.response_headers == (("X-A", "b"), ("Content-Length", "0"))
+
+
+def test_capture_unread_exchange_past_the_body_limit_reads_whole_heads() -> None:
+    """An exchange whose bodies passed the limit, never read while captured, shows its
+    heads, the kept part of each body and the full sizes when read later."""
+    store = CaptureStore(max_requests=10, max_body_bytes=4)
+    capture = make_capture(store)
+    body = b"0123456789" * 100
+    capture.feed_request(b"PUT /up HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + body[:300])
+    capture.feed_request(body[300:])
+    capture.feed_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    capture.feed_response(b"3e8\r\n" + body + b"\r\n0\r\n\r\n")
+    (exchange,) = store.list()
+    assert not exchange.parsed
+    assert exchange.request_body == CapturedBody(b"0123", 1000, True)
+    assert exchange.response_body == CapturedBody(b"0123", 1000, True)
+    assert exchange.request_headers == (("Content-Length", "1000"),)
+    assert exchange.response_headers == (("Transfer-Encoding", "chunked"),)
+    assert (exchange.path, exchange.reason, exchange.error) == ("/up", "OK", None)
+
+
+def test_capture_chunked_response_pipelined_in_one_read_at_any_split() -> None:
+    """A chunked body holding CRLF CRLF, then a second response in the same bytes, split at
+    every offset: both exchanges get their own raw head and body."""
+    responses = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\na\r\n\r\nb\r\n0\r\nX-T: 1\r\n\r\n"
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 3\r\n\r\nyes"
+    )
+    for cut in range(len(responses) + 1):
+        store = CaptureStore(max_requests=10, max_body_bytes=64)
+        capture = make_capture(store)
+        capture.feed_request(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+        capture.feed_response(responses[:cut])
+        capture.feed_response(responses[cut:])
+        second, first = store.list()
+        assert (first.path, first.status, first.response_body.data) == ("/1", 200, b"a\r\n\r\nb")
+        assert (second.path, second.reason, second.response_body.data) == ("/2", "Accepted", b"yes")
+        assert second.response_head.startswith(b"HTTP/1.1 202"), cut
+        assert capture.capturing and capture.idle, cut
+
+
+def test_capture_malformed_request_head_is_kept_raw_with_a_clear_error() -> None:
+    """A request head the parser refuses becomes an exchange holding the raw bytes, with an
+    error that says why; requests stop being captured, and the app's answer is still kept."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    bad = b"GET /broken HTTP/1.1\r\nHost: h\r\nNo colon here\r\n\r\n"
+    capture.feed_request(bad)
+    (exchange,) = store.list()
+    assert exchange.request_head == bad
+    assert exchange.method == "GET" and exchange.path == "/broken"
+    assert exchange.error is not None
+    assert "the request head is not parseable as HTTP/1.x" in exchange.error
+    assert exchange.request_head_error is not None
+    assert "not parseable" in exchange.request_head_error
+    capture.feed_request(b"GET /later HTTP/1.1\r\n\r\n")  # ignored: requests stopped
+    capture.feed_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    assert [(e.path, e.status) for e in store.list()] == [("/broken", 400)]
+    assert not capture.capturing
+
+
+def test_capture_malformed_response_head_is_kept_raw_on_its_request() -> None:
+    """A response head the parser refuses is kept raw on the waiting exchange, with why."""
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    capture.feed_request(b"GET /x HTTP/1.1\r\n\r\n")
+    bad = b"HTTP/1.1 200 OK\r\nX-\x01: y\r\n\r\n"
+    capture.feed_response(bad)
+    (exchange,) = store.list()
+    assert exchange.status is None and exchange.response_head == bad
+    assert exchange.error is not None
+    assert "the response head is not parseable as HTTP/1.x" in exchange.error
+    assert exchange.response_head_error is not None
+
+
+def test_capture_malformed_head_detail_shows_the_raw_bytes_and_why() -> None:
+    """The inspector's detail of an exchange whose head was refused carries the raw head and
+    the parser's reason; a good exchange's detail has neither."""
+    from tunnel_client.inspect.app import exchange_detail
+
+    store = CaptureStore(max_requests=10, max_body_bytes=64)
+    capture = make_capture(store)
+    capture.feed_request(b"GET /ok HTTP/1.1\r\n\r\n")
+    capture.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    capture.feed_request(b"GET /bad HTTP/1.1\r\nNo colon\r\n\r\n")
+    bad, good = store.list()
+    detail = exchange_detail(bad)
+    assert detail["request_head_raw"] == "GET /bad HTTP/1.1\r\nNo colon\r\n\r\n"
+    assert "not parseable as HTTP/1.x" in str(detail["request_head_error"])
+    assert "request_head_raw" not in exchange_detail(good)
+
+
+def test_capture_bodyless_response_whose_length_matches_the_next_response() -> None:
+    """A HEAD's and a 304's response announce a length but have no body: when the next
+    response is exactly that long and comes in the same read, it is still its own exchange
+    (the one-call path for whole messages must not take it as a body)."""
+    second = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    for method, status in ((b"HEAD", b"200 OK"), (b"GET", b"304 Not Modified")):
+        store = CaptureStore(max_requests=10, max_body_bytes=64)
+        capture = make_capture(store)
+        capture.feed_request(method + b" /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        first = b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(second)
+        capture.feed_response(first + second)
+        b, a = store.list()
+        assert (a.path, a.status, a.response_body.size) == ("/a", int(status[:3]), 0)
+        assert (b.path, b.status, b.response_body.data) == ("/b", 201, b"ok")
+        assert capture.capturing and capture.idle
+
+
+def test_capture_reads_each_message_version_off_its_start_line() -> None:
+    """HTTP/1.0 and HTTP/1.1 on either side are recorded as sent, in one read or split."""
+    for request, response in ((b"1.0", b"1.1"), (b"1.1", b"1.0")):
+        store = CaptureStore(max_requests=10, max_body_bytes=64)
+        capture = make_capture(store)
+        head = b"GET /v HTTP/" + request + b"\r\nHost: h\r\n\r\n"
+        capture.feed_request(head[:5])
+        capture.feed_request(head[5:])
+        capture.feed_response(b"HTTP/" + response + b" 200 OK\r\nContent-Length: 0\r\n\r\n")
+        (exchange,) = store.list()
+        assert (exchange.http_version, exchange.response_http_version) == (
+            request.decode(),
+            response.decode(),
+        )

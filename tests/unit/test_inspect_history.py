@@ -247,3 +247,84 @@ async def test_history_full_batch_waits_longer_and_marks_stay_bounded(tmp_path: 
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+_LAZY_SQLITE_SCRIPT = """
+import asyncio, sys, time
+from pathlib import Path
+from tunnel_client.inspect.exchange import CapturedExchange
+from tunnel_client.inspect.history import HistoryDB, HistoryWriter
+from tunnel_client.inspect.store import CaptureStore
+
+async def main(path):
+    store = CaptureStore(max_requests=10, max_body_bytes=8)
+    writer = HistoryWriter(HistoryDB(path), store, max_age=3600.0)
+    writer.start()
+    await writer.flush()  # nothing dirty: nothing to open
+    idle = "sqlite3" in sys.modules
+    item = CapturedExchange(store.new_id(), "hook", time.time(), "GET", "/x", "1.1", ())
+    store.add(item)
+    await writer.flush()
+    written = "sqlite3" in sys.modules and writer.db.opened
+    writer.close()
+    await writer.wait_closed()
+    print(idle, written, path.stat().st_mode & 0o777 == 0o600)
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_history_loads_sqlite_only_when_there_is_history(tmp_path: Path) -> None:
+    """A fresh history file takes the lock and exists (0600) without loading SQLite; the first
+    written exchange opens it, and a restart loads what was written."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "state" / "h.sqlite3"
+    out = subprocess.run(
+        [sys.executable, "-c", _LAZY_SQLITE_SCRIPT, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert out == ["False", "True", "True"]
+    db = HistoryDB(path)  # not empty now: opened at once
+    try:
+        assert db.opened
+        assert [e.path for e in db.load(10, 0.0)] == ["/x"]
+    finally:
+        db.close()
+
+
+def test_history_with_only_a_write_ahead_log_opens_at_start(tmp_path: Path) -> None:
+    """An empty history file next to a non-empty WAL (rows a crash left there) is opened at
+    start, so what the WAL holds is loaded, not overwritten later."""
+    path = tmp_path / "h.sqlite3"
+    path.touch(mode=0o600)
+    Path(f"{path}-wal").write_bytes(b"\x00" * 32)
+    db = HistoryDB(path)
+    try:
+        assert db.opened
+    finally:
+        db.close()
+
+
+async def test_history_first_write_that_cannot_open_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file opened lazily on the first write: when it cannot be opened then (a directory
+    stands in its place), the batch fails with a warning and capture goes on."""
+    async with asyncio.timeout(TIMEOUT_S):
+        path = tmp_path / "h.sqlite3"
+        writer = await open_history(path)
+        assert not writer.db.opened
+        path.unlink()
+        path.mkdir()
+        writer.store.add(exchange(writer.store))
+        await writer.flush()
+        assert writer.failures == 1
+        assert "cannot write inspector history" in caplog.text
+        assert len(writer.store) == 1
+        writer.close()
+        await writer.wait_closed()

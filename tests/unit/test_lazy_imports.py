@@ -116,16 +116,29 @@ def test_client_loads_optional_dependencies_only_when_used() -> None:
 def test_client_loads_rarely_used_helpers_only_when_used() -> None:
     """A client loads proxy-protocol (with typing_extensions; transport.proxyProtocolVersion),
     logging.handlers (a rotated log file), difflib (a misspelt config key) and tempfile with
-    shutil (the admin API's address file) only when one is needed, and the allocator tuning
-    never loads ctypes.util (which runs `ldconfig -p`): together about 2.5 MiB of RSS."""
+    shutil (the admin API's address file) and sqlite3 (the inspector's history, once it has
+    an exchange) only when one is needed, and the allocator tuning never loads ctypes.util
+    (which runs `ldconfig -p`): together about 4.8 MiB of RSS."""
     loaded = _loaded_by(
-        "tunnel_client.client, tunnel_common.logs, tunnel_client.proxyheader, "
+        "tunnel_client.client, tunnel_client.surfaces, tunnel_client.inspect.history, "
+        "tunnel_common.logs, tunnel_client.proxyheader, "
         "tunnel_common.allocator; tunnel_common.allocator.tune()"
     )
     lazy = (
         *("proxyprotocol", "typing_extensions", "logging.handlers", "difflib"),
-        *("tempfile", "shutil", "ctypes.util"),
+        *("tempfile", "shutil", "ctypes.util", "sqlite3"),
     )
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_client_loads_the_capture_parser_with_the_first_http_stream() -> None:
+    """An http proxy's client loads httptools and the inspector's capture with the first
+    stream it captures (or a mock rule's first request), not at start."""
+    loaded = _loaded_by(
+        "tunnel_client.client, tunnel_client.surfaces, tunnel_client.proxies.http, "
+        "tunnel_client.inspect.store, tunnel_client.inspect.history"
+    )
+    lazy = ("httptools", "tunnel_client.inspect.capture", "tunnel_client.inspect.sides")
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 

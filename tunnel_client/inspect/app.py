@@ -90,6 +90,14 @@ def exchange_detail(exchange: CapturedExchange) -> dict[str, object]:
         request_body=describe_body(exchange.request_headers, exchange.request_body),
         response_body=describe_body(exchange.response_headers, exchange.response_body),
     )
+    # A head the parser refused is shown as the raw bytes that came, with the reason.
+    for side, head, error in (
+        ("request", exchange.request_head, exchange.request_head_error),
+        ("response", exchange.response_head, exchange.response_head_error),
+    ):
+        if error is not None:
+            detail[f"{side}_head_error"] = error
+            detail[f"{side}_head_raw"] = head.decode("latin-1")
     return detail
 
 

@@ -37,15 +37,17 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tunnel_client.inspect.exchange import CapturedBody, CapturedExchange, Headers
 from tunnel_client.inspect.mock import MAX_MOCK_RULES
 from tunnel_client.inspect.store import CaptureStore
+
+if TYPE_CHECKING:
+    import sqlite3
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,10 @@ class HistoryLocked(Exception):
     """Another tunnelc holds the history file."""
 
 
+class HistoryError(Exception):
+    """SQLite refused to open, read or write the history file (the message says why)."""
+
+
 # Headers are stored as "name\0value\0name\0value": the capture's header names and values
 # never hold NUL (httptools refuses it), and joining is several times cheaper than JSON.
 _SEP: Final = "\x00"
@@ -201,7 +207,13 @@ def _exchange(row: sqlite3.Row) -> CapturedExchange:
 
 
 class HistoryDB:
-    """The SQLite file. Blocking: used at start-up, then from the writer's thread only."""
+    """The SQLite file. Blocking: used at start-up, then from the writer's thread only.
+
+    The lock is taken at once. The file is opened (and `sqlite3`, about 2.3 MiB with its
+    library, imported) at once only when it already holds something to load; otherwise on
+    the first `write`, so a client whose inspector captures nothing never loads SQLite.
+    Every SQLite failure is raised as `HistoryError`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -213,13 +225,41 @@ class HistoryDB:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise HistoryLocked(f"{path} is in use by another tunnelc") from None
+        self._conn: sqlite3.Connection | None = None
         try:
-            self._db = self._open()
+            # Create it 0600 before sqlite does (sqlite would follow the umask).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                empty = os.fstat(fd).st_size == 0
+            finally:
+                os.close(fd)
+            wal = Path(f"{path}-wal")  # a crash may leave the rows there, not yet in the file
+            if not empty or (wal.exists() and wal.stat().st_size > 0):
+                self._conn = self._open()
         except BaseException:
             os.close(self._lock_fd)
             raise
 
+    @property
+    def opened(self) -> bool:
+        """True once the SQLite file is open (it opens on the first write when empty)."""
+        return self._conn is not None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
     def _open(self) -> sqlite3.Connection:
+        import sqlite3  # here: loaded only when there is history to read or write
+
+        try:
+            return self._open_file()
+        except (sqlite3.Error, OSError) as exc:  # also on the first write, in the thread
+            raise HistoryError(str(exc)) from exc
+
+    def _open_file(self) -> sqlite3.Connection:
         if not self.path.exists():
             # Create it 0600 before sqlite does (sqlite would follow the umask).
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -245,6 +285,8 @@ class HistoryDB:
         return db
 
     def _connect(self) -> sqlite3.Connection:
+        import sqlite3
+
         # The writer thread uses it after start-up; calls never overlap (one writer task).
         db = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
@@ -257,6 +299,8 @@ class HistoryDB:
     def load(self, max_requests: int, min_started_at: float) -> list[CapturedExchange]:
         """The newest `max_requests` exchanges started at or after `min_started_at`, oldest
         first."""
+        if self._conn is None:
+            return []  # nothing was ever written
         rows = self._db.execute(
             "SELECT * FROM exchanges WHERE started_at >= ? ORDER BY id DESC LIMIT ?",
             (min_started_at, max_requests),
@@ -265,6 +309,8 @@ class HistoryDB:
 
     def load_mocks(self) -> list[tuple[int, object]]:
         """The saved mock rules, (id, rule JSON), by id (unreadable JSON is skipped)."""
+        if self._conn is None:
+            return []
         rows = self._db.execute(
             "SELECT id, rule FROM mocks ORDER BY id LIMIT ?", (MAX_MOCK_RULES,)
         ).fetchall()
@@ -279,6 +325,8 @@ class HistoryDB:
     def max_id(self) -> int:
         """The largest id ever handed out (0 for none), so new ids never reuse an old one,
         also after a clear: a deep link never points at a different request."""
+        if self._conn is None:
+            return 0
         row = self._db.execute(
             "SELECT max(coalesce((SELECT max(id) FROM exchanges), 0), "
             "coalesce((SELECT value FROM meta WHERE key = 'last_id'), 0))"
@@ -297,7 +345,24 @@ class HistoryDB:
     ) -> None:
         """In one transaction: optionally forget everything, upsert `rows` (built by `_row`),
         record `last_id`, then keep only the newest `keep` rows started at or after
-        `min_started_at`; `mocks` (when given) replaces the saved mock rules."""
+        `min_started_at`; `mocks` (when given) replaces the saved mock rules. Raises
+        `HistoryError` when SQLite cannot open or write the file."""
+        import sqlite3
+
+        try:
+            self._write(rows, clear, keep, min_started_at, last_id, mocks)
+        except sqlite3.Error as exc:
+            raise HistoryError(str(exc)) from exc
+
+    def _write(
+        self,
+        rows: Sequence[tuple[object, ...]],
+        clear: bool,
+        keep: int,
+        min_started_at: float,
+        last_id: int,
+        mocks: Sequence[tuple[int, dict[str, object]]] | None,
+    ) -> None:
         with self._transaction() as db:
             if mocks is not None:
                 db.execute("DELETE FROM mocks")
@@ -331,13 +396,16 @@ class HistoryDB:
         self._db.execute("COMMIT")
 
     def count(self) -> int:
+        if self._conn is None:
+            return 0
         return int(self._db.execute("SELECT count(*) FROM exchanges").fetchone()[0])
 
     def close(self) -> None:
         """Close the file and release the lock (idempotent)."""
         if self._lock_fd < 0:
             return
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
         os.close(self._lock_fd)
         self._lock_fd = -1
 
@@ -436,7 +504,7 @@ class HistoryWriter:
                 last_id=store.last_id,
                 mocks=mocks.saved() if mocks_changed else None,
             )
-        except sqlite3.Error as exc:
+        except HistoryError as exc:
             # A full disk or a removed file must not stop the tunnel: say so and go on.
             self.failures += 1
             logger.warning("tunnelc: cannot write inspector history %s: %s", self.db.path, exc)

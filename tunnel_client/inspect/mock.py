@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final, Literal
 
-import httptools
-
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol, dial_failure
 from protocol.aio.stream import MuxStream, StreamResetError
@@ -276,6 +274,8 @@ async def serve_with_rules(
     on_label: Callable[[str], None],
 ) -> None:
     """Answer one stream's request from a rule, or pass it to the local service."""
+    import httptools  # here: a client whose rules never answer does not load it at start
+
     session.accept_stream(stream)
     head = _Head()
     parser = httptools.HttpRequestParser(head)

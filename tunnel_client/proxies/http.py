@@ -9,17 +9,19 @@ itself on anything it cannot parse.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.stream import MuxStream
 
 from ..config import ProxyConfig
-from ..inspect.capture import HTTPCapture
 from ..inspect.mock import serve_with_rules
 from ..inspect.store import CaptureStore
 from .base import LOCAL_DIAL_TIMEOUT_S
 from .tcp import TCPProxy
+
+if TYPE_CHECKING:
+    from ..inspect.capture import HTTPCapture
 
 # Captured bytes waiting to be parsed, per connection (normally one loop iteration's worth).
 MAX_PENDING_CAPTURE_BYTES: Final = 4 * 1024 * 1024
@@ -137,6 +139,8 @@ class HTTPProxy(TCPProxy):
         if self.store is None:
             super().handle_stream(session, stream)
             return
+        from ..inspect.capture import HTTPCapture  # httptools: with the first stream
+
         capture = HTTPCapture(self.store, self.config.name)
         tap = _CaptureTap(capture, stream, self._feeder)
         stream.tap = tap
