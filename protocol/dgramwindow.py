@@ -25,7 +25,8 @@ a sender that has seen such a credit may send several datagrams of one flow in o
 frame with the SYN flag (PACKED_FLAG; payload: dgramframe.pack_datagrams). A sender never
 packs towards a peer that has not said it unpacks.
 
-Pure: no I/O, no clock. MuxConnection owns one per connection.
+Pure: no I/O, no clock. MuxConnection owns one `DatagramPath` per connection: the window,
+and the DATAGRAM frames it sends and receives under it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from .dgramframe import pack_datagrams, unpack_datagrams
 from .errors import ErrorCode, RemoteProtocolError
-from .frames import Flag
+from .events import DatagramReceived, Event
+from .frames import Flag, Frame, FrameType, encode_fast
 
 CREDIT_FLOW_ID: Final = 0  # the DATAGRAM flow id that carries credits, never a real flow
 _CREDIT: Final = struct.Struct(">I")
@@ -110,3 +113,63 @@ class DatagramWindow:
         self.enforced = True
         if flags & CREDIT_UNPACKS_FLAG:
             self.peer_unpacks = True
+
+
+class DatagramPath:
+    """A session's datagrams on the wire: the frames to send (None: drop the datagram) and what
+    a received DATAGRAM frame gives (events, and a credit frame to write).
+
+    A datagram is dropped when it is larger than a frame, when the session's queued output is
+    above `high_water_bytes` (datagrams never wait behind a congested connection), or when the
+    window has no room."""
+
+    __slots__ = ("_high_water", "_max_payload", "window")
+
+    def __init__(
+        self, window: DatagramWindow, max_payload_bytes: int, high_water_bytes: int
+    ) -> None:
+        self.window = window
+        self._max_payload = max_payload_bytes
+        self._high_water = high_water_bytes
+
+    def frame(self, flow_id: int, data: bytes, queued_bytes: int) -> bytes | None:
+        """One datagram's frame, counted in the window; None to drop it."""
+        return self._frame(flow_id, data, queued_bytes, Flag.NONE)
+
+    def packed_frame(self, flow_id: int, datagrams: list[bytes], queued_bytes: int) -> bytes | None:
+        """Up to PACKED_MAX_DATAGRAMS datagrams of one flow as one packed frame (docs/protocol.md
+        6.3); None (all dropped) under `frame`'s rules, or when the peer has not said it unpacks
+        (`window.peer_unpacks`: send them one by one)."""
+        if not self.window.peer_unpacks:
+            return None
+        return self._frame(flow_id, pack_datagrams(datagrams), queued_bytes, PACKED_FLAG)
+
+    def _frame(self, flow_id: int, payload: bytes, queued_bytes: int, flags: Flag) -> bytes | None:
+        window = self.window
+        if len(payload) > self._max_payload or queued_bytes > self._high_water:
+            return None
+        if flow_id == CREDIT_FLOW_ID or window.room() <= 0:
+            return None
+        window.sent(len(payload))
+        return encode_fast(FrameType.DATAGRAM, flags, flow_id, payload)
+
+    def received(self, frame: Frame, events: list[Event]) -> bytes | None:
+        """Apply a DATAGRAM frame: a credit, or datagrams appended to `events`. Returns the
+        credit frame this side now owes the peer, or None."""
+        if frame.stream_id == CREDIT_FLOW_ID:
+            self.window.credited(frame.payload, frame.flags)
+            return None
+        if frame.flags & PACKED_FLAG:
+            flow_id = frame.stream_id
+            events.extend(
+                [DatagramReceived(flow_id, data) for data in unpack_datagrams(frame.payload)]
+            )
+        else:
+            events.append(DatagramReceived(frame.stream_id, frame.payload))
+        credit = self.window.received(len(frame.payload))
+        if not credit:
+            return None
+        # The flag says: this side unpacks packed datagrams.
+        return encode_fast(
+            FrameType.DATAGRAM, CREDIT_UNPACKS_FLAG, CREDIT_FLOW_ID, encode_credit(credit)
+        )

@@ -34,18 +34,11 @@ import math
 from enum import Enum
 from typing import Final
 
-from .dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams, unpack_datagrams
-from .dgramwindow import (
-    CREDIT_FLOW_ID,
-    CREDIT_UNPACKS_FLAG,
-    PACKED_FLAG,
-    DatagramWindow,
-    encode_credit,
-)
+from .dgramframe import PACKED_MAX_DATAGRAMS
+from .dgramwindow import DatagramPath, DatagramWindow
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     ConnectionTerminated,
-    DatagramReceived,
     DataReceived,
     Event,
     GoAwayReceived,
@@ -143,6 +136,9 @@ class MuxConnection:
         self._ping_sent: dict[int, float] = {}
         self.late_frames_dropped = 0
         self.datagrams = DatagramWindow(s.datagram_window_bytes, s.datagram_credit_step_bytes)
+        self._datagram_path = DatagramPath(
+            self.datagrams, s.max_frame_payload_bytes, s.datagram_high_water_bytes
+        )
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -420,34 +416,26 @@ class MuxConnection:
         self._write(frame)
 
     def send_datagram(self, flow_id: int, data: bytes) -> bool:
-        """Queue one datagram; False (drop) if it is too large or the output is congested."""
+        """Queue one datagram; False (drop) if it is too large, the output is congested or the
+        datagram window is full (protocol/dgramwindow.py)."""
         if self._terminated:
             return False
-        if len(data) > self.settings.max_frame_payload_bytes:
+        frame = self._datagram_path.frame(flow_id, data, self._out_bytes)
+        if frame is None:
             return False
-        if self._out_bytes > self.settings.datagram_high_water_bytes:
-            return False
-        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
-            return False
-        self.datagrams.sent(len(data))
-        self._write(encode_fast(FrameType.DATAGRAM, Flag.NONE, flow_id, data))
+        self._write(frame)
         return True
 
     def send_packed_datagrams(self, flow_id: int, datagrams: list[bytes]) -> bool:
         """Queue up to PACKED_MAX_DATAGRAMS datagrams of one flow as one packed DATAGRAM frame
         (docs/protocol.md 6.3); False (all dropped) under send_datagram's rules, or when the
         peer has not said it unpacks (`datagrams.peer_unpacks`: send them one by one)."""
-        if self._terminated or not self.datagrams.peer_unpacks:
+        if self._terminated:
             return False
-        payload = pack_datagrams(datagrams)
-        if len(payload) > self.settings.max_frame_payload_bytes:
+        frame = self._datagram_path.packed_frame(flow_id, datagrams, self._out_bytes)
+        if frame is None:
             return False
-        if self._out_bytes > self.settings.datagram_high_water_bytes:
-            return False
-        if flow_id == CREDIT_FLOW_ID or self.datagrams.room() <= 0:
-            return False
-        self.datagrams.sent(len(payload))
-        self._write(encode_fast(FrameType.DATAGRAM, PACKED_FLAG, flow_id, payload))
+        self._write(frame)
         return True
 
     def ping(self, now: float) -> None:
@@ -566,22 +554,9 @@ class MuxConnection:
             else:
                 raise RemoteProtocolError("MESSAGE on a stream needs SYN or RST")
         elif kind is FrameType.DATAGRAM:
-            if frame.stream_id == CREDIT_FLOW_ID:
-                self.datagrams.credited(frame.payload, frame.flags)
-                return
-            if frame.flags & PACKED_FLAG:
-                flow_id = frame.stream_id
-                self._events.extend(
-                    [DatagramReceived(flow_id, data) for data in unpack_datagrams(frame.payload)]
-                )
-            else:
-                self._events.append(DatagramReceived(frame.stream_id, frame.payload))
-            credit = self.datagrams.received(len(frame.payload))
-            if credit:
-                # The flag says: this side unpacks packed datagrams (dgramwindow.py).
-                self._write(
-                    encode_fast(FrameType.DATAGRAM, CREDIT_UNPACKS_FLAG, 0, encode_credit(credit))
-                )
+            credit = self._datagram_path.received(frame, self._events)
+            if credit is not None:
+                self._write(credit)
         elif kind is FrameType.PING:
             self._on_ping(frame)
         elif kind is FrameType.GO_AWAY:
