@@ -164,6 +164,8 @@ class HTTPVhostServer(VhostListener):
         first = True
         deadline: float | None = None  # of the next head, when the lane set it
         while True:
+            if conn.writing_paused and not await self._drained(conn):
+                return False
             if upstream and upstream[0].lane is not None and not reader.head_started:
                 # Keep-alive on a stream that calls back: serve from callbacks (lane.py)
                 # until something needs this coroutine.
@@ -191,6 +193,17 @@ class HTTPVhostServer(VhostListener):
             outcome = await self._handle(conn, head, upstream)
             if outcome is not Outcome.KEEP or self.closing:
                 return not conn.lost
+
+    async def _drained(self, conn: InboundProtocol) -> bool:
+        """Wait until the visitor takes what was written (pipelined error pages) before the
+        next request; False (the connection reset) if it takes nothing for timeout_s."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.drain()
+        except TimeoutError:
+            conn.abort()
+            return False
+        return not conn.lost
 
     async def _handle(
         self, conn: InboundProtocol, head: RequestHead, upstream: list[Upstream]

@@ -160,6 +160,9 @@ class Lane:
                     self._handoff(Handoff(self.deadline, outcome=request))
                     return
                 self._arm(self._loop.time() + server.idle_timeout_s)
+                if conn.writing_paused:
+                    self._handoff(Handoff(self.deadline))  # the coroutine drains first
+                    return
                 continue
             if request.route is not self._up.route or not request.complete or self._up_ended():
                 self._handoff(Handoff(self.deadline, head=item, request=request))
@@ -167,7 +170,20 @@ class Lane:
             self._send(item, request)
 
     def _up_ended(self) -> bool:
-        return self._up.stream.at_eof()
+        """True if the held stream cannot carry the next request: the app ended it, or sent
+        bytes nobody asked for (a second response), which would be relayed as the answer to
+        the next request; such a stream is reset so that it is never reused."""
+        stream = self._stream
+        if stream.at_eof():
+            return True
+        try:
+            data = stream.read_nowait(1)
+        except ConnectionError:
+            data = b""
+        if data is None:
+            return False
+        stream.abort()
+        return True
 
     def _send(self, head: RequestHead, request: Prepared) -> None:
         server = self._server

@@ -1,0 +1,146 @@
+"""Attacks on the vhost's lane (tunnel_server/vhost/lane.py): an app that answers out of turn,
+a visitor that pipelines error pages and never reads. Each test pins a bug it found."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
+
+from protocol.aio.stream import MuxStream
+from tunnel_server.vhost.inbound import WRITE_HIGH_BYTES, InboundProtocol
+
+from .conftest import wait_until
+from .test_vhost_http import LOOPBACK
+from .test_vhost_lane import (
+    TEST_TIMEOUT_S,
+    get,
+    lane_vhost,
+    ok,
+    read_head,
+    read_response,
+    visitor,
+)
+
+# Pipelined requests for an unknown host: their 404 pages are far more than the write buffer's
+# high-water mark plus what the kernel holds for a visitor with a tiny receive buffer.
+FLOOD_REQUESTS: Final = 12_000
+TINY_RCVBUF_BYTES: Final = 4096
+# One 404 page may land past the high-water mark before the lane sees it paused.
+PAGE_SLACK_BYTES: Final = 16 * 1024
+
+
+async def test_vhost_lane_unasked_response_is_not_relayed_as_the_next_answer() -> None:
+    """An app that sends a second response, unasked, while the connection is idle: the
+    visitor's next request gets its own answer, never the smuggled one."""
+    smuggle = asyncio.Event()
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            await stream.write(ok(path))
+            if path == b"/two":
+                await smuggle.wait()
+                await stream.write(ok(b"/smuggled"))
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/one"))
+            assert (await read_response(reader))[2] == b"/one"
+            writer.write(get("/two"))  # through the lane: its answer is the app's
+            assert (await read_response(reader))[2] == b"/two"
+            smuggle.set()
+            held = lane.opened[0]
+            await wait_until(
+                lambda: held.buffered_bytes > 0 or held.at_eof(), "the unasked bytes to land"
+            )
+            writer.write(get("/three"))
+            assert (await read_response(reader))[2] == b"/three"
+
+
+async def test_vhost_lane_extra_response_does_not_shift_later_answers() -> None:
+    """An app that answers one request with two responses back to back:
+    each pipelined request still gets its own answer."""
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            await stream.write(ok(path))
+            if path == b"/two":
+                await stream.write(ok(b"/smuggled"))
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/one"))
+            assert (await read_response(reader))[2] == b"/one"
+            writer.write(get("/two"))
+            assert (await read_response(reader))[2] == b"/two"
+            held = lane.opened[0]
+            await wait_until(
+                lambda: held.buffered_bytes > 0 or held.at_eof(), "the unasked bytes to land"
+            )
+            for path in ("/three", "/four"):
+                writer.write(get(path))
+                assert (await read_response(reader))[2] == path.encode()
+
+
+@contextlib.asynccontextmanager
+async def tiny_visitor(
+    port: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_RCVBUF_BYTES)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        yield reader, writer
+    finally:
+        writer.transport.abort()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_vhost_lane_error_page_flood_to_a_visitor_that_never_reads_is_bounded() -> None:
+    """Thousands of pipelined requests for an unknown host from a visitor that never reads:
+    the vhost stops taking requests once its write buffer is full, so its output stays bounded."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(lambda s: _echo(s)) as lane:
+        conns: list[InboundProtocol] = []
+        admit = lane.server._admit
+
+        def spy(conn: InboundProtocol) -> Coroutine[Any, Any, None]:
+            conns.append(conn)
+            return admit(conn)
+
+        lane.server._admit = spy  # type: ignore[method-assign]
+        async with tiny_visitor(lane.port) as (reader, writer):
+            writer.write(get("/first"))
+            assert (await read_response(reader))[2] == b"/first"
+            flood = get("/", host="nobody.test") * FLOOD_REQUESTS
+            writer.write(flood)  # never drained: the visitor stops reading from here on
+            (conn,) = conns
+            total = conn.bytes_received + len(flood)
+
+            def settled() -> bool:
+                assert conn.transport is not None
+                everything_taken = conn.bytes_received >= total and conn.queued_bytes == 0
+                return everything_taken or conn._reading_paused
+
+            await wait_until(settled, "the vhost to stop reading or take every request", 20.0)
+            assert conn.transport is not None
+            unsent = conn.transport.get_write_buffer_size()
+            assert unsent <= WRITE_HIGH_BYTES + PAGE_SLACK_BYTES, unsent
+
+
+async def _echo(stream: MuxStream) -> None:
+    buf = bytearray()
+    while (head := await read_head(stream, buf)) is not None:
+        await stream.write(ok(head.split(b" ", 2)[1]))
