@@ -144,3 +144,32 @@ async def _echo(stream: MuxStream) -> None:
     buf = bytearray()
     while (head := await read_head(stream, buf)) is not None:
         await stream.write(ok(head.split(b" ", 2)[1]))
+
+
+async def test_vhost_pool_stream_that_spoke_unasked_is_not_reused() -> None:
+    """An app that sends an unasked response on a stream idle in the keep-alive pool: the next
+    visitor connection gets its own answer on a new stream, never that response."""
+    smuggle = asyncio.Event()
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            await stream.write(ok(path))
+            if path == b"/one":
+                await smuggle.wait()
+                await stream.write(ok(b"/smuggled"))
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/one"))
+            assert (await read_response(reader))[2] == b"/one"
+        await wait_until(lambda: len(lane.server.pool) == 1, "the stream to be pooled")
+        smuggle.set()
+        pooled = lane.opened[0]
+        await wait_until(
+            lambda: pooled.buffered_bytes > 0 or pooled.at_eof(), "the unasked bytes to land"
+        )
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/two"))
+            assert (await read_response(reader))[2] == b"/two"

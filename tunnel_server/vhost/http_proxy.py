@@ -116,7 +116,7 @@ class HTTPVhostServer(VhostListener):
                 # Only an upstream whose last exchange ended cleanly and whose response allowed
                 # reuse is still held here (_handle lets go of any other).
                 reusable = clean and up.relay.complete and up.relay.reusable
-                if reusable and not up.stream.at_eof():
+                if reusable and not up.ended():
                     if self.pool.put((up.route, conn.peer[0]), up):
                         continue
                 if clean:
@@ -325,12 +325,13 @@ class HTTPVhostServer(VhostListener):
         if upstream:
             # A held stream whose app side already ended (it closed its idle keep-alive
             # connection) is not reused: a POST on it could not be retried.
-            if upstream[0].route is route and not upstream[0].stream.at_eof():
+            # Nor is one whose app spoke unasked (`Upstream.ended`).
+            if upstream[0].route is route and not upstream[0].ended():
                 return upstream[0]
             old = upstream.pop()
             await old.close()
         while (pooled := self.pool.take((route, conn.peer[0]))) is not None:
-            if not pooled.stream.at_eof():  # the app may have closed it while it was idle
+            if not pooled.ended():  # the app may have closed it (or spoken) while it was idle
                 upstream.append(pooled)
                 counters = getattr(pooled.stream, "counters", None)
                 if isinstance(counters, ProxyCounters):

@@ -170,20 +170,7 @@ class Lane:
             self._send(item, request)
 
     def _up_ended(self) -> bool:
-        """True if the held stream cannot carry the next request: the app ended it, or sent
-        bytes nobody asked for (a second response), which would be relayed as the answer to
-        the next request; such a stream is reset so that it is never reused."""
-        stream = self._stream
-        if stream.at_eof():
-            return True
-        try:
-            data = stream.read_nowait(1)
-        except ConnectionError:
-            data = b""
-        if data is None:
-            return False
-        stream.abort()
-        return True
+        return self._up.ended()  # ended, or it spoke unasked (then it is reset)
 
     def _send(self, head: RequestHead, request: Prepared) -> None:
         server = self._server
