@@ -173,3 +173,113 @@ async def test_vhost_pool_stream_that_spoke_unasked_is_not_reused() -> None:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/two"))
             assert (await read_response(reader))[2] == b"/two"
+
+
+async def bodiless_app(stream: MuxStream) -> None:
+    """Answers HEAD, /204 and /304 with a Content-Length and no body; anything else with
+    its path; /close with its path and `Connection: close` (then ends the stream)."""
+    buf = bytearray()
+    while (head := await read_head(stream, buf)) is not None:
+        method, path = head.split(b" ", 2)[:2]
+        if method == b"HEAD":
+            await stream.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        elif path in (b"/204", b"/304"):
+            status = b"204 No Content" if path == b"/204" else b"304 Not Modified"
+            await stream.write(b"HTTP/1.1 %s\r\nContent-Length: 1000\r\n\r\n" % status)
+        elif path == b"/close":
+            await stream.write(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\n/close"
+            )
+            return
+        else:
+            await stream.write(ok(path))
+
+
+async def test_vhost_lane_bodiless_responses_with_a_length_keep_framing() -> None:
+    """HEAD, 204 and 304 answers that carry a Content-Length, pipelined on the lane, end at
+    their heads: the requests after them get their own answers on the same stream."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(bodiless_app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(
+                b"HEAD /h HTTP/1.1\r\nHost: a.test\r\n\r\n" + get("/204") + get("/304") + get("/x")
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"1000" in head
+            for status in (b"204", b"304"):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 " + status), head
+            assert (await read_response(reader))[2] == b"/x"
+        assert lane.server.lane_served == 4
+        assert len(lane.streams) == 1
+
+
+async def test_vhost_lane_connection_close_in_request_ends_after_the_answer() -> None:
+    """A lane request that says `Connection: close` gets its answer, then the connection
+    ends; the pipelined request after it is not sent to the app."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(echo_recorder := _Recorder()) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(
+                b"GET /last HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n" + get("/never")
+            )
+            status, _, body = await read_response(reader)
+            assert (status, body) == (200, b"/last")
+            assert await reader.read() == b""
+        assert echo_recorder.paths == [b"/", b"/last"]
+
+
+async def test_vhost_lane_connection_close_in_response_moves_to_a_new_stream() -> None:
+    """An app answer that says `Connection: close` on the lane: the visitor keeps its
+    connection and its next request goes on a new stream."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(bodiless_app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/close"))
+            assert (await read_response(reader))[2] == b"/close"
+            writer.write(get("/after"))
+            assert (await read_response(reader))[2] == b"/after"
+        assert len(lane.streams) == 2
+
+
+async def test_vhost_lane_app_reset_after_a_whole_answer_is_not_reused() -> None:
+    """An app that resets its stream right after a whole answer: the visitor got that answer,
+    and its next request is answered on a new stream."""
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            await stream.write(ok(path))
+            if path == b"/bye":
+                stream.abort()
+                return
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/bye"))
+            assert (await read_response(reader))[2] == b"/bye"
+            held = lane.opened[0]
+            await wait_until(held.at_eof, "the reset to land")
+            writer.write(get("/after"))
+            assert (await read_response(reader))[2] == b"/after"
+        assert len(lane.streams) == 2
+
+
+class _Recorder:
+    """An echo app that records every request path it was sent."""
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+
+    async def __call__(self, stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            self.paths.append(path)
+            await stream.write(ok(path))
