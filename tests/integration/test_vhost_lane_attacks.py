@@ -177,8 +177,10 @@ async def test_vhost_pool_stream_that_spoke_unasked_is_not_reused() -> None:
 
 async def bodiless_app(stream: MuxStream) -> None:
     """Answers HEAD, /204 and /304 with a Content-Length and no body; anything else with
-    its path; /close with its path and `Connection: close` (then ends the stream)."""
+    its path; /close with its path and `Connection: close`, and every later request on that
+    stream with /stale (a stream the vhost must not reuse)."""
     buf = bytearray()
+    stale = False
     while (head := await read_head(stream, buf)) is not None:
         method, path = head.split(b" ", 2)[:2]
         if method == b"HEAD":
@@ -190,7 +192,9 @@ async def bodiless_app(stream: MuxStream) -> None:
             await stream.write(
                 b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\n/close"
             )
-            return
+            stale = True  # it keeps the stream open: whatever comes next is answered wrong
+        elif stale:
+            await stream.write(ok(b"/stale"))
         else:
             await stream.write(ok(path))
 
