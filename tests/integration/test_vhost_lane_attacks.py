@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
 from protocol.aio.stream import MuxStream
-from tunnel_server.vhost.inbound import WRITE_HIGH_BYTES, InboundProtocol
+from tunnel_server.vhost.http_proxy import HTTPVhostServer
+from tunnel_server.vhost.inbound import (
+    FEED_SLICE_BYTES,
+    ITEM_OVERHEAD_BYTES,
+    QUEUE_HIGH_BYTES,
+    WRITE_HIGH_BYTES,
+    InboundProtocol,
+)
+from tunnel_server.vhost.routing import HTTPRoute
 
 from .conftest import wait_until
 from .test_vhost_http import LOOPBACK
@@ -113,14 +121,7 @@ async def test_vhost_lane_error_page_flood_to_a_visitor_that_never_reads_is_boun
     """Thousands of pipelined requests for an unknown host from a visitor that never reads:
     the vhost stops taking requests once its write buffer is full, so its output stays bounded."""
     async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(lambda s: _echo(s)) as lane:
-        conns: list[InboundProtocol] = []
-        admit = lane.server._admit
-
-        def spy(conn: InboundProtocol) -> Coroutine[Any, Any, None]:
-            conns.append(conn)
-            return admit(conn)
-
-        lane.server._admit = spy  # type: ignore[method-assign]
+        conns = spy_conns(lane.server)
         async with tiny_visitor(lane.port) as (reader, writer):
             writer.write(get("/first"))
             assert (await read_response(reader))[2] == b"/first"
@@ -141,9 +142,11 @@ async def test_vhost_lane_error_page_flood_to_a_visitor_that_never_reads_is_boun
 
 
 async def _echo(stream: MuxStream) -> None:
+    """Answers with the path, prefixed with b: for Host b.test."""
     buf = bytearray()
     while (head := await read_head(stream, buf)) is not None:
-        await stream.write(ok(head.split(b" ", 2)[1]))
+        prefix = b"b:" if b"\r\nHost: b.test" in head else b""
+        await stream.write(ok(prefix + head.split(b" ", 2)[1]))
 
 
 async def test_vhost_pool_stream_that_spoke_unasked_is_not_reused() -> None:
@@ -287,3 +290,92 @@ class _Recorder:
             path = head.split(b" ", 2)[1]
             self.paths.append(path)
             await stream.write(ok(path))
+
+
+# Pipelined tiny requests held while the app does not answer: far past the queue's budget.
+HELD_REQUESTS: Final = 4000
+
+
+async def test_vhost_lane_pipelined_flood_while_app_is_slow_is_bounded_and_in_order() -> None:
+    """Thousands of tiny pipelined requests while the app holds its answer: the vhost stops
+    reading (its queue stays near its budget), then answers every one, in order."""
+    release = asyncio.Event()
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            if path == b"/hold":
+                await release.wait()
+            await stream.write(ok(path))
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        conns = spy_conns(lane.server)
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            flood = get("/hold") + b"".join(get(f"/{i}") for i in range(HELD_REQUESTS))
+            writer.write(flood)
+            (conn,) = conns
+            await wait_until(lambda: conn._reading_paused, "the vhost to stop reading", 20.0)
+            most = conn.queued_bytes
+            assert most <= QUEUE_HIGH_BYTES + READ_AMPLIFIED_BYTES, most
+            release.set()
+            assert (await read_response(reader))[2] == b"/hold"
+            for i in range(HELD_REQUESTS):
+                assert (await read_response(reader))[2] == f"/{i}".encode()
+        assert lane.server.lane_served == HELD_REQUESTS + 1
+
+
+async def test_vhost_lane_host_switching_route_goes_to_that_route() -> None:
+    """Pipelined requests that alternate between two routes on one connection: each is
+    answered by its own route's app, in order."""
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(_echo) as lane:
+        other = await _second_route(lane)
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(
+                get("/1") + get("/2", host="b.test") + get("/3") + get("/4", host="b.test")
+            )
+            bodies = [(await read_response(reader))[2] for _ in range(4)]
+            assert bodies == [b"/1", b"b:/2", b"/3", b"b:/4"]
+        assert other  # the second route's app was reached
+
+
+# The most one slice of input can add to the queue: the smallest request, `GET /0` with its
+# Host, queues a head (its size plus 64) and an end-of-message, each with the item overhead.
+SMALLEST_REQUEST_BYTES: Final = len(get("/0"))
+READ_AMPLIFIED_BYTES: Final = (FEED_SLICE_BYTES // SMALLEST_REQUEST_BYTES + 1) * (
+    SMALLEST_REQUEST_BYTES + 64 + 2 * ITEM_OVERHEAD_BYTES
+)
+
+
+def spy_conns(server: HTTPVhostServer) -> list[InboundProtocol]:
+    """The visitor connections `server` accepts from now on."""
+    conns: list[InboundProtocol] = []
+    admit = server._admit
+
+    def spy(conn: InboundProtocol) -> Coroutine[Any, Any, None]:
+        conns.append(conn)
+        return admit(conn)
+
+    server._admit = spy  # type: ignore[method-assign]
+    return conns
+
+
+async def _second_route(lane: object) -> list[int]:
+    """Add route b.test on the same streams; its answers say b: (see `_echo_by_host`)."""
+    server = lane.server  # type: ignore[attr-defined]
+    first = server._router.lookup("a.test", "/", None)
+    reached: list[int] = []
+
+    async def opener(src: tuple[str, int]) -> object:
+        reached.append(1)
+        return await first.opener(src)
+
+    server._router.add(
+        HTTPRoute(proxy_key="c/b", proxy_name="b", opener=opener, domains=["b.test"])
+    )
+    return reached
