@@ -379,3 +379,49 @@ async def _second_route(lane: object) -> list[int]:
         HTTPRoute(proxy_key="c/b", proxy_name="b", opener=opener, domains=["b.test"])
     )
     return reached
+
+
+async def test_vhost_lane_half_close_after_pipelined_requests_answers_them_all() -> None:
+    """A visitor that pipelines requests on the lane and half-closes at once gets every
+    answer, in order, then the end of the connection."""
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(_echo) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(b"".join(get(f"/{i}") for i in range(5)))
+            writer.write_eof()
+            for i in range(5):
+                assert (await read_response(reader))[2] == f"/{i}".encode()
+            assert await reader.read() == b""
+        assert lane.server.lane_served == 5
+
+
+async def test_vhost_lane_listener_close_mid_request_finishes_it_then_closes() -> None:
+    """Closing the listener while a lane request waits for the app: the visitor still gets
+    that answer, then the connection ends; a request pipelined after it is not sent."""
+    asked = asyncio.Event()
+    release = asyncio.Event()
+    recorder = _Recorder()
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            recorder.paths.append(path)
+            if path == b"/slow":
+                asked.set()
+                await release.wait()
+            await stream.write(ok(path))
+
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/slow") + get("/never"))
+            await asked.wait()
+            lane.server.close()
+            release.set()
+            assert (await read_response(reader))[2] == b"/slow"
+            assert await reader.read() == b""
+            await lane.server.wait_closed()
+        assert recorder.paths == [b"/", b"/slow"]
