@@ -425,3 +425,33 @@ async def test_vhost_lane_listener_close_mid_request_finishes_it_then_closes() -
             assert await reader.read() == b""
             await lane.server.wait_closed()
         assert recorder.paths == [b"/", b"/slow"]
+
+
+async def test_vhost_lane_half_head_while_in_flight_gets_answer_then_408() -> None:
+    """Half a head arrives while a lane request waits for the app: the visitor gets that
+    answer, then the slow-header 408 for the half head (not the idle timeout's quiet close)."""
+    asked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            if path == b"/slow":
+                asked.set()
+                await release.wait()
+            await stream.write(ok(path))
+
+    async with (
+        asyncio.timeout(TEST_TIMEOUT_S),
+        # the idle timeout is past the test's deadline: only the header timeout can answer
+        lane_vhost(app, header_timeout_s=0.3, idle_timeout_s=10 * TEST_TIMEOUT_S) as lane,
+    ):
+        async with visitor(lane.port) as (reader, writer):
+            writer.write(get("/"))
+            await read_response(reader)
+            writer.write(get("/slow") + b"GET /half HTTP/1.1\r\nHost: a.")
+            await asked.wait()
+            release.set()
+            assert (await read_response(reader))[2] == b"/slow"
+            assert (await read_response(reader))[0] == 408
