@@ -17,6 +17,9 @@ from tunnel_client.inspect.exchange import CapturedBody
 MAX_HEAD_BYTES: Final = 64 * 1024  # request/status line plus headers, per message
 MAX_HEADERS: Final = 256  # per message
 MAX_PENDING_EXCHANGES: Final = 64  # pipelined requests waiting for their responses
+# Pieces of a head in progress kept apart before they are joined: a head sent a byte or two
+# per read would otherwise cost a list slot and an object per piece (about 20x its bytes).
+MAX_HEAD_PARTS: Final = 64
 MAX_BAD_METHOD_CHARS: Final = 16  # of a refused request head's first word, for the list
 _HEAD_END: Final = b"\r\n\r\n"
 
@@ -274,7 +277,10 @@ class MessageSide:
             raise CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
         stop = size if end < 0 else end
         piece = data if pos == 0 and stop == size else data[pos:stop]
-        self._parts.append(piece)
+        parts = self._parts
+        parts.append(piece)
+        if len(parts) > MAX_HEAD_PARTS:  # a head trickled in tiny pieces: one object, not many
+            self._parts = [b"".join(parts)]
         self._size += len(piece)
         self._lines += piece.count(b"\r\n")
         if self._lines > MAX_HEADERS + 2:  # the start line and the blank line
