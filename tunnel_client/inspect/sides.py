@@ -17,6 +17,10 @@ from tunnel_client.inspect.exchange import CapturedBody
 MAX_HEAD_BYTES: Final = 64 * 1024  # request/status line plus headers, per message
 MAX_HEADERS: Final = 256  # per message
 MAX_PENDING_EXCHANGES: Final = 64  # pipelined requests waiting for their responses
+# Pieces of a head in progress kept apart before they are joined: a head sent a byte or two
+# per read would otherwise cost a list slot and an object per piece (about 20x its bytes).
+MAX_HEAD_PARTS: Final = 64
+MAX_BODY_PARTS: Final = 64  # the same for a kept body's chunks (then one growing buffer)
 MAX_BAD_METHOD_CHARS: Final = 16  # of a refused request head's first word, for the list
 _HEAD_END: Final = b"\r\n\r\n"
 
@@ -38,13 +42,22 @@ class _Collector:
     and checks the head in C; the head itself is kept raw (`MessageSide`). Bodies are kept as the
     parser's own chunks, joined once (not at all when there is one)."""
 
-    __slots__ = ("_body", "_body_kept", "_max_body_bytes", "body_size", "complete", "head_done")
+    __slots__ = (
+        "_body",
+        "_body_kept",
+        "_joined",
+        "_max_body_bytes",
+        "body_size",
+        "complete",
+        "head_done",
+    )
 
     def __init__(self, max_body_bytes: int) -> None:
         self._max_body_bytes = max_body_bytes
         self.head_done = False
         self.complete = False
         self._body: list[bytes] = []  # kept chunks, at most max_body_bytes in all
+        self._joined: bytearray | None = None  # the kept bytes, once there were many chunks
         self._body_kept = 0
         self.body_size = 0
 
@@ -52,12 +65,16 @@ class _Collector:
         self.head_done = False
         self.complete = False
         self._body = []
+        self._joined = None
         self._body_kept = 0
         self.body_size = 0
 
     def captured_body(self) -> CapturedBody:
         body = self._body
-        data = body[0] if len(body) == 1 else b"".join(body)  # one chunk: no copy
+        if self._joined is not None:
+            data = bytes(self._joined)
+        else:
+            data = body[0] if len(body) == 1 else b"".join(body)  # one chunk: no copy
         return CapturedBody(data, self.body_size, self.body_size > len(data))
 
     # httptools callbacks (names fixed by httptools)
@@ -71,8 +88,15 @@ class _Collector:
         if room > 0:
             if len(body) > room:
                 body = body[:room]
-            self._body.append(body)
             self._body_kept += len(body)
+            joined = self._joined
+            if joined is not None:
+                joined += body
+                return
+            self._body.append(body)
+            if len(self._body) > MAX_BODY_PARTS:  # tiny chunks: one buffer, not an object each
+                self._joined = bytearray(b"".join(self._body))
+                self._body = []
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -274,7 +298,10 @@ class MessageSide:
             raise CaptureStopped(f"a message head is larger than {MAX_HEAD_BYTES} bytes")
         stop = size if end < 0 else end
         piece = data if pos == 0 and stop == size else data[pos:stop]
-        self._parts.append(piece)
+        parts = self._parts
+        parts.append(piece)
+        if len(parts) > MAX_HEAD_PARTS:  # a head trickled in tiny pieces: one object, not many
+            self._parts = [b"".join(parts)]
         self._size += len(piece)
         self._lines += piece.count(b"\r\n")
         if self._lines > MAX_HEADERS + 2:  # the start line and the blank line

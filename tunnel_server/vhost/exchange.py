@@ -76,6 +76,25 @@ class Upstream:
             cast(CallbackStream, stream) if hasattr(stream, "set_rx_notify") else None
         )
 
+    def ended(self) -> bool:
+        """True if the stream cannot carry another request: the app ended it, or (a stream
+        that calls back) sent bytes nobody asked for, e.g. a second response, which would be
+        relayed as the answer to the next request. Such a stream is reset, never reused."""
+        stream = self.stream
+        if stream.at_eof():
+            return True
+        lane = self.lane
+        if lane is None:
+            return False
+        try:
+            data = lane.read_nowait(1)
+        except ConnectionError:
+            data = b""
+        if data is None:
+            return False
+        stream.abort()
+        return True
+
     async def close(self) -> None:
         """Close the stream cleanly, bounded by CLOSE_TIMEOUT_S."""
         await close_stream(self.stream)

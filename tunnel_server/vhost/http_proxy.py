@@ -116,7 +116,7 @@ class HTTPVhostServer(VhostListener):
                 # Only an upstream whose last exchange ended cleanly and whose response allowed
                 # reuse is still held here (_handle lets go of any other).
                 reusable = clean and up.relay.complete and up.relay.reusable
-                if reusable and not up.stream.at_eof():
+                if reusable and not up.ended():
                     if self.pool.put((up.route, conn.peer[0]), up):
                         continue
                 if clean:
@@ -164,6 +164,8 @@ class HTTPVhostServer(VhostListener):
         first = True
         deadline: float | None = None  # of the next head, when the lane set it
         while True:
+            if conn.writing_paused and not await self._drained(conn):
+                return False
             if upstream and upstream[0].lane is not None and not reader.head_started:
                 # Keep-alive on a stream that calls back: serve from callbacks (lane.py)
                 # until something needs this coroutine.
@@ -191,6 +193,17 @@ class HTTPVhostServer(VhostListener):
             outcome = await self._handle(conn, head, upstream)
             if outcome is not Outcome.KEEP or self.closing:
                 return not conn.lost
+
+    async def _drained(self, conn: InboundProtocol) -> bool:
+        """Wait until the visitor takes what was written (pipelined error pages) before the
+        next request; False (the connection reset) if it takes nothing for timeout_s."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.drain()
+        except TimeoutError:
+            conn.abort()
+            return False
+        return not conn.lost
 
     async def _handle(
         self, conn: InboundProtocol, head: RequestHead, upstream: list[Upstream]
@@ -312,12 +325,13 @@ class HTTPVhostServer(VhostListener):
         if upstream:
             # A held stream whose app side already ended (it closed its idle keep-alive
             # connection) is not reused: a POST on it could not be retried.
-            if upstream[0].route is route and not upstream[0].stream.at_eof():
+            # Nor is one whose app spoke unasked (`Upstream.ended`).
+            if upstream[0].route is route and not upstream[0].ended():
                 return upstream[0]
             old = upstream.pop()
             await old.close()
         while (pooled := self.pool.take((route, conn.peer[0]))) is not None:
-            if not pooled.stream.at_eof():  # the app may have closed it while it was idle
+            if not pooled.ended():  # the app may have closed it (or spoken) while it was idle
                 upstream.append(pooled)
                 counters = getattr(pooled.stream, "counters", None)
                 if isinstance(counters, ProxyCounters):

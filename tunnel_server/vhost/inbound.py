@@ -8,7 +8,9 @@ queue with `pop()` and `wait()` and writes back with `write()`/`drain()`.
 Bounds and backpressure:
 - the queue counts the bytes it holds, plus ITEM_OVERHEAD_BYTES per item; above
   QUEUE_HIGH_BYTES the transport stops reading, and reading resumes once the consumer has
-  taken it below QUEUE_LOW_BYTES. One read (at most the loop's read size) can land past it;
+  taken it below QUEUE_LOW_BYTES. A read is fed in FEED_SLICE_BYTES slices, and what is left
+  of it once the queue is over budget is held raw (`_held`) and fed, from a callback, when the
+  consumer takes the queue down; so one slice, not one read, can land past the budget;
 - writes go to the transport, whose buffer is limited to WRITE_HIGH_BYTES; `drain()` waits
   while the transport has paused us.
 
@@ -37,6 +39,10 @@ WRITE_LOW_BYTES: Final = 64 * 1024
 # Each queued item also counts this much, so a flood of tiny items (1-byte chunks, empty
 # pipelined requests) pauses reading as surely as bulk data does.
 ITEM_OVERHEAD_BYTES: Final = 64
+# Input is fed in slices of at most this many bytes, and feeding stops (the rest of the read
+# held raw, the transport paused) once the queue is over QUEUE_HIGH_BYTES: one 256 KiB read of
+# tiny pipelined requests would otherwise queue thousands of parsed heads at once.
+FEED_SLICE_BYTES: Final = 16 * 1024
 
 
 class _Marker:
@@ -76,6 +82,7 @@ class InboundProtocol(asyncio.Protocol):
         self.bytes_received = 0
         self.bytes_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held = b""  # the rest of a read, not fed while the queue was over budget
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -105,7 +112,31 @@ class InboundProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        self.feeder(data)
+        if self._held:  # a read that was already on its way when reading paused
+            self._held += data
+            return
+        if len(data) <= FEED_SLICE_BYTES:
+            self.feeder(data)
+        else:
+            self._feed_slices(data)
+
+    def _feed_slices(self, data: bytes) -> None:
+        view = memoryview(data)
+        for pos in range(0, len(data), FEED_SLICE_BYTES):
+            if self._queued > QUEUE_HIGH_BYTES and not self.lost:
+                self._held = bytes(view[pos:])  # fed when the consumer takes the queue down
+                return
+            self.feeder(bytes(view[pos : pos + FEED_SLICE_BYTES]))
+
+    def _feed_held(self) -> None:
+        held, self._held = self._held, b""
+        if held and not self.lost:
+            self._feed_slices(held)
+        if not self._held and not self._reading_paused and not self.lost:
+            transport = self.transport
+            assert transport is not None
+            if not transport.is_closing():
+                transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.push(EOF, 0)
@@ -182,10 +213,13 @@ class InboundProtocol(asyncio.Protocol):
         self._queued -= self._sizes.popleft()
         if self._reading_paused and self._queued <= QUEUE_LOW_BYTES and not self.lost:
             self._reading_paused = False
-            transport = self.transport
-            assert transport is not None
-            if not transport.is_closing():
-                transport.resume_reading()
+            if self._held:  # fed as if it were a new read (never inside the consumer's pop)
+                self.loop.call_soon(self._feed_held)
+            else:
+                transport = self.transport
+                assert transport is not None
+                if not transport.is_closing():
+                    transport.resume_reading()
         return self._items.popleft()
 
     @property

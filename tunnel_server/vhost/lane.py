@@ -160,6 +160,9 @@ class Lane:
                     self._handoff(Handoff(self.deadline, outcome=request))
                     return
                 self._arm(self._loop.time() + server.idle_timeout_s)
+                if conn.writing_paused:
+                    self._handoff(Handoff(self.deadline))  # the coroutine drains first
+                    return
                 continue
             if request.route is not self._up.route or not request.complete or self._up_ended():
                 self._handoff(Handoff(self.deadline, head=item, request=request))
@@ -167,7 +170,7 @@ class Lane:
             self._send(item, request)
 
     def _up_ended(self) -> bool:
-        return self._up.stream.at_eof()
+        return self._up.ended()  # ended, or it spoke unasked (then it is reset)
 
     def _send(self, head: RequestHead, request: Prepared) -> None:
         server = self._server

@@ -104,6 +104,7 @@ class RequestReader:
         self._upgrade: bytes | None = None
         self._framing = Framing.NONE
         self.head_started = False  # a head is partly received (for the slow-header timeout)
+        self._last = False  # a whole request that closes the connection was parsed
 
     def feed(self, data: bytes) -> None:
         conn = self._conn
@@ -125,6 +126,11 @@ class RequestReader:
                 self._fail(400, "malformed request")
             return
         except httptools.HttpParserError as exc:
+            if self._last:
+                # Bytes after a request that closes the connection (llhttp refuses them): that
+                # request stands and is answered; what follows it is dropped unread.
+                conn.feeder = conn.discard
+                return
             self._fail(400, f"malformed request: {exc}")
             return
         # Reset on progress: the bytes of this read after the last progress callback are not
@@ -248,6 +254,7 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._progress = True
+        self._last = not self._parser.should_keep_alive()
         trailers = self._trailers
         self._trailers = None
         if trailers:
