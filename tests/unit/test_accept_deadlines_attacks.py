@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -166,3 +167,31 @@ def test_accept_deadlines_attacks_expire_callback_that_discards_and_adds() -> No
     assert seen == ["a", "e", "b"]
     loop.advance(5.0)
     assert seen == ["a", "e", "b"] and len(deadlines) == 0
+
+
+@pytest.mark.parametrize("then", ["discard", "close", "add"])
+def test_accept_deadlines_attacks_item_discarded_during_a_sweep_does_not_expire(then: str) -> None:
+    """Two items due in one sweep: the first's expiry accepts (discards) the second, or the
+    session closes; the second must not expire after it left, nor after close()."""
+    loop = FakeLoop()
+    seen: list[str] = []
+    holder: dict[str, AcceptDeadlines[str]] = {}
+
+    def expire(item: str, timeout_s: float) -> None:
+        seen.append(item)
+        if item == "a" and then == "discard":
+            holder["d"].discard("b")
+        elif item == "a" and then == "close":
+            holder["d"].close()
+        elif item == "a":
+            holder["d"].add("b", 1.0)  # moved: due later, not now
+
+    deadlines = AcceptDeadlines[str](cast(asyncio.AbstractEventLoop, loop), expire)
+    holder["d"] = deadlines
+    deadlines.add("a", 0.1)
+    deadlines.add("b", 0.1)
+    loop.advance(0.2)
+    assert seen == ["a"]
+    loop.advance(2.0)
+    assert seen == (["a", "b"] if then == "add" else ["a"])
+    assert len(deadlines) == 0
