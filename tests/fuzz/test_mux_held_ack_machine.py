@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -308,7 +309,7 @@ class HeldAckMachine(RuleBasedStateMachine):
                 assert conn.owed_acks == 0 and conn.stream_count == 0
 
 
-TestHeldAckMachine = HeldAckMachine.TestCase
+TestHeldAckMachine = pytest.mark.fuzz(HeldAckMachine.TestCase)
 TestHeldAckMachine.settings = settings(
     parent=FUZZ_SETTINGS,
     max_examples=max(1, fuzz_examples() // 2),  # each example is up to 40 steps
