@@ -97,6 +97,8 @@ async def refused(port: int) -> bool:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False  # the listener closed with our SYN in its backlog: ask again
     writer.close()
     return False
 
