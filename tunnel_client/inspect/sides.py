@@ -249,7 +249,6 @@ class MessageSide:
             return False  # the piecewise path says why
         self._on_begin()
         self._parts = [head]
-        self._lines = 0
         collector = self.collector
         try:
             self.parser.feed_data(data)
@@ -257,20 +256,19 @@ class MessageSide:
             self._head_done()
             raise
         except httptools.HttpParserError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if (_REQUEST_LINE if self._request else _STATUS_LINE).match(head):
-                raise BadHead(head, reason) from None
-            raise CaptureStopped(f"not parseable as HTTP/1.x ({reason})") from None
-        if end == size:
-            self._head_done()  # no body, or its framing for the next feeds
-            return True
-        if not collector.complete or collector.body_size != length:
+            raise self._refused(head, exc) from None
+        if end != size and (not collector.complete or collector.body_size != length):
             raise CaptureStopped("the parser and the message's framing disagree")
-        self._parts = []
-        self._on_head(head)
-        self._on_complete()
-        collector.reset()
+        self._head_done()  # the whole message, or its head and the framing for the next feeds
         return True
+
+    def _refused(self, head: bytes, exc: httptools.HttpParserError) -> Exception:
+        """What to raise when the parser refuses `head`: a head that starts like HTTP is
+        kept (`BadHead`); anything else (TLS, SSH, binary) just stops the capture."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if (_REQUEST_LINE if self._request else _STATUS_LINE).match(head):
+            return BadHead(head, reason)
+        return CaptureStopped(f"not parseable as HTTP/1.x ({reason})")
 
     def _feed_body(self, data: bytes, start: int, stop: int) -> None:
         self.parser.feed_data(data if start == 0 and stop == len(data) else data[start:stop])
@@ -313,11 +311,7 @@ class MessageSide:
             self._head_done()  # the head is whole: record it, then stop
             raise
         except httptools.HttpParserError as exc:
-            head = b"".join(self._parts)
-            reason = f"{type(exc).__name__}: {exc}"
-            if (_REQUEST_LINE if self._request else _STATUS_LINE).match(head):
-                raise BadHead(head, reason) from None
-            raise CaptureStopped(f"not parseable as HTTP/1.x ({reason})") from None
+            raise self._refused(b"".join(self._parts), exc) from None
         if end < 0:
             self._tail = (self._tail + piece[-3:])[-3:]
             return size
