@@ -72,9 +72,6 @@ class _Slot:
 
 
 def _stop_reason(exc: BaseException) -> str:
-    cause = exc.__context__
-    if isinstance(cause, CaptureStopped):
-        return str(cause)
     if isinstance(exc, CaptureStopped):
         return str(exc)
     return f"not parseable as HTTP/1.x ({type(exc).__name__}: {exc})"

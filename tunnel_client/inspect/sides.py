@@ -26,7 +26,8 @@ _HEAD_END: Final = b"\r\n\r\n"
 
 
 class CaptureStopped(Exception):
-    """Raised inside parser callbacks to stop capturing; the message says why."""
+    """Raised by a side or the capture's hooks (never inside a parser callback) to stop
+    capturing; the message says why."""
 
 
 class BadHead(Exception):
