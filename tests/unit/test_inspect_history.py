@@ -172,6 +172,22 @@ def test_history_other_schema_is_moved_aside(tmp_path: Path) -> None:
     assert (tmp_path / "h.sqlite3.v99").exists()
 
 
+async def _batch_fails_and_capture_goes_on(
+    writer: HistoryWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Write one exchange into a broken file: the batch fails with a warning, the exchange
+    stays in the store; then close the writer."""
+    try:
+        writer.store.add(exchange(writer.store))
+        await writer.flush()
+        assert writer.failures == 1
+        assert "cannot write inspector history" in caplog.text
+        assert len(writer.store) == 1
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_history_write_failure_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,13 +195,7 @@ async def test_history_write_failure_is_logged_not_raised(
     async with asyncio.timeout(TIMEOUT_S):
         writer = await open_history(tmp_path / "h.sqlite3")
         writer.db._db.execute("PRAGMA query_only = ON")
-        writer.store.add(exchange(writer.store))
-        await writer.flush()
-        assert writer.failures == 1
-        assert "cannot write inspector history" in caplog.text
-        assert len(writer.store) == 1
-        writer.close()
-        await writer.wait_closed()
+        await _batch_fails_and_capture_goes_on(writer, caplog)
 
 
 async def test_history_keeps_mock_rules_as_toggled(tmp_path: Path) -> None:
@@ -321,10 +331,4 @@ async def test_history_first_write_that_cannot_open_is_logged_not_raised(
         assert not writer.db.opened
         path.unlink()
         path.mkdir()
-        writer.store.add(exchange(writer.store))
-        await writer.flush()
-        assert writer.failures == 1
-        assert "cannot write inspector history" in caplog.text
-        assert len(writer.store) == 1
-        writer.close()
-        await writer.wait_closed()
+        await _batch_fails_and_capture_goes_on(writer, caplog)
