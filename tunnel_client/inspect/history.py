@@ -206,6 +206,16 @@ def _exchange(row: sqlite3.Row) -> CapturedExchange:
     )
 
 
+def _create_private(path: Path) -> int:
+    """Create `path` 0600 if it is missing, before sqlite does (sqlite would follow the
+    umask); its size in bytes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
 class HistoryDB:
     """The SQLite file. Blocking: used at start-up, then from the writer's thread only.
 
@@ -227,12 +237,7 @@ class HistoryDB:
             raise HistoryLocked(f"{path} is in use by another tunnelc") from None
         self._conn: sqlite3.Connection | None = None
         try:
-            # Create it 0600 before sqlite does (sqlite would follow the umask).
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                empty = os.fstat(fd).st_size == 0
-            finally:
-                os.close(fd)
+            empty = _create_private(path) == 0
             wal = Path(f"{path}-wal")  # a crash may leave the rows there, not yet in the file
             if not empty or (wal.exists() and wal.stat().st_size > 0):
                 self._conn = self._open()
@@ -260,9 +265,8 @@ class HistoryDB:
             raise HistoryError(str(exc)) from exc
 
     def _open_file(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            # Create it 0600 before sqlite does (sqlite would follow the umask).
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if not self.path.exists():  # removed since start
+            _create_private(self.path)
         db = self._connect()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'exchanges'")
@@ -279,7 +283,7 @@ class HistoryDB:
             for suffix in ("-wal", "-shm"):
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             self.path.replace(aside)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            _create_private(self.path)
             db = self._connect()
         db.executescript(_SCHEMA)
         return db
