@@ -354,40 +354,29 @@ class HistoryDB:
         import sqlite3
 
         try:
-            self._write(rows, clear, keep, min_started_at, last_id, mocks)
+            with self._transaction() as db:
+                if mocks is not None:
+                    db.execute("DELETE FROM mocks")
+                    db.executemany(
+                        "INSERT INTO mocks (id, rule) VALUES (?, ?)",
+                        [(rule_id, json.dumps(rule)) for rule_id, rule in mocks],
+                    )
+                if clear:
+                    db.execute("DELETE FROM exchanges")
+                db.executemany(_INSERT, rows)
+                db.execute(
+                    "INSERT INTO meta VALUES ('last_id', ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = max(value, excluded.value)",
+                    (last_id,),
+                )
+                db.execute("DELETE FROM exchanges WHERE started_at < ?", (min_started_at,))
+                db.execute(
+                    "DELETE FROM exchanges WHERE id <= "
+                    "(SELECT id FROM exchanges ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (keep,),
+                )
         except sqlite3.Error as exc:
             raise HistoryError(str(exc)) from exc
-
-    def _write(
-        self,
-        rows: Sequence[tuple[object, ...]],
-        clear: bool,
-        keep: int,
-        min_started_at: float,
-        last_id: int,
-        mocks: Sequence[tuple[int, dict[str, object]]] | None,
-    ) -> None:
-        with self._transaction() as db:
-            if mocks is not None:
-                db.execute("DELETE FROM mocks")
-                db.executemany(
-                    "INSERT INTO mocks (id, rule) VALUES (?, ?)",
-                    [(rule_id, json.dumps(rule)) for rule_id, rule in mocks],
-                )
-            if clear:
-                db.execute("DELETE FROM exchanges")
-            db.executemany(_INSERT, rows)
-            db.execute(
-                "INSERT INTO meta VALUES ('last_id', ?) ON CONFLICT (key) "
-                "DO UPDATE SET value = max(value, excluded.value)",
-                (last_id,),
-            )
-            db.execute("DELETE FROM exchanges WHERE started_at < ?", (min_started_at,))
-            db.execute(
-                "DELETE FROM exchanges WHERE id <= "
-                "(SELECT id FROM exchanges ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (keep,),
-            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
