@@ -33,6 +33,7 @@ from protocol.messages import PunchProbe, PunchProof, encode_message
 from protocol.mux import Role
 from protocol.punch import OWNER_ROLE, VISITOR_ROLE, p2p_proof, proof_matches
 from protocol.settings import MuxSettings
+from tunnel_client.trust import unverified_client_context
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +118,6 @@ class _Probe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pass  # tunneld's hello: of no interest, it closes the connection after the probe
-
-
-def unverified_client_context() -> ssl.SSLContext:
-    """A client context that checks no certificate (the caller pins or needs none).
-
-    Not `ssl.create_default_context()`: that loads the system's CA bundle, which these
-    connections never use, at 10-300 ms of the event loop per call; an owner answering many
-    rendezvous at once would miss its probe deadline."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 async def send_probe(port: PunchPort, server: tuple[str, int], token: bytes) -> None:

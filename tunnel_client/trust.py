@@ -217,11 +217,22 @@ def _ca_context(ca_file: Path, params: TLSParams) -> ssl.SSLContext:
     return _client_defaults(ctx, params)
 
 
+def unverified_client_context() -> ssl.SSLContext:
+    """A client context that checks no certificate (the caller pins or needs none): the
+    fingerprint gates here, the xtcp probe and the pinned P2P connection (punch.py).
+
+    Not `ssl.create_default_context()`: that loads the system's CA bundle, which these
+    connections never use, at 10-300 ms of the event loop per call; an owner answering many
+    rendezvous at once would miss its probe deadline."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _unverified_context(params: TLSParams) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the gate checks the fingerprint, or nothing (insecure)
-    return _client_defaults(ctx, params)
+    # The gate checks the fingerprint, or nothing (insecure).
+    return _client_defaults(unverified_client_context(), params)
 
 
 def _parse_pin(text: str | None) -> bytes | None:
