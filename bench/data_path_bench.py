@@ -25,16 +25,13 @@ import pstats
 import ssl
 import statistics
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 # Last, so that a checkout first on PYTHONPATH is the code measured.
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import serialization
 
 from protocol.aio.connection import MuxSession
 from protocol.aio.splice import SpliceProtocol
@@ -42,7 +39,7 @@ from protocol.aio.stream import MuxStream
 from protocol.aio.tlslink import TLSLink
 from protocol.messages import StreamHeader
 from protocol.mux import Role
-from tests.support.certs import make_self_signed
+from tunnel_client.selfsigned import self_signed_context
 
 REQUEST: Final = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE: Final = (
@@ -103,21 +100,9 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-def contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    now = datetime.now(UTC)
-    cert, key = make_self_signed("bench", now - timedelta(hours=1), now + timedelta(days=1))
-    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server, _ = self_signed_context("bench", 1, "tunnelkit-datapath-")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the bench checks no certificate
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
     return server, client
@@ -134,8 +119,8 @@ def deliver(raw: MemoryTransport, link: TLSLink) -> None:
 class Tunnel:
     """Both ends of one tunnel with one spliced stream, all in memory."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tmp: Path) -> None:
-        server_ctx, client_ctx = contexts(tmp)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        server_ctx, client_ctx = contexts()
         self.server = MuxSession(Role.SERVER, loop=loop)
         self.client = MuxSession(Role.CLIENT, loop=loop)
         self.server_raw, self.client_raw = MemoryTransport(), MemoryTransport()
@@ -184,38 +169,37 @@ class Tunnel:
 
 async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    with tempfile.TemporaryDirectory(prefix="tunnelkit-datapath-") as tmp:
-        tunnel = Tunnel(loop, Path(tmp))
-        for _ in range(WARM_UP):
+    tunnel = Tunnel(loop)
+    for _ in range(WARM_UP):
+        tunnel.exchange()
+    await asyncio.sleep(0)  # run (and drop) the transmits the sends scheduled
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(args.exchanges):
             tunnel.exchange()
-        await asyncio.sleep(0)  # run (and drop) the transmits the sends scheduled
-        if args.profile:
-            profile = cProfile.Profile()
-            profile.enable()
-            for _ in range(args.exchanges):
-                tunnel.exchange()
-            profile.disable()
-            stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-            calls = sum(row[1] for row in stats.values())
-            print(f"{calls / args.exchanges:.0f} Python calls per exchange (both ends)")
-            top = sorted(stats.items(), key=lambda item: -item[1][2])[:30]
-            for (path, line, name), (_, ncalls, tottime, _, _) in top:
-                where = f"{Path(path).name}:{line} {name}"
-                per = tottime / args.exchanges * 1e6
-                print(f"{ncalls / args.exchanges:6.2f} per exchange {per:7.2f} us  {where}")
-            return
-        results = []
-        for _ in range(args.runs):
-            started = time.process_time()
-            for _ in range(args.exchanges):
-                tunnel.exchange()
-            results.append((time.process_time() - started) / args.exchanges * 1e6)
-            await asyncio.sleep(0)
-        shown = " ".join(f"{r:.1f}" for r in results)
-        print(
-            f"CPU us per exchange, both ends: median {statistics.median(results):.1f} "
-            f"min {min(results):.1f} ({shown})"
-        )
+        profile.disable()
+        stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        calls = sum(row[1] for row in stats.values())
+        print(f"{calls / args.exchanges:.0f} Python calls per exchange (both ends)")
+        top = sorted(stats.items(), key=lambda item: -item[1][2])[:30]
+        for (path, line, name), (_, ncalls, tottime, _, _) in top:
+            where = f"{Path(path).name}:{line} {name}"
+            per = tottime / args.exchanges * 1e6
+            print(f"{ncalls / args.exchanges:6.2f} per exchange {per:7.2f} us  {where}")
+        return
+    results = []
+    for _ in range(args.runs):
+        started = time.process_time()
+        for _ in range(args.exchanges):
+            tunnel.exchange()
+        results.append((time.process_time() - started) / args.exchanges * 1e6)
+        await asyncio.sleep(0)
+    shown = " ".join(f"{r:.1f}" for r in results)
+    print(
+        f"CPU us per exchange, both ends: median {statistics.median(results):.1f} "
+        f"min {min(results):.1f} ({shown})"
+    )
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from .errors import RemoteProtocolError
 
 MAX_DATAGRAM_BYTES: Final = 65_535  # what a u16 length can say (and UDP's own ceiling)
 _LEN: Final = struct.Struct(">H")
+DATAGRAM_LENGTH_BYTES: Final = _LEN.size  # the u16 length before each datagram
 
 
 def frame_datagram(data: bytes) -> bytes:

@@ -294,13 +294,14 @@ class MuxConnection:
     def accept_stream(self, stream_id: int, *, hold_ack: bool = False) -> None:
         """Accept a stream the peer opened. With `hold_ack` the ACK is not written yet: it
         leaves just before the stream's first frame (DATA, FIN, RST or a credit the peer
-        needs: less than half its initial window left), or at `send_owed_acks`, so that one
+        needs: less than half its initial window left, checked at accept, on each DATA and on
+        each acknowledgement), or at `send_owed_acks`, so that one
         TLS record carries both (the wire is the same; only the timing moves)."""
         rec = self._require(stream_id)
         if rec.handshake is not Handshake.SYN_RECEIVED:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
         self._pending_accepts -= 1
-        if hold_ack:
+        if hold_ack and rec.recv_credit >= _HELD_ACK_MIN_CREDIT_BYTES:
             rec.handshake = Handshake.ACK_OWED
             self._owed_acks[stream_id] = None
             return
@@ -632,6 +633,8 @@ class MuxConnection:
                 rec.apply(StreamEvent.RECV_DATA)  # raises the right error (else: no change)
             rec.receive(len(payload))
             self._events.append(DataReceived(rec.stream_id, payload))
+            if rec.handshake is Handshake.ACK_OWED and rec.recv_credit < _HELD_ACK_MIN_CREDIT_BYTES:
+                self._send_ack(rec)  # the opener's initial window runs low (docs 3.2)
         if int(frame.flags) & _FIN:
             rec.apply(StreamEvent.RECV_FIN)
             self._events.append(StreamEnded(rec.stream_id))

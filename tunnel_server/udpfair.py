@@ -28,7 +28,7 @@ from collections import deque
 from typing import Final
 
 from protocol.aio.connection import MuxSession
-from protocol.dgramframe import PACKED_MAX_DATAGRAMS
+from protocol.dgramframe import DATAGRAM_LENGTH_BYTES, PACKED_MAX_DATAGRAMS
 
 from .stats import ProxyCounters
 
@@ -42,7 +42,6 @@ DRAIN_RETRY_S: Final = 0.001  # while the tunnel's backlog is too large
 # one packed frame: at most PACKED_MAX_DATAGRAMS datagrams and this many bytes, so the client
 # decodes one frame per pack, not per datagram. One credit step's worth.
 PACK_MAX_BYTES: Final = 32 * 1024
-PACKED_LENGTH_BYTES: Final = 2  # the u16 length before each datagram in a pack
 
 
 class _FlowQueue:
@@ -165,11 +164,11 @@ class FairQueue:
             return None
         flow_id, data, counters = first
         run = [data]
-        total = PACKED_LENGTH_BYTES + len(data)
+        total = DATAGRAM_LENGTH_BYTES + len(data)
         flow = self._flows[flow_id]
         while len(run) < max_count and flow.queued:
             size = len(flow.items[0])
-            if total + PACKED_LENGTH_BYTES + size > max_bytes:
+            if total + DATAGRAM_LENGTH_BYTES + size > max_bytes:
                 break
             if size > flow.deficit and len(self._active) > 1:
                 break  # its turn is over: the next flow in the ring goes first
@@ -177,7 +176,7 @@ class FairQueue:
             if item is None:
                 break
             run.append(item[1])
-            total += PACKED_LENGTH_BYTES + size
+            total += DATAGRAM_LENGTH_BYTES + size
         return flow_id, run, counters
 
 
@@ -254,7 +253,7 @@ class DatagramScheduler:
             else:
                 nbytes = sum(len(data) for data in datagrams)
                 ok = session.send_packed_datagrams(flow_id, datagrams)
-                room -= nbytes + PACKED_LENGTH_BYTES * len(datagrams)
+                room -= nbytes + DATAGRAM_LENGTH_BYTES * len(datagrams)
             if counters is not None:
                 if ok:
                     counters.bytes_in += nbytes

@@ -226,11 +226,14 @@ class MuxSession(asyncio.BufferedProtocol):
     def accept_stream(self, stream: MuxStream, *, hold_ack: bool = False) -> None:
         """Accept a stream the peer opened (MuxStream.attach does this for a splice). With
         `hold_ack`, the ACK leaves with the stream's first frame, or after ACK_DELAY_S."""
-        self.mux.accept_stream(stream.stream_id, hold_ack=hold_ack)
+        mux = self.mux
+        mux.accept_stream(stream.stream_id, hold_ack=hold_ack)
         stream.accepted()
-        if not hold_ack:
+        # What the core did, not what was asked: it may send the ACK at once even when asked
+        # to hold it.
+        if mux.pending_output_bytes:
             self._queued()
-        elif self._ack_timer is None:
+        if mux.owed_acks and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY_S, self._send_owed_acks)
 
     def _send_owed_acks(self) -> None:

@@ -50,22 +50,12 @@ class AsyncSide:
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes`; b"" at end of stream. Raises StreamResetError after a reset."""
-        if self._codec is not None:
-            return await self._read_inflated(self._codec, max_bytes)
-        if not await self._wait_rx():
-            return b""
-        rx = self._rx
-        assert rx is not None
-        chunk = rx[0]
-        if len(chunk) <= max_bytes:
-            rx.popleft()
-        else:
-            rx[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
-        if not rx:
-            self._rx = None  # an idle stream keeps no queue
-        self._rx_bytes -= len(chunk)
-        self.session.acknowledge(self.stream_id, len(chunk))
+        while (chunk := self.read_nowait(max_bytes)) is None:
+            self._rx_waiter = self.session.loop.create_future()
+            try:
+                await self._rx_waiter  # woken by data, the end or a reset (_wake_rx)
+            finally:
+                self._rx_waiter = None
         return chunk
 
     def set_rx_notify(self, callback: Callable[[], None] | None) -> None:
@@ -102,7 +92,7 @@ class AsyncSide:
             rx[0] = chunk[max_bytes:]
             chunk = chunk[:max_bytes]
         if not rx:
-            self._rx = None
+            self._rx = None  # an idle stream keeps no queue
         self._rx_bytes -= len(chunk)
         self.session.acknowledge(self.stream_id, len(chunk))
         return chunk
@@ -113,35 +103,6 @@ class AsyncSide:
         if self._rx_eof or self._closed_done:
             return b""
         return None
-
-    async def _wait_rx(self) -> bool:
-        """Until received data waits (True), or the end (False)."""
-        while not (self._rx or (self._codec is not None and self._codec.frames)):
-            if self.reset_code is not None:
-                raise StreamResetError(self.reset_code, self.reset_reason)
-            if self._rx_eof or self._closed_done:
-                return False
-            self._rx_waiter = self.session.loop.create_future()
-            try:
-                await self._rx_waiter
-            finally:
-                self._rx_waiter = None
-        return True
-
-    async def _read_inflated(self, codec: StreamCodec, max_bytes: int) -> bytes:
-        while not codec.plain:
-            if not await self._wait_rx():
-                return b""
-            frame = codec.pop()
-            plain = self._inflate(frame)
-            if plain is None:
-                raise StreamResetError(ErrorCode.PROTOCOL_ERROR, self.reset_reason)
-            self._acknowledge(len(frame))
-            if self.tap is not None and plain:
-                self.tap.received(plain)
-            codec.plain = plain
-        out, codec.plain = codec.plain[:max_bytes], codec.plain[max_bytes:]
-        return out
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting while the peer's window or the connection is full."""

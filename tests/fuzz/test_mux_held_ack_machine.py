@@ -34,7 +34,7 @@ from protocol.events import (
 from protocol.frames import Flag, FrameType
 from protocol.messages import StreamHeader
 from protocol.mux import MAX_WINDOW_BYTES, MuxConnection, Role
-from protocol.settings import MuxSettings
+from protocol.settings import INITIAL_STREAM_WINDOW_BYTES, MuxSettings
 from protocol.stream import Handshake
 from tests.fuzz.budget import FUZZ_SETTINGS, count_example, fuzz_examples
 
@@ -302,6 +302,8 @@ class HeldAckMachine(RuleBasedStateMachine):
                 sid for sid, rec in conn._streams.items() if rec.handshake is Handshake.ACK_OWED
             }
             assert set(conn._owed_acks) == owed
+            for sid in owed:  # docs/protocol.md 3.2: held only while the opener has half left
+                assert conn._streams[sid].recv_credit >= INITIAL_STREAM_WINDOW_BYTES // 2
             assert conn.owed_acks <= conn.stream_count
             if conn.terminated:
                 assert conn.owed_acks == 0 and conn.stream_count == 0

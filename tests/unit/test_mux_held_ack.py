@@ -128,11 +128,13 @@ def test_mux_held_ack_credit_waits_until_the_initial_window_runs_low() -> None:
     assert pair.server.pending_output_bytes == 0
     half = INITIAL_STREAM_WINDOW_BYTES // 2
     assert pair.client.send_data(stream_id, b"u" * half) == half
-    pair.pump()
-    pair.server.acknowledge_data(stream_id, half)
+    out = pair.client.data_to_send()
+    pair.deliver("server", b"".join(out))  # the opener is now under half its window
     out = pair.server.data_to_send()
-    assert frames(out) == [(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id)]
+    assert frames(out) == [(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id)]  # before consuming
     pair.deliver("client", b"".join(out))
+    pair.server.acknowledge_data(stream_id, half)
+    pair.pump()
     assert pair.client.send_window(stream_id) >= INITIAL_STREAM_WINDOW_BYTES
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from protocol.dgramframe import PACKED_MAX_DATAGRAMS, pack_datagrams
+from protocol.dgramframe import DATAGRAM_LENGTH_BYTES, PACKED_MAX_DATAGRAMS, pack_datagrams
 from tunnel_server.stats import ProxyCounters
-from tunnel_server.udpfair import (
-    FLOW_QUEUE_DATAGRAMS,
-    PACK_MAX_BYTES,
-    PACKED_LENGTH_BYTES,
-    FairQueue,
-)
+from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, PACK_MAX_BYTES, FairQueue
 
 FLOOD = 1
 QUIET = 2
@@ -161,6 +156,6 @@ def test_fairqueue_pack_bounds_hold_for_full_and_tiny_datagrams() -> None:
         payload = pack_datagrams(run[1])
         assert len(payload) <= PACK_MAX_BYTES and len(run[1]) <= PACKED_MAX_DATAGRAMS
         if bound == "bytes":
-            assert len(payload) + PACKED_LENGTH_BYTES + size > PACK_MAX_BYTES  # full
+            assert len(payload) + DATAGRAM_LENGTH_BYTES + size > PACK_MAX_BYTES  # full
         else:
             assert len(run[1]) == PACKED_MAX_DATAGRAMS
