@@ -24,6 +24,7 @@ from .conftest import wait_until
 from .test_vhost_http import LOOPBACK
 from .test_vhost_lane import (
     TEST_TIMEOUT_S,
+    App,
     get,
     lane_vhost,
     ok,
@@ -40,21 +41,53 @@ TINY_RCVBUF_BYTES: Final = 4096
 PAGE_SLACK_BYTES: Final = 16 * 1024
 
 
-async def test_vhost_lane_unasked_response_is_not_relayed_as_the_next_answer() -> None:
-    """An app that sends a second response, unasked, while the connection is idle: the
-    visitor's next request gets its own answer, never the smuggled one."""
-    smuggle = asyncio.Event()
+def smuggler(after: bytes, go: asyncio.Event | None = None) -> App:
+    """An app that answers every request with its path and follows its answer to `after`
+    with a second, unasked response (once `go` is set)."""
 
     async def app(stream: MuxStream) -> None:
         buf = bytearray()
         while (head := await read_head(stream, buf)) is not None:
             path = head.split(b" ", 2)[1]
             await stream.write(ok(path))
-            if path == b"/two":
-                await smuggle.wait()
+            if path == after:
+                if go is not None:
+                    await go.wait()
                 await stream.write(ok(b"/smuggled"))
 
-    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+    return app
+
+
+def path_app(
+    *,
+    paths: list[bytes] | None = None,
+    hold: bytes = b"",
+    release: asyncio.Event | None = None,
+    asked: asyncio.Event | None = None,
+) -> App:
+    """An app that answers every request with its path, recorded in `paths`; it holds its
+    answer to `hold` until `release` is set (setting `asked` when that request comes)."""
+
+    async def app(stream: MuxStream) -> None:
+        buf = bytearray()
+        while (head := await read_head(stream, buf)) is not None:
+            path = head.split(b" ", 2)[1]
+            if paths is not None:
+                paths.append(path)
+            if path == hold and release is not None:
+                if asked is not None:
+                    asked.set()
+                await release.wait()
+            await stream.write(ok(path))
+
+    return app
+
+
+async def test_vhost_lane_unasked_response_is_not_relayed_as_the_next_answer() -> None:
+    """An app that sends a second response, unasked, while the connection is idle: the
+    visitor's next request gets its own answer, never the smuggled one."""
+    smuggle = asyncio.Event()
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(smuggler(b"/two", smuggle)) as lane:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/one"))
             assert (await read_response(reader))[2] == b"/one"
@@ -72,16 +105,7 @@ async def test_vhost_lane_unasked_response_is_not_relayed_as_the_next_answer() -
 async def test_vhost_lane_extra_response_does_not_shift_later_answers() -> None:
     """An app that answers one request with two responses back to back:
     each pipelined request still gets its own answer."""
-
-    async def app(stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            await stream.write(ok(path))
-            if path == b"/two":
-                await stream.write(ok(b"/smuggled"))
-
-    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(smuggler(b"/two")) as lane:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/one"))
             assert (await read_response(reader))[2] == b"/one"
@@ -153,17 +177,7 @@ async def test_vhost_pool_stream_that_spoke_unasked_is_not_reused() -> None:
     """An app that sends an unasked response on a stream idle in the keep-alive pool: the next
     visitor connection gets its own answer on a new stream, never that response."""
     smuggle = asyncio.Event()
-
-    async def app(stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            await stream.write(ok(path))
-            if path == b"/one":
-                await smuggle.wait()
-                await stream.write(ok(b"/smuggled"))
-
-    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(smuggler(b"/one", smuggle)) as lane:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/one"))
             assert (await read_response(reader))[2] == b"/one"
@@ -225,7 +239,8 @@ async def test_vhost_lane_bodiless_responses_with_a_length_keep_framing() -> Non
 async def test_vhost_lane_connection_close_in_request_ends_after_the_answer() -> None:
     """A lane request that says `Connection: close` gets its answer, then the connection
     ends; the pipelined request after it is not sent to the app."""
-    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(echo_recorder := _Recorder()) as lane:
+    paths: list[bytes] = []
+    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(path_app(paths=paths)) as lane:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/"))
             await read_response(reader)
@@ -235,7 +250,7 @@ async def test_vhost_lane_connection_close_in_request_ends_after_the_answer() ->
             status, _, body = await read_response(reader)
             assert (status, body) == (200, b"/last")
             assert await reader.read() == b""
-        assert echo_recorder.paths == [b"/", b"/last"]
+        assert paths == [b"/", b"/last"]
 
 
 async def test_vhost_lane_connection_close_in_response_moves_to_a_new_stream() -> None:
@@ -278,20 +293,6 @@ async def test_vhost_lane_app_reset_after_a_whole_answer_is_not_reused() -> None
         assert len(lane.streams) == 2
 
 
-class _Recorder:
-    """An echo app that records every request path it was sent."""
-
-    def __init__(self) -> None:
-        self.paths: list[bytes] = []
-
-    async def __call__(self, stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            self.paths.append(path)
-            await stream.write(ok(path))
-
-
 # Pipelined tiny requests held while the app does not answer: far past the queue's budget.
 HELD_REQUESTS: Final = 4000
 
@@ -300,16 +301,10 @@ async def test_vhost_lane_pipelined_flood_while_app_is_slow_is_bounded_and_in_or
     """Thousands of tiny pipelined requests while the app holds its answer: the vhost stops
     reading (its queue stays near its budget), then answers every one, in order."""
     release = asyncio.Event()
-
-    async def app(stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            if path == b"/hold":
-                await release.wait()
-            await stream.write(ok(path))
-
-    async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
+    async with (
+        asyncio.timeout(TEST_TIMEOUT_S),
+        lane_vhost(path_app(hold=b"/hold", release=release)) as lane,
+    ):
         conns = spy_conns(lane.server)
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/"))
@@ -366,7 +361,7 @@ def spy_conns(server: HTTPVhostServer) -> list[InboundProtocol]:
 
 
 async def _second_route(lane: object) -> list[int]:
-    """Add route b.test on the same streams; its answers say b: (see `_echo_by_host`)."""
+    """Add route b.test on the same streams; its answers say b: (see `_echo`)."""
     server = lane.server  # type: ignore[attr-defined]
     first = server._router.lookup("a.test", "/", None)
     reached: list[int] = []
@@ -401,18 +396,8 @@ async def test_vhost_lane_listener_close_mid_request_finishes_it_then_closes() -
     that answer, then the connection ends; a request pipelined after it is not sent."""
     asked = asyncio.Event()
     release = asyncio.Event()
-    recorder = _Recorder()
-
-    async def app(stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            recorder.paths.append(path)
-            if path == b"/slow":
-                asked.set()
-                await release.wait()
-            await stream.write(ok(path))
-
+    paths: list[bytes] = []
+    app = path_app(paths=paths, hold=b"/slow", release=release, asked=asked)
     async with asyncio.timeout(TEST_TIMEOUT_S), lane_vhost(app) as lane:
         async with visitor(lane.port) as (reader, writer):
             writer.write(get("/"))
@@ -424,7 +409,7 @@ async def test_vhost_lane_listener_close_mid_request_finishes_it_then_closes() -
             assert (await read_response(reader))[2] == b"/slow"
             assert await reader.read() == b""
             await lane.server.wait_closed()
-        assert recorder.paths == [b"/", b"/slow"]
+        assert paths == [b"/", b"/slow"]
 
 
 async def test_vhost_lane_half_head_while_in_flight_gets_answer_then_408() -> None:
@@ -432,16 +417,7 @@ async def test_vhost_lane_half_head_while_in_flight_gets_answer_then_408() -> No
     answer, then the slow-header 408 for the half head (not the idle timeout's quiet close)."""
     asked = asyncio.Event()
     release = asyncio.Event()
-
-    async def app(stream: MuxStream) -> None:
-        buf = bytearray()
-        while (head := await read_head(stream, buf)) is not None:
-            path = head.split(b" ", 2)[1]
-            if path == b"/slow":
-                asked.set()
-                await release.wait()
-            await stream.write(ok(path))
-
+    app = path_app(hold=b"/slow", release=release, asked=asked)
     async with (
         asyncio.timeout(TEST_TIMEOUT_S),
         # the idle timeout is past the test's deadline: only the header timeout can answer

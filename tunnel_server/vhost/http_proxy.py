@@ -176,7 +176,7 @@ class HTTPVhostServer(VhostListener):
                     outcome: Outcome | None = handoff.outcome
                 elif handoff.head is not None and handoff.request is not None:
                     outcome = await self._forward(
-                        conn, handoff.head, handoff.request, upstream, handoff.sent, deadline
+                        conn, handoff.head, handoff.request, upstream, handoff.sent
                     )
                 else:
                     outcome = None
@@ -211,7 +211,7 @@ class HTTPVhostServer(VhostListener):
         request = self.prepare(conn, head)
         if isinstance(request, Outcome):
             return request
-        return await self._forward(conn, head, request, upstream, None, None)
+        return await self._forward(conn, head, request, upstream, None)
 
     def prepare(self, conn: InboundProtocol, head: RequestHead) -> Prepared | Outcome:
         """Check, route and authorize a request and build what goes to the app; an Outcome
@@ -271,7 +271,6 @@ class HTTPVhostServer(VhostListener):
         request: Prepared,
         upstream: list[Upstream],
         sent: Sent | None,
-        deadline: float | None,
     ) -> Outcome:
         """Send the request (unless the lane `sent` it) and relay the answer, with one retry
         on a new stream when a reused one was dead."""
@@ -282,9 +281,7 @@ class HTTPVhostServer(VhostListener):
             if sent is not None and attempt == 0:
                 exchange, up = sent.exchange, sent.exchange.upstream
                 try:
-                    outcome = await exchange.resume(
-                        sent.deadline if deadline is None else deadline, retryable=sent.retryable
-                    )
+                    outcome = await exchange.resume(sent.deadline, retryable=sent.retryable)
                 finally:
                     conn.on_lost = None
                 self.record(exchange, head, route, outcome, sent.bytes_before, sent.started)

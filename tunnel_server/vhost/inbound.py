@@ -10,7 +10,8 @@ Bounds and backpressure:
   QUEUE_HIGH_BYTES the transport stops reading, and reading resumes once the consumer has
   taken it below QUEUE_LOW_BYTES. A read is fed in FEED_SLICE_BYTES slices, and what is left
   of it once the queue is over budget is held raw (`_held`) and fed, from a callback, when the
-  consumer takes the queue down; so one slice, not one read, can land past the budget;
+  consumer takes the queue down; so one slice, not one read, can land past the budget (raw
+  bytes after an upgrade are one item per read, which cannot amplify, and are not sliced);
 - writes go to the transport, whose buffer is limited to WRITE_HIGH_BYTES; `drain()` waits
   while the transport has paused us.
 
@@ -115,7 +116,9 @@ class InboundProtocol(asyncio.Protocol):
         if self._held:  # a read that was already on its way when reading paused
             self._held += data
             return
-        if len(data) <= FEED_SLICE_BYTES:
+        # Raw bytes (after an upgrade) queue one item per read whatever its size: slicing them
+        # would only multiply the items and copies of a bulk transfer.
+        if len(data) <= FEED_SLICE_BYTES or self.feeder == self.push_bytes:
             self.feeder(data)
         else:
             self._feed_slices(data)

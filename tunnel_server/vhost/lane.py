@@ -164,13 +164,11 @@ class Lane:
                     self._handoff(Handoff(self.deadline))  # the coroutine drains first
                     return
                 continue
-            if request.route is not self._up.route or not request.complete or self._up_ended():
+            # `ended`: the held stream ended, or its app spoke unasked (then it is reset)
+            if request.route is not self._up.route or not request.complete or self._up.ended():
                 self._handoff(Handoff(self.deadline, head=item, request=request))
                 return
             self._send(item, request)
-
-    def _up_ended(self) -> bool:
-        return self._up.ended()  # ended, or it spoke unasked (then it is reset)
 
     def _send(self, head: RequestHead, request: Prepared) -> None:
         server = self._server
@@ -203,9 +201,7 @@ class Lane:
         stream = self._stream
         relay = self._up.relay
         if conn.lost:
-            stream.abort()
-            exchange.outcome = Outcome.CLOSE
-            self._handoff_sent()
+            self._abandon(exchange)
             return
         while not relay.complete:
             try:
@@ -229,9 +225,7 @@ class Lane:
             if out:
                 conn.writelines(out)
             if conn.lost:
-                stream.abort()
-                exchange.outcome = Outcome.CLOSE
-                self._handoff_sent()
+                self._abandon(exchange)
                 return
             if conn.writing_paused:
                 self._handoff_sent()  # the coroutine drains, then goes on reading
@@ -283,6 +277,12 @@ class Lane:
             self._handoff(Handoff(self.deadline))  # 408 for a partial head, or a quiet close
 
     # --- giving the connection back ------------------------------------------------------
+
+    def _abandon(self, exchange: Exchange) -> None:
+        """The visitor is gone: reset the stream; the coroutine only records the exchange."""
+        self._stream.abort()
+        exchange.outcome = Outcome.CLOSE
+        self._handoff_sent()
 
     def _handoff_sent(self) -> None:
         exchange = self._exchange
