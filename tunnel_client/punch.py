@@ -33,7 +33,7 @@ from protocol.messages import PunchProbe, PunchProof, encode_message
 from protocol.mux import Role
 from protocol.punch import OWNER_ROLE, VISITOR_ROLE, p2p_proof, proof_matches
 from protocol.settings import MuxSettings
-from tunnel_client.trust import unverified_client_context
+from tunnel_common.fingerprint import pinning_client_context
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def send_probe(port: PunchPort, server: tuple[str, int], token: bytes) -> 
     what tunneld saw comes back over the verified control session. tunneld closes the
     connection once it has noted the address."""
     loop = asyncio.get_running_loop()
-    context = unverified_client_context()
+    context = pinning_client_context()
     sock = reuse_socket(port.address)
     transport: asyncio.Transport | None = None
     try:
@@ -301,7 +301,7 @@ async def visitor_p2p(
 ) -> MuxSession:
     """The visitor's end: TLS pinned to the owner's certificate, then both proofs."""
     loop = asyncio.get_running_loop()
-    context = unverified_client_context()  # pinned below: the fingerprint tunneld relayed
+    context = pinning_client_context()  # pinned below: the fingerprint tunneld relayed
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     mux: MuxSession | None = None
     try:

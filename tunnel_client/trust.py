@@ -45,7 +45,12 @@ from typing import Final, Generic, Literal, TypeVar
 from protocol.auth import ALPN_CLIENT_CERT_REQUIRED, ALPN_PROTOCOL
 from protocol.errors import TunnelError
 from tunnel_client.dial import DialParams, open_socket
-from tunnel_common.fingerprint import fingerprint_of_der, format_fingerprint, parse_fingerprint
+from tunnel_common.fingerprint import (
+    fingerprint_of_der,
+    format_fingerprint,
+    parse_fingerprint,
+    pinning_client_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -217,22 +222,9 @@ def _ca_context(ca_file: Path, params: TLSParams) -> ssl.SSLContext:
     return _client_defaults(ctx, params)
 
 
-def unverified_client_context() -> ssl.SSLContext:
-    """A client context that checks no certificate (the caller pins or needs none): the
-    fingerprint gates here, the xtcp probe and the pinned P2P connection (punch.py).
-
-    Not `ssl.create_default_context()`: that loads the system's CA bundle, which these
-    connections never use, at 10-300 ms of the event loop per call; an owner answering many
-    rendezvous at once would miss its probe deadline."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _unverified_context(params: TLSParams) -> ssl.SSLContext:
     # The gate checks the fingerprint, or nothing (insecure).
-    return _client_defaults(unverified_client_context(), params)
+    return _client_defaults(pinning_client_context(), params)
 
 
 def _parse_pin(text: str | None) -> bytes | None:

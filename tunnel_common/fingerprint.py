@@ -3,11 +3,14 @@
 The canonical form is what tunneld prints at start-up and tunnelc stores in its known-servers
 file: ``SHA256:`` followed by 32 uppercase hex bytes joined with colons. Users copy it around,
 so the parser also takes plain hex, lowercase, and either form without the prefix.
+`pinning_client_context` is the TLS client context of every connection that checks a
+fingerprint instead of a CA chain.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from typing import Final
 
 FINGERPRINT_BYTES: Final = 32  # SHA-256 digest size
@@ -56,3 +59,17 @@ def parse_fingerprint(text: str) -> bytes:
             f"a SHA-256 fingerprint has {2 * FINGERPRINT_BYTES} hex digits, got {len(body)}"
         )
     return bytes.fromhex(body)
+
+
+def pinning_client_context() -> ssl.SSLContext:
+    """A client context that checks no certificate: the caller pins the peer's fingerprint
+    (tunnelc's fingerprint gates, the xtcp P2P connection, cluster links) or needs none (the
+    xtcp probe).
+
+    Not `ssl.create_default_context()`: that loads the system's CA bundle, which these
+    connections never use, at 10-300 ms of the event loop per call; an xtcp owner answering
+    many rendezvous at once missed its probe deadline."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -46,6 +46,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import StreamHeader
 from protocol.mux import Role
 from protocol.settings import MuxSettings
+from tunnel_common.fingerprint import pinning_client_context
 
 from ..prelogin import PendingLogins, PendingSlot
 
@@ -377,10 +378,8 @@ async def dial_link(
     """Open an authenticated link to the node at host:port whose certificate is
     `fingerprint`; raises LinkError with the reason."""
     loop = asyncio.get_running_loop()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = pinning_client_context()  # pinned to the fingerprint below, as tunnelc pins
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # pinned to the fingerprint below, as tunnelc pins
     handshake = _Handshake(
         dialer=True, secret=secret, fp=fingerprint, name=name.encode("utf-8")[:MAX_NAME_BYTES]
     )
