@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_vhost_parsing import read_items
-from tunnel_server.vhost.inbound import InboundProtocol
+from tunnel_server.vhost.inbound import (
+    FEED_SLICE_BYTES,
+    ITEM_OVERHEAD_BYTES,
+    QUEUE_HIGH_BYTES,
+    InboundProtocol,
+)
 from tunnel_server.vhost.request import ParseFailure, RequestHead, RequestReader
 
 LIMIT = 1024
@@ -75,3 +80,44 @@ def test_bounds_broken_request_is_taken_back() -> None:
     items = read_items(good + CHUNKED + b"zz\r\n")
     assert isinstance(items[0], RequestHead) and items[0].target == b"/1"
     assert isinstance(items[-1], ParseFailure) and len(items) == 3  # head, end, failure
+
+
+class _Transport:
+    """Enough of a transport for InboundProtocol to pause and resume reading."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_bounds_body_tail_then_pipelined_flood_is_one_body_item_then_sliced() -> None:
+    """A read that holds the rest of a Content-Length body and then thousands of tiny requests:
+    the body queues as one item, the requests after it are fed in slices only until the queue
+    is over its budget, and the rest of the read is held unparsed."""
+    body_bytes, requests = 200_000, 5_000
+    transport = _Transport()
+    conn = InboundProtocol(lambda c: None)
+    conn.transport = transport  # type: ignore[assignment]
+    reader = RequestReader(conn, LIMIT)
+    conn.feeder = reader.feed
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % body_bytes)
+    assert conn.body_bytes_left == body_bytes
+    flood = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(requests))
+    conn.data_received(bytes(body_bytes) + flood)
+    items = list(conn._items)
+    assert [len(item) for item in items if isinstance(item, bytes)] == [body_bytes]
+    assert conn.body_bytes_left == 0
+    heads = sum(isinstance(item, RequestHead) for item in items)
+    assert 0 < heads < requests  # sliced: not the whole flood parsed at once
+    smallest = len(b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n")
+    one_slice = (FEED_SLICE_BYTES // smallest + 1) * (smallest + 64 + 2 * ITEM_OVERHEAD_BYTES)
+    assert conn.queued_bytes <= QUEUE_HIGH_BYTES + one_slice
+    assert transport.paused and conn._held  # the rest waits, unparsed

@@ -10,8 +10,10 @@ Bounds and backpressure:
   QUEUE_HIGH_BYTES the transport stops reading, and reading resumes once the consumer has
   taken it below QUEUE_LOW_BYTES. A read is fed in FEED_SLICE_BYTES slices, and what is left
   of it once the queue is over budget is held raw (`_held`) and fed, from a callback, when the
-  consumer takes the queue down; so one slice, not one read, can land past the budget (raw
-  bytes after an upgrade are one item per read, which cannot amplify, and are not sliced);
+  consumer takes the queue down; so one slice, not one read, can land past the budget. What
+  cannot amplify is not sliced: raw bytes after an upgrade (one item per read), and the rest
+  of a Content-Length body (`body_bytes_left`, one item per span), which can land past the
+  budget by at most one read of body bytes;
 - writes go to the transport, whose buffer is limited to WRITE_HIGH_BYTES; `drain()` waits
   while the transport has paused us.
 
@@ -84,6 +86,9 @@ class InboundProtocol(asyncio.Protocol):
         self.bytes_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held = b""  # the rest of a read, not fed while the queue was over budget
+        # Bytes of a Content-Length body still to come (RequestReader keeps it): fed in one
+        # piece, since a body span queues as one item whatever its size.
+        self.body_bytes_left = 0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -125,11 +130,14 @@ class InboundProtocol(asyncio.Protocol):
 
     def _feed_slices(self, data: bytes) -> None:
         view = memoryview(data)
-        for pos in range(0, len(data), FEED_SLICE_BYTES):
+        pos, end = 0, len(data)
+        while pos < end:
             if self._queued > QUEUE_HIGH_BYTES and not self.lost:
                 self._held = bytes(view[pos:])  # fed when the consumer takes the queue down
                 return
-            self.feeder(bytes(view[pos : pos + FEED_SLICE_BYTES]))
+            size = max(FEED_SLICE_BYTES, self.body_bytes_left)
+            self.feeder(data if pos == 0 and size >= end else bytes(view[pos : pos + size]))
+            pos += size
 
     def _feed_held(self) -> None:
         held, self._held = self._held, b""

@@ -103,6 +103,7 @@ class RequestReader:
         self._expect = False
         self._upgrade: bytes | None = None
         self._framing = Framing.NONE
+        self._length = b""  # the Content-Length value (llhttp checks it)
         self.head_started = False  # a head is partly received (for the slow-header timeout)
         self._last = False  # a whole request that closes the connection was parsed
 
@@ -148,6 +149,7 @@ class RequestReader:
     def _fail(self, status: int, detail: str) -> None:
         conn = self._conn
         conn.feeder = conn.discard
+        conn.body_bytes_left = 0
         # Take the broken request back if its head is still queued: no byte of it reaches the
         # app, the visitor gets the error page instead.
         conn.retract_since(self._message_mark)
@@ -171,6 +173,7 @@ class RequestReader:
         self._expect = False
         self._upgrade = None
         self._framing = Framing.NONE
+        self._length = b""
         self._conn.notify()
 
     def on_url(self, url: bytes) -> None:
@@ -215,6 +218,7 @@ class RequestReader:
         elif n == 14:
             if name.lower() == b"content-length":
                 self._framing = Framing.LENGTH
+                self._length = value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -222,6 +226,8 @@ class RequestReader:
         self._progress = True
         if self._te:
             self._framing = Framing.CHUNKED  # llhttp already refused a TE without chunked
+        elif self._framing is Framing.LENGTH and self._length.strip().isdigit():
+            self._conn.body_bytes_left = int(self._length)
         tokens = frozenset(self._tokens) if self._tokens is not None else frozenset()
         switching = parser.should_upgrade()
         head = RequestHead(
@@ -247,13 +253,17 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
-        self._conn.push(body, len(body))
+        conn = self._conn
+        if conn.body_bytes_left:
+            conn.body_bytes_left = max(0, conn.body_bytes_left - len(body))
+        conn.push(body, len(body))
 
     def on_chunk_header(self) -> None:
         self._progress = True
 
     def on_message_complete(self) -> None:
         self._progress = True
+        self._conn.body_bytes_left = 0
         self._last = not self._parser.should_keep_alive()
         trailers = self._trailers
         self._trailers = None
