@@ -12,6 +12,14 @@ it. A/B against another checkout by putting it first on PYTHONPATH:
     python bench/data_path_bench.py                       # this tree
     PYTHONPATH=/tmp/base python bench/data_path_bench.py  # another checkout (run alternately)
     python bench/data_path_bench.py --profile             # cProfile: calls per exchange
+    python bench/data_path_bench.py --streams 50          # 50 streams share each transmit
+
+With `--streams N`, one round sends a request on each of N streams before the server end's
+transmit runs, and the N responses before the client end's, as wrk's 50 keep-alive
+connections do when their reads land in one loop iteration: the frames of a round share
+one TLS record each way, so what is measured is the per-request work (the read's send, the
+frame, its delivery and credit), with the per-record work spread over N. The result is
+still per exchange (per request and its response).
 
 Every loop is bounded by its count.
 """
@@ -47,6 +55,7 @@ RESPONSE: Final = (
 )
 HANDSHAKE_ROUNDS: Final = 10  # pumps to finish a TLS 1.3 handshake (it takes two)
 WARM_UP: Final = 200
+MAX_STREAMS: Final = 1000  # --streams: below the mux's default limit of streams per session
 
 
 class MemoryTransport(asyncio.Transport):
@@ -119,7 +128,7 @@ def deliver(raw: MemoryTransport, link: TLSLink) -> None:
 class Tunnel:
     """Both ends of one tunnel with one spliced stream, all in memory."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, streams: int = 1) -> None:
         server_ctx, client_ctx = contexts()
         self.server = MuxSession(Role.SERVER, loop=loop)
         self.client = MuxSession(Role.CLIENT, loop=loop)
@@ -133,16 +142,20 @@ class Tunnel:
             deliver(self.server_raw, self.client_link)
         self.service: list[tuple[SpliceProtocol, MemoryTransport]] = []
         self.client.on_stream = self._dial
-        self.visitor = MemoryTransport()
-        self.visitor_side = SpliceProtocol(on_connect=self._open)
-        self.visitor_side.connection_made(self.visitor)
+        self.visitors: list[tuple[SpliceProtocol, MemoryTransport]] = []
+        for _ in range(streams):
+            visitor = MemoryTransport()
+            visitor_side = SpliceProtocol(on_connect=self._open)
+            visitor_side.connection_made(visitor)
+            self.visitors.append((visitor_side, visitor))
+        self.visitor_side, self.visitor = self.visitors[0]
         for _ in range(2):
             self.server.transmit()
             deliver(self.server_raw, self.client_link)
             self.client.transmit()
             deliver(self.client_raw, self.server_link)
-        if len(self.service) != 1:
-            raise RuntimeError("the stream did not open")
+        if len(self.service) != streams:
+            raise RuntimeError("the streams did not open")
 
     def _open(self, protocol: SpliceProtocol, transport: asyncio.Transport) -> MuxStream:
         return self.server.open_stream(StreamHeader("web", "127.0.0.1", 1))
@@ -166,34 +179,53 @@ class Tunnel:
         if self.visitor.take() != [RESPONSE]:
             raise RuntimeError("the response did not reach the visitor")
 
+    def round(self) -> None:
+        """A request on every stream, one server transmit; the responses, one client transmit."""
+        for visitor_side, _ in self.visitors:
+            visitor_side.data_received(REQUEST)
+        self.server.transmit()
+        deliver(self.server_raw, self.client_link)
+        for service_side, service in self.service:
+            if service.take() != [REQUEST]:
+                raise RuntimeError("a request did not reach the service")
+            service_side.data_received(RESPONSE)
+        self.client.transmit()
+        deliver(self.client_raw, self.server_link)
+        for _, visitor in self.visitors:
+            if visitor.take() != [RESPONSE]:
+                raise RuntimeError("a response did not reach its visitor")
+
 
 async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    tunnel = Tunnel(loop)
-    for _ in range(WARM_UP):
-        tunnel.exchange()
+    tunnel = Tunnel(loop, args.streams)
+    step = tunnel.exchange if args.streams == 1 else tunnel.round
+    rounds = max(1, args.exchanges // args.streams)
+    exchanges = rounds * args.streams
+    for _ in range(max(1, WARM_UP // args.streams)):
+        step()
     await asyncio.sleep(0)  # run (and drop) the transmits the sends scheduled
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
-        for _ in range(args.exchanges):
-            tunnel.exchange()
+        for _ in range(rounds):
+            step()
         profile.disable()
         stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
         calls = sum(row[1] for row in stats.values())
-        print(f"{calls / args.exchanges:.0f} Python calls per exchange (both ends)")
-        top = sorted(stats.items(), key=lambda item: -item[1][2])[:30]
+        print(f"{calls / exchanges:.0f} Python calls per exchange (both ends)")
+        top = sorted(stats.items(), key=lambda item: -item[1][2])[: args.top]
         for (path, line, name), (_, ncalls, tottime, _, _) in top:
             where = f"{Path(path).name}:{line} {name}"
-            per = tottime / args.exchanges * 1e6
-            print(f"{ncalls / args.exchanges:6.2f} per exchange {per:7.2f} us  {where}")
+            per = tottime / exchanges * 1e6
+            print(f"{ncalls / exchanges:6.2f} per exchange {per:7.2f} us  {where}")
         return
     results = []
     for _ in range(args.runs):
         started = time.process_time()
-        for _ in range(args.exchanges):
-            tunnel.exchange()
-        results.append((time.process_time() - started) / args.exchanges * 1e6)
+        for _ in range(rounds):
+            step()
+        results.append((time.process_time() - started) / exchanges * 1e6)
         await asyncio.sleep(0)
     shown = " ".join(f"{r:.1f}" for r in results)
     print(
@@ -206,10 +238,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--exchanges", type=int, default=10000)
+    parser.add_argument(
+        "--streams", type=int, default=1, help="streams whose requests share each transmit"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
+    parser.add_argument("--top", type=int, default=30, help="functions --profile lists")
     args = parser.parse_args()
     if args.runs < 1 or args.exchanges < 1:
         parser.error("--runs and --exchanges must be at least 1")
+    if not 1 <= args.streams <= MAX_STREAMS:
+        parser.error(f"--streams must be between 1 and {MAX_STREAMS}")
     asyncio.run(run(args))
 
 

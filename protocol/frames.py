@@ -67,6 +67,7 @@ _FAST_TYPES: Final = frozenset({int(FrameType.DATA), int(FrameType.DATAGRAM)})
 # fast path would otherwise do twice per DATA/DATAGRAM frame.
 _TYPE_BY_VALUE: Final[dict[int, FrameType]] = {int(t): t for t in FrameType}
 _FLAG_BY_VALUE: Final = tuple(Flag(i) for i in range(_ALL_FLAGS + 1))
+_new_tuple: Final = tuple.__new__
 
 
 class Frame(NamedTuple):
@@ -254,44 +255,46 @@ class FrameDecoder:
 
     # -- output ----------------------------------------------------------------------------
     def frames(self) -> Iterator[Frame]:
-        """Yield every complete frame in the buffer."""
+        """Yield every complete frame in the buffer. A DATA or DATAGRAM frame in the canonical
+        encoding is parsed here, in the generator itself (no call per frame); any other goes
+        through msgpack (`_next_generic_frame`)."""
         while True:
-            frame = self._next_frame()
+            start, end = self._start, self._end
+            available = end - start
+            if available == 0:
+                self._drained()
+                return
+            buf = self._buf
+            if (
+                available >= FAST_HEADER_BYTES
+                and buf[start] == _FIXARRAY4
+                and buf[start + 1] in _FAST_TYPES
+                and buf[start + 3] == _UINT32
+                and buf[start + 8] == _BIN32
+            ):
+                _, ftype, flags, _, stream_id, _, length = _FAST_HEADER.unpack_from(buf, start)
+                if length > self._max_payload:
+                    raise RemoteProtocolError(
+                        f"frame payload of {length} bytes exceeds the limit of {self._max_payload}"
+                    )
+                if flags & ~_ALL_FLAGS:
+                    raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
+                total = FAST_HEADER_BYTES + length
+                if available < total:
+                    self._frame_need = total - available  # grow to fit it in one go
+                    return
+                payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
+                self._start = start + total
+                self._frame_need = 0
+                # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call more.
+                yield _new_tuple(
+                    Frame, (_TYPE_BY_VALUE[ftype], _FLAG_BY_VALUE[flags], stream_id, payload)
+                )
+                continue
+            frame = self._next_generic_frame(start, end)
             if frame is None:
-                if self._start == self._end:
-                    self._drained()
                 return
             yield frame
-
-    def _next_frame(self) -> Frame | None:
-        start, end = self._start, self._end
-        available = end - start
-        if available == 0:
-            return None
-        buf = self._buf
-        if (
-            available >= FAST_HEADER_BYTES
-            and buf[start] == _FIXARRAY4
-            and buf[start + 1] in _FAST_TYPES
-            and buf[start + 3] == _UINT32
-            and buf[start + 8] == _BIN32
-        ):
-            _, ftype, flags, _, stream_id, _, length = _FAST_HEADER.unpack_from(buf, start)
-            if length > self._max_payload:
-                raise RemoteProtocolError(
-                    f"frame payload of {length} bytes exceeds the limit of {self._max_payload}"
-                )
-            if flags & ~_ALL_FLAGS:
-                raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
-            total = FAST_HEADER_BYTES + length
-            if available < total:
-                self._frame_need = total - available  # grow to fit it in one go
-                return None
-            payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
-            self._start = start + total
-            self._frame_need = 0
-            return Frame(_TYPE_BY_VALUE[ftype], _FLAG_BY_VALUE[flags], stream_id, payload)
-        return self._next_generic_frame(start, end)
 
     def _next_generic_frame(self, start: int, end: int) -> Frame | None:
         # Most control frames are tiny: try a short prefix first so a burst of small frames
