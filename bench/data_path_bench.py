@@ -1,13 +1,14 @@
 """The Python and TLS work of one small HTTP exchange through both ends of a tcp proxy.
 
-No sockets and no event-loop wake-ups: a MuxSession pair joined by TLSLinks (tunneld's TLS)
-over in-memory transports, each end spliced to an in-memory local socket. One exchange is
-what wrk's keep-alive request does through the tunnel: the visitor's request read by the
-server end, framed, encrypted, decrypted, delivered to the client end's local socket; the
-response back the same way. The result is CPU time per exchange (process time, so other
-jobs on the machine stretch it less than wall time), the part of the tunnel's per-request
-cost that the code decides; the kernel's share (socket reads, writes and wake-ups) is not in
-it. A/B against another checkout by putting it first on PYTHONPATH:
+No sockets and no wake-ups: a MuxSession pair joined by TLSLinks (tunneld's TLS) over
+in-memory transports, each end spliced to an in-memory local socket, on uvloop as tunneld
+and tunnelc run (each end's transmit is the one its sends scheduled, run by the loop). One
+exchange is what wrk's keep-alive request does through the tunnel: the visitor's request
+read by the server end, framed, encrypted, decrypted, delivered to the client end's local
+socket; the response back the same way. The result is CPU time per exchange (process time,
+so other jobs on the machine stretch it less than wall time), the part of the tunnel's
+per-request cost that the code decides; the kernel's share (socket reads, writes and
+wake-ups) is not in it. A/B against another checkout by putting it first on PYTHONPATH:
 
     python bench/data_path_bench.py                       # this tree
     PYTHONPATH=/tmp/base python bench/data_path_bench.py  # another checkout (run alternately)
@@ -48,6 +49,7 @@ from protocol.aio.tlslink import TLSLink
 from protocol.messages import StreamHeader
 from protocol.mux import Role
 from tunnel_client.selfsigned import self_signed_context
+from tunnel_common import runner
 
 REQUEST: Final = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE: Final = (
@@ -165,31 +167,18 @@ class Tunnel:
         protocol.connection_made(transport)
         self.service.append((protocol, transport))
 
-    def exchange(self) -> None:
-        """One request to the service and its response back to the visitor."""
-        service_side, service = self.service[0]
-        self.visitor_side.data_received(REQUEST)
-        self.server.transmit()  # the transmit the send scheduled: one TLS record
-        deliver(self.server_raw, self.client_link)
-        if service.take() != [REQUEST]:
-            raise RuntimeError("the request did not reach the service")
-        service_side.data_received(RESPONSE)
-        self.client.transmit()
-        deliver(self.client_raw, self.server_link)
-        if self.visitor.take() != [RESPONSE]:
-            raise RuntimeError("the response did not reach the visitor")
-
-    def round(self) -> None:
-        """A request on every stream, one server transmit; the responses, one client transmit."""
+    async def round(self) -> None:
+        """A request on every stream, then the server end's transmit (the one the sends
+        scheduled, run by the event loop); the responses, then the client end's."""
         for visitor_side, _ in self.visitors:
             visitor_side.data_received(REQUEST)
-        self.server.transmit()
+        await asyncio.sleep(0)  # the loop runs the transmit the sends scheduled
         deliver(self.server_raw, self.client_link)
         for service_side, service in self.service:
             if service.take() != [REQUEST]:
                 raise RuntimeError("a request did not reach the service")
             service_side.data_received(RESPONSE)
-        self.client.transmit()
+        await asyncio.sleep(0)
         deliver(self.client_raw, self.server_link)
         for _, visitor in self.visitors:
             if visitor.take() != [RESPONSE]:
@@ -199,17 +188,16 @@ class Tunnel:
 async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     tunnel = Tunnel(loop, args.streams)
-    step = tunnel.exchange if args.streams == 1 else tunnel.round
+    step = tunnel.round
     rounds = max(1, args.exchanges // args.streams)
     exchanges = rounds * args.streams
     for _ in range(max(1, WARM_UP // args.streams)):
-        step()
-    await asyncio.sleep(0)  # run (and drop) the transmits the sends scheduled
+        await step()
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(rounds):
-            step()
+            await step()
         profile.disable()
         stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
         calls = sum(row[1] for row in stats.values())
@@ -224,9 +212,8 @@ async def run(args: argparse.Namespace) -> None:
     for _ in range(args.runs):
         started = time.process_time()
         for _ in range(rounds):
-            step()
+            await step()
         results.append((time.process_time() - started) / exchanges * 1e6)
-        await asyncio.sleep(0)
     shown = " ".join(f"{r:.1f}" for r in results)
     print(
         f"CPU us per exchange, both ends: median {statistics.median(results):.1f} "
@@ -248,7 +235,7 @@ def main() -> None:
         parser.error("--runs and --exchanges must be at least 1")
     if not 1 <= args.streams <= MAX_STREAMS:
         parser.error(f"--streams must be between 1 and {MAX_STREAMS}")
-    asyncio.run(run(args))
+    runner.run(run(args))  # uvloop, as tunneld and tunnelc run
 
 
 if __name__ == "__main__":

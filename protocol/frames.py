@@ -68,6 +68,10 @@ _FAST_TYPES: Final = frozenset({int(FrameType.DATA), int(FrameType.DATAGRAM)})
 _TYPE_BY_VALUE: Final[dict[int, FrameType]] = {int(t): t for t in FrameType}
 _FLAG_BY_VALUE: Final = tuple(Flag(i) for i in range(_ALL_FLAGS + 1))
 _new_tuple: Final = tuple.__new__
+# The buffer of a decoder that holds none (idle, or between shared reads): one empty
+# bytearray for all, never written (a decoder that needs room makes its own in _resize).
+_NO_BUFFER: Final = bytearray()
+_NO_VIEW: Final = memoryview(_NO_BUFFER)
 
 
 class Frame(NamedTuple):
@@ -145,8 +149,8 @@ class FrameDecoder:
         self._offered = 0  # the size of the last window get_buffer returned
         self._frame_need = 0  # bytes a partially received frame still needs
         self._last_read = 0
-        self._buf = bytearray()  # allocated by the first get_buffer, released when idle
-        self._view = memoryview(self._buf)
+        self._buf = _NO_BUFFER  # allocated by the first get_buffer, released when idle
+        self._view = _NO_VIEW
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
         self._shared_reads = shared_reads
@@ -200,8 +204,7 @@ class FrameDecoder:
             return
         self._on_scratch = False
         if self._start == self._end:
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
             self._start = self._end = 0
         else:
             self._resize(self._end - self._start + max(self._want_free, self._frame_need))
@@ -246,12 +249,13 @@ class FrameDecoder:
         self._start = self._end = 0
         self._frame_need = 0
         if self._on_scratch:
-            self.keep_unparsed()  # nothing left: back to no buffer of our own
+            # keep_unparsed, inline (once per read): nothing is left, so no buffer of our own
+            self._on_scratch = False
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
         elif self._last_read < self._start_free and self._buf:
             # Small traffic: an idle session holds no read buffer; the next read makes one.
             self._want_free = self._start_free
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
 
     # -- output ----------------------------------------------------------------------------
     def frames(self) -> Iterator[Frame]:
