@@ -172,7 +172,13 @@ class FrameDecoder:
         want = max(self._want_free, self._frame_need)
         if self._start == self._end and (self._on_scratch or not self._buf):
             if self._shared_reads and want <= READ_BUFFER_START_BYTES:
-                return self._scratch_window(want)
+                scratch = self._scratch or self._find_scratch()
+                self._buf, view = scratch
+                self._view = view
+                self._on_scratch = True
+                self._start = self._end = 0
+                self._offered = want
+                return view[:want]
         if self._on_scratch:
             self.keep_unparsed()
         if len(self._buf) - self._end < want:
@@ -183,20 +189,15 @@ class FrameDecoder:
         self._offered = len(view)
         return view
 
-    def _scratch_window(self, want: int) -> memoryview:
-        scratch = self._scratch
-        if scratch is None:  # this thread's, found once per decoder
-            scratch = getattr(_shared, "scratch", None)
-            if scratch is None:
-                buf = bytearray(READ_BUFFER_START_BYTES)
-                scratch = (buf, memoryview(buf))
-                _shared.scratch = scratch
-            self._scratch = scratch
-        self._buf, self._view = scratch
-        self._on_scratch = True
-        self._start = self._end = 0
-        self._offered = want
-        return self._view[:want]
+    def _find_scratch(self) -> tuple[bytearray, memoryview]:
+        """This thread's scratch buffer (made on first use), found once per decoder."""
+        scratch: tuple[bytearray, memoryview] | None = getattr(_shared, "scratch", None)
+        if scratch is None:
+            buf = bytearray(READ_BUFFER_START_BYTES)
+            scratch = (buf, memoryview(buf))
+            _shared.scratch = scratch
+        self._scratch = scratch
+        return scratch
 
     def keep_unparsed(self) -> None:
         """Move what a shared read left unparsed into our own buffer (see the class notes)."""

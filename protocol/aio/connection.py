@@ -469,8 +469,10 @@ class MuxSession(asyncio.BufferedProtocol):
         if transport is None:
             return  # not attached yet: the output waits in the mux for connection_made
         size = self.mux.pending_output_bytes
+        if not size:
+            return  # most transmits after a read have nothing to write (no frame is empty)
         chunks = self.mux.data_to_send()
-        if not chunks or transport.is_closing():
+        if transport.is_closing():
             return
         if len(chunks) == 1:
             transport.write(chunks[0])
