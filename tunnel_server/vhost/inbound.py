@@ -89,6 +89,9 @@ class InboundProtocol(asyncio.Protocol):
         # Bytes of a Content-Length body still to come (RequestReader keeps it): fed in one
         # piece, since a body span queues as one item whatever its size.
         self.body_bytes_left = 0
+        # The headers the vhost appends to this connection's raw request heads, made for one
+        # (route rules, Host) pair: http_proxy.prepare keeps and reuses them.
+        self.head_tail: tuple[object, bytes, bytes] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
