@@ -230,7 +230,9 @@ class HTTPVhostServer(VhostListener):
                 self._skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
-        route = self._router.lookup(host, path, basic_auth_user(head.authorization))
+        authorization = head.authorization
+        user = basic_auth_user(authorization) if authorization is not None else ""
+        route = self._router.lookup(host, path, user)
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:

@@ -207,7 +207,9 @@ class RequestReader:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grow(len(url))
+        self._head_size += len(url)
+        if self._head_size > self._max:
+            raise _HeadTooLarge
 
     def _grow(self, n: int) -> None:
         self._head_size += n
@@ -219,7 +221,9 @@ class RequestReader:
             self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
             self._trailers.append((name, value))
             return
-        self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
+        self._head_size += len(name) + len(value) + HEAD_OVERHEAD_BYTES
+        if self._head_size > self._max:
+            raise _HeadTooLarge
         self._headers.append((name, value))
         # Dispatch on length first: most headers need no lowercasing at all.
         n = len(name)
