@@ -9,6 +9,7 @@ answers a fixed keep-alive response.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -161,3 +162,131 @@ async def test_raw_head_duplicate_host_still_refused() -> None:
                     await writer.wait_closed()
                 assert answer.startswith(b"HTTP/1.1 400 ")
                 assert heads == [] and server.raw_heads == 0
+
+
+# --- the per-connection route cache (http_proxy.prepare) ------------------------------------
+
+
+class Conn:
+    """One keep-alive visitor connection: send a request, read its whole answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def ask(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await self.reader.readexactly(length)
+        return int(head.split(b" ", 2)[1]), body
+
+
+@asynccontextmanager
+async def visitor(port: int) -> AsyncIterator[Conn]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        yield Conn(reader, writer)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@asynccontextmanager
+async def named_backend(name: bytes) -> AsyncIterator[int]:
+    """A backend that answers every request with its name."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+            await writer.drain()
+
+    async with raw_backend(handle) as port:
+        yield port
+
+
+def get(path: bytes = b"/", host: bytes = b"a.test", extra: bytes = b"") -> bytes:
+    return b"GET %b HTTP/1.1\r\nHost: %b\r\n%b\r\n" % (path, host, extra)
+
+
+async def test_route_cache_follows_route_changes_on_one_connection() -> None:
+    """Each change of the router between two requests of one connection is seen by the next:
+    a replaced route, a longer location added, the route removed (404)."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with named_backend(b"A") as pa, named_backend(b"B") as pb:
+            async with vhost(route("a", pa, domains=["a.test"])) as (server, port):
+                router = server._router
+                async with visitor(port) as conn:
+                    assert await conn.ask(get(b"/x")) == (200, b"A")
+                    assert await conn.ask(get(b"/x")) == (200, b"A")
+                    router.add(route("a", pb, domains=["a.test"]))  # replaced: same key
+                    assert await conn.ask(get(b"/x")) == (200, b"B")
+                    router.add(route("x", pa, domains=["a.test"], locations=["/x"]))
+                    assert await conn.ask(get(b"/x")) == (200, b"A")
+                    assert await conn.ask(get(b"/y")) == (200, b"B")
+                    router.remove("client/x")
+                    router.remove("client/a")
+                    status, _ = await conn.ask(get(b"/x"))
+                    assert status == 404
+                assert server.raw_heads == 5
+
+
+async def test_route_cache_each_host_and_path_routed_on_its_own() -> None:
+    """Requests alternating hosts and locations on one connection reach their own routes."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with named_backend(b"A") as pa, named_backend(b"B") as pb:
+            routes = (
+                route("a", pa, domains=["a.test"]),
+                route("b", pb, domains=["b.test"]),
+                route("ab", pb, domains=["a.test"], locations=["/api"]),
+            )
+            async with vhost(*routes) as (_, port), visitor(port) as conn:
+                for path, host, want in [
+                    (b"/", b"a.test", b"A"),
+                    (b"/", b"b.test", b"B"),
+                    (b"/", b"a.test", b"A"),
+                    (b"/api/v", b"a.test", b"B"),
+                    (b"/", b"a.test", b"A"),
+                    (b"/", b"A.TEST", b"A"),
+                ]:
+                    assert await conn.ask(get(path, host)) == (200, want)
+                status, _ = await conn.ask(get(b"/", b"c.test"))
+                assert status == 404
+
+
+async def test_route_cache_not_used_for_route_by_http_user() -> None:
+    """With an Authorization header the route depends on the user: each request is looked
+    up, so one connection switching users reaches each user's route."""
+    alice = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
+    bob = b"Authorization: Basic " + base64.b64encode(b"bob:pw") + b"\r\n"
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with named_backend(b"A") as pa, named_backend(b"B") as pb:
+            routes = (
+                route("all", pa, domains=["a.test"]),
+                route("bob", pb, domains=["a.test"], route_by_http_user="bob"),
+            )
+            async with vhost(*routes) as (_, port), visitor(port) as conn:
+                assert await conn.ask(get()) == (200, b"A")
+                assert await conn.ask(get(extra=bob)) == (200, b"B")
+                assert await conn.ask(get(extra=alice)) == (200, b"A")
+                assert await conn.ask(get(extra=bob)) == (200, b"B")
+                assert await conn.ask(get()) == (200, b"A")
+
+
+async def test_route_cache_never_skips_the_duplicate_host_check() -> None:
+    """After requests that filled the cache, the same Host sent twice is still a 400."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        async with named_backend(b"A") as pa:
+            async with vhost(route("a", pa, domains=["a.test"])) as (_, port):
+                async with visitor(port) as conn:
+                    assert await conn.ask(get()) == (200, b"A")
+                    assert await conn.ask(get()) == (200, b"A")
+                    status, _ = await conn.ask(get(extra=b"Host: a.test\r\n"))
+                    assert status == 400

@@ -205,3 +205,31 @@ def test_raw_head_route_that_rewrites_is_not_raw_ok(options: dict[str, object]) 
     }
     kwargs.update(options)
     assert not raw_head_ok(compile_rules(**kwargs))  # type: ignore[arg-type]
+
+
+def test_router_find_says_which_answers_the_cache_may_keep() -> None:
+    """`find` marks exact-name answers (cacheable) apart from wildcard ones (they depend on
+    the shared claims), and every add or remove bumps `version`."""
+    from tunnel_server.vhost import HTTPRoute, VhostRouter, tcp_opener
+
+    def make(name: str, domains: list[str]) -> HTTPRoute:
+        return HTTPRoute(
+            proxy_key=f"c/{name}",
+            proxy_name=name,
+            opener=tcp_opener("127.0.0.1", 1),
+            domains=domains,
+        )
+
+    router = VhostRouter(None, 100)
+    before = router.version
+    exact, wild = make("e", ["a.test"]), make("w", ["*.w.test"])
+    router.add(exact)
+    router.add(wild)
+    assert router.version == before + 2
+    assert router.find("A.test:80", "/", "") == (exact, True)
+    assert router.find("x.w.test", "/", "") == (wild, False)
+    assert router.find("nowhere.test", "/", "") == (None, False)
+    router.remove("c/w")
+    assert router.version == before + 3
+    router.remove("c/unknown")  # nothing removed: nothing changed
+    assert router.version == before + 3

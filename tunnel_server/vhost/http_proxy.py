@@ -217,22 +217,49 @@ class HTTPVhostServer(VhostListener):
     def prepare(self, conn: InboundProtocol, head: RequestHead) -> Prepared | Outcome:
         """Check, route and authorize a request and build what goes to the app; an Outcome
         when it was answered here (an error page, a redirect, an ACME challenge)."""
-        try:
-            host_raw, target, path = check_request(head)
-        except BadRequestTarget as exc:
-            return self._reply_error(conn, head, exc.status, None, str(exc))
-        host = host_raw.decode("latin-1")
-        if head.switching and head.upgrade is None:
-            return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+        authorization = head.authorization
+        router = self._router
+        cached = conn.route_cache
+        if (
+            cached is not None
+            and head.raw is not None
+            and authorization is None
+            and head.host_count == 1
+            and cached[0] == router.version
+            and cached[2] == head.target
+            and cached[1] == head.host
+        ):
+            # The Host and target of a request this connection checked, and the exact-name
+            # table routed, unchanged since: check_request and the lookup would answer the same
+            # (a raw head has no framing, version or upgrade for them to refuse).
+            _, host_raw, _, host, path, found = cached
+            target = head.target
+            route: HTTPRoute | None = found
+        else:
+            try:
+                host_raw, target, path = check_request(head)
+            except BadRequestTarget as exc:
+                return self._reply_error(conn, head, exc.status, None, str(exc))
+            host = host_raw.decode("latin-1")
+            if head.switching and head.upgrade is None:
+                return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+            user = basic_auth_user(authorization) if authorization is not None else ""
+            route, exact = router.find(host, path, user)
+            if (
+                route is not None
+                and exact
+                and head.raw is not None
+                and authorization is None
+                and head.host_count == 1
+                and target is head.target
+            ):
+                conn.route_cache = (router.version, host_raw, target, host, path, route)
         if self._challenge_answer is not None:
             answer = self._challenge_answer(path)
             if answer is not None:
                 self._skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
-        authorization = head.authorization
-        user = basic_auth_user(authorization) if authorization is not None else ""
-        route = self._router.lookup(host, path, user)
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:
