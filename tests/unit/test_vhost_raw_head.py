@@ -180,6 +180,16 @@ def test_raw_head_split_across_reads_falls_back() -> None:
     assert [h.raw for h in heads] == [None, first]
 
 
+def test_raw_head_split_read_that_looks_like_a_whole_head_falls_back() -> None:
+    """A second read that continues a head but itself looks like a whole head (a request
+    line inside a header value, whitespace making up the length) is not taken for the head."""
+    first = b"GET /a HTTP/1.1\r\nX: "
+    second = b"GET /a HTTP/1.1\r\nHost: a.test\r\nY:" + b" " * 21 + b"1\r\n\r\n"
+    (head,) = _heads(first, second)
+    assert head.raw is None
+    assert head.headers[0] == (b"X", b"GET /a HTTP/1.1")
+
+
 def test_raw_head_duplicate_host_is_kept_but_counted() -> None:
     """Two Host headers: the count that makes check_request refuse it is still there."""
     (head,) = _heads(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")

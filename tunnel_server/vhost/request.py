@@ -130,7 +130,10 @@ class RequestReader:
         conn = self._conn
         self._progress = False
         self._data = data
-        self._raw_from = -1 if self._in_message else 0
+        if self._in_message:  # it began in an earlier read: its head is not all in `data`
+            self._raw_from = self._raw_start = -1
+        else:
+            self._raw_from = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
