@@ -180,6 +180,31 @@ def test_server_loads_x509_http2_yaml_zstandard_and_sqlite_only_when_used() -> N
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_server_loads_tempfile_and_html_entities_only_when_used() -> None:
+    """tunneld loads tempfile (with shutil, bz2 and lzma: 0.6 MiB) only to write a certificate
+    or answer a TLS-ALPN-01 challenge, and html (its entity tables: 0.5 MiB) with the first
+    vhost error page, which still escapes what the visitor sent."""
+    loaded = _loaded_by(
+        "tunnel_server.server, tunnel_server.certs, tunnel_server.acme.challenges, "
+        "tunnel_server.vhost.pages"
+    )
+    lazy = ("tempfile", "shutil", "bz2", "lzma", "html")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+    code = (
+        "import sys; from tunnel_server.vhost.pages import render_page; "
+        "body = render_page(404, '<b>&x</b>'); "
+        "print('&lt;b&gt;&amp;x&lt;/b&gt;' in body.decode(), 'html' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    ).stdout.split()
+    assert out == ["True", "True"]
+
+
 def test_server_config_loads_yaml_only_for_a_yaml_file(tmp_path: Path) -> None:
     """Loading a TOML config leaves yaml unloaded; a YAML config loads it and parses."""
     toml = tmp_path / "frps.toml"
