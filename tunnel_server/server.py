@@ -117,8 +117,7 @@ class TunnelServer:
         self.cert_fp = b""
         self.control_port = 0
         self._closing = False
-        self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
-        self._trim_first = 0.0  # when the first departure of the pending trim's wave left
+        self._trim = allocator.TrimTimer()  # malloc_trim after a wave of departures
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
@@ -337,9 +336,7 @@ class TunnelServer:
         if self._closing:
             return
         self._closing = True
-        if self._trim_handle is not None:
-            self._trim_handle.cancel()
-            self._trim_handle = None
+        self._trim.cancel()
         if self._control is not None:
             self._control.close()
         for vhost in self._vhosts():
@@ -430,22 +427,8 @@ class TunnelServer:
             del self.sessions[session.client_id]
             logger.info("tunneld: client %s disconnected", session.client_id)
         if not self._closing:
-            self._schedule_trim()
-
-    def _schedule_trim(self) -> None:
-        """Give departed sessions' memory back TRIM_INTERVAL_S after the last one of a wave
-        leaves (postponed by later departures, but never past TRIM_MAX_DELAY_S)."""
-        now = asyncio.get_running_loop().time()
-        if self._trim_handle is None:
-            self._trim_first = now
-        else:
-            self._trim_handle.cancel()
-        due = min(now + allocator.TRIM_INTERVAL_S, self._trim_first + allocator.TRIM_MAX_DELAY_S)
-        self._trim_handle = asyncio.get_running_loop().call_at(due, self._trim)
-
-    def _trim(self) -> None:
-        self._trim_handle = None
-        allocator.trim()
+            # Departed sessions' memory goes back TRIM_INTERVAL_S after the wave's last one.
+            self._trim.schedule()
 
     def proxy_owner(self, name: str) -> ServerSession | None:
         return self.proxies.owner(name)
