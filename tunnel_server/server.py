@@ -46,7 +46,6 @@ from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
 from .usermetrics import UserMetrics
-from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
 from .users.store import UserStore
@@ -56,7 +55,6 @@ from .vhost.http_proxy import HTTPVhostServer
 from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
 from .vhoststart import display_host, start_vhosts
-from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
 
@@ -72,6 +70,7 @@ if TYPE_CHECKING:
     from .edge.h2conn import H2Service
     from .edge.listener import EdgeListener
     from .edge.service import EdgeService
+    from .users.admin import SessionInfo
     from .vhost.https_sni import HTTPSVhostServer
     from .vhost.tcpmux import TCPMuxServer
 
@@ -249,6 +248,9 @@ class TunnelServer:
             raise TunnelError(str(exc)) from None
 
         def build() -> web.Application:
+            # The dashboard's view of the server (with the users admin) loads with the app.
+            from .users.admin import UsersAdmin
+            from .view import LiveServerView
             from .web.dashboard import build_dashboard_app
 
             live = LiveServerView(self)
@@ -281,6 +283,8 @@ class TunnelServer:
         )
 
     def _session_infos(self) -> list[SessionInfo]:
+        from .users.admin import SessionInfo
+
         return [
             SessionInfo(s.user, s.client_id, s.address, tuple(s.proxies))
             for s in self.sessions.values()

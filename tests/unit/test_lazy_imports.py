@@ -159,10 +159,13 @@ def test_server_loads_oidc_and_acme_libraries_only_when_used() -> None:
 
 def test_server_loads_the_dashboard_and_aiohttp_only_when_it_starts() -> None:
     """tunneld imports aiohttp's server, the dashboard and prometheus_client (the /metrics
-    collectors) only when webServer starts or is scraped: a server without webServer never
-    loads them (about 18 MiB of RSS)."""
+    collectors, the dashboard's view of the server and its users admin) only when webServer
+    starts or is scraped: a server without webServer never loads them (about 18 MiB of RSS)."""
     loaded = _loaded_by("tunnel_server.server")
-    lazy = ("aiohttp", "prometheus_client", "tunnel_server.web.dashboard", "tunnel_server.metrics")
+    lazy = (
+        *("aiohttp", "prometheus_client", "tunnel_server.web.dashboard", "tunnel_server.metrics"),
+        *("tunnel_server.view", "tunnel_server.web.view", "tunnel_server.users.admin"),
+    )
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
