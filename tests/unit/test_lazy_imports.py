@@ -208,6 +208,15 @@ def test_server_loads_tempfile_and_html_entities_only_when_used() -> None:
     assert out == ["True", "True"]
 
 
+@pytest.mark.parametrize("module", ["tunnel_server.config", "tunnel_client.config"])
+def test_config_loads_legacy_ini_and_template_helpers_only_when_used(module: str) -> None:
+    """A config loader loads the INI converter with tomli_w (a legacy INI file; `convert`)
+    and shlex (a template's {{ range }}) only when the file needs them."""
+    loaded = _loaded_by(f"{module}, tunnel_common.configfile, tunnel_common.configtemplate")
+    lazy = ("tunnel_common.configlegacy", "tomli_w", "shlex")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
 def test_server_config_loads_yaml_only_for_a_yaml_file(tmp_path: Path) -> None:
     """Loading a TOML config leaves yaml unloaded; a YAML config loads it and parses."""
     toml = tmp_path / "frps.toml"
