@@ -146,8 +146,12 @@ class TunnelClient:
         self.health = HealthMonitor(self._on_health)
         # Proxies refused as held by a possibly stale session, asked for again with backoff.
         self._held = HeldRetries(self._ask_again)
-        # malloc_trim after a disconnect (a wave of streams ended with the session).
-        self._trim = allocator.TrimTimer()
+        # malloc_trim once a wave of streams has passed (none open, none new since the last
+        # look) and after a disconnect: a burst's buffers and the heap's free top (up to the
+        # allocator's 4 MiB trim threshold) go back before the next burst adds its own.
+        self._trim = allocator.TrimTimer(quiet=self._quiet)
+        self._streams_seen = 0  # streams the server has opened, ever
+        self._streams_at_look = 0  # _streams_seen when _quiet last looked
         self._set_proxies(config.proxies)
         self.visitors = VisitorSet(config.visitors, config.user)
 
@@ -675,7 +679,16 @@ class TunnelClient:
                 return url.replace(marker, f"://{host}:")
         return url
 
+    def _quiet(self) -> bool:
+        """No stream open, and none opened since the last look: the load has passed."""
+        seen, self._streams_at_look = self._streams_at_look, self._streams_seen
+        session = self.session
+        return seen == self._streams_seen and (session is None or session.stream_count() == 0)
+
     def _on_stream(self, stream: MuxStream) -> None:
+        self._streams_seen += 1
+        if not self._trim.pending:
+            self._trim.schedule()
         session = stream.session
         if stream.visitor is not None:
             stream.abort(ErrorCode.REFUSED, "a client does not take visitor streams")

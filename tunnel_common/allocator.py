@@ -35,6 +35,7 @@ import functools
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from typing import Final
 
 logger = logging.getLogger(__name__)
@@ -93,15 +94,26 @@ def trim() -> bool:
 
 class TrimTimer:
     """Calls `trim()` `interval_s` after the last event of a wave (postponed by later events,
-    but never past `max_delay_s` after the wave's first)."""
+    but never past `max_delay_s` after the wave's first).
 
-    __slots__ = ("_first", "_handle", "_interval_s", "_max_delay_s", "trimmed", "trims")
+    With `quiet`, the trim waits for quiet too: when it is due and `quiet()` is false (work
+    is still going on), it looks again every `interval_s`. A trim under load would hand back
+    pages the next burst faults in again, and its full collection would pause the loop."""
+
+    __slots__ = (
+        *("_first", "_handle", "_interval_s", "_max_delay_s", "_quiet"),
+        *("trimmed", "trims"),
+    )
 
     def __init__(
-        self, interval_s: float = TRIM_INTERVAL_S, max_delay_s: float = TRIM_MAX_DELAY_S
+        self,
+        interval_s: float = TRIM_INTERVAL_S,
+        max_delay_s: float = TRIM_MAX_DELAY_S,
+        quiet: Callable[[], bool] | None = None,
     ) -> None:
         self._interval_s = interval_s
         self._max_delay_s = max_delay_s
+        self._quiet = quiet
         self._handle: asyncio.TimerHandle | None = None  # the pending trim
         self._first = 0.0  # loop time of the pending wave's first event
         self.trims = 0  # how many times it has trimmed
@@ -128,6 +140,9 @@ class TrimTimer:
         return self._handle is not None
 
     def _fire(self) -> None:
+        if self._quiet is not None and not self._quiet():
+            self._handle = asyncio.get_running_loop().call_later(self._interval_s, self._fire)
+            return
         self._handle = None
         self.trims += 1
         trim()
