@@ -142,6 +142,14 @@ def test_client_loads_the_capture_parser_with_the_first_http_stream() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_client_loads_visitors_and_hole_punching_only_when_configured() -> None:
+    """A client without [[visitors]] and without an xtcp proxy never loads the visitors or
+    the hole punching (tunnel_client/punch.py)."""
+    loaded = _loaded_by("tunnel_client.client, tunnel_client.proxies, tunnel_client.visitorset")
+    lazy = ("tunnel_client.visitors", "tunnel_client.xtcpvisitor", "tunnel_client.punch")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
 def test_inspector_app_loads_cryptography_only_to_decrypt() -> None:
     """The inspector's app loads cryptography only to decrypt a WeChat message (about 9 MiB):
     opening the page does not."""
