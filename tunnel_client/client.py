@@ -105,6 +105,7 @@ class TunnelClient:
         config_path: Path | None = None,
         *,
         exit_if_all_refused: bool = False,
+        trim_memory: bool = False,
     ) -> None:
         self.config = config
         # A one-liner has nothing to do once the server refused every proxy: exit 1 then.
@@ -146,10 +147,12 @@ class TunnelClient:
         self.health = HealthMonitor(self._on_health)
         # Proxies refused as held by a possibly stale session, asked for again with backoff.
         self._held = HeldRetries(self._ask_again)
-        # malloc_trim once a wave of streams has passed (none open, none new since the last
-        # look) and after a disconnect: a burst's buffers and the heap's free top (up to the
-        # allocator's 4 MiB trim threshold) go back before the next burst adds its own.
-        self._trim = allocator.TrimTimer(quiet=self._quiet)
+        # `trim_memory` (tunnelc: one client per process): malloc_trim after each login, once
+        # a wave of streams has passed (none open, none new since the last look) and after a
+        # disconnect, so a burst's buffers and the heap's free top (up to the allocator's 4 MiB
+        # trim threshold) go back before the next burst adds its own. Off for clients sharing
+        # a process (tests, benches): each trim is a full collection of the whole process.
+        self.trim_timer = allocator.TrimTimer(quiet=self._quiet) if trim_memory else None
         self._streams_seen = 0  # streams the server has opened, ever
         self._streams_at_look = 0  # _streams_seen when _quiet last looked
         self._set_proxies(config.proxies)
@@ -419,7 +422,8 @@ class TunnelClient:
                     pass  # time to try again
             return self.exit_code
         finally:
-            self._trim.cancel()
+            if self.trim_timer is not None:
+                self.trim_timer.cancel()
             if self._drainer is not None:
                 await self._drainer  # bounded by DRAIN_TIMEOUT_S
             self.health.close()
@@ -583,9 +587,10 @@ class TunnelClient:
         going_away: list[str] = []
         session.on_go_away = lambda code, reason: going_away.append(reason)
         self.flows.clear()
-        # What the login left (its 16 MiB scrypt, the config, the imports) goes back before
-        # the proxies start: about 0.6 MiB of free heap pages.
-        allocator.trim()
+        if self.trim_timer is not None:
+            # What the login left (its 16 MiB scrypt, the config, the imports) goes back
+            # before the proxies start: about 0.6 MiB of free heap pages.
+            self.trim_timer.trim_now()
         for name in self.proxies:
             self._register(session, name)
         try:
@@ -617,8 +622,8 @@ class TunnelClient:
             self._notify_status()
             for ended in self.proxies.values():
                 ended.session_ended()
-            if not self.stopping:
-                self._trim.schedule()
+            if self.trim_timer is not None and not self.stopping:
+                self.trim_timer.schedule()
         if not self.stopping:
             reason = going_away[0] if going_away else session.close_reason
             logger.warning("tunnelc: disconnected from the server: %s", reason)
@@ -687,8 +692,9 @@ class TunnelClient:
 
     def _on_stream(self, stream: MuxStream) -> None:
         self._streams_seen += 1
-        if not self._trim.pending:
-            self._trim.schedule()
+        trim = self.trim_timer
+        if trim is not None and not trim.pending:
+            trim.schedule()
         session = stream.session
         if stream.visitor is not None:
             stream.abort(ErrorCode.REFUSED, "a client does not take visitor streams")

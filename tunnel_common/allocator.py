@@ -139,6 +139,13 @@ class TrimTimer:
     def pending(self) -> bool:
         return self._handle is not None
 
+    def trim_now(self) -> None:
+        """Trim at once (dropping a pending trim): after a one-off like the login."""
+        self.cancel()
+        self.trims += 1
+        trim()
+        self.trimmed.set()
+
     def _fire(self) -> None:
         if self._quiet is not None and not self._quiet():
             self._handle = asyncio.get_running_loop().call_later(self._interval_s, self._fire)
