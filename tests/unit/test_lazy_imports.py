@@ -150,6 +150,33 @@ def test_client_loads_visitors_and_hole_punching_only_when_configured() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_client_binds_and_dials_an_address_without_the_idna_codec() -> None:
+    """Binding the inspector on an address and dialing a pinned server by its address never
+    import the idna codec (stringprep and unicodedata, 0.4 MiB); a name, an internationalized
+    name and a CA-verified address still get what the handshake needs."""
+    code = (
+        "import ssl, sys; from tunnel_common.listen import ascii_host, listen_sockets; "
+        "from tunnel_common.fingerprint import pinning_client_context; "
+        "from tunnel_client.trust import handshake_hostname as hostname; "
+        "[s.close() for s in listen_sockets('127.0.0.1', 0)]; "
+        "pinned = pinning_client_context(); ca = ssl.create_default_context(); "
+        "names = [hostname(pinned, '127.0.0.1'), hostname(pinned, '::1'), "
+        "hostname(pinned, 'tunnel.example'), hostname(ca, '127.0.0.1')]; "
+        "hosts = [ascii_host(''), ascii_host('127.0.0.1'), ascii_host('bücher.example')]; "
+        "print(repr(('encodings.idna' in sys.modules, names, hosts)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    ).stdout.strip()
+    names = ["", "", "tunnel.example", "127.0.0.1"]
+    hosts = [None, b"127.0.0.1", "bücher.example"]
+    assert out == repr((False, names, hosts))
+
+
 def test_inspector_app_loads_cryptography_only_to_decrypt() -> None:
     """The inspector's app loads cryptography only to decrypt a WeChat message (about 9 MiB):
     opening the page does not."""
