@@ -42,10 +42,13 @@ def proc_stat(pid: int) -> tuple[float, int]:
     (/proc/PID/task/*/schedstat), not /proc/PID/stat's 10 ms ticks, which at 1,000
     connections resolve only 10 us per connection."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = sum(
-        int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        for tid in os.listdir(f"/proc/{pid}/task")
-    ) / 1e9
+    cpu = (
+        sum(
+            int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            for tid in os.listdir(f"/proc/{pid}/task")
+        )
+        / 1e9
+    )
     return cpu, int(fields[7])
 
 

@@ -144,6 +144,8 @@ class _Dial:
             waited._asyncio_future_blocking = False
             self._waiter = waited
             waited.add_done_callback(self.step)
+            if self._timed_out:  # the deadline passed between two waits
+                waited.cancel()
         elif waited is None:  # a bare yield: run again on the next iteration
             self._owner.loop.call_soon(self.step)
         else:
@@ -152,10 +154,11 @@ class _Dial:
             self._end(RuntimeError(f"create_connection waited on {waited!r}, not a future"))
 
     def expire(self, timeout_s: float) -> None:
-        """The deadline passed: cancel what the dial waits on; its next step ends it."""
-        waiter = self._waiter
-        if waiter is not None and waiter.cancel():
-            self._timed_out = True
+        """The deadline passed: cancel what the dial waits on (or, between two waits, the
+        next thing it waits on); the step after that ends it."""
+        self._timed_out = True
+        if self._waiter is not None:
+            self._waiter.cancel()
 
     def cancel(self) -> None:
         """End the dial now (its owner is closing): close the coroutine and reset the stream."""
