@@ -441,7 +441,7 @@ class MuxStream(SpliceSide, AsyncSide):
                 self._sink.write_eof()
             else:
                 sockopts.graceful_close(self._sink)  # a real end of data
-        # With our direction ended too, the core's StreamClosed follows in this batch and
+        # With our direction ended too, the core's StreamClosed follows (same frame) and
         # closed_cleanly() closes the socket with FIN: no shutdown() just before the close.
         self._wake_rx()
 
