@@ -436,11 +436,13 @@ class MuxStream(SpliceSide, AsyncSide):
         self._rx_eof = True
         if self._sink is not None and self._codec is not None and self._codec.frames:
             self._codec.eof_pending = True  # after the compressed frames still waiting
-        elif self._sink is not None and not self._sink.is_closing():
+        elif self._sink is not None and not self._sink.is_closing() and not self._tx_ended:
             if self._sink.can_write_eof():
                 self._sink.write_eof()
             else:
                 sockopts.graceful_close(self._sink)  # a real end of data
+        # With our direction ended too, the core's StreamClosed follows (same frame) and
+        # closed_cleanly() closes the socket with FIN: no shutdown() just before the close.
         self._wake_rx()
 
     def window_opened(self) -> None:
