@@ -66,7 +66,11 @@ class SpliceSide:
         held to leave with the socket's first bytes: one TLS record and one wake-up of the
         peer fewer per connection. An opener that has sent nothing may be waiting for the
         ACK (tunneld's stcp owner stream does), and a visitor stream's opener waits for it:
-        those get it at once."""
+        those get it at once. A stream that ended while its socket was being dialed (the
+        visitor reset it, the session closed) resets the socket: nothing would ever close it."""
+        if self._closed_done:
+            sockopts.reset(transport)
+            return
         if not self.opened_locally and not self._accepted_done:
             hold = self.bytes_in > 0 and self.visitor is None
             self.session.accept_stream(cast("MuxStream", self), hold_ack=hold)
