@@ -12,8 +12,8 @@ proxy arms one timer per timeout rather than one per connection.
 Semantics are those of `splice.dial_and_splice`: on success the socket's protocol attaches
 the stream when it connects (which accepts it); on a refusal, any other OSError or the
 deadline, the stream is reset with DIAL_FAILED and a one-line reason. `LocalDials.close()`
-ends every dial in flight at once (the coroutine is closed, which closes its half-made
-transport) and resets its stream.
+resets the stream of every dial in flight at once and cancels its connect (the coroutine's
+next step closes its half-made transport).
 
 Bound: one entry per dial in flight, and each dial belongs to an open stream, so the table is
 bounded by the session's stream limit (`max_streams`).
@@ -82,6 +82,7 @@ class _Dial:
     """One `create_connection` coroutine, stepped from its futures' done callbacks."""
 
     __slots__ = (
+        "_cancelled",
         "_coro",
         "_done",
         "_owner",
@@ -112,6 +113,7 @@ class _Dial:
         self._done = done
         self._waiter: asyncio.Future[Any] | None = None
         self._timed_out = False
+        self._cancelled = False  # close() ended it: the steps left only wind the connect down
 
     def step(self, _: object = None) -> None:
         """Run the coroutine to its next wait (or its end), as Task.__step does."""
@@ -127,7 +129,7 @@ class _Dial:
         except asyncio.CancelledError:
             # Only the deadline cancels the waiter (expire); the loop's connect raises
             # OSError for everything else.
-            if not self._timed_out:
+            if not self._timed_out and not self._cancelled:
                 logger.warning("stream %d: dial cancelled from outside", self.stream.stream_id)
             self._end(TimeoutError())
             return
@@ -144,7 +146,7 @@ class _Dial:
             waited._asyncio_future_blocking = False
             self._waiter = waited
             waited.add_done_callback(self.step)
-            if self._timed_out:  # the deadline passed between two waits
+            if self._timed_out or self._cancelled:  # the end came between two waits
                 waited.cancel()
         elif waited is None:  # a bare yield: run again on the next iteration
             self._owner.loop.call_soon(self.step)
@@ -161,18 +163,24 @@ class _Dial:
             self._waiter.cancel()
 
     def cancel(self) -> None:
-        """End the dial now (its owner is closing): close the coroutine and reset the stream."""
-        coro, self._coro = self._coro, None
-        if coro is None:
+        """End the dial now (its owner is closing): reset its stream at once and cancel what
+        the connect waits on, as a Task's cancel would. The step that cancel schedules throws
+        CancelledError into the coroutine, which closes its half-made socket; that step runs
+        after the loop's own callback on the same future, which takes the socket out of the
+        selector first (closing the coroutine here instead left asyncio's selector watching
+        a closed descriptor, and the next socket given that number failed with ENOENT)."""
+        if self._coro is None or self._cancelled:
             return
-        if self._waiter is not None:
-            self._waiter.remove_done_callback(self.step)
-        coro.close()  # GeneratorExit at its await: the loop closes the half-made transport
+        self._cancelled = True
         self.stream.abort(ErrorCode.CANCELLED, "the proxy closed")
+        if self._waiter is not None:
+            self._waiter.cancel()  # no-op if done: its step is scheduled and sees _cancelled
 
     def _end(self, exc: BaseException | None) -> None:
         self._coro = None
         self._owner._ended(self)
+        if self._cancelled:
+            return  # close() reset the stream; a closed owner hears of no end
         stream = self.stream
         if exc is None:
             self._done(stream, not stream.is_closed)  # attach() accepted it on connect

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Final
 
 import pytest
 
@@ -14,10 +15,12 @@ from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.errors import ErrorCode
 from protocol.settings import MuxSettings
-from tests.support.echo import LOOPBACK
+from tests.support.echo import LOOPBACK, tcp_echo_server
 
-from .test_local_dial import HEADER, LONG_DIAL_TIMEOUT_S, LOOPS, run_on
+from .test_local_dial import HEADER, LONG_DIAL_TIMEOUT_S, LOOPS, run_on, silent_listener
 from .test_session_lifecycle import mux_pair
+
+FD_REUSE_DIALS: Final = 8  # connections opened after close(), to take the freed descriptors
 
 
 def dial_each(
@@ -73,5 +76,36 @@ def test_local_dial_reset_while_dialing_resets_the_late_connection(loop_name: st
                     assert dialed is dialing and not connected
                     assert len(dials) == 0
                     dials.close()
+
+    run_on(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_local_dial_close_leaves_no_watch_on_a_closed_socket(loop_name: str) -> None:
+    """close() with dials in flight: their sockets close and leave the loop, so new
+    connections that get the same descriptors work, and no dial reports an end."""
+
+    async def scenario() -> None:
+        with silent_listener() as port:
+            async with tcp_echo_server() as echo, mux_pair(MuxSettings()) as (client, server):
+                dials, offered, ended = dial_each(server, port)
+                streams = [client.open_stream(HEADER) for _ in range(3)]
+                for _ in streams:
+                    await offered.get()
+                await asyncio.sleep(0)  # each dial's socket is made and waits on its SYN
+                dials.close()
+                assert len(dials) == 0
+                for stream in streams:
+                    await stream.wait_closed()
+                    assert stream.reset_code == ErrorCode.CANCELLED
+                for i in range(FD_REUSE_DIALS):
+                    reader, writer = await asyncio.open_connection(LOOPBACK, echo.port)
+                    try:
+                        writer.write(b"ping %d" % i)
+                        assert await reader.readexactly(len(b"ping %d" % i)) == b"ping %d" % i
+                    finally:
+                        writer.close()
+                        await writer.wait_closed()
+                assert ended.empty()  # close() is not a dial's end
 
     run_on(loop_name, scenario)
