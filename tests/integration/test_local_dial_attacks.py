@@ -47,10 +47,14 @@ def dial_each(
     return dials, offered, ended
 
 
+@pytest.mark.parametrize("ending", ["visitor-reset", "session-closed"])
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_local_dial_reset_while_dialing_resets_the_late_connection(loop_name: str) -> None:
-    """A stream the visitor resets while its dial hangs: when the service finally accepts,
-    the late connection is reset (not spliced, not leaked) and the dial ends unconnected."""
+def test_local_dial_reset_while_dialing_resets_the_late_connection(
+    loop_name: str, ending: str
+) -> None:
+    """A stream that ends while its dial hangs (the visitor resets it, or the session
+    closes): when the service finally accepts, the late connection is reset (not spliced,
+    not leaked) and the dial ends unconnected."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -64,7 +68,10 @@ def test_local_dial_reset_while_dialing_resets_the_late_connection(loop_name: st
                     dials, offered, ended = dial_each(server, port)
                     stream = client.open_stream(HEADER)
                     dialing = await offered.get()
-                    stream.abort(ErrorCode.CANCELLED, "the visitor left")
+                    if ending == "visitor-reset":
+                        stream.abort(ErrorCode.CANCELLED, "the visitor left")
+                    else:
+                        server.close()
                     await dialing.wait_closed()
                     filler, _ = await loop.sock_accept(listener)
                     filler.close()  # the queue has room: the dial's next SYN gets in
