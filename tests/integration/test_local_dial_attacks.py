@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Final
 
 import pytest
@@ -14,6 +16,7 @@ from protocol.aio.localdial import LocalDials
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.errors import ErrorCode
+from protocol.mux import Role
 from protocol.settings import MuxSettings
 from tests.support.echo import LOOPBACK, tcp_echo_server
 
@@ -114,5 +117,66 @@ def test_local_dial_close_leaves_no_watch_on_a_closed_socket(loop_name: str) -> 
                         writer.close()
                         await writer.wait_closed()
                 assert ended.empty()  # close() is not a dial's end
+
+    run_on(loop_name, scenario)
+
+
+SERVER_MAX_STREAMS: Final = 64  # the dialing side's stream limit
+OPENED_STREAMS: Final = 1000  # streams the opener asks for at once, far past that limit
+
+
+@asynccontextmanager
+async def lopsided_pair() -> AsyncIterator[tuple[MuxSession, MuxSession]]:
+    """A client allowed many streams and a server that takes SERVER_MAX_STREAMS, over
+    loopback TCP."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[MuxSession] = loop.create_future()
+
+    def server_side() -> MuxSession:
+        session = MuxSession(Role.SERVER, MuxSettings(max_streams=SERVER_MAX_STREAMS))
+        if not accepted.done():
+            accepted.set_result(session)
+        return session
+
+    listener = await loop.create_server(server_side, LOOPBACK, 0)
+    client: MuxSession | None = None
+    try:
+        _, client = await loop.create_connection(
+            lambda: MuxSession(Role.CLIENT, MuxSettings(max_streams=2 * OPENED_STREAMS)),
+            LOOPBACK,
+            listener.sockets[0].getsockname()[1],
+        )
+        yield client, await accepted
+    finally:
+        if client is not None:
+            client.close()
+        if accepted.done():
+            accepted.result().close()
+        listener.close()
+        await listener.wait_closed()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_local_dial_table_bounded_by_max_streams(loop_name: str) -> None:
+    """A thousand streams opened at once toward a service that never answers: the dialing
+    side refuses those past its max_streams, so at most that many dials are in flight; close()
+    ends them all and leaves nothing behind."""
+
+    async def scenario() -> None:
+        with silent_listener() as port:
+            async with lopsided_pair() as (client, server):
+                dials, offered, _ = dial_each(server, port)
+                streams = [client.open_stream(HEADER) for _ in range(OPENED_STREAMS)]
+                refused = streams[SERVER_MAX_STREAMS:]
+                for stream in refused:
+                    await stream.wait_closed()
+                    assert stream.reset_code == ErrorCode.REFUSED
+                assert offered.qsize() == SERVER_MAX_STREAMS
+                assert len(dials) == SERVER_MAX_STREAMS
+                dials.close()
+                for stream in streams[:SERVER_MAX_STREAMS]:
+                    await stream.wait_closed()
+                    assert stream.reset_code == ErrorCode.CANCELLED
+                assert server.stream_count() == 0
 
     run_on(loop_name, scenario)
