@@ -1,0 +1,52 @@
+"""Attacks on the vhost's fast paths (raw request heads, the per-connection route cache):
+each sequence of reads goes through the real RequestReader and `prepare` on a connection that
+keeps its caches and on one that rebuilds every head and looks every route up afresh, and the
+app must get the same request from both (tests/support/vhostdiff.py parses them with h11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.support.vhostdiff import Pair, compare, make_route, server_for
+from tunnel_server.vhost import HTTPVhostServer
+from tunnel_server.vhost.exchange import Outcome
+
+
+def _run(server: HTTPVhostServer, *reads: bytes, between: Callable[[], None] | None = None) -> Pair:
+    pair = Pair(server)
+    for data in reads:
+        pair.feed(data, between)
+    compare(pair)
+    return pair
+
+
+def _a_server() -> HTTPVhostServer:
+    return server_for(make_route("a", domains=["a.test"]))
+
+
+def test_route_cache_asterisk_target_checked_for_each_method() -> None:
+    """`OPTIONS *` fills no cache entry that lets `GET *` past check_request: it is a 400."""
+    options = b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    get = b"GET * HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    pair = _run(_a_server(), options, get)
+    assert [step.outcome for step in pair.fast_steps] == [None, Outcome.CLOSE]
+    assert pair.fast_steps[1].answer.startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_raw_head_pipelined_plain_after_unusual_and_back(split: bool) -> None:
+    """Pipelined heads in one read (or one per read): plain, then one with the vhost's own
+    headers, then plain again; each gets the vhost's block, never the visitor's."""
+    plain = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    spoof = (
+        b"GET /x HTTP/1.1\r\nHost: a.test\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    )
+    reads = [plain, spoof, plain, spoof] if split else [plain + spoof + plain + spoof]
+    pair = _run(_a_server(), *reads)
+    raws = [step.head.raw is not None for step in pair.fast_steps]
+    assert raws == [True, False, True, False] if split else [True, False, False, False]
+    for step in pair.fast_steps:
+        assert b"X-Real-IP: 6.6.6.6" not in step.first_write
