@@ -50,3 +50,37 @@ def test_raw_head_pipelined_plain_after_unusual_and_back(split: bool) -> None:
     assert raws == [True, False, True, False] if split else [True, False, False, False]
     for step in pair.fast_steps:
         assert b"X-Real-IP: 6.6.6.6" not in step.first_write
+
+
+def test_raw_head_block_rebuilt_when_host_spelling_changes() -> None:
+    """Raw heads on one connection with Host spellings that route alike: each request's
+    appended block names its own Host (the rebuild's), not the one cached before."""
+    hosts = [b"a.test", b"A.TEST.", b"a.test:8080", b"a.test"]
+    reads = [b"GET / HTTP/1.1\r\nHost: %b\r\n\r\n" % host for host in hosts]
+    pair = _run(_a_server(), *reads)
+    assert [step.head.raw is not None for step in pair.fast_steps] == [True] * len(hosts)
+
+
+def test_route_cache_dropped_by_router_changes() -> None:
+    """A cached route is not used once the router changed: a route replaced with basic auth
+    (401), removed (404), re-added, and shadowed by a longer location."""
+    server = _a_server()
+    router = server._router
+    changes = iter(
+        [
+            lambda: None,
+            lambda: None,
+            lambda: router.add(
+                make_route("a", domains=["a.test"], http_user="u", http_password="p")
+            ),
+            lambda: router.remove("client/a"),
+            lambda: router.add(make_route("a", domains=["a.test"])),
+            lambda: router.add(make_route("x", domains=["a.test"], locations=["/x"])),
+        ]
+    )
+    request = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    pair = _run(server, *[request] * 6, between=lambda: next(changes)())
+    routes = [
+        step.route.proxy_name if step.route else step.answer[9:12] for step in pair.fast_steps
+    ]
+    assert routes == ["a", "a", b"401", b"404", "a", "x"]
