@@ -168,3 +168,38 @@ async def test_fastpath_pipelined_spoofing_heads_in_one_write() -> None:
         assert header(head, b"forwarded") == [b'for="%b";host="a.test";proto=http' % ip]
         want = b"6.6.6.7, " + ip if sent is chain else ip
         assert header(head, b"x-forwarded-for") == [want]
+
+
+async def test_fastpath_heads_split_anywhere_reach_the_app_whole() -> None:
+    """Pipelined heads written one byte at a time, then cut at each head's end and inside
+    the next: however the reads fall, each head reaches the app once, with its own target,
+    the visitor's headers and exactly the vhost's block."""
+    heads_sent = [get(b"/%d" % i, extra=b"Accept: */*\r\n") for i in range(3)]
+    data = b"".join(heads_sent)
+    ends = [len(b"".join(heads_sent[: i + 1])) for i in range(len(heads_sent))]
+    cuts_by_way = [list(range(1, len(data))), [ends[0], ends[0] + 5, ends[1] - 1, ends[1]]]
+    async with asyncio.timeout(TEST_TIMEOUT_S), recording_backend() as (backend, heads):
+        async with vhost(route("a", backend, domains=["a.test"])) as (_, port):
+            for cuts in cuts_by_way:
+                heads.clear()
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
+                try:
+                    start = 0
+                    for cut in [*cuts, len(data)]:
+                        writer.write(data[start:cut])
+                        await writer.drain()
+                        start = cut
+                    for _ in heads_sent:
+                        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                        await reader.readexactly(2)
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+                ip = LOOPBACK.encode()
+                for i, head in enumerate(heads):
+                    assert head.startswith(b"GET /%d HTTP/1.1\r\n" % i)
+                    assert header(head, b"accept") == [b"*/*"]
+                    assert header(head, b"host") == [b"a.test"]
+                    assert header(head, b"x-forwarded-for") == [ip]
+                    assert header(head, b"x-real-ip") == [ip]
+                assert len(heads) == len(heads_sent)
