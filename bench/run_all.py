@@ -428,7 +428,8 @@ ROWS: Final = (
     "HTTP vhost tunneld CPU us/req", "HTTP vhost tunnelc CPU us/req",
     "HTTP vhost tunneld faults/req", "HTTP vhost tunnelc faults/req",
     "conn/s", "UDP MB/s", "UDP CPU us/datagram", "UDP ping p99 ms (flood)", "UDP ping lost (flood)",
-    "UDP ping p99 ms (quiet)", "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
+    "tunneld CPU % (flood)", "tunnelc CPU % (flood)", "UDP ping p99 ms (quiet)",
+    "peak RSS MiB", "tunneld peak RSS MiB", "tunnelc peak RSS MiB",
     "tunneld RSS under load MiB", "tunnelc RSS under load MiB",
     "tunneld idle RSS MiB", "tunnelc idle RSS MiB",
 )  # fmt: skip

@@ -7,7 +7,11 @@ import contextlib
 import socket
 from typing import Final
 
-from tunnel_server.proxies.udp import READ_BATCH_DATAGRAMS, UDPProxy
+from tunnel_server.proxies.udp import (
+    PAUSED_RECEIVE_BUFFER_BYTES,
+    READ_BATCH_DATAGRAMS,
+    UDPProxy,
+)
 from tunnel_server.server import TunnelServer
 from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, QUANTUM_BYTES, TUNNEL_BACKLOG_BYTES
 
@@ -294,6 +298,9 @@ async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
             assert scheduler.queue.queue_length(1) == FLOW_QUEUE_DATAGRAMS
             # Read and dropped: at most the one batch that found the queue full.
             assert 0 < scheduler.queue.dropped <= READ_BATCH_DATAGRAMS
+            # While paused the kernel keeps little of the excess (it doubles what is asked).
+            assert proxy.reading_paused
+            assert proxy.receive_buffer_bytes() <= 2 * PAUSED_RECEIVE_BUFFER_BYTES
             quiet.send(b"ping")  # another proxy's socket is read as before
             await wait_until(lambda: len(scheduler.queue) == 2, "the ping to be queued")
             scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES  # the tunnel drains again
@@ -303,6 +310,8 @@ async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
                 lambda: sum(d.startswith(b"flood") for d in echo.received) > FLOW_QUEUE_DATAGRAMS,
                 "the rest of the flood",
             )
+            await wait_until(lambda: not proxy.reading_paused, "reading to resume")
+            assert proxy.receive_buffer_bytes() > 2 * PAUSED_RECEIVE_BUFFER_BYTES  # for bursts
         # Within the flood's first turn (a quantum of bytes, several small datagrams).
         first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
         assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]

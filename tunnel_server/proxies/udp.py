@@ -15,11 +15,12 @@ event), not by a datagram transport, so that reading can stop: when a datagram i
 because its flow's queue is full and every flow of this proxy has a full queue, the proxy
 stops reading until the fair queue has drained one of them to half (FairQueue.on_room), or
 READ_PAUSE_MAX_S at most. Until then a flood's excess is dropped by the kernel (its receive
-buffer full) instead of being read by tunneld only to be dropped: under an `iperf3 -u -b 0`
-flood that was about half of what tunneld read, and the CPU it cost delayed every other
-flow's datagrams and the tunnel itself (docs/performance.md, "Reading only what can go").
-A proxy with one flow that is not full never pauses, so a quiet flow sharing a socket with a
-flood is read as before; a new peer's first datagram waits in the kernel while it is paused.
+buffer, shrunk to PAUSED_RECEIVE_BUFFER_BYTES while paused, is full) instead of being read by
+tunneld only to be dropped: under an `iperf3 -u -b 0` flood that was about half of what
+tunneld read, and the CPU it cost delayed every other flow's datagrams and the tunnel itself
+(docs/performance.md, "Reading only what can go"). A proxy with a flow whose queue is not
+full never pauses, so a quiet flow sharing a socket with a flood is read as before; a new
+peer's first datagram waits in the kernel, behind at most that small buffer, while paused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ READ_BATCH_DATAGRAMS: Final = 32
 # Reading paused because every flow's queue is full resumes after this long at the latest,
 # even if no queue drained (a safety net: FairQueue.on_room resumes it first).
 READ_PAUSE_MAX_S: Final = 0.05
+# The kernel receive buffer asked for while reading is paused (the kernel doubles it): what
+# arrives beyond it is dropped by the kernel. Small, so that the datagrams waiting there when
+# reading resumes (a flood's own, and a new peer's first) are at most a few ms old, and large
+# enough to refill half a flow's queue (FLOW_QUEUE_DATAGRAMS / 2 full-size datagrams).
+PAUSED_RECEIVE_BUFFER_BYTES: Final = 64 * 1024
 
 
 def set_receive_buffer(sock: Any, nbytes: int) -> None:
@@ -177,6 +183,17 @@ class UDPProxy:
         if self._refused and self._all_flows_full():
             self._pause()
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused is not None
+
+    def receive_buffer_bytes(self) -> int:
+        """The public socket's kernel receive buffer now (as the kernel reports it, doubled)."""
+        if self._sock is None:
+            return 0
+        size: int = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return size
+
     def _all_flows_full(self) -> bool:
         scheduler = self.ctx.udp_out
         if scheduler is None or not self._by_id:
@@ -192,6 +209,7 @@ class UDPProxy:
         if not any(scheduler.queue.on_room(flow_id, self._resume) for flow_id in self._by_id):
             return
         loop.remove_reader(sock.fileno())
+        set_receive_buffer(sock, PAUSED_RECEIVE_BUFFER_BYTES)
         self._paused = loop.call_later(READ_PAUSE_MAX_S, self._resume)
         self.read_pauses += 1
 
@@ -201,6 +219,7 @@ class UDPProxy:
         self._paused.cancel()
         self._paused = None
         if self._sock is not None and self._loop is not None:
+            set_receive_buffer(self._sock, UDP_RECEIVE_BUFFER_BYTES)  # for bursts again
             self._loop.add_reader(self._sock.fileno(), self._readable)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
