@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import Final
 
 from tunnel_server.proxies.udp import (
@@ -345,6 +346,36 @@ async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
         assert proxy.read_pauses == 0
         first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
         assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]
+
+
+IDLE_WINDOW_S: Final = 0.2  # the proxy's active-flow window in the test below
+
+
+async def test_udp_proxy_flow_silent_past_the_window_does_not_keep_a_flood_read(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """A flow silent for longer than the active window (a finished transfer) does not stop the
+    proxy from pausing its reading under a new flow's flood."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, _ = udp_echo
+        client = await clients.run(server, udp_proxy("dns", echo_port))
+        public = port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        proxy = udp_proxy_of(server, "dns")
+        proxy.active_window_s = IDLE_WINDOW_S
+        async with udp_socket(public) as earlier, udp_socket(public) as flooder:
+            earlier.send(b"hello")
+            assert await earlier.recv(5.0) == b"hello"
+            heard = time.monotonic()
+            await wait_until(lambda: time.monotonic() - heard > IDLE_WINDOW_S, "the window")
+            scheduler.backlog_limit = 0
+            for i in range(PILED_FLOOD_DATAGRAMS):
+                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            await wait_until(lambda: proxy.read_pauses == 1, "the proxy to stop reading")
+            assert 0 < scheduler.queue.dropped <= READ_BATCH_DATAGRAMS
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES
+            await wait_until(lambda: not proxy.reading_paused, "reading to resume")
 
 
 def udp_port_is_free(port: int) -> bool:

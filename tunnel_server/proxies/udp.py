@@ -12,15 +12,17 @@ Flows idle for `udpFlowIdleTimeout` are expired by a sweep.
 
 The public socket is read here (`loop.add_reader`, at most READ_BATCH_DATAGRAMS per readable
 event), not by a datagram transport, so that reading can stop: when a datagram is refused
-because its flow's queue is full and every flow of this proxy has a full queue, the proxy
+because its flow's queue is full and every flow of this proxy heard from within
+ACTIVE_FLOW_WINDOW_S has a full queue, the proxy
 stops reading until the fair queue has drained one of them to half (FairQueue.on_room), or
 READ_PAUSE_MAX_S at most. Until then a flood's excess is dropped by the kernel (its receive
 buffer, shrunk to PAUSED_RECEIVE_BUFFER_BYTES while paused, is full) instead of being read by
 tunneld only to be dropped: under an `iperf3 -u -b 0` flood that was about half of what
 tunneld read, and the CPU it cost delayed every other flow's datagrams and the tunnel itself
-(docs/performance.md, "Reading only what can go"). A proxy with a flow whose queue is not
-full never pauses, so a quiet flow sharing a socket with a flood is read as before; a new
-peer's first datagram waits in the kernel, behind at most that small buffer, while paused.
+(docs/performance.md, "Reading only what can go"). A proxy with a recent flow whose queue is
+not full never pauses, so a quiet flow sharing a socket with a flood is read as before; a new
+peer's first datagram (or that of a flow silent for longer than the window) waits in the
+kernel, behind at most that small buffer, while paused.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ READ_PAUSE_MAX_S: Final = 0.05
 # reading resumes (a flood's own, and a new peer's first) are at most a few ms old, and large
 # enough to refill half a flow's queue (FLOW_QUEUE_DATAGRAMS / 2 full-size datagrams).
 PAUSED_RECEIVE_BUFFER_BYTES: Final = 64 * 1024
+# A flow heard from within this long shares the socket for the pause rule: while one of them
+# has room in its queue, reading goes on. An older flow (a finished transfer waiting for its
+# idle timeout) does not keep a flood's excess being read.
+ACTIVE_FLOW_WINDOW_S: Final = 1.0
 
 
 def set_receive_buffer(sock: Any, nbytes: int) -> None:
@@ -117,6 +123,7 @@ class UDPProxy:
         self._paused: asyncio.TimerHandle | None = None  # reading paused; the resume timer
         self._refused = False  # a datagram of this read batch was refused: its queue is full
         self.read_pauses = 0  # times reading paused, for tests and status
+        self.active_window_s = ACTIVE_FLOW_WINDOW_S
         self._by_addr: dict[tuple[str | object, ...], _Flow] = {}  # as the loop reports it
         self._by_id: dict[int, _Flow] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -195,11 +202,14 @@ class UDPProxy:
         return size
 
     def _all_flows_full(self) -> bool:
+        """Every flow heard from within `active_window_s` has a full queue."""
         scheduler = self.ctx.udp_out
         if scheduler is None or not self._by_id:
             return False
         queue = scheduler.queue
-        return all(queue.is_full(flow_id) for flow_id in self._by_id)
+        since = time.monotonic() - self.active_window_s
+        recent = (flow for flow in self._by_id.values() if flow.last_active >= since)
+        return all(queue.is_full(flow.flow_id) for flow in recent)
 
     def _pause(self) -> None:
         """Stop reading until a full queue drains to half (or READ_PAUSE_MAX_S)."""
