@@ -37,9 +37,18 @@ WRK_SLACK_S: Final = 30.0  # wrk's own run plus start-up, on a loaded machine
 
 
 def proc_stat(pid: int) -> tuple[float, int]:
-    """(user + system CPU seconds, minor faults) of a live process (Linux /proc)."""
+    """(CPU seconds, minor faults) of a live process (Linux /proc). The CPU time is the
+    scheduler's nanosecond count of time on a CPU, summed over the process's threads
+    (/proc/PID/task/*/schedstat), not /proc/PID/stat's 10 ms ticks, which at 1,000
+    connections resolve only 10 us per connection."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = (
+        sum(
+            int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            for tid in os.listdir(f"/proc/{pid}/task")
+        )
+        / 1e9
+    )
     return cpu, int(fields[7])
 
 

@@ -4,8 +4,9 @@ On a 2-core machine shared with other jobs, times per request move by 2x from ru
 the number of Python calls the loop makes per operation does not. Both ends of one mux
 session run in this process's loop (plain TCP on 127.0.0.1, uvloop), the way tunneld and
 tunnelc run them: a public listener whose connections open streams (SpliceProtocol), and a
-client end that dials an echo service for each stream (dial_and_splice). The visitor and the
-echo service are blocking threads, which cProfile (enabled for the loop's thread) leaves out.
+client end that dials an echo service for each stream (LocalDials, as tunnelc's tcp proxy).
+The visitor and the echo service are blocking threads, which cProfile (enabled for the
+loop's thread) leaves out.
 
     python -m bench.stream_calls_bench     # from the root of the checkout to measure
 
@@ -25,7 +26,8 @@ from typing import Any, Final
 import uvloop
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import SpliceProtocol, dial_and_splice
+from protocol.aio.localdial import LocalDials
+from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.messages import StreamHeader
 from protocol.mux import Role
@@ -89,12 +91,12 @@ async def main() -> None:
     control = await loop.create_server(server_session, "127.0.0.1", 0)
     client = MuxSession(Role.CLIENT)
     await loop.create_connection(lambda: client, "127.0.0.1", control.sockets[0].getsockname()[1])
-    dials: set[asyncio.Task[bool]] = set()
+    dials = LocalDials(loop)
 
     def on_stream(stream: MuxStream) -> None:
-        task = loop.create_task(dial_and_splice(client, stream, "127.0.0.1", echo_port, 10.0))
-        dials.add(task)
-        task.add_done_callback(dials.discard)
+        dials.start(
+            stream, "127.0.0.1", echo_port, 10.0, lambda: SpliceProtocol(stream), lambda s, ok: None
+        )
 
     client.on_stream = on_stream
     async with asyncio.timeout(SOCKET_TIMEOUT_S):
@@ -127,6 +129,7 @@ async def main() -> None:
             )  # fmt: skip
             print(f"{name}: {calls / count:.0f} Python calls in the loop (both ends)")
     finally:
+        dials.close()
         public.close()
         control.close()
         client.close()

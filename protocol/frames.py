@@ -67,6 +67,11 @@ _FAST_TYPES: Final = frozenset({int(FrameType.DATA), int(FrameType.DATAGRAM)})
 # fast path would otherwise do twice per DATA/DATAGRAM frame.
 _TYPE_BY_VALUE: Final[dict[int, FrameType]] = {int(t): t for t in FrameType}
 _FLAG_BY_VALUE: Final = tuple(Flag(i) for i in range(_ALL_FLAGS + 1))
+_new_tuple: Final = tuple.__new__
+# The buffer of a decoder that holds none (idle, or between shared reads): one empty
+# bytearray for all, never written (a decoder that needs room makes its own in _resize).
+_NO_BUFFER: Final = bytearray()
+_NO_VIEW: Final = memoryview(_NO_BUFFER)
 
 
 class Frame(NamedTuple):
@@ -144,8 +149,8 @@ class FrameDecoder:
         self._offered = 0  # the size of the last window get_buffer returned
         self._frame_need = 0  # bytes a partially received frame still needs
         self._last_read = 0
-        self._buf = bytearray()  # allocated by the first get_buffer, released when idle
-        self._view = memoryview(self._buf)
+        self._buf = _NO_BUFFER  # allocated by the first get_buffer, released when idle
+        self._view = _NO_VIEW
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
         self._shared_reads = shared_reads
@@ -167,7 +172,13 @@ class FrameDecoder:
         want = max(self._want_free, self._frame_need)
         if self._start == self._end and (self._on_scratch or not self._buf):
             if self._shared_reads and want <= READ_BUFFER_START_BYTES:
-                return self._scratch_window(want)
+                scratch = self._scratch or self._find_scratch()
+                self._buf, view = scratch
+                self._view = view
+                self._on_scratch = True
+                self._start = self._end = 0
+                self._offered = want
+                return view[:want]
         if self._on_scratch:
             self.keep_unparsed()
         if len(self._buf) - self._end < want:
@@ -178,20 +189,15 @@ class FrameDecoder:
         self._offered = len(view)
         return view
 
-    def _scratch_window(self, want: int) -> memoryview:
-        scratch = self._scratch
-        if scratch is None:  # this thread's, found once per decoder
-            scratch = getattr(_shared, "scratch", None)
-            if scratch is None:
-                buf = bytearray(READ_BUFFER_START_BYTES)
-                scratch = (buf, memoryview(buf))
-                _shared.scratch = scratch
-            self._scratch = scratch
-        self._buf, self._view = scratch
-        self._on_scratch = True
-        self._start = self._end = 0
-        self._offered = want
-        return self._view[:want]
+    def _find_scratch(self) -> tuple[bytearray, memoryview]:
+        """This thread's scratch buffer (made on first use), found once per decoder."""
+        scratch: tuple[bytearray, memoryview] | None = getattr(_shared, "scratch", None)
+        if scratch is None:
+            buf = bytearray(READ_BUFFER_START_BYTES)
+            scratch = (buf, memoryview(buf))
+            _shared.scratch = scratch
+        self._scratch = scratch
+        return scratch
 
     def keep_unparsed(self) -> None:
         """Move what a shared read left unparsed into our own buffer (see the class notes)."""
@@ -199,8 +205,7 @@ class FrameDecoder:
             return
         self._on_scratch = False
         if self._start == self._end:
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
             self._start = self._end = 0
         else:
             self._resize(self._end - self._start + max(self._want_free, self._frame_need))
@@ -245,53 +250,56 @@ class FrameDecoder:
         self._start = self._end = 0
         self._frame_need = 0
         if self._on_scratch:
-            self.keep_unparsed()  # nothing left: back to no buffer of our own
+            # keep_unparsed, inline (once per read): nothing is left, so no buffer of our own
+            self._on_scratch = False
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
         elif self._last_read < self._start_free and self._buf:
             # Small traffic: an idle session holds no read buffer; the next read makes one.
             self._want_free = self._start_free
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
 
     # -- output ----------------------------------------------------------------------------
     def frames(self) -> Iterator[Frame]:
-        """Yield every complete frame in the buffer."""
+        """Yield every complete frame in the buffer. A DATA or DATAGRAM frame in the canonical
+        encoding is parsed here, in the generator itself (no call per frame); any other goes
+        through msgpack (`_next_generic_frame`)."""
         while True:
-            frame = self._next_frame()
+            start, end = self._start, self._end
+            available = end - start
+            if available == 0:
+                self._drained()
+                return
+            buf = self._buf
+            if (
+                available >= FAST_HEADER_BYTES
+                and buf[start] == _FIXARRAY4
+                and buf[start + 1] in _FAST_TYPES
+                and buf[start + 3] == _UINT32
+                and buf[start + 8] == _BIN32
+            ):
+                _, ftype, flags, _, stream_id, _, length = _FAST_HEADER.unpack_from(buf, start)
+                if length > self._max_payload:
+                    raise RemoteProtocolError(
+                        f"frame payload of {length} bytes exceeds the limit of {self._max_payload}"
+                    )
+                if flags & ~_ALL_FLAGS:
+                    raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
+                total = FAST_HEADER_BYTES + length
+                if available < total:
+                    self._frame_need = total - available  # grow to fit it in one go
+                    return
+                payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
+                self._start = start + total
+                self._frame_need = 0
+                # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call more.
+                yield _new_tuple(
+                    Frame, (_TYPE_BY_VALUE[ftype], _FLAG_BY_VALUE[flags], stream_id, payload)
+                )
+                continue
+            frame = self._next_generic_frame(start, end)
             if frame is None:
-                if self._start == self._end:
-                    self._drained()
                 return
             yield frame
-
-    def _next_frame(self) -> Frame | None:
-        start, end = self._start, self._end
-        available = end - start
-        if available == 0:
-            return None
-        buf = self._buf
-        if (
-            available >= FAST_HEADER_BYTES
-            and buf[start] == _FIXARRAY4
-            and buf[start + 1] in _FAST_TYPES
-            and buf[start + 3] == _UINT32
-            and buf[start + 8] == _BIN32
-        ):
-            _, ftype, flags, _, stream_id, _, length = _FAST_HEADER.unpack_from(buf, start)
-            if length > self._max_payload:
-                raise RemoteProtocolError(
-                    f"frame payload of {length} bytes exceeds the limit of {self._max_payload}"
-                )
-            if flags & ~_ALL_FLAGS:
-                raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
-            total = FAST_HEADER_BYTES + length
-            if available < total:
-                self._frame_need = total - available  # grow to fit it in one go
-                return None
-            payload = bytes(self._view[start + FAST_HEADER_BYTES : start + total])
-            self._start = start + total
-            self._frame_need = 0
-            return Frame(_TYPE_BY_VALUE[ftype], _FLAG_BY_VALUE[flags], stream_id, payload)
-        return self._next_generic_frame(start, end)
 
     def _next_generic_frame(self, start: int, end: int) -> Frame | None:
         # Most control frames are tiny: try a short prefix first so a burst of small frames

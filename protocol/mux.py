@@ -31,6 +31,7 @@ when it is above `datagram_high_water_bytes`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import Enum
 from typing import Final
 
@@ -76,6 +77,7 @@ _ACK: Final = int(Flag.ACK)
 _FIN: Final = int(Flag.FIN)
 _RST: Final = int(Flag.RST)
 _DATA: Final = FrameType.DATA
+_new_tuple: Final = tuple.__new__
 # The states where SEND_DATA / RECV_DATA leave the state as it is (see protocol/stream.py's
 # table): the per-frame hot path checks membership instead of looking the transition up.
 _SENDING_STATES: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
@@ -122,7 +124,9 @@ class MuxConnection:
         self._unfed = memoryview(b"")  # receive_data's input not yet copied to the decoder
         self._unfed_later: list[bytes] = []  # input given while the queue was full (rare)
         self._out: list[bytes] = []
-        self._out_bytes = 0
+        # Bytes in the output list (read-only outside this class): a plain attribute, not a
+        # property, since the adapter reads it after every command.
+        self.pending_output_bytes = 0
         self._terminated = False
         self._local_going_away = False
         self._remote_going_away = False
@@ -152,10 +156,6 @@ class MuxConnection:
     @property
     def stream_count(self) -> int:
         return len(self._streams)
-
-    @property
-    def pending_output_bytes(self) -> int:
-        return self._out_bytes
 
     @property
     def pending_events(self) -> int:
@@ -264,9 +264,33 @@ class MuxConnection:
         self._event_pos = pos + 1
         return events[pos]
 
+    def drain_events(self) -> Sequence[Event]:
+        """Every queued event, oldest first; the queue is empty after it (the batch form of
+        `next_event`, one call per batch instead of one per event; the two mix). As with
+        `next_event`, the call that finds the queue empty after input paused on it parses
+        the frames that waited. Events that commands add while the caller handles a batch
+        come with the next call."""
+        events = self._events
+        pos = self._event_pos
+        if pos >= len(events):
+            if pos:
+                events.clear()
+                self._event_pos = 0
+            if not self._input_paused:
+                return ()
+            self._input_paused = False  # the queue drained: parse the frames that waited
+            self._process_frames()
+            self._feed_unfed()
+            if not events:
+                return ()
+            pos = 0
+        self._events = []
+        self._event_pos = 0
+        return events[pos:] if pos else events
+
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
-        self._out_bytes = 0
+        self.pending_output_bytes = 0
         return out
 
     # -- commands ---------------------------------------------------------------------------
@@ -333,9 +357,13 @@ class MuxConnection:
         """Send as much of `data` as the window allows; return the number of bytes taken.
 
         With `end`, FIN goes with the last byte, but only if every byte was taken."""
-        rec = self._require(stream_id)
+        rec = self._streams.get(stream_id)
+        if rec is None or self._terminated:
+            rec = self._require(stream_id)  # raises the right error
         total = len(data)
-        n = min(total, rec.send_window)
+        n = rec.send_window
+        if total < n:
+            n = total
         finish = end and n == total
         if n == 0 and not finish:
             if not rec.can_send:
@@ -348,8 +376,10 @@ class MuxConnection:
         rec.send_window -= n
         step = self.settings.max_frame_payload_bytes
         if n == total <= step and not finish:
-            # The common case (one read, one frame): no view, no slicing.
-            self._write(encode_fast(FrameType.DATA, Flag.NONE, stream_id, data))
+            # The common case (one read, one frame): no view, no slicing, `_write` inline.
+            frame = encode_fast(_DATA, 0, stream_id, data)
+            self._out.append(frame)
+            self.pending_output_bytes += len(frame)
             return n
         view = memoryview(data)
         pos = 0
@@ -421,7 +451,7 @@ class MuxConnection:
         datagram window is full (protocol/dgramwindow.py)."""
         if self._terminated:
             return False
-        frame = self._datagram_path.frame(flow_id, data, self._out_bytes)
+        frame = self._datagram_path.frame(flow_id, data, self.pending_output_bytes)
         if frame is None:
             return False
         self._write(frame)
@@ -433,7 +463,7 @@ class MuxConnection:
         peer has not said it unpacks (`datagrams.peer_unpacks`: send them one by one)."""
         if self._terminated:
             return False
-        frame = self._datagram_path.packed_frame(flow_id, datagrams, self._out_bytes)
+        frame = self._datagram_path.packed_frame(flow_id, datagrams, self.pending_output_bytes)
         if frame is None:
             return False
         self._write(frame)
@@ -475,7 +505,7 @@ class MuxConnection:
     # -- internals: sending -------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
         self._out.append(data)
-        self._out_bytes += len(data)
+        self.pending_output_bytes += len(data)
 
     def _check_usable(self) -> None:
         if self._terminated:
@@ -622,17 +652,25 @@ class MuxConnection:
         self._events.append(StreamReset(rec.stream_id, info.code, info.reason))
 
     def _on_data(self, frame: Frame) -> None:
-        rec = self._lookup(frame.stream_id)
+        stream_id = frame.stream_id
+        rec = self._streams.get(stream_id)
         if rec is None:
-            return
+            rec = self._lookup(stream_id)
+            if rec is None:
+                return
         if rec.handshake is Handshake.SYN_SENT:
-            raise RemoteProtocolError(f"DATA on stream {rec.stream_id} before its ACK")
+            raise RemoteProtocolError(f"DATA on stream {stream_id} before its ACK")
         payload: bytes = frame.payload
         if payload:
             if rec.state not in _RECEIVING_STATES:
                 rec.apply(StreamEvent.RECV_DATA)  # raises the right error (else: no change)
-            rec.receive(len(payload))
-            self._events.append(DataReceived(rec.stream_id, payload))
+            size = len(payload)
+            if size > rec.recv_credit:
+                rec.receive(size)  # raises FLOW_CONTROL_ERROR
+            rec.recv_credit -= size  # rec.receive, inline: once per DATA frame
+            rec.unconsumed += size
+            # tuple.__new__ straight: a NamedTuple's own __new__ is one Python call more.
+            self._events.append(_new_tuple(DataReceived, (stream_id, payload)))
             if rec.handshake is Handshake.ACK_OWED and rec.recv_credit < _HELD_ACK_MIN_CREDIT_BYTES:
                 self._send_ack(rec)  # the opener's initial window runs low (docs 3.2)
         if int(frame.flags) & _FIN:

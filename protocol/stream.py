@@ -147,10 +147,19 @@ class StreamRecord:
     def consume(self, nbytes: int, target_window: int | None = None) -> int:
         """The application consumed `nbytes`; return the credit to grant now (0 = not yet).
         `target_window`, if given, is this stream's current share of the session's window."""
+        # consume_held and owed_credit in one call: this runs once per DATA frame delivered.
         if target_window is not None:
             self.target_window = target_window
-        self.consume_held(nbytes)
-        return self.owed_credit()
+        if nbytes > self.unconsumed:
+            self.consume_held(nbytes)  # raises
+        unconsumed = self.unconsumed - nbytes
+        self.unconsumed = unconsumed
+        target = self.target_window
+        owed = target - self.recv_credit - unconsumed
+        if owed >= target // 2:
+            self.recv_credit += owed
+            return owed
+        return 0
 
     def consume_held(self, nbytes: int) -> None:
         """The application consumed `nbytes`, and no credit is granted now (while an ACK is

@@ -162,7 +162,7 @@ async def _run(
     from .client import TunnelClient
 
     loop = asyncio.get_running_loop()
-    client = TunnelClient(config, config_path, exit_if_all_refused=oneliner)
+    client = TunnelClient(config, config_path, exit_if_all_refused=oneliner, trim_memory=True)
     shown: asyncio.Task[None] | None = None
     if panel:
         from rich.console import Console  # rich loads only for the panel

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import TYPE_CHECKING
 
 from protocol.aio.connection import MuxSession
 from protocol.proxytype import ProxyType
 
 from .visitorconfig import VisitorConfig
-from .visitors import STCPVisitor, SUDPVisitor, Visitor
-from .xtcpvisitor import XTCPVisitor
 
-VISITOR_KINDS: Final[dict[str, type[Visitor]]] = {
-    ProxyType.STCP: STCPVisitor,
-    ProxyType.SUDP: SUDPVisitor,
-    ProxyType.XTCP: XTCPVisitor,
-}
+# The visitors and the hole punching (about 0.2 MiB) load only for a config with visitors.
+if TYPE_CHECKING:
+    from .visitors import Visitor
+
+
+def visitor_kinds() -> dict[str, type[Visitor]]:
+    """The visitor class of each visitor type."""
+    from .visitors import STCPVisitor, SUDPVisitor
+    from .xtcpvisitor import XTCPVisitor
+
+    return {ProxyType.STCP: STCPVisitor, ProxyType.SUDP: SUDPVisitor, ProxyType.XTCP: XTCPVisitor}
 
 
 class VisitorSet:
     """All visitors of one client; the client hands them each new session."""
 
     def __init__(self, configs: tuple[VisitorConfig, ...], user: str) -> None:
-        self.visitors = [VISITOR_KINDS[c.type](c, user) for c in configs]
+        self.visitors: list[Visitor] = []
+        if not configs:
+            return
+        from .xtcpvisitor import XTCPVisitor
+
+        kinds = visitor_kinds()
+        self.visitors = [kinds[c.type](c, user) for c in configs]
         by_name = {v.config.name: v for v in self.visitors}
         for visitor in self.visitors:
             # fallbackTo names an stcp visitor of this file (checked when the config loads).
@@ -35,6 +45,10 @@ class VisitorSet:
             await visitor.start()
 
     def attach(self, session: MuxSession | None) -> None:
+        if not self.visitors:
+            return
+        from .xtcpvisitor import XTCPVisitor
+
         for visitor in self.visitors:
             if isinstance(visitor, XTCPVisitor):
                 visitor.attach_session(session)

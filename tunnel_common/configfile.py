@@ -31,7 +31,6 @@ from tunnel_common.configformats import (
     parse_ini,
     parse_structured,
 )
-from tunnel_common.configlegacy import convert_ini
 from tunnel_common.configspecs import (
     Bool,
     BoolMap,
@@ -278,6 +277,8 @@ def parse_document(
     kind = detect_format(source, text)
     if kind != INI:
         return Document(parse_structured(text, source, kind), kind, tuple(notes))
+    from tunnel_common.configlegacy import convert_ini  # with tomli_w: legacy INI files only
+
     converted = convert_ini(parse_ini(text, source), side, source)
     notes.extend(f"{source}: {note}" for note in converted.notes)
     return Document(converted.data, kind, tuple(notes), converted.origins)

@@ -18,8 +18,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-import tomli_w
-
 from protocol.errors import ConfigError
 from tunnel_common.configformats import IniDocument, IniEntry, IniSection
 from tunnel_common.configspecs import join_key
@@ -430,6 +428,8 @@ def _toml_key(path: tuple[str, ...]) -> str:
 
 
 def _toml_value(value: object) -> str:
+    import tomli_w  # only `convert` writes TOML
+
     return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
 
 

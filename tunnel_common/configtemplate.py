@@ -18,7 +18,6 @@ range are bounded (`MAX_RANGE_ITEMS`) so a typo cannot expand into millions of p
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -138,6 +137,8 @@ class _Parser:
         return root
 
     def _range(self, match: re.Match[str], line: int) -> _Node:
+        import shlex  # only a {{ range }} splits arguments
+
         try:
             args = tuple(shlex.split(match.group(4)))
         except ValueError as exc:

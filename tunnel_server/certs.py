@@ -22,7 +22,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -336,6 +335,8 @@ def _generate(state_dir: Path, cert_path: Path, key_path: Path) -> str:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Write `data` to `path` with permissions `mode`, never exposing a partial file."""
+    import tempfile  # with shutil, bz2 and lzma (0.6 MiB): only a fresh stateDir writes
+
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as file:

@@ -46,7 +46,6 @@ from .proxies.base import ProxyContext
 from .session import ServerSession
 from .stats import ServerStats
 from .usermetrics import UserMetrics
-from .users.admin import SessionInfo, UsersAdmin
 from .users.directory import UserDirectory
 from .users.model import UserError
 from .users.store import UserStore
@@ -56,7 +55,6 @@ from .vhost.http_proxy import HTTPVhostServer
 from .vhost.listener import VhostListener
 from .vhost.routing import VhostRouter
 from .vhoststart import display_host, start_vhosts
-from .view import LiveServerView
 from .visitorgate import VisitorGate
 from .visitors import Visitors
 
@@ -72,6 +70,7 @@ if TYPE_CHECKING:
     from .edge.h2conn import H2Service
     from .edge.listener import EdgeListener
     from .edge.service import EdgeService
+    from .users.admin import SessionInfo
     from .vhost.https_sni import HTTPSVhostServer
     from .vhost.tcpmux import TCPMuxServer
 
@@ -117,8 +116,7 @@ class TunnelServer:
         self.cert_fp = b""
         self.control_port = 0
         self._closing = False
-        self._trim_handle: asyncio.TimerHandle | None = None  # a pending malloc_trim
-        self._trim_first = 0.0  # when the first departure of the pending trim's wave left
+        self._trim = allocator.TrimTimer()  # malloc_trim after a wave of departures
         self.departures = Departures(config.departed_metrics_ttl)
         # name -> proxy, owner session, status and counters: the one home of proxies.
         self.proxies = ProxyManager(self.stats, self.departures)
@@ -250,6 +248,9 @@ class TunnelServer:
             raise TunnelError(str(exc)) from None
 
         def build() -> web.Application:
+            # The dashboard's view of the server (with the users admin) loads with the app.
+            from .users.admin import UsersAdmin
+            from .view import LiveServerView
             from .web.dashboard import build_dashboard_app
 
             live = LiveServerView(self)
@@ -282,6 +283,8 @@ class TunnelServer:
         )
 
     def _session_infos(self) -> list[SessionInfo]:
+        from .users.admin import SessionInfo
+
         return [
             SessionInfo(s.user, s.client_id, s.address, tuple(s.proxies))
             for s in self.sessions.values()
@@ -337,9 +340,7 @@ class TunnelServer:
         if self._closing:
             return
         self._closing = True
-        if self._trim_handle is not None:
-            self._trim_handle.cancel()
-            self._trim_handle = None
+        self._trim.cancel()
         if self._control is not None:
             self._control.close()
         for vhost in self._vhosts():
@@ -430,22 +431,8 @@ class TunnelServer:
             del self.sessions[session.client_id]
             logger.info("tunneld: client %s disconnected", session.client_id)
         if not self._closing:
-            self._schedule_trim()
-
-    def _schedule_trim(self) -> None:
-        """Give departed sessions' memory back TRIM_INTERVAL_S after the last one of a wave
-        leaves (postponed by later departures, but never past TRIM_MAX_DELAY_S)."""
-        now = asyncio.get_running_loop().time()
-        if self._trim_handle is None:
-            self._trim_first = now
-        else:
-            self._trim_handle.cancel()
-        due = min(now + allocator.TRIM_INTERVAL_S, self._trim_first + allocator.TRIM_MAX_DELAY_S)
-        self._trim_handle = asyncio.get_running_loop().call_at(due, self._trim)
-
-    def _trim(self) -> None:
-        self._trim_handle = None
-        allocator.trim()
+            # Departed sessions' memory goes back TRIM_INTERVAL_S after the wave's last one.
+            self._trim.schedule()
 
     def proxy_owner(self, name: str) -> ServerSession | None:
         return self.proxies.owner(name)

@@ -35,6 +35,7 @@ from ..events import (
     ConnectionTerminated,
     DatagramReceived,
     DataReceived,
+    Event,
     GoAwayReceived,
     MessageReceived,
     PingAcknowledged,
@@ -343,13 +344,21 @@ class MuxSession(asyncio.BufferedProtocol):
 
     # -- stream commands (MuxStream calls these; none drains events) ---------------------------
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
-        if not self.mux.has_stream(stream_id):
+        mux = self.mux
+        try:
+            n = mux.send_data(stream_id, data)
+        except LocalProtocolError:
+            if mux.has_stream(stream_id):
+                raise
             # Reset by the peer in this same read; the reset event, still queued, ends the
             # stream. Nothing can be sent on it.
             return 0
-        n = self.mux.send_data(stream_id, data)
-        if n:
-            self._queued()
+        if n:  # _queued, inline: this runs once per read of every spliced socket
+            if mux.pending_output_bytes > MAX_PENDING_OUTPUT_BYTES:
+                self._flush()
+            if not self._transmit_scheduled:
+                self._transmit_scheduled = True
+                self.loop.call_soon(self.transmit)
         return n
 
     def end_stream(self, stream_id: int) -> None:
@@ -379,49 +388,54 @@ class MuxSession(asyncio.BufferedProtocol):
     def _dispatch(self) -> None:
         mux = self.mux
         streams = self._streams
-        while (event := mux.next_event()) is not None:
-            if type(event) is DataReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.data_received(event.data)
-            elif type(event) is SendWindowOpened:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.window_opened()
-            elif type(event) is StreamOpened:
-                self._on_stream_opened(event)
-            elif type(event) is StreamAccepted:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.accepted()
-            elif type(event) is StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.eof_received()
-            elif type(event) is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    self._drop(event.stream_id)
-                    stream.reset_received(event.code, event.reason)
-            elif type(event) is StreamClosed:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    self._drop(event.stream_id)
-                    stream.closed_cleanly()
-            elif type(event) is MessageReceived:
-                self._on_message(event.message)
-            elif type(event) is DatagramReceived:
-                if self.on_datagram is not None:
-                    self.on_datagram(event.flow_id, event.data)
-            elif type(event) is PingAcknowledged:
-                self.rtt_s = self.loop.time() - event.sent_at
-            elif type(event) is GoAwayReceived:
-                logger.info("peer is going away (code %s): %s", event.code, peer_text(event.reason))
-                if self.on_go_away is not None:
-                    self.on_go_away(event.code, event.reason)
-            elif type(event) is ConnectionTerminated:
-                self._flush()
-                self._shutdown(event.code, event.reason)
+        while batch := mux.drain_events():
+            for event in batch:
+                if type(event) is DataReceived:  # the data path: handled here, one call less
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.data_received(event.data)
+                elif type(event) is DatagramReceived:
+                    if self.on_datagram is not None:
+                        self.on_datagram(event.flow_id, event.data)
+                else:
+                    self._handle_event(event, streams)
+
+    def _handle_event(self, event: Event, streams: dict[int, MuxStream]) -> None:
+        if type(event) is SendWindowOpened:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.window_opened()
+        elif type(event) is StreamOpened:
+            self._on_stream_opened(event)
+        elif type(event) is StreamAccepted:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.accepted()
+        elif type(event) is StreamEnded:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.eof_received()
+        elif type(event) is StreamReset:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                self._drop(event.stream_id)
+                stream.reset_received(event.code, event.reason)
+        elif type(event) is StreamClosed:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                self._drop(event.stream_id)
+                stream.closed_cleanly()
+        elif type(event) is MessageReceived:
+            self._on_message(event.message)
+        elif type(event) is PingAcknowledged:
+            self.rtt_s = self.loop.time() - event.sent_at
+        elif type(event) is GoAwayReceived:
+            logger.info("peer is going away (code %s): %s", event.code, peer_text(event.reason))
+            if self.on_go_away is not None:
+                self.on_go_away(event.code, event.reason)
+        elif type(event) is ConnectionTerminated:
+            self._flush()
+            self._shutdown(event.code, event.reason)
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = MuxStream(self, event.stream_id, _stream_header(event.header), local=False)
@@ -455,8 +469,10 @@ class MuxSession(asyncio.BufferedProtocol):
         if transport is None:
             return  # not attached yet: the output waits in the mux for connection_made
         size = self.mux.pending_output_bytes
+        if not size:
+            return  # most transmits after a read have nothing to write (no frame is empty)
         chunks = self.mux.data_to_send()
-        if not chunks or transport.is_closing():
+        if transport.is_closing():
             return
         if len(chunks) == 1:
             transport.write(chunks[0])

@@ -61,6 +61,14 @@ def set_abortive(transport: asyncio.BaseTransport, abortive: bool = True) -> Non
             pass  # already reset or closed by the peer: the close below says the same
 
 
+def set_listener_abortive(server: asyncio.AbstractServer) -> None:
+    """SO_LINGER (on, 0 s) on a server's listening sockets: every socket it accepts inherits
+    it (Linux and the BSDs copy the option to the accepted socket), so a splice of an
+    accepted connection needs no setsockopt of its own (SpliceProtocol(abortive=True))."""
+    for sock in getattr(server, "sockets", ()):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORTIVE)
+
+
 def reset(transport: asyncio.BaseTransport) -> None:
     """End the connection with RST at once, dropping unsent data (idempotent)."""
     set_abortive(transport, True)

@@ -30,10 +30,15 @@ class SpliceProtocol(asyncio.Protocol):
         stream: MuxStream | None = None,
         on_connect: Callable[[SpliceProtocol, asyncio.Transport], MuxStream | None] | None = None,
         on_close: Callable[[MuxStream], None] | None = None,
+        *,
+        abortive: bool = False,
     ) -> None:
         self.stream = stream
         self._on_connect = on_connect
         self._on_close = on_close
+        # True: the socket is abortive already (accepted from a listener with SO_LINGER on,
+        # which accepted sockets inherit), so connection_made skips the setsockopt.
+        self._abortive = abortive
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -43,7 +48,8 @@ class SpliceProtocol(asyncio.Protocol):
         # No set_nodelay: the loop already set TCP_NODELAY on every TCP transport it made
         # (uvloop and asyncio both do); one more setsockopt per connection is measurable.
         # Abortive until a real end of data: if this process dies, the peer sees RST.
-        sockopts.set_abortive(transport)
+        if not self._abortive:
+            sockopts.set_abortive(transport)
         if self.stream is None and self._on_connect is not None:
             self.stream = self._on_connect(self, transport)
             if self.stream is None:
@@ -82,7 +88,9 @@ class SpliceProtocol(asyncio.Protocol):
 def dial_failure(host: str, port: int, exc: BaseException, timeout_s: float) -> str:
     """One line naming the local address and the error: "connection refused to 127.0.0.1:8000"."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if isinstance(exc, OSError):
+    # TimeoutError first: it is an OSError too (with no strerror), so the deadline would read
+    # " to host:port".
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
         return f"{(exc.strerror or str(exc)).lower()} to {where}"
     return f"no answer from {where} within {timeout_s:g}s"
 

@@ -207,25 +207,31 @@ class MuxStream(SpliceSide, AsyncSide):
         caller pauses); the stream resumes its source itself when the backlog drains."""
         if self._closed_done or self._tx_ended:
             return True  # dropped: the stream is gone; the caller learns via close
-        more = self._send(data)
+        if self._codec is None and self._tx_backlog is None:
+            # The common case (plain stream, nothing queued): one command, no piece list,
+            # and _count_out inline (this runs once per read of a spliced socket).
+            session = self.session
+            n = session.send_data(self.stream_id, data)
+            self.bytes_out += n
+            if self.counters is not None:
+                self.counters.bytes_in += n
+            if n < len(data):
+                self._queue_tx(memoryview(data)[n:])
+                self._pause_source()
+                more = False
+            elif session.writing_paused:
+                self._pause_source()
+                more = False
+            else:
+                more = True
+        else:
+            more = self._send_queued(data)
         if self.tap is not None:  # after the data was queued for the peer
             self.tap.sent(data)
         return more
 
-    def _send(self, data: bytes | memoryview) -> bool:
-        if self._codec is None and self._tx_backlog is None:
-            # The common case (plain stream, nothing queued): one command, no piece list.
-            session = self.session
-            n = session.send_data(self.stream_id, data)
-            self._count_out(n)
-            if n < len(data):
-                self._queue_tx(memoryview(data)[n:])
-                self._pause_source()
-                return False
-            if session.writing_paused:
-                self._pause_source()
-                return False
-            return True
+    def _send_queued(self, data: bytes | memoryview) -> bool:
+        """`send` on a compressed stream, or behind a backlog."""
         pieces: list[bytes] | tuple[bytes | memoryview] = (
             (data,) if self._codec is None else self._codec.deflater.compress(data)
         )
@@ -400,8 +406,16 @@ class MuxStream(SpliceSide, AsyncSide):
         self.bytes_in += len(data)
         if self.counters is not None:
             self.counters.bytes_out += len(data)
-        if self._sink is not None:
-            self._deliver(data)
+        sink = self._sink
+        if sink is not None:
+            if self._codec is None:  # _deliver, inline: a spliced stream's every DATA frame
+                sink.write(data)
+                if self._sink_paused:
+                    self._unacked += len(data)
+                else:
+                    self.session.acknowledge(self.stream_id, len(data))
+            else:
+                self._deliver(data)
         elif self._discard_rx:
             self.session.acknowledge(self.stream_id, len(data))
         elif self._codec is not None:
@@ -422,11 +436,13 @@ class MuxStream(SpliceSide, AsyncSide):
         self._rx_eof = True
         if self._sink is not None and self._codec is not None and self._codec.frames:
             self._codec.eof_pending = True  # after the compressed frames still waiting
-        elif self._sink is not None and not self._sink.is_closing():
+        elif self._sink is not None and not self._sink.is_closing() and not self._tx_ended:
             if self._sink.can_write_eof():
                 self._sink.write_eof()
             else:
                 sockopts.graceful_close(self._sink)  # a real end of data
+        # With our direction ended too, the core's StreamClosed follows (same frame) and
+        # closed_cleanly() closes the socket with FIN: no shutdown() just before the close.
         self._wake_rx()
 
     def window_opened(self) -> None:

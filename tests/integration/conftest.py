@@ -218,19 +218,27 @@ class ClientRunner:
         }
         return ClientConfig(**(settings | overrides))
 
-    def start(self, config: ClientConfig) -> tuple[TunnelClient, asyncio.Task[int]]:
+    def start(
+        self, config: ClientConfig, *, trim_memory: bool = False
+    ) -> tuple[TunnelClient, asyncio.Task[int]]:
         """Run a client in the background; teardown stops it and expects exit code 0."""
-        client = TunnelClient(config)
+        client = TunnelClient(config, trim_memory=trim_memory)
         task = asyncio.get_running_loop().create_task(client.run())
         self.running.append((client, task))
         return client, task
 
     async def run(
-        self, server: TunnelServer, *proxies: ProxyConfig, **overrides: Any
+        self,
+        server: TunnelServer,
+        *proxies: ProxyConfig,
+        trim_memory: bool = False,
+        **overrides: Any,
     ) -> TunnelClient:
         """Start a client and wait until each of its proxies is running, refused, or waiting
         for another session to let go of it."""
-        client, task = self.start(self.config(server, *proxies, **overrides))
+        client, task = self.start(
+            self.config(server, *proxies, **overrides), trim_memory=trim_memory
+        )
         async with asyncio.timeout(STARTUP_TIMEOUT_S):
             for proxy in proxies:
                 waiter = asyncio.ensure_future(

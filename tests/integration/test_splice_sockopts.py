@@ -12,6 +12,7 @@ from typing import Final
 import pytest
 import uvloop
 
+from protocol.aio import sockopts
 from protocol.aio.splice import SpliceProtocol
 
 TEST_TIMEOUT_S: Final = 10.0
@@ -63,3 +64,48 @@ def test_splice_socket_has_nodelay_and_is_abortive(loop_name: str) -> None:
         for nodelay, linger in runner.run(_accepted_and_dialed()):
             assert nodelay != 0
             assert linger == (1, 0)
+
+
+async def _accepted_from_abortive_listener() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(listener's SO_LINGER, the accepted socket's) with set_listener_abortive and a splice
+    that leaves SO_LINGER to the listener."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[SpliceProtocol] = loop.create_future()
+
+    def on_accept() -> SpliceProtocol:
+        proto = SpliceProtocol(abortive=True)
+        if not accepted.done():
+            accepted.set_result(proto)
+        return proto
+
+    server = await loop.create_server(on_accept, "127.0.0.1", 0)
+    sockopts.set_listener_abortive(server)
+    listener = server.sockets[0]
+    dialed: asyncio.Transport | None = None
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT_S):
+            dialed, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", listener.getsockname()[1]
+            )
+            inbound = await accepted
+            assert inbound.transport is not None
+            _, linger = _options(inbound.transport)
+            inbound.transport.abort()
+            return struct.unpack(
+                "ii", listener.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
+            ), linger
+    finally:
+        if dialed is not None:
+            dialed.abort()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_splice_accepted_socket_inherits_the_listeners_abortive_linger(loop_name: str) -> None:
+    """A socket accepted from a listener made abortive is abortive with no setsockopt of the
+    splice's own (tunneld's tcp proxy listeners rely on this)."""
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        listener, accepted = runner.run(_accepted_from_abortive_listener())
+    assert listener == (1, 0)
+    assert accepted == (1, 0)

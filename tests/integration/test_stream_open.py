@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, cast
 
 import msgpack
 
@@ -162,3 +162,78 @@ async def test_open_close_callbacks_run_once_in_order_after_close() -> None:
             stream.abort(ErrorCode.CANCELLED, "again")  # a second close runs nothing again
             await asyncio.sleep(0)
             assert len(calls) == 2
+
+
+class _SpeaksThenHalfCloses(asyncio.Protocol):
+    """A local service that sends b"hi" and ends its direction at once, then waits for ours."""
+
+    def __init__(self, ended: asyncio.Future[str], opened: list[asyncio.Transport]) -> None:
+        self.ended = ended
+        self.opened = opened
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.opened.append(self.transport)
+        self.transport.write(b"hi")
+        self.transport.write_eof()
+
+    def eof_received(self) -> bool:
+        if not self.ended.done():
+            self.ended.set_result("eof")
+        self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(f"lost: {exc!r}")
+
+
+class _CountingSplice(SpliceProtocol):
+    """A splice that counts the write_eof calls on its socket."""
+
+    write_eofs = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        write_eof = cast(asyncio.Transport, transport).write_eof
+
+        def counting() -> None:
+            _CountingSplice.write_eofs += 1
+            write_eof()
+
+        transport.write_eof = counting  # type: ignore[attr-defined]
+        super().connection_made(transport)
+
+
+async def test_close_both_ended_closes_the_socket_with_fin_and_no_shutdown() -> None:
+    """A peer FIN after our direction has ended closes the local socket with FIN (a clean
+    end, not a reset) and no shutdown() just before the close."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    opened: list[asyncio.Transport] = []
+    service = await loop.create_server(lambda: _SpeaksThenHalfCloses(ended, opened), LOOPBACK, 0)
+    port = service.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT_S), mux_pair(MuxSettings()) as (client, server):
+
+            def on_stream(stream: MuxStream) -> None:
+                task = loop.create_task(
+                    loop.create_connection(lambda: _CountingSplice(stream), LOOPBACK, port)
+                )
+                task.add_done_callback(lambda t: t.exception())
+
+            server.on_stream = on_stream
+            _CountingSplice.write_eofs = 0
+            stream = client.open_stream(HEADER)
+            await stream.write(b"x")
+            assert await stream.read(2) == b"hi"
+            assert await stream.read(1) == b""  # the service's direction ended
+            stream.write_eof()
+            assert await ended == "eof"
+            await stream.wait_closed()
+            assert stream.reset_code is None
+            assert _CountingSplice.write_eofs == 0
+    finally:
+        for transport in opened:  # asyncio.Server leaves accepted connections open
+            transport.abort()
+        service.close()
+        await service.wait_closed()

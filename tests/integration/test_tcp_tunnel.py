@@ -291,3 +291,27 @@ async def test_tcp_proxy_max_ports_per_client_enforced(
         # Another client has its own allowance.
         other = await clients.run(server, tcp_proxy("d", echo.port))
         assert other.proxy_status["d"].state == "running"
+
+
+async def test_tcp_client_trims_after_login_and_after_a_wave_of_streams(
+    server: TunnelServer, clients: ClientRunner, echo: TCPService
+) -> None:
+    """A client that trims its memory (tunnelc) does so once after its login, and once more
+    after a wave of connections has passed, not while one is open; a client sharing its
+    process (trim_memory off, the default here) never does."""
+    async with asyncio.timeout(BULK_TIMEOUT_S):
+        client = await clients.run(server, tcp_proxy("echo", echo.port), trim_memory=True)
+        quiet_client = await clients.run(server, tcp_proxy("echo2", echo.port))
+        assert quiet_client.trim_timer is None
+        timer = client.trim_timer
+        assert timer is not None
+        assert timer.trims == 1  # after the login
+        public = port_of(client.proxy_status["echo"])
+        async with tcp_connect(public) as (reader, writer):
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            assert timer.pending  # the wave's trim waits: the connection is still open
+            assert timer.trims == 1
+        await timer.trimmed.wait()
+        assert timer.trims == 2
+        assert not timer.pending

@@ -16,7 +16,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 LOOPBACK: Final = "127.0.0.1"
 CHUNK_BYTES: Final = 256 * 1024  # pattern block, also the write size of sources
@@ -89,7 +89,8 @@ class _EchoProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._connections.add(transport)
 

@@ -142,6 +142,41 @@ def test_client_loads_the_capture_parser_with_the_first_http_stream() -> None:
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
+def test_client_loads_visitors_and_hole_punching_only_when_configured() -> None:
+    """A client without [[visitors]] and without an xtcp proxy never loads the visitors or
+    the hole punching (tunnel_client/punch.py)."""
+    loaded = _loaded_by("tunnel_client.client, tunnel_client.proxies, tunnel_client.visitorset")
+    lazy = ("tunnel_client.visitors", "tunnel_client.xtcpvisitor", "tunnel_client.punch")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_client_binds_and_dials_an_address_without_the_idna_codec() -> None:
+    """Binding the inspector on an address and dialing a pinned server by its address never
+    import the idna codec (stringprep and unicodedata, 0.4 MiB); a name, an internationalized
+    name and a CA-verified address still get what the handshake needs."""
+    code = (
+        "import ssl, sys; from tunnel_common.listen import ascii_host, listen_sockets; "
+        "from tunnel_common.fingerprint import pinning_client_context; "
+        "from tunnel_client.trust import handshake_hostname as hostname; "
+        "[s.close() for s in listen_sockets('127.0.0.1', 0)]; "
+        "pinned = pinning_client_context(); ca = ssl.create_default_context(); "
+        "names = [hostname(pinned, '127.0.0.1'), hostname(pinned, '::1'), "
+        "hostname(pinned, 'tunnel.example'), hostname(ca, '127.0.0.1')]; "
+        "hosts = [ascii_host(''), ascii_host('127.0.0.1'), ascii_host('bücher.example')]; "
+        "print(repr(('encodings.idna' in sys.modules, names, hosts)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    ).stdout.strip()
+    names = ["", "", "tunnel.example", "127.0.0.1"]
+    hosts = [None, b"127.0.0.1", "bücher.example"]
+    assert out == repr((False, names, hosts))
+
+
 def test_inspector_app_loads_cryptography_only_to_decrypt() -> None:
     """The inspector's app loads cryptography only to decrypt a WeChat message (about 9 MiB):
     opening the page does not."""
@@ -159,10 +194,13 @@ def test_server_loads_oidc_and_acme_libraries_only_when_used() -> None:
 
 def test_server_loads_the_dashboard_and_aiohttp_only_when_it_starts() -> None:
     """tunneld imports aiohttp's server, the dashboard and prometheus_client (the /metrics
-    collectors) only when webServer starts or is scraped: a server without webServer never
-    loads them (about 18 MiB of RSS)."""
+    collectors, the dashboard's view of the server and its users admin) only when webServer
+    starts or is scraped: a server without webServer never loads them (about 18 MiB of RSS)."""
     loaded = _loaded_by("tunnel_server.server")
-    lazy = ("aiohttp", "prometheus_client", "tunnel_server.web.dashboard", "tunnel_server.metrics")
+    lazy = (
+        *("aiohttp", "prometheus_client", "tunnel_server.web.dashboard", "tunnel_server.metrics"),
+        *("tunnel_server.view", "tunnel_server.web.view", "tunnel_server.users.admin"),
+    )
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 
@@ -177,6 +215,40 @@ def test_server_loads_x509_http2_yaml_zstandard_and_sqlite_only_when_used() -> N
         *("tunnel_server.edge.h2conn", "tunnel_server.edge.listener", "tunnel_server.edge.service"),
         *("tunnel_server.acme.manager", "tunnel_server.vhost.tcpmux"),
     )
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+
+
+def test_server_loads_tempfile_and_html_entities_only_when_used() -> None:
+    """tunneld loads tempfile (with shutil, bz2 and lzma: 0.6 MiB) only to write a certificate
+    or answer a TLS-ALPN-01 challenge, and html (its entity tables: 0.5 MiB) with the first
+    vhost error page, which still escapes what the visitor sent."""
+    loaded = _loaded_by(
+        "tunnel_server.server, tunnel_server.certs, tunnel_server.acme.challenges, "
+        "tunnel_server.vhost.pages"
+    )
+    lazy = ("tempfile", "shutil", "bz2", "lzma", "html")
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
+    code = (
+        "import sys; from tunnel_server.vhost.pages import render_page; "
+        "body = render_page(404, '<b>&x</b>'); "
+        "print('&lt;b&gt;&amp;x&lt;/b&gt;' in body.decode(), 'html' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    ).stdout.split()
+    assert out == ["True", "True"]
+
+
+@pytest.mark.parametrize("module", ["tunnel_server.config", "tunnel_client.config"])
+def test_config_loads_legacy_ini_and_template_helpers_only_when_used(module: str) -> None:
+    """A config loader loads the INI converter with tomli_w (a legacy INI file; `convert`)
+    and shlex (a template's {{ range }}) only when the file needs them."""
+    loaded = _loaded_by(f"{module}, tunnel_common.configfile, tunnel_common.configtemplate")
+    lazy = ("tunnel_common.configlegacy", "tomli_w", "shlex")
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in lazy)] == []
 
 

@@ -106,3 +106,24 @@ def test_mux_frames_waiting_in_a_shared_read_survive_another_sessions_read() -> 
             events += _drain(pair.server)
     events += _drain(pair.server)
     assert _data(events) == payloads
+
+
+def test_mux_drain_events_bounded_and_in_order_across_pauses() -> None:
+    """drain_events, the adapter's batch form, never hands out more than MAX_PENDING_EVENTS
+    at once, resumes the frames a full queue left unparsed, and mixes with next_event."""
+    pair, stream_id = _opened()
+    wire, payloads = _burst(stream_id)
+    pair.server.receive_data(wire)
+    first = pair.server.next_event()  # one taken singly: the batch starts after it
+    assert first is not None
+    events: list[Event] = [first]
+    batches = 0
+    while batch := pair.server.drain_events():
+        assert len(batch) <= MAX_PENDING_EVENTS
+        assert pair.server.pending_events == 0
+        events += batch
+        batches += 1
+    assert batches >= 3  # the burst is several queues' worth: input paused and resumed
+    assert len(events) == FRAMES
+    assert _data(events) == payloads
+    assert pair.server.next_event() is None

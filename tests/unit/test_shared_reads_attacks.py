@@ -37,15 +37,17 @@ class Reader:
         self.stream_id = stream_id
         self.sent = bytearray()
         self.datagrams_sent: list[bytes] = []
-        for n, size in enumerate(piece_sizes):
+        for size in piece_sizes:
             if size < 0:  # a datagram, tagged with its session
                 data = bytes([index]) * -size
                 self.datagrams_sent.append(data)
                 assert sender.send_datagram(1 + index, data)
             else:
+                # The stream's window takes what it can (30 large pieces exceed it): what was
+                # taken is what must arrive.
                 data = rng.randbytes(size)
-                self.sent += data
-                assert sender.send_data(stream_id, data) == size, n
+                taken = sender.send_data(stream_id, data)
+                self.sent += data[:taken]
         self.wire = bytearray(b"".join(sender.data_to_send()))
         self.got = bytearray()
         self.datagrams_got: list[bytes] = []

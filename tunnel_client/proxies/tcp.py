@@ -10,7 +10,8 @@ from collections.abc import Coroutine
 from typing import Final
 
 from protocol.aio.connection import MuxSession
-from protocol.aio.splice import SpliceProtocol, dial_and_splice
+from protocol.aio.localdial import LocalDials
+from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.compression import NO_COMPRESSION, ZSTD
 from protocol.messages import NewProxy
@@ -80,6 +81,7 @@ class TCPProxy:
     def __init__(self, config: ProxyConfig, store: CaptureStore | None = None) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[object]] = set()
+        self._dials: LocalDials | None = None  # made on the first stream, on its loop
         # An http proxy's stream is plain HTTP: HTTPProxy captures it itself, plugin or not.
         capture = None
         if store is not None and config.type != ProxyType.HTTP:
@@ -102,22 +104,27 @@ class TCPProxy:
         if self.plugin is not None:
             self.spawn(self.plugin.serve(stream, self.splice))
             return
-        self.spawn(self._dial(session, stream))
-
-    async def _dial(self, session: MuxSession, stream: MuxStream) -> None:
+        # No task per connection: the dial is driven from its futures' callbacks and timed
+        # by one deadline table per proxy (protocol/aio/localdial.py).
+        dials = self._dials
+        if dials is None or dials.loop is not session.loop:
+            dials = self._dials = LocalDials(session.loop)
         cfg = self.config
         preamble = self._proxy_header(session, stream)
-        if await dial_and_splice(
-            session,
+        dials.start(
             stream,
             cfg.local_ip,
             cfg.local_port,
             LOCAL_DIAL_TIMEOUT_S,
-            protocol=lambda s: self.splice(s, preamble),
-        ):
+            lambda: self.splice(stream, preamble),
+            self._dialed,
+        )
+
+    def _dialed(self, stream: MuxStream, connected: bool) -> None:
+        if connected:
             self.local_error = None
-            return
-        self.local_failed(stream.reset_reason)
+        else:
+            self.local_failed(stream.reset_reason)
 
     def local_failed(self, reason: str) -> None:
         """The local service did not take a connection: remember why, and log it (at most
@@ -172,6 +179,8 @@ class TCPProxy:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._dials is not None:
+            self._dials.close()
         if self.plugin is not None:
             self.plugin.close()
 

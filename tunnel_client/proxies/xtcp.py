@@ -28,16 +28,6 @@ from protocol.visitorauth import secret_verifier
 
 from ..config import ProxyConfig
 from ..inspect.store import CaptureStore
-from ..punch import (
-    P2P_MUX_SETTINGS,
-    PunchFailed,
-    PunchPort,
-    local_ip_of,
-    owner_p2p,
-    p2p_server_context,
-    punch_meet,
-    send_probe,
-)
 from .tcp import TCPProxy
 
 logger = logging.getLogger(__name__)
@@ -54,6 +44,9 @@ class XTCPProxy(TCPProxy):
         self._verifier = secret_verifier(secret, config.name)
         self._tls: tuple[ssl.SSLContext, bytes] | None = None  # made at the first rendezvous
         self.p2p_sessions: set[MuxSession] = set()
+        # The hole punching (tunnel_client/punch.py) loads with the first xtcp proxy.
+        from ..punch import P2P_MUX_SETTINGS
+
         self.settings = P2P_MUX_SETTINGS
 
     def handle_stream(self, session: MuxSession, stream: MuxStream) -> None:
@@ -74,6 +67,16 @@ class XTCPProxy(TCPProxy):
             stream.abort(ErrorCode.PROTOCOL_ERROR, f"unknown xtcp stream kind {kind!r}")
 
     async def _rendezvous(self, session: MuxSession, stream: MuxStream) -> None:
+        from ..punch import (
+            PunchFailed,
+            PunchPort,
+            local_ip_of,
+            owner_p2p,
+            p2p_server_context,
+            punch_meet,
+            send_probe,
+        )
+
         name = self.config.name
         if len(self.p2p_sessions) >= MAX_P2P_SESSIONS:
             stream.abort(ErrorCode.REFUSED, f"{MAX_P2P_SESSIONS} P2P sessions are open")

@@ -65,6 +65,7 @@ class TCPProxy:
                 port,
                 reuse_address=True,
             )
+            sockopts.set_listener_abortive(self._server)  # visitors start abortive
             bound: int = self._server.sockets[0].getsockname()[1]
             return bound
 
@@ -106,11 +107,11 @@ class TCPProxy:
             return member._protocol()
 
         async def listen(port: int) -> int:
-            server.append(
-                await loop.create_server(
-                    protocol, ctx.config.proxy_bind_addr, port, reuse_address=True
-                )
+            shared = await loop.create_server(
+                protocol, ctx.config.proxy_bind_addr, port, reuse_address=True
             )
+            sockopts.set_listener_abortive(shared)  # visitors start abortive
+            server.append(shared)
             return port
 
         await listen_on_public_port(ctx.ports, _group_owner(group), "tcp", port, listen)
@@ -123,7 +124,8 @@ class TCPProxy:
         pacer = self._pacer()
         if pacer is not None:
             return pacer.protocol(on_connect=self._on_user, on_close=self._on_closed)
-        return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed)
+        # The listener is abortive (set_listener_abortive): its sockets inherit SO_LINGER.
+        return SpliceProtocol(on_connect=self._on_user, on_close=self._on_closed, abortive=True)
 
     def _pacer(self) -> Pacer | None:
         """The proxy's own limit and its user's bandwidth quota, looked up per connection so

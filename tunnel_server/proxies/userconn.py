@@ -13,7 +13,6 @@ limits stay per member proxy.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from typing import Final, NoReturn
@@ -71,7 +70,7 @@ class UserConns:
             if refusal is not None:
                 visitors.refused(self.kind, src, refusal)
                 raise UserConnRefused(refusal.reason, refusal.status)
-        now = asyncio.get_running_loop().time()
+        now = ctx.session.loop.time()  # not get_running_loop(): on 3.11 that is a getpid
         counters = ctx.counters
         if len(self._streams) >= ctx.config.max_streams_per_proxy:
             # One proxy's flood must not use up its client's other proxies' streams.

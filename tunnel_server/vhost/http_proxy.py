@@ -41,7 +41,7 @@ from .normalize import BadRequestTarget, check_request
 from .pages import error_response
 from .pool import KeepAlivePool
 from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
-from .rewrite import basic_auth_user, request_head
+from .rewrite import appended_headers, basic_auth_user, raw_head_ok, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
 
@@ -88,6 +88,7 @@ class HTTPVhostServer(VhostListener):
         # Idle upstreams by (route, visitor IP), reused by the visitor's next connections.
         self.pool: KeepAlivePool[Upstream] = KeepAlivePool(_discard_upstream)
         self.lane_served = 0  # requests served whole from callbacks (lane.py)
+        self.raw_heads = 0  # requests forwarded with the visitor's head as it came
 
     def close(self) -> None:
         super().close()
@@ -216,20 +217,49 @@ class HTTPVhostServer(VhostListener):
     def prepare(self, conn: InboundProtocol, head: RequestHead) -> Prepared | Outcome:
         """Check, route and authorize a request and build what goes to the app; an Outcome
         when it was answered here (an error page, a redirect, an ACME challenge)."""
-        try:
-            host_raw, target, path = check_request(head)
-        except BadRequestTarget as exc:
-            return self._reply_error(conn, head, exc.status, None, str(exc))
-        host = host_raw.decode("latin-1")
-        if head.switching and head.upgrade is None:
-            return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+        authorization = head.authorization
+        router = self._router
+        cached = conn.route_cache
+        if (
+            cached is not None
+            and head.raw is not None
+            and authorization is None
+            and head.host_count == 1
+            and cached[0] == router.version
+            and cached[2] == head.target
+            and cached[1] == head.host
+        ):
+            # The Host and target of a request this connection checked, and the exact-name
+            # table routed, unchanged since: check_request and the lookup would answer the same
+            # (a raw head has no framing, version or upgrade for them to refuse).
+            _, host_raw, _, host, path, found = cached
+            target = head.target
+            route: HTTPRoute | None = found
+        else:
+            try:
+                host_raw, target, path = check_request(head)
+            except BadRequestTarget as exc:
+                return self._reply_error(conn, head, exc.status, None, str(exc))
+            host = host_raw.decode("latin-1")
+            if head.switching and head.upgrade is None:
+                return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+            user = basic_auth_user(authorization) if authorization is not None else ""
+            route, exact = router.find(host, path, user)
+            if (
+                route is not None
+                and exact
+                and head.raw is not None
+                and authorization is None
+                and head.host_count == 1
+                and target is head.target
+            ):
+                conn.route_cache = (router.version, host_raw, target, host, path, route)
         if self._challenge_answer is not None:
             answer = self._challenge_answer(path)
             if answer is not None:
                 self._skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
-        route = self._router.lookup(host, path, basic_auth_user(head.authorization))
         if route is None:
             return self._reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:
@@ -246,23 +276,47 @@ class HTTPVhostServer(VhostListener):
                 extra=((b"WWW-Authenticate", b'Basic realm="tunnelkit"'),),
             )
         parts, complete = take_ready_body(conn, head.framing)
-        parts.insert(
-            0,
-            request_head(
-                method=head.method,
-                target=target,
-                headers=head.headers,
-                connection_tokens=head.connection_tokens,
-                rules=route.rules,
-                host=host_raw,
-                framing=head.framing,
-                upgrade=head.upgrade,
-                peer_ip=conn.peer[0].encode("ascii"),
-                proto=self._forwarded_proto,
-            ),
-        )
+        raw = head.raw
+        rules = route.rules
+        if raw is not None and target is head.target and raw_head_ok(rules):
+            # The visitor's head goes as it came (request.py proves it says what the rebuild
+            # would), then the vhost's own headers, made once per connection, host and route.
+            tail = conn.head_tail
+            if tail is None or tail[0] is not rules or tail[1] != host_raw:
+                peer_ip = conn.peer[0].encode("ascii")
+                block = appended_headers(rules, host_raw, peer_ip, self._forwarded_proto)
+                tail = conn.head_tail = (rules, host_raw, block)
+            self.raw_heads += 1
+            if parts:
+                parts[0:0] = (raw[:-2], tail[2])
+            else:
+                return Prepared(route, host, raw[:-2] + tail[2], complete)
+        else:
+            parts.insert(0, self._rebuilt_head(conn, head, route, host_raw, target))
         first_write = parts[0] if len(parts) == 1 else b"".join(parts)
         return Prepared(route, host, first_write, complete)
+
+    def _rebuilt_head(
+        self,
+        conn: InboundProtocol,
+        head: RequestHead,
+        route: HTTPRoute,
+        host_raw: bytes,
+        target: bytes,
+    ) -> bytes:
+        """The request head built from the parsed one (rewrite.request_head)."""
+        return request_head(
+            method=head.method,
+            target=target,
+            headers=head.headers,
+            connection_tokens=head.connection_tokens,
+            rules=route.rules,
+            host=host_raw,
+            framing=head.framing,
+            upgrade=head.upgrade,
+            peer_ip=conn.peer[0].encode("ascii"),
+            proto=self._forwarded_proto,
+        )
 
     async def _forward(
         self,

@@ -27,11 +27,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from protocol.aio import sockopts
 
 from ..cluster.peers import visitor_of
+
+if TYPE_CHECKING:
+    from .routing import HTTPRoute
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,13 @@ class InboundProtocol(asyncio.Protocol):
         # Bytes of a Content-Length body still to come (RequestReader keeps it): fed in one
         # piece, since a body span queues as one item whatever its size.
         self.body_bytes_left = 0
+        # The headers the vhost appends to this connection's raw request heads, made for one
+        # (route rules, Host) pair: http_proxy.prepare keeps and reuses them.
+        self.head_tail: tuple[object, bytes, bytes] | None = None
+        # The last request checked and routed by the exact-name table: (router version,
+        # Host, target, host, path, route); http_proxy.prepare reuses it for the same Host
+        # and target while the router is unchanged.
+        self.route_cache: tuple[int, bytes, bytes, str, str, HTTPRoute] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

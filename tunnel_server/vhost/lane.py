@@ -128,10 +128,16 @@ class Lane:
     def feed(self, data: bytes) -> None:
         """The connection's feeder while the lane runs: parse, then serve what was queued."""
         self._feeding = True
+        conn = self._conn
+        # The reader's pushes would each call `_pump`, which returns at once while feeding:
+        # no notify callback until the read is parsed, then one pump.
+        conn.on_notify = None
         try:
             self._reader.feed(data)
         finally:
             self._feeding = False
+            if self._result is None:
+                conn.on_notify = self._pump
         self._pump()
 
     def _pump(self) -> None:

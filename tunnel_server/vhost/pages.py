@@ -7,7 +7,6 @@ short; nothing secret (tokens, passwords, client ids) ever reaches these functio
 
 from __future__ import annotations
 
-import html
 from typing import Final
 
 MAX_HOST_CHARS: Final = 253
@@ -58,6 +57,8 @@ def render_page(
 ) -> bytes:
     """The HTML body of an error page; `note` is the tunnel's own word (say, what happens
     while its client is offline)."""
+    import html  # its entity tables (0.5 MiB) load with the first error page, not at start
+
     reason = REASONS.get(status, "Error")
     title = f"{status} {reason}"
     lines = [

@@ -33,11 +33,18 @@ from typing import Final
 import httptools
 
 from .inbound import InboundProtocol
-from .rewrite import Framing
+from .rewrite import REQUEST_OWN, Framing
 
 logger = logging.getLogger(__name__)
 
 HEAD_OVERHEAD_BYTES: Final = 4  # ": " and CRLF per header line, for the size estimate
+# A head kept raw (RequestHead.raw) has exactly these bytes besides its URL, names and values
+# (counted in the head size): " " and " HTTP/1.1\r\n" on the request line, the closing CRLF.
+RAW_HEAD_EXTRA_BYTES: Final = 14
+# The names the vhost replaces or drops (rewrite.REQUEST_OWN) but Host: a head with one of
+# them is rebuilt. Their lengths, so that most headers are not lowercased to look.
+_OWN_NOT_HOST: Final = REQUEST_OWN - {b"host"}
+_OWN_LENGTHS: Final = frozenset(len(name) for name in _OWN_NOT_HOST)
 
 
 @dataclass(slots=True)
@@ -59,6 +66,9 @@ class RequestHead:
     authorization: bytes | None
     expect_continue: bool
     size: int  # approximate bytes of the head, for the queue budget
+    # The visitor's head exactly as it came, when it can be forwarded as it is with the
+    # vhost's own headers appended (`raw_head_ok`); None when it must be rebuilt.
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +76,7 @@ class EndOfMessage:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 END_OF_MESSAGE: Final = EndOfMessage()  # shared instance for the common no-trailer case
 
 
@@ -106,19 +117,34 @@ class RequestReader:
         self._length = b""  # the Content-Length value (llhttp checks it)
         self.head_started = False  # a head is partly received (for the slow-header timeout)
         self._last = False  # a whole request that closes the connection was parsed
+        # Raw heads (RequestHead.raw): the read being parsed, where in it the next message
+        # begins (-1: not known, e.g. it began in an earlier read or after a body) and where
+        # the current one began; a header the vhost owns makes the head not `_plain`.
+        self._in_message = False
+        self._data = b""
+        self._raw_from = -1
+        self._raw_start = -1
+        self._plain = True
 
     def feed(self, data: bytes) -> None:
         conn = self._conn
         self._progress = False
+        self._data = data
+        if self._in_message:  # it began in an earlier read: its head is not all in `data`
+            self._raw_from = self._raw_start = -1
+        else:
+            self._raw_from = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._data = b""
             offset = int(exc.args[0])
             conn.feeder = conn.push_bytes
             if offset < len(data):
                 conn.push_bytes(data[offset:])
             return
         except httptools.HttpParserCallbackError as exc:
+            self._data = b""
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._fail_too_large()
             else:
@@ -127,6 +153,7 @@ class RequestReader:
                 self._fail(400, "malformed request")
             return
         except httptools.HttpParserError as exc:
+            self._data = b""
             if self._last:
                 # Bytes after a request that closes the connection (llhttp refuses them): that
                 # request stands and is answered; what follows it is dropped unread.
@@ -134,6 +161,7 @@ class RequestReader:
                 return
             self._fail(400, f"malformed request: {exc}")
             return
+        self._data = b""
         # Reset on progress: the bytes of this read after the last progress callback are not
         # counted, so an endless line is caught at most one read past the limit.
         self._stalled = 0 if self._progress else self._stalled + len(data)
@@ -159,6 +187,10 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self.head_started = True
+        self._in_message = True
+        self._raw_start = self._raw_from
+        self._raw_from = -1
+        self._plain = True
         self._progress = True
         self._message_mark = self._conn.pushed
         self._head_size = 0
@@ -178,7 +210,9 @@ class RequestReader:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grow(len(url))
+        self._head_size += len(url)
+        if self._head_size > self._max:
+            raise _HeadTooLarge
 
     def _grow(self, n: int) -> None:
         self._head_size += n
@@ -190,10 +224,14 @@ class RequestReader:
             self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
             self._trailers.append((name, value))
             return
-        self._grow(len(name) + len(value) + HEAD_OVERHEAD_BYTES)
+        self._head_size += len(name) + len(value) + HEAD_OVERHEAD_BYTES
+        if self._head_size > self._max:
+            raise _HeadTooLarge
         self._headers.append((name, value))
         # Dispatch on length first: most headers need no lowercasing at all.
         n = len(name)
+        if n in _OWN_LENGTHS and self._plain and name.lower() in _OWN_NOT_HOST:
+            self._plain = False
         if n == 4:
             if name.lower() == b"host":
                 self._host = value
@@ -228,12 +266,19 @@ class RequestReader:
             self._framing = Framing.CHUNKED  # llhttp already refused a TE without chunked
         elif self._framing is Framing.LENGTH and self._length.strip().isdigit():
             self._conn.body_bytes_left = int(self._length)
-        tokens = frozenset(self._tokens) if self._tokens is not None else frozenset()
+        tokens = frozenset(self._tokens) if self._tokens is not None else _NO_TOKENS
         switching = parser.should_upgrade()
+        method = parser.get_method()
+        raw = (
+            self._raw_head(method)
+            if self._raw_start >= 0 and self._plain and not switching
+            else None
+        )
         head = RequestHead(
-            method=parser.get_method(),
+            method=method,
             target=self._url,
-            http11=parser.get_http_version() == "1.1",
+            # a raw head's request line ends in HTTP/1.1 (the getter formats a string)
+            http11=raw is not None or parser.get_http_version() == "1.1",
             headers=self._headers,
             keep_alive=parser.should_keep_alive(),
             framing=self._framing,
@@ -246,10 +291,39 @@ class RequestReader:
             authorization=self._authorization,
             expect_continue=self._expect,
             size=self._head_size + 64,
+            raw=raw,
         )
         self._trailers = []
         self._head_size = 0  # from here on it counts the trailers
         self._conn.push(head, head.size)
+
+    def _raw_head(self, method: bytes) -> bytes | None:
+        """The head's bytes as they came, if they say what `request_head` would have written
+        of them: the request line `method url HTTP/1.1` CRLF, one line per parsed header
+        (no obs-fold), every line ended by CRLF (no bare CR or LF), and no byte beyond the
+        URL, names and values (counted in the head size) but one separator per header on
+        average: llhttp parsed these bytes, so such a byte is whitespace around a value,
+        which it would not count in the value either. Else None."""
+        data = self._data
+        start = self._raw_start
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            return None
+        end += 4
+        if end - start != len(method) + RAW_HEAD_EXTRA_BYTES + self._head_size:
+            return None
+        raw = data[start:end] if start or end != len(data) else data
+        lines = len(self._headers) + 2
+        if (
+            not raw.startswith(b"%b %b HTTP/1.1\r\n" % (method, self._url))
+            or raw.count(b"\r\n") != lines
+            or raw.count(b"\n") != lines
+            or raw.count(b"\r") != lines
+        ):
+            return None
+        if self._framing is Framing.NONE and not self._te:
+            self._raw_from = end  # a pipelined request right after this one begins there
+        return raw
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -263,6 +337,7 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._progress = True
+        self._in_message = False
         self._conn.body_bytes_left = 0
         self._last = not self._parser.should_keep_alive()
         trailers = self._trailers

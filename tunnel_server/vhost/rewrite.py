@@ -63,7 +63,7 @@ _PASSTHROUGH_REFUSED: Final = re.compile(  # a folded line, or a hop-by-hop name
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:", re.IGNORECASE)
 _CONNECTION: Final = re.compile(rb"\r\nconnection:(?:( keep-alive\r\n)|)", re.IGNORECASE)
 # Headers the vhost generates itself on requests: the visitor's copies are dropped.
-_REQUEST_OWN: Final = HOP_BY_HOP | {
+REQUEST_OWN: Final = HOP_BY_HOP | {
     b"host",
     b"x-forwarded-for",
     b"x-forwarded-proto",
@@ -213,7 +213,7 @@ def request_head(
     strip_auth = rules.auth is not None
     for name, value in headers:
         lname = name.lower()
-        if lname in _REQUEST_OWN:
+        if lname in REQUEST_OWN:
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
             continue
@@ -232,6 +232,23 @@ def request_head(
     return b"".join(parts)
 
 
+def raw_head_ok(rules: HeaderRules) -> bool:
+    """True if this route's requests may forward the visitor's head as it came
+    (`RequestHead.raw`) with `appended_headers` after it: the route rewrites no header the
+    visitor sent (no hostHeaderRewrite, no requestHeaders.set, no basic auth to strip)."""
+    return rules.host_rewrite is None and not rules.request_set and rules.auth is None
+
+
+def appended_headers(rules: HeaderRules, host: bytes, peer_ip: bytes, proto: bytes) -> bytes:
+    """What follows a raw head's last header line: `added_headers` for a visitor that sent
+    no X-Forwarded-For, and the closing CRLF. The same for every request of a connection to
+    one route and host, so the caller keeps it."""
+    parts: list[bytes] = []
+    _extend(parts, added_headers(rules, host, peer_ip, proto, []))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def forwarded_headers(
     headers: Iterable[tuple[bytes, bytes]], rules: HeaderRules
 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
@@ -246,7 +263,7 @@ def forwarded_headers(
     strip_auth = rules.auth is not None
     for name, value in headers:
         lname = name.lower()
-        if lname in _REQUEST_OWN:
+        if lname in REQUEST_OWN:
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
             continue

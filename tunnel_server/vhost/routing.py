@@ -168,6 +168,9 @@ class VhostRouter:
         self._table: dict[str, list[tuple[str, HTTPRoute]]] = {}
         self._owned: dict[str, tuple[HTTPRoute, list[tuple[str, str]]]] = {}
         self._size = 0
+        # Bumped by every add and remove: a lookup answered by the exact-name table stays
+        # right while it is unchanged (http_proxy.py keeps one per visitor connection).
+        self.version = 0
 
     def __len__(self) -> int:
         """The number of (name, location) pairs in the table."""
@@ -233,6 +236,7 @@ class VhostRouter:
             entries.sort(key=lambda entry: len(entry[0]), reverse=True)
         self._owned[route.proxy_key] = (route, keys)
         self._size += len(keys)
+        self.version += 1
         claims.hold(route.user, route.client_id, names, len(keys))
         logger.debug("[proxy=%s] routes added: %s", route.proxy_key, keys)
 
@@ -248,6 +252,7 @@ class VhostRouter:
             if not entries:
                 del self._table[name]
         self._size -= len(keys)
+        self.version += 1
         self.claims.release(route.client_id, dict.fromkeys(name for name, _ in keys), len(keys))
         logger.debug("[proxy=%s] routes removed", proxy_key)
         return route
@@ -260,13 +265,23 @@ class VhostRouter:
     def lookup(self, host: str, path: str = "/", http_user: str = "") -> HTTPRoute | None:
         """The route for a Host header (or SNI name), a request path and the request's
         basic-auth user (for routeByHTTPUser; "" = none), or None."""
+        return self.find(host, path, http_user)[0]
+
+    def find(self, host: str, path: str, http_user: str) -> tuple[HTTPRoute | None, bool]:
+        """`lookup`, and whether the exact-name table answered: such an answer depends on
+        nothing but the table, so it holds while `version` is unchanged (a wildcard's or
+        "*"'s also depends on the claims, which another scheme's router shares)."""
         name = normalize_host(host)
         table = self._table
         entries = table.get(name)
         if entries is not None:
             route = _match(entries, path, http_user)
             if route is not None:
-                return route
+                return route, True
+        return self._wildcard(name, path, http_user), False
+
+    def _wildcard(self, name: str, path: str, http_user: str) -> HTTPRoute | None:
+        table = self._table
         if self.claims.exempt(name):
             return None  # wildcards never cover names under subDomainHost (claims.py)
         labels = name.split(".")
