@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.vhostdiff import Pair, compare, make_route, server_for
+from tests.support.vhostdiff import MAX_HEADER_BYTES, Pair, compare, make_route, server_for
 from tunnel_server.vhost import HTTPVhostServer
 from tunnel_server.vhost.exchange import Outcome
 
@@ -84,3 +84,37 @@ def test_route_cache_dropped_by_router_changes() -> None:
         step.route.proxy_name if step.route else step.answer[9:12] for step in pair.fast_steps
     ]
     assert routes == ["a", "a", b"401", b"404", "a", "x"]
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_raw_head_at_the_size_limit(over: int) -> None:
+    """A plain head exactly at max_header_bytes (as counted) is kept raw and forwarded; one
+    byte more is a 431 on both paths."""
+    base = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Pad: %b\r\n\r\n"
+    counted = 1 + (4 + 6 + 4) + (5 + 4)  # target, Host line, X-Pad line without its value
+    data = base % (b"p" * (MAX_HEADER_BYTES - counted + over))
+    pair = _run(_a_server(), data)
+    if over:
+        assert [f.status for f in pair.failures] == [431] and not pair.fast_steps
+    else:
+        (step,) = pair.fast_steps
+        assert step.head.raw == data and step.first_write.startswith(data[:-2])
+
+
+@pytest.mark.parametrize("one_read", [True, False])
+def test_raw_head_after_chunked_body_and_expect(one_read: bool) -> None:
+    """A chunked POST with trailers, then plain heads (HEAD, an Expect: 100-continue POST)
+    pipelined after it, in one read or one per request: each reaches the app as rebuilt."""
+    chunked = (
+        b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-T: v\r\n\r\n"
+    )
+    head = b"HEAD /h HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    expect = (
+        b"POST /e HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    reads = [chunked + head + expect + head] if one_read else [chunked, head, expect, head]
+    pair = _run(_a_server(), *reads)
+    assert [step.head.method for step in pair.fast_steps] == [b"POST", b"HEAD", b"POST", b"HEAD"]
+    assert all(step.outcome is None for step in pair.fast_steps)
+    assert pair.fast_steps[2].first_write.endswith(b"\r\n\r\nhi")
