@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from protocol.aio.connection import MuxSession
@@ -45,7 +46,7 @@ PACK_MAX_BYTES: Final = 32 * 1024
 
 
 class _FlowQueue:
-    __slots__ = ("counters", "deficit", "items", "on_turn", "queued")
+    __slots__ = ("counters", "deficit", "items", "on_turn", "queued", "waiter")
 
     def __init__(self, counters: ProxyCounters | None) -> None:
         self.items: deque[bytes] = deque()
@@ -53,6 +54,7 @@ class _FlowQueue:
         self.queued = False  # in the active ring
         self.on_turn = False  # at the head of the ring, its quantum granted
         self.counters = counters
+        self.waiter: Callable[[], None] | None = None  # called once the queue is half empty
 
 
 class FairQueue:
@@ -87,6 +89,23 @@ class FairQueue:
         self.queued_bytes -= sum(len(item) for item in flow.items)
         if flow.queued:
             self._active.remove(flow_id)
+        if flow.waiter is not None:
+            waiter, flow.waiter = flow.waiter, None
+            waiter()
+
+    def is_full(self, flow_id: int) -> bool:
+        """The flow's queue holds `flow_limit` datagrams: its next one would be dropped."""
+        flow = self._flows.get(flow_id)
+        return flow is not None and len(flow.items) >= self.flow_limit
+
+    def on_room(self, flow_id: int, waiter: Callable[[], None]) -> bool:
+        """Call `waiter` once, when this flow's queue has drained to half of `flow_limit` (or
+        the flow is closed); False (and no call) if the queue is not full now."""
+        flow = self._flows.get(flow_id)
+        if flow is None or len(flow.items) < self.flow_limit:
+            return False
+        flow.waiter = waiter
+        return True
 
     def queue_length(self, flow_id: int) -> int:
         flow = self._flows.get(flow_id)
@@ -143,6 +162,9 @@ class FairQueue:
                 flow.deficit -= size
                 data = flow.items.popleft()
                 self.queued_bytes -= size
+                if flow.waiter is not None and len(flow.items) <= self.flow_limit // 2:
+                    waiter, flow.waiter = flow.waiter, None
+                    waiter()
                 if not flow.items:  # an idle flow keeps no credit
                     flow.queued = flow.on_turn = False
                     flow.deficit = 0

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import Final
 
+from tunnel_server.proxies.udp import (
+    PAUSED_RECEIVE_BUFFER_BYTES,
+    READ_BATCH_DATAGRAMS,
+    UDPProxy,
+)
 from tunnel_server.server import TunnelServer
-from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, TUNNEL_BACKLOG_BYTES
+from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, QUANTUM_BYTES, TUNNEL_BACKLOG_BYTES
 
 from .conftest import (
     LOOPBACK,
@@ -256,6 +262,120 @@ async def test_udp_scheduler_packs_a_queued_flood_intact_and_in_order(
             await wait_until(lambda: len(echo.received) == len(flood) + 1, "the flood")
         assert echo.received.index(b"ping") <= 1, [d[:9] for d in echo.received[:4]]
         assert [d for d in echo.received if d != b"ping"] == flood
+
+
+# Sent at once, without yielding: they wait in the server socket's kernel queue together (small,
+# so that they fit even where net.core.rmem_max is the default 208 KiB).
+PILED_FLOOD_DATAGRAMS: Final = FLOW_QUEUE_DATAGRAMS + 4 * READ_BATCH_DATAGRAMS
+PILED_PAYLOAD_BYTES: Final = 100
+
+
+def udp_proxy_of(server: TunnelServer, name: str) -> UDPProxy:
+    entry = server.proxies.get(name)
+    assert entry is not None and isinstance(entry.proxy, UDPProxy), name
+    return entry.proxy
+
+
+async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """A flow alone on its proxy with a full queue stops the proxy's reading (its excess stays in
+    the kernel, not read to be dropped) while another proxy's flow is answered; reading resumes
+    once the queue drains."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, echo = udp_echo
+        client = await clients.run(
+            server, udp_proxy("bulk", echo_port), udp_proxy("dns", echo_port)
+        )
+        bulk, dns = port_of(client.proxy_status["bulk"]), port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        proxy = udp_proxy_of(server, "bulk")
+        async with udp_socket(bulk) as flooder, udp_socket(dns) as quiet:
+            scheduler.backlog_limit = 0  # hold the tunnel: the flood's queue fills and stays full
+            for i in range(PILED_FLOOD_DATAGRAMS):  # no yield: all wait in the kernel at once
+                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            await wait_until(lambda: proxy.read_pauses == 1, "the proxy to stop reading")
+            assert scheduler.queue.queue_length(1) == FLOW_QUEUE_DATAGRAMS
+            # Read and dropped: at most the one batch that found the queue full.
+            assert 0 < scheduler.queue.dropped <= READ_BATCH_DATAGRAMS
+            # While paused the kernel keeps little of the excess (it doubles what is asked).
+            assert proxy.reading_paused
+            assert proxy.receive_buffer_bytes() <= 2 * PAUSED_RECEIVE_BUFFER_BYTES
+            quiet.send(b"ping")  # another proxy's socket is read as before
+            await wait_until(lambda: len(scheduler.queue) == 2, "the ping to be queued")
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES  # the tunnel drains again
+            assert await quiet.recv(5.0) == b"ping"
+            # More of the flood than its queue held when reading stopped: reading resumed.
+            await wait_until(
+                lambda: sum(d.startswith(b"flood") for d in echo.received) > FLOW_QUEUE_DATAGRAMS,
+                "the rest of the flood",
+            )
+            await wait_until(lambda: not proxy.reading_paused, "reading to resume")
+            assert proxy.receive_buffer_bytes() > 2 * PAUSED_RECEIVE_BUFFER_BYTES  # for bursts
+        # Within the flood's first turn (a quantum of bytes, several small datagrams).
+        first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
+        assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]
+
+
+async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """A proxy whose flows are not all full never stops reading: a quiet flow on the same socket
+    as a flood is read and served first."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, echo = udp_echo
+        client = await clients.run(server, udp_proxy("dns", echo_port))
+        public = port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        proxy = udp_proxy_of(server, "dns")
+        async with udp_socket(public) as quiet, udp_socket(public) as flooder:
+            quiet.send(b"hello")  # the quiet flow exists before the flood
+            assert await quiet.recv(5.0) == b"hello"
+            echo.received.clear()
+            scheduler.backlog_limit = 0
+            for i in range(PILED_FLOOD_DATAGRAMS):
+                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            dropped = PILED_FLOOD_DATAGRAMS - FLOW_QUEUE_DATAGRAMS
+            await wait_until(lambda: scheduler.queue.dropped == dropped, "the flood to be read")
+            quiet.send(b"ping")
+            await wait_until(lambda: len(scheduler.queue) == 2, "the ping to be queued")
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES
+            assert await quiet.recv(5.0) == b"ping"
+        assert proxy.read_pauses == 0
+        first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
+        assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]
+
+
+IDLE_WINDOW_S: Final = 0.2  # the proxy's active-flow window in the test below
+
+
+async def test_udp_proxy_flow_silent_past_the_window_does_not_keep_a_flood_read(
+    server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
+) -> None:
+    """A flow silent for longer than the active window (a finished transfer) does not stop the
+    proxy from pausing its reading under a new flow's flood."""
+    async with asyncio.timeout(TEST_TIMEOUT_S):
+        echo_port, _ = udp_echo
+        client = await clients.run(server, udp_proxy("dns", echo_port))
+        public = port_of(client.proxy_status["dns"])
+        (session,) = server.sessions.values()
+        scheduler = session.udp_out
+        proxy = udp_proxy_of(server, "dns")
+        proxy.active_window_s = IDLE_WINDOW_S
+        async with udp_socket(public) as earlier, udp_socket(public) as flooder:
+            earlier.send(b"hello")
+            assert await earlier.recv(5.0) == b"hello"
+            heard = time.monotonic()
+            await wait_until(lambda: time.monotonic() - heard > IDLE_WINDOW_S, "the window")
+            scheduler.backlog_limit = 0
+            for i in range(PILED_FLOOD_DATAGRAMS):
+                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            await wait_until(lambda: proxy.read_pauses == 1, "the proxy to stop reading")
+            assert 0 < scheduler.queue.dropped <= READ_BATCH_DATAGRAMS
+            scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES
+            await wait_until(lambda: not proxy.reading_paused, "reading to resume")
 
 
 def udp_port_is_free(port: int) -> bool:

@@ -123,10 +123,14 @@ def test_dgramwindow_credit_payload_error_type() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 3000), st.booleans()), min_size=1, max_size=80))
 def test_dgramwindow_in_flight_bounded_under_any_schedule(steps: list[tuple[int, bool]]) -> None:
-    """Whatever the sizes and whenever the link moves, in flight <= window + one datagram,
-    and every datagram the sender accepted is delivered."""
+    """Once the peer has credited, whatever the sizes and whenever the link moves, in flight
+    <= window + one datagram, and every datagram the sender accepted is delivered. (Before a
+    first credit nothing is enforced, by design: a peer without the feature never credits.)"""
     pair = MuxPair(client_settings=SMALL, server_settings=SMALL)
-    accepted = 0
+    assert pair.server.send_datagram(1, bytes(STEP))  # one credit step: the client credits it
+    pair.pump()
+    assert pair.server.datagrams.enforced and pair.server.datagrams.in_flight == 0
+    accepted = 1
     for size, move in steps:
         if pair.server.send_datagram(1, bytes(size)):
             accepted += 1

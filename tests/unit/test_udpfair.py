@@ -159,3 +159,36 @@ def test_fairqueue_pack_bounds_hold_for_full_and_tiny_datagrams() -> None:
             assert len(payload) + DATAGRAM_LENGTH_BYTES + size > PACK_MAX_BYTES  # full
         else:
             assert len(run[1]) == PACKED_MAX_DATAGRAMS
+
+
+def test_fairqueue_on_room_fires_once_at_half_full() -> None:
+    """A waiter on a full queue is called once, when the queue has drained to half, not before."""
+    queue = FairQueue()
+    calls: list[int] = []
+    assert not queue.on_room(FLOOD, lambda: calls.append(1))  # no such flow: refused
+    for _ in range(FLOW_QUEUE_DATAGRAMS - 1):
+        queue.push(FLOOD, bytes(100))
+    assert not queue.is_full(FLOOD)
+    assert not queue.on_room(FLOOD, lambda: calls.append(1))  # not full: refused
+    queue.push(FLOOD, bytes(100))
+    assert queue.is_full(FLOOD)
+    assert queue.on_room(FLOOD, lambda: calls.append(1))
+    while queue.queue_length(FLOOD) > FLOW_QUEUE_DATAGRAMS // 2 + 1:
+        assert queue.pop() is not None
+        assert calls == []
+    assert queue.pop() is not None
+    assert calls == [1]
+    drain(queue)
+    assert calls == [1]
+
+
+def test_fairqueue_on_room_fires_when_flow_closed() -> None:
+    """A waiter on a full queue is called when its flow closes, so a paused reader resumes."""
+    queue = FairQueue()
+    calls: list[int] = []
+    for _ in range(FLOW_QUEUE_DATAGRAMS):
+        queue.push(FLOOD, bytes(100))
+    assert queue.on_room(FLOOD, lambda: calls.append(1))
+    queue.close_flow(FLOOD)
+    assert calls == [1]
+    assert not queue.is_full(FLOOD)

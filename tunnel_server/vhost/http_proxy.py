@@ -252,6 +252,7 @@ class HTTPVhostServer(VhostListener):
                 and authorization is None
                 and head.host_count == 1
                 and target is head.target
+                and target[:1] == b"/"  # check_request allows `*` for OPTIONS alone
             ):
                 conn.route_cache = (router.version, host_raw, target, host, path, route)
         if self._challenge_answer is not None:
