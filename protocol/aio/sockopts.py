@@ -57,8 +57,11 @@ def set_abortive(transport: asyncio.BaseTransport, abortive: bool = True) -> Non
                 socket.SO_LINGER,
                 _LINGER_ABORTIVE if abortive else _LINGER_DEFAULT,
             )
-        except OSError:
-            pass  # already reset or closed by the peer: the close below says the same
+        except (OSError, ValueError):
+            # OSError: already reset or closed by the peer; the close below says the same.
+            # ValueError: uvloop's transport is closed already (its socket has no
+            # descriptor left to build a socket object on): nothing to set.
+            pass
 
 
 def set_listener_abortive(server: asyncio.AbstractServer) -> None:

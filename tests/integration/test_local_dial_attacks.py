@@ -180,3 +180,54 @@ def test_local_dial_table_bounded_by_max_streams(loop_name: str) -> None:
                 assert server.stream_count() == 0
 
     run_on(loop_name, scenario)
+
+
+RACE_ROUNDS: Final = 200  # dials whose deadline is about as long as the connect takes
+RACE_DEADLINES_S: Final = (0.0, 0.0002, 0.0005, 0.001, 0.002)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_local_dial_racing_its_deadline_ends_one_way_or_the_other(loop_name: str) -> None:
+    """Dials to a service that answers at once, with deadlines about as long as the connect:
+    each ends either connected (and its stream echoes) or reset with DIAL_FAILED, never both;
+    every local connection a lost race made is closed, none is left open or leaked."""
+
+    async def scenario() -> None:
+        async with tcp_echo_server() as echo, mux_pair(MuxSettings()) as (client, server):
+            dials = LocalDials(server.loop)
+            ended: asyncio.Queue[tuple[MuxStream, bool]] = asyncio.Queue()
+            deadline = iter(RACE_DEADLINES_S[i % len(RACE_DEADLINES_S)] for i in range(10**6))
+
+            def on_stream(stream: MuxStream) -> None:
+                dials.start(
+                    stream,
+                    LOOPBACK,
+                    echo.port,
+                    next(deadline),
+                    lambda: SpliceProtocol(stream),
+                    lambda s, ok: ended.put_nowait((s, ok)),
+                )
+
+            server.on_stream = on_stream
+            outcomes = {True: 0, False: 0}
+            for i in range(RACE_ROUNDS):
+                stream = client.open_stream(HEADER)
+                ping = b"ping %d" % i
+                await stream.write(ping)
+                dialed, connected = await ended.get()
+                outcomes[connected] += 1
+                if connected:
+                    assert not dialed.is_closed
+                    assert await stream.read(len(ping)) == ping
+                    stream.abort()
+                else:
+                    await stream.wait_closed()
+                    assert stream.reset_code == ErrorCode.DIAL_FAILED
+                    assert dialed.reset_code == ErrorCode.DIAL_FAILED
+            assert len(dials) == 0
+            # Each local connection ends, reset or closed (the echo keeps no event for it).
+            while echo.connections.open:  # noqa: ASYNC110 (bounded by the test timeout)
+                await asyncio.sleep(0.01)
+            dials.close()
+
+    run_on(loop_name, scenario)
