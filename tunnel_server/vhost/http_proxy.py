@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..edge.redirect import redirect_response
 from ..stats import ProxyCounters
 from .access import OnAccess, OnRequest, RequestRecord
 from .exchange import IDEMPOTENT_METHODS, Exchange, Outcome, Upstream, take_ready_body
@@ -40,7 +39,8 @@ from .listener import DEFAULT_MAX_CONNECTIONS, SHUTDOWN_GRACE_S, VhostListener
 from .normalize import BadRequestTarget, check_request
 from .pages import error_response
 from .pool import KeepAlivePool
-from .request import END_OF_MESSAGE, EndOfMessage, ParseFailure, RequestHead, RequestReader
+from .replies import redirect, reply_error, skip_body
+from .request import ParseFailure, RequestHead, RequestReader
 from .rewrite import appended_headers, basic_auth_user, raw_head_ok, request_head
 from .routing import HTTPRoute, VhostRouter, normalize_host
 from .upstream import UpstreamError
@@ -239,10 +239,10 @@ class HTTPVhostServer(VhostListener):
             try:
                 host_raw, target, path = check_request(head)
             except BadRequestTarget as exc:
-                return self._reply_error(conn, head, exc.status, None, str(exc))
+                return reply_error(conn, head, exc.status, None, str(exc))
             host = host_raw.decode("latin-1")
             if head.switching and head.upgrade is None:
-                return self._reply_error(conn, head, 405, host, "CONNECT is not supported")
+                return reply_error(conn, head, 405, host, "CONNECT is not supported")
             user = basic_auth_user(authorization) if authorization is not None else ""
             route, exact = router.find(host, path, user)
             if (
@@ -258,17 +258,19 @@ class HTTPVhostServer(VhostListener):
         if self._challenge_answer is not None:
             answer = self._challenge_answer(path)
             if answer is not None:
-                self._skip_body(conn)
+                skip_body(conn)
                 conn.write(answer)
                 return Outcome.CLOSE
         if route is None:
-            return self._reply_error(conn, head, 404, host, None, body=self._page_404)
+            return reply_error(conn, head, 404, host, None, body=self._page_404)
         if route.redirect_http and self._https_port_for is not None:
-            redirected = self._redirect(conn, head, route, host, target)
-            if redirected is not None:
-                return redirected
+            # redirectHTTP: a 308 to HTTPS, once the edge holds a certificate for the host
+            name = normalize_host(host)
+            port = self._https_port_for(name)
+            if port is not None:
+                return redirect(conn, head, name, port, target)
         if route.rules.auth is not None and not route.rules.check_auth(head.authorization):
-            return self._reply_error(
+            return reply_error(
                 conn,
                 head,
                 401,
@@ -409,7 +411,7 @@ class HTTPVhostServer(VhostListener):
             upstream.append(up)
             return up
         logger.debug("[proxy=%s] open failed: %s", route.proxy_key, detail)
-        self._skip_body(conn)
+        skip_body(conn)
         note = route.offline_note if status == 502 else None
         head_only = head.method == b"HEAD"
         conn.write(error_response(status, host, detail, head_only=head_only, note=note))
@@ -499,68 +501,6 @@ class HTTPVhostServer(VhostListener):
     @property
     def idle_timeout_s(self) -> float:
         return self._idle_timeout_s
-
-    def _redirect(
-        self, conn: InboundProtocol, head: RequestHead, route: HTTPRoute, host: str, target: bytes
-    ) -> Outcome | None:
-        """redirectHTTP: a 308 to HTTPS, once the edge holds a certificate for the host."""
-        assert self._https_port_for is not None
-        name = normalize_host(host)
-        port = self._https_port_for(name)
-        if port is None:
-            return None  # no certificate yet: keep serving plain HTTP
-        keep = head.keep_alive and not head.switching and self._skip_body(conn)
-        answer = redirect_response(
-            name, port, target, keep_alive=keep, head_only=head.method == b"HEAD"
-        )
-        if answer is None:
-            return self._reply_error(conn, head, 400, None, "the Host or target cannot redirect")
-        conn.write(answer)
-        return Outcome.KEEP if keep else Outcome.CLOSE
-
-    def _reply_error(
-        self,
-        conn: InboundProtocol,
-        head: RequestHead,
-        status: int,
-        host: str | None,
-        detail: str | None,
-        *,
-        body: bytes | None = None,
-        extra: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> Outcome:
-        """Answer with an error page. After a 401 or 404 the connection is kept if the request
-        was read whole; other refusals close it."""
-        keep = (
-            status in (401, 404)
-            and head.keep_alive
-            and not head.switching
-            and self._skip_body(conn)
-        )
-        conn.write(
-            error_response(
-                status,
-                host,
-                detail,
-                keep_alive=keep,
-                body=body,
-                extra_headers=extra,
-                head_only=head.method == b"HEAD",
-            )
-        )
-        return Outcome.KEEP if keep else Outcome.CLOSE
-
-    @staticmethod
-    def _skip_body(conn: InboundProtocol) -> bool:
-        """Drop the current request's queued body; True if its end was reached."""
-        while True:
-            item = conn.peek()
-            if item is END_OF_MESSAGE or isinstance(item, EndOfMessage):
-                conn.pop()
-                return True
-            if not isinstance(item, bytes):
-                return False
-            conn.pop()
 
 
 def _discard_upstream(up: Upstream) -> None:
