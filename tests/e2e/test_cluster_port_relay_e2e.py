@@ -10,6 +10,7 @@ relay listeners, and a node without the cluster secret resets its visitors.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
@@ -120,7 +121,10 @@ async def test_cluster_port_relay_reaches_a_tcp_port_through_other_nodes(
         # the owner judges allowIPs on the original visitor: a stranger is reset through c
         try:
             data: bytes | None = await exchange("127.0.0.3", port, b"let me in", STRANGER_IP)
-        except ConnectionResetError:
+        except OSError as exc:
+            # the reset may come before our half-close (ENOTCONN), during it (EPIPE) or after
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                raise
             data = None
         assert data is None, data
         # failover: node b takes the port over (its relay listener yields), c follows
@@ -162,7 +166,10 @@ async def test_cluster_port_relay_refused_to_a_node_without_the_secret(
         await stranger.process.wait_for(re.compile(rf"relaying port {port} to its owner"))
         try:
             data: bytes | None = await exchange("127.0.0.4", port, b"hello")
-        except ConnectionResetError:
+        except OSError as exc:
+            # the reset may come before our half-close (ENOTCONN), during it (EPIPE) or after
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                raise
             data = None
         assert data is None, data  # a reset, not an empty clean close
         await owner.process.wait_for(re.compile(r"refused an internal link.*wrong cluster"))
