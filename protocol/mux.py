@@ -249,18 +249,8 @@ class MuxConnection:
     def next_event(self) -> Event | None:
         events = self._events
         pos = self._event_pos
-        if pos >= len(events):
-            if pos:
-                events.clear()
-                self._event_pos = 0
-            if not self._input_paused:
-                return None
-            self._input_paused = False  # the queue drained: parse the frames that waited
-            self._process_frames()
-            self._feed_unfed()
-            if not events:
-                return None
-            pos = 0
+        if pos >= len(events) and (pos := self._refill()) < 0:
+            return None
         self._event_pos = pos + 1
         return events[pos]
 
@@ -272,21 +262,24 @@ class MuxConnection:
         come with the next call."""
         events = self._events
         pos = self._event_pos
-        if pos >= len(events):
-            if pos:
-                events.clear()
-                self._event_pos = 0
-            if not self._input_paused:
-                return ()
-            self._input_paused = False  # the queue drained: parse the frames that waited
-            self._process_frames()
-            self._feed_unfed()
-            if not events:
-                return ()
-            pos = 0
+        if pos >= len(events) and (pos := self._refill()) < 0:
+            return ()
         self._events = []
         self._event_pos = 0
         return events[pos:] if pos else events
+
+    def _refill(self) -> int:
+        """The queue was read to its end: empty it, and if input paused on it, parse the
+        frames that waited. Where the new events begin (0), or -1 when there are none."""
+        if self._event_pos:
+            self._events.clear()
+            self._event_pos = 0
+        if not self._input_paused:
+            return -1
+        self._input_paused = False  # the queue drained: parse the frames that waited
+        self._process_frames()
+        self._feed_unfed()
+        return 0 if self._events else -1
 
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
