@@ -142,15 +142,16 @@ class TrimTimer:
     def trim_now(self) -> None:
         """Trim at once (dropping a pending trim): after a one-off like the login."""
         self.cancel()
-        self.trims += 1
-        trim()
-        self.trimmed.set()
+        self._trim()
 
     def _fire(self) -> None:
         if self._quiet is not None and not self._quiet():
             self._handle = asyncio.get_running_loop().call_later(self._interval_s, self._fire)
             return
         self._handle = None
+        self._trim()
+
+    def _trim(self) -> None:
         self.trims += 1
         trim()
         self.trimmed.set()
