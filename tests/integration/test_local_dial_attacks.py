@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Final
 
 import pytest
@@ -16,11 +14,11 @@ from protocol.aio.localdial import LocalDials
 from protocol.aio.splice import SpliceProtocol
 from protocol.aio.stream import MuxStream
 from protocol.errors import ErrorCode
-from protocol.mux import Role
 from protocol.settings import MuxSettings
 from tests.support.echo import LOOPBACK, tcp_echo_server
 
 from .test_local_dial import HEADER, LONG_DIAL_TIMEOUT_S, LOOPS, run_on, silent_listener
+from .test_local_dial import dial_each as dial_with_deadline
 from .test_session_lifecycle import mux_pair
 
 FD_REUSE_DIALS: Final = 8  # connections opened after close(), to take the freed descriptors
@@ -29,22 +27,16 @@ FD_REUSE_DIALS: Final = 8  # connections opened after close(), to take the freed
 def dial_each(
     server: MuxSession, port: int
 ) -> tuple[LocalDials, asyncio.Queue[MuxStream], asyncio.Queue[tuple[MuxStream, bool]]]:
-    """The server side dials 127.0.0.1:port for each stream it is offered (as tunnelc's tcp
-    proxy does); returns the table, the offered streams and the dials' ends."""
-    dials = LocalDials(server.loop)
+    """test_local_dial's `dial_each` with a long deadline, which also hands out each stream
+    it is offered; returns the table, the offered streams and the dials' ends."""
+    dials, ended, _ = dial_with_deadline(server, port, LONG_DIAL_TIMEOUT_S)
     offered: asyncio.Queue[MuxStream] = asyncio.Queue()
-    ended: asyncio.Queue[tuple[MuxStream, bool]] = asyncio.Queue()
+    dial = server.on_stream
+    assert dial is not None
 
     def on_stream(stream: MuxStream) -> None:
         offered.put_nowait(stream)
-        dials.start(
-            stream,
-            LOOPBACK,
-            port,
-            LONG_DIAL_TIMEOUT_S,
-            lambda: SpliceProtocol(stream),
-            lambda s, ok: ended.put_nowait((s, ok)),
-        )
+        dial(stream)
 
     server.on_stream = on_stream
     return dials, offered, ended
@@ -125,37 +117,6 @@ SERVER_MAX_STREAMS: Final = 64  # the dialing side's stream limit
 OPENED_STREAMS: Final = 1000  # streams the opener asks for at once, far past that limit
 
 
-@asynccontextmanager
-async def lopsided_pair() -> AsyncIterator[tuple[MuxSession, MuxSession]]:
-    """A client allowed many streams and a server that takes SERVER_MAX_STREAMS, over
-    loopback TCP."""
-    loop = asyncio.get_running_loop()
-    accepted: asyncio.Future[MuxSession] = loop.create_future()
-
-    def server_side() -> MuxSession:
-        session = MuxSession(Role.SERVER, MuxSettings(max_streams=SERVER_MAX_STREAMS))
-        if not accepted.done():
-            accepted.set_result(session)
-        return session
-
-    listener = await loop.create_server(server_side, LOOPBACK, 0)
-    client: MuxSession | None = None
-    try:
-        _, client = await loop.create_connection(
-            lambda: MuxSession(Role.CLIENT, MuxSettings(max_streams=2 * OPENED_STREAMS)),
-            LOOPBACK,
-            listener.sockets[0].getsockname()[1],
-        )
-        yield client, await accepted
-    finally:
-        if client is not None:
-            client.close()
-        if accepted.done():
-            accepted.result().close()
-        listener.close()
-        await listener.wait_closed()
-
-
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_local_dial_table_bounded_by_max_streams(loop_name: str) -> None:
     """A thousand streams opened at once toward a service that never answers: the dialing
@@ -164,7 +125,10 @@ def test_local_dial_table_bounded_by_max_streams(loop_name: str) -> None:
 
     async def scenario() -> None:
         with silent_listener() as port:
-            async with lopsided_pair() as (client, server):
+            async with mux_pair(
+                MuxSettings(max_streams=2 * OPENED_STREAMS),  # the opener: many streams
+                MuxSettings(max_streams=SERVER_MAX_STREAMS),
+            ) as (client, server):
                 dials, offered, _ = dial_each(server, port)
                 streams = [client.open_stream(HEADER) for _ in range(OPENED_STREAMS)]
                 refused = streams[SERVER_MAX_STREAMS:]

@@ -252,14 +252,16 @@ async def test_heartbeat_silent_client_session_ends_with_keepalive_timeout(
 
 
 @contextlib.asynccontextmanager
-async def mux_pair(settings: MuxSettings) -> AsyncIterator[tuple[MuxSession, MuxSession]]:
+async def mux_pair(
+    settings: MuxSettings, server_settings: MuxSettings | None = None
+) -> AsyncIterator[tuple[MuxSession, MuxSession]]:
     """A client and a server MuxSession over loopback TCP (no TLS); the server accepts every
-    stream."""
+    stream. The server takes `server_settings` when they differ from the client's."""
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[MuxSession] = loop.create_future()
 
     def server_side() -> MuxSession:
-        session = MuxSession(Role.SERVER, settings)
+        session = MuxSession(Role.SERVER, server_settings or settings)
         session.on_stream = session.accept_stream
         if not accepted.done():
             accepted.set_result(session)

@@ -268,6 +268,14 @@ async def test_udp_scheduler_packs_a_queued_flood_intact_and_in_order(
 # so that they fit even where net.core.rmem_max is the default 208 KiB).
 PILED_FLOOD_DATAGRAMS: Final = FLOW_QUEUE_DATAGRAMS + 4 * READ_BATCH_DATAGRAMS
 PILED_PAYLOAD_BYTES: Final = 100
+# How many piled datagrams the flood's first turn covers (a quantum of bytes).
+PILED_FIRST_TURN: Final = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
+
+
+def pile_flood(flooder: UDPEndpoint) -> None:
+    """Send PILED_FLOOD_DATAGRAMS small numbered datagrams at once, without yielding."""
+    for i in range(PILED_FLOOD_DATAGRAMS):
+        flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
 
 
 def udp_proxy_of(server: TunnelServer, name: str) -> UDPProxy:
@@ -293,8 +301,7 @@ async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
         proxy = udp_proxy_of(server, "bulk")
         async with udp_socket(bulk) as flooder, udp_socket(dns) as quiet:
             scheduler.backlog_limit = 0  # hold the tunnel: the flood's queue fills and stays full
-            for i in range(PILED_FLOOD_DATAGRAMS):  # no yield: all wait in the kernel at once
-                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            pile_flood(flooder)  # no yield: all wait in the kernel at once
             await wait_until(lambda: proxy.read_pauses == 1, "the proxy to stop reading")
             assert scheduler.queue.queue_length(1) == FLOW_QUEUE_DATAGRAMS
             # Read and dropped: at most the one batch that found the queue full.
@@ -314,8 +321,7 @@ async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
             await wait_until(lambda: not proxy.reading_paused, "reading to resume")
             assert proxy.receive_buffer_bytes() > 2 * PAUSED_RECEIVE_BUFFER_BYTES  # for bursts
         # Within the flood's first turn (a quantum of bytes, several small datagrams).
-        first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
-        assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]
+        assert echo.received.index(b"ping") <= PILED_FIRST_TURN, [d[:9] for d in echo.received[:4]]
 
 
 async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
@@ -335,8 +341,7 @@ async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
             assert await quiet.recv(5.0) == b"hello"
             echo.received.clear()
             scheduler.backlog_limit = 0
-            for i in range(PILED_FLOOD_DATAGRAMS):
-                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            pile_flood(flooder)
             dropped = PILED_FLOOD_DATAGRAMS - FLOW_QUEUE_DATAGRAMS
             await wait_until(lambda: scheduler.queue.dropped == dropped, "the flood to be read")
             quiet.send(b"ping")
@@ -344,8 +349,7 @@ async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
             scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES
             assert await quiet.recv(5.0) == b"ping"
         assert proxy.read_pauses == 0
-        first_turn = QUANTUM_BYTES // (len(b"flood 000 ") + PILED_PAYLOAD_BYTES) + 1
-        assert echo.received.index(b"ping") <= first_turn, [d[:9] for d in echo.received[:4]]
+        assert echo.received.index(b"ping") <= PILED_FIRST_TURN, [d[:9] for d in echo.received[:4]]
 
 
 IDLE_WINDOW_S: Final = 0.2  # the proxy's active-flow window in the test below
@@ -370,8 +374,7 @@ async def test_udp_proxy_flow_silent_past_the_window_does_not_keep_a_flood_read(
             heard = time.monotonic()
             await wait_until(lambda: time.monotonic() - heard > IDLE_WINDOW_S, "the window")
             scheduler.backlog_limit = 0
-            for i in range(PILED_FLOOD_DATAGRAMS):
-                flooder.send(b"flood %03d " % i + bytes(PILED_PAYLOAD_BYTES))
+            pile_flood(flooder)
             await wait_until(lambda: proxy.read_pauses == 1, "the proxy to stop reading")
             assert 0 < scheduler.queue.dropped <= READ_BATCH_DATAGRAMS
             scheduler.backlog_limit = TUNNEL_BACKLOG_BYTES

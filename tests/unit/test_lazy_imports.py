@@ -42,15 +42,20 @@ HEAVY: Final = (
 SUBPROCESS_TIMEOUT_S: Final = 60.0
 
 
-def _loaded_by(module: str) -> list[str]:
-    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run(
+def _python(code: str) -> str:
+    """What a fresh interpreter running `code` prints."""
+    return subprocess.run(
         [sys.executable, "-c", code],
         check=True,
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT_S,
     ).stdout
+
+
+def _loaded_by(module: str) -> list[str]:
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    out = _python(code)
     modules: list[str] = json.loads(out)
     return modules
 
@@ -165,13 +170,7 @@ def test_client_binds_and_dials_an_address_without_the_idna_codec() -> None:
         "hosts = [ascii_host(''), ascii_host('127.0.0.1'), ascii_host('bücher.example')]; "
         "print(repr(('encodings.idna' in sys.modules, names, hosts)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    ).stdout.strip()
+    out = _python(code).strip()
     names = ["", "", "tunnel.example", "127.0.0.1"]
     hosts = [None, b"127.0.0.1", "bücher.example"]
     assert out == repr((False, names, hosts))
@@ -233,13 +232,7 @@ def test_server_loads_tempfile_and_html_entities_only_when_used() -> None:
         "body = render_page(404, '<b>&x</b>'); "
         "print('&lt;b&gt;&amp;x&lt;/b&gt;' in body.decode(), 'html' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    ).stdout.split()
+    out = _python(code).split()
     assert out == ["True", "True"]
 
 
@@ -264,11 +257,5 @@ def test_server_config_loads_yaml_only_for_a_yaml_file(tmp_path: Path) -> None:
         f"a = load(Path({str(toml)!r})); before = 'yaml' in sys.modules; "
         f"b = load(Path({str(yaml_file)!r})); print(before, a.bind_port, b.bind_port)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    ).stdout.split()
+    out = _python(code).split()
     assert out == ["False", "7001", "7002"]
