@@ -1,7 +1,7 @@
 """Dial the local service for a stream the peer opened, without a task per connection.
 
-A client proxy dials its local service once per visitor connection. As a task
-(`create_task(dial_and_splice(...))` under `asyncio.timeout`), each dial cost a Task, a Timeout
+A client proxy dials its local service once per visitor connection. As a task (the
+`create_connection` coroutine under `asyncio.timeout`), each dial cost a Task, a Timeout
 and its timer, four `get_running_loop()` calls (on Python 3.11 each one is a `getpid` system
 call) and one more loop iteration for the task's own end (docs/performance.md, "Opening a
 stream, round 6"). Here the loop's `create_connection` coroutine is driven by hand, as a Task
@@ -9,7 +9,7 @@ would drive it: sent None to start, and sent None again from the done callback o
 future it waits on. The dial's deadline sits in one table per owner (deadlines.py), so a busy
 proxy arms one timer per timeout rather than one per connection.
 
-Semantics are those of `splice.dial_and_splice`: on success the socket's protocol attaches
+On success the socket's protocol attaches
 the stream when it connects (which accepts it); on a refusal, any other OSError or the
 deadline, the stream is reset with DIAL_FAILED and a one-line reason. `LocalDials.close()`
 resets the stream of every dial in flight at once and cancels its connect (the coroutine's

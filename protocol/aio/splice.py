@@ -10,16 +10,11 @@ side resets the other at once (RST, never FIN: see sockopts.py).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import cast
 
-from ..errors import ErrorCode
 from . import sockopts
-from .connection import MuxSession
 from .stream import MuxStream
-
-logger = logging.getLogger(__name__)
 
 
 class SpliceProtocol(asyncio.Protocol):
@@ -93,28 +88,3 @@ def dial_failure(host: str, port: int, exc: BaseException, timeout_s: float) -> 
     if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
         return f"{(exc.strerror or str(exc)).lower()} to {where}"
     return f"no answer from {where} within {timeout_s:g}s"
-
-
-async def dial_and_splice(
-    session: MuxSession,
-    stream: MuxStream,
-    host: str,
-    port: int,
-    timeout_s: float,
-    on_close: Callable[[MuxStream], None] | None = None,
-    protocol: Callable[[MuxStream], SpliceProtocol] | None = None,
-) -> bool:
-    """Dial the local service for a stream the peer opened; accept on success, reset on
-    failure with a reason the far user's side can log. Returns whether it connected.
-    `protocol(stream)` builds the socket's protocol (a SpliceProtocol subclass) if given."""
-    loop = session.loop
-    make = protocol or (lambda s: SpliceProtocol(s, on_close=on_close))
-    try:
-        async with asyncio.timeout(timeout_s):
-            await loop.create_connection(lambda: make(stream), host, port)
-    except (OSError, TimeoutError) as exc:
-        reason = dial_failure(host, port, exc, timeout_s)
-        logger.debug("stream %d: %s", stream.stream_id, reason)
-        stream.abort(ErrorCode.DIAL_FAILED, reason)
-        return False
-    return not stream.is_closed  # attach() accepted it when the socket connected
