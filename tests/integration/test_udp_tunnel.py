@@ -14,7 +14,12 @@ from tunnel_server.proxies.udp import (
     UDPProxy,
 )
 from tunnel_server.server import TunnelServer
-from tunnel_server.udpfair import FLOW_QUEUE_DATAGRAMS, QUANTUM_BYTES, TUNNEL_BACKLOG_BYTES
+from tunnel_server.udpfair import (
+    FLOW_QUEUE_DATAGRAMS,
+    QUANTUM_BYTES,
+    TUNNEL_BACKLOG_BYTES,
+    DatagramScheduler,
+)
 
 from .conftest import (
     LOOPBACK,
@@ -284,6 +289,16 @@ def udp_proxy_of(server: TunnelServer, name: str) -> UDPProxy:
     return entry.proxy
 
 
+async def dns_proxy(
+    server: TunnelServer, clients: ClientRunner, echo_port: int
+) -> tuple[int, DatagramScheduler, UDPProxy]:
+    """A client with one udp proxy "dns" to the echo: its public port, the session's
+    scheduler and the server's proxy."""
+    client = await clients.run(server, udp_proxy("dns", echo_port))
+    (session,) = server.sessions.values()
+    return port_of(client.proxy_status["dns"]), session.udp_out, udp_proxy_of(server, "dns")
+
+
 async def test_udp_proxy_flood_alone_leaves_its_excess_unread_until_room(
     server: TunnelServer, clients: ClientRunner, udp_echo: tuple[int, UDPEndpoint]
 ) -> None:
@@ -331,11 +346,7 @@ async def test_udp_proxy_quiet_flow_sharing_a_flooded_socket_keeps_it_read(
     as a flood is read and served first."""
     async with asyncio.timeout(TEST_TIMEOUT_S):
         echo_port, echo = udp_echo
-        client = await clients.run(server, udp_proxy("dns", echo_port))
-        public = port_of(client.proxy_status["dns"])
-        (session,) = server.sessions.values()
-        scheduler = session.udp_out
-        proxy = udp_proxy_of(server, "dns")
+        public, scheduler, proxy = await dns_proxy(server, clients, echo_port)
         async with udp_socket(public) as quiet, udp_socket(public) as flooder:
             quiet.send(b"hello")  # the quiet flow exists before the flood
             assert await quiet.recv(5.0) == b"hello"
@@ -362,11 +373,7 @@ async def test_udp_proxy_flow_silent_past_the_window_does_not_keep_a_flood_read(
     proxy from pausing its reading under a new flow's flood."""
     async with asyncio.timeout(TEST_TIMEOUT_S):
         echo_port, _ = udp_echo
-        client = await clients.run(server, udp_proxy("dns", echo_port))
-        public = port_of(client.proxy_status["dns"])
-        (session,) = server.sessions.values()
-        scheduler = session.udp_out
-        proxy = udp_proxy_of(server, "dns")
+        public, scheduler, proxy = await dns_proxy(server, clients, echo_port)
         proxy.active_window_s = IDLE_WINDOW_S
         async with udp_socket(public) as earlier, udp_socket(public) as flooder:
             earlier.send(b"hello")
